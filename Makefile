@@ -1,0 +1,41 @@
+# The two commands of the README:
+#   make demo   - set everything up (venv + install) and run the demo
+#   make test   - set everything up and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint typecheck bench chaos clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/atlas-tasks demo
+
+# Lint and types are part of the tests: ruff and mypy strict run first.
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check atlas_tasks workers tests bench examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy atlas_tasks workers
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# The long chaos run (300 sessions, ~90 s of faults, kills and restarts); `make test`
+# already runs its CI-sized version.
+chaos: $(STAMP)
+	ATLAS_CHAOS=long $(BIN)/pytest -q -s -p no:cacheprovider tests/chaos
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

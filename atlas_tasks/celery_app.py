@@ -1,0 +1,154 @@
+"""The Celery app of atlas_tasks: ``celery -A atlas_tasks.celery_app worker -E``.
+
+Configuration comes from :class:`atlas_tasks.config.AtlasSettings` and is applied lazily
+(``add_defaults`` with a callable), so importing this module reads no environment. Your
+own ``CELERY_*`` settings can still override anything through ``app.conf``.
+
+* JSON only; task events on (Flower); results in Redis for a day.
+* Spawn/terminate are late-acked and rejected on worker loss (they are idempotent).
+* Queues ``compute``, ``jobs``, ``fly``, ``maintenance``.
+* Beat uses redbeat (schedule and a single-beat lock in Redis) and runs the reaper every
+  ``ATLAS_REAP_INTERVAL_MS``.
+* Each worker runs a keyspace-expiry listener thread: the fast path of the idle clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+from kombu.entity import Queue
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from atlas_tasks import constants as C
+from atlas_tasks.config import AtlasSettings, get_settings
+
+log = logging.getLogger(__name__)
+
+TASK_MODULES = ["atlas_tasks.tasks.compute", "atlas_tasks.tasks.reaper", "atlas_tasks.tasks.jobs",
+                "atlas_tasks.tasks.fly"]
+
+
+def build_config(settings: AtlasSettings) -> dict[str, Any]:
+    """Celery settings derived from atlas settings."""
+    reap_s = settings.reap_interval_ms / 1000
+    return {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.effective_result_backend,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for unacked messages of dead workers every 2 s instead of every 100 s.
+            "unacked_restore_interval": 2,
+            "unacked_restore_throttle": 1,
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_expires": 24 * 3600,
+        "result_extended": True,
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        # One message at a time per worker slot: late-acked work is not hoarded by a
+        # worker that may die, and a burst spreads over every free slot.
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.spawn_time_limit_s,
+        "task_time_limit": settings.spawn_time_limit_s + 30,
+        "task_default_queue": C.QUEUE_MAINTENANCE,
+        "task_queues": [Queue(q) for q in (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY,
+                                           C.QUEUE_MAINTENANCE)],
+        "task_routes": {
+            "atlas.compute.*": {"queue": C.QUEUE_COMPUTE},
+            "atlas.jobs.*": {"queue": C.QUEUE_JOBS},
+            "atlas.fly.*": {"queue": C.QUEUE_FLY},
+            "atlas.reaper.*": {"queue": C.QUEUE_MAINTENANCE},
+        },
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_key_prefix": C.REDBEAT_KEY_PREFIX,
+        # Short lock: if beat dies, a standby beat takes over within seconds.
+        "redbeat_lock_timeout": max(5, int(reap_s * 5)),
+        # redbeat's own Redis client does not retry: without this, beat exits on the
+        # first connection error (a Redis restart). OSError covers a refused reconnect.
+        "redbeat_redis_options": {
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 30,
+                           supported_errors=(RedisConnectionError, RedisTimeoutError,
+                                             OSError)),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
+        },
+        "beat_max_loop_interval": max(0.5, min(reap_s, 5.0)),
+        "beat_schedule": {
+            "atlas-reaper": {
+                "task": C.TASK_REAP,
+                "schedule": reap_s,
+                # A sweep older than two intervals is worthless: the next one is coming.
+                "options": {"queue": C.QUEUE_MAINTENANCE, "expires": max(2 * reap_s, 2.0)},
+            }
+        },
+    }
+
+
+def create_app(settings: AtlasSettings | None = None) -> Celery:
+    """Build a Celery app; settings are resolved when the config is first read."""
+    app = Celery("atlas_tasks", include=list(TASK_MODULES))
+    app.add_defaults(lambda: build_config(settings or get_settings()))
+    return app
+
+
+app = create_app()
+celery = app
+
+_apps_by_url: dict[tuple[str, str], Celery] = {}
+
+
+def get_app() -> Celery:
+    """The app callers enqueue through: :data:`app`, unless the broker settings changed
+    since it was configured (tests and tools that point one process at several clusters),
+    in which case an app for the current settings is built and cached."""
+    settings = get_settings()
+    key = (settings.effective_broker_url, settings.effective_result_backend)
+    if (app.conf.broker_url, app.conf.result_backend) == key:
+        return app
+    other = _apps_by_url.get(key)
+    if other is None:
+        other = _apps_by_url[key] = create_app(settings)
+    return other
+
+_listener: Any = None
+
+
+@signals.worker_ready.connect
+def _start_expiry_listener(sender: Any = None, **_: Any) -> None:
+    """Start the keyspace-expiry fast path in the worker's main process."""
+    global _listener
+    settings = get_settings()
+    if not settings.keyspace_events or _listener is not None:
+        return
+    from atlas_tasks.keyspace import ExpiryListener
+    from atlas_tasks.tasks.reaper import enqueue_terminate
+
+    _listener = ExpiryListener(settings.redis_url,
+                               lambda ids: enqueue_terminate(ids, "idle_timeout"))
+    _listener.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_expiry_listener(**_: Any) -> None:
+    if _listener is not None:
+        _listener.stop()
+
+
+@signals.worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    """Prefork children must not share the parent's sockets."""
+    from atlas_tasks.providers.registry import clear_provider_cache
+    from atlas_tasks.redis_conn import reset_redis_clients
+
+    reset_redis_clients()
+    clear_provider_cache()

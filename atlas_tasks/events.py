@@ -1,0 +1,259 @@
+"""Cluster-wide events: Redis pub/sub for live delivery plus a capped Redis Stream per
+session for replay.
+
+A publish is one Lua call that appends to the stream (``XADD MAXLEN ~``) and publishes
+``"<stream id>|<json>"`` on the channel, so the two can never disagree on order.
+:func:`subscribe` first SUBSCRIBEs, then replays the stream, then follows live messages,
+skipping any live message whose stream id it already replayed: a browser that connects
+late or reconnects misses nothing and sees nothing twice. Heartbeats are published by
+``touch()`` on the channel only (id ``-``); they are not worth replaying.
+
+Publishing is best-effort: a Redis hiccup is logged and never fails a task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from pydantic import BaseModel, Field
+
+from atlas_tasks import constants as C
+from atlas_tasks.config import get_settings
+from atlas_tasks.errors import ValidationError
+from atlas_tasks.redis_conn import get_redis
+
+log = logging.getLogger(__name__)
+
+#: Event types of a compute session (the seed's PubSub events).
+COMPUTE_EVENT_TYPES = ("status", "heartbeat", "terminating", "terminate_failed")
+
+#: Lua function other scripts embed to publish an event in the same atomic step as a state
+#: change (the registry's terminate transitions): append to the replay stream, re-arm its
+#: TTL, publish ``"<stream id>|<json>"``.
+EMIT_LUA = f"""
+local function emit(stream, channel, payload)
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', {C.EVENTS_STREAM_MAXLEN}, '*', 'e', payload)
+  redis.call('PEXPIRE', stream, {C.EVENTS_STREAM_TTL_MS})
+  redis.call('PUBLISH', channel, id .. '|' .. payload)
+  return id
+end
+"""
+
+_PUBLISH = EMIT_LUA + "return emit(KEYS[1], KEYS[2], ARGV[1])\n"
+
+
+class Event(BaseModel):
+    """One event. ``session_id`` is the topic id (session, job or deploy ticket)."""
+
+    session_id: str
+    type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    ts: float = Field(default_factory=time.time)
+    id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.session_id} {self.type} {json.dumps(self.data, default=str)}"
+
+
+def _keys(topic: str, topic_id: str) -> tuple[str, str]:
+    try:
+        channel, stream = C.EVENT_TOPICS[topic]
+    except KeyError:
+        raise ValidationError(
+            f"topic: unknown event topic {topic!r}; known: {', '.join(C.EVENT_TOPICS)}",
+            field="topic",
+        ) from None
+    return channel.format(id=topic_id), stream.format(id=topic_id)
+
+
+def publish(
+    topic_id: str,
+    type: str,
+    data: dict[str, Any] | None = None,
+    *,
+    topic: str = "compute",
+    client: redis.Redis | None = None,
+) -> str | None:
+    """Record and broadcast an event. Returns its stream id, or ``None`` if Redis failed."""
+    channel, stream = _keys(topic, topic_id)
+    payload = encode(topic_id, type, data)
+    r = client or get_redis()
+    try:
+        return str(r.eval(_PUBLISH, 2, stream, channel, payload))
+    except redis.RedisError as exc:  # best effort: never fail the task over an event
+        log.warning("could not publish %s event for %s: %s", type, topic_id, exc)
+        return None
+
+
+def encode(topic_id: str, type: str, data: dict[str, Any] | None = None) -> str:
+    """The wire form of an event (what :data:`EMIT_LUA` ``emit`` publishes)."""
+    return Event(session_id=topic_id, type=type, data=data or {}).model_dump_json(
+        exclude={"id"})
+
+
+def topic_keys(topic_id: str, topic: str = "compute") -> tuple[str, str]:
+    """``(pub/sub channel, replay stream)`` of a topic id."""
+    return _keys(topic, topic_id)
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _parse_live(raw: str) -> Event | None:
+    sid, _, body = raw.partition("|")
+    try:
+        event = Event.model_validate_json(body)
+    except ValueError:
+        log.warning("dropping malformed event message")
+        return None
+    event.id = None if sid == "-" else sid
+    return event
+
+
+def _parse_entry(entry_id: str, fields: dict[str, str]) -> Event | None:
+    try:
+        event = Event.model_validate_json(fields["e"])
+    except (KeyError, ValueError):
+        return None
+    event.id = entry_id
+    return event
+
+
+def history(topic_id: str, *, topic: str = "compute", client: redis.Redis | None = None,
+            after: str | None = None) -> list[Event]:
+    """Events recorded for ``topic_id`` (oldest first), optionally after a stream id."""
+    _, stream = _keys(topic, topic_id)
+    r = client or get_redis()
+    start = f"({after}" if after else "-"
+    entries = cast(list[tuple[str, dict[str, str]]], r.xrange(stream, start, "+"))
+    return [e for e in (_parse_entry(i, f) for i, f in entries) if e is not None]
+
+
+def subscribe(
+    topic_id: str,
+    *,
+    topic: str = "compute",
+    replay: bool = True,
+    after: str | None = None,
+    timeout: float | None = None,
+    until: tuple[str, ...] = (),
+    redis_url: str | None = None,
+) -> Iterator[Event]:
+    """Yield past then live events of one session (or job / deploy ticket).
+
+    Args:
+        topic_id: session id (or job id / deploy ticket with ``topic``).
+        topic: ``compute`` (default), ``job``, ``deploy`` or ``logs``.
+        replay: first yield what the stream already recorded.
+        after: resume after this stream id (a reconnecting client passes the last id seen).
+        timeout: stop after this many seconds without any event (``None`` = never).
+        until: stop after yielding an event whose ``type`` or ``data["status"]`` is in it,
+            e.g. ``until=("terminated", "failed")``.
+        redis_url: Redis to use (default ``ATLAS_REDIS_URL``).
+    """
+    channel, _ = _keys(topic, topic_id)
+    r = get_redis(redis_url)
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel)  # subscribe *before* reading history: nothing falls between
+    cursor = _Cursor(after, timeout, until)
+    try:
+        if replay or after:
+            for past in history(topic_id, topic=topic, client=r, after=after):
+                if cursor.accept(past):
+                    yield past
+                    if cursor.done:
+                        return
+        while not cursor.timed_out():
+            message = pubsub.get_message(timeout=cursor.wait_s())
+            event = _parse_live(str(message["data"])) if message else None
+            if event is not None and cursor.accept(event):
+                yield event
+                if cursor.done:
+                    return
+    finally:
+        pubsub.close()
+
+
+async def asubscribe(
+    topic_id: str,
+    *,
+    topic: str = "compute",
+    replay: bool = True,
+    after: str | None = None,
+    timeout: float | None = None,
+    until: tuple[str, ...] = (),
+    redis_url: str | None = None,
+) -> AsyncIterator[Event]:
+    """asyncio twin of :func:`subscribe` (for ASGI apps, Django Channels, websockets)."""
+    channel, stream = _keys(topic, topic_id)
+    r = aioredis.Redis.from_url(redis_url or get_settings().redis_url, decode_responses=True)
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+    cursor = _Cursor(after, timeout, until)
+    try:
+        if replay or after:
+            start = f"({after}" if after else "-"
+            entries = cast(list[tuple[str, dict[str, str]]], await r.xrange(stream, start, "+"))
+            for entry_id, fields in entries:
+                event = _parse_entry(entry_id, fields)
+                if event is not None and cursor.accept(event):
+                    yield event
+                    if cursor.done:
+                        return
+        while not cursor.timed_out():
+            message = await pubsub.get_message(timeout=cursor.wait_s())
+            event = _parse_live(str(message["data"])) if message else None
+            if event is not None and cursor.accept(event):
+                yield event
+                if cursor.done:
+                    return
+    finally:
+        await pubsub.aclose()
+        await r.aclose()
+
+
+class _Cursor:
+    """What both subscribe flavours track: the last stream id delivered (so a live copy of
+    a replayed event is dropped), the idle timeout, and the ``until`` stop condition."""
+
+    def __init__(self, after: str | None, timeout: float | None,
+                 until: tuple[str, ...]) -> None:
+        self.last = _stream_id(after) if after else (0, 0)
+        self.timeout = timeout
+        self.until = until
+        self.idle_since = time.monotonic()
+        self.done = False
+
+    def accept(self, event: Event) -> bool:
+        """Whether to deliver ``event``; records it as delivered."""
+        if event.id is not None:
+            position = _stream_id(event.id)
+            if position <= self.last:
+                return False  # already replayed
+            self.last = position
+        self.idle_since = time.monotonic()
+        self.done = bool(self.until) and (event.type in self.until
+                                          or event.data.get("status") in self.until)
+        return True
+
+    def wait_s(self) -> float:
+        """How long the next read may block (≤ 1 s, and never past the idle timeout)."""
+        if self.timeout is None:
+            return 1.0
+        return max(0.0, min(1.0, self.timeout - (time.monotonic() - self.idle_since)))
+
+    def timed_out(self) -> bool:
+        """Whether ``timeout`` seconds passed without an event."""
+        return self.timeout is not None and time.monotonic() - self.idle_since >= self.timeout
+
+
+__all__ = ["COMPUTE_EVENT_TYPES", "EMIT_LUA", "Event", "asubscribe", "encode", "history",
+           "publish", "subscribe", "topic_keys"]

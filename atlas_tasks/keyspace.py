@@ -1,0 +1,115 @@
+"""Fast path of the idle clock: react to Redis expiring ``atlas:alive:{id}``.
+
+Redis publishes ``__keyevent@<db>__:expired`` when it expires a key, if
+``notify-keyspace-events`` has ``E`` and ``x``. A listener thread in each worker turns
+those into terminate batches within milliseconds. Expiry events are fire-and-forget (lost
+while nobody listens, and managed Redis may refuse ``CONFIG SET``), so the beat-driven
+reaper stays the safety net; where ``CONFIG SET`` is refused the listener logs it once
+and the reaper alone does the job.
+
+Each expired session is claimed with the same claim the reaper's sweep takes (its
+deadline is moved past now), so N listeners plus the sweep enqueue one terminate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from atlas_tasks import constants as C
+from atlas_tasks.registry import registry_for
+
+log = logging.getLogger(__name__)
+
+
+def enable_expiry_events(client: redis.Redis) -> bool:
+    """Make sure ``notify-keyspace-events`` includes ``E`` and ``x``; False if refused."""
+    try:
+        current = str(client.config_get("notify-keyspace-events").get(
+            "notify-keyspace-events", ""))
+        if "E" in current and ("x" in current or "A" in current):
+            return True
+        flags = "".join(sorted(set(current + "Ex")))
+        client.config_set("notify-keyspace-events", flags)
+        return True
+    except redis.ResponseError as exc:
+        log.warning("keyspace notifications unavailable (%s); idle sessions are reaped by "
+                    "the beat sweep only", exc)
+        return False
+
+
+class ExpiryListener(threading.Thread):
+    """Daemon thread: expired ``atlas:alive:*`` keys → ``on_expired([session ids])``.
+
+    Claimed ids are handed over in batches of up to ``IDLE_BATCH_MAX``, waiting at most
+    ``IDLE_BATCH_WINDOW_MS`` after the first one.
+    """
+
+    def __init__(self, redis_url: str, on_expired: Callable[[list[str]], None]) -> None:
+        super().__init__(name="atlas-expiry-listener", daemon=True)
+        self.redis_url = redis_url
+        self.on_expired = on_expired
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.enabled = True
+
+    def stop(self) -> None:
+        """Ask the thread to finish (it exits within about a second)."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+                if not enable_expiry_events(client):
+                    self.enabled = False
+                    self.ready.set()
+                    return
+                self._listen(client)
+                backoff = 0.5
+            except redis.RedisError as exc:
+                log.warning("expiry listener lost Redis (%s); reconnecting", exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _listen(self, client: redis.Redis) -> None:
+        prefix = C.SESSION_ALIVE_KEY.format(id="")
+        registry = registry_for(client)
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(f"__keyevent@{db}__:expired")
+        self.ready.set()
+        batch: list[str] = []
+        first_at = 0.0
+        window = C.IDLE_BATCH_WINDOW_MS / 1000
+        try:
+            while not self.stopping.is_set():
+                wait = 1.0 if not batch else max(0.0, window - (time.monotonic() - first_at))
+                message = pubsub.get_message(timeout=wait)
+                if message:
+                    key = str(message["data"])
+                    session_id = key[len(prefix):] if key.startswith(prefix) else ""
+                    if session_id and registry.claim_expired(session_id,
+                                                             C.IDLE_CLAIM_SLACK_MS):
+                        if not batch:
+                            first_at = time.monotonic()
+                        batch.append(session_id)
+                if batch and (len(batch) >= C.IDLE_BATCH_MAX
+                              or time.monotonic() - first_at >= window):
+                    self._flush(batch)
+                    batch = []
+        finally:
+            if batch:
+                self._flush(batch)
+            pubsub.close()
+
+    def _flush(self, batch: list[str]) -> None:
+        try:
+            self.on_expired(list(batch))
+        except Exception:  # keep listening whatever the callback does; the sweep retries
+            log.exception("expiry callback failed for %d sessions", len(batch))

@@ -1,0 +1,134 @@
+"""Lazy name → provider registry.
+
+Built-in providers are named by dotted path and imported on first use, so importing
+atlas_tasks never pulls in every cloud's code. Outside code adds its own with
+:func:`register_provider`. :func:`get_provider` also accepts a Provider class or instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import threading
+from typing import Any
+
+import httpx
+
+from atlas_tasks.config import AtlasSettings, get_settings, resolve_api_key, resolve_provider_name
+from atlas_tasks.errors import UnsupportedError, ValidationError
+from atlas_tasks.providers.base import Provider, ProviderContext, RequestHook
+
+#: Built-in providers: name → "module:Class".
+BUILTIN_PROVIDERS: dict[str, str] = {
+    "runpod": "atlas_tasks.providers.runpod:RunPodProvider",
+    "fly": "atlas_tasks.providers.fly_machines:FlyMachinesProvider",
+    "lambda_labs": "atlas_tasks.providers.lambda_labs:LambdaLabsProvider",
+    "vast": "atlas_tasks.providers.vast:VastProvider",
+    "mock": "atlas_tasks.providers.mock:MockProvider",
+}
+
+_registry: dict[str, str | type[Provider]] = dict(BUILTIN_PROVIDERS)
+_lock = threading.Lock()
+_instances: dict[tuple[str, str, str, int], Provider] = {}
+
+
+def register_provider(name: str, target: str | type[Provider]) -> None:
+    """Make ``name`` resolve to a Provider class (or a ``"module:Class"`` path)."""
+    if not name or not isinstance(name, str):
+        raise ValidationError("provider: a registered name must be a non-empty string",
+                              field="provider")
+    with _lock:
+        _registry[name] = target
+        for key in [k for k in _instances if k[0] == name]:
+            _instances.pop(key).close()
+
+
+def known_providers() -> list[str]:
+    """Registered provider names, sorted."""
+    return sorted(_registry)
+
+
+def provider_class(name: str) -> type[Provider]:
+    """The Provider class registered under ``name`` (imported on first use).
+
+    Raises:
+        ValidationError: field ``provider``, listing the known names.
+    """
+    target = _registry.get(name)
+    if target is None:
+        raise ValidationError(
+            f"provider: unknown provider {name!r}; known: {', '.join(known_providers())}",
+            field="provider",
+        )
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UnsupportedError(
+                f"provider {name!r} could not be loaded from {target}: {exc}", provider=name
+            ) from exc
+        with _lock:
+            _registry[name] = cls
+        return cls  # type: ignore[no-any-return]
+    return target
+
+
+
+
+def get_provider(
+    provider: str | type[Provider] | Provider | None = None,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    settings: AtlasSettings | None = None,
+    transport: httpx.BaseTransport | None = None,
+    hooks: tuple[RequestHook, ...] = (),
+    cache: bool = True,
+    **options: Any,
+) -> Provider:
+    """Resolve a provider (argument > ``ATLAS_DEFAULT_PROVIDER``) and build or reuse it.
+
+    Instances are cached per (name, key fingerprint, base URL, settings) so a worker keeps
+    one pooled HTTP client per provider context instead of one per call.
+    """
+    resolved = resolve_provider_name(provider, settings)
+    if isinstance(resolved, Provider):
+        return resolved
+    cls = resolved if isinstance(resolved, type) else provider_class(str(resolved))
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise ValidationError(f"provider: {resolved!r} is not a Provider", field="provider")
+    settings = settings or get_settings()
+    key = resolve_api_key(cls.name, api_key, settings)
+    context = ProviderContext(
+        api_key=key, base_url=base_url, settings=settings, transport=transport,
+        hooks=tuple(hooks), options=dict(options),
+    )
+    if not cache or transport is not None or hooks or options:
+        return cls(context)
+    fingerprint = hashlib.sha256((key or "").encode()).hexdigest()[:16]
+    cache_key = (cls.name, fingerprint, base_url or "", id(settings))
+    with _lock:
+        instance = _instances.get(cache_key)
+        if instance is None:
+            instance = cls(context)
+            _instances[cache_key] = instance
+        return instance
+
+
+def clear_provider_cache() -> None:
+    """Close and forget cached provider instances (tests, settings changes)."""
+    with _lock:
+        for instance in _instances.values():
+            instance.close()
+        _instances.clear()
+
+
+__all__ = [
+    "BUILTIN_PROVIDERS",
+    "clear_provider_cache",
+    "get_provider",
+    "known_providers",
+    "provider_class",
+    "register_provider",
+]

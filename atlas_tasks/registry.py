@@ -1,0 +1,570 @@
+"""The session registry in Redis: records, the idle clock, deadlines, intents, fences.
+
+Layout (templates in :mod:`atlas_tasks.constants`):
+
+* ``atlas:session:{id}`` hash — the session record. Never holds a raw secret: the bearer
+  token is kept as its SHA-256 hash, a per-call API key only Fernet-sealed.
+* ``atlas:alive:{id}`` — a plain key whose PX *is* the idle clock; touch() re-arms it.
+* ``atlas:deadlines`` zset — session id scored by idle deadline (ms), swept by the reaper.
+* ``atlas:intents`` zset — write-ahead spawn intents scored by their own deadline.
+* ``atlas:fence:{id}`` — terminate fence so duplicate terminates make one provider DELETE.
+
+Every multi-key transition is one Lua script, so it is atomic and one round trip, and
+every time comes from Redis ``TIME`` so web nodes and workers share one clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
+
+import redis
+from pydantic import BaseModel, Field
+
+from atlas_tasks import constants as C
+from atlas_tasks.errors import NotTracked
+from atlas_tasks.events import EMIT_LUA, encode, topic_keys
+from atlas_tasks.specs import Port
+
+# Lua helper: Redis server time in ms (scripts are effect-replicated in Redis ≥ 5).
+_NOW = (
+    "local _t = redis.call('TIME') "
+    "local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)\n"
+)
+
+_CREATE = _NOW + """
+-- KEYS: session, sessions set, intents  ARGV: id, intent_ttl_ms, record_ttl_ms, field/value...
+redis.call('HSET', KEYS[1], 'created_at_ms', now, 'last_activity_ms', now)
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
+return now
+"""
+
+_TOUCH = _NOW + """
+-- KEYS: session, alive, deadlines, channel  ARGV: id, record_grace_ms, publish(0/1)
+local st = redis.call('HMGET', KEYS[1], 'idle_ttl_ms', 'status')
+if not st[1] then return -1 end
+if st[2] ~= 'running' and st[2] ~= 'spawning' then return -2 end
+local ttl = tonumber(st[1])
+redis.call('HSET', KEYS[1], 'last_activity_ms', now)
+if st[2] == 'running' then
+  redis.call('SET', KEYS[2], ttl, 'PX', ttl)
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[2]))
+end
+if ARGV[3] == '1' then
+  redis.call('PUBLISH', KEYS[4], '-|' .. cjson.encode({session_id = ARGV[1], type = 'heartbeat',
+    data = {last_activity_ms = now}, ts = now / 1000}))
+end
+return now
+"""
+
+# The hot path of touch(): one key, no index write. The alive key's value is the idle TTL,
+# so re-arming it needs nothing else. The deadline index is left behind on purpose: the
+# reaper's claim follows the live clock when a stale entry comes due (see _CLAIM_DUE), so
+# a continuously touched session costs the sweep one PTTL per idle TTL, not per touch.
+_TOUCH_FAST = """
+local ttl = redis.call('GET', KEYS[1])
+if not ttl then return -1 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"""
+
+_FINISH_SPAWN = _NOW + """
+-- KEYS: session, alive, deadlines, intents  ARGV: id, compute_id, compute_json, grace_ms
+local st = redis.call('HMGET', KEYS[1], 'status', 'idle_ttl_ms', 'compute_id')
+if not st[1] then redis.call('ZREM', KEYS[4], ARGV[1]) return 'missing' end
+-- a re-sent spawn that raced a slow original: the first pod recorded wins
+if st[3] and st[3] ~= '' and st[3] ~= ARGV[2] then return 'duplicate' end
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[1], 'spawn_sealed')
+redis.call('HSET', KEYS[1], 'compute_id', ARGV[2], 'compute', ARGV[3])
+if st[1] ~= 'spawning' then
+  -- stopped while spawning: due at once, so the reaper finishes it if the caller dies
+  if st[1] == 'terminating' then redis.call('ZADD', KEYS[3], now, ARGV[1]) end
+  return st[1]
+end
+local ttl = tonumber(st[2])
+redis.call('HSET', KEYS[1], 'status', 'running', 'running_at_ms', now, 'last_activity_ms', now)
+redis.call('SET', KEYS[2], ttl, 'PX', ttl)
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
+return 'running'
+"""
+
+_FAIL_SPAWN = _NOW + """
+-- KEYS: session, intents, sessions, deadlines, alive  ARGV: id, error_json, ttl_ms
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[5])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[1], 'spawn_sealed')
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[2], 'ended_at_ms', now)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+
+_BEGIN_TERMINATE = _NOW + EMIT_LUA + """
+-- KEYS: session, alive, deadlines, fence, event stream, event channel
+-- ARGV: id, reason, fence_token, fence_ttl_ms, slack_ms, terminating event payload
+-- Returns {verdict, compute_id, first, provider, base_url, api_key_sealed, pod_name}: the
+-- record fields the worker needs ride along, and the first transition publishes its
+-- `terminating` event here, so a terminate costs two round trips around the provider call.
+local st = redis.call('HMGET', KEYS[1], 'status', 'compute_id', 'provider', 'base_url',
+                      'api_key_sealed', 'pod_name')
+local function answer(verdict, first)
+  return {verdict, st[2] or '', first, st[3] or '', st[4] or '', st[5] or '', st[6] or ''}
+end
+if not st[1] then return answer('missing', '0') end
+if st[1] == 'terminated' or st[1] == 'failed' then return answer(st[1], '0') end
+if ARGV[2] == 'idle_timeout' and redis.call('EXISTS', KEYS[2]) == 1 then
+  return answer('alive', '0')
+end
+local f = redis.call('GET', KEYS[4])
+if f and f ~= ARGV[3] then return answer('fenced', '0') end
+redis.call('SET', KEYS[4], ARGV[3], 'PX', tonumber(ARGV[4]))
+local first = '0'
+if st[1] ~= 'terminating' then
+  first = '1'
+  redis.call('HSET', KEYS[1], 'status', 'terminating', 'reason', ARGV[2], 'terminating_at_ms', now)
+  emit(KEYS[5], KEYS[6], ARGV[6])
+end
+redis.call('DEL', KEYS[2])
+-- Stay in the deadline index, due again after the slack: if this terminate dies with its
+-- worker, the reaper picks the session up again instead of leaking the pod.
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) or st[1] ~= 'spawning' then
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[1])
+end
+return answer('ok', first)
+"""
+
+_FINISH_TERMINATE = _NOW + EMIT_LUA + """
+-- KEYS: session, deadlines, sessions, alive, fence, intents, event stream, event channel
+-- ARGV: id, record_ttl_ms, terminated event payload
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4], KEYS[5])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[1], 'spawn_sealed')
+redis.call('HSET', KEYS[1], 'status', 'terminated', 'ended_at_ms', now)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+emit(KEYS[7], KEYS[8], ARGV[3])
+return 1
+"""
+
+_TERMINATE_FAILED = _NOW + """
+-- KEYS: session, deadlines, fence  ARGV: id, error_json, retry_in_ms
+redis.call('DEL', KEYS[3])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+_CLAIM_DUE = _NOW + """
+-- KEYS: deadlines  ARGV: limit, slack_ms, alive key prefix, record key prefix, grace_ms
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+for _, id in ipairs(due) do
+  local pttl = redis.call('PTTL', ARGV[3] .. id)
+  if pttl > 0 then
+    -- touched since this entry was written (touch does not write the index): follow the
+    -- live clock, and keep the record outliving it
+    redis.call('ZADD', KEYS[1], now + pttl, id)
+    redis.call('PEXPIRE', ARGV[4] .. id, pttl + tonumber(ARGV[5]))
+  else
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+    table.insert(out, id)
+  end
+end
+return out
+"""
+
+_CLAIM_EXPIRED = _NOW + """
+-- KEYS: deadlines, alive  ARGV: id, slack_ms
+-- The keyspace listener's claim: the same one claim_due takes (deadline moved past now),
+-- so an expiry seen by both the listener and the sweep is terminated once.
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > now then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+_START_SPAWN = _NOW + """
+-- KEYS: lease, intents, session  ARGV: id, token, lease_ms, intent_ttl_ms
+-- One spawn attempt at a time per session: a re-sent spawn (new task id) waits for the
+-- lease of a slow original; a redelivery of the same task (same id) takes it over.
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[2] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[4]), ARGV[1])
+return redis.call('HINCRBY', KEYS[3], 'spawn_attempts', 1)
+"""
+
+_CLAIM_STALLED = _NOW + """
+-- KEYS: intents  ARGV: limit, intent_ttl_ms, stall_ms, record key prefix, max_resends
+-- Intents not refreshed for stall_ms (their spawn message was lost: kombu can drop one
+-- when a worker dies between BRPOP and its unacked bookkeeping). Each is re-scored as if
+-- it made progress and returned with its sealed payload for a re-send; past the cap it is
+-- made stale at once, so the stale-intent path resolves it.
+local upper = now + tonumber(ARGV[2]) - tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, upper, 'LIMIT', 0,
+                       tonumber(ARGV[1]))
+local out = {}
+for _, id in ipairs(ids) do
+  local rec = ARGV[4] .. id
+  local st = redis.call('HMGET', rec, 'status', 'spawn_sealed')
+  if st[1] == 'spawning' and st[2] then
+    if redis.call('HINCRBY', rec, 'spawn_resends', 1) <= tonumber(ARGV[5]) then
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+      table.insert(out, id)
+      table.insert(out, st[2])
+    else
+      redis.call('ZADD', KEYS[1], now, id)
+    end
+  end
+end
+return out
+"""
+
+_CLAIM_INTENTS = _NOW + """
+-- KEYS: intents  ARGV: limit
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(due) do redis.call('ZREM', KEYS[1], id) end
+return due
+"""
+
+
+_TOUCH_FAST_SHA = hashlib.sha1(_TOUCH_FAST.encode()).hexdigest()
+_ALIVE_PREFIX = C.SESSION_ALIVE_KEY.format(id="")
+_RECORD_PREFIX = C.SESSION_KEY.format(id="")
+
+
+class TerminateStart(NamedTuple):
+    """What :meth:`SessionRegistry.begin_terminate` answers."""
+
+    verdict: str
+    compute_id: str
+    first: bool
+    record: dict[str, str]
+
+
+class SessionInfo(BaseModel):
+    """What :func:`atlas_tasks.client.info` returns about a tracked session."""
+
+    id: str
+    provider: str
+    status: str
+    compute_id: str | None = None
+    pod_name: str | None = None
+    user_id: Any = None
+    idle_ttl_ms: int
+    created_at_ms: int | None = None
+    last_activity_ms: int | None = None
+    ports: list[Port] = Field(default_factory=list)
+    public_ip: str | None = None
+    auth: str = "none"
+    reason: str | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The concrete Redis keys of one session."""
+
+    session_id: str
+
+    @property
+    def record(self) -> str:
+        return C.SESSION_KEY.format(id=self.session_id)
+
+    @property
+    def alive(self) -> str:
+        return C.SESSION_ALIVE_KEY.format(id=self.session_id)
+
+    @property
+    def fence(self) -> str:
+        return C.TERMINATE_FENCE_KEY.format(id=self.session_id)
+
+    @property
+    def channel(self) -> str:
+        return C.EVENTS_CHANNEL.format(id=self.session_id)
+
+
+class SessionRegistry:
+    """All session state transitions, each one Redis round trip.
+
+    Args:
+        client: a ``decode_responses=True`` Redis client.
+        publish_heartbeats: publish a ``heartbeat`` event on every touch (pub/sub only;
+            ``ATLAS_HEARTBEAT_EVENTS``). Off by default: it takes touch off its fast path.
+    """
+
+    def __init__(self, client: redis.Redis, *, publish_heartbeats: bool = False) -> None:
+        self.r = client
+        self.publish_heartbeats = publish_heartbeats
+        self._create = client.register_script(_CREATE)
+        self._touch = client.register_script(_TOUCH)
+        self._claim_expired = client.register_script(_CLAIM_EXPIRED)
+        self._finish_spawn = client.register_script(_FINISH_SPAWN)
+        self._fail_spawn = client.register_script(_FAIL_SPAWN)
+        self._begin_terminate = client.register_script(_BEGIN_TERMINATE)
+        self._finish_terminate = client.register_script(_FINISH_TERMINATE)
+        self._terminate_failed = client.register_script(_TERMINATE_FAILED)
+        self._claim_due = client.register_script(_CLAIM_DUE)
+        self._claim_intents = client.register_script(_CLAIM_INTENTS)
+        self._start_spawn = client.register_script(_START_SPAWN)
+        self._claim_stalled = client.register_script(_CLAIM_STALLED)
+
+    # ------------------------------------------------------------------ caller side
+    def create(self, session_id: str, fields: dict[str, str]) -> int:
+        """Record a new session in ``spawning`` state with a write-ahead intent.
+
+        Returns the Redis time (ms) of creation.
+        """
+        flat: list[str] = []
+        for key, value in fields.items():
+            flat += [key, value]
+        record_ttl = C.SPAWN_INTENT_TTL_MS + C.SESSION_RECORD_GRACE_MS
+        return int(self._create(
+            keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY],
+            args=[session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat],
+        ))
+
+    def touch(self, session_id: str) -> None:
+        """Re-arm the idle clock: one round trip on a running session.
+
+        The fast path re-arms ``atlas:alive:{id}`` alone (raw ``EVALSHA`` on one key); a
+        session without that key (spawning, terminating, unknown) or with heartbeat events
+        on takes the full script, which also records activity and answers ``NotTracked``.
+
+        Raises:
+            NotTracked: unknown, terminated or terminating session.
+        """
+        if not self.publish_heartbeats:
+            alive = _ALIVE_PREFIX + session_id
+            try:
+                fast = self.r.evalsha(_TOUCH_FAST_SHA, 1, alive)
+            except redis.exceptions.NoScriptError:  # Redis restarted or SCRIPT FLUSH
+                self.r.script_load(_TOUCH_FAST)
+                fast = self.r.evalsha(_TOUCH_FAST_SHA, 1, alive)
+            if fast == 1:
+                return
+        k = Keys(session_id)
+        result = int(self._touch(
+            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, k.channel],
+            args=[session_id, C.SESSION_RECORD_GRACE_MS, "1" if self.publish_heartbeats else "0"],
+        ))
+        if result == -1:
+            raise NotTracked(f"session {session_id!r} is not tracked")
+        if result == -2:
+            raise NotTracked(f"session {session_id!r} is terminating or terminated")
+
+    def get(self, session_id: str) -> dict[str, str]:
+        """The raw record hash (empty dict when unknown)."""
+        return cast(dict[str, str], self.r.hgetall(Keys(session_id).record))
+
+    def info(self, session_id: str) -> SessionInfo:
+        """The record as a :class:`SessionInfo`.
+
+        Raises:
+            NotTracked: no such session (or its record expired).
+        """
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(Keys(session_id).record)
+            pipe.pttl(Keys(session_id).alive)
+            pipe.time()
+            record, pttl, (secs, micros) = pipe.execute()
+        if not record:
+            raise NotTracked(f"session {session_id!r} is not tracked")
+        info = record_to_info(record)
+        if pttl > 0 and info.idle_ttl_ms:
+            # touch() does not write last activity on its fast path: the idle clock has it
+            now_ms = int(secs) * 1000 + int(micros) // 1000
+            info.last_activity_ms = now_ms - (info.idle_ttl_ms - int(pttl))
+        return info
+
+    def list_ids(self) -> list[str]:
+        """Ids of every session currently tracked (spawning, running or terminating)."""
+        return sorted(cast(set[str], self.r.smembers(C.SESSIONS_SET_KEY)))
+
+    def is_tracked(self, session_id: str) -> bool:
+        """Whether the session is in the tracked set."""
+        return bool(self.r.sismember(C.SESSIONS_SET_KEY, session_id))
+
+    # ------------------------------------------------------------------ worker side
+    def has_intent(self, session_id: str) -> bool:
+        """Whether a live write-ahead intent covers this session."""
+        return self.r.zscore(C.INTENTS_KEY, session_id) is not None
+
+    def start_spawn(self, session_id: str, token: str, lease_ms: int) -> int:
+        """Take the session's spawn lease and count the attempt (refreshes the intent).
+
+        Returns the attempt number (> 1 means a pod may already exist by name), or -1
+        when another spawn of this session holds the lease.
+        """
+        k = Keys(session_id)
+        return int(self._start_spawn(
+            keys=[C.SPAWN_LEASE_KEY.format(id=session_id), C.INTENTS_KEY, k.record],
+            args=[session_id, token, lease_ms, C.SPAWN_INTENT_TTL_MS],
+        ))
+
+    def release_spawn_lease(self, session_id: str) -> None:
+        """Let the next spawn attempt of this session start at once."""
+        self.r.delete(C.SPAWN_LEASE_KEY.format(id=session_id))
+
+    def claim_stalled_spawns(self, stall_ms: int, max_resends: int,
+                             limit: int = 100) -> list[tuple[str, str]]:
+        """``(session id, sealed spawn payload)`` of spawns that made no progress for
+        ``stall_ms``, claimed for a re-send (see ``_CLAIM_STALLED``)."""
+        flat = [str(x) for x in self._claim_stalled(
+            keys=[C.INTENTS_KEY],
+            args=[limit, C.SPAWN_INTENT_TTL_MS, stall_ms, _RECORD_PREFIX, max_resends],
+        )]
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
+    def release_fence(self, session_id: str) -> None:
+        """Drop the terminate fence (hand the termination over to another actor)."""
+        self.r.delete(Keys(session_id).fence)
+
+    def finish_spawn(self, session_id: str, compute_id: str, compute: dict[str, Any]) -> str:
+        """Record the created pod and start the idle clock.
+
+        Returns the status the session had: ``running`` on the normal path,
+        ``terminating`` when a stop arrived during the spawn (the caller then terminates),
+        ``missing`` when the record vanished.
+        """
+        k = Keys(session_id)
+        return str(self._finish_spawn(
+            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.INTENTS_KEY],
+            args=[session_id, compute_id, json.dumps(compute), C.SESSION_RECORD_GRACE_MS],
+        ))
+
+    def fail_spawn(self, session_id: str, error: dict[str, Any]) -> None:
+        """Mark a spawn as failed and stop tracking it."""
+        k = Keys(session_id)
+        self._fail_spawn(
+            keys=[k.record, C.INTENTS_KEY, C.SESSIONS_SET_KEY, C.DEADLINE_INDEX_KEY, k.alive],
+            args=[session_id, json.dumps(error), C.TERMINATED_RECORD_TTL_MS],
+        )
+
+    def begin_terminate(self, session_id: str, reason: str, fence_token: str,
+                        slack_ms: int) -> TerminateStart:
+        """Take the termination fence (and publish ``terminating`` on the first one).
+
+        ``verdict`` is ``ok`` (go ahead), ``alive`` (idle reason but touched: do nothing),
+        ``fenced`` (another terminate owns it), ``terminated``/``failed`` (nothing to do)
+        or ``missing``; ``first`` is True when this call moved the session into
+        ``terminating``; ``record`` carries the fields needed to reach the provider.
+        """
+        k = Keys(session_id)
+        channel, stream = topic_keys(session_id)
+        verdict, compute_id, first, provider, base_url, sealed, pod_name = self._begin_terminate(
+            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, k.fence, stream, channel],
+            args=[session_id, reason, fence_token, C.TERMINATE_FENCE_TTL_MS, slack_ms,
+                  encode(session_id, "terminating", {"reason": reason})],
+        )
+        record = {"provider": str(provider), "base_url": str(base_url),
+                  "api_key_sealed": str(sealed), "pod_name": str(pod_name)}
+        return TerminateStart(str(verdict), str(compute_id), first == "1", record)
+
+    def finish_terminate(self, session_id: str, reason: str | None = None) -> None:
+        """Record a confirmed termination, stop tracking and publish ``terminated``."""
+        k = Keys(session_id)
+        channel, stream = topic_keys(session_id)
+        self._finish_terminate(
+            keys=[k.record, C.DEADLINE_INDEX_KEY, C.SESSIONS_SET_KEY, k.alive, k.fence,
+                  C.INTENTS_KEY, stream, channel],
+            args=[session_id, C.TERMINATED_RECORD_TTL_MS,
+                  encode(session_id, "status", {"status": "terminated", "reason": reason})],
+        )
+
+    def terminate_failed(self, session_id: str, error: dict[str, Any], retry_in_ms: int) -> None:
+        """Release the fence and make the session due again after ``retry_in_ms``."""
+        k = Keys(session_id)
+        self._terminate_failed(
+            keys=[k.record, C.DEADLINE_INDEX_KEY, k.fence],
+            args=[session_id, json.dumps(error), retry_in_ms],
+        )
+
+    # ------------------------------------------------------------------ reaper side
+    def claim_due(self, limit: int, slack_ms: int) -> list[str]:
+        """Session ids whose idle deadline passed (and are not alive), re-scored by
+        ``slack_ms`` so a lost terminate makes them due again."""
+        return [str(x) for x in self._claim_due(
+            keys=[C.DEADLINE_INDEX_KEY],
+            args=[limit, slack_ms, _ALIVE_PREFIX, _RECORD_PREFIX, C.SESSION_RECORD_GRACE_MS],
+        )]
+
+    def claim_expired(self, session_id: str, slack_ms: int) -> bool:
+        """The keyspace listener's claim on an expired session (same claim as the sweep's:
+        whoever moves its deadline past now first terminates it)."""
+        return bool(self._claim_expired(
+            keys=[C.DEADLINE_INDEX_KEY, Keys(session_id).alive], args=[session_id, slack_ms]))
+
+    def claim_stale_intents(self, limit: int) -> list[str]:
+        """Remove and return spawn intents whose deadline passed."""
+        return [str(x) for x in self._claim_intents(keys=[C.INTENTS_KEY], args=[limit])]
+
+    def intent_ids(self) -> set[str]:
+        """Session ids with a live spawn intent."""
+        return set(cast(list[str], self.r.zrange(C.INTENTS_KEY, 0, -1)))
+
+    def now_ms(self) -> int:
+        """Redis server time in ms (the registry's clock)."""
+        t = self.r.time()
+        return int(t[0]) * 1000 + int(t[1]) // 1000
+
+
+_registries: dict[tuple[int, bool], SessionRegistry] = {}
+
+
+def registry_for(client: redis.Redis, *, publish_heartbeats: bool = False) -> SessionRegistry:
+    """A cached :class:`SessionRegistry` for ``client`` (scripts hashed once, not per call)."""
+    key = (id(client), publish_heartbeats)
+    registry = _registries.get(key)
+    if registry is None or registry.r is not client:
+        registry = _registries[key] = SessionRegistry(client,
+                                                      publish_heartbeats=publish_heartbeats)
+    return registry
+
+
+def _json(value: str | None) -> Any:
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def record_to_info(record: dict[str, str]) -> SessionInfo:
+    """Build a :class:`SessionInfo` from a raw record hash."""
+    compute = _json(record.get("compute")) or {}
+    return SessionInfo(
+        id=record["id"],
+        provider=record.get("provider", ""),
+        status=record.get("status", "unknown"),
+        compute_id=record.get("compute_id") or None,
+        pod_name=record.get("pod_name"),
+        user_id=_json(record.get("user_id")),
+        idle_ttl_ms=int(record.get("idle_ttl_ms", "0")),
+        created_at_ms=_int_or_none(record.get("created_at_ms")),
+        last_activity_ms=_int_or_none(record.get("last_activity_ms")),
+        ports=[Port(**p) for p in compute.get("ports", [])],
+        public_ip=compute.get("public_ip"),
+        auth=record.get("auth", "none"),
+        reason=record.get("reason"),
+        error=_json(record.get("error")),
+    )

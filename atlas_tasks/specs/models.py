@@ -1,0 +1,284 @@
+"""Normalized request/response models shared by every provider.
+
+Requests are frozen and reject unknown fields (a typo must not silently drop an option);
+responses carry ``raw`` with the provider's native body for fields not yet normalized.
+Build requests through :func:`build_compute_request` / :func:`build_job_request` to get
+``AtlasError(kind="validation")`` naming the field instead of a pydantic traceback.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from atlas_tasks.errors import ValidationError, validation_error
+from atlas_tasks.specs.gpu import canonical_gpu
+
+PortProtocol = Literal["http", "tcp"]
+AuthScheme = Literal["none", "bearer", "signed_url"]
+CloudType = Literal["any", "secure", "community"]
+
+
+class Capability(StrEnum):
+    """Optional features a provider may declare (``atlas.capabilities(provider)``)."""
+
+    SPOT = "spot"
+    SERVERLESS = "serverless"
+    NETWORK_VOLUMES = "network_volumes"
+    HTTP_PROXY = "http_proxy"
+    RAW_TCP = "raw_tcp"
+    SYMMETRIC_PORTS = "symmetric_ports"
+    WEBHOOKS = "webhooks"
+    GLOBAL_NETWORKING = "global_networking"
+
+
+class ComputeStatus(StrEnum):
+    """Normalized lifecycle state of a compute resource."""
+
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+
+class JobStatus(StrEnum):
+    """Normalized state of a serverless job."""
+
+    IN_QUEUE = "in_queue"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for completed, failed, cancelled and timed_out."""
+        return self in _TERMINAL_JOB_STATUSES
+
+
+_TERMINAL_JOB_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
+)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class ComputeRequest(_Request):
+    """What to spawn. Field names follow the ExAtlas README.
+
+    ``ports`` takes ``[(8000, "http"), (22, "tcp")]``; ``auth`` mints a bearer token or a
+    signed-URL secret into the pod's env; ``provider_opts`` is merged last into the
+    provider's native request body (escape hatch for unmodelled options).
+    """
+
+    gpu: str | None = None
+    gpu_count: int = Field(default=1, ge=1)
+    image: str | None = None
+    cloud_type: CloudType = "secure"
+    spot: bool = False
+    region_hints: tuple[str, ...] = ()
+    ports: tuple[tuple[int, PortProtocol], ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    volume_gb: int | None = Field(default=None, ge=0)
+    container_disk_gb: int | None = Field(default=None, ge=1)
+    network_volume_id: str | None = None
+    name: str | None = None
+    template_id: str | None = None
+    auth: AuthScheme = "none"
+    idle_ttl_ms: int | None = Field(default=None, gt=0)
+    provider_opts: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("gpu")
+    @classmethod
+    def _canonical_gpu(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_gpu(value)
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        out = []
+        for item in value:
+            if isinstance(item, dict):
+                item = (item.get("internal", item.get("port")), item.get("protocol", "http"))
+            elif isinstance(item, int):
+                item = (item, "http")
+            port, proto = item
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ValueError(f"port {port!r} must be an integer in 1..65535")
+            proto = str(proto).lower()
+            if proto not in ("http", "tcp"):
+                raise ValueError(f"protocol {proto!r} must be 'http' or 'tcp'")
+            out.append((port, proto))
+        return tuple(out)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("env must be a mapping of NAME to value")
+        return {str(k): str(v) for k, v in value.items()}
+
+    @field_validator("region_hints", mode="before")
+    @classmethod
+    def _regions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)
+        return () if value is None else tuple(value)
+
+
+class Port(BaseModel):
+    """One exposed port; ``url`` is the proxy URL (http) or ``tcp://ip:port``."""
+
+    internal: int
+    external: int | None = None
+    protocol: PortProtocol = "http"
+    url: str | None = None
+
+
+class AuthHandle(BaseModel):
+    """Credentials minted for a compute. ``token`` is raw and handed out exactly once."""
+
+    scheme: AuthScheme
+    token: str | None = None
+    hash: str | None = None
+    header: str | None = None
+
+
+class Compute(BaseModel):
+    """A compute resource as a provider reports it."""
+
+    id: str
+    provider: str
+    status: ComputeStatus = ComputeStatus.PROVISIONING
+    public_ip: str | None = None
+    ports: list[Port] = Field(default_factory=list)
+    gpu_type: str | None = None
+    gpu_count: int = 1
+    cost_per_hour: float | None = None
+    region: str | None = None
+    image: str | None = None
+    name: str | None = None
+    auth: AuthHandle | None = None
+    created_at: datetime | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class JobRequest(_Request):
+    """A serverless job submission."""
+
+    endpoint: str
+    input: Any = None
+    mode: Literal["async", "sync"] = "async"
+    timeout_ms: int = Field(default=90_000, gt=0)
+    webhook: str | None = None
+    policy: dict[str, Any] | None = None
+    provider_opts: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not value:
+            raise ValueError("endpoint must not be empty")
+        return value
+
+
+class Job(BaseModel):
+    """A serverless job as the provider reports it."""
+
+    id: str
+    provider: str
+    status: JobStatus = JobStatus.IN_QUEUE
+    endpoint: str | None = None
+    output: Any = None
+    error: Any = None
+    execution_time_ms: int | None = None
+    delay_time_ms: int | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class GpuType(BaseModel):
+    """A catalog entry with prices (``list_gpu_types``)."""
+
+    id: str
+    provider: str
+    canonical: str | None = None
+    display_name: str | None = None
+    memory_gb: float | None = None
+    lowest_price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
+    stock: Literal["high", "medium", "low", "unavailable", "unknown"] = "unknown"
+    cloud_type: CloudType = "any"
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+def _field_name(err: Any) -> str:
+    loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)] or ["request"]
+    return ".".join(loc)
+
+
+def raise_validation(exc: pydantic.ValidationError) -> ValidationError:
+    """Turn a pydantic error into ``AtlasError(kind="validation")`` naming the first field."""
+    first = exc.errors()[0]
+    field = _field_name(first)
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    return validation_error(field, msg)
+
+
+_RequestT = TypeVar("_RequestT", ComputeRequest, JobRequest)
+
+
+def build_compute_request(request: ComputeRequest | dict[str, Any] | None = None,
+                          **fields: Any) -> ComputeRequest:
+    """A :class:`ComputeRequest` from a model, a dict and/or keyword fields (later wins)."""
+    return _build_request(ComputeRequest, request, fields, drop_none=False)
+
+
+def build_job_request(request: JobRequest | dict[str, Any] | None = None,
+                      **fields: Any) -> JobRequest:
+    """A :class:`JobRequest` from a model, a dict and/or keyword fields (later wins)."""
+    # The SDK passes every keyword, unset ones as None: those must not override ``request``.
+    return _build_request(JobRequest, request, fields, drop_none=True)
+
+
+def _build_request(
+    model: type[_RequestT],
+    request: _RequestT | dict[str, Any] | None,
+    fields: dict[str, Any],
+    *,
+    drop_none: bool,
+) -> _RequestT:
+    """``model`` from ``request`` (a model or a dict) with ``fields`` merged over it.
+
+    Raises:
+        ValidationError: ``request`` is neither, or a field is invalid (named).
+    """
+    if isinstance(request, model) and not fields:
+        return request
+    data: dict[str, Any] = {}
+    if isinstance(request, model):
+        data.update(request.model_dump(exclude_unset=True))
+    elif isinstance(request, dict):
+        data.update(request)
+    elif request is not None:
+        raise validation_error("request", f"must be a {model.__name__} or a dict")
+    data.update({k: v for k, v in fields.items() if v is not None} if drop_none else fields)
+    try:
+        return model(**data)
+    except ValidationError:
+        raise
+    except pydantic.ValidationError as exc:
+        raise raise_validation(exc) from None

@@ -1,0 +1,1 @@
+"""Shipped test support: provider conformance suite, fake cloud, Redis server fixture."""

@@ -1,0 +1,36 @@
+"""A fake cloud speaking RunPod's real wire formats, with fault injection.
+
+Tests run it in a thread::
+
+    from atlas_tasks.testing.fakecloud import FakeCloud
+
+    with FakeCloud(latency_s=0.01) as cloud:
+        cloud.runpod_rest_url      # http://127.0.0.1:<port>/runpod/v1
+        cloud.fail_next("POST /pods", 500, after_create=True)
+
+The CLI runs it in the foreground with :func:`serve` (``atlas-tasks fakecloud --port N``).
+Module map: ``config`` (settings), ``faults`` (injection), ``state`` (pods, counters),
+``runpod_rest`` / ``runpod_runtime`` / ``graphql`` (the APIs), ``admin`` (``/_admin``),
+``app`` (:func:`create_app`), ``server`` (:class:`FakeCloud`, :func:`serve`).
+"""
+
+from atlas_tasks.testing.fakecloud.app import create_app
+from atlas_tasks.testing.fakecloud.config import (
+    DEFAULT_API_KEY,
+    FakeCloudConfig,
+    FaultSettings,
+    ScriptRule,
+    split_options,
+)
+from atlas_tasks.testing.fakecloud.server import FakeCloud, serve
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "FakeCloud",
+    "FakeCloudConfig",
+    "FaultSettings",
+    "ScriptRule",
+    "create_app",
+    "serve",
+    "split_options",
+]

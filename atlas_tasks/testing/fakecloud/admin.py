@@ -1,0 +1,147 @@
+"""Loopback test controls under ``/_admin`` (no provider auth, no faults).
+
+``GET  /_admin/health``            → ``{"ok": true}`` (readiness probe)
+``GET  /_admin/state``             → live and terminated pods with per-pod call counts,
+                                      totals, faults injected by type, per-endpoint job counters,
+                                      and Fly apps/machines under ``fly``
+``POST /_admin/reset``             → forget all pods/jobs/counters; faults back to start-up
+``GET  /_admin/faults``            → the live fault settings (script with remaining counts)
+``POST /_admin/faults``            → merge settings, e.g. ``{"latency_s": 1}`` or
+                                      ``{"script": [{"match": "POST /pods", "status": 500,
+                                      "after_create": true}]}`` (``script`` replaces the script)
+``DELETE /_admin/faults``          → no faults at all
+``POST /_admin/pods/{id}/age``     → ``{"seconds": N}`` backdates the pod's creation and
+                                      ``lastStartedAt`` by N seconds (orphan-grace tests)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from atlas_tasks.testing.fakecloud import fly_machines
+from atlas_tasks.testing.fakecloud import lambda_labs as lambda_api
+from atlas_tasks.testing.fakecloud import vast as vast_api
+from atlas_tasks.testing.fakecloud.common import BadRequest, FakeCloudContext, error, json_body
+
+ADMIN_PREFIX = "/_admin"
+
+
+def snapshot(ctx: FakeCloudContext) -> dict[str, Any]:
+    """Everything ``GET /_admin/state`` returns (also ``FakeCloud.state()``)."""
+    state, jobs = ctx.state, ctx.jobs
+    now = time.monotonic()
+    with state.lock:
+        live = [p.admin_view() for p in state.pods.values() if p.desired_status != "TERMINATED"]
+        dead = [p.admin_view() for p in state.pods.values() if p.desired_status == "TERMINATED"]
+        endpoints: dict[str, Any] = {}
+        for endpoint_id, calls in state.endpoint_calls.items():
+            endpoints[endpoint_id] = {"calls": dict(calls), "jobs": {}}
+        for job in jobs.jobs.values():
+            entry = endpoints.setdefault(job.endpoint_id, {"calls": {}, "jobs": {}})
+            current = job.status(now)
+            entry["jobs"][current] = entry["jobs"].get(current, 0) + 1
+        totals = Counter(state.totals)
+        result = {
+            "pods": live,
+            "terminated_pods": dead,
+            "totals": {"live_pods": len(live), **dict(totals)},
+            "routes": dict(state.routes),
+            "endpoints": endpoints,
+            "templates": len(state.templates),
+            "network_volumes": len(state.volumes),
+            "runpod_endpoints": len(state.endpoints),
+        }
+    result["faults_injected"] = ctx.faults.counters_snapshot()
+    # Lambda Labs and Vast.ai keep their own state (see their modules).
+    result["lambda_labs"] = lambda_api.snapshot(ctx)
+    result["vast"] = vast_api.snapshot(ctx)
+    # Fly Machines keep their own state on the context (see fly_machines.fly_state).
+    result["fly"] = fly_machines.admin_snapshot(ctx)
+    return result
+
+
+def reset(ctx: FakeCloudContext) -> None:
+    """What ``POST /_admin/reset`` does."""
+    ctx.state.reset()
+    ctx.jobs.reset()
+    ctx.faults.reset()
+    lambda_api.reset(ctx)
+    vast_api.reset(ctx)
+    fly_machines.reset(ctx)
+
+
+def age_pod(ctx: FakeCloudContext, pod_id: str, seconds: float) -> dict[str, Any] | None:
+    """Backdate a pod (terminated ones included); None if unknown."""
+    with ctx.state.lock:
+        pod = ctx.state.pods.get(pod_id)
+        if pod is None:
+            return None
+        pod.created_at -= seconds
+        pod.last_started_at -= seconds
+        pod.boot_until -= seconds
+        return pod.admin_view()
+
+
+def build_routes(ctx: FakeCloudContext) -> list[Route]:
+    """The admin routes, bound to ``ctx``."""
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def state(request: Request) -> Response:
+        return JSONResponse(snapshot(ctx))
+
+    async def do_reset(request: Request) -> Response:
+        reset(ctx)
+        return JSONResponse({"ok": True})
+
+    async def get_faults(request: Request) -> Response:
+        return JSONResponse(ctx.faults.snapshot())
+
+    async def set_faults(request: Request) -> Response:
+        try:
+            changes = await json_body(request, default={})
+        except BadRequest as exc:
+            return error(400, str(exc))
+        if not isinstance(changes, dict):
+            return error(400, "body must be a JSON object of fault settings")
+        try:
+            ctx.faults.update(changes)
+        except pydantic.ValidationError as exc:
+            return error(400, f"invalid fault settings: {exc.errors(include_url=False)}")
+        return JSONResponse(ctx.faults.snapshot())
+
+    async def clear_faults(request: Request) -> Response:
+        ctx.faults.clear()
+        return JSONResponse(ctx.faults.snapshot())
+
+    async def age(request: Request) -> Response:
+        try:
+            body = await json_body(request, default={})
+        except BadRequest as exc:
+            return error(400, str(exc))
+        seconds = body.get("seconds") if isinstance(body, dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            return error(400, 'seconds: required number, e.g. {"seconds": 600}')
+        view = age_pod(ctx, request.path_params["pod_id"], float(seconds))
+        if view is None:
+            return error(404, "Pod not found.")
+        return JSONResponse(view)
+
+    p = ADMIN_PREFIX
+    return [
+        Route(f"{p}/health", health, methods=["GET"]),
+        Route(f"{p}/state", state, methods=["GET"]),
+        Route(f"{p}/reset", do_reset, methods=["POST"]),
+        Route(f"{p}/faults", get_faults, methods=["GET"]),
+        Route(f"{p}/faults", set_faults, methods=["POST"]),
+        Route(f"{p}/faults", clear_faults, methods=["DELETE"]),
+        Route(f"{p}/pods/{{pod_id}}/age", age, methods=["POST"]),
+    ]

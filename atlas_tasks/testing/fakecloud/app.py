@@ -1,0 +1,69 @@
+"""The Starlette application of the fake cloud.
+
+Layout (each provider under its own prefix, so Fly/Lambda/Vast can be added beside it)::
+
+    /runpod/v1/...        RunPod REST v1        (runpod_rest)
+    /runpod/v2/<ep>/...   RunPod serverless     (runpod_runtime)
+    /runpod/graphql       RunPod GraphQL        (graphql)
+    /lambda/api/v1/...    Lambda Cloud          (lambda_labs)
+    /vast/api/v0/...      Vast.ai               (vast)
+    /fly/v1/apps/...      Fly Machines          (fly_machines)
+    /fly/api/v1/apps/<app>/logs  Fly logs API   (fly_logs)
+    /_admin/...           test controls         (admin)
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from atlas_tasks.testing.fakecloud import (
+    admin,
+    fly_logs,
+    fly_machines,
+    graphql,
+    runpod_rest,
+    runpod_runtime,
+)
+from atlas_tasks.testing.fakecloud import lambda_labs as lambda_api
+from atlas_tasks.testing.fakecloud import vast as vast_api
+from atlas_tasks.testing.fakecloud.common import FakeCloudContext
+from atlas_tasks.testing.fakecloud.config import FakeCloudConfig
+from atlas_tasks.testing.fakecloud.faults import FaultInjector
+from atlas_tasks.testing.fakecloud.state import CloudState
+
+
+def build_context(config: FakeCloudConfig | None = None) -> FakeCloudContext:
+    """Fresh state, fault injector and job store for ``config``."""
+    config = config or FakeCloudConfig()
+    state = CloudState(seed=config.faults.seed)
+    ctx = FakeCloudContext(config=config, state=state, faults=FaultInjector(config.faults),
+                           jobs=None)
+    ctx.jobs = runpod_runtime.JobStore(config, state)
+    return ctx
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Unknown paths and wrong methods answer JSON like the rest of the API, not plain text.
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(config: FakeCloudConfig | None = None) -> Starlette:
+    """The fake cloud as an ASGI app; its context is ``app.state.fakecloud``."""
+    ctx = build_context(config)
+    routes = [
+        *runpod_rest.build_routes(ctx),
+        *runpod_runtime.build_routes(ctx),
+        *graphql.build_routes(ctx),
+        *lambda_api.build_routes(ctx),
+        *vast_api.build_routes(ctx),
+        *fly_logs.build_routes(ctx),
+        *fly_machines.build_routes(ctx),
+        *admin.build_routes(ctx),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app.state.fakecloud = ctx
+    return app

@@ -1,0 +1,31 @@
+"""Celery worker: ``python -m workers.worker [extra celery worker options]``.
+
+Runs ``worker -E`` (task events for Flower) on every atlas queue with the pool and
+concurrency of ``ATLAS_WORKER_POOL`` / ``ATLAS_WORKER_CONCURRENCY`` (threads × 64 by
+default: provider calls are I/O bound). Extra arguments are passed to Celery and win.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from atlas_tasks.celery_app import app
+from atlas_tasks.config import get_settings
+
+QUEUES = "compute,jobs,fly,maintenance"
+
+
+def argv(extra: list[str]) -> list[str]:
+    """The Celery command line this entry point runs."""
+    settings = get_settings()
+    return ["worker", "-E", "-P", settings.worker_pool, "-c", str(settings.worker_concurrency),
+            "-Q", QUEUES, "--loglevel", "INFO", *extra]
+
+
+def main(extra: list[str] | None = None) -> None:
+    """Run the worker in the foreground."""
+    app.worker_main(argv(sys.argv[1:] if extra is None else extra))
+
+
+if __name__ == "__main__":
+    main()
