@@ -4,7 +4,8 @@ Configuration comes from :class:`atlas_tasks.config.AtlasSettings` and is applie
 (``add_defaults`` with a callable), so importing this module reads no environment. Your
 own ``CELERY_*`` settings can still override anything through ``app.conf``.
 
-* JSON only; task events on (Flower); results in Redis for a day.
+* JSON only; task events on (Flower), published unbuffered from thread pools
+  (:mod:`atlas_tasks.worker_events`); results in Redis for a day.
 * Spawn/terminate are late-acked and rejected on worker loss (they are idempotent).
 * Queues ``compute``, ``jobs``, ``fly``, ``maintenance``.
 * Beat uses redbeat (schedule and a single-beat lock in Redis) and runs the reaper every
@@ -26,6 +27,7 @@ from redis.retry import Retry
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings
+from atlas_tasks.worker_events import UnbufferedTaskEvents
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ def create_app(settings: AtlasSettings | None = None) -> Celery:
     """Build a Celery app; settings are resolved when the config is first read."""
     app = Celery("atlas_tasks", include=list(TASK_MODULES))
     app.add_defaults(lambda: build_config(settings or get_settings()))
+    app.steps["consumer"].add(UnbufferedTaskEvents)
     return app
 
 
