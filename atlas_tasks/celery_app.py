@@ -5,7 +5,8 @@ Configuration comes from :class:`atlas_tasks.config.AtlasSettings` and is applie
 own ``CELERY_*`` settings can still override anything through ``app.conf``.
 
 * JSON only; task events on (Flower), published unbuffered from thread pools
-  (:mod:`atlas_tasks.worker_events`); results in Redis for a day.
+  (:mod:`atlas_tasks.worker_events`); results in Redis for a day, with no result
+  subscription per enqueue (:mod:`atlas_tasks.result_backend`).
 * Spawn/terminate are late-acked and rejected on worker loss (they are idempotent).
 * Queues ``compute``, ``jobs``, ``fly``, ``maintenance``.
 * Beat uses redbeat (schedule and a single-beat lock in Redis) and runs the reaper every
@@ -27,6 +28,7 @@ from redis.retry import Retry
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings
+from atlas_tasks.result_backend import result_backend_url
 from atlas_tasks.worker_events import UnbufferedTaskEvents
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
     reap_s = settings.reap_interval_ms / 1000
     return {
         "broker_url": settings.effective_broker_url,
-        "result_backend": settings.effective_result_backend,
+        "result_backend": result_backend_url(settings.effective_result_backend),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
@@ -115,7 +117,7 @@ def get_app() -> Celery:
     since it was configured (tests and tools that point one process at several clusters),
     in which case an app for the current settings is built and cached."""
     settings = get_settings()
-    key = (settings.effective_broker_url, settings.effective_result_backend)
+    key = (settings.effective_broker_url, result_backend_url(settings.effective_result_backend))
     if (app.conf.broker_url, app.conf.result_backend) == key:
         return app
     other = _apps_by_url.get(key)

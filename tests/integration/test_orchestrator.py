@@ -224,3 +224,21 @@ def test_stop_while_spawning_leaves_no_pod(cluster: LocalCluster) -> None:
     for s in sessions:
         assert _pods(cluster, s.pod_name) == [], cluster.logs()
         assert s.id not in orchestrator.list_ids()
+
+
+def test_enqueue_opens_no_result_subscription_and_get_still_works(cluster: LocalCluster) -> None:
+    """Sending a task leaves the caller's result backend untouched (nothing for
+    ``AsyncResult.__del__`` to clean up when Redis is gone); waiting still gets the
+    stored result, even one stored before ``get()`` subscribed."""
+    from atlas_tasks.celery_app import get_app
+
+    app = get_app()
+    consumer = app.backend.result_consumer
+    before = set(consumer.subscribed_to)
+    sent = app.send_task("celery.accumulate", args=[41, 1], queue="maintenance")
+    assert set(consumer.subscribed_to) == before
+    deadline = time.monotonic() + 20
+    while app.backend.get(app.backend.get_key_for_task(sent.id)) is None:
+        assert time.monotonic() < deadline, "the worker never stored the result"
+        time.sleep(0.05)
+    assert app.AsyncResult(sent.id).get(timeout=10) == [41, 1]

@@ -1,0 +1,54 @@
+"""The result backend URL routing and the no-subscribe-on-send backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from atlas_tasks.celery_app import build_config, create_app
+from atlas_tasks.config import AtlasSettings
+from atlas_tasks.result_backend import BACKEND_NAME, AtlasRedisBackend, result_backend_url
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://:pw@host:6380/1"])
+def test_plain_redis_urls_use_the_atlas_backend(url: str) -> None:
+    assert result_backend_url(url) == f"{BACKEND_NAME}+{url}"
+
+
+@pytest.mark.parametrize("url", ["db+postgresql://u@h/db", "rpc://", "sentinel://h:26379",
+                                 "other.module:Backend+redis://h:6379/0"])
+def test_other_backends_are_left_alone(url: str) -> None:
+    assert result_backend_url(url) == url
+
+
+def test_app_resolves_the_atlas_backend_with_the_real_url() -> None:
+    settings = AtlasSettings(redis_url="redis://127.0.0.1:6399/3")
+    app = create_app(settings)
+    assert build_config(settings)["result_backend"].startswith(BACKEND_NAME + "+redis://")
+    backend = app.backend
+    assert isinstance(backend, AtlasRedisBackend)
+    assert backend.connparams["port"] == 6399 and backend.connparams["db"] == 3
+
+
+def test_send_does_not_subscribe() -> None:
+    app = create_app(AtlasSettings(redis_url="redis://127.0.0.1:6399/3"))
+    backend = app.backend
+    backend.on_task_call(None, "t-1")  # no Redis is listening on 6399: must not connect
+    assert backend.result_consumer._pubsub is None
+    assert not backend.result_consumer.subscribed_to
+
+
+def test_forgetting_a_result_with_redis_gone_returns_at_once() -> None:
+    import time
+
+    from atlas_tasks.result_backend import AtlasResultConsumer
+
+    app = create_app(AtlasSettings(redis_url="redis://127.0.0.1:6399/3"))
+    consumer = app.backend.result_consumer
+    assert isinstance(consumer, AtlasResultConsumer)
+    consumer._pubsub = app.backend.client.pubsub()  # as after a get(): now unreachable
+    key = app.backend.get_key_for_task("t-2")
+    consumer.subscribed_to.add(key)
+    started = time.monotonic()
+    consumer.cancel_for("t-2")
+    assert time.monotonic() - started < 5  # Celery's own retries for ~20 s, then raises
+    assert key not in consumer.subscribed_to
