@@ -7,6 +7,12 @@ import pytest
 from atlas_tasks.celery_app import build_config, create_app
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.result_backend import BACKEND_NAME, AtlasRedisBackend, result_backend_url
+from atlas_tasks.testing.redis_server import free_port
+
+
+def _unreachable_redis_url() -> str:
+    """A loopback port nothing listens on (it was free a moment ago)."""
+    return f"redis://127.0.0.1:{free_port()}/3"
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://:pw@host:6380/1"])
@@ -30,9 +36,9 @@ def test_app_resolves_the_atlas_backend_with_the_real_url() -> None:
 
 
 def test_send_does_not_subscribe() -> None:
-    app = create_app(AtlasSettings(redis_url="redis://127.0.0.1:6399/3"))
+    app = create_app(AtlasSettings(redis_url=_unreachable_redis_url()))
     backend = app.backend
-    backend.on_task_call(None, "t-1")  # no Redis is listening on 6399: must not connect
+    backend.on_task_call(None, "t-1")  # nothing listens there: it must not even try
     assert backend.result_consumer._pubsub is None
     assert not backend.result_consumer.subscribed_to
 
@@ -42,7 +48,7 @@ def test_forgetting_a_result_with_redis_gone_returns_at_once() -> None:
 
     from atlas_tasks.result_backend import AtlasResultConsumer
 
-    app = create_app(AtlasSettings(redis_url="redis://127.0.0.1:6399/3"))
+    app = create_app(AtlasSettings(redis_url=_unreachable_redis_url()))
     consumer = app.backend.result_consumer
     assert isinstance(consumer, AtlasResultConsumer)
     consumer._pubsub = app.backend.client.pubsub()  # as after a get(): now unreachable
