@@ -66,6 +66,7 @@ class Timeline:
             self.show(event)
 
     def show(self, event: dict[str, Any]) -> None:
+        """Print one event as a timeline line (time, user, type, detail)."""
         data = event.get("data", {})
         if data.get("user_id") is not None:  # the spawning event names the user
             self.names.setdefault(event["session_id"], str(data["user_id"]))
@@ -85,6 +86,7 @@ class Timeline:
                       f" {detail}")
 
     def close(self) -> None:
+        """Stop following events and join the thread."""
         self.stopping.set()
         self.thread.join(2)
         self.pubsub.close()

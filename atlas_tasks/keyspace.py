@@ -62,6 +62,7 @@ class ExpiryListener(threading.Thread):
         self.stopping.set()
 
     def run(self) -> None:
+        """Thread body: subscribe, batch expired ids, reconnect with backoff until stopped."""
         backoff = 0.5
         while not self.stopping.is_set():
             try:

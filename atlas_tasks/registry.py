@@ -283,18 +283,22 @@ class Keys:
 
     @property
     def record(self) -> str:
+        """The session record hash."""
         return C.SESSION_KEY.format(id=self.session_id)
 
     @property
     def alive(self) -> str:
+        """The key whose expiry is the idle clock."""
         return C.SESSION_ALIVE_KEY.format(id=self.session_id)
 
     @property
     def fence(self) -> str:
+        """The terminate fence (one holder talks to the provider)."""
         return C.TERMINATE_FENCE_KEY.format(id=self.session_id)
 
     @property
     def channel(self) -> str:
+        """The session's pub/sub channel."""
         return C.EVENTS_CHANNEL.format(id=self.session_id)
 
 

@@ -193,6 +193,7 @@ class BearerOrSignedUrlMiddleware(_PodAuthMiddleware[ASGIApp]):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the token or signature; call the app, or answer 401 (WebSocket: close 1008)."""
         kind = scope.get("type")
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
@@ -238,6 +239,7 @@ class WSGIBearerOrSignedUrlMiddleware(_PodAuthMiddleware[WSGIApplication]):
     """
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Check the request's token or signature, then call the wrapped app or answer 401."""
         path = (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "")
         path = path or "/"
         header = environ.get("HTTP_AUTHORIZATION")

@@ -278,18 +278,23 @@ class StubProvider(Provider):
         )
 
     def create_compute(self, request: ComputeRequest) -> Compute:
+        """Not implemented yet: raises ``UnsupportedError``."""
         raise self._stub("spawn_compute")
 
     def get_compute(self, compute_id: str) -> Compute:
+        """Not implemented yet: raises ``UnsupportedError``."""
         raise self._stub("get_compute")
 
     def list_compute(self, **filters: Any) -> list[Compute]:
+        """Not implemented yet: raises ``UnsupportedError``."""
         raise self._stub("list_compute")
 
     def terminate(self, compute_id: str) -> None:
+        """Not implemented yet: raises ``UnsupportedError``."""
         raise self._stub("terminate")
 
     def unsupported(self, operation: str) -> UnsupportedError:
+        """The error for an operation this stub provider does not implement."""
         return self._stub(operation)
 
 
