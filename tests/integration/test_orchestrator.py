@@ -230,12 +230,13 @@ def test_enqueue_opens_no_result_subscription_and_get_still_works(cluster: Local
     """Sending a task leaves the caller's result backend untouched (nothing for
     ``AsyncResult.__del__`` to clean up when Redis is gone); waiting still gets the
     stored result, even one stored before ``get()`` subscribed."""
+    from atlas_tasks import constants as C
     from atlas_tasks.celery_app import get_app
 
     app = get_app()
     consumer = app.backend.result_consumer
     before = set(consumer.subscribed_to)
-    sent = app.send_task("celery.accumulate", args=[41, 1], queue="maintenance")
+    sent = app.send_task("celery.accumulate", args=[41, 1], queue=C.QUEUE_MAINTENANCE)
     assert set(consumer.subscribed_to) == before
     deadline = time.monotonic() + 20
     while app.backend.get(app.backend.get_key_for_task(sent.id)) is None:
