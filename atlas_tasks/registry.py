@@ -81,8 +81,22 @@ if not st[1] then redis.call('ZREM', KEYS[4], ARGV[1]) return 'missing' end
 -- a re-sent spawn that raced a slow original: the first pod recorded wins
 if st[3] and st[3] ~= '' and st[3] ~= ARGV[2] then return 'duplicate' end
 redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[1], 'spawn_sealed')
-redis.call('HSET', KEYS[1], 'compute_id', ARGV[2], 'compute', ARGV[3])
+-- Rewrite the record afresh without its in-flight spawn payload (its TTL kept): a hash
+-- that ever held the ~600-byte sealed payload stays a hashtable for good, while a new one
+-- whose values fit `hash-max-listpack-value` is a listpack, about half the memory.
+local pttl = redis.call('PTTL', KEYS[1])
+local all = redis.call('HGETALL', KEYS[1])
+local fields = {'compute_id', ARGV[2], 'compute', ARGV[3]}
+for i = 1, #all, 2 do
+  local name = all[i]
+  if name ~= 'spawn_sealed' and name ~= 'compute_id' and name ~= 'compute' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = all[i + 1]
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(fields))
+if pttl > 0 then redis.call('PEXPIRE', KEYS[1], pttl) end
 if st[1] ~= 'spawning' then
   -- stopped while spawning: due at once, so the reaper finishes it if the caller dies
   if st[1] == 'terminating' then redis.call('ZADD', KEYS[3], now, ARGV[1]) end

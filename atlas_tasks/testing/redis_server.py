@@ -63,6 +63,9 @@ class RedisServer:
             # Redis 7.0 preallocates min(4096, this) bytes for every new stream; a
             # session's event log is a few hundred bytes (bench/RESULTS.md, memory).
             "--stream-node-max-bytes", "1024",
+            # Session records (values up to the ~0.5 KB compute JSON) stay compact
+            # listpacks instead of hashtables: about 1 KB less per running session.
+            "--hash-max-listpack-value", "1024",
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

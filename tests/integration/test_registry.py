@@ -41,6 +41,44 @@ def test_finish_spawn_starts_idle_clock(reg: SessionRegistry, redis_client: redi
     assert reg.info("s1").compute_id == "pod-1"
 
 
+def _create_with_big_spawn_payload(reg: SessionRegistry, sid: str = "s1") -> None:
+    # A sealed spawn payload bigger than any hash-max-listpack-value: the record starts
+    # life as a hashtable, which Redis never converts back on its own.
+    reg.create(sid, {"id": sid, "provider": "mock", "status": "spawning",
+                     "pod_name": f"atlas-{sid}", "idle_ttl_ms": "5000", "user_id": "7",
+                     "spawn_sealed": "s" * 1500, "token_hash": "h" * 64})
+
+
+def test_finish_spawn_rewrites_the_record_compact(reg: SessionRegistry,
+                                                  redis_client: redis.Redis) -> None:
+    _create_with_big_spawn_payload(reg)
+    key = C.SESSION_KEY.format(id="s1")
+    assert redis_client.object("encoding", key) == "hashtable"
+    compute = {"id": "pod-1", "ports": [{"internal": 8000, "protocol": "http"}]}
+    assert reg.finish_spawn("s1", "pod-1", compute) == "running"
+    record = redis_client.hgetall(key)
+    assert "spawn_sealed" not in record
+    assert record["token_hash"] == "h" * 64 and record["user_id"] == "7"
+    assert record["compute_id"] == "pod-1" and record["status"] == "running"
+    # The test server runs with the shipped hash-max-listpack-value 1024.
+    assert redis_client.object("encoding", key) == "listpack"
+    assert redis_client.pttl(key) > 5000  # idle TTL + record grace
+
+
+def test_finish_spawn_after_a_stop_keeps_the_record_ttl(reg: SessionRegistry,
+                                                        redis_client: redis.Redis) -> None:
+    _create_with_big_spawn_payload(reg)
+    key = C.SESSION_KEY.format(id="s1")
+    ttl_before = redis_client.pttl(key)
+    assert ttl_before > 0
+    assert reg.begin_terminate("s1", "requested", "t1", 1000).verdict == "ok"
+    assert reg.finish_spawn("s1", "pod-9", {}) == "terminating"
+    record = redis_client.hgetall(key)
+    assert record["status"] == "terminating" and record["reason"] == "requested"
+    assert record["compute_id"] == "pod-9" and "spawn_sealed" not in record
+    assert 0 < redis_client.pttl(key) <= ttl_before
+
+
 def test_touch_rearms_clock_and_rejects_unknown(reg: SessionRegistry,
                                                  redis_client: redis.Redis) -> None:
     _create(reg, ttl_ms=300)
