@@ -96,8 +96,8 @@ for i = 1, #all, 2 do
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(fields))
-if pttl > 0 then redis.call('PEXPIRE', KEYS[1], pttl) end
 if st[1] ~= 'spawning' then
+  if pttl > 0 then redis.call('PEXPIRE', KEYS[1], pttl) end  -- the running path sets its own
   -- stopped while spawning: due at once, so the reaper finishes it if the caller dies
   if st[1] == 'terminating' then redis.call('ZADD', KEYS[3], now, ARGV[1]) end
   return st[1]
