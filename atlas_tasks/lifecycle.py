@@ -133,12 +133,16 @@ def spawn_session(session_id: str, sealed: str, *, attempt_id: str) -> dict[str,
         return json.loads(reg.get(session_id).get("compute") or "{}")  # type: ignore[no-any-return]
     log.info("session %s was %s when its pod %s came up: terminating it", session_id,
              verdict, compute.id)
-    if verdict == "missing":
+    if verdict != "terminating":
+        # missing, or already ended by a stop that ran while this create was slow (a
+        # re-sent spawn can end the session then): nobody else will terminate this pod
         _terminate_quietly(provider, compute.id)
-    else:  # stopped while the pod was being created: the stop's reason is current now
-        reason = reg.get(session_id).get("reason") or "requested"
-        terminate_session(session_id, reason=reason, fence_token=f"spawn-{session_id}")
-    return public
+        return {**public, "status": "terminated"}
+    # Stopped while the pod was being created: the stop's reason is current now. When
+    # the stop still holds the fence ("fenced") it terminates this pod itself.
+    reason = reg.get(session_id).get("reason") or "requested"
+    outcome = terminate_session(session_id, reason=reason, fence_token=f"spawn-{session_id}")
+    return {**public, "status": "terminated" if outcome == "terminated" else "terminating"}
 
 
 def spawn_failed(session_id: str, error: BaseException) -> dict[str, Any]:
@@ -178,12 +182,13 @@ def terminate_session(session_id: str, *, reason: str, fence_token: str) -> str:
     provider = provider_for(record)
     if not compute_id:
         _terminate_by_name(provider, record["pod_name"])
-        if reg.has_intent(session_id):
-            # The spawn is still in flight: it sees "terminating" when its pod comes up
-            # and terminates it itself, so it must be able to take the fence.
-            reg.release_fence(session_id)
+        # The spawn may record its pod at any moment, even after the lookup above; while
+        # we hold the fence its own terminate is fenced out, so settle atomically who
+        # ends the pod (an unconditional finish here once leaked it).
+        settled, compute_id = reg.settle_podless_terminate(session_id, fence_token)
+        if settled == "deferred":
             return "deferred"
-    else:
+    if compute_id:
         try:
             provider.terminate(compute_id)
         except NotFoundError:

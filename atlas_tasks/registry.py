@@ -181,6 +181,22 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
+_SETTLE_PODLESS_TERMINATE = """
+-- KEYS: session, intents, fence  ARGV: id, fence_token
+-- A terminate that found no pod yet decides, atomically with _FINISH_SPAWN, who ends it:
+-- the spawn recorded a pod meanwhile -> 'pod' (this fence holder terminates it, since
+-- that spawn's own terminate was fenced out); the spawn is still in flight -> 'deferred'
+-- (the fence is handed over, the spawn terminates its pod when it comes up); neither ->
+-- 'none' (nothing was ever created: finish).
+local compute_id = redis.call('HGET', KEYS[1], 'compute_id')
+if compute_id and compute_id ~= '' then return {'pod', compute_id} end
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+  return {'deferred', ''}
+end
+return {'none', ''}
+"""
+
 _CLAIM_DUE = _NOW + """
 -- KEYS: deadlines  ARGV: limit, slack_ms, alive key prefix, record key prefix, grace_ms
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
@@ -336,6 +352,7 @@ class SessionRegistry:
         self._begin_terminate = client.register_script(_BEGIN_TERMINATE)
         self._finish_terminate = client.register_script(_FINISH_TERMINATE)
         self._terminate_failed = client.register_script(_TERMINATE_FAILED)
+        self._settle_podless = client.register_script(_SETTLE_PODLESS_TERMINATE)
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._claim_intents = client.register_script(_CLAIM_INTENTS)
         self._start_spawn = client.register_script(_START_SPAWN)
@@ -448,10 +465,6 @@ class SessionRegistry:
         )]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
-    def release_fence(self, session_id: str) -> None:
-        """Drop the terminate fence (hand the termination over to another actor)."""
-        self.r.delete(Keys(session_id).fence)
-
     def finish_spawn(self, session_id: str, compute_id: str, compute: dict[str, Any]) -> str:
         """Record the created pod and start the idle clock.
 
@@ -492,6 +505,20 @@ class SessionRegistry:
         record = {"provider": str(provider), "base_url": str(base_url),
                   "api_key_sealed": str(sealed), "pod_name": str(pod_name)}
         return TerminateStart(str(verdict), str(compute_id), first == "1", record)
+
+    def settle_podless_terminate(self, session_id: str, fence_token: str) -> tuple[str, str]:
+        """Decide who ends a terminate that began before the session had a pod.
+
+        Call it after looking the pod up by name. Atomic with :meth:`finish_spawn`, so a
+        pod recorded at any moment is terminated by exactly one side. Returns
+        ``("pod", compute_id)`` when the spawn recorded a pod meanwhile (terminate it
+        here), ``("deferred", "")`` when the spawn is still in flight (the fence is
+        released; the spawn terminates its pod itself), or ``("none", "")``.
+        """
+        k = Keys(session_id)
+        verdict, compute_id = self._settle_podless(
+            keys=[k.record, C.INTENTS_KEY, k.fence], args=[session_id, fence_token])
+        return str(verdict), str(compute_id)
 
     def finish_terminate(self, session_id: str, reason: str | None = None) -> None:
         """Record a confirmed termination, stop tracking and publish ``terminated``."""
