@@ -214,9 +214,12 @@ def test_two_web_processes_see_the_same_session(cluster: LocalCluster) -> None:
 
 def test_stop_while_spawning_leaves_no_pod(cluster: LocalCluster) -> None:
     sessions = [orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE,
-                                   idle_ttl_ms=60_000) for _ in range(5)]
-    for s in sessions:
-        orchestrator.stop_tracked(s.id)  # races the spawn task on purpose
+                                   idle_ttl_ms=60_000) for _ in range(12)]
+    # Races the spawn tasks on purpose, staggered so stops land before, during and just
+    # after the provider create (each window has its own hand-over between the two).
+    for i, s in enumerate(sessions):
+        orchestrator.stop_tracked(s.id)
+        time.sleep(0.002 * i)
     for s in sessions:
         _wait(lambda s=s: orchestrator.info(s.id).status == "terminated", 20,
               f"{s.id} terminated", cluster)
