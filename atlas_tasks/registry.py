@@ -435,10 +435,6 @@ class SessionRegistry:
         return bool(self.r.sismember(C.SESSIONS_SET_KEY, session_id))
 
     # ------------------------------------------------------------------ worker side
-    def has_intent(self, session_id: str) -> bool:
-        """Whether a live write-ahead intent covers this session."""
-        return self.r.zscore(C.INTENTS_KEY, session_id) is not None
-
     def start_spawn(self, session_id: str, token: str, lease_ms: int) -> int:
         """Take the session's spawn lease and count the attempt (refreshes the intent).
 

@@ -27,7 +27,7 @@ def _create(reg: SessionRegistry, sid: str = "s1", ttl_ms: int = 200) -> None:
 def test_create_records_intent_and_tracking(reg: SessionRegistry) -> None:
     _create(reg)
     assert reg.list_ids() == ["s1"]
-    assert reg.has_intent("s1")
+    assert "s1" in reg.intent_ids()
     info = reg.info("s1")
     assert info.status == "spawning" and info.user_id == 7 and info.idle_ttl_ms == 200
 
@@ -35,7 +35,7 @@ def test_create_records_intent_and_tracking(reg: SessionRegistry) -> None:
 def test_finish_spawn_starts_idle_clock(reg: SessionRegistry, redis_client: redis.Redis) -> None:
     _create(reg, ttl_ms=5000)
     assert reg.finish_spawn("s1", "pod-1", {"id": "pod-1", "ports": []}) == "running"
-    assert not reg.has_intent("s1")
+    assert "s1" not in reg.intent_ids()
     assert 0 < redis_client.pttl(C.SESSION_ALIVE_KEY.format(id="s1")) <= 5000
     assert redis_client.zscore(C.DEADLINE_INDEX_KEY, "s1") is not None
     assert reg.info("s1").compute_id == "pod-1"
