@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from atlas_tasks import constants as C
 from atlas_tasks import events, orchestrator
+from atlas_tasks.celery_app import get_app
 from atlas_tasks.errors import NotTracked
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.testing.cluster import LocalCluster
@@ -233,9 +235,6 @@ def test_enqueue_opens_no_result_subscription_and_get_still_works(cluster: Local
     """Sending a task leaves the caller's result backend untouched (nothing for
     ``AsyncResult.__del__`` to clean up when Redis is gone); waiting still gets the
     stored result, even one stored before ``get()`` subscribed."""
-    from atlas_tasks import constants as C
-    from atlas_tasks.celery_app import get_app
-
     app = get_app()
     consumer = app.backend.result_consumer
     before = set(consumer.subscribed_to)

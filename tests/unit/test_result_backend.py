@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from atlas_tasks.celery_app import build_config, create_app
 from atlas_tasks.config import AtlasSettings
-from atlas_tasks.result_backend import BACKEND_NAME, AtlasRedisBackend, result_backend_url
+from atlas_tasks.result_backend import (
+    BACKEND_NAME,
+    AtlasRedisBackend,
+    AtlasResultConsumer,
+    result_backend_url,
+)
 from atlas_tasks.testing.redis_server import free_port
 
 
@@ -44,10 +51,6 @@ def test_send_does_not_subscribe() -> None:
 
 
 def test_forgetting_a_result_with_redis_gone_returns_at_once() -> None:
-    import time
-
-    from atlas_tasks.result_backend import AtlasResultConsumer
-
     app = create_app(AtlasSettings(redis_url=_unreachable_redis_url()))
     consumer = app.backend.result_consumer
     assert isinstance(consumer, AtlasResultConsumer)

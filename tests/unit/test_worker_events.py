@@ -59,5 +59,6 @@ def test_loop_thread_pools_keep_buffering() -> None:
 
 
 def test_worker_without_dispatcher_is_left_alone() -> None:
-    step = UnbufferedTaskEvents.__new__(UnbufferedTaskEvents)
-    step.start(SimpleNamespace(pool=None, event_dispatcher=None))
+    consumer = SimpleNamespace(pool=ThreadPool.__new__(ThreadPool), event_dispatcher=None)
+    UnbufferedTaskEvents.__new__(UnbufferedTaskEvents).start(consumer)  # events off (no -E)
+    assert consumer.event_dispatcher is None  # nothing created or attached
