@@ -270,8 +270,8 @@ def _scan_orphans(settings: AtlasSettings, enqueue_orphan: EnqueueOrphan,
                 age_ms = now - int(reg.r.hget(ORPHAN_FIRST_SEEN_KEY, pod.id) or now)
             if age_ms < settings.orphan_grace_ms:
                 continue
-            report.orphans.append(pod.id)
             enqueue_orphan(provider_name, pod.id, pod.name)
+            report.orphans.append(pod.id)
             reg.r.hdel(ORPHAN_FIRST_SEEN_KEY, pod.id)
         except Exception as exc:
             _provider_failed(report, provider_name, f"pod {pod.id}", exc)
