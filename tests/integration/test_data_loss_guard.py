@@ -23,6 +23,8 @@ from atlas_tasks.reaper import CLUSTER_TOPIC_ID, DATA_LOSS_GRACE_KEY, ReapReport
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
 from atlas_tasks.registry import EPOCH_KEY, SessionRegistry, registry_for
 from atlas_tasks.specs import build_compute_request
+from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.redis_server import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 
@@ -195,3 +197,73 @@ def test_touch_of_a_lost_session_is_not_tracked_until_adopted(
         orchestrator.touch(sid)
     Sweeps().run()
     orchestrator.touch(sid)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    if not redis_available():
+        if in_ci():
+            pytest.fail("redis-server is required in CI")
+        pytest.skip("redis-server not installed")
+    with LocalCluster(fakecloud={"boot_delay_s": 0.0}, orphan_grace_ms=500,
+                      orphan_scan_interval_ms=500, data_loss_grace_ms=4000,
+                      http_max_backoff_s=1) as c:
+        yield c
+
+
+def test_flushall_under_a_live_cluster_kills_no_touched_session(
+        cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The incident: 6 sessions touched every 0.5 s, Redis restarted empty, all 6 killed.
+    for key, value in cluster.env.items():
+        if key.startswith("ATLAS_"):
+            monkeypatch.setenv(key, value)
+    reset_settings()
+    reset_redis_clients()
+    clear_provider_cache()
+    sessions = [orchestrator.spawn(provider="runpod", gpu="h100", image="img",
+                                   idle_ttl_ms=60_000) for _ in range(6)]
+    pods = {s.id: s.wait(timeout=30).id for s in sessions}
+
+    def live() -> set[str]:
+        return {str(p.get("id")) for p in cluster.cloud.live_pods()}
+
+    def touch_all() -> None:
+        for s in sessions:
+            try:
+                orchestrator.touch(s.id)
+            except NotTracked:
+                pass  # lost with the data until the reaper adopts it
+
+    redis.Redis.from_url(cluster.redis_url).flushall()
+    # Beat exits when it loses its redbeat lock with the data (single-beat safety); its
+    # supervisor restarts it, and that fresh beat is what used to kill every pod.
+    if cluster.beat is not None:
+        cluster.beat.stop()
+    cluster.start_beat_process()
+    alerts: list[events.Event] = []
+
+    def alerted() -> bool:
+        touch_all()
+        alerts[:] = [e for e in events.history(CLUSTER_TOPIC_ID) if e.type == "alert"]
+        return bool(alerts)
+
+    _wait(alerted, 20, "the data-loss alert")
+    assert alerts[0].data["alert"] == "redis_data_loss"
+
+    def all_adopted() -> bool:
+        touch_all()
+        return set(orchestrator.list_ids()) >= set(pods)
+
+    _wait(all_adopted, 20, "every session to be adopted")
+    # Past the grace, and several orphan scans later, every touched session's pod lives.
+    deadline = time.monotonic() + 4 + 3
+    while time.monotonic() < deadline:
+        touch_all()
+        assert set(pods.values()) <= live()
+        time.sleep(0.5)
+    for sid, pod_id in pods.items():
+        info = orchestrator.info(sid)
+        assert info.status == "running" and info.compute_id == pod_id
