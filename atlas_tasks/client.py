@@ -208,10 +208,7 @@ def spawn(
     # message the broker lost; removed when the spawn finishes or fails.
     record["spawn_sealed"] = sealed
     registry = _registry()
-    try:
-        registry.create(session_id, record)
-    except Exception as exc:
-        raise TransportError(f"could not record the session in Redis: {exc}") from exc
+    registry.create(session_id, record)  # a Redis failure: TransportError (decorator)
     events.publish(session_id, "status", {"status": "spawning", "provider": name,
                                           "user_id": user_id})
     from atlas_tasks.celery_app import get_app
