@@ -92,12 +92,18 @@ def redis_errors(what: str, url: str | None = None) -> Iterator[None]:
     try:
         yield
     except redis.RedisError as exc:
-        where = redacted_url(url or get_settings().redis_url)
-        if isinstance(exc, redis.BusyLoadingError):
-            detail = "Redis is loading its dataset into memory (restarting); retry shortly"
-        else:
-            detail = f"{type(exc).__name__}: {exc}"
-        raise TransportError(f"{what}: Redis at {where} failed: {detail}", raw=exc) from exc
+        raise transport_error(what, exc, url) from exc
+
+
+def transport_error(what: str, exc: redis.RedisError, url: str | None = None) -> TransportError:
+    """The :class:`TransportError` for a Redis failure during ``what`` (see
+    :func:`redis_errors`)."""
+    where = redacted_url(url or get_settings().redis_url)
+    if isinstance(exc, redis.BusyLoadingError):
+        detail = "Redis is loading its dataset into memory (restarting); retry shortly"
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    return TransportError(f"{what}: Redis at {where} failed: {detail}", raw=exc)
 
 
 def wrap_redis_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
@@ -121,7 +127,10 @@ def wrap_redis_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R
 
         @functools.wraps(func)
         def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            with redis_errors(what):
+            # A bare try, not the context manager: touch() is a hot path.
+            try:
                 return func(*args, **kwargs)
+            except redis.RedisError as exc:
+                raise transport_error(what, exc) from exc
         return wrapper
     return decorate
