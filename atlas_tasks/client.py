@@ -21,9 +21,12 @@ Example (a Django view)::
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from typing import Any
+
+import redis
 
 from atlas_tasks import constants as C
 from atlas_tasks import events
@@ -37,10 +40,12 @@ from atlas_tasks.errors import (
     ValidationError,
 )
 from atlas_tasks.providers import Provider, provider_class
-from atlas_tasks.redis_conn import get_redis
+from atlas_tasks.redis_conn import get_redis, wrap_redis_errors
 from atlas_tasks.registry import SessionInfo, SessionRegistry, registry_for
 from atlas_tasks.sealing import seal
 from atlas_tasks.specs import AuthHandle, Compute, ComputeRequest, build_compute_request
+
+log = logging.getLogger(__name__)
 
 
 class Session:
@@ -131,6 +136,7 @@ def _provider_name(provider: Any) -> str:
     return name
 
 
+@wrap_redis_errors("spawn")
 def spawn(
     request: ComputeRequest | dict[str, Any] | None = None,
     *,
@@ -152,19 +158,28 @@ def spawn(
             ``idle_ttl_ms``...
 
     Raises:
-        ValidationError: bad request fields, unknown provider, or no ``ATLAS_SECRET_KEY``.
+        ValidationError: bad request fields (``idle_ttl_ms`` below ``ATLAS_MIN_IDLE_TTL_MS``
+            included), unknown provider, or no ``ATLAS_SECRET_KEY``.
         TransportError: Redis or the broker could not be reached (nothing is left behind).
     """
     settings = get_settings()
     req = build_compute_request(request, **fields)
     name = _provider_name(provider)
     try:
-        json.dumps(user_id)
-    except (TypeError, ValueError):
+        json.dumps(user_id, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
         raise ValidationError("user_id: must be JSON-serialisable", field="user_id") from None
+    for arg, value in (("api_key", api_key), ("base_url", base_url)):
+        if value is not None and not isinstance(value, str):
+            raise ValidationError(f"{arg}: must be a string", field=arg)
+    idle_ttl_ms = req.idle_ttl_ms or settings.default_idle_ttl_ms
+    if idle_ttl_ms < settings.min_idle_ttl_ms:
+        # A clock shorter than a heartbeat round trip reaps the session at once.
+        raise ValidationError(
+            f"idle_ttl_ms: {idle_ttl_ms} is below the minimum of {settings.min_idle_ttl_ms} ms "
+            "(ATLAS_MIN_IDLE_TTL_MS)", field="idle_ttl_ms")
     session_id = secrets.token_hex(8)
     pod_name = f"{settings.reap_name_prefix}{session_id}"
-    idle_ttl_ms = req.idle_ttl_ms or settings.default_idle_ttl_ms
     token = signing = token_hash = None
     if req.auth == "bearer":
         minted = mint_token()
@@ -193,10 +208,7 @@ def spawn(
     # message the broker lost; removed when the spawn finishes or fails.
     record["spawn_sealed"] = sealed
     registry = _registry()
-    try:
-        registry.create(session_id, record)
-    except Exception as exc:
-        raise TransportError(f"could not record the session in Redis: {exc}") from exc
+    registry.create(session_id, record)  # a Redis failure: TransportError (decorator)
     events.publish(session_id, "status", {"status": "spawning", "provider": name,
                                           "user_id": user_id})
     from atlas_tasks.celery_app import get_app
@@ -208,52 +220,80 @@ def spawn(
                       kwargsrepr="{}")
     except Exception as exc:
         error = {"kind": "transport", "message": f"could not enqueue the spawn: {exc}"}
-        registry.fail_spawn(session_id, error)
+        try:
+            registry.fail_spawn(session_id, error)
+        except redis.RedisError as redis_exc:
+            # Broker and registry share Redis and both are down: the intent stays and
+            # the reaper resolves it (nothing was created), so only log this one.
+            log.warning("session %s: could not record the failed enqueue: %s", session_id,
+                        redis_exc)
         events.publish(session_id, "status", {"status": "failed", "error": error})
         raise TransportError(error["message"]) from exc
     return Session(session_id, name, pod_name, req.auth, token=token, signing_secret=signing,
                    token_hash=token_hash)
 
 
+@wrap_redis_errors("touch")
 def touch(session_id: str) -> None:
     """Record activity: re-arms the idle clock. One Redis round trip.
 
     Raises:
         NotTracked: unknown, terminating or terminated session.
+        TransportError: Redis could not be reached.
     """
     _registry().touch(session_id)
 
 
+@wrap_redis_errors("info")
 def info(session_id: str) -> SessionInfo:
     """Provider, compute id, ports/URLs, user id, idle TTL, last activity and status.
 
     Raises:
         NotTracked: unknown session (or its record expired after termination).
+        TransportError: Redis could not be reached.
     """
     return _registry().info(session_id)
 
 
+@wrap_redis_errors("list_ids")
 def list_ids() -> list[str]:
-    """Ids of every tracked session across the cluster (spawning, running, terminating)."""
+    """Ids of every tracked session across the cluster (spawning, running, terminating).
+
+    Raises:
+        TransportError: Redis could not be reached.
+    """
     return _registry().list_ids()
 
 
+@wrap_redis_errors("stop_tracked")
 def stop_tracked(session_id: str) -> None:
-    """Enqueue the termination of a tracked session (idempotent).
+    """Stop a tracked session (idempotent); durable once it returns.
+
+    The stop is first recorded in Redis (``stop_requested_at_ms`` plus an entry in the
+    stop index, one Lua call), then the terminate is enqueued. If that message is lost
+    (broker failover, a worker dying at the wrong moment) or cannot be sent at all, the
+    reaper re-sends it after ``ATLAS_STOP_RESEND_MS``; duplicates are harmless because
+    terminate is fenced and idempotent.
 
     Raises:
         NotTracked: unknown session.
+        TransportError: Redis could not be reached (nothing was recorded).
     """
-    registry = _registry()
-    record = registry.get(session_id)
-    if not record or not registry.is_tracked(session_id):
-        if record.get("status") in ("terminated", "failed"):
-            return  # already over: stopping again is a no-op
+    settings = get_settings()
+    verdict = _registry().request_stop(session_id, "requested", settings.stop_resend_ms)
+    if verdict in ("terminated", "failed"):
+        return  # already over: stopping again is a no-op
+    if verdict != "ok":
         raise NotTracked(f"session {session_id!r} is not tracked")
     from atlas_tasks.celery_app import get_app
     app = get_app()
 
-    app.send_task(C.TASK_TERMINATE, args=[session_id, "requested"], queue=C.QUEUE_COMPUTE)
+    try:
+        app.send_task(C.TASK_TERMINATE, args=[session_id, "requested"], queue=C.QUEUE_COMPUTE)
+    except Exception as exc:
+        # Recorded above: the reaper re-sends it, so the caller's stop is not lost.
+        log.warning("session %s: stop recorded but not enqueued (%s); the reaper re-sends it "
+                    "within %d ms", session_id, exc, settings.stop_resend_ms)
 
 
 __all__ = ["NotTracked", "Session", "SessionInfo", "info", "list_ids", "spawn",

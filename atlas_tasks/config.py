@@ -95,6 +95,25 @@ class AtlasSettings(BaseSettings):
 
     # ---- orchestrator
     default_idle_ttl_ms: int = Field(default=constants.DEFAULT_IDLE_TTL_MS, gt=0)
+    min_idle_ttl_ms: int = Field(
+        default=10_000, ge=1,
+        description="Smallest idle_ttl_ms orchestrator.spawn accepts. A shorter idle clock "
+                    "would reap a session before its first heartbeat could arrive; lower it "
+                    "only for tests.",
+    )
+    stop_resend_ms: int = Field(
+        default=30_000, ge=1_000,
+        description="A stop_tracked() whose terminate made no progress for this long (its "
+                    "broker message may be lost) is re-sent by the reaper. Duplicates are "
+                    "harmless: terminate is fenced and idempotent.",
+    )
+    data_loss_grace_ms: int = Field(
+        default=15 * 60 * 1000, ge=0,
+        description="When Redis comes back without its data (the atlas:epoch key is gone "
+                    "while prefixed pods are running), the orphan reaper kills no prefixed "
+                    "pod for this long and adopts the pods named like sessions, so live "
+                    "users keep their pods. Keep it >= the longest heartbeat gap.",
+    )
     reap_interval_ms: int = Field(default=constants.DEFAULT_REAP_INTERVAL_MS, gt=0)
     reap_name_prefix: str = constants.POD_NAME_PREFIX_DEFAULT
     orphan_grace_ms: int = Field(default=constants.DEFAULT_ORPHAN_GRACE_MS, ge=0)

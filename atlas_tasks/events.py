@@ -8,7 +8,9 @@ skipping any live message whose stream id it already replayed: a browser that co
 late or reconnects misses nothing and sees nothing twice. Heartbeats are published by
 ``touch()`` on the channel only (id ``-``); they are not worth replaying.
 
-Publishing is best-effort: a Redis hiccup is logged and never fails a task.
+Publishing is best-effort: a Redis hiccup is logged and never fails a task. Reading
+(``history``, ``subscribe``) raises :class:`~atlas_tasks.errors.TransportError` when
+Redis fails, like every caller-facing call.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pydantic import BaseModel, Field
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
 from atlas_tasks.errors import ValidationError
-from atlas_tasks.redis_conn import get_redis
+from atlas_tasks.redis_conn import get_redis, wrap_redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ def _parse_entry(entry_id: str, fields: dict[str, str]) -> Event | None:
     return event
 
 
+@wrap_redis_errors("events.history")
 def history(topic_id: str, *, topic: str = "compute", client: redis.Redis | None = None,
             after: str | None = None) -> list[Event]:
     """Events recorded for ``topic_id`` (oldest first), optionally after a stream id."""
@@ -137,6 +140,7 @@ def history(topic_id: str, *, topic: str = "compute", client: redis.Redis | None
     return [e for e in (_parse_entry(i, f) for i, f in entries) if e is not None]
 
 
+@wrap_redis_errors("events.subscribe")
 def subscribe(
     topic_id: str,
     *,
@@ -182,6 +186,7 @@ def subscribe(
         pubsub.close()
 
 
+@wrap_redis_errors("events.asubscribe")
 async def asubscribe(
     topic_id: str,
     *,

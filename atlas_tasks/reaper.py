@@ -15,12 +15,30 @@ Beat triggers :func:`reap` every ``ATLAS_REAP_INTERVAL_MS`` (through the
    ``ATLAS_REAP_PROVIDERS`` whose name starts with ``ATLAS_REAP_NAME_PREFIX`` and that
    are neither tracked nor covered by an intent, and older than
    ``ATLAS_ORPHAN_GRACE_MS``, are terminated. Pods without the prefix are never touched;
-   an empty prefix disables orphan reaping (the ExAtlas safety switch).
+   an empty prefix disables orphan reaping (the ExAtlas safety switch). Any exception a
+   provider raises (listing, or handling one pod) is logged at WARNING and recorded in
+   the report; the other providers and pods, and the other steps, still run.
+4. **Durable stops.** ``stop_tracked`` records each stop before enqueueing it; a stop
+   whose terminate made no progress for ``ATLAS_STOP_RESEND_MS`` (its message was lost)
+   is re-sent. Duplicates are harmless: terminate is fenced and idempotent.
+5. **Data-loss guard** (part of the orphan scan). ``atlas:epoch`` is written once per
+   Redis dataset. If it is missing while Redis answers and prefixed pods that no record
+   covers are running, Redis lost its data (a restart without persistence): every live
+   session looks like an orphan. The reaper then starts a grace of
+   ``ATLAS_DATA_LOSS_GRACE_MS`` during which it kills no prefixed pod, publishes an
+   ``alert`` event on the ``cluster`` topic (``events.subscribe("cluster")``), logs a
+   WARNING, and *adopts* every pod named ``<prefix><session id>``: a minimal ``running``
+   record with a fresh idle clock of ``max(ATLAS_DEFAULT_IDLE_TTL_MS, grace)``, so a
+   session whose user still touches it lives on and one nobody touches is idle-reaped
+   through the normal, confirmed terminate. Prefixed pods not named like a session are
+   only spared; after the grace they are orphans again. With nothing to protect (a new
+   Redis and no prefixed pod) the epoch is just written.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +47,10 @@ from atlas_tasks import constants as C
 from atlas_tasks import events
 from atlas_tasks.config import AtlasSettings, get_settings
 from atlas_tasks.errors import AtlasError, NotFoundError
-from atlas_tasks.lifecycle import provider_for, registry
+from atlas_tasks.lifecycle import provider_for, public_compute, registry
 from atlas_tasks.providers import get_provider
-from atlas_tasks.specs import ComputeStatus
+from atlas_tasks.registry import EPOCH_KEY, SessionRegistry
+from atlas_tasks.specs import Compute, ComputeStatus
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +62,17 @@ ORPHAN_FIRST_SEEN_KEY = "atlas:reaper:orphan-first-seen"
 REAP_LOCK_KEY = "atlas:reaper:lock"
 #: Ids claimed per sweep; the rest stay due for the next sweep.
 CLAIM_BATCH = 5000
+#: Set (PX = ``ATLAS_DATA_LOSS_GRACE_MS``, value = detection time in ms) when the reaper
+#: found Redis without its data; while it exists no prefixed pod is killed as an orphan.
+DATA_LOSS_GRACE_KEY = "atlas:reaper:data-loss-grace"
+#: Topic id of cluster-wide events (``alert``) on the compute topic: its channel is
+#: ``atlas:events:cluster``; session ids are hex, so it never collides with one.
+CLUSTER_TOPIC_ID = "cluster"
+#: Pods listed by name in one ``alert`` event (the count is always complete).
+ALERT_MAX_PODS = 50
+#: What ``orchestrator.spawn`` names a session (``secrets.token_hex(8)``): only pods whose
+#: name is the prefix plus such an id are adopted after a data loss.
+SESSION_ID_RE = re.compile(r"[0-9a-f]{16}")
 
 #: Enqueue idle terminates: (session ids, reason). Callers batch them.
 EnqueueTerminate = Callable[[list[str], str], None]
@@ -61,6 +91,16 @@ class ReapReport:
     orphans: list[str] = field(default_factory=list)
     providers_scanned: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Recorded stops whose terminate was re-sent (its message was presumably lost).
+    resent_stops: list[str] = field(default_factory=list)
+    #: This sweep found Redis without its data and started the data-loss grace.
+    data_loss_detected: bool = False
+    #: The data-loss grace was running during this sweep's orphan scan.
+    data_loss_grace: bool = False
+    #: Prefixed pods a data-loss grace kept from being killed (ids).
+    spared: list[str] = field(default_factory=list)
+    #: Sessions re-created from their pods after a data loss (session ids).
+    adopted: list[str] = field(default_factory=list)
     skipped: bool = False
     duration_ms: float = 0.0
 
@@ -70,7 +110,10 @@ class ReapReport:
             "due": len(self.due), "resent_spawns": self.resent_spawns,
             "stale_intents": len(self.stale_intents),
             "orphans": self.orphans, "providers_scanned": self.providers_scanned,
-            "errors": self.errors, "skipped": self.skipped,
+            "errors": self.errors, "resent_stops": self.resent_stops,
+            "data_loss_detected": self.data_loss_detected,
+            "data_loss_grace": self.data_loss_grace, "spared": len(self.spared),
+            "adopted": self.adopted, "skipped": self.skipped,
             "duration_ms": round(self.duration_ms, 2),
         }
 
@@ -97,6 +140,7 @@ def reap(
         report.due = reg.claim_due(CLAIM_BATCH, C.IDLE_CLAIM_SLACK_MS)
         if report.due:
             enqueue_terminate(report.due, "idle_timeout")
+        _resend_stops(reg, settings, enqueue_terminate, report)
         if enqueue_spawn is not None:
             for session_id, sealed in reg.claim_stalled_spawns(settings.spawn_stall_ms,
                                                                C.SPAWN_MAX_RESENDS):
@@ -109,7 +153,14 @@ def reap(
             scan_orphans = bool(reg.r.set(ORPHAN_SCAN_KEY, "1", nx=True,
                                           px=settings.orphan_scan_interval_ms))
         if scan_orphans and settings.reap_name_prefix:
-            _scan_orphans(settings, enqueue_orphan, report)
+            try:
+                _scan_orphans(settings, enqueue_orphan, report)
+            except Exception as exc:
+                # Last line of defence: the per-provider/per-pod guards below should catch
+                # everything; a sweep that dies here would stop every later step forever.
+                log.warning("orphan scan failed: %s: %s", type(exc).__name__, exc,
+                            exc_info=True)
+                report.errors.append(f"orphan scan: {type(exc).__name__}: {exc}")
     finally:
         reg.r.delete(REAP_LOCK_KEY)
         report.duration_ms = (time.perf_counter() - started) * 1000
@@ -145,28 +196,73 @@ def _resolve_stale_intents(settings: AtlasSettings, report: ReapReport) -> list[
     return stale
 
 
+def _resend_stops(reg: SessionRegistry, settings: AtlasSettings,
+                  enqueue_terminate: EnqueueTerminate, report: ReapReport) -> None:
+    """Re-send recorded stops whose terminate made no progress (see ``_CLAIM_STOPS``)."""
+    report.resent_stops = reg.claim_stops_to_resend(settings.stop_resend_ms)
+    if report.resent_stops:
+        log.warning("re-sending %d stop(s) whose terminate made no progress for %d ms: %s",
+                    len(report.resent_stops), settings.stop_resend_ms,
+                    ", ".join(report.resent_stops[:20]))
+        enqueue_terminate(report.resent_stops, "requested")
+
+
+def _provider_failed(report: ReapReport, provider_name: str, what: str,
+                     exc: BaseException) -> None:
+    # Any exception, not only AtlasError: a provider answering something odd must cost
+    # one scan of that provider (or one pod), never the sweep.
+    message = f"{provider_name}: {what}: {type(exc).__name__}: {exc}"
+    report.errors.append(message)
+    log.warning("reaper: %s", message)
+
+
 def _scan_orphans(settings: AtlasSettings, enqueue_orphan: EnqueueOrphan,
                   report: ReapReport) -> None:
     reg = registry(settings)
     prefix = settings.reap_name_prefix
     now = reg.now_ms()
+    epoch_missing = not reg.epoch_exists()
+    listed: list[tuple[str, list[Compute]]] = []
     for provider_name in settings.reap_providers:
         try:
-            pods = get_provider(provider_name).list_compute()
-        except AtlasError as exc:
-            report.errors.append(f"{provider_name}: {exc}")
-            log.warning("reaper could not list %s: %s", provider_name, exc)
+            pods = list(get_provider(provider_name).list_compute())
+        except Exception as exc:
+            _provider_failed(report, provider_name, "list", exc)
             continue
         report.providers_scanned.append(provider_name)
+        listed.append((provider_name, pods))
+
+    # Prefixed, live pods that no record or intent covers, per provider.
+    untracked: list[tuple[str, Compute]] = []
+    for provider_name, pods in listed:
         intents = reg.intent_ids()
         for pod in pods:
-            if not pod.name or not pod.name.startswith(prefix):
-                continue  # never touch what atlas did not name
-            if pod.status == ComputeStatus.TERMINATED:
-                continue
-            session_id = pod.name[len(prefix):]
-            if session_id in intents or _tracked(reg.get(session_id), pod.id):
-                continue
+            try:
+                if not pod.name or not pod.name.startswith(prefix):
+                    continue  # never touch what atlas did not name
+                if pod.status == ComputeStatus.TERMINATED:
+                    continue
+                session_id = pod.name[len(prefix):]
+                if session_id in intents or _tracked(reg.get(session_id), pod.id):
+                    continue
+                untracked.append((provider_name, pod))
+            except Exception as exc:
+                _provider_failed(report, provider_name, f"pod {getattr(pod, 'id', '?')}", exc)
+
+    if epoch_missing:
+        if untracked:
+            _start_data_loss_grace(reg, settings, untracked, report)
+        if untracked or len(listed) == len(settings.reap_providers):
+            reg.ensure_epoch()
+        # else: a provider could not be listed and may hold live sessions' pods; the
+        # epoch stays missing so the next scan decides with every provider's pods.
+    report.data_loss_grace = bool(reg.r.exists(DATA_LOSS_GRACE_KEY))
+    if report.data_loss_grace:
+        _adopt_or_spare(reg, settings, untracked, report)
+        return
+
+    for provider_name, pod in untracked:
+        try:
             if pod.created_at is not None:
                 age_ms = now - int(pod.created_at.timestamp() * 1000)
             else:
@@ -174,9 +270,54 @@ def _scan_orphans(settings: AtlasSettings, enqueue_orphan: EnqueueOrphan,
                 age_ms = now - int(reg.r.hget(ORPHAN_FIRST_SEEN_KEY, pod.id) or now)
             if age_ms < settings.orphan_grace_ms:
                 continue
-            report.orphans.append(pod.id)
             enqueue_orphan(provider_name, pod.id, pod.name)
+            report.orphans.append(pod.id)
             reg.r.hdel(ORPHAN_FIRST_SEEN_KEY, pod.id)
+        except Exception as exc:
+            _provider_failed(report, provider_name, f"pod {pod.id}", exc)
+
+
+def _start_data_loss_grace(reg: SessionRegistry, settings: AtlasSettings,
+                           untracked: list[tuple[str, Compute]], report: ReapReport) -> None:
+    """Redis lost its data while our pods run: hold the orphan reaper and raise the alarm."""
+    grace_ms = settings.data_loss_grace_ms
+    if grace_ms > 0:
+        reg.r.set(DATA_LOSS_GRACE_KEY, str(reg.now_ms()), px=grace_ms)
+    report.data_loss_detected = True
+    message = (f"Redis lost its data ({EPOCH_KEY} is missing) while "
+               f"{len(untracked)} prefixed pod(s) run: no prefixed pod is killed for "
+               f"{grace_ms} ms and pods named like sessions are adopted. Enable Redis "
+               "persistence (appendonly yes, appendfsync everysec).")
+    log.warning("DATA LOSS: %s", message)
+    events.publish(CLUSTER_TOPIC_ID, "alert", {
+        "alert": "redis_data_loss", "message": message, "grace_ms": grace_ms,
+        "pod_count": len(untracked),
+        "pods": [{"provider": p, "id": pod.id, "name": pod.name}
+                 for p, pod in untracked[:ALERT_MAX_PODS]],
+    })
+
+
+def _adopt_or_spare(reg: SessionRegistry, settings: AtlasSettings,
+                    untracked: list[tuple[str, Compute]], report: ReapReport) -> None:
+    """During the data-loss grace: adopt pods named like sessions, kill nothing."""
+    idle_ttl_ms = max(settings.default_idle_ttl_ms, settings.data_loss_grace_ms)
+    prefix = settings.reap_name_prefix
+    for provider_name, pod in untracked:
+        session_id = (pod.name or "")[len(prefix):]
+        try:
+            if SESSION_ID_RE.fullmatch(session_id) and reg.adopt(
+                    session_id, provider_name, pod.name or "", pod.id, public_compute(pod),
+                    idle_ttl_ms):
+                report.adopted.append(session_id)
+                log.warning("data-loss grace: adopted pod %s (%s) as session %s, idle TTL "
+                            "%d ms", pod.id, provider_name, session_id, idle_ttl_ms)
+                continue
+        except Exception as exc:
+            _provider_failed(report, provider_name, f"adopt pod {pod.id}", exc)
+        report.spared.append(pod.id)
+    if report.spared:
+        log.warning("data-loss grace: spared %d prefixed pod(s) the orphan reaper would "
+                    "have killed", len(report.spared))
 
 
 def _tracked(record: dict[str, str], pod_id: str) -> bool:

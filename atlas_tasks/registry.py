@@ -8,6 +8,10 @@ Layout (templates in :mod:`atlas_tasks.constants`):
 * ``atlas:deadlines`` zset — session id scored by idle deadline (ms), swept by the reaper.
 * ``atlas:intents`` zset — write-ahead spawn intents scored by their own deadline.
 * ``atlas:fence:{id}`` — terminate fence so duplicate terminates make one provider DELETE.
+* ``atlas:stops`` zset — durable stops (``stop_tracked``) scored by when the reaper
+  re-sends their terminate if it made no progress.
+* ``atlas:epoch`` — written once per Redis dataset; its absence tells the reaper that Redis
+  lost its data (see :mod:`atlas_tasks.reaper`).
 
 Every multi-key transition is one Lua script, so it is atomic and one round trip, and
 every time comes from Redis ``TIME`` so web nodes and workers share one clock.
@@ -272,6 +276,70 @@ return due
 """
 
 
+#: Durable stops: session id scored by the time (ms) the reaper re-sends its terminate.
+STOPS_KEY = "atlas:stops"
+#: Written (SET NX, value = creation time in ms) once per Redis dataset. Missing while
+#: Redis answers means Redis lost its data (restart without persistence, FLUSHALL).
+EPOCH_KEY = "atlas:epoch"
+
+_REQUEST_STOP = _NOW + """
+-- KEYS: session, sessions set, stops  ARGV: id, reason, resend_after_ms
+-- Recorded before the terminate is enqueued, so a lost broker message is re-sent by the
+-- reaper. Answers the session's state: 'ok' (recorded), 'terminated'/'failed' (nothing
+-- to stop), 'missing' (unknown or no longer tracked).
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st == 'terminated' or st == 'failed' then return st end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 'missing' end
+-- the first request's time is kept: it measures how long the stop has been pending
+redis.call('HSETNX', KEYS[1], 'stop_requested_at_ms', now)
+redis.call('HSET', KEYS[1], 'stop_reason', ARGV[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+return 'ok'
+"""
+
+_CLAIM_STOPS = _NOW + """
+-- KEYS: stops, sessions set  ARGV: limit, resend_after_ms, record key prefix, fence prefix
+-- Stops due for a re-send. Entries of sessions that ended (or vanished) are dropped here:
+-- finish_terminate does not know this index. A stop whose terminate holds the fence is
+-- making progress: it is re-scored without a re-send.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+for _, id in ipairs(due) do
+  local st = redis.call('HGET', ARGV[3] .. id, 'status')
+  if not st or st == 'terminated' or st == 'failed'
+      or redis.call('SISMEMBER', KEYS[2], id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+    if redis.call('EXISTS', ARGV[4] .. id) == 0 then
+      redis.call('HINCRBY', ARGV[3] .. id, 'stop_resends', 1)
+      table.insert(out, id)
+    end
+  end
+end
+return out
+"""
+
+_ADOPT = _NOW + """
+-- KEYS: session, alive, deadlines, sessions set
+-- ARGV: id, provider, pod_name, compute_id, compute_json, idle_ttl_ms, record_grace_ms
+-- After a data loss: a minimal `running` record for a live pod named like a session, with
+-- a fresh idle clock, so the pod is kept while its user touches it and idle-reaped if
+-- nobody does. Never overwrites an existing record.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local ttl = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'provider', ARGV[2], 'status', 'running',
+           'pod_name', ARGV[3], 'compute_id', ARGV[4], 'compute', ARGV[5],
+           'idle_ttl_ms', ttl, 'auth', 'unknown', 'user_id', 'null', 'adopted', '1',
+           'created_at_ms', now, 'running_at_ms', now, 'last_activity_ms', now)
+redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[7]))
+redis.call('SET', KEYS[2], ttl, 'PX', ttl)
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return 1
+"""
+
 _TOUCH_FAST_SHA = hashlib.sha1(_TOUCH_FAST.encode()).hexdigest()
 _ALIVE_PREFIX = C.SESSION_ALIVE_KEY.format(id="")
 _RECORD_PREFIX = C.SESSION_KEY.format(id="")
@@ -357,6 +425,9 @@ class SessionRegistry:
         self._claim_intents = client.register_script(_CLAIM_INTENTS)
         self._start_spawn = client.register_script(_START_SPAWN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
+        self._request_stop = client.register_script(_REQUEST_STOP)
+        self._claim_stops = client.register_script(_CLAIM_STOPS)
+        self._adopt = client.register_script(_ADOPT)
 
     # ------------------------------------------------------------------ caller side
     def create(self, session_id: str, fields: dict[str, str]) -> int:
@@ -557,6 +628,48 @@ class SessionRegistry:
     def intent_ids(self) -> set[str]:
         """Session ids with a live spawn intent."""
         return set(cast(list[str], self.r.zrange(C.INTENTS_KEY, 0, -1)))
+
+    # ------------------------------------------------------------------ durable stops
+    def request_stop(self, session_id: str, reason: str, resend_after_ms: int) -> str:
+        """Record a stop before its terminate is enqueued (see ``_REQUEST_STOP``).
+
+        Returns ``ok`` (recorded; the reaper re-sends the terminate after
+        ``resend_after_ms`` unless it finished or holds its fence), ``terminated`` /
+        ``failed`` (already over) or ``missing`` (unknown or untracked session).
+        """
+        return str(self._request_stop(
+            keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, STOPS_KEY],
+            args=[session_id, reason, resend_after_ms],
+        ))
+
+    def claim_stops_to_resend(self, resend_after_ms: int, limit: int = 1000) -> list[str]:
+        """Ids of recorded stops due for a re-send (their terminate made no progress);
+        each is re-scored ``resend_after_ms`` ahead. Ended sessions leave the index."""
+        fence_prefix = C.TERMINATE_FENCE_KEY.format(id="")
+        return [str(x) for x in self._claim_stops(
+            keys=[STOPS_KEY, C.SESSIONS_SET_KEY],
+            args=[limit, resend_after_ms, _RECORD_PREFIX, fence_prefix],
+        )]
+
+    # ------------------------------------------------------------------ data-loss guard
+    def ensure_epoch(self) -> bool:
+        """Write the dataset's epoch if missing (``SET NX``). True when it was missing."""
+        return bool(self.r.set(EPOCH_KEY, str(self.now_ms()), nx=True))
+
+    def epoch_exists(self) -> bool:
+        """Whether this Redis dataset has its epoch (False after a data loss)."""
+        return bool(self.r.exists(EPOCH_KEY))
+
+    def adopt(self, session_id: str, provider: str, pod_name: str, compute_id: str,
+              compute: dict[str, Any], idle_ttl_ms: int) -> bool:
+        """Re-create a minimal ``running`` record for a pod whose record was lost (see
+        ``_ADOPT``). False when a record exists (never overwritten)."""
+        k = Keys(session_id)
+        return bool(self._adopt(
+            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.SESSIONS_SET_KEY],
+            args=[session_id, provider, pod_name, compute_id, json.dumps(compute),
+                  idle_ttl_ms, C.SESSION_RECORD_GRACE_MS],
+        ))
 
     def now_ms(self) -> int:
         """Redis server time in ms (the registry's clock)."""

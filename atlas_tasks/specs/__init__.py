@@ -10,6 +10,8 @@ from atlas_tasks.specs.gpu import (
     supported_gpus,
 )
 from atlas_tasks.specs.models import (
+    MAX_IDLE_TTL_MS,
+    RESERVED_PROVIDER_OPTS,
     AuthHandle,
     AuthScheme,
     Capability,
@@ -29,6 +31,8 @@ from atlas_tasks.specs.models import (
 )
 
 __all__ = [
+    "MAX_IDLE_TTL_MS",
+    "RESERVED_PROVIDER_OPTS",
     "GPU_CATALOG",
     "AuthHandle",
     "AuthScheme",

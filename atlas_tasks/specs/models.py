@@ -8,12 +8,14 @@ Build requests through :func:`build_compute_request` / :func:`build_job_request`
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from atlas_tasks.errors import ValidationError, validation_error
 from atlas_tasks.specs.gpu import canonical_gpu
@@ -67,6 +69,59 @@ _TERMINAL_JOB_STATUSES = frozenset(
 )
 
 
+#: Upper bound of ``idle_ttl_ms`` (30 days): beyond it a session is not "idle-reaped" in any
+#: useful sense, and Redis PX arithmetic must stay far from overflow.
+MAX_IDLE_TTL_MS = 30 * 24 * 3600 * 1000
+
+#: ``provider_opts`` keys the orchestrator owns, mapped to the field to use instead. They
+#: are merged *into* the provider's native body, so they could silently replace what atlas
+#: sets: a ``name``/``label`` override leaves a pod without the reaper's name prefix (a
+#: permanent leak), an ``env``/``user_data`` override drops ``ATLAS_PRESHARED_KEY`` (the
+#: token handed out no longer opens the pod). Every provider's spelling is listed, since a
+#: request does not know its provider yet: ``name`` (RunPod, Lambda, Fly), ``label``
+#: (Vast's name), ``env`` (RunPod, Vast), ``user_data`` (Lambda's cloud-init, which
+#: carries the env), and Fly's ``config.env`` (checked one level down).
+RESERVED_PROVIDER_OPTS: dict[str, str] = {
+    "name": "name",
+    "label": "name",
+    "env": "env",
+    "user_data": "env",
+}
+#: Reserved keys inside a nested ``provider_opts`` mapping (Fly merges ``config`` into
+#: the machine config, where ``env`` is the pod env).
+RESERVED_NESTED_PROVIDER_OPTS: dict[str, dict[str, str]] = {"config": {"env": "env"}}
+
+
+def _check_provider_opts(value: Mapping[Any, Any]) -> dict[str, Any]:
+    """Reject reserved keys, non-string keys and anything that is not plain JSON.
+
+    Checked here, up front, so a bad option fails the caller's ``spawn`` with a named
+    field instead of failing later when the request is sealed for the broker.
+    """
+    for key in value:
+        if not isinstance(key, str):
+            raise ValueError(f"keys must be strings, got {type(key).__name__}")
+    for key, use in RESERVED_PROVIDER_OPTS.items():
+        if key in value:
+            raise validation_error(
+                f"provider_opts.{key}",
+                f"atlas sets the pod's {use}; pass {use}= instead of provider_opts[{key!r}]")
+    for outer, inner in RESERVED_NESTED_PROVIDER_OPTS.items():
+        nested = value.get(outer)
+        if isinstance(nested, Mapping):
+            for key, use in inner.items():
+                if key in nested:
+                    raise validation_error(
+                        f"provider_opts.{outer}.{key}",
+                        f"atlas sets the pod's {use}; pass {use}= instead")
+    try:
+        # allow_nan=False: NaN/Infinity are not JSON, and provider APIs reject them.
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"must be JSON-serialisable ({exc})") from None
+    return dict(value)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
@@ -80,21 +135,32 @@ class ComputeRequest(_Request):
     """
 
     gpu: str | None = None
-    gpu_count: int = Field(default=1, ge=1)
+    # Strict ints everywhere: ``True`` must not become 1 GPU or a 1 ms idle TTL.
+    gpu_count: StrictInt = Field(default=1, ge=1)
     image: str | None = None
     cloud_type: CloudType = "secure"
     spot: bool = False
     region_hints: tuple[str, ...] = ()
     ports: tuple[tuple[int, PortProtocol], ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
-    volume_gb: int | None = Field(default=None, ge=0)
-    container_disk_gb: int | None = Field(default=None, ge=1)
+    volume_gb: StrictInt | None = Field(default=None, ge=0)
+    container_disk_gb: StrictInt | None = Field(default=None, ge=1)
     network_volume_id: str | None = None
     name: str | None = None
     template_id: str | None = None
     auth: AuthScheme = "none"
-    idle_ttl_ms: int | None = Field(default=None, gt=0)
+    #: The orchestrator also enforces ``ATLAS_MIN_IDLE_TTL_MS`` (default 10 s) on it.
+    idle_ttl_ms: StrictInt | None = Field(default=None, gt=0, le=MAX_IDLE_TTL_MS)
     provider_opts: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("provider_opts", mode="before")
+    @classmethod
+    def _provider_opts(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a mapping of option name to JSON value")
+        return _check_provider_opts(value)
 
     @field_validator("gpu")
     @classmethod
@@ -106,16 +172,24 @@ class ComputeRequest(_Request):
     def _ports(cls, value: Any) -> Any:
         if value is None:
             return ()
+        # Only ValueError becomes a pydantic error: anything a bad shape could raise
+        # (TypeError on ``ports=5``) is checked for here instead.
+        if isinstance(value, str | bytes | Mapping) or not isinstance(value, list | tuple):
+            raise ValueError("must be a list like [(8000, \"http\"), (22, \"tcp\")]")
         out = []
         for item in value:
             if isinstance(item, dict):
                 item = (item.get("internal", item.get("port")), item.get("protocol", "http"))
             elif isinstance(item, int):
                 item = (item, "http")
+            if not isinstance(item, list | tuple) or len(item) != 2:
+                raise ValueError(f"port entry {item!r} must be (port, \"http\"|\"tcp\")")
             port, proto = item
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 raise ValueError(f"port {port!r} must be an integer in 1..65535")
-            proto = str(proto).lower()
+            if not isinstance(proto, str):
+                raise ValueError(f"protocol {proto!r} must be 'http' or 'tcp'")
+            proto = proto.lower()
             if proto not in ("http", "tcp"):
                 raise ValueError(f"protocol {proto!r} must be 'http' or 'tcp'")
             out.append((port, proto))
@@ -126,16 +200,28 @@ class ComputeRequest(_Request):
     def _env(cls, value: Any) -> Any:
         if value is None:
             return {}
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):
             raise ValueError("env must be a mapping of NAME to value")
-        return {str(k): str(v) for k, v in value.items()}
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not k:
+                raise ValueError(f"variable name {k!r} must be a non-empty string")
+            # Numbers are stringified (env={"N": 1}); None, bools and containers are junk.
+            if isinstance(v, bool) or not isinstance(v, str | int | float):
+                raise ValueError(f"{k}: value must be a string or a number")
+            out[k] = str(v)
+        return out
 
     @field_validator("region_hints", mode="before")
     @classmethod
     def _regions(cls, value: Any) -> Any:
         if isinstance(value, str):
             return (value,)
-        return () if value is None else tuple(value)
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a region name or a list of region names")
+        return tuple(value)
 
 
 class Port(BaseModel):
@@ -277,7 +363,9 @@ def _build_request(
         raise validation_error("request", f"must be a {model.__name__} or a dict")
     data.update({k: v for k, v in fields.items() if v is not None} if drop_none else fields)
     try:
-        return model(**data)
+        # model_validate, not model(**data): a request dict with non-string keys must be a
+        # validation error, not a TypeError from the call.
+        return model.model_validate(data)
     except ValidationError:
         raise
     except pydantic.ValidationError as exc:

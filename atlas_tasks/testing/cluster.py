@@ -19,7 +19,8 @@ from typing import Any
 
 from atlas_tasks.config import reset_settings
 from atlas_tasks.providers.registry import clear_provider_cache
-from atlas_tasks.redis_conn import reset_redis_clients
+from atlas_tasks.redis_conn import get_redis, reset_redis_clients
+from atlas_tasks.registry import registry_for
 from atlas_tasks.sealing import generate_key
 from atlas_tasks.testing.fakecloud import FakeCloud
 from atlas_tasks.testing.processes import (
@@ -75,10 +76,15 @@ class LocalCluster:
             "ATLAS_SECRET_KEY": os.environ.get("ATLAS_SECRET_KEY") or generate_key(),
             "ATLAS_DEFAULT_PROVIDER": "runpod",
             "ATLAS_REAP_PROVIDERS": "runpod",
+            # Test and demo sessions live for seconds; production keeps the 10 s floor.
+            "ATLAS_MIN_IDLE_TTL_MS": "100",
             **self.cloud.env(),
             **self.settings,
         }
         self.apply_env()
+        # This is the deployment's first start: mark the dataset, so the reaper's
+        # data-loss guard (a missing epoch) only fires if this Redis loses its data later.
+        registry_for(get_redis(self.redis_url)).ensure_epoch()
         for i in range(self.worker_count):
             self.add_worker(hostname=f"w{i + 1}@%h")
         if self.start_beat:

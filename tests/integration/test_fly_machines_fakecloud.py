@@ -17,7 +17,8 @@ from atlas_tasks.providers import get_provider
 from atlas_tasks.providers.base import Provider
 from atlas_tasks.providers.fly_machines import FlyMachinesProvider
 from atlas_tasks.providers.registry import clear_provider_cache
-from atlas_tasks.redis_conn import reset_redis_clients
+from atlas_tasks.redis_conn import get_redis, reset_redis_clients
+from atlas_tasks.registry import registry_for
 from atlas_tasks.specs import Compute, ComputeStatus, build_compute_request
 from atlas_tasks.testing.conformance import ProviderConformance
 from atlas_tasks.testing.fakecloud import FakeCloud
@@ -297,6 +298,9 @@ def test_reaper_finds_fly_orphans_by_name_prefix(
     reset_settings()
     reset_redis_clients()
     clear_provider_cache()
+    # A deployment's first start: without the epoch, prefixed pods on a Redis that has
+    # none look like a data loss and the reaper's data-loss guard spares them.
+    registry_for(get_redis()).ensure_epoch()
     fly = get_provider("fly")
     orphan = spawn(fly, name="atlas-deadbeefdeadbeef")
     spawn(fly, name="someone-elses-machine")
