@@ -325,6 +325,9 @@ def validate_pod_create(raw: Any, ctx: FakeCloudContext) -> dict[str, Any]:
     Raises:
         Problem: 422 or 400.
     """
+    if not ctx.config.strict_fields and isinstance(raw, dict):
+        # Lenient mode: unknown top-level fields are ignored instead of refused (422).
+        raw = {k: v for k, v in raw.items() if k in CREATE_POD["props"]}
     body = validated(raw, CREATE_POD, "CreatePodRequest")
     if "image" not in body and "templateId" not in body:
         raise Problem(422, "CreatePodRequest: request validation failed",
