@@ -1,7 +1,7 @@
 """The shared HTTP layer every HTTP provider builds on (sync httpx, pooled, retried).
 
-One :class:`HttpClient` talks to one API of one provider (e.g. RunPod ``management``,
-``runtime`` or ``graphql``). It owns a single pooled ``httpx.Client``, created lazily and
+One :class:`HttpClient` talks to one API of one provider (e.g. RunPod ``management``
+or ``runtime``). It owns a single pooled ``httpx.Client``, created lazily and
 shared by every thread of a Celery thread pool, and it is the only place where transport
 exceptions become :class:`~atlas_tasks.errors.TransportError` (the other mapping place is
 :func:`~atlas_tasks.errors.error_from_response`, used for unexpected statuses).
@@ -148,7 +148,7 @@ class HttpClient:
     Args:
         context: provider context (settings, test transport, hooks).
         provider: provider name used in errors, hooks and logs.
-        api: API name (``management``, ``runtime``, ``graphql``...).
+        api: API name (``management``, ``runtime``, ``logs``...).
         base_url: prefix of every request path (no trailing slash needed).
         headers: default headers, e.g. ``Authorization``. Never logged.
         max_retries: retries after the first attempt (default ``settings.http_max_retries``).
