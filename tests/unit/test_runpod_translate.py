@@ -126,7 +126,7 @@ def test_pod_to_compute_on_the_definitions_listed_pod() -> None:
     assert c.gpu_type == "rtx_4090" and c.gpu_count == 1
     assert c.cost_per_hour == 0.44 and c.region == "US-KS-2"
     assert c.image == "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"
-    assert c.created_at == datetime(2026, 6, 1, 12, 2, tzinfo=UTC)
+    assert c.created_at == datetime(2026, 6, 1, 12, tzinfo=UTC)  # createdAt, not startedAt
     assert c.gpu_utilization is None  # the example's runtime reports no gpus
     assert c.raw["status"] == "RUNNING"
 
@@ -136,7 +136,10 @@ def test_pod_to_compute_on_the_definitions_created_pod() -> None:
     assert c.status == ComputeStatus.PROVISIONING
     assert c.public_ip is None  # runtime is {}: nothing published yet
     assert c.ports[1].url is None and c.ports[1].external is None
-    assert c.created_at == datetime(2026, 6, 1, 12, tzinfo=UTC)  # startedAt null
+    assert c.created_at == datetime(2026, 6, 1, 12, tzinfo=UTC)
+    no_created = {k: v for k, v in listed_pod().items() if k != "createdAt"}
+    assert translate.pod_to_compute(no_created).created_at == datetime(2026, 6, 1, 12, 2,
+                                                                       tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("status", "expected"), [

@@ -200,7 +200,9 @@ def pod_to_compute(body: Any) -> Compute:
         region=str_or_none(body.get("dataCenterId")),
         image=str_or_none(body.get("image")),
         name=str_or_none(body.get("name")),
-        created_at=parse_time(body.get("startedAt")) or parse_time(body.get("createdAt")),
+        # createdAt (required in v2) is the pod's birth; startedAt moves on every start,
+        # which would make an old orphan look young to the reaper's grace period.
+        created_at=parse_time(body.get("createdAt")) or parse_time(body.get("startedAt")),
         gpu_utilization=gpu_utilization(runtime),
         raw=body,
     )
