@@ -267,7 +267,7 @@ class CloudState:
 
 
 #: CreatePodRequest fields kept on the pod and echoed back.
-_ECHOED = frozenset({"args", "disk", "mounts", "registry", "globalNetworking"})
+_ECHOED = frozenset({"args", "disk", "mounts", "registry"})
 
 #: v2 ``actions`` valid in each status (the ``podAction`` operation's description).
 _ACTIONS: dict[str, list[str]] = {
