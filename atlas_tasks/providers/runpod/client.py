@@ -5,7 +5,7 @@ API             base URL (first set wins)                   used for
 ==============  ==========================================  =====================================
 ``management``  ``context.base_url`` > settings             REST v2 (``/v2/...``): pods, GPU
                 ``runpod_base_url``                         catalog, templates, network
-                (default ``https://api.runpod.io``)          volumes, serverless endpoints
+                (default ``https://api.runpod.io``)         volumes, serverless endpoints
 ``runtime``     ``options["runtime_url"]`` > settings       serverless jobs, ``<base>/<endpoint>``
                 ``runpod_runtime_url``                      (``https://api.runpod.ai/v2``)
 ==============  ==========================================  =====================================

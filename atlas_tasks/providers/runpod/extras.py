@@ -5,13 +5,13 @@ These (the catalog aside) have no place in the cross-cloud contract, so they are
 functions returning RunPod's own JSON objects (exposed as extra methods on
 ``RunPodProvider``). Paths, list wrappers and statuses follow the v2 definition:
 
-=================  ==========================  ======================
-kind               collection                  list wrapper
-=================  ==========================  ======================
-``template``       ``/v2/templates``           ``templates``
-``network_volume`` ``/v2/network-volumes``     ``networkVolumes``
-``endpoint``       ``/v2/serverless``          ``endpoints``
-=================  ==========================  ======================
+==================  ========================  ==================
+kind                collection                list wrapper
+==================  ========================  ==================
+``template``        ``/v2/templates``         ``templates``
+``network_volume``  ``/v2/network-volumes``   ``networkVolumes``
+``endpoint``        ``/v2/serverless``        ``endpoints``
+==================  ========================  ==================
 
 Creates answer 201 and are sent ``idempotent=False`` (a blind retry could make a second
 template/volume/endpoint); deletes answer 204 and 404 raises ``NotFoundError``.
