@@ -167,11 +167,14 @@ def test_gpu_utilization_from_runtime() -> None:
     gpu = {"util": example["util"]["examples"][0],
            "memoryUtil": example["memoryUtil"]["examples"][0]}
     pod = listed_pod()
-    pod["runtime"]["gpus"] = [gpu, {"util": 150, "memoryUtil": -3}, {"util": "hot"}, "x"]
+    pod["runtime"]["gpus"] = [gpu, {"util": 150, "memoryUtil": -3.4},
+                              {"util": "hot", "memoryUtil": float("nan")},
+                              {"util": float("inf")}, "x"]
     c = translate.pod_to_compute(pod)
     assert c.gpu_utilization == [
         GpuUtilization(util_pct=94, memory_util_pct=78),
         GpuUtilization(util_pct=100, memory_util_pct=0),
+        GpuUtilization(util_pct=None, memory_util_pct=None),
         GpuUtilization(util_pct=None, memory_util_pct=None),
     ]
     assert translate.gpu_utilization(None) is None

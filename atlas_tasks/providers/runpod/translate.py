@@ -14,6 +14,7 @@ A body we cannot understand raises ``ProviderError`` (never ``KeyError``/``TypeE
 
 from __future__ import annotations
 
+import math
 import secrets
 from datetime import datetime
 from typing import Any
@@ -222,9 +223,12 @@ def gpu_utilization(runtime: Any) -> list[GpuUtilization] | None:
 
 
 def _pct(value: Any) -> int | None:
-    # The definition says integer; a float is rounded, a string or bool is not a reading.
+    # The definition says integer; a float is rounded, a string or bool is not a reading,
+    # and neither is NaN/Infinity (which Python's json accepts and round() refuses).
     number = None if isinstance(value, str) else as_float(value)
-    return None if number is None else min(max(round(number), 0), 100)
+    if number is None or not math.isfinite(number):
+        return None
+    return min(max(round(number), 0), 100)
 
 
 def pods_from_list(body: Any) -> list[dict[str, Any]]:
