@@ -33,7 +33,7 @@ class AtlasSettings(BaseSettings):
     lambda_labs_api_key: SecretStr | None = None
     vast_api_key: SecretStr | None = None
 
-    runpod_base_url: str = "https://rest.runpod.io/v1"
+    runpod_base_url: str = "https://api.runpod.io"
     runpod_runtime_url: str = "https://api.runpod.ai/v2"
     runpod_graphql_url: str = "https://api.runpod.io/graphql"
     fly_base_url: str = "https://api.machines.dev"

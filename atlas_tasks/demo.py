@@ -133,10 +133,10 @@ def run() -> int:
 
         console.rule("2. pods created behind the orchestrator's back")
         headers = {"Authorization": f"Bearer {cluster.cloud.api_key}"}
-        body = {"imageName": IMAGE, "gpuTypeIds": ["NVIDIA H100 80GB HBM3"], "gpuCount": 1}
-        rogue = httpx.post(f"{cluster.cloud.runpod_rest_url}/pods", headers=headers,
+        body = {"image": IMAGE, "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 1}}
+        rogue = httpx.post(f"{cluster.cloud.runpod_rest_url}/v2/pods", headers=headers,
                            json={**body, "name": "atlas-rogue0001"}).json()
-        foreign = httpx.post(f"{cluster.cloud.runpod_rest_url}/pods", headers=headers,
+        foreign = httpx.post(f"{cluster.cloud.runpod_rest_url}/v2/pods", headers=headers,
                              json={**body, "name": "team-b-training-run"}).json()
         names[rogue["id"]] = "rogue-pod"
         names["rogue0001"] = "rogue-pod"

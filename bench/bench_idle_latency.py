@@ -121,7 +121,7 @@ def _create_sessions(cluster: LocalCluster, reg: SessionRegistry, n: int
     pods: dict[str, str] = {}
     for i in range(n):
         sid = f"idle{i:012x}"
-        pod = state.create_pod({"name": f"atlas-{sid}", "imageName": "bench/idle"},
+        pod = state.create_pod({"name": f"atlas-{sid}", "image": "bench/idle"},
                                boot_delay_s=0.0)
         reg.create(sid, {"id": sid, "provider": "runpod", "status": "spawning",
                          "pod_name": f"atlas-{sid}", "idle_ttl_ms": "600000",

@@ -22,6 +22,7 @@ import httpx
 from atlas_tasks.auth.tokens import new_signing_secret, signing_env, token_from_raw
 from atlas_tasks.config import AtlasSettings, get_settings
 from atlas_tasks.errors import NotFoundError, UnsupportedError, validation_error
+from atlas_tasks.providers.ratelimit import RateLimit
 from atlas_tasks.specs import (
     AuthHandle,
     Capability,
@@ -40,7 +41,7 @@ class RequestInfo:
 
     Attributes:
         provider: provider name.
-        api: ``management``, ``runtime``, ``graphql``, ``logs``...
+        api: ``management``, ``runtime``, ``logs``...
         method: HTTP method.
         url: full URL with its query; atlas's own providers never put an API key in a URL,
             and any ``api_key=`` query value is redacted anyway.
@@ -48,6 +49,8 @@ class RequestInfo:
         duration_s: wall time of this attempt.
         attempt: 1 for the first try, 2 for the first retry...
         error: the transport exception's text when ``status`` is ``None``.
+        rate_limit: the quota state the answer's ``RateLimit``/``RateLimit-Policy``
+            headers reported (RunPod REST v2 sends them on every answer), else ``None``.
     """
 
     provider: str
@@ -58,6 +61,7 @@ class RequestInfo:
     duration_s: float
     attempt: int
     error: str | None = None
+    rate_limit: RateLimit | None = None
 
 
 RequestHook = Callable[[RequestInfo], None]
@@ -73,7 +77,7 @@ class ProviderContext:
         settings: settings used for defaults (other base URLs, timeouts, retries).
         transport: an httpx transport, e.g. ``httpx.MockTransport`` in unit tests.
         hooks: callables run after every HTTP attempt (logging, metrics, tests).
-        options: provider-specific extras (``runtime_url``, ``graphql_url``, ``ssh_key_name``...).
+        options: provider-specific extras (``runtime_url``, ``ssh_key_name``...).
     """
 
     api_key: str | None = field(default=None, repr=False)

@@ -1,7 +1,7 @@
 """The shared HTTP layer every HTTP provider builds on (sync httpx, pooled, retried).
 
-One :class:`HttpClient` talks to one API of one provider (e.g. RunPod ``management``,
-``runtime`` or ``graphql``). It owns a single pooled ``httpx.Client``, created lazily and
+One :class:`HttpClient` talks to one API of one provider (e.g. RunPod ``management``
+or ``runtime``). It owns a single pooled ``httpx.Client``, created lazily and
 shared by every thread of a Celery thread pool, and it is the only place where transport
 exceptions become :class:`~atlas_tasks.errors.TransportError` (the other mapping place is
 :func:`~atlas_tasks.errors.error_from_response`, used for unexpected statuses).
@@ -19,21 +19,28 @@ Retry policy:
   :func:`is_maybe_created`), so the caller can look the resource up before trying again.
 
 Every attempt calls each ``context.hooks`` function with a
-:class:`~atlas_tasks.providers.base.RequestInfo` and is logged at DEBUG. Headers and bodies
-are never logged, and ``api_key=``-style query values are redacted from URLs.
+:class:`~atlas_tasks.providers.base.RequestInfo` (carrying the answer's parsed
+``RateLimit``/``RateLimit-Policy`` headers, see :mod:`.ratelimit`) and is logged at DEBUG.
+Headers and bodies are never logged, and ``api_key=``-style query values are redacted from
+URLs.
+
+Error answers: an RFC 9457 problem (``application/problem+json``, or a JSON object shaped
+``{title, status, detail, errors?}``) becomes an :class:`AtlasError` whose message keeps
+``detail`` and every validation ``errors`` entry (see :func:`problem_message`); other bodies
+go through :func:`~atlas_tasks.errors.error_from_response`. A body that is not JSON at all
+(truncated, or nested deeper than the decoder allows) never escapes as a raw exception.
 
 Example::
 
     api = HttpClient(ctx, provider="runpod", api="management",
-                     base_url="https://rest.runpod.io/v1",
+                     base_url="https://api.runpod.io",
                      headers={"Authorization": f"Bearer {key}"})
-    pod = api.call("POST", "/pods", json=body, expect=(200, 201), idempotent=False).data
+    pod = api.call("POST", "/v2/pods", json=body, expect=(201,), idempotent=False).data
 """
 
 from __future__ import annotations
 
 import email.utils
-import json as jsonlib
 import logging
 import random
 import re
@@ -47,9 +54,16 @@ from typing import Any, TypeVar
 
 import httpx
 
-from atlas_tasks.errors import AtlasError, ProviderError, TransportError, error_from_response
+from atlas_tasks.errors import (
+    AtlasError,
+    ProviderError,
+    TransportError,
+    error_from_response,
+    kind_for_status,
+)
 from atlas_tasks.providers.base import ProviderContext, RequestInfo
-from atlas_tasks.providers.translate_common import drop_none
+from atlas_tasks.providers.ratelimit import RateLimit, rate_limit_from_headers
+from atlas_tasks.providers.translate_common import drop_none, loads_json
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +148,7 @@ class HttpClient:
     Args:
         context: provider context (settings, test transport, hooks).
         provider: provider name used in errors, hooks and logs.
-        api: API name (``management``, ``runtime``, ``graphql``...).
+        api: API name (``management``, ``runtime``, ``logs``...).
         base_url: prefix of every request path (no trailing slash needed).
         headers: default headers, e.g. ``Authorization``. Never logged.
         max_retries: retries after the first attempt (default ``settings.http_max_retries``).
@@ -256,13 +270,11 @@ class HttpClient:
                 return ApiResponse(status, self._decode(response, method, path), response.headers)
             retryable = status in RETRY_STATUSES
             if retryable and not idempotent and status not in SAFE_RETRY_STATUSES:
-                raise mark_maybe_created(
-                    error_from_response(status, _body_of(response), self.provider)
-                )
+                raise mark_maybe_created(response_error(response, self.provider))
             if retryable and attempt <= budget:
                 self._backoff(attempt, response.headers.get("Retry-After"))
                 continue
-            raise error_from_response(status, _body_of(response), self.provider)
+            raise response_error(response, self.provider)
 
     def _attempt(
         self,
@@ -308,8 +320,10 @@ class HttpClient:
                 return None
             raise err from exc
         duration = time.monotonic() - started
+        # Parsed only when someone listens: most clients have no hooks.
+        limit = rate_limit_from_headers(response.headers) if self.context.hooks else None
         self._emit(method, redact_url(str(response.request.url)), response.status_code,
-                   duration, attempt, None)
+                   duration, attempt, None, rate_limit=limit)
         return response
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
@@ -317,8 +331,8 @@ class HttpClient:
         if not content or not content.strip():
             return None
         try:
-            return jsonlib.loads(content)
-        except ValueError as exc:
+            return loads_json(content)
+        except ValueError as exc:  # includes too-deep nesting (see loads_json)
             raise ProviderError(
                 f"malformed JSON from {self.provider} {self.api} {method} {path or '/'} "
                 f"(HTTP {response.status_code})",
@@ -349,6 +363,8 @@ class HttpClient:
         duration: float,
         attempt: int,
         error: str | None,
+        *,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         info = RequestInfo(
             provider=self.provider,
@@ -359,6 +375,7 @@ class HttpClient:
             duration_s=duration,
             attempt=attempt,
             error=error,
+            rate_limit=rate_limit,
         )
         logger.debug(
             "%s %s %s %s -> %s in %.3fs (attempt %d)%s",
@@ -373,12 +390,81 @@ class HttpClient:
                 logger.exception("request hook %r failed", hook)
 
 
-def _body_of(response: httpx.Response) -> Any:
-    """Decoded JSON if possible, else text: what :func:`error_from_response` wants."""
+#: Media type of RFC 9457 problem details.
+PROBLEM_JSON = "application/problem+json"
+
+#: Validation ``errors`` entries quoted in a message at most (the rest stay in ``raw``).
+MAX_PROBLEM_ERRORS = 10
+
+
+def _body_of(response: httpx.Response) -> tuple[Any, bool]:
+    """``(decoded JSON, True)``, or ``(text, False)`` when the body is not JSON."""
     try:
-        return response.json()
-    except ValueError:
-        return response.text
+        return loads_json(response.content), True
+    except ValueError:  # not JSON, not UTF-8, or nested too deeply (see loads_json)
+        return response.text, False
+
+
+def is_problem(body: Any, content_type: str | None = None) -> bool:
+    """True when ``body`` is an RFC 9457 problem object.
+
+    Said so by the media type (``application/problem+json``), or recognisable by shape: a
+    JSON object with a string ``title`` or ``detail`` and an integer ``status``.
+    """
+    if not isinstance(body, dict):
+        return False
+    if content_type and content_type.split(";")[0].strip().lower() == PROBLEM_JSON:
+        return True
+    status = body.get("status")
+    return (isinstance(status, int) and not isinstance(status, bool)
+            and (isinstance(body.get("title"), str) or isinstance(body.get("detail"), str)))
+
+
+def problem_message(body: dict[str, Any]) -> str:
+    """A one-line message from a problem object: ``detail`` (else ``title``), then the
+    validation ``errors`` (the first :data:`MAX_PROBLEM_ERRORS`), so the caller sees which
+    field the provider rejected, e.g. ``Request validation failed.: $: additional
+    properties 'bogus' not allowed``."""
+    detail = body.get("detail")
+    title = body.get("title")
+    text = (detail if isinstance(detail, str) and detail.strip()
+            else title if isinstance(title, str) and title.strip() else "")
+    errors = body.get("errors")
+    items = [str(e) for e in errors if e is not None] if isinstance(errors, list) else []
+    if items:
+        shown = "; ".join(items[:MAX_PROBLEM_ERRORS])
+        more = len(items) - MAX_PROBLEM_ERRORS
+        if more > 0:
+            shown += f"; and {more} more"
+        text = f"{text}: {shown}" if text else shown
+    return text
+
+
+def response_error(response: httpx.Response, provider: str | None) -> AtlasError:
+    """The :class:`AtlasError` for an answer whose status the caller did not expect.
+
+    Problem bodies keep ``detail`` and ``errors`` in the message; an undecodable body gives
+    a message that says so (its text, cut to 500 characters, goes to ``raw``). ``kind``
+    follows the status either way (:func:`~atlas_tasks.errors.kind_for_status`).
+    """
+    status = response.status_code
+    body, decoded = _body_of(response)
+    if decoded and is_problem(body, response.headers.get("content-type")):
+        message = problem_message(body) or f"unexpected HTTP {status}"
+        return AtlasError(message, kind=kind_for_status(status), provider=provider,
+                          status=status, raw=body)
+    if not decoded:
+        text = str(body)[:500]
+        stripped = text.strip()
+        # Text that looks like JSON but did not decode is broken JSON: say so rather than
+        # letting error_from_response try (and fail) to decode it again.
+        if not stripped or stripped.startswith(("{", "[")):
+            message = f"unexpected HTTP {status} with a malformed body"
+        else:
+            message = stripped
+        return AtlasError(message, kind=kind_for_status(status), provider=provider,
+                          status=status, raw=text)
+    return error_from_response(status, body, provider)
 
 
 def mark_maybe_created(err: AtlasError) -> AtlasError:
@@ -459,14 +545,19 @@ def create_once(
 __all__ = [
     "BACKOFF_BASE_S",
     "IDEMPOTENT_METHODS",
+    "MAX_PROBLEM_ERRORS",
+    "PROBLEM_JSON",
     "RETRY_STATUSES",
     "SAFE_RETRY_STATUSES",
     "ApiResponse",
     "HttpClient",
     "create_once",
     "is_maybe_created",
+    "is_problem",
     "is_timeout",
     "mark_maybe_created",
     "parse_retry_after",
+    "problem_message",
     "redact_url",
+    "response_error",
 ]

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,20 @@ def malformed(provider: str, what: str, body: Any) -> ProviderError:
     """
     raw = body if isinstance(body, dict) else {"body": body}
     return ProviderError(f"malformed answer: {what}", provider=provider, raw=raw)
+
+
+def loads_json(content: bytes | str) -> Any:
+    """Decode a provider's JSON body.
+
+    Raises:
+        ValueError: the body is not JSON. ``json`` raises ``RecursionError`` (not a
+            ``ValueError``) for deeply nested input such as ``"[" * 100000``; it is turned
+            into a ``ValueError`` here so every caller's ``except ValueError`` holds.
+    """
+    try:
+        return json.loads(content)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
 
 
 def object_with_id(provider: str, body: Any, what: str) -> tuple[dict[str, Any], str]:
@@ -121,6 +136,7 @@ __all__ = [
     "as_int",
     "drop_none",
     "iso_datetime",
+    "loads_json",
     "malformed",
     "object_with_id",
     "str_or_none",

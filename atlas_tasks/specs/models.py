@@ -233,6 +233,16 @@ class Port(BaseModel):
     url: str | None = None
 
 
+class GpuUtilization(BaseModel):
+    """Live load of one GPU of a running compute, as the provider last measured it.
+
+    Percentages run 0-100; ``None`` when the provider did not report that figure.
+    """
+
+    util_pct: int | None = None
+    memory_util_pct: int | None = None
+
+
 class AuthHandle(BaseModel):
     """Credentials minted for a compute. ``token`` is raw and handed out exactly once."""
 
@@ -258,6 +268,9 @@ class Compute(BaseModel):
     name: str | None = None
     auth: AuthHandle | None = None
     created_at: datetime | None = None
+    #: Per-GPU load, one entry per GPU, when the provider reports it (RunPod: running pods);
+    #: ``None`` when unknown (not the same as an empty list: no GPUs measured).
+    gpu_utilization: list[GpuUtilization] | None = None
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
 
 

@@ -448,7 +448,7 @@ class ChaosRun:
     @staticmethod
     def plant(cluster: LocalCluster, name: str) -> str:
         """Create a pod at the fake cloud behind atlas's back (no faults, no session)."""
-        body = {"name": name, "imageName": IMAGE, "gpuTypeIds": ["NVIDIA H100 80GB HBM3"]}
+        body = {"name": name, "image": IMAGE, "gpu": {"id": "NVIDIA H100 80GB HBM3"}}
         return cluster.cloud.ctx.state.create_pod(body, boot_delay_s=0).id
 
     # ------------------------------------------------------------------ monitor

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-from openapi_core import OpenAPI
+from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
@@ -123,7 +123,10 @@ class SpecChecker:
         document["servers"] = [{"url": "/"}]
         if patch is not None:
             patch(document)
-        return cls(openapi=OpenAPI.from_dict(document), **kwargs)
+        # openapi-core decodes only a fixed list of media types; RFC 9457 problem bodies
+        # (RunPod REST v2's errors) are JSON too and must be validated, not skipped as bytes.
+        config = Config(extra_media_type_deserializers={"application/problem+json": json.loads})
+        return cls(openapi=OpenAPI.from_dict(document, config=config), **kwargs)
 
     def request_errors(self, request: httpx.Request) -> list[str]:
         """Why a request does not match the definition (empty when it does)."""

@@ -1,4 +1,5 @@
-"""The shipped conformance suite against the RunPod provider over real HTTP (fake cloud)."""
+"""The shipped conformance suite against the RunPod provider over real HTTP (the fake
+cloud speaking RunPod REST v2)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,5 @@ class TestRunPodConformance(ProviderConformance):
     def provider(self, cloud: FakeCloud) -> Provider:
         settings = AtlasSettings(runpod_base_url=cloud.runpod_rest_url,
                                  runpod_runtime_url=cloud.runpod_runtime_url,
-                                 runpod_graphql_url=cloud.runpod_graphql_url,
                                  runpod_api_key=cloud.api_key)
         return get_provider("runpod", settings=settings, cache=False)

@@ -1,5 +1,5 @@
-"""The fake cloud over real loopback HTTP: RunPod REST v1, serverless runtime, GraphQL,
-fault injection and the admin API."""
+"""The fake cloud over real loopback HTTP: RunPod REST v2, serverless runtime, fault
+injection and the admin API."""
 
 from __future__ import annotations
 
@@ -40,8 +40,10 @@ def cloud(shared_cloud: FakeCloud) -> Iterator[FakeCloud]:
 
 @pytest.fixture
 def rest(cloud: FakeCloud) -> Iterator[httpx.Client]:
+    """A client on the REST v2 root: ``/pods`` here is RunPod's ``/v2/pods``."""
     headers = {"Authorization": f"Bearer {cloud.api_key}"}
-    with httpx.Client(base_url=cloud.runpod_rest_url, headers=headers, timeout=10) as client:
+    with httpx.Client(base_url=f"{cloud.runpod_rest_url}/v2", headers=headers,
+                      timeout=10) as client:
         yield client
 
 
@@ -55,12 +57,21 @@ def runtime(cloud: FakeCloud) -> Iterator[httpx.Client]:
 
 def pod_body(**extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "name": "atlas-test-1", "imageName": "test/image:latest", "gpuTypeIds": [H100],
-        "gpuCount": 1, "cloudType": "SECURE", "ports": ["8000/http", "22/tcp"],
+        "name": "atlas-test-1", "image": "test/image:latest", "gpu": {"id": H100, "count": 1},
+        "cloud": "SECURE", "ports": ["8000/http", "22/tcp"],
         "env": {"ATLAS_PRESHARED_KEY": "tok"},
     }
     body.update(extra)
     return body
+
+
+def pods_of(response: httpx.Response) -> list[dict[str, Any]]:
+    """The pods of a ``GET /v2/pods`` answer (``{"pods": [...]}``)."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"pods"}
+    pods: list[dict[str, Any]] = body["pods"]
+    return pods
 
 
 def wait_status(
@@ -75,116 +86,124 @@ def wait_status(
     raise AssertionError(f"job {job_id} never reached {wanted}")
 
 
-# ---- REST v1 pods ---------------------------------------------------------------------------
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """An RFC 9457 problem answer with ``status``; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
 
 
-def test_create_returns_201_v1_pod(rest: httpx.Client) -> None:
+# ---- REST v2 pods ---------------------------------------------------------------------------
+
+
+def test_create_returns_201_v2_pod(rest: httpx.Client) -> None:
     response = rest.post("/pods", json=pod_body())
     assert response.status_code == 201
     pod = response.json()
     assert len(pod["id"]) == 14 and pod["id"].isalnum() and pod["id"].islower()
-    assert pod["name"] == "atlas-test-1"
-    assert pod["image"] == "test/image:latest" and "imageName" not in pod
-    assert pod["desiredStatus"] == "RUNNING"
-    assert isinstance(pod["costPerHr"], str) and float(pod["costPerHr"]) == 2.49
-    assert isinstance(pod["adjustedCostPerHr"], float)
+    assert pod["name"] == "atlas-test-1" and pod["image"] == "test/image:latest"
+    assert pod["status"] == "RUNNING" and pod["actions"] == ["stop", "restart", "terminate"]
+    assert isinstance(pod["cost"], float) and pod["cost"] == 2.49
     assert pod["ports"] == ["8000/http", "22/tcp"]
-    assert list(pod["portMappings"]) == ["22"]  # tcp only; http goes through the proxy
-    assert pod["publicIp"]
-    assert pod["gpu"] == pod["gpu"] | {"id": H100, "count": 1, "displayName": "H100 80GB"}
-    assert pod["machine"]["gpuTypeId"] == H100 and pod["machine"]["dataCenterId"]
-    assert pod["env"] == {"ATLAS_PRESHARED_KEY": "tok"}
-    assert pod["lastStartedAt"].endswith("Z")
-    assert pod["interruptible"] is False
-    assert {"memoryInGb", "vcpuCount"} <= set(pod)
-    # The v1 schema has none of these at top level.
-    assert not {"createdAt", "gpuCount", "gpuTypeId", "dataCenterId"} & set(pod)
+    assert pod["gpu"] == {"id": H100, "count": 1} and pod["cloud"] == "SECURE"
+    assert pod["dataCenterId"] and pod["env"] == {"ATLAS_PRESHARED_KEY": "tok"}
+    live = {p["private"]: p for p in pod["runtime"]["ports"]}
+    assert live[22]["public"] and live[22]["ip"] and live[8000]["public"] is None
+    assert pod["ssh"]["direct"]["port"] == live[22]["public"]
+    assert [set(g) for g in pod["runtime"]["gpus"]] == [{"util", "memoryUtil"}]
+    assert pod["createdAt"].endswith("Z") and pod["startedAt"].endswith("Z")
+    # No v1 field survives.
+    assert not {"desiredStatus", "costPerHr", "imageName", "portMappings", "publicIp",
+                "machine", "interruptible"} & set(pod)
+    assert response.headers["RateLimit"].startswith('"minute";r=')
 
 
 def test_get_list_stop_start_delete(rest: httpx.Client, cloud: FakeCloud) -> None:
     pod_id = rest.post("/pods", json=pod_body()).json()["id"]
     other = rest.post("/pods", json=pod_body(name="other")).json()["id"]
     assert rest.get(f"/pods/{pod_id}").json()["id"] == pod_id
+    assert {p["id"] for p in pods_of(rest.get("/pods"))} == {pod_id, other}
 
-    listing = rest.get("/pods")
-    assert listing.status_code == 200 and isinstance(listing.json(), list)
-    assert {p["id"] for p in listing.json()} == {pod_id, other}
-    assert [p["id"] for p in rest.get("/pods", params={"name": "other"}).json()] == [other]
-
-    assert rest.post(f"/pods/{pod_id}/stop").status_code == 200
-    assert rest.get(f"/pods/{pod_id}").json()["desiredStatus"] == "EXITED"
-    exited = rest.get("/pods", params={"desiredStatus": "EXITED"}).json()
-    assert [p["id"] for p in exited] == [pod_id]
-    assert rest.post(f"/pods/{pod_id}/start").status_code == 200
-    assert rest.get(f"/pods/{pod_id}").json()["desiredStatus"] == "RUNNING"
+    stopped = rest.post(f"/pods/{pod_id}/action", json={"action": "stop"})
+    assert stopped.status_code == 200 and stopped.json()["status"] == "EXITED"
+    assert stopped.json()["actions"] == ["start", "terminate"]
+    assert stopped.json()["cost"] == 0.0 and stopped.json()["runtime"] is None
+    again = rest.post(f"/pods/{pod_id}/action", json={"action": "stop"})
+    assert "cannot stop" in assert_problem(again, 409)["detail"]
+    started = rest.post(f"/pods/{pod_id}/action", json={"action": "start"})
+    assert started.json()["status"] == "RUNNING"
+    assert rest.post(f"/pods/{pod_id}/action", json={"action": "restart"}).status_code == 200
 
     deleted = rest.delete(f"/pods/{pod_id}")
     assert deleted.status_code == 204 and deleted.content == b""
-    gone = rest.get(f"/pods/{pod_id}")
-    assert gone.status_code == 404 and gone.json() == {"error": "Pod not found."}
-    assert rest.delete(f"/pods/{pod_id}").status_code == 404
-    assert [p["id"] for p in rest.get("/pods").json()] == [other]
-    assert rest.get("/pods", params={"desiredStatus": "TERMINATED"}).json() == []
+    assert assert_problem(rest.get(f"/pods/{pod_id}"), 404)["detail"] == "pod not found"
+    assert_problem(rest.delete(f"/pods/{pod_id}"), 404)
+    by_action = rest.post(f"/pods/{other}/action", json={"action": "terminate"})
+    assert by_action.status_code == 204 and by_action.content == b""
+    assert pods_of(rest.get("/pods")) == []
 
     state = cloud.state()
-    assert state["totals"]["creates"] == 2 and state["totals"]["deletes"] == 1
-    assert state["totals"]["delete_calls"] == 2
-    assert [p["id"] for p in state["terminated_pods"]] == [pod_id]
-    assert state["terminated_pods"][0]["calls"]["delete_calls"] == 2
-    assert state["terminated_pods"][0]["calls"]["deletes"] == 1
-
-
-def test_list_filters_by_gpu_and_data_center(rest: httpx.Client) -> None:
-    a = rest.post("/pods", json=pod_body(dataCenterIds=["EU-RO-1"])).json()["id"]
-    rest.post("/pods", json=pod_body(gpuTypeIds=["NVIDIA L4"], dataCenterIds=["US-TX-3"]))
-    assert [p["id"] for p in rest.get("/pods", params={"gpuTypeId": H100}).json()] == [a]
-    assert [p["id"] for p in rest.get("/pods", params={"dataCenterId": "EU-RO-1"}).json()] == [a]
-    assert rest.get("/pods", params={"desiredStatus": "FAILED"}).status_code == 400
+    assert state["totals"]["creates"] == 2 and state["totals"]["deletes"] == 2
+    assert state["totals"]["delete_calls"] == 3
+    dead = {p["id"]: p for p in state["terminated_pods"]}
+    assert dead[pod_id]["calls"]["delete_calls"] == 2 and dead[pod_id]["calls"]["deletes"] == 1
 
 
 def test_unknown_pod_is_404(rest: httpx.Client) -> None:
-    for response in (rest.get("/pods/nope"), rest.post("/pods/nope/stop"),
-                     rest.post("/pods/nope/start"), rest.delete("/pods/nope")):
-        assert response.status_code == 404
-        assert response.json() == {"error": "Pod not found."}
+    for response in (rest.get("/pods/nope"),
+                     rest.post("/pods/nope/action", json={"action": "stop"}),
+                     rest.delete("/pods/nope")):
+        assert assert_problem(response, 404)["detail"] == "pod not found"
 
 
 @pytest.mark.parametrize(
-    ("change", "field"),
+    ("change", "error"),
     [
-        ({"env": [{"key": "A", "value": "b"}]}, "env"),  # ExAtlas's GraphQL-style env
-        ({"cloudType": "ALL"}, "cloudType"),  # ExAtlas's default, not in the v1 enum
-        ({"ports": "8000/http,22/tcp"}, "ports"),
-        ({"ports": ["8000/udp"]}, "ports"),
-        ({"gpuTypeIds": "NVIDIA L4"}, "gpuTypeIds"),
-        ({"gpuTypeIds": ["NVIDIA A100-SXM4-40GB"]}, "gpuTypeIds"),
-        ({"gpuCount": 0}, "gpuCount"),
-        ({"gpuCount": "1"}, "gpuCount"),
-        ({"interruptible": "yes"}, "interruptible"),
-        ({"gpuTypeId": H100}, "gpuTypeId"),  # unknown field
-        ({"imageName": None}, "imageName"),
+        ({"env": [{"key": "A", "value": "b"}]}, "$.env"),  # ExAtlas's GraphQL-style env
+        ({"cloud": "ALL"}, "$.cloud"),
+        ({"ports": "8000/http,22/tcp"}, "$.ports"),
+        ({"gpu": {"id": H100, "count": 0}}, "$.gpu.count"),
+        ({"gpu": {"id": H100, "count": "1"}}, "$.gpu.count"),
+        ({"gpuTypeIds": [H100]}, "$: additional properties 'gpuTypeIds'"),  # v1 field
+        ({"interruptible": True}, "$: additional properties 'interruptible'"),
+        ({"image": None}, "$.image"),
+        ({"name": ""}, "$.name"),
+        ({"mounts": {"persistent": {"size": 20}}}, "$.mounts.persistent.path"),
     ],
 )
-def test_create_validation_400(rest: httpx.Client, cloud: FakeCloud, change: dict[str, Any],
-                               field: str) -> None:
-    response = rest.post("/pods", json=pod_body(**change))
-    assert response.status_code == 400
-    assert response.json()["error"].startswith(field)
+def test_create_validation_422(rest: httpx.Client, cloud: FakeCloud, change: dict[str, Any],
+                               error: str) -> None:
+    problem = assert_problem(rest.post("/pods", json=pod_body(**change)), 422)
+    assert any(e.startswith(error) for e in problem["errors"]), problem
     assert cloud.state()["totals"].get("creates", 0) == 0
 
 
+@pytest.mark.parametrize("change", [
+    {"gpu": {"id": "NVIDIA A100-SXM4-40GB"}},  # not a GPU RunPod offers
+    {"cpu": {"id": "cpu5c", "vcpuCount": 4}},  # gpu and cpu
+    {"mounts": {"persistent": {"size": 20, "path": "/w"},
+                "network": [{"volumeId": "v", "path": "/v"}]}},
+])
+def test_create_rule_violations_400(rest: httpx.Client, change: dict[str, Any]) -> None:
+    assert_problem(rest.post("/pods", json=pod_body(**change)), 400)
+
+
 def test_create_body_must_be_object(rest: httpx.Client) -> None:
-    assert rest.post("/pods", json=[1, 2]).status_code == 400
+    assert_problem(rest.post("/pods", json=[1, 2]), 422)
     bad = rest.post("/pods", content=b"{not json", headers={"content-type": "application/json"})
-    assert bad.status_code == 400 and "JSON" in bad.json()["error"]
+    assert "JSON" in assert_problem(bad, 400)["detail"]
+    deep = rest.post("/pods", content=b"[" * 100_000)
+    assert_problem(deep, 400)
 
 
 def test_auth_401(cloud: FakeCloud) -> None:
-    base = cloud.runpod_rest_url
+    base = f"{cloud.runpod_rest_url}/v2"
     missing = httpx.get(f"{base}/pods")
-    assert missing.status_code == 401 and "error" in missing.json()
+    assert assert_problem(missing, 401)["detail"] == "missing api key"
     wrong = httpx.get(f"{base}/pods", headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 401 and wrong.json() == {"error": "invalid api key"}
+    assert assert_problem(wrong, 401)["detail"] == "invalid api key"
     # REST wants the Bearer scheme; the runtime also takes the docs' bare key.
     bare = {"Authorization": cloud.api_key}
     assert httpx.get(f"{base}/pods", headers=bare).status_code == 401
@@ -194,56 +213,84 @@ def test_auth_401(cloud: FakeCloud) -> None:
 
 def test_several_api_keys() -> None:
     with FakeCloud(api_keys={"k1", "k2"}) as cloud:
+        url = f"{cloud.runpod_rest_url}/v2/pods"
         for key in ("k1", "k2"):
-            headers = {"Authorization": f"Bearer {key}"}
-            assert httpx.get(f"{cloud.runpod_rest_url}/pods", headers=headers).status_code == 200
+            assert httpx.get(url, headers={"Authorization": f"Bearer {key}"}).status_code == 200
         assert cloud.api_key == "k1"
-        assert httpx.get(f"{cloud.runpod_rest_url}/pods",
-                         headers={"Authorization": "Bearer fake-key"}).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer fake-key"}).status_code == 401
 
 
 def test_boot_delay_and_age() -> None:
     with FakeCloud(boot_delay_s=0.3) as cloud:
         headers = {"Authorization": f"Bearer {cloud.api_key}"}
-        with httpx.Client(base_url=cloud.runpod_rest_url, headers=headers) as rest:
+        with httpx.Client(base_url=f"{cloud.runpod_rest_url}/v2", headers=headers) as rest:
             pod = rest.post("/pods", json=pod_body()).json()
-            assert pod["desiredStatus"] == "RUNNING"
-            assert pod["portMappings"] is None and pod["publicIp"] == ""
-            started = pod["lastStartedAt"]
+            assert pod["status"] == "PROVISIONING" and pod["runtime"] is None
+            assert pod["actions"] == ["stop", "terminate"]
+            started = pod["startedAt"]
             response = httpx.post(f"{cloud.url}/_admin/pods/{pod['id']}/age",
                                   json={"seconds": 3600})
             assert response.status_code == 200
             aged = rest.get(f"/pods/{pod['id']}").json()
-            assert aged["lastStartedAt"] < started  # an hour earlier, same ISO format
+            assert aged["startedAt"] < started  # an hour earlier, same ISO format
             # Backdating also ends the boot window.
-            assert aged["portMappings"] == {"22": pod_port(aged)} and aged["publicIp"]
+            assert aged["status"] == "RUNNING" and aged["runtime"]["uptime"] >= 3600
             assert httpx.post(f"{cloud.url}/_admin/pods/nope/age",
                               json={"seconds": 1}).status_code == 404
 
 
-def pod_port(pod: dict[str, Any]) -> int:
-    value = pod["portMappings"]["22"]
-    assert isinstance(value, int)
-    return value
+def test_catalog_gpus(rest: httpx.Client) -> None:
+    plain = rest.get("/catalog/gpus").json()["gpus"]
+    h100 = next(g for g in plain if g["id"] == H100)
+    assert h100["price"]["secure"] == 2.49 and h100["memory"] == 80
+    assert "availability" not in h100
+    stocked = rest.get("/catalog/gpus", params={"include": "AVAILABILITY", "product": "POD"})
+    assert next(g for g in stocked.json()["gpus"] if g["id"] == H100)["availability"] == "HIGH"
+    assert_problem(rest.get("/catalog/gpus", params={"include": "AVAILABILITY"}), 400)
+    assert_problem(rest.get("/catalog/gpus", params={"include": "PRICES", "product": "POD"}),
+                   422)
 
 
 def test_templates_volumes_endpoints_crud(rest: httpx.Client) -> None:
-    template = rest.post("/templates", json={"name": "t", "imageName": "img:1"})
-    assert template.status_code == 200 and template.json()["imageName"] == "img:1"
+    template = rest.post("/templates", json={"name": "t", "image": "img:1",
+                                             "env": {"FROM": "template", "X": "t"}})
+    assert template.status_code == 201 and template.json()["image"] == "img:1"
     tid = template.json()["id"]
-    assert rest.post("/templates", json={"name": "t"}).status_code == 400
-    volume = rest.post("/networkvolumes", json={"name": "v", "size": 10, "dataCenterId": "EU-RO-1"})
-    assert volume.status_code == 200
-    assert volume.json() == volume.json() | {"name": "v", "size": 10, "dataCenterId": "EU-RO-1"}
-    endpoint = rest.post("/endpoints", json={"templateId": tid, "name": "e"})
-    assert endpoint.status_code == 200 and endpoint.json()["templateId"] == tid
-    assert [t["id"] for t in rest.get("/templates").json()] == [tid]
-    assert rest.get(f"/endpoints/{endpoint.json()['id']}").json()["name"] == "e"
-    assert rest.delete(f"/networkvolumes/{volume.json()['id']}").status_code == 204
-    assert rest.get(f"/networkvolumes/{volume.json()['id']}").status_code == 404
-    # A pod from a template takes its image.
-    pod = rest.post("/pods", json={"templateId": tid, "gpuTypeIds": [H100]}).json()
-    assert pod["image"] == "img:1" and pod["templateId"] == tid
+    assert "$.image: required" in assert_problem(
+        rest.post("/templates", json={"name": "t"}), 422)["errors"]
+    volume = rest.post("/network-volumes", json={"name": "v", "size": 10,
+                                                 "dataCenter": "EU-RO-1"})
+    assert volume.status_code == 201
+    assert volume.json() == volume.json() | {"name": "v", "size": 10, "dataCenter": "EU-RO-1"}
+    assert_problem(rest.post("/network-volumes", json={"name": "v", "size": 5,
+                                                       "dataCenter": "EU-RO-1"}), 422)
+    endpoint = rest.post("/serverless", json={
+        "templateId": tid, "name": "e", "type": "QUEUE",
+        "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4}})
+    assert endpoint.status_code == 201 and endpoint.json()["name"] == "e"
+    assert [t["id"] for t in rest.get("/templates").json()["templates"]] == [tid]
+    assert [e["id"] for e in rest.get("/serverless").json()["endpoints"]] == [
+        endpoint.json()["id"]]
+    assert rest.get(f"/serverless/{endpoint.json()['id']}").json()["name"] == "e"
+    vid = volume.json()["id"]
+    assert [v["id"] for v in rest.get("/network-volumes").json()["networkVolumes"]] == [vid]
+    assert rest.delete(f"/network-volumes/{vid}").status_code == 204
+    assert_problem(rest.get(f"/network-volumes/{vid}"), 404)
+    # A pod from a template takes its image and env (the body's env wins per key).
+    pod = rest.post("/pods", json={"name": "p", "templateId": tid, "gpu": {"id": H100},
+                                   "env": {"X": "body"}}).json()
+    assert pod["image"] == "img:1" and pod["env"] == {"FROM": "template", "X": "body"}
+    assert pod["template"] is None  # v2: a pod keeps no link to its template
+    assert_problem(rest.post("/pods", json={"name": "p", "templateId": "nope",
+                                            "gpu": {"id": H100}}), 404)
+
+
+def test_billing_pods(rest: httpx.Client) -> None:
+    pod_id = rest.post("/pods", json=pod_body()).json()["id"]
+    billing = rest.get("/billing/pods", params={"podId": pod_id}).json()
+    assert [r["podId"] for r in billing["records"]] == [pod_id]
+    assert billing["metadata"]["recordCount"] == 1
+    assert_problem(rest.get("/billing/pods", params={"bucketSize": "decade"}), 422)
 
 
 # ---- faults ---------------------------------------------------------------------------------
@@ -291,7 +338,7 @@ def test_random_500_after_create_creates_the_pod(rest: httpx.Client, cloud: Fake
     response = rest.post("/pods", json=pod_body(name="atlas-dup"))
     assert response.status_code == 500 and "error" in response.json()
     cloud.clear_faults()
-    listed = rest.get("/pods", params={"name": "atlas-dup"}).json()
+    listed = [p for p in pods_of(rest.get("/pods")) if p["name"] == "atlas-dup"]
     assert len(listed) == 1
     state = cloud.state()
     assert state["faults_injected"]["create_500_after_create"] == 1
@@ -305,7 +352,7 @@ def test_scripted_faults_via_admin(rest: httpx.Client, cloud: FakeCloud) -> None
     ]
     assert httpx.post(f"{cloud.url}/_admin/faults", json={"script": script}).status_code == 200
     assert rest.post("/pods", json=pod_body()).status_code == 500
-    pods = rest.get("/pods").json()
+    pods = pods_of(rest.get("/pods"))
     assert len(pods) == 1
     assert rest.post("/pods", json=pod_body(name="second")).status_code == 201  # rule used up
     pod_id = pods[0]["id"]
@@ -329,9 +376,10 @@ def test_admin_faults_rejects_bad_settings(cloud: FakeCloud) -> None:
 def test_constructor_faults_survive_reset() -> None:
     with FakeCloud(rate_limit_rate=1.0, retry_after_s=3) as cloud:
         headers = {"Authorization": f"Bearer {cloud.api_key}"}
-        assert httpx.get(f"{cloud.runpod_rest_url}/pods", headers=headers).status_code == 429
+        url = f"{cloud.runpod_rest_url}/v2/pods"
+        assert httpx.get(url, headers=headers).status_code == 429
         assert httpx.post(f"{cloud.url}/_admin/reset").status_code == 200
-        assert httpx.get(f"{cloud.runpod_rest_url}/pods", headers=headers).status_code == 429
+        assert httpx.get(url, headers=headers).status_code == 429
 
 
 async def raw_post(port: int, path: str, body: bytes, key: str) -> int:
@@ -352,7 +400,7 @@ async def raw_post(port: int, path: str, body: bytes, key: str) -> int:
 
 def test_500_concurrent_creates_with_1s_latency() -> None:
     async def burst(cloud: FakeCloud) -> list[int]:
-        calls = [raw_post(cloud.port, "/runpod/v1/pods",
+        calls = [raw_post(cloud.port, "/runpod/v2/pods",
                           json.dumps(pod_body(name=f"atlas-{i}")).encode(), cloud.api_key)
                  for i in range(500)]
         return list(await asyncio.gather(*calls))
@@ -532,41 +580,6 @@ def test_webhook_gets_final_status(runtime: httpx.Client, cloud: FakeCloud) -> N
         server.server_close()
 
 
-# ---- GraphQL --------------------------------------------------------------------------------
-
-QUERY = """query AtlasGpuTypes { gpuTypes { id displayName memoryInGb secureCloud communityCloud
-  lowestPrice(input: {gpuCount: 1}) { minimumBidPrice uninterruptablePrice } stockStatus } }"""
-
-
-def test_graphql_gpu_types(cloud: FakeCloud) -> None:
-    response = httpx.post(cloud.runpod_graphql_url, params={"api_key": cloud.api_key},
-                          json={"query": QUERY, "variables": {}})
-    assert response.status_code == 200
-    gpus = response.json()["data"]["gpuTypes"]
-    h100 = next(g for g in gpus if g["id"] == H100)
-    assert h100["displayName"] == "H100 80GB" and h100["memoryInGb"] == 80
-    assert h100["lowestPrice"]["uninterruptablePrice"] == 2.49
-    assert h100["lowestPrice"]["minimumBidPrice"] == 1.2
-    assert h100["stockStatus"] == "High" and h100["lowestPrice"]["stockStatus"] == "High"
-    assert len(gpus) >= 5
-
-
-def test_graphql_bearer_filter_errors_and_auth(cloud: FakeCloud) -> None:
-    headers = {"Authorization": f"Bearer {cloud.api_key}"}
-    url = cloud.runpod_graphql_url
-    one = httpx.post(url, headers=headers, json={
-        "query": "query G($id: String) { gpuTypes(input: {id: $id}) { id } }",
-        "variables": {"id": "NVIDIA L4"}})
-    assert [g["id"] for g in one.json()["data"]["gpuTypes"]] == ["NVIDIA L4"]
-    for body in ({"query": "{ myself { id } }"}, {"query": "{ gpuTypes { id "}, {"nope": 1}):
-        answer = httpx.post(url, headers=headers, json=body)
-        assert answer.status_code == 200 and answer.json()["errors"][0]["message"]
-    broken = httpx.post(url, headers=headers, content=b"{{{")
-    assert broken.status_code == 200 and "errors" in broken.json()
-    unauthorized = httpx.post(url, json={"query": QUERY})
-    assert unauthorized.status_code == 401 and "errors" in unauthorized.json()
-
-
 # ---- admin ----------------------------------------------------------------------------------
 
 
@@ -580,14 +593,14 @@ def test_admin_state_counts_and_reset(rest: httpx.Client, cloud: FakeCloud) -> N
     assert pod["calls"] == {"creates": 1, "gets": 2}
     assert pod["env_keys"] == ["ATLAS_PRESHARED_KEY"]  # names only, never values
     assert "tok" not in str(state)
-    assert state["routes"]["GET /runpod/v1/pods/{pod_id}"] == 2
+    assert state["routes"]["GET /runpod/v2/pods/{pod_id}"] == 2
     assert state["totals"]["live_pods"] == 1 and state["totals"]["requests"] == 3
     assert httpx.post(f"{cloud.url}/_admin/reset").json() == {"ok": True}
-    assert cloud.state()["pods"] == [] and rest.get("/pods").json() == []
+    assert cloud.state()["pods"] == [] and pods_of(rest.get("/pods")) == []
 
 
 def test_unknown_route_is_json_404(cloud: FakeCloud) -> None:
-    response = httpx.get(f"{cloud.url}/runpod/v1/nothing-here")
+    response = httpx.get(f"{cloud.url}/runpod/nothing-here")
     assert response.status_code == 404 and response.json() == {"error": "Not Found"}
 
 
@@ -595,7 +608,8 @@ def test_env_points_settings_at_the_fake(cloud: FakeCloud) -> None:
     env = cloud.env()
     assert env["ATLAS_RUNPOD_BASE_URL"] == cloud.runpod_rest_url
     assert env["ATLAS_RUNPOD_RUNTIME_URL"].endswith("/runpod/v2")
-    assert env["ATLAS_RUNPOD_GRAPHQL_URL"].endswith("/runpod/graphql")
+    assert env["ATLAS_RUNPOD_BASE_URL"].endswith("/runpod")
+    assert "ATLAS_RUNPOD_GRAPHQL_URL" not in env
     assert env["ATLAS_RUNPOD_API_KEY"] == "fake-key"
 
 
@@ -617,13 +631,13 @@ def test_serve_runs_in_the_foreground_until_sigterm() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.05)
-        limited = httpx.get(f"{url}/runpod/v1/pods", headers={"Authorization": "Bearer cli-key"})
+        limited = httpx.get(f"{url}/runpod/v2/pods", headers={"Authorization": "Bearer cli-key"})
         assert limited.status_code == 429 and limited.headers["retry-after"] == "4"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=10)
         # uvicorn shuts down cleanly, then re-raises the signal it caught.
         assert proc.returncode in (0, -signal.SIGTERM)
-        assert f"{url}/runpod/v1" in output.decode()
+        assert f"{url}/runpod  (paths /v2/pods" in output.decode()
         assert "cli-key" not in output.decode()
     finally:
         if proc.poll() is None:

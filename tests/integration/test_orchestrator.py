@@ -139,8 +139,8 @@ def test_worker_killed_after_create_leaves_exactly_one_pod(cluster: LocalCluster
 def test_orphans_reaped_foreign_pods_and_touched_sessions_left_alone(
         cluster: LocalCluster) -> None:
     headers = {"Authorization": f"Bearer {cluster.cloud.api_key}"}
-    base = cluster.cloud.runpod_rest_url
-    body = {"imageName": IMAGE, "gpuTypeIds": ["NVIDIA H100 80GB HBM3"], "gpuCount": 1}
+    base = f"{cluster.cloud.runpod_rest_url}/v2"
+    body = {"image": IMAGE, "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 1}}
     orphan = httpx.post(f"{base}/pods", json={**body, "name": "atlas-orphan0001"},
                         headers=headers).json()
     foreign = httpx.post(f"{base}/pods", json={**body, "name": "someone-elses-pod"},

@@ -1,10 +1,9 @@
-"""Fake cloud pieces without sockets: options, fault decisions, job timelines, validation,
-GraphQL answers, and the ASGI app through Starlette's in-process client."""
+"""Fake cloud pieces without sockets: options, fault decisions, job timelines, RunPod REST
+v2 validation, and the ASGI app through Starlette's in-process client."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import httpx
@@ -13,11 +12,9 @@ import pytest
 
 from atlas_tasks.testing.fakecloud import FakeCloudConfig, create_app, split_options
 from atlas_tasks.testing.fakecloud.app import build_context
-from atlas_tasks.testing.fakecloud.common import BadRequest
 from atlas_tasks.testing.fakecloud.config import FaultSettings, ScriptRule
 from atlas_tasks.testing.fakecloud.faults import FaultInjector
-from atlas_tasks.testing.fakecloud.graphql import answer
-from atlas_tasks.testing.fakecloud.runpod_rest import validate_pod_create
+from atlas_tasks.testing.fakecloud.runpod_rest import Problem, check, validate_pod_create
 from atlas_tasks.testing.fakecloud.runpod_runtime import Job
 
 # ---- options --------------------------------------------------------------------------------
@@ -52,7 +49,7 @@ def test_script_rule_match_is_checked() -> None:
 def plan_statuses(injector: FaultInjector, n: int) -> list[int | None]:
     out = []
     for _ in range(n):
-        plan = injector.plan("GET", "rest", "/pods", "/runpod/v1/pods", create=False)
+        plan = injector.plan("GET", "rest", "/pods", "/runpod/v2/pods", create=False)
         out.append(plan.now.status_code if plan.now is not None else None)
     return out
 
@@ -74,9 +71,9 @@ def test_script_rules_match_in_order_and_run_out() -> None:
         ScriptRule(match="* /*/run", status=503, api="runtime", times=None),
     ]))
     for _ in range(2):
-        plan = injector.plan("DELETE", "rest", "/pods/abc", "/runpod/v1/pods/abc", create=False)
+        plan = injector.plan("DELETE", "rest", "/pods/abc", "/runpod/v2/pods/abc", create=False)
         assert plan.now is not None and plan.now.status_code == 404
-    plan = injector.plan("DELETE", "rest", "/pods/abc", "/runpod/v1/pods/abc", create=False)
+    plan = injector.plan("DELETE", "rest", "/pods/abc", "/runpod/v2/pods/abc", create=False)
     assert plan.now is None
     for _ in range(3):  # times=None: forever
         plan = injector.plan("POST", "runtime", "/ep/run", "/runpod/v2/ep/run", create=False)
@@ -90,13 +87,13 @@ def test_after_create_and_latency_only_rules() -> None:
     injector = FaultInjector(FaultSettings(latency_s=0.5))
     injector.add_rule(ScriptRule(match="POST /pods", status=500, after_create=True))
     injector.add_rule(ScriptRule(match="GET /pods", latency_s=2.0))
-    plan = injector.plan("POST", "rest", "/pods", "/runpod/v1/pods", create=True)
+    plan = injector.plan("POST", "rest", "/pods", "/runpod/v2/pods", create=True)
     assert plan.now is None and plan.after is not None and plan.after.status_code == 500
     assert not plan.after_random and plan.delay_s == 0.5
-    slow = injector.plan("GET", "rest", "/pods", "/runpod/v1/pods", create=False)
+    slow = injector.plan("GET", "rest", "/pods", "/runpod/v2/pods", create=False)
     assert slow.now is None and slow.delay_s == 2.5
     random_after = FaultInjector(FaultSettings(create_500_after_create_rate=1.0))
-    plan = random_after.plan("POST", "rest", "/pods", "/runpod/v1/pods", create=True)
+    plan = random_after.plan("POST", "rest", "/pods", "/runpod/v2/pods", create=True)
     assert plan.after is not None and plan.after_random
     assert random_after.plan("GET", "rest", "/pods", "/p", create=False).after is None
 
@@ -164,32 +161,60 @@ def test_cancelled_job() -> None:
     assert "output" not in body
 
 
-# ---- validation and GraphQL -----------------------------------------------------------------
+# ---- RunPod REST v2 validation ---------------------------------------------------------------
 
 
 def test_validation_switches() -> None:
     strict = build_context()
     lenient = build_context(FakeCloudConfig(strict_fields=False, strict_gpu_types=False))
-    body = {"imageName": "i", "gpuTypeIds": ["NVIDIA A100-SXM4-40GB"], "extraThing": 1}
-    with pytest.raises(BadRequest, match="^extraThing"):
+    body = {"name": "n", "image": "i", "gpu": {"id": "NVIDIA A100-SXM4-40GB"}, "extraThing": 1}
+    with pytest.raises(Problem) as unknown:
         validate_pod_create(body, strict)
-    assert validate_pod_create(body, lenient) is body
-    with pytest.raises(BadRequest, match="^imageName"):
-        validate_pod_create({"gpuCount": 1}, lenient)
-    with pytest.raises(BadRequest, match="^env"):
-        validate_pod_create({"imageName": "i", "env": {"A": 1}}, strict)
-    with pytest.raises(BadRequest, match="^ports"):
-        validate_pod_create({"imageName": "i", "ports": ["70000/tcp"]}, strict)
+    assert unknown.value.status == 422
+    assert unknown.value.errors == ["$: additional properties 'extraThing' not allowed"]
+    assert "extraThing" not in validate_pod_create(body, lenient)
+    known_fields = {k: v for k, v in body.items() if k != "extraThing"}
+    with pytest.raises(Problem) as bad_gpu:
+        validate_pod_create(known_fields, strict)
+    assert bad_gpu.value.status == 400 and "A100-SXM4-40GB" in bad_gpu.value.detail
+    with pytest.raises(Problem) as no_image:
+        validate_pod_create({"name": "n", "gpu": {"id": "NVIDIA L4"}}, lenient)
+    assert no_image.value.status == 422 and no_image.value.errors == [
+        "$.image: required unless templateId is set"]
 
 
-def test_graphql_answers() -> None:
-    data = json.loads(bytes(answer({"query": "{ gpuTypes { id } }"}).body))
-    assert any(g["id"] == "NVIDIA H100 80GB HBM3" for g in data["data"]["gpuTypes"])
-    literal = '{ gpuTypes(input: {id: "NVIDIA L40S"}) { id } }'
-    one = json.loads(bytes(answer({"query": literal}).body))["data"]["gpuTypes"]
-    assert [g["id"] for g in one] == ["NVIDIA L40S"]
-    for bad in ({"query": "mutation { x { y } }"}, {"query": 5}, {"query": "{ a { b }"}):
-        assert "errors" in json.loads(bytes(answer(bad).body))
+@pytest.mark.parametrize(("body", "status", "error"), [
+    ({"image": "i", "gpu": {"id": "NVIDIA L4"}}, 422, "$.name: required"),
+    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"}, "env": {"A": 1}}, 422,
+     "$.env: must be an object of strings"),
+    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"}, "ports": ["70000/tcp", "8/ftp"]},
+     422, "$.ports[1]"),
+    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4", "count": 0}}, 422,
+     "$.gpu.count: must be >= 1"),
+    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"}, "interruptible": True}, 422,
+     "$: additional properties 'interruptible' not allowed"),
+    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"},
+      "mounts": {"persistent": {"size": 5, "path": "/w"}}}, 422, "$.mounts.persistent.size"),
+    ({"name": "n", "image": "i"}, 400, None),
+    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"},
+      "mounts": {"persistent": {"size": 20, "path": "/w"},
+                 "network": [{"volumeId": "v", "path": "/v"}]}}, 400, None),
+])
+def test_pod_create_rules(body: dict[str, Any], status: int, error: str | None) -> None:
+    with pytest.raises(Problem) as info:
+        validate_pod_create(body, build_context())
+    assert info.value.status == status
+    if error is not None:
+        assert any(e.startswith(error) for e in info.value.errors or []), info.value.errors
+
+
+def test_check_reports_every_violation() -> None:
+    schema = {"type": "object", "closed": True, "required": ["a"],
+              "props": {"a": {"enum": [1]}, "b": {"type": "integer", "min": 1, "max": 3}}}
+    assert check({"b": 9, "c": True}, schema) == [
+        "$.a: required", "$.b: must be <= 3", "$: additional properties 'c' not allowed"]
+    assert check({"a": 1, "b": True}, schema) == ["$.b: must be an integer"]
+    assert check([], schema) == ["$: must be an object"]
 
 
 # ---- the ASGI app, in process ---------------------------------------------------------------
@@ -202,17 +227,22 @@ def test_app_in_process() -> None:
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://fake") as client:
-            created = await client.post("/runpod/v1/pods", headers=headers,
-                                        json={"imageName": "i", "name": "atlas-1"})
-            assert created.status_code == 201
-            denied = await client.post("/runpod/v1/pods", json={"imageName": "i"})
+            created = await client.post("/runpod/v2/pods", headers=headers, json={
+                "image": "i", "name": "atlas-1", "gpu": {"id": "NVIDIA L4"}})
+            assert created.status_code == 201 and created.json()["status"] == "RUNNING"
+            assert created.headers["RateLimit-Policy"] == '"minute";q=600;w=60'
+            denied = await client.post("/runpod/v2/pods", json={"image": "i"})
             assert denied.status_code == 401
+            assert denied.headers["content-type"] == "application/problem+json"
+            assert denied.json() == {"title": "Unauthorized", "status": 401,
+                                     "detail": "missing api key"}
             job = (await client.post("/runpod/v2/ep/runsync", headers=headers,
                                      json={"input": 1})).json()
             assert job["status"] == "COMPLETED" and job["output"] == {"echo": 1}
             state = (await client.get("/_admin/state")).json()
             assert state["totals"]["creates"] == 1 and state["totals"]["unauthorized"] == 1
-            listing = await client.get("/runpod/v1/pods", headers=headers)
+            listing = await client.get("/runpod/v2/pods", headers=headers)
             assert listing.headers["content-type"].startswith("application/json")
+            assert [p["name"] for p in listing.json()["pods"]] == ["atlas-1"]
 
     asyncio.run(scenario())

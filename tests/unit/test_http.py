@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -25,10 +26,13 @@ from atlas_tasks.providers.base import ProviderContext, RequestInfo
 from atlas_tasks.providers.http import (
     HttpClient,
     is_maybe_created,
+    is_problem,
     is_timeout,
     parse_retry_after,
+    problem_message,
     redact_url,
 )
+from atlas_tasks.providers.ratelimit import RateLimitWindow, parse_rate_limit
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -39,7 +43,7 @@ def make_client(
     hooks: tuple[Callable[[RequestInfo], None], ...] = (),
     retries: int = 3,
     max_backoff: float = 30.0,
-    base_url: str = "https://api.example.test/v1",
+    base_url: str = "https://api.example.test/v2",
 ) -> tuple[HttpClient, list[float]]:
     settings = AtlasSettings(http_max_retries=retries, http_max_backoff_s=max_backoff)
     ctx = ProviderContext(api_key="sekrit-key", settings=settings,
@@ -72,7 +76,7 @@ def test_success_decodes_json_and_sends_auth_header() -> None:
     answer = client.call("GET", "/pods", params={"name": "x", "skip": None})
     assert answer.status == 200 and answer.data == {"ok": True}
     assert seen[0].headers["authorization"] == "Bearer sekrit-key"
-    assert str(seen[0].url) == "https://api.example.test/v1/pods?name=x"
+    assert str(seen[0].url) == "https://api.example.test/v2/pods?name=x"
     assert sleeps == []
 
 
@@ -263,7 +267,7 @@ def test_debug_log_never_contains_key_or_body(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.DEBUG, logger="atlas_tasks.providers.http"):
         client.call("POST", "/pods", json={"env": {"TOKEN": "tok"}}, expect=(200,))
     text = caplog.text
-    assert "POST https://api.example.test/v1/pods" in text
+    assert "POST https://api.example.test/v2/pods" in text
     assert "sekrit-key" not in text and "s3cr3t" not in text and "tok\"" not in text
     assert "sekrit-key" not in repr(client)
 
@@ -324,8 +328,116 @@ def test_bad_base_url_is_a_transport_error_without_retry() -> None:
     settings = AtlasSettings(http_max_retries=3)
     ctx = ProviderContext(api_key="k", settings=settings)  # real transport: never reached
     sleeps: list[float] = []
-    client = HttpClient(ctx, provider="runpod", api="management", base_url="rest.runpod.io/v1",
+    client = HttpClient(ctx, provider="runpod", api="management", base_url="api.runpod.io",
                         sleep=sleeps.append)
     with pytest.raises(TransportError):
         client.call("POST", "/pods", json={})
     assert sleeps == [] and seen == []
+
+
+# ------------------------------------------------------------------ RFC 9457 problems
+def problem_response(status: int, body: dict[str, object], media: str = "application/problem+json"
+                     ) -> httpx.Response:
+    return httpx.Response(status, content=json.dumps(body).encode(),
+                          headers={"content-type": media})
+
+
+def test_problem_body_becomes_an_atlas_error_with_detail_and_errors() -> None:
+    body = {"title": "Unprocessable Entity", "status": 422, "detail": "Request validation failed.",
+            "errors": ["$: additional properties 'bogus' not allowed", "$.gpu.count: >= 1"]}
+    handler, _ = sequence(problem_response(422, body))
+    client, _ = make_client(handler)
+    with pytest.raises(ProviderError) as info:
+        client.call("POST", "/pods", json={})
+    assert info.value.status == 422 and info.value.raw == body
+    assert info.value.message == ("Request validation failed.: $: additional properties "
+                                  "'bogus' not allowed; $.gpu.count: >= 1")
+
+
+def test_problem_kinds_follow_the_status() -> None:
+    handler, _ = sequence(problem_response(404, {"title": "Not Found", "status": 404,
+                                                 "detail": "pod not found"}))
+    client, _ = make_client(handler)
+    with pytest.raises(NotFoundError) as info:
+        client.call("GET", "/pods/x")
+    assert str(info.value) == "[runpod] not_found (HTTP 404): pod not found"
+
+
+def test_problem_recognised_by_shape_and_title_fallback() -> None:
+    # Served as plain JSON, but shaped like a problem; no detail: the title is the message.
+    handler, _ = sequence(problem_response(409, {"title": "Conflict", "status": 409},
+                                           media="application/json"))
+    client, _ = make_client(handler)
+    with pytest.raises(ProviderError) as info:
+        client.call("POST", "/pods/x/action", json={"action": "stop"})
+    assert info.value.message == "Conflict"
+    assert is_problem({"title": "t", "status": 400})
+    assert not is_problem({"error": "x", "status": 400})
+    assert not is_problem({"title": "t", "status": True})
+    assert not is_problem(["title"])
+    many = {"detail": "bad", "errors": [f"e{i}" for i in range(12)]}
+    assert problem_message(many).endswith("e9; and 2 more")
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_deeply_nested_json_is_a_provider_error_never_recursion(status: int) -> None:
+    deep = "[" * 100_000
+    handler, _ = sequence(httpx.Response(200, text=deep), httpx.Response(status, text=deep),
+                          httpx.Response(status, text="{" + '"a":' * 50_000))
+    client, _ = make_client(handler, retries=0)
+    with pytest.raises(ProviderError) as ok_answer:
+        client.call("GET", "/pods")
+    assert "malformed JSON" in str(ok_answer.value)
+    for _ in range(2):
+        with pytest.raises(AtlasError) as error_answer:
+            client.call("GET", "/pods")
+        assert error_answer.value.status == status
+        assert "malformed body" in str(error_answer.value)
+        assert len(str(error_answer.value.raw)) <= 500
+
+
+def test_non_json_error_text_is_kept() -> None:
+    handler, _ = sequence(httpx.Response(502, text="<html>Bad Gateway</html>"))
+    client, _ = make_client(handler, retries=0)
+    with pytest.raises(ProviderError) as info:
+        client.call("GET", "/pods")
+    assert info.value.message == "<html>Bad Gateway</html>"
+
+
+# ------------------------------------------------------------------ RateLimit headers
+def test_rate_limit_headers_reach_the_hooks() -> None:
+    headers = {"RateLimit": '"minute";r=0;t=12, "hour";r=2800;t=1812, "day";r=49500;t=45012',
+               "RateLimit-Policy": '"minute";q=60;w=60, "hour";q=3000;w=3600, "day";q=50000;'
+                                   'w=86400'}
+    events: list[RequestInfo] = []
+    handler, _ = sequence(httpx.Response(200, json={}, headers=headers),
+                          httpx.Response(200, json={}))
+    client, _ = make_client(handler, hooks=(events.append,))
+    client.call("GET", "/pods")
+    client.call("GET", "/pods")
+    limit = events[0].rate_limit
+    assert limit is not None and limit.windows == (
+        RateLimitWindow("minute", remaining=0, reset_s=12, quota=60, window_s=60),
+        RateLimitWindow("hour", remaining=2800, reset_s=1812, quota=3000, window_s=3600),
+        RateLimitWindow("day", remaining=49500, reset_s=45012, quota=50000, window_s=86400),
+    )
+    assert limit.exhausted and limit.reset_after_s == 12
+    assert events[1].rate_limit is None  # no headers, no limit
+
+
+@pytest.mark.parametrize(("limit", "policy", "expected"), [
+    (None, None, None),
+    ("", "  ", None),
+    ("garbage;;", None, None),
+    ('"minute";r=5;t=3', None, (RateLimitWindow("minute", remaining=5, reset_s=3),)),
+    (None, '"day";q=10;w=86400', (RateLimitWindow("day", quota=10, window_s=86400),)),
+    ('"minute";r=1;t=2;x="s", ("a" "b")', None,
+     (RateLimitWindow("minute", remaining=1, reset_s=2),)),
+])
+def test_parse_rate_limit_edge_cases(limit: str | None, policy: str | None,
+                                     expected: tuple[RateLimitWindow, ...] | None) -> None:
+    parsed = parse_rate_limit(limit, policy)
+    assert (parsed.windows if parsed else None) == expected
+    if parsed is not None:
+        assert not parsed.exhausted and parsed.reset_after_s is None
+        assert parsed.window("nope") is None

@@ -1,10 +1,15 @@
-"""RunPodProvider over httpx.MockTransport: pods, duplicate-safe create, jobs, catalog."""
+"""RunPodProvider over httpx.MockTransport: REST v2 pods, duplicate-safe create, jobs,
+catalog and extras. Wire shapes come from the examples in RunPod's official definition
+(``../shared/reference/specs/runpod-rest-v2.openapi.json``) wherever it gives one."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,13 +31,40 @@ from atlas_tasks.providers.http import is_maybe_created
 from atlas_tasks.providers.runpod import RunPodProvider
 from atlas_tasks.specs import ComputeStatus, JobStatus, build_compute_request, build_job_request
 
-REST = "https://rest.test/v1"
+REST = "https://rest.test"
 RUNTIME = "https://runtime.test/v2"
-GRAPHQL = "https://gql.test/graphql"
+SPEC = Path(__file__).resolve().parents[3] / "shared/reference/specs/runpod-rest-v2.openapi.json"
+
+
+@cache
+def _spec() -> dict[str, Any]:
+    # Read from ../shared beside the checkout, never copied into the project; missing → fail.
+    return json.loads(SPEC.read_text())  # type: ignore[no-any-return]
+
+
+def example(path: str, method: str, status: str, name: str) -> Any:
+    """A deep copy of one response example of the official definition."""
+    content = _spec()["paths"][path][method]["responses"][status]["content"]
+    return copy.deepcopy(next(iter(content.values()))["examples"][name]["value"])
+
+
+def request_example(path: str, method: str, name: str) -> Any:
+    """A deep copy of one request-body example of the official definition."""
+    content = _spec()["paths"][path][method]["requestBody"]["content"]["application/json"]
+    return copy.deepcopy(content["examples"][name]["value"])
+
+
+def problem(status: int, detail: str, errors: list[str] | None = None,
+            headers: dict[str, str] | None = None) -> httpx.Response:
+    body: dict[str, Any] = {"title": "x", "status": status, "detail": detail}
+    if errors is not None:
+        body["errors"] = errors
+    return httpx.Response(status, content=json.dumps(body).encode(), headers={
+        "content-type": "application/problem+json", **(headers or {})})
 
 
 class FakeRunPod:
-    """A tiny in-memory RunPod REST v1 behind a MockTransport, with fault switches."""
+    """A tiny in-memory RunPod REST v2 behind a MockTransport, with fault switches."""
 
     def __init__(self) -> None:
         self.pods: dict[str, dict[str, Any]] = {}
@@ -41,11 +73,10 @@ class FakeRunPod:
         #: Each create pops a fault: "500_after" (create then 500), "500" (no create),
         #: "timeout_after" (create then ReadTimeout), None (normal).
         self.create_faults: list[str | None] = []
-        self.create_status = 201
         self.list_fault: Exception | None = None
         self.routes: dict[tuple[str, str], Callable[[httpx.Request], httpx.Response]] = {}
 
-    def posts(self, path: str = "/v1/pods") -> list[httpx.Request]:
+    def posts(self, path: str = "/v2/pods") -> list[httpx.Request]:
         return [r for r in self.requests if r.method == "POST" and r.url.path == path]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -54,55 +85,51 @@ class FakeRunPod:
         route = self.routes.get((request.method, request.url.path))
         if route is not None:
             return route(request)
-        path = request.url.path.removeprefix("/v1")
-        if request.method == "POST" and path == "/pods":
+        path = request.url.path
+        if request.method == "POST" and path == "/v2/pods":
             return self._create(request)
-        if request.method == "GET" and path == "/pods":
+        if request.method == "GET" and path == "/v2/pods":
             if self.list_fault is not None:
                 raise self.list_fault
-            pods = list(self.pods.values())
-            if "name" in request.url.params:
-                pods = [p for p in pods if p["name"] == request.url.params["name"]]
-            if "desiredStatus" in request.url.params:
-                pods = [p for p in pods if p["desiredStatus"] == request.url.params[
-                    "desiredStatus"]]
-            return httpx.Response(200, json=pods)
-        if path.startswith("/pods/"):
-            pod_id, _, action = path.removeprefix("/pods/").partition("/")
+            return httpx.Response(200, json={"pods": [
+                p for p in self.pods.values() if p["status"] != "TERMINATED"]})
+        if path.startswith("/v2/pods/"):
+            pod_id, _, action = path.removeprefix("/v2/pods/").partition("/")
             pod = self.pods.get(pod_id)
-            if pod is None:
-                return httpx.Response(404, json={"error": "Pod not found."})
+            if pod is None or pod["status"] == "TERMINATED":
+                return problem(404, "pod not found")
             if request.method == "GET":
                 return httpx.Response(200, json=pod)
             if request.method == "DELETE":
-                pod["desiredStatus"] = "TERMINATED"
+                pod["status"] = "TERMINATED"
                 return httpx.Response(204)
-            if action in ("stop", "start"):
-                pod["desiredStatus"] = "EXITED" if action == "stop" else "RUNNING"
-                return httpx.Response(200)
-        return httpx.Response(404, json={"error": f"no route {request.method} {path}"})
+            if action == "action":
+                verb = json.loads(request.content)["action"]
+                if verb not in pod["actions"]:
+                    return problem(409, f"cannot {verb} a pod in status {pod['status']}")
+                pod["status"], pod["actions"] = (
+                    ("EXITED", ["start", "terminate"]) if verb == "stop"
+                    else ("RUNNING", ["stop", "restart", "terminate"]))
+                return httpx.Response(200, json=pod)
+        return problem(404, f"no route {request.method} {path}")
 
     def _create(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         fault = self.create_faults.pop(0) if self.create_faults else None
         if fault == "500":
-            return httpx.Response(500, json={"error": "internal"})
-        pod_id = next(self.ids)
-        pod = {
-            "id": pod_id, "name": body.get("name", "my pod"), "image": body.get("imageName"),
-            "desiredStatus": "RUNNING", "costPerHr": "2.49", "publicIp": "203.0.113.9",
-            "ports": body.get("ports", []), "portMappings": {"22": 40022},
-            "machine": {"gpuTypeId": (body.get("gpuTypeIds") or [None])[0],
-                        "dataCenterId": "EU-RO-1"},
-            "gpu": {"id": (body.get("gpuTypeIds") or [None])[0], "count": body.get("gpuCount")},
-            "env": body.get("env", {}),
-        }
-        self.pods[pod_id] = pod
+            return problem(500, "internal")
+        pod = example("/v2/pods", "get", "200", "pods")["pods"][0]
+        pod.update(id=next(self.ids), name=body["name"], image=body.get("image"),
+                   gpu=body.get("gpu"), ports=body.get("ports", []), env=body.get("env", {}),
+                   dataCenterId="EU-RO-1", cost=2.49)
+        pod["runtime"]["ports"][0]["ip"] = "203.0.113.9"
+        pod["runtime"]["ports"][0]["public"] = 40022
+        self.pods[pod["id"]] = pod
         if fault == "500_after":
-            return httpx.Response(500, json={"error": "something went wrong"})
+            return problem(500, "something went wrong")
         if fault == "timeout_after":
             raise httpx.ReadTimeout("timed out reading", request=request)
-        return httpx.Response(self.create_status, json=pod)
+        return httpx.Response(201, json=pod)
 
 
 def make_provider(
@@ -116,7 +143,7 @@ def make_provider(
     ctx = ProviderContext(
         api_key=api_key, base_url=REST, settings=settings,
         transport=httpx.MockTransport(handler), hooks=hooks,
-        options={"runtime_url": RUNTIME, "graphql_url": GRAPHQL},
+        options={"runtime_url": RUNTIME},
     )
     provider = RunPodProvider(ctx)
     sleeps: list[float] = []
@@ -138,12 +165,12 @@ def spawn_request(**fields: Any) -> Any:
 
 
 # ------------------------------------------------------------------ construction / keys
-def test_capabilities_need_no_key() -> None:
+def test_capabilities_need_no_key_and_spot_is_gone() -> None:
     assert RunPodProvider.capabilities() == {
-        "spot", "serverless", "network_volumes", "http_proxy", "raw_tcp", "symmetric_ports",
+        "serverless", "network_volumes", "http_proxy", "raw_tcp", "symmetric_ports",
         "webhooks", "global_networking"}
     provider = RunPodProvider(ProviderContext(api_key=None))
-    assert "spot" in provider.capabilities()
+    assert "spot" not in provider.capabilities()
 
 
 def test_missing_key_raises_unauthorized_at_first_call(fake: FakeRunPod) -> None:
@@ -160,40 +187,89 @@ def test_registry_builds_runpod_with_env_key(monkeypatch: pytest.MonkeyPatch,
     provider = get_provider("runpod", base_url=REST, transport=httpx.MockTransport(fake))
     assert isinstance(provider, RunPodProvider)
     assert provider.list_compute() == []
-    assert str(fake.requests[0].url) == f"{REST}/pods"
+    assert str(fake.requests[0].url) == f"{REST}/v2/pods"
     assert "test-key" not in repr(provider)
 
 
-def test_default_base_urls_come_from_settings() -> None:
-    settings = AtlasSettings(runpod_base_url="https://a.test/v1",
-                             runpod_runtime_url="https://b.test/v2",
-                             runpod_graphql_url="https://c.test/graphql")
+def test_default_base_urls() -> None:
+    assert AtlasSettings().runpod_base_url == "https://api.runpod.io"
+    settings = AtlasSettings(runpod_base_url="https://a.test",
+                             runpod_runtime_url="https://b.test/v2")
     provider = RunPodProvider(ProviderContext(api_key="k", settings=settings))
-    assert [provider.clients.base_url(a) for a in ("management", "runtime", "graphql")] == [
-        "https://a.test/v1", "https://b.test/v2", "https://c.test/graphql"]
+    assert [provider.clients.base_url(a) for a in ("management", "runtime")] == [
+        "https://a.test", "https://b.test/v2"]
+    with pytest.raises(ValueError):
+        provider.clients.base_url("graphql")
 
 
 # ------------------------------------------------------------------ pods
-def test_create_sends_v1_body_and_parses_pod(fake: FakeRunPod) -> None:
+def test_create_sends_the_definitions_example_body_exactly(fake: FakeRunPod) -> None:
     provider, _ = make_provider(fake)
-    compute = provider.spawn_compute(spawn_request(auth="bearer", env={"A": "1"}))
+    sent = request_example("/v2/pods", "post", "gpuPod")
+    provider.create_compute(build_compute_request(
+        name=sent["name"], image=sent["image"], gpu="rtx_4090", gpu_count=1,
+        container_disk_gb=sent["disk"], cloud_type="any"))
+    assert json.loads(fake.posts()[0].content) == sent
+
+
+def test_create_sends_the_nested_body_and_parses_the_pod(fake: FakeRunPod) -> None:
+    provider, _ = make_provider(fake)
+    compute = provider.spawn_compute(spawn_request(
+        auth="bearer", env={"A": "1"}, gpu_count=2, cloud_type="community", volume_gb=20,
+        region_hints=("EU-RO-1", "US-TX-3"), container_disk_gb=40,
+        provider_opts={"startSsh": True, "name": "hijack", "image": "evil",
+                       "env": {"ATLAS_PRESHARED_KEY": "forged", "EXTRA": "x", "A": "0"}}))
     body = json.loads(fake.posts()[0].content)
-    assert body["gpuTypeIds"] == ["NVIDIA H100 80GB HBM3"]
-    assert body["ports"] == ["8000/http", "22/tcp"]
-    assert body["env"]["A"] == "1" and "ATLAS_PRESHARED_KEY" in body["env"]
-    assert body["cloudType"] == "SECURE" and body["name"] == "atlas-s1"
+    token = body["env"]["ATLAS_PRESHARED_KEY"]
+    assert body == {
+        "name": "atlas-s1", "image": "vllm/vllm-openai",
+        "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 2}, "cloud": "COMMUNITY",
+        "dataCenterIds": ["EU-RO-1", "US-TX-3"],
+        "mounts": {"persistent": {"size": 20, "path": "/workspace"}}, "disk": 40,
+        "env": {"ATLAS_PRESHARED_KEY": token, "EXTRA": "x", "A": "1"},
+        "ports": ["8000/http", "22/tcp"], "startSsh": True,
+    }
+    assert token != "forged"  # provider_opts can never override the injected token
     assert compute.id == "pod1" and compute.status == ComputeStatus.RUNNING
     assert compute.gpu_type == "h100" and compute.region == "EU-RO-1"
     assert compute.cost_per_hour == 2.49 and compute.image == "vllm/vllm-openai"
     assert compute.ports[0].url == "https://pod1-8000.proxy.runpod.net"
     assert compute.ports[1].url == "tcp://203.0.113.9:40022"
-    assert compute.auth is not None and compute.auth.token == body["env"]["ATLAS_PRESHARED_KEY"]
+    assert compute.auth is not None and compute.auth.token == token
 
 
-def test_create_accepts_200_too(fake: FakeRunPod) -> None:
-    fake.create_status = 200
+def test_network_volume_mount_and_template(fake: FakeRunPod) -> None:
     provider, _ = make_provider(fake)
-    assert provider.create_compute(spawn_request()).id == "pod1"
+    provider.create_compute(spawn_request(network_volume_id="vol_xyz", image=None,
+                                          template_id="30zmvf89kd"))
+    body = json.loads(fake.posts()[0].content)
+    assert body["mounts"] == {"network": [{"volumeId": "vol_xyz", "path": "/runpod-volume"}]}
+    assert body["templateId"] == "30zmvf89kd" and "image" not in body
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"spot": True}, "spot"),
+    ({"image": None}, "image"),
+    ({"gpu": None}, "gpu"),
+    ({"volume_gb": 5}, "volume_gb"),
+    ({"volume_gb": 20, "network_volume_id": "v"}, "volume_gb"),
+    ({"provider_opts": {"env": ["A=1"]}}, "provider_opts.env"),
+])
+def test_create_validation_errors_name_the_field(fake: FakeRunPod, fields: dict[str, Any],
+                                                 field: str) -> None:
+    provider, _ = make_provider(fake)
+    with pytest.raises(ValidationError) as info:
+        provider.create_compute(spawn_request(**fields))
+    assert info.value.kind == "validation" and info.value.field == field
+    assert field in str(info.value)
+    assert fake.requests == []
+
+
+def test_create_without_a_name_gets_one(fake: FakeRunPod) -> None:
+    provider, _ = make_provider(fake)
+    compute = provider.create_compute(spawn_request(name=None))
+    assert compute.name and compute.name.startswith("pod-")
+    assert json.loads(fake.posts()[0].content)["name"] == compute.name
 
 
 def test_exactly_one_pod_after_500_after_create(fake: FakeRunPod) -> None:
@@ -213,6 +289,13 @@ def test_exactly_one_pod_after_timeout_after_create(fake: FakeRunPod) -> None:
     assert len(fake.posts()) == 1 and len(fake.pods) == 1
 
 
+def test_unnamed_create_is_looked_up_by_its_generated_name(fake: FakeRunPod) -> None:
+    fake.create_faults = ["500_after"]
+    provider, _ = make_provider(fake)
+    compute = provider.create_compute(spawn_request(name=None))
+    assert compute.id == "pod1" and len(fake.posts()) == 1 and len(fake.pods) == 1
+
+
 def test_create_retried_when_500_created_nothing(fake: FakeRunPod) -> None:
     fake.create_faults = ["500", "500"]
     provider, sleeps = make_provider(fake)
@@ -220,6 +303,8 @@ def test_create_retried_when_500_created_nothing(fake: FakeRunPod) -> None:
     assert compute.id == "pod1"
     assert len(fake.posts()) == 3 and len(fake.pods) == 1
     assert sleeps == [1.0, 2.0]
+    bodies = {p.content for p in fake.posts()}
+    assert len(bodies) == 1  # every retry sends the same name
 
 
 def test_create_gives_up_after_max_retries(fake: FakeRunPod) -> None:
@@ -227,17 +312,8 @@ def test_create_gives_up_after_max_retries(fake: FakeRunPod) -> None:
     provider, _ = make_provider(fake, retries=2)
     with pytest.raises(ProviderError) as info:
         provider.create_compute(spawn_request())
-    assert info.value.status == 500
+    assert info.value.status == 500 and is_maybe_created(info.value)
     assert len(fake.posts()) == 3 and fake.pods == {}
-
-
-def test_create_without_name_is_not_retried_after_maybe_created(fake: FakeRunPod) -> None:
-    fake.create_faults = ["500_after"]
-    provider, _ = make_provider(fake)
-    with pytest.raises(ProviderError) as info:
-        provider.create_compute(spawn_request(name=None))
-    assert is_maybe_created(info.value)
-    assert len(fake.posts()) == 1 and len(fake.pods) == 1
 
 
 def test_create_does_not_recreate_when_lookup_fails(fake: FakeRunPod) -> None:
@@ -251,7 +327,8 @@ def test_create_does_not_recreate_when_lookup_fails(fake: FakeRunPod) -> None:
 
 
 def test_create_429_is_retried_by_the_http_layer(fake: FakeRunPod) -> None:
-    answers = iter([httpx.Response(429, headers={"Retry-After": "2"})])
+    answers = iter([problem(429, "rate limit exceeded for the minute window",
+                            headers={"Retry-After": "2"})])
 
     def route(request: httpx.Request) -> httpx.Response:
         nxt = next(answers, None)
@@ -261,7 +338,7 @@ def test_create_429_is_retried_by_the_http_layer(fake: FakeRunPod) -> None:
         fake.routes.clear()
         return fake(request)
 
-    fake.routes[("POST", "/v1/pods")] = route
+    fake.routes[("POST", "/v2/pods")] = route
     provider, sleeps = make_provider(fake)
     assert provider.create_compute(spawn_request()).id == "pod1"
     assert sleeps == [2.0] and len(fake.pods) == 1
@@ -272,15 +349,33 @@ def test_get_list_stop_start_terminate(fake: FakeRunPod) -> None:
     pod = provider.create_compute(spawn_request())
     assert provider.get_compute(pod.id).id == pod.id
     provider.stop(pod.id)
+    sent = fake.requests[-1]
+    assert (sent.method, sent.url.path) == ("POST", f"/v2/pods/{pod.id}/action")
+    assert json.loads(sent.content) == {"action": "stop"}
     assert provider.get_compute(pod.id).status == ComputeStatus.STOPPED
     assert provider.list_compute(status="stopped")[0].id == pod.id
-    assert fake.requests[-1].url.params["desiredStatus"] == "EXITED"
+    assert not fake.requests[-1].url.params  # v2 has no status filter: client-side
     provider.start(pod.id)
+    assert json.loads(fake.requests[-1].content) == {"action": "start"}
     assert provider.list_compute(status=ComputeStatus.RUNNING)[0].id == pod.id
     provider.terminate(pod.id)
-    assert fake.requests[-1].method == "DELETE"
-    assert provider.get_compute(pod.id).status == ComputeStatus.TERMINATED
+    assert (fake.requests[-1].method, fake.requests[-1].url.path) == (
+        "DELETE", f"/v2/pods/{pod.id}")
+    with pytest.raises(NotFoundError):
+        provider.get_compute(pod.id)
     assert provider.find_compute_by_name("atlas-s1") is None
+
+
+def test_stop_409_settles_by_reading_the_pod(fake: FakeRunPod) -> None:
+    provider, _ = make_provider(fake)
+    pod = provider.create_compute(spawn_request())
+    provider.stop(pod.id)
+    provider.stop(pod.id)  # 409 (already EXITED): done, not an error
+    assert [r.method for r in fake.requests[-2:]] == ["POST", "GET"]
+    fake.routes[("POST", f"/v2/pods/{pod.id}/action")] = lambda r: problem(409, "locked")
+    with pytest.raises(ProviderError) as info:
+        provider.start(pod.id)  # 409 and the pod is still EXITED: the 409 stands
+    assert info.value.status == 409 and "locked" in str(info.value)
 
 
 def test_terminate_unknown_is_not_found(fake: FakeRunPod) -> None:
@@ -288,21 +383,32 @@ def test_terminate_unknown_is_not_found(fake: FakeRunPod) -> None:
     with pytest.raises(NotFoundError) as info:
         provider.terminate("nope")
     assert info.value.kind == "not_found" and info.value.provider == "runpod"
+    assert "pod not found" in str(info.value)
     with pytest.raises(NotFoundError):
         provider.get_compute("nope")
+    with pytest.raises(NotFoundError):
+        provider.stop("nope")
 
 
-def test_terminate_401_and_400(fake: FakeRunPod) -> None:
-    fake.routes[("DELETE", "/v1/pods/x")] = lambda r: httpx.Response(401, json={
-        "error": "bad key"})
-    fake.routes[("DELETE", "/v1/pods/y")] = lambda r: httpx.Response(400, json={
-        "error": "Invalid Pod ID."})
+def test_problem_errors_keep_detail_and_errors(fake: FakeRunPod) -> None:
+    ref = _spec()["components"]
+    unauthorized = ref["responses"]["UnauthorizedError"]["content"]["application/problem+json"]
+    body = unauthorized["examples"]["missingBearerToken"]["value"]
+    fake.routes[("DELETE", "/v2/pods/x")] = lambda r: httpx.Response(
+        401, json=body, headers={"content-type": "application/problem+json"})
+    errors = ref["schemas"]["ErrorResponse"]["properties"]["errors"]["examples"][0]
+    fake.routes[("POST", "/v2/pods")] = lambda r: problem(
+        422, "Request validation failed.", errors + ["$.gpu.count: must be >= 1"])
     provider, _ = make_provider(fake)
-    with pytest.raises(UnauthorizedError) as info:
+    with pytest.raises(UnauthorizedError) as denied:
         provider.terminate("x")
-    assert str(info.value) == "[runpod] unauthorized (HTTP 401): bad key"
-    with pytest.raises(ProviderError):
-        provider.terminate("y")
+    assert str(denied.value) == "[runpod] unauthorized (HTTP 401): missing bearer token"
+    with pytest.raises(ProviderError) as invalid:
+        provider.create_compute(spawn_request())
+    assert invalid.value.message == (
+        "Request validation failed.: $: additional properties 'bogus' not allowed; "
+        "$.gpu.count: must be >= 1")
+    assert invalid.value.raw["errors"][1] == "$.gpu.count: must be >= 1"
 
 
 def test_ids_are_validated_and_encoded(fake: FakeRunPod) -> None:
@@ -312,27 +418,25 @@ def test_ids_are_validated_and_encoded(fake: FakeRunPod) -> None:
     assert info.value.field == "compute_id"
     with pytest.raises(NotFoundError):
         provider.get_compute("../templates")
-    assert fake.requests[-1].url.raw_path == b"/v1/pods/..%2Ftemplates"
+    assert fake.requests[-1].url.raw_path == b"/v2/pods/..%2Ftemplates"
 
 
-def test_list_filters_client_side(fake: FakeRunPod) -> None:
+def test_list_is_wrapped_and_filtered_client_side(fake: FakeRunPod) -> None:
+    base = example("/v2/pods", "get", "200", "pods")["pods"][0]
     fake.pods = {
-        "a": {"id": "a", "name": "atlas-1", "desiredStatus": "RUNNING",
-              "machine": {"gpuTypeId": "NVIDIA H100 80GB HBM3", "dataCenterId": "EU-RO-1"}},
-        "b": {"id": "b", "name": "atlas-10", "desiredStatus": "RUNNING",
-              "machine": {"gpuTypeId": "NVIDIA L4", "dataCenterId": "US-TX-3"}},
-        "c": {"id": "c", "name": "atlas-1", "desiredStatus": "CREATED"},
+        "a": {**base, "id": "a", "name": "atlas-1", "status": "RUNNING",
+              "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 1}, "dataCenterId": "EU-RO-1"},
+        "b": {**base, "id": "b", "name": "atlas-10", "status": "RUNNING",
+              "gpu": {"id": "NVIDIA L4", "count": 1}, "dataCenterId": "US-TX-3"},
+        "c": {**base, "id": "c", "name": "atlas-1", "status": "STARTING"},
     }
     provider, _ = make_provider(fake)
     assert {c.id for c in provider.list_compute()} == {"a", "b", "c"}
     assert [c.id for c in provider.list_compute(region="US-TX-3")] == ["b"]
     assert [c.id for c in provider.list_compute(gpu="H100")] == ["a"]
     assert [c.id for c in provider.list_compute(status="provisioning")] == ["c"]
-    assert "desiredStatus" not in fake.requests[-1].url.params
-    # A server that ignores ?name= (prefix matches) is still filtered exactly.
-    fake.routes[("GET", "/v1/pods")] = lambda r: httpx.Response(200, json=list(
-        fake.pods.values()))
     assert {c.id for c in provider.list_compute(name="atlas-1")} == {"a", "c"}
+    assert all(not r.url.params for r in fake.requests)
     assert provider.find_compute_by_name("atlas-1").id == "a"  # type: ignore[union-attr]
     with pytest.raises(ValidationError) as info:
         provider.list_compute(status="exploded")
@@ -340,24 +444,43 @@ def test_list_filters_client_side(fake: FakeRunPod) -> None:
 
 
 def test_malformed_pod_bodies_are_provider_errors(fake: FakeRunPod) -> None:
-    fake.routes[("GET", "/v1/pods/p")] = lambda r: httpx.Response(200, json=["not", "a pod"])
-    fake.routes[("GET", "/v1/pods")] = lambda r: httpx.Response(200, json={"odd": True})
-    fake.routes[("GET", "/v1/pods/q")] = lambda r: httpx.Response(200, text="{truncated")
+    fake.routes[("GET", "/v2/pods/p")] = lambda r: httpx.Response(200, json=["not", "a pod"])
+    fake.routes[("GET", "/v2/pods/q")] = lambda r: httpx.Response(200, text="{truncated")
+    fake.routes[("GET", "/v2/pods/deep")] = lambda r: httpx.Response(200, text="[" * 100_000)
     provider, _ = make_provider(fake)
-    for call in (lambda: provider.get_compute("p"), provider.list_compute,
-                 lambda: provider.get_compute("q")):
+    for call in (lambda: provider.get_compute("p"), lambda: provider.get_compute("q"),
+                 lambda: provider.get_compute("deep")):
         with pytest.raises(ProviderError):
             call()
+    for wrong in ([], {"odd": True}, {"pods": {"a": 1}}, {"pods": ["x"]}):
+        fake.routes[("GET", "/v2/pods")] = lambda r, w=wrong: httpx.Response(200, json=w)
+        with pytest.raises(ProviderError):
+            provider.list_compute()
 
 
-def test_hooks_see_every_attempt(fake: FakeRunPod) -> None:
+def test_hooks_see_every_attempt_with_rate_limits(fake: FakeRunPod) -> None:
     events: list[RequestInfo] = []
     fake.create_faults = ["500"]
-    provider, _ = make_provider(fake, hooks=(events.append,))
+    headers = _spec()["components"]["schemas"]
+    limit = headers["RateLimitHeader"]["examples"][0]
+    policy = headers["RateLimitPolicyHeader"]["examples"][0]
+
+    def with_headers(request: httpx.Request) -> httpx.Response:
+        response = fake(request)
+        response.headers["RateLimit"] = limit
+        response.headers["RateLimit-Policy"] = policy
+        return response
+
+    provider, _ = make_provider(with_headers, hooks=(events.append,))
     provider.create_compute(spawn_request())
     assert [(e.method, e.status, e.api) for e in events] == [
         ("POST", 500, "management"), ("GET", 200, "management"), ("POST", 201, "management")]
     assert all(e.attempt == 1 for e in events)
+    seen = events[-1].rate_limit
+    assert seen is not None and seen.exhausted and seen.reset_after_s == 12
+    minute = seen.window("minute")
+    assert minute is not None and (minute.remaining, minute.quota, minute.window_s) == (
+        0, 60, 60)
 
 
 # ------------------------------------------------------------------ serverless
@@ -518,69 +641,70 @@ def test_endpoint_health(fake: FakeRunPod) -> None:
     assert provider.endpoint_health("ep1") == health
 
 
-# ------------------------------------------------------------------ graphql
-GQL_FIXTURE = {"data": {"gpuTypes": [
-    {"id": "NVIDIA H100 80GB HBM3", "displayName": "H100 80GB", "memoryInGb": 80,
-     "secureCloud": True, "communityCloud": False,
-     "lowestPrice": {"minimumBidPrice": 1.2, "uninterruptablePrice": 2.49,
-                     "stockStatus": "High"}},
-]}}
-
-
-def test_list_gpu_types(fake: FakeRunPod) -> None:
-    fake.routes[("POST", "/graphql")] = lambda r: httpx.Response(200, json=GQL_FIXTURE)
+# ------------------------------------------------------------------ catalog
+def test_list_gpu_types_from_the_v2_catalog(fake: FakeRunPod) -> None:
+    catalog = example("/v2/catalog/gpus", "get", "200", "gpus")
+    fake.routes[("GET", "/v2/catalog/gpus")] = lambda r: httpx.Response(200, json=catalog)
     provider, _ = make_provider(fake)
     (gpu,) = provider.list_gpu_types()
-    assert (gpu.display_name, gpu.memory_gb, gpu.lowest_price_per_hour,
-            gpu.spot_price_per_hour, gpu.stock, gpu.canonical) == (
-        "H100 80GB", 80, 2.49, 1.2, "high", "h100")
+    assert (gpu.id, gpu.display_name, gpu.memory_gb, gpu.lowest_price_per_hour,
+            gpu.spot_price_per_hour, gpu.stock, gpu.canonical, gpu.cloud_type) == (
+        "NVIDIA GeForce RTX 4090", "RTX 4090", 24, 0.31, None, "high", "rtx_4090", "any")
     sent = fake.requests[-1]
-    assert str(sent.url) == GRAPHQL  # no ?api_key=: the key travels in the header
-    assert sent.headers["authorization"] == "Bearer test-key"
-    payload = json.loads(sent.content)
-    assert "gpuTypes" in payload["query"] and payload["variables"] == {}
-
-
-def test_graphql_errors_are_provider_errors(fake: FakeRunPod) -> None:
-    fake.routes[("POST", "/graphql")] = lambda r: httpx.Response(200, json={
-        "errors": [{"message": "Cannot query field \"stockStatus\""}], "data": None})
-    provider, _ = make_provider(fake)
-    with pytest.raises(ProviderError) as info:
-        provider.list_gpu_types()
-    assert info.value.status == 200 and "stockStatus" in str(info.value.message)
-    fake.routes[("POST", "/graphql")] = lambda r: httpx.Response(200, json={"data": {}})
+    assert sent.url.params["include"] == "AVAILABILITY" and sent.url.params["product"] == "POD"
+    fake.routes[("GET", "/v2/catalog/gpus")] = lambda r: httpx.Response(200, json=[])
     with pytest.raises(ProviderError):
         provider.list_gpu_types()
-    fake.routes[("POST", "/graphql")] = lambda r: httpx.Response(403, json={
-        "error": "forbidden"})
-    with pytest.raises(Exception) as denied:
+    fake.routes[("GET", "/v2/catalog/gpus")] = lambda r: problem(403, "access denied")
+    with pytest.raises(AtlasError) as denied:
         provider.list_gpu_types()
-    assert getattr(denied.value, "kind", None) == "forbidden"
+    assert denied.value.kind == "forbidden"
 
 
 # ------------------------------------------------------------------ extras
-def test_extras_accept_200_and_201(fake: FakeRunPod) -> None:
-    fake.routes[("POST", "/v1/templates")] = lambda r: httpx.Response(
-        200, json={"id": "tpl1", **json.loads(r.content)})
-    fake.routes[("POST", "/v1/networkvolumes")] = lambda r: httpx.Response(
+def test_extras_use_v2_paths_and_wrapped_lists(fake: FakeRunPod) -> None:
+    fake.routes[("POST", "/v2/templates")] = lambda r: httpx.Response(
+        201, json={"id": "tpl1", **json.loads(r.content)})
+    fake.routes[("POST", "/v2/network-volumes")] = lambda r: httpx.Response(
         201, json={"id": "nv1", **json.loads(r.content)})
-    fake.routes[("POST", "/v1/endpoints")] = lambda r: httpx.Response(
-        200, json={"id": "ep1", **json.loads(r.content)})
-    fake.routes[("GET", "/v1/networkvolumes")] = lambda r: httpx.Response(
-        200, json=[{"id": "nv1", "name": "data", "size": 50, "dataCenterId": "EU-RO-1"}])
-    fake.routes[("DELETE", "/v1/endpoints/ep1")] = lambda r: httpx.Response(204)
-    fake.routes[("DELETE", "/v1/templates/zzz")] = lambda r: httpx.Response(404, json={
-        "error": "not found"})
+    fake.routes[("POST", "/v2/serverless")] = lambda r: httpx.Response(
+        201, json={"id": "ep1", **json.loads(r.content)})
+    fake.routes[("GET", "/v2/network-volumes")] = lambda r: httpx.Response(
+        200, json={"networkVolumes": [{"id": "nv1", "name": "data", "size": 50,
+                                       "dataCenter": "EU-RO-1", "type": "STANDARD"}]})
+    fake.routes[("GET", "/v2/templates")] = lambda r: httpx.Response(200, json={"templates": []})
+    fake.routes[("GET", "/v2/serverless")] = lambda r: httpx.Response(200, json=[{"id": "x"}])
+    fake.routes[("DELETE", "/v2/serverless/ep1")] = lambda r: httpx.Response(204)
+    fake.routes[("DELETE", "/v2/templates/zzz")] = lambda r: problem(404, "template not found")
     provider, _ = make_provider(fake)
-    tpl = provider.create_template("t", "img:1", containerDiskInGb=20)
-    assert tpl == {"id": "tpl1", "name": "t", "imageName": "img:1", "containerDiskInGb": 20}
+    tpl = provider.create_template("t", "img:1", disk=20)
+    assert tpl == {"id": "tpl1", "name": "t", "image": "img:1", "disk": 20}
     vol = provider.create_network_volume("data", 50, "EU-RO-1")
-    assert vol["size"] == 50 and vol["dataCenterId"] == "EU-RO-1"
-    assert provider.create_endpoint("tpl1", name="e")["templateId"] == "tpl1"
-    assert provider.list_network_volumes()[0]["id"] == "nv1"
+    assert vol == {"id": "nv1", "name": "data", "size": 50, "dataCenter": "EU-RO-1"}
+    endpoint = provider.create_endpoint("e", template_id="tpl1", gpu={"pools": ["ADA_24"]})
+    assert json.loads(fake.requests[-1].content) == {
+        "name": "e", "templateId": "tpl1", "type": "QUEUE", "gpu": {"pools": ["ADA_24"]},
+        "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4}}
+    assert endpoint["id"] == "ep1"
+    assert provider.list_network_volumes()[0]["dataCenter"] == "EU-RO-1"
+    assert provider.list_templates() == []
+    with pytest.raises(ProviderError):
+        provider.list_endpoints()  # a bare array is not the v2 shape
     provider.delete_endpoint("ep1")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError) as gone:
         provider.delete_template("zzz")
-    fake.routes[("POST", "/v1/templates")] = lambda r: httpx.Response(200, json={"oops": 1})
+    assert "template not found" in str(gone.value)
+    fake.routes[("POST", "/v2/templates")] = lambda r: httpx.Response(201, json={"oops": 1})
     with pytest.raises(ProviderError):
         provider.create_template("t", "img:1")
+
+
+def test_pod_billing(fake: FakeRunPod) -> None:
+    answer = example("/v2/billing/pods", "get", "200", "podBilling")
+    fake.routes[("GET", "/v2/billing/pods")] = lambda r: httpx.Response(200, json=answer)
+    provider, _ = make_provider(fake)
+    assert provider.pod_billing("7h9k2m4n6p", lastN=1) == answer
+    assert dict(fake.requests[-1].url.params) == {"podId": "7h9k2m4n6p", "lastN": "1"}
+    fake.routes[("GET", "/v2/billing/pods")] = lambda r: httpx.Response(200, json={})
+    with pytest.raises(ProviderError):
+        provider.pod_billing()

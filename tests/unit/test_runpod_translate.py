@@ -1,8 +1,13 @@
-"""Pure RunPod translation on the real REST v1 shapes (and the tolerated legacy ones)."""
+"""Pure RunPod translation on REST v2 shapes, using the official definition's examples
+(``../shared/reference/specs/runpod-rest-v2.openapi.json``) where it gives them."""
 
 from __future__ import annotations
 
+import copy
+import json
 from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,179 +16,184 @@ from atlas_tasks.errors import ProviderError, ValidationError
 from atlas_tasks.providers.runpod import translate
 from atlas_tasks.specs import (
     ComputeStatus,
+    GpuUtilization,
     JobStatus,
     build_compute_request,
     build_job_request,
 )
 
-#: A pod as REST v1 documents it (object portMappings, array ports, image, costPerHr string).
-V1_POD: dict[str, Any] = {
-    "id": "xedezhzb9la3ye",
-    "name": "atlas-s1",
-    "image": "vllm/vllm-openai:latest",
-    "desiredStatus": "RUNNING",
-    "costPerHr": "0.74",
-    "adjustedCostPerHr": 0.69,
-    "publicIp": "100.65.0.119",
-    "portMappings": {"22": 10341},
-    "ports": ["8888/http", "22/tcp"],
-    "machine": {"gpuTypeId": "NVIDIA H100 80GB HBM3", "dataCenterId": "EU-RO-1"},
-    "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 2, "displayName": "H100 SXM"},
-    "env": {"ATLAS_PRESHARED_KEY": "x"},
-    "interruptible": False,
-    "lastStartedAt": "2024-05-01T12:30:00Z",
-}
+SPEC = Path(__file__).resolve().parents[3] / "shared/reference/specs/runpod-rest-v2.openapi.json"
+
+
+@cache
+def _spec() -> dict[str, Any]:
+    return json.loads(SPEC.read_text())  # type: ignore[no-any-return]
+
+
+def listed_pod() -> dict[str, Any]:
+    """The RUNNING pod of the definition's ``GET /v2/pods`` example."""
+    content = _spec()["paths"]["/v2/pods"]["get"]["responses"]["200"]["content"]
+    return copy.deepcopy(content["application/json"]["examples"]["pods"]["value"]["pods"][0])
+
+
+def created_pod() -> dict[str, Any]:
+    """The PROVISIONING pod of the definition's ``POST /v2/pods`` 201 example."""
+    content = _spec()["paths"]["/v2/pods"]["post"]["responses"]["201"]["content"]
+    return copy.deepcopy(content["application/json"]["examples"]["pod"]["value"])
 
 
 # ------------------------------------------------------------------ create body
-def test_pod_create_body_v1_shape() -> None:
+def test_pod_create_body_v2_shape() -> None:
     req = build_compute_request(
-        gpu="h100", gpu_count=2, image="img:1", name="atlas-a", spot=True,
+        gpu="h100", gpu_count=2, image="img:1", name="atlas-a",
         cloud_type="community", ports=[(8000, "http"), (22, "tcp")],
         env={"A": "1", "B": "two"}, container_disk_gb=40, volume_gb=100,
-        network_volume_id="nv1", template_id="tpl", region_hints=["EU-RO-1", "US-TX-3"],
+        template_id="tpl", region_hints=["EU-RO-1", "US-TX-3"],
     )
     assert translate.pod_create_body(req) == {
-        "cloudType": "COMMUNITY",
-        "computeType": "GPU",
-        "gpuCount": 2,
-        "gpuTypeIds": ["NVIDIA H100 80GB HBM3"],
-        "interruptible": True,
-        "imageName": "img:1",
         "name": "atlas-a",
+        "image": "img:1",
         "templateId": "tpl",
-        "networkVolumeId": "nv1",
-        "ports": ["8000/http", "22/tcp"],
-        "env": {"A": "1", "B": "two"},  # an object, not ExAtlas's [{key, value}]
-        "containerDiskInGb": 40,
-        "volumeInGb": 100,
+        "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 2},
+        "cloud": "COMMUNITY",
         "dataCenterIds": ["EU-RO-1", "US-TX-3"],
+        "mounts": {"persistent": {"size": 100, "path": "/workspace"}},
+        "disk": 40,
+        "env": {"A": "1", "B": "two"},
+        "ports": ["8000/http", "22/tcp"],
     }
 
 
-def test_pod_create_body_drops_nil_and_omits_cloud_type_any() -> None:
-    body = translate.pod_create_body(build_compute_request(gpu="a6000", image="i",
-                                                           cloud_type="any"))
-    assert "cloudType" not in body  # v1 has no "ALL"; SECURE is the API default
-    assert body == {"computeType": "GPU", "gpuCount": 1, "gpuTypeIds": ["NVIDIA RTX A6000"],
-                    "interruptible": False, "imageName": "i"}
-    secure = translate.pod_create_body(build_compute_request(gpu="h100", image="i"))
-    assert secure["cloudType"] == "SECURE"
+def test_pod_create_body_drops_nil_and_omits_cloud_any() -> None:
+    req = build_compute_request(gpu="l4", image="i", name="n", cloud_type="any", volume_gb=0)
+    assert translate.pod_create_body(req) == {
+        "name": "n", "image": "i", "gpu": {"id": "NVIDIA L4", "count": 1}}
 
 
-def test_pod_create_body_provider_opts_win() -> None:
-    req = build_compute_request(gpu="h100", image="i", provider_opts={
-        "computeType": "CPU", "supportPublicIp": True, "cloudType": "SECURE"})
+def test_pod_create_body_provider_opts_stay_below_ours() -> None:
+    req = build_compute_request(
+        gpu="l4", image="i", name="n", env={"ATLAS_PRESHARED_KEY": "real"},
+        provider_opts={"name": "other", "startSsh": True, "gpu": {"id": "x"},
+                       "env": {"ATLAS_PRESHARED_KEY": "forged", "HF_HOME": "/h"}})
     body = translate.pod_create_body(req)
-    assert body["computeType"] == "CPU" and body["supportPublicIp"] is True
+    assert body["name"] == "n" and body["gpu"] == {"id": "NVIDIA L4", "count": 1}
+    assert body["env"] == {"ATLAS_PRESHARED_KEY": "real", "HF_HOME": "/h"}
+    assert body["startSsh"] is True
+    # Without a gpu of our own, a raw gpu (or cpu) object in provider_opts is used as is.
+    raw_gpu = {"id": "NVIDIA L4", "minCudaVersion": "12.1"}
+    raw = build_compute_request(image="i", name="n", provider_opts={"gpu": raw_gpu})
+    assert translate.pod_create_body(raw)["gpu"] == raw_gpu
+
+
+def test_pod_create_body_spot_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError) as info:
+        translate.pod_create_body(build_compute_request(gpu="l4", image="i", spot=True))
+    assert info.value.field == "spot" and "spot" in str(info.value)
 
 
 def test_pod_create_body_requires_image_or_template() -> None:
     with pytest.raises(ValidationError) as info:
         translate.pod_create_body(build_compute_request(gpu="h100"))
     assert info.value.field == "image"
-    assert translate.pod_create_body(build_compute_request(template_id="t"))["templateId"] == "t"
+    body = translate.pod_create_body(build_compute_request(gpu="h100", template_id="t",
+                                                           name="n"))
+    assert body["templateId"] == "t" and "image" not in body
+
+
+def test_pod_create_body_generates_a_name_when_missing() -> None:
+    body = translate.pod_create_body(build_compute_request(gpu="h100", image="i"))
+    assert body["name"].startswith("pod-") and len(body["name"]) == 16
+    named = translate.pod_create_body(build_compute_request(gpu="h100", image="i"), name="x")
+    assert named["name"] == "x"
 
 
 def test_pod_create_body_unsupported_gpu_names_field() -> None:
     with pytest.raises(ValidationError) as info:
-        translate.pod_create_body(build_compute_request(gpu="a10", image="i"))
-    assert info.value.field == "gpu" and "runpod" in str(info.value)
+        translate.pod_create_body(build_compute_request(gpu="tpu_v5", image="i"))
+    assert info.value.field == "gpu"
 
 
-def test_list_params() -> None:
-    assert translate.list_params(ComputeStatus.RUNNING, "n") == {"desiredStatus": "RUNNING",
-                                                                 "name": "n"}
-    assert translate.list_params(ComputeStatus.STOPPED, None) == {"desiredStatus": "EXITED"}
-    assert translate.list_params(ComputeStatus.TERMINATED, None) == {
-        "desiredStatus": "TERMINATED"}
-    # Not in the v1 enum: filtered client-side only.
-    assert translate.list_params(ComputeStatus.FAILED, None) == {}
-    assert translate.list_params(ComputeStatus.PROVISIONING, None) == {}
+# ------------------------------------------------------------------ pods: response
+def test_pod_to_compute_on_the_definitions_listed_pod() -> None:
+    c = translate.pod_to_compute(listed_pod())
+    assert c.id == "7h9k2m4n6p" and c.provider == "runpod"
+    assert c.status == ComputeStatus.RUNNING and c.name == "pytorch-training"
+    assert c.public_ip == "195.26.233.3"
+    assert [(p.internal, p.external, p.protocol, p.url) for p in c.ports] == [
+        (8888, None, "http", "https://7h9k2m4n6p-8888.proxy.runpod.net"),
+        (22, 34446, "tcp", "tcp://195.26.233.3:34446"),
+    ]
+    assert c.gpu_type == "rtx_4090" and c.gpu_count == 1
+    assert c.cost_per_hour == 0.44 and c.region == "US-KS-2"
+    assert c.image == "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"
+    assert c.created_at == datetime(2026, 6, 1, 12, tzinfo=UTC)  # createdAt, not startedAt
+    assert c.gpu_utilization is None  # the example's runtime reports no gpus
+    assert c.raw["status"] == "RUNNING"
 
 
-# ------------------------------------------------------------------ pod → compute
-def test_pod_to_compute_v1() -> None:
-    c = translate.pod_to_compute(V1_POD)
-    assert c.id == "xedezhzb9la3ye" and c.provider == "runpod" and c.name == "atlas-s1"
-    assert c.status == ComputeStatus.RUNNING
-    assert c.image == "vllm/vllm-openai:latest"
-    assert c.cost_per_hour == pytest.approx(0.74)
-    assert c.public_ip == "100.65.0.119"
-    assert c.gpu_type == "h100" and c.gpu_count == 2
-    assert c.region == "EU-RO-1"
-    assert c.created_at == datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
-    assert c.raw is V1_POD or c.raw == V1_POD
-    http, tcp = c.ports
-    assert (http.internal, http.protocol, http.external) == (8888, "http", None)
-    assert http.url == "https://xedezhzb9la3ye-8888.proxy.runpod.net"
-    assert (tcp.internal, tcp.protocol, tcp.external) == (22, "tcp", 10341)
-    assert tcp.url == "tcp://100.65.0.119:10341"
+def test_pod_to_compute_on_the_definitions_created_pod() -> None:
+    c = translate.pod_to_compute(created_pod())
+    assert c.status == ComputeStatus.PROVISIONING
+    assert c.public_ip is None  # runtime is {}: nothing published yet
+    assert c.ports[1].url is None and c.ports[1].external is None
+    assert c.created_at == datetime(2026, 6, 1, 12, tzinfo=UTC)
+    no_created = {k: v for k, v in listed_pod().items() if k != "createdAt"}
+    assert translate.pod_to_compute(no_created).created_at == datetime(2026, 6, 1, 12, 2,
+                                                                       tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("desired", "status"), [
+@pytest.mark.parametrize(("status", "expected"), [
+    ("PROVISIONING", ComputeStatus.PROVISIONING),
+    ("STARTING", ComputeStatus.PROVISIONING),
     ("RUNNING", ComputeStatus.RUNNING),
     ("EXITED", ComputeStatus.STOPPED),
+    ("ERROR", ComputeStatus.FAILED),
     ("TERMINATED", ComputeStatus.TERMINATED),
-    ("CREATED", ComputeStatus.PROVISIONING),
+    ("SOMETHING_NEW", ComputeStatus.PROVISIONING),
     (None, ComputeStatus.PROVISIONING),
 ])
-def test_pod_status_mapping(desired: str | None, status: ComputeStatus) -> None:
-    assert translate.pod_to_compute({"id": "p", "desiredStatus": desired}).status == status
+def test_pod_status_mapping(status: str | None, expected: ComputeStatus) -> None:
+    pod = {**listed_pod(), "status": status}
+    assert translate.pod_to_compute(pod).status == expected
 
 
-def test_pod_to_compute_initialising_pod() -> None:
-    # portMappings is null and publicIp empty while a pod initialises.
-    c = translate.pod_to_compute({"id": "p1", "desiredStatus": "RUNNING", "portMappings": None,
-                                  "publicIp": "", "ports": ["8000/http", "22/tcp"],
-                                  "adjustedCostPerHr": 1.5, "gpuTypeIds": ["NVIDIA L4"],
-                                  "dataCenterIds": ["US-TX-3"]})
-    assert c.public_ip is None
-    assert c.ports[0].url == "https://p1-8000.proxy.runpod.net"
-    assert c.ports[1].external is None and c.ports[1].url is None
-    assert c.cost_per_hour == 1.5
-    assert c.gpu_type == "l4" and c.gpu_count == 1
-    assert c.region == "US-TX-3"
+def test_every_definition_status_is_mapped() -> None:
+    enum = _spec()["components"]["schemas"]["PodStatus"]["enum"]
+    assert sorted(translate.POD_STATUSES) == sorted(enum)
 
 
-def test_pod_to_compute_legacy_shapes() -> None:
-    # ExAtlas's Bypass fixture: a comma string of ports and imageName.
-    c = translate.pod_to_compute({"id": "pod_abc123", "desiredStatus": "RUNNING",
-                                  "ports": "8000/http,22/tcp", "gpuCount": 1,
-                                  "imageName": "img"})
-    assert c.image == "img"
-    assert [p.url for p in c.ports] == ["https://pod_abc123-8000.proxy.runpod.net", None]
-    # GraphQL-era portMappings list of dicts.
-    c = translate.pod_to_compute({"id": "q", "publicIp": "1.2.3.4", "portMappings": [
-        {"privatePort": 22, "publicPort": 40022, "type": "tcp"},
-        {"privatePort": 8000, "publicPort": 8000, "type": "http"},
-    ]})
-    assert [(p.internal, p.external, p.protocol, p.url) for p in c.ports] == [
-        (22, 40022, "tcp", "tcp://1.2.3.4:40022"),
-        (8000, 8000, "http", "https://q-8000.proxy.runpod.net"),
+def test_gpu_utilization_from_runtime() -> None:
+    example = _spec()["components"]["schemas"]["PodGpuUtilization"]["properties"]
+    gpu = {"util": example["util"]["examples"][0],
+           "memoryUtil": example["memoryUtil"]["examples"][0]}
+    pod = listed_pod()
+    pod["runtime"]["gpus"] = [gpu, {"util": 150, "memoryUtil": -3.4},
+                              {"util": "hot", "memoryUtil": float("nan")},
+                              {"util": float("inf")}, "x"]
+    c = translate.pod_to_compute(pod)
+    assert c.gpu_utilization == [
+        GpuUtilization(util_pct=94, memory_util_pct=78),
+        GpuUtilization(util_pct=100, memory_util_pct=0),
+        GpuUtilization(util_pct=None, memory_util_pct=None),
+        GpuUtilization(util_pct=None, memory_util_pct=None),
     ]
-    # A ports array of dicts.
-    c = translate.pod_to_compute({"id": "r", "ports": [{"internal": 9000, "type": "http"}]})
-    assert c.ports[0].url == "https://r-9000.proxy.runpod.net"
-
-
-def test_pod_mappings_without_declared_ports_are_tcp() -> None:
-    c = translate.pod_to_compute({"id": "s", "publicIp": "9.9.9.9", "portMappings": {"22": 2}})
-    assert [(p.internal, p.protocol, p.url) for p in c.ports] == [(22, "tcp", "tcp://9.9.9.9:2")]
+    assert translate.gpu_utilization(None) is None
+    assert translate.gpu_utilization({"gpus": []}) == []
 
 
 def test_unknown_gpu_keeps_native_id_and_bad_values_are_ignored() -> None:
-    c = translate.pod_to_compute({"id": "u", "machine": {"gpuTypeId": "NVIDIA B200"},
-                                  "costPerHr": "n/a", "lastStartedAt": "yesterday",
-                                  "gpu": {"count": "x"}, "ports": ["abc/http", 7, None]})
-    assert c.gpu_type == "NVIDIA B200"
-    assert c.cost_per_hour is None and c.created_at is None and c.gpu_count == 1
-    assert c.ports == []
+    c = translate.pod_to_compute({"id": "z", "gpu": {"id": "NVIDIA Future 9000", "count": "x"},
+                                  "cost": "free", "runtime": {"ports": "nope"}, "ports": 3})
+    assert c.gpu_type == "NVIDIA Future 9000" and c.gpu_count == 1
+    assert c.cost_per_hour is None and c.ports == [] and c.public_ip is None
+    cpu_pod = translate.pod_to_compute({"id": "cpu", "cpu": {"id": "cpu5c"}})
+    assert cpu_pod.gpu_type is None and cpu_pod.gpu_count == 0
 
 
-def test_region_from_multiple_hints_is_unknown() -> None:
-    c = translate.pod_to_compute({"id": "m", "dataCenterIds": ["EU-RO-1", "US-TX-3"]})
-    assert c.region is None
+def test_live_ports_not_declared_are_kept() -> None:
+    c = translate.pod_to_compute({"id": "p", "ports": [], "runtime": {"ports": [
+        {"private": 9000, "public": 41000, "type": "tcp", "ip": "198.51.100.7"}]}})
+    assert [(p.internal, p.url) for p in c.ports] == [(9000, "tcp://198.51.100.7:41000")]
 
 
 def test_parse_time_go_format() -> None:
@@ -200,15 +210,12 @@ def test_malformed_pod_is_provider_error(body: Any) -> None:
         translate.pod_to_compute(body)
 
 
-def test_pods_from_list_shapes() -> None:
-    assert translate.pods_from_list([{"id": "a"}]) == [{"id": "a"}]
+def test_pods_from_list_wants_the_wrapped_shape() -> None:
     assert translate.pods_from_list({"pods": [{"id": "b"}]}) == [{"id": "b"}]
-    assert translate.pods_from_list({"data": []}) == []
-    assert translate.pods_from_list(None) == []
-    with pytest.raises(ProviderError):
-        translate.pods_from_list({"weird": 1})
-    with pytest.raises(ProviderError):
-        translate.pods_from_list("nope")
+    assert translate.pods_from_list({"pods": []}) == []
+    for wrong in ([{"id": "a"}], None, {"data": []}, {"pods": None}, {"pods": [1]}, "nope"):
+        with pytest.raises(ProviderError):
+            translate.pods_from_list(wrong)
 
 
 # ------------------------------------------------------------------ jobs
@@ -255,43 +262,40 @@ def test_stream_chunks_unwraps_output() -> None:
 
 
 # ------------------------------------------------------------------ catalog
-def test_gpu_types_from_graphql() -> None:
-    data = {"gpuTypes": [
-        {"id": "NVIDIA H100 80GB HBM3", "displayName": "H100 80GB", "memoryInGb": 80,
-         "secureCloud": True, "communityCloud": False,
-         "lowestPrice": {"minimumBidPrice": 1.2, "uninterruptablePrice": 2.49,
-                         "stockStatus": "High"}},
-        {"id": "NVIDIA GeForce RTX 4090", "displayName": "RTX 4090", "memoryInGb": 24,
-         "secureCloud": True, "communityCloud": True,
-         "lowestPrice": {"minimumBidPrice": None, "uninterruptablePrice": 0.69,
-                         "stockStatus": "None"}},
-        {"id": "Some New GPU", "communityCloud": True, "lowestPrice": None},
-    ]}
-    h100, r4090, new = translate.gpu_types_from_data(data)
-    assert (h100.canonical, h100.display_name, h100.memory_gb) == ("h100", "H100 80GB", 80)
-    assert (h100.lowest_price_per_hour, h100.spot_price_per_hour) == (2.49, 1.2)
-    assert h100.stock == "high" and h100.cloud_type == "secure" and h100.provider == "runpod"
-    assert r4090.stock == "unavailable" and r4090.cloud_type == "any"
-    assert r4090.canonical == "rtx_4090" and r4090.spot_price_per_hour is None
-    assert new.canonical is None and new.stock == "unknown" and new.cloud_type == "community"
+def catalog_example() -> dict[str, Any]:
+    content = _spec()["paths"]["/v2/catalog/gpus"]["get"]["responses"]["200"]["content"]
+    return copy.deepcopy(content["application/json"]["examples"]["gpus"]["value"])
 
 
-def test_gpu_type_tolerates_exatlas_top_level_stock() -> None:
-    item = {"id": "NVIDIA L4", "stockStatus": "Medium", "lowestPrice": {}}
-    assert translate.gpu_type_from_graphql(item).stock == "medium"
+def test_gpu_types_from_the_definitions_catalog() -> None:
+    (gpu,) = translate.gpu_types_from_catalog(catalog_example())
+    assert (gpu.id, gpu.canonical, gpu.display_name, gpu.memory_gb) == (
+        "NVIDIA GeForce RTX 4090", "rtx_4090", "RTX 4090", 24)
+    assert gpu.lowest_price_per_hour == 0.31 and gpu.spot_price_per_hour is None
+    assert gpu.stock == "high" and gpu.cloud_type == "any"
+    assert gpu.raw["pool"] == "ADA_24"
+
+
+@pytest.mark.parametrize(("changes", "price", "stock", "cloud"), [
+    ({"community": False}, 0.44, "high", "secure"),
+    ({"secure": False, "availability": "NONE"}, 0.31, "unavailable", "community"),
+    ({"availability": "LOW"}, 0.31, "low", "any"),
+    ({"availability": None}, 0.31, "unknown", "any"),
+    ({"secure": False, "community": False}, None, "high", "any"),
+])
+def test_gpu_type_price_stock_cloud(changes: dict[str, Any], price: float | None, stock: str,
+                                    cloud: str) -> None:
+    item = {**catalog_example()["gpus"][0], **changes}
+    gpu = translate.gpu_type_from_catalog(item)
+    assert (gpu.lowest_price_per_hour, gpu.stock, gpu.cloud_type) == (price, stock, cloud)
+
+
+def test_every_availability_level_is_mapped() -> None:
+    enum = _spec()["components"]["schemas"]["AvailabilityLevel"]["enum"]
+    assert sorted(translate.STOCK) == sorted(enum)
 
 
 def test_gpu_types_malformed() -> None:
-    with pytest.raises(ProviderError):
-        translate.gpu_types_from_data({"gpuTypes": None})
-    with pytest.raises(ProviderError):
-        translate.gpu_types_from_data([])
-    with pytest.raises(ProviderError):
-        translate.gpu_types_from_data({"gpuTypes": [{"displayName": "no id"}]})
-
-
-def test_query_asks_stock_under_lowest_price() -> None:
-    q = translate.GPU_TYPES_QUERY
-    price_block = q[q.index("lowestPrice"):]
-    assert "stockStatus" in price_block
-    assert q.count("stockStatus") == 1
+    for wrong in (None, [], {"gpus": None}, {"gpus": [{"name": "no id"}]}, {"gpus": ["x"]}):
+        with pytest.raises(ProviderError):
+            translate.gpu_types_from_catalog(wrong)

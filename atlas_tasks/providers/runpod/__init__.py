@@ -1,8 +1,8 @@
-"""RunPod provider: REST v1 pods, serverless runtime jobs and the GraphQL GPU catalog.
+"""RunPod provider: REST v2 pods, GPU catalog and extras, and serverless runtime jobs.
 
-Layout: :mod:`.client` (the three HTTP APIs and their base URLs), :mod:`.translate` (pure
+Layout: :mod:`.client` (the two HTTP APIs and their base URLs), :mod:`.translate` (pure
 spec ↔ payload functions), one module per resource (:mod:`.pods`, :mod:`.serverless`,
-:mod:`.graphql`, :mod:`.extras`) and the :class:`RunPodProvider` facade.
+:mod:`.extras`) and the :class:`RunPodProvider` facade.
 """
 
 from atlas_tasks.providers.runpod.provider import RunPodProvider

@@ -1,19 +1,17 @@
-"""RunPod's three HTTP APIs, built lazily from a :class:`ProviderContext`.
+"""RunPod's two HTTP APIs, built lazily from a :class:`ProviderContext`.
 
 ==============  ==========================================  =====================================
 API             base URL (first set wins)                   used for
 ==============  ==========================================  =====================================
-``management``  ``context.base_url`` > settings             REST v1: pods, templates, volumes,
-                ``runpod_base_url``                         endpoints
+``management``  ``context.base_url`` > settings             REST v2 (``/v2/...``): pods, GPU
+                ``runpod_base_url``                         catalog, templates, network
+                (default ``https://api.runpod.io``)         volumes, serverless endpoints
 ``runtime``     ``options["runtime_url"]`` > settings       serverless jobs, ``<base>/<endpoint>``
-                ``runpod_runtime_url``
-``graphql``     ``options["graphql_url"]`` > settings       the GPU price catalog
-                ``runpod_graphql_url``
+                ``runpod_runtime_url``                      (``https://api.runpod.ai/v2``)
 ==============  ==========================================  =====================================
 
-All three send ``Authorization: Bearer <key>``. For GraphQL, RunPod's docs show
-``?api_key=<key>`` (which ExAtlas used); the header works too (runpod-python sends it) and
-keeps the key out of URLs, access logs and our request hooks.
+Both send ``Authorization: Bearer <key>``. The management base URL is the API's root: paths
+carry their ``/v2`` themselves, as in RunPod's definition.
 
 A missing key raises ``UnauthorizedError`` on the first call, not at construction, so
 ``RunPodProvider.capabilities()`` and building a provider for introspection need no key.
@@ -35,7 +33,7 @@ MISSING_KEY = (
 
 
 class RunPodClients:
-    """Holder of the ``management``, ``runtime`` and ``graphql`` :class:`HttpClient`\\ s.
+    """Holder of the ``management`` and ``runtime`` :class:`HttpClient`\\ s.
 
     Args:
         context: the provider context.
@@ -61,8 +59,6 @@ class RunPodClients:
             return main_base_url(self.context, settings.runpod_base_url)
         if api == "runtime":
             return str(options.get("runtime_url") or settings.runpod_runtime_url)
-        if api == "graphql":
-            return str(options.get("graphql_url") or settings.runpod_graphql_url)
         raise ValueError(f"unknown RunPod API {api!r}")
 
     def get(self, api: str) -> HttpClient:
@@ -75,18 +71,13 @@ class RunPodClients:
 
     @property
     def management(self) -> HttpClient:
-        """REST v1 client."""
+        """REST v2 client."""
         return self.get("management")
 
     @property
     def runtime(self) -> HttpClient:
         """Serverless runtime client."""
         return self.get("runtime")
-
-    @property
-    def graphql(self) -> HttpClient:
-        """GraphQL client."""
-        return self.get("graphql")
 
     def close(self) -> None:
         """Close every pooled client."""

@@ -1,10 +1,20 @@
-"""RunPod-only REST v1 resources: templates, network volumes and serverless endpoints.
+"""RunPod-only REST v2 resources: templates, network volumes, serverless endpoints, billing
+and the GPU catalog.
 
-These have no place in the cross-cloud contract, so they are plain functions returning
-RunPod's own JSON objects (exposed as extra methods on ``RunPodProvider``). Creates answer
-**200** per the v1 spec (ExAtlas demanded 201, §9.3); both are accepted. Creates are sent
-``idempotent=False`` (a blind retry could make a second template/volume/endpoint); deletes
-answer 204 (200 accepted) and 404 raises ``NotFoundError``.
+These (the catalog aside) have no place in the cross-cloud contract, so they are plain
+functions returning RunPod's own JSON objects (exposed as extra methods on
+``RunPodProvider``). Paths, list wrappers and statuses follow the v2 definition:
+
+==================  ========================  ==================
+kind                collection                list wrapper
+==================  ========================  ==================
+``template``        ``/v2/templates``         ``templates``
+``network_volume``  ``/v2/network-volumes``   ``networkVolumes``
+``endpoint``        ``/v2/serverless``        ``endpoints``
+==================  ========================  ==================
+
+Creates answer 201 and are sent ``idempotent=False`` (a blind retry could make a second
+template/volume/endpoint); deletes answer 204 and 404 raises ``NotFoundError``.
 """
 
 from __future__ import annotations
@@ -12,61 +22,77 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from atlas_tasks.errors import ProviderError, validation_error
+from atlas_tasks.errors import validation_error
 from atlas_tasks.providers.http import HttpClient
-from atlas_tasks.providers.translate_common import drop_none
+from atlas_tasks.providers.runpod import translate
+from atlas_tasks.providers.translate_common import drop_none, malformed, object_with_id
+from atlas_tasks.specs import GpuType
 
-#: Collection paths by resource kind.
-RESOURCES: dict[str, str] = {
-    "template": "/templates",
-    "network_volume": "/networkvolumes",
-    "endpoint": "/endpoints",
+#: Collection path and list wrapper key by resource kind.
+RESOURCES: dict[str, tuple[str, str]] = {
+    "template": ("/v2/templates", "templates"),
+    "network_volume": ("/v2/network-volumes", "networkVolumes"),
+    "endpoint": ("/v2/serverless", "endpoints"),
 }
+
+#: GPU catalog path.
+CATALOG_GPUS = "/v2/catalog/gpus"
+
+#: Per-pod billing history path.
+BILLING_PODS = "/v2/billing/pods"
 
 
 def _item_path(kind: str, item_id: str) -> str:
     if not isinstance(item_id, str) or not item_id.strip():
         raise validation_error(f"{kind}_id", "must be a non-empty string", provider="runpod")
-    return f"{RESOURCES[kind]}/{quote(item_id.strip(), safe='')}"
-
-
-def _object(data: Any, kind: str) -> dict[str, Any]:
-    if not isinstance(data, dict) or not data.get("id"):
-        raise ProviderError(f"malformed answer: {kind} without an id", provider="runpod",
-                            raw=data if isinstance(data, dict) else {"body": data})
-    return data
+    return f"{RESOURCES[kind][0]}/{quote(item_id.strip(), safe='')}"
 
 
 def list_items(api: HttpClient, kind: str, params: dict[str, Any] | None = None
                ) -> list[dict[str, Any]]:
-    """``GET /<kind>s``: the bare array RunPod returns (``data`` wrapper tolerated)."""
-    data = api.call("GET", RESOURCES[kind], params=params).data
-    if isinstance(data, dict):
-        data = data.get("data", data.get(f"{kind}s"))
-    if data is None:
-        return []
-    if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
-        raise ProviderError(f"malformed answer: {kind} list is not an array of objects",
-                            provider="runpod", raw={"body": data})
-    return data
+    """``GET <collection>``: the objects under the kind's list wrapper.
+
+    Raises:
+        ProviderError: the answer is not ``{"<wrapper>": [objects]}``.
+    """
+    path, key = RESOURCES[kind]
+    return translate.wrapped_list(api.call("GET", path, params=params).data, key, kind)
 
 
 def get_item(api: HttpClient, kind: str, item_id: str) -> dict[str, Any]:
-    """``GET /<kind>s/{id}``."""
-    return _object(api.call("GET", _item_path(kind, item_id)).data, kind)
+    """``GET <collection>/{id}``; 404 raises ``NotFoundError``."""
+    return object_with_id("runpod", api.call("GET", _item_path(kind, item_id)).data, kind)[0]
 
 
 def create_item(api: HttpClient, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    """``POST /<kind>s`` (200 per spec, 201 accepted); ``None`` values dropped."""
-    payload = drop_none(body)
-    answer = api.call("POST", RESOURCES[kind], json=payload, expect=(200, 201),
+    """``POST <collection>`` (201; 200 accepted); ``None`` values dropped."""
+    answer = api.call("POST", RESOURCES[kind][0], json=drop_none(body), expect=(201, 200),
                       idempotent=False)
-    return _object(answer.data, kind)
+    return object_with_id("runpod", answer.data, kind)[0]
 
 
 def delete_item(api: HttpClient, kind: str, item_id: str) -> None:
-    """``DELETE /<kind>s/{id}`` (204; 200 accepted)."""
+    """``DELETE <collection>/{id}`` (204; 200 accepted)."""
     api.call("DELETE", _item_path(kind, item_id), expect=(204, 200))
 
 
-__all__ = ["RESOURCES", "create_item", "delete_item", "get_item", "list_items"]
+def list_gpu_types(api: HttpClient) -> list[GpuType]:
+    """``GET /v2/catalog/gpus`` with pod availability: prices per cloud and stock."""
+    answer = api.call("GET", CATALOG_GPUS, params=translate.CATALOG_PARAMS)
+    return translate.gpu_types_from_catalog(answer.data)
+
+
+def pod_billing(api: HttpClient, params: dict[str, Any]) -> dict[str, Any]:
+    """``GET /v2/billing/pods``: ``{"records": [...], "metadata": {...}}`` as RunPod sends it.
+
+    Raises:
+        ProviderError: the answer has no ``records`` array.
+    """
+    body = api.call("GET", BILLING_PODS, params=params).data
+    if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+        raise malformed("runpod", "pod billing answer has no records array", body)
+    return body
+
+
+__all__ = ["BILLING_PODS", "CATALOG_GPUS", "RESOURCES", "create_item", "delete_item", "get_item",
+           "list_gpu_types", "list_items", "pod_billing"]

@@ -1,12 +1,16 @@
-"""RunPod pods over REST v1: create (duplicate-safe), get, list, stop, start, terminate.
+"""RunPod pods over REST v2: create (duplicate-safe), get, list, stop, start, terminate.
 
-Expected statuses follow the v1 spec (reference notes §1.1): ``POST /pods`` answers 201
-(200 accepted too), ``DELETE /pods/{id}`` answers 204 (200 accepted too).
+Statuses follow the v2 definition: ``POST /v2/pods`` answers 201 with the pod,
+``POST /v2/pods/{id}/action`` 200 with the pod (204 for ``terminate``),
+``DELETE /v2/pods/{id}`` 204. Errors are RFC 9457 problems (mapped by the HTTP layer).
 
-Terminate: 404 raises ``NotFoundError`` (the orchestrator counts it as done). RunPod may
-also answer **400 "Invalid Pod ID."**; that stays a ``ProviderError``, because a 400 can
-equally mean a malformed id we sent, and treating it as "already gone" could hide a pod
-that still bills. Callers that know the id came from RunPod may decide otherwise.
+Terminate: 404 raises ``NotFoundError`` (the orchestrator counts it as done); a 409 (a
+cluster member pod, which must be deleted through its cluster) stays a ``ProviderError``.
+
+Stop and start are retried like any idempotent call. v2 answers **409** when the action
+is not valid for the pod's status, which is also what the retry of a stop whose first
+answer was lost gets; so a 409 is settled by reading the pod: already in the wanted state
+→ done, otherwise the 409 is raised.
 """
 
 from __future__ import annotations
@@ -14,22 +18,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import quote
 
-from atlas_tasks.errors import validation_error
+from atlas_tasks.errors import AtlasError, validation_error
 from atlas_tasks.providers.base import filter_computes
 from atlas_tasks.providers.http import HttpClient, create_once
 from atlas_tasks.providers.runpod import translate
 from atlas_tasks.specs import Compute, ComputeRequest, ComputeStatus
 
+#: Collection path of pods.
+PODS = "/v2/pods"
+
+#: Statuses that mean an action already had its effect (see the module docstring).
+_SETTLED: dict[str, frozenset[ComputeStatus]] = {
+    "stop": frozenset({ComputeStatus.STOPPED}),
+    "start": frozenset({ComputeStatus.RUNNING, ComputeStatus.PROVISIONING}),
+}
+
 
 def pod_path(pod_id: str, suffix: str = "") -> str:
-    """``/pods/<id><suffix>`` with the id checked and percent-encoded.
+    """``/v2/pods/<id><suffix>`` with the id checked and percent-encoded.
 
     Raises:
         ValidationError: field ``compute_id`` when the id is empty or not a string.
     """
     if not isinstance(pod_id, str) or not pod_id.strip():
         raise validation_error("compute_id", "must be a non-empty string", provider="runpod")
-    return f"/pods/{quote(pod_id.strip(), safe='')}{suffix}"
+    return f"{PODS}/{quote(pod_id.strip(), safe='')}{suffix}"
 
 
 def create(
@@ -41,13 +54,12 @@ def create(
 ) -> Compute:
     """Create a pod so that exactly one results, even when RunPod fails the answer.
 
-    ``POST /pods`` is sent with ``idempotent=False``: the HTTP layer retries only 429 and
-    connect failures. After a failure that may have created the pod (5xx, read timeout,
-    reset), we wait one backoff, then look the pod up by ``request.name``: found → return
-    it; not found → create again, at most ``max_retries`` more times. Without a name no
-    lookup is possible, so the error is raised (still flagged ``maybe_created``) rather
-    than risking a second pod; the orchestrator always sets a name. The loop is
-    :func:`atlas_tasks.providers.http.create_once`.
+    ``POST /v2/pods`` is sent with ``idempotent=False``: the HTTP layer retries only 429
+    and connect failures. After a failure that may have created the pod (5xx, read
+    timeout, reset), we wait one backoff, then look the pod up by its name: found → return
+    it; not found → create again, at most ``max_retries`` more times. v2 requires a name,
+    so a request without one gets a generated name (:func:`translate.default_pod_name`)
+    that the lookup then uses. The loop is :func:`atlas_tasks.providers.http.create_once`.
 
     Raises:
         ValidationError: bad request fields (see :func:`translate.pod_create_body`).
@@ -56,16 +68,16 @@ def create(
     body = translate.pod_create_body(request)
 
     def post() -> Compute:
-        answer = api.call("POST", "/pods", json=body, expect=(201, 200), idempotent=False)
+        answer = api.call("POST", PODS, json=body, expect=(201, 200), idempotent=False)
         return translate.pod_to_compute(answer.data)
 
-    return create_once(post, name=request.name, find_by_name=find_by_name,
+    return create_once(post, name=body["name"], find_by_name=find_by_name,
                        max_retries=max_retries, sleep=api.sleep, backoff=api.backoff_delay,
                        label="runpod", kind="pod")
 
 
 def get(api: HttpClient, pod_id: str) -> Compute:
-    """``GET /pods/{id}``; 404 raises ``NotFoundError``."""
+    """``GET /v2/pods/{id}``; 404 raises ``NotFoundError``."""
     return translate.pod_to_compute(api.call("GET", pod_path(pod_id)).data)
 
 
@@ -77,9 +89,9 @@ def list_pods(
     region: str | None = None,
     gpu: str | None = None,
 ) -> list[Compute]:
-    """``GET /pods`` with ``desiredStatus``/``name`` sent as query parameters, then every
-    filter applied again client-side (exact name, status, region, canonical GPU)."""
-    answer = api.call("GET", "/pods", params=translate.list_params(status, name))
+    """``GET /v2/pods``, filtered client-side: v2 declares no status or name query
+    parameters (only ``includeClusterPods``, left at its default)."""
+    answer = api.call("GET", PODS)
     computes = [translate.pod_to_compute(item) for item in translate.pods_from_list(answer.data)]
     return filter_computes(computes, status=status, name=name, region=region, gpu=gpu)
 
@@ -91,19 +103,41 @@ def find_by_name(api: HttpClient, name: str) -> Compute | None:
     return live[0] if live else None
 
 
+def action(api: HttpClient, pod_id: str, verb: str) -> None:
+    """``POST /v2/pods/{id}/action`` with ``{"action": verb}`` (200, or 204).
+
+    A 409 for ``stop``/``start`` is settled by reading the pod (module docstring).
+
+    Raises:
+        NotFoundError: unknown pod.
+        AtlasError: any other failure, including a 409 the pod's state does not explain.
+    """
+    path = pod_path(pod_id, "/action")
+    try:
+        api.call("POST", path, json={"action": verb}, expect=(200, 204), idempotent=True)
+    except AtlasError as err:
+        settled = _SETTLED.get(verb)
+        if err.status != 409 or settled is None:
+            raise
+        if get(api, pod_id).status not in settled:
+            raise
+        # Already stopped/started: the effect the caller wants is there.
+
+
 def stop(api: HttpClient, pod_id: str) -> None:
-    """``POST /pods/{id}/stop`` (keeps the volume). Safe to retry."""
-    api.call("POST", pod_path(pod_id, "/stop"), expect=(200, 201, 204), idempotent=True)
+    """Stop a pod (keeps its disk): the ``stop`` action. Safe to retry."""
+    action(api, pod_id, "stop")
 
 
 def start(api: HttpClient, pod_id: str) -> None:
-    """``POST /pods/{id}/start``. Safe to retry."""
-    api.call("POST", pod_path(pod_id, "/start"), expect=(200, 201, 204), idempotent=True)
+    """Start a stopped pod: the ``start`` action. Safe to retry."""
+    action(api, pod_id, "start")
 
 
 def terminate(api: HttpClient, pod_id: str) -> None:
-    """``DELETE /pods/{id}`` (204; 200 accepted); 404 raises ``NotFoundError``."""
+    """``DELETE /v2/pods/{id}`` (204; 200 accepted); 404 raises ``NotFoundError``."""
     api.call("DELETE", pod_path(pod_id), expect=(204, 200))
 
 
-__all__ = ["create", "find_by_name", "get", "list_pods", "pod_path", "start", "stop", "terminate"]
+__all__ = ["PODS", "action", "create", "find_by_name", "get", "list_pods", "pod_path", "start",
+           "stop", "terminate"]

@@ -1,7 +1,7 @@
 """``RunPodProvider``: the facade over RunPod pods, serverless jobs and the GPU catalog.
 
-Each method is one resource call delegated to :mod:`.pods`, :mod:`.serverless`,
-:mod:`.graphql` or :mod:`.extras`; translation lives in :mod:`.translate`, HTTP (pooling,
+Each method is one resource call delegated to :mod:`.pods`, :mod:`.serverless` or
+:mod:`.extras`; translation lives in :mod:`.translate`, HTTP (pooling,
 retries, hooks) in :mod:`atlas_tasks.providers.http`.
 
 Example::
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from atlas_tasks.providers.base import Provider, ProviderContext, status_filter
-from atlas_tasks.providers.runpod import extras, graphql, pods, serverless
+from atlas_tasks.providers.runpod import extras, pods, serverless
 from atlas_tasks.providers.runpod.client import RunPodClients
 from atlas_tasks.specs import (
     Capability,
@@ -38,7 +38,10 @@ from atlas_tasks.specs import (
 
 
 class RunPodProvider(Provider):
-    """RunPod (``provider="runpod"``): REST v1 pods, serverless runtime, GraphQL catalog.
+    """RunPod (``provider="runpod"``): REST v2 pods and catalog, serverless runtime.
+
+    RunPod REST v2 has no spot (interruptible) pods, so ``spot`` is not among the
+    capabilities and ``spot=True`` is a validation error.
 
     Args:
         context: API key and base URLs (see :mod:`.client` for the override order).
@@ -51,7 +54,6 @@ class RunPodProvider(Provider):
 
     name: ClassVar[str] = "runpod"
     CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset({
-        Capability.SPOT,
         Capability.SERVERLESS,
         Capability.NETWORK_VOLUMES,
         Capability.HTTP_PROXY,
@@ -79,13 +81,13 @@ class RunPodProvider(Provider):
 
     # ------------------------------------------------------------------ pods
     def create_compute(self, request: ComputeRequest) -> Compute:
-        """``POST /pods``, duplicate-safe (see :func:`.pods.create`)."""
+        """``POST /v2/pods``, duplicate-safe (see :func:`.pods.create`)."""
         api = self.clients.management
         return pods.create(api, request, find_by_name=self.find_compute_by_name,
                            max_retries=api.max_retries)
 
     def get_compute(self, compute_id: str) -> Compute:
-        """``GET /pods/{id}``; ``NotFoundError`` when unknown."""
+        """``GET /v2/pods/{id}``; ``NotFoundError`` when unknown."""
         return pods.get(self.clients.management, compute_id)
 
     def list_compute(
@@ -106,19 +108,19 @@ class RunPodProvider(Provider):
                               gpu=canonical_gpu(gpu) if gpu else None)
 
     def find_compute_by_name(self, name: str) -> Compute | None:
-        """``GET /pods?name=``: the not-terminated pod with exactly this name, or None."""
+        """The not-terminated pod with exactly this name (from ``GET /v2/pods``), or None."""
         return pods.find_by_name(self.clients.management, name)
 
     def stop(self, compute_id: str) -> None:
-        """``POST /pods/{id}/stop``."""
+        """``POST /v2/pods/{id}/action`` ``{"action": "stop"}``."""
         pods.stop(self.clients.management, compute_id)
 
     def start(self, compute_id: str) -> None:
-        """``POST /pods/{id}/start``."""
+        """``POST /v2/pods/{id}/action`` ``{"action": "start"}``."""
         pods.start(self.clients.management, compute_id)
 
     def terminate(self, compute_id: str) -> None:
-        """``DELETE /pods/{id}``; ``NotFoundError`` on 404 (see :mod:`.pods` about 400)."""
+        """``DELETE /v2/pods/{id}``; ``NotFoundError`` on 404."""
         pods.terminate(self.clients.management, compute_id)
 
     # ------------------------------------------------------------------ serverless
@@ -149,59 +151,79 @@ class RunPodProvider(Provider):
 
     # ------------------------------------------------------------------ catalog
     def list_gpu_types(self) -> list[GpuType]:
-        """GPU catalog from GraphQL (prices for one GPU, stock from ``lowestPrice``)."""
-        return graphql.list_gpu_types(self.clients.graphql)
+        """``GET /v2/catalog/gpus``: per-GPU prices (secure/community) and pod stock."""
+        return extras.list_gpu_types(self.clients.management)
 
     # ------------------------------------------------------------------ RunPod-only extras
     def list_templates(self, **params: Any) -> list[dict[str, Any]]:
-        """``GET /templates`` (e.g. ``includePublicTemplates=True``)."""
+        """``GET /v2/templates``: the account's templates."""
         return extras.list_items(self.clients.management, "template", params or None)
 
-    def create_template(self, name: str, image_name: str, **fields: Any) -> dict[str, Any]:
-        """``POST /templates`` with the required ``name``/``imageName`` plus v1 fields."""
+    def get_template(self, template_id: str) -> dict[str, Any]:
+        """``GET /v2/templates/{id}``."""
+        return extras.get_item(self.clients.management, "template", template_id)
+
+    def create_template(self, name: str, image: str, **fields: Any) -> dict[str, Any]:
+        """``POST /v2/templates`` with the required ``name``/``image`` plus any other
+        ``CreateTemplateRequest`` field (``env``, ``ports``, ``disk``, ``serverless``...)."""
         return extras.create_item(self.clients.management, "template",
-                                  {"name": name, "imageName": image_name, **fields})
+                                  {**fields, "name": name, "image": image})
 
     def delete_template(self, template_id: str) -> None:
-        """``DELETE /templates/{id}``."""
+        """``DELETE /v2/templates/{id}``."""
         extras.delete_item(self.clients.management, "template", template_id)
 
     def list_network_volumes(self) -> list[dict[str, Any]]:
-        """``GET /networkvolumes``: ``[{id, name, size, dataCenterId}]``."""
+        """``GET /v2/network-volumes``: ``[{id, name, size, dataCenter, type}]``."""
         return extras.list_items(self.clients.management, "network_volume")
 
     def get_network_volume(self, volume_id: str) -> dict[str, Any]:
-        """``GET /networkvolumes/{id}``."""
+        """``GET /v2/network-volumes/{id}``."""
         return extras.get_item(self.clients.management, "network_volume", volume_id)
 
     def create_network_volume(self, name: str, size_gb: int, data_center_id: str,
                               **fields: Any) -> dict[str, Any]:
-        """``POST /networkvolumes`` (``size`` in GB)."""
+        """``POST /v2/network-volumes`` (``size`` in GB, 10-4096; ``type`` optional)."""
         return extras.create_item(
             self.clients.management, "network_volume",
-            {"name": name, "size": size_gb, "dataCenterId": data_center_id, **fields},
+            {**fields, "name": name, "size": size_gb, "dataCenter": data_center_id},
         )
 
     def delete_network_volume(self, volume_id: str) -> None:
-        """``DELETE /networkvolumes/{id}``."""
+        """``DELETE /v2/network-volumes/{id}``."""
         extras.delete_item(self.clients.management, "network_volume", volume_id)
 
     def list_endpoints(self, **params: Any) -> list[dict[str, Any]]:
-        """``GET /endpoints`` (e.g. ``includeTemplate=True``)."""
+        """``GET /v2/serverless``: the account's serverless endpoints."""
         return extras.list_items(self.clients.management, "endpoint", params or None)
 
     def get_endpoint(self, endpoint_id: str) -> dict[str, Any]:
-        """``GET /endpoints/{id}``."""
+        """``GET /v2/serverless/{id}``."""
         return extras.get_item(self.clients.management, "endpoint", endpoint_id)
 
-    def create_endpoint(self, template_id: str, **fields: Any) -> dict[str, Any]:
-        """``POST /endpoints`` with the required ``templateId`` plus v1 fields."""
-        return extras.create_item(self.clients.management, "endpoint",
-                                  {"templateId": template_id, **fields})
+    def create_endpoint(self, name: str, *, template_id: str | None = None,
+                        **fields: Any) -> dict[str, Any]:
+        """``POST /v2/serverless``: a queue endpoint (``type="QUEUE"``, scaling on a 4 s
+        queue delay unless ``scaling`` is given) from ``template_id`` or ``image``, plus any
+        other ``CreateEndpointRequest`` field (``gpu: {"pools": [...]}``, ``workers``...)."""
+        body: dict[str, Any] = {
+            "type": "QUEUE",
+            "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},
+            **fields,
+            "name": name,
+            "templateId": template_id,
+        }
+        return extras.create_item(self.clients.management, "endpoint", body)
 
     def delete_endpoint(self, endpoint_id: str) -> None:
-        """``DELETE /endpoints/{id}``."""
+        """``DELETE /v2/serverless/{id}``."""
         extras.delete_item(self.clients.management, "endpoint", endpoint_id)
+
+    def pod_billing(self, pod_id: str | None = None, **params: Any) -> dict[str, Any]:
+        """``GET /v2/billing/pods``: spend per pod and time bucket (``records``) with
+        ``metadata.totals``; ``params`` are the query (``lastN``, ``bucketSize``,
+        ``startTime``, ``endTime``)."""
+        return extras.pod_billing(self.clients.management, {**params, "podId": pod_id})
 
 
 __all__ = ["RunPodProvider"]

@@ -5,12 +5,12 @@ Tests run it in a thread::
     from atlas_tasks.testing.fakecloud import FakeCloud
 
     with FakeCloud(latency_s=0.01) as cloud:
-        cloud.runpod_rest_url      # http://127.0.0.1:<port>/runpod/v1
+        cloud.runpod_rest_url      # http://127.0.0.1:<port>/runpod (REST v2: /v2/pods...)
         cloud.fail_next("POST /pods", 500, after_create=True)
 
 The CLI runs it in the foreground with :func:`serve` (``atlas-tasks fakecloud --port N``).
 Module map: ``config`` (settings), ``faults`` (injection), ``state`` (pods, counters),
-``runpod_rest`` / ``runpod_runtime`` / ``graphql`` (the APIs), ``admin`` (``/_admin``),
+``runpod_rest`` (REST v2) / ``runpod_runtime`` (the RunPod APIs), ``admin`` (``/_admin``),
 ``app`` (:func:`create_app`), ``server`` (:class:`FakeCloud`, :func:`serve`).
 """
 

@@ -2,9 +2,8 @@
 
 Layout (each provider under its own prefix, so Fly/Lambda/Vast can be added beside it)::
 
-    /runpod/v1/...        RunPod REST v1        (runpod_rest)
-    /runpod/v2/<ep>/...   RunPod serverless     (runpod_runtime)
-    /runpod/graphql       RunPod GraphQL        (graphql)
+    /runpod/v2/...        RunPod REST v2        (runpod_rest; base URL <fake>/runpod)
+    /runpod/v2/<ep>/...   RunPod serverless     (runpod_runtime; matched after REST v2)
     /lambda/api/v1/...    Lambda Cloud          (lambda_labs)
     /vast/api/v0/...      Vast.ai               (vast)
     /fly/v1/apps/...      Fly Machines          (fly_machines)
@@ -23,7 +22,6 @@ from atlas_tasks.testing.fakecloud import (
     admin,
     fly_logs,
     fly_machines,
-    graphql,
     runpod_rest,
     runpod_runtime,
 )
@@ -57,7 +55,6 @@ def create_app(config: FakeCloudConfig | None = None) -> Starlette:
     routes = [
         *runpod_rest.build_routes(ctx),
         *runpod_runtime.build_routes(ctx),
-        *graphql.build_routes(ctx),
         *lambda_api.build_routes(ctx),
         *vast_api.build_routes(ctx),
         *fly_logs.build_routes(ctx),

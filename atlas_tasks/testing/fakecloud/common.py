@@ -107,14 +107,13 @@ def _presented_key(request: Request, api: str) -> str | None:
     # The serverless docs' curl sends the bare key; RunPod accepts it there.
     if header and api == "runtime":
         return header
-    if api == "graphql":
-        return request.query_params.get("api_key")
     return None
 
 
 def _unauthorized(api: str, message: str) -> JSONResponse:
-    if api == "graphql":
-        return JSONResponse({"errors": [{"message": message}]}, status_code=401)
+    if api == "rest":  # RunPod REST v2 answers RFC 9457 problems
+        return JSONResponse({"title": "Unauthorized", "status": 401, "detail": message},
+                            status_code=401, media_type="application/problem+json")
     return error(401, message)
 
 
@@ -131,7 +130,8 @@ def provider_route(
     """A Starlette route at ``prefix + path`` running ``handler`` behind auth and faults.
 
     Args:
-        api: ``rest``, ``runtime`` or ``graphql`` (auth flavour; script rules' ``api``).
+        api: ``rest`` (RunPod REST v2), ``runtime`` or another provider's name (auth
+            flavour; script rules' ``api``).
         create: the call creates a resource (eligible for random 500-after-create).
     """
     template = f"{prefix}{path}"

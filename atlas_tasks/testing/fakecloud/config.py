@@ -20,8 +20,8 @@ class ScriptRule(BaseModel):
     """One deterministic fault: "the next ``times`` calls matching ``match`` answer ``status``".
 
     ``match`` is ``"METHOD PATH"``; PATH is an fnmatch glob compared with the path below
-    the API prefix (``/pods``, ``/pods/*``, ``/<endpoint>/run``, ``/graphql``) and with the
-    full path (``/runpod/v1/pods``). METHOD may be ``*``. Examples::
+    the API prefix (``/pods``, ``/pods/*``, ``/<endpoint>/run``) and with the
+    full path (``/runpod/v2/pods``). METHOD may be ``*``. Examples::
 
         {"match": "POST /pods", "status": 500, "after_create": true, "times": 1}
         {"match": "DELETE /pods/*", "status": 429, "retry_after": 2, "times": 3}
@@ -43,7 +43,7 @@ class ScriptRule(BaseModel):
     retry_after: int | None = Field(default=None, ge=0)
     #: JSON body to send; default ``{"error": <reason phrase>}``.
     body: Any = None
-    #: Restrict to one API: ``rest``, ``runtime`` or ``graphql``.
+    #: Restrict to one API: ``rest`` (RunPod REST v2), ``runtime`` (RunPod serverless)...
     api: str | None = None
 
     @field_validator("match")
@@ -89,15 +89,17 @@ class FakeCloudConfig(BaseModel):
     """Start-up behaviour of the fake cloud (all times in seconds).
 
     Attributes:
-        api_keys: keys accepted as ``Authorization: Bearer <key>`` (and ``?api_key=`` on GraphQL).
-        boot_delay_s: after create/start a pod is RUNNING but has no ``publicIp`` and
-            ``portMappings`` is null for this long, like a real pod pulling its image.
+        api_keys: keys accepted as ``Authorization: Bearer <key>``.
+        boot_delay_s: after create/start a RunPod pod is ``PROVISIONING`` then ``STARTING``
+            (no ``runtime``: no public ports yet) for this long, like a real pod pulling its
+            image, then ``RUNNING``.
         queue_delay_s / run_time_s: serverless jobs sit IN_QUEUE, then IN_PROGRESS, this long.
         result_ttl_s / runsync_result_ttl_s: how long a finished job stays readable
             (RunPod: 30 min for /run, 1 min for /runsync); after that /status answers 404.
         job_ttl_s: default lifetime of a job from submission (RunPod: 24 h; ``policy.ttl``).
         runsync_default_wait_ms: how long /runsync blocks without ``?wait=`` (RunPod: 90 s).
-        strict_gpu_types: reject ``gpuTypeIds`` outside the v1 enum, as the real API does.
+        strict_gpu_types: reject a ``gpu.id`` RunPod does not offer (400), as
+            the real API does.
         strict_fields: reject unknown top-level fields in create bodies.
         faults: the fault plan at start-up (and after ``/_admin/reset``).
     """

@@ -159,18 +159,14 @@ class FakeCloud:
 
     @property
     def runpod_rest_url(self) -> str:
-        """Base for ``ATLAS_RUNPOD_BASE_URL`` (stands in for ``https://rest.runpod.io/v1``)."""
-        return f"{self.url}/runpod/v1"
+        """Base for ``ATLAS_RUNPOD_BASE_URL`` (stands in for ``https://api.runpod.io``; the
+        REST v2 paths ``/v2/pods``... follow it)."""
+        return f"{self.url}/runpod"
 
     @property
     def runpod_runtime_url(self) -> str:
         """Base for ``ATLAS_RUNPOD_RUNTIME_URL`` (stands in for ``https://api.runpod.ai/v2``)."""
         return f"{self.url}/runpod/v2"
-
-    @property
-    def runpod_graphql_url(self) -> str:
-        """``ATLAS_RUNPOD_GRAPHQL_URL`` (stands in for ``https://api.runpod.io/graphql``)."""
-        return f"{self.url}/runpod/graphql"
 
     @property
     def lambda_labs_url(self) -> str:
@@ -192,7 +188,6 @@ class FakeCloud:
         return {
             "ATLAS_RUNPOD_BASE_URL": self.runpod_rest_url,
             "ATLAS_RUNPOD_RUNTIME_URL": self.runpod_runtime_url,
-            "ATLAS_RUNPOD_GRAPHQL_URL": self.runpod_graphql_url,
             "ATLAS_RUNPOD_API_KEY": self.api_key,
             "ATLAS_LAMBDA_LABS_BASE_URL": self.lambda_labs_url,
             "ATLAS_LAMBDA_LABS_API_KEY": self.api_key,
@@ -286,9 +281,8 @@ def serve(
     key_note = DEFAULT_API_KEY if config.api_keys == {DEFAULT_API_KEY} else "<configured>"
     print(  # noqa: T201 - the CLI's banner
         f"fake cloud on {base}\n"
-        f"  RunPod REST     {base}/runpod/v1\n"
+        f"  RunPod REST v2  {base}/runpod  (paths /v2/pods, ...)\n"
         f"  RunPod runtime  {base}/runpod/v2\n"
-        f"  RunPod GraphQL  {base}/runpod/graphql\n"
         f"  Lambda Labs     {base}/lambda/api/v1\n"
         f"  Vast.ai         {base}/vast/api/v0\n"
         f"  admin           {base}/_admin/state\n"

@@ -32,20 +32,22 @@ def iso(ts: float) -> str:
 
 @dataclass
 class Pod:
-    """One fake pod; :meth:`to_v1` renders the REST v1 ``Pod`` schema."""
+    """One fake pod; :meth:`to_v2` renders RunPod REST v2's ``Pod`` schema.
+
+    ``desired_status`` is ``RUNNING``, ``EXITED`` or ``TERMINATED`` (what the user asked
+    for); the v2 ``status`` is derived from it and the boot clock (:meth:`v2_status`).
+    """
 
     id: str
     name: str
     image: str
     template_id: str | None
     cloud_type: str
-    compute_type: str
     gpu_type_id: str
     gpu_count: int
     env: dict[str, str]
     ports: list[str]
     data_center_id: str
-    interruptible: bool
     created_at: float
     last_started_at: float
     boot_until: float
@@ -57,77 +59,90 @@ class Pod:
     calls: Counter[str] = field(default_factory=Counter)
 
     def cost_per_hr(self) -> float:
-        """Hourly price of the whole pod (per-GPU price × count)."""
+        """Hourly price of the whole pod (per-GPU price × count) while it runs."""
         gpu = gpu_info(self.gpu_type_id)
-        secure = self.cloud_type == "SECURE"
-        if self.interruptible:
-            unit = gpu.secure_spot_price if secure else gpu.community_spot_price
-        else:
-            unit = gpu.secure_price if secure else gpu.community_price
+        unit = gpu.secure_price if self.cloud_type == "SECURE" else gpu.community_price
         return round(unit * self.gpu_count, 3)
 
     def booted(self, now: float) -> bool:
         """True once the pod has a public IP and port mappings."""
         return self.desired_status == "RUNNING" and now >= self.boot_until
 
-    def to_v1(self, now: float) -> dict[str, Any]:
-        """The pod as ``GET /pods/{id}`` returns it (v1 spec field names and types)."""
-        gpu = gpu_info(self.gpu_type_id)
-        cost = self.cost_per_hr()
-        booted = self.booted(now)
-        secure = self.cloud_type == "SECURE"
-        body: dict[str, Any] = {
+    def v2_status(self, now: float) -> str:
+        """The v2 ``PodStatus``: PROVISIONING then STARTING (each half the boot delay),
+        RUNNING once booted; EXITED when stopped; TERMINATED when deleted."""
+        if self.desired_status != "RUNNING":
+            return self.desired_status
+        if self.booted(now):
+            return "RUNNING"
+        halfway = self.last_started_at + (self.boot_until - self.last_started_at) / 2
+        return "PROVISIONING" if now < halfway else "STARTING"
+
+    def to_v2(self, now: float) -> dict[str, Any]:
+        """The pod as ``GET /v2/pods/{id}`` returns it (every field the definition
+        requires, with its type; ``null`` only where it is nullable)."""
+        status = self.v2_status(now)
+        running = status == "RUNNING"
+        direct = None
+        if running and "22" in self.tcp_mappings:
+            port = self.tcp_mappings["22"]
+            direct = {"host": self.public_ip, "port": port, "username": "root",
+                      "command": f"ssh root@{self.public_ip} -p {port}"}
+        user = f"{self.id}-{self.id[:8]}"
+        mounts: dict[str, Any] = {}
+        if "mounts" in self.extra:
+            mounts = dict(self.extra["mounts"])
+        return {
             "id": self.id,
             "name": self.name,
             "image": self.image,
-            "desiredStatus": self.desired_status,
-            # The spec's example has costPerHr as a string and adjustedCostPerHr as a number.
-            "costPerHr": f"{cost:.2f}",
-            "adjustedCostPerHr": cost,
-            "publicIp": self.public_ip if booted else "",
-            "portMappings": dict(self.tcp_mappings) if booted else None,
+            "args": str(self.extra.get("args", "")),
+            "disk": int(self.extra.get("disk", 50)),
             "ports": list(self.ports),
             "env": dict(self.env),
-            "interruptible": self.interruptible,
-            "locked": bool(self.extra.get("locked", False)),
-            "lastStartedAt": iso(self.last_started_at),
-            "lastStatusChange": self.last_status_change,
-            "machineId": f"m{self.id[:10]}",
-            "machine": {
-                "gpuTypeId": self.gpu_type_id,
-                "gpuDisplayName": gpu.display_name,
-                "dataCenterId": self.data_center_id,
-                "location": self.data_center_id.split("-")[0],
-                "secureCloud": secure,
-                "supportPublicIp": True,
-                "costPerHr": cost,
-                "currentPricePerGpu": round(cost / self.gpu_count, 3),
-                "maxDownloadSpeedMbps": 2500,
+            "registry": self.extra.get("registry"),
+            "status": status,
+            "actions": _ACTIONS[status],
+            "mounts": mounts,
+            "gpu": {"id": self.gpu_type_id, "count": self.gpu_count},
+            "cloud": self.cloud_type,
+            "dataCenterId": self.data_center_id,
+            "cudaVersion": "12.8",
+            "ssh": {
+                "proxy": {"host": "ssh.runpod.io", "port": 22, "username": user,
+                          "command": f"ssh {user}@ssh.runpod.io"},
+                "direct": direct,
             },
-            "gpu": {
-                "id": self.gpu_type_id,
-                "count": self.gpu_count,
-                "displayName": gpu.display_name,
-                "securePrice": gpu.secure_price,
-                "communityPrice": gpu.community_price,
-                "secureSpotPrice": gpu.secure_spot_price,
-                "communitySpotPrice": gpu.community_spot_price,
-            },
-            "memoryInGb": 62 * self.gpu_count,
-            "vcpuCount": int(self.extra.get("vcpuCount", 8 * self.gpu_count)),
-            "containerDiskInGb": int(self.extra.get("containerDiskInGb", 50)),
-            "volumeInGb": int(self.extra.get("volumeInGb", 20)),
-            "volumeMountPath": self.extra.get("volumeMountPath", "/workspace"),
-            "templateId": self.template_id,
-            "networkVolumeId": self.extra.get("networkVolumeId"),
-            "dockerEntrypoint": list(self.extra.get("dockerEntrypoint", [])),
-            "dockerStartCmd": list(self.extra.get("dockerStartCmd", [])),
-            "consumerUserId": "user_fakecloud",
-            "volumeEncrypted": False,
+            "template": None,  # v2: a created pod keeps no link to its template
+            # v2: the cost is a number, 0.0 while EXITED or TERMINATED.
+            "cost": self.cost_per_hr() if self.desired_status == "RUNNING" else 0.0,
+            "locked": False,
+            "globalNetworking": {"enabled": False},
+            "runtime": self._runtime(now) if running else None,
+            "createdAt": iso(self.created_at),
+            "startedAt": iso(self.last_started_at) if self.desired_status == "RUNNING" else None,
         }
-        if self.compute_type == "CPU":
-            body["gpu"] = None
-        return body
+
+    def _runtime(self, now: float) -> dict[str, Any]:
+        ports: list[dict[str, Any]] = []
+        for spec in self.ports:
+            number, _, kind = spec.partition("/")
+            if kind == "tcp":
+                ports.append({"private": int(number), "public": self.tcp_mappings.get(number),
+                              "type": "tcp", "ip": self.public_ip})
+            else:  # http ports are reached through RunPod's proxy, not a public port
+                ports.append({"private": int(number), "public": None, "type": kind,
+                              "ip": None})
+        # A deterministic but moving load, so tests can see per-GPU figures change.
+        load = int(now) % 60 + 20
+        return {
+            "uptime": max(0, int(now - self.last_started_at)),
+            "gpus": [{"util": min(100, load + i), "memoryUtil": min(100, load // 2 + i)}
+                     for i in range(self.gpu_count)],
+            "cpu": {"util": 12},
+            "memory": {"util": 35},
+            "ports": ports,
+        }
 
     def admin_view(self) -> dict[str, Any]:
         """Compact record for ``/_admin/state``."""
@@ -155,7 +170,7 @@ class CloudState:
         self.endpoints: dict[str, dict[str, Any]] = {}
         #: Semantic totals: creates, deletes (effective), delete_calls, gets, lists, ...
         self.totals: Counter[str] = Counter()
-        #: Calls per route template, e.g. "POST /runpod/v1/pods" (faulted calls included).
+        #: Calls per route template, e.g. "POST /runpod/v2/pods" (faulted calls included).
         self.routes: Counter[str] = Counter()
         #: Per-endpoint runtime counters: status_calls, stream_calls, runs, ...
         self.endpoint_calls: dict[str, Counter[str]] = {}
@@ -195,10 +210,10 @@ class CloudState:
     # ---- pods ---------------------------------------------------------------------------
 
     def create_pod(self, body: dict[str, Any], *, boot_delay_s: float) -> Pod:
-        """Create a RUNNING pod from a validated PodCreateInput body."""
+        """Create a pod from a validated v2 ``CreatePodRequest`` body."""
         now = time.time()
         with self.lock:
-            gpu_ids = body.get("gpuTypeIds") or ["NVIDIA GeForce RTX 4090"]
+            gpu = body.get("gpu") or {"id": "NVIDIA GeForce RTX 4090"}
             dcs = body.get("dataCenterIds") or list(DATA_CENTERS)
             ports = list(body.get("ports", []))
             mappings = {
@@ -208,16 +223,14 @@ class CloudState:
             pod = Pod(
                 id=self.new_pod_id(),
                 name=body.get("name", "my pod"),
-                image=body.get("imageName", ""),
+                image=body.get("image", ""),
                 template_id=body.get("templateId"),
-                cloud_type=body.get("cloudType", "SECURE"),
-                compute_type=body.get("computeType", "GPU"),
-                gpu_type_id=gpu_ids[0],
-                gpu_count=int(body.get("gpuCount", 1)),
+                cloud_type=body.get("cloud", "SECURE"),
+                gpu_type_id=gpu["id"],
+                gpu_count=int(gpu.get("count", 1)),
                 env=dict(body.get("env", {})),
                 ports=ports,
                 data_center_id=dcs[0],
-                interruptible=bool(body.get("interruptible", False)),
                 created_at=now,
                 last_started_at=now,
                 boot_until=now + boot_delay_s,
@@ -253,9 +266,15 @@ class CloudState:
             self.endpoint_calls.setdefault(endpoint_id, Counter())[kind] += 1
 
 
-#: PodCreateInput fields kept on the pod and echoed back.
-_ECHOED = frozenset({
-    "containerDiskInGb", "volumeInGb", "volumeMountPath", "networkVolumeId", "vcpuCount",
-    "dockerEntrypoint", "dockerStartCmd", "locked", "globalNetworking", "supportPublicIp",
-    "countryCodes", "allowedCudaVersions",
-})
+#: CreatePodRequest fields kept on the pod and echoed back.
+_ECHOED = frozenset({"args", "disk", "mounts", "registry"})
+
+#: v2 ``actions`` valid in each status (the ``podAction`` operation's description).
+_ACTIONS: dict[str, list[str]] = {
+    "PROVISIONING": ["stop", "terminate"],
+    "STARTING": ["stop", "terminate"],
+    "RUNNING": ["stop", "restart", "terminate"],
+    "EXITED": ["start", "terminate"],
+    "ERROR": ["start", "terminate"],
+    "TERMINATED": [],
+}
