@@ -183,15 +183,15 @@ def test_lifecycle_survives_random_rate_limiting(cloud: FakeCloud, make: Any) ->
 def test_lambda_sold_out_type_fails_before_launching(
         lam: LambdaLabsProvider, cloud: FakeCloud) -> None:
     with pytest.raises(ProviderError) as info:
-        lam.spawn_compute(build_compute_request(gpu="h100_sxm", image=IMAGE, name="atlas-c"))
+        lam.spawn_compute(build_compute_request(gpu="h100_pcie", image=IMAGE, name="atlas-c"))
     assert str(info.value.message).startswith("insufficient capacity")
-    assert "gpu_1x_h100_sxm5" in str(info.value)
+    assert "gpu_1x_h100_pcie" in str(info.value)
     assert cloud.state()["lambda_labs"]["totals"].get("launches", 0) == 0
 
 
 def test_lambda_region_hint_without_capacity(lam: LambdaLabsProvider, cloud: FakeCloud) -> None:
     httpx.post(f"{cloud.url}/_admin/lambda_labs/capacity",
-               json={"instance_type": "gpu_1x_h100_pcie", "regions": ["us-east-1"]})
+               json={"instance_type": "gpu_1x_h100_sxm5", "regions": ["us-east-1"]})
     with pytest.raises(ProviderError) as info:
         lam.spawn_compute(build_compute_request(gpu="h100", image=IMAGE,
                                                 region_hints=["us-west-1"]))
