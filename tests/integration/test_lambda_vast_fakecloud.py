@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from atlas_tasks import cli
 from atlas_tasks.config import AtlasSettings, reset_settings
-from atlas_tasks.errors import NotFoundError, ProviderError, UnauthorizedError
+from atlas_tasks.errors import NotFoundError, ProviderError, UnauthorizedError, ValidationError
 from atlas_tasks.providers import get_provider
 from atlas_tasks.providers.base import Provider, ProviderContext
 from atlas_tasks.providers.lambda_labs import LambdaLabsProvider
@@ -287,10 +287,14 @@ def test_fake_validates_like_the_apis(cloud: FakeCloud) -> None:
                                                 provider_opts={"ssh_key_name": "nope"}))
     assert "SSH key 'nope' does not exist" in str(key.value) and key.value.status == 400
     vast = vast_provider(cloud)
-    with pytest.raises(ProviderError) as bid:
+    with pytest.raises(ValidationError) as opts:  # the price is ours to set, never an opt
         vast.spawn_compute(build_compute_request(gpu="rtx_4090", image=IMAGE,
                                                  provider_opts={"price": 0.01}))
-    assert "below the minimum bid" in str(bid.value)
+    assert opts.value.field == "provider_opts"
+    bid = httpx.put(f"{cloud.vast_url}/asks/7100001/", headers={
+        "Authorization": f"Bearer {cloud.api_key}"}, json={
+        "client_id": "me", "image": IMAGE, "env": {}, "disk": 10.0, "price": 0.01})
+    assert bid.status_code == 400 and "below the minimum bid" in bid.json()["msg"]
     for bad in (LambdaLabsProvider(ProviderContext(api_key="wrong",
                                                    base_url=cloud.lambda_labs_url)),
                 VastProvider(ProviderContext(api_key="wrong", base_url=cloud.vast_url))):
