@@ -7,6 +7,8 @@ The cross-check of every id against the providers' published definitions lives i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from atlas_tasks.errors import ValidationError
@@ -216,3 +218,17 @@ def test_canonical_gpu_normalises_case_and_dashes() -> None:
     assert canonical_gpu("rtx-4090") == "rtx_4090"
     assert canonical_for_native("runpod", "unknown card") is None
     assert canonical_for_native("runpod", None) is None
+
+
+def test_readme_gpu_table_matches_the_catalog() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for canonical, ids in GPU_CATALOG.items():
+        row = next((line for line in readme.splitlines()
+                    if line.startswith(f"| `{canonical}` |")), None)
+        assert row is not None, f"README has no GPU row for {canonical}"
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == (f"`{ids['runpod']}`" if "runpod" in ids else "–"), canonical
+        assert cells[3] == (f"`{ids['fly']}`" if "fly" in ids else "–"), canonical
+        assert cells[4].startswith(f"`{ids['vast']}`" if "vast" in ids else "–"), canonical
+        for count, type_name in LAMBDA_SIZES.get(canonical, {}).items():
+            assert f"{count}: `{type_name}`" in cells[2], canonical
