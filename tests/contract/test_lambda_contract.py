@@ -27,7 +27,7 @@ from atlas_tasks.providers.base import ProviderContext
 from atlas_tasks.providers.lambda_labs import LambdaLabsProvider
 from atlas_tasks.specs import ComputeStatus, build_compute_request
 from atlas_tasks.testing.fakecloud import FakeCloud
-from atlas_tasks.testing.fakecloud.lambda_labs import DEFAULT_SSH_KEY
+from atlas_tasks.testing.fakecloud.lambda_labs import DEFAULT_SSH_KEY, INSTANCE_TYPES
 
 SPEC = "lambda-cloud-openapi-1.8.3.json"
 
@@ -188,3 +188,8 @@ def test_the_definition_really_requires_what_the_fake_sends() -> None:
     assert "preempted" in schemas["InstanceStatus"]["enum"]
     assert "quantity" not in schemas["InstanceLaunchRequest"]["properties"]
     assert json.dumps(schemas["InstanceLaunchRequest"]).count("user_data") == 1
+
+
+def test_fake_sells_only_real_instance_types() -> None:
+    real = set(load_spec_dict("lambda-instance-types.json")["instance_types"])
+    assert {t.name for t in INSTANCE_TYPES} <= real
