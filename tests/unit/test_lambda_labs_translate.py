@@ -270,3 +270,11 @@ def test_preempted_instances_read_as_terminated() -> None:
     assert t.STATUSES["preempted"] == ComputeStatus.TERMINATED
     compute = t.instance_to_compute({**INSTANCE, "status": "preempted"})
     assert compute.status == ComputeStatus.TERMINATED
+
+
+def test_name_longer_than_lambda_allows_is_a_name_error() -> None:
+    request = build_compute_request(gpu="h100", image="i", name="atlas-" + "x" * 59)
+    with pytest.raises(ValidationError) as info:
+        t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
+                      ssh_key_name="k")
+    assert info.value.field == "name" and "64" in str(info.value)

@@ -125,7 +125,10 @@ class LambdaLabsProvider(Provider):
                 "network_volume_id", "Lambda attaches file systems by name: pass "
                 "provider_opts={'file_system_names': [name]}", provider=PROVIDER)
         ssh_key = self.ssh_key_name(request)
-        translate.launch_opts(request)  # bad provider_opts fail before any call
+        # Bad provider_opts, env or a name Lambda would refuse fail before any call.
+        translate.launch_opts(request)
+        translate.check_name(request)
+        translate.user_data(request)
         type_name = translate.instance_type_name(request.gpu, request.gpu_count)
         types = translate.instance_types(self.client.call("GET", "/instance-types").data)
         region = translate.choose_region(types, type_name, request.region_hints)

@@ -79,6 +79,9 @@ LAUNCH_FIELDS = frozenset({
 OWN_LAUNCH_FIELDS = frozenset({"region_name", "instance_type_name", "ssh_key_names", "name",
                                "user_data"})
 
+#: ``InstanceLaunchRequest.name``'s ``maxLength``.
+MAX_NAME = 64
+
 #: ``provider_opts`` keys passed through to the launch body.
 PASS_THROUGH_OPTS = LAUNCH_FIELDS - OWN_LAUNCH_FIELDS
 
@@ -313,6 +316,17 @@ def launch_opts(request: ComputeRequest) -> dict[str, Any]:
     return opts
 
 
+def check_name(request: ComputeRequest) -> None:
+    """Refuse a name longer than ``InstanceLaunchRequest.name`` allows.
+
+    Raises:
+        ValidationError: field ``name``.
+    """
+    if request.name is not None and len(request.name) > MAX_NAME:
+        raise validation_error("name", f"Lambda instance names are at most {MAX_NAME} "
+                               f"characters (got {len(request.name)})", provider=PROVIDER)
+
+
 def launch_body(
     request: ComputeRequest, *, type_name: str, region: str, ssh_key_name: str
 ) -> dict[str, Any]:
@@ -325,6 +339,7 @@ def launch_body(
     Raises:
         ValidationError: field ``provider_opts`` (see :func:`launch_opts`).
     """
+    check_name(request)
     ours: dict[str, Any] = drop_none({
         "region_name": region,
         "instance_type_name": type_name,
@@ -454,6 +469,7 @@ __all__ = [
     "ENV_FILE",
     "INSUFFICIENT_CAPACITY",
     "LAUNCH_FIELDS",
+    "MAX_NAME",
     "NOT_FOUND_CODES",
     "OWN_LAUNCH_FIELDS",
     "PASS_THROUGH_OPTS",
@@ -461,6 +477,7 @@ __all__ = [
     "STATUSES",
     "canonical_of_type",
     "capacity_error",
+    "check_name",
     "choose_region",
     "env_from_user_data",
     "error_code",
