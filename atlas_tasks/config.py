@@ -67,7 +67,7 @@ class AtlasSettings(BaseSettings):
     #: Lease of an app's streamer lock (renewed on every poll); a dead streamer is
     #: replaced after this long.
     fly_logs_lease_s: float = Field(default=15.0, gt=0)
-    lambda_labs_base_url: str = "https://cloud.lambdalabs.com/api/v1"
+    lambda_labs_base_url: str = "https://cloud.lambda.ai/api/v1"
     vast_base_url: str = "https://console.vast.ai/api/v0"
     #: The one SSH key (by name, as registered with Lambda) every Lambda launch carries;
     #: Lambda requires exactly one. ``provider_opts={"ssh_key_name": ...}`` overrides it.

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from atlas_tasks import cli
 from atlas_tasks.config import AtlasSettings, reset_settings
-from atlas_tasks.errors import NotFoundError, ProviderError, UnauthorizedError
+from atlas_tasks.errors import NotFoundError, ProviderError, UnauthorizedError, ValidationError
 from atlas_tasks.providers import get_provider
 from atlas_tasks.providers.base import Provider, ProviderContext
 from atlas_tasks.providers.lambda_labs import LambdaLabsProvider
@@ -183,15 +183,15 @@ def test_lifecycle_survives_random_rate_limiting(cloud: FakeCloud, make: Any) ->
 def test_lambda_sold_out_type_fails_before_launching(
         lam: LambdaLabsProvider, cloud: FakeCloud) -> None:
     with pytest.raises(ProviderError) as info:
-        lam.spawn_compute(build_compute_request(gpu="h100_sxm", image=IMAGE, name="atlas-c"))
+        lam.spawn_compute(build_compute_request(gpu="h100_pcie", image=IMAGE, name="atlas-c"))
     assert str(info.value.message).startswith("insufficient capacity")
-    assert "gpu_1x_h100_sxm5" in str(info.value)
+    assert "gpu_1x_h100_pcie" in str(info.value)
     assert cloud.state()["lambda_labs"]["totals"].get("launches", 0) == 0
 
 
 def test_lambda_region_hint_without_capacity(lam: LambdaLabsProvider, cloud: FakeCloud) -> None:
     httpx.post(f"{cloud.url}/_admin/lambda_labs/capacity",
-               json={"instance_type": "gpu_1x_h100_pcie", "regions": ["us-east-1"]})
+               json={"instance_type": "gpu_1x_h100_sxm5", "regions": ["us-east-1"]})
     with pytest.raises(ProviderError) as info:
         lam.spawn_compute(build_compute_request(gpu="h100", image=IMAGE,
                                                 region_hints=["us-west-1"]))
@@ -287,10 +287,14 @@ def test_fake_validates_like_the_apis(cloud: FakeCloud) -> None:
                                                 provider_opts={"ssh_key_name": "nope"}))
     assert "SSH key 'nope' does not exist" in str(key.value) and key.value.status == 400
     vast = vast_provider(cloud)
-    with pytest.raises(ProviderError) as bid:
+    with pytest.raises(ValidationError) as opts:  # the price is ours to set, never an opt
         vast.spawn_compute(build_compute_request(gpu="rtx_4090", image=IMAGE,
                                                  provider_opts={"price": 0.01}))
-    assert "below the minimum bid" in str(bid.value)
+    assert opts.value.field == "provider_opts"
+    bid = httpx.put(f"{cloud.vast_url}/asks/7100001/", headers={
+        "Authorization": f"Bearer {cloud.api_key}"}, json={
+        "client_id": "me", "image": IMAGE, "env": {}, "disk": 10.0, "price": 0.01})
+    assert bid.status_code == 400 and "below the minimum bid" in bid.json()["msg"]
     for bad in (LambdaLabsProvider(ProviderContext(api_key="wrong",
                                                    base_url=cloud.lambda_labs_url)),
                 VastProvider(ProviderContext(api_key="wrong", base_url=cloud.vast_url))):

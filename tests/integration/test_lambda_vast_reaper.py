@@ -55,7 +55,7 @@ def _lambda_launch(cluster: LocalCluster, name: str) -> str:
     answer = httpx.post(f"{cloud.lambda_labs_url}/instance-operations/launch",
                         headers={"Authorization": f"Bearer {cloud.api_key}"},
                         json={"region_name": "us-east-1", "instance_type_name": "gpu_1x_a10",
-                              "ssh_key_names": [DEFAULT_SSH_KEY], "name": name, "quantity": 1})
+                              "ssh_key_names": [DEFAULT_SSH_KEY], "name": name})
     answer.raise_for_status()
     return str(answer.json()["data"]["instance_ids"][0])
 

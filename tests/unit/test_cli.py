@@ -69,7 +69,7 @@ def test_gpus_catalog_table(runner: CliRunner) -> None:
     result = runner.invoke(cli.cli, ["gpus"])
     assert result.exit_code == 0, result.output
     h100 = next(line for line in result.output.splitlines() if "│ h100 " in line)
-    assert "NVIDIA H100 80GB HBM3" in h100 and "gpu_1x_h100_pcie" in h100
+    assert "NVIDIA H100 80GB HBM3" in h100 and "gpu_1x_h100_sxm5" in h100
     a100 = next(line for line in result.output.splitlines() if "│ a100_80g " in line)
     assert "a100-sxm4-80gb" in a100
 

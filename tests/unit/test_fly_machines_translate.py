@@ -280,3 +280,39 @@ def test_invalid_app_names(app: Any) -> None:
     with pytest.raises(ValidationError) as info:
         t.check_app(app)
     assert info.value.field == "app"
+
+
+@pytest.mark.parametrize(("opts", "field", "named"), [
+    ({"name": "evil"}, "provider_opts", "name"),
+    ({"region": "ams"}, "provider_opts", "region"),
+    ({"bogus": 1}, "provider_opts", "bogus"),
+    ({"config": {"env": {"ATLAS_PRESHARED_KEY": "mine"}}}, "provider_opts.config", "env"),
+    ({"config": {"image": "other"}}, "provider_opts.config", "image"),
+    ({"config": {"nonsense": True}}, "provider_opts.config", "nonsense"),
+    ({"guest": {"gpu_kind": "a10"}}, "provider_opts.guest", "gpu_kind"),
+    ({"guest": {"gpus": 8}}, "provider_opts.guest", "gpus"),
+])
+def test_provider_opts_never_override_our_fields(opts: dict[str, Any], field: str,
+                                                 named: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        body_for(gpu="a10", name="atlas-f1", env={"ATLAS_PRESHARED_KEY": "tok"},
+                 provider_opts=opts)
+    assert info.value.field == field and named in str(info.value)
+
+
+def test_provider_opts_from_the_definition_pass_below_ours() -> None:
+    body = body_for(gpu="a100_80g", gpu_count=2, name="atlas-f1",
+                    env={"ATLAS_PRESHARED_KEY": "tok"},
+                    provider_opts={"skip_service_registration": True, "lease_ttl": 30,
+                                   "config": {"restart": {"policy": "no"}, "spot": False},
+                                   "guest": {"max_memory_mb": 65536},
+                                   "metadata": {"atlas": "0", "team": "ml"}})
+    assert body["skip_service_registration"] is True and body["lease_ttl"] == 30
+    assert body["name"] == "atlas-f1"
+    config = body["config"]
+    assert config["restart"] == {"policy": "no"} and config["spot"] is False
+    assert config["env"] == {"ATLAS_PRESHARED_KEY": "tok"}
+    assert config["metadata"] == {"atlas": "1", "team": "ml"}  # our label wins
+    guest = config["guest"]
+    assert guest["gpu_kind"] == "a100-sxm4-80gb" and guest["gpus"] == 2
+    assert guest["max_memory_mb"] == 65536

@@ -26,7 +26,7 @@ from atlas_tasks.specs import ComputeStatus, build_compute_request
 
 BASE = "https://lambda.test/api/v1"
 TYPE = {
-    "name": "gpu_1x_h100_pcie", "description": "1x H100 (80 GB PCIe)",
+    "name": "gpu_1x_h100_sxm5", "description": "1x H100 (80 GB SXM5)",
     "price_cents_per_hour": 249, "specs": {"gpus": 1},
 }
 
@@ -56,7 +56,7 @@ class FakeLambda:
         if queue:
             return queue.pop(0)(request)
         if path == "/instance-types":
-            return httpx.Response(200, json={"data": {"gpu_1x_h100_pcie": {
+            return httpx.Response(200, json={"data": {"gpu_1x_h100_sxm5": {
                 "instance_type": TYPE,
                 "regions_with_capacity_available": [{"name": r, "description": r}
                                                     for r in self.capacity]}}})
@@ -127,7 +127,7 @@ def test_launch_picks_first_region_and_settings_key(provider: LambdaLabsProvider
     assert compute.image == "img:1" and compute.ports[0].url == "tcp://198.51.100.9:8000"
     body = json.loads(fake.calls("POST", "/api/v1/instance-operations/launch")[0].content)
     assert body["region_name"] == "us-east-1" and body["ssh_key_names"] == ["laptop"]
-    assert body["quantity"] == 1 and body["instance_type_name"] == "gpu_1x_h100_pcie"
+    assert "quantity" not in body and body["instance_type_name"] == "gpu_1x_h100_sxm5"
 
 
 def test_region_hint_and_ssh_key_from_provider_opts(provider: LambdaLabsProvider,
@@ -262,7 +262,7 @@ def test_missing_key_raises_on_first_call_only() -> None:
 
 def test_base_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert LambdaLabsProvider(ProviderContext(settings=AtlasSettings())).client.base_url == (
-        "https://cloud.lambdalabs.com/api/v1")
+        "https://cloud.lambda.ai/api/v1")
     monkeypatch.setenv("ATLAS_LAMBDA_LABS_BASE_URL", "https://env.test/v1")
     reset_settings()
     assert _base(get_provider("lambda_labs", api_key="k", cache=False)) == (
@@ -275,7 +275,7 @@ def test_base_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_catalog_over_http(provider: LambdaLabsProvider) -> None:
     (entry,) = provider.list_gpu_types()
     assert (entry.id, entry.canonical, entry.lowest_price_per_hour, entry.stock) == (
-        "gpu_1x_h100_pcie", "h100", 2.49, "medium")
+        "gpu_1x_h100_sxm5", "h100", 2.49, "medium")
 
 
 def _base(provider: object) -> str:

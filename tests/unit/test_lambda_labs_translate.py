@@ -20,11 +20,11 @@ from atlas_tasks.specs import ComputeStatus, build_compute_request
 
 INSTANCE_TYPES: dict[str, Any] = {
     "data": {
-        "gpu_1x_h100_pcie": {
+        "gpu_1x_h100_sxm5": {
             "instance_type": {
-                "name": "gpu_1x_h100_pcie",
-                "description": "1x H100 (80 GB PCIe)",
-                "gpu_description": "H100 (80 GB PCIe)",
+                "name": "gpu_1x_h100_sxm5",
+                "description": "1x H100 (80 GB SXM5)",
+                "gpu_description": "H100 (80 GB SXM5)",
                 "price_cents_per_hour": 249,
                 "specs": {"vcpus": 26, "memory_gib": 200, "storage_gib": 1024, "gpus": 1},
             },
@@ -63,8 +63,8 @@ INSTANCE: dict[str, Any] = {
     "file_system_names": ["shared-fs"],
     "region": {"name": "us-east-1", "description": "Virginia, USA"},
     "instance_type": {
-        "name": "gpu_1x_h100_pcie",
-        "description": "1x H100 (80 GB PCIe)",
+        "name": "gpu_1x_h100_sxm5",
+        "description": "1x H100 (80 GB SXM5)",
         "price_cents_per_hour": 249,
         "specs": {"vcpus": 26, "memory_gib": 200, "storage_gib": 1024, "gpus": 1},
     },
@@ -76,11 +76,11 @@ INSTANCE: dict[str, Any] = {
 
 def test_instance_types_become_gpu_types_in_dollars_with_stock() -> None:
     types = {g.id: g for g in t.gpu_types_from_body(INSTANCE_TYPES)}
-    h100 = types["gpu_1x_h100_pcie"]
+    h100 = types["gpu_1x_h100_sxm5"]
     assert (h100.provider, h100.canonical, h100.lowest_price_per_hour) == (
         "lambda_labs", "h100", 2.49)
     assert h100.stock == "medium" and h100.memory_gb == 80.0 and h100.spot_price_per_hour is None
-    assert h100.display_name == "1x H100 (80 GB PCIe)"
+    assert h100.display_name == "1x H100 (80 GB SXM5)"
     assert types["gpu_8x_a100_80gb_sxm4"].stock == "unavailable"
     assert types["gpu_8x_a100_80gb_sxm4"].lowest_price_per_hour == 14.32
     assert types["gpu_1x_a10"].stock == "high" and types["gpu_1x_a10"].canonical == "a10"
@@ -93,9 +93,11 @@ def test_stock_levels() -> None:
 
 
 @pytest.mark.parametrize(("gpu", "count", "expected"), [
-    ("h100", 1, "gpu_1x_h100_pcie"),
-    ("h100", 8, "gpu_8x_h100_pcie"),
-    ("a100_80g", 2, "gpu_2x_a100_sxm4_80gb"),
+    ("h100", 1, "gpu_1x_h100_sxm5"),
+    ("h100", 8, "gpu_8x_h100_sxm5"),
+    ("a100_80g", 8, "gpu_8x_a100_80gb_sxm4"),
+    ("a6000", 4, "gpu_4x_a6000"),
+    ("rtx_6000", 1, "gpu_1x_rtx6000"),
 ])
 def test_instance_type_name_by_count(gpu: str, count: int, expected: str) -> None:
     assert t.instance_type_name(gpu, count) == expected
@@ -111,8 +113,8 @@ def test_gpu_lambda_lacks_is_a_validation_error() -> None:
 
 def test_region_first_hint_with_capacity_else_first_free() -> None:
     types = t.instance_types(INSTANCE_TYPES)
-    assert t.choose_region(types, "gpu_1x_h100_pcie", ()) == "us-east-1"
-    assert t.choose_region(types, "gpu_1x_h100_pcie", ("eu-1", "us-west-1")) == "us-west-1"
+    assert t.choose_region(types, "gpu_1x_h100_sxm5", ()) == "us-east-1"
+    assert t.choose_region(types, "gpu_1x_h100_sxm5", ("eu-1", "us-west-1")) == "us-west-1"
 
 
 def test_region_without_capacity_is_a_clear_capacity_error() -> None:
@@ -122,15 +124,15 @@ def test_region_without_capacity_is_a_clear_capacity_error() -> None:
     assert str(info.value.message).startswith("insufficient capacity")
     assert t.INSUFFICIENT_CAPACITY in str(info.value)
     with pytest.raises(ProviderError) as hinted:
-        t.choose_region(types, "gpu_1x_h100_pcie", ("eu-1",))
+        t.choose_region(types, "gpu_1x_h100_sxm5", ("eu-1",))
     assert "in eu-1" in str(hinted.value) and "us-east-1" in str(hinted.value)
 
 
 def test_unknown_size_names_the_gpu_count_field() -> None:
     with pytest.raises(ValidationError) as info:
-        t.choose_region(t.instance_types(INSTANCE_TYPES), "gpu_3x_h100_pcie", ())
+        t.choose_region(t.instance_types(INSTANCE_TYPES), "gpu_3x_h100_sxm5", ())
     assert info.value.field == "gpu_count"
-    assert "gpu_1x_h100_pcie" in str(info.value)
+    assert "gpu_1x_h100_sxm5" in str(info.value)
 
 
 def test_launch_body_has_exactly_one_key_and_opts_win() -> None:
@@ -138,10 +140,10 @@ def test_launch_body_has_exactly_one_key_and_opts_win() -> None:
         gpu="h100", image="vllm/vllm-openai:latest", name="atlas-x", ports=[(8000, "http")],
         env={"HF_TOKEN": "hf_x"},
         provider_opts={"ssh_key_name": "k2", "file_system_names": ["fs"]})
-    body = t.launch_body(request, type_name="gpu_1x_h100_pcie", region="us-east-1",
+    body = t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
                          ssh_key_name="k2")
-    assert body["region_name"] == "us-east-1" and body["instance_type_name"] == "gpu_1x_h100_pcie"
-    assert body["ssh_key_names"] == ["k2"] and body["quantity"] == 1
+    assert body["region_name"] == "us-east-1" and body["instance_type_name"] == "gpu_1x_h100_sxm5"
+    assert body["ssh_key_names"] == ["k2"]
     assert body["name"] == "atlas-x" and body["file_system_names"] == ["fs"]
     assert "ssh_key_name" not in body and "docker_args" not in body
     script = body["user_data"]
@@ -234,3 +236,45 @@ def test_other_codes_keep_kind_and_flag() -> None:
     assert is_maybe_created(t.refine_error(flagged))
     plain = error_from_response(502, "<html>bad gateway</html>", "lambda_labs")
     assert t.refine_error(plain) is plain
+
+
+def test_launch_body_keys_are_exactly_instance_launch_request_fields() -> None:
+    request = build_compute_request(gpu="h100", image="i", name="atlas-x",
+                                    provider_opts={"hostname": "node1", "tags": []})
+    body = t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
+                         ssh_key_name="k")
+    assert set(body) <= t.LAUNCH_FIELDS
+    assert set(body) == {"region_name", "instance_type_name", "ssh_key_names", "name",
+                         "user_data", "hostname", "tags"}
+
+
+@pytest.mark.parametrize(("opts", "named"), [
+    ({"name": "evil"}, "name"),
+    ({"user_data": "#!/bin/sh\necho pwned"}, "user_data"),
+    ({"region_name": "us-west-1"}, "region_name"),
+    ({"quantity": 2}, "quantity"),
+    ({"bogus": 1, "also_bad": 2}, "also_bad, bogus"),
+])
+def test_provider_opts_can_never_override_our_fields_or_add_unknown_ones(
+        opts: dict[str, object], named: str) -> None:
+    request = build_compute_request(gpu="h100", image="i", name="atlas-x",
+                                    env={"ATLAS_PRESHARED_KEY": "tok"}, provider_opts=opts)
+    with pytest.raises(ValidationError) as info:
+        t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
+                      ssh_key_name="k")
+    assert info.value.field == "provider_opts"
+    assert named in str(info.value)
+
+
+def test_preempted_instances_read_as_terminated() -> None:
+    assert t.STATUSES["preempted"] == ComputeStatus.TERMINATED
+    compute = t.instance_to_compute({**INSTANCE, "status": "preempted"})
+    assert compute.status == ComputeStatus.TERMINATED
+
+
+def test_name_longer_than_lambda_allows_is_a_name_error() -> None:
+    request = build_compute_request(gpu="h100", image="i", name="atlas-" + "x" * 59)
+    with pytest.raises(ValidationError) as info:
+        t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
+                      ssh_key_name="k")
+    assert info.value.field == "name" and "64" in str(info.value)

@@ -49,17 +49,23 @@ INSTANCE: dict[str, Any] = {
 
 def test_search_query_for_on_demand_and_bid() -> None:
     q = t.search_query(build_compute_request(gpu="rtx_4090", gpu_count=2, image="i"))
-    assert q["gpu_name"] == {"eq": "RTX 4090"} and q["num_gpus"] == {"eq": 2}
+    # Value types as the official client's query parser sends them: plain values as
+    # strings, booleans as booleans, gpu_ram in MB as a number.
+    assert q["gpu_name"] == {"eq": "RTX 4090"} and q["num_gpus"] == {"eq": "2"}
     assert q["verified"] == {"eq": True} and q["rentable"] == {"eq": True}
     assert q["rented"] == {"eq": False} and q["external"] == {"eq": False}
     assert q["order"] == [["dph_total", "asc"]] and q["type"] == "on-demand"
-    assert q["disk_space"] == {"gte": t.DEFAULT_DISK_GB}
+    assert q["disk_space"] == {"gte": str(t.DEFAULT_DISK_GB)}
+    assert q["allocated_storage"] == float(t.DEFAULT_DISK_GB) and q["limit"] == t.SEARCH_LIMIT
+    assert "gpu_ram" not in q
     spot = t.search_query(build_compute_request(gpu="a6000", image="i", spot=True,
                                                 container_disk_gb=50, volume_gb=10))
     assert spot["type"] == "bid" and spot["gpu_name"] == {"eq": "RTX A6000"}
-    assert spot["disk_space"] == {"gte": 60}
+    assert spot["disk_space"] == {"gte": "60"}
+    a100 = t.search_query(build_compute_request(gpu="a100_80g", image="i"))
+    assert a100["gpu_name"] == {"eq": "A100 SXM4"} and a100["gpu_ram"] == {"gte": 70_000.0}
     with pytest.raises(ValidationError) as info:
-        t.search_query(build_compute_request(gpu="l4", image="i"))
+        t.search_query(build_compute_request(gpu="mi300x", image="i"))
     assert info.value.field == "gpu"
 
 
@@ -79,13 +85,19 @@ def test_create_body_env_ports_label_price() -> None:
     request = build_compute_request(gpu="rtx_4090", image="img:1", name="atlas-s1",
                                     env={"A": "b"}, ports=[(8000, "http"), (22, "tcp")])
     body = t.create_body(request, OFFERS["offers"][1])
-    assert body == {"client_id": "me", "image": "img:1", "disk": t.DEFAULT_DISK_GB,
+    assert body == {"client_id": "me", "image": "img:1", "disk": float(t.DEFAULT_DISK_GB),
                     "env": {"A": "b", "-p 8000:8000": "1", "-p 22:22": "1"},
-                    "label": "atlas-s1", "runtype": "args", "price": None}
+                    "label": "atlas-s1", "runtype": "args", "price": None,
+                    # the rest of the official client's body, with its defaults
+                    "extra": None, "onstart": None, "image_login": None,
+                    "python_utf8": False, "lang_utf8": False, "use_jupyter_lab": False,
+                    "jupyter_dir": None, "force": False, "cancel_unavail": False,
+                    "template_hash_id": None, "user": None}
+    assert set(body) <= t.CREATE_FIELDS
     spot = t.create_body(build_compute_request(gpu="rtx_4090", image="i", spot=True,
                                                provider_opts={"runtype": "ssh"}),
                          OFFERS["offers"][1])
-    assert spot["price"] == 0.25 and spot["runtype"] == "ssh" and "label" not in spot
+    assert spot["price"] == 0.25 and spot["runtype"] == "ssh" and spot["label"] is None
     with pytest.raises(ValidationError) as info:
         t.create_body(build_compute_request(gpu="rtx_4090", image="i", env={"-e": "x"}),
                       OFFERS["offers"][1])
@@ -112,8 +124,10 @@ def test_instance_to_compute_real_shape() -> None:
     ]
     assert c.created_at is not None and c.created_at.timestamp() == 1732300000.25
     assert t.env_of(INSTANCE) == {"HF_TOKEN": "hf_x"}
-    unknown_gpu = t.instance_to_compute({**INSTANCE, "gpu_name": "RTX 5090", "ports": None})
-    assert unknown_gpu.gpu_type == "RTX 5090" and unknown_gpu.ports == []
+    unknown_gpu = t.instance_to_compute({**INSTANCE, "gpu_name": "Tesla K80", "ports": None})
+    assert unknown_gpu.gpu_type == "Tesla K80" and unknown_gpu.ports == []
+    a100 = t.instance_to_compute({**INSTANCE, "gpu_name": "A100 SXM4", "gpu_ram": 40_960})
+    assert a100.gpu_type == "a100_40g"
 
 
 @pytest.mark.parametrize(("actual", "intended", "expected"), [
@@ -193,7 +207,7 @@ def test_catalog_from_offers_per_gpu_prices() -> None:
     assert (rtx.canonical, rtx.lowest_price_per_hour, rtx.spot_price_per_hour) == (
         "rtx_4090", 0.31, 0.15)
     assert rtx.memory_gb == 24.0 and rtx.stock == "medium" and rtx.provider == "vast"
-    assert types["H100 SXM"].canonical is None and types["H100 SXM"].stock == "low"
+    assert types["H100 SXM"].canonical == "h100" and types["H100 SXM"].stock == "low"
 
 
 def test_no_offer_error_names_gpu_and_kind() -> None:
@@ -201,3 +215,34 @@ def test_no_offer_error_names_gpu_and_kind() -> None:
                                                  region_hints=["US"]))
     assert str(err.message).startswith("insufficient capacity")
     assert "1x H200" in str(err) and "bid" in str(err) and "in US" in str(err)
+
+
+@pytest.mark.parametrize(("opts", "named"), [
+    ({"label": "evil"}, "label"),
+    ({"env": {"ATLAS_PRESHARED_KEY": "mine"}}, "env"),
+    ({"image": "other"}, "image"),
+    ({"price": 0.01}, "price"),
+    ({"bogus": 1}, "bogus"),
+])
+def test_provider_opts_never_replace_our_fields(opts: dict[str, Any], named: str) -> None:
+    request = build_compute_request(gpu="rtx_4090", image="img:1", name="atlas-s1",
+                                    env={"ATLAS_PRESHARED_KEY": "tok"}, provider_opts=opts)
+    with pytest.raises(ValidationError) as info:
+        t.create_body(request, OFFERS["offers"][1])
+    assert info.value.field == "provider_opts" and named in str(info.value)
+
+
+def test_provider_opts_pass_through_below_our_fields() -> None:
+    request = build_compute_request(gpu="rtx_4090", image="img:1", name="atlas-s1",
+                                    env={"ATLAS_PRESHARED_KEY": "tok"},
+                                    provider_opts={"onstart": "nvidia-smi", "user": "root",
+                                                   "args": ["--port", "8000"]})
+    body = t.create_body(request, OFFERS["offers"][1])
+    assert body["onstart"] == "nvidia-smi" and body["user"] == "root"
+    assert body["args"] == ["--port", "8000"] and body["label"] == "atlas-s1"
+    assert body["env"]["ATLAS_PRESHARED_KEY"] == "tok"
+    with pytest.raises(ValidationError) as info:
+        t.create_body(build_compute_request(gpu="rtx_4090", image="i",
+                                            provider_opts={"runtype": "bogus"}),
+                      OFFERS["offers"][1])
+    assert info.value.field == "provider_opts.runtype"

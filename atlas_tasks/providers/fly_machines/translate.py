@@ -24,8 +24,15 @@ public IPv4 the app may not have (inside Fly, use ``private_ip`` from ``raw``).
 
 ``provider_opts`` keys atlas consumes: ``app`` (create in another app), ``wait_timeout_s``
 (how long create waits for ``started``), ``cpu_kind``/``cpus``/``memory_mb``/``guest``,
-``config`` (merged into ``config``), ``metadata`` (merged into ``config.metadata``). Any
-other key is merged into the top level of the body (``skip_launch``, ``lease_ttl``...).
+``config`` and ``metadata``. Every key must exist in Fly's definition
+(``fly-machines-openapi.json`` plus ``fly-supplement.json``) and is merged *below* what
+atlas sets, which it may not name at all: top-level keys of ``CreateMachineRequest``
+(``skip_launch``, ``lease_ttl``...) but not ``name``/``region``/``config``; ``config``
+keys of ``MachineConfig`` (``restart``, ``init``, ``mounts``...) but not ``image``,
+``env`` (it carries the injected ``ATLAS_PRESHARED_KEY``), ``guest``, ``services`` or
+``metadata``; ``guest`` keys of ``MachineGuest`` but not ``gpu_kind``/``gpus``;
+``metadata`` entries, under atlas's own ``atlas`` label. Anything else is a
+``ValidationError`` on ``provider_opts`` naming the keys.
 """
 
 from __future__ import annotations
@@ -93,6 +100,28 @@ CPU_GUEST_DEFAULTS: dict[str, Any] = {"cpu_kind": "shared", "cpus": 1, "memory_m
 ATLAS_OPTS: frozenset[str] = frozenset(
     {"app", "wait_timeout_s", "cpu_kind", "cpus", "memory_mb", "guest", "config", "metadata"}
 )
+
+#: ``CreateMachineRequest`` properties (definition + supplement's ``create_fields_added``).
+CREATE_FIELDS: frozenset[str] = frozenset({
+    "config", "lease_ttl", "lsvd", "name", "region", "skip_launch",
+    "skip_service_registration", "skip_secrets", "min_secrets_version",
+})
+#: ``MachineConfig`` properties (definition + supplement's ``config_fields_added``).
+CONFIG_FIELDS: frozenset[str] = frozenset({
+    "auto_destroy", "checks", "disable_machine_autostart", "dns", "env", "files", "guest",
+    "image", "init", "metadata", "metrics", "mounts", "processes", "restart", "schedule",
+    "services", "size", "standbys", "statics", "stop_config",
+    "containers", "volumes", "rootfs", "cache_drive", "spot",
+})
+#: ``MachineGuest`` properties (definition + supplement's ``guest_fields_added``).
+GUEST_FIELDS: frozenset[str] = frozenset({
+    "cpu_kind", "cpus", "gpu_kind", "host_dedication_id", "kernel_args", "memory_mb",
+    "gpus", "max_memory_mb", "persist_rootfs",
+})
+#: What atlas sets itself, per level; ``provider_opts`` may not name these.
+OWN_CREATE_FIELDS: frozenset[str] = frozenset({"config", "name", "region"})
+OWN_CONFIG_FIELDS: frozenset[str] = frozenset({"image", "env", "guest", "services", "metadata"})
+OWN_GUEST_FIELDS: frozenset[str] = frozenset({"gpu_kind", "gpus"})
 
 #: Fly app names: lowercase letters, digits and dashes (what ``fly apps create`` accepts).
 _APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -181,24 +210,44 @@ def machine_create_body(request: ComputeRequest) -> dict[str, Any]:
         raise validation_error("image", "required (Fly Machines have no templates)",
                                provider=PROVIDER)
     opts = request.provider_opts
+    top = {str(k): v for k, v in opts.items() if k not in ATLAS_OPTS}
+    _check_keys("provider_opts", top, CREATE_FIELDS, OWN_CREATE_FIELDS,
+                "use name=, region_hints= and the other request fields")
+    extra_config = _mapping(opts.get("config"), "config")
+    _check_keys("provider_opts.config", extra_config, CONFIG_FIELDS, OWN_CONFIG_FIELDS,
+                "use image=, env=, ports=, provider_opts.guest / .metadata")
     config: dict[str, Any] = {
+        **extra_config,
         "image": request.image,
         "guest": guest_for(request),
-        "metadata": {**ATLAS_METADATA, **_mapping(opts.get("metadata"), "metadata")},
+        "metadata": {**_mapping(opts.get("metadata"), "metadata"), **ATLAS_METADATA},
     }
     if request.env:
         config["env"] = dict(request.env)
     services = services_for(request.ports)
     if services:
         config["services"] = services
-    config.update(_mapping(opts.get("config"), "config"))
-    body: dict[str, Any] = {"config": config}
+    body: dict[str, Any] = {**top, "config": config}
     if request.name:
         body["name"] = request.name
     if request.region_hints:
         body["region"] = request.region_hints[0]
-    body.update({str(k): v for k, v in opts.items() if k not in ATLAS_OPTS})
     return body
+
+
+def _check_keys(field: str, given: dict[str, Any], allowed: frozenset[str],
+                owned: frozenset[str], hint: str) -> None:
+    """Reject keys Fly's definition lacks and keys atlas sets itself (naming them)."""
+    mine = sorted(k for k in given if k in owned)
+    unknown = sorted(k for k in given if k not in allowed)
+    if not mine and not unknown:
+        return
+    parts = []
+    if mine:
+        parts.append(f"{', '.join(mine)} set by atlas_tasks ({hint})")
+    if unknown:
+        parts.append(f"{', '.join(unknown)} not in Fly's definition")
+    raise validation_error(field, "; ".join(parts), provider=PROVIDER)
 
 
 def guest_for(request: ComputeRequest) -> dict[str, Any]:
@@ -214,7 +263,10 @@ def guest_for(request: ComputeRequest) -> dict[str, Any]:
     for key in ("cpu_kind", "cpus", "memory_mb"):
         if opts.get(key) is not None:
             guest[key] = opts[key]
-    guest.update(_mapping(opts.get("guest"), "guest"))
+    extra_guest = _mapping(opts.get("guest"), "guest")
+    _check_keys("provider_opts.guest", extra_guest, GUEST_FIELDS, OWN_GUEST_FIELDS,
+                "use gpu= and gpu_count=")
+    guest.update(extra_guest)
     if request.gpu:
         guest["gpu_kind"] = for_provider(request.gpu, PROVIDER)
         guest["gpus"] = request.gpu_count
@@ -437,6 +489,12 @@ def _int(value: Any) -> int | None:
 
 
 __all__ = [
+    "CONFIG_FIELDS",
+    "CREATE_FIELDS",
+    "GUEST_FIELDS",
+    "OWN_CONFIG_FIELDS",
+    "OWN_CREATE_FIELDS",
+    "OWN_GUEST_FIELDS",
     "ATLAS_METADATA",
     "ATLAS_OPTS",
     "CPU_GUEST_DEFAULTS",

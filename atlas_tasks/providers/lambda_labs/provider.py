@@ -107,7 +107,8 @@ class LambdaLabsProvider(Provider):
 
         Raises:
             ValidationError: no GPU, ``spot=True``, a template or network volume, no SSH
-                key, an unknown instance size.
+                key, a GPU count Lambda does not sell, ``provider_opts`` keys that are not
+                launch fields (or that atlas sets itself).
             ProviderError: insufficient capacity (message starts ``insufficient capacity``).
         """
         if not request.gpu:
@@ -124,6 +125,10 @@ class LambdaLabsProvider(Provider):
                 "network_volume_id", "Lambda attaches file systems by name: pass "
                 "provider_opts={'file_system_names': [name]}", provider=PROVIDER)
         ssh_key = self.ssh_key_name(request)
+        # Bad provider_opts, env or a name Lambda would refuse fail before any call.
+        translate.launch_opts(request)
+        translate.check_name(request)
+        translate.user_data(request)
         type_name = translate.instance_type_name(request.gpu, request.gpu_count)
         types = translate.instance_types(self.client.call("GET", "/instance-types").data)
         region = translate.choose_region(types, type_name, request.region_hints)

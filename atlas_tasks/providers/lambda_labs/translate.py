@@ -37,9 +37,8 @@ from atlas_tasks.specs import (
     ComputeStatus,
     GpuType,
     Port,
-    canonical_for_native,
-    for_provider,
 )
+from atlas_tasks.specs.gpu import lambda_instance_type, lambda_type_info
 
 PROVIDER = "lambda_labs"
 
@@ -53,6 +52,9 @@ STATUSES: dict[str, ComputeStatus] = {
     "unhealthy": ComputeStatus.FAILED,
     "terminating": ComputeStatus.TERMINATED,
     "terminated": ComputeStatus.TERMINATED,
+    # Lambda reclaimed the machine: it is gone and no longer bills, like a terminated one;
+    # nothing brings it back, so the session must end rather than wait for it.
+    "preempted": ComputeStatus.TERMINATED,
 }
 
 #: Error ``code`` of a launch Lambda cannot place (no free machine of that type there).
@@ -62,6 +64,26 @@ NOT_FOUND_CODES = frozenset({"global/object-does-not-exist"})
 
 #: ``provider_opts`` keys consumed here rather than merged into the launch body.
 CONSUMED_OPTS = frozenset({"ssh_key_name", "docker_args"})
+
+#: Every property of Lambda's ``InstanceLaunchRequest`` (API 1.8.3); the launch body
+#: carries nothing else.
+LAUNCH_FIELDS = frozenset({
+    "region_name", "instance_type_name", "ssh_key_names", "file_system_names",
+    "file_system_mounts", "hostname", "name", "image", "user_data", "tags",
+    "firewall_rulesets",
+})
+
+#: Launch fields atlas sets from the request; ``provider_opts`` may not set them (the
+#: name is how the orchestrator finds its instance again, ``user_data`` carries the
+#: injected env such as ``ATLAS_PRESHARED_KEY``).
+OWN_LAUNCH_FIELDS = frozenset({"region_name", "instance_type_name", "ssh_key_names", "name",
+                               "user_data"})
+
+#: ``InstanceLaunchRequest.name``'s ``maxLength``.
+MAX_NAME = 64
+
+#: ``provider_opts`` keys passed through to the launch body.
+PASS_THROUGH_OPTS = LAUNCH_FIELDS - OWN_LAUNCH_FIELDS
 
 #: Marker lines of the env heredoc inside :func:`user_data` (also read back by
 #: :func:`env_from_user_data`).
@@ -74,29 +96,22 @@ _GB_RE = re.compile(r"(\d+(?:\.\d+)?)\s*GB", re.IGNORECASE)
 
 # ---------------------------------------------------------------------------- catalog
 def instance_type_name(gpu: str, gpu_count: int) -> str:
-    """Lambda's instance type for ``gpu_count`` of a canonical GPU.
+    """Lambda's instance type for ``gpu_count`` of a canonical GPU (``gpu_4x_h100_sxm5``).
 
-    The catalog stores the one-GPU type (``gpu_1x_h100_pcie``); Lambda names multi-GPU
-    machines by count (``gpu_8x_h100_pcie``). Whether that size exists is checked against
-    ``GET /instance-types`` by the caller.
+    Lambda sells whole machines of 1, 2, 4 or 8 GPUs, each size its own type; the catalog
+    (:data:`atlas_tasks.specs.gpu.LAMBDA_SIZES`) lists the sizes that exist per GPU.
 
     Raises:
-        ValidationError: field ``gpu`` when Lambda does not offer the GPU.
+        ValidationError: field ``gpu`` when Lambda does not offer the GPU, ``gpu_count``
+            when it does not sell that many of it.
     """
-    native = for_provider(gpu, PROVIDER)
-    match = _COUNT_RE.match(native)
-    if match is None or gpu_count == 1:
-        return native
-    return f"{match.group(1)}{gpu_count}{match.group(3)}"
+    return lambda_instance_type(gpu, gpu_count)
 
 
 def canonical_of_type(type_name: str | None) -> str | None:
-    """Canonical GPU of an instance type of any size (``gpu_8x_a10`` → ``a10``)."""
-    if not type_name:
-        return None
-    match = _COUNT_RE.match(type_name)
-    single = f"{match.group(1)}1{match.group(3)}" if match else type_name
-    return canonical_for_native(PROVIDER, single)
+    """Canonical GPU of an instance type of any size (``gpu_8x_h100_sxm5`` → ``h100``)."""
+    info = lambda_type_info(type_name)
+    return info[0] if info else None
 
 
 def gpus_of_type(type_name: str | None) -> int | None:
@@ -276,26 +291,63 @@ def env_from_user_data(script: str | None) -> dict[str, str]:
     return out
 
 
+def launch_opts(request: ComputeRequest) -> dict[str, Any]:
+    """The ``provider_opts`` that go into the launch body: keys Lambda's
+    ``InstanceLaunchRequest`` has and atlas does not set (:data:`PASS_THROUGH_OPTS`, e.g.
+    ``{"file_system_names": ["data"]}``); ``ssh_key_name``/``docker_args`` are consumed
+    elsewhere.
+
+    Raises:
+        ValidationError: field ``provider_opts`` naming every other key (unknown to
+            Lambda, or one atlas sets itself such as ``name`` or ``user_data``).
+    """
+    opts = {str(k): v for k, v in request.provider_opts.items() if k not in CONSUMED_OPTS}
+    owned = sorted(k for k in opts if k in OWN_LAUNCH_FIELDS)
+    unknown = sorted(k for k in opts if k not in LAUNCH_FIELDS)
+    if owned or unknown:
+        parts = []
+        if owned:
+            parts.append(f"{', '.join(owned)} set by atlas_tasks from the request")
+        if unknown:
+            parts.append(f"{', '.join(unknown)} not in Lambda's InstanceLaunchRequest")
+        raise validation_error(
+            "provider_opts", f"{'; '.join(parts)}; allowed: "
+            f"{', '.join(sorted(PASS_THROUGH_OPTS | CONSUMED_OPTS))}", provider=PROVIDER)
+    return opts
+
+
+def check_name(request: ComputeRequest) -> None:
+    """Refuse a name longer than ``InstanceLaunchRequest.name`` allows.
+
+    Raises:
+        ValidationError: field ``name``.
+    """
+    if request.name is not None and len(request.name) > MAX_NAME:
+        raise validation_error("name", f"Lambda instance names are at most {MAX_NAME} "
+                               f"characters (got {len(request.name)})", provider=PROVIDER)
+
+
 def launch_body(
     request: ComputeRequest, *, type_name: str, region: str, ssh_key_name: str
 ) -> dict[str, Any]:
-    """The ``POST /instance-operations/launch`` body for one instance.
+    """The ``POST /instance-operations/launch`` body: an ``InstanceLaunchRequest`` and
+    nothing else (one instance per call; the schema has no ``quantity``).
 
-    ``provider_opts`` (except ``ssh_key_name``/``docker_args``) are merged last, e.g.
-    ``{"file_system_names": ["data"]}``.
+    :func:`launch_opts` are merged *below* our fields, so they can never replace the
+    name, region, type, SSH key or the ``user_data`` that carries the injected env.
+
+    Raises:
+        ValidationError: field ``provider_opts`` (see :func:`launch_opts`).
     """
-    body: dict[str, Any] = {
+    check_name(request)
+    ours: dict[str, Any] = drop_none({
         "region_name": region,
         "instance_type_name": type_name,
         "ssh_key_names": [ssh_key_name],
-        "quantity": 1,
         "name": request.name,
         "user_data": user_data(request),
-    }
-    body = drop_none(body)
-    body.update({str(k): v for k, v in request.provider_opts.items()
-                 if k not in CONSUMED_OPTS})
-    return body
+    })
+    return {**launch_opts(request), **ours}
 
 
 def launched_id(body: Any) -> str:
@@ -416,11 +468,16 @@ __all__ = [
     "CONSUMED_OPTS",
     "ENV_FILE",
     "INSUFFICIENT_CAPACITY",
+    "LAUNCH_FIELDS",
+    "MAX_NAME",
     "NOT_FOUND_CODES",
+    "OWN_LAUNCH_FIELDS",
+    "PASS_THROUGH_OPTS",
     "PROVIDER",
     "STATUSES",
     "canonical_of_type",
     "capacity_error",
+    "check_name",
     "choose_region",
     "env_from_user_data",
     "error_code",
@@ -433,6 +490,7 @@ __all__ = [
     "instance_types",
     "instances_from_list",
     "launch_body",
+    "launch_opts",
     "launched_id",
     "refine_error",
     "regions_with_capacity",

@@ -106,6 +106,7 @@ class VastProvider(Provider):
         if request.network_volume_id:
             raise validation_error("network_volume_id", "Vast has no network volumes",
                                    provider=PROVIDER)
+        translate.create_opts(request)  # bad provider_opts fail before any call
         offers = self.search_offers(request)
         if not offers:
             raise translate.no_offer_error(request)

@@ -34,9 +34,9 @@ from atlas_tasks.specs import (
     ComputeStatus,
     GpuType,
     Port,
-    canonical_for_native,
     for_provider,
 )
+from atlas_tasks.specs.gpu import vast_canonical, vast_search_filters
 
 PROVIDER = "vast"
 
@@ -95,11 +95,28 @@ def gpu_name(gpu: str) -> str:
     return for_provider(gpu, PROVIDER)
 
 
-def search_query(request: ComputeRequest, *, limit: int = SEARCH_LIMIT) -> dict[str, Any]:
-    """The ``POST /bundles/`` query for the request's GPU and count.
+#: The filters the official client adds to every search (``vastai`` 1.9.1
+#: ``search_offers``): verified, rentable, not rented, not external. Booleans travel as
+#: JSON booleans, as its query parser turns ``true``/``false`` into them.
+DEFAULT_FILTERS: dict[str, dict[str, Any]] = {
+    "verified": {"eq": True},
+    "external": {"eq": False},
+    "rentable": {"eq": True},
+    "rented": {"eq": False},
+}
 
-    Verified, rentable, not-rented, non-external offers only, cheapest first; ``type`` is
-    ``bid`` (interruptible) when ``request.spot``, else ``on-demand``.
+
+def search_query(request: ComputeRequest, *, limit: int = SEARCH_LIMIT) -> dict[str, Any]:
+    """The ``POST /bundles/`` query for the request's GPU and count, shaped the way the
+    official client (``vastai`` 1.9.1) builds it from ``num_gpus=N gpu_name=X
+    disk_space>=D``.
+
+    Its query parser keeps plain values as **strings** (``{"num_gpus": {"eq": "1"}}``),
+    turns ``true``/``false`` into booleans and scales ``gpu_ram`` from GB to MB as a
+    number; then it adds ``order``, ``type``, ``limit`` and ``allocated_storage`` (the
+    disk that ``dph_total`` is priced with). Cheapest first; ``type`` is ``bid``
+    (interruptible) when ``request.spot``, else ``on-demand``. GPUs whose Vast name hides
+    the memory size add a ``gpu_ram`` bound (see :mod:`atlas_tasks.specs.gpu`).
 
     Raises:
         ValidationError: field ``gpu`` when missing or not offered on Vast.
@@ -107,30 +124,27 @@ def search_query(request: ComputeRequest, *, limit: int = SEARCH_LIMIT) -> dict[
     if not request.gpu:
         raise validation_error("gpu", "Vast rents GPU machines: gpu is required",
                                provider=PROVIDER)
+    disk = disk_gb(request)
     return {
-        "verified": {"eq": True},
-        "external": {"eq": False},
-        "rentable": {"eq": True},
-        "rented": {"eq": False},
-        "gpu_name": {"eq": gpu_name(request.gpu)},
-        "num_gpus": {"eq": request.gpu_count},
-        "disk_space": {"gte": disk_gb(request)},
+        **DEFAULT_FILTERS,
+        **vast_search_filters(request.gpu),
+        "num_gpus": {"eq": str(request.gpu_count)},
+        "disk_space": {"gte": str(disk)},
         "order": [["dph_total", "asc"]],
         "type": "bid" if request.spot else "on-demand",
         "limit": limit,
+        "allocated_storage": float(disk),
     }
 
 
 def catalog_query(limit: int = 1000) -> dict[str, Any]:
     """The ``POST /bundles/`` query behind ``list_gpu_types`` (every usable offer)."""
     return {
-        "verified": {"eq": True},
-        "external": {"eq": False},
-        "rentable": {"eq": True},
-        "rented": {"eq": False},
+        **DEFAULT_FILTERS,
         "order": [["dph_total", "asc"]],
         "type": "on-demand",
         "limit": limit,
+        "allocated_storage": float(DEFAULT_DISK_GB),
     }
 
 
@@ -190,21 +204,81 @@ def disk_gb(request: ComputeRequest) -> int:
     return total or DEFAULT_DISK_GB
 
 
-def create_body(request: ComputeRequest, offer: dict[str, Any]) -> dict[str, Any]:
-    """The ``PUT /asks/{offer_id}/`` body.
+#: Every field of the official client's create-instance body (``vastai`` 1.9.1
+#: ``build_create_instance_payload``).
+CREATE_FIELDS = frozenset({
+    "client_id", "image", "env", "price", "disk", "label", "extra", "onstart", "image_login",
+    "python_utf8", "lang_utf8", "use_jupyter_lab", "jupyter_dir", "force", "cancel_unavail",
+    "template_hash_id", "user", "runtype", "args", "volume_info",
+})
 
-    ``env`` carries the request env plus one ``"-p <port>:<port>": "1"`` entry per port;
-    ``label`` is the request name (what the reaper and lookups match); ``runtype`` is
-    ``args`` (run the image's own entrypoint) unless ``provider_opts`` says otherwise;
-    ``price`` is the offer's ``min_bid`` for spot, else null (on-demand).
-    ``provider_opts`` are merged last.
+#: Fields atlas sets from the request; ``provider_opts`` may not set them (the label is
+#: how the orchestrator finds its instance again, ``env`` carries the injected secrets
+#: such as ``ATLAS_PRESHARED_KEY``, ``price`` and ``disk`` decide what is billed).
+OWN_CREATE_FIELDS = frozenset({"client_id", "image", "env", "price", "disk", "label"})
+
+#: ``provider_opts`` keys passed through to the create body (e.g. ``onstart``, ``args``,
+#: ``runtype``, ``image_login``, ``template_hash_id``).
+PASS_THROUGH_OPTS = CREATE_FIELDS - OWN_CREATE_FIELDS
+
+#: What the official client sends for the fields atlas does not choose.
+_CREATE_DEFAULTS: dict[str, Any] = {
+    "extra": None, "onstart": None, "image_login": None, "python_utf8": False,
+    "lang_utf8": False, "use_jupyter_lab": False, "jupyter_dir": None, "force": False,
+    "cancel_unavail": False, "template_hash_id": None, "user": None,
+    # Run the image's own entrypoint (the official client's "args" run type).
+    "runtype": "args",
+}
+
+
+def create_opts(request: ComputeRequest) -> dict[str, Any]:
+    """The ``provider_opts`` that go into the create body (:data:`PASS_THROUGH_OPTS`).
 
     Raises:
-        ValidationError: ``image`` missing, or an env name that is a Docker flag.
+        ValidationError: field ``provider_opts`` naming every other key (not a field of
+            the official client's create body, or one atlas sets itself).
+    """
+    opts = {str(k): v for k, v in request.provider_opts.items()}
+    owned = sorted(k for k in opts if k in OWN_CREATE_FIELDS)
+    unknown = sorted(k for k in opts if k not in CREATE_FIELDS)
+    if owned or unknown:
+        parts = []
+        if owned:
+            parts.append(f"{', '.join(owned)} set by atlas_tasks from the request")
+        if unknown:
+            parts.append(f"{', '.join(unknown)} not a Vast create-instance field")
+        raise validation_error("provider_opts", f"{'; '.join(parts)}; allowed: "
+                               f"{', '.join(sorted(PASS_THROUGH_OPTS))}", provider=PROVIDER)
+    runtype = opts.get("runtype")
+    if runtype is not None and runtype not in RUNTYPES:
+        raise validation_error("provider_opts.runtype", f"{runtype!r} is not a Vast run "
+                               f"type; one of: {', '.join(sorted(RUNTYPES))}",
+                               provider=PROVIDER)
+    return opts
+
+
+#: Run types the official client knows.
+RUNTYPES = frozenset({"ssh", "jupyter", "args", "ssh_proxy", "ssh_direc ssh_proxy",
+                      "jupyter_proxy ssh_proxy", "jupyter_direc ssh_direc ssh_proxy"})
+
+
+def create_body(request: ComputeRequest, offer: dict[str, Any]) -> dict[str, Any]:
+    """The ``PUT /asks/{offer_id}/`` body, with the official client's fields.
+
+    ``env`` carries the request env plus one ``"-p <port>:<port>": "1"`` entry per port;
+    ``label`` is the request name (what the reaper and lookups match); ``price`` is the
+    offer's ``min_bid`` for spot, else null (on-demand). Layers, lowest first: the
+    official client's defaults (``runtype`` ``args``: the image's own entrypoint), then
+    :func:`create_opts`, then our fields, which ``provider_opts`` can never replace.
+
+    Raises:
+        ValidationError: ``image`` missing, an env name that is a Docker flag, or bad
+            ``provider_opts``.
     """
     if not request.image:
         raise validation_error("image", "required on Vast (there are no templates here)",
                                provider=PROVIDER)
+    opts = create_opts(request)
     env: dict[str, str] = {}
     for key, value in request.env.items():
         if key.startswith("-"):
@@ -216,19 +290,15 @@ def create_body(request: ComputeRequest, offer: dict[str, Any]) -> dict[str, Any
     price = as_float(offer.get("min_bid")) if request.spot else None
     if request.spot and price is None:
         raise ProviderError("Vast bid offer has no min_bid", provider=PROVIDER, raw=offer)
-    body: dict[str, Any] = {
+    ours: dict[str, Any] = {
         "client_id": "me",
         "image": request.image,
         "env": env,
-        "disk": disk_gb(request),
-        "label": request.name,
-        "runtype": "args",
         "price": price,
+        "disk": float(disk_gb(request)),
+        "label": request.name,
     }
-    if body["label"] is None:
-        del body["label"]
-    body.update({str(k): v for k, v in request.provider_opts.items()})
-    return body
+    return {**_CREATE_DEFAULTS, **opts, **ours}
 
 
 def new_contract_id(body: Any) -> str:
@@ -294,7 +364,7 @@ def instance_to_compute(body: Any) -> Compute:
         status=status_of(body),
         public_ip=ip,
         ports=parse_ports(body.get("ports"), ip),
-        gpu_type=canonical_for_native(PROVIDER, native) or native,
+        gpu_type=vast_canonical(native, as_float(body.get("gpu_ram"))) or native,
         gpu_count=as_int(body.get("num_gpus")) or 1,
         cost_per_hour=as_float(body.get("dph_total")),
         region=stripped_or_none(body.get("geolocation")),
@@ -347,21 +417,24 @@ def env_of(body: dict[str, Any]) -> dict[str, str]:
 def gpu_types_from_offers(offers: list[dict[str, Any]]) -> list[GpuType]:
     """One :class:`GpuType` per ``gpu_name``: cheapest on-demand and bid price *per GPU*
     over its offers, memory from ``gpu_ram`` (MB), stock from the number of offers."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    # Grouped by name *and* canonical GPU: one Vast name can hide two sizes (A100 SXM4
+    # 40 GB / 80 GB), which are different canonical GPUs at different prices.
+    groups: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for offer in offers:
         name = stripped_or_none(offer.get("gpu_name"))
         if name:
-            groups.setdefault(name, []).append(offer)
+            canonical = vast_canonical(name, as_float(offer.get("gpu_ram")))
+            groups.setdefault((name, canonical), []).append(offer)
     out = []
-    for name in sorted(groups):
-        group = groups[name]
+    for name, canonical in sorted(groups, key=lambda k: (k[0], k[1] or "")):
+        group = groups[(name, canonical)]
         on_demand = _min_per_gpu(group, "dph_total")
         spot = _min_per_gpu(group, "min_bid")
         rams = [r for r in (as_float(o.get("gpu_ram")) for o in group) if r]
         count = len(group)
         stock = "high" if count >= 10 else "medium" if count >= 3 else "low"
         out.append(GpuType(
-            id=name, provider=PROVIDER, canonical=canonical_for_native(PROVIDER, name),
+            id=name, provider=PROVIDER, canonical=canonical,
             display_name=name,
             memory_gb=round(max(rams) / 1024, 1) if rams else None,
             lowest_price_per_hour=on_demand, spot_price_per_hour=spot, stock=stock,
@@ -438,9 +511,15 @@ __all__ = [
     "NOT_FOUND_CODES",
     "PROVIDER",
     "SEARCH_LIMIT",
+    "CREATE_FIELDS",
+    "DEFAULT_FILTERS",
+    "OWN_CREATE_FIELDS",
+    "PASS_THROUGH_OPTS",
+    "RUNTYPES",
     "catalog_query",
     "check_success",
     "create_body",
+    "create_opts",
     "disk_gb",
     "env_of",
     "gpu_name",

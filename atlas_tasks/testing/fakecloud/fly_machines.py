@@ -1,5 +1,12 @@
 """Fly Machines API (``https://api.machines.dev``) served under ``/fly``.
 
+Held to Fly's definition (``../shared/reference/specs/fly-machines-openapi.json`` plus
+``fly-supplement.json``; ``tests/contract/test_fly_contract.py`` checks it): create bodies
+may carry only the properties of ``CreateMachineRequest``, ``MachineConfig`` and
+``MachineGuest`` (with the supplement's additions: ``guest.gpus``, ``config.spot``...),
+else 400 (with ``strict_fields``). The definition describes no body for the 200s of
+``/wait``, ``/stop``, ``/start`` and ``DELETE``; the fake sends what Fly sends there
+(``{"ok": true}``, and for start the ``MachineStartResponse`` Fly's Go client decodes).
 Behaves like the real API where atlas depends on it (reference notes §4.1):
 
 * ``Authorization: Bearer <key>``; errors are ``{"error": "..."}``; an unknown app answers
@@ -11,7 +18,8 @@ Behaves like the real API where atlas depends on it (reference notes §4.1):
   ``stopping`` → ``stopped`` after :attr:`FlyState.stop_delay_s`. States advance lazily
   on every read, so nothing runs in the background.
 * ``GET .../wait?state=&timeout=`` blocks until the state is reached (200 ``{"ok": true}``)
-  or the timeout passes (**408**); waiting for ``stopped`` requires ``instance_id``.
+  or the timeout passes (**408**, the supplement's addition); waiting for ``stopped``
+  requires ``instance_id``.
 * ``DELETE .../{id}`` refuses (412) a machine that is not stopped unless ``?force=true``.
   Destroyed machines stay readable by id (state ``destroyed``) but are left out of the
   list unless ``include_deleted=true``; stop/start/delete on them answer 404.
@@ -77,6 +85,22 @@ REGIONS = frozenset({
 })
 DEFAULT_REGION = "ord"
 HANDLERS = frozenset({"tls", "http", "proxy_proto", "pg_tls", "edge_http"})
+
+#: Properties of the create body, its ``config`` and ``guest`` (definition + supplement).
+CREATE_FIELDS = frozenset({
+    "config", "lease_ttl", "lsvd", "name", "region", "skip_launch",
+    "skip_service_registration", "skip_secrets", "min_secrets_version",
+})
+CONFIG_FIELDS = frozenset({
+    "auto_destroy", "checks", "disable_machine_autostart", "dns", "env", "files", "guest",
+    "image", "init", "metadata", "metrics", "mounts", "processes", "restart", "schedule",
+    "services", "size", "standbys", "statics", "stop_config",
+    "containers", "volumes", "rootfs", "cache_drive", "spot",
+})
+GUEST_FIELDS = frozenset({
+    "cpu_kind", "cpus", "gpu_kind", "host_dedication_id", "kernel_args", "memory_mb",
+    "gpus", "max_memory_mb", "persist_rootfs",
+})
 
 _HEX = "0123456789abcdef"
 _ULID = string.digits + "ABCDEFGHJKMNPQRSTVWXYZ"
@@ -274,8 +298,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_create(body: Any) -> dict[str, Any]:
+def _unknown(where: str, given: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise BadRequest(f"{where}: unknown field(s) {', '.join(unknown)}")
+
+
+def validate_create(body: Any, strict: bool = True) -> dict[str, Any]:
     """Check a create body the way the Machines API does; return it.
+
+    Args:
+        strict: also refuse properties the definition does not have.
 
     Raises:
         BadRequest: naming the offending field.
@@ -285,6 +318,11 @@ def validate_create(body: Any) -> dict[str, Any]:
     config = body.get("config")
     if not isinstance(config, dict):
         raise BadRequest("config: required object")
+    if strict:
+        _unknown("body", body, CREATE_FIELDS)
+        _unknown("config", config, CONFIG_FIELDS)
+        if isinstance(config.get("guest"), dict):
+            _unknown("config.guest", config["guest"], GUEST_FIELDS)
     image = config.get("image")
     if not isinstance(image, str) or not image.strip():
         raise BadRequest("config.image: an image is required")
@@ -357,6 +395,11 @@ def _filled_config(config: dict[str, Any]) -> dict[str, Any]:
             "restart": config.get("restart", {"policy": "on-failure"})}
 
 
+def _ok() -> Response:
+    """The ``{"ok": true}`` Fly answers wait, stop and delete with."""
+    return JSONResponse({"ok": True})
+
+
 # ---------------------------------------------------------------------------- routes
 def build_routes(ctx: FakeCloudContext) -> list[Route]:
     """The Fly Machines routes (behind auth and faults) and the Fly admin routes."""
@@ -413,7 +456,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         app = request.path_params["app"]
         if app not in fly.apps:
             return no_app(app)
-        body = validate_create(await json_body(request))
+        body = validate_create(await json_body(request), ctx.config.strict_fields)
         now = time.time()
         with fly.lock:
             machine_id = fly.new_machine_id()
@@ -479,7 +522,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             if found.state not in ("stopped", "stopping", "suspended", "failed"):
                 found.set_state("stopping", now, "stop",
                                 [(now + fly.stop_delay_s, "stopped")])
-        return JSONResponse({"ok": True})
+        return _ok()
 
     async def start_machine(request: Request) -> Response:
         found = lookup(request, "starts")
@@ -511,7 +554,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             found.set_state("destroyed", now, "destroy")
             fly.totals["deletes"] += 1
             found.calls["deletes"] += 1
-        return JSONResponse({"ok": True})
+        return _ok()
 
     async def wait_machine(request: Request) -> Response:
         found = lookup(request, "waits")
@@ -536,7 +579,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                 found.settle(time.time())
                 state = found.state
             if state == target:
-                return JSONResponse({"ok": True})
+                return _ok()
             if time.monotonic() >= deadline:
                 with fly.lock:
                     fly.totals["wait_timeouts"] += 1

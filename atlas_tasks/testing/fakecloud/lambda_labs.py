@@ -1,10 +1,15 @@
-"""Lambda Cloud API v1 (``https://cloud.lambdalabs.com/api/v1``) served under
+"""Lambda Cloud API v1 (``https://cloud.lambda.ai/api/v1``) served under
 ``/lambda/api/v1``, with the shared auth, fault injection and counting of :mod:`.common`.
 
-Wire format as the reference notes §5.1 describe it: successes are ``{"data": ...}``,
-failures ``{"error": {"code", "message", "suggestion"?}}`` (except the shared 401 and
-injected faults, whose bodies are the fake cloud's generic ``{"error": "..."}``). Launch
-validates like the real API: exactly one *registered* SSH key, a known region and
+Wire format as Lambda's OpenAPI definition 1.8.3 gives it (``../shared/reference/specs/
+lambda-cloud-openapi-1.8.3.json``; ``tests/contract/test_lambda_contract.py`` holds this
+module to it): successes are ``{"data": ...}``, failures ``{"error": {"code", "message",
+"suggestion"?}}``, 401 included (only injected faults keep the fake cloud's generic
+``{"error": "..."}``, on statuses the definition does not describe). Instances carry the
+required ``actions``; fields the definition types as plain strings (``ip``,
+``private_ip``, ``name``, ``jupyter_url``) are left out rather than sent as ``null``.
+Launch validates like the real API: only ``InstanceLaunchRequest`` fields (else 400
+``global/invalid-parameters``), exactly one *registered* SSH key, a known region and
 instance type, capacity in that region (else ``instance-operations/launch/
 insufficient-capacity``). Instances boot (``booting``) for ``boot_delay_s``, then are
 ``active``; terminate makes them ``terminating`` for :data:`TERMINATING_S`, after which
@@ -15,12 +20,14 @@ The account has one SSH key, :data:`DEFAULT_SSH_KEY`; ``POST /ssh-keys`` adds mo
 Test controls (no auth, no faults)::
 
     POST /_admin/lambda_labs/instances/{id}/age      {"seconds": N}
-    POST /_admin/lambda_labs/instances/{id}/status   {"status": "unhealthy"}  (or null)
+    POST /_admin/lambda_labs/instances/{id}/status   {"status": "unhealthy"}  (or
+                                                     "preempted", "active", "booting", null)
     POST /_admin/lambda_labs/capacity                {"instance_type": ..., "regions": [...]}
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import Counter
@@ -87,30 +94,42 @@ class FakeInstanceType:
         }
 
 
+#: Real Lambda instance types (names from ``lambda-instance-types.json``), with capacity.
 INSTANCE_TYPES: tuple[FakeInstanceType, ...] = (
-    FakeInstanceType("gpu_1x_h100_pcie", "1x H100 (80 GB PCIe)", "H100 (80 GB PCIe)", 249,
-                     1, 26, 200, 1024, ("us-east-1", "us-west-1")),
-    FakeInstanceType("gpu_8x_h100_pcie", "8x H100 (80 GB PCIe)", "H100 (80 GB PCIe)", 1992,
-                     8, 208, 1800, 8192, ("us-east-1",)),
     FakeInstanceType("gpu_1x_h100_sxm5", "1x H100 (80 GB SXM5)", "H100 (80 GB SXM5)", 329,
-                     1, 26, 225, 2867, ()),  # sold out everywhere
-    FakeInstanceType("gpu_1x_a100_sxm4_80gb", "1x A100 (80 GB SXM4)", "A100 (80 GB SXM4)", 179,
-                     1, 30, 200, 512, ("us-west-2",)),
+                     1, 26, 225, 2867, ("us-east-1", "us-west-1")),
+    FakeInstanceType("gpu_2x_h100_sxm5", "2x H100 (80 GB SXM5)", "H100 (80 GB SXM5)", 658,
+                     2, 52, 450, 5734, ("us-east-1",)),
+    FakeInstanceType("gpu_8x_h100_sxm5", "8x H100 (80 GB SXM5)", "H100 (80 GB SXM5)", 2392,
+                     8, 208, 1800, 24780, ("us-east-1",)),
+    FakeInstanceType("gpu_1x_h100_pcie", "1x H100 (80 GB PCIe)", "H100 (80 GB PCIe)", 249,
+                     1, 26, 200, 1024, ()),  # sold out everywhere
+    FakeInstanceType("gpu_8x_a100_80gb_sxm4", "8x A100 (80 GB SXM4)", "A100 (80 GB SXM4)",
+                     1432, 8, 240, 1800, 19500, ("us-west-2",)),
     FakeInstanceType("gpu_1x_a100_sxm4", "1x A100 (40 GB SXM4)", "A100 (40 GB SXM4)", 129,
                      1, 30, 200, 512, ("us-west-2", "us-east-1")),
     FakeInstanceType("gpu_1x_a10", "1x A10 (24 GB PCIe)", "A10 (24 GB PCIe)", 75,
                      1, 30, 200, 1400, ("us-east-1", "us-west-1", "europe-central-1")),
-    FakeInstanceType("gpu_1x_a6000", "1x RTX A6000 (48 GB)", "RTX A6000 (48 GB)", 80,
+    FakeInstanceType("gpu_1x_a6000", "1x A6000 (48 GB)", "A6000 (48 GB)", 80,
                      1, 14, 46, 512, ("us-south-1",)),
-    FakeInstanceType("gpu_1x_rtx_6000", "1x RTX 6000 (24 GB)", "RTX 6000 (24 GB)", 50,
+    FakeInstanceType("gpu_1x_rtx6000", "1x RTX 6000 (24 GB)", "RTX 6000 (24 GB)", 50,
                      1, 14, 46, 512, ("us-west-1",)),
+    FakeInstanceType("gpu_1x_gh200", "1x GH200 (96 GB)", "GH200 (96 GB)", 149,
+                     1, 64, 432, 4096, ("us-west-1",)),
 )
 
+#: Every property of ``InstanceLaunchRequest``; anything else is a 400.
 _LAUNCH_FIELDS = frozenset({
     "region_name", "instance_type_name", "ssh_key_names", "file_system_names",
-    "file_system_mounts", "quantity", "name", "hostname", "user_data", "image", "tags",
+    "file_system_mounts", "hostname", "name", "image", "user_data", "tags",
     "firewall_rulesets",
 })
+
+#: ``InstanceLaunchRequest.hostname``'s pattern.
+_HOSTNAME = re.compile(r"^[a-z0-9][0-9a-z-]{0,62}$")
+
+#: Statuses ``/_admin/lambda_labs/instances/{id}/status`` may force.
+_FORCEABLE = (None, "unhealthy", "active", "booting", "preempted")
 
 
 @dataclass
@@ -133,7 +152,8 @@ class FakeLambdaInstance:
     calls: Counter[str] = field(default_factory=Counter)
 
     def status(self, now: float) -> str:
-        """``booting``, ``active``, ``unhealthy``, ``terminating`` or ``terminated``."""
+        """``booting``, ``active``, ``unhealthy``, ``preempted``, ``terminating`` or
+        ``terminated``."""
         if self.terminated_at is not None:
             return "terminating" if now < self.terminated_at + TERMINATING_S else "terminated"
         if self.forced_status:
@@ -141,25 +161,32 @@ class FakeLambdaInstance:
         return "booting" if now < self.boot_until else "active"
 
     def to_api(self, now: float, itype: FakeInstanceType) -> dict[str, Any]:
-        """The ``Instance`` object Lambda returns (no ``user_data``: Lambda never echoes it)."""
+        """The ``Instance`` object Lambda returns (no ``user_data``: Lambda never echoes it).
+
+        Fields the definition types as non-nullable strings are omitted when unknown (no
+        IP before boot, no name when none was given); ``actions`` is required.
+        """
         status = self.status(now)
         up = status in ("active", "unhealthy")
-        return {
+        body: dict[str, Any] = {
             "id": self.id,
-            "name": self.name,
-            "ip": self.ip if up else None,
-            "private_ip": self.private_ip if up else None,
             "status": status,
             "ssh_key_names": list(self.ssh_key_names),
             "file_system_names": list(self.file_system_names),
             "region": {"name": self.region, "description": REGIONS[self.region]},
             "instance_type": itype.to_api(),
-            "hostname": f"{self.ip.replace('.', '-')}.cloud.lambdalabs.com",
+            "hostname": f"{self.ip.replace('.', '-')}.cloud.lambda.ai",
             "jupyter_token": self.id[:16],
-            "jupyter_url": f"https://jupyter-{self.id[:12]}.lambdaspaces.com/?token="
-                           f"{self.id[:16]}" if up else None,
-            "is_reserved": False,
+            "actions": _actions(status),
         }
+        if self.name is not None:
+            body["name"] = self.name
+        if up:
+            body["ip"] = self.ip
+            body["private_ip"] = self.private_ip
+            body["jupyter_url"] = (f"https://jupyter-{self.id[:12]}.lambdaspaces.com/?token="
+                                   f"{self.id[:16]}")
+        return body
 
     def admin_view(self, now: float) -> dict[str, Any]:
         """Compact record for ``/_admin/state`` (includes ``user_data`` for tests)."""
@@ -169,6 +196,22 @@ class FakeLambdaInstance:
             "created_at": self.created_at, "user_data": self.user_data,
             "calls": dict(self.calls),
         }
+
+
+def _actions(status: str) -> dict[str, dict[str, Any]]:
+    """``InstanceActionAvailability`` for a status: everything while the VM is up,
+    nothing (with Lambda's reason fields) once it is booting or going away."""
+    up = status in ("active", "unhealthy")
+
+    def one(available: bool) -> dict[str, Any]:
+        if available:
+            return {"available": True}
+        return {"available": False, "reason_code": f"vm-{status}",
+                "reason_description": f"The instance is {status}."}
+
+    return {"migrate": one(False), "rebuild": one(up), "restart": one(up),
+            "cold_reboot": one(up), "terminate": one(status not in ("terminating",
+                                                                     "terminated"))}
 
 
 class LambdaState:
@@ -287,9 +330,10 @@ def validate_launch(body: Any, store: LambdaState, strict: bool) -> JSONResponse
     fs = body.get("file_system_names", [])
     if not isinstance(fs, list) or len(fs) > 1 or not all(isinstance(f, str) for f in fs):
         return _invalid("file_system_names: at most one file system name")
-    quantity = body.get("quantity", 1)
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 8:
-        return _invalid("quantity: must be an integer between 1 and 8")
+    hostname = body.get("hostname")
+    if hostname is not None and (not isinstance(hostname, str)
+                                 or not _HOSTNAME.match(hostname)):
+        return _invalid("hostname: must match ^[a-z0-9][0-9a-z-]{0,62}$")
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > 64):
         return _invalid("name: must be a string of at most 64 characters")
@@ -303,6 +347,22 @@ def validate_launch(body: Any, store: LambdaState, strict: bool) -> JSONResponse
             "Not enough capacity to fulfill launch request.",
             "Choose an instance type with more availability, or try again later.")
     return None
+
+
+def _lambda_401(route: Route) -> Route:
+    """``route`` with the shared auth's 401 re-shaped as Lambda's ``ApiErrorUnauthorized``
+    (the definition requires ``error.code``/``message``/``suggestion`` on every 401)."""
+    inner = route.endpoint
+
+    async def endpoint(request: Request) -> Response:
+        response: Response = await inner(request)
+        if response.status_code == 401:
+            return lambda_error(401, "global/invalid-api-key",
+                                "API key was invalid, expired, or deleted.",
+                                "Check your API key or create a new one, then try again.")
+        return response
+
+    return Route(route.path, endpoint, methods=sorted(route.methods or ()))
 
 
 def build_routes(ctx: FakeCloudContext) -> list[Route]:
@@ -328,22 +388,20 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             if problem is not None:
                 return problem
             now = time.time()
-            ids = []
-            for _ in range(body.get("quantity", 1)):
-                ip, private_ip = store.next_ip()
-                inst = FakeLambdaInstance(
-                    id=uuid.uuid4().hex, name=body.get("name"),
-                    type_name=body["instance_type_name"], region=body["region_name"],
-                    ssh_key_names=list(body["ssh_key_names"]),
-                    file_system_names=list(body.get("file_system_names", [])),
-                    user_data=body.get("user_data"), created_at=now,
-                    boot_until=now + ctx.config.boot_delay_s, ip=ip, private_ip=private_ip,
-                )
-                inst.calls["launches"] += 1
-                store.instances[inst.id] = inst
-                store.totals["launches"] += 1
-                ids.append(inst.id)
-        return JSONResponse({"data": {"instance_ids": ids}})
+            # InstanceLaunchRequest has no quantity: one instance per launch.
+            ip, private_ip = store.next_ip()
+            inst = FakeLambdaInstance(
+                id=uuid.uuid4().hex, name=body.get("name"),
+                type_name=body["instance_type_name"], region=body["region_name"],
+                ssh_key_names=list(body["ssh_key_names"]),
+                file_system_names=list(body.get("file_system_names", [])),
+                user_data=body.get("user_data"), created_at=now,
+                boot_until=now + ctx.config.boot_delay_s, ip=ip, private_ip=private_ip,
+            )
+            inst.calls["launches"] += 1
+            store.instances[inst.id] = inst
+            store.totals["launches"] += 1
+        return JSONResponse({"data": {"instance_ids": [inst.id]}})
 
     async def terminate(request: Request) -> Response:
         body, problem = await _body(request)
@@ -419,8 +477,8 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     async def admin_status(request: Request) -> Response:
         body, problem = await _body(request)
         status = body.get("status") if isinstance(body, dict) else None
-        if problem is not None or status not in (None, "unhealthy", "active", "booting"):
-            return _invalid("status: one of unhealthy, active, booting or null")
+        if problem is not None or status not in _FORCEABLE:
+            return _invalid("status: one of unhealthy, active, booting, preempted or null")
         with lock:
             inst = store.instances.get(request.path_params["instance_id"])
             if inst is None:
@@ -449,7 +507,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         (["GET"], "/ssh-keys", list_keys, False),
         (["POST"], "/ssh-keys", add_key, False),
     ]
-    out = provider_routes(ctx, "lambda", PREFIX, routes)
+    out = [_lambda_401(route) for route in provider_routes(ctx, "lambda", PREFIX, routes)]
     out += [
         Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/age", admin_age, methods=["POST"]),
         Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/status", admin_status,

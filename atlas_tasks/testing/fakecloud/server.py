@@ -28,6 +28,7 @@ from atlas_tasks.testing.fakecloud.config import (
     ScriptRule,
     split_options,
 )
+from atlas_tasks.testing.fakecloud.fly_machines import DEFAULT_APP as FLY_APP
 from atlas_tasks.testing.fakecloud.fly_machines import fly_base_url, fly_env
 from atlas_tasks.testing.fakecloud.lambda_labs import DEFAULT_SSH_KEY as LAMBDA_SSH_KEY
 
@@ -170,7 +171,7 @@ class FakeCloud:
 
     @property
     def lambda_labs_url(self) -> str:
-        """``ATLAS_LAMBDA_LABS_BASE_URL`` (stands in for ``https://cloud.lambdalabs.com/api/v1``)."""
+        """``ATLAS_LAMBDA_LABS_BASE_URL`` (stands in for ``https://cloud.lambda.ai/api/v1``)."""
         return f"{self.url}/lambda/api/v1"
 
     @property
@@ -252,6 +253,24 @@ class FakeCloud:
         return list(self.state()["pods"])
 
 
+def banner(base: str, config: FakeCloudConfig) -> str:
+    """The start-up banner: every provider's base URL (what each ``ATLAS_*_BASE_URL``
+    should be set to), the Fly app and Lambda SSH key the fake expects, and the API key."""
+    key_note = DEFAULT_API_KEY if config.api_keys == {DEFAULT_API_KEY} else "<configured>"
+    return (
+        f"fake cloud on {base}\n"
+        f"  RunPod REST v2  {base}/runpod   (paths /v2/pods, ...)\n"
+        f"  RunPod runtime  {base}/runpod/v2\n"
+        f"  Lambda Labs     {base}/lambda/api/v1\n"
+        f"  Vast.ai         {base}/vast/api/v0\n"
+        f"  Fly Machines    {fly_base_url(base)}   (app {FLY_APP})\n"
+        f"  Fly logs        {base}/fly/api/v1/apps/<app>/logs\n"
+        f"  admin           {base}/_admin/state\n"
+        f"  api key         {key_note}\n"
+        f"  Lambda SSH key  {LAMBDA_SSH_KEY}   (ATLAS_LAMBDA_LABS_SSH_KEY_NAME)"
+    )
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
@@ -277,16 +296,5 @@ def serve(
         raise TypeError("pass either config= or keyword options, not both")
     config = config or split_options(**options)
     app = create_app(config)
-    base = f"http://{host}:{port}"
-    key_note = DEFAULT_API_KEY if config.api_keys == {DEFAULT_API_KEY} else "<configured>"
-    print(  # noqa: T201 - the CLI's banner
-        f"fake cloud on {base}\n"
-        f"  RunPod REST v2  {base}/runpod  (paths /v2/pods, ...)\n"
-        f"  RunPod runtime  {base}/runpod/v2\n"
-        f"  Lambda Labs     {base}/lambda/api/v1\n"
-        f"  Vast.ai         {base}/vast/api/v0\n"
-        f"  admin           {base}/_admin/state\n"
-        f"  api key         {key_note}",
-        flush=True,
-    )
+    print(banner(f"http://{host}:{port}", config), flush=True)  # noqa: T201 - the CLI's banner
     uvicorn.Server(_uvicorn_config(app, host, port, log_level, own_logging=True)).run()

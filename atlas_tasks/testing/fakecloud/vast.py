@@ -1,11 +1,20 @@
 """Vast.ai API v0 (``https://console.vast.ai/api/v0``) served under ``/vast/api/v0``, with
 the shared auth, fault injection and counting of :mod:`.common`.
 
-Wire format per the reference notes §5.2: paths end in ``/``; search is ``POST /bundles/``
-with a query object (operators ``eq neq gt gte lt lte in notin``, ``order``, ``type``,
-``limit``); create is ``PUT /asks/{offer_id}/`` → ``{"success": true, "new_contract"}``;
-``GET /instances/{id}/`` answers ``{"instances": {...}}`` (an object; ``null`` for an
-unknown or destroyed id [inferred]); refusals are ``{"success": false, "error", "msg"}``.
+Vast publishes no OpenAPI definition; the reference is its official client ``vastai``
+1.9.1 (summarised in ``../shared/reference/specs/vast-official-client.json``), and
+``tests/contract/test_vast_contract.py`` holds this module to it. Paths end in ``/``;
+search is ``POST /bundles/`` with a query object (operators ``eq neq gt gte lt lte in
+notin``; meta keys ``order``, ``type``, ``limit``, ``allocated_storage``). Values come
+as the official query parser leaves them: strings for plain values (``{"num_gpus":
+{"eq": "1"}}``), booleans, numbers for scaled fields, lists for ``in``/``notin``; a
+string operand is compared as a number when the offer's field is one. Create is ``PUT
+/asks/{offer_id}/`` with the official client's fields only (``user``, nulls and all) →
+``{"success": true, "new_contract"}``; ``GET /instances/{id}/`` answers ``{"instances":
+{...}}`` (an object; ``null`` for an unknown or destroyed id [inferred]); the official
+client's paginated list ``GET /api/v1/instances/`` (served at ``/vast/api/v1/instances/``)
+answers ``{"instances": [...], "next_token", "total_instances"}``; refusals are
+``{"success": false, "error", "msg"}``.
 
 Offers are a static market (:data:`OFFERS`) that renting does not deplete, so parallel
 tests never run out; "someone else rented it" is simulated with a scripted fault (a 404
@@ -20,6 +29,7 @@ Test controls (no auth, no faults)::
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
@@ -42,15 +52,20 @@ from atlas_tasks.testing.fakecloud.common import (
 )
 
 PREFIX = "/vast/api/v0"
+#: Where the official client's ``/api/v1/...`` calls land.
+V1_PREFIX = "/vast/api/v1"
 ADMIN_PREFIX = "/_admin/vast"
 
-RUNTYPES = frozenset({"ssh", "args", "ssh_proxy", "ssh_direc ssh_proxy", "jupyter_proxy ssh_proxy",
-                      "jupyter_direc ssh_direc ssh_proxy", "jupyter_direc ssh_proxy"})
+#: The official client's run types (``vast-official-client.json`` ``runtypes``).
+RUNTYPES = frozenset({"ssh", "jupyter", "args", "ssh_proxy", "ssh_direc ssh_proxy",
+                      "jupyter_proxy ssh_proxy", "jupyter_direc ssh_direc ssh_proxy"})
 
+#: The official client's create-instance fields (``create_instance_fields``); with
+#: ``strict_fields`` anything else is refused.
 _CREATE_FIELDS = frozenset({
-    "client_id", "image", "env", "disk", "label", "onstart", "runtype", "price", "args",
-    "args_str", "image_login", "extra", "force", "cancel_unavail", "template_hash_id",
-    "python_utf8", "lang_utf8", "use_jupyter_lab", "jupyter_dir", "create_from", "volume_info",
+    "client_id", "image", "env", "price", "disk", "label", "extra", "onstart", "image_login",
+    "python_utf8", "lang_utf8", "use_jupyter_lab", "jupyter_dir", "force", "cancel_unavail",
+    "template_hash_id", "user", "runtype", "args", "volume_info",
 })
 _OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "in", "notin"})
 _QUERY_META = frozenset({"order", "type", "limit", "allocated_storage"})
@@ -77,7 +92,8 @@ def _offer(offer_id: int, gpu: str, gpus: int, dph: float, ram_gb: int, where: s
 
 
 #: The market: verified offers plus cheaper unverified ones the query must filter out.
-#: No H200 is on offer (capacity-error tests).
+#: GPU names are the official client's (``H100 SXM``, ``A100 SXM4``...); ``gpu_ram`` (MB)
+#: tells the A100 sizes apart. No H200 is on offer (capacity-error tests).
 OFFERS: tuple[dict[str, Any], ...] = (
     _offer(7100001, "RTX 4090", 1, 0.35, 24, "Texas, US"),
     _offer(7100002, "RTX 4090", 1, 0.29, 24, "Quebec, CA", verified=False),
@@ -86,13 +102,14 @@ OFFERS: tuple[dict[str, Any], ...] = (
     _offer(7100005, "RTX 4090", 2, 0.74, 24, "Texas, US"),
     _offer(7100006, "RTX 3090", 1, 0.19, 24, "Poland, PL"),
     _offer(7100007, "RTX 3090", 1, 0.22, 24, "Ohio, US"),
-    _offer(7100008, "H100", 1, 2.10, 80, "Texas, US"),
-    _offer(7100009, "H100", 1, 1.95, 80, "Norway, NO"),
-    _offer(7100010, "H100", 1, 1.70, 80, "Nevada, US", verified=False),
-    _offer(7100011, "H100", 8, 16.4, 80, "Utah, US"),
-    _offer(7100012, "A100 80GB", 1, 1.10, 80, "Belgium, BE"),
-    _offer(7100013, "A100", 1, 0.75, 40, "Oregon, US"),
+    _offer(7100008, "H100 SXM", 1, 2.10, 80, "Texas, US"),
+    _offer(7100009, "H100 SXM", 1, 1.95, 80, "Norway, NO"),
+    _offer(7100010, "H100 SXM", 1, 1.70, 80, "Nevada, US", verified=False),
+    _offer(7100011, "H100 SXM", 8, 16.4, 80, "Utah, US"),
+    _offer(7100012, "A100 SXM4", 1, 1.10, 80, "Belgium, BE"),
+    _offer(7100013, "A100 SXM4", 1, 0.75, 40, "Oregon, US"),
     _offer(7100014, "RTX A6000", 1, 0.45, 48, "Japan, JP"),
+    _offer(7100015, "H100 PCIE", 1, 1.60, 80, "Texas, US"),
 )
 _OFFERS_BY_ID = {o["id"]: o for o in OFFERS}
 
@@ -272,14 +289,28 @@ async def _body(request: Request) -> tuple[Any, JSONResponse | None]:
 # ---- search ----------------------------------------------------------------------------
 
 
+def _coerce(value: Any, operand: Any) -> Any:
+    """``operand`` as the offer field's type: the official client sends plain values as
+    strings (``"1"``, ``"20"``), which Vast compares with numeric fields as numbers."""
+    if isinstance(operand, str) and isinstance(value, int | float) \
+            and not isinstance(value, bool):
+        try:
+            return float(operand)
+        except ValueError:
+            return operand
+    return operand
+
+
 def _matches(value: Any, op: str, operand: Any) -> bool:
+    if op in ("in", "notin"):
+        items = operand if isinstance(operand, list) else []
+        inside = any(value == _coerce(value, item) for item in items)
+        return inside if op == "in" else not inside
+    operand = _coerce(value, operand)
     if op == "eq":
         return bool(value == operand)
     if op == "neq":
         return bool(value != operand)
-    if op in ("in", "notin"):
-        inside = isinstance(operand, list) and value in operand
-        return inside if op == "in" else not inside
     if not isinstance(value, int | float) or not isinstance(operand, int | float):
         return False
     return {"gt": value > operand, "gte": value >= operand,
@@ -322,6 +353,9 @@ def search(query: Any) -> tuple[list[dict[str, Any]], str | None]:
     limit = query.get("limit", 64)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         return [], "limit: expected a positive integer"
+    storage = query.get("allocated_storage", 5.0)
+    if isinstance(storage, bool) or not isinstance(storage, int | float) or storage < 0:
+        return [], "allocated_storage: expected a number of GB"
     return [dict(o) for o in found[:limit]], None
 
 
@@ -340,7 +374,7 @@ def validate_create(body: Any, offer: dict[str, Any], strict: bool) -> str | Non
         return 'client_id: must be "me"'
     if not isinstance(body.get("image"), str) or not body["image"].strip():
         return "image: required"
-    env = body.get("env", {})
+    env = body.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                             for k, v in env.items()):
         return "env: must be an object of string values"
@@ -351,12 +385,18 @@ def validate_create(body: Any, offer: dict[str, Any], strict: bool) -> str | Non
                 return f"env: {key!r} is not a valid -p port flag"
         elif not _ENV_NAME.match(key):
             return f"env: {key!r} is not a valid variable name"
+    for key in ("python_utf8", "lang_utf8", "use_jupyter_lab", "force", "cancel_unavail"):
+        if not isinstance(body.get(key, False), bool):
+            return f"{key}: must be a boolean"
+    for key in ("extra", "onstart", "image_login", "jupyter_dir", "template_hash_id", "user"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            return f"{key}: must be a string or null"
     disk = body.get("disk", 10)
     if isinstance(disk, bool) or not isinstance(disk, int | float) or disk <= 0:
         return "disk: must be a positive number of GB"
     if disk > offer["disk_space"]:
         return f"disk: {disk} GB exceeds the offer's {offer['disk_space']} GB"
-    if body.get("runtype", "ssh") not in RUNTYPES:
+    if body.get("runtype") is not None and body["runtype"] not in RUNTYPES:
         return f"runtype: unknown value {body.get('runtype')!r}"
     label = body.get("label")
     if label is not None and not isinstance(label, str):
@@ -401,18 +441,18 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         err = validate_create(body, offer, ctx.config.strict_fields)
         if err is not None:
             return _invalid(err)
-        env = {k: v for k, v in body.get("env", {}).items() if not k.startswith("-")}
+        env = {k: v for k, v in (body.get("env") or {}).items() if not k.startswith("-")}
         now = time.time()
         with lock:
             port_map = {}
-            for key in body.get("env", {}):
+            for key in body.get("env") or {}:
                 match = _PORT_FLAG.match(key)
                 if match is not None:
                     port_map[int(match.group(2))] = store.host_port()
             inst = FakeVastInstance(
                 id=store.new_id(), offer=offer, label=body.get("label"), image=body["image"],
                 env=env, port_map=port_map, disk=float(body.get("disk", 10)),
-                runtype=body.get("runtype", "ssh"), bid=body.get("price"),
+                runtype=body.get("runtype") or "ssh", bid=body.get("price"),
                 onstart=body.get("onstart"), start_date=now,
                 boot_until=now + ctx.config.boot_delay_s, ssh_port=store.host_port(),
             )
@@ -427,6 +467,31 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             store.totals["lists"] += 1
             items = [i.to_api(now) for i in store.instances.values() if not i.destroyed]
         return JSONResponse({"instances": items})
+
+    async def list_instances_v1(request: Request) -> Response:
+        # The official client's show_instances: JSON-encoded query args, pages of `limit`
+        # ordered by id, `after_token` = the last id seen.
+        try:
+            limit = json.loads(request.query_params.get("limit", "25"))
+            after = json.loads(request.query_params.get("after_token", "0"))
+        except json.JSONDecodeError:
+            return _invalid("limit and after_token must be JSON values")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            return _invalid("limit: expected a positive integer")
+        if isinstance(after, str) and after.isdigit():
+            after = int(after)
+        if isinstance(after, bool) or not isinstance(after, int):
+            return _invalid("after_token: expected a token from next_token")
+        now = time.time()
+        with lock:
+            store.totals["lists"] += 1
+            live = sorted((i for i in store.instances.values() if not i.destroyed),
+                          key=lambda i: i.id)
+            page = [i for i in live if i.id > after][:limit]
+            items = [i.to_api(now) for i in page]
+        more = bool(page) and page[-1].id < live[-1].id
+        return JSONResponse({"instances": items, "total_instances": len(live),
+                             "next_token": str(page[-1].id) if more else None})
 
     async def get_instance(request: Request) -> Response:
         instance_id = request.path_params["instance_id"]
@@ -507,6 +572,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         (["DELETE"], "/instances/{instance_id}/", destroy, False),
     ]
     out = provider_routes(ctx, "vast", PREFIX, routes)
+    # The official client sends paths that already start with /api/v1 as they are.
+    out += provider_routes(ctx, "vast", V1_PREFIX,
+                           [(["GET"], "/instances/", list_instances_v1, False)])
     out += [
         Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/age", admin_age, methods=["POST"]),
         Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/status", admin_status,
@@ -520,6 +588,7 @@ __all__ = [
     "OFFERS",
     "PREFIX",
     "RUNTYPES",
+    "V1_PREFIX",
     "FakeVastInstance",
     "VastState",
     "age_instance",
