@@ -26,8 +26,8 @@ def test_banner_lists_every_provider_and_the_lambda_ssh_key() -> None:
 def test_banner_urls_are_where_the_fake_answers() -> None:
     with FakeCloud() as cloud:
         text = banner(cloud.url, cloud.config)
-        urls = dict(re.findall(r"^  (RunPod REST v2|Lambda Labs|Vast\.ai|Fly Machines)\s+(\S+)", text,
-                               re.MULTILINE))
+        labels = r"RunPod REST v2|Lambda Labs|Vast\.ai|Fly Machines"
+        urls = dict(re.findall(rf"^  ({labels})\s+(\S+)", text, re.MULTILINE))
         assert urls == {"RunPod REST v2": cloud.runpod_rest_url,
                         "Lambda Labs": cloud.lambda_labs_url, "Vast.ai": cloud.vast_url,
                         "Fly Machines": cloud.fly_url}
