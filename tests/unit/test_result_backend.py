@@ -69,3 +69,14 @@ def test_forgetting_a_result_with_redis_gone_returns_at_once() -> None:
     consumer.cancel_for("t-2")
     assert time.monotonic() - started < 5  # Celery's own retries for ~20 s, then raises
     assert key not in consumer.subscribed_to
+
+
+def test_the_config_serialises_for_inspect_conf() -> None:
+    # `celery inspect conf` and Flower's worker page censor URLs with kombu's parser,
+    # which failed on "module:Class+redis://" ("Port could not be cast to integer").
+    from celery.app.utils import filter_hidden_settings
+
+    app = create_app(AtlasSettings(redis_url="redis://:secret@127.0.0.1:6399/3"))
+    table = filter_hidden_settings(app.conf.table(with_defaults=False))
+    assert table["result_backend"].startswith("redis://:*")
+    assert "secret" not in table["result_backend"]
