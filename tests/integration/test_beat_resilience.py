@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from atlas_tasks import constants as C
-from atlas_tasks.celery_app import get_app
+from atlas_tasks.celery_app import get_app, queue_has_consumers
 from atlas_tasks.tasks.reaper import LAST_SWEEP_KEY, SWEEP_STATS_KEY
 from atlas_tasks.testing.cluster import LocalCluster
 from atlas_tasks.testing.processes import ManagedProcess, celery_beat
@@ -55,6 +55,11 @@ def _wait(predicate: object, timeout: float, what: str, logs: object) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"no {what} after {timeout}s\n{logs()}")
+
+
+def test_queue_has_consumers(cluster: LocalCluster, r: redis.Redis) -> None:
+    assert queue_has_consumers(C.QUEUE_COMPUTE, timeout=5)
+    assert not queue_has_consumers("nobody-consumes-this", timeout=1)
 
 
 def test_a_backlog_of_sweeps_runs_one_sweep(cluster: LocalCluster, r: redis.Redis) -> None:
