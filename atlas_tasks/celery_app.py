@@ -6,12 +6,16 @@ own ``CELERY_*`` settings can still override anything through ``app.conf``.
 
 * JSON only; task events on (Flower), published unbuffered from thread pools
   (:mod:`atlas_tasks.worker_events`); results in Redis for a day, with no result
-  subscription per enqueue (:mod:`atlas_tasks.result_backend`).
+  subscription per enqueue (:mod:`atlas_tasks.result_backend`, chosen in code for a plain
+  ``redis://`` ``result_backend`` URL so ``celery inspect conf`` can parse it).
 * Spawn/terminate are late-acked and rejected on worker loss (they are idempotent).
 * Queues ``compute``, ``jobs``, ``fly``, ``maintenance``.
-* Beat uses redbeat (schedule and a single-beat lock in Redis) and runs the reaper every
-  ``ATLAS_REAP_INTERVAL_MS``.
-* Each worker runs a keyspace-expiry listener thread: the fast path of the idle clock.
+* Beat uses redbeat (schedule and a single-beat lock in Redis) through
+  :class:`atlas_tasks.beat.AtlasRedBeatScheduler`, which survives Redis restarts, and runs
+  the reaper every ``ATLAS_REAP_INTERVAL_MS``. The sweep is quiet: no stored result, no
+  task events, no Celery log lines (:class:`QuietSweepFilter`) unless it did something.
+* Each worker runs a keyspace-expiry listener thread: the fast path of the idle clock,
+  and warns at start when its Redis has no persistence (:func:`persistence_problem`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from kombu.entity import Queue
 from redis.backoff import ExponentialBackoff
@@ -28,7 +33,7 @@ from redis.retry import Retry
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings
-from atlas_tasks.result_backend import result_backend_url
+from atlas_tasks.result_backend import AtlasRedisBackend, uses_atlas_backend
 from atlas_tasks.worker_events import UnbufferedTaskEvents
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,9 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
     reap_s = settings.reap_interval_ms / 1000
     return {
         "broker_url": settings.effective_broker_url,
-        "result_backend": result_backend_url(settings.effective_result_backend),
+        # A plain URL: AtlasCelery picks AtlasRedisBackend for it in code, so that
+        # `celery inspect conf` and Flower can still parse (and censor) the setting.
+        "result_backend": settings.effective_result_backend,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
@@ -73,7 +80,8 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
             "atlas.fly.*": {"queue": C.QUEUE_FLY},
             "atlas.reaper.*": {"queue": C.QUEUE_MAINTENANCE},
         },
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        # redbeat, made to survive Redis restarts and outages (atlas_tasks.beat).
+        "beat_scheduler": "atlas_tasks.beat:AtlasRedBeatScheduler",
         "redbeat_redis_url": settings.redis_url,
         "redbeat_key_prefix": C.REDBEAT_KEY_PREFIX,
         # Short lock: if beat dies, a standby beat takes over within seconds.
@@ -91,18 +99,60 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
             "atlas-reaper": {
                 "task": C.TASK_REAP,
                 "schedule": reap_s,
-                # A sweep older than two intervals is worthless: the next one is coming.
-                "options": {"queue": C.QUEUE_MAINTENANCE, "expires": max(2 * reap_s, 2.0)},
+                # No `expires`: it would be an absolute time from beat's clock, checked
+                # against the worker's, and a beat a few seconds behind made every sweep
+                # "revoked". The task itself drops stale/duplicate sweeps with a Redis
+                # throttle (atlas_tasks.tasks.reaper), which involves no process clock.
+                "options": {"queue": C.QUEUE_MAINTENANCE},
             }
         },
     }
 
 
+class AtlasCelery(Celery):  # type: ignore[misc]  # untyped base
+    """Celery app whose plain ``redis://`` result backend is :class:`AtlasRedisBackend`."""
+
+    def _get_backend(self) -> Any:
+        url = self.conf.result_backend
+        if self.backend_cls is None and uses_atlas_backend(url):
+            return AtlasRedisBackend(app=self, url=url)
+        return super()._get_backend()
+
+
+class QuietSweepFilter(logging.Filter):
+    """Drop Celery's INFO lines ("Task ... received", "... succeeded in") about the
+    beat-driven sweep: one pair a second drowned every other line of the worker log. The
+    sweep logs on its own when it did something; failures (ERROR) still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for an INFO-or-below record whose task name is a quiet task."""
+        if record.levelno > logging.INFO:
+            return True
+        args = record.args
+        return not (isinstance(args, dict) and args.get("name") in QUIET_TASKS)
+
+
+#: Tasks whose routine Celery log lines are filtered (see :class:`QuietSweepFilter`).
+QUIET_TASKS = frozenset({C.TASK_REAP})
+#: Loggers of Celery's "received" (worker strategy) and "succeeded" (tracer) lines.
+_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+_quiet_filter = QuietSweepFilter()
+
+
+def install_quiet_sweep_logging() -> None:
+    """Attach :class:`QuietSweepFilter` to Celery's task loggers (idempotent)."""
+    for name in _TASK_LOGGERS:
+        logger = logging.getLogger(name)
+        if _quiet_filter not in logger.filters:
+            logger.addFilter(_quiet_filter)
+
+
 def create_app(settings: AtlasSettings | None = None) -> Celery:
     """Build a Celery app; settings are resolved when the config is first read."""
-    app = Celery("atlas_tasks", include=list(TASK_MODULES))
+    app = AtlasCelery("atlas_tasks", include=list(TASK_MODULES))
     app.add_defaults(lambda: build_config(settings or get_settings()))
     app.steps["consumer"].add(UnbufferedTaskEvents)
+    install_quiet_sweep_logging()
     return app
 
 
@@ -117,7 +167,7 @@ def get_app() -> Celery:
     since it was configured (tests and tools that point one process at several clusters),
     in which case an app for the current settings is built and cached."""
     settings = get_settings()
-    key = (settings.effective_broker_url, result_backend_url(settings.effective_result_backend))
+    key = (settings.effective_broker_url, settings.effective_result_backend)
     if (app.conf.broker_url, app.conf.result_backend) == key:
         return app
     other = _apps_by_url.get(key)
@@ -125,7 +175,62 @@ def get_app() -> Celery:
         other = _apps_by_url[key] = create_app(settings)
     return other
 
+
+def queue_has_consumers(queue: str, timeout: float = 1.0, celery_app: Celery | None = None
+                        ) -> bool:
+    """Whether any running worker consumes ``queue`` (a control broadcast, answered
+    within ``timeout`` seconds). Lets a caller tell "no worker for ``compute``" apart
+    from "the spawn is slow" before blocking on a result."""
+    reply = (celery_app or get_app()).control.inspect(timeout=timeout).active_queues() or {}
+    return any(q.get("name") == queue for queues in reply.values() for q in queues or [])
+
+
+def persistence_problem(client: redis.Redis) -> str | None:
+    """What is wrong with ``client``'s Redis persistence for the registry, or None.
+
+    atlas keeps the session registry, spawn intents and the beat lock in Redis: a restart
+    of a Redis with no persistence forgets every tracked pod. AOF with ``everysec`` is
+    the requirement. Returns None when ``CONFIG GET`` is refused (managed Redis): we
+    cannot tell, so we do not cry wolf.
+    """
+    try:
+        conf = client.config_get("appendonly")
+        save = client.config_get("save").get("save", "")
+    except redis.ResponseError:
+        return None
+    if str(conf.get("appendonly", "")).lower() == "yes":
+        return None
+    if save:
+        return (f"Redis has RDB snapshots only (save {save!r}, appendonly no): a restart "
+                "loses everything since the last snapshot, including tracked sessions")
+    return ("Redis has no persistence (appendonly no, save ''): a restart loses every "
+            "tracked session, spawn intent and the beat lock, and their pods leak until "
+            "the orphan sweep finds them")
+
+
+def warn_if_redis_not_persistent(url: str) -> str | None:
+    """Log a warning when the registry's Redis at ``url`` lacks persistence; returns it."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        problem = persistence_problem(client)
+    except redis.RedisError as exc:
+        log.info("could not check Redis persistence: %s", exc)
+        return None
+    finally:
+        client.close()
+    if problem:
+        log.warning("%s. Run Redis with `appendonly yes` and `appendfsync everysec` "
+                    "(see README, Redis persistence).", problem)
+    return problem
+
+
 _listener: Any = None
+
+
+@signals.worker_ready.connect
+def _check_redis_persistence(sender: Any = None, **_: Any) -> None:
+    """Warn at worker start when the registry's Redis would forget it on restart."""
+    warn_if_redis_not_persistent(get_settings().redis_url)
 
 
 @signals.worker_ready.connect

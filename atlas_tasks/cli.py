@@ -8,6 +8,7 @@
     atlas-tasks fakecloud --port 8710     # the fake cloud HTTP server
     atlas-tasks demo                      # the end-to-end demo
     atlas-tasks worker | beat | flower    # Celery processes (extra args pass through)
+    atlas-tasks settings [--update-readme]  # every ATLAS_* setting as a Markdown table
 
 Commands backed by optional parts (fake cloud, demo, Celery) import them inside the
 command, so ``version``/``providers``/``gpus`` work without Celery or Redis. Failures
@@ -205,6 +206,30 @@ def fakecloud(
     if api_keys:
         options["api_keys"] = list(api_keys)
     serve(host=host, port=port, **options)
+
+
+@cli.command()
+@click.option("--markdown", is_flag=True, default=True,
+              help="Print the table as Markdown (the default and only format).")
+@click.option("--update-readme", is_flag=True,
+              help="Rewrite the table between the markers of README.md instead of printing.")
+@click.option("--readme", type=click.Path(dir_okay=False), default=None,
+              help="README to update (default: the checkout's README.md).")
+def settings(markdown: bool, update_readme: bool, readme: str | None) -> None:
+    """Every ATLAS_* setting with its default and meaning (from AtlasSettings)."""
+    from pathlib import Path
+
+    from atlas_tasks import settings_doc
+
+    if not update_readme:
+        click.echo(settings_doc.markdown_table())
+        return
+    path = Path(readme) if readme else settings_doc.default_readme()
+    try:
+        changed = settings_doc.update_readme(path)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(f"{path}: settings table {'updated' if changed else 'already up to date'}")
 
 
 @cli.command()

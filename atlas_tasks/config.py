@@ -28,73 +28,113 @@ class AtlasSettings(BaseSettings):
     default_provider: str | None = Field(
         default=None, description="Provider used when a call names none."
     )
-    runpod_api_key: SecretStr | None = None
-    fly_api_token: SecretStr | None = None
-    lambda_labs_api_key: SecretStr | None = None
-    vast_api_key: SecretStr | None = None
+    runpod_api_key: SecretStr | None = Field(
+        default=None, description="RunPod API key (else `RUNPOD_API_KEY`).")
+    fly_api_token: SecretStr | None = Field(
+        default=None, description="Fly.io API token (else `FLY_API_TOKEN`, then the Fly "
+        "token chain).")
+    lambda_labs_api_key: SecretStr | None = Field(
+        default=None, description="Lambda Labs API key (else `LAMBDA_LABS_API_KEY`).")
+    vast_api_key: SecretStr | None = Field(
+        default=None, description="Vast.ai API key (else `VAST_API_KEY`).")
 
-    runpod_base_url: str = "https://api.runpod.io"
-    runpod_runtime_url: str = "https://api.runpod.ai/v2"
-    runpod_graphql_url: str = "https://api.runpod.io/graphql"
-    fly_base_url: str = "https://api.machines.dev"
-    #: Fly app that Machines are created in (``provider="fly"``); required for Fly compute.
-    #: A call may name another one with the provider option ``app``.
-    fly_app: str | None = None
-    #: Fly organization slug, used when atlas creates an app (``FlyMachinesProvider.create_app``).
-    fly_org: str | None = None
-    fly_api_url: str = "https://api.fly.io"
+    runpod_base_url: str = Field(
+        default="https://api.runpod.io",
+        description="RunPod REST API v2 root, without a version suffix (pods, GPU catalog, "
+        "templates, network volumes, billing).")
+    runpod_runtime_url: str = Field(
+        default="https://api.runpod.ai/v2",
+        description="RunPod serverless runtime API (jobs: run, status, stream, cancel).")
+    fly_base_url: str = Field(
+        default="https://api.machines.dev", description="Fly Machines API.")
+    fly_app: str | None = Field(
+        default=None, description="Fly app that Machines are created in "
+        "(`provider=\"fly\"`); required for Fly compute. A call may name another one with "
+        "the provider option `app`.")
+    fly_org: str | None = Field(
+        default=None, description="Fly organization slug, used when atlas creates an app "
+        "(`FlyMachinesProvider.create_app`).")
+    fly_api_url: str = Field(
+        default="https://api.fly.io", description="Fly platform API (logs).")
     # ---- Fly platform ops (atlas_tasks.fly): flyctl, logs streamer, token chain
-    #: flyctl executable name or path, resolved on PATH ("flyctl" is tried when "fly" is absent).
-    fly_executable: str = "fly"
-    #: flyctl's config file read for ``access_token`` (default ``~/.fly/config.yml``).
-    fly_config_file: str | None = None
-    fly_config_file_enabled: bool = True
-    #: Durable store of resolved Fly tokens: "redis" (Fernet-sealed), "file" or "memory".
-    fly_token_store: Literal["redis", "file", "memory"] = "redis"
-    #: Directory of the file token store (default ``~/.atlas_tasks/fly-tokens``; mode 0700).
-    fly_token_dir: str | None = None
-    #: Lifetime given to tokens read from config.yml or created by the CLI.
-    fly_token_ttl_s: int = Field(default=24 * 3600, gt=0)
-    #: Timeout of ``fly tokens create readonly``.
-    fly_cli_timeout_s: float = Field(default=15.0, gt=0)
-    #: ``fly deploy``: killed after this long without output / after this long in total.
-    fly_deploy_activity_timeout_s: float = Field(default=300.0, gt=0)
-    fly_deploy_max_timeout_s: float = Field(default=1800.0, gt=0)
-    #: Logs streamer: delay between polls, HTTP timeout of one poll, run length of one task.
-    fly_logs_poll_interval_s: float = Field(default=2.0, gt=0)
-    fly_logs_timeout_s: float = Field(default=10.0, gt=0)
-    fly_logs_slice_s: float = Field(default=20.0, gt=0)
-    #: Lease of an app's streamer lock (renewed on every poll); a dead streamer is
-    #: replaced after this long.
-    fly_logs_lease_s: float = Field(default=15.0, gt=0)
-    lambda_labs_base_url: str = "https://cloud.lambda.ai/api/v1"
-    vast_base_url: str = "https://console.vast.ai/api/v0"
-    #: The one SSH key (by name, as registered with Lambda) every Lambda launch carries;
-    #: Lambda requires exactly one. ``provider_opts={"ssh_key_name": ...}`` overrides it.
-    lambda_labs_ssh_key_name: str | None = None
+    fly_executable: str = Field(
+        default="fly", description="flyctl executable name or path, resolved on PATH "
+        "(`flyctl` is tried when `fly` is absent).")
+    fly_config_file: str | None = Field(
+        default=None, description="flyctl's config file read for `access_token` "
+        "(default `~/.fly/config.yml`).")
+    fly_config_file_enabled: bool = Field(
+        default=True, description="Read flyctl's config file in the Fly token chain.")
+    fly_token_store: Literal["redis", "file", "memory"] = Field(
+        default="redis", description="Durable store of resolved Fly tokens: `redis` "
+        "(Fernet-sealed), `file` or `memory`.")
+    fly_token_dir: str | None = Field(
+        default=None, description="Directory of the file token store "
+        "(default `~/.atlas_tasks/fly-tokens`; mode 0700).")
+    fly_token_ttl_s: int = Field(
+        default=24 * 3600, gt=0,
+        description="Lifetime given to tokens read from config.yml or created by the CLI.")
+    fly_cli_timeout_s: float = Field(
+        default=15.0, gt=0, description="Timeout of `fly tokens create readonly`.")
+    fly_deploy_activity_timeout_s: float = Field(
+        default=300.0, gt=0, description="`fly deploy` is killed after this long without "
+        "output.")
+    fly_deploy_max_timeout_s: float = Field(
+        default=1800.0, gt=0, description="`fly deploy` is killed after this long in total.")
+    fly_logs_poll_interval_s: float = Field(
+        default=2.0, gt=0, description="Fly logs streamer: delay between polls.")
+    fly_logs_timeout_s: float = Field(
+        default=10.0, gt=0, description="Fly logs streamer: HTTP timeout of one poll.")
+    fly_logs_slice_s: float = Field(
+        default=20.0, gt=0, description="Fly logs streamer: run length of one task.")
+    fly_logs_lease_s: float = Field(
+        default=15.0, gt=0, description="Lease of an app's streamer lock (renewed on every "
+        "poll); a dead streamer is replaced after this long.")
+    lambda_labs_base_url: str = Field(
+        default="https://cloud.lambda.ai/api/v1", description="Lambda Labs API.")
+    vast_base_url: str = Field(
+        default="https://console.vast.ai/api/v0", description="Vast.ai API.")
+    lambda_labs_ssh_key_name: str | None = Field(
+        default=None, description="The one SSH key (by name, as registered with Lambda) "
+        "every Lambda launch carries; Lambda requires exactly one. "
+        "`provider_opts={\"ssh_key_name\": ...}` overrides it.")
 
-    http_timeout_s: float = Field(default=30.0, gt=0)
-    http_max_retries: int = Field(default=3, ge=0)
-    #: Upper bound of one backoff sleep, also applied to Retry-After.
-    http_max_backoff_s: float = Field(default=30.0, gt=0)
+    http_timeout_s: float = Field(
+        default=30.0, gt=0, description="Timeout of one provider HTTP request.")
+    http_max_retries: int = Field(
+        default=3, ge=0, description="Retries of idempotent provider requests on 429, 5xx "
+        "and transport errors (creates are never blindly retried).")
+    http_max_backoff_s: float = Field(
+        default=30.0, gt=0,
+        description="Upper bound of one backoff sleep, also applied to Retry-After.")
 
-    #: Where the mock provider keeps its state: "memory" (one process) or "redis" (shared).
-    mock_state: Literal["memory", "redis"] = "memory"
+    mock_state: Literal["memory", "redis"] = Field(
+        default="memory", description="Where the mock provider keeps its state: `memory` "
+        "(one process) or `redis` (shared).")
 
     # ---- redis / celery
-    redis_url: str = constants.DEFAULT_REDIS_URL
-    broker_url: str | None = None
-    result_backend: str | None = None
+    redis_url: str = Field(
+        default=constants.DEFAULT_REDIS_URL,
+        description="Registry, events, and (unless overridden) broker and results.")
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (default: the Redis URL).")
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend (default: the Redis URL).")
 
-    #: Fernet key (urlsafe base64, 32 bytes) for secrets that travel through the broker.
-    secret_key: SecretStr | None = None
+    secret_key: SecretStr | None = Field(
+        default=None, description="Fernet key (urlsafe base64, 32 bytes; "
+        "`atlas-tasks keygen`) for secrets that travel through the broker. Required to "
+        "spawn tracked sessions; the same on every node.")
 
     # ---- serverless jobs
-    #: How long a finished job's record and output stay readable in Redis.
-    job_result_ttl_ms: int = Field(default=constants.DEFAULT_JOB_RESULT_TTL_MS, gt=0)
+    job_result_ttl_ms: int = Field(
+        default=constants.DEFAULT_JOB_RESULT_TTL_MS, gt=0,
+        description="How long a finished job's record and output stay readable in Redis.")
 
     # ---- orchestrator
-    default_idle_ttl_ms: int = Field(default=constants.DEFAULT_IDLE_TTL_MS, gt=0)
+    default_idle_ttl_ms: int = Field(
+        default=constants.DEFAULT_IDLE_TTL_MS, gt=0,
+        description="Idle TTL of a session when `spawn` gives none.")
     min_idle_ttl_ms: int = Field(
         default=10_000, ge=1,
         description="Smallest idle_ttl_ms orchestrator.spawn accepts. A shorter idle clock "
@@ -114,38 +154,55 @@ class AtlasSettings(BaseSettings):
                     "pod for this long and adopts the pods named like sessions, so live "
                     "users keep their pods. Keep it >= the longest heartbeat gap.",
     )
-    reap_interval_ms: int = Field(default=constants.DEFAULT_REAP_INTERVAL_MS, gt=0)
-    reap_name_prefix: str = constants.POD_NAME_PREFIX_DEFAULT
-    orphan_grace_ms: int = Field(default=constants.DEFAULT_ORPHAN_GRACE_MS, ge=0)
-    #: Providers whose pods the reaper lists for orphans: "runpod,vast" or a JSON list.
-    reap_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    #: How often the reaper lists provider pods to find orphans (cluster-wide throttle).
-    #: Separate from reap_interval_ms because listing pods costs provider API calls.
-    orphan_scan_interval_ms: int = Field(default=30_000, gt=0)
-    #: Enable the keyspace-notification fast path (falls back to the reaper if refused).
-    keyspace_events: bool = True
-    #: Publish a ``heartbeat`` event on every touch(). Off by default: it costs a PUBLISH
-    #: and takes touch() off its one-key fast path (see bench/RESULTS.md).
-    heartbeat_events: bool = False
-    #: Connections per Redis pool of a process. Worker threads and the terminate batches'
-    #: own threads share it; redis-py raises past the limit, so it is sized generously.
-    redis_max_connections: int = Field(default=1024, gt=0)
-    #: Attempts of a terminate before ``terminate_failed`` (the reaper keeps retrying later).
-    terminate_max_retries: int = Field(default=6, ge=0)
-    #: Retries of a spawn on transient provider errors (429, 5xx, transport).
-    spawn_max_retries: int = Field(default=5, ge=0)
-    #: A spawn whose intent saw no progress for this long is re-sent by the reaper (its
-    #: message was lost); its lease is 3/4 of this, capped at 90 s.
-    spawn_stall_ms: int = Field(default=120_000, ge=2_000)
-    #: Hard time limit of one spawn attempt; must stay below the spawn intent TTL.
-    spawn_time_limit_s: int = Field(default=300, gt=0)
-    #: Broker visibility timeout: an unacked spawn/terminate of a dead worker is redelivered
-    #: after this. Must exceed the longest late-acked task (spawn_time_limit_s).
-    visibility_timeout_s: int = Field(default=360, gt=0)
-    #: Celery worker pool and concurrency used by ``atlas-tasks worker`` and the demo.
-    #: Provider calls are I/O bound, so threads give the most concurrency per core.
-    worker_pool: str = "threads"
-    worker_concurrency: int = Field(default=128, gt=0)
+    reap_interval_ms: int = Field(
+        default=constants.DEFAULT_REAP_INTERVAL_MS, gt=0,
+        description="Beat period of the reaper sweep.")
+    reap_name_prefix: str = Field(
+        default=constants.POD_NAME_PREFIX_DEFAULT, description="Safety switch: only pods "
+        "named with this prefix are ever reaped as orphans (`\"\"` disables orphan "
+        "reaping). Unique per deployment sharing a cloud account.")
+    orphan_grace_ms: int = Field(
+        default=constants.DEFAULT_ORPHAN_GRACE_MS, ge=0,
+        description="An untracked prefixed pod younger than this is left alone.")
+    reap_providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Providers whose pods the reaper lists for "
+        "orphans: `runpod,vast` or a JSON list.")
+    orphan_scan_interval_ms: int = Field(
+        default=30_000, gt=0, description="How often the reaper lists provider pods to "
+        "find orphans (cluster-wide throttle; listing pods costs provider API calls).")
+    keyspace_events: bool = Field(
+        default=True, description="Enable the keyspace-notification fast path of the "
+        "idle clock (falls back to the reaper if `CONFIG SET` is refused).")
+    heartbeat_events: bool = Field(
+        default=False, description="Publish a `heartbeat` event on every `touch()` "
+        "(costs a PUBLISH and takes touch() off its one-key fast path).")
+    redis_max_connections: int = Field(
+        default=1024, gt=0, description="Connections per Redis pool of a process (worker "
+        "threads and terminate batches share it; redis-py raises past the limit).")
+    terminate_max_retries: int = Field(
+        default=6, ge=0, description="Attempts of a terminate before `terminate_failed` "
+        "(the reaper keeps retrying later).")
+    spawn_max_retries: int = Field(
+        default=5, ge=0,
+        description="Retries of a spawn on transient provider errors (429, 5xx, transport).")
+    spawn_stall_ms: int = Field(
+        default=120_000, ge=2_000, description="A spawn whose intent saw no progress for "
+        "this long is re-sent by the reaper (its message was lost); its lease is 3/4 of "
+        "this, capped at 90 s.")
+    spawn_time_limit_s: int = Field(
+        default=300, gt=0, description="Hard time limit of one spawn attempt; must stay "
+        "below the spawn intent TTL.")
+    visibility_timeout_s: int = Field(
+        default=360, gt=0, description="Broker visibility timeout: an unacked "
+        "spawn/terminate of a dead worker is redelivered after this. Must exceed "
+        "`spawn_time_limit_s`.")
+    # Provider calls are I/O bound, so threads give the most concurrency per core.
+    worker_pool: str = Field(
+        default="threads", description="Celery pool of `python -m workers.worker` "
+        "(and the demo).")
+    worker_concurrency: int = Field(
+        default=128, gt=0, description="Celery concurrency of "
+        "`python -m workers.worker` (and the demo).")
 
     @field_validator("reap_providers", mode="before")
     @classmethod

@@ -24,10 +24,8 @@ from celery.backends.redis import RedisBackend, ResultConsumer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-#: Dotted name Celery resolves for ``<name>+redis://`` result backend URLs.
-BACKEND_NAME = "atlas_tasks.result_backend:AtlasRedisBackend"
-
-_WRAPPED_SCHEMES = ("redis://", "rediss://")
+#: URL schemes served by :class:`AtlasRedisBackend` (any other backend is Celery's own).
+ATLAS_SCHEMES = ("redis://", "rediss://")
 
 
 class AtlasResultConsumer(ResultConsumer):  # type: ignore[misc]  # untyped base
@@ -55,9 +53,10 @@ class AtlasRedisBackend(RedisBackend):  # type: ignore[misc]  # untyped base
         """Do not subscribe on send: ``AsyncResult.get()`` subscribes on demand."""
 
 
-def result_backend_url(url: str) -> str:
-    """``url`` routed to :class:`AtlasRedisBackend` when it is a plain Redis URL; any
-    other backend (or an explicit ``name+scheme://`` one) is returned unchanged."""
-    if url.startswith(_WRAPPED_SCHEMES):
-        return f"{BACKEND_NAME}+{url}"
-    return url
+def uses_atlas_backend(url: str | None) -> bool:
+    """Whether ``result_backend = url`` is served by :class:`AtlasRedisBackend`: plain
+    ``redis://``/``rediss://`` URLs are. The app picks the class in code
+    (``AtlasCelery._get_backend``) so the configured URL stays an ordinary URL, which
+    ``celery inspect conf`` and Flower can parse (a ``module:Class+redis://`` URL made
+    them fail with "Port could not be cast to integer")."""
+    return bool(url) and str(url).startswith(ATLAS_SCHEMES)

@@ -1,8 +1,10 @@
 """Celery beat: ``python -m workers.beat [extra celery beat options]``.
 
-Uses the redbeat scheduler configured in :mod:`atlas_tasks.celery_app`: the schedule and a
-single-beat lock live in Redis, so starting a second beat by mistake only adds a standby
-that takes over when the first one dies (lock timeout ≈ 10 s).
+Uses the redbeat scheduler configured in :mod:`atlas_tasks.celery_app`
+(:class:`atlas_tasks.beat.AtlasRedBeatScheduler`): the schedule and a single-beat lock
+live in Redis, so starting a second beat by mistake only adds a standby that takes over
+when the first one dies (lock timeout: 5 × ``ATLAS_REAP_INTERVAL_MS``, at least 5 s). A
+Redis outage or restart does not end beat: it waits, then takes its lock again.
 """
 
 from __future__ import annotations

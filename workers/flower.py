@@ -1,7 +1,10 @@
 """Flower monitoring: ``python -m workers.flower [extra flower options]``.
 
 Listens on ``FLOWER_PORT`` (default 5555) and ``FLOWER_ADDRESS`` (default 127.0.0.1; the
-compose file sets 0.0.0.0 inside its network). Task arguments shown there are the
+compose file sets 0.0.0.0 inside the container and publishes it on the host's loopback).
+Flower reads its other options from ``FLOWER_*`` variables: ``FLOWER_BASIC_AUTH``
+(``user:password``) protects the UI and opens the HTTP API, which answers 401 without
+auth unless ``FLOWER_UNAUTHENTICATED_API=true``. Task arguments shown there are the
 redacted ``argsrepr`` atlas sends: never a token or an API key.
 """
 

@@ -1,8 +1,10 @@
 """Celery worker: ``python -m workers.worker [extra celery worker options]``.
 
 Runs ``worker -E`` (task events for Flower) on every atlas queue with the pool and
-concurrency of ``ATLAS_WORKER_POOL`` / ``ATLAS_WORKER_CONCURRENCY`` (threads × 64 by
-default: provider calls are I/O bound). Extra arguments are passed to Celery and win.
+concurrency of ``ATLAS_WORKER_POOL`` / ``ATLAS_WORKER_CONCURRENCY`` (threads × 128 by
+default: provider calls are I/O bound; docker-compose runs two processes × 64 per node).
+Extra arguments are passed to Celery and win. At start the worker warns when its Redis has
+no persistence (see README, Redis persistence).
 """
 
 from __future__ import annotations

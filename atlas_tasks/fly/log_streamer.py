@@ -27,7 +27,10 @@ Redis keys (:mod:`atlas_tasks.constants`):
 
 Events go to topic ``logs`` (:mod:`atlas_tasks.events` keys and message format, so
 ``events.subscribe(app, topic="logs")`` works too): ``logs`` with
-``{"entries": [LogEntry...]}`` and ``stopped``.
+``{"entries": [LogEntry...]}``, ``stopped``, and ``error`` with ``{"kind", "message"}``
+when a poll is refused for want of a valid token. Subscribers raise that one as
+:class:`~atlas_tasks.errors.UnauthorizedError` naming the token chain, rather than
+waiting forever on a streamer that can never fetch anything.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks import events
 from atlas_tasks.config import AtlasSettings, get_settings
-from atlas_tasks.errors import AtlasError
+from atlas_tasks.errors import AtlasError, UnauthorizedError
 from atlas_tasks.fly.logs import LogEntry, LogPage, LogsClient
 from atlas_tasks.fly.token_storage import check_app
 from atlas_tasks.redis_conn import get_redis
@@ -281,6 +284,10 @@ def run_slice(
             result.errors += 1
             log.warning("fly logs of %s: poll failed (%s%s)", app, exc.kind,
                         f", HTTP {exc.status}" if exc.status else "")
+            if exc.kind == "unauthorized":
+                # Retrying cannot help until someone provides a token: tell subscribers.
+                events.publish(app, "error", {"kind": exc.kind, "message": exc.message},
+                               topic="logs", client=r)
         else:
             result.polls += 1
             status, _ = commit(app, owner, page.entries, page.next_token, client=r,
@@ -317,6 +324,18 @@ def ensure_streamer(app: str, start: Starter, *, client: redis.Redis | None = No
     return True
 
 
+#: Where a Fly token comes from, in order (:mod:`atlas_tasks.fly.tokens`).
+TOKEN_CHAIN = ("ATLAS_FLY_API_TOKEN or FLY_API_TOKEN in the worker's environment, "
+               "~/.fly/config.yml (ATLAS_FLY_CONFIG_FILE), `fly tokens create readonly`, "
+               "or a manual token (FlyTokens.set_manual)")
+
+
+def _unauthorized_message(app: str, data: dict[str, Any]) -> str:
+    detail = str(data.get("message") or "unauthorized")
+    return (f"fly logs of {app!r}: the streamer has no valid Fly token ({detail}). "
+            f"Provide one through the token chain: {TOKEN_CHAIN}")
+
+
 def _register(r: redis.Redis, app: str, sub_id: str, ttl_ms: int) -> None:
     """Push this subscriber's deadline forward; the set itself expires when unused."""
     pipe = r.pipeline(transaction=False)
@@ -345,6 +364,10 @@ def subscribe(
 
     Args:
         timeout: stop after this many seconds without an entry (``None`` = never).
+
+    Raises:
+        UnauthorizedError: the streamer's polls are refused for want of a valid Fly token
+            (the message names the token chain to fix it).
     """
     check_app(app)
     settings = settings or get_settings()
@@ -378,6 +401,9 @@ def subscribe(
                             yield entry
                     elif event.type == "stopped":
                         ensure_streamer(app, start, client=r)
+                    elif event.type == "error" and event.data.get("kind") == "unauthorized":
+                        raise UnauthorizedError(_unauthorized_message(app, event.data),
+                                                provider="fly")
                     if time.monotonic() - checked >= check_every:
                         break  # time to refresh the registration; resume after `after`
             finally:

@@ -247,9 +247,11 @@ class AuthHandle(BaseModel):
     """Credentials minted for a compute. ``token`` is raw and handed out exactly once."""
 
     scheme: AuthScheme
-    token: str | None = None
+    # Secrets stay out of repr()/str(): a Compute printed in a log or a traceback must not
+    # leak the bearer token. They are still attributes and still in model_dump().
+    token: str | None = Field(default=None, repr=False)
     hash: str | None = None
-    header: str | None = None
+    header: str | None = Field(default=None, repr=False)
 
 
 class Compute(BaseModel):

@@ -86,3 +86,13 @@ def test_dockerfile_ships_package_and_workers() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "COPY atlas_tasks" in text and "COPY workers" in text
     assert importlib.util.find_spec("workers.flower") is not None
+
+
+def test_flower_is_on_loopback_with_basic_auth(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    # Published on the host's loopback only: "0.0.0.0:5555" or a bare "5555:5555" would
+    # expose task arguments and worker control to the network.
+    for port in flower["ports"]:
+        assert str(port).startswith("127.0.0.1:"), port
+    auth = flower["environment"]["FLOWER_BASIC_AUTH"]
+    assert auth.startswith("${FLOWER_BASIC_AUTH:?"), "compose must refuse to start without it"

@@ -43,10 +43,25 @@ def build_context(config: FakeCloudConfig | None = None) -> FakeCloudContext:
     return ctx
 
 
+def mounted_prefixes(app: Starlette) -> list[str]:
+    """First path segment of every route (``/runpod``, ``/fly``, ...), sorted."""
+    prefixes = {"/" + str(getattr(route, "path", "")).strip("/").split("/")[0]
+                for route in app.routes}
+    return sorted(p for p in prefixes if p != "/")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     # Unknown paths and wrong methods answer JSON like the rest of the API, not plain text.
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    body: dict[str, object] = {"error": exc.detail}
+    if exc.status_code == 404:
+        # A client pointed at the wrong base URL sees what it asked for and what exists.
+        prefixes = mounted_prefixes(request.app)
+        body.update(method=request.method, url=str(request.url), prefixes=prefixes,
+                    message=f"fake cloud: no route for {request.method} {request.url}; "
+                            f"providers are mounted under {', '.join(prefixes)} (the "
+                            "banner of `atlas-tasks fakecloud` prints each base URL)")
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(config: FakeCloudConfig | None = None) -> Starlette:
