@@ -19,16 +19,16 @@ def cloud() -> Iterator[FakeCloud]:
 
 def test_unknown_path_names_method_url_and_provider_prefixes(cloud: FakeCloud) -> None:
     # A base URL missing its /runpod prefix.
-    response = httpx.post(f"{cloud.url}/v1/pods", json={}, timeout=10)
+    response = httpx.post(f"{cloud.url}/v2/pods", json={}, timeout=10)
     assert response.status_code == 404
     body = response.json()
-    assert body["method"] == "POST" and body["url"] == f"{cloud.url}/v1/pods"
+    assert body["method"] == "POST" and body["url"] == f"{cloud.url}/v2/pods"
     assert {"/runpod", "/lambda", "/vast", "/fly"} <= set(body["prefixes"])
-    assert f"POST {cloud.url}/v1/pods" in body["message"] and "/runpod" in body["message"]
+    assert f"POST {cloud.url}/v2/pods" in body["message"] and "/runpod" in body["message"]
 
 
 def test_known_resources_keep_their_provider_style_404(cloud: FakeCloud) -> None:
-    missing = httpx.get(f"{cloud.runpod_rest_url}/pods/nope", timeout=10,
+    missing = httpx.get(f"{cloud.runpod_rest_url}/v2/pods/nope", timeout=10,
                         headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"})
     assert missing.status_code == 404
     assert "prefixes" not in missing.json()

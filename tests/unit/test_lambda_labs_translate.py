@@ -257,8 +257,12 @@ def test_launch_body_keys_are_exactly_instance_launch_request_fields() -> None:
 ])
 def test_provider_opts_can_never_override_our_fields_or_add_unknown_ones(
         opts: dict[str, object], named: str) -> None:
+    # The request model refuses atlas-owned provider_opts keys up front
+    # (tests/unit/test_hostile_input.py); this checks the translate's own second line
+    # of defence, so the options are set past the model's validation.
     request = build_compute_request(gpu="h100", image="i", name="atlas-x",
-                                    env={"ATLAS_PRESHARED_KEY": "tok"}, provider_opts=opts)
+                                    env={"ATLAS_PRESHARED_KEY": "tok"})
+    request = request.model_copy(update={"provider_opts": opts})
     with pytest.raises(ValidationError) as info:
         t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
                       ssh_key_name="k")

@@ -214,11 +214,15 @@ def test_create_sends_the_definitions_example_body_exactly(fake: FakeRunPod) -> 
 
 def test_create_sends_the_nested_body_and_parses_the_pod(fake: FakeRunPod) -> None:
     provider, _ = make_provider(fake)
-    compute = provider.spawn_compute(spawn_request(
+    # The request model refuses provider_opts' name/env up front; set past its validation
+    # here to check the provider's own second line of defence.
+    request = spawn_request(
         auth="bearer", env={"A": "1"}, gpu_count=2, cloud_type="community", volume_gb=20,
         region_hints=("EU-RO-1", "US-TX-3"), container_disk_gb=40,
-        provider_opts={"startSsh": True, "name": "hijack", "image": "evil",
-                       "env": {"ATLAS_PRESHARED_KEY": "forged", "EXTRA": "x", "A": "0"}}))
+    ).model_copy(update={"provider_opts": {
+        "startSsh": True, "name": "hijack", "image": "evil",
+        "env": {"ATLAS_PRESHARED_KEY": "forged", "EXTRA": "x", "A": "0"}}})
+    compute = provider.spawn_compute(request)
     body = json.loads(fake.posts()[0].content)
     token = body["env"]["ATLAS_PRESHARED_KEY"]
     assert body == {

@@ -71,10 +71,14 @@ def test_pod_create_body_drops_nil_and_omits_cloud_any() -> None:
 
 
 def test_pod_create_body_provider_opts_stay_below_ours() -> None:
+    # The request model refuses atlas-owned provider_opts keys up front
+    # (tests/unit/test_hostile_input.py); this checks the translate's own second line
+    # of defence, so the options are set past the model's validation.
     req = build_compute_request(
-        gpu="l4", image="i", name="n", env={"ATLAS_PRESHARED_KEY": "real"},
-        provider_opts={"name": "other", "startSsh": True, "gpu": {"id": "x"},
-                       "env": {"ATLAS_PRESHARED_KEY": "forged", "HF_HOME": "/h"}})
+        gpu="l4", image="i", name="n", env={"ATLAS_PRESHARED_KEY": "real"}
+    ).model_copy(update={"provider_opts": {
+        "name": "other", "startSsh": True, "gpu": {"id": "x"},
+        "env": {"ATLAS_PRESHARED_KEY": "forged", "HF_HOME": "/h"}}})
     body = translate.pod_create_body(req)
     assert body["name"] == "n" and body["gpu"] == {"id": "NVIDIA L4", "count": 1}
     assert body["env"] == {"ATLAS_PRESHARED_KEY": "real", "HF_HOME": "/h"}

@@ -225,8 +225,12 @@ def test_no_offer_error_names_gpu_and_kind() -> None:
     ({"bogus": 1}, "bogus"),
 ])
 def test_provider_opts_never_replace_our_fields(opts: dict[str, Any], named: str) -> None:
+    # The request model refuses atlas-owned provider_opts keys up front
+    # (tests/unit/test_hostile_input.py); this checks the translate's own second line
+    # of defence, so the options are set past the model's validation.
     request = build_compute_request(gpu="rtx_4090", image="img:1", name="atlas-s1",
-                                    env={"ATLAS_PRESHARED_KEY": "tok"}, provider_opts=opts)
+                                    env={"ATLAS_PRESHARED_KEY": "tok"})
+    request = request.model_copy(update={"provider_opts": opts})
     with pytest.raises(ValidationError) as info:
         t.create_body(request, OFFERS["offers"][1])
     assert info.value.field == "provider_opts" and named in str(info.value)
