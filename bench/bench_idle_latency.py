@@ -44,6 +44,7 @@ from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.registry import SessionRegistry
+from atlas_tasks.tasks.reaper import SWEEP_STATS_KEY
 from atlas_tasks.testing.cluster import LocalCluster
 from bench.common import Report, cpu_seconds, distribution, group_cpu_seconds
 
@@ -86,16 +87,18 @@ def _task_outcomes(client: redis.Redis) -> dict[str, Any]:
     out: dict[str, Any] = {"batches": 0, "batch_sessions": 0, "batch_sizes": [],
                            "single_terminates": 0, "sweeps": 0, "swept": 0,
                            "outcomes": outcomes}
+    # The sweep stores no result (it runs every second); it counts itself in Redis.
+    stats = {k.decode() if isinstance(k, bytes) else k: v
+             for k, v in client.hgetall(SWEEP_STATS_KEY).items()}
+    out["sweeps"] = int(stats.get("sweeps") or 0)
+    out["swept"] = int(stats.get("due") or 0)
     for key in client.scan_iter("celery-task-meta-*", count=1000):
         raw = client.get(key)
         if not raw:
             continue
         meta = json.loads(raw)
         name, result = meta.get("name"), meta.get("result")
-        if name == C.TASK_REAP and isinstance(result, dict):
-            out["sweeps"] += 1
-            out["swept"] += int(result.get("due") or 0)
-        elif name == C.TASK_TERMINATE_BATCH:
+        if name == C.TASK_TERMINATE_BATCH:
             out["batches"] += 1
             if meta.get("status") == "SUCCESS" and isinstance(result, dict):
                 out["batch_sessions"] += int(result.get("sessions") or 0)
