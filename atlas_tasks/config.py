@@ -118,6 +118,15 @@ class AtlasSettings(BaseSettings):
     #: A spawn whose intent saw no progress for this long is re-sent by the reaper (its
     #: message was lost); its lease is 3/4 of this, capped at 90 s.
     spawn_stall_ms: int = Field(default=120_000, ge=2_000)
+    #: After a create that may have made a pod (5xx, read timeout, reset), the name lookup
+    #: keeps polling this long before it concludes "no pod": a create the cloud finishes
+    #: after the client gave up shows within it, so the spawn adopts it instead of
+    #: creating a second pod. Also bounds the by-name cleanup after such a create.
+    create_lookup_wait_ms: int = Field(
+        default=15_000, ge=0,
+        description="How long (ms) the by-name lookup after an ambiguous create failure "
+                    "(5xx, timeout, transport) keeps polling for a late-landing pod before "
+                    "concluding that none exists; 0 = a single lookup.")
     #: Hard time limit of one spawn attempt; must stay below the spawn intent TTL.
     spawn_time_limit_s: int = Field(default=300, gt=0)
     #: Broker visibility timeout: an unacked spawn/terminate of a dead worker is redelivered
