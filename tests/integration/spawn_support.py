@@ -97,6 +97,12 @@ def creates_of(cloud: FakeCloud, sid: str) -> int:
     return cloud.creates_by_name().get(f"{PREFIX}{sid}", 0)
 
 
+def collection_calls(cloud: FakeCloud, method: str) -> int:
+    """Requests received on the pod collection (``POST`` creates, ``GET`` lookups)."""
+    return sum(n for route, n in cloud.state()["routes"].items()
+               if route.startswith(f"{method} ") and route.endswith("/pods"))
+
+
 def live_pods_of(cloud: FakeCloud, sid: str) -> list[dict[str, Any]]:
     """Pods under the session's name that are not terminated."""
     return [p for p in cloud.live_pods() if p["name"] == f"{PREFIX}{sid}"]

@@ -148,6 +148,11 @@ def provider_route(
                 ctx.state.totals["unauthorized"] += 1
             return _unauthorized(api, "missing api key" if key is None else "invalid api key")
         plan = ctx.faults.plan(request.method, api, rel, full, create=create)
+        if plan.delay_s > 0 or plan.hold is not None:
+            # The cloud has the whole request before it is slow: read (and cache) the body
+            # now, so a client that times out meanwhile still gets its create made late,
+            # as a real API that finishes a create after the client gave up does.
+            await request.body()
         if plan.delay_s > 0:
             await asyncio.sleep(plan.delay_s)
         if plan.hold is not None and not plan.hold_after:
