@@ -277,7 +277,8 @@ def _settle_without_create(reg: SessionRegistry, provider: Provider, session_id:
             log.warning("session %s: terminate from a redelivered spawn failed: %s",
                         session_id, exc)
             outcome = "terminating"
-        return {"id": compute_id, "status": outcome}
+        return {"id": compute_id,
+                "status": "terminated" if outcome == "terminated" else "terminating"}
     if status == "terminating":
         # Stopped before its pod existed: the stop deferred to the spawn. Make sure no pod
         # exists by name (waiting for a create still landing), then end the session.
@@ -294,6 +295,11 @@ def _create_refused(reg: SessionRegistry, provider: Provider, session_id: str,
     if verdict == "lease_lost":
         return {"id": None, "status": "spawning"}  # the attempt holding the lease goes on
     record = reg.get(session_id)
+    if record.get("status") in ("failed", "terminated") and \
+            record.get("create_unsettled") == "1" and not record.get("compute_id"):
+        # Ended elsewhere while this attempt's ambiguous create may have made a pod:
+        # whoever ended it may have looked before that pod showed. Owe a cleanup.
+        reg.add_cleanup(session_id, get_settings().create_lookup_wait_ms)
     return _settle_without_create(reg, provider, session_id, record) or {
         "id": None, "status": record.get("status", "missing")}
 
