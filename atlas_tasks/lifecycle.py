@@ -47,6 +47,7 @@ import copy
 import json
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -112,8 +113,10 @@ def spawn_session(session_id: str, sealed: str, *, attempt_id: str) -> dict[str,
     Args:
         session_id: the tracked session.
         sealed: the Fernet-sealed request and secret.
-        attempt_id: the spawn task's id; it owns the session's spawn lease (a redelivery of
-            the same task keeps it, a re-sent spawn waits for it).
+        attempt_id: the spawn task's id. Each execution owns the session's spawn lease
+            under its own token (task id + a random suffix): a duplicate or re-sent spawn
+            finding it held leaves the session to the holder, and takes over only once the
+            holder released it (on any error) or its lease expired (the worker died).
 
     Returns the public compute dict (or a short status dict when there was nothing to
     create). Raises :class:`AtlasError` for the task to retry or fail; the registry is
@@ -127,6 +130,20 @@ def spawn_session(session_id: str, sealed: str, *, attempt_id: str) -> dict[str,
     settled = _settle_without_create(reg, provider, session_id, record)
     if settled is not None:
         return settled
+    # The lease belongs to this execution, not to the task id: a duplicate delivery of
+    # the same task while this one still runs (a visibility timeout shorter than a slow
+    # spawn) must not share its lease, or both could pass the create gate.
+    token = f"{attempt_id}#{uuid.uuid4().hex[:12]}"
+    try:
+        return _spawn_attempt(reg, provider, session_id, sealed, token)
+    except Exception:
+        reg.release_spawn_lease(session_id, token)  # the task's retry starts at once
+        raise
+
+
+def _spawn_attempt(reg: SessionRegistry, provider: Provider, session_id: str, sealed: str,
+                   token: str) -> dict[str, Any]:
+    attempt_id = token
     attempt = reg.start_spawn(session_id, attempt_id, spawn_lease_ms())
     if attempt == -1:
         log.info("session %s: another spawn attempt holds the lease; leaving it", session_id)
@@ -151,7 +168,7 @@ def spawn_session(session_id: str, sealed: str, *, attempt_id: str) -> dict[str,
     else:
         verdict = reg.begin_create(session_id, attempt_id)
         if verdict != "ok":
-            return _create_refused(reg, provider, session_id, verdict)
+            return _create_refused(reg, provider, session_id, verdict, attempt_id)
         guard = _CreateGuard(reg, provider, session_id, attempt_id, wait_ms)
         try:
             compute = guard.provider().spawn_compute(request, secret=payload.get("secret"))
@@ -159,16 +176,15 @@ def spawn_session(session_id: str, sealed: str, *, attempt_id: str) -> dict[str,
             if guard.refused is not None:
                 # A stop (or another end) claimed the session during the provider's retry:
                 # no second create; settle what the session became.
-                return _create_refused(reg, provider, session_id, guard.refused)
+                return _create_refused(reg, provider, session_id, guard.refused, attempt_id)
             if not is_maybe_created(exc):
                 reg.settle_create(session_id)  # definitely nothing made: no cleanup owed
             raise
     fault_point("after_create")
     public = public_compute(compute)
-    verdict = reg.finish_spawn(session_id, compute.id, public)
-    reg.release_spawn_lease(session_id)
+    verdict = reg.finish_spawn(session_id, compute.id, public)  # publishes `running`
+    reg.release_spawn_lease(session_id, attempt_id)
     if verdict == "running":
-        events.publish(session_id, "status", {"status": "running", "compute": public})
         return public
     if verdict == "duplicate":
         log.warning("session %s already has a pod; terminating the extra pod %s", session_id,
@@ -289,8 +305,8 @@ def _settle_without_create(reg: SessionRegistry, provider: Provider, session_id:
 
 
 def _create_refused(reg: SessionRegistry, provider: Provider, session_id: str,
-                    verdict: str) -> dict[str, Any]:
-    reg.release_spawn_lease(session_id)
+                    verdict: str, token: str) -> dict[str, Any]:
+    reg.release_spawn_lease(session_id, token)
     log.info("session %s: not creating (%s)", session_id, verdict)
     if verdict == "lease_lost":
         return {"id": None, "status": "spawning"}  # the attempt holding the lease goes on

@@ -76,8 +76,11 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 """
 
-_FINISH_SPAWN = _NOW + """
--- KEYS: session, alive, deadlines, intents  ARGV: id, compute_id, compute_json, grace_ms
+_FINISH_SPAWN = _NOW + EMIT_LUA + """
+-- KEYS: session, alive, deadlines, intents, event stream, event channel
+-- ARGV: id, compute_id, compute_json, grace_ms, running event payload
+-- The `running` event is published in the same step: a worker dying right after this
+-- script cannot leave a running session whose subscribers never hear of it.
 local st = redis.call('HMGET', KEYS[1], 'status', 'idle_ttl_ms', 'compute_id')
 if not st[1] then redis.call('ZREM', KEYS[4], ARGV[1]) return 'missing' end
 -- a re-sent spawn that raced a slow original: the first pod recorded wins
@@ -110,6 +113,7 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'running_at_ms', now, 'last_act
 redis.call('SET', KEYS[2], ttl, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
+emit(KEYS[5], KEYS[6], ARGV[5])
 return 'running'
 """
 
@@ -280,6 +284,12 @@ redis.call('ZADD', KEYS[3], 'XX', now + tonumber(ARGV[3]), ARGV[1])
 return 'ok'
 """
 
+_RELEASE_LEASE = """
+-- KEYS: lease  ARGV: token  (compare and delete)
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _ADD_CLEANUP = _NOW + """
 -- KEYS: session, cleanups  ARGV: id, due_in_ms
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -341,8 +351,11 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, upper, 'LIMIT', 0,
 local out = {}
 for _, id in ipairs(ids) do
   local rec = ARGV[4] .. id
-  local st = redis.call('HMGET', rec, 'status', 'spawn_sealed')
-  if st[1] == 'spawning' and st[2] then
+  local st = redis.call('HMGET', rec, 'status', 'spawn_sealed', 'compute_id')
+  -- a session stopped before its pod existed waits for its spawn to end it (the stop
+  -- deferred to it): a lost spawn message must be re-sent for it too
+  local podless_stop = st[1] == 'terminating' and (not st[3] or st[3] == '')
+  if (st[1] == 'spawning' or podless_stop) and st[2] then
     if redis.call('HINCRBY', rec, 'spawn_resends', 1) <= tonumber(ARGV[5]) then
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
       table.insert(out, id)
@@ -458,6 +471,7 @@ class SessionRegistry:
         self._start_spawn = client.register_script(_START_SPAWN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
         self._begin_create = client.register_script(_BEGIN_CREATE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
         self._add_cleanup = client.register_script(_ADD_CLEANUP)
         self._claim_cleanups = client.register_script(_CLAIM_CLEANUPS)
         self._finish_cleanup = client.register_script(_FINISH_CLEANUP)
@@ -567,9 +581,14 @@ class SessionRegistry:
         """The last create definitely made nothing (4xx, 429, refused connection)."""
         self.r.hdel(Keys(session_id).record, "create_unsettled")
 
-    def release_spawn_lease(self, session_id: str) -> None:
-        """Let the next spawn attempt of this session start at once."""
-        self.r.delete(C.SPAWN_LEASE_KEY.format(id=session_id))
+    def release_spawn_lease(self, session_id: str, token: str | None = None) -> None:
+        """Let the next spawn attempt of this session start at once; with ``token``, only
+        if that execution still holds the lease (never a successor's)."""
+        key = C.SPAWN_LEASE_KEY.format(id=session_id)
+        if token is None:
+            self.r.delete(key)
+        else:
+            self._release_lease(keys=[key], args=[token])
 
     def claim_stalled_spawns(self, stall_ms: int, max_resends: int,
                              limit: int = 100) -> list[tuple[str, str]]:
@@ -582,16 +601,18 @@ class SessionRegistry:
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def finish_spawn(self, session_id: str, compute_id: str, compute: dict[str, Any]) -> str:
-        """Record the created pod and start the idle clock.
+        """Record the created pod, start the idle clock and publish ``running`` (one step).
 
         Returns the status the session had: ``running`` on the normal path,
         ``terminating`` when a stop arrived during the spawn (the caller then terminates),
         ``missing`` when the record vanished.
         """
         k = Keys(session_id)
+        channel, stream = topic_keys(session_id)
         return str(self._finish_spawn(
-            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.INTENTS_KEY],
-            args=[session_id, compute_id, json.dumps(compute), C.SESSION_RECORD_GRACE_MS],
+            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.INTENTS_KEY, stream, channel],
+            args=[session_id, compute_id, json.dumps(compute), C.SESSION_RECORD_GRACE_MS,
+                  encode(session_id, "status", {"status": "running", "compute": compute})],
         ))
 
     def fail_spawn(self, session_id: str, error: dict[str, Any],

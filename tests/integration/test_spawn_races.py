@@ -201,6 +201,7 @@ def test_redelivery_after_a_worker_died_mid_create_adopts_the_late_pod(
     cloud.wait_held(LATE)
     with pytest.raises(AtlasError):
         dying.result()  # its client times out, as the dead worker's would have
+    reg.release_spawn_lease(sid)  # and the dead worker's lease runs out
     lookups = collection_calls(cloud, "GET")
 
     redelivered = Background(lambda: lifecycle.spawn_session(sid, sealed, attempt_id="t1"))
@@ -280,6 +281,7 @@ def _status_spawning(reg: SessionRegistry, p: StubCloud, sid: str, sealed: str) 
     p.die_after_create = True  # first delivery: the pod is made, then the worker dies
     with pytest.raises(WorkerDied):
         lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+    reg.release_spawn_lease(sid)  # the dead worker's lease runs out
 
 
 def _status_running(reg: SessionRegistry, p: StubCloud, sid: str, sealed: str) -> None:
@@ -340,8 +342,6 @@ def test_redelivered_spawn_never_creates_a_second_pod(
     if status != "terminating_without_compute_id":
         assert reg.get(sid)["status"] == status.split("_")[0]
     before = reg.get(sid)
-    if attempt_id == "resent":
-        reg.release_spawn_lease(sid)  # the original's lease ran out
 
     for _ in range(2):  # and once more, for good measure
         lifecycle.spawn_session(sid, sealed, attempt_id=attempt_id)
@@ -358,7 +358,50 @@ def test_redelivered_spawn_never_creates_a_second_pod(
         assert after["compute_id"] == provider.live()[0].id
 
 
+def test_duplicate_delivery_of_a_live_spawn_does_not_share_its_lease(
+        stub: tuple[SessionRegistry, StubCloud]) -> None:
+    """The same task delivered twice while the first execution is still creating (a
+    visibility timeout shorter than a slow spawn): the duplicate must leave the session
+    to it instead of sharing its lease and creating too."""
+    reg, provider = stub
+    sid, sealed = new_session(reg, provider="mock")
+    duplicate: dict[str, Any] = {}
+    original_create = provider.create_compute
+
+    def create_while_a_duplicate_arrives(request: ComputeRequest) -> Compute:
+        duplicate.update(lifecycle.spawn_session(sid, sealed, attempt_id="t1"))
+        return original_create(request)
+
+    provider.create_compute = create_while_a_duplicate_arrives  # type: ignore[method-assign]
+    result = lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+
+    assert duplicate == {"id": None, "status": "spawning"}
+    assert provider.creates == {f"atlas-{sid}": 1}
+    assert reg.get(sid)["status"] == "running" and result["id"] == provider.live()[0].id
+    running = [e for e in events.history(sid) if e.data.get("status") == "running"]
+    assert len(running) == 1  # published with the record, once
+
+
 def test_settings_expose_the_lookup_wait(stub: tuple[SessionRegistry, StubCloud]) -> None:
     assert get_settings().create_lookup_wait_ms == 200
     field = type(get_settings()).model_fields["create_lookup_wait_ms"]
     assert field.description and field.default == 15_000
+
+
+def test_lost_spawn_of_a_session_stopped_before_its_pod_is_re_sent(
+        stub: tuple[SessionRegistry, StubCloud], redis_client: redis.Redis) -> None:
+    """A stop before the pod existed defers the end to the spawn; when that spawn's
+    message is lost, the stalled-spawn scan must re-send it, or the session stays
+    ``terminating`` until its intent expires."""
+    reg, provider = stub
+    sid, sealed = new_session(reg, provider="mock")
+    assert lifecycle.terminate_session(sid, reason="requested",
+                                       fence_token="stop-1") == "deferred"
+    redis_client.zadd("atlas:intents", {sid: reg.now_ms() + 1_000}, xx=True)  # stalled
+
+    resent = reg.claim_stalled_spawns(stall_ms=600_000 - 5_000, max_resends=3)
+
+    assert resent == [(sid, sealed)]
+    assert lifecycle.spawn_session(sid, sealed, attempt_id="resent")["status"] == "terminated"
+    assert reg.get(sid)["status"] == "terminated"
+    assert provider.creates == {}
