@@ -46,6 +46,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -102,9 +103,41 @@ def public_compute(compute: Compute) -> dict[str, Any]:
 
 
 def spawn_lease_ms(settings: AtlasSettings | None = None) -> int:
-    """How long one spawn attempt holds its session's lease (< the stall re-send time)."""
+    """TTL of a spawn attempt's lease, renewed every third of it while the attempt lives
+    (see :class:`_LeaseKeeper`): a dead worker's lease frees within this, a live one's
+    never does. Short, and below the stall re-send time."""
     settings = settings or get_settings()
-    return max(1_000, min(90_000, settings.spawn_stall_ms * 3 // 4))
+    return max(1_000, min(SPAWN_LEASE_TTL_MS, settings.spawn_stall_ms * 3 // 4))
+
+
+#: Upper bound of the spawn lease TTL (renewed by a heartbeat, so it only bounds how long
+#: a dead worker's lease blocks the redelivery of its spawn).
+SPAWN_LEASE_TTL_MS = 10_000
+
+
+class _LeaseKeeper:
+    """Renews one spawn attempt's lease every third of its TTL while the attempt runs
+    (its provider calls may take minutes: retries, 429 backoff, the lookup window)."""
+
+    def __init__(self, reg: SessionRegistry, session_id: str, token: str, ttl_ms: int) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(reg, session_id, token, ttl_ms),
+                                        name=f"atlas-spawn-lease-{session_id}", daemon=True)
+
+    def _run(self, reg: SessionRegistry, session_id: str, token: str, ttl_ms: int) -> None:
+        while not self._stop.wait(ttl_ms / 3000):
+            try:
+                if not reg.renew_spawn_lease(session_id, token, ttl_ms):
+                    return  # released or taken over: nothing left to keep
+            except Exception:  # Redis away for a moment: try again next beat
+                log.debug("session %s: spawn lease renewal failed", session_id, exc_info=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
 
 
 def spawn_session(session_id: str, sealed: str, *, attempt_id: str) -> dict[str, Any]:
@@ -114,9 +147,10 @@ def spawn_session(session_id: str, sealed: str, *, attempt_id: str) -> dict[str,
         session_id: the tracked session.
         sealed: the Fernet-sealed request and secret.
         attempt_id: the spawn task's id. Each execution owns the session's spawn lease
-            under its own token (task id + a random suffix): a duplicate or re-sent spawn
-            finding it held leaves the session to the holder, and takes over only once the
-            holder released it (on any error) or its lease expired (the worker died).
+            under its own token (task id + a random suffix), renewed while it runs: a
+            re-sent spawn finding it held leaves the session to the holder; a redelivery
+            of the same task waits up to two lease TTLs for a dead holder's lease to free
+            (a live holder keeps renewing it, and then the redelivery leaves too).
 
     Returns the public compute dict (or a short status dict when there was nothing to
     create). Raises :class:`AtlasError` for the task to retry or fail; the registry is
@@ -134,20 +168,35 @@ def spawn_session(session_id: str, sealed: str, *, attempt_id: str) -> dict[str,
     # the same task while this one still runs (a visibility timeout shorter than a slow
     # spawn) must not share its lease, or both could pass the create gate.
     token = f"{attempt_id}#{uuid.uuid4().hex[:12]}"
+    lease_ms = spawn_lease_ms()
+    attempt = reg.start_spawn(session_id, token, lease_ms)
+    if attempt == -1 and _same_task_holds_lease(reg, session_id, attempt_id):
+        # A redelivery of this very task: its first execution died (worker lost) or is
+        # still running (a visibility timeout shorter than the spawn). A dead one's lease
+        # stops being renewed and frees within its TTL: wait that long, then take over.
+        deadline = time.monotonic() + 2 * lease_ms / 1000
+        while attempt == -1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            attempt = reg.start_spawn(session_id, token, lease_ms)
+    if attempt == -1:
+        log.info("session %s: another spawn attempt holds the lease; leaving it", session_id)
+        return {"id": None, "status": "spawning"}
     try:
-        return _spawn_attempt(reg, provider, session_id, sealed, token)
+        with _LeaseKeeper(reg, session_id, token, lease_ms):
+            return _spawn_attempt(reg, provider, session_id, sealed, token, attempt)
     except Exception:
         reg.release_spawn_lease(session_id, token)  # the task's retry starts at once
         raise
 
 
+def _same_task_holds_lease(reg: SessionRegistry, session_id: str, task_id: str) -> bool:
+    holder = reg.spawn_lease_holder(session_id) or ""
+    return holder.split("#", 1)[0] == task_id
+
+
 def _spawn_attempt(reg: SessionRegistry, provider: Provider, session_id: str, sealed: str,
-                   token: str) -> dict[str, Any]:
+                   token: str, attempt: int) -> dict[str, Any]:
     attempt_id = token
-    attempt = reg.start_spawn(session_id, attempt_id, spawn_lease_ms())
-    if attempt == -1:
-        log.info("session %s: another spawn attempt holds the lease; leaving it", session_id)
-        return {"id": None, "status": "spawning"}
     record = reg.get(session_id)
     if attempt == -2:  # claimed between the read above and the lease: settle that instead
         return _settle_without_create(reg, provider, session_id, record) or {

@@ -290,6 +290,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+_RENEW_LEASE = """
+-- KEYS: lease  ARGV: token, ttl_ms  (compare and extend)
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 0
+"""
+
 _ADD_CLEANUP = _NOW + """
 -- KEYS: session, cleanups  ARGV: id, due_in_ms
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -472,6 +480,7 @@ class SessionRegistry:
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
         self._begin_create = client.register_script(_BEGIN_CREATE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._renew_lease = client.register_script(_RENEW_LEASE)
         self._add_cleanup = client.register_script(_ADD_CLEANUP)
         self._claim_cleanups = client.register_script(_CLAIM_CLEANUPS)
         self._finish_cleanup = client.register_script(_FINISH_CLEANUP)
@@ -580,6 +589,15 @@ class SessionRegistry:
     def settle_create(self, session_id: str) -> None:
         """The last create definitely made nothing (4xx, 429, refused connection)."""
         self.r.hdel(Keys(session_id).record, "create_unsettled")
+
+    def renew_spawn_lease(self, session_id: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lease while ``token`` holds it; False once it lost it."""
+        return bool(self._renew_lease(keys=[C.SPAWN_LEASE_KEY.format(id=session_id)],
+                                      args=[token, ttl_ms]))
+
+    def spawn_lease_holder(self, session_id: str) -> str | None:
+        """The token holding the session's spawn lease, if any."""
+        return cast("str | None", self.r.get(C.SPAWN_LEASE_KEY.format(id=session_id)))
 
     def release_spawn_lease(self, session_id: str, token: str | None = None) -> None:
         """Let the next spawn attempt of this session start at once; with ``token``, only

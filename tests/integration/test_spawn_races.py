@@ -271,7 +271,9 @@ class StubCloud(Provider):
 @pytest.fixture
 def stub(redis_url: str, redis_client: redis.Redis, cloud: FakeCloud,  # noqa: F811
          monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SessionRegistry, StubCloud]]:
-    cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="200")
+    # spawn lease TTL 1.5 s (3/4 of the stall time): a dead holder's lease frees quickly
+    cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="200",
+              spawn_stall_ms="2000")
     provider = StubCloud()
     monkeypatch.setattr(lifecycle, "provider_for", lambda record: provider)
     yield SessionRegistry(redis_client), provider
@@ -380,6 +382,24 @@ def test_duplicate_delivery_of_a_live_spawn_does_not_share_its_lease(
     assert reg.get(sid)["status"] == "running" and result["id"] == provider.live()[0].id
     running = [e for e in events.history(sid) if e.data.get("status") == "running"]
     assert len(running) == 1  # published with the record, once
+
+
+def test_redelivery_takes_over_the_lease_of_a_dead_execution(
+        stub: tuple[SessionRegistry, StubCloud]) -> None:
+    """The worker died right after its create: its lease is no longer renewed, so the
+    redelivery of the same task waits for it to expire, then adopts the pod by name."""
+    reg, provider = stub
+    sid, sealed = new_session(reg, provider="mock")
+    provider.die_after_create = True
+    with pytest.raises(WorkerDied):
+        lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+    assert reg.spawn_lease_holder(sid)  # left behind by the dead execution
+
+    result = lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+
+    assert provider.creates == {f"atlas-{sid}": 1}
+    assert reg.get(sid)["status"] == "running"
+    assert result["id"] == provider.live()[0].id
 
 
 def test_settings_expose_the_lookup_wait(stub: tuple[SessionRegistry, StubCloud]) -> None:
