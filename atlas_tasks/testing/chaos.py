@@ -666,7 +666,8 @@ class ChaosRun:
 
         Sessions stuck in ``spawning`` whose spawn message is nowhere any more (not queued,
         not unacked, so no worker will ever run it) are set aside in ``self.lost`` after
-        being seen so twice, 2 s apart: waiting longer cannot change them.
+        being seen so for 2 s (without the stalled-spawn re-send) or for all its re-sends
+        (with it): waiting longer cannot change them.
         """
         cfg = self.cfg
         bound = cfg.ttl_s[1] + cfg.reap_interval_ms / 1000 + cfg.idle_slack_s + 10
@@ -674,6 +675,11 @@ class ChaosRun:
         ids = [t.id for t in self.tracks if t.id]
         r = get_redis()
         suspects: dict[str, float] = {}
+        # With the stalled-spawn re-send on, a spawn with no message left is not lost
+        # yet: the reaper re-sends it (up to SPAWN_MAX_RESENDS times, one stall apart)
+        # and then resolves its intent. Only what outlives all that is set aside.
+        lost_after = (cfg.spawn_stall_ms / 1000 * (C.SPAWN_MAX_RESENDS + 1) + 5
+                      if cfg.lost_spawn_is_violation else 2.0)
         while time.monotonic() < deadline:
             fleet.tick()
             self.watch_untracked(cluster, sched.now())
@@ -686,7 +692,7 @@ class ChaosRun:
             now = time.monotonic()
             lost = self.lost_spawns(r, open_ids)
             suspects = {sid: suspects.get(sid, now) for sid in lost}
-            self.lost = {sid for sid, since in suspects.items() if now - since >= 2.0}
+            self.lost = {sid for sid, since in suspects.items() if now - since >= lost_after}
             if set(open_ids) <= self.lost and all(
                     p["name"][len(PREFIX):] in self.lost for p in live):
                 fleet.note("drained" + (f" ({len(self.lost)} lost spawn)" if self.lost else ""))
