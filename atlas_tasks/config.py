@@ -189,6 +189,13 @@ class AtlasSettings(BaseSettings):
         default=120_000, ge=2_000, description="A spawn whose intent saw no progress for "
         "this long is re-sent by the reaper (its message was lost); its lease is 3/4 of "
         "this, capped at 90 s.")
+    # Why a wait: a create the cloud finishes after the client gave up shows within
+    # it, so the spawn adopts that pod instead of creating a second one.
+    create_lookup_wait_ms: int = Field(
+        default=15_000, ge=0,
+        description="How long (ms) the by-name lookup after an ambiguous create failure "
+                    "(5xx, timeout, transport) keeps polling for a late-landing pod before "
+                    "concluding that none exists; 0 = a single lookup.")
     spawn_time_limit_s: int = Field(
         default=300, gt=0, description="Hard time limit of one spawn attempt; must stay "
         "below the spawn intent TTL.")

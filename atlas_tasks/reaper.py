@@ -46,8 +46,7 @@ from dataclasses import dataclass, field
 from atlas_tasks import constants as C
 from atlas_tasks import events
 from atlas_tasks.config import AtlasSettings, get_settings
-from atlas_tasks.errors import AtlasError, NotFoundError
-from atlas_tasks.lifecycle import provider_for, public_compute, registry
+from atlas_tasks.lifecycle import public_compute, registry, run_cleanup
 from atlas_tasks.providers import get_provider
 from atlas_tasks.registry import EPOCH_KEY, SessionRegistry
 from atlas_tasks.specs import Compute, ComputeStatus
@@ -167,32 +166,40 @@ def reap(
     return report
 
 
+#: Cleanup obligations worked per sweep (one provider lookup each; the rest wait).
+CLEANUP_BATCH = 50
+
+
 def _resolve_stale_intents(settings: AtlasSettings, report: ReapReport) -> list[str]:
+    """End sessions whose spawn intent expired, and work the due cleanup obligations.
+
+    A stale intent belongs to a spawn that never finished: the session ends at once and
+    visibly (``failed``, or ``terminated`` if a stop was pending); the by-name cleanup of
+    a pod it may have made becomes a cleanup obligation. Obligations are claimed with
+    exponential backoff (see ``SessionRegistry.claim_cleanups``), so a cleanup that keeps
+    failing (a revoked key) costs one provider call per backoff step, not one per sweep.
+    """
     reg = registry(settings)
     stale = reg.claim_stale_intents(100)
     for session_id in stale:
         record = reg.get(session_id)
-        if not record or record.get("status") not in ("spawning", "terminating"):
+        status = record.get("status") if record else None
+        if status not in ("spawning", "terminating"):
             continue
-        try:
-            provider = provider_for(record)
-            pod = provider.find_compute_by_name(record["pod_name"])
-            if pod is not None:
-                try:
-                    provider.terminate(pod.id)
-                except NotFoundError:
-                    pass
-        except AtlasError as exc:
-            # Put the intent back so the next sweep tries again: never drop a maybe-pod.
-            reg.r.zadd(C.INTENTS_KEY, {session_id: 0})
-            report.errors.append(f"stale intent {session_id}: {exc}")
-            continue
-        error = {"kind": "timeout", "message": "spawn did not finish before its intent expired"}
-        if record.get("status") == "terminating":
+        if status == "terminating" and record.get("compute_id"):
+            continue  # its pod is known: the deadline index drives its terminate
+        if status == "terminating":
+            reg.add_cleanup(session_id, 0)
             reg.finish_terminate(session_id, record.get("reason"))
         else:
-            reg.fail_spawn(session_id, error)
-            events.publish(session_id, "status", {"status": "failed", "error": error})
+            error = {"kind": "timeout",
+                     "message": "spawn did not finish before its intent expired"}
+            reg.fail_spawn(session_id, error, cleanup_due_in_ms=0)
+    for session_id, attempt, next_in_ms in reg.claim_cleanups(CLEANUP_BATCH):
+        outcome = run_cleanup(session_id, attempt=attempt, next_in_ms=next_in_ms)
+        if outcome == "retrying":
+            report.errors.append(f"cleanup of {session_id} failed (attempt {attempt}, next "
+                                 f"in {next_in_ms} ms)")
     return stale
 
 

@@ -7,6 +7,8 @@ Layout (templates in :mod:`atlas_tasks.constants`):
 * ``atlas:alive:{id}`` — a plain key whose PX *is* the idle clock; touch() re-arms it.
 * ``atlas:deadlines`` zset — session id scored by idle deadline (ms), swept by the reaper.
 * ``atlas:intents`` zset — write-ahead spawn intents scored by their own deadline.
+* ``atlas:cleanups`` zset — cleanup obligations of ended sessions (a pod may exist under
+  the session's name), scored by the time of their next attempt (exponential backoff).
 * ``atlas:fence:{id}`` — terminate fence so duplicate terminates make one provider DELETE.
 * ``atlas:stops`` zset — durable stops (``stop_tracked``) scored by when the reaper
   re-sends their terminate if it made no progress.
@@ -78,8 +80,11 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 """
 
-_FINISH_SPAWN = _NOW + """
--- KEYS: session, alive, deadlines, intents  ARGV: id, compute_id, compute_json, grace_ms
+_FINISH_SPAWN = _NOW + EMIT_LUA + """
+-- KEYS: session, alive, deadlines, intents, event stream, event channel
+-- ARGV: id, compute_id, compute_json, grace_ms, running event payload
+-- The `running` event is published in the same step: a worker dying right after this
+-- script cannot leave a running session whose subscribers never hear of it.
 local st = redis.call('HMGET', KEYS[1], 'status', 'idle_ttl_ms', 'compute_id')
 if not st[1] then redis.call('ZREM', KEYS[4], ARGV[1]) return 'missing' end
 -- a re-sent spawn that raced a slow original: the first pod recorded wins
@@ -93,7 +98,8 @@ local all = redis.call('HGETALL', KEYS[1])
 local fields = {'compute_id', ARGV[2], 'compute', ARGV[3]}
 for i = 1, #all, 2 do
   local name = all[i]
-  if name ~= 'spawn_sealed' and name ~= 'compute_id' and name ~= 'compute' then
+  if name ~= 'spawn_sealed' and name ~= 'compute_id' and name ~= 'compute'
+      and name ~= 'create_unsettled' then
     fields[#fields + 1] = name
     fields[#fields + 1] = all[i + 1]
   end
@@ -111,19 +117,36 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'running_at_ms', now, 'last_act
 redis.call('SET', KEYS[2], ttl, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
+emit(KEYS[5], KEYS[6], ARGV[5])
 return 'running'
 """
 
-_FAIL_SPAWN = _NOW + """
--- KEYS: session, intents, sessions, deadlines, alive  ARGV: id, error_json, ttl_ms
+_FAIL_SPAWN = _NOW + EMIT_LUA + """
+-- KEYS: session, intents, sessions, deadlines, alive, cleanups, event stream, event channel
+-- ARGV: id, error_json, ttl_ms, failed event payload, cleanup_due_in_ms ('' = no cleanup)
+-- Ends the session visibly in one step: status, error and the `failed` event together. A
+-- pod that may exist under its name becomes a separate cleanup obligation (cleanups zset,
+-- the record kept until it is settled), never a reason to stay `spawning`. A session that
+-- already ended keeps its status and first error (a duplicate failure is a no-op).
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'failed' or st == 'terminated' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[5])
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if not st then return 0 end
 redis.call('HDEL', KEYS[1], 'spawn_sealed')
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[2], 'ended_at_ms', now)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'cleanup_pending', '1')
+  redis.call('ZADD', KEYS[6], now + tonumber(ARGV[5]), ARGV[1])
+end
+if redis.call('HGET', KEYS[1], 'cleanup_pending') == '1' then
+  redis.call('PERSIST', KEYS[1])  -- the obligation needs provider, key and pod name
+else
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+emit(KEYS[7], KEYS[8], ARGV[4])
 return 1
 """
 
@@ -171,7 +194,10 @@ redis.call('DEL', KEYS[4], KEYS[5])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[1], 'spawn_sealed')
 redis.call('HSET', KEYS[1], 'status', 'terminated', 'ended_at_ms', now)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+-- a pending cleanup obligation keeps the record (provider, key, pod name) alive
+if redis.call('HGET', KEYS[1], 'cleanup_pending') ~= '1' then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
 emit(KEYS[7], KEYS[8], ARGV[3])
 return 1
 """
@@ -235,11 +261,94 @@ _START_SPAWN = _NOW + """
 -- KEYS: lease, intents, session  ARGV: id, token, lease_ms, intent_ttl_ms
 -- One spawn attempt at a time per session: a re-sent spawn (new task id) waits for the
 -- lease of a slow original; a redelivery of the same task (same id) takes it over.
+-- Only a `spawning` session can start an attempt (-2 otherwise): a stop, a failure or a
+-- finished spawn claimed it, and a redelivered message must never create for it.
+local st = redis.call('HGET', KEYS[3], 'status')
+if st ~= 'spawning' then return -2 end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[2] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[4]), ARGV[1])
 return redis.call('HINCRBY', KEYS[3], 'spawn_attempts', 1)
+"""
+
+_BEGIN_CREATE = _NOW + """
+-- KEYS: session, lease, intents  ARGV: id, token, intent_ttl_ms
+-- The last check before a create request leaves: the session is still `spawning` and this
+-- attempt still holds its lease. It counts the create and marks it unsettled (a pod may
+-- exist by name from now on) until the create's outcome is known: recorded by
+-- finish_spawn, or cleared by settle_create after a definite "nothing was created".
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st ~= 'spawning' then return st end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 'lease_lost' end
+redis.call('HINCRBY', KEYS[1], 'create_attempts', 1)
+redis.call('HSET', KEYS[1], 'create_unsettled', '1')
+redis.call('ZADD', KEYS[3], 'XX', now + tonumber(ARGV[3]), ARGV[1])
+return 'ok'
+"""
+
+_RELEASE_LEASE = """
+-- KEYS: lease  ARGV: token  (compare and delete)
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RENEW_LEASE = """
+-- KEYS: lease  ARGV: token, ttl_ms  (compare and extend)
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 0
+"""
+
+_ADD_CLEANUP = _NOW + """
+-- KEYS: session, cleanups  ARGV: id, due_in_ms
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'cleanup_pending', '1')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[2], 'NX', now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+_CLAIM_CLEANUPS = _NOW + """
+-- KEYS: cleanups  ARGV: limit, record key prefix, base_ms, cap_ms
+-- Due cleanup obligations, each re-scored to its next attempt before it is worked on
+-- (base * 2^(attempt - 1), capped): a worker that dies mid-cleanup leaves it due again
+-- later, and a cleanup that keeps failing is tried ever less often, never once a sweep.
+-- Returns {id, attempt, next_in_ms, ...}.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+for _, id in ipairs(due) do
+  local rec = ARGV[2] .. id
+  if redis.call('HGET', rec, 'cleanup_pending') ~= '1' then
+    redis.call('ZREM', KEYS[1], id)  -- settled, or the record is gone
+  else
+    local attempt = redis.call('HINCRBY', rec, 'cleanup_attempts', 1)
+    local delay = tonumber(ARGV[3]) * math.pow(2, math.min(attempt - 1, 30))
+    delay = math.min(delay, tonumber(ARGV[4]))
+    redis.call('ZADD', KEYS[1], now + delay, id)
+    table.insert(out, id)
+    table.insert(out, attempt)
+    table.insert(out, delay)
+  end
+end
+return out
+"""
+
+_FINISH_CLEANUP = _NOW + EMIT_LUA + """
+-- KEYS: session, cleanups, event stream, event channel
+-- ARGV: id, record_ttl_ms, cleanup event payload
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'cleanup_pending') ~= '1' then return 0 end
+redis.call('HDEL', KEYS[1], 'cleanup_pending', 'cleanup_error')
+redis.call('HSET', KEYS[1], 'cleanup_done_at_ms', now)
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'failed' or st == 'terminated' then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+emit(KEYS[3], KEYS[4], ARGV[3])
+return 1
 """
 
 _CLAIM_STALLED = _NOW + """
@@ -254,8 +363,11 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, upper, 'LIMIT', 0,
 local out = {}
 for _, id in ipairs(ids) do
   local rec = ARGV[4] .. id
-  local st = redis.call('HMGET', rec, 'status', 'spawn_sealed')
-  if st[1] == 'spawning' and st[2] then
+  local st = redis.call('HMGET', rec, 'status', 'spawn_sealed', 'compute_id')
+  -- a session stopped before its pod existed waits for its spawn to end it (the stop
+  -- deferred to it): a lost spawn message must be re-sent for it too
+  local podless_stop = st[1] == 'terminating' and (not st[3] or st[3] == '')
+  if (st[1] == 'spawning' or podless_stop) and st[2] then
     if redis.call('HINCRBY', rec, 'spawn_resends', 1) <= tonumber(ARGV[5]) then
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
       table.insert(out, id)
@@ -276,6 +388,14 @@ return due
 """
 
 
+#: Cleanup obligations: session id → time (ms) of the next attempt. Kept next to the
+#: intents (not inside them) so a backlog of failing cleanups never crowds the stalled-spawn
+#: scan of the intents; :meth:`SessionRegistry.intent_ids` covers both for the orphan scan.
+CLEANUPS_KEY = "atlas:cleanups"
+#: Backoff of a failing cleanup: first retry after this, doubling per attempt...
+CLEANUP_BACKOFF_BASE_MS = 2_000
+#: ...up to this (a bad API key is retried every 10 minutes, not every sweep).
+CLEANUP_BACKOFF_CAP_MS = 10 * 60 * 1000
 #: Durable stops: session id scored by the time (ms) the reaper re-sends its terminate.
 STOPS_KEY = "atlas:stops"
 #: Written (SET NX, value = creation time in ms) once per Redis dataset. Missing while
@@ -425,6 +545,12 @@ class SessionRegistry:
         self._claim_intents = client.register_script(_CLAIM_INTENTS)
         self._start_spawn = client.register_script(_START_SPAWN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
+        self._begin_create = client.register_script(_BEGIN_CREATE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._renew_lease = client.register_script(_RENEW_LEASE)
+        self._add_cleanup = client.register_script(_ADD_CLEANUP)
+        self._claim_cleanups = client.register_script(_CLAIM_CLEANUPS)
+        self._finish_cleanup = client.register_script(_FINISH_CLEANUP)
         self._request_stop = client.register_script(_REQUEST_STOP)
         self._claim_stops = client.register_script(_CLAIM_STOPS)
         self._adopt = client.register_script(_ADOPT)
@@ -509,8 +635,8 @@ class SessionRegistry:
     def start_spawn(self, session_id: str, token: str, lease_ms: int) -> int:
         """Take the session's spawn lease and count the attempt (refreshes the intent).
 
-        Returns the attempt number (> 1 means a pod may already exist by name), or -1
-        when another spawn of this session holds the lease.
+        Returns the attempt number, -1 when another spawn of this session holds the
+        lease, or -2 when the session is no longer ``spawning`` (nothing may be created).
         """
         k = Keys(session_id)
         return int(self._start_spawn(
@@ -518,9 +644,39 @@ class SessionRegistry:
             args=[session_id, token, lease_ms, C.SPAWN_INTENT_TTL_MS],
         ))
 
-    def release_spawn_lease(self, session_id: str) -> None:
-        """Let the next spawn attempt of this session start at once."""
-        self.r.delete(C.SPAWN_LEASE_KEY.format(id=session_id))
+    def begin_create(self, session_id: str, token: str) -> str:
+        """Atomically check, right before a create request, that it may be sent.
+
+        Returns ``ok`` (counted in ``create_attempts``, marked ``create_unsettled``), or
+        why not: the session's status (``terminating``, ``failed``...), ``missing`` or
+        ``lease_lost`` (another attempt took over).
+        """
+        k = Keys(session_id)
+        return str(self._begin_create(
+            keys=[k.record, C.SPAWN_LEASE_KEY.format(id=session_id), C.INTENTS_KEY],
+            args=[session_id, token, C.SPAWN_INTENT_TTL_MS]))
+
+    def settle_create(self, session_id: str) -> None:
+        """The last create definitely made nothing (4xx, 429, refused connection)."""
+        self.r.hdel(Keys(session_id).record, "create_unsettled")
+
+    def renew_spawn_lease(self, session_id: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lease while ``token`` holds it; False once it lost it."""
+        return bool(self._renew_lease(keys=[C.SPAWN_LEASE_KEY.format(id=session_id)],
+                                      args=[token, ttl_ms]))
+
+    def spawn_lease_holder(self, session_id: str) -> str | None:
+        """The token holding the session's spawn lease, if any."""
+        return cast("str | None", self.r.get(C.SPAWN_LEASE_KEY.format(id=session_id)))
+
+    def release_spawn_lease(self, session_id: str, token: str | None = None) -> None:
+        """Let the next spawn attempt of this session start at once; with ``token``, only
+        if that execution still holds the lease (never a successor's)."""
+        key = C.SPAWN_LEASE_KEY.format(id=session_id)
+        if token is None:
+            self.r.delete(key)
+        else:
+            self._release_lease(keys=[key], args=[token])
 
     def claim_stalled_spawns(self, stall_ms: int, max_resends: int,
                              limit: int = 100) -> list[tuple[str, str]]:
@@ -533,25 +689,69 @@ class SessionRegistry:
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def finish_spawn(self, session_id: str, compute_id: str, compute: dict[str, Any]) -> str:
-        """Record the created pod and start the idle clock.
+        """Record the created pod, start the idle clock and publish ``running`` (one step).
 
         Returns the status the session had: ``running`` on the normal path,
         ``terminating`` when a stop arrived during the spawn (the caller then terminates),
         ``missing`` when the record vanished.
         """
         k = Keys(session_id)
+        channel, stream = topic_keys(session_id)
         return str(self._finish_spawn(
-            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.INTENTS_KEY],
-            args=[session_id, compute_id, json.dumps(compute), C.SESSION_RECORD_GRACE_MS],
+            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.INTENTS_KEY, stream, channel],
+            args=[session_id, compute_id, json.dumps(compute), C.SESSION_RECORD_GRACE_MS,
+                  encode(session_id, "status", {"status": "running", "compute": compute})],
         ))
 
-    def fail_spawn(self, session_id: str, error: dict[str, Any]) -> None:
-        """Mark a spawn as failed and stop tracking it."""
+    def fail_spawn(self, session_id: str, error: dict[str, Any],
+                   cleanup_due_in_ms: int | None = None) -> bool:
+        """Mark a spawn as failed, stop tracking it and publish ``failed`` (one step).
+
+        ``cleanup_due_in_ms`` registers a cleanup obligation (a pod may exist by name)
+        due after that long. A session that already ended is left as it is (its first
+        error stands). Returns whether this call ended the session.
+        """
         k = Keys(session_id)
-        self._fail_spawn(
-            keys=[k.record, C.INTENTS_KEY, C.SESSIONS_SET_KEY, C.DEADLINE_INDEX_KEY, k.alive],
-            args=[session_id, json.dumps(error), C.TERMINATED_RECORD_TTL_MS],
-        )
+        channel, stream = topic_keys(session_id)
+        return bool(self._fail_spawn(
+            keys=[k.record, C.INTENTS_KEY, C.SESSIONS_SET_KEY, C.DEADLINE_INDEX_KEY, k.alive,
+                  CLEANUPS_KEY, stream, channel],
+            args=[session_id, json.dumps(error), C.TERMINATED_RECORD_TTL_MS,
+                  encode(session_id, "status", {"status": "failed", "error": error}),
+                  "" if cleanup_due_in_ms is None else cleanup_due_in_ms],
+        ))
+
+    # ------------------------------------------------------------------ cleanups
+    def add_cleanup(self, session_id: str, due_in_ms: int = 0) -> bool:
+        """Register a cleanup obligation for the session's pod name (kept if present)."""
+        return bool(self._add_cleanup(keys=[Keys(session_id).record, CLEANUPS_KEY],
+                                      args=[session_id, due_in_ms]))
+
+    def claim_cleanups(self, limit: int, base_ms: int = CLEANUP_BACKOFF_BASE_MS,
+                       cap_ms: int = CLEANUP_BACKOFF_CAP_MS) -> list[tuple[str, int, int]]:
+        """Due cleanups as ``(session id, attempt, ms until the next attempt)``; each is
+        re-scored to its next attempt by this claim (exponential backoff, capped)."""
+        flat = [str(x) for x in self._claim_cleanups(
+            keys=[CLEANUPS_KEY], args=[limit, _RECORD_PREFIX, base_ms, cap_ms])]
+        return [(flat[i], int(flat[i + 1]), int(float(flat[i + 2])))
+                for i in range(0, len(flat), 3)]
+
+    def finish_cleanup(self, session_id: str, data: dict[str, Any]) -> bool:
+        """Settle a cleanup obligation and publish its ``cleanup`` event (``data``)."""
+        channel, stream = topic_keys(session_id)
+        return bool(self._finish_cleanup(
+            keys=[Keys(session_id).record, CLEANUPS_KEY, stream, channel],
+            args=[session_id, C.TERMINATED_RECORD_TTL_MS,
+                  encode(session_id, "cleanup", data)]))
+
+    def cleanup_failed(self, session_id: str, error: dict[str, Any]) -> None:
+        """Record the last error of a cleanup attempt (the session's error is kept)."""
+        self.r.hset(Keys(session_id).record, "cleanup_error", json.dumps(error))
+
+    def cleanup_ids(self) -> dict[str, float]:
+        """Pending cleanup obligations: session id → next attempt time (ms)."""
+        return {str(k): float(v) for k, v in cast(
+            list[tuple[str, float]], self.r.zrange(CLEANUPS_KEY, 0, -1, withscores=True))}
 
     def begin_terminate(self, session_id: str, reason: str, fence_token: str,
                         slack_ms: int) -> TerminateStart:
@@ -626,8 +826,13 @@ class SessionRegistry:
         return [str(x) for x in self._claim_intents(keys=[C.INTENTS_KEY], args=[limit])]
 
     def intent_ids(self) -> set[str]:
-        """Session ids with a live spawn intent."""
-        return set(cast(list[str], self.r.zrange(C.INTENTS_KEY, 0, -1)))
+        """Session ids with a live spawn intent or a pending cleanup obligation (both
+        cover a pod under the session's name, so the orphan scan leaves it to them)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zrange(C.INTENTS_KEY, 0, -1)
+            pipe.zrange(CLEANUPS_KEY, 0, -1)
+            intents, cleanups = pipe.execute()
+        return set(cast(list[str], intents)) | set(cast(list[str], cleanups))
 
     # ------------------------------------------------------------------ durable stops
     def request_stop(self, session_id: str, reason: str, resend_after_ms: int) -> str:

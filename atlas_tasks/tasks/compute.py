@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 
 from atlas_tasks import constants as C
@@ -34,7 +35,10 @@ def spawn(self: Task, session_id: str, sealed: str) -> dict[str, Any]:
         return lifecycle.spawn_session(session_id, sealed, attempt_id=str(self.request.id))
     except Exception as exc:
         retries = int(self.request.retries or 0)
-        if lifecycle.is_transient(exc) and retries < settings.spawn_max_retries:
+        # Redis unreachable (a restart, a failover) is transient too: the session cannot
+        # even be marked failed meanwhile, so failing now would only lose the message.
+        retryable = lifecycle.is_transient(exc) or isinstance(exc, redis.RedisError)
+        if retryable and retries < settings.spawn_max_retries:
             log.warning("spawn %s attempt %d failed (%s); retrying", session_id, retries + 1,
                         exc)
             raise self.retry(countdown=backoff_s(retries)) from None

@@ -12,7 +12,12 @@ What happens during the chaos window:
 
 * ``sessions`` sessions are spawned at random times with idle TTLs of a few seconds and
   touched at random (some never, some steadily, some with gaps longer than their TTL);
-* the fake cloud answers 5xx, 429 with ``Retry-After`` and 500-after-create at random;
+* the fake cloud answers 5xx, 429 with ``Retry-After`` and 500-after-create at random,
+  and now and then holds a create past the client's read timeout before making the pod
+  (a create that lands after the client gave up);
+* some sessions are stopped shortly after their spawn (often inside its retries), and
+  some spawn messages are delivered again (same task id) at random times, whatever the
+  session's status is by then;
 * every few seconds one worker is SIGKILLed (whole process group) and started again,
   only while the other worker is up; restarted workers carry ``ATLAS_FAULT_KILL_AT``
   crash points, which fire once per run right after a create / a terminate call;
@@ -24,6 +29,10 @@ What happens during the chaos window:
 
 Then the drain: chaos stops, faults are cleared so pending retries can finish, touching
 stops, and the driver waits until every session has ended and no prefixed pod is alive.
+The checks count creates per session at the fake cloud (at most one each), require every
+session to end ``running``/``terminated``/``failed`` visibly (``wait()`` answers at once
+with the compute or an ``AtlasError``), and count exceptions other than
+:class:`~atlas_tasks.errors.AtlasError` that reached the driver (the caller).
 
 Time bases. Each successful ``orchestrator.touch`` is recorded with the wall-clock time
 just before and just after the call. Redis ``TIME`` (which stamps ``running_at_ms``,
@@ -57,8 +66,9 @@ from typing import Any, cast
 import redis
 
 from atlas_tasks import client as orchestrator
+from atlas_tasks import constants as C
 from atlas_tasks.constants import TERMINATE_FENCE_TTL_MS
-from atlas_tasks.errors import NotTracked
+from atlas_tasks.errors import AtlasError, AtlasTimeoutError, NotTracked
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.testing.cluster import LocalCluster
 from atlas_tasks.testing.processes import ManagedProcess, celery_beat
@@ -68,6 +78,8 @@ __all__ = ["ChaosConfig", "ChaosReport", "ChaosRun", "Track", "config_from_env",
 
 IMAGE = "ghcr.io/acme/infer:latest"
 PREFIX = "atlas-"
+#: The fake cloud's pod create (RunPod REST v1 ``/pods`` and v2 ``/v2/pods`` alike).
+CREATE_MATCH = "POST /*pods"
 TERMINAL = ("terminated", "failed")
 
 
@@ -85,7 +97,7 @@ class ChaosConfig:
     restarts = 80 s. The report prints the distribution actually observed.
     """
 
-    sessions: int = 120
+    sessions: int = 200
     chaos_s: float = 40.0
     ttl_s: tuple[float, float] = (2.0, 6.0)
     #: Spawns happen during the first ``spawn_window`` fraction of the chaos window.
@@ -109,6 +121,24 @@ class ChaosConfig:
     visibility_timeout_s: int = 8
     http_max_backoff_s: float = 1.0
     fault_points: str = "after_create,after_terminate_call"
+    #: Client read timeout of provider calls in the workers; slow creates exceed it.
+    http_timeout_s: float = 1.0
+    #: Every this many seconds (random in range) one create is held at the fake cloud for
+    #: ``slow_create_s`` before the pod is made: past the client's timeout.
+    slow_create_every_s: tuple[float, float] = (0.5, 1.5)
+    slow_create_s: tuple[float, float] = (1.2, 3.0)
+    #: ``ATLAS_CREATE_LOOKUP_WAIT_MS`` of the workers (long enough for the slow creates).
+    create_lookup_wait_ms: int = 4000
+    #: Fraction of sessions stopped (``stop_tracked``) this soon after their spawn.
+    stop_fraction: float = 0.15
+    stop_after_s: tuple[float, float] = (0.05, 3.0)
+    #: Fraction of sessions whose spawn message is delivered again (same task id) this
+    #: long after the spawn, whatever their status is by then.
+    redeliver_fraction: float = 0.2
+    redeliver_after_s: tuple[float, float] = (0.1, 8.0)
+    #: Stalled-spawn re-send (``ATLAS_SPAWN_STALL_MS``): spawn messages the broker loses
+    #: when a worker is killed are re-sent instead of waiting 10 minutes for their intent.
+    spawn_stall_ms: int = 8000
     idle_slack_s: float = TERMINATE_FENCE_TTL_MS / 1000 + 5 + 8 + 7
     #: Regression guard on the typical case: the worst case above is rare (a kill or the
     #: restart must hit that very terminate), so 95 % of idle sessions must end within
@@ -118,9 +148,9 @@ class ChaosConfig:
     clock_slack_ms: int = 5
     #: A spawn message lost by the broker (kombu's Redis transport pops a message before
     #: recording it as unacked, so a worker killed or disconnected in between loses it)
-    #: leaves its session ``spawning`` until the 10-minute intent expires. No pod leaks,
-    #: so by default it is reported as a note; set True once lost spawns are re-enqueued.
-    lost_spawn_is_violation: bool = False
+    #: leaves its session ``spawning`` until the reaper re-sends it (``spawn_stall_ms``).
+    #: With the re-send on, a session still spawning after the drain is a violation.
+    lost_spawn_is_violation: bool = True
     #: Prefixed pods planted at the fake cloud with no session (must be reaped) and
     #: foreign pods without the prefix (must never be touched).
     orphans: int = 6
@@ -132,13 +162,13 @@ class ChaosConfig:
 
     @classmethod
     def ci(cls, **overrides: Any) -> ChaosConfig:
-        """CI mode: 120 sessions, 40 s of chaos (whole test well under 5 minutes)."""
+        """CI mode: 200 sessions, 40 s of chaos (whole test well under 5 minutes)."""
         return cls(**overrides)
 
     @classmethod
     def long(cls, **overrides: Any) -> ChaosConfig:
-        """Long mode: 300 sessions, 90 s of chaos."""
-        return cls(**{"sessions": 300, "chaos_s": 90.0, "orphans": 12, "label": "long",
+        """Long mode: 500 sessions, 90 s of chaos."""
+        return cls(**{"sessions": 500, "chaos_s": 90.0, "orphans": 12, "label": "long",
                       **overrides})
 
     def cluster_settings(self) -> dict[str, Any]:
@@ -149,6 +179,9 @@ class ChaosConfig:
             "orphan_scan_interval_ms": self.orphan_scan_interval_ms,
             "visibility_timeout_s": self.visibility_timeout_s,
             "http_max_backoff_s": self.http_max_backoff_s,
+            "http_timeout_s": self.http_timeout_s,
+            "create_lookup_wait_ms": self.create_lookup_wait_ms,
+            "spawn_stall_ms": self.spawn_stall_ms,
         }
 
     def fakecloud(self) -> dict[str, Any]:
@@ -183,6 +216,13 @@ class Track:
     maybe_touches: list[int] = field(default_factory=list)  # local ms, Redis error raised
     not_tracked: int = 0
     record: dict[str, str] = field(default_factory=dict)
+    #: Stopped by the driver this long after the spawn (None: never).
+    stop_after: float | None = None
+    stopped: bool = False
+    #: Spawn message delivered again this long after the spawn (None: never).
+    redeliver_after: float | None = None
+    sealed: str | None = None
+    pod_name: str | None = None
 
 
 @dataclass
@@ -396,7 +436,11 @@ class ChaosRun:
             self.tracks.append(Track(
                 index=i, ttl_ms=ttl_ms, kind=kind, spawn_at=spawn_at, touch_until=touch_until,
                 auth=self.rng.choice(["bearer", "bearer", "signed_url", "none"]),
-                per_call_key=self.rng.random() < 0.5))
+                per_call_key=self.rng.random() < 0.5,
+                stop_after=(self.rng.uniform(*cfg.stop_after_s)
+                            if self.rng.random() < cfg.stop_fraction else None),
+                redeliver_after=(self.rng.uniform(*cfg.redeliver_after_s)
+                                 if self.rng.random() < cfg.redeliver_fraction else None)))
 
     # ------------------------------------------------------------------ driver actions
     def spawn(self, t: Track, sched: _Scheduler) -> None:
@@ -410,13 +454,64 @@ class ChaosRun:
         except Exception as exc:  # Redis down: the web tier sees an error, nothing else
             t.spawn_error = type(exc).__name__
             self.counts[f"spawn_error:{type(exc).__name__}"] += 1
+            self.caller_error("spawn", exc)
             return
         t.id = s.id
+        t.pod_name = s.pod_name
         t.spawned_at = sched.now()
         t.secrets = [x for x in (s.token, s.signing_secret) if x]
         self.counts["spawned"] += 1
+        if t.redeliver_after is not None:
+            try:  # the sealed payload, as the broker message carries it
+                t.sealed = cast("str | None", get_redis().hget(f"atlas:session:{s.id}",
+                                                               "spawn_sealed"))
+            except redis.RedisError:
+                t.sealed = None
+            if t.sealed:
+                sched.at(sched.now() + t.redeliver_after, lambda: self.redeliver(t))
+        if t.stop_after is not None:
+            sched.at(sched.now() + t.stop_after, lambda: self.stop(t))
         if t.kind != "idle":
             sched.at(sched.now() + self.next_gap(t), lambda: self.touch(t, sched))
+
+    def caller_error(self, call: str, exc: BaseException) -> None:
+        """Count an exception that reached the caller; anything but an ``AtlasError`` is
+        a raw exception (a violation: callers handle one error type)."""
+        if isinstance(exc, AtlasError):
+            self.counts[f"caller_atlas_errors:{call}"] += 1
+        else:
+            self.counts[f"caller_raw_exceptions:{call}:{type(exc).__name__}"] += 1
+
+    def stop(self, t: Track) -> None:
+        """The user stops the session (often while its spawn is still retrying)."""
+        if self.stop_touching.is_set() or t.id is None:
+            return
+        try:
+            orchestrator.stop_tracked(t.id)
+            t.stopped = True
+            self.counts["stops"] += 1
+        except NotTracked:
+            self.counts["stops_not_tracked"] += 1
+        except Exception as exc:
+            self.caller_error("stop_tracked", exc)
+
+    def redeliver(self, t: Track) -> None:
+        """Deliver the session's spawn message again (same task id), as the broker does
+        after a visibility timeout, whatever the session's status is by now."""
+        if self.stop_touching.is_set() or t.id is None or not t.sealed:
+            return
+        from atlas_tasks.celery_app import get_app
+        try:
+            status, compute_id = cast(list["str | None"], get_redis().hmget(
+                f"atlas:session:{t.id}", "status", "compute_id"))
+            if status == "terminating":
+                status += "_with_compute_id" if compute_id else "_without_compute_id"
+            get_app().send_task(C.TASK_SPAWN, args=[t.id, t.sealed],
+                                task_id=f"atlas-spawn-{t.id}", queue=C.QUEUE_COMPUTE,
+                                argsrepr=repr((t.id, "<sealed>")), kwargsrepr="{}")
+            self.counts[f"redelivered_in:{status}"] += 1
+        except Exception:  # Redis down: a real broker would not redeliver either
+            self.counts["redeliveries_failed"] += 1
 
     def next_gap(self, t: Track) -> float:
         ttl = t.ttl_ms / 1000
@@ -440,9 +535,11 @@ class ChaosRun:
             t.not_tracked += 1
             self.counts["touches_not_tracked"] += 1
             return  # over (idled out): a real browser would stop too
-        except redis.RedisError as exc:
+        except (redis.RedisError, AtlasError) as exc:
+            # Redis down (a TransportError, or a raw RedisError from an older client)
             t.maybe_touches.append(int(time.time() * 1000))
             self.counts[f"touches_failed:{type(exc).__name__}"] += 1
+            self.caller_error("touch", exc)
         sched.at(sched.now() + self.next_gap(t), lambda: self.touch(t, sched))
 
     @staticmethod
@@ -532,9 +629,16 @@ class ChaosRun:
         beat_at, redis_at = cfg.beat_restart_at * cfg.chaos_s, cfg.redis_restart_at * cfg.chaos_s
         beat_done = redis_done = False
         next_watch = 0.0
+        next_slow = rng.uniform(*cfg.slow_create_every_s)
         while not self.stop_touching.is_set():
             now = sched.now()
             fleet.tick()
+            if now >= next_slow:
+                # the next create is made late: after the worker's client gave up on it
+                cluster.cloud.fail_next(CREATE_MATCH, None,
+                                        latency_s=rng.uniform(*cfg.slow_create_s))
+                self.counts["slow_creates_scripted"] += 1
+                next_slow = now + rng.uniform(*cfg.slow_create_every_s)
             if now >= next_kill:
                 fleet.kill_one(rng)
                 next_kill = now + rng.uniform(*cfg.kill_every_s)
@@ -562,7 +666,8 @@ class ChaosRun:
 
         Sessions stuck in ``spawning`` whose spawn message is nowhere any more (not queued,
         not unacked, so no worker will ever run it) are set aside in ``self.lost`` after
-        being seen so twice, 2 s apart: waiting longer cannot change them.
+        being seen so for 2 s (without the stalled-spawn re-send) or for all its re-sends
+        (with it): waiting longer cannot change them.
         """
         cfg = self.cfg
         bound = cfg.ttl_s[1] + cfg.reap_interval_ms / 1000 + cfg.idle_slack_s + 10
@@ -570,6 +675,11 @@ class ChaosRun:
         ids = [t.id for t in self.tracks if t.id]
         r = get_redis()
         suspects: dict[str, float] = {}
+        # With the stalled-spawn re-send on, a spawn with no message left is not lost
+        # yet: the reaper re-sends it (up to SPAWN_MAX_RESENDS times, one stall apart)
+        # and then resolves its intent. Only what outlives all that is set aside.
+        lost_after = (cfg.spawn_stall_ms / 1000 * (C.SPAWN_MAX_RESENDS + 1) + 5
+                      if cfg.lost_spawn_is_violation else 2.0)
         while time.monotonic() < deadline:
             fleet.tick()
             self.watch_untracked(cluster, sched.now())
@@ -582,7 +692,7 @@ class ChaosRun:
             now = time.monotonic()
             lost = self.lost_spawns(r, open_ids)
             suspects = {sid: suspects.get(sid, now) for sid in lost}
-            self.lost = {sid for sid, since in suspects.items() if now - since >= 2.0}
+            self.lost = {sid for sid, since in suspects.items() if now - since >= lost_after}
             if set(open_ids) <= self.lost and all(
                     p["name"][len(PREFIX):] in self.lost for p in live):
                 fleet.note("drained" + (f" ({len(self.lost)} lost spawn)" if self.lost else ""))
@@ -622,6 +732,12 @@ class ChaosRun:
         self.check_pods(state, v)
         idle_end, idle_decision = self.check_sessions(v, r)
         self.check_secrets(cluster, v)
+        creates = self.check_creates(state, v)
+        invisible = self.check_visible_ends(v)
+        raw = {k.split(":", 1)[1]: n for k, n in self.counts.items()
+               if k.startswith("caller_raw_exceptions:")}
+        for what, n in raw.items():
+            v.append(f"{n} raw exception(s) reached the caller: {what}")
         report.notes += self.notes
         known = {t.id for t in self.tracks if t.id}
         leftover = sorted(str(x) for x in r.smembers("atlas:sessions"))
@@ -638,7 +754,31 @@ class ChaosRun:
         }
         statuses = Counter(t.record.get("status", "missing") for t in self.tracks if t.id)
         logs = fleet.logs()
+        def count(marker: str) -> int:
+            return len([x for x in v if marker in x])
+
         counts: dict[str, Any] = {
+            "invariants": {
+                "leaked pods": count("leaked pod"),
+                "wrongful kills": count("before its idle deadline")
+                + count("orphan reaper killed"),
+                "sessions with >1 create": len([n for n in creates.values() if n > 1]),
+                "stuck sessions": count("after the drain"),
+                "ends not visible to wait()": invisible,
+                "raw exceptions at the caller": sum(raw.values()),
+            },
+            "creates": {"total": sum(creates.values()),
+                        "max per session": max(creates.values(), default=0),
+                        "sessions with a create": len([n for n in creates.values() if n]),
+                        "sessions": len(creates)},
+            "stops and redeliveries": {
+                "stops": self.counts["stops"],
+                "stops of ended sessions": self.counts["stops_not_tracked"],
+                "redelivered in": {k.split(":", 1)[1]: n for k, n in self.counts.items()
+                                   if k.startswith("redelivered_in:")},
+                "slow creates scripted": self.counts["slow_creates_scripted"]},
+            "caller AtlasErrors": {k.split(":", 1)[1]: n for k, n in self.counts.items()
+                                   if k.startswith("caller_atlas_errors:")},
             "sessions": {"planned": cfg.sessions, "spawned": self.counts["spawned"],
                          "spawn_errors": {k.split(":", 1)[1]: n for k, n in self.counts.items()
                                           if k.startswith("spawn_error:")}},
@@ -682,6 +822,13 @@ class ChaosRun:
         for kind in ("rate_limited", "error_5xx", "create_500_after_create"):
             if not faults.get(kind):
                 v.append(f"no {kind} fault was injected")
+        if cfg.stop_fraction and not self.counts["stops"]:
+            v.append("no session was stopped")
+        if cfg.redeliver_fraction and not any(k.startswith("redelivered_in:")
+                                              for k in self.counts):
+            v.append("no spawn was redelivered")
+        if cfg.slow_create_every_s and not self.counts["slow_creates_scripted"]:
+            v.append("no slow create was injected")
         if fleet.counts["worker_crashes"] or fleet.counts["beat_crashes"]:
             # Not an invariant: a supervisor restarts them (compose: restart: unless-stopped)
             # and their unacked tasks are redelivered. Reported so it is not forgotten.
@@ -725,6 +872,50 @@ class ChaosRun:
                     and not name.startswith(f"{PREFIX}orphan"):
                 self.counts["pods_of_unknown_sessions"] += 1
 
+    def check_creates(self, state: dict[str, Any], v: list[str]) -> dict[str, int]:
+        """Creates per session counted at the fake cloud: at most one each, however the
+        pods ended. Returns session id → creates."""
+        by_name = state.get("creates_by_name", {})
+        creates = {t.id: int(by_name.get(f"{PREFIX}{t.id}", 0)) for t in self.tracks if t.id}
+        for sid, n in creates.items():
+            if n > 1:
+                v.append(f"session {sid}: {n} pods created (at most one per session)")
+        return creates
+
+    def check_visible_ends(self, v: list[str], timeout: float = 5.0) -> int:
+        """Every session's end is visible to its caller: ``wait()`` answers at once with
+        the compute (running) or an ``AtlasError`` (failed/terminated), never by running
+        into its timeout. Returns how many were not."""
+        def one(t: Track) -> str | None:
+            assert t.id is not None and t.pod_name is not None
+            session = orchestrator.Session(t.id, "runpod", t.pod_name, t.auth)
+            started = time.monotonic()
+            try:
+                session.wait(timeout=timeout)
+                outcome = "running"
+            except AtlasTimeoutError as exc:
+                if time.monotonic() - started >= timeout - 0.5:
+                    return f"session {t.id}: wait() timed out (status " \
+                           f"{t.record.get('status')}): its end is not visible"
+                outcome = f"AtlasError {exc.kind}"
+            except AtlasError as exc:
+                outcome = f"AtlasError {exc.kind}"
+            except Exception as exc:
+                return f"session {t.id}: wait() raised a raw {type(exc).__name__}"
+            # wait() waits for *running*: a session that ran (even if it ended since)
+            # gives its compute; one that never ran must raise its AtlasError
+            ran = bool(t.record.get("running_at_ms"))
+            if ran != (outcome == "running"):
+                return (f"session {t.id} ({t.record.get('status')}, "
+                        f"{'ran' if ran else 'never ran'}) but wait() gave {outcome}")
+            return None
+
+        tracks = [t for t in self.tracks if t.id]
+        with ThreadPoolExecutor(16, thread_name_prefix="chaos-wait") as pool:
+            problems = [p for p in pool.map(one, tracks) if p]
+        v.extend(problems)
+        return len(problems)
+
     def check_sessions(self, v: list[str], r: redis.Redis) -> tuple[list[float], list[float]]:
         cfg = self.cfg
         bound_ms = cfg.reap_interval_ms + cfg.idle_slack_s * 1000
@@ -754,6 +945,8 @@ class ChaosRun:
             running_at = int(rec.get("running_at_ms") or 0)
             term_at = int(rec.get("terminating_at_ms") or 0)
             ended_at = int(rec.get("ended_at_ms") or 0)
+            if reason == "requested" and t.stopped:
+                continue  # the driver stopped it: no idle bound applies
             if reason != "idle_timeout":
                 v.append(f"session {t.id} terminated for {reason!r}")
                 continue

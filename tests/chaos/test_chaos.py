@@ -1,11 +1,15 @@
 """The chaos suite of DESIGN.md's invariants (issue 8).
 
 One run: tracked sessions with idle TTLs of 2–6 s and random touches, against a fake
-cloud injecting 10 % 5xx, 5 % 429 with Retry-After and 500-after-create, while workers
+cloud injecting 10 % 5xx, 5 % 429 with Retry-After, 500-after-create and creates that
+land after the client's read timeout, while sessions are stopped during their spawn's
+retries, spawn messages are redelivered in whatever status their session has, workers
 are SIGKILLed every few seconds, beat is killed and restarted once and Redis (AOF on) is
 restarted once. After a drain (faults off) it asserts: no untracked prefixed pod alive,
 no session terminated while touched within its TTL, every idle session terminated within
-TTL + reap interval + retry slack, at most one pod per session, no raw secret in Redis.
+TTL + reap interval + retry slack, at most one create per session (counted at the fake
+cloud), no session stuck and every end visible to ``wait()``, no raw (non-AtlasError)
+exception at the caller, no raw secret in Redis.
 The driver is :mod:`atlas_tasks.testing.chaos`; the counts are printed (``pytest -s``),
 and the report and every process log are kept in the test's ``tmp_path``.
 """
@@ -120,7 +124,8 @@ def _lose_one_spawn(cluster: LocalCluster, r: Any) -> str:
 
 def test_checks_flag_each_kind_of_violation() -> None:
     """The end-of-run checks themselves: leaked, duplicate and touched foreign pods, a
-    wrongful kill, a late idle termination and a session left open are all reported."""
+    second create for one session, a wrongful kill, a late idle termination and a session
+    left open are all reported."""
     import fakeredis
 
     run = ChaosRun(ChaosConfig.ci())
@@ -148,8 +153,11 @@ def test_checks_flag_each_kind_of_violation() -> None:
         "terminated_pods": [{**pod, "id": "p0", "name": "atlas-ok"},
                             {**pod, "id": "p0b", "name": "atlas-ok"}],
     }
+    state["creates_by_name"] = {"atlas-ok": 2, "atlas-open": 1}
     violations: list[str] = []
     run.check_pods(state, violations)
+    creates = run.check_creates(state, violations)
+    assert creates["ok"] == 2 and creates["open"] == 1 and creates["early"] == 0
     run.check_sessions(violations, fakeredis.FakeRedis(decode_responses=True))
     text = "\n".join(violations)
     assert "leaked pod x atlas-nobody" in text
@@ -160,5 +168,6 @@ def test_checks_flag_each_kind_of_violation() -> None:
     assert "session late ended" in text
     assert "session open still running" in text
     assert "p95 of idle sessions' termination is 197.0s" in text
-    assert "session ok " not in text
-    assert len(violations) == 7, text
+    assert "session ok: 2 pods created (at most one per session)" in text
+    assert "session open:" not in text
+    assert len(violations) == 8, text

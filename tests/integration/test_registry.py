@@ -204,5 +204,6 @@ def test_terminate_transitions_publish_their_events(reg: SessionRegistry) -> Non
     reg.begin_terminate("s1", "requested", "t1", 1000)  # a retry: no second event
     reg.finish_terminate("s1", "requested")
     recorded = [(e.type, e.data) for e in events.history("s1", client=reg.r)]
-    assert recorded == [("terminating", {"reason": "requested"}),
+    assert recorded == [("status", {"status": "running", "compute": {}}),  # finish_spawn's
+                        ("terminating", {"reason": "requested"}),
                         ("status", {"status": "terminated", "reason": "requested"})]

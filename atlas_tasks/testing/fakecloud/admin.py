@@ -12,6 +12,12 @@
 ``DELETE /_admin/faults``          → no faults at all
 ``POST /_admin/pods/{id}/age``     → ``{"seconds": N}`` backdates the pod's creation and
                                       ``lastStartedAt`` by N seconds (orphan-grace tests)
+``GET  /_admin/holds``             → every hold gate: ``{name: {"waiting", "passed",
+                                      "released"}}`` (script rules with ``hold``)
+``POST /_admin/holds/{name}/release`` → open a gate: held calls go on
+
+``/_admin/state`` also has ``creates_by_name``: successful creates per requested name
+(RunPod/Fly/Lambda ``name``, Vast ``label``), counted even when a fault replaced the answer.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ def snapshot(ctx: FakeCloudContext) -> dict[str, Any]:
             "runpod_endpoints": len(state.endpoints),
         }
     result["faults_injected"] = ctx.faults.counters_snapshot()
+    result["creates_by_name"] = ctx.faults.creates_snapshot()
+    result["holds"] = ctx.faults.holds_snapshot()
     # Lambda Labs and Vast.ai keep their own state (see their modules).
     result["lambda_labs"] = lambda_api.snapshot(ctx)
     result["vast"] = vast_api.snapshot(ctx)
@@ -135,6 +143,12 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             return error(404, "Pod not found.")
         return JSONResponse(view)
 
+    async def holds(request: Request) -> Response:
+        return JSONResponse(ctx.faults.holds_snapshot())
+
+    async def release(request: Request) -> Response:
+        return JSONResponse(ctx.faults.release(request.path_params["name"]))
+
     p = ADMIN_PREFIX
     return [
         Route(f"{p}/health", health, methods=["GET"]),
@@ -144,4 +158,6 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         Route(f"{p}/faults", set_faults, methods=["POST"]),
         Route(f"{p}/faults", clear_faults, methods=["DELETE"]),
         Route(f"{p}/pods/{{pod_id}}/age", age, methods=["POST"]),
+        Route(f"{p}/holds", holds, methods=["GET"]),
+        Route(f"{p}/holds/{{name}}/release", release, methods=["POST"]),
     ]

@@ -148,14 +148,27 @@ def provider_route(
                 ctx.state.totals["unauthorized"] += 1
             return _unauthorized(api, "missing api key" if key is None else "invalid api key")
         plan = ctx.faults.plan(request.method, api, rel, full, create=create)
+        if plan.delay_s > 0 or plan.hold is not None:
+            # The cloud has the whole request before it is slow: read (and cache) the body
+            # now, so a client that times out meanwhile still gets its create made late,
+            # as a real API that finishes a create after the client gave up does.
+            await request.body()
         if plan.delay_s > 0:
             await asyncio.sleep(plan.delay_s)
+        if plan.hold is not None and not plan.hold_after:
+            await ctx.faults.wait_at(plan.hold, plan.hold_timeout_s)
         if plan.now is not None:
             return plan.now
         try:
             response = await handler(request)
         except BadRequest as exc:
             response = error(400, str(exc))
+        if create and 200 <= response.status_code < 300:
+            ctx.faults.count_create(await _created_name(request))
+        if plan.hold is not None and plan.hold_after:
+            await ctx.faults.wait_at(plan.hold, plan.hold_timeout_s)
+        if plan.delay_after_s > 0:
+            await asyncio.sleep(plan.delay_after_s)
         if plan.after is not None and 200 <= response.status_code < 300:
             if plan.after_random:
                 ctx.faults.count_after_create()
@@ -163,6 +176,18 @@ def provider_route(
         return response
 
     return Route(template, endpoint, methods=methods)
+
+
+async def _created_name(request: Request) -> str | None:
+    """The name a create asked for (``name``; Vast calls it ``label``), for the counts."""
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    name = body.get("name") or body.get("label")
+    return name if isinstance(name, str) else None
 
 
 def provider_routes(

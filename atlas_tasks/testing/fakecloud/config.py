@@ -26,6 +26,8 @@ class ScriptRule(BaseModel):
         {"match": "POST /pods", "status": 500, "after_create": true, "times": 1}
         {"match": "DELETE /pods/*", "status": 429, "retry_after": 2, "times": 3}
         {"match": "GET /pods/*", "latency_s": 2.0, "times": 1}          # slow, not failed
+        {"match": "POST /pods", "latency_after_s": 5}     # created, answered too late
+        {"match": "POST /pods", "hold": "create"}         # waits for a release
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -45,6 +47,17 @@ class ScriptRule(BaseModel):
     body: Any = None
     #: Restrict to one API: ``rest`` (RunPod REST v2), ``runtime`` (RunPod serverless)...
     api: str | None = None
+    #: Hold matching calls at a named gate until a test releases it
+    #: (``POST /_admin/holds/{name}/release`` or ``FakeCloud.release(name)``): the exact
+    #: step of an interleaving. ``hold_after_handler`` holds the *answer* after the handler
+    #: ran (the pod exists; the client waits), else the call waits before the handler.
+    hold: str | None = Field(default=None, min_length=1)
+    hold_after_handler: bool = False
+    #: A held call goes on by itself after this long (a forgotten gate never hangs a test).
+    hold_timeout_s: float = Field(default=60.0, gt=0)
+    #: Run the handler first, then wait this long before answering: a create that happened
+    #: but whose answer arrives after the client's read timeout.
+    latency_after_s: float = Field(default=0.0, ge=0)
 
     @field_validator("match")
     @classmethod

@@ -1,5 +1,11 @@
 """Fault injection: latency, 5xx, 429 with Retry-After, 500-after-create, scripted faults.
 
+Scripted rules can also *hold* a call at a named gate until a test releases it, before or
+after the handler ran (step-by-step race tests), or answer late after the handler ran (a
+create that lands after the client's read timeout). The injector also counts successful
+creates per resource name (``creates_by_name`` in ``/_admin/state``), so a test can assert
+"at most one pod per session" however the pods ended.
+
 :class:`FaultInjector` decides, per provider call, what goes wrong. It is thread-safe (the
 server loop and a test thread may both touch it) and seeded, so a run with ``seed=`` set
 replays the same faults for the same sequence of calls.
@@ -7,9 +13,11 @@ replays the same faults for the same sequence of calls.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import random
 import threading
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -22,7 +30,8 @@ from atlas_tasks.testing.fakecloud.config import FaultSettings, ScriptRule
 GENERIC_500 = "Something went wrong. Please try again later or contact support."
 
 #: Counter names in ``/_admin/state`` → ``faults_injected``.
-FAULT_KINDS = ("latency", "rate_limited", "error_5xx", "create_500_after_create", "script")
+FAULT_KINDS = ("latency", "rate_limited", "error_5xx", "create_500_after_create", "script",
+               "held", "latency_after")
 
 
 @dataclass
@@ -40,6 +49,25 @@ class FaultPlan:
     after: Response | None = None
     #: ``after`` came from ``create_500_after_create_rate`` (counted only when applied).
     after_random: bool = False
+    #: Wait at this named gate (before the handler, or after it with ``hold_after``).
+    hold: str | None = None
+    hold_after: bool = False
+    hold_timeout_s: float = 60.0
+    #: Sleep this long after the handler ran, before answering.
+    delay_after_s: float = 0.0
+
+
+class HoldGate:
+    """A named gate: calls wait at it until :meth:`release` (thread-safe, loop-agnostic)."""
+
+    def __init__(self) -> None:
+        self.released = False
+        self.waiting = 0
+        self.passed = 0
+
+    def view(self) -> dict[str, Any]:
+        """``{"waiting": n, "passed": n, "released": bool}``."""
+        return {"waiting": self.waiting, "passed": self.passed, "released": self.released}
 
 
 def fault_response(status: int, body: Any = None, retry_after: int | None = None) -> Response:
@@ -72,6 +100,8 @@ class FaultInjector:
         self._rng = random.Random(settings.seed)
         self._script: list[list[Any]] = [[rule, rule.times] for rule in settings.script]
         self.counters: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        self._holds: dict[str, HoldGate] = {}
+        self._creates: dict[str, int] = {}
 
     # ---- configuration ------------------------------------------------------------------
 
@@ -119,6 +149,8 @@ class FaultInjector:
             self._rng = random.Random(self._settings.seed)
             self._script = [[rule, rule.times] for rule in self._settings.script]
             self.counters = dict.fromkeys(FAULT_KINDS, 0)
+            self._holds = {}
+            self._creates = {}
 
     # ---- per call -----------------------------------------------------------------------
 
@@ -134,6 +166,13 @@ class FaultInjector:
             rule = self._take_rule(method, api, rel_path, full_path)
             if rule is not None:
                 plan.delay_s += rule.latency_s
+                plan.delay_after_s = rule.latency_after_s
+                if rule.latency_after_s > 0:
+                    self.counters["latency_after"] += 1
+                if rule.hold is not None:
+                    plan.hold, plan.hold_after = rule.hold, rule.hold_after_handler
+                    plan.hold_timeout_s = rule.hold_timeout_s
+                    self._holds.setdefault(rule.hold, HoldGate())
                 if rule.status is not None:
                     self.counters["script"] += 1
                     retry = rule.retry_after
@@ -166,6 +205,48 @@ class FaultInjector:
         """Record that a random 500-after-create was actually applied."""
         with self._lock:
             self.counters["create_500_after_create"] += 1
+
+    # ---- holds and create counts ----------------------------------------------------------
+
+    async def wait_at(self, name: str, timeout_s: float) -> None:
+        """Wait at gate ``name`` until it is released (or ``timeout_s`` passed)."""
+        with self._lock:
+            gate = self._holds.setdefault(name, HoldGate())
+            gate.waiting += 1
+            self.counters["held"] += 1
+        deadline = time.monotonic() + timeout_s
+        try:
+            # Polling keeps the gate free of any one event loop: tests release it from
+            # their own thread (or over HTTP) while the server loop waits here.
+            while not gate.released and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            with self._lock:
+                gate.waiting -= 1
+                gate.passed += 1
+
+    def release(self, name: str) -> dict[str, Any]:
+        """Open gate ``name``: waiting and later calls held there go on."""
+        with self._lock:
+            gate = self._holds.setdefault(name, HoldGate())
+            gate.released = True
+            return gate.view()
+
+    def holds_snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every gate's ``{"waiting", "passed", "released"}``."""
+        with self._lock:
+            return {name: gate.view() for name, gate in self._holds.items()}
+
+    def count_create(self, name: str | None) -> None:
+        """Count one successful create of a resource named ``name`` (unnamed: ``""``)."""
+        with self._lock:
+            key = name or ""
+            self._creates[key] = self._creates.get(key, 0) + 1
+
+    def creates_snapshot(self) -> dict[str, int]:
+        """Successful creates per resource name since start-up or the last reset."""
+        with self._lock:
+            return dict(self._creates)
 
     def counters_snapshot(self) -> dict[str, int]:
         """A copy of the fault counters."""

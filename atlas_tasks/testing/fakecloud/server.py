@@ -239,6 +239,27 @@ class FakeCloud:
         self.ctx.faults.add_rule(ScriptRule(match=match, status=status,
                                             after_create=after_create, times=times, **rule))
 
+    def release(self, name: str) -> None:
+        """Open the hold gate ``name`` (``POST /_admin/holds/{name}/release``)."""
+        self.ctx.faults.release(name)
+
+    def wait_held(self, name: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Block until ``count`` calls wait at gate ``name``.
+
+        Raises:
+            TimeoutError: fewer were waiting after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ctx.faults.holds_snapshot().get(name, {}).get("waiting", 0) >= count:
+                return
+            time.sleep(0.005)
+        raise TimeoutError(f"no {count} call(s) held at {name!r} after {timeout}s")
+
+    def creates_by_name(self) -> dict[str, int]:
+        """Successful creates per requested name (see ``/_admin/state``)."""
+        return self.ctx.faults.creates_snapshot()
+
     def age_pod(self, pod_id: str, seconds: float) -> None:
         """Backdate a pod's creation by ``seconds``.
 
