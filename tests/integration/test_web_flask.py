@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from web_support import sse_messages, status_of
 
 from atlas_tasks.config import configure
 from atlas_tasks.errors import AtlasError
 from atlas_tasks.testing.cluster import LocalCluster
-from web_support import sse_messages, status_of
 
 pytestmark = pytest.mark.integration
 
