@@ -75,8 +75,8 @@ def test_host_worker_runs_its_task_and_our_spawn(attached: tuple[LocalCluster, P
     assert celery_app.get_app() is hostproj.app
     worker = ManagedProcess("host-worker", [
         sys.executable, "-m", "celery", "-A", "hostproj", "worker", "-E", "-P", "threads",
-        "-c", "8", "-Q", "celery,compute,maintenance", "-n", "host@%h", "--loglevel", "INFO", "--without-mingle",
-        "--without-gossip"], {**cluster.env, "PYTHONPATH": str(folder)})
+        "-c", "8", "-Q", "celery,compute,maintenance", "-n", "host@%h", "--loglevel", "INFO",
+        "--without-mingle", "--without-gossip"], {**cluster.env, "PYTHONPATH": str(folder)})
     worker_ready(worker)
     try:
         assert hostproj.add.delay(2, 3).get(timeout=30) == 5
