@@ -81,7 +81,8 @@ def test_open_body_accepts_only_a_preset_name() -> None:
 def test_error_map_and_owner_comparison() -> None:
     # quota_exceeded comes with atlas_tasks.quotas (its own branch): mapped already
     assert _web.STATUS_BY_KIND["quota_exceeded"] == 429
-    cases = {"validation": 422, "not_found": 404, "rate_limited": 429, "transport": 503, "provider": 502, "unknown": 502}
+    cases = {"validation": 422, "not_found": 404, "rate_limited": 429, "transport": 503,
+             "provider": 502, "unknown": 502}
     for kind, status in cases.items():
         exc = AtlasError("m", kind=kind)
         assert _web.status_for(exc) == status
