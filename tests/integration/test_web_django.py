@@ -12,7 +12,9 @@ import httpx
 import pytest
 from web_support import create_users, free_port, manage, serve, sse, status_of
 
+from atlas_tasks import orchestrator
 from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.processes import ManagedProcess, worker_ready
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +100,26 @@ def test_manage_py_atlas_doctor(_cluster: LocalCluster, site: str,
     out = manage(SITE, env, "atlas", "doctor")
     assert "redis answers PING" in out and "SECRET_KEY is set" in out
     assert "consumes 'compute': yes" in out
+
+
+def test_manage_py_atlas_worker_and_beat_serve_a_spawn(tmp_path: Path) -> None:
+    """``manage.py atlas worker`` / ``atlas beat`` with the project's settings loaded: the
+    only worker of this cluster runs the spawn; beat takes the single-beat lock."""
+    with LocalCluster(workers=0, beat=False, fakecloud={"boot_delay_s": 0.0}) as cluster:
+        env = {**cluster.env, "DJANGO_DB_PATH": str(tmp_path / "db.sqlite3"),
+               "PYTHONPATH": str(SITE)}
+        worker = ManagedProcess("manage-worker", [
+            sys.executable, str(SITE / "manage.py"), "atlas", "worker", "--",
+            "--concurrency=4", "--without-mingle", "--without-gossip"], env)
+        beat = ManagedProcess("manage-beat", [
+            sys.executable, str(SITE / "manage.py"), "atlas", "beat"], env)
+        try:
+            worker_ready(worker)
+            beat.start().wait_for("Acquired lock", 60)
+            s = orchestrator.spawn(gpu="h100", image="me/infer:1", ports=[(8000, "http")],
+                                   user_id=1)
+            assert s.wait(timeout=30).status == "running"
+            orchestrator.stop_tracked(s.id)
+        finally:
+            worker.stop()
+            beat.stop()
