@@ -218,6 +218,13 @@ def attach(host_app: Celery, *, beat: bool = True) -> Celery:
     return host_app
 
 
+def detach() -> None:
+    """Undo :func:`attach` for callers: :func:`get_app` is atlas's own app again (tests,
+    tools that switch projects). The host app keeps its registered tasks."""
+    global _attached
+    _attached = None
+
+
 def get_app() -> Celery:
     """The app callers enqueue through: the host app given to :func:`attach`, else
     :data:`app`, unless the broker settings changed since it was configured (tests and

@@ -54,7 +54,9 @@ def attached(host: tuple[LocalCluster, Path], monkeypatch: pytest.MonkeyPatch
     host[0].apply_env()
     monkeypatch.syspath_prepend(str(host[1]))
     yield host
-    monkeypatch.setattr(celery_app, "_attached", None)
+    # importing the host module made its app Celery's current app: give both back
+    celery_app.detach()
+    celery_app.app.set_current()
     sys.modules.pop("hostproj", None)
 
 
