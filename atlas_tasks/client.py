@@ -403,7 +403,7 @@ def _check_page(offset: int, limit: int) -> None:
 
 def _user_json(user_id: Any) -> str:
     try:
-        return json.dumps(user_id, allow_nan=False)
+        return json.dumps(user_id, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError, RecursionError):
         raise ValidationError("user_id: must be JSON-serialisable", field="user_id") from None
 

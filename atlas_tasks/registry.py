@@ -485,8 +485,10 @@ class SessionRegistry:
             self._create(keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY],
                          args=[session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat],
                          client=pipe)
-            self._index_user(keys=[user_index_key(user)], args=[session_id, USER_INDEX_MAX],
-                             client=pipe)
+            # canonical JSON (sorted keys): {"a":1,"b":2} and {"b":2,"a":1} are one user
+            canonical = json.dumps(json.loads(user), sort_keys=True)
+            self._index_user(keys=[user_index_key(canonical)],
+                             args=[session_id, USER_INDEX_MAX], client=pipe)
             created, _ = pipe.execute()
         return int(created)
 
@@ -495,7 +497,8 @@ class SessionRegistry:
         """Records of one user's sessions, newest first (one round trip per page).
 
         Args:
-            user_json: the JSON form of the user id (``json.dumps(user_id)``).
+            user_json: the canonical JSON form of the user id
+                (``json.dumps(user_id, sort_keys=True)``).
             offset, limit: the page.
         """
         rows = self._list_user(keys=[user_index_key(user_json)],
