@@ -4,6 +4,8 @@ every route, Last-Event-ID resume, stop; plus ``manage.py atlas doctor``."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +125,17 @@ def test_manage_py_atlas_worker_and_beat_serve_a_spawn(tmp_path: Path) -> None:
         finally:
             worker.stop()
             beat.stop()
+
+
+def test_a_typo_in_settings_atlas_stops_startup_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "typo_settings.py").write_text(
+        "from atlas_site.settings import *  # noqa\n"
+        "ATLAS = {**ATLAS, 'REDIS_ULR': 'redis://nowhere:6379/0'}\n")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "typo_settings",
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{SITE}",
+           "DJANGO_DB_PATH": str(tmp_path / "db.sqlite3")}
+    done = subprocess.run([sys.executable, str(SITE / "manage.py"), "check"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "REDIS_ULR: unknown atlas setting in settings.ATLAS; did you mean 'REDIS_URL'?" \
+        in done.stderr
