@@ -162,10 +162,76 @@ celery = app
 _apps_by_url: dict[tuple[str, str], Celery] = {}
 
 
+_attached: Celery | None = None
+
+
+def attach(host_app: Celery, *, beat: bool = True) -> Celery:
+    """Serve atlas_tasks from your project's own Celery app (one worker fleet for both).
+
+    Registers our tasks (``atlas.compute.spawn``...), adds our queues (``compute``,
+    ``jobs``, ``fly``, ``maintenance``) next to yours, routes ``atlas.*`` tasks to them,
+    adds the reaper to ``beat_schedule`` (``beat=False`` to leave beat alone) and the
+    broker visibility timeout our late-acked tasks need, unless you set one. From then on
+    :func:`get_app` (what ``orchestrator.spawn`` enqueues through) is ``host_app``.
+
+    Your worker must consume our queues too::
+
+        # proj/celery.py
+        app = Celery("proj")
+        app.config_from_object("django.conf:settings", namespace="CELERY")
+        attach(app)
+        # celery -A proj worker -Q celery,compute,jobs,fly,maintenance -E
+
+    Without ``attach`` a worker of your app that consumes ``compute`` discards
+    ``atlas.compute.spawn`` as an unregistered task. Atlas settings are read when
+    ``attach`` is called.
+
+    Returns:
+        ``host_app``.
+    """
+    global _attached
+    import importlib
+
+    for module in TASK_MODULES:  # shared_task registers them with every app, host's too
+        importlib.import_module(module)
+    ours = build_config(get_settings())
+    conf = host_app.conf
+    conf.include = [*(conf.include or ()), *[m for m in TASK_MODULES
+                                             if m not in (conf.include or ())]]
+    existing = list(conf.task_queues or [Queue(conf.task_default_queue)])
+    names = {q.name for q in existing}
+    conf.task_queues = existing + [q for q in ours["task_queues"] if q.name not in names]
+    routes = conf.task_routes
+    host_routes = list(routes) if isinstance(routes, list | tuple) else (
+        [routes] if routes else [])
+    conf.task_routes = [ours["task_routes"], *host_routes]
+    transport = dict(conf.broker_transport_options or {})
+    for key, value in ours["broker_transport_options"].items():
+        transport.setdefault(key, value)
+    conf.broker_transport_options = transport
+    if beat:
+        conf.beat_schedule = {**(conf.beat_schedule or {}), **ours["beat_schedule"]}
+    if "consumer" in host_app.steps and UnbufferedTaskEvents not in host_app.steps["consumer"]:
+        host_app.steps["consumer"].add(UnbufferedTaskEvents)
+    install_quiet_sweep_logging()
+    _attached = host_app
+    return host_app
+
+
+def detach() -> None:
+    """Undo :func:`attach` for callers: :func:`get_app` is atlas's own app again (tests,
+    tools that switch projects). The host app keeps its registered tasks."""
+    global _attached
+    _attached = None
+
+
 def get_app() -> Celery:
-    """The app callers enqueue through: :data:`app`, unless the broker settings changed
-    since it was configured (tests and tools that point one process at several clusters),
-    in which case an app for the current settings is built and cached."""
+    """The app callers enqueue through: the host app given to :func:`attach`, else
+    :data:`app`, unless the broker settings changed since it was configured (tests and
+    tools that point one process at several clusters), in which case an app for the
+    current settings is built and cached."""
+    if _attached is not None:
+        return _attached
     settings = get_settings()
     key = (settings.effective_broker_url, settings.effective_result_backend)
     if (app.conf.broker_url, app.conf.result_backend) == key:

@@ -9,6 +9,7 @@
     atlas-tasks demo                      # the end-to-end demo
     atlas-tasks worker | beat | flower    # Celery processes (extra args pass through)
     atlas-tasks settings [--update-readme]  # every ATLAS_* setting as a Markdown table
+    atlas-tasks init django|flask [--path DIR] [--dry-run]  # add atlas to a project
 
 Commands backed by optional parts (fake cloud, demo, Celery) import them inside the
 command, so ``version``/``providers``/``gpus`` work without Celery or Redis. Failures
@@ -261,6 +262,27 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 def flower(ctx: click.Context, port: int) -> None:
     """Start Flower, the Celery monitor (extra args go to flower)."""
     _celery(["flower", f"--port={port}", *ctx.args])
+
+
+@cli.command()
+@click.argument("framework", type=click.Choice(["django", "flask"]))
+@click.option("--path", "path", default=".", show_default=True,
+              help="the project directory (Django: where manage.py is; Flask: app.py)")
+@click.option("--dry-run", is_flag=True, help="print what would change, write nothing")
+def init(framework: str, path: str, dry_run: bool) -> None:
+    """Add atlas_tasks to a Django or Flask project (idempotent)."""
+    from pathlib import Path
+
+    from atlas_tasks import installer
+
+    try:
+        changes = installer.run(framework, Path(path), dry_run=dry_run)
+    except AtlasError as exc:
+        _fail(str(exc.message))
+    for change in changes:
+        click.echo(f"{'would change' if dry_run else 'changed'} {change.path}: {change.what}")
+    if not changes:
+        click.echo("nothing to change: atlas_tasks is already set up")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,13 +20,16 @@ Example (a Django view)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 import time
-from typing import Any
+import weakref
+from typing import Any, cast
 
 import redis
+import redis.asyncio as aioredis
 
 from atlas_tasks import constants as C
 from atlas_tasks import events
@@ -41,7 +44,18 @@ from atlas_tasks.errors import (
 )
 from atlas_tasks.providers import Provider, provider_class
 from atlas_tasks.redis_conn import get_redis, wrap_redis_errors
-from atlas_tasks.registry import SessionInfo, SessionRegistry, registry_for
+from atlas_tasks.registry import (
+    _LIST_USER,
+    _RECORD_PREFIX,
+    _TOUCH,
+    _TOUCH_FAST,
+    Keys,
+    SessionInfo,
+    SessionRegistry,
+    record_to_info,
+    registry_for,
+    user_index_key,
+)
 from atlas_tasks.sealing import seal
 from atlas_tasks.specs import AuthHandle, Compute, ComputeRequest, build_compute_request
 
@@ -81,20 +95,7 @@ class Session:
             AtlasError: the spawn failed (the provider's error kind and message).
             AtlasTimeoutError: not running within ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        for event in events.subscribe(self.id, timeout=timeout,
-                                      until=("running", "failed", "terminated")):
-            status = event.data.get("status")
-            if event.type == "status" and status == "running":
-                return self._compute(event.data.get("compute") or {})
-            if event.type == "status" and status == "failed":
-                raise AtlasError.from_dict(event.data.get("error") or {})
-            if event.type == "status" and status == "terminated":
-                raise AtlasError(f"session {self.id} ended before it was running",
-                                 kind="not_found")
-            if time.monotonic() > deadline:
-                break
-        raise AtlasTimeoutError(f"session {self.id} not running after {timeout:g}s")
+        return self._compute(_running_compute(self.id, timeout))
 
     def _compute(self, data: dict[str, Any]) -> Compute:
         data = dict(data)
@@ -296,5 +297,243 @@ def stop_tracked(session_id: str) -> None:
                     "within %d ms", session_id, exc, settings.stop_resend_ms)
 
 
-__all__ = ["NotTracked", "Session", "SessionInfo", "info", "list_ids", "spawn",
-           "stop_tracked", "touch"]
+# ---------------------------------------------------------------- waiting by id, listing
+def _raise_not_running(session_id: str, timeout: float) -> None:
+    """The timeout error of wait()/await_running(), saying when no worker consumes the
+    ``compute`` queue (the usual cause: a worker started with other ``-Q`` queues, or a
+    host Celery app that did not :func:`~atlas_tasks.celery_app.attach` us)."""
+    from atlas_tasks.celery_app import queue_has_consumers
+
+    try:
+        consumed = queue_has_consumers(C.QUEUE_COMPUTE, timeout=1.0)
+    except Exception:  # the broker is down too: the plain timeout says enough
+        consumed = True
+    hint = "" if consumed else (
+        f"; no worker consumes the {C.QUEUE_COMPUTE!r} queue (start one with "
+        f"`atlas-tasks worker`, or `-Q {C.QUEUE_COMPUTE},...` on your own worker after "
+        "atlas_tasks.celery_app.attach(app))")
+    raise AtlasTimeoutError(f"session {session_id} not running after {timeout:g}s{hint}")
+
+
+def _outcome(session_id: str, event: events.Event) -> dict[str, Any] | None:
+    """The compute data of a ``running`` event; raises on ``failed``/``terminated``."""
+    status = event.data.get("status")
+    if event.type != "status":
+        return None
+    if status == "running":
+        return cast(dict[str, Any], event.data.get("compute") or {})
+    if status == "failed":
+        raise AtlasError.from_dict(event.data.get("error") or {})
+    if status == "terminated":
+        raise AtlasError(f"session {session_id} ended before it was running", kind="not_found")
+    return None
+
+
+def _running_compute(session_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    for event in events.subscribe(session_id, timeout=timeout,
+                                  until=("running", "failed", "terminated")):
+        data = _outcome(session_id, event)
+        if data is not None:
+            return data
+        if time.monotonic() > deadline:
+            break
+    _raise_not_running(session_id, timeout)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _plain_compute(data: dict[str, Any]) -> Compute:
+    data = dict(data)
+    data.pop("auth", None)  # the raw secret was handed out once, at spawn
+    return Compute.model_validate(data)
+
+
+def wait(session_id: str, timeout: float = 120.0) -> Compute:
+    """Block until session ``session_id`` is running and return its pod (without the
+    auth handle: the token was returned once, by :func:`spawn`).
+
+    For a later request that only has the id; :meth:`Session.wait` is the same with the
+    handle.
+
+    Raises:
+        AtlasError: the spawn failed (the provider's error kind and message) or the
+            session ended first (``not_found``).
+        AtlasTimeoutError: not running within ``timeout`` seconds (the message says when
+            no worker consumes the ``compute`` queue).
+        TransportError: Redis could not be reached.
+    """
+    return _plain_compute(_running_compute(session_id, timeout))
+
+
+def _records_to_infos(records: list[dict[str, str]]) -> list[SessionInfo]:
+    return [record_to_info(r) for r in records if r.get("id")]
+
+
+@wrap_redis_errors("list_sessions")
+def list_sessions(user_id: Any = None, *, offset: int = 0, limit: int = 100) -> list[SessionInfo]:
+    """Sessions of one user (``user_id`` as given to :func:`spawn`), newest first.
+
+    Backed by a per-user index in Redis: one round trip per page. With ``user_id=None``,
+    every tracked session of the cluster (spawning, running, terminating), newest first.
+
+    Raises:
+        ValidationError: ``offset``/``limit`` out of range, or a non-JSON ``user_id``.
+        TransportError: Redis could not be reached.
+    """
+    _check_page(offset, limit)
+    if user_id is None:
+        r = get_redis()
+        with r.pipeline(transaction=False) as pipe:
+            for sid in _registry().list_ids():
+                pipe.hgetall(Keys(sid).record)
+            records = cast(list[dict[str, str]], pipe.execute())
+        infos = _records_to_infos(records)
+        infos.sort(key=lambda i: i.created_at_ms or 0, reverse=True)
+        return infos[offset:offset + limit]
+    return _records_to_infos(_registry().list_user_records(_user_json(user_id), offset=offset,
+                                                           limit=limit))
+
+
+def _check_page(offset: int, limit: int) -> None:
+    if not isinstance(offset, int) or offset < 0:
+        raise ValidationError("offset: must be an integer >= 0", field="offset")
+    if not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise ValidationError("limit: must be an integer from 1 to 1000", field="limit")
+
+
+def _user_json(user_id: Any) -> str:
+    try:
+        return json.dumps(user_id, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        raise ValidationError("user_id: must be JSON-serialisable", field="user_id") from None
+
+
+# ---------------------------------------------------------------- asyncio client
+# redis.asyncio clients belong to the event loop that created them: one per (loop, URL).
+_aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _aredis() -> aioredis.Redis:
+    settings = get_settings()
+    loop = asyncio.get_running_loop()
+    per_loop = _aclients.setdefault(loop, {})
+    client = per_loop.get(settings.redis_url)
+    if client is None:
+        client = per_loop[settings.redis_url] = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True,
+            max_connections=settings.redis_max_connections)
+    return client
+
+
+async def aspawn(request: ComputeRequest | dict[str, Any] | None = None, **kwargs: Any
+                 ) -> Session:
+    """asyncio twin of :func:`spawn` (same arguments and errors).
+
+    Runs :func:`spawn` in a thread: the broker publish goes through kombu, which has no
+    asyncio client, and a spawn is two short round trips, so a thread beats a second
+    implementation of the write-ahead record.
+    """
+    return await asyncio.to_thread(spawn, request, **kwargs)
+
+
+@wrap_redis_errors("atouch")
+async def atouch(session_id: str) -> None:
+    """asyncio twin of :func:`touch`: one round trip on a running session.
+
+    Raises:
+        NotTracked: unknown, terminating or terminated session.
+        TransportError: Redis could not be reached.
+    """
+    r = _aredis()
+    settings = get_settings()
+    k = Keys(session_id)
+    if not settings.heartbeat_events:
+        fast = await r.register_script(_TOUCH_FAST)(keys=[k.alive])
+        if fast == 1:
+            return
+    result = int(await r.register_script(_TOUCH)(
+        keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, k.channel],
+        args=[session_id, C.SESSION_RECORD_GRACE_MS, "1" if settings.heartbeat_events else "0"],
+    ))
+    if result == -1:
+        raise NotTracked(f"session {session_id!r} is not tracked")
+    if result == -2:
+        raise NotTracked(f"session {session_id!r} is terminating or terminated")
+
+
+@wrap_redis_errors("ainfo")
+async def ainfo(session_id: str) -> SessionInfo:
+    """asyncio twin of :func:`info`.
+
+    Raises:
+        NotTracked: unknown session (or its record expired after termination).
+        TransportError: Redis could not be reached.
+    """
+    r = _aredis()
+    k = Keys(session_id)
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.hgetall(k.record)
+        pipe.pttl(k.alive)
+        pipe.time()
+        record, pttl, (secs, micros) = await pipe.execute()
+    if not record:
+        raise NotTracked(f"session {session_id!r} is not tracked")
+    result = record_to_info(record)
+    if pttl > 0 and result.idle_ttl_ms:
+        # as SessionRegistry.info: touch()'s fast path leaves the activity in the clock
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        result.last_activity_ms = now_ms - (result.idle_ttl_ms - int(pttl))
+    return result
+
+
+async def astop_tracked(session_id: str) -> None:
+    """asyncio twin of :func:`stop_tracked` (in a thread: the enqueue goes through kombu).
+
+    Raises:
+        NotTracked: unknown session.
+        TransportError: Redis could not be reached.
+    """
+    await asyncio.to_thread(stop_tracked, session_id)
+
+
+@wrap_redis_errors("alist_sessions")
+async def alist_sessions(user_id: Any = None, *, offset: int = 0, limit: int = 100
+                         ) -> list[SessionInfo]:
+    """asyncio twin of :func:`list_sessions` (one round trip per page for a user)."""
+    _check_page(offset, limit)
+    if user_id is None:
+        return await asyncio.to_thread(list_sessions, None, offset=offset, limit=limit)
+    rows = await _aredis().register_script(_LIST_USER)(
+        keys=[user_index_key(_user_json(user_id))], args=[_RECORD_PREFIX, offset, limit])
+    records = []
+    for flat in rows:
+        items = [str(x) for x in flat]
+        records.append(dict(zip(items[::2], items[1::2], strict=True)))
+    return _records_to_infos(records)
+
+
+async def await_running(session_id: str, timeout: float = 120.0) -> Compute:
+    """asyncio twin of :func:`wait`: awaits the ``running`` event without a thread.
+
+    Raises:
+        AtlasError: the spawn failed or the session ended first (``not_found``).
+        AtlasTimeoutError: not running within ``timeout`` seconds (the message says when
+            no worker consumes the ``compute`` queue).
+        TransportError: Redis could not be reached.
+    """
+    deadline = time.monotonic() + timeout
+    async for event in events.asubscribe(session_id, timeout=timeout,
+                                         until=("running", "failed", "terminated")):
+        data = _outcome(session_id, event)
+        if data is not None:
+            return _plain_compute(data)
+        if time.monotonic() > deadline:
+            break
+    await asyncio.to_thread(_raise_not_running, session_id, timeout)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+__all__ = ["NotTracked", "Session", "SessionInfo", "ainfo", "alist_sessions", "aspawn",
+           "astop_tracked", "atouch", "await_running", "info", "list_ids", "list_sessions",
+           "spawn", "stop_tracked", "touch", "wait"]

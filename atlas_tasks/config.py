@@ -3,16 +3,23 @@
 Settings are read lazily through :func:`get_settings` (cached) and never at import time,
 so a Django/Flask app can set the environment before first use. Tests build
 ``AtlasSettings(...)`` directly or call :func:`reset_settings` after changing the env.
+
+Host frameworks push their own settings with :func:`configure` (Django's
+``settings.ATLAS``, Flask's ``app.config["ATLAS_*"]``): those win over the environment,
+and an unknown key is a validation error naming the closest real one.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from atlas_tasks import constants
@@ -233,14 +240,69 @@ class AtlasSettings(BaseSettings):
         return self.result_backend or self.redis_url
 
 
+#: Overrides given by :func:`configure` (field name -> value); they win over the env.
+_overrides: dict[str, Any] = {}
+
+
+def check_setting_names(names: Mapping[str, Any] | list[str], *, source: str = "ATLAS"
+                        ) -> None:
+    """Raise a validation error naming the first unknown setting (and the closest one).
+
+    Args:
+        names: field names (lower case, as in :class:`AtlasSettings`).
+        source: how the caller spells the container, for the message
+            (``settings.ATLAS``, ``app.config``).
+    """
+    known = list(AtlasSettings.model_fields)
+    for name in names:
+        if name not in AtlasSettings.model_fields:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0].upper()!r}?" if close else ""
+            raise ValidationError(
+                f"{name.upper()}: unknown atlas setting in {source}{hint}", field=name.upper())
+
+
+def configure(**overrides: Any) -> None:
+    """Set settings in code; they take precedence over ``ATLAS_*`` environment variables.
+
+    Used by the Django app (``settings.ATLAS``) and the Flask extension
+    (``app.config["ATLAS_*"]``). Keys are :class:`AtlasSettings` field names in either
+    case (``redis_url`` or ``REDIS_URL``). Calling it again replaces the previous
+    overrides; ``configure()`` clears them.
+
+    Raises:
+        ValidationError: an unknown key (the closest known one is suggested) or an
+            invalid value (the field is named).
+    """
+    values = {k.lower(): v for k, v in overrides.items()}
+    check_setting_names(values)
+    try:
+        AtlasSettings(**values)  # validate now, in the caller's stack, not at first use
+    except PydanticValidationError as exc:
+        errors = exc.errors()
+        field = str(errors[0]["loc"][0]).upper() if errors and errors[0].get("loc") else None
+        # The message names the field and the rule, never the value (it may be a secret).
+        rule = errors[0].get("msg", "invalid value") if errors else "invalid value"
+        raise ValidationError(f"{field or 'settings'}: {rule}", field=field) from None
+    _overrides.clear()
+    _overrides.update(values)
+    get_settings.cache_clear()
+
+
+def overrides() -> dict[str, Any]:
+    """A copy of the settings set by :func:`configure`."""
+    return dict(_overrides)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> AtlasSettings:
-    """The process-wide settings, read from the environment on first call."""
-    return AtlasSettings()
+    """The process-wide settings: :func:`configure` overrides, then the environment."""
+    return AtlasSettings(**_overrides)
 
 
 def reset_settings() -> None:
-    """Forget cached settings so the next :func:`get_settings` re-reads the environment."""
+    """Forget cached settings so the next :func:`get_settings` re-reads the environment
+    (overrides given by :func:`configure` stay)."""
     get_settings.cache_clear()
 
 
@@ -287,7 +349,10 @@ def resolve_api_key(
 
 __all__ = [
     "AtlasSettings",
+    "check_setting_names",
+    "configure",
     "get_settings",
+    "overrides",
     "reset_settings",
     "resolve_api_key",
     "resolve_provider_name",

@@ -4,12 +4,21 @@ from atlas_tasks.client import (
     NotTracked,
     Session,
     SessionInfo,
+    ainfo,
+    alist_sessions,
+    aspawn,
+    astop_tracked,
+    atouch,
+    await_running,
     info,
     list_ids,
+    list_sessions,
     spawn,
     stop_tracked,
     touch,
+    wait,
 )
 
-__all__ = ["NotTracked", "Session", "SessionInfo", "info", "list_ids", "spawn",
-           "stop_tracked", "touch"]
+__all__ = ["NotTracked", "Session", "SessionInfo", "ainfo", "alist_sessions", "aspawn",
+           "astop_tracked", "atouch", "await_running", "info", "list_ids", "list_sessions",
+           "spawn", "stop_tracked", "touch", "wait"]

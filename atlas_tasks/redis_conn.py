@@ -107,8 +107,8 @@ def transport_error(what: str, exc: redis.RedisError, url: str | None = None) ->
 
 
 def wrap_redis_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """Decorator form of :func:`redis_errors` for caller-facing functions (plain, generator
-    and async generator functions: a generator's Redis errors surface while it is
+    """Decorator form of :func:`redis_errors` for caller-facing functions (plain, coroutine,
+    generator and async generator functions: a generator's Redis errors surface while it is
     iterated, so the wrapper wraps the iteration, not just the call)."""
     def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
         if inspect.isasyncgenfunction(func):
@@ -118,6 +118,14 @@ def wrap_redis_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R
                     async for item in cast(Any, func)(*args, **kwargs):
                         yield item
             return cast(Callable[_P, _R], agen_wrapper)
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def coro_wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+                try:
+                    return await cast(Any, func)(*args, **kwargs)
+                except redis.RedisError as exc:
+                    raise transport_error(what, exc) from exc
+            return cast(Callable[_P, _R], coro_wrapper)
         if inspect.isgeneratorfunction(func):
             @functools.wraps(func)
             def gen_wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Any:

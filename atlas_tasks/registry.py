@@ -460,6 +460,38 @@ redis.call('SADD', KEYS[4], ARGV[1])
 return 1
 """
 
+#: Per-user index: session ids of one user scored by creation time (ms); the user is
+#: the JSON form of the ``user_id`` given to spawn. Written by :meth:`SessionRegistry.create`
+#: in the same MULTI as the record; entries whose record expired are pruned when read.
+USER_SESSIONS_KEY = "atlas:user-sessions:{user}"
+#: The newest entries a user index keeps (older ones are trimmed at create).
+USER_INDEX_MAX = 1000
+
+_INDEX_USER = _NOW + """
+-- KEYS: user index  ARGV: id, max entries
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
+return now
+"""
+
+_LIST_USER = """
+-- KEYS: user index  ARGV: record key prefix, offset, limit
+-- One page of a user's sessions, newest first, with their records; ids whose record
+-- expired are dropped from the index here (lazy pruning).
+local ids = redis.call('ZREVRANGE', KEYS[1], tonumber(ARGV[2]),
+                       tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1)
+local out = {}
+for _, id in ipairs(ids) do
+  local rec = redis.call('HGETALL', ARGV[1] .. id)
+  if #rec == 0 then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    table.insert(out, rec)
+  end
+end
+return out
+"""
+
 _TOUCH_FAST_SHA = hashlib.sha1(_TOUCH_FAST.encode()).hexdigest()
 _ALIVE_PREFIX = C.SESSION_ALIVE_KEY.format(id="")
 _RECORD_PREFIX = C.SESSION_KEY.format(id="")
@@ -554,6 +586,8 @@ class SessionRegistry:
         self._request_stop = client.register_script(_REQUEST_STOP)
         self._claim_stops = client.register_script(_CLAIM_STOPS)
         self._adopt = client.register_script(_ADOPT)
+        self._index_user = client.register_script(_INDEX_USER)
+        self._list_user = client.register_script(_LIST_USER)
 
     # ------------------------------------------------------------------ caller side
     def create(self, session_id: str, fields: dict[str, str]) -> int:
@@ -565,10 +599,41 @@ class SessionRegistry:
         for key, value in fields.items():
             flat += [key, value]
         record_ttl = C.SPAWN_INTENT_TTL_MS + C.SESSION_RECORD_GRACE_MS
-        return int(self._create(
-            keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY],
-            args=[session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat],
-        ))
+        user = fields.get("user_id", "null")
+        if user == "null":
+            return int(self._create(
+                keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY],
+                args=[session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat],
+            ))
+        # The record and its per-user index entry in one MULTI: one round trip, and a
+        # listed session always has a record (until it expires; then reads prune it).
+        with self.r.pipeline(transaction=True) as pipe:
+            self._create(keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY],
+                         args=[session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat],
+                         client=pipe)
+            # canonical JSON (sorted keys): {"a":1,"b":2} and {"b":2,"a":1} are one user
+            canonical = json.dumps(json.loads(user), sort_keys=True)
+            self._index_user(keys=[user_index_key(canonical)],
+                             args=[session_id, USER_INDEX_MAX], client=pipe)
+            created, _ = pipe.execute()
+        return int(created)
+
+    def list_user_records(self, user_json: str, *, offset: int = 0,
+                          limit: int = 100) -> list[dict[str, str]]:
+        """Records of one user's sessions, newest first (one round trip per page).
+
+        Args:
+            user_json: the canonical JSON form of the user id
+                (``json.dumps(user_id, sort_keys=True)``).
+            offset, limit: the page.
+        """
+        rows = self._list_user(keys=[user_index_key(user_json)],
+                               args=[_RECORD_PREFIX, offset, limit])
+        out: list[dict[str, str]] = []
+        for flat in rows:
+            items = [str(x) for x in flat]
+            out.append(dict(zip(items[::2], items[1::2], strict=True)))
+        return out
 
     def touch(self, session_id: str) -> None:
         """Re-arm the idle clock: one round trip on a running session.
@@ -883,6 +948,11 @@ class SessionRegistry:
 
 
 _registries: dict[tuple[int, bool], SessionRegistry] = {}
+
+
+def user_index_key(user_json: str) -> str:
+    """The per-user index key of a user given as the JSON form of its id."""
+    return USER_SESSIONS_KEY.format(user=user_json)
 
 
 def registry_for(client: redis.Redis, *, publish_heartbeats: bool = False) -> SessionRegistry:

@@ -1,0 +1,1 @@
+"""A minimal Django project serving atlas_tasks sessions (see ../README)."""
