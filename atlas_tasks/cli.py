@@ -9,6 +9,9 @@
     atlas-tasks demo                      # the end-to-end demo
     atlas-tasks worker | beat | flower    # Celery processes (extra args pass through)
     atlas-tasks settings [--update-readme]  # every ATLAS_* setting as a Markdown table
+    atlas-tasks sessions list|info|touch|stop  # operators (atlas_tasks.ops_cli)
+    atlas-tasks doctor                    # deployment health checks, exit 1 on failure
+    atlas-tasks metrics --port 9808       # Prometheus /metrics
 
 Commands backed by optional parts (fake cloud, demo, Celery) import them inside the
 command, so ``version``/``providers``/``gpus`` work without Celery or Redis. Failures
@@ -261,6 +264,17 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 def flower(ctx: click.Context, port: int) -> None:
     """Start Flower, the Celery monitor (extra args go to flower)."""
     _celery(["flower", f"--port={port}", *ctx.args])
+
+
+def _add_ops_commands() -> None:
+    # Operator commands live in atlas_tasks.ops_cli (sessions, doctor, metrics).
+    from atlas_tasks.ops_cli import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_ops_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
