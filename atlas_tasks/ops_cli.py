@@ -24,15 +24,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from atlas_tasks import constants as C
 from atlas_tasks.errors import AtlasError
+
+if TYPE_CHECKING:  # `atlas-tasks version` must not import redis (a test keeps the CLI light)
+    import redis
 
 #: Width used when stdout is not a terminal and ``COLUMNS`` is unset.
 PIPED_WIDTH = 200
@@ -211,6 +213,8 @@ class Check:
 
 
 def _client(url: str) -> redis.Redis:
+    import redis
+
     # Short timeouts and no retries: the doctor must answer fast when Redis is down.
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=3,
                                 decode_responses=True)
@@ -218,6 +222,7 @@ def _client(url: str) -> redis.Redis:
 
 def run_checks(queue_timeout: float = 1.0) -> Iterator[Check]:
     """Every check, in order; later checks that need Redis are skipped when it is down."""
+    import redis
     from pydantic import ValidationError as PydanticValidationError
 
     from atlas_tasks.config import get_settings, reset_settings
@@ -297,6 +302,8 @@ def _check_workers(timeout: float) -> Iterator[Check]:
 
 
 def _check_beat(r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
+    import redis
+
     lock_key = C.REDBEAT_KEY_PREFIX + ":lock"
     try:
         pttl = int(r.pttl(lock_key))
@@ -329,6 +336,8 @@ def _check_beat(r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
 
 
 def _check_redis_config(r: redis.Redis) -> Iterator[Check]:
+    import redis
+
     from atlas_tasks.celery_app import persistence_problem
 
     try:

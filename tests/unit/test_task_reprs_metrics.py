@@ -1,0 +1,56 @@
+"""The task repr helper (context yes, secrets never) and the metrics recorders' Redis
+arithmetic, on fakeredis (the real-cluster test is tests/integration/test_metrics.py)."""
+
+from __future__ import annotations
+
+import fakeredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from atlas_tasks import metrics, task_reprs
+from atlas_tasks.providers.base import RequestInfo
+
+
+def test_spawn_repr_shows_context_and_hides_the_payload() -> None:
+    reprs = task_reprs.spawn("abc123", provider="runpod", gpu="h100", user_id={"u": 42})
+    assert reprs["argsrepr"] == "('abc123', '<sealed>')"
+    for context in ("abc123", "runpod", "h100", '{"u": 42}'):
+        assert context in reprs["kwargsrepr"]
+
+
+def test_reprs_cut_long_values_and_drop_empty_ones() -> None:
+    reprs = task_reprs.spawn("s1", user_id="x" * 500, gpu=None)
+    assert "x" * task_reprs.MAX_VALUE_CHARS not in reprs["kwargsrepr"]
+    assert "gpu" not in reprs["kwargsrepr"]
+    batch = task_reprs.terminate_batch([f"s{i}" for i in range(40)], "idle_timeout")
+    assert "+35 more" in batch["argsrepr"] and "'sessions': 40" in batch["kwargsrepr"]
+    orphan = task_reprs.terminate_orphan("vast", "123", "atlas-s1")
+    assert "orphan" in orphan["kwargsrepr"] and "vast" in orphan["argsrepr"]
+
+
+def _samples(r: fakeredis.FakeRedis) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    body, _ = metrics.render_metrics(r)
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+
+
+def test_request_hook_buckets_latency_and_counts_429s() -> None:
+    r = fakeredis.FakeRedis(decode_responses=True)
+    for status, seconds in ((200, 0.004), (200, 0.3), (429, 0.02), (None, 31.0)):
+        metrics.record_request(RequestInfo(provider="runpod", api="management", method="GET",
+                                           url="http://x", status=status, duration_s=seconds,
+                                           attempt=1), client=r)
+    s = _samples(r)
+    ok = {("provider", "runpod"), ("api", "management"), ("status", "200")}
+    assert s[("atlas_provider_request_duration_seconds_bucket",
+              frozenset(ok | {("le", "0.005")}))] == 1
+    assert s[("atlas_provider_request_duration_seconds_bucket",
+              frozenset(ok | {("le", "0.5")}))] == 2
+    assert s[("atlas_provider_request_duration_seconds_count", frozenset(ok))] == 2
+    assert abs(s[("atlas_provider_request_duration_seconds_sum", frozenset(ok))] - 0.304) < 1e-6
+    error = frozenset({("provider", "runpod"), ("api", "management"), ("status", "error"),
+                       ("le", "30.0")})
+    assert s[("atlas_provider_request_duration_seconds_bucket", error)] == 0  # 31 s: +Inf
+    assert s[("atlas_provider_rate_limited_total",
+              frozenset({("provider", "runpod"), ("api", "management")}))] == 1
+    assert s[("atlas_redis_up", frozenset())] == 1
+    assert s[("atlas_reaper_last_sweep_age_seconds", frozenset())] == float("inf")
