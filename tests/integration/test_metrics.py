@@ -147,3 +147,33 @@ def test_metrics_report_redis_down(cluster: LocalCluster) -> None:
                for s in f.samples}
     assert content_type.startswith("text/plain")
     assert samples == {"atlas_redis_up": 0.0}
+
+
+def test_metrics_count_terminate_retries_and_orphans(cluster: LocalCluster,
+                                                     scrape: Callable[[], Samples]) -> None:
+    import atlas_tasks as atlas
+
+    before = scrape()
+    s = orchestrator.spawn(provider="runpod", gpu="h100", image="acme/x:1",
+                           idle_ttl_ms=120_000)
+    s.wait(timeout=30)
+    # Every HTTP attempt of the first terminate fails (1 + 3 retries): the task retries.
+    cluster.cloud.fail_next("DELETE /pods/*", 500, times=4)
+    orchestrator.stop_tracked(s.id)
+    after = _wait(scrape, lambda m: _value(m, "atlas_terminates_total", provider="runpod",
+                                           reason="requested")
+                  > _value(before, "atlas_terminates_total", provider="runpod",
+                           reason="requested"), "the retried terminate")
+    assert _value(after, "atlas_terminate_retries_total") \
+        > _value(before, "atlas_terminate_retries_total")
+    assert _total(after, "atlas_provider_request_duration_seconds_count", provider="runpod",
+                  status="500") >= 4
+
+    # A prefixed pod nobody tracks: the reaper's orphan scan terminates it.
+    atlas.spawn_compute(provider="runpod", gpu="h100", image="acme/x:1",
+                        name="atlas-orphan0metrics")
+    orphaned = _wait(scrape, lambda m: _value(m, "atlas_orphans_reaped_total",
+                                              provider="runpod")
+                     > _value(before, "atlas_orphans_reaped_total", provider="runpod"),
+                     "the orphan reaped", timeout=60)
+    assert _value(orphaned, "atlas_reaper_orphans_found_total") >= 1
