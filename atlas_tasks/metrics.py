@@ -193,7 +193,9 @@ end
 return counted
 """
 
-_scripts: dict[int, Any] = {}
+# One Script object (it keeps the SHA and re-loads the source after a Redis restart);
+# each call passes the client to run on.
+_observe_script: Any = None
 
 
 def observe_sessions(session_ids: Iterable[str], client: redis.Redis | None = None) -> int:
@@ -202,13 +204,13 @@ def observe_sessions(session_ids: Iterable[str], client: redis.Redis | None = No
     ids = [str(s) for s in session_ids if s]
     if not ids:
         return 0
+    global _observe_script
     r = client or get_redis()
-    script = _scripts.get(id(r))
-    if script is None:
-        script = _scripts[id(r)] = r.register_script(_OBSERVE)
-    return int(script(keys=[], args=[C.SESSION_KEY.format(id=""), PREFIX,
-                                     _ms_bounds(SPAWN_LATENCY_BUCKETS),
-                                     _ms_bounds(IDLE_LAG_BUCKETS), *ids]))
+    if _observe_script is None:
+        _observe_script = r.register_script(_OBSERVE)
+    return int(_observe_script(keys=[], args=[C.SESSION_KEY.format(id=""), PREFIX,
+                                              _ms_bounds(SPAWN_LATENCY_BUCKETS),
+                                              _ms_bounds(IDLE_LAG_BUCKETS), *ids], client=r))
 
 
 def incr(name: str, *labels: str, amount: int = 1, client: redis.Redis | None = None) -> None:

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from atlas_tasks import orchestrator
 from atlas_tasks.errors import AtlasError
-from atlas_tasks.metrics import metrics_wsgi_app
+from atlas_tasks.metrics import metrics_wsgi_app, observe_sessions, render_metrics
+from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -177,3 +178,36 @@ def test_metrics_count_terminate_retries_and_orphans(cluster: LocalCluster,
                      > _value(before, "atlas_orphans_reaped_total", provider="runpod"),
                      "the orphan reaped", timeout=60)
     assert _value(orphaned, "atlas_reaper_orphans_found_total") >= 1
+
+
+def test_session_transitions_are_counted_once(cluster: LocalCluster) -> None:
+    # The recording script's arithmetic, on a database of its own (Lua needs real Redis).
+    r = get_redis(cluster.redis_url.rsplit("/", 1)[0] + "/7")
+    r.flushdb()
+    r.hset("atlas:session:a", mapping={
+        "status": "terminated", "provider": "runpod", "created_at_ms": 1_000,
+        "running_at_ms": 3_000, "terminating_at_ms": 3_600_000, "ended_at_ms": 3_603_000,
+        "reason": "idle_timeout", "compute": '{"cost_per_hour": 2.0}'})
+    r.hset("atlas:session:b", mapping={
+        "status": "failed", "provider": "vast", "created_at_ms": 1_000,
+        "error": '{"kind": "validation"}'})
+    assert observe_sessions(["a", "b", "gone"], client=r) == 3
+    assert observe_sessions(["a", "b"], client=r) == 0  # already counted
+    assert not r.exists("atlas:session:gone")  # never resurrects an expired record
+    body, _ = render_metrics(r)
+    s = {(x.name, frozenset(x.labels.items())): x.value
+         for f in text_string_to_metric_families(body.decode()) for x in f.samples}
+    assert s[("atlas_spawns_total", frozenset({("provider", "runpod"),
+                                               ("outcome", "running")}))] == 1
+    assert s[("atlas_spawns_total", frozenset({("provider", "vast"), ("outcome", "failed")}))] == 1
+    assert s[("atlas_spawn_failures_total", frozenset({("provider", "vast"),
+                                                       ("kind", "validation")}))] == 1
+    assert s[("atlas_terminates_total", frozenset({("provider", "runpod"),
+                                                   ("reason", "idle_timeout")}))] == 1
+    assert s[("atlas_spawn_latency_seconds_sum", frozenset({("provider", "runpod")}))] == 2.0
+    assert s[("atlas_idle_reap_lag_seconds_bucket", frozenset({("provider", "runpod"),
+                                                               ("le", "2.0")}))] == 0
+    assert s[("atlas_idle_reap_lag_seconds_bucket", frozenset({("provider", "runpod"),
+                                                               ("le", "5.0")}))] == 1
+    # 2 $/h for 3600 s of running
+    assert abs(s[("atlas_accrued_usd_total", frozenset({("provider", "runpod")}))] - 2.0) < 1e-9

@@ -54,3 +54,4 @@ def test_request_hook_buckets_latency_and_counts_429s() -> None:
               frozenset({("provider", "runpod"), ("api", "management")}))] == 1
     assert s[("atlas_redis_up", frozenset())] == 1
     assert s[("atlas_reaper_last_sweep_age_seconds", frozenset())] == float("inf")
+
