@@ -140,8 +140,6 @@ def test_metrics_follow_sessions_through_their_life(cluster: LocalCluster,
 
 
 def test_metrics_report_redis_down(cluster: LocalCluster) -> None:
-    from atlas_tasks.metrics import render_metrics
-    from atlas_tasks.redis_conn import get_redis
 
     body, content_type = render_metrics(get_redis("redis://127.0.0.1:1/0"))
     samples = {s.name: s.value for f in text_string_to_metric_families(body.decode())
