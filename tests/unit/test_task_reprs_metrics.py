@@ -55,3 +55,31 @@ def test_request_hook_buckets_latency_and_counts_429s() -> None:
     assert s[("atlas_redis_up", frozenset())] == 1
     assert s[("atlas_reaper_last_sweep_age_seconds", frozenset())] == float("inf")
 
+
+
+def test_asgi_and_wsgi_apps_serve_the_same_scrape() -> None:
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    r = fakeredis.FakeRedis(decode_responses=True)
+    metrics.incr("orphans_reaped", "vast", client=r)
+    app = Starlette(routes=[Mount("/metrics", app=metrics.metrics_asgi_app(r))])
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+            return await client.get("/metrics/")
+
+    response = asyncio.run(get())
+    assert response.status_code == 200
+    assert 'atlas_orphans_reaped_total{provider="vast"} 1.0' in response.text
+
+    seen: list[str] = []
+    body = b"".join(metrics.metrics_wsgi_app(r)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
+        lambda status, headers: seen.append(status)))
+    assert seen == ["200 OK"]
+    assert b'atlas_orphans_reaped_total{provider="vast"} 1.0' in body
