@@ -55,8 +55,11 @@ _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
 def _console() -> Console:
-    # Built per call so CliRunner's captured stdout is used.
-    return Console(soft_wrap=True)
+    # Built per call so CliRunner's captured stdout is used; the terminal's width, or
+    # COLUMNS / 200 columns when piped (rich would cut at 80).
+    from atlas_tasks.ops_cli import console
+
+    return console()
 
 
 def _fail(message: str) -> NoReturn:
