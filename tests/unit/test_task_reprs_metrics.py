@@ -4,6 +4,7 @@ arithmetic, on fakeredis (the real-cluster test is tests/integration/test_metric
 from __future__ import annotations
 
 import fakeredis
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from atlas_tasks import metrics, task_reprs
@@ -83,3 +84,29 @@ def test_asgi_and_wsgi_apps_serve_the_same_scrape() -> None:
         lambda status, headers: seen.append(status)))
     assert seen == ["200 OK"]
     assert b'atlas_orphans_reaped_total{provider="vast"} 1.0' in body
+
+
+def test_postrun_counts_retries_failures_and_orphans(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = fakeredis.FakeRedis(decode_responses=True)
+    monkeypatch.setattr(metrics, "get_redis", lambda *a: r)
+    monkeypatch.setattr(metrics, "observe_sessions", lambda ids, client=None: 0)  # Lua
+    r.hset("atlas:session:s1", "provider", "lambda_labs")
+
+    def task(name: str) -> object:
+        return type("T", (), {"name": name})()
+
+    metrics.on_task_postrun(task("atlas.compute.terminate"), ("s1", "requested"), None, "RETRY")
+    metrics.on_task_postrun(task("atlas.compute.terminate"), ("s1", "requested"),
+                            {"outcome": "terminate_failed"}, "SUCCESS")
+    metrics.on_task_postrun(task("atlas.compute.terminate_batch"), (["s1", "s2"], "idle"),
+                            {"outcomes": {"retrying": 2}}, "SUCCESS")
+    metrics.on_task_postrun(task("atlas.compute.terminate_orphan"), ("vast", "9", None),
+                            {"outcome": "terminated"}, "SUCCESS")
+    metrics.on_task_postrun(task("atlas.compute.terminate_orphan"), ("vast", "9", None),
+                            {"outcome": "fenced"}, "SUCCESS")
+    metrics.on_task_postrun(task("atlas.reaper.reap"), (), {}, "SUCCESS")  # not ours
+    monkeypatch.setenv("ATLAS_METRICS", "0")
+    metrics.on_task_postrun(task("atlas.compute.terminate"), ("s1", "requested"), None, "RETRY")
+    assert r.hgetall("atlas:metrics:c:terminate_retries") == {"": "3"}
+    assert r.hgetall("atlas:metrics:c:terminate_failures") == {"lambda_labs": "1"}
+    assert r.hgetall("atlas:metrics:c:orphans_reaped") == {"vast": "1"}
