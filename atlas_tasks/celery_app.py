@@ -293,6 +293,15 @@ def warn_if_redis_not_persistent(url: str) -> str | None:
 _listener: Any = None
 
 
+@signals.worker_init.connect
+def _install_metrics(**_: Any) -> None:
+    """Record provider requests and compute-task outcomes into Redis for ``/metrics``
+    (before the pool forks, so prefork children inherit the hooks)."""
+    from atlas_tasks.metrics import install_hooks
+
+    install_hooks()
+
+
 @signals.worker_ready.connect
 def _check_redis_persistence(sender: Any = None, **_: Any) -> None:
     """Warn at worker start when the registry's Redis would forget it on restart."""

@@ -10,6 +10,9 @@
     atlas-tasks worker | beat | flower    # Celery processes (extra args pass through)
     atlas-tasks settings [--update-readme]  # every ATLAS_* setting as a Markdown table
     atlas-tasks init django|flask [--path DIR] [--dry-run]  # add atlas to a project
+    atlas-tasks sessions list|info|touch|stop  # operators (atlas_tasks.ops_cli)
+    atlas-tasks doctor                    # deployment health checks, exit 1 on failure
+    atlas-tasks metrics --port 9808       # Prometheus /metrics
 
 Commands backed by optional parts (fake cloud, demo, Celery) import them inside the
 command, so ``version``/``providers``/``gpus`` work without Celery or Redis. Failures
@@ -53,8 +56,11 @@ _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
 def _console() -> Console:
-    # Built per call so CliRunner's captured stdout is used.
-    return Console(soft_wrap=True)
+    # Built per call so CliRunner's captured stdout is used; the terminal's width, or
+    # COLUMNS / 200 columns when piped (rich would cut at 80).
+    from atlas_tasks.ops_cli import console
+
+    return console()
 
 
 def _fail(message: str) -> NoReturn:
@@ -283,6 +289,17 @@ def init(framework: str, path: str, dry_run: bool) -> None:
         click.echo(f"{'would change' if dry_run else 'changed'} {change.path}: {change.what}")
     if not changes:
         click.echo("nothing to change: atlas_tasks is already set up")
+
+
+def _add_ops_commands() -> None:
+    # Operator commands live in atlas_tasks.ops_cli (sessions, doctor, metrics).
+    from atlas_tasks.ops_cli import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_ops_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

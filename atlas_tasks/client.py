@@ -32,7 +32,7 @@ import redis
 import redis.asyncio as aioredis
 
 from atlas_tasks import constants as C
-from atlas_tasks import events
+from atlas_tasks import events, task_reprs
 from atlas_tasks.auth.tokens import mint_token, new_signing_secret
 from atlas_tasks.config import get_settings, resolve_provider_name
 from atlas_tasks.errors import (
@@ -217,8 +217,8 @@ def spawn(
 
     try:
         app.send_task(C.TASK_SPAWN, args=[session_id, sealed], task_id=f"atlas-spawn-{session_id}",
-                      queue=C.QUEUE_COMPUTE, argsrepr=repr((session_id, "<sealed>")),
-                      kwargsrepr="{}")
+                      queue=C.QUEUE_COMPUTE, **task_reprs.spawn(session_id, provider=name,
+                                                                gpu=req.gpu, user_id=user_id))
     except Exception as exc:
         error = {"kind": "transport", "message": f"could not enqueue the spawn: {exc}"}
         try:

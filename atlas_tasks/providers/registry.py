@@ -76,6 +76,23 @@ def provider_class(name: str) -> type[Provider]:
 
 
 
+#: Hooks every provider built by :func:`get_provider` runs after each HTTP attempt, on top
+#: of the call's own (the metrics recorder installs one; see :func:`add_default_hook`).
+_default_hooks: list[RequestHook] = []
+
+
+def add_default_hook(hook: RequestHook) -> None:
+    """Run ``hook`` after every HTTP attempt of providers built from now on (idempotent).
+
+    Cached instances built earlier are dropped, so the next call picks the hook up.
+    """
+    with _lock:
+        if hook in _default_hooks:
+            return
+        _default_hooks.append(hook)
+    clear_provider_cache()
+
+
 def get_provider(
     provider: str | type[Provider] | Provider | None = None,
     *,
@@ -102,7 +119,7 @@ def get_provider(
     key = resolve_api_key(cls.name, api_key, settings)
     context = ProviderContext(
         api_key=key, base_url=base_url, settings=settings, transport=transport,
-        hooks=tuple(hooks), options=dict(options),
+        hooks=(*hooks, *_default_hooks), options=dict(options),
     )
     if not cache or transport is not None or hooks or options:
         return cls(context)
@@ -126,6 +143,7 @@ def clear_provider_cache() -> None:
 
 __all__ = [
     "BUILTIN_PROVIDERS",
+    "add_default_hook",
     "clear_provider_cache",
     "get_provider",
     "known_providers",

@@ -15,7 +15,7 @@ import redis
 from celery import Task, shared_task
 
 from atlas_tasks import constants as C
-from atlas_tasks import lifecycle
+from atlas_tasks import lifecycle, task_reprs
 from atlas_tasks.config import get_settings
 from atlas_tasks.errors import AtlasError
 from atlas_tasks.tasks import backoff_s
@@ -88,7 +88,8 @@ def terminate_batch(self: Task, session_ids: list[str],
             log.warning("terminate %s in a batch failed (%s); retrying it alone", session_id,
                         outcome)
             terminate.apply_async((session_id, reason), queue=C.QUEUE_COMPUTE,
-                                  countdown=backoff_s(0))
+                                  countdown=backoff_s(0),
+                                  **task_reprs.terminate(session_id, reason))
             outcome = "retrying"
         summary[outcome] = summary.get(outcome, 0) + 1
     return {"sessions": len(session_ids), "outcomes": summary, "reason": reason}

@@ -27,7 +27,7 @@ import redis
 from celery import shared_task
 
 from atlas_tasks import constants as C
-from atlas_tasks import reaper
+from atlas_tasks import reaper, task_reprs
 from atlas_tasks.config import get_settings
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.tasks.compute import spawn, terminate_batch, terminate_orphan
@@ -73,18 +73,20 @@ def enqueue_terminate(session_ids: list[str], reason: str) -> None:
     """Queue terminates of tracked sessions, ``IDLE_BATCH_MAX`` per task."""
     for start in range(0, len(session_ids), C.IDLE_BATCH_MAX):
         chunk = session_ids[start:start + C.IDLE_BATCH_MAX]
-        terminate_batch.apply_async((chunk, reason), queue=C.QUEUE_COMPUTE)
+        terminate_batch.apply_async((chunk, reason), queue=C.QUEUE_COMPUTE,
+                                    **task_reprs.terminate_batch(chunk, reason))
 
 
 def enqueue_orphan(provider: str, compute_id: str, pod_name: str | None) -> None:
     """Queue the termination of an untracked prefixed pod."""
-    terminate_orphan.apply_async((provider, compute_id, pod_name), queue=C.QUEUE_COMPUTE)
+    terminate_orphan.apply_async((provider, compute_id, pod_name), queue=C.QUEUE_COMPUTE,
+                                 **task_reprs.terminate_orphan(provider, compute_id, pod_name))
 
 
 def enqueue_spawn(session_id: str, sealed: str) -> None:
     """Re-send a spawn whose message was lost (its payload stays sealed in transit)."""
     spawn.apply_async((session_id, sealed), queue=C.QUEUE_COMPUTE,
-                      argsrepr=repr((session_id, "<sealed>")), kwargsrepr="{}")
+                      **task_reprs.spawn(session_id, reason="resend"))
 
 
 def _record(r: redis.Redis, summary: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Real Flower against the test cluster: atlas tasks appear by name, with no secret in
-their args, kwargs or result."""
+"""Real Flower against the test cluster: atlas tasks appear by name with their non-secret
+context (session, user, provider, GPU, reason) and no secret in args, kwargs or result."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_flower_shows_spawn_without_secrets(cluster: LocalCluster) -> None:
         time.sleep(1.0)  # let Flower attach to the event stream before the task runs
         api_key = cluster.cloud.api_key
         s = orchestrator.spawn(provider="runpod", gpu="h100", image="acme/x:1", auth="bearer",
-                               api_key=api_key, idle_ttl_ms=60_000)
+                               api_key=api_key, idle_ttl_ms=60_000, user_id="ops-user-7")
         s.wait(timeout=30)
         task_id = f"atlas-spawn-{s.id}"
         task: dict[str, object] = {}
@@ -42,11 +42,24 @@ def test_flower_shows_spawn_without_secrets(cluster: LocalCluster) -> None:
         blob = json.dumps(task)
         assert s.id in str(task.get("args"))
         assert "<sealed>" in str(task.get("args"))
+        kwargs = str(task.get("kwargs"))
+        for context in (s.id, "ops-user-7", "runpod", "h100"):
+            assert context in kwargs, kwargs
         for secret in (s.token, api_key, cluster.env["ATLAS_SECRET_KEY"]):
             assert secret and secret not in blob
         info = httpx.get(f"{base}/api/task/info/{task_id}", timeout=5).json()
         assert s.token not in json.dumps(info) and api_key not in json.dumps(info)
         orchestrator.stop_tracked(s.id)
+        stop_id = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not stop_id:
+            tasks = httpx.get(f"{base}/api/tasks", params={"taskname": "atlas.compute.terminate"},
+                              timeout=5).json()
+            stop_id = next((tid for tid, t in tasks.items() if s.id in str(t.get("args"))), "")
+            time.sleep(0.3)
+        assert stop_id, "the terminate never showed up in Flower"
+        assert "requested" in str(tasks[stop_id].get("args"))
+        assert s.token not in json.dumps(tasks[stop_id])
     finally:
         proc.stop()
 
