@@ -222,13 +222,13 @@ def spawn(
     except Exception as exc:
         error = {"kind": "transport", "message": f"could not enqueue the spawn: {exc}"}
         try:
+            # Publishes the ``failed`` event in the same step (one event, not two).
             registry.fail_spawn(session_id, error)
         except redis.RedisError as redis_exc:
             # Broker and registry share Redis and both are down: the intent stays and
             # the reaper resolves it (nothing was created), so only log this one.
             log.warning("session %s: could not record the failed enqueue: %s", session_id,
                         redis_exc)
-        events.publish(session_id, "status", {"status": "failed", "error": error})
         raise TransportError(error["message"]) from exc
     return Session(session_id, name, pod_name, req.auth, token=token, signing_secret=signing,
                    token_hash=token_hash)

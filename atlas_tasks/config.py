@@ -161,6 +161,10 @@ class AtlasSettings(BaseSettings):
                     "pod for this long and adopts the pods named like sessions, so live "
                     "users keep their pods. Keep it >= the longest heartbeat gap.",
     )
+    metrics: bool = Field(
+        default=True,
+        description="Record Prometheus metrics into Redis (task outcomes, provider request "
+        "latency); `false` turns recording off in this process (`atlas_tasks.metrics`).")
     reap_interval_ms: int = Field(
         default=constants.DEFAULT_REAP_INTERVAL_MS, gt=0,
         description="Beat period of the reaper sweep.")

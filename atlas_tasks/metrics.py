@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
@@ -59,6 +58,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from atlas_tasks import constants as C
+from atlas_tasks.config import get_settings
 from atlas_tasks.providers.base import RequestInfo
 from atlas_tasks.redis_conn import get_redis
 
@@ -106,8 +106,8 @@ ACCRUED_KEY = PREFIX + "c:accrued_usd"
 
 
 def enabled() -> bool:
-    """Whether this process records metrics (``ATLAS_METRICS`` not ``0``/``false``)."""
-    return os.environ.get("ATLAS_METRICS", "1").strip().lower() not in ("0", "false", "no")
+    """Whether this process records metrics (the ``ATLAS_METRICS`` setting)."""
+    return get_settings().metrics
 
 
 def _field(*labels: str) -> str:

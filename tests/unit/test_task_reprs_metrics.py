@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from atlas_tasks import metrics, task_reprs
+from atlas_tasks.config import reset_settings
 from atlas_tasks.providers.base import RequestInfo
 
 
@@ -106,6 +107,7 @@ def test_postrun_counts_retries_failures_and_orphans(monkeypatch: pytest.MonkeyP
                             {"outcome": "fenced"}, "SUCCESS")
     metrics.on_task_postrun(task("atlas.reaper.reap"), (), {}, "SUCCESS")  # not ours
     monkeypatch.setenv("ATLAS_METRICS", "0")
+    reset_settings()  # settings are read once per process
     metrics.on_task_postrun(task("atlas.compute.terminate"), ("s1", "requested"), None, "RETRY")
     assert r.hgetall("atlas:metrics:c:terminate_retries") == {"": "3"}
     assert r.hgetall("atlas:metrics:c:terminate_failures") == {"lambda_labs": "1"}
