@@ -9,6 +9,7 @@
     atlas-tasks demo                      # the end-to-end demo
     atlas-tasks worker | beat | flower    # Celery processes (extra args pass through)
     atlas-tasks settings [--update-readme]  # every ATLAS_* setting as a Markdown table
+    atlas-tasks dashboard --port 8720     # the ops page (needs ATLAS_DASHBOARD_TOKEN)
 
 Commands backed by optional parts (fake cloud, demo, Celery) import them inside the
 command, so ``version``/``providers``/``gpus`` work without Celery or Redis. Failures
@@ -261,6 +262,20 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 def flower(ctx: click.Context, port: int) -> None:
     """Start Flower, the Celery monitor (extra args go to flower)."""
     _celery(["flower", f"--port={port}", *ctx.args])
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8720, show_default=True, type=int)
+@click.option("--insecure-localhost", is_flag=True,
+              help="Serve without ATLAS_DASHBOARD_TOKEN, on 127.0.0.1 only.")
+def dashboard(host: str, port: int, insecure_localhost: bool) -> None:
+    """Serve the ops page: live sessions, Touch/Stop/Terminate, orphans, reaper health."""
+    serve = _import_optional("atlas_tasks.dashboard.app", "serve", "the ops page")
+    try:
+        serve(host=host, port=port, insecure_localhost=insecure_localhost)
+    except AtlasError as exc:
+        _fail(exc.message or str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
