@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -59,17 +58,13 @@ from atlas_tasks.dashboard.auth import (
 from atlas_tasks.dashboard.page import new_nonce, render_login, render_page, security_headers
 from atlas_tasks.dashboard.service import DashboardService, LiveTable
 from atlas_tasks.dashboard.settings import MIN_TOKEN_LENGTH, DashboardSettings
+from atlas_tasks.dashboard.web import KEEPALIVE_S, error_body, session_action, sse
 from atlas_tasks.errors import AtlasError, ValidationError
 
 log = logging.getLogger(__name__)
 
-#: HTTP status of each error kind a route can answer.
-HTTP_STATUS = {"validation": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404,
-               "rate_limited": 429, "timeout": 504, "transport": 503, "unsupported": 501}
 #: Hosts a ``--insecure-localhost`` server answers to (DNS-rebinding guard).
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
-#: Seconds between keep-alive ``clock`` events on an idle event stream.
-KEEPALIVE_S = 15.0
 #: Pause after an event wakes the feed, so a burst of events costs one registry read.
 DEBOUNCE_S = 0.05
 #: Changes buffered per viewer; a viewer that falls further behind is disconnected (its
@@ -83,12 +78,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def error_response(exc: AtlasError) -> JSONResponse:
     """An :class:`AtlasError` as a JSON error with a fitting status code."""
-    body = {"error": {"kind": exc.kind, "message": exc.message or str(exc)}}
-    return JSONResponse(body, status_code=HTTP_STATUS.get(exc.kind, 500))
-
-
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    status, body = error_body(exc)
+    return JSONResponse(body, status_code=status)
 
 
 class LiveFeed:
@@ -169,16 +160,16 @@ class LiveFeed:
             self._queues.add(queue)
         self._ensure_running()
         try:
-            yield _sse("snapshot", snapshot)
+            yield sse("snapshot", snapshot)
             while True:
                 try:
                     message = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
                 except TimeoutError:
-                    yield _sse("clock", {"now_ms": self.table.now_ms})
+                    yield sse("clock", {"now_ms": self.table.now_ms})
                     continue
                 if message is None:
                     return  # fell behind: the browser reconnects and gets a snapshot
-                yield _sse("changes", message)
+                yield sse("changes", message)
         finally:
             self._queues.discard(queue)
 
@@ -356,8 +347,7 @@ class DashboardApp:
     async def session_action(self, request: Request, principal: Principal) -> Response:
         """Touch, Stop or Terminate one session."""
         session_id = request.path_params["session_id"]
-        action = {"touch": self.service.touch, "stop": self.service.stop,
-                  "terminate": self.service.terminate}[request.path_params["action"]]
+        action = session_action(self.service, request.path_params["action"])
         result = await anyio.to_thread.run_sync(action, session_id, principal.operator)
         return JSONResponse(result)
 
