@@ -19,9 +19,10 @@ needs the caller's CSRF token in ``X-CSRF-Token`` and, when the browser sends on
 ``Origin`` equal to the page's own.
 
 Live updates: one :class:`LiveFeed` per process pattern-subscribes to every session's
-event channel and re-reads the registry when an event arrives (debounced) or every
-``ATLAS_DASHBOARD_POLL_INTERVAL_MS`` (touches publish no event), then pushes the diff to
-every open page. All viewers share that one reader.
+event channel and re-reads the sessions an event was published for (debounced), plus the
+whole registry every ``ATLAS_DASHBOARD_POLL_INTERVAL_MS`` (touches publish no event;
+stretched for registries of thousands of sessions), then pushes the diff to every open
+page. All viewers share that one reader.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -70,6 +72,8 @@ DEBOUNCE_S = 0.05
 #: Changes buffered per viewer; a viewer that falls further behind is disconnected (its
 #: browser reconnects and gets a fresh snapshot).
 QUEUE_SIZE = 256
+#: Rows a full re-read may cover per second of its period (see LiveFeed.full_interval_s).
+FULL_READ_ROWS_PER_S = 2000
 #: Largest form body accepted (login, logout).
 MAX_FORM_BYTES = 4096
 
@@ -92,12 +96,16 @@ class LiveFeed:
         self._queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._dirty: set[str] = set()
+        self._last_full = 0.0
         self._poller: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, only: set[str] | None = None) -> None:
         async with self._lock:
-            changes = await anyio.to_thread.run_sync(self.table.refresh)
+            changes = await anyio.to_thread.run_sync(self.table.refresh, only)
+            if only is None:
+                self._last_full = time.monotonic()
         if changes:
             self._broadcast({"now_ms": self.table.now_ms, "changes": changes})
 
@@ -112,21 +120,33 @@ class LiveFeed:
                     queue.get_nowait()
                 queue.put_nowait(None)
 
+    def full_interval_s(self) -> float:
+        """Period of the full re-read: the poll interval, stretched past
+        :data:`FULL_READ_ROWS_PER_S` rows so a large registry is not re-read at 2 Hz
+        (events still refresh their own sessions at once)."""
+        return max(self.interval_s, len(self.table.rows) / FULL_READ_ROWS_PER_S)
+
     async def _poll(self) -> None:
         while self._queues:
+            wait_s = max(0.0, self._last_full + self.full_interval_s() - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
-            if self._wake.is_set():
-                await asyncio.sleep(DEBOUNCE_S)
-                self._wake.clear()
+                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
             try:
-                await self._refresh()
+                if self._wake.is_set():
+                    await asyncio.sleep(DEBOUNCE_S)  # a burst of events: one read
+                    self._wake.clear()
+                    dirty, self._dirty = self._dirty, set()
+                    await self._refresh(dirty)
+                if time.monotonic() - self._last_full >= self.full_interval_s():
+                    await self._refresh()
             except Exception as exc:  # Redis away: keep the pages, retry next interval
                 log.warning("dashboard: registry read failed: %s", exc)
                 await asyncio.sleep(self.interval_s)
 
     async def _listen(self) -> None:
-        """Wake the poller on any session event (pattern subscription, cluster-wide)."""
+        """Mark sessions dirty and wake the poller on their events (pattern subscription
+        to every session's channel, cluster-wide)."""
+        prefix = C.EVENTS_CHANNEL.format(id="")
         while self._queues:
             client = aioredis.Redis.from_url(self.redis_url, decode_responses=True)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -135,6 +155,7 @@ class LiveFeed:
                 while self._queues:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
+                        self._dirty.add(str(message["channel"])[len(prefix):])
                         self._wake.set()
             except Exception as exc:
                 log.warning("dashboard: event subscription failed: %s", exc)

@@ -248,6 +248,14 @@ class DashboardService:
         """Every tracked session id of the cluster."""
         return set(cast(set[str], self.r.smembers(C.SESSIONS_SET_KEY)))
 
+    def tracked_among(self, session_ids: Iterable[str]) -> set[str]:
+        """Which of ``session_ids`` are tracked (one round trip)."""
+        ids = list(session_ids)
+        if not ids:
+            return set()
+        flags = self.r.smismember(C.SESSIONS_SET_KEY, ids)
+        return {sid for sid, flag in zip(ids, flags, strict=True) if flag}
+
     def rows(self, session_ids: Iterable[str], tracked: set[str]) -> tuple[int, list[SessionRow]]:
         """``(Redis now in ms, rows)`` of the given sessions (unknown ones are skipped)."""
         ids = list(session_ids)
@@ -553,9 +561,15 @@ class LiveTable:
         """The current rows (after a refresh): ``{"now_ms", "rows"}``."""
         return {"now_ms": self.now_ms, "rows": list(self.rows.values())}
 
-    def refresh(self) -> list[dict[str, Any]]:
+    def refresh(self, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Re-read the registry; the changes as ``{"op": "upsert", "row": {...}}`` and
-        ``{"op": "remove", "id": ...}``."""
+        ``{"op": "remove", "id": ...}``.
+
+        ``only``: re-read just these sessions (the ones an event was published for)
+        instead of every tracked one; ids without a record are ignored.
+        """
+        if only is not None:
+            return self._refresh_some(set(only))
         tracked = self.service.tracked_ids()
         now = time.monotonic()
         for session_id in self.rows:
@@ -577,6 +591,27 @@ class LiveTable:
             if _changed(self.rows.get(session_id), row):
                 changes.append({"op": "upsert", "row": row})
             self.rows[session_id] = row
+        return changes
+
+    def _refresh_some(self, ids: set[str]) -> list[dict[str, Any]]:
+        ids = {i for i in ids if SESSION_ID_RE.fullmatch(i)}
+        if not ids:
+            return []
+        tracked = self.service.tracked_among(ids)
+        self.now_ms, rows = self.service.rows(sorted(ids), tracked)
+        changes: list[dict[str, Any]] = []
+        now = time.monotonic()
+        for row in rows:
+            data = row.as_dict()
+            if not row.tracked:
+                if row.id not in self.rows:
+                    continue  # ended before this table ever showed it (or not a session)
+                self._left_at.setdefault(row.id, now)
+            else:
+                self._left_at.pop(row.id, None)
+            if _changed(self.rows.get(row.id), data):
+                changes.append({"op": "upsert", "row": data})
+            self.rows[row.id] = data
         return changes
 
 

@@ -130,6 +130,23 @@ def test_live_table_diffs(service: DashboardService) -> None:
     assert changes[0]["row"]["status"] == "terminated" and not changes[0]["row"]["tracked"]
 
 
+def test_live_table_partial_refresh_reads_only_the_named_sessions(
+        service: DashboardService) -> None:
+    from atlas_tasks.dashboard.service import LiveTable
+
+    table = LiveTable(service)
+    first = running_session("aaaaaaaaaaaaaaaa")
+    second = running_session("bbbbbbbbbbbbbbbb")
+    changes = table.refresh(only={first, "cluster", "not a session!"})
+    assert [c["row"]["id"] for c in changes] == [first]
+    registry_for(get_redis()).finish_terminate(first, "operator")
+    changes = table.refresh(only={first})
+    assert [(c["row"]["id"], c["row"]["status"]) for c in changes] == [(first, "terminated")]
+    # a session that ended before the table showed it is not added by an event
+    registry_for(get_redis()).finish_terminate(second, "operator")
+    assert table.refresh(only={second}) == []
+
+
 def test_timeline_redacts_secret_looking_keys(service: DashboardService) -> None:
     sid = running_session()
     events.publish(sid, "custom", {"api_key": "sk-live", "nested": {"token": "t"}, "n": 1})
