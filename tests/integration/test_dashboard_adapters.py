@@ -317,3 +317,27 @@ def test_flask_blueprint_check_and_csrf(service: DashboardService, sent: Sent) -
     assert actions(sid)[-1] == {"operator": "flask-ada", "action": "terminate"}
     assert client.post("/ops/api/sessions/feedfeedfeedfeed/touch",
                        headers={**staff, "X-CSRF-Token": csrf}).status_code == 404
+
+
+def test_health_counts_and_work_in_flight(service: DashboardService) -> None:
+    r = get_redis()
+    sid = running_session()
+    reg = registry_for(r)
+    reg.begin_terminate(sid, "operator", "fence-1", 60_000)
+    reg.terminate_failed(sid, {"kind": "provider", "message": "500"}, 60_000)
+    r.hset(C.JOB_KEY.format(id="job-live"), mapping={"id": "job-live", "status": "in_progress",
+                                                     "provider": "runpod", "endpoint": "e1"})
+    r.hset(C.JOB_KEY.format(id="job-done"), mapping={"id": "job-done", "status": "completed"})
+    events.publish("deploy-live", "line", {"line": "building"}, topic="deploy")
+    events.publish("deploy-done", "line", {"line": "ok"}, topic="deploy")
+    events.publish("deploy-done", "exit", {"code": 0}, topic="deploy")
+    r.set("atlas:reaper:last-sweep", json.dumps({"at_ms": reg.now_ms(), "due": 0}))
+    r.hset("atlas:reaper:stats", mapping={"sweeps": 7, "orphans": 2})
+    health = service.health()
+    assert health["reaper_ok"] is True and health["stats"]["sweeps"] == 7
+    assert health["orphans_reaped"] == 2
+    assert health["terminate_retries"] == 1
+    assert health["open_intents"] == 0
+    assert [j["id"] for j in health["jobs_in_flight"]] == ["job-live"]
+    assert [d["ticket"] for d in health["deploys_in_flight"]] == ["deploy-live"]
+    assert health["partial"] is False
