@@ -254,13 +254,16 @@ class DashboardApp:
                     "log in, or send Authorization: Bearer <ATLAS_DASHBOARD_TOKEN>",
                     kind="unauthorized"))
             if action:
+                refusal = None
                 if not self.same_origin(request):
-                    return error_response(AtlasError("cross-origin request refused",
-                                                     kind="forbidden"))
-                if not self.auth.check_csrf(principal, request.headers.get(CSRF_HEADER)):
-                    return error_response(AtlasError(
-                        f"missing or wrong CSRF token (send it in {CSRF_HEADER})",
-                        kind="forbidden"))
+                    refusal = "cross-origin request refused"
+                elif not self.auth.check_csrf(principal, request.headers.get(CSRF_HEADER)):
+                    refusal = f"missing or wrong CSRF token (send it in {CSRF_HEADER})"
+                if refusal is not None:
+                    # An audit trail of refused actions: a forged request shows up here.
+                    log.warning("dashboard: refused %s %s as %r: %s", request.method,
+                                request.url.path, principal.operator, refusal)
+                    return error_response(AtlasError(refusal, kind="forbidden"))
             try:
                 return await endpoint(request, principal)
             except AtlasError as exc:
