@@ -351,3 +351,31 @@ def test_orphans_listed_and_terminated_from_the_page(cluster: LocalCluster,
     until(lambda: pod_status(cluster, "atlas-lost-pod") == "TERMINATED", 15,
           "the orphan deleted")
     assert pod_status(cluster, "someone-else") == "RUNNING"
+
+
+def test_filters_by_user_provider_and_status(cluster: LocalCluster, page: WebDriver) -> None:
+    from selenium.webdriver.support.select import Select
+
+    zoe, yan = spawn("zoe"), spawn("yan")
+    zoe.wait(30)
+    yan.wait(30)
+    wait(page, LIVE_BOUND_S).until(lambda d: cell(d, zoe.id, "status") == "running"
+                                   and cell(d, yan.id, "status") == "running")
+
+    def shown(session_id: str) -> bool:
+        return bool(page.find_element(
+            By.CSS_SELECTOR, f'tr[data-session-id="{session_id}"]').is_displayed())
+
+    page.find_element(By.ID, "f-user").send_keys("zoe")
+    wait(page, 2).until(lambda d: shown(zoe.id) and not shown(yan.id))
+    page.find_element(By.ID, "f-user").clear()
+    page.execute_script("document.getElementById('f-user')"
+                        ".dispatchEvent(new Event('input'))")
+    Select(page.find_element(By.ID, "f-provider")).select_by_value("runpod")
+    wait(page, 2).until(lambda d: shown(zoe.id) and shown(yan.id))
+    orchestrator.stop_tracked(yan.id)
+    status = Select(page.find_element(By.ID, "f-status"))
+    status.select_by_value("terminated")
+    wait(page, 15).until(lambda d: shown(yan.id) and not shown(zoe.id))
+    status.select_by_value("")
+    orchestrator.stop_tracked(zoe.id)

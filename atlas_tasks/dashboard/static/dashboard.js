@@ -173,7 +173,14 @@
       if (refreshTimeline) showTimeline(openId);
     });
     es.addEventListener("clock", (ev) => { offset = JSON.parse(ev.data).now_ms - Date.now(); });
-    es.onerror = () => { conn.dataset.state = "down"; conn.textContent = "reconnecting…"; };
+    es.onerror = () => {
+      conn.dataset.state = "down"; conn.textContent = "reconnecting…";
+      // EventSource retries by itself unless the server refused the stream (e.g. the
+      // login expired): then find out why (api() goes to the login form on a 401).
+      if (es.readyState === EventSource.CLOSED) {
+        setTimeout(() => api("api/csrf").then(connect, () => setTimeout(connect, 2000)), 1000);
+      }
+    };
   }
 
   // ---------------------------------------------------------------- actions
@@ -207,7 +214,10 @@
     } else act(path, action[0].toUpperCase() + action.slice(1) + " " + id);
   });
 
-  for (const el of document.querySelectorAll("[data-filter]")) el.addEventListener("input", render);
+  for (const el of document.querySelectorAll("[data-filter]")) {
+    el.addEventListener("input", render);
+    el.addEventListener("change", render);  // selects changed by script fire only this one
+  }
 
   // ---------------------------------------------------------------- timeline
   async function showTimeline(id) {
@@ -257,7 +267,9 @@
         tr.appendChild(td);
         tb.appendChild(tr);
       }
-      $("#orphan-note").textContent = data.pods.length ? "" : "No untracked pods.";
+      $("#orphan-note").textContent = !data.providers.length
+        ? "ATLAS_REAP_PROVIDERS is not set: no provider to list."
+        : (data.pods.length ? "" : "No untracked pods on " + data.providers.join(", ") + ".");
       if (data.errors.length) $("#orphan-note").textContent = "Errors: " + data.errors.join("; ");
       $("#orphan-table").hidden = !data.pods.length;
     } catch (e) { flash("Scan failed: " + e.message, "error"); }
