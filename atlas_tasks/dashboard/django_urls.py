@@ -93,7 +93,8 @@ def staff_api(view: View) -> View:
 @require_GET
 def index(request: HttpRequest) -> HttpResponseBase:
     """The page (logged-out visitors go to LOGIN_URL; non-staff users get 403)."""
-    if not request.user.is_authenticated:
+    user = getattr(request, "user", None)  # None without AuthenticationMiddleware
+    if user is None or not user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     if not _is_staff(request):
         return HttpResponse("staff users only", status=403, content_type="text/plain")

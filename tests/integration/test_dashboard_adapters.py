@@ -265,6 +265,11 @@ def test_django_staff_only_and_csrf(django_views: Any, sent: Sent) -> None:
         match = resolve(path)
         return match.func(request, **match.kwargs)
 
+    from django.contrib.auth.models import AnonymousUser
+
+    anonymous = call("get", "/", AnonymousUser())
+    assert anonymous.status_code == 302 and "login" in anonymous["Location"]
+    assert call("get", "/api/sessions", AnonymousUser()).status_code == 403
     nobody = FakeUser("eve", staff=False)
     staff = FakeUser("grace", staff=True)
     assert call("get", "/api/sessions", nobody).status_code == 403
