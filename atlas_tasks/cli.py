@@ -13,6 +13,7 @@
     atlas-tasks sessions list|info|touch|stop  # operators (atlas_tasks.ops_cli)
     atlas-tasks doctor                    # deployment health checks, exit 1 on failure
     atlas-tasks metrics --port 9808       # Prometheus /metrics
+    atlas-tasks dashboard --port 8720     # the ops page (needs ATLAS_DASHBOARD_TOKEN)
 
 Commands backed by optional parts (fake cloud, demo, Celery) import them inside the
 command, so ``version``/``providers``/``gpus`` work without Celery or Redis. Failures
@@ -289,6 +290,20 @@ def init(framework: str, path: str, dry_run: bool) -> None:
         click.echo(f"{'would change' if dry_run else 'changed'} {change.path}: {change.what}")
     if not changes:
         click.echo("nothing to change: atlas_tasks is already set up")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8720, show_default=True, type=int)
+@click.option("--insecure-localhost", is_flag=True,
+              help="Serve without ATLAS_DASHBOARD_TOKEN, on 127.0.0.1 only.")
+def dashboard(host: str, port: int, insecure_localhost: bool) -> None:
+    """Serve the ops page: live sessions, Touch/Stop/Terminate, orphans, reaper health."""
+    serve = _import_optional("atlas_tasks.dashboard.app", "serve", "the ops page")
+    try:
+        serve(host=host, port=port, insecure_localhost=insecure_localhost)
+    except AtlasError as exc:
+        _fail(exc.message or str(exc))
 
 
 def _add_ops_commands() -> None:
