@@ -152,5 +152,22 @@ class AtlasTasks:
         app.extensions[_EXTENSION_KEY] = self
         app.register_blueprint(blueprint(), url_prefix=url_prefix or self.url_prefix)
 
+    def init_ops(self, app: Flask, *, check: Callable[[], bool],
+                 operator: Callable[[], str] | None = None,
+                 url_prefix: str = "/atlas/ops") -> None:
+        """Mount the ops page (:mod:`atlas_tasks.dashboard`), its API and ``/metrics``.
+
+        Args:
+            check: called before every ops route; only ``True`` lets the request through
+                (e.g. ``lambda: current_user.is_authenticated and current_user.is_admin``).
+            operator: the name recorded with each action (default ``"flask"``).
+            url_prefix: where the page is mounted.
+        """
+        from atlas_tasks.dashboard.flask import create_blueprint
+
+        app.register_blueprint(
+            create_blueprint(check, operator=operator or (lambda: "flask")),
+            url_prefix=url_prefix)
+
 
 __all__ = ["AtlasTasks", "blueprint"]

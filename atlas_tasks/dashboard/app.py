@@ -396,6 +396,14 @@ class DashboardApp:
                              "csrf": principal.csrf
                              or self.auth.bearer_csrf(principal.operator)})
 
+    async def metrics(self, request: Request, principal: Principal) -> Response:
+        """Prometheus metrics (``atlas_tasks.metrics``), behind the same guard as the API:
+        scrape with ``authorization: {credentials: <ATLAS_DASHBOARD_TOKEN>}``."""
+        from atlas_tasks.metrics import render_metrics
+
+        body, content_type = await anyio.to_thread.run_sync(render_metrics)
+        return Response(body, media_type=content_type)
+
     def routes(self) -> list[Route]:
         """Every route of the app."""
         g = self.guarded
@@ -414,8 +422,7 @@ class DashboardApp:
                   g(self.orphan_terminate, action=True), methods=["POST"]),
             Route("/api/health", g(self.health)),
             Route("/api/csrf", g(self.csrf)),
-            # /metrics mounts here once atlas_tasks.metrics.metrics_app() exists (wired by
-            # the coordinator), behind the same guard as the routes above.
+            Route("/metrics", g(self.metrics)),
         ]
 
 

@@ -165,6 +165,16 @@ def health(request: HttpRequest) -> HttpResponseBase:
     return JsonResponse(service().health())
 
 
+@staff_api
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponseBase:
+    """Prometheus metrics (``atlas_tasks.metrics``), for staff only like the page."""
+    from atlas_tasks.metrics import render_metrics
+
+    body, content_type = render_metrics()
+    return HttpResponse(body, content_type=content_type)
+
+
 urlpatterns = [
     path("", index, name="index"),
     path("api/events", events, name="events"),
@@ -175,8 +185,7 @@ urlpatterns = [
     path("api/orphans/<str:provider>/<str:compute_id>/terminate", orphan_terminate,
          name="orphan-terminate"),
     path("api/health", health, name="health"),
-    # /metrics goes here once atlas_tasks.metrics.metrics_app() exists (the coordinator
-    # wires it), behind the same staff check.
+    path("metrics", metrics, name="metrics"),
 ]
 
 __all__ = ["app_name", "configure", "service", "urlpatterns"]

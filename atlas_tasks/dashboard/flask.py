@@ -130,8 +130,13 @@ def create_blueprint(check: Callable[[], bool], *,
     def health() -> ResponseReturnValue:
         return jsonify(svc.health())
 
-    # /metrics goes here once atlas_tasks.metrics.metrics_app() exists (the coordinator
-    # wires it), behind the same check.
+    @bp.get("/metrics")
+    def metrics() -> ResponseReturnValue:
+        from atlas_tasks.metrics import render_metrics
+
+        body, content_type = render_metrics()
+        return Response(body, content_type=content_type)
+
     return bp
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from atlas_tasks import constants as C
@@ -200,6 +201,22 @@ def test_app_routes_need_auth_and_csrf(service: DashboardService, sent: Sent) ->
                        headers={"X-CSRF-Token": csrf}).status_code == 404
 
 
+def metric_names(text: str) -> set[str]:
+    """The metric family names of a Prometheus text scrape (parsed, not grepped)."""
+    return {family.name for family in text_string_to_metric_families(text)}
+
+
+def test_metrics_route_is_behind_the_same_auth(service: DashboardService) -> None:
+    running_session()
+    app = create_app(settings=DashboardSettings(token=TOKEN), service=service)
+    client = TestClient(app, base_url="http://127.0.0.1:8720")
+    assert client.get("/metrics").status_code == 401
+    scrape = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+    assert {"atlas_sessions", "atlas_redis_up"} <= metric_names(scrape.text)
+    assert TOKEN not in scrape.text
+
+
 def test_wrong_token_login_fails(service: DashboardService) -> None:
     app = create_app(settings=DashboardSettings(token=TOKEN), service=service)
     client = TestClient(app, base_url="http://127.0.0.1:8720")
@@ -225,7 +242,7 @@ def test_insecure_mode_answers_only_loopback_hosts(service: DashboardService) ->
 
 @pytest.fixture
 def django_views(service: DashboardService) -> Iterator[Any]:
-    django = pytest.importorskip("django")
+    import django
     from django.conf import settings
 
     if not settings.configured:
@@ -291,12 +308,23 @@ def test_django_staff_only_and_csrf(django_views: Any, sent: Sent) -> None:
     assert response.status_code == 200, response.content
     assert actions(sid)[-1] == {"operator": "grace", "action": "touch"}
 
+    assert call("get", "/metrics", nobody).status_code == 403
+    scrape = call("get", "/metrics", staff)
+    assert scrape.status_code == 200
+    assert "atlas_sessions" in metric_names(scrape.content.decode())
+    # The documented include() target serves exactly this URLconf.
+    from atlas_tasks.contrib.django import ops_urls
+
+    assert ops_urls.urlpatterns is django_views.urlpatterns
+    assert ops_urls.app_name == django_views.app_name
+
 
 # ---------------------------------------------------------------- Flask
 
 
 def test_flask_blueprint_check_and_csrf(service: DashboardService, sent: Sent) -> None:
-    flask = pytest.importorskip("flask")
+    import flask
+
     from atlas_tasks.dashboard.flask import create_blueprint
 
     sid = running_session()
@@ -322,6 +350,23 @@ def test_flask_blueprint_check_and_csrf(service: DashboardService, sent: Sent) -
     assert actions(sid)[-1] == {"operator": "flask-ada", "action": "terminate"}
     assert client.post("/ops/api/sessions/feedfeedfeedfeed/touch",
                        headers={**staff, "X-CSRF-Token": csrf}).status_code == 404
+
+
+def test_flask_extension_mounts_the_ops_page_with_its_check(service: DashboardService) -> None:
+    import flask
+
+    from atlas_tasks.contrib.flask import AtlasTasks
+
+    app = flask.Flask("ops-ext-test")
+    app.secret_key = "test"
+    AtlasTasks(app).init_ops(app, check=lambda: flask.request.headers.get("X-Staff") == "1")
+    client = app.test_client()
+    assert client.get("/atlas/ops/metrics").status_code == 403
+    assert client.get("/atlas/ops/api/health").status_code == 403
+    scrape = client.get("/atlas/ops/metrics", headers={"X-Staff": "1"})
+    assert scrape.status_code == 200
+    assert "atlas_redis_up" in metric_names(scrape.get_data(as_text=True))
+    assert client.get("/atlas/ops/api/health", headers={"X-Staff": "1"}).status_code == 200
 
 
 def test_health_counts_and_work_in_flight(service: DashboardService) -> None:
