@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# The long chaos run (500 sessions, ~90 s of faults, kills and restarts); `make test`
+# The long chaos run (560 planned sessions, ~90 s of faults, kills and restarts); `make test`
 # already runs its CI-sized version.
 chaos: $(STAMP)
 	ATLAS_CHAOS=long $(BIN)/pytest -q -s -p no:cacheprovider tests/chaos

@@ -21,8 +21,8 @@ _ENV = pytest.StashKey[dict[str, str]]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--chaos-mode", choices=("ci", "long"), default=None,
-        help="chaos suite size: ci (200 sessions, ~40 s of chaos; default) or long "
-             "(500 sessions, ~90 s). Also ATLAS_CHAOS=long.",
+        help="chaos suite size: ci (230 planned, ≥ 200 spawned, ~40 s of chaos; default) or long "
+             "(560 planned, ~90 s). Also ATLAS_CHAOS=long.",
     )
     parser.addoption(
         "--chaos-seed", type=int, default=None,
