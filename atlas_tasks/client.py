@@ -52,6 +52,7 @@ from atlas_tasks.registry import (
     Keys,
     SessionInfo,
     SessionRegistry,
+    info_from_reads,
     record_to_info,
     registry_for,
     user_index_key,
@@ -476,15 +477,8 @@ async def ainfo(session_id: str) -> SessionInfo:
         pipe.hgetall(k.record)
         pipe.pttl(k.alive)
         pipe.time()
-        record, pttl, (secs, micros) = await pipe.execute()
-    if not record:
-        raise NotTracked(f"session {session_id!r} is not tracked")
-    result = record_to_info(record)
-    if pttl > 0 and result.idle_ttl_ms:
-        # as SessionRegistry.info: touch()'s fast path leaves the activity in the clock
-        now_ms = int(secs) * 1000 + int(micros) // 1000
-        result.last_activity_ms = now_ms - (result.idle_ttl_ms - int(pttl))
-    return result
+        record, pttl, redis_time = await pipe.execute()
+    return info_from_reads(session_id, record, pttl, redis_time)
 
 
 async def astop_tracked(session_id: str) -> None:

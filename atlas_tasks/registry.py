@@ -678,15 +678,8 @@ class SessionRegistry:
             pipe.hgetall(Keys(session_id).record)
             pipe.pttl(Keys(session_id).alive)
             pipe.time()
-            record, pttl, (secs, micros) = pipe.execute()
-        if not record:
-            raise NotTracked(f"session {session_id!r} is not tracked")
-        info = record_to_info(record)
-        if pttl > 0 and info.idle_ttl_ms:
-            # touch() does not write last activity on its fast path: the idle clock has it
-            now_ms = int(secs) * 1000 + int(micros) // 1000
-            info.last_activity_ms = now_ms - (info.idle_ttl_ms - int(pttl))
-        return info
+            record, pttl, redis_time = pipe.execute()
+        return info_from_reads(session_id, record, pttl, redis_time)
 
     def list_ids(self) -> list[str]:
         """Ids of every session currently tracked (spawning, running or terminating)."""
@@ -976,6 +969,25 @@ def _json(value: str | None) -> Any:
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value else None
+
+
+def info_from_reads(session_id: str, record: dict[str, str], alive_pttl_ms: int,
+                    redis_time: tuple[int, int]) -> SessionInfo:
+    """A :class:`SessionInfo` from one pipelined read (``HGETALL`` of the record, ``PTTL``
+    of its idle clock, ``TIME``), shared by the sync and asyncio ``info``.
+
+    Raises:
+        NotTracked: the record is missing (unknown session, or expired after its end).
+    """
+    if not record:
+        raise NotTracked(f"session {session_id!r} is not tracked")
+    info = record_to_info(record)
+    if alive_pttl_ms > 0 and info.idle_ttl_ms:
+        # touch() does not write last activity on its fast path: the idle clock has it
+        secs, micros = redis_time
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        info.last_activity_ms = now_ms - (info.idle_ttl_ms - int(alive_pttl_ms))
+    return info
 
 
 def record_to_info(record: dict[str, str]) -> SessionInfo:
