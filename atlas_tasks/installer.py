@@ -55,6 +55,9 @@ app.config.setdefault("ATLAS_SESSION_PRESETS", {{
     "default": {{"gpu": "h100", "image": "ghcr.io/acme/realtime-inference:latest",
                 "ports": [[8000, "http"]], "auth": "bearer", "idle_ttl_ms": 15 * 60_000}},
 }})
+# The owner of a session: Flask-Login's current_user when it is set up, else
+# app.config["ATLAS_OWNER"] = lambda request: <the user's id or None>, set here:
+# the extension below reads the ATLAS_* keys once.
 AtlasTasks(app)
 # --- end {MARKER} ---
 '''
