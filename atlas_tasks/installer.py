@@ -92,10 +92,17 @@ services:
     environment: *atlas-env
     depends_on: [redis]
   flower:
+    # Needs `atlas_tasks[flower]` in the image. Flower shows task arguments and can revoke
+    # tasks and shut workers down: basic auth is required and the host publishes it on
+    # loopback only (reach it through an SSH tunnel or a TLS reverse proxy).
     build: .
-    command: ["celery", "-A", "atlas_tasks.celery_app", "flower", "--port=5555"]
-    environment: *atlas-env
-    ports: ["5555:5555"]
+    command: ["python", "-m", "workers.flower"]
+    environment:
+      <<: *atlas-env
+      FLOWER_PORT: "5555"
+      FLOWER_ADDRESS: 0.0.0.0
+      FLOWER_BASIC_AUTH: ${{FLOWER_BASIC_AUTH:?set user:password for Flower's basic auth}}
+    ports: ["127.0.0.1:5555:5555"]
     depends_on: [redis]
 
 volumes:
