@@ -78,16 +78,19 @@ x-atlas-env: &atlas-env
 services:
   redis:
     image: redis:7
+    restart: unless-stopped
     command: ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec",
-              "--notify-keyspace-events", "Ex"]
+              "--notify-keyspace-events", "Ex", "--hz", "100"]
     volumes: [redis-data:/data]
   worker:
     build: .
+    restart: unless-stopped
     command: {cmd(worker)}
     environment: *atlas-env
     depends_on: [redis]
   beat:
     build: .
+    restart: unless-stopped
     command: {cmd(beat)}
     environment: *atlas-env
     depends_on: [redis]
@@ -96,6 +99,7 @@ services:
     # tasks and shut workers down: basic auth is required and the host publishes it on
     # loopback only (reach it through an SSH tunnel or a TLS reverse proxy).
     build: .
+    restart: unless-stopped
     command: ["python", "-m", "workers.flower"]
     environment:
       <<: *atlas-env

@@ -110,3 +110,6 @@ def test_init_compose_keeps_flower_on_loopback_with_auth() -> None:
     assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]  # compose refuses without it
     assert flower["environment"]["ATLAS_SECRET_KEY"].startswith("${ATLAS_SECRET_KEY")
     assert importlib.util.find_spec(_command(flower)[2]) is not None
+    # supervised like ours, and Redis expires idle clocks promptly
+    assert all(svc["restart"] == "unless-stopped" for svc in generated["services"].values())
+    assert "--hz" in _command(generated["services"]["redis"])
