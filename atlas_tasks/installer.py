@@ -55,6 +55,9 @@ app.config.setdefault("ATLAS_SESSION_PRESETS", {{
     "default": {{"gpu": "h100", "image": "ghcr.io/acme/realtime-inference:latest",
                 "ports": [[8000, "http"]], "auth": "bearer", "idle_ttl_ms": 15 * 60_000}},
 }})
+# The owner of a session: Flask-Login's current_user when it is set up, else
+# app.config["ATLAS_OWNER"] = lambda request: <the user's id or None>, set here:
+# the extension below reads the ATLAS_* keys once.
 AtlasTasks(app)
 # --- end {MARKER} ---
 '''
@@ -75,24 +78,35 @@ x-atlas-env: &atlas-env
 services:
   redis:
     image: redis:7
+    restart: unless-stopped
     command: ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec",
-              "--notify-keyspace-events", "Ex"]
+              "--notify-keyspace-events", "Ex", "--hz", "100"]
     volumes: [redis-data:/data]
   worker:
     build: .
+    restart: unless-stopped
     command: {cmd(worker)}
     environment: *atlas-env
     depends_on: [redis]
   beat:
     build: .
+    restart: unless-stopped
     command: {cmd(beat)}
     environment: *atlas-env
     depends_on: [redis]
   flower:
+    # Needs `atlas_tasks[flower]` in the image. Flower shows task arguments and can revoke
+    # tasks and shut workers down: basic auth is required and the host publishes it on
+    # loopback only (reach it through an SSH tunnel or a TLS reverse proxy).
     build: .
-    command: ["celery", "-A", "atlas_tasks.celery_app", "flower", "--port=5555"]
-    environment: *atlas-env
-    ports: ["5555:5555"]
+    restart: unless-stopped
+    command: ["python", "-m", "workers.flower"]
+    environment:
+      <<: *atlas-env
+      FLOWER_PORT: "5555"
+      FLOWER_ADDRESS: 0.0.0.0
+      FLOWER_BASIC_AUTH: ${{FLOWER_BASIC_AUTH:?set user:password for Flower's basic auth}}
+    ports: ["127.0.0.1:5555:5555"]
     depends_on: [redis]
 
 volumes:

@@ -248,6 +248,11 @@ def sse_format(event: events.Event) -> str:
 #: Sent after ``keepalive_s`` without an event (an SSE comment; browsers ignore it).
 SSE_KEEPALIVE = ": keepalive\n\n"
 
+#: Sent first, at once: a WSGI server sends the response headers only with the first body
+#: bytes, so a stream resumed at its end (``Last-Event-ID`` of the last event) would
+#: otherwise leave the browser without even a 200 until the first keepalive.
+SSE_OPEN = ": open\n\n"
+
 #: Response headers of an SSE answer (no proxy buffering, no caching).
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -275,6 +280,7 @@ def sse_stream(session_id: str, after: str | None, keepalive_s: float = 15.0
                ) -> Iterator[str]:
     """Replay then follow a session's events as SSE text, ending after ``terminated`` /
     ``failed``. Sends a keepalive comment every ``keepalive_s`` of silence."""
+    yield SSE_OPEN
     cursor = after
     while True:
         got_any = False
@@ -293,6 +299,7 @@ def sse_stream(session_id: str, after: str | None, keepalive_s: float = 15.0
 async def asse_stream(session_id: str, after: str | None, keepalive_s: float = 15.0
                       ) -> AsyncIterator[str]:
     """asyncio twin of :func:`sse_stream` (no thread is held while the stream idles)."""
+    yield SSE_OPEN
     cursor = after
     while True:
         got_any = False
@@ -308,8 +315,9 @@ async def asse_stream(session_id: str, after: str | None, keepalive_s: float = 1
             yield SSE_KEEPALIVE
 
 
-__all__ = ["SSE_HEADERS", "SSE_KEEPALIVE", "STATUS_BY_KIND", "TERMINAL_STATUSES", "WEB_KEYS",
-           "WebOptions", "aowned_info", "apply_settings", "asse_stream", "check_presets",
+__all__ = ["SSE_HEADERS", "SSE_KEEPALIVE", "SSE_OPEN", "STATUS_BY_KIND", "TERMINAL_STATUSES",
+           "WEB_KEYS", "WebOptions", "aowned_info", "apply_settings", "asse_stream",
+           "check_presets",
            "error_body", "info_body", "last_event_id", "load_callable", "not_found",
            "open_body", "owned_info", "parse_open_body", "same_owner", "spawn_arguments",
            "sse_format", "sse_stream", "status_for"]

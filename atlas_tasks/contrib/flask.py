@@ -48,9 +48,14 @@ def _owner() -> Any:
         from flask_login import current_user
 
         owner = current_user.get_id() if current_user.is_authenticated else None
-    else:
-        raise AtlasError("no owner: set up Flask-Login or app.config['ATLAS_OWNER']",
+    elif current_app.config.get("ATLAS_OWNER") is not None:
+        # AtlasTasks(app) / init_app read app.config once; this key came later.
+        raise AtlasError("app.config['ATLAS_OWNER'] was set after AtlasTasks(app) / "
+                         "init_app(app) read app.config: set the ATLAS_* keys before it",
                          kind="unsupported")
+    else:
+        raise AtlasError("no owner: set up Flask-Login or app.config['ATLAS_OWNER'] "
+                         "(before AtlasTasks(app))", kind="unsupported")
     if owner is None:
         raise _Anonymous
     return owner

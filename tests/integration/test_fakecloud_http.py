@@ -639,7 +639,8 @@ def test_serve_runs_in_the_foreground_until_sigterm() -> None:
         output, _ = proc.communicate(timeout=10)
         # uvicorn shuts down cleanly, then re-raises the signal it caught.
         assert proc.returncode in (0, -signal.SIGTERM)
-        assert re.search(rf"{re.escape(url)}/runpod\s+\(paths /v2/pods", output.decode())
+        assert re.search(rf"{re.escape(url)}/runpod\s+ATLAS_RUNPOD_BASE_URL \(paths /v2/pods",
+                         output.decode())
         assert "cli-key" not in output.decode()
     finally:
         if proc.poll() is None:

@@ -96,3 +96,20 @@ def test_flower_is_on_loopback_with_basic_auth(compose: dict[str, Any]) -> None:
         assert str(port).startswith("127.0.0.1:"), port
     auth = flower["environment"]["FLOWER_BASIC_AUTH"]
     assert auth.startswith("${FLOWER_BASIC_AUTH:?"), "compose must refuse to start without it"
+
+
+def test_init_compose_keeps_flower_on_loopback_with_auth() -> None:
+    # `atlas-tasks init` writes a compose file into the user's project: its Flower must be
+    # as locked down as ours (it can revoke tasks and shut workers down).
+    from atlas_tasks.installer import compose_file
+
+    generated = yaml.safe_load(compose_file(["atlas-tasks", "worker"], ["atlas-tasks", "beat"]))
+    flower = generated["services"]["flower"]
+    assert all(str(p).startswith("127.0.0.1:") for p in flower["ports"]), flower["ports"]
+    assert "FLOWER_BASIC_AUTH" in flower["environment"]
+    assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]  # compose refuses without it
+    assert flower["environment"]["ATLAS_SECRET_KEY"].startswith("${ATLAS_SECRET_KEY")
+    assert importlib.util.find_spec(_command(flower)[2]) is not None
+    # supervised like ours, and Redis expires idle clocks promptly
+    assert all(svc["restart"] == "unless-stopped" for svc in generated["services"].values())
+    assert "--hz" in _command(generated["services"]["redis"])

@@ -38,3 +38,18 @@ def test_banner_urls_are_where_the_fake_answers() -> None:
         assert httpx.get(f"{urls['Vast.ai']}/instances/", headers=headers).status_code == 200
         assert httpx.get(f"{urls['Fly Machines']}/v1/apps/atlas-fake/machines",
                          headers=headers).status_code == 200
+
+
+def test_banner_names_each_setting_next_to_the_value_env_sets() -> None:
+    # The README says to copy the base URLs from the banner: each row must carry the value
+    # FakeCloud.env() sets and the setting's name (the Fly logs row once showed a full
+    # logs path, wrong as ATLAS_FLY_API_URL).
+    with FakeCloud() as cloud:
+        text = banner(cloud.url, cloud.config)
+        env = cloud.env()
+    rows = {m.group(2): m.group(1) for m in
+            re.finditer(r"^  .+?\s{2,}(\S+)\s+(ATLAS_[A-Z_]+)", text, re.MULTILINE)}
+    for name in ("ATLAS_RUNPOD_BASE_URL", "ATLAS_RUNPOD_RUNTIME_URL",
+                 "ATLAS_LAMBDA_LABS_BASE_URL", "ATLAS_VAST_BASE_URL", "ATLAS_FLY_BASE_URL",
+                 "ATLAS_FLY_API_URL", "ATLAS_LAMBDA_LABS_SSH_KEY_NAME"):
+        assert rows.get(name) == env[name], (name, rows.get(name), env[name])

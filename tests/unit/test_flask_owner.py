@@ -44,3 +44,19 @@ def test_init_app_later() -> None:
     assert app.extensions["atlas_tasks"] is ext
     assert any(r.rule == "/atlas/sessions" for r in app.url_map.iter_rules())
     configure()
+
+
+def test_owner_set_after_init_app_is_named_in_the_error() -> None:
+    # The natural order in an app.py: AtlasTasks(app) first, the owner added below it.
+    app = Flask(__name__)
+    app.config["ATLAS_SESSION_PRESETS"] = {"default": {"gpu": "h100"}}
+    AtlasTasks(app)
+    app.config["ATLAS_OWNER"] = owner_from_header
+    r = app.test_client().get("/atlas/sessions", headers={"X-User": "u1"})
+    assert r.status_code == 502
+    assert "set after AtlasTasks(app)" in r.get_json()["message"]
+    late = Flask(__name__)
+    AtlasTasks(late)
+    r = late.test_client().get("/atlas/sessions")
+    assert "before AtlasTasks(app)" in r.get_json()["message"]
+    configure()

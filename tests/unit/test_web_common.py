@@ -120,3 +120,15 @@ def test_async_client_maps_redis_failures(monkeypatch: pytest.MonkeyPatch) -> No
         orchestrator.list_sessions("u")
     reset_settings()
     reset_redis_clients()
+
+
+def test_sse_streams_open_with_a_comment_before_any_redis_read() -> None:
+    # A WSGI server sends the headers with the first body bytes: a stream resumed at its
+    # end must still answer 200 at once, not after the first keepalive (15 s).
+    assert next(_web.sse_stream("no-such-session", "17-0")) == _web.SSE_OPEN
+
+    async def first() -> str:
+        return await _web.asse_stream("no-such-session", "17-0").__anext__()
+
+    assert asyncio.run(first()) == _web.SSE_OPEN
+    assert _web.SSE_OPEN.startswith(":") and _web.SSE_OPEN.endswith("\n\n")

@@ -279,16 +279,17 @@ def banner(base: str, config: FakeCloudConfig) -> str:
     should be set to), the Fly app and Lambda SSH key the fake expects, and the API key."""
     key_note = DEFAULT_API_KEY if config.api_keys == {DEFAULT_API_KEY} else "<configured>"
     return (
-        f"fake cloud on {base}\n"
-        f"  RunPod REST v2  {base}/runpod   (paths /v2/pods, ...)\n"
-        f"  RunPod runtime  {base}/runpod/v2\n"
-        f"  Lambda Labs     {base}/lambda/api/v1\n"
-        f"  Vast.ai         {base}/vast/api/v0\n"
-        f"  Fly Machines    {fly_base_url(base)}   (app {FLY_APP})\n"
-        f"  Fly logs        {base}/fly/api/v1/apps/<app>/logs\n"
+        f"fake cloud on {base}   (base URL to set, then the setting)\n"
+        f"  RunPod REST v2  {base}/runpod   ATLAS_RUNPOD_BASE_URL (paths /v2/pods, ...)\n"
+        f"  RunPod runtime  {base}/runpod/v2   ATLAS_RUNPOD_RUNTIME_URL\n"
+        f"  Lambda Labs     {base}/lambda/api/v1   ATLAS_LAMBDA_LABS_BASE_URL\n"
+        f"  Vast.ai         {base}/vast/api/v0   ATLAS_VAST_BASE_URL\n"
+        f"  Fly Machines    {fly_base_url(base)}   ATLAS_FLY_BASE_URL "
+        f"(app {FLY_APP}: ATLAS_FLY_APP)\n"
+        f"  Fly logs        {base}/fly   ATLAS_FLY_API_URL (logs at /api/v1/apps/<app>/logs)\n"
         f"  admin           {base}/_admin/state\n"
-        f"  api key         {key_note}\n"
-        f"  Lambda SSH key  {LAMBDA_SSH_KEY}   (ATLAS_LAMBDA_LABS_SSH_KEY_NAME)"
+        f"  api key         {key_note}   (e.g. RUNPOD_API_KEY)\n"
+        f"  Lambda SSH key  {LAMBDA_SSH_KEY}   ATLAS_LAMBDA_LABS_SSH_KEY_NAME"
     )
 
 
