@@ -193,3 +193,25 @@ def test_the_definition_really_requires_what_the_fake_sends() -> None:
 def test_fake_sells_only_real_instance_types() -> None:
     real = set(load_spec_dict("lambda-instance-types.json")["instance_types"])
     assert {t.name for t in INSTANCE_TYPES} <= real
+
+
+def test_fake_restarts_and_renames_per_the_definition(
+        api: httpx.Client, checker: SpecChecker) -> None:
+    # restartInstance and postInstance are in the definition; the fake used to answer
+    # both with its own 404/405 bodies, which no Lambda client could parse.
+    instance_id = launch(api).json()["data"]["instance_ids"][0]
+    restarted = api.post("/instance-operations/restart", json={"instance_ids": [instance_id]})
+    assert restarted.status_code == 200
+    assert restarted.json()["data"]["restarted_instances"][0]["id"] == instance_id
+    renamed = api.post(f"/instances/{instance_id}", json={"name": "My Instance"})
+    assert renamed.status_code == 200 and renamed.json()["data"]["name"] == "My Instance"
+    assert api.get(f"/instances/{instance_id}").json()["data"]["name"] == "My Instance"
+    missing = api.post("/instance-operations/restart", json={"instance_ids": ["nope"]})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "global/object-does-not-exist"
+    assert api.post("/instances/nope", json={"name": "x"}).status_code == 404
+    api.post("/instance-operations/terminate", json={"instance_ids": [instance_id]})
+    gone = api.post("/instance-operations/restart", json={"instance_ids": [instance_id]})
+    assert gone.status_code == 404
+    assert checker.checked == 8
+    checker.assert_clean()

@@ -217,3 +217,23 @@ def test_spot_is_refused_before_any_request(runpod: RunPodProvider,
     assert err.value.field == "spot"
     assert checker.checked == 0
     assert "spot" not in RunPodProvider.capabilities()
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v2/catalog/datacenters"),    # in the definition, not served by the fake
+    ("GET", "/v2/billing/serverless"),
+    ("PATCH", "/v2/templates/nosuchtpl"),  # a served path with a method it does not serve
+])
+def test_unserved_paths_answer_problems(cloud: FakeCloud, checker: SpecChecker,
+                                        method: str, path: str) -> None:
+    # Every RunPod v2 error is application/problem+json ({title, status, detail}); the
+    # fake's generic 404/405 used to be its own {"error": ...} JSON, which the
+    # definition's `default` response (problem+json only) rejects.
+    with httpx.Client(event_hooks=checker.event_hooks(), timeout=10,
+                      headers={"Authorization": f"Bearer {cloud.api_key}"}) as client:
+        answer = client.request(method, f"{cloud.runpod_rest_url}{path}",
+                                json={"name": "x"} if method == "PATCH" else None)
+    assert answer.status_code in (404, 405)
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["status"] == answer.status_code
+    checker.assert_clean()
