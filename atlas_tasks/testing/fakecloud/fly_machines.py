@@ -539,6 +539,22 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         return JSONResponse({"previous_state": previous, "migrated": False,
                              "new_host": ""})
 
+    async def restart_machine(request: Request) -> Response:
+        # Machines_restart (POST .../restart, optional ?timeout): 200 {"ok": true}; the
+        # machine goes through starting again. Only a running machine restarts; anything
+        # else is the definition's one declared error, a 400 ErrorResponse.
+        found = lookup(request, "restarts")
+        if isinstance(found, Response):
+            return found
+        now = time.time()
+        with fly.lock:
+            if found.state == "destroyed":
+                return no_machine()
+            if found.state not in ("started", "starting"):
+                return error(400, f"machine is {found.state}, not started: cannot restart")
+            found.set_state("starting", now, "restart", [(now + fly.boot_delay_s, "started")])
+        return _ok()
+
     async def destroy_machine(request: Request) -> Response:
         found = lookup(request, "delete_calls")
         if isinstance(found, Response):
@@ -597,6 +613,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         (["GET"], machine, get_machine, False),
         (["POST"], machine + "/stop", stop_machine, False),
         (["POST"], machine + "/start", start_machine, False),
+        (["POST"], machine + "/restart", restart_machine, False),
         (["DELETE"], machine, destroy_machine, False),
         (["GET"], machine + "/wait", wait_machine, False),
     ]
