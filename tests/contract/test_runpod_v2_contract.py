@@ -18,7 +18,7 @@ import pytest
 from spec_check import SpecChecker  # tests/contract/spec_check.py (rootdir-less import)
 
 from atlas_tasks.config import AtlasSettings
-from atlas_tasks.errors import AtlasError, NotFoundError, ValidationError
+from atlas_tasks.errors import AtlasError, NotFoundError, RateLimitedError, ValidationError
 from atlas_tasks.providers.base import ProviderContext, RequestInfo
 from atlas_tasks.providers.runpod import RunPodProvider
 from atlas_tasks.specs import ComputeStatus, build_compute_request
@@ -236,4 +236,42 @@ def test_unserved_paths_answer_problems(cloud: FakeCloud, checker: SpecChecker,
     assert answer.status_code in (404, 405)
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.json()["status"] == answer.status_code
+    checker.assert_clean()
+
+
+def test_rate_limited_answers_are_problems_with_rate_limit_headers(
+        cloud: FakeCloud, checker: SpecChecker) -> None:
+    # TooManyRequestsError: problem+json with Retry-After, RateLimit and RateLimit-Policy.
+    # An injected 429 used to be {"error": "Too Many Requests"} as application/json and
+    # without the RateLimit headers.
+    cloud.reset()
+    settings = AtlasSettings(runpod_base_url=cloud.runpod_rest_url,
+                             runpod_api_key=cloud.api_key, http_max_retries=1)
+    seen: list[RequestInfo] = []
+    provider = RunPodProvider(ProviderContext(
+        api_key=cloud.api_key, settings=settings, transport=CheckedTransport(checker),
+        hooks=(seen.append,)))
+    slept: list[float] = []
+    provider.sleep = slept.append
+    try:
+        cloud.fail_next("GET /pods", 429, retry_after=7, times=2)
+        with pytest.raises(RateLimitedError) as err:
+            provider.list_compute()
+        assert err.value.status == 429 and err.value.kind == "rate_limited"
+        assert slept and slept[0] >= 7  # Retry-After honoured before the one retry
+        limits = [info.rate_limit for info in seen if info.status == 429]
+        assert limits and all(limit is not None for limit in limits)
+        cloud.fail_next("GET /pods", 429, retry_after=3)
+        assert provider.list_compute() == []  # retried once, then answered
+    finally:
+        provider.close()
+    checker.assert_clean()
+    assert checker.checked == 4
+    for status in (500, 503, 403):
+        cloud.fail_next("GET /pods", status)
+        with httpx.Client(event_hooks=checker.event_hooks(), timeout=10) as client:
+            answer = client.get(f"{cloud.runpod_rest_url}/v2/pods",
+                                headers={"Authorization": f"Bearer {cloud.api_key}"})
+        assert answer.status_code == status
+        assert answer.headers["content-type"] == "application/problem+json"
     checker.assert_clean()

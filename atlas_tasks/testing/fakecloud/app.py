@@ -13,6 +13,8 @@ Layout (each provider under its own prefix, so Fly/Lambda/Vast can be added besi
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -71,14 +73,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     path = request.url.path
     headers = dict(exc.headers or {})
     if path.startswith("/runpod/"):
-        answer: Response = runpod_rest.problem(status, message)
+        # Problem details may carry extension members (RFC 9457 §3.2): keep what was asked.
+        answer: Response = JSONResponse(
+            {"title": HTTPStatus(status).phrase, "status": status, "detail": message,
+             **extra}, status_code=status, media_type=runpod_rest.PROBLEM_JSON)
     elif path.startswith("/lambda/"):
         code = ("global/object-does-not-exist" if status == 404
                 else "global/invalid-parameters")
         answer = lambda_api.lambda_error(status, code, message)
     elif path.startswith("/vast/"):
-        answer = vast_api.refusal(status, "not_found" if status == 404 else "invalid_request",
-                                  message)
+        answer = JSONResponse({"success": False, "error": "not_found" if status == 404
+                               else "invalid_request", "msg": message, **extra},
+                              status_code=status)
     else:
         # Fly's ErrorResponse is {"error": str}; outside any provider, say what exists.
         body: dict[str, object] = {"error": exc.detail, **extra}
