@@ -275,3 +275,18 @@ def test_rate_limited_answers_are_problems_with_rate_limit_headers(
         assert answer.status_code == status
         assert answer.headers["content-type"] == "application/problem+json"
     checker.assert_clean()
+
+
+def test_more_gpus_than_the_catalog_max_count_is_refused(runpod: RunPodProvider,
+                                                         checker: SpecChecker) -> None:
+    # GpuType.maxCount says how many of a GPU one pod can have; the fake used to create a
+    # 64-GPU pod. The refusal is a 400 problem the definition allows, and it reaches the
+    # caller as a provider error naming gpu.count.
+    limit = next(g for g in runpod.list_gpu_types() if g.canonical == "h100")
+    assert limit.raw["maxCount"]["secure"] == 8
+    with pytest.raises(AtlasError) as err:
+        runpod.spawn_compute(_request(name="atlas-contract-64", gpu_count=64))
+    assert err.value.status == 400 and err.value.kind == "provider"
+    assert "gpu.count" in str(err.value)
+    assert runpod.list_compute(name="atlas-contract-64") == []
+    checker.assert_clean()

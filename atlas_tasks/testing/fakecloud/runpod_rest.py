@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from atlas_tasks.testing.fakecloud.catalog import GPU_TYPE_IDS, GPUS, FakeGpu
+from atlas_tasks.testing.fakecloud.catalog import GPU_TYPE_IDS, GPUS, FakeGpu, gpu_info
 from atlas_tasks.testing.fakecloud.common import (
     FakeCloudContext,
     Handler,
@@ -344,6 +344,11 @@ def validate_pod_create(raw: Any, ctx: FakeCloudContext) -> dict[str, Any]:
         raise Problem(400, "gpu: allowedCudaVersions and minCudaVersion are mutually exclusive")
     if ctx.config.strict_gpu_types and gpu and gpu["id"] not in GPU_TYPE_IDS:
         raise Problem(400, f"gpu.id: {gpu['id']!r} is not a GPU type RunPod offers")
+    most = gpu_info(gpu["id"]).max_gpu_count if gpu else 0
+    if gpu and gpu.get("count", 1) > most:
+        # The catalog's GpuType.maxCount: no machine has more; RunPod refuses the placement.
+        raise Problem(400, f"gpu.count: {gpu['count']} exceeds the {most} {gpu['id']} GPUs a "
+                           "pod can have (GET /v2/catalog/gpus maxCount)")
     if "cpu" in body:
         # The fake implements GPU pods only; say so rather than pretend.
         raise Problem(400, "this fake cloud does not implement CPU pods")
