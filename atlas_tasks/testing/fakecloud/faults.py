@@ -96,7 +96,9 @@ def fault_response(status: int, body: Any = None, retry_after: int | None = None
         elif api == "lambda":
             # Lambda's ApiError* objects (e.g. 403 ApiErrorAccountInactive) require
             # `suggestion` as well as `code` and `message`.
-            body = {"error": {"code": _LAMBDA_CODES.get(status, "global/unknown"),
+            code = _LAMBDA_CODES.get(status) or (
+                "global/internal-error" if status >= 500 else "global/rate-limited")
+            body = {"error": {"code": code,
                               "message": phrase,
                               "suggestion": "Try again later, or contact support."}}
         elif api == "vast":
@@ -108,8 +110,9 @@ def fault_response(status: int, body: Any = None, retry_after: int | None = None
                         media_type=media_type)
 
 
-#: Lambda's error codes by status (``ApiError*`` in its definition); others are
-#: ``global/unknown``.
+#: Lambda's error codes by status (``ApiError*`` in its definition); other 5xx are
+#: ``global/internal-error``, and a 429 (the definition declares none) is
+#: ``global/rate-limited`` [inferred].
 _LAMBDA_CODES = {400: "global/invalid-parameters", 401: "global/invalid-api-key",
                  403: "global/account-inactive", 404: "global/object-does-not-exist",
                  500: "global/internal-error"}
