@@ -215,3 +215,20 @@ def test_fake_restarts_and_renames_per_the_definition(
     assert gone.status_code == 404
     assert checker.checked == 8
     checker.assert_clean()
+
+
+def test_injected_faults_use_lambdas_error_shape(
+        cloud: FakeCloud, api: httpx.Client, checker: SpecChecker) -> None:
+    # A fault the fake injects is still a Lambda error object: the definition's 403
+    # (ApiErrorAccountInactive: code, message and suggestion) validates, and a 5xx carries
+    # global/internal-error. It used to be {"error": "Forbidden"}.
+    cloud.fail_next("GET /instances", 403, api="lambda")
+    forbidden = api.get("/instances")
+    assert forbidden.status_code == 403
+    assert forbidden.json()["error"]["code"] == "global/account-inactive"
+    checker.assert_clean()
+    checker.check_responses = False  # the definition declares no 5xx for listInstances
+    cloud.fail_next("GET /instances", 500, api="lambda")
+    failed = api.get("/instances")
+    assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "global/internal-error"
