@@ -144,6 +144,13 @@ def test_fake_answers_documented_requests_per_the_definition(
     checker.assert_clean()
 
 
+def test_fake_names_missing_required_launch_fields(api: httpx.Client) -> None:
+    # It used to say "instance_type_name: unknown instance type None".
+    answer = api.post("/instance-operations/launch", json={"region_name": "us-east-1"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == "instance_type_name, ssh_key_names: required"
+
+
 @pytest.mark.parametrize(("extra", "code"), [
     ({"quantity": 1}, "global/invalid-parameters"),          # not an InstanceLaunchRequest field
     ({"hostname": "Not A Hostname"}, "global/invalid-parameters"),

@@ -318,6 +318,10 @@ def validate_launch(body: Any, store: LambdaState, strict: bool) -> JSONResponse
         if unknown:
             return _invalid(f"unknown field(s): {', '.join(unknown)}")
     region, type_name = body.get("region_name"), body.get("instance_type_name")
+    missing = [f for f in ("region_name", "instance_type_name", "ssh_key_names")
+               if f not in body]
+    if missing:  # InstanceLaunchRequest's required fields
+        return _invalid(f"{', '.join(missing)}: required")
     if not isinstance(region, str) or region not in REGIONS:
         return _invalid(f"region_name: unknown region {region!r}")
     if not isinstance(type_name, str) or type_name not in _TYPES:
