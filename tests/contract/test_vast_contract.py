@@ -269,3 +269,16 @@ def test_fake_serves_what_the_official_cli_calls_around_instances(
     api.request("DELETE", f"/api/v0/instances/{instance_id}/", json={})
     gone = api.put(f"/api/v0/instances/reboot/{instance_id}/", json={})
     assert gone.status_code == 404 and gone.json()["success"] is False
+
+
+def test_geolocation_filters_compare_country_codes(api: httpx.Client) -> None:
+    # vastai's documented 'geolocation in [TW,SE]' / 'geolocation=US' filter on the
+    # country code; the fake compared the whole "Texas, US" and matched nothing.
+    us = api.post("/api/v0/bundles/", json=official_search(geolocation={"eq": "US"})).json()
+    assert us["offers"] and all(o["geolocation"].endswith(", US") for o in us["offers"])
+    some = api.post("/api/v0/bundles/", json=official_search(
+        geolocation={"in": ["SE", "NO"]})).json()["offers"]
+    assert {o["geolocation"].rsplit(", ", 1)[1] for o in some} == {"SE", "NO"}
+    rest = api.post("/api/v0/bundles/", json=official_search(
+        geolocation={"notin": ["US", "CA"]})).json()["offers"]
+    assert rest and not any(o["geolocation"].endswith((", US", ", CA")) for o in rest)

@@ -320,6 +320,15 @@ def _matches(value: Any, op: str, operand: Any) -> bool:
             "lt": value < operand, "lte": value <= operand}[op]
 
 
+def _field_value(offer: dict[str, Any], name: str) -> Any:
+    # The official client documents geolocation filters as two-letter country codes
+    # ('geolocation in [TW,SE]', 'geolocation notin [CN,VN]'): offers say "Texas, US", so
+    # the filter compares the country code.
+    if name == "geolocation" and isinstance(offer.get(name), str):
+        return offer[name].rsplit(",", 1)[-1].strip()
+    return offer[name]
+
+
 def _sort_key(name: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
     # Offers lacking the field sort last (ascending), like missing values in Vast's SQL.
     return lambda offer: (offer.get(name) is None, offer.get(name) or 0)
@@ -343,7 +352,7 @@ def search(query: Any) -> tuple[list[dict[str, Any]], str | None]:
                 return [], f"{name}: unknown operator {op!r}"
             conditions.append((name, op, operand))
     found = [o for o in OFFERS
-             if all(name in o and _matches(o[name], op, operand)
+             if all(name in o and _matches(_field_value(o, name), op, operand)
                     for name, op, operand in conditions)]
     order = query.get("order", [["score", "desc"]])
     if not isinstance(order, list):
