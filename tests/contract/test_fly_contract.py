@@ -256,3 +256,25 @@ def test_fake_restarts_a_machine_per_the_definition(
     assert api.post(f"{url}/0123456789abcd/restart").status_code == 404
     assert checker.checked == 8  # create, 3 waits, 2 restarts, stop, 404
     checker.assert_clean()
+
+
+def test_fake_lists_and_deletes_apps_per_the_definition(
+        api: httpx.Client, checker: SpecChecker) -> None:
+    # Apps_list and Apps_delete are in the definition; the fake answered both 405.
+    assert api.post("/v1/apps", json={"app_name": "atlas-apps-1", "org_slug": "acme"}
+                    ).status_code == 201
+    mid = api.post("/v1/apps/atlas-apps-1/machines", json={"config": {"image": "x"}}
+                   ).json()["id"]
+    listed = api.get("/v1/apps", params={"org_slug": "acme"})
+    assert listed.status_code == 200
+    assert listed.json() == {"total_apps": 1, "apps": [
+        {"id": "atlas-apps-1", "name": "atlas-apps-1", "network": {}, "machine_count": 1}]}
+    assert api.get("/v1/apps", params={"org_slug": "personal"}).json()["total_apps"] == 1
+    deleted = api.delete("/v1/apps/atlas-apps-1")
+    assert deleted.status_code == 202 and deleted.content == b""
+    assert api.get("/v1/apps", params={"org_slug": "acme"}).json()["total_apps"] == 0
+    assert api.get("/v1/apps/atlas-apps-1/machines").status_code == 404
+    assert api.delete("/v1/apps/atlas-apps-1").status_code == 404
+    assert mid
+    assert checker.checked == 8
+    checker.assert_clean()

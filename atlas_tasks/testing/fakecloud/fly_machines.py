@@ -452,6 +452,32 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                              if m.app == app and m.state != "destroyed")
             return JSONResponse({**record, "machine_count": count_live})
 
+    async def list_apps(request: Request) -> Response:
+        # Apps_list: org_slug is required; ListAppsResponse {total_apps, apps: [ListApp]}
+        # (ListApp.network is an object in the definition).
+        org = request.query_params.get("org_slug")
+        if not org:
+            raise BadRequest("org_slug: required")
+        with fly.lock:
+            apps = [{"id": a["id"], "name": a["name"], "network": {},
+                     "machine_count": sum(1 for m in fly.machines.values()
+                                          if m.app == a["name"] and m.state != "destroyed")}
+                    for a in fly.apps.values() if a["organization"]["slug"] == org]
+        return JSONResponse({"total_apps": len(apps), "apps": apps})
+
+    async def delete_app(request: Request) -> Response:
+        # Apps_delete: 202 with no body; the app's machines go with it.
+        app = request.path_params["app"]
+        now = time.time()
+        with fly.lock:
+            if app not in fly.apps:
+                return no_app(app)
+            for machine in fly.machines.values():
+                if machine.app == app and machine.state != "destroyed":
+                    machine.set_state("destroyed", now, "destroy")
+            del fly.apps[app]
+        return Response(status_code=202)
+
     async def create_machine(request: Request) -> Response:
         app = request.path_params["app"]
         if app not in fly.apps:
@@ -607,6 +633,8 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     machine = p + "/{app}/machines/{machine_id}"
     api_routes: list[RouteSpec] = [
         (["POST"], p, create_app, True),
+        (["GET"], p, list_apps, False),
+        (["DELETE"], p + "/{app}", delete_app, False),
         (["GET"], p + "/{app}", get_app, False),
         (["POST"], p + "/{app}/machines", create_machine, True),
         (["GET"], p + "/{app}/machines", list_machines, False),
