@@ -290,3 +290,22 @@ def test_more_gpus_than_the_catalog_max_count_is_refused(runpod: RunPodProvider,
     assert "gpu.count" in str(err.value)
     assert runpod.list_compute(name="atlas-contract-64") == []
     checker.assert_clean()
+
+
+def test_catalog_gpu_by_id_per_the_definition(cloud: FakeCloud, checker: SpecChecker) -> None:
+    # GET /v2/catalog/gpus/{id} is in the definition; the fake answered 404 for every id.
+    with httpx.Client(event_hooks=checker.event_hooks(), timeout=10,
+                      base_url=cloud.runpod_rest_url,
+                      headers={"Authorization": f"Bearer {cloud.api_key}"}) as client:
+        one = client.get("/v2/catalog/gpus/NVIDIA%20H100%2080GB%20HBM3")
+        assert one.status_code == 200 and one.json()["id"] == "NVIDIA H100 80GB HBM3"
+        assert "dataCenters" not in one.json()
+        rich = client.get("/v2/catalog/gpus/NVIDIA%20H100%2080GB%20HBM3",
+                          params={"include": "AVAILABILITY", "product": "POD"})
+        assert rich.status_code == 200 and rich.json()["dataCenters"]
+        assert one.headers["ratelimit"]
+        missing = client.get("/v2/catalog/gpus/NVIDIA%20Imaginary%209000")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+    assert checker.checked == 3
+    checker.assert_clean()

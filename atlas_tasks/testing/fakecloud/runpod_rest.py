@@ -456,6 +456,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         (["DELETE"], "/pods/{pod_id}", delete_pod, False),
         (["POST"], "/pods/{pod_id}/action", pod_action, False),
         (["GET"], "/catalog/gpus", _catalog_handler(), False),
+        (["GET"], "/catalog/gpus/{gpu_id}", _catalog_gpu_handler(), False),
         (["GET"], "/billing/pods", _billing_handler(ctx), False),
     ]
     routes += _crud_routes(ctx, "/templates", "templates", "template",
@@ -495,23 +496,46 @@ def gpu_type_json(gpu: FakeGpu, *, availability: bool) -> dict[str, Any]:
     return body
 
 
+def _catalog_include(request: Request) -> bool:
+    """Whether ``include=AVAILABILITY`` was asked (with the ``product`` it requires).
+
+    Raises:
+        Problem: 422 for unknown values, 400 for include without product or vice versa.
+    """
+    q = request.query_params
+    include = [v for v in q.get("include", "").split(",") if v]
+    product = [v for v in q.get("product", "").split(",") if v]
+    errors = [f"include: unknown value {v!r}" for v in include if v != "AVAILABILITY"]
+    errors += [f"product: unknown value {v!r}" for v in product
+               if v not in ("POD", "CLUSTER", "SERVERLESS")]
+    if errors:
+        raise Problem(422, "invalid query", errors)
+    if bool(include) != bool(product):
+        raise Problem(400, "product is required with include=AVAILABILITY, and valid "
+                           "only with it")
+    return bool(include)
+
+
 def _catalog_handler() -> Handler:
     async def catalog(request: Request) -> Response:
-        q = request.query_params
-        include = [v for v in q.get("include", "").split(",") if v]
-        product = [v for v in q.get("product", "").split(",") if v]
-        errors = [f"include: unknown value {v!r}" for v in include if v != "AVAILABILITY"]
-        errors += [f"product: unknown value {v!r}" for v in product
-                   if v not in ("POD", "CLUSTER", "SERVERLESS")]
-        if errors:
-            raise Problem(422, "invalid query", errors)
-        if bool(include) != bool(product):
-            raise Problem(400, "product is required with include=AVAILABILITY, and valid "
-                               "only with it")
-        return JSONResponse({"gpus": [gpu_type_json(g, availability=bool(include))
+        availability = _catalog_include(request)
+        return JSONResponse({"gpus": [gpu_type_json(g, availability=availability)
                                       for g in GPUS]})
 
     return catalog
+
+
+def _catalog_gpu_handler() -> Handler:
+    # GET /v2/catalog/gpus/{id}: one GpuType (the id is percent-encoded: it has spaces).
+    async def catalog_gpu(request: Request) -> Response:
+        availability = _catalog_include(request)
+        gpu_id = request.path_params["gpu_id"]
+        for gpu in GPUS:
+            if gpu.id == gpu_id:
+                return JSONResponse(gpu_type_json(gpu, availability=availability))
+        raise Problem(404, f"GPU type {gpu_id!r} not found")
+
+    return catalog_gpu
 
 
 def _billing_handler(ctx: FakeCloudContext) -> Handler:
