@@ -59,6 +59,7 @@ from atlas_tasks.registry import (
 )
 from atlas_tasks.sealing import seal
 from atlas_tasks.specs import AuthHandle, Compute, ComputeRequest, build_compute_request
+from atlas_tasks.specs.gpu import GPU_CATALOG, for_provider, lambda_instance_type
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,25 @@ def _provider_name(provider: Any) -> str:
     return name
 
 
+#: Providers the GPU catalog describes (others, e.g. ``mock`` or custom ones, decide alone).
+_CATALOGUED = frozenset(p for ids in GPU_CATALOG.values() for p in ids)
+
+
+def _check_gpu_offered(provider: str, req: ComputeRequest) -> None:
+    """Refuse at once a GPU (or, on Lambda, a GPU count) the provider does not sell, as
+    ``spawn_compute`` does, instead of accepting the session and failing in the worker.
+
+    Raises:
+        ValidationError: field ``gpu`` (or ``gpu_count``), naming what the provider offers.
+    """
+    if not req.gpu or provider not in _CATALOGUED:
+        return
+    if provider == "lambda_labs":
+        lambda_instance_type(req.gpu, req.gpu_count)
+    else:
+        for_provider(req.gpu, provider)
+
+
 @wrap_redis_errors("spawn")
 def spawn(
     request: ComputeRequest | dict[str, Any] | None = None,
@@ -167,6 +187,7 @@ def spawn(
     settings = get_settings()
     req = build_compute_request(request, **fields)
     name = _provider_name(provider)
+    _check_gpu_offered(name, req)
     try:
         json.dumps(user_id, allow_nan=False)
     except (TypeError, ValueError, RecursionError):

@@ -236,3 +236,45 @@ def test_fake_rejects_fields_outside_the_definition(api: httpx.Client,
     answer = api.post(f"/v1/apps/{DEFAULT_APP}/machines", json=body)
     assert answer.status_code == 400
     assert set(answer.json()) == {"error"} and isinstance(answer.json()["error"], str)
+
+
+def test_fake_restarts_a_machine_per_the_definition(
+        api: httpx.Client, checker: SpecChecker) -> None:
+    # Machines_restart is in the definition; the fake answered it with its own 404.
+    url = f"/v1/apps/{DEFAULT_APP}/machines"
+    mid = api.post(url, json={"config": {"image": "x"}}).json()["id"]
+    assert api.get(f"{url}/{mid}/wait", params={"state": "started", "timeout": 5}
+                   ).status_code == 200
+    restarted = api.post(f"{url}/{mid}/restart", params={"timeout": "10s"})
+    assert restarted.status_code == 200 and restarted.json() == {"ok": True}
+    assert api.get(f"{url}/{mid}/wait", params={"state": "started", "timeout": 5}
+                   ).status_code == 200
+    api.post(f"{url}/{mid}/stop")
+    api.get(f"{url}/{mid}/wait", params={"state": "stopped", "timeout": 5})
+    refused = api.post(f"{url}/{mid}/restart")
+    assert refused.status_code == 400 and "not started" in refused.json()["error"]
+    assert api.post(f"{url}/0123456789abcd/restart").status_code == 404
+    assert checker.checked == 8  # create, 3 waits, 2 restarts, stop, 404
+    checker.assert_clean()
+
+
+def test_fake_lists_and_deletes_apps_per_the_definition(
+        api: httpx.Client, checker: SpecChecker) -> None:
+    # Apps_list and Apps_delete are in the definition; the fake answered both 405.
+    assert api.post("/v1/apps", json={"app_name": "atlas-apps-1", "org_slug": "acme"}
+                    ).status_code == 201
+    mid = api.post("/v1/apps/atlas-apps-1/machines", json={"config": {"image": "x"}}
+                   ).json()["id"]
+    listed = api.get("/v1/apps", params={"org_slug": "acme"})
+    assert listed.status_code == 200
+    assert listed.json() == {"total_apps": 1, "apps": [
+        {"id": "atlas-apps-1", "name": "atlas-apps-1", "network": {}, "machine_count": 1}]}
+    assert api.get("/v1/apps", params={"org_slug": "personal"}).json()["total_apps"] == 1
+    deleted = api.delete("/v1/apps/atlas-apps-1")
+    assert deleted.status_code == 202 and deleted.content == b""
+    assert api.get("/v1/apps", params={"org_slug": "acme"}).json()["total_apps"] == 0
+    assert api.get("/v1/apps/atlas-apps-1/machines").status_code == 404
+    assert api.delete("/v1/apps/atlas-apps-1").status_code == 404
+    assert mid
+    assert checker.checked == 8
+    checker.assert_clean()

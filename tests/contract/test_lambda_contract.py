@@ -144,6 +144,13 @@ def test_fake_answers_documented_requests_per_the_definition(
     checker.assert_clean()
 
 
+def test_fake_names_missing_required_launch_fields(api: httpx.Client) -> None:
+    # It used to say "instance_type_name: unknown instance type None".
+    answer = api.post("/instance-operations/launch", json={"region_name": "us-east-1"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == "instance_type_name, ssh_key_names: required"
+
+
 @pytest.mark.parametrize(("extra", "code"), [
     ({"quantity": 1}, "global/invalid-parameters"),          # not an InstanceLaunchRequest field
     ({"hostname": "Not A Hostname"}, "global/invalid-parameters"),
@@ -193,3 +200,42 @@ def test_the_definition_really_requires_what_the_fake_sends() -> None:
 def test_fake_sells_only_real_instance_types() -> None:
     real = set(load_spec_dict("lambda-instance-types.json")["instance_types"])
     assert {t.name for t in INSTANCE_TYPES} <= real
+
+
+def test_fake_restarts_and_renames_per_the_definition(
+        api: httpx.Client, checker: SpecChecker) -> None:
+    # restartInstance and postInstance are in the definition; the fake used to answer
+    # both with its own 404/405 bodies, which no Lambda client could parse.
+    instance_id = launch(api).json()["data"]["instance_ids"][0]
+    restarted = api.post("/instance-operations/restart", json={"instance_ids": [instance_id]})
+    assert restarted.status_code == 200
+    assert restarted.json()["data"]["restarted_instances"][0]["id"] == instance_id
+    renamed = api.post(f"/instances/{instance_id}", json={"name": "My Instance"})
+    assert renamed.status_code == 200 and renamed.json()["data"]["name"] == "My Instance"
+    assert api.get(f"/instances/{instance_id}").json()["data"]["name"] == "My Instance"
+    missing = api.post("/instance-operations/restart", json={"instance_ids": ["nope"]})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "global/object-does-not-exist"
+    assert api.post("/instances/nope", json={"name": "x"}).status_code == 404
+    api.post("/instance-operations/terminate", json={"instance_ids": [instance_id]})
+    gone = api.post("/instance-operations/restart", json={"instance_ids": [instance_id]})
+    assert gone.status_code == 404
+    assert checker.checked == 8
+    checker.assert_clean()
+
+
+def test_injected_faults_use_lambdas_error_shape(
+        cloud: FakeCloud, api: httpx.Client, checker: SpecChecker) -> None:
+    # A fault the fake injects is still a Lambda error object: the definition's 403
+    # (ApiErrorAccountInactive: code, message and suggestion) validates, and a 5xx carries
+    # global/internal-error. It used to be {"error": "Forbidden"}.
+    cloud.fail_next("GET /instances", 403, api="lambda")
+    forbidden = api.get("/instances")
+    assert forbidden.status_code == 403
+    assert forbidden.json()["error"]["code"] == "global/account-inactive"
+    checker.assert_clean()
+    checker.check_responses = False  # the definition declares no 5xx for listInstances
+    cloud.fail_next("GET /instances", 500, api="lambda")
+    failed = api.get("/instances")
+    assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "global/internal-error"

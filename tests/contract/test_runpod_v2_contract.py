@@ -18,7 +18,7 @@ import pytest
 from spec_check import SpecChecker  # tests/contract/spec_check.py (rootdir-less import)
 
 from atlas_tasks.config import AtlasSettings
-from atlas_tasks.errors import AtlasError, NotFoundError, ValidationError
+from atlas_tasks.errors import AtlasError, NotFoundError, RateLimitedError, ValidationError
 from atlas_tasks.providers.base import ProviderContext, RequestInfo
 from atlas_tasks.providers.runpod import RunPodProvider
 from atlas_tasks.specs import ComputeStatus, build_compute_request
@@ -217,3 +217,95 @@ def test_spot_is_refused_before_any_request(runpod: RunPodProvider,
     assert err.value.field == "spot"
     assert checker.checked == 0
     assert "spot" not in RunPodProvider.capabilities()
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v2/catalog/datacenters"),    # in the definition, not served by the fake
+    ("GET", "/v2/billing/serverless"),
+    ("PATCH", "/v2/templates/nosuchtpl"),  # a served path with a method it does not serve
+])
+def test_unserved_paths_answer_problems(cloud: FakeCloud, checker: SpecChecker,
+                                        method: str, path: str) -> None:
+    # Every RunPod v2 error is application/problem+json ({title, status, detail}); the
+    # fake's generic 404/405 used to be its own {"error": ...} JSON, which the
+    # definition's `default` response (problem+json only) rejects.
+    with httpx.Client(event_hooks=checker.event_hooks(), timeout=10,
+                      headers={"Authorization": f"Bearer {cloud.api_key}"}) as client:
+        answer = client.request(method, f"{cloud.runpod_rest_url}{path}",
+                                json={"name": "x"} if method == "PATCH" else None)
+    assert answer.status_code in (404, 405)
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["status"] == answer.status_code
+    checker.assert_clean()
+
+
+def test_rate_limited_answers_are_problems_with_rate_limit_headers(
+        cloud: FakeCloud, checker: SpecChecker) -> None:
+    # TooManyRequestsError: problem+json with Retry-After, RateLimit and RateLimit-Policy.
+    # An injected 429 used to be {"error": "Too Many Requests"} as application/json and
+    # without the RateLimit headers.
+    cloud.reset()
+    settings = AtlasSettings(runpod_base_url=cloud.runpod_rest_url,
+                             runpod_api_key=cloud.api_key, http_max_retries=1)
+    seen: list[RequestInfo] = []
+    provider = RunPodProvider(ProviderContext(
+        api_key=cloud.api_key, settings=settings, transport=CheckedTransport(checker),
+        hooks=(seen.append,)))
+    slept: list[float] = []
+    provider.sleep = slept.append
+    try:
+        cloud.fail_next("GET /pods", 429, retry_after=7, times=2)
+        with pytest.raises(RateLimitedError) as err:
+            provider.list_compute()
+        assert err.value.status == 429 and err.value.kind == "rate_limited"
+        assert slept and slept[0] >= 7  # Retry-After honoured before the one retry
+        limits = [info.rate_limit for info in seen if info.status == 429]
+        assert limits and all(limit is not None for limit in limits)
+        cloud.fail_next("GET /pods", 429, retry_after=3)
+        assert provider.list_compute() == []  # retried once, then answered
+    finally:
+        provider.close()
+    checker.assert_clean()
+    assert checker.checked == 4
+    for status in (500, 503, 403):
+        cloud.fail_next("GET /pods", status)
+        with httpx.Client(event_hooks=checker.event_hooks(), timeout=10) as client:
+            answer = client.get(f"{cloud.runpod_rest_url}/v2/pods",
+                                headers={"Authorization": f"Bearer {cloud.api_key}"})
+        assert answer.status_code == status
+        assert answer.headers["content-type"] == "application/problem+json"
+    checker.assert_clean()
+
+
+def test_more_gpus_than_the_catalog_max_count_is_refused(runpod: RunPodProvider,
+                                                         checker: SpecChecker) -> None:
+    # GpuType.maxCount says how many of a GPU one pod can have; the fake used to create a
+    # 64-GPU pod. The refusal is a 400 problem the definition allows, and it reaches the
+    # caller as a provider error naming gpu.count.
+    limit = next(g for g in runpod.list_gpu_types() if g.canonical == "h100")
+    assert limit.raw["maxCount"]["secure"] == 8
+    with pytest.raises(AtlasError) as err:
+        runpod.spawn_compute(_request(name="atlas-contract-64", gpu_count=64))
+    assert err.value.status == 400 and err.value.kind == "provider"
+    assert "gpu.count" in str(err.value)
+    assert runpod.list_compute(name="atlas-contract-64") == []
+    checker.assert_clean()
+
+
+def test_catalog_gpu_by_id_per_the_definition(cloud: FakeCloud, checker: SpecChecker) -> None:
+    # GET /v2/catalog/gpus/{id} is in the definition; the fake answered 404 for every id.
+    with httpx.Client(event_hooks=checker.event_hooks(), timeout=10,
+                      base_url=cloud.runpod_rest_url,
+                      headers={"Authorization": f"Bearer {cloud.api_key}"}) as client:
+        one = client.get("/v2/catalog/gpus/NVIDIA%20H100%2080GB%20HBM3")
+        assert one.status_code == 200 and one.json()["id"] == "NVIDIA H100 80GB HBM3"
+        assert "dataCenters" not in one.json()
+        rich = client.get("/v2/catalog/gpus/NVIDIA%20H100%2080GB%20HBM3",
+                          params={"include": "AVAILABILITY", "product": "POD"})
+        assert rich.status_code == 200 and rich.json()["dataCenters"]
+        assert one.headers["ratelimit"]
+        missing = client.get("/v2/catalog/gpus/NVIDIA%20Imaginary%209000")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+    assert checker.checked == 3
+    checker.assert_clean()

@@ -244,3 +244,41 @@ def test_fake_refuses_what_the_official_client_never_sends(
     assert answer.status_code == 400
     body = answer.json()
     assert body["success"] is False and body["error"] == "invalid_args" and why in body["msg"]
+
+
+def test_fake_serves_what_the_official_cli_calls_around_instances(
+        api: httpx.Client) -> None:
+    # vastai 1.9.1 (run against the fake): `search offers '... reliability>0.99'` sends
+    # {"reliability": {"gt": "0.99"}} (its alias to reliability2 is commented out), every
+    # command first reads GET /users/current (detect_role), and `reboot instance` is
+    # PUT /instances/reboot/{id}/ with {}. The fake had no `reliability` on offers (the
+    # filter matched nothing) and answered both paths 404.
+    query = official_search(gpu_name={"eq": "H100 SXM"}, num_gpus={"gte": "1"},
+                            reliability={"gt": "0.99"}, order=[["dph_total", "desc"]])
+    assert query_problems(query) == []
+    offers = api.post("/api/v0/bundles/", json=query).json()["offers"]
+    assert offers and all(o["gpu_name"] == "H100 SXM" and o["reliability"] > 0.99
+                          for o in offers)
+    user = api.get("/api/v0/users/current")
+    assert user.status_code == 200
+    assert isinstance(user.json()["id"], int) and "host_agreement_accepted" in user.json()
+    created = api.put("/api/v0/asks/7100001/", json=official_create(label="atlas-r"))
+    instance_id = created.json()["new_contract"]
+    rebooted = api.put(f"/api/v0/instances/reboot/{instance_id}/", json={})
+    assert rebooted.status_code == 200 and rebooted.json() == {"success": True}
+    api.request("DELETE", f"/api/v0/instances/{instance_id}/", json={})
+    gone = api.put(f"/api/v0/instances/reboot/{instance_id}/", json={})
+    assert gone.status_code == 404 and gone.json()["success"] is False
+
+
+def test_geolocation_filters_compare_country_codes(api: httpx.Client) -> None:
+    # vastai's documented 'geolocation in [TW,SE]' / 'geolocation=US' filter on the
+    # country code; the fake compared the whole "Texas, US" and matched nothing.
+    us = api.post("/api/v0/bundles/", json=official_search(geolocation={"eq": "US"})).json()
+    assert us["offers"] and all(o["geolocation"].endswith(", US") for o in us["offers"])
+    some = api.post("/api/v0/bundles/", json=official_search(
+        geolocation={"in": ["SE", "NO"]})).json()["offers"]
+    assert {o["geolocation"].rsplit(", ", 1)[1] for o in some} == {"SE", "NO"}
+    rest = api.post("/api/v0/bundles/", json=official_search(
+        geolocation={"notin": ["US", "CA"]})).json()["offers"]
+    assert rest and not any(o["geolocation"].endswith((", US", ", CA")) for o in rest)

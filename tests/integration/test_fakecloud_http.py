@@ -311,7 +311,9 @@ def test_rate_limit_sends_retry_after(rest: httpx.Client, cloud: FakeCloud) -> N
     assert response.status_code == 200 and response.json()["rate_limit_rate"] == 1.0
     limited = rest.get("/pods")
     assert limited.status_code == 429 and limited.headers["retry-after"] == "7"
-    assert "error" in limited.json()
+    # RunPod REST v2's TooManyRequestsError: a problem, with RateLimit headers.
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert limited.json()["status"] == 429 and limited.headers["ratelimit"].endswith("t=7")
     assert cloud.state()["faults_injected"]["rate_limited"] == 1
 
 
@@ -337,7 +339,7 @@ def test_502_is_html(rest: httpx.Client, cloud: FakeCloud) -> None:
 def test_random_500_after_create_creates_the_pod(rest: httpx.Client, cloud: FakeCloud) -> None:
     cloud.set_faults(create_500_after_create_rate=1.0)
     response = rest.post("/pods", json=pod_body(name="atlas-dup"))
-    assert response.status_code == 500 and "error" in response.json()
+    assert response.status_code == 500 and response.json()["status"] == 500  # a problem
     cloud.clear_faults()
     listed = [p for p in pods_of(rest.get("/pods")) if p["name"] == "atlas-dup"]
     assert len(listed) == 1
@@ -602,7 +604,8 @@ def test_admin_state_counts_and_reset(rest: httpx.Client, cloud: FakeCloud) -> N
 
 def test_unknown_route_is_json_404(cloud: FakeCloud) -> None:
     response = httpx.get(f"{cloud.url}/runpod/nothing-here")
-    assert response.status_code == 404 and response.json()["error"] == "Not Found"
+    assert response.status_code == 404 and response.json()["title"] == "Not Found"
+    assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["url"].endswith("/runpod/nothing-here")  # names what was asked
 
 

@@ -208,3 +208,26 @@ def test_orchestrator_spawn_only_raises_atlas_errors(dead_redis: str,
 def test_spawn_compute_only_raises_atlas_errors(fields: dict[str, Any]) -> None:
     _only_atlas_errors(lambda: atlas.spawn_compute(provider="mock", **fields))
     MockProvider.reset()
+
+
+@pytest.mark.parametrize(("provider", "fields", "field"), [
+    ("fly", {"gpu": "h100"}, "gpu"),             # Fly sells a10, a100s and l40s only
+    ("lambda_labs", {"gpu": "l4"}, "gpu"),
+    ("vast", {"gpu": "mi300x"}, "gpu"),
+    ("lambda_labs", {"gpu": "h100", "gpu_count": 3}, "gpu_count"),  # sizes 1, 2, 4, 8
+])
+def test_spawn_refuses_a_gpu_the_provider_does_not_sell_before_redis(
+        dead_redis: str, monkeypatch: pytest.MonkeyPatch, provider: str,
+        fields: dict[str, Any], field: str) -> None:
+    # spawn_compute refused these; spawn accepted the session and let the worker fail it
+    # (found by running orchestrator.spawn(provider="fly", gpu="h100") on a live Redis).
+    # Against a dead Redis the refusal must come first, as a validation error.
+    with pytest.raises(ValidationError) as info:
+        orchestrator.spawn(provider=provider, image=IMAGE, idle_ttl_ms=60_000, **fields)
+    assert info.value.field == field and info.value.kind == "validation"
+    assert provider in str(info.value)
+    monkeypatch.setenv("ATLAS_LAMBDA_LABS_SSH_KEY_NAME", "k")  # Lambda checks it first
+    reset_settings()
+    with pytest.raises(ValidationError) as direct:
+        atlas.spawn_compute(provider=provider, image=IMAGE, api_key="k", **fields)
+    assert direct.value.field == field

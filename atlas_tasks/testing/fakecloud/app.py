@@ -13,6 +13,8 @@ Layout (each provider under its own prefix, so Fly/Lambda/Vast can be added besi
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -51,17 +53,46 @@ def mounted_prefixes(app: Starlette) -> list[str]:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    # Unknown paths and wrong methods answer JSON like the rest of the API, not plain text.
+    # Unknown paths and wrong methods answer in the error shape of the provider whose
+    # prefix was asked (RunPod REST v2: an RFC 9457 problem; Lambda: {"error": {code,
+    # message}}; Vast: {success, error, msg}; Fly: {"error"}), not plain text, so an
+    # official client parses them as it would the real API's.
     assert isinstance(exc, HTTPException)
-    body: dict[str, object] = {"error": exc.detail}
-    if exc.status_code == 404:
+    status = exc.status_code
+    message = str(exc.detail)
+    extra: dict[str, object] = {}
+    if status == 404:
         # A client pointed at the wrong base URL sees what it asked for and what exists.
         prefixes = mounted_prefixes(request.app)
-        body.update(method=request.method, url=str(request.url), prefixes=prefixes,
-                    message=f"fake cloud: no route for {request.method} {request.url}; "
-                            f"providers are mounted under {', '.join(prefixes)} (the "
-                            "banner of `atlas-tasks fakecloud` prints each base URL)")
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        message = (f"fake cloud: no route for {request.method} {request.url}; "
+                   f"providers are mounted under {', '.join(prefixes)} (the "
+                   "banner of `atlas-tasks fakecloud` prints each base URL)")
+        extra = {"method": request.method, "url": str(request.url), "prefixes": prefixes}
+    elif status == 405:
+        message = f"fake cloud: {request.method} is not allowed on {request.url.path}"
+    path = request.url.path
+    headers = dict(exc.headers or {})
+    if path.startswith("/runpod/"):
+        # Problem details may carry extension members (RFC 9457 §3.2): keep what was asked.
+        answer: Response = JSONResponse(
+            {"title": HTTPStatus(status).phrase, "status": status, "detail": message,
+             **extra}, status_code=status, media_type=runpod_rest.PROBLEM_JSON)
+    elif path.startswith("/lambda/"):
+        code = ("global/object-does-not-exist" if status == 404
+                else "global/invalid-parameters")
+        answer = lambda_api.lambda_error(status, code, message)
+    elif path.startswith("/vast/"):
+        answer = JSONResponse({"success": False, "error": "not_found" if status == 404
+                               else "invalid_request", "msg": message, **extra},
+                              status_code=status)
+    else:
+        # Fly's ErrorResponse is {"error": str}; outside any provider, say what exists.
+        body: dict[str, object] = {"error": exc.detail, **extra}
+        if extra:
+            body["message"] = message
+        answer = JSONResponse(body, status_code=status)
+    answer.headers.update(headers)
+    return answer
 
 
 def create_app(config: FakeCloudConfig | None = None) -> Starlette:

@@ -70,17 +70,52 @@ class HoldGate:
         return {"waiting": self.waiting, "passed": self.passed, "released": self.released}
 
 
-def fault_response(status: int, body: Any = None, retry_after: int | None = None) -> Response:
-    """The response an injected fault sends: JSON ``{"error": ...}``, HTML for a 502."""
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+def fault_response(status: int, body: Any = None, retry_after: int | None = None,
+                   api: str | None = None) -> Response:
+    """The response an injected fault sends, in the error shape of ``api`` (HTML for a 502,
+    as a load balancer would send): RunPod REST v2 (``rest``) an RFC 9457 problem (a 429
+    also carries ``RateLimit``/``RateLimit-Policy`` with nothing left, as the definition's
+    ``TooManyRequestsError`` shows), Lambda ``{"error": {"code", "message"}}``, Vast
+    ``{"success": false, "error", "msg"}``, others (Fly, the serverless runtime)
+    ``{"error": ...}``. A scripted ``body`` is sent as given."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
     if body is None and status == 502:
         # What a load balancer sends when the API behind it is down: not JSON at all.
         html = "<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
-        return HTMLResponse(html, status_code=502, headers=headers)
+        return HTMLResponse(html, status_code=502, headers=headers or None)
+    media_type = None
     if body is None:
         phrase = GENERIC_500 if status == 500 else _reason(status)
-        body = {"error": phrase}
-    return JSONResponse(body, status_code=status, headers=headers)
+        if api == "rest":
+            media_type = "application/problem+json"
+            body = {"title": _reason(status), "status": status, "detail": phrase}
+            if status == 429:
+                wait = retry_after if retry_after is not None else 60
+                headers["RateLimit"] = f'"minute";r=0;t={wait}'
+                headers["RateLimit-Policy"] = '"minute";q=600;w=60'
+        elif api == "lambda":
+            # Lambda's ApiError* objects (e.g. 403 ApiErrorAccountInactive) require
+            # `suggestion` as well as `code` and `message`.
+            code = _LAMBDA_CODES.get(status) or (
+                "global/internal-error" if status >= 500 else "global/rate-limited")
+            body = {"error": {"code": code,
+                              "message": phrase,
+                              "suggestion": "Try again later, or contact support."}}
+        elif api == "vast":
+            body = {"success": False,
+                    "error": _reason(status).lower().replace(" ", "_"), "msg": phrase}
+        else:
+            body = {"error": phrase}
+    return JSONResponse(body, status_code=status, headers=headers or None,
+                        media_type=media_type)
+
+
+#: Lambda's error codes by status (``ApiError*`` in its definition); other 5xx are
+#: ``global/internal-error``, and a 429 (the definition declares none) is
+#: ``global/rate-limited`` [inferred].
+_LAMBDA_CODES = {400: "global/invalid-parameters", 401: "global/invalid-api-key",
+                 403: "global/account-inactive", 404: "global/object-does-not-exist",
+                 500: "global/internal-error"}
 
 
 def _reason(status: int) -> str:
@@ -178,7 +213,7 @@ class FaultInjector:
                     retry = rule.retry_after
                     if retry is None and rule.status in (429, 503):
                         retry = s.retry_after_s
-                    response = fault_response(rule.status, rule.body, retry)
+                    response = fault_response(rule.status, rule.body, retry, api)
                     if rule.after_create:
                         plan.after = response
                     else:
@@ -187,17 +222,17 @@ class FaultInjector:
             draw = self._rng.random()
             if draw < s.rate_limit_rate:
                 self.counters["rate_limited"] += 1
-                plan.now = fault_response(429, retry_after=s.retry_after_s)
+                plan.now = fault_response(429, retry_after=s.retry_after_s, api=api)
                 return plan
             if draw < s.rate_limit_rate + s.error_rate:
                 self.counters["error_5xx"] += 1
                 status = self._rng.choice(s.error_statuses)
                 retry = s.retry_after_s if status == 503 else None
-                plan.now = fault_response(status, retry_after=retry)
+                plan.now = fault_response(status, retry_after=retry, api=api)
                 return plan
             if create and s.create_500_after_create_rate > 0:
                 if self._rng.random() < s.create_500_after_create_rate:
-                    plan.after = fault_response(500)
+                    plan.after = fault_response(500, api=api)
                     plan.after_random = True
             return plan
 

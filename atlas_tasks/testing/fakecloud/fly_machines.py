@@ -452,6 +452,32 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                              if m.app == app and m.state != "destroyed")
             return JSONResponse({**record, "machine_count": count_live})
 
+    async def list_apps(request: Request) -> Response:
+        # Apps_list: org_slug is required; ListAppsResponse {total_apps, apps: [ListApp]}
+        # (ListApp.network is an object in the definition).
+        org = request.query_params.get("org_slug")
+        if not org:
+            raise BadRequest("org_slug: required")
+        with fly.lock:
+            apps = [{"id": a["id"], "name": a["name"], "network": {},
+                     "machine_count": sum(1 for m in fly.machines.values()
+                                          if m.app == a["name"] and m.state != "destroyed")}
+                    for a in fly.apps.values() if a["organization"]["slug"] == org]
+        return JSONResponse({"total_apps": len(apps), "apps": apps})
+
+    async def delete_app(request: Request) -> Response:
+        # Apps_delete: 202 with no body; the app's machines go with it.
+        app = request.path_params["app"]
+        now = time.time()
+        with fly.lock:
+            if app not in fly.apps:
+                return no_app(app)
+            for machine in fly.machines.values():
+                if machine.app == app and machine.state != "destroyed":
+                    machine.set_state("destroyed", now, "destroy")
+            del fly.apps[app]
+        return Response(status_code=202)
+
     async def create_machine(request: Request) -> Response:
         app = request.path_params["app"]
         if app not in fly.apps:
@@ -539,6 +565,22 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         return JSONResponse({"previous_state": previous, "migrated": False,
                              "new_host": ""})
 
+    async def restart_machine(request: Request) -> Response:
+        # Machines_restart (POST .../restart, optional ?timeout): 200 {"ok": true}; the
+        # machine goes through starting again. Only a running machine restarts; anything
+        # else is the definition's one declared error, a 400 ErrorResponse.
+        found = lookup(request, "restarts")
+        if isinstance(found, Response):
+            return found
+        now = time.time()
+        with fly.lock:
+            if found.state == "destroyed":
+                return no_machine()
+            if found.state not in ("started", "starting"):
+                return error(400, f"machine is {found.state}, not started: cannot restart")
+            found.set_state("starting", now, "restart", [(now + fly.boot_delay_s, "started")])
+        return _ok()
+
     async def destroy_machine(request: Request) -> Response:
         found = lookup(request, "delete_calls")
         if isinstance(found, Response):
@@ -591,12 +633,15 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     machine = p + "/{app}/machines/{machine_id}"
     api_routes: list[RouteSpec] = [
         (["POST"], p, create_app, True),
+        (["GET"], p, list_apps, False),
+        (["DELETE"], p + "/{app}", delete_app, False),
         (["GET"], p + "/{app}", get_app, False),
         (["POST"], p + "/{app}/machines", create_machine, True),
         (["GET"], p + "/{app}/machines", list_machines, False),
         (["GET"], machine, get_machine, False),
         (["POST"], machine + "/stop", stop_machine, False),
         (["POST"], machine + "/start", start_machine, False),
+        (["POST"], machine + "/restart", restart_machine, False),
         (["DELETE"], machine, destroy_machine, False),
         (["GET"], machine + "/wait", wait_machine, False),
     ]

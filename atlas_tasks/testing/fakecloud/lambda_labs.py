@@ -318,6 +318,10 @@ def validate_launch(body: Any, store: LambdaState, strict: bool) -> JSONResponse
         if unknown:
             return _invalid(f"unknown field(s): {', '.join(unknown)}")
     region, type_name = body.get("region_name"), body.get("instance_type_name")
+    missing = [f for f in ("region_name", "instance_type_name", "ssh_key_names")
+               if f not in body]
+    if missing:  # InstanceLaunchRequest's required fields
+        return _invalid(f"{', '.join(missing)}: required")
     if not isinstance(region, str) or region not in REGIONS:
         return _invalid(f"region_name: unknown region {region!r}")
     if not isinstance(type_name, str) or type_name not in _TYPES:
@@ -427,6 +431,50 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                 out.append(inst.to_api(now, _TYPES[inst.type_name]))
         return JSONResponse({"data": {"terminated_instances": out}})
 
+    async def restart(request: Request) -> Response:
+        # InstanceRestartRequest -> 200 {"data": {"restarted_instances": [Instance]}}: a
+        # restarted instance boots again; an unknown or terminated id is a 404.
+        body, problem = await _body(request)
+        if problem is not None:
+            return problem
+        ids = body.get("instance_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return _invalid("instance_ids: a non-empty array of instance ids is required")
+        now = time.time()
+        with lock:
+            found = [store.live(i, now) for i in ids]
+            missing = [i for i, inst in zip(ids, found, strict=True)
+                       if inst is None or inst.terminated_at is not None]
+            if missing:
+                return _not_found(f"Instance {missing[0]}")
+            out = []
+            for inst in found:
+                assert inst is not None
+                inst.calls["restarts"] += 1
+                inst.boot_until = now + ctx.config.boot_delay_s
+                out.append(inst.to_api(now, _TYPES[inst.type_name]))
+        return JSONResponse({"data": {"restarted_instances": out}})
+
+    async def update_instance(request: Request) -> Response:
+        # POST /instances/{id} with InstanceModificationRequest ({"name"}) -> {"data": Instance}.
+        instance_id = request.path_params["instance_id"]
+        body, problem = await _body(request)
+        if problem is not None:
+            return problem
+        if not isinstance(body, dict):
+            return _invalid("request body must be a JSON object")
+        name = body.get("name")
+        if "name" in body and (not isinstance(name, str) or len(name) > 64):
+            return _invalid("name: must be a string of at most 64 characters")
+        now = time.time()
+        with lock:
+            inst = store.live(instance_id, now)
+            if inst is None:
+                return _not_found(f"Instance {instance_id}")
+            if "name" in body:
+                inst.name = name
+            return JSONResponse({"data": inst.to_api(now, _TYPES[inst.type_name])})
+
     async def list_instances(request: Request) -> Response:
         now = time.time()
         with lock:
@@ -502,8 +550,10 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         (["GET"], "/instance-types", instance_types, False),
         (["POST"], "/instance-operations/launch", launch, True),
         (["POST"], "/instance-operations/terminate", terminate, False),
+        (["POST"], "/instance-operations/restart", restart, False),
         (["GET"], "/instances", list_instances, False),
         (["GET"], "/instances/{instance_id}", get_instance, False),
+        (["POST"], "/instances/{instance_id}", update_instance, False),
         (["GET"], "/ssh-keys", list_keys, False),
         (["POST"], "/ssh-keys", add_key, False),
     ]

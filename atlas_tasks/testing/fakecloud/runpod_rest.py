@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from atlas_tasks.testing.fakecloud.catalog import GPU_TYPE_IDS, GPUS, FakeGpu
+from atlas_tasks.testing.fakecloud.catalog import GPU_TYPE_IDS, GPUS, FakeGpu, gpu_info
 from atlas_tasks.testing.fakecloud.common import (
     FakeCloudContext,
     Handler,
@@ -344,6 +344,11 @@ def validate_pod_create(raw: Any, ctx: FakeCloudContext) -> dict[str, Any]:
         raise Problem(400, "gpu: allowedCudaVersions and minCudaVersion are mutually exclusive")
     if ctx.config.strict_gpu_types and gpu and gpu["id"] not in GPU_TYPE_IDS:
         raise Problem(400, f"gpu.id: {gpu['id']!r} is not a GPU type RunPod offers")
+    most = gpu_info(gpu["id"]).max_gpu_count if gpu else 0
+    if gpu and gpu.get("count", 1) > most:
+        # The catalog's GpuType.maxCount: no machine has more; RunPod refuses the placement.
+        raise Problem(400, f"gpu.count: {gpu['count']} exceeds the {most} {gpu['id']} GPUs a "
+                           "pod can have (GET /v2/catalog/gpus maxCount)")
     if "cpu" in body:
         # The fake implements GPU pods only; say so rather than pretend.
         raise Problem(400, "this fake cloud does not implement CPU pods")
@@ -451,6 +456,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         (["DELETE"], "/pods/{pod_id}", delete_pod, False),
         (["POST"], "/pods/{pod_id}/action", pod_action, False),
         (["GET"], "/catalog/gpus", _catalog_handler(), False),
+        (["GET"], "/catalog/gpus/{gpu_id}", _catalog_gpu_handler(), False),
         (["GET"], "/billing/pods", _billing_handler(ctx), False),
     ]
     routes += _crud_routes(ctx, "/templates", "templates", "template",
@@ -490,23 +496,46 @@ def gpu_type_json(gpu: FakeGpu, *, availability: bool) -> dict[str, Any]:
     return body
 
 
+def _catalog_include(request: Request) -> bool:
+    """Whether ``include=AVAILABILITY`` was asked (with the ``product`` it requires).
+
+    Raises:
+        Problem: 422 for unknown values, 400 for include without product or vice versa.
+    """
+    q = request.query_params
+    include = [v for v in q.get("include", "").split(",") if v]
+    product = [v for v in q.get("product", "").split(",") if v]
+    errors = [f"include: unknown value {v!r}" for v in include if v != "AVAILABILITY"]
+    errors += [f"product: unknown value {v!r}" for v in product
+               if v not in ("POD", "CLUSTER", "SERVERLESS")]
+    if errors:
+        raise Problem(422, "invalid query", errors)
+    if bool(include) != bool(product):
+        raise Problem(400, "product is required with include=AVAILABILITY, and valid "
+                           "only with it")
+    return bool(include)
+
+
 def _catalog_handler() -> Handler:
     async def catalog(request: Request) -> Response:
-        q = request.query_params
-        include = [v for v in q.get("include", "").split(",") if v]
-        product = [v for v in q.get("product", "").split(",") if v]
-        errors = [f"include: unknown value {v!r}" for v in include if v != "AVAILABILITY"]
-        errors += [f"product: unknown value {v!r}" for v in product
-                   if v not in ("POD", "CLUSTER", "SERVERLESS")]
-        if errors:
-            raise Problem(422, "invalid query", errors)
-        if bool(include) != bool(product):
-            raise Problem(400, "product is required with include=AVAILABILITY, and valid "
-                               "only with it")
-        return JSONResponse({"gpus": [gpu_type_json(g, availability=bool(include))
+        availability = _catalog_include(request)
+        return JSONResponse({"gpus": [gpu_type_json(g, availability=availability)
                                       for g in GPUS]})
 
     return catalog
+
+
+def _catalog_gpu_handler() -> Handler:
+    # GET /v2/catalog/gpus/{id}: one GpuType (the id is percent-encoded: it has spaces).
+    async def catalog_gpu(request: Request) -> Response:
+        availability = _catalog_include(request)
+        gpu_id = request.path_params["gpu_id"]
+        for gpu in GPUS:
+            if gpu.id == gpu_id:
+                return JSONResponse(gpu_type_json(gpu, availability=availability))
+        raise Problem(404, f"GPU type {gpu_id!r} not found")
+
+    return catalog_gpu
 
 
 def _billing_handler(ctx: FakeCloudContext) -> Handler:

@@ -83,7 +83,10 @@ def _offer(offer_id: int, gpu: str, gpus: int, dph: float, ram_gb: int, where: s
         "dph_base": round(dph * 0.95, 4), "min_bid": round(dph * 0.55, 4),
         "geolocation": where, "verified": verified,
         "verification": "verified" if verified else "unverified",
-        "rentable": True, "rented": False, "external": False, "reliability2": 0.995,
+        "rentable": True, "rented": False, "external": False,
+        # The official client filters on `reliability` (its alias to reliability2 is
+        # commented out in vastai 1.9.1 api/query.py); real offers carry both.
+        "reliability": 0.995, "reliability2": 0.995,
         "disk_space": 500.0, "cpu_cores_effective": 16.0 * gpus, "cpu_ram": 64_000 * gpus,
         "inet_up": 900.0, "inet_down": 2000.0, "cuda_max_good": 12.4,
         "direct_port_count": 100, "hosting_type": 1 if verified else 0,
@@ -317,6 +320,15 @@ def _matches(value: Any, op: str, operand: Any) -> bool:
             "lt": value < operand, "lte": value <= operand}[op]
 
 
+def _field_value(offer: dict[str, Any], name: str) -> Any:
+    # The official client documents geolocation filters as two-letter country codes
+    # ('geolocation in [TW,SE]', 'geolocation notin [CN,VN]'): offers say "Texas, US", so
+    # the filter compares the country code.
+    if name == "geolocation" and isinstance(offer.get(name), str):
+        return offer[name].rsplit(",", 1)[-1].strip()
+    return offer[name]
+
+
 def _sort_key(name: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
     # Offers lacking the field sort last (ascending), like missing values in Vast's SQL.
     return lambda offer: (offer.get(name) is None, offer.get(name) or 0)
@@ -340,7 +352,7 @@ def search(query: Any) -> tuple[list[dict[str, Any]], str | None]:
                 return [], f"{name}: unknown operator {op!r}"
             conditions.append((name, op, operand))
     found = [o for o in OFFERS
-             if all(name in o and _matches(o[name], op, operand)
+             if all(name in o and _matches(_field_value(o, name), op, operand)
                     for name, op, operand in conditions)]
     order = query.get("order", [["score", "desc"]])
     if not isinstance(order, list):
@@ -528,6 +540,28 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                 inst.label = body["label"]
         return JSONResponse({"success": True})
 
+    async def reboot(request: Request) -> Response:
+        # vastai reboot_instance: PUT /instances/reboot/{id}/ with {} -> {"success": true}.
+        instance_id = request.path_params["instance_id"]
+        with lock:
+            inst = store.live(instance_id)
+            if inst is None:
+                return _no_instance(instance_id)
+            inst.calls["reboots"] += 1
+            if inst.intended == "running":
+                inst.boot_until = time.time() + ctx.config.boot_delay_s
+        return JSONResponse({"success": True})
+
+    async def current_user(request: Request) -> Response:
+        # vastai show_user (GET /users/current): the CLI calls it before most commands
+        # (detect_role reads host_agreement_accepted; search templates reads id).
+        return JSONResponse({
+            "id": 424242, "username": "atlas-fake", "email": "fake@example.invalid",
+            "fullname": "Fake Cloud", "credit": 100.0, "balance": 0.0,
+            "balance_threshold": 0.0, "balance_threshold_enabled": False,
+            "host_agreement_accepted": False, "ssh_key": None, "has_billing": True,
+        })
+
     async def destroy(request: Request) -> Response:
         instance_id = request.path_params["instance_id"]
         with lock:
@@ -570,6 +604,8 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         (["GET"], "/instances/{instance_id}/", get_instance, False),
         (["PUT"], "/instances/{instance_id}/", update_instance, False),
         (["DELETE"], "/instances/{instance_id}/", destroy, False),
+        (["PUT"], "/instances/reboot/{instance_id}/", reboot, False),
+        (["GET"], "/users/current", current_user, False),
     ]
     out = provider_routes(ctx, "vast", PREFIX, routes)
     # The official client sends paths that already start with /api/v1 as they are.
