@@ -4,9 +4,10 @@ N running sessions are made the way the system makes them, in a private ``redis-
 the caller side is the real ``orchestrator.spawn`` (record, write-ahead intent, the
 ``spawning`` event in the session's stream) with Celery's ``send_task`` swapped for a
 no-op, so the broker queue is not counted; the worker side is what
-``lifecycle.spawn_session`` does after the provider answers: ``finish_spawn`` and the
-``running`` event carrying the public compute. The compute is a real one, created once
-on the fake cloud through the RunPod provider, with a distinct pod id per session.
+``lifecycle.spawn_session`` does after the provider answers: ``finish_spawn``, which also
+writes the ``running`` event carrying the public compute. The compute is a real one,
+created once on the fake cloud through the RunPod provider, with a distinct pod id per
+session.
 
 Figure: ``used_memory`` delta / N. Same-run baseline: N plain ``SET key 1`` keys, the
 cheapest per-session footprint Redis can offer. A per-key breakdown (``MEMORY USAGE``)
@@ -152,7 +153,7 @@ def _sample_keys(r: redis.Redis, sid: str) -> dict[str, Any]:
 
 def run(quick: bool = False) -> Report:
     """Run the memory benchmark."""
-    from atlas_tasks import events, orchestrator
+    from atlas_tasks import orchestrator
     from atlas_tasks.celery_app import get_app
 
     report = Report(NAME)
@@ -202,9 +203,10 @@ def run(quick: bool = False) -> Report:
                                 key=lambda kv: -kv[1])[:3])})
                     pod_id = _pod_id(rng, len(template_id))
                     compute = json.loads(template_json.replace(template_id, pod_id))
+                    # finish_spawn records the pod and publishes the ``running`` event
+                    # (with the compute) in one step, as lifecycle.spawn_session relies on.
                     if reg.finish_spawn(s.id, pod_id, compute) != "running":
                         raise RuntimeError(f"session {s.id} did not reach running")
-                    events.publish(s.id, "status", {"status": "running", "compute": compute})
                     ids.append(s.id)
                 if r.scard(C.SESSIONS_SET_KEY) != count:
                     raise RuntimeError("not every session was recorded")
