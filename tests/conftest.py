@@ -10,6 +10,7 @@ import redis
 
 from atlas_tasks.config import reset_settings
 from atlas_tasks.providers.registry import clear_provider_cache
+from atlas_tasks.testing.fakecloud import FakeCloud
 from atlas_tasks.testing.redis_server import RedisServer, in_ci, redis_available
 
 
@@ -55,3 +56,18 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def shared_cloud() -> Iterator[FakeCloud]:
+    """One fake cloud HTTP server per test module (a module may define its own ``cloud``)."""
+    with FakeCloud() as cloud:
+        yield cloud
+
+
+@pytest.fixture
+def cloud(shared_cloud: FakeCloud) -> Iterator[FakeCloud]:
+    """The module's fake cloud, reset before and after each test."""
+    shared_cloud.reset()
+    yield shared_cloud
+    shared_cloud.reset()

@@ -81,19 +81,6 @@ def with_supplement(document: dict[str, Any]) -> None:
                 operation["responses"].setdefault("default", ERROR_RESPONSE)
 
 
-@pytest.fixture(scope="module")
-def shared_cloud() -> Iterator[FakeCloud]:
-    with FakeCloud() as cloud:
-        yield cloud
-
-
-@pytest.fixture
-def cloud(shared_cloud: FakeCloud) -> Iterator[FakeCloud]:
-    shared_cloud.reset()
-    yield shared_cloud
-    shared_cloud.reset()
-
-
 @pytest.fixture
 def checker() -> SpecChecker:
     # The fake mounts Fly under /fly; the definition's server is .../v1.

@@ -32,19 +32,6 @@ from atlas_tasks.testing.fakecloud.lambda_labs import DEFAULT_SSH_KEY, INSTANCE_
 SPEC = "lambda-cloud-openapi-1.8.3.json"
 
 
-@pytest.fixture(scope="module")
-def shared_cloud() -> Iterator[FakeCloud]:
-    with FakeCloud() as cloud:
-        yield cloud
-
-
-@pytest.fixture
-def cloud(shared_cloud: FakeCloud) -> Iterator[FakeCloud]:
-    shared_cloud.reset()
-    yield shared_cloud
-    shared_cloud.reset()
-
-
 @pytest.fixture
 def checker() -> SpecChecker:
     # The fake cloud mounts Lambda under /lambda; the definition's paths start at /api/v1.

@@ -98,19 +98,6 @@ def create_problems(body: dict[str, Any]) -> list[str]:
     return problems
 
 
-@pytest.fixture(scope="module")
-def shared_cloud() -> Iterator[FakeCloud]:
-    with FakeCloud() as cloud:
-        yield cloud
-
-
-@pytest.fixture
-def cloud(shared_cloud: FakeCloud) -> Iterator[FakeCloud]:
-    shared_cloud.reset()
-    yield shared_cloud
-    shared_cloud.reset()
-
-
 def test_checks_catch_what_the_official_client_never_sends() -> None:
     # The checks must be able to fail: the shapes issue 11 found in our old requests.
     assert query_problems({"num_gpus": {"eq": 1}, "type": "on-demand"}) == [

@@ -32,19 +32,6 @@ from atlas_tasks.testing.fakecloud.fly_machines import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def shared_cloud() -> Iterator[FakeCloud]:
-    with FakeCloud() as cloud:
-        yield cloud
-
-
-@pytest.fixture
-def cloud(shared_cloud: FakeCloud) -> Iterator[FakeCloud]:
-    shared_cloud.reset()
-    yield shared_cloud
-    shared_cloud.reset()
-
-
 def make_provider(cloud: FakeCloud, **options: Any) -> FlyMachinesProvider:
     options.setdefault("app", DEFAULT_APP)
     provider = get_provider("fly", api_key=cloud.api_key, base_url=fly_base_url(cloud.url),

@@ -32,19 +32,6 @@ pytestmark = pytest.mark.integration
 IMAGE = "ghcr.io/acme/infer:latest"
 
 
-@pytest.fixture(scope="module")
-def shared_cloud() -> Iterator[FakeCloud]:
-    with FakeCloud() as cloud:
-        yield cloud
-
-
-@pytest.fixture
-def cloud(shared_cloud: FakeCloud) -> Iterator[FakeCloud]:
-    shared_cloud.reset()
-    yield shared_cloud
-    shared_cloud.reset()
-
-
 def lambda_provider(cloud: FakeCloud, **settings: Any) -> LambdaLabsProvider:
     ctx = ProviderContext(api_key=cloud.api_key, base_url=cloud.lambda_labs_url,
                           settings=AtlasSettings(lambda_labs_ssh_key_name=DEFAULT_SSH_KEY,
