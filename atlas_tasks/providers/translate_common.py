@@ -15,11 +15,11 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from atlas_tasks.errors import ProviderError
+from atlas_tasks.errors import ProviderError, validation_error
 from atlas_tasks.specs import Port
 
 
@@ -143,3 +143,33 @@ __all__ = [
     "stripped_or_none",
     "tcp_port",
 ]
+
+
+def refuse_foreign_opts(opts: Mapping[str, Any], *, owned: Collection[str],
+                        known: Collection[str], unknown_why: str, allowed: Iterable[str],
+                        provider: str) -> None:
+    """Refuse ``provider_opts`` keys that may not pass into a provider's request body.
+
+    Args:
+        opts: the options (string keys).
+        owned: body fields atlas sets itself from the request (never overridden).
+        known: every field of the provider's body.
+        unknown_why: what a key outside ``known`` is not (e.g. "not in Lambda's
+            InstanceLaunchRequest").
+        allowed: the keys that would be accepted, listed in the error.
+        provider: provider name for the error.
+
+    Raises:
+        ValidationError: field ``provider_opts``, naming every refused key at once.
+    """
+    owned_keys = sorted(k for k in opts if k in owned)
+    unknown = sorted(k for k in opts if k not in known)
+    if not (owned_keys or unknown):
+        return
+    parts = []
+    if owned_keys:
+        parts.append(f"{', '.join(owned_keys)} set by atlas_tasks from the request")
+    if unknown:
+        parts.append(f"{', '.join(unknown)} {unknown_why}")
+    raise validation_error("provider_opts", f"{'; '.join(parts)}; allowed: "
+                           f"{', '.join(sorted(allowed))}", provider=provider)

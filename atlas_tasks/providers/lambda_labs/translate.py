@@ -28,6 +28,7 @@ from atlas_tasks.providers.translate_common import (
     drop_none,
     malformed,
     object_with_id,
+    refuse_foreign_opts,
     stripped_or_none,
     tcp_port,
 )
@@ -302,17 +303,9 @@ def launch_opts(request: ComputeRequest) -> dict[str, Any]:
             Lambda, or one atlas sets itself such as ``name`` or ``user_data``).
     """
     opts = {str(k): v for k, v in request.provider_opts.items() if k not in CONSUMED_OPTS}
-    owned = sorted(k for k in opts if k in OWN_LAUNCH_FIELDS)
-    unknown = sorted(k for k in opts if k not in LAUNCH_FIELDS)
-    if owned or unknown:
-        parts = []
-        if owned:
-            parts.append(f"{', '.join(owned)} set by atlas_tasks from the request")
-        if unknown:
-            parts.append(f"{', '.join(unknown)} not in Lambda's InstanceLaunchRequest")
-        raise validation_error(
-            "provider_opts", f"{'; '.join(parts)}; allowed: "
-            f"{', '.join(sorted(PASS_THROUGH_OPTS | CONSUMED_OPTS))}", provider=PROVIDER)
+    refuse_foreign_opts(opts, owned=OWN_LAUNCH_FIELDS, known=LAUNCH_FIELDS,
+                        unknown_why="not in Lambda's InstanceLaunchRequest",
+                        allowed=PASS_THROUGH_OPTS | CONSUMED_OPTS, provider=PROVIDER)
     return opts
 
 

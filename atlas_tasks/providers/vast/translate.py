@@ -25,6 +25,7 @@ from atlas_tasks.providers.translate_common import (
     as_float,
     as_int,
     malformed,
+    refuse_foreign_opts,
     stripped_or_none,
     tcp_port,
 )
@@ -239,16 +240,9 @@ def create_opts(request: ComputeRequest) -> dict[str, Any]:
             the official client's create body, or one atlas sets itself).
     """
     opts = {str(k): v for k, v in request.provider_opts.items()}
-    owned = sorted(k for k in opts if k in OWN_CREATE_FIELDS)
-    unknown = sorted(k for k in opts if k not in CREATE_FIELDS)
-    if owned or unknown:
-        parts = []
-        if owned:
-            parts.append(f"{', '.join(owned)} set by atlas_tasks from the request")
-        if unknown:
-            parts.append(f"{', '.join(unknown)} not a Vast create-instance field")
-        raise validation_error("provider_opts", f"{'; '.join(parts)}; allowed: "
-                               f"{', '.join(sorted(PASS_THROUGH_OPTS))}", provider=PROVIDER)
+    refuse_foreign_opts(opts, owned=OWN_CREATE_FIELDS, known=CREATE_FIELDS,
+                        unknown_why="not a Vast create-instance field",
+                        allowed=PASS_THROUGH_OPTS, provider=PROVIDER)
     runtype = opts.get("runtype")
     if runtype is not None and runtype not in RUNTYPES:
         raise validation_error("provider_opts.runtype", f"{runtype!r} is not a Vast run "
