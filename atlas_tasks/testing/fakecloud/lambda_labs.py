@@ -309,6 +309,17 @@ async def _body(request: Request) -> tuple[Any, JSONResponse | None]:
     return await json_body_or(request, _invalid)
 
 
+async def _instance_ids(request: Request) -> tuple[list[str], JSONResponse | None]:
+    """The ``instance_ids`` of a terminate or restart body, or Lambda's 400 answer."""
+    body, problem = await _body(request)
+    if problem is not None:
+        return [], problem
+    ids = body.get("instance_ids") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        return [], _invalid("instance_ids: a non-empty array of instance ids is required")
+    return ids, None
+
+
 def validate_launch(body: Any, store: LambdaState, strict: bool) -> JSONResponse | None:
     """None when the launch body is acceptable, else Lambda's 400 answer."""
     if not isinstance(body, dict):
@@ -408,12 +419,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         return JSONResponse({"data": {"instance_ids": [inst.id]}})
 
     async def terminate(request: Request) -> Response:
-        body, problem = await _body(request)
+        ids, problem = await _instance_ids(request)
         if problem is not None:
             return problem
-        ids = body.get("instance_ids") if isinstance(body, dict) else None
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            return _invalid("instance_ids: a non-empty array of instance ids is required")
         now = time.time()
         with lock:
             store.totals["terminate_calls"] += 1
@@ -434,12 +442,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     async def restart(request: Request) -> Response:
         # InstanceRestartRequest -> 200 {"data": {"restarted_instances": [Instance]}}: a
         # restarted instance boots again; an unknown or terminated id is a 404.
-        body, problem = await _body(request)
+        ids, problem = await _instance_ids(request)
         if problem is not None:
             return problem
-        ids = body.get("instance_ids") if isinstance(body, dict) else None
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            return _invalid("instance_ids: a non-empty array of instance ids is required")
         now = time.time()
         with lock:
             found = [store.live(i, now) for i in ids]
