@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
+from redis import Redis
 
 if TYPE_CHECKING:
     from atlas_tasks.config import AtlasSettings
@@ -45,7 +45,7 @@ def _default_providers(settings: AtlasSettings) -> ProviderFactory:
     return build
 
 
-def _default_publisher(client: redis.Redis) -> EventPublisher:
+def _default_publisher(client: Redis) -> EventPublisher:
     def publish(topic_id: str, type: str, data: dict[str, Any] | None = None, *,
                 topic: str = "compute") -> str | None:
         from atlas_tasks import events
@@ -69,7 +69,7 @@ class Dependencies:
         sleep: how the service waits (tests pass a no-op or a fake clock's advance).
     """
 
-    redis: redis.Redis
+    redis: Redis
     settings: AtlasSettings
     providers: ProviderFactory
     publish: EventPublisher
@@ -90,7 +90,7 @@ class Dependencies:
                    publish=_default_publisher(client))
 
     @classmethod
-    def from_client(cls, client: redis.Redis, *, settings: AtlasSettings | None = None,
+    def from_client(cls, client: Redis, *, settings: AtlasSettings | None = None,
                   providers: ProviderFactory | None = None,
                   publish: EventPublisher | None = None, **overrides: Any) -> Dependencies:
         """Dependencies around an explicit Redis client, for unit tests and embedding:
