@@ -291,14 +291,19 @@ def default_token_dir() -> Path:
     return Path.home() / ".atlas_tasks" / "fly-tokens"
 
 
-def storage_from_settings(settings: AtlasSettings | None = None) -> TokenStorage:
-    """The backend named by ``ATLAS_FLY_TOKEN_STORE`` (``redis`` by default)."""
+def storage_from_settings(settings: AtlasSettings | None = None, *,
+                          client: redis.Redis | None = None) -> TokenStorage:
+    """The backend named by ``ATLAS_FLY_TOKEN_STORE`` (``redis`` by default).
+
+    Args:
+        client: the Redis of the ``redis`` backend (default: the process-wide client).
+    """
     settings = settings or get_settings()
     if settings.fly_token_store == "file":
         return FileTokenStorage(settings.fly_token_dir or default_token_dir())
     if settings.fly_token_store == "memory":
         return MemoryTokenStorage()
-    return RedisTokenStorage(settings=settings)
+    return RedisTokenStorage(client, settings=settings)
 
 
 __all__ = [
