@@ -157,8 +157,9 @@ class FlyTokens:
                   cluster_lock: bool = True, cli: TokenCli | None = None) -> FlyTokens:
         """A chain reading nothing from globals: Redis, settings and clocks from ``deps``
         (the storage defaults to ``ATLAS_FLY_TOKEN_STORE`` over ``deps.redis``)."""
-        return cls(storage or storage_from_settings(deps.settings, client=deps.redis),
-                   settings=deps.settings, redis_client=deps.redis,
+        storage = storage or storage_from_settings(deps.settings, client=deps.redis,
+                                                   clock=deps.clock)
+        return cls(storage, settings=deps.settings, redis_client=deps.redis,
                    cluster_lock=cluster_lock, clock=deps.clock, cli=cli,
                    monotonic=deps.monotonic, sleep=deps.sleep)
 
