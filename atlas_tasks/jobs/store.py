@@ -298,6 +298,10 @@ return 'ok'
 """
 
 
+#: Fields :meth:`JobStore.summaries` reads (``id`` and ``status`` first: both required).
+_SUMMARY_FIELDS = ("id", "status", "provider", "endpoint", "created_at_ms")
+
+
 def job_key(job_id: str) -> str:
     """Redis key of a job's record."""
     return C.JOB_KEY.format(id=job_id)
@@ -365,6 +369,18 @@ class JobStore:
         """The record, or ``None`` when unknown or expired."""
         fields = cast(dict[str, str], self.r.hgetall(job_key(job_id)))
         return JobRecord.from_hash(fields) if fields else None
+
+    def summaries(self, keys: list[str]) -> list[JobRecord]:
+        """Light records (id, provider, endpoint, status, created_at_ms) of the given
+        record keys in one pipelined round trip, for scans (dashboard, metrics); keys
+        that expired in between are left out."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, *_SUMMARY_FIELDS)
+            answers = cast(list[list[str | None]], pipe.execute())
+        return [JobRecord.from_hash({k: v for k, v in zip(_SUMMARY_FIELDS, a, strict=True)
+                                     if v is not None})
+                for a in answers if a[0] and a[1]]
 
     def now_ms(self) -> int:
         """Redis server time in ms (the clock every web node and worker shares)."""

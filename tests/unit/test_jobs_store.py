@@ -155,3 +155,12 @@ def test_keys_come_from_constants() -> None:
     assert lease_key("x") == "atlas:job-lease:x"
     assert event_keys("x") == ("atlas:job-events:x", "atlas:job-events-log:x")
     assert json.loads(events.Event(session_id="x", type="t").model_dump_json())["type"] == "t"
+
+
+def test_summaries_read_scanned_records_in_one_round_trip(st: JobStore) -> None:
+    _new(st, "a")
+    _submitted(st, "b")
+    summaries = st.summaries([job_key("a"), job_key("gone"), job_key("b")])
+    assert [(r.id, r.status, r.provider, r.endpoint) for r in summaries] == [
+        ("a", JobStatus.SUBMITTING, "runpod", "ep"), ("b", JobStatus.IN_QUEUE, "runpod", "ep")]
+    assert all(r.created_at_ms for r in summaries)
