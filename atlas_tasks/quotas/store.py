@@ -16,7 +16,7 @@ Key layout (declared once, below; ``{scope}`` is ``user`` or ``tenant``):
   USD per hour). It is the receipt that makes release idempotent: releasing deletes it in
   the same script that gives back what it lists, so a second release finds nothing.
 * :data:`RESERVATIONS_INDEX_KEY` sorted set — every live reservation by admission time,
-  for operators and for a sweep that releases the reservations of sessions that vanished.
+  so operators (and a later sweep) can find reservations whose session is gone.
 * :data:`PRICES_KEY` hash — a provider's catalog prices (USD per GPU-hour), refreshed from
   ``Provider.list_gpu_types()``.
 
@@ -149,6 +149,11 @@ def check_id(field: str, value: Any) -> str:
     if any(ch.isspace() or not ch.isprintable() for ch in text):
         raise validation_error(field, "must not contain spaces or control characters")
     return text
+
+
+def _check_session(session_id: Any) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise validation_error("session_id", "must be a non-empty string")
 
 
 def _check_count(field: str, value: Any) -> int:
@@ -654,8 +659,7 @@ class QuotaStore:
         ``price_known=False``; the session still counts. A session that already holds a
         reservation is answered with it, unchanged (retries reserve nothing twice).
         """
-        if not isinstance(session_id, str) or not session_id:
-            raise validation_error("session_id", "must be a non-empty string")
+        _check_session(session_id)
         micros = 0 if hourly_usd is None else to_micros("hourly_usd", hourly_usd)
         scopes = self._scopes(user_id, tenant_id)
         keys = [reservation_key(session_id), RESERVATIONS_INDEX_KEY]
@@ -697,6 +701,7 @@ class QuotaStore:
         admitted, or already released). The receipt is deleted in the same script that
         gives its amounts back, so no sequence of releases drives usage below zero.
         """
+        _check_session(session_id)
         reply = self._release(
             keys=[reservation_key(session_id), RESERVATIONS_INDEX_KEY],
             args=[session_id, _USAGE_PREFIX, _USAGE_SUFFIX],
@@ -710,6 +715,7 @@ class QuotaStore:
         shows up as usage above the limit, which refuses the next admission. ``None`` when
         the session holds no reservation (released already: nothing is re-reserved).
         """
+        _check_session(session_id)
         micros = to_micros("real_hourly_usd", real_hourly_usd)
         reply = self._correct(
             keys=[reservation_key(session_id)], args=[micros, _USAGE_PREFIX, _USAGE_SUFFIX]

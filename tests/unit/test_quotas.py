@@ -99,6 +99,16 @@ def test_bad_admission_arguments(redis_client: redis.Redis) -> None:
     with pytest.raises(ValidationError) as info:
         quotas.admit("", user_id="u1", client=redis_client)
     assert info.value.field == "session_id"
+    for call in (
+        lambda: quotas.release("", client=redis_client),
+        lambda: quotas.correct("", 1.0, client=redis_client),
+    ):
+        with pytest.raises(ValidationError) as info:
+            call()
+        assert info.value.field == "session_id"
+    with pytest.raises(ValidationError) as info:
+        quotas.correct("s1", -2, client=redis_client)
+    assert info.value.field == "real_hourly_usd"
     with pytest.raises(ValidationError) as info:
         quotas.record_spend(-1, user_id="u1", client=redis_client)
     assert info.value.field == "usd"
