@@ -32,8 +32,6 @@ from atlas_tasks.errors import AtlasError, validation_error
 from atlas_tasks.providers.base import (
     Provider,
     ProviderContext,
-    filter_computes,
-    status_filter,
 )
 from atlas_tasks.providers.http import create_once
 from atlas_tasks.providers.lambda_labs import translate
@@ -44,7 +42,6 @@ from atlas_tasks.specs import (
     ComputeRequest,
     ComputeStatus,
     GpuType,
-    canonical_gpu,
 )
 
 logger = logging.getLogger(__name__)
@@ -176,26 +173,11 @@ class LambdaLabsProvider(Provider):
         answer = self.client.call("GET", _instance_path(compute_id))
         return translate.instance_to_compute(translate.instance_from_get(answer.data))
 
-    def list_compute(
-        self,
-        *,
-        status: str | ComputeStatus | None = None,
-        name: str | None = None,
-        region: str | None = None,
-        gpu: str | None = None,
-    ) -> list[Compute]:
-        """``GET /instances``, filtered here (Lambda's list takes no filters).
-
-        Raises:
-            ValidationError: ``status`` or ``gpu`` is not a known value.
-        """
-        wanted = status_filter(status, provider=PROVIDER)
-        canonical = canonical_gpu(gpu) if gpu else None
+    def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
+        """``GET /instances`` (Lambda's list takes no filters)."""
         answer = self.client.call("GET", "/instances")
-        computes = [translate.instance_to_compute(item)
-                    for item in translate.instances_from_list(answer.data)]
-        return filter_computes(computes, status=wanted, name=name, region=region,
-                               gpu=canonical)
+        return [translate.instance_to_compute(item)
+                for item in translate.instances_from_list(answer.data)]
 
     def terminate(self, compute_id: str) -> None:
         """``POST /instance-operations/terminate``; ``NotFoundError`` for unknown ids.

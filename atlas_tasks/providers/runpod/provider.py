@@ -22,19 +22,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-from atlas_tasks.providers.base import Provider, ProviderContext, status_filter
+from atlas_tasks.providers.base import Provider, ProviderContext
 from atlas_tasks.providers.runpod import extras, pods, serverless
 from atlas_tasks.providers.runpod.client import RunPodClients
 from atlas_tasks.specs import (
     Capability,
     Compute,
     ComputeRequest,
-    ComputeStatus,
     GpuType,
     Job,
     JobRequest,
     JobStatus,
-    canonical_gpu,
 )
 
 
@@ -92,22 +90,9 @@ class RunPodProvider(Provider):
         """``GET /v2/pods/{id}``; ``NotFoundError`` when unknown."""
         return pods.get(self.clients.management, compute_id)
 
-    def list_compute(
-        self,
-        *,
-        status: str | ComputeStatus | None = None,
-        name: str | None = None,
-        region: str | None = None,
-        gpu: str | None = None,
-    ) -> list[Compute]:
-        """Pods of the account, filtered by status, exact name, region and canonical GPU.
-
-        Raises:
-            ValidationError: ``status`` or ``gpu`` is not a known value.
-        """
-        wanted = status_filter(status, provider=self.name)
-        return pods.list_pods(self.clients.management, status=wanted, name=name, region=region,
-                              gpu=canonical_gpu(gpu) if gpu else None)
+    def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
+        """``GET /v2/pods``: the pods of the account (v2 takes no filters)."""
+        return pods.list_pods(self.clients.management)
 
     def find_compute_by_name(self, name: str) -> Compute | None:
         """The not-terminated pod with exactly this name (from ``GET /v2/pods``), or None."""

@@ -30,8 +30,6 @@ from atlas_tasks.errors import AtlasError, ProviderError, validation_error
 from atlas_tasks.providers.base import (
     Provider,
     ProviderContext,
-    filter_computes,
-    status_filter,
 )
 from atlas_tasks.providers.http import create_once, is_maybe_created
 from atlas_tasks.providers.vast import translate
@@ -42,7 +40,6 @@ from atlas_tasks.specs import (
     ComputeRequest,
     ComputeStatus,
     GpuType,
-    canonical_gpu,
 )
 
 logger = logging.getLogger(__name__)
@@ -171,26 +168,11 @@ class VastProvider(Provider):
             raise self.not_found(f"instance {instance_id}")
         return translate.instance_to_compute(item)
 
-    def list_compute(
-        self,
-        *,
-        status: str | ComputeStatus | None = None,
-        name: str | None = None,
-        region: str | None = None,
-        gpu: str | None = None,
-    ) -> list[Compute]:
-        """``GET /instances/``, filtered here by status, exact label, region, canonical GPU.
-
-        Raises:
-            ValidationError: ``status`` or ``gpu`` is not a known value.
-        """
-        wanted = status_filter(status, provider=PROVIDER)
-        canonical = canonical_gpu(gpu) if gpu else None
+    def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
+        """``GET /instances/`` (the label is the compute's name)."""
         answer = self.client.call("GET", "/instances/", params=OWNER)
-        computes = [translate.instance_to_compute(item)
-                    for item in translate.instances_from_list(answer.data)]
-        return filter_computes(computes, status=wanted, name=name, region=region,
-                               gpu=canonical)
+        return [translate.instance_to_compute(item)
+                for item in translate.instances_from_list(answer.data)]
 
     def stop(self, compute_id: str) -> None:
         """``PUT /instances/{id}/ {"state": "stopped"}`` (the disk is kept and billed)."""
