@@ -23,15 +23,12 @@ in which case it is still ``provisioning``.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from atlas_tasks.errors import validation_error
-from atlas_tasks.providers.base import (
-    Provider,
-    ProviderContext,
-)
+from atlas_tasks.providers.base import ProviderContext
+from atlas_tasks.providers.common import HttpProvider
 from atlas_tasks.providers.fly_machines import machines, translate
 from atlas_tasks.providers.fly_machines.client import FlyClient
 from atlas_tasks.specs import (
@@ -42,7 +39,7 @@ from atlas_tasks.specs import (
 )
 
 
-class FlyMachinesProvider(Provider):
+class FlyMachinesProvider(HttpProvider):
     """Fly.io Machines (``provider="fly"``).
 
     Args:
@@ -63,11 +60,9 @@ class FlyMachinesProvider(Provider):
 
     def __init__(self, context: ProviderContext | None = None) -> None:
         super().__init__(context)
-        self.sleep: Callable[[float], None] = time.sleep
         self.rand: Callable[[], float] = random.random
-        # Late-bound lambdas: replacing provider.sleep/rand later (tests) still applies.
-        self.client = FlyClient(self.context, lambda seconds: self.sleep(seconds),
-                                lambda: self.rand())
+        # Late-bound: replacing provider.sleep/rand later (tests) still applies.
+        self.client = FlyClient(self.context, self.late_sleep, lambda: self.rand())
 
     def __repr__(self) -> str:
         return (f"FlyMachinesProvider(base_url={self.client.base_url!r}, "

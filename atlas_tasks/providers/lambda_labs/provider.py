@@ -23,16 +23,11 @@ What Lambda does not have, and how it shows here:
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from atlas_tasks.errors import AtlasError, validation_error
-from atlas_tasks.providers.base import (
-    Provider,
-    ProviderContext,
-)
+from atlas_tasks.providers.common import SingleApiProvider
 from atlas_tasks.providers.http import create_once
 from atlas_tasks.providers.lambda_labs import translate
 from atlas_tasks.providers.lambda_labs.client import LambdaClient
@@ -49,7 +44,7 @@ logger = logging.getLogger(__name__)
 PROVIDER = translate.PROVIDER
 
 
-class LambdaLabsProvider(Provider):
+class LambdaLabsProvider(SingleApiProvider):
     """Lambda Labs (``provider="lambda_labs"``): on-demand GPU VMs.
 
     Args:
@@ -62,18 +57,9 @@ class LambdaLabsProvider(Provider):
     name: ClassVar[str] = PROVIDER
     CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset({Capability.RAW_TCP})
 
-    def __init__(self, context: ProviderContext | None = None) -> None:
-        super().__init__(context)
-        self.sleep: Callable[[float], None] = time.sleep
-        # Late-bound so replacing provider.sleep later (tests) still applies.
-        self.client = LambdaClient(self.context, lambda seconds: self.sleep(seconds))
-
-    def __repr__(self) -> str:
-        return f"LambdaLabsProvider(base_url={self.client.base_url!r})"
-
-    def close(self) -> None:
-        """Close the pooled HTTP client."""
-        self.client.close()
+    def make_client(self) -> LambdaClient:
+        """Lambda's API client (see :mod:`.client`)."""
+        return LambdaClient(self.context, self.late_sleep)
 
     # ------------------------------------------------------------------ instances
     def ssh_key_name(self, request: ComputeRequest) -> str:
@@ -139,7 +125,7 @@ class LambdaLabsProvider(Provider):
             return translate.launched_id(answer.data)
 
         launched = create_once(launch, name=request.name, find_by_name=self.find_compute_by_name,
-                               max_retries=http.max_retries, sleep=lambda s: self.sleep(s),
+                               max_retries=http.max_retries, sleep=self.late_sleep,
                                backoff=http.backoff_delay, label=PROVIDER, action="launch",
                                kind="instance")
         if isinstance(launched, Compute):

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-from atlas_tasks.providers.base import Provider, ProviderContext
+from atlas_tasks.providers.base import ProviderContext
+from atlas_tasks.providers.common import HttpProvider
 from atlas_tasks.providers.runpod import extras, pods, serverless
 from atlas_tasks.providers.runpod.client import RunPodClients
 from atlas_tasks.specs import (
@@ -36,7 +37,7 @@ from atlas_tasks.specs import (
 )
 
 
-class RunPodProvider(Provider):
+class RunPodProvider(HttpProvider):
     """RunPod (``provider="runpod"``): REST v2 pods and catalog, serverless runtime.
 
     RunPod REST v2 has no spot (interruptible) pods, so ``spot`` is not among the
@@ -65,12 +66,10 @@ class RunPodProvider(Provider):
 
     def __init__(self, context: ProviderContext | None = None) -> None:
         super().__init__(context)
-        self.sleep: Callable[[float], None] = time.sleep
         self.clock: Callable[[], float] = time.monotonic
         self.rand: Callable[[], float] = random.random
-        # Late-bound lambdas: replacing provider.sleep/rand later (tests) still applies.
-        self.clients = RunPodClients(self.context, lambda seconds: self.sleep(seconds),
-                                     lambda: self.rand())
+        # Late-bound: replacing provider.sleep/rand later (tests) still applies.
+        self.clients = RunPodClients(self.context, self.late_sleep, lambda: self.rand())
 
     def __repr__(self) -> str:
         return f"RunPodProvider(base_url={self.clients.base_url('management')!r})"
