@@ -7,7 +7,9 @@ Implementers override the abstract methods; the optional ones (stop/start, serve
 jobs, the GPU catalog) default to raising ``AtlasError(kind="unsupported")``.
 ``spawn_compute`` is a template method: it handles ``auth`` (bearer token or signed-URL
 secret injected into the pod env) and then calls :meth:`Provider.create_compute`, so a
-provider never has to mint secrets itself.
+provider never has to mint secrets itself. ``list_compute`` is one too: it checks the
+filters, reads :meth:`Provider.list_all_compute` and filters the answer, so a provider
+only reads its account (one that filters server-side overrides ``list_compute`` itself).
 """
 
 from __future__ import annotations
