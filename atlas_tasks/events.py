@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, cast
 
 import redis
@@ -129,14 +129,18 @@ def _parse_entry(entry_id: str, fields: dict[str, str]) -> Event | None:
     return event
 
 
+def _replay_start(after: str | None) -> str:
+    """XRANGE's start: just after the stream id ``after`` (exclusive), else the beginning."""
+    return f"({after}" if after else "-"
+
+
 @wrap_redis_errors("events.history")
 def history(topic_id: str, *, topic: str = "compute", client: redis.Redis | None = None,
             after: str | None = None) -> list[Event]:
     """Events recorded for ``topic_id`` (oldest first), optionally after a stream id."""
     _, stream = _keys(topic, topic_id)
     r = client or get_redis()
-    start = f"({after}" if after else "-"
-    entries = cast(list[tuple[str, dict[str, str]]], r.xrange(stream, start, "+"))
+    entries = cast(list[tuple[str, dict[str, str]]], r.xrange(stream, _replay_start(after), "+"))
     return [e for e in (_parse_entry(i, f) for i, f in entries) if e is not None]
 
 
@@ -168,16 +172,18 @@ def subscribe(
     pubsub = r.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)  # subscribe *before* reading history: nothing falls between
     cursor = _Cursor(after, timeout, until)
-    try:
+
+    def candidates() -> Iterator[Event | None]:
+        # The replay, then live messages (None: a read that brought none) until the idle
+        # timeout; the cursor decides what is delivered and when to stop.
         if replay or after:
-            for past in history(topic_id, topic=topic, client=r, after=after):
-                if cursor.accept(past):
-                    yield past
-                    if cursor.done:
-                        return
+            yield from history(topic_id, topic=topic, client=r, after=after)
         while not cursor.timed_out():
             message = pubsub.get_message(timeout=cursor.wait_s())
-            event = _parse_live(str(message["data"])) if message else None
+            yield _parse_live(str(message["data"])) if message else None
+
+    try:
+        for event in candidates():
             if event is not None and cursor.accept(event):
                 yield event
                 if cursor.done:
@@ -203,24 +209,27 @@ async def asubscribe(
     pubsub = r.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(channel)
     cursor = _Cursor(after, timeout, until)
-    try:
+
+    async def candidates() -> AsyncGenerator[Event | None, None]:
+        # As in subscribe: the replay, then live messages until the idle timeout.
         if replay or after:
-            start = f"({after}" if after else "-"
-            entries = cast(list[tuple[str, dict[str, str]]], await r.xrange(stream, start, "+"))
+            entries = cast(list[tuple[str, dict[str, str]]],
+                           await r.xrange(stream, _replay_start(after), "+"))
             for entry_id, fields in entries:
-                event = _parse_entry(entry_id, fields)
-                if event is not None and cursor.accept(event):
-                    yield event
-                    if cursor.done:
-                        return
+                yield _parse_entry(entry_id, fields)
         while not cursor.timed_out():
             message = await pubsub.get_message(timeout=cursor.wait_s())
-            event = _parse_live(str(message["data"])) if message else None
+            yield _parse_live(str(message["data"])) if message else None
+
+    source = candidates()
+    try:
+        async for event in source:
             if event is not None and cursor.accept(event):
                 yield event
                 if cursor.done:
                     return
     finally:
+        await source.aclose()
         await pubsub.aclose()
         await r.aclose()
 

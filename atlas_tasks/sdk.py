@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import pydantic
 
@@ -51,6 +51,8 @@ from atlas_tasks.specs import (
 )
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+F = TypeVar("F", bound=Callable[..., Any])
 
 ProviderArg = str | type[Provider] | Provider | None
 
@@ -143,6 +145,64 @@ def _call_with_deadline(provider: Provider, fn: Callable[[], T], timeout_s: floa
     return outcome["value"]  # type: ignore[no-any-return]
 
 
+# --------------------------------------------------------------------------- per-id calls
+# get_compute/stop/start/terminate (by compute id) and get_job/cancel_job/stream_job (by
+# job id on an endpoint) differ only in the provider method they call, so each family is
+# built by one factory: the id check, provider resolution and error wrapping live once.
+# The Protocols give type checkers the public signatures; the built functions carry the
+# same signatures at runtime (help(), inspect.signature) plus their own name and docstring.
+
+
+class _ComputeCall(Protocol[T_co]):
+    """``fn(id, *, provider=None, api_key=None, base_url=None)``: one call on a compute."""
+
+    def __call__(self, id: str, *, provider: ProviderArg = None, api_key: str | None = None,
+                 base_url: str | None = None) -> T_co: ...
+
+
+class _JobCall(Protocol[T_co]):
+    """``fn(id, *, endpoint, provider=None, api_key=None, base_url=None)``: one job call."""
+
+    def __call__(self, id: str, *, endpoint: str, provider: ProviderArg = None,
+                 api_key: str | None = None, base_url: str | None = None) -> T_co: ...
+
+
+def _named(fn: F, name: str, returns: str, doc: str) -> F:
+    # The return annotation as a def would have it (a string: annotations are postponed).
+    fn.__name__ = fn.__qualname__ = name
+    fn.__annotations__ = {**fn.__annotations__, "return": returns}
+    fn.__doc__ = doc
+    return fn
+
+
+def _compute_call(
+    name: str, returns: str, op: Callable[[Provider, str], T], doc: str
+) -> _ComputeCall[T]:
+    """The public function ``name``: check the id, then ``op(provider, id)`` guarded."""
+
+    def call(id: str, *, provider: ProviderArg = None, api_key: str | None = None,
+             base_url: str | None = None) -> T:
+        compute_id = _require_id(id)
+        return _on_provider(provider, api_key, base_url, lambda p: op(p, compute_id))
+
+    return _named(call, name, returns, doc)
+
+
+def _job_call(
+    name: str, returns: str, op: Callable[[Provider, str, str], T], doc: str
+) -> _JobCall[T]:
+    """The public function ``name``: check id and endpoint, then ``op(provider, id,
+    endpoint)`` guarded."""
+
+    def call(id: str, *, endpoint: str, provider: ProviderArg = None,
+             api_key: str | None = None, base_url: str | None = None) -> T:
+        job_id, checked_endpoint = _require_job_ids(id, endpoint)
+        return _on_provider(provider, api_key, base_url,
+                            lambda p: op(p, job_id, checked_endpoint))
+
+    return _named(call, name, returns, doc)
+
+
 # --------------------------------------------------------------------------- compute
 
 
@@ -177,20 +237,16 @@ def spawn_compute(
     return _on_provider(provider, api_key, base_url, lambda p: p.spawn_compute(req))
 
 
-def get_compute(
-    id: str,
-    *,
-    provider: ProviderArg = None,
-    api_key: str | None = None,
-    base_url: str | None = None,
-) -> Compute:
+get_compute = _compute_call(
+    "get_compute",
+    "Compute",
+    lambda p, compute_id: p.get_compute(compute_id),
     """Current state of one resource.
 
     Raises:
         NotFoundError: unknown id.
-    """
-    compute_id = _require_id(id)
-    return _on_provider(provider, api_key, base_url, lambda p: p.get_compute(compute_id))
+    """,
+)
 
 
 def list_compute(
@@ -211,44 +267,30 @@ def list_compute(
     )
 
 
-def stop(
-    id: str,
-    *,
-    provider: ProviderArg = None,
-    api_key: str | None = None,
-    base_url: str | None = None,
-) -> None:
-    """Pause a resource, keeping its disk (``unsupported`` on some providers)."""
-    compute_id = _require_id(id)
-    _on_provider(provider, api_key, base_url, lambda p: p.stop(compute_id))
+stop = _compute_call(
+    "stop",
+    "None",
+    lambda p, compute_id: p.stop(compute_id),
+    """Pause a resource, keeping its disk (``unsupported`` on some providers).""",
+)
 
+start = _compute_call(
+    "start",
+    "None",
+    lambda p, compute_id: p.start(compute_id),
+    """Resume a stopped resource (``unsupported`` on some providers).""",
+)
 
-def start(
-    id: str,
-    *,
-    provider: ProviderArg = None,
-    api_key: str | None = None,
-    base_url: str | None = None,
-) -> None:
-    """Resume a stopped resource (``unsupported`` on some providers)."""
-    compute_id = _require_id(id)
-    _on_provider(provider, api_key, base_url, lambda p: p.start(compute_id))
-
-
-def terminate(
-    id: str,
-    *,
-    provider: ProviderArg = None,
-    api_key: str | None = None,
-    base_url: str | None = None,
-) -> None:
+terminate = _compute_call(
+    "terminate",
+    "None",
+    lambda p, compute_id: p.terminate(compute_id),
     """Destroy a resource.
 
     Raises:
         NotFoundError: unknown id (callers wanting idempotence may treat it as done).
-    """
-    compute_id = _require_id(id)
-    _on_provider(provider, api_key, base_url, lambda p: p.terminate(compute_id))
+    """,
+)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -293,47 +335,28 @@ def run_job(
     return _call(p, lambda: p.run_job(req))
 
 
-def get_job(
-    id: str,
-    *,
-    endpoint: str,
-    provider: ProviderArg = None,
-    api_key: str | None = None,
-    base_url: str | None = None,
-) -> Job:
-    """Status (and output when finished) of a job on ``endpoint``."""
-    job_id, endpoint = _require_job_ids(id, endpoint)
-    return _on_provider(provider, api_key, base_url,
-                        lambda p: p.get_job(job_id, endpoint=endpoint))
+get_job = _job_call(
+    "get_job",
+    "Job",
+    lambda p, job_id, endpoint: p.get_job(job_id, endpoint=endpoint),
+    """Status (and output when finished) of a job on ``endpoint``.""",
+)
 
+cancel_job = _job_call(
+    "cancel_job",
+    "None",
+    lambda p, job_id, endpoint: p.cancel_job(job_id, endpoint=endpoint),
+    """Cancel a queued or running job.""",
+)
 
-def cancel_job(
-    id: str,
-    *,
-    endpoint: str,
-    provider: ProviderArg = None,
-    api_key: str | None = None,
-    base_url: str | None = None,
-) -> None:
-    """Cancel a queued or running job."""
-    job_id, endpoint = _require_job_ids(id, endpoint)
-    _on_provider(provider, api_key, base_url,
-                 lambda p: p.cancel_job(job_id, endpoint=endpoint))
-
-
-def stream_job(
-    id: str,
-    *,
-    endpoint: str,
-    provider: ProviderArg = None,
-    api_key: str | None = None,
-    base_url: str | None = None,
-) -> Iterator[Any]:
-    """Partial outputs of a job as they arrive (a plain iterator)."""
-    job_id, endpoint = _require_job_ids(id, endpoint)
-    p = _provider(provider, api_key, base_url)
-    items = _call(p, lambda: iter(p.stream_job(job_id, endpoint=endpoint)))
-    return _guarded_iter(p, items)
+stream_job = _job_call(
+    "stream_job",
+    "Iterator[Any]",
+    # The provider's iterator is built inside the guarded call; each later next() is
+    # guarded on its own by _guarded_iter (a generator: calling it runs nothing yet).
+    lambda p, job_id, endpoint: _guarded_iter(p, iter(p.stream_job(job_id, endpoint=endpoint))),
+    """Partial outputs of a job as they arrive (a plain iterator).""",
+)
 
 
 # --------------------------------------------------------------------------- catalog

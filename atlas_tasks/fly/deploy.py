@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings, resolve_api_key
@@ -60,6 +61,15 @@ log = logging.getLogger(__name__)
 DEPLOY_ARGS = ("deploy", "--remote-only")
 
 _READ_SIZE = 65536
+
+
+class DeployLimits(TypedDict, total=False):
+    """The runner's time limits as keywords, passed through unchanged by the layers above
+    :func:`run_deploy` (``**limits: Unpack[DeployLimits]``); see :func:`run_deploy`."""
+
+    activity_timeout_s: float | None
+    max_timeout_s: float | None
+    kill_grace_s: float
 
 
 @dataclass

@@ -40,14 +40,14 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import AtlasError
 from atlas_tasks.fly import store
-from atlas_tasks.fly.deploy import DeployResult, error_of, run_deploy
+from atlas_tasks.fly.deploy import DeployLimits, DeployResult, error_of, run_deploy
 from atlas_tasks.fly.logs import LogPage, LogsClient
 from atlas_tasks.fly.store import DeployEvent, DeployExit, LogsEvent, StreamerOutcome
 from atlas_tasks.lease import Lease, new_owner_token
@@ -70,10 +70,8 @@ class DeployRunner(Protocol):
         *,
         project_path: str | os.PathLike[str] | None = None,
         on_line: Callable[[str], None] | None = None,
-        activity_timeout_s: float | None = None,
-        max_timeout_s: float | None = None,
-        kill_grace_s: float = C.FLY_DEPLOY_KILL_GRACE_S,
         settings: AtlasSettings | None = None,
+        **limits: Unpack[DeployLimits],
     ) -> DeployResult: ...
 
 
@@ -87,17 +85,16 @@ def stream_deploy(
     ticket: str | None = None,
     *,
     on_line: Callable[[str], None] | None = None,
-    activity_timeout_s: float | None = None,
-    max_timeout_s: float | None = None,
-    kill_grace_s: float = C.FLY_DEPLOY_KILL_GRACE_S,
     runner: DeployRunner = run_deploy,
+    **limits: Unpack[DeployLimits],
 ) -> DeployResult:
     """Run a deploy, publishing its output on the ``deploy`` topic of ``ticket``.
 
     Events (id ``ticket``): ``started``, then ``line`` ``{"line": text, "n": 1, 2, ...}``
     per non-empty line as it arrives, and always a final ``exit`` (:class:`DeployExit`:
     ``{"ok", "code", "error"}``; ``code`` is flyctl's exit code when it exited by itself).
-    Without a ticket nothing is published (``on_line`` still runs).
+    Without a ticket nothing is published (``on_line`` still runs). ``limits``
+    (:class:`~atlas_tasks.fly.deploy.DeployLimits`) reach the runner as they are.
 
     Raises:
         AtlasError: as :func:`~atlas_tasks.fly.deploy.run_deploy`, after ``exit`` was
@@ -121,13 +118,8 @@ def stream_deploy(
         deps.publish(ticket, str(DeployEvent.STARTED), {"app_dir": str(app_dir)}, topic="deploy")
     try:
         result = runner(
-            app_dir,
-            project_path=project_path,
-            on_line=publish_line,
-            activity_timeout_s=activity_timeout_s,
-            max_timeout_s=max_timeout_s,
-            kill_grace_s=kill_grace_s,
-            settings=deps.settings,
+            app_dir, project_path=project_path, on_line=publish_line, settings=deps.settings,
+            **limits,
         )
     except BaseException as exc:
         err = error_of(exc)

@@ -7,7 +7,9 @@ Implementers override the abstract methods; the optional ones (stop/start, serve
 jobs, the GPU catalog) default to raising ``AtlasError(kind="unsupported")``.
 ``spawn_compute`` is a template method: it handles ``auth`` (bearer token or signed-URL
 secret injected into the pod env) and then calls :meth:`Provider.create_compute`, so a
-provider never has to mint secrets itself.
+provider never has to mint secrets itself. ``list_compute`` is one too: it checks the
+filters, reads :meth:`Provider.list_all_compute` and filters the answer, so a provider
+only reads its account (one that filters server-side overrides ``list_compute`` itself).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from atlas_tasks.specs import (
     Job,
     JobRequest,
     JobStatus,
+    canonical_gpu,
 )
 
 
@@ -163,7 +166,6 @@ class Provider(abc.ABC):
     def get_compute(self, compute_id: str) -> Compute:
         """Current state of one resource; ``NotFoundError`` when unknown."""
 
-    @abc.abstractmethod
     def list_compute(
         self,
         *,
@@ -172,7 +174,28 @@ class Provider(abc.ABC):
         region: str | None = None,
         gpu: str | None = None,
     ) -> list[Compute]:
-        """Resources of this account, filtered (AND of the given filters)."""
+        """Resources of this account, filtered (AND of the given filters).
+
+        A template method: the filters are checked first (before any call), then
+        :meth:`list_all_compute` reads the account and the answer is filtered here, since
+        no supported cloud filters these fields server-side. A provider whose cloud does
+        may override this method instead.
+
+        Raises:
+            ValidationError: ``status`` or ``gpu`` is not a known value.
+        """
+        wanted = status_filter(status, provider=self.name)
+        wanted_gpu = canonical_gpu(gpu) if gpu else None
+        return filter_computes(self.list_all_compute(region=region), status=wanted, name=name,
+                               region=region, gpu=wanted_gpu)
+
+    def list_all_compute(self, *, region: str | None = None) -> Iterable[Compute]:
+        """Every resource of this account, in the order :meth:`list_compute` reports them.
+
+        ``region`` is only a hint for a cloud that can narrow by region server-side: the
+        answer is filtered again. Every provider implements this or :meth:`list_compute`.
+        """
+        raise self.unsupported("list_compute")
 
     def find_compute_by_name(self, name: str) -> Compute | None:
         """The live (not terminated) resource with exactly this name, if any."""

@@ -16,7 +16,9 @@ one place that does it:
 
 :class:`ClientPool` does this for any number of APIs (RunPod has three, Fly one);
 :class:`RefiningClient` is the one-API client that also refines error bodies and checks
-answers (Lambda Labs, Vast).
+answers (Lambda Labs, Vast). On the provider side, :class:`HttpProvider` holds the
+replaceable ``sleep`` its clients back off through, and :class:`SingleApiProvider` is the
+shape of the providers built on one :class:`RefiningClient`.
 
 Example::
 
@@ -28,13 +30,15 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.errors import AtlasError, UnauthorizedError
-from atlas_tasks.providers.base import ProviderContext
+from atlas_tasks.providers.base import Provider, ProviderContext
 from atlas_tasks.providers.http import ApiResponse, HttpClient
 
 
@@ -210,4 +214,53 @@ class RefiningClient:
         self._pool.close()
 
 
-__all__ = ["ClientPool", "RefiningClient", "bearer", "main_base_url"]
+class HttpProvider(Provider):
+    """A provider whose cloud is called through pooled :class:`HttpClient`\\ s.
+
+    Attributes:
+        sleep: every backoff sleep goes through it; replace it in tests.
+    """
+
+    def __init__(self, context: ProviderContext | None = None) -> None:
+        super().__init__(context)
+        self.sleep: Callable[[float], None] = time.sleep
+
+    def late_sleep(self, seconds: float) -> None:
+        """``self.sleep(seconds)`` with ``sleep`` looked up now: clients are handed this
+        method, so replacing ``provider.sleep`` after construction (tests) still applies."""
+        self.sleep(seconds)
+
+
+class SingleApiProvider(HttpProvider):
+    """An :class:`HttpProvider` with one API behind a :class:`RefiningClient` (Lambda Labs,
+    Vast): the client is built by :meth:`make_client`, shows in ``repr`` by its base URL
+    only (never the key), and is closed by :meth:`close`.
+
+    Attributes:
+        client: the provider's client.
+    """
+
+    def __init__(self, context: ProviderContext | None = None) -> None:
+        super().__init__(context)
+        self.client = self.make_client()
+
+    @abc.abstractmethod
+    def make_client(self) -> RefiningClient:
+        """The provider's client, backing off through :meth:`late_sleep`."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.client.base_url!r})"
+
+    def close(self) -> None:
+        """Close the pooled HTTP client."""
+        self.client.close()
+
+
+__all__ = [
+    "ClientPool",
+    "HttpProvider",
+    "RefiningClient",
+    "SingleApiProvider",
+    "bearer",
+    "main_base_url",
+]

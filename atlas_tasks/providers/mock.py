@@ -43,8 +43,6 @@ from atlas_tasks.errors import validation_error
 from atlas_tasks.providers.base import (
     Provider,
     ProviderContext,
-    filter_computes,
-    status_filter,
 )
 from atlas_tasks.providers.translate_common import tcp_port
 from atlas_tasks.specs import (
@@ -57,7 +55,6 @@ from atlas_tasks.specs import (
     JobRequest,
     JobStatus,
     Port,
-    canonical_gpu,
 )
 
 if TYPE_CHECKING:
@@ -289,21 +286,10 @@ class MockProvider(Provider):
             raise self.not_found(f"compute {compute_id}")
         return Compute.model_validate(record)
 
-    def list_compute(
-        self,
-        *,
-        status: str | ComputeStatus | None = None,
-        name: str | None = None,
-        region: str | None = None,
-        gpu: str | None = None,
-    ) -> list[Compute]:
+    def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
+        """Every mock compute (terminated ones too), oldest first."""
         self._pause()
-        wanted_status = status_filter(status)
-        wanted_gpu = canonical_gpu(gpu) if gpu else None
-        out = filter_computes(
-            (Compute.model_validate(record) for record in self._store.values("computes")),
-            status=wanted_status, name=name, region=region, gpu=wanted_gpu,
-        )
+        out = [Compute.model_validate(record) for record in self._store.values("computes")]
         out.sort(key=lambda c: (c.created_at or datetime.min.replace(tzinfo=UTC), c.id))
         return out
 

@@ -15,12 +15,14 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from atlas_tasks.errors import ProviderError, validation_error
 from atlas_tasks.specs import Port
+
+N = TypeVar("N", int, float)
 
 
 def malformed(provider: str, what: str, body: Any) -> ProviderError:
@@ -87,10 +89,7 @@ def as_int(value: Any, *, strings: bool = True) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if strings and isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return None
+        return _parsed(value, int)
     return None
 
 
@@ -101,11 +100,16 @@ def as_float(value: Any) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
+        return _parsed(value, float)
     return None
+
+
+def _parsed(text: str, parse: Callable[[str], N]) -> N | None:
+    """``parse(text.strip())``, or ``None`` when it raises ``ValueError``."""
+    try:
+        return parse(text.strip())
+    except ValueError:
+        return None
 
 
 def iso_datetime(text: str) -> datetime | None:
@@ -139,6 +143,8 @@ __all__ = [
     "loads_json",
     "malformed",
     "object_with_id",
+    "refuse_foreign_opts",
+    "refused_keys",
     "str_or_none",
     "stripped_or_none",
     "tcp_port",
@@ -162,14 +168,27 @@ def refuse_foreign_opts(opts: Mapping[str, Any], *, owned: Collection[str],
     Raises:
         ValidationError: field ``provider_opts``, naming every refused key at once.
     """
-    owned_keys = sorted(k for k in opts if k in owned)
-    unknown = sorted(k for k in opts if k not in known)
-    if not (owned_keys or unknown):
-        return
+    problem = refused_keys(opts, owned=owned, known=known, owned_why="from the request",
+                           unknown_why=unknown_why)
+    if problem:
+        raise validation_error("provider_opts", f"{problem}; allowed: "
+                               f"{', '.join(sorted(allowed))}", provider=provider)
+
+
+def refused_keys(given: Iterable[str], *, owned: Collection[str], known: Collection[str],
+                 owned_why: str, unknown_why: str) -> str | None:
+    """What is wrong with the keys ``given`` for a provider body, or ``None`` if nothing.
+
+    ``"<owned keys> set by atlas_tasks <owned_why>; <unknown keys> <unknown_why>"``: the
+    keys atlas sets itself (``owned``) and those outside the body's fields (``known``),
+    each group sorted, a group left out when it is empty.
+    """
+    keys = list(given)
+    owned_keys = sorted(k for k in keys if k in owned)
+    unknown = sorted(k for k in keys if k not in known)
     parts = []
     if owned_keys:
-        parts.append(f"{', '.join(owned_keys)} set by atlas_tasks from the request")
+        parts.append(f"{', '.join(owned_keys)} set by atlas_tasks {owned_why}")
     if unknown:
         parts.append(f"{', '.join(unknown)} {unknown_why}")
-    raise validation_error("provider_opts", f"{'; '.join(parts)}; allowed: "
-                           f"{', '.join(sorted(allowed))}", provider=provider)
+    return "; ".join(parts) or None

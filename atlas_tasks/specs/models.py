@@ -94,6 +94,15 @@ RESERVED_PROVIDER_OPTS: dict[str, str] = {
 RESERVED_NESTED_PROVIDER_OPTS: dict[str, dict[str, str]] = {"config": {"env": "env"}}
 
 
+def _mapping_or_empty(value: Any, message: str) -> Mapping[Any, Any]:
+    """``value`` when it is a mapping, ``{}`` for ``None``; else ``ValueError(message)``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(message)
+    return value
+
+
 def _check_provider_opts(value: Mapping[Any, Any]) -> dict[str, Any]:
     """Reject reserved keys, non-string keys and anything that is not plain JSON.
 
@@ -158,11 +167,8 @@ class ComputeRequest(_Request):
     @field_validator("provider_opts", mode="before")
     @classmethod
     def _provider_opts(cls, value: Any) -> Any:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise ValueError("must be a mapping of option name to JSON value")
-        return _check_provider_opts(value)
+        return _check_provider_opts(
+            _mapping_or_empty(value, "must be a mapping of option name to JSON value"))
 
     @field_validator("gpu")
     @classmethod
@@ -200,12 +206,8 @@ class ComputeRequest(_Request):
     @field_validator("env", mode="before")
     @classmethod
     def _env(cls, value: Any) -> Any:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise ValueError("env must be a mapping of NAME to value")
         out: dict[str, str] = {}
-        for k, v in value.items():
+        for k, v in _mapping_or_empty(value, "env must be a mapping of NAME to value").items():
             if not isinstance(k, str) or not k:
                 raise ValueError(f"variable name {k!r} must be a non-empty string")
             # Numbers are stringified (env={"N": 1}); None, bools and containers are junk.

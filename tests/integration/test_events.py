@@ -88,3 +88,14 @@ def test_async_subscribe(redis_url: str) -> None:
         return out
 
     assert asyncio.run(main()) == ["running", "terminated"]
+
+
+def test_async_resume_after_last_id_ends_on_idle_timeout() -> None:
+    """asubscribe replays only what follows ``after``, then stops after the idle timeout."""
+    first = events.publish("s5", "status", {"status": "spawning"})
+    events.publish("s5", "status", {"status": "running"})
+
+    async def main() -> list[str]:
+        return [e.data["status"] async for e in events.asubscribe("s5", after=first, timeout=0.3)]
+
+    assert asyncio.run(main()) == ["running"]

@@ -42,6 +42,7 @@ from atlas_tasks import client
 from atlas_tasks.contrib import _web
 from atlas_tasks.contrib.django.apps import options
 from atlas_tasks.errors import AtlasError
+from atlas_tasks.registry import SessionInfo
 
 View = Callable[..., HttpResponse]
 AsyncView = Callable[..., Awaitable[HttpResponse]]
@@ -51,13 +52,27 @@ class _Anonymous(Exception):
     """No owner for this request (not logged in)."""
 
 
-def _error(exc: AtlasError) -> JsonResponse:
+class _NotAllowed(Exception):
+    """The route does not serve this HTTP method."""
+
+    def __init__(self, methods: tuple[str, ...]) -> None:
+        super().__init__(*methods)
+        self.methods = list(methods)
+
+
+def _error_response(exc: Exception) -> HttpResponse:
+    """The response for what a view raised (see :func:`_json_errors`)."""
+    if isinstance(exc, _Anonymous):
+        return JsonResponse({"error": "forbidden", "message": "authentication required"},
+                            status=403)
+    if isinstance(exc, _NotAllowed):
+        return HttpResponseNotAllowed(exc.methods)
+    assert isinstance(exc, AtlasError)
     return JsonResponse(_web.error_body(exc), status=_web.status_for(exc))
 
 
-def _anonymous() -> JsonResponse:
-    return JsonResponse({"error": "forbidden", "message": "authentication required"},
-                        status=403)
+#: What a view may raise to be answered by :func:`_error_response`.
+_ANSWERED = (_Anonymous, _NotAllowed, AtlasError)
 
 
 def _owner_of(request: HttpRequest) -> Any:
@@ -84,27 +99,48 @@ async def _aowner_of(request: HttpRequest) -> Any:
     return owner
 
 
+def _allow(request: HttpRequest, methods: tuple[str, ...]) -> None:
+    if request.method not in methods:
+        raise _NotAllowed(methods)
+
+
+def _owned_session(request: HttpRequest, session_id: str, *methods: str) -> SessionInfo:
+    """The session's info, after the checks in the order every session route makes them:
+    an owner (else 403), an allowed method (else 405), the owner's session (else 404)."""
+    owner = _owner_of(request)
+    _allow(request, methods)
+    return _web.owned_info(session_id, owner)
+
+
+async def _aowned_session(request: HttpRequest, session_id: str, *methods: str
+                          ) -> SessionInfo:
+    """asyncio twin of :func:`_owned_session`."""
+    owner = await _aowner_of(request)
+    _allow(request, methods)
+    return await _web.aowned_info(session_id, owner)
+
+
 def _json_errors(view: View) -> View:
+    """Answer a missing owner, a refused method and any AtlasError as JSON / 405."""
+
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
             return view(request, *args, **kwargs)
-        except _Anonymous:
-            return _anonymous()
-        except AtlasError as exc:
-            return _error(exc)
+        except _ANSWERED as exc:
+            return _error_response(exc)
     return wrapper
 
 
 def _ajson_errors(view: AsyncView) -> AsyncView:
+    """asyncio twin of :func:`_json_errors`."""
+
     @functools.wraps(view)
     async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
             return await view(request, *args, **kwargs)
-        except _Anonymous:
-            return _anonymous()
-        except AtlasError as exc:
-            return _error(exc)
+        except _ANSWERED as exc:
+            return _error_response(exc)
     return wrapper
 
 
@@ -140,10 +176,7 @@ def sessions(request: HttpRequest) -> HttpResponse:
 @_json_errors
 def session(request: HttpRequest, session_id: str) -> HttpResponse:
     """``GET``: info; ``DELETE``: stop (202)."""
-    owner = _owner_of(request)
-    if request.method not in ("GET", "DELETE"):
-        return HttpResponseNotAllowed(["GET", "DELETE"])
-    info = _web.owned_info(session_id, owner)
+    info = _owned_session(request, session_id, "GET", "DELETE")
     if request.method == "GET":
         return JsonResponse(_web.info_body(info))
     client.stop_tracked(session_id)
@@ -153,10 +186,7 @@ def session(request: HttpRequest, session_id: str) -> HttpResponse:
 @_json_errors
 def touch(request: HttpRequest, session_id: str) -> HttpResponse:
     """``POST``: heartbeat (204)."""
-    owner = _owner_of(request)
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    _web.owned_info(session_id, owner)
+    _owned_session(request, session_id, "POST")
     client.touch(session_id)
     return HttpResponse(status=204)
 
@@ -164,10 +194,7 @@ def touch(request: HttpRequest, session_id: str) -> HttpResponse:
 @_json_errors
 def session_events(request: HttpRequest, session_id: str) -> HttpResponse:
     """``GET``: Server-Sent Events of the session."""
-    owner = _owner_of(request)
-    if request.method != "GET":
-        return HttpResponseNotAllowed(["GET"])
-    _web.owned_info(session_id, owner)
+    _owned_session(request, session_id, "GET")
     return _sse_response(request, session_id)
 
 
@@ -189,10 +216,7 @@ async def asessions(request: HttpRequest) -> HttpResponse:
 @_ajson_errors
 async def asession(request: HttpRequest, session_id: str) -> HttpResponse:
     """Async twin of :func:`session`."""
-    owner = await _aowner_of(request)
-    if request.method not in ("GET", "DELETE"):
-        return HttpResponseNotAllowed(["GET", "DELETE"])
-    info = await _web.aowned_info(session_id, owner)
+    info = await _aowned_session(request, session_id, "GET", "DELETE")
     if request.method == "GET":
         return JsonResponse(_web.info_body(info))
     await client.astop_tracked(session_id)
@@ -202,10 +226,7 @@ async def asession(request: HttpRequest, session_id: str) -> HttpResponse:
 @_ajson_errors
 async def atouch(request: HttpRequest, session_id: str) -> HttpResponse:
     """Async twin of :func:`touch`."""
-    owner = await _aowner_of(request)
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    await _web.aowned_info(session_id, owner)
+    await _aowned_session(request, session_id, "POST")
     await client.atouch(session_id)
     return HttpResponse(status=204)
 
@@ -213,8 +234,5 @@ async def atouch(request: HttpRequest, session_id: str) -> HttpResponse:
 @_ajson_errors
 async def asession_events(request: HttpRequest, session_id: str) -> HttpResponse:
     """Async twin of :func:`session_events`."""
-    owner = await _aowner_of(request)
-    if request.method != "GET":
-        return HttpResponseNotAllowed(["GET"])
-    await _web.aowned_info(session_id, owner)
+    await _aowned_session(request, session_id, "GET")
     return _sse_response(request, session_id)

@@ -23,30 +23,23 @@ in which case it is still ``provisioning``.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from atlas_tasks.errors import validation_error
-from atlas_tasks.providers.base import (
-    Provider,
-    ProviderContext,
-    filter_computes,
-    status_filter,
-)
+from atlas_tasks.providers.base import ProviderContext
+from atlas_tasks.providers.common import HttpProvider
 from atlas_tasks.providers.fly_machines import machines, translate
 from atlas_tasks.providers.fly_machines.client import FlyClient
 from atlas_tasks.specs import (
     Capability,
     Compute,
     ComputeRequest,
-    ComputeStatus,
     GpuType,
-    canonical_gpu,
 )
 
 
-class FlyMachinesProvider(Provider):
+class FlyMachinesProvider(HttpProvider):
     """Fly.io Machines (``provider="fly"``).
 
     Args:
@@ -67,11 +60,9 @@ class FlyMachinesProvider(Provider):
 
     def __init__(self, context: ProviderContext | None = None) -> None:
         super().__init__(context)
-        self.sleep: Callable[[float], None] = time.sleep
         self.rand: Callable[[], float] = random.random
-        # Late-bound lambdas: replacing provider.sleep/rand later (tests) still applies.
-        self.client = FlyClient(self.context, lambda seconds: self.sleep(seconds),
-                                lambda: self.rand())
+        # Late-bound: replacing provider.sleep/rand later (tests) still applies.
+        self.client = FlyClient(self.context, self.late_sleep, lambda: self.rand())
 
     def __repr__(self) -> str:
         return (f"FlyMachinesProvider(base_url={self.client.base_url!r}, "
@@ -115,28 +106,16 @@ class FlyMachinesProvider(Provider):
         machine = machines.get(self.client.api, app, machine_id)
         return translate.machine_to_compute(machine, app, self.client.default_app)
 
-    def list_compute(
-        self,
-        *,
-        status: str | ComputeStatus | None = None,
-        name: str | None = None,
-        region: str | None = None,
-        gpu: str | None = None,
-    ) -> list[Compute]:
-        """Machines of the app (destroyed ones excluded by Fly), filtered client-side by
-        status, exact name, region and canonical GPU.
+    def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
+        """Machines of the app (destroyed ones excluded by Fly; ``region`` asked of Fly).
 
         Raises:
-            ValidationError: ``status`` or ``gpu`` is not a known value; no app configured.
+            ValidationError: no app configured.
         """
-        wanted = status_filter(status, provider=self.name)
-        wanted_gpu = canonical_gpu(gpu) if gpu else None
         app = self.client.app()
         default = self.client.default_app
-        computes = [translate.machine_to_compute(m, app, default)
-                    for m in machines.list_machines(self.client.api, app, region=region)]
-        return filter_computes(computes, status=wanted, name=name, region=region,
-                               gpu=wanted_gpu)
+        return [translate.machine_to_compute(m, app, default)
+                for m in machines.list_machines(self.client.api, app, region=region)]
 
     def find_compute_by_name(self, name: str) -> Compute | None:
         """The not-destroyed machine of the app named exactly ``name``, or None."""

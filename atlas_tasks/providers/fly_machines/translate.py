@@ -47,6 +47,7 @@ from atlas_tasks.providers.translate_common import (
     iso_datetime,
     malformed,
     object_with_id,
+    refused_keys,
     str_or_none,
 )
 from atlas_tasks.specs import (
@@ -238,16 +239,10 @@ def machine_create_body(request: ComputeRequest) -> dict[str, Any]:
 def _check_keys(field: str, given: dict[str, Any], allowed: frozenset[str],
                 owned: frozenset[str], hint: str) -> None:
     """Reject keys Fly's definition lacks and keys atlas sets itself (naming them)."""
-    mine = sorted(k for k in given if k in owned)
-    unknown = sorted(k for k in given if k not in allowed)
-    if not mine and not unknown:
-        return
-    parts = []
-    if mine:
-        parts.append(f"{', '.join(mine)} set by atlas_tasks ({hint})")
-    if unknown:
-        parts.append(f"{', '.join(unknown)} not in Fly's definition")
-    raise validation_error(field, "; ".join(parts), provider=PROVIDER)
+    problem = refused_keys(given, owned=owned, known=allowed, owned_why=f"({hint})",
+                           unknown_why="not in Fly's definition")
+    if problem:
+        raise validation_error(field, problem, provider=PROVIDER)
 
 
 def guest_for(request: ComputeRequest) -> dict[str, Any]:

@@ -23,18 +23,11 @@ What Lambda does not have, and how it shows here:
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from atlas_tasks.errors import AtlasError, validation_error
-from atlas_tasks.providers.base import (
-    Provider,
-    ProviderContext,
-    filter_computes,
-    status_filter,
-)
+from atlas_tasks.providers.common import SingleApiProvider
 from atlas_tasks.providers.http import create_once
 from atlas_tasks.providers.lambda_labs import translate
 from atlas_tasks.providers.lambda_labs.client import LambdaClient
@@ -44,7 +37,6 @@ from atlas_tasks.specs import (
     ComputeRequest,
     ComputeStatus,
     GpuType,
-    canonical_gpu,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,7 +44,7 @@ logger = logging.getLogger(__name__)
 PROVIDER = translate.PROVIDER
 
 
-class LambdaLabsProvider(Provider):
+class LambdaLabsProvider(SingleApiProvider):
     """Lambda Labs (``provider="lambda_labs"``): on-demand GPU VMs.
 
     Args:
@@ -65,18 +57,9 @@ class LambdaLabsProvider(Provider):
     name: ClassVar[str] = PROVIDER
     CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset({Capability.RAW_TCP})
 
-    def __init__(self, context: ProviderContext | None = None) -> None:
-        super().__init__(context)
-        self.sleep: Callable[[float], None] = time.sleep
-        # Late-bound so replacing provider.sleep later (tests) still applies.
-        self.client = LambdaClient(self.context, lambda seconds: self.sleep(seconds))
-
-    def __repr__(self) -> str:
-        return f"LambdaLabsProvider(base_url={self.client.base_url!r})"
-
-    def close(self) -> None:
-        """Close the pooled HTTP client."""
-        self.client.close()
+    def make_client(self) -> LambdaClient:
+        """Lambda's API client (see :mod:`.client`)."""
+        return LambdaClient(self.context, self.late_sleep)
 
     # ------------------------------------------------------------------ instances
     def ssh_key_name(self, request: ComputeRequest) -> str:
@@ -142,7 +125,7 @@ class LambdaLabsProvider(Provider):
             return translate.launched_id(answer.data)
 
         launched = create_once(launch, name=request.name, find_by_name=self.find_compute_by_name,
-                               max_retries=http.max_retries, sleep=lambda s: self.sleep(s),
+                               max_retries=http.max_retries, sleep=self.late_sleep,
                                backoff=http.backoff_delay, label=PROVIDER, action="launch",
                                kind="instance")
         if isinstance(launched, Compute):
@@ -176,26 +159,11 @@ class LambdaLabsProvider(Provider):
         answer = self.client.call("GET", _instance_path(compute_id))
         return translate.instance_to_compute(translate.instance_from_get(answer.data))
 
-    def list_compute(
-        self,
-        *,
-        status: str | ComputeStatus | None = None,
-        name: str | None = None,
-        region: str | None = None,
-        gpu: str | None = None,
-    ) -> list[Compute]:
-        """``GET /instances``, filtered here (Lambda's list takes no filters).
-
-        Raises:
-            ValidationError: ``status`` or ``gpu`` is not a known value.
-        """
-        wanted = status_filter(status, provider=PROVIDER)
-        canonical = canonical_gpu(gpu) if gpu else None
+    def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
+        """``GET /instances`` (Lambda's list takes no filters)."""
         answer = self.client.call("GET", "/instances")
-        computes = [translate.instance_to_compute(item)
-                    for item in translate.instances_from_list(answer.data)]
-        return filter_computes(computes, status=wanted, name=name, region=region,
-                               gpu=canonical)
+        return [translate.instance_to_compute(item)
+                for item in translate.instances_from_list(answer.data)]
 
     def terminate(self, compute_id: str) -> None:
         """``POST /instance-operations/terminate``; ``NotFoundError`` for unknown ids.

@@ -22,23 +22,22 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-from atlas_tasks.providers.base import Provider, ProviderContext, status_filter
+from atlas_tasks.providers.base import ProviderContext
+from atlas_tasks.providers.common import HttpProvider
 from atlas_tasks.providers.runpod import extras, pods, serverless
 from atlas_tasks.providers.runpod.client import RunPodClients
 from atlas_tasks.specs import (
     Capability,
     Compute,
     ComputeRequest,
-    ComputeStatus,
     GpuType,
     Job,
     JobRequest,
     JobStatus,
-    canonical_gpu,
 )
 
 
-class RunPodProvider(Provider):
+class RunPodProvider(HttpProvider):
     """RunPod (``provider="runpod"``): REST v2 pods and catalog, serverless runtime.
 
     RunPod REST v2 has no spot (interruptible) pods, so ``spot`` is not among the
@@ -67,12 +66,10 @@ class RunPodProvider(Provider):
 
     def __init__(self, context: ProviderContext | None = None) -> None:
         super().__init__(context)
-        self.sleep: Callable[[float], None] = time.sleep
         self.clock: Callable[[], float] = time.monotonic
         self.rand: Callable[[], float] = random.random
-        # Late-bound lambdas: replacing provider.sleep/rand later (tests) still applies.
-        self.clients = RunPodClients(self.context, lambda seconds: self.sleep(seconds),
-                                     lambda: self.rand())
+        # Late-bound: replacing provider.sleep/rand later (tests) still applies.
+        self.clients = RunPodClients(self.context, self.late_sleep, lambda: self.rand())
 
     def __repr__(self) -> str:
         return f"RunPodProvider(base_url={self.clients.base_url('management')!r})"
@@ -92,22 +89,9 @@ class RunPodProvider(Provider):
         """``GET /v2/pods/{id}``; ``NotFoundError`` when unknown."""
         return pods.get(self.clients.management, compute_id)
 
-    def list_compute(
-        self,
-        *,
-        status: str | ComputeStatus | None = None,
-        name: str | None = None,
-        region: str | None = None,
-        gpu: str | None = None,
-    ) -> list[Compute]:
-        """Pods of the account, filtered by status, exact name, region and canonical GPU.
-
-        Raises:
-            ValidationError: ``status`` or ``gpu`` is not a known value.
-        """
-        wanted = status_filter(status, provider=self.name)
-        return pods.list_pods(self.clients.management, status=wanted, name=name, region=region,
-                              gpu=canonical_gpu(gpu) if gpu else None)
+    def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
+        """``GET /v2/pods``: the pods of the account (v2 takes no filters)."""
+        return pods.list_pods(self.clients.management)
 
     def find_compute_by_name(self, name: str) -> Compute | None:
         """The not-terminated pod with exactly this name (from ``GET /v2/pods``), or None."""

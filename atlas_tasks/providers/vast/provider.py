@@ -22,17 +22,10 @@ before anything is rented again.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from typing import ClassVar
 
 from atlas_tasks.errors import AtlasError, ProviderError, validation_error
-from atlas_tasks.providers.base import (
-    Provider,
-    ProviderContext,
-    filter_computes,
-    status_filter,
-)
+from atlas_tasks.providers.common import SingleApiProvider
 from atlas_tasks.providers.http import create_once, is_maybe_created
 from atlas_tasks.providers.vast import translate
 from atlas_tasks.providers.vast.client import VastClient
@@ -42,7 +35,6 @@ from atlas_tasks.specs import (
     ComputeRequest,
     ComputeStatus,
     GpuType,
-    canonical_gpu,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,7 +45,7 @@ PROVIDER = translate.PROVIDER
 OWNER = {"owner": "me"}
 
 
-class VastProvider(Provider):
+class VastProvider(SingleApiProvider):
     """Vast.ai (``provider="vast"``): marketplace GPU containers, on-demand or bid.
 
     Args:
@@ -67,17 +59,9 @@ class VastProvider(Provider):
     CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.SPOT, Capability.RAW_TCP})
 
-    def __init__(self, context: ProviderContext | None = None) -> None:
-        super().__init__(context)
-        self.sleep: Callable[[float], None] = time.sleep
-        self.client = VastClient(self.context, lambda seconds: self.sleep(seconds))
-
-    def __repr__(self) -> str:
-        return f"VastProvider(base_url={self.client.base_url!r})"
-
-    def close(self) -> None:
-        """Close the pooled HTTP client."""
-        self.client.close()
+    def make_client(self) -> VastClient:
+        """Vast's API client (see :mod:`.client`)."""
+        return VastClient(self.context, self.late_sleep)
 
     # ------------------------------------------------------------------ instances
     def search_offers(self, request: ComputeRequest) -> list[dict[str, object]]:
@@ -143,7 +127,7 @@ class VastProvider(Provider):
             return translate.new_contract_id(answer.data)
 
         return create_once(rent, name=request.name, find_by_name=self.find_compute_by_name,
-                           max_retries=http.max_retries, sleep=lambda s: self.sleep(s),
+                           max_retries=http.max_retries, sleep=self.late_sleep,
                            backoff=http.backoff_delay, label=PROVIDER, kind="instance")
 
     def _after_create(self, instance_id: str, request: ComputeRequest,
@@ -171,26 +155,11 @@ class VastProvider(Provider):
             raise self.not_found(f"instance {instance_id}")
         return translate.instance_to_compute(item)
 
-    def list_compute(
-        self,
-        *,
-        status: str | ComputeStatus | None = None,
-        name: str | None = None,
-        region: str | None = None,
-        gpu: str | None = None,
-    ) -> list[Compute]:
-        """``GET /instances/``, filtered here by status, exact label, region, canonical GPU.
-
-        Raises:
-            ValidationError: ``status`` or ``gpu`` is not a known value.
-        """
-        wanted = status_filter(status, provider=PROVIDER)
-        canonical = canonical_gpu(gpu) if gpu else None
+    def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
+        """``GET /instances/`` (the label is the compute's name)."""
         answer = self.client.call("GET", "/instances/", params=OWNER)
-        computes = [translate.instance_to_compute(item)
-                    for item in translate.instances_from_list(answer.data)]
-        return filter_computes(computes, status=wanted, name=name, region=region,
-                               gpu=canonical)
+        return [translate.instance_to_compute(item)
+                for item in translate.instances_from_list(answer.data)]
 
     def stop(self, compute_id: str) -> None:
         """``PUT /instances/{id}/ {"state": "stopped"}`` (the disk is kept and billed)."""
