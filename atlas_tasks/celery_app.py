@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings
-from atlas_tasks.result_backend import AtlasRedisBackend, uses_atlas_backend
+from atlas_tasks.result_backend import atlas_backend_class
 from atlas_tasks.worker_events import UnbufferedTaskEvents
 
 log = logging.getLogger(__name__)
@@ -197,12 +197,14 @@ def transport_config(settings: AtlasSettings) -> dict[str, Any]:
 
 
 class AtlasCelery(Celery):  # type: ignore[misc]  # untyped base
-    """Celery app whose plain ``redis://`` result backend is :class:`AtlasRedisBackend`."""
+    """Celery app whose plain ``redis://`` (``sentinel://``) result backend is
+    :class:`AtlasRedisBackend` (:class:`AtlasSentinelBackend`)."""
 
     def _get_backend(self) -> Any:
         url = self.conf.result_backend
-        if self.backend_cls is None and uses_atlas_backend(url):
-            return AtlasRedisBackend(app=self, url=url)
+        backend_cls = atlas_backend_class(url) if self.backend_cls is None else None
+        if backend_cls is not None:
+            return backend_cls(app=self, url=url)
         return super()._get_backend()
 
 

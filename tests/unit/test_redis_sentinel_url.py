@@ -167,7 +167,8 @@ def test_celery_app_for_a_sentinel_url_uses_sentinel_backends(
     monkeypatch.setenv("ATLAS_REDIS_URL", URL)
     app = get_app()
     assert app.conf.broker_url.startswith("sentinel://")
-    assert type(app.backend).__name__.endswith("SentinelBackend")
+    assert type(app.backend).__name__ == "AtlasSentinelBackend"
+    assert app.backend._transport_options["master_name"] == "mymaster"
     assert "s3cr" not in app.backend.as_uri()
     assert get_app() is app  # cached for these settings, not rebuilt per call
 
@@ -189,3 +190,11 @@ def test_explicit_sentinel_broker_gets_the_master_name() -> None:
     conf = transport_config(settings)
     assert conf["broker_url"] == "sentinel://x:1;sentinel://y:2"
     assert conf["broker_transport_options"]["master_name"] == "mymaster"
+
+
+def test_sentinel_result_backend_does_not_subscribe_on_send() -> None:
+    # Nothing listens on port 1: sending must not even try to reach the sentinels.
+    backend = create_app(AtlasSettings(redis_url="redis+sentinel://127.0.0.1:1/m")).backend
+    backend.on_task_call(None, "t-1")
+    assert backend.result_consumer._pubsub is None
+    assert not backend.result_consumer.subscribed_to
