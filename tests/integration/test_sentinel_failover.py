@@ -23,6 +23,7 @@ the master is killed; the test then checks what the README ("Production Redis") 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from atlas_tasks import constants as C
 from atlas_tasks import orchestrator
 from atlas_tasks.errors import NotTracked, TransportError
 from atlas_tasks.reaper import DATA_LOSS_GRACE_KEY
@@ -107,6 +109,12 @@ class Load:
 
     def succeeded_after(self, t: float, what: str, count: int = 1) -> bool:
         return sum(at > t and w == what for at, w in list(self.successes)) >= count
+
+
+def _beat_runs() -> int:
+    """How many times beat (redbeat, through the sentinels) has sent the reaper sweep."""
+    meta = get_redis().hget(f"{C.REDBEAT_KEY_PREFIX}atlas-reaper", "meta")
+    return int(json.loads(str(meta))["total_run_count"]) if meta else 0
 
 
 def _status(session_id: str) -> str:
@@ -217,6 +225,11 @@ def test_master_killed_under_load(sentinels: SentinelSet) -> None:
             logs,
         )
         assert set(pods.values()) <= tracked_pods()
+
+        # Beat reached the promoted master by itself and goes on sending the sweep.
+        runs = _beat_runs()
+        _wait(lambda: _beat_runs() >= runs + 2, 15, "beat to send sweeps after failover", logs)
+        assert cluster.beat is not None and cluster.beat.alive()
 
         # Idle reaping and spawning work on the promoted master.
         fresh = orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=1000)
