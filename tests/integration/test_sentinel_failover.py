@@ -48,6 +48,8 @@ pytestmark = pytest.mark.integration
 IMAGE = "ghcr.io/acme/infer:latest"
 #: Idle TTL of the load's sessions: far longer than a failover (about 2-4 s here).
 LONG_TTL_MS = 30_000
+#: The data nodes' password: it must reach no log line and no error message.
+PASSWORD = "fail0ver-s3cret"
 
 
 @pytest.fixture
@@ -57,7 +59,7 @@ def sentinels() -> Iterator[SentinelSet]:
         if in_ci():
             pytest.fail("redis-server is required in CI (.ci/run installs it)")
         pytest.skip("redis-server not installed")
-    with SentinelSet(replicas=2, sentinels=3, down_after_ms=1000) as deployment:
+    with SentinelSet(replicas=2, sentinels=3, down_after_ms=1000, password=PASSWORD) as deployment:
         yield deployment
 
 
@@ -186,6 +188,7 @@ def test_master_killed_under_load(sentinels: SentinelSet) -> None:
         raw = [exc for _, _, exc in load.errors if not isinstance(exc, TransportError)]
         assert not raw, f"non-TransportError failures: {raw!r}"
         asyncio.run(orchestrator.atouch(established[0].id))
+        assert all(PASSWORD not in str(exc) for _, _, exc in load.errors)
 
         # The failover is not a data loss: the epoch was replicated, no alarm.
         r = get_redis()
@@ -245,4 +248,7 @@ def test_master_killed_under_load(sentinels: SentinelSet) -> None:
         )
         for s in established:
             assert orchestrator.info(s.id).status == "running", logs()
+        processes = [*cluster.workers, *([cluster.beat] if cluster.beat else [])]
+        assert all(PASSWORD not in p.log() for p in processes)
+        assert "sentinel://:**@" in cluster.workers[0].log()  # the broker, masked
     assert time.monotonic() - started < 120

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -48,6 +49,7 @@ class _Node:
     port: int
     args: list[str]
     log_path: Path
+    password: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -64,6 +66,7 @@ class _Node:
         return redis.Redis(
             host="127.0.0.1",
             port=self.port,
+            password=self.password,
             socket_connect_timeout=0.5,
             socket_timeout=2,
             decode_responses=True,
@@ -112,6 +115,8 @@ class SentinelSet:
             unreachable before the sentinels call it down (the failover starts then).
         appendonly: AOF on the data nodes (what production runs; the registry's
             persistence check warns without it).
+        password: ``requirepass``/``masterauth`` of the data nodes (and the sentinels'
+            ``auth-pass``); the sentinels themselves take no password.
     """
 
     replicas: int = 2
@@ -119,6 +124,7 @@ class SentinelSet:
     down_after_ms: int = 1000
     failover_timeout_ms: int = 5000
     appendonly: bool = True
+    password: str | None = None
     directory: Path = field(
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="atlas-sentinel-"))
     )
@@ -163,6 +169,8 @@ class SentinelSet:
                 "--replica-read-only",
                 "yes",
             ]
+            if self.password:
+                args += ["--requirepass", self.password, "--masterauth", self.password]
             if i:
                 args += ["--replicaof", "127.0.0.1", str(master_port)]
             node = _Node(
@@ -170,6 +178,7 @@ class SentinelSet:
                 port,
                 args,
                 self.directory / f"redis-{port}.log",
+                self.password,
             )
             node.start()
             self.data_nodes.append(node)
@@ -201,6 +210,7 @@ class SentinelSet:
                 f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+                + (f"sentinel auth-pass {MASTER_NAME} {self.password}\n" if self.password else "")
             )
             node = _Node(
                 f"sentinel{len(self.sentinel_nodes) + 1}",
@@ -251,9 +261,10 @@ class SentinelSet:
     # ------------------------------------------------------------------ topology
     @property
     def url(self) -> str:
-        """``redis+sentinel://127.0.0.1:<s1>,127.0.0.1:<s2>,.../atlas/0``."""
+        """``redis+sentinel://[:password@]127.0.0.1:<s1>,127.0.0.1:<s2>,.../atlas/0``."""
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.sentinel_nodes)
-        return f"redis+sentinel://{hosts}/{MASTER_NAME}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis+sentinel://{auth}{hosts}/{MASTER_NAME}/0"
 
     def master_port(self) -> int:
         """The master's port according to the first sentinel that answers."""
