@@ -213,10 +213,14 @@ def client_for_url(url: str, **kwargs: Any) -> redis.Redis:
     :func:`redis_errors` turns into :class:`TransportError` for callers.
 
     Raises:
-        ValidationError: a malformed ``redis+sentinel://`` URL (field ``ATLAS_REDIS_URL``).
+        ValidationError: a malformed URL, e.g. an unknown scheme or a ``redis+sentinel://``
+            URL without a master name (field ``ATLAS_REDIS_URL``).
     """
     if not is_sentinel_url(url):
-        return redis.Redis.from_url(url, **kwargs)
+        try:
+            return redis.Redis.from_url(url, **kwargs)
+        except ValueError as exc:  # unknown scheme, bad port or db: redis-py's words
+            raise ValidationError(f"{_FIELD}: {exc}", field=_FIELD) from None
     spec = parse_sentinel_url(url)
     # redis-py's sentinel module is untyped.
     sentinel = cast(Any, Sentinel)(
@@ -231,7 +235,10 @@ def client_for_url(url: str, **kwargs: Any) -> redis.Redis:
 def async_client_for_url(url: str, **kwargs: Any) -> aioredis.Redis:
     """asyncio twin of :func:`client_for_url` (``redis.asyncio.sentinel`` for Sentinel)."""
     if not is_sentinel_url(url):
-        return aioredis.Redis.from_url(url, **kwargs)
+        try:
+            return aioredis.Redis.from_url(url, **kwargs)
+        except ValueError as exc:
+            raise ValidationError(f"{_FIELD}: {exc}", field=_FIELD) from None
     spec = parse_sentinel_url(url)
     sentinel = cast(Any, AsyncSentinel)(
         list(spec.sentinels),

@@ -198,3 +198,19 @@ def test_sentinel_result_backend_does_not_subscribe_on_send() -> None:
     backend.on_task_call(None, "t-1")
     assert backend.result_consumer._pubsub is None
     assert not backend.result_consumer.subscribed_to
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["rediss+sentinel://:hunter2@h:1/m", "http://:hunter2@h:1/0", "redis://:hunter2@h:port/0"],
+)
+def test_other_malformed_urls_name_the_field(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        client_for_url(url)
+    assert info.value.field == "ATLAS_REDIS_URL" and "hunter2" not in str(info.value)
+
+    async def build() -> aioredis.Redis:
+        return async_client_for_url(url)
+
+    with pytest.raises(ValidationError):
+        asyncio.run(build())
