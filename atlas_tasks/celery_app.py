@@ -197,11 +197,11 @@ def transport_config(settings: AtlasSettings) -> dict[str, Any]:
 
 
 class AtlasCelery(Celery):  # type: ignore[misc]  # untyped base
-    """Celery app whose plain ``redis://`` (``sentinel://``) result backend is
-    :class:`AtlasRedisBackend` (:class:`AtlasSentinelBackend`)."""
+    """Celery app whose plain ``redis://`` result backend is :class:`AtlasRedisBackend`."""
 
     def _get_backend(self) -> Any:
         url = self.conf.result_backend
+        # AtlasRedisBackend, or AtlasSentinelBackend for a sentinel:// URL.
         backend_cls = atlas_backend_class(url) if self.backend_cls is None else None
         if backend_cls is not None:
             return backend_cls(app=self, url=url)
