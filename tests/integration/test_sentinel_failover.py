@@ -23,6 +23,7 @@ the master is killed; the test then checks what the README ("Production Redis") 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -100,7 +101,7 @@ class Load:
                     ),
                 )
             for session_id in self.touched:
-                self._call("touch", lambda sid=session_id: orchestrator.touch(sid))
+                self._call("touch", functools.partial(orchestrator.touch, session_id))
             # The asyncio caller API goes through redis.asyncio's Sentinel client.
             self._call("atouch", lambda: asyncio.run(orchestrator.atouch(self.touched[0])))
             self.stop.wait(0.05)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kombu import Connection
+from kombu.connection import Connection
 
 #: Where Debian installs the server script that runs as the calling user (the
 #: ``/usr/sbin/rabbitmq-server`` wrapper switches to the ``rabbitmq`` user instead).

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import quote
 
 import redis
@@ -87,6 +88,12 @@ class _Node:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def _master_addr_port(client: redis.Redis) -> int:
+    """The master's port as one sentinel sees it (``SENTINEL GET-MASTER-ADDR-BY-NAME``)."""
+    addr = cast(tuple[str, int], client.sentinel_get_master_addr_by_name(MASTER_NAME))
+    return int(addr[1])
 
 
 def _wait(predicate: object, timeout: float, what: str, logs: str = "") -> None:
@@ -234,7 +241,8 @@ class SentinelSet:
     def _sentinel_ready(self, node: _Node) -> bool:
         client = node.client()
         try:
-            fields = client.sentinel_master(MASTER_NAME)
+            # redis-py's sentinel replies are typed loosely (a dict here).
+            fields = cast(dict[str, Any], client.sentinel_master(MASTER_NAME))
             return (
                 int(fields.get("num-slaves", 0)) == self.replicas
                 and int(fields.get("num-other-sentinels", 0)) == self.sentinels - 1
@@ -273,8 +281,7 @@ class SentinelSet:
                 continue
             client = node.client()
             try:
-                _host, port = client.sentinel_get_master_addr_by_name(MASTER_NAME)
-                return int(port)
+                return _master_addr_port(client)
             except redis.RedisError:
                 continue
             finally:
@@ -317,14 +324,14 @@ class SentinelSet:
             for node in self.sentinel_nodes:
                 client = node.client()
                 try:
-                    ports.add(int(client.sentinel_get_master_addr_by_name(MASTER_NAME)[1]))
+                    ports.add(_master_addr_port(client))
                 finally:
                     client.close()
             if len(ports) != 1 or old_port in ports:
                 return False
             client = self.node(ports.pop()).client()
             try:
-                return client.info("replication")["role"] == "master"
+                return bool(client.info("replication")["role"] == "master")
             finally:
                 client.close()
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis
 import redis.asyncio as aioredis
-from kombu import Connection
+from kombu.connection import Connection
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.sentinel import SentinelConnectionPool
 
