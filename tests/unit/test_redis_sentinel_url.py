@@ -214,3 +214,21 @@ def test_other_malformed_urls_name_the_field(url: str) -> None:
 
     with pytest.raises(ValidationError):
         asyncio.run(build())
+
+
+def test_beat_builds_its_sentinel_client_once() -> None:
+    from redbeat.schedulers import get_redis as redbeat_redis
+
+    from atlas_tasks.beat import pin_sentinel_client
+
+    app = create_app(AtlasSettings(redis_url=URL))
+    assert redbeat_redis(app) is not redbeat_redis(app)  # redbeat alone: one per call
+    pin_sentinel_client(app)
+    client = redbeat_redis(app)
+    assert client is redbeat_redis(app)
+    assert isinstance(client.connection_pool, SentinelConnectionPool)
+    assert client.connection_pool.service_name == "mymaster"
+    # A plain Redis URL is left to redbeat as before.
+    plain = create_app(AtlasSettings(redis_url="redis://127.0.0.1:1/0"))
+    pin_sentinel_client(plain)
+    assert redbeat_redis(plain) is redbeat_redis(plain)
