@@ -85,12 +85,13 @@ def _redact_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:  # not a URL at all: it could be anything, a bare secret included
         return url if "@" not in url else "<unparsable redis url>"
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
+    # The last "@" ends the credentials, even when an unencoded "/" or "@" is part of the
+    # password (an "@" in the path would hide more than needed: the safe direction).
+    userinfo, at, after = rest.rpartition("@")
     if not at or ":" not in userinfo:
         return url
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hosts}{slash}{path}"
+    return f"{scheme}://{user}:***@{after}"
 
 
 # ---------------------------------------------------------------- Redis Sentinel

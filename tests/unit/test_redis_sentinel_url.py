@@ -95,6 +95,7 @@ def test_get_redis_raises_the_validation_error(monkeypatch: pytest.MonkeyPatch) 
         ("sentinel://:p@a:1/0;sentinel://:p@b:2/0", "sentinel://:***@a:1/0;sentinel://:***@b:2/0"),
         ("amqp://guest:guest@localhost:5672//", "amqp://guest:***@localhost:5672//"),
         ("not a url with p@ss", "<unparsable redis url>"),
+        ("redis://:pa/ss@w@rd@h:1/0", "redis://:***@h:1/0"),
     ],
 )
 def test_redacted_url_multi_host_forms(url: str, shown: str) -> None:
