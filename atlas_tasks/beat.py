@@ -25,13 +25,39 @@ import logging
 from typing import Any
 
 from celery import Celery
-from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
+from redbeat.schedulers import (
+    LUA_EXTEND_TO_SCRIPT,
+    REDBEAT_SENTINEL_KEY,
+    RedBeatScheduler,
+    get_redis,
+)
 from redis.exceptions import LockError, RedisError
+from redis.sentinel import Sentinel
 
 log = logging.getLogger("celery.beat")
 
 #: Seconds between attempts while Redis is unreachable.
 REDIS_RETRY_S = 1.0
+
+
+def pin_sentinel_client(app: Celery) -> None:
+    """With a ``redis-sentinel://`` ``redbeat_redis_url``, build redbeat's client once.
+
+    redbeat's ``get_redis`` calls ``Sentinel.master_for`` on *every* call when it manages
+    a Sentinel, so each of its several calls per tick made a new connection pool and a
+    new connection to the master (about 3 a second). The first client is kept instead:
+    a Sentinel-managed client asks the sentinels for the master on every reconnect, so it
+    follows a failover by itself. Without a Sentinel this does nothing.
+    """
+    if not str(app.conf.get("redbeat_redis_url") or "").startswith("redis-sentinel"):
+        return
+    try:
+        get_redis(app)  # builds the Sentinel and the first master client
+    except RedisError:
+        return  # no sentinel answered yet: redbeat keeps its per-call clients
+    if isinstance(getattr(app, REDBEAT_SENTINEL_KEY, None), Sentinel):
+        # Without the Sentinel attribute, get_redis returns the client it already built.
+        delattr(app, REDBEAT_SENTINEL_KEY)
 
 
 class AtlasRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # untyped base
@@ -46,6 +72,7 @@ class AtlasRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # untyped 
         app.conf.task_send_sent_event = False
         self._announced: set[str] = set()
         self._had_lock = True  # only the first failed extension of a tenure is logged
+        pin_sentinel_client(app)
         super().__init__(app, **kwargs)
 
     def tick(self, min: Any = min, **kwargs: Any) -> float:

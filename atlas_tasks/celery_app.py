@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings
-from atlas_tasks.result_backend import AtlasRedisBackend, uses_atlas_backend
+from atlas_tasks.result_backend import atlas_backend_class
 from atlas_tasks.worker_events import UnbufferedTaskEvents
 
 log = logging.getLogger(__name__)
@@ -45,18 +45,10 @@ TASK_MODULES = ["atlas_tasks.tasks.compute", "atlas_tasks.tasks.reaper", "atlas_
 def build_config(settings: AtlasSettings) -> dict[str, Any]:
     """Celery settings derived from atlas settings."""
     reap_s = settings.reap_interval_ms / 1000
-    return {
-        "broker_url": settings.effective_broker_url,
-        # A plain URL: AtlasCelery picks AtlasRedisBackend for it in code, so that
-        # `celery inspect conf` and Flower can still parse (and censor) the setting.
-        "result_backend": settings.effective_result_backend,
+    config: dict[str, Any] = {
+        # broker_url, result_backend, their transport options and redbeat's connection:
+        # transport_config() below, which knows Sentinel and RabbitMQ.
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout_s,
-            # Look for unacked messages of dead workers every 2 s instead of every 100 s.
-            "unacked_restore_interval": 2,
-            "unacked_restore_throttle": 1,
-        },
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -82,18 +74,9 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
         },
         # redbeat, made to survive Redis restarts and outages (atlas_tasks.beat).
         "beat_scheduler": "atlas_tasks.beat:AtlasRedBeatScheduler",
-        "redbeat_redis_url": settings.redis_url,
         "redbeat_key_prefix": C.REDBEAT_KEY_PREFIX,
         # Short lock: if beat dies, a standby beat takes over within seconds.
         "redbeat_lock_timeout": max(5, int(reap_s * 5)),
-        # redbeat's own Redis client does not retry: without this, beat exits on the
-        # first connection error (a Redis restart). OSError covers a refused reconnect.
-        "redbeat_redis_options": {
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 30,
-                           supported_errors=(RedisConnectionError, RedisTimeoutError,
-                                             OSError)),
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
-        },
         "beat_max_loop_interval": max(0.5, min(reap_s, 5.0)),
         "beat_schedule": {
             "atlas-reaper": {
@@ -107,6 +90,110 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
             }
         },
     }
+    config.update(transport_config(settings))
+    return config
+
+
+#: Broker URL schemes served by kombu's Redis transports (visibility timeout & co. apply).
+_REDIS_BROKER_SCHEMES = ("redis", "rediss", "sentinel", "redis+socket", "socket")
+
+
+def transport_config(settings: AtlasSettings) -> dict[str, Any]:
+    """Where Celery's broker, result backend and redbeat connect, and how.
+
+    * Plain ``ATLAS_REDIS_URL``: broker, results and redbeat all use it (as before).
+    * ``ATLAS_REDIS_URL=redis+sentinel://...``: the broker and results use kombu's/Celery's
+      own Sentinel transport (``sentinel://h1:p1/db;sentinel://h2:p2/db`` with
+      ``master_name`` in ``broker_transport_options`` and
+      ``result_backend_transport_options``), redbeat its ``redis-sentinel://`` support
+      (``sentinels`` and ``service_name`` in ``redbeat_redis_options``).
+    * ``ATLAS_BROKER_URL`` / ``ATLAS_RESULT_BACKEND`` win when given; a ``sentinel://``
+      one gets the master name of a Sentinel ``ATLAS_REDIS_URL``. An ``amqp://`` broker
+      (RabbitMQ) gets publisher confirms instead of the Redis-only options
+      (visibility timeout, unacked restore), which mean nothing to it.
+
+    Raises:
+        ValidationError: a malformed Sentinel ``ATLAS_REDIS_URL``.
+    """
+    from urllib.parse import quote
+
+    from atlas_tasks.redis_conn import (
+        SENTINEL_SOCKET_TIMEOUT_S,
+        is_sentinel_url,
+        parse_sentinel_url,
+    )
+
+    sentinel = parse_sentinel_url(settings.redis_url) if is_sentinel_url(
+        settings.redis_url) else None
+    derived = settings.redis_url
+    master: dict[str, Any] = {}
+    if sentinel is not None:
+        auth = ""
+        if sentinel.password:
+            auth = f"{quote(sentinel.username or '', safe='')}:" \
+                   f"{quote(sentinel.password, safe='')}@"
+        derived = ";".join(
+            f"sentinel://{auth}{f'[{h}]' if ':' in h else h}:{p}/{sentinel.db}"
+            for h, p in sentinel.sentinels)
+        master = {"master_name": sentinel.master_name,
+                  # Ask the sentinels with a short timeout and without the master's
+                  # password (kombu would send its connection options otherwise).
+                  "sentinel_kwargs": {"socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+                                      "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S}}
+    broker = settings.broker_url or derived
+    backend = settings.result_backend or derived
+    scheme = broker.split("://", 1)[0].lower()
+    transport: dict[str, Any]
+    if scheme in _REDIS_BROKER_SCHEMES:
+        transport = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for unacked messages of dead workers every 2 s instead of every 100 s.
+            "unacked_restore_interval": 2,
+            "unacked_restore_throttle": 1,
+        }
+        if scheme == "sentinel":
+            transport.update(master)
+    elif scheme in ("amqp", "amqps", "pyamqp"):
+        # A spawn/terminate message is sent once: wait for RabbitMQ to take it.
+        transport = {"confirm_publish": True}
+    else:
+        transport = {}
+    config: dict[str, Any] = {
+        "broker_url": broker,
+        # A plain URL: AtlasCelery picks AtlasRedisBackend for it in code, so that
+        # `celery inspect conf` and Flower can still parse (and censor) the setting.
+        "result_backend": backend,
+        "broker_transport_options": transport,
+    }
+    if backend.lower().startswith("sentinel://"):
+        config["result_backend_transport_options"] = dict(master)
+    if sentinel is not None:
+        # redbeat reads only the scheme of this URL; the sentinels come from the options.
+        host, port = sentinel.sentinels[0]
+        config["redbeat_redis_url"] = f"redis-sentinel://{host}:{port}/{sentinel.db}"
+        options: dict[str, Any] = {
+            "sentinels": list(sentinel.sentinels),
+            "service_name": sentinel.master_name,
+            "db": sentinel.db,
+            "socket_timeout": 5,
+            "sentinel_kwargs": dict(master["sentinel_kwargs"]),
+        }
+        if sentinel.password:
+            options["password"] = sentinel.password
+        if sentinel.username:
+            options["username"] = sentinel.username
+        config["redbeat_redis_options"] = options
+    else:
+        config["redbeat_redis_url"] = settings.redis_url
+        # redbeat's own Redis client does not retry: without this, beat exits on the
+        # first connection error (a Redis restart). OSError covers a refused reconnect.
+        config["redbeat_redis_options"] = {
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 30,
+                           supported_errors=(RedisConnectionError, RedisTimeoutError,
+                                             OSError)),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
+        }
+    return config
 
 
 class AtlasCelery(Celery):  # type: ignore[misc]  # untyped base
@@ -114,8 +201,10 @@ class AtlasCelery(Celery):  # type: ignore[misc]  # untyped base
 
     def _get_backend(self) -> Any:
         url = self.conf.result_backend
-        if self.backend_cls is None and uses_atlas_backend(url):
-            return AtlasRedisBackend(app=self, url=url)
+        # AtlasRedisBackend, or AtlasSentinelBackend for a sentinel:// URL.
+        backend_cls = atlas_backend_class(url) if self.backend_cls is None else None
+        if backend_cls is not None:
+            return backend_cls(app=self, url=url)
         return super()._get_backend()
 
 
@@ -233,7 +322,8 @@ def get_app() -> Celery:
     if _attached is not None:
         return _attached
     settings = get_settings()
-    key = (settings.effective_broker_url, settings.effective_result_backend)
+    derived = transport_config(settings)
+    key = (derived["broker_url"], derived["result_backend"])
     if (app.conf.broker_url, app.conf.result_backend) == key:
         return app
     other = _apps_by_url.get(key)
@@ -276,7 +366,9 @@ def persistence_problem(client: redis.Redis) -> str | None:
 
 def warn_if_redis_not_persistent(url: str) -> str | None:
     """Log a warning when the registry's Redis at ``url`` lacks persistence; returns it."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    from atlas_tasks.redis_conn import client_for_url
+
+    client = client_for_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
         problem = persistence_problem(client)
     except redis.RedisError as exc:

@@ -43,7 +43,7 @@ from atlas_tasks.errors import (
     ValidationError,
 )
 from atlas_tasks.providers import Provider, provider_class
-from atlas_tasks.redis_conn import get_redis, wrap_redis_errors
+from atlas_tasks.redis_conn import async_client_for_url, get_redis, wrap_redis_errors
 from atlas_tasks.registry import (
     _LIST_USER,
     _RECORD_PREFIX,
@@ -442,7 +442,7 @@ def _aredis() -> aioredis.Redis:
     per_loop = _aclients.setdefault(loop, {})
     client = per_loop.get(settings.redis_url)
     if client is None:
-        client = per_loop[settings.redis_url] = aioredis.Redis.from_url(
+        client = per_loop[settings.redis_url] = async_client_for_url(
             settings.redis_url, decode_responses=True,
             max_connections=settings.redis_max_connections)
     return client

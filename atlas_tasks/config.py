@@ -122,9 +122,12 @@ class AtlasSettings(BaseSettings):
     # ---- redis / celery
     redis_url: str = Field(
         default=constants.DEFAULT_REDIS_URL,
-        description="Registry, events, and (unless overridden) broker and results.")
+        description="Registry, events, and (unless overridden) broker and results: "
+                    "`redis://`, `rediss://` or Sentinel's `redis+sentinel://` (README, "
+                    "Production Redis).")
     broker_url: str | None = Field(
-        default=None, description="Celery broker (default: the Redis URL).")
+        default=None, description="Celery broker (default: the Redis URL); e.g. "
+                                  "`amqp://` for RabbitMQ.")
     result_backend: str | None = Field(
         default=None, description="Celery result backend (default: the Redis URL).")
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import redis
 
 from atlas_tasks import constants as C
+from atlas_tasks.redis_conn import client_for_url
 from atlas_tasks.registry import registry_for
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class ExpiryListener(threading.Thread):
         backoff = 0.5
         while not self.stopping.is_set():
             try:
-                client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+                client = client_for_url(self.redis_url, decode_responses=True)
                 if not enable_expiry_events(client):
                     self.enabled = False
                     self.ready.set()

@@ -213,11 +213,11 @@ class Check:
 
 
 def _client(url: str) -> redis.Redis:
-    import redis
+    from atlas_tasks.redis_conn import client_for_url
 
     # Short timeouts and no retries: the doctor must answer fast when Redis is down.
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=3,
-                                decode_responses=True)
+    return client_for_url(url, socket_connect_timeout=2, socket_timeout=3,
+                          decode_responses=True)
 
 
 def run_checks(queue_timeout: float = 1.0) -> Iterator[Check]:

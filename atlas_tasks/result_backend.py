@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.backends.redis import RedisBackend, ResultConsumer
+from celery.backends.redis import RedisBackend, ResultConsumer, SentinelBackend
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -60,3 +60,25 @@ def uses_atlas_backend(url: str | None) -> bool:
     ``celery inspect conf`` and Flower can parse (a ``module:Class+redis://`` URL made
     them fail with "Port could not be cast to integer")."""
     return bool(url) and str(url).startswith(ATLAS_SCHEMES)
+
+
+class AtlasSentinelBackend(SentinelBackend):  # type: ignore[misc]  # untyped base
+    """Celery's Redis Sentinel result backend (``sentinel://...;sentinel://...``, what a
+    ``redis+sentinel://`` ``ATLAS_REDIS_URL`` derives) with the same two changes as
+    :class:`AtlasRedisBackend`: no subscription on send, a cancel that never blocks."""
+
+    ResultConsumer = AtlasResultConsumer
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Do not subscribe on send: ``AsyncResult.get()`` subscribes on demand."""
+
+
+def atlas_backend_class(url: str | None) -> type[RedisBackend] | None:
+    """The atlas result backend class serving ``result_backend = url``:
+    :class:`AtlasRedisBackend` for plain Redis URLs, :class:`AtlasSentinelBackend` for
+    ``sentinel://`` ones, None for anything else (Celery's own choice stands)."""
+    if uses_atlas_backend(url):
+        return AtlasRedisBackend
+    if url and str(url).lower().startswith("sentinel://"):
+        return AtlasSentinelBackend
+    return None
