@@ -22,13 +22,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, cast
 
 import redis
-import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
 from atlas_tasks.errors import ValidationError
-from atlas_tasks.redis_conn import get_redis, wrap_redis_errors
+from atlas_tasks.redis_conn import async_client_for_url, get_redis, wrap_redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,7 @@ async def asubscribe(
 ) -> AsyncIterator[Event]:
     """asyncio twin of :func:`subscribe` (for ASGI apps, Django Channels, websockets)."""
     channel, stream = _keys(topic, topic_id)
-    r = aioredis.Redis.from_url(redis_url or get_settings().redis_url, decode_responses=True)
+    r = async_client_for_url(redis_url or get_settings().redis_url, decode_responses=True)
     pubsub = r.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(channel)
     cursor = _Cursor(after, timeout, until)

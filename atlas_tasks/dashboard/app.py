@@ -36,7 +36,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -62,6 +61,7 @@ from atlas_tasks.dashboard.service import DashboardService, LiveTable
 from atlas_tasks.dashboard.settings import MIN_TOKEN_LENGTH, DashboardSettings
 from atlas_tasks.dashboard.web import KEEPALIVE_S, error_body, session_action, sse
 from atlas_tasks.errors import AtlasError, ValidationError
+from atlas_tasks.redis_conn import async_client_for_url
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class LiveFeed:
         to every session's channel, cluster-wide)."""
         prefix = C.EVENTS_CHANNEL.format(id="")
         while self._queues:
-            client = aioredis.Redis.from_url(self.redis_url, decode_responses=True)
+            client = async_client_for_url(self.redis_url, decode_responses=True)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(C.EVENTS_CHANNEL_PATTERN)

@@ -132,12 +132,12 @@ _redis_lock = threading.Lock()
 def _redis_client(url: str) -> redis.Redis:
     # One pooled client per URL for the process; redis-py resets pools after fork,
     # so Celery prefork children are safe.
-    import redis as redis_lib
+    from atlas_tasks.redis_conn import client_for_url
 
     with _redis_lock:
         client = _redis_clients.get(url)
         if client is None:
-            client = redis_lib.Redis.from_url(url, decode_responses=True)
+            client = client_for_url(url, decode_responses=True)
             _redis_clients[url] = client
         return client
 
