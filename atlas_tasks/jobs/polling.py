@@ -28,14 +28,25 @@ from typing import Any
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
-from atlas_tasks.errors import AtlasError, NotFoundError, UnknownError
-from atlas_tasks.lifecycle import is_transient, provider_for
-from atlas_tasks.providers import Provider
+from atlas_tasks.errors import AtlasError, NotFoundError, UnknownError, is_transient
+from atlas_tasks.providers import Provider, get_provider
 from atlas_tasks.providers.http import is_maybe_created
 from atlas_tasks.redis_conn import get_redis
+from atlas_tasks.sealing import unseal
 from atlas_tasks.specs import Job, JobRequest, JobStatus
 
 from .store import TERMINAL_STATUSES, JobStore
+
+
+def provider_for(record: dict[str, str]) -> Provider:
+    """The provider a job was submitted to, with its per-call key if any (was
+    ``atlas_tasks.lifecycle.provider_for``, which sessions replaced by their service)."""
+    api_key = None
+    if record.get("api_key_sealed"):
+        api_key = unseal(record["api_key_sealed"]).get("api_key")
+    return get_provider(record["provider"], api_key=api_key,
+                        base_url=record.get("base_url") or None)
+
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,11 @@
 
 Nothing here calls a provider. ``spawn`` mints the session's secret, records the session
 and a write-ahead intent in Redis and enqueues ``atlas.compute.spawn``; the rest are
-Redis reads/writes or enqueues. Any web node can serve any session: all state is in Redis.
+Redis reads/writes (through :class:`~atlas_tasks.sessions.store.SessionStore` and its
+asyncio twin) or enqueues. Any web node can serve any session: all state is in Redis.
+Queues are chosen by the Celery app's ``task_routes``, never here.
+
+Public names: :mod:`atlas_tasks.client`, re-exported as :mod:`atlas_tasks.orchestrator`.
 
 Example (a Django view)::
 
@@ -44,20 +48,15 @@ from atlas_tasks.errors import (
 )
 from atlas_tasks.providers import Provider, provider_class
 from atlas_tasks.redis_conn import get_redis, wrap_redis_errors
-from atlas_tasks.registry import (
-    _LIST_USER,
-    _RECORD_PREFIX,
-    _TOUCH,
-    _TOUCH_FAST,
-    Keys,
-    SessionInfo,
-    SessionRegistry,
-    info_from_reads,
-    record_to_info,
-    registry_for,
-    user_index_key,
-)
 from atlas_tasks.sealing import seal
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.store import (
+    AsyncSessionStore,
+    SessionInfo,
+    SessionStore,
+    canonical_user,
+    store_for,
+)
 from atlas_tasks.specs import AuthHandle, Compute, ComputeRequest, build_compute_request
 from atlas_tasks.specs.gpu import GPU_CATALOG, for_provider, lambda_instance_type
 
@@ -123,8 +122,8 @@ class Session:
         stop_tracked(self.id)
 
 
-def _registry() -> SessionRegistry:
-    return registry_for(get_redis(), publish_heartbeats=get_settings().heartbeat_events)
+def _store() -> SessionStore:
+    return store_for(get_redis(), publish_heartbeats=get_settings().heartbeat_events)
 
 
 def _provider_name(provider: Any) -> str:
@@ -211,41 +210,40 @@ def spawn(
         signing = new_signing_secret()
     wire_request = req.model_copy(update={"name": pod_name, "idle_ttl_ms": idle_ttl_ms})
     sealed = seal({"request": wire_request.model_dump(mode="json"), "secret": token or signing})
-    record = {
-        "id": session_id,
-        "provider": name,
-        "status": "spawning",
-        "pod_name": pod_name,
-        "label": req.name or "",
-        "user_id": json.dumps(user_id),
-        "idle_ttl_ms": str(idle_ttl_ms),
-        "auth": req.auth,
-        "token_hash": token_hash or "",
-        "base_url": base_url or "",
-        "gpu": req.gpu or "",
-        "image": req.image or "",
-    }
-    if api_key:
-        record["api_key_sealed"] = seal({"api_key": api_key})
-    # Kept (sealed) only while the spawn is in flight, so the reaper can re-send a spawn
-    # message the broker lost; removed when the spawn finishes or fails.
-    record["spawn_sealed"] = sealed
-    registry = _registry()
-    registry.create(session_id, record)  # a Redis failure: TransportError (decorator)
-    events.publish(session_id, "status", {"status": "spawning", "provider": name,
-                                          "user_id": user_id})
+    record = SessionRecord(
+        id=session_id,
+        provider=name,
+        status=SessionStatus.SPAWNING,
+        pod_name=pod_name,
+        label=req.name or "",
+        user_id=user_id,
+        idle_ttl_ms=idle_ttl_ms,
+        auth=req.auth,
+        token_hash=token_hash or "",
+        base_url=base_url or "",
+        gpu=req.gpu or "",
+        image=req.image or "",
+        api_key_sealed=seal({"api_key": api_key}) if api_key else None,
+        # Kept (sealed) only while the spawn is in flight, so the reaper can re-send a
+        # spawn message the broker lost; removed when the spawn finishes or fails.
+        spawn_sealed=sealed,
+    )
+    store = _store()
+    store.create(record)  # a Redis failure: TransportError (decorator)
+    events.publish(session_id, "status", {"status": SessionStatus.SPAWNING.value,
+                                          "provider": name, "user_id": user_id})
     from atlas_tasks.celery_app import get_app
     app = get_app()
 
     try:
         app.send_task(C.TASK_SPAWN, args=[session_id, sealed], task_id=f"atlas-spawn-{session_id}",
-                      queue=C.QUEUE_COMPUTE, **task_reprs.spawn(session_id, provider=name,
-                                                                gpu=req.gpu, user_id=user_id))
+                      **task_reprs.spawn(session_id, provider=name, gpu=req.gpu,
+                                         user_id=user_id))
     except Exception as exc:
         error = {"kind": "transport", "message": f"could not enqueue the spawn: {exc}"}
         try:
             # Publishes the ``failed`` event in the same step (one event, not two).
-            registry.fail_spawn(session_id, error)
+            store.fail_spawn(session_id, error)
         except redis.RedisError as redis_exc:
             # Broker and registry share Redis and both are down: the intent stays and
             # the reaper resolves it (nothing was created), so only log this one.
@@ -264,7 +262,7 @@ def touch(session_id: str) -> None:
         NotTracked: unknown, terminating or terminated session.
         TransportError: Redis could not be reached.
     """
-    _registry().touch(session_id)
+    _store().touch(session_id)
 
 
 @wrap_redis_errors("info")
@@ -275,7 +273,7 @@ def info(session_id: str) -> SessionInfo:
         NotTracked: unknown session (or its record expired after termination).
         TransportError: Redis could not be reached.
     """
-    return _registry().info(session_id)
+    return _store().info(session_id)
 
 
 @wrap_redis_errors("list_ids")
@@ -285,7 +283,7 @@ def list_ids() -> list[str]:
     Raises:
         TransportError: Redis could not be reached.
     """
-    return _registry().list_ids()
+    return _store().list_ids()
 
 
 @wrap_redis_errors("stop_tracked")
@@ -303,7 +301,7 @@ def stop_tracked(session_id: str) -> None:
         TransportError: Redis could not be reached (nothing was recorded).
     """
     settings = get_settings()
-    verdict = _registry().request_stop(session_id, "requested", settings.stop_resend_ms)
+    verdict = _store().request_stop(session_id, "requested", settings.stop_resend_ms)
     if verdict in ("terminated", "failed"):
         return  # already over: stopping again is a no-op
     if verdict != "ok":
@@ -312,7 +310,7 @@ def stop_tracked(session_id: str) -> None:
     app = get_app()
 
     try:
-        app.send_task(C.TASK_TERMINATE, args=[session_id, "requested"], queue=C.QUEUE_COMPUTE)
+        app.send_task(C.TASK_TERMINATE, args=[session_id, "requested"])
     except Exception as exc:
         # Recorded above: the reaper re-sends it, so the caller's stop is not lost.
         log.warning("session %s: stop recorded but not enqueued (%s); the reaper re-sends it "
@@ -387,8 +385,8 @@ def wait(session_id: str, timeout: float = 120.0) -> Compute:
     return _plain_compute(_running_compute(session_id, timeout))
 
 
-def _records_to_infos(records: list[dict[str, str]]) -> list[SessionInfo]:
-    return [record_to_info(r) for r in records if r.get("id")]
+def _records_to_infos(records: list[SessionRecord | None]) -> list[SessionInfo]:
+    return [SessionInfo.from_record(r) for r in records if r is not None and r.id]
 
 
 @wrap_redis_errors("list_sessions")
@@ -403,17 +401,13 @@ def list_sessions(user_id: Any = None, *, offset: int = 0, limit: int = 100) -> 
         TransportError: Redis could not be reached.
     """
     _check_page(offset, limit)
+    store = _store()
     if user_id is None:
-        r = get_redis()
-        with r.pipeline(transaction=False) as pipe:
-            for sid in _registry().list_ids():
-                pipe.hgetall(Keys(sid).record)
-            records = cast(list[dict[str, str]], pipe.execute())
-        infos = _records_to_infos(records)
+        infos = _records_to_infos(store.get_many(store.list_ids()))
         infos.sort(key=lambda i: i.created_at_ms or 0, reverse=True)
         return infos[offset:offset + limit]
-    return _records_to_infos(_registry().list_user_records(_user_json(user_id), offset=offset,
-                                                           limit=limit))
+    return _records_to_infos(list(store.list_user_records(_user_json(user_id), offset=offset,
+                                                          limit=limit)))
 
 
 def _check_page(offset: int, limit: int) -> None:
@@ -425,27 +419,30 @@ def _check_page(offset: int, limit: int) -> None:
 
 def _user_json(user_id: Any) -> str:
     try:
-        return json.dumps(user_id, allow_nan=False, sort_keys=True)
+        return canonical_user(user_id)
     except (TypeError, ValueError, RecursionError):
         raise ValidationError("user_id: must be JSON-serialisable", field="user_id") from None
 
 
 # ---------------------------------------------------------------- asyncio client
 # redis.asyncio clients belong to the event loop that created them: one per (loop, URL).
-_aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = (
+_astores: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, bool], AsyncSessionStore]] = (
     weakref.WeakKeyDictionary())
 
 
-def _aredis() -> aioredis.Redis:
+def _astore() -> AsyncSessionStore:
     settings = get_settings()
     loop = asyncio.get_running_loop()
-    per_loop = _aclients.setdefault(loop, {})
-    client = per_loop.get(settings.redis_url)
-    if client is None:
-        client = per_loop[settings.redis_url] = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True,
-            max_connections=settings.redis_max_connections)
-    return client
+    per_loop = _astores.setdefault(loop, {})
+    key = (settings.redis_url, settings.heartbeat_events)
+    store = per_loop.get(key)
+    if store is None:
+        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                         max_connections=settings.redis_max_connections)
+        store = per_loop[key] = AsyncSessionStore(
+            client, publish_heartbeats=settings.heartbeat_events)
+    return store
 
 
 async def aspawn(request: ComputeRequest | dict[str, Any] | None = None, **kwargs: Any
@@ -467,21 +464,7 @@ async def atouch(session_id: str) -> None:
         NotTracked: unknown, terminating or terminated session.
         TransportError: Redis could not be reached.
     """
-    r = _aredis()
-    settings = get_settings()
-    k = Keys(session_id)
-    if not settings.heartbeat_events:
-        fast = await r.register_script(_TOUCH_FAST)(keys=[k.alive])
-        if fast == 1:
-            return
-    result = int(await r.register_script(_TOUCH)(
-        keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, k.channel],
-        args=[session_id, C.SESSION_RECORD_GRACE_MS, "1" if settings.heartbeat_events else "0"],
-    ))
-    if result == -1:
-        raise NotTracked(f"session {session_id!r} is not tracked")
-    if result == -2:
-        raise NotTracked(f"session {session_id!r} is terminating or terminated")
+    await _astore().touch(session_id)
 
 
 @wrap_redis_errors("ainfo")
@@ -492,14 +475,7 @@ async def ainfo(session_id: str) -> SessionInfo:
         NotTracked: unknown session (or its record expired after termination).
         TransportError: Redis could not be reached.
     """
-    r = _aredis()
-    k = Keys(session_id)
-    async with r.pipeline(transaction=False) as pipe:
-        pipe.hgetall(k.record)
-        pipe.pttl(k.alive)
-        pipe.time()
-        record, pttl, redis_time = await pipe.execute()
-    return info_from_reads(session_id, record, pttl, redis_time)
+    return await _astore().info(session_id)
 
 
 async def astop_tracked(session_id: str) -> None:
@@ -519,13 +495,9 @@ async def alist_sessions(user_id: Any = None, *, offset: int = 0, limit: int = 1
     _check_page(offset, limit)
     if user_id is None:
         return await asyncio.to_thread(list_sessions, None, offset=offset, limit=limit)
-    rows = await _aredis().register_script(_LIST_USER)(
-        keys=[user_index_key(_user_json(user_id))], args=[_RECORD_PREFIX, offset, limit])
-    records = []
-    for flat in rows:
-        items = [str(x) for x in flat]
-        records.append(dict(zip(items[::2], items[1::2], strict=True)))
-    return _records_to_infos(records)
+    records = await _astore().list_user_records(_user_json(user_id), offset=offset,
+                                                limit=limit)
+    return _records_to_infos(list(records))
 
 
 async def await_running(session_id: str, timeout: float = 120.0) -> Compute:

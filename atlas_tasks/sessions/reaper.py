@@ -1,7 +1,10 @@
 """The reaper: one sweep that ends idle sessions, orphans and stalled spawns.
 
-Beat triggers :func:`reap` every ``ATLAS_REAP_INTERVAL_MS`` (through the
-``atlas.reaper.reap`` task). No Celery here: enqueueing is passed in as callables.
+Beat triggers :meth:`SessionReaper.reap` every ``ATLAS_REAP_INTERVAL_MS`` (through the
+``atlas.reaper.reap`` task). No Celery and no module globals here: the reaper takes a
+:class:`~atlas_tasks.deps.Dependencies`, and enqueueing is passed in as callables. One
+sweep runs at a time: the sweep lock is an :class:`atlas_tasks.lease.Lease` (owner
+token), so a sweep that outlives its lock can never release the next sweep's.
 
 1. **Idle sessions.** ``claim_due`` reads the deadline index up to *now* (cost ∝ what is
    due, not what is tracked), skips anything touched meanwhile, and re-scores what it
@@ -44,11 +47,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from atlas_tasks import constants as C
-from atlas_tasks import events
-from atlas_tasks.config import AtlasSettings, get_settings
-from atlas_tasks.lifecycle import public_compute, registry, run_cleanup
-from atlas_tasks.providers import get_provider
-from atlas_tasks.registry import EPOCH_KEY, SessionRegistry
+from atlas_tasks.deps import Dependencies
+from atlas_tasks.lease import Lease, new_owner_token
+from atlas_tasks.sessions.records import SessionStatus
+from atlas_tasks.sessions.service import SessionService, public_compute
+from atlas_tasks.sessions.store import EPOCH_KEY
 from atlas_tasks.specs import Compute, ComputeStatus
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ SESSION_ID_RE = re.compile(r"[0-9a-f]{16}")
 
 #: Enqueue idle terminates: (session ids, reason). Callers batch them.
 EnqueueTerminate = Callable[[list[str], str], None]
+#: Enqueue the termination of an untracked prefixed pod: (provider, compute id, pod name).
 EnqueueOrphan = Callable[[str, str, "str | None"], None]
 #: Re-send a spawn whose message was lost: (session id, sealed payload).
 EnqueueSpawn = Callable[[str, str], None]
@@ -117,101 +121,231 @@ class ReapReport:
         }
 
 
-def reap(
-    *,
-    enqueue_terminate: EnqueueTerminate,
-    enqueue_orphan: EnqueueOrphan,
-    enqueue_spawn: EnqueueSpawn | None = None,
-    settings: AtlasSettings | None = None,
-    scan_orphans: bool | None = None,
-) -> ReapReport:
-    """Run one sweep. ``scan_orphans=None`` follows the cluster-wide throttle; without
-    ``enqueue_spawn`` stalled spawns are left to their intent's expiry."""
-    settings = settings or get_settings()
-    started = time.perf_counter()
-    reg = registry(settings)
-    report = ReapReport()
-    lock_ms = max(settings.reap_interval_ms * 5, 10_000)
-    if not reg.r.set(REAP_LOCK_KEY, "1", nx=True, px=lock_ms):
-        report.skipped = True
-        return report
-    try:
-        report.due = reg.claim_due(CLAIM_BATCH, C.IDLE_CLAIM_SLACK_MS)
-        if report.due:
-            enqueue_terminate(report.due, "idle_timeout")
-        _resend_stops(reg, settings, enqueue_terminate, report)
-        if enqueue_spawn is not None:
-            for session_id, sealed in reg.claim_stalled_spawns(settings.spawn_stall_ms,
-                                                               C.SPAWN_MAX_RESENDS):
-                log.warning("spawn of session %s made no progress for %d ms: re-sending it",
-                            session_id, settings.spawn_stall_ms)
-                enqueue_spawn(session_id, sealed)
-                report.resent_spawns.append(session_id)
-        report.stale_intents = _resolve_stale_intents(settings, report)
-        if scan_orphans is None:
-            scan_orphans = bool(reg.r.set(ORPHAN_SCAN_KEY, "1", nx=True,
-                                          px=settings.orphan_scan_interval_ms))
-        if scan_orphans and settings.reap_name_prefix:
-            try:
-                _scan_orphans(settings, enqueue_orphan, report)
-            except Exception as exc:
-                # Last line of defence: the per-provider/per-pod guards below should catch
-                # everything; a sweep that dies here would stop every later step forever.
-                log.warning("orphan scan failed: %s: %s", type(exc).__name__, exc,
-                            exc_info=True)
-                report.errors.append(f"orphan scan: {type(exc).__name__}: {exc}")
-    finally:
-        reg.r.delete(REAP_LOCK_KEY)
-        report.duration_ms = (time.perf_counter() - started) * 1000
-    return report
-
-
 #: Cleanup obligations worked per sweep (one provider lookup each; the rest wait).
 CLEANUP_BATCH = 50
 
 
-def _resolve_stale_intents(settings: AtlasSettings, report: ReapReport) -> list[str]:
-    """End sessions whose spawn intent expired, and work the due cleanup obligations.
+def sweep_lock_ms(reap_interval_ms: int) -> int:
+    """TTL of the sweep lock: five beat periods (at least 10 s), far above a normal sweep;
+    a sweep still running past it (a provider listing hanging) lets the next one start."""
+    return max(reap_interval_ms * 5, 10_000)
 
-    A stale intent belongs to a spawn that never finished: the session ends at once and
-    visibly (``failed``, or ``terminated`` if a stop was pending); the by-name cleanup of
-    a pod it may have made becomes a cleanup obligation. Obligations are claimed with
-    exponential backoff (see ``SessionRegistry.claim_cleanups``), so a cleanup that keeps
-    failing (a revoked key) costs one provider call per backoff step, not one per sweep.
+
+class SessionReaper:
+    """One sweep's decisions (see the module docstring).
+
+    Args:
+        deps: Redis, settings, provider factory, event publisher.
+        service: the session service whose cleanup runs the obligations (default: one on
+            ``deps``).
     """
-    reg = registry(settings)
-    stale = reg.claim_stale_intents(100)
-    for session_id in stale:
-        record = reg.get(session_id)
-        status = record.get("status") if record else None
-        if status not in ("spawning", "terminating"):
-            continue
-        if status == "terminating" and record.get("compute_id"):
-            continue  # its pod is known: the deadline index drives its terminate
-        if status == "terminating":
-            reg.add_cleanup(session_id, 0)
-            reg.finish_terminate(session_id, record.get("reason"))
-        else:
-            error = {"kind": "timeout",
-                     "message": "spawn did not finish before its intent expired"}
-            reg.fail_spawn(session_id, error, cleanup_due_in_ms=0)
-    for session_id, attempt, next_in_ms in reg.claim_cleanups(CLEANUP_BATCH):
-        outcome = run_cleanup(session_id, attempt=attempt, next_in_ms=next_in_ms)
-        if outcome == "retrying":
-            report.errors.append(f"cleanup of {session_id} failed (attempt {attempt}, next "
-                                 f"in {next_in_ms} ms)")
-    return stale
 
+    def __init__(self, deps: Dependencies, service: SessionService | None = None) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.service = service or SessionService(deps)
+        self.store = self.service.store
 
-def _resend_stops(reg: SessionRegistry, settings: AtlasSettings,
-                  enqueue_terminate: EnqueueTerminate, report: ReapReport) -> None:
-    """Re-send recorded stops whose terminate made no progress (see ``_CLAIM_STOPS``)."""
-    report.resent_stops = reg.claim_stops_to_resend(settings.stop_resend_ms)
-    if report.resent_stops:
-        log.warning("re-sending %d stop(s) whose terminate made no progress for %d ms: %s",
-                    len(report.resent_stops), settings.stop_resend_ms,
-                    ", ".join(report.resent_stops[:20]))
-        enqueue_terminate(report.resent_stops, "requested")
+    def sweep_lock(self) -> Lease:
+        """A fresh owner's handle on the sweep lock (not yet acquired)."""
+        return Lease(self.deps.redis, REAP_LOCK_KEY,
+                     sweep_lock_ms(self.settings.reap_interval_ms),
+                     owner=new_owner_token("sweep"))
+
+    def reap(self, *, enqueue_terminate: EnqueueTerminate, enqueue_orphan: EnqueueOrphan,
+             enqueue_spawn: EnqueueSpawn | None = None,
+             scan_orphans: bool | None = None) -> ReapReport:
+        """Run one sweep. ``scan_orphans=None`` follows the cluster-wide throttle; without
+        ``enqueue_spawn`` stalled spawns are left to their intent's expiry."""
+        settings = self.settings
+        store = self.store
+        started = time.perf_counter()
+        report = ReapReport()
+        lock = self.sweep_lock()
+        if not lock.acquire():
+            report.skipped = True
+            return report
+        try:
+            report.due = store.claim_due(CLAIM_BATCH, C.IDLE_CLAIM_SLACK_MS)
+            if report.due:
+                enqueue_terminate(report.due, "idle_timeout")
+            self._resend_stops(enqueue_terminate, report)
+            if enqueue_spawn is not None:
+                for session_id, sealed in store.claim_stalled_spawns(settings.spawn_stall_ms,
+                                                                     C.SPAWN_MAX_RESENDS):
+                    log.warning("spawn of session %s made no progress for %d ms: re-sending "
+                                "it", session_id, settings.spawn_stall_ms)
+                    enqueue_spawn(session_id, sealed)
+                    report.resent_spawns.append(session_id)
+            report.stale_intents = self.resolve_stale_intents(report)
+            if scan_orphans is None:
+                scan_orphans = bool(self.deps.redis.set(
+                    ORPHAN_SCAN_KEY, "1", nx=True, px=settings.orphan_scan_interval_ms))
+            if scan_orphans and settings.reap_name_prefix:
+                try:
+                    self._scan_orphans(enqueue_orphan, report)
+                except Exception as exc:
+                    # Last line of defence: the per-provider/per-pod guards below should
+                    # catch everything; a sweep that dies here would stop every later step.
+                    log.warning("orphan scan failed: %s: %s", type(exc).__name__, exc,
+                                exc_info=True)
+                    report.errors.append(f"orphan scan: {type(exc).__name__}: {exc}")
+        finally:
+            # Owner-only: a sweep that outlived its lock leaves the next sweep's lock alone.
+            lock.release()
+            report.duration_ms = (time.perf_counter() - started) * 1000
+        return report
+
+    def resolve_stale_intents(self, report: ReapReport) -> list[str]:
+        """End sessions whose spawn intent expired, and work the due cleanup obligations.
+
+        A stale intent belongs to a spawn that never finished: the session ends at once
+        and visibly (``failed``, or ``terminated`` if a stop was pending); the by-name
+        cleanup of a pod it may have made becomes a cleanup obligation. Obligations are
+        claimed with exponential backoff (see ``SessionStore.claim_cleanups``), so a
+        cleanup that keeps failing (a revoked key) costs one provider call per backoff
+        step, not one per sweep.
+        """
+        store = self.store
+        stale = store.claim_stale_intents(100)
+        for session_id in stale:
+            record = store.get(session_id)
+            if record is None or record.status not in (SessionStatus.SPAWNING,
+                                                        SessionStatus.TERMINATING):
+                continue
+            if record.status == SessionStatus.TERMINATING and record.compute_id:
+                continue  # its pod is known: the deadline index drives its terminate
+            if record.status == SessionStatus.TERMINATING:
+                store.add_cleanup(session_id, 0)
+                store.finish_terminate(session_id, record.reason)
+            else:
+                error = {"kind": "timeout",
+                         "message": "spawn did not finish before its intent expired"}
+                store.fail_spawn(session_id, error, cleanup_due_in_ms=0)
+        for session_id, attempt, next_in_ms in store.claim_cleanups(CLEANUP_BATCH):
+            outcome = self.service.run_cleanup(session_id, attempt=attempt,
+                                               next_in_ms=next_in_ms)
+            if outcome == "retrying":
+                report.errors.append(f"cleanup of {session_id} failed (attempt {attempt}, "
+                                     f"next in {next_in_ms} ms)")
+        return stale
+
+    def _resend_stops(self, enqueue_terminate: EnqueueTerminate, report: ReapReport) -> None:
+        """Re-send recorded stops whose terminate made no progress (see ``_CLAIM_STOPS``)."""
+        resend_ms = self.settings.stop_resend_ms
+        report.resent_stops = self.store.claim_stops_to_resend(resend_ms)
+        if report.resent_stops:
+            log.warning("re-sending %d stop(s) whose terminate made no progress for %d ms: %s",
+                        len(report.resent_stops), resend_ms,
+                        ", ".join(report.resent_stops[:20]))
+            enqueue_terminate(report.resent_stops, "requested")
+
+    def _scan_orphans(self, enqueue_orphan: EnqueueOrphan, report: ReapReport) -> None:
+        settings = self.settings
+        store = self.store
+        r = self.deps.redis
+        prefix = settings.reap_name_prefix
+        now = store.now_ms()
+        epoch_missing = not store.epoch_exists()
+        listed: list[tuple[str, list[Compute]]] = []
+        for provider_name in settings.reap_providers:
+            try:
+                pods = list(self.deps.providers(provider_name).list_compute())
+            except Exception as exc:
+                _provider_failed(report, provider_name, "list", exc)
+                continue
+            report.providers_scanned.append(provider_name)
+            listed.append((provider_name, pods))
+
+        # Prefixed, live pods that no record or intent covers, per provider.
+        untracked: list[tuple[str, Compute]] = []
+        for provider_name, pods in listed:
+            intents = store.intent_ids()
+            for pod in pods:
+                try:
+                    if not pod.name or not pod.name.startswith(prefix):
+                        continue  # never touch what atlas did not name
+                    if pod.status == ComputeStatus.TERMINATED:
+                        continue
+                    session_id = pod.name[len(prefix):]
+                    if session_id in intents:
+                        continue
+                    record = store.get(session_id)
+                    if record is not None and record.covers_pod(pod.id):
+                        continue
+                    untracked.append((provider_name, pod))
+                except Exception as exc:
+                    _provider_failed(report, provider_name,
+                                     f"pod {getattr(pod, 'id', '?')}", exc)
+
+        if epoch_missing:
+            if untracked:
+                self._start_data_loss_grace(untracked, report)
+            if untracked or len(listed) == len(settings.reap_providers):
+                store.ensure_epoch()
+            # else: a provider could not be listed and may hold live sessions' pods; the
+            # epoch stays missing so the next scan decides with every provider's pods.
+        report.data_loss_grace = bool(r.exists(DATA_LOSS_GRACE_KEY))
+        if report.data_loss_grace:
+            self._adopt_or_spare(untracked, report)
+            return
+
+        for provider_name, pod in untracked:
+            try:
+                if pod.created_at is not None:
+                    age_ms = now - int(pod.created_at.timestamp() * 1000)
+                else:
+                    r.hsetnx(ORPHAN_FIRST_SEEN_KEY, pod.id, now)
+                    age_ms = now - int(r.hget(ORPHAN_FIRST_SEEN_KEY, pod.id) or now)
+                if age_ms < settings.orphan_grace_ms:
+                    continue
+                enqueue_orphan(provider_name, pod.id, pod.name)
+                report.orphans.append(pod.id)
+                r.hdel(ORPHAN_FIRST_SEEN_KEY, pod.id)
+            except Exception as exc:
+                _provider_failed(report, provider_name, f"pod {pod.id}", exc)
+
+    def _start_data_loss_grace(self, untracked: list[tuple[str, Compute]],
+                               report: ReapReport) -> None:
+        """Redis lost its data while our pods run: hold the orphan reaper, raise the alarm."""
+        grace_ms = self.settings.data_loss_grace_ms
+        if grace_ms > 0:
+            self.deps.redis.set(DATA_LOSS_GRACE_KEY, str(self.store.now_ms()), px=grace_ms)
+        report.data_loss_detected = True
+        message = (f"Redis lost its data ({EPOCH_KEY} is missing) while "
+                   f"{len(untracked)} prefixed pod(s) run: no prefixed pod is killed for "
+                   f"{grace_ms} ms and pods named like sessions are adopted. Enable Redis "
+                   "persistence (appendonly yes, appendfsync everysec).")
+        log.warning("DATA LOSS: %s", message)
+        self.deps.publish(CLUSTER_TOPIC_ID, "alert", {
+            "alert": "redis_data_loss", "message": message, "grace_ms": grace_ms,
+            "pod_count": len(untracked),
+            "pods": [{"provider": p, "id": pod.id, "name": pod.name}
+                     for p, pod in untracked[:ALERT_MAX_PODS]],
+        })
+
+    def _adopt_or_spare(self, untracked: list[tuple[str, Compute]],
+                        report: ReapReport) -> None:
+        """During the data-loss grace: adopt pods named like sessions, kill nothing."""
+        settings = self.settings
+        idle_ttl_ms = max(settings.default_idle_ttl_ms, settings.data_loss_grace_ms)
+        prefix = settings.reap_name_prefix
+        for provider_name, pod in untracked:
+            session_id = (pod.name or "")[len(prefix):]
+            try:
+                if SESSION_ID_RE.fullmatch(session_id) and self.store.adopt(
+                        session_id, provider_name, pod.name or "", pod.id, public_compute(pod),
+                        idle_ttl_ms):
+                    report.adopted.append(session_id)
+                    log.warning("data-loss grace: adopted pod %s (%s) as session %s, idle "
+                                "TTL %d ms", pod.id, provider_name, session_id, idle_ttl_ms)
+                    continue
+            except Exception as exc:
+                _provider_failed(report, provider_name, f"adopt pod {pod.id}", exc)
+            report.spared.append(pod.id)
+        if report.spared:
+            log.warning("data-loss grace: spared %d prefixed pod(s) the orphan reaper would "
+                        "have killed", len(report.spared))
 
 
 def _provider_failed(report: ReapReport, provider_name: str, what: str,
@@ -223,113 +357,7 @@ def _provider_failed(report: ReapReport, provider_name: str, what: str,
     log.warning("reaper: %s", message)
 
 
-def _scan_orphans(settings: AtlasSettings, enqueue_orphan: EnqueueOrphan,
-                  report: ReapReport) -> None:
-    reg = registry(settings)
-    prefix = settings.reap_name_prefix
-    now = reg.now_ms()
-    epoch_missing = not reg.epoch_exists()
-    listed: list[tuple[str, list[Compute]]] = []
-    for provider_name in settings.reap_providers:
-        try:
-            pods = list(get_provider(provider_name).list_compute())
-        except Exception as exc:
-            _provider_failed(report, provider_name, "list", exc)
-            continue
-        report.providers_scanned.append(provider_name)
-        listed.append((provider_name, pods))
-
-    # Prefixed, live pods that no record or intent covers, per provider.
-    untracked: list[tuple[str, Compute]] = []
-    for provider_name, pods in listed:
-        intents = reg.intent_ids()
-        for pod in pods:
-            try:
-                if not pod.name or not pod.name.startswith(prefix):
-                    continue  # never touch what atlas did not name
-                if pod.status == ComputeStatus.TERMINATED:
-                    continue
-                session_id = pod.name[len(prefix):]
-                if session_id in intents or _tracked(reg.get(session_id), pod.id):
-                    continue
-                untracked.append((provider_name, pod))
-            except Exception as exc:
-                _provider_failed(report, provider_name, f"pod {getattr(pod, 'id', '?')}", exc)
-
-    if epoch_missing:
-        if untracked:
-            _start_data_loss_grace(reg, settings, untracked, report)
-        if untracked or len(listed) == len(settings.reap_providers):
-            reg.ensure_epoch()
-        # else: a provider could not be listed and may hold live sessions' pods; the
-        # epoch stays missing so the next scan decides with every provider's pods.
-    report.data_loss_grace = bool(reg.r.exists(DATA_LOSS_GRACE_KEY))
-    if report.data_loss_grace:
-        _adopt_or_spare(reg, settings, untracked, report)
-        return
-
-    for provider_name, pod in untracked:
-        try:
-            if pod.created_at is not None:
-                age_ms = now - int(pod.created_at.timestamp() * 1000)
-            else:
-                reg.r.hsetnx(ORPHAN_FIRST_SEEN_KEY, pod.id, now)
-                age_ms = now - int(reg.r.hget(ORPHAN_FIRST_SEEN_KEY, pod.id) or now)
-            if age_ms < settings.orphan_grace_ms:
-                continue
-            enqueue_orphan(provider_name, pod.id, pod.name)
-            report.orphans.append(pod.id)
-            reg.r.hdel(ORPHAN_FIRST_SEEN_KEY, pod.id)
-        except Exception as exc:
-            _provider_failed(report, provider_name, f"pod {pod.id}", exc)
-
-
-def _start_data_loss_grace(reg: SessionRegistry, settings: AtlasSettings,
-                           untracked: list[tuple[str, Compute]], report: ReapReport) -> None:
-    """Redis lost its data while our pods run: hold the orphan reaper and raise the alarm."""
-    grace_ms = settings.data_loss_grace_ms
-    if grace_ms > 0:
-        reg.r.set(DATA_LOSS_GRACE_KEY, str(reg.now_ms()), px=grace_ms)
-    report.data_loss_detected = True
-    message = (f"Redis lost its data ({EPOCH_KEY} is missing) while "
-               f"{len(untracked)} prefixed pod(s) run: no prefixed pod is killed for "
-               f"{grace_ms} ms and pods named like sessions are adopted. Enable Redis "
-               "persistence (appendonly yes, appendfsync everysec).")
-    log.warning("DATA LOSS: %s", message)
-    events.publish(CLUSTER_TOPIC_ID, "alert", {
-        "alert": "redis_data_loss", "message": message, "grace_ms": grace_ms,
-        "pod_count": len(untracked),
-        "pods": [{"provider": p, "id": pod.id, "name": pod.name}
-                 for p, pod in untracked[:ALERT_MAX_PODS]],
-    })
-
-
-def _adopt_or_spare(reg: SessionRegistry, settings: AtlasSettings,
-                    untracked: list[tuple[str, Compute]], report: ReapReport) -> None:
-    """During the data-loss grace: adopt pods named like sessions, kill nothing."""
-    idle_ttl_ms = max(settings.default_idle_ttl_ms, settings.data_loss_grace_ms)
-    prefix = settings.reap_name_prefix
-    for provider_name, pod in untracked:
-        session_id = (pod.name or "")[len(prefix):]
-        try:
-            if SESSION_ID_RE.fullmatch(session_id) and reg.adopt(
-                    session_id, provider_name, pod.name or "", pod.id, public_compute(pod),
-                    idle_ttl_ms):
-                report.adopted.append(session_id)
-                log.warning("data-loss grace: adopted pod %s (%s) as session %s, idle TTL "
-                            "%d ms", pod.id, provider_name, session_id, idle_ttl_ms)
-                continue
-        except Exception as exc:
-            _provider_failed(report, provider_name, f"adopt pod {pod.id}", exc)
-        report.spared.append(pod.id)
-    if report.spared:
-        log.warning("data-loss grace: spared %d prefixed pod(s) the orphan reaper would "
-                    "have killed", len(report.spared))
-
-
-def _tracked(record: dict[str, str], pod_id: str) -> bool:
-    if not record:
-        return False
-    if record.get("status") not in ("spawning", "running", "terminating"):
-        return False
-    return record.get("compute_id") in (None, "", pod_id)
+__all__ = ["ALERT_MAX_PODS", "CLAIM_BATCH", "CLEANUP_BATCH", "CLUSTER_TOPIC_ID",
+           "DATA_LOSS_GRACE_KEY", "ORPHAN_FIRST_SEEN_KEY", "ORPHAN_SCAN_KEY", "REAP_LOCK_KEY",
+           "SESSION_ID_RE", "EnqueueOrphan", "EnqueueSpawn", "EnqueueTerminate", "ReapReport",
+           "SessionReaper", "sweep_lock_ms"]
