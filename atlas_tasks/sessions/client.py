@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 import weakref
 from typing import Any, cast
@@ -49,7 +48,7 @@ from atlas_tasks.errors import (
 from atlas_tasks.providers import Provider, provider_class
 from atlas_tasks.redis_conn import get_redis, wrap_redis_errors
 from atlas_tasks.sealing import seal
-from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus, new_session_id
 from atlas_tasks.sessions.store import (
     AsyncSessionStore,
     SessionInfo,
@@ -200,7 +199,7 @@ def spawn(
         raise ValidationError(
             f"idle_ttl_ms: {idle_ttl_ms} is below the minimum of {settings.min_idle_ttl_ms} ms "
             "(ATLAS_MIN_IDLE_TTL_MS)", field="idle_ttl_ms")
-    session_id = secrets.token_hex(8)
+    session_id = new_session_id()
     pod_name = f"{settings.reap_name_prefix}{session_id}"
     token = signing = token_hash = None
     if req.auth == "bearer":

@@ -41,7 +41,6 @@ token), so a sweep that outlives its lock can never release the next sweep's.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from dataclasses import dataclass, field
 from atlas_tasks import constants as C
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.lease import Lease, new_owner_token
-from atlas_tasks.sessions.records import SessionStatus
+from atlas_tasks.sessions.records import SESSION_ID_RE, SessionStatus
 from atlas_tasks.sessions.service import SessionService, public_compute
 from atlas_tasks.sessions.store import EPOCH_KEY
 from atlas_tasks.specs import Compute, ComputeStatus
@@ -72,9 +71,6 @@ DATA_LOSS_GRACE_KEY = "atlas:reaper:data-loss-grace"
 CLUSTER_TOPIC_ID = "cluster"
 #: Pods listed by name in one ``alert`` event (the count is always complete).
 ALERT_MAX_PODS = 50
-#: What ``orchestrator.spawn`` names a session (``secrets.token_hex(8)``): only pods whose
-#: name is the prefix plus such an id are adopted after a data loss.
-SESSION_ID_RE = re.compile(r"[0-9a-f]{16}")
 
 #: Enqueue idle terminates: (session ids, reason). Callers batch them.
 EnqueueTerminate = Callable[[list[str], str], None]

@@ -14,12 +14,23 @@ those out, so a record costs in Redis exactly what it holds.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from string import Template
 from typing import Any
 
 from atlas_tasks.redis_lua import decode_json
+
+#: What :func:`new_session_id` makes (16 hex characters): the reaper adopts only pods named
+#: ``<prefix><such an id>`` after a data loss.
+SESSION_ID_RE = re.compile(r"[0-9a-f]{16}")
+
+
+def new_session_id() -> str:
+    """A fresh session id (64 random bits, hex): the key of every session call."""
+    return secrets.token_hex(8)
 
 
 class SessionStatus(StrEnum):
@@ -210,4 +221,12 @@ class SessionRecord:
         )
 
 
-__all__ = ["ENDED_STATUSES", "LIVE_STATUSES", "SessionRecord", "SessionStatus", "lua_with_statuses"]
+__all__ = [
+    "ENDED_STATUSES",
+    "LIVE_STATUSES",
+    "SESSION_ID_RE",
+    "SessionRecord",
+    "SessionStatus",
+    "lua_with_statuses",
+    "new_session_id",
+]
