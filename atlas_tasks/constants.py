@@ -199,18 +199,20 @@ JOB_POLL_MAX_ERRORS = 20
 JOB_SUBMIT_MAX_RETRIES = 5
 
 # --------------------------------------------------------------------------- fly platform ops
-# Owned by atlas_tasks.fly (deploy, logs streamer, token chain) and atlas_tasks.tasks.fly.
+# Owned by atlas_tasks.fly (deploy, logs streamer, token chain) and atlas_tasks.tasks.fly;
+# the keys are formatted in atlas_tasks.fly.store (FLY_TOKEN_KEY: fly.token_storage).
 
 #: Self-rescheduling logs streamer of one Fly app (one running chain per app, cluster-wide).
 TASK_FLY_LOGS_POLL = "atlas.fly.logs_poll"
 
-#: Lock of an app's logs streamer: ``SET NX PX`` holding the owner token of the running
-#: chain. Renewed on every poll; every publish and cursor move is fenced on it, so a
+#: Lock of an app's logs streamer: an owner-token lease (:class:`atlas_tasks.lease.Lease`)
+#: of the running chain. Renewed on every poll; every publish and cursor move is fenced on it, so a
 #: streamer whose lease ran out (a frozen or killed worker) can publish nothing any more.
 FLY_LOGS_LOCK_KEY = "atlas:fly:logs-lock:{app}"
 
-#: Start marker of an app's streamer (``SET NX PX``): many subscribers noticing a missing
-#: streamer at once enqueue one start task, not one each.
+#: Start marker of an app's streamer (``SET NX PX "1"``): many subscribers noticing a
+#: missing streamer at once enqueue one start task, not one each. A throttle, not a lock:
+#: nobody owns or releases it; the streamer lock alone keeps the streamer single-instance.
 FLY_LOGS_START_KEY = "atlas:fly:logs-start:{app}"
 
 #: How long a start marker holds: long enough for the start task to take the lock.
@@ -243,8 +245,9 @@ FLY_LOGS_PAGE_SIZE = 100
 #: ``{"token", "expires_at"}``; cached entries expire with the token).
 FLY_TOKEN_KEY = "atlas:fly:token:{app}:{kind}"
 
-#: Single-flight lock of token resolution for one app: whoever holds it runs
-#: ``fly tokens create`` while the others wait for the value to appear in storage.
+#: Single-flight lease (owner token, :class:`atlas_tasks.lease.Lease`) of token resolution
+#: for one app: whoever holds it runs ``fly tokens create`` while the others wait for the
+#: value to appear in storage.
 FLY_TOKEN_LOCK_KEY = "atlas:fly:token-lock:{app}"
 
 #: Lines of ``fly deploy`` output kept for the error message of a failed deploy.

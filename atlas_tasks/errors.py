@@ -14,6 +14,8 @@ wrong, and each kind also has its own subclass, so callers can catch either way:
     ├── ValidationError             "validation"    bad input; the field is named
     ├── ProviderError               "provider"      any other 4xx/5xx, malformed bodies
     ├── TransportError              "transport"     connection refused/reset, timeouts on the wire
+    ├── QuotaExceeded               "quota_exceeded" a user/tenant quota or budget refused
+    │                                               (atlas_tasks.quotas; HTTP 429 on the web)
     └── UnknownError                "unknown"       anything else (e.g. an unexpected 2xx)
 
 ``AtlasError(kind="validation", message=...)`` builds the matching subclass, so
@@ -37,6 +39,7 @@ ErrorKind = Literal[
     "validation",
     "provider",
     "transport",
+    "quota_exceeded",
     "unknown",
 ]
 
@@ -51,6 +54,7 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     "validation",
     "provider",
     "transport",
+    "quota_exceeded",
     "unknown",
 )
 
@@ -121,6 +125,8 @@ class AtlasError(Exception):
         }
         if getattr(self, "field", None):
             data["field"] = self.field  # type: ignore[attr-defined]  # ValidationError only
+        if isinstance(self, QuotaExceeded):
+            data["quota"] = self.quota_dict()
         return data
 
     @classmethod
@@ -137,6 +143,8 @@ class AtlasError(Exception):
         )
         if isinstance(error, ValidationError):
             error.field = data.get("field")
+        if isinstance(error, QuotaExceeded) and isinstance(data.get("quota"), dict):
+            error._restore_quota(data["quota"])
         return error
 
 
@@ -210,6 +218,62 @@ class TransportError(AtlasError):
     default_kind = "transport"
 
 
+class QuotaExceeded(AtlasError):
+    """A user or tenant quota refused an admission (:mod:`atlas_tasks.quotas`).
+
+    Nothing was reserved. The message names the limit, the usage and the limit; the same
+    facts are attributes, for callers that build their own answer.
+
+    Attributes:
+        scope: ``"user"`` or ``"tenant"``: whose limit refused.
+        scope_id: the user or tenant id.
+        limit_name: ``"max_sessions"``, ``"max_hourly_usd"`` or ``"monthly_usd"``.
+        usage: the current value of the limited quantity: live sessions, committed USD per
+            hour, or USD spent this month.
+        limit: the limit's value (same unit as ``usage``).
+        requested: what the refused admission would have added (1 session, or its USD per
+            hour; for ``monthly_usd``, the live sessions' committed USD per hour plus the
+            new one's, i.e. one more hour of everything).
+    """
+
+    default_kind = "quota_exceeded"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        scope: str | None = None,
+        scope_id: str | None = None,
+        limit_name: str | None = None,
+        usage: float | None = None,
+        limit: float | None = None,
+        requested: float | None = None,
+        **kw: Any,
+    ) -> None:
+        self.scope = scope
+        self.scope_id = scope_id
+        self.limit_name = limit_name
+        self.usage = usage
+        self.limit = limit
+        self.requested = requested
+        super().__init__(message, **kw)
+
+    def quota_dict(self) -> dict[str, Any]:
+        """The quota facts as a JSON-safe dict (carried by :meth:`to_dict` and pickling)."""
+        return {
+            "scope": self.scope,
+            "scope_id": self.scope_id,
+            "limit_name": self.limit_name,
+            "usage": self.usage,
+            "limit": self.limit,
+            "requested": self.requested,
+        }
+
+    def _restore_quota(self, data: dict[str, Any]) -> None:
+        for name in ("scope", "scope_id", "limit_name", "usage", "limit", "requested"):
+            setattr(self, name, data.get(name))
+
+
 class UnknownError(AtlasError):
     """Anything that fits no other kind, e.g. an unexpected 2xx status."""
 
@@ -226,6 +290,7 @@ for _cls in (
     ValidationError,
     ProviderError,
     TransportError,
+    QuotaExceeded,
     UnknownError,
 ):
     _SUBCLASS_BY_KIND[_cls.default_kind] = _cls
@@ -329,6 +394,7 @@ __all__ = [
     "NotFoundError",
     "NotTracked",
     "ProviderError",
+    "QuotaExceeded",
     "RateLimitedError",
     "TransportError",
     "UnauthorizedError",

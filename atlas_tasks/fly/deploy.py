@@ -1,7 +1,8 @@
 """``fly deploy --remote-only``, streamed line by line, with an activity timeout and a cap.
 
-:func:`run_deploy` is the synchronous runner (the Celery task ``atlas.fly.deploy`` and the
-caller-side :func:`atlas_tasks.fly.stream_deploy` both use it):
+:func:`run_deploy` is the synchronous runner; :func:`atlas_tasks.fly.service.stream_deploy`
+(behind the Celery task ``atlas.fly.deploy`` and the caller-side
+:func:`atlas_tasks.fly.stream_deploy`) publishes its output on the ticket. The runner:
 
 * flyctl runs in the app directory with stderr merged into stdout, in a **new session**
   (its own process group), so a timeout can kill the whole tree (``killpg``: flyctl and
@@ -321,61 +322,6 @@ def error_of(exc: BaseException) -> AtlasError:
     return AtlasError(f"fly deploy failed: {type(exc).__name__}", kind="unknown", provider="fly")
 
 
-def stream_deploy(
-    project_path: str | os.PathLike[str] | None,
-    app_dir: str | os.PathLike[str],
-    ticket: str | None = None,
-    *,
-    on_line: Callable[[str], None] | None = None,
-    activity_timeout_s: float | None = None,
-    max_timeout_s: float | None = None,
-    kill_grace_s: float = C.FLY_DEPLOY_KILL_GRACE_S,
-    settings: AtlasSettings | None = None,
-) -> DeployResult:
-    """:func:`run_deploy`, publishing its output on the ``deploy`` topic of ``ticket``.
-
-    Events (``atlas_tasks.events``, topic ``deploy``, id ``ticket``): ``started``, then
-    ``line`` ``{"line": text, "n": 1, 2, ...}`` per non-empty line as it arrives, and
-    always a final ``exit`` ``{"ok": bool, "code": int | None, "error": {...} | None}``
-    (``error`` is :meth:`AtlasError.to_dict`; ``code`` is flyctl's exit code when it
-    exited by itself). Without a ticket nothing is published (``on_line`` still runs).
-
-    Raises:
-        AtlasError: as :func:`run_deploy`, after the ``exit`` event was published.
-    """
-    from atlas_tasks import events  # row 5 → row 5; kept local so deploy.py stays light
-
-    seq = 0
-
-    def publish_line(line: str) -> None:
-        nonlocal seq
-        seq += 1
-        if ticket is not None:
-            events.publish(ticket, "line", {"line": line, "n": seq}, topic="deploy")
-        if on_line is not None:
-            on_line(line)
-
-    if ticket is not None:
-        events.publish(ticket, "started", {"app_dir": str(app_dir)}, topic="deploy")
-    try:
-        result = run_deploy(app_dir, project_path=project_path, on_line=publish_line,
-                            activity_timeout_s=activity_timeout_s, max_timeout_s=max_timeout_s,
-                            kill_grace_s=kill_grace_s, settings=settings)
-    except BaseException as exc:
-        err = error_of(exc)
-        code = err.status if err.kind == "provider" else None
-        if ticket is not None:
-            events.publish(ticket, "exit", {"ok": False, "code": code, "error": err.to_dict()},
-                           topic="deploy")
-        if isinstance(exc, AtlasError) or not isinstance(exc, Exception):
-            raise  # AtlasErrors as they are; KeyboardInterrupt/SystemExit untouched
-        raise err from exc
-    if ticket is not None:
-        events.publish(ticket, "exit", {"ok": True, "code": result.code, "error": None},
-                       topic="deploy")
-    return result
-
-
 __all__ = [
     "DEPLOY_ARGS",
     "DeployResult",
@@ -385,5 +331,4 @@ __all__ = [
     "find_fly_executable",
     "resolve_deploy_dir",
     "run_deploy",
-    "stream_deploy",
 ]

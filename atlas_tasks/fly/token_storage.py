@@ -29,6 +29,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -144,12 +145,15 @@ class RedisTokenStorage(TokenStorage):
     Args:
         client: Redis client (default :func:`atlas_tasks.redis_conn.get_redis`).
         settings: settings carrying ``secret_key``.
+        clock: unix-seconds clock turning a cached entry's ``expires_at`` into its TTL.
     """
 
     def __init__(self, client: redis.Redis | None = None,
-                 settings: AtlasSettings | None = None) -> None:
+                 settings: AtlasSettings | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self._client = client
         self._settings = settings
+        self._clock = clock
 
     @property
     def client(self) -> redis.Redis:
@@ -183,7 +187,7 @@ class RedisTokenStorage(TokenStorage):
         sealed = seal({"token": record.token, "expires_at": record.expires_at}, self._settings)
         px: int | None = None
         if kind == "cached" and record.expires_at is not None:
-            px = max(1, int((record.expires_at - time.time()) * 1000))
+            px = max(1, int((record.expires_at - self._clock()) * 1000))
         try:
             self.client.set(key, sealed, px=px)
         except redis.RedisError as exc:
@@ -291,14 +295,21 @@ def default_token_dir() -> Path:
     return Path.home() / ".atlas_tasks" / "fly-tokens"
 
 
-def storage_from_settings(settings: AtlasSettings | None = None) -> TokenStorage:
-    """The backend named by ``ATLAS_FLY_TOKEN_STORE`` (``redis`` by default)."""
+def storage_from_settings(settings: AtlasSettings | None = None, *,
+                          client: redis.Redis | None = None,
+                          clock: Callable[[], float] = time.time) -> TokenStorage:
+    """The backend named by ``ATLAS_FLY_TOKEN_STORE`` (``redis`` by default).
+
+    Args:
+        client: the Redis of the ``redis`` backend (default: the process-wide client).
+        clock: the ``redis`` backend's clock (see :class:`RedisTokenStorage`).
+    """
     settings = settings or get_settings()
     if settings.fly_token_store == "file":
         return FileTokenStorage(settings.fly_token_dir or default_token_dir())
     if settings.fly_token_store == "memory":
         return MemoryTokenStorage()
-    return RedisTokenStorage(settings=settings)
+    return RedisTokenStorage(client, settings=settings, clock=clock)
 
 
 __all__ = [

@@ -19,10 +19,11 @@ so clearing one takes effect at once.
 
 **Single flight.** Concurrent resolutions of one app run one after another inside a
 process (a per-app lock, like ExAtlas's per-app server) and, across the cluster, the CLI
-step runs under a Redis lock (:data:`~atlas_tasks.constants.FLY_TOKEN_LOCK_KEY`): one
-process runs ``fly tokens create`` while the others wait for its token to appear in the
-shared store. With ``ATLAS_FLY_TOKEN_STORE=file`` the waiters see it only when they share
-the directory (one machine).
+step runs under a Redis lease (:data:`~atlas_tasks.constants.FLY_TOKEN_LOCK_KEY`, an
+owner-token :class:`~atlas_tasks.lease.Lease`, so a CLI run that outlived its lease cannot
+release a successor's): one process runs ``fly tokens create`` while the others wait for
+its token to appear in the shared store. With ``ATLAS_FLY_TOKEN_STORE=file`` the waiters
+see it only when they share the directory (one machine).
 
 **Invalidate / refresh.** ``invalidate(app, token)`` drops the memory entry and the stored
 ``cached`` entry (only if it still holds ``token``: a newer token written by another
@@ -42,24 +43,27 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import redis
 
-from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings, resolve_api_key
 from atlas_tasks.errors import AtlasError, UnauthorizedError, UnsupportedError, validation_error
+from atlas_tasks.fly.store import token_lock_key
 from atlas_tasks.fly.token_storage import (
     TokenRecord,
     TokenStorage,
     check_app,
     storage_from_settings,
 )
+from atlas_tasks.lease import Lease
 from atlas_tasks.redis_conn import get_redis
+
+if TYPE_CHECKING:
+    from atlas_tasks.deps import Dependencies
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +74,11 @@ REJECTED_TTL_S = 15 * 60
 
 _ACCESS_TOKEN = re.compile(r"^access_token:\s*(.+)$", re.MULTILINE)
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+#: ``cli(app) -> token | None``: the chain's CLI step (``fly tokens create readonly``).
+TokenCli = Callable[[str], "str | None"]
+
+#: How often a waiter of the single flight looks for the holder's token.
+_WAIT_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ class FlyTokens:
         redis_client: Redis for the cluster-wide CLI lock (default ``get_redis()``).
         cluster_lock: take the Redis lock around the CLI step (off: process-local only).
         clock: unix-seconds clock (tests).
+        cli: the CLI step (default :func:`run_token_cli` under these settings).
+        monotonic: monotonic clock of the single-flight wait.
+        sleep: how a waiter of the single flight waits between looks.
+
+    :meth:`from_deps` builds one from an explicit :class:`~atlas_tasks.deps.Dependencies`.
     """
 
     def __init__(
@@ -125,16 +135,33 @@ class FlyTokens:
         redis_client: redis.Redis | None = None,
         cluster_lock: bool = True,
         clock: Callable[[], float] | None = None,
+        cli: TokenCli | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings or get_settings()
-        self.storage = storage or storage_from_settings(self.settings)
+        self.storage = storage or storage_from_settings(self.settings, client=redis_client)
         self._redis = redis_client
         self.cluster_lock = cluster_lock
         self._clock = clock or time.time
+        self._cli = cli
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._memory: dict[str, tuple[str, int | None, TokenSource]] = {}
         self._rejected: dict[str, dict[str, float]] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
+
+    @classmethod
+    def from_deps(cls, deps: Dependencies, storage: TokenStorage | None = None, *,
+                  cluster_lock: bool = True, cli: TokenCli | None = None) -> FlyTokens:
+        """A chain reading nothing from globals: Redis, settings and clocks from ``deps``
+        (the storage defaults to ``ATLAS_FLY_TOKEN_STORE`` over ``deps.redis``)."""
+        storage = storage or storage_from_settings(deps.settings, client=deps.redis,
+                                                   clock=deps.clock)
+        return cls(storage, settings=deps.settings, redis_client=deps.redis,
+                   cluster_lock=cluster_lock, clock=deps.clock, cli=cli,
+                   monotonic=deps.monotonic, sleep=deps.sleep)
 
     # ------------------------------------------------------------------ public API
     def get(self, app: str) -> str:
@@ -288,26 +315,25 @@ class FlyTokens:
                         "cluster lock", exc.kind)
             return self._run_cli_and_store(app)
         try:
-            client = self._redis or get_redis()
-            key = C.FLY_TOKEN_LOCK_KEY.format(app=app)
-            owner = uuid.uuid4().hex
             timeout = self.settings.fly_cli_timeout_s
-            lease_ms = int((timeout + 10) * 1000)
-            if client.set(key, owner, nx=True, px=lease_ms):
+            # The lease outlives the CLI's own timeout, so it never needs renewing.
+            lease = Lease(self._redis or get_redis(), token_lock_key(app),
+                          int((timeout + 10) * 1000))
+            if lease.acquire():
                 try:
                     stored = self._stored_cached(app)  # finished by someone just before?
                     if stored is not None:
                         return stored
                     return self._run_cli_and_store(app)
                 finally:
-                    client.eval(_RELEASE, 1, key, owner)
-            deadline = time.monotonic() + timeout + 10
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
+                    lease.release()
+            deadline = self._monotonic() + timeout + 10
+            while self._monotonic() < deadline:
+                self._sleep(_WAIT_POLL_S)
                 stored = self._stored_cached(app)
                 if stored is not None:
                     return stored
-                if not client.exists(key):
+                if lease.holder() is None:
                     # The holder finished without a token (or died): one last look, then
                     # count the CLI as a miss rather than run it a second time.
                     return self._stored_cached(app)
@@ -326,7 +352,8 @@ class FlyTokens:
         return None
 
     def _run_cli_and_store(self, app: str) -> TokenResult | None:
-        token = run_token_cli(app, settings=self.settings)
+        token = (self._cli(app) if self._cli is not None
+                 else run_token_cli(app, settings=self.settings))
         if token is None or not self._usable(app, token):
             return None
         return self._persist(app, token, int(self._clock() + self.settings.fly_token_ttl_s),
@@ -483,6 +510,7 @@ def clear_manual(app: str) -> None:
 __all__ = [
     "REJECTED_TTL_S",
     "FlyTokens",
+    "TokenCli",
     "TokenResult",
     "TokenSource",
     "clear_manual",

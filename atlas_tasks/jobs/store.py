@@ -2,10 +2,15 @@
 
 Layout (templates in :mod:`atlas_tasks.constants`):
 
-* ``atlas:job:{id}`` hash — the job record (see :data:`RECORD_FIELDS`). Never a raw
-  secret: a per-call API key is stored only Fernet-sealed.
-* ``atlas:job-lease:{id}`` — the lease of the poll iteration running right now.
+* ``atlas:job:{id}`` hash — the job record, typed as :class:`JobRecord` (its fields are
+  the hash fields). Never a raw secret: a per-call API key is stored only Fernet-sealed.
+* ``atlas:job-lease:{id}`` — the :class:`atlas_tasks.lease.Lease` of the poll iteration
+  running right now (its value is the poller's owner token).
 * the job's event stream and channel (topic ``job`` of :mod:`atlas_tasks.events`).
+
+Nothing outside this module reads a record field by name: callers get a :class:`JobRecord`
+and write through the semantic methods of :class:`JobStore` (``mark_submitted``,
+``set_status``, ``publish_chunks``, ``finish``...).
 
 Single flight. Each poll message carries a sequence number; the record holds
 ``poll_seq``, the sequence of the live poll chain. :meth:`JobStore.claim` is one Lua call:
@@ -35,32 +40,147 @@ loses that answer's chunks (the ``completed`` event still carries the whole outp
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
+from pydantic import BaseModel, Field
 
 from atlas_tasks import constants as C
 from atlas_tasks.events import Event
+from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
+from atlas_tasks.redis_lua import LUA_NOW, decode_json
+from atlas_tasks.specs import JobStatus as ProviderJobStatus
+
+if TYPE_CHECKING:
+    from atlas_tasks.config import AtlasSettings
+
+
+class JobStatus(StrEnum):
+    """Status of an atlas job record (the provider's statuses plus ``submitting``)."""
+
+    SUBMITTING = "submitting"
+    IN_QUEUE = "in_queue"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing changes any more (completed, failed, cancelled, timed_out)."""
+        return self in TERMINAL_STATUSES
+
+    @classmethod
+    def of(cls, status: ProviderJobStatus | str) -> JobStatus:
+        """The record status of a provider job status (same spelling)."""
+        return cls(str(status))
+
 
 #: Job statuses after which nothing changes any more.
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
-
-#: Fields of the record hash (all strings in Redis).
-RECORD_FIELDS = (
-    "id", "provider", "endpoint", "stream", "status", "provider_job_id",
-    "created_at_ms", "updated_at_ms", "submitted_at_ms", "finished_at_ms", "deadline_ms",
-    "max_duration_s", "poll_seq", "polls", "poll_errors", "chunk_seq", "cancel_requested",
-    "submit_inflight", "output", "error", "api_key_sealed",
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
 )
 
-_NOW = (
-    "local _t = redis.call('TIME') "
-    "local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)\n"
-)
 
+def _int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+class JobRecord(BaseModel):
+    """One job's record, typed; :meth:`to_hash` / :meth:`from_hash` are its Redis form.
+
+    Times are ms since the epoch on the Redis clock (every node shares it).
+    """
+
+    id: str
+    provider: str = ""
+    endpoint: str = ""
+    status: JobStatus = JobStatus.SUBMITTING
+    stream: bool = False
+    provider_job_id: str | None = None
+    created_at_ms: int | None = None
+    updated_at_ms: int | None = None
+    submitted_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    deadline_ms: int | None = None
+    max_duration_s: float | None = None
+    poll_seq: int = 0
+    polls: int = 0
+    poll_errors: int = 0
+    chunk_seq: int = 0
+    cancel_requested: bool = False
+    submit_inflight: bool = False
+    output: Any = None
+    error: dict[str, Any] | None = None
+    #: A per-call provider key, Fernet-sealed (never the raw key); kept out of reprs.
+    api_key_sealed: str | None = Field(default=None, repr=False)
+
+    def to_hash(self) -> dict[str, str]:
+        """The Redis hash form: every set field as a string (``None`` fields left out,
+        booleans ``"1"``/``"0"``, ``output`` and ``error`` as JSON)."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(exclude={"output", "error"}).items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                out[name] = "1" if value else "0"
+            elif isinstance(value, float):
+                out[name] = f"{value:g}"
+            else:
+                out[name] = str(value)
+        if self.status == JobStatus.COMPLETED:
+            out["output"] = json.dumps(self.output, default=str)
+        if self.error is not None:
+            out["error"] = json.dumps(self.error, default=str)
+        return out
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> JobRecord:
+        """Build from the Redis hash (missing counters read as 0)."""
+        error = decode_json(fields.get("error"))
+        duration = fields.get("max_duration_s")
+        return cls(
+            id=fields.get("id", ""),
+            provider=fields.get("provider", ""),
+            endpoint=fields.get("endpoint", ""),
+            status=JobStatus(fields.get("status") or JobStatus.SUBMITTING),
+            stream=fields.get("stream") == "1",
+            provider_job_id=fields.get("provider_job_id") or None,
+            created_at_ms=_int(fields.get("created_at_ms")),
+            updated_at_ms=_int(fields.get("updated_at_ms")),
+            submitted_at_ms=_int(fields.get("submitted_at_ms")),
+            finished_at_ms=_int(fields.get("finished_at_ms")),
+            deadline_ms=_int(fields.get("deadline_ms")),
+            max_duration_s=float(duration) if duration else None,
+            poll_seq=_int(fields.get("poll_seq")) or 0,
+            polls=_int(fields.get("polls")) or 0,
+            poll_errors=_int(fields.get("poll_errors")) or 0,
+            chunk_seq=_int(fields.get("chunk_seq")) or 0,
+            cancel_requested=fields.get("cancel_requested") == "1",
+            submit_inflight=fields.get("submit_inflight") == "1",
+            output=decode_json(fields.get("output")),
+            error=error if isinstance(error, dict) else None,
+            api_key_sealed=fields.get("api_key_sealed") or None,
+        )
+
+
+def result_ttl_ms(settings: AtlasSettings | None = None) -> int:
+    """How long a finished job's record stays readable (``ATLAS_JOB_RESULT_TTL_MS``)."""
+    value = getattr(settings, "job_result_ttl_ms", None)
+    return int(value) if isinstance(value, int) and value > 0 else C.DEFAULT_JOB_RESULT_TTL_MS
+
+
+# --------------------------------------------------------------------------- Lua
+# Redis server time in ms: the snippet every store shares (atlas_tasks.redis_lua).
+_NOW = LUA_NOW
+
+# The terminal statuses come from the enum, formatted once at import.
 _TERMINAL_LUA = (
-    "local function terminal(s) return s == 'completed' or s == 'failed' "
-    "or s == 'cancelled' or s == 'timed_out' end\n"
+    "local function terminal(s) return "
+    + " or ".join(f"s == '{s.value}'" for s in sorted(TERMINAL_STATUSES))
+    + " end\n"
 )
 
 _CREATE = _NOW + """
@@ -75,7 +195,7 @@ redis.call('PEXPIRE', KEYS[1], max + tonumber(ARGV[2]))
 return now
 """
 
-_CLAIM = _NOW + _TERMINAL_LUA + """
+_CLAIM = _NOW + _TERMINAL_LUA + LUA_LEASE_FUNCTIONS + """
 -- KEYS: record, lease  ARGV: seq, owner, lease_ms
 local st = redis.call('HMGET', KEYS[1], 'status', 'poll_seq', 'provider_job_id')
 if not st[1] then return {'missing', now} end
@@ -83,37 +203,31 @@ if terminal(st[1]) then return {'done', now} end
 if not st[3] or st[3] == '' then return {'not_ready', now} end
 local cur = tonumber(st[2] or '0')
 local seq = tonumber(ARGV[1])
-local holder = redis.call('GET', KEYS[2])
+local held = redis.call('EXISTS', KEYS[2]) == 1
 if seq == cur then
-  if holder then return {'busy', now} end
+  if held then return {'busy', now} end
 elseif seq == cur + 1 then
-  if holder then return {'early', now} end
+  if held then return {'early', now} end
   redis.call('HSET', KEYS[1], 'poll_seq', seq)
 else
   return {'stale', now}
 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', tonumber(ARGV[3]))
+lease_acquire(KEYS[2], ARGV[2], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'polls', 1)
 return {'ok', now}
 """
 
-_ADVANCE = _NOW + """
+_ADVANCE = _NOW + LUA_LEASE_FUNCTIONS + """
 -- KEYS: record, lease  ARGV: owner, next_seq, poll_errors
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'poll_seq', ARGV[2], 'poll_errors', ARGV[3], 'updated_at_ms', now)
 end
-redis.call('DEL', KEYS[2])
+lease_release(KEYS[2], ARGV[1])
 return 'ok'
 """
 
-_RELEASE = """
--- KEYS: lease  ARGV: owner
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_COMMIT = _NOW + """
+_COMMIT = _NOW + LUA_LEASE_FUNCTIONS + """
 -- KEYS: record, lease, event stream, event channel
 -- ARGV: owner, require_status, expect_chunk_seq, new_chunk_seq, record_ttl_ms, release,
 --       stamp_field, maxlen, stream_ttl_ms, nfields, field/value * nfields, payload...
@@ -145,7 +259,7 @@ for i = first, #ARGV do
 end
 if #ARGV >= first then redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[9])) end
 if ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5])) end
-if ARGV[6] == '1' then redis.call('DEL', KEYS[2]) end
+if ARGV[6] == '1' then lease_release(KEYS[2], ARGV[1]) end
 return out
 """
 
@@ -170,6 +284,10 @@ if st[3] == '1' then return 'interrupted' end
 redis.call('HSET', KEYS[1], 'submit_inflight', '1')
 return 'ok'
 """
+
+
+#: Fields :meth:`JobStore.summaries` reads (``id`` and ``status`` first: both required).
+_SUMMARY_FIELDS = ("id", "status", "provider", "endpoint", "created_at_ms")
 
 
 def job_key(job_id: str) -> str:
@@ -198,39 +316,59 @@ class JobStore:
 
     Args:
         client: a ``decode_responses=True`` Redis client.
+        result_ttl_ms: how long a finished record stays readable (see :func:`result_ttl_ms`).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, result_ttl_ms: int = C.DEFAULT_JOB_RESULT_TTL_MS
+                 ) -> None:
         self.r = client
+        self.result_ttl_ms = result_ttl_ms
         self._create = client.register_script(_CREATE)
         self._claim = client.register_script(_CLAIM)
         self._advance = client.register_script(_ADVANCE)
-        self._release = client.register_script(_RELEASE)
         self._commit = client.register_script(_COMMIT)
         self._request_cancel = client.register_script(_REQUEST_CANCEL)
         self._begin_submit = client.register_script(_BEGIN_SUBMIT)
 
     # ------------------------------------------------------------------ records
-    def create(self, job_id: str, fields: dict[str, str], *, max_duration_ms: int,
+    def create(self, record: JobRecord, *, max_duration_ms: int,
                grace_ms: int = C.JOB_RECORD_GRACE_MS) -> int:
         """Record a new job; returns Redis time (ms). The record lives until
-        ``max duration + grace`` and gets the result TTL when the job ends.
+        ``max duration + grace`` and gets the result TTL when the job ends. Redis sets
+        the clock fields (``created_at_ms``, ``deadline_ms``...) and zeroes the counters.
 
         Raises:
             ValueError: the id is already taken.
         """
+        fields = record.to_hash()
+        for name in ("created_at_ms", "updated_at_ms", "deadline_ms", "poll_seq", "polls",
+                     "poll_errors", "chunk_seq"):
+            fields.pop(name, None)  # Redis owns them
         flat: list[str] = []
         for name, value in fields.items():
             flat += [name, value]
-        now = int(cast(int, self._create(keys=[job_key(job_id)],
+        now = int(cast(int, self._create(keys=[job_key(record.id)],
                                          args=[max_duration_ms, grace_ms, *flat])))
         if now < 0:
-            raise ValueError(f"job id {job_id!r} already exists")
+            raise ValueError(f"job id {record.id!r} already exists")
         return now
 
-    def get(self, job_id: str) -> dict[str, str]:
-        """The record (empty dict when unknown or expired)."""
-        return cast(dict[str, str], self.r.hgetall(job_key(job_id)))
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record, or ``None`` when unknown or expired."""
+        fields = cast(dict[str, str], self.r.hgetall(job_key(job_id)))
+        return JobRecord.from_hash(fields) if fields else None
+
+    def summaries(self, keys: list[str]) -> list[JobRecord]:
+        """Light records (id, provider, endpoint, status, created_at_ms) of the given
+        record keys in one pipelined round trip, for scans (dashboard, metrics); keys
+        that expired in between are left out."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, *_SUMMARY_FIELDS)
+            answers = cast(list[list[str | None]], pipe.execute())
+        return [JobRecord.from_hash({k: v for k, v in zip(_SUMMARY_FIELDS, a, strict=True)
+                                     if v is not None})
+                for a in answers if a[0] and a[1]]
 
     def now_ms(self) -> int:
         """Redis server time in ms (the clock every web node and worker shares)."""
@@ -252,6 +390,17 @@ class JobStore:
         submit again."""
         self.r.hdel(job_key(job_id), "submit_inflight")
 
+    def mark_submitted(self, job_id: str, provider_job_id: str, status: JobStatus) -> str:
+        """Record the provider's job id and status after ``/run`` and publish ``status``
+        (only while the record is still ``submitting``). Returns the commit verdict."""
+        verdict, _ = self.commit(
+            job_id, require_status=JobStatus.SUBMITTING,
+            fields={"provider_job_id": provider_job_id, "status": status,
+                    "submit_inflight": "0"},
+            events=[("status", {"status": status.value, "provider_job_id": provider_job_id})],
+            stamp="submitted_at_ms")
+        return verdict
+
     # ------------------------------------------------------------------ single flight
     def claim(self, job_id: str, seq: int, owner: str, lease_ms: int = C.JOB_POLL_LEASE_MS
               ) -> tuple[str, int]:
@@ -266,9 +415,13 @@ class JobStore:
         return str(self._advance(keys=[job_key(job_id), lease_key(job_id)],
                                  args=[owner, next_seq, poll_errors]))
 
+    def lease(self, job_id: str, owner: str) -> Lease:
+        """The poll lease of a job as held (or not) by ``owner``."""
+        return Lease(self.r, lease_key(job_id), C.JOB_POLL_LEASE_MS, owner=owner)
+
     def release(self, job_id: str, owner: str) -> bool:
         """Drop the lease if ``owner`` still holds it."""
-        return bool(self._release(keys=[lease_key(job_id)], args=[owner]))
+        return self.lease(job_id, owner).release()
 
     # ------------------------------------------------------------------ commits
     def commit(
@@ -276,7 +429,7 @@ class JobStore:
         job_id: str,
         *,
         owner: str | None = None,
-        require_status: str | None = None,
+        require_status: JobStatus | None = None,
         fields: dict[str, str] | None = None,
         events: list[tuple[str, dict[str, Any]]] | None = None,
         chunk_cursor: tuple[int, int] | None = None,
@@ -284,7 +437,8 @@ class JobStore:
         release: bool = False,
         stamp: str | None = None,
     ) -> tuple[str, list[str]]:
-        """Update the record and publish events in one atomic, fenced step.
+        """Update the record and publish events in one atomic, fenced step (the primitive
+        under the semantic writes; ``fields`` are hash fields of :class:`JobRecord`).
 
         Args:
             owner: only if this poller still holds the lease.
@@ -295,7 +449,7 @@ class JobStore:
             chunk_cursor: ``(expected, new)``: only if ``chunk_seq == expected``; sets it
                 to ``new`` in the same step as publishing.
             record_ttl_ms: new TTL of the record (the result TTL when the job ends).
-            release: drop the lease afterwards.
+            release: drop the lease afterwards (only ``owner``'s).
             stamp: a record field set to Redis time (``finished_at_ms``...).
 
         Returns:
@@ -304,7 +458,7 @@ class JobStore:
         channel, stream = event_keys(job_id)
         flat: list[str] = []
         for name, value in (fields or {}).items():
-            flat += [name, value]
+            flat += [name, str(value)]
         payloads = [event_payload(job_id, t, d) for t, d in (events or [])]
         expect, new = chunk_cursor if chunk_cursor is not None else ("", "")
         args: list[Any] = [
@@ -318,6 +472,52 @@ class JobStore:
         verdict = str(answer[0])
         return verdict, ([str(i) for i in answer[1:]] if verdict == "ok" else [])
 
+    def set_status(self, job_id: str, owner: str, status: JobStatus) -> str:
+        """A poller saw a new non-terminal status: record and publish it (fenced)."""
+        verdict, _ = self.commit(job_id, owner=owner, fields={"status": status},
+                                 events=[("status", {"status": status.value})])
+        return verdict
+
+    def publish_chunks(self, job_id: str, owner: str, cursor: int, chunks: list[Any]) -> str:
+        """Publish ``chunks`` as ``output`` events ``cursor+1..`` and move the chunk cursor
+        in the same fenced step. Returns the commit verdict."""
+        events = [("output", {"seq": cursor + i + 1, "chunk": chunk})
+                  for i, chunk in enumerate(chunks)]
+        verdict, _ = self.commit(job_id, owner=owner, events=events,
+                                 chunk_cursor=(cursor, cursor + len(chunks)))
+        return verdict
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        owner: str | None = None,
+        require_status: JobStatus | None = None,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> str:
+        """Store the final result (kept for the result TTL) and publish ``status`` plus
+        ``completed`` / ``failed`` / ``cancelled`` in one fenced step; a poller's lease is
+        released with it. Returns the verdict (``ok``, ``fenced``, ``missing``)."""
+        fields = {"status": status.value, "submit_inflight": "0"}
+        final: tuple[str, dict[str, Any]]
+        if status == JobStatus.COMPLETED:
+            fields["output"] = json.dumps(output, default=str)
+            final = ("completed", {"output": output})
+        elif status == JobStatus.CANCELLED:
+            final = ("cancelled", {"status": status.value})
+        else:
+            err = error or {"kind": "unknown", "message": f"job {status.value}"}
+            fields["error"] = json.dumps(err, default=str)
+            final = ("failed", {"status": status.value, "error": err})
+        verdict, _ = self.commit(job_id, owner=owner, require_status=require_status,
+                                 fields=fields,
+                                 events=[("status", {"status": status.value}), final],
+                                 record_ttl_ms=self.result_ttl_ms, release=owner is not None,
+                                 stamp="finished_at_ms")
+        return verdict
+
     def request_cancel(self, job_id: str) -> tuple[str, int]:
         """Flag a cancel for the poller: ``(status, poll_seq)``; status ``missing`` if
         unknown. A finished job is left alone (its status is returned)."""
@@ -325,15 +525,5 @@ class JobStore:
         return str(status), int(seq)
 
 
-def decode_json(value: str | None) -> Any:
-    """A JSON record field (``None`` when absent or unreadable)."""
-    if not value:
-        return None
-    try:
-        return json.loads(value)
-    except ValueError:
-        return None
-
-
-__all__ = ["RECORD_FIELDS", "TERMINAL_STATUSES", "JobStore", "decode_json", "event_keys",
-           "event_payload", "job_key", "lease_key"]
+__all__ = ["TERMINAL_STATUSES", "JobRecord", "JobStatus", "JobStore", "decode_json",
+           "event_keys", "event_payload", "job_key", "lease_key", "result_ttl_ms"]

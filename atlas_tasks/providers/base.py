@@ -32,6 +32,7 @@ from atlas_tasks.specs import (
     GpuType,
     Job,
     JobRequest,
+    JobStatus,
 )
 
 
@@ -208,6 +209,16 @@ class Provider(abc.ABC):
     def stream_job(self, job_id: str, *, endpoint: str) -> Iterator[Any]:
         """Partial outputs of a job as they arrive."""
         raise self.unsupported("stream_job")
+
+    def read_job_stream(self, job_id: str, *, endpoint: str
+                        ) -> tuple[JobStatus | None, list[Any]]:
+        """One non-blocking read of a streaming job: ``(status or None, new chunks)``.
+
+        Unlike :meth:`stream_job` (a blocking iterator that sleeps between reads) this is
+        what a worker's poll iteration may call. Chunks are handed out once. Providers
+        that implement it declare ``Capability.JOB_STREAM_READS``.
+        """
+        raise self.unsupported("read_job_stream")
 
     # ------------------------------------------------------------------ catalog
     def list_gpu_types(self) -> list[GpuType]:

@@ -206,6 +206,7 @@ class MockProvider(Provider):
             Capability.HTTP_PROXY,
             Capability.RAW_TCP,
             Capability.WEBHOOKS,
+            Capability.JOB_STREAM_READS,
         }
     )
 
@@ -367,6 +368,13 @@ class MockProvider(Provider):
         # Looked up before the generator starts so an unknown id fails at the call.
         job = self._job(job_id, endpoint)
         return iter([job.output])
+
+    def read_job_stream(self, job_id: str, *, endpoint: str
+                        ) -> tuple[JobStatus | None, list[Any]]:
+        self._pause()
+        # Mock jobs end at once: their whole output is the one chunk of a finished job.
+        job = self._job(job_id, endpoint)
+        return job.status, ([job.output] if job.status == JobStatus.COMPLETED else [])
 
     # ------------------------------------------------------------------ catalog
     def list_gpu_types(self) -> list[GpuType]:

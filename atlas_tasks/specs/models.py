@@ -36,6 +36,8 @@ class Capability(StrEnum):
     SYMMETRIC_PORTS = "symmetric_ports"
     WEBHOOKS = "webhooks"
     GLOBAL_NETWORKING = "global_networking"
+    #: ``Provider.read_job_stream``: one non-blocking read of a streaming job's new chunks.
+    JOB_STREAM_READS = "job_stream_reads"
 
 
 class ComputeStatus(StrEnum):

@@ -25,8 +25,8 @@ import pytest
 from atlas_tasks import fly
 from atlas_tasks.celery_app import get_app
 from atlas_tasks.config import reset_settings
-from atlas_tasks.constants import QUEUE_FLY, TASK_FLY_LOGS_POLL
-from atlas_tasks.fly import log_streamer
+from atlas_tasks.constants import TASK_FLY_LOGS_POLL
+from atlas_tasks.fly import store
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
 from atlas_tasks.testing.cluster import LocalCluster
 from atlas_tasks.testing.redis_server import in_ci, redis_available
@@ -227,7 +227,7 @@ def _node(args: list[str]) -> str:
 def _wait_holder(app: str, timeout: float = 15.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        owner = log_streamer.holder(app)
+        owner = store.holder(get_redis(), app)
         if owner:
             return owner
         time.sleep(0.05)
@@ -241,14 +241,14 @@ def test_logs_streamer_is_single_instance_across_two_workers(cluster: LocalClust
         collector = Collector(app, cluster)
         _wait_holder(app)
         # Hammer the cluster with extra starts: every one of them must find the lock taken.
-        extra = [get_app().send_task(TASK_FLY_LOGS_POLL, args=[app], queue=QUEUE_FLY)
+        extra = [get_app().send_task(TASK_FLY_LOGS_POLL, args=[app])
                  for _ in range(8)]
         holders: set[str] = set()
         total = 0
         for _ in range(10):
             _append(cluster, app, total + 1, 15)
             total += 15
-            holders.add(log_streamer.holder(app) or "")
+            holders.add(store.holder(get_redis(), app) or "")
             time.sleep(0.25)
         collector.wait_for(total, 20, cluster)
         results = [r.get(timeout=20) for r in extra]
@@ -262,10 +262,10 @@ def test_logs_streamer_is_single_instance_across_two_workers(cluster: LocalClust
     assert holders and all(h.startswith(("w1@", "w2@", "w3@")) for h in holders), holders
     # no subscriber left → the streamer stops and lets go of the app
     deadline = time.monotonic() + 40
-    while log_streamer.holder(app) and time.monotonic() < deadline:
+    while store.holder(get_redis(), app) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert log_streamer.holder(app) is None
-    assert get_redis().get(log_streamer.cursor_key(app)) is None
+    assert store.holder(get_redis(), app) is None
+    assert get_redis().get(store.cursor_key(app)) is None
 
 
 def test_logs_streamer_resumes_from_its_cursor_after_a_worker_is_killed(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 
 import pytest
@@ -15,6 +16,7 @@ from atlas_tasks.errors import (
     NotFoundError,
     NotTracked,
     ProviderError,
+    QuotaExceeded,
     RateLimitedError,
     TransportError,
     UnauthorizedError,
@@ -36,8 +38,12 @@ SUBCLASSES = {
     "validation": ValidationError,
     "provider": ProviderError,
     "transport": TransportError,
+    "quota_exceeded": QuotaExceeded,
     "unknown": UnknownError,
 }
+
+#: Error classes that belong to one feature module rather than ``import atlas_tasks``.
+FEATURE_ERRORS = {QuotaExceeded: "atlas_tasks.quotas"}
 
 
 @pytest.mark.parametrize(
@@ -125,6 +131,10 @@ def test_catch_by_kind_or_subclass(kind: str) -> None:
 def test_error_classes_are_exported_at_top_level() -> None:
     assert atlas.AtlasError is AtlasError
     for cls in SUBCLASSES.values():
+        if cls in FEATURE_ERRORS:
+            module = importlib.import_module(FEATURE_ERRORS[cls])
+            assert getattr(module, cls.__name__) is cls
+            continue
         assert getattr(atlas, cls.__name__) is cls
 
 

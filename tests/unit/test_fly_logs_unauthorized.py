@@ -11,8 +11,10 @@ import pytest
 import redis
 
 from atlas_tasks.config import AtlasSettings, reset_settings
+from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import AtlasError, UnauthorizedError
-from atlas_tasks.fly import log_streamer as ls
+from atlas_tasks.fly import client as fly_client
+from atlas_tasks.fly import service, store
 from atlas_tasks.fly.logs import LogPage
 from atlas_tasks.redis_conn import reset_redis_clients
 
@@ -28,6 +30,15 @@ def settings(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AtlasS
     reset_redis_clients()
 
 
+@pytest.fixture
+def deps(settings: AtlasSettings, redis_client: redis.Redis) -> Dependencies:
+    return Dependencies.from_client(redis_client, settings=settings)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def no_token(app: str, cursor: str | None) -> LogPage:
     # What LogsClient.fetch raises when the token chain comes up empty.
     raise UnauthorizedError(f"no_token_available: no Fly token for app {app!r}",
@@ -35,15 +46,16 @@ def no_token(app: str, cursor: str | None) -> LogPage:
 
 
 def test_subscriber_gets_an_unauthorized_error_naming_the_chain(
-        settings: AtlasSettings, redis_client: redis.Redis) -> None:
+    deps: Dependencies, settings: AtlasSettings, redis_client: redis.Redis
+) -> None:
     stop = threading.Event()
 
     def streamer(app: str) -> None:
         def loop() -> None:
-            assert ls.acquire(app, "t1", client=redis_client, settings=settings)
+            assert service.streamer_lease(deps, app, "t1").acquire()
             while not stop.is_set():
-                result = ls.run_slice(app, "t1", fetch=no_token, client=redis_client,
-                                      settings=settings, slice_s=0.2, had_subscriber=True)
+                result = service.run_slice(deps, app, "t1", fetch=no_token, slice_s=0.2,
+                                           had_subscriber=True)
                 if result.outcome != "continue":
                     return
 
@@ -52,7 +64,7 @@ def test_subscriber_gets_an_unauthorized_error_naming_the_chain(
     started = time.monotonic()
     try:
         with pytest.raises(AtlasError) as caught:
-            for _ in ls.subscribe(APP, streamer, timeout=10, settings=settings):
+            for _ in fly_client.subscribe(APP, streamer, timeout=10, settings=settings):
                 pass
     finally:
         stop.set()
@@ -60,19 +72,20 @@ def test_subscriber_gets_an_unauthorized_error_naming_the_chain(
     assert caught.value.kind == "unauthorized" and caught.value.provider == "fly"
     message = str(caught.value)
     assert "FLY_API_TOKEN" in message and "config.yml" in message and APP in message
-    assert ls.live_subscribers(APP, client=redis_client) == 0  # unsubscribed on the way out
+    assert store.live_subscribers(redis_client, APP, now_ms()) == 0  # unsubscribed on the way out
 
 
-def test_other_poll_errors_do_not_end_the_subscription(settings: AtlasSettings,
-                                                       redis_client: redis.Redis) -> None:
+def test_other_poll_errors_do_not_end_the_subscription(
+    deps: Dependencies, settings: AtlasSettings, redis_client: redis.Redis
+) -> None:
     # A transient failure is retried by the streamer; the subscriber keeps waiting.
-    assert ls.acquire(APP, "t2", client=redis_client, settings=settings)
-    redis_client.zadd(ls.subscribers_key(APP), {"s": int(time.time() * 1000) + 30_000})
+    assert service.streamer_lease(deps, APP, "t2").acquire()
+    redis_client.zadd(store.subscribers_key(APP), {"s": int(time.time() * 1000) + 30_000})
 
     def flaky(app: str, cursor: str | None) -> LogPage:
         raise AtlasError("HTTP 503", kind="provider", provider="fly", status=503)
 
-    result = ls.run_slice(APP, "t2", fetch=flaky, client=redis_client, settings=settings,
+    result = service.run_slice(deps, APP, "t2", fetch=flaky,
                           slice_s=0.1)
     assert result.errors >= 1 and result.outcome == "continue"
     from atlas_tasks import events

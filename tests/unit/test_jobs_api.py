@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+from celery import Celery
 
 from atlas_tasks import celery_app, events, jobs
 from atlas_tasks import constants as C
-from atlas_tasks.config import reset_settings
+from atlas_tasks.celery_app import build_config
+from atlas_tasks.config import get_settings, reset_settings
 from atlas_tasks.errors import (
     AtlasTimeoutError,
     NotFoundError,
@@ -20,8 +22,7 @@ from atlas_tasks.errors import (
     UnsupportedError,
     ValidationError,
 )
-from atlas_tasks.jobs import JobCancelled
-from atlas_tasks.jobs.polling import finish
+from atlas_tasks.jobs import JobCancelled, JobStatus
 from atlas_tasks.jobs.store import JobStore
 from atlas_tasks.providers.base import StubProvider
 from atlas_tasks.providers.registry import register_provider
@@ -52,12 +53,24 @@ def _store() -> JobStore:
     return JobStore(get_redis())
 
 
+def _finish(st: JobStore, job_id: str, status: str, **kwargs: Any) -> None:
+    assert st.finish(job_id, JobStatus(status), require_status=JobStatus.SUBMITTING,
+                     **kwargs) == "ok"
+
+
+def test_every_job_task_is_routed_to_the_jobs_queue() -> None:
+    app = Celery("routes-test")
+    app.conf.update(task_routes=build_config(get_settings())["task_routes"])
+    for name in (C.TASK_JOB_RUN, C.TASK_JOB_POLL):
+        assert app.amqp.router.route({}, name)["queue"].name == C.QUEUE_JOBS
+
+
 def test_submit_records_publishes_and_enqueues(sent: list[dict[str, Any]]) -> None:
     job = jobs.submit(endpoint="ep", input={"prompt": "hi"}, stream=True,
                       max_duration_s=30, api_key="sk-secret-123")
     assert repr(job) == f"JobHandle(id={job.id!r}, provider='runpod', endpoint='ep')"
     [call] = sent
-    assert call["name"] == C.TASK_JOB_RUN and call["queue"] == C.QUEUE_JOBS
+    assert call["name"] == C.TASK_JOB_RUN and "queue" not in call  # task_routes decide
     assert call["args"][0] == job.id and call["args"][1]["input"] == {"prompt": "hi"}
     assert "sk-secret" not in str(call)  # the key never travels in the message
     assert call["argsrepr"] == repr((job.id, "<request>"))
@@ -139,7 +152,7 @@ def test_wait_returns_output_from_events_and_record(sent: list[dict[str, Any]]) 
 
     def complete() -> None:
         time.sleep(0.3)
-        finish(_store(), job.id, "completed", require_status="submitting", output={"y": 2})
+        _finish(_store(), job.id, "completed", output={"y": 2})
 
     threading.Thread(target=complete).start()
     assert job.wait(timeout=5) == {"y": 2}
@@ -152,12 +165,12 @@ def test_wait_raises_the_jobs_error_or_times_out(sent: list[dict[str, Any]]) -> 
     with pytest.raises(AtlasTimeoutError):
         job.wait(timeout=0.5)
     assert 0.4 < time.monotonic() - started < 1.5
-    finish(_store(), job.id, "failed", require_status="submitting",
-           error={"kind": "provider", "provider": "runpod", "message": "boom"})
+    _finish(_store(), job.id, "failed",
+            error={"kind": "provider", "provider": "runpod", "message": "boom"})
     with pytest.raises(ProviderError, match="boom"):
         job.wait(timeout=1)
     other = jobs.submit(endpoint="ep")
-    finish(_store(), other.id, "cancelled", require_status="submitting")
+    _finish(_store(), other.id, "cancelled")
     with pytest.raises(JobCancelled):
         other.wait(timeout=1)
     with pytest.raises(JobCancelled):
@@ -174,10 +187,10 @@ def test_stream_replays_then_follows_and_never_repeats(sent: list[dict[str, Any]
     def later() -> None:
         time.sleep(0.3)
         st.commit(job.id, events=[("output", {"seq": 3, "chunk": "c"})])
-        finish(st, job.id, "completed", require_status="submitting", output="abc")
+        _finish(st, job.id, "completed", output="abc")
 
     threading.Thread(target=later).start()
     assert list(job.stream(timeout=5)) == ["a", "b", "c"]
     plain = jobs.submit(endpoint="ep")
-    finish(st, plain.id, "completed", require_status="submitting", output="whole")
+    _finish(st, plain.id, "completed", output="whole")
     assert list(plain.stream(timeout=1)) == ["whole"]  # non-streaming: the output once

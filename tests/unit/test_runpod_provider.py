@@ -168,7 +168,7 @@ def spawn_request(**fields: Any) -> Any:
 def test_capabilities_need_no_key_and_spot_is_gone() -> None:
     assert RunPodProvider.capabilities() == {
         "serverless", "network_volumes", "http_proxy", "raw_tcp", "symmetric_ports",
-        "webhooks", "global_networking"}
+        "webhooks", "global_networking", "job_stream_reads"}
     provider = RunPodProvider(ProviderContext(api_key=None))
     assert "spot" not in provider.capabilities()
 
@@ -629,6 +629,18 @@ def test_stream_of_a_timed_out_job_raises_timeout(fake: FakeRunPod) -> None:
     with pytest.raises(AtlasError) as info:
         list(provider.stream_job("j1", endpoint="ep1"))
     assert info.value.kind == "timeout"
+
+
+def test_read_job_stream_is_one_non_blocking_read(fake: FakeRunPod) -> None:
+    runtime_route(
+        fake, "GET", "/ep1/stream/j1",
+        httpx.Response(200, json={"status": "IN_PROGRESS", "stream": [{"output": "a"}]}),
+        httpx.Response(200, json={"status": "COMPLETED", "stream": []}),
+    )
+    provider, sleeps = make_provider(fake)
+    assert provider.read_job_stream("j1", endpoint="ep1") == (JobStatus.IN_PROGRESS, ["a"])
+    assert provider.read_job_stream("j1", endpoint="ep1") == (JobStatus.COMPLETED, [])
+    assert sleeps == []
 
 
 def test_stream_validates_eagerly(fake: FakeRunPod) -> None:

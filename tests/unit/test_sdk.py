@@ -223,7 +223,7 @@ def test_list_gpu_types_and_capabilities() -> None:
     assert (entry.id, entry.canonical, entry.display_name) == ("mock-h100", "h100", "Mock H100")
     assert (entry.memory_gb, entry.lowest_price_per_hour, entry.stock) == (80, 0.0, "high")
     expected = frozenset({"spot", "serverless", "network_volumes", "http_proxy", "raw_tcp",
-                          "webhooks"})
+                          "webhooks", "job_stream_reads"})
     assert atlas.capabilities("mock") == expected
     assert atlas.capabilities(MockProvider) == expected
     assert atlas.capabilities(MockProvider()) == expected

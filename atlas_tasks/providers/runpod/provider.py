@@ -33,6 +33,7 @@ from atlas_tasks.specs import (
     GpuType,
     Job,
     JobRequest,
+    JobStatus,
     canonical_gpu,
 )
 
@@ -61,6 +62,7 @@ class RunPodProvider(Provider):
         Capability.SYMMETRIC_PORTS,
         Capability.WEBHOOKS,
         Capability.GLOBAL_NETWORKING,
+        Capability.JOB_STREAM_READS,
     })
 
     def __init__(self, context: ProviderContext | None = None) -> None:
@@ -144,6 +146,11 @@ class RunPodProvider(Provider):
         # Validate now rather than at the first next(): errors belong to the call site.
         serverless.job_path(endpoint, "stream", job_id)
         return serverless.stream(self.clients.runtime, endpoint, job_id, rand=self.rand)
+
+    def read_job_stream(self, job_id: str, *, endpoint: str
+                        ) -> tuple[JobStatus | None, list[Any]]:
+        """One ``GET /stream/{id}`` (chunks are handed out once)."""
+        return serverless.read_stream(self.clients.runtime, endpoint, job_id)
 
     def endpoint_health(self, endpoint: str) -> dict[str, Any]:
         """``GET /health`` of a serverless endpoint (job and worker counts)."""

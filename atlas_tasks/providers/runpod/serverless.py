@@ -143,11 +143,10 @@ def stream(
     failures raise (after the HTTP layer's retries) instead of ending the stream silently
     as ExAtlas did: a truncated stream must not look like a finished one.
     """
-    path = job_path(endpoint, "stream", job_id)
+    job_path(endpoint, "stream", job_id)  # validate before the first read
     delay = STREAM_BASE_DELAY_S
     while True:
-        answer = api.call("GET", path)
-        state, chunks = translate.stream_chunks(answer.data)
+        state, chunks = read_stream(api, endpoint, job_id)
         yield from chunks
         if state is not None and state.is_terminal:
             if state != JobStatus.COMPLETED:
@@ -155,6 +154,16 @@ def stream(
             return
         delay = STREAM_BASE_DELAY_S if chunks else min(delay * 2, STREAM_MAX_DELAY_S)
         api.sleep(_jittered(delay, rand))
+
+
+def read_stream(api: HttpClient, endpoint: str, job_id: str
+                ) -> tuple[JobStatus | None, list[Any]]:
+    """One ``GET /stream/{id}``: ``(status or None, chunk outputs)``, never sleeping.
+
+    RunPod hands each chunk out once: a second read returns only newer chunks.
+    """
+    answer = api.call("GET", job_path(endpoint, "stream", job_id))
+    return translate.stream_chunks(answer.data)
 
 
 def _stream_ended(job: Job) -> AtlasError:

@@ -1,0 +1,219 @@
+"""Quotas and budgets per user and per tenant, admitted atomically in Redis.
+
+The model::
+
+    limits  (set by the operator)      max_sessions, max_hourly_usd, monthly_usd per
+                                       user and per tenant; None = no limit
+    usage   (kept by admission)        live sessions and committed USD/h = the sums of
+                                       the live reservations; month-to-date USD spent
+    reservation (one per session)      what its admission took: 1 session + its USD/h,
+                                       on its user and on its tenant
+
+* **Admission** (:func:`admit`) is one Lua script: it checks the user's and the tenant's
+  three limits and, only if all of them allow it, reserves one session and the request's
+  USD per hour on both, together. Otherwise it reserves nothing and raises
+  :class:`QuotaExceeded` naming the limit, the usage and the limit. So 50 concurrent
+  admissions from any number of processes against ``max_sessions=3`` admit exactly 3.
+* **Committed USD/h** of a session starts as the catalog price of the requested GPU ×
+  count (:func:`quote`, from the price cache :func:`refresh_prices` fills) and is
+  :func:`correct`-ed to the pod's real ``cost_per_hour`` once it runs. A GPU with no
+  cached price is admitted with 0 USD/h committed (the session still counts against
+  ``max_sessions`` and an exhausted monthly budget still refuses it), with a warning in
+  the log and ``Reservation.price_known=False``, until :func:`correct` sets the real
+  price. Refusing would block every GPU the catalog has not priced yet; the estimate being
+  0 is visible and short-lived.
+* **Monthly budget**: a session is admitted only while the month's spend plus one more
+  hour of every live session, the new one included, fits in ``monthly_usd`` (a one-hour
+  headroom: atlas does not start what the budget cannot pay an hour of). The spend itself
+  is added by :func:`record_spend` (the live cost meter calls it); months are UTC by Redis
+  ``TIME`` and each has its own key, so a new month starts from zero by itself.
+* **Release** (:func:`release`) gives a session's reservation back and is idempotent: the
+  reservation is a receipt deleted in the same script, so a double release, or a release
+  after a crash and a retry, never drives usage below zero.
+
+When each call happens (wiring into ``orchestrator.spawn`` lands with the sessions
+refactor): spawn calls :func:`admit` before anything is enqueued; a failed spawn and
+every end of a session (idle, stop, max lifetime, orphaned intent) call :func:`release`;
+the session becoming ``running`` calls :func:`correct` with the pod's ``cost_per_hour``.
+
+Every function takes an optional ``client`` (a ``decode_responses=True`` Redis client);
+by default it uses the process's Redis (``ATLAS_REDIS_URL``). The store, its records, its
+keys and its Lua are in :mod:`atlas_tasks.quotas.store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+from atlas_tasks.errors import QuotaExceeded
+from atlas_tasks.quotas.store import (
+    SCOPES,
+    Admission,
+    LimitName,
+    Limits,
+    QuotaStore,
+    Quote,
+    Refusal,
+    Reservation,
+    Scope,
+    Usage,
+)
+from atlas_tasks.specs import GpuType
+
+
+def quota_store(client: redis.Redis | None = None) -> QuotaStore:
+    """A :class:`QuotaStore` on ``client`` (default: the process's Redis)."""
+    if client is None:
+        from atlas_tasks.deps import Dependencies
+
+        client = Dependencies.default().redis
+    return QuotaStore(client)
+
+
+def set_limits(
+    scope: Scope,
+    id: str | int,
+    *,
+    max_sessions: int | None = None,
+    max_hourly_usd: float | None = None,
+    monthly_usd: float | None = None,
+    client: redis.Redis | None = None,
+) -> Limits:
+    """Set a user's or tenant's limits, replacing the previous ones.
+
+    Args:
+        scope: ``"user"`` or ``"tenant"``.
+        id: the user or tenant id.
+        max_sessions: most sessions alive at once (``None``: no limit).
+        max_hourly_usd: most USD per hour committed by its live sessions together.
+        monthly_usd: the calendar month's budget in USD (UTC months).
+        client: Redis client (default: the process's).
+
+    Returns:
+        The limits now in force. A limit left ``None`` is removed. Live sessions are
+        never stopped by a lower limit; it refuses the next admissions.
+
+    Raises:
+        ValidationError: a bad scope, id or negative/non-numeric limit (the field named).
+    """
+    limits = Limits.build(
+        max_sessions=max_sessions, max_hourly_usd=max_hourly_usd, monthly_usd=monthly_usd
+    )
+    quota_store(client).set_limits(scope, id, limits)
+    return limits
+
+
+def get_limits(scope: Scope, id: str | int, *, client: redis.Redis | None = None) -> Limits:
+    """A user's or tenant's limits (every field ``None`` when none were set)."""
+    return quota_store(client).get_limits(scope, id)
+
+
+def usage(scope: Scope, id: str | int, *, client: redis.Redis | None = None) -> Usage:
+    """A user's or tenant's live sessions, committed USD per hour and month-to-date USD."""
+    return quota_store(client).usage(scope, id)
+
+
+def admit(
+    session_id: str,
+    *,
+    user_id: str | int | None = None,
+    tenant_id: str | int | None = None,
+    hourly_usd: float | None = None,
+    client: redis.Redis | None = None,
+) -> Reservation:
+    """Admit a session against its user's and tenant's limits, reserving atomically.
+
+    Args:
+        session_id: the session to reserve for (the reservation's key).
+        user_id: the user it counts against (``None``: none).
+        tenant_id: the tenant it counts against (``None``: none).
+        hourly_usd: its price per hour (e.g. ``quote(...).hourly_usd``); ``None`` when
+            unknown: admitted with 0 USD/h committed, see the module docstring.
+        client: Redis client (default: the process's).
+
+    Returns:
+        The session's reservation (the existing one if it was already admitted).
+
+    Raises:
+        QuotaExceeded: a limit refused; nothing was reserved.
+        ValidationError: bad ids or a negative price.
+    """
+    admission = quota_store(client).try_admit(
+        session_id, user_id=user_id, tenant_id=tenant_id, hourly_usd=hourly_usd
+    )
+    if admission.refusal is not None:
+        raise admission.refusal.error()
+    assert admission.reservation is not None  # admitted ⇔ reservation (Admission's contract)
+    return admission.reservation
+
+
+def release(session_id: str, *, client: redis.Redis | None = None) -> Reservation | None:
+    """Give back a session's reservation; idempotent (``None`` if it held none)."""
+    return quota_store(client).release(session_id)
+
+
+def correct(
+    session_id: str, real_hourly_usd: float, *, client: redis.Redis | None = None
+) -> Reservation | None:
+    """Set a live session's committed USD/h to its pod's real ``cost_per_hour``."""
+    return quota_store(client).correct(session_id, real_hourly_usd)
+
+
+def record_spend(
+    usd: float,
+    *,
+    user_id: str | int | None = None,
+    tenant_id: str | int | None = None,
+    client: redis.Redis | None = None,
+) -> dict[Scope, float]:
+    """Add spent USD to this month's total of a user and/or tenant; returns the totals."""
+    return quota_store(client).record_spend(usd, user_id=user_id, tenant_id=tenant_id)
+
+
+def refresh_prices(
+    provider_name: str, gpu_types: Iterable[GpuType], *, client: redis.Redis | None = None
+) -> int:
+    """Cache a provider's catalog prices (from ``Provider.list_gpu_types()``).
+
+    Returns how many prices were stored; see :meth:`QuotaStore.refresh_prices`.
+    """
+    return quota_store(client).refresh_prices(provider_name, gpu_types)
+
+
+def quote(
+    provider_name: str,
+    gpu: str,
+    gpu_count: int = 1,
+    *,
+    spot: bool = False,
+    client: redis.Redis | None = None,
+) -> Quote:
+    """The cached hourly price of ``gpu_count`` × ``gpu`` (``hourly_usd=None``: unknown)."""
+    return quota_store(client).quote(provider_name, gpu, gpu_count, spot=spot)
+
+
+__all__ = [
+    "SCOPES",
+    "Admission",
+    "LimitName",
+    "Limits",
+    "QuotaExceeded",
+    "QuotaStore",
+    "Quote",
+    "Refusal",
+    "Reservation",
+    "Scope",
+    "Usage",
+    "admit",
+    "correct",
+    "get_limits",
+    "quota_store",
+    "quote",
+    "record_spend",
+    "refresh_prices",
+    "release",
+    "set_limits",
+    "usage",
+]

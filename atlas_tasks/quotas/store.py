@@ -1,0 +1,831 @@
+"""Redis store of quotas and budgets: typed records, key layout and the Lua that keeps them.
+
+Everything here is a few Redis hashes and strings per user or tenant, changed only by the
+Lua scripts of this module, so every check-and-change is atomic on the Redis server (no
+lock, no retry loop) and holds across any number of processes and machines.
+
+Key layout (declared once, below; ``{scope}`` is ``user`` or ``tenant``):
+
+* :data:`LIMITS_KEY` hash — the scope's limits; a missing field means "no limit".
+* :data:`USAGE_KEY` hash — live ``sessions`` and committed ``hourly_micros``: the sums of
+  the reservations held right now for that user or tenant.
+* :data:`SPEND_KEY` string — USD spent in one calendar month (UTC, by Redis ``TIME``).
+  The month is part of the key, so a new month starts at zero by itself; each month's key
+  expires :data:`SPEND_RETENTION_S` after that month ends.
+* :data:`RESERVATION_KEY` hash — what one session's admission reserved (user, tenant,
+  USD per hour). It is the receipt that makes release idempotent: releasing deletes it in
+  the same script that gives back what it lists, so a second release finds nothing.
+* :data:`RESERVATIONS_INDEX_KEY` sorted set — every live reservation by admission time,
+  so operators (and a later sweep) can find reservations whose session is gone.
+* :data:`PRICES_KEY` hash — a provider's catalog prices (USD per GPU-hour), refreshed from
+  ``Provider.list_gpu_types()``.
+
+Money is stored as integer micro-dollars (1 USD = 1,000,000): counters move with exact
+integer arithmetic, so usage never drifts from the sum of the reservations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
+
+import redis
+
+from atlas_tasks.errors import QuotaExceeded, validation_error
+from atlas_tasks.specs import GpuType
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- keys
+
+#: Hash of a user's or tenant's limits: ``max_sessions``, ``max_hourly_micros``,
+#: ``monthly_micros``. A missing field is no limit; no key at all is no limit at all.
+LIMITS_KEY: Final = "atlas:quota:{scope}:{id}:limits"
+#: Hash of a user's or tenant's live usage: ``sessions`` (count) and ``hourly_micros``
+#: (committed micro-USD per hour), the sums of the reservations held right now.
+USAGE_KEY: Final = "atlas:quota:{scope}:{id}:usage"
+#: String: micro-USD spent by a user or tenant in ``{month}`` (``YYYY-MM``, UTC, from
+#: Redis ``TIME``). Expires :data:`SPEND_RETENTION_S` after the end of its month.
+SPEND_KEY: Final = "atlas:quota:{scope}:{id}:spend:{month}"
+#: Hash: what the admission of session ``{session}`` reserved (see :class:`Reservation`).
+#: No TTL on purpose: an expiry cannot give the reserved amounts back to the usage hashes,
+#: so a reservation ends only by :meth:`QuotaStore.release`.
+RESERVATION_KEY: Final = "atlas:quota:res:{session}"
+#: Sorted set of live reservations: member = session id, score = admission time (ms).
+RESERVATIONS_INDEX_KEY: Final = "atlas:quota:reservations"
+#: Hash of one provider's catalog prices in micro-USD per GPU-hour: field ``{gpu}``
+#: (on-demand) and ``{gpu}:spot``, where ``{gpu}`` is the canonical name and the
+#: provider's own id, lower-cased; plus ``@refreshed_ms``.
+PRICES_KEY: Final = "atlas:quota:prices:{provider}"
+
+#: How long a month's spend key lives after its month ends (two more months readable).
+SPEND_RETENTION_S: Final = 62 * 24 * 3600
+
+#: Micro-dollars per dollar.
+MICROS: Final = 1_000_000
+#: Largest amount accepted anywhere (USD): keeps every counter an exact integer in Lua's
+#: doubles (2**53 micro-USD is about 9 billion USD).
+MAX_USD: Final = 1_000_000_000.0
+#: Longest user or tenant id accepted.
+MAX_ID_LENGTH: Final = 200
+
+Scope = Literal["user", "tenant"]
+#: The scopes a limit can belong to, in the order admission checks them.
+SCOPES: Final[tuple[Scope, ...]] = ("user", "tenant")
+
+LimitName = Literal["max_sessions", "max_hourly_usd", "monthly_usd"]
+
+_USAGE_PREFIX, _USAGE_SUFFIX = USAGE_KEY.split("{scope}:{id}")
+
+
+def limits_key(scope: Scope, scope_id: str) -> str:
+    """Redis key of a scope's limits hash."""
+    return LIMITS_KEY.format(scope=scope, id=scope_id)
+
+
+def usage_key(scope: Scope, scope_id: str) -> str:
+    """Redis key of a scope's usage hash."""
+    return USAGE_KEY.format(scope=scope, id=scope_id)
+
+
+def spend_key(scope: Scope, scope_id: str, month: str) -> str:
+    """Redis key of a scope's spend in ``month`` (``YYYY-MM``)."""
+    return SPEND_KEY.format(scope=scope, id=scope_id, month=month)
+
+
+def reservation_key(session_id: str) -> str:
+    """Redis key of a session's reservation."""
+    return RESERVATION_KEY.format(session=session_id)
+
+
+def prices_key(provider: str) -> str:
+    """Redis key of a provider's cached catalog prices."""
+    return PRICES_KEY.format(provider=provider)
+
+
+def _spend_prefix(scope: Scope, scope_id: str) -> str:
+    # The scripts append the month they read from Redis TIME.
+    return spend_key(scope, scope_id, "")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def to_micros(field: str, usd: Any) -> int:
+    """USD → integer micro-USD; refuses booleans, non-numbers, NaN, negatives, huge values."""
+    if isinstance(usd, bool) or not isinstance(usd, int | float):
+        raise validation_error(field, f"must be a number of USD, got {type(usd).__name__}")
+    if not math.isfinite(usd):
+        raise validation_error(field, "must be a finite number")
+    if usd < 0:
+        raise validation_error(field, f"must be >= 0, got {usd}")
+    if usd > MAX_USD:
+        raise validation_error(field, f"must be <= {MAX_USD:.0f}, got {usd}")
+    return round(usd * MICROS)
+
+
+def to_usd(micros: int) -> float:
+    """Integer micro-USD → USD."""
+    return micros / MICROS
+
+
+def check_scope(scope: Any) -> Scope:
+    """``scope`` if it is ``"user"`` or ``"tenant"``; a validation error naming it otherwise."""
+    if scope not in SCOPES:
+        raise validation_error("scope", f"must be 'user' or 'tenant', got {scope!r}")
+    return cast(Scope, scope)
+
+
+def check_id(field: str, value: Any) -> str:
+    """A user/tenant id as a string (ints are accepted: Django primary keys)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise validation_error(field, f"must be a string, got {type(value).__name__}")
+    text = str(value)
+    if not text or len(text) > MAX_ID_LENGTH:
+        raise validation_error(field, f"must be 1 to {MAX_ID_LENGTH} characters")
+    if any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise validation_error(field, "must not contain spaces or control characters")
+    return text
+
+
+def _check_session(session_id: Any) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise validation_error("session_id", "must be a non-empty string")
+
+
+def _check_count(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise validation_error(field, f"must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise validation_error(field, f"must be >= 0, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _opt_int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A user's or tenant's limits; ``None`` is no limit.
+
+    Attributes:
+        max_sessions: most sessions alive at once.
+        max_hourly_usd: most USD per hour committed by live sessions together.
+        monthly_usd: the calendar month's budget (UTC). A session is admitted only while
+            the month's spend plus one more hour of every live session, the new one
+            included, fits in it.
+    """
+
+    max_sessions: int | None = None
+    max_hourly_usd: float | None = None
+    monthly_usd: float | None = None
+
+    @classmethod
+    def build(
+        cls, *, max_sessions: Any = None, max_hourly_usd: Any = None, monthly_usd: Any = None
+    ) -> Limits:
+        """Validated limits (a validation error names the first bad field)."""
+        return cls(
+            max_sessions=None
+            if max_sessions is None
+            else _check_count("max_sessions", max_sessions),
+            max_hourly_usd=None
+            if max_hourly_usd is None
+            else to_usd(to_micros("max_hourly_usd", max_hourly_usd)),
+            monthly_usd=None
+            if monthly_usd is None
+            else to_usd(to_micros("monthly_usd", monthly_usd)),
+        )
+
+    def to_hash(self) -> dict[str, str]:
+        """The Redis hash (micro-USD integers; unset limits are absent)."""
+        out: dict[str, str] = {}
+        if self.max_sessions is not None:
+            out["max_sessions"] = str(self.max_sessions)
+        if self.max_hourly_usd is not None:
+            out["max_hourly_micros"] = str(to_micros("max_hourly_usd", self.max_hourly_usd))
+        if self.monthly_usd is not None:
+            out["monthly_micros"] = str(to_micros("monthly_usd", self.monthly_usd))
+        return out
+
+    @classmethod
+    def from_hash(cls, data: Mapping[str, str]) -> Limits:
+        """Read back :meth:`to_hash` (an empty hash is "no limits")."""
+        hourly = _opt_int(data.get("max_hourly_micros"))
+        monthly = _opt_int(data.get("monthly_micros"))
+        return cls(
+            max_sessions=_opt_int(data.get("max_sessions")),
+            max_hourly_usd=None if hourly is None else to_usd(hourly),
+            monthly_usd=None if monthly is None else to_usd(monthly),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a user or tenant uses right now.
+
+    Attributes:
+        sessions: live sessions (reservations held).
+        hourly_usd: USD per hour committed by those sessions (their requested GPU price
+            until they run, then their pod's real ``cost_per_hour``).
+        month_to_date_usd: USD recorded as spent this calendar month (UTC).
+        month: that month, ``YYYY-MM`` (Redis ``TIME``).
+    """
+
+    sessions: int
+    hourly_usd: float
+    month_to_date_usd: float
+    month: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one session's admission reserved, until :meth:`QuotaStore.release`.
+
+    Attributes:
+        session_id: the session.
+        user_id: the user it counts against (``None``: no user).
+        tenant_id: the tenant it counts against (``None``: no tenant).
+        hourly_usd: the USD per hour it commits.
+        price_known: ``False`` when admitted without a catalog price (0 USD/h committed
+            until :meth:`QuotaStore.correct`).
+        admitted_at_ms: admission time (Redis ``TIME``, ms since the epoch).
+        corrected_at_ms: when :meth:`QuotaStore.correct` last set the real price.
+    """
+
+    session_id: str
+    user_id: str | None
+    tenant_id: str | None
+    hourly_usd: float
+    price_known: bool
+    admitted_at_ms: int
+    corrected_at_ms: int | None = None
+
+    def to_hash(self) -> dict[str, str]:
+        """The Redis hash (absent user/tenant fields mean "not counted there")."""
+        out = {
+            "session_id": self.session_id,
+            "hourly_micros": str(to_micros("hourly_usd", self.hourly_usd)),
+            "price_known": "1" if self.price_known else "0",
+            "admitted_ms": str(self.admitted_at_ms),
+        }
+        if self.user_id is not None:
+            out["user_id"] = self.user_id
+        if self.tenant_id is not None:
+            out["tenant_id"] = self.tenant_id
+        if self.corrected_at_ms is not None:
+            out["corrected_ms"] = str(self.corrected_at_ms)
+        return out
+
+    @classmethod
+    def from_hash(cls, data: Mapping[str, str]) -> Reservation:
+        """Read back :meth:`to_hash` (or the hash the admission script wrote)."""
+        return cls(
+            session_id=data["session_id"],
+            user_id=data.get("user_id") or None,
+            tenant_id=data.get("tenant_id") or None,
+            hourly_usd=to_usd(int(data.get("hourly_micros") or 0)),
+            price_known=data.get("price_known", "1") == "1",
+            admitted_at_ms=int(data.get("admitted_ms") or 0),
+            corrected_at_ms=_opt_int(data.get("corrected_ms")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Which limit refused an admission, with the numbers (see :class:`QuotaExceeded`)."""
+
+    scope: Scope
+    scope_id: str
+    limit_name: LimitName
+    usage: float
+    limit: float
+    requested: float
+    committed_hourly_usd: float
+    month: str
+
+    def message(self) -> str:
+        """A sentence naming the limit, the usage and the limit."""
+        who = f"{self.scope} {self.scope_id!r}"
+        if self.limit_name == "max_sessions":
+            return (
+                f"{who} is at its max_sessions limit: {self.usage:.0f} live sessions, "
+                f"limit {self.limit:.0f}"
+            )
+        if self.limit_name == "max_hourly_usd":
+            return (
+                f"{who} would exceed max_hourly_usd: {self.usage:.2f} USD/h committed "
+                f"+ {self.requested:.2f} USD/h requested > limit {self.limit:.2f} USD/h"
+            )
+        return (
+            f"{who} would exceed monthly_usd for {self.month}: {self.usage:.2f} USD spent "
+            f"+ one hour of the live sessions and the new one ({self.requested:.2f} USD) "
+            f"> budget {self.limit:.2f} USD"
+        )
+
+    def error(self) -> QuotaExceeded:
+        """The :class:`QuotaExceeded` to raise for this refusal."""
+        return QuotaExceeded(
+            self.message(),
+            scope=self.scope,
+            scope_id=self.scope_id,
+            limit_name=self.limit_name,
+            usage=self.usage,
+            limit=self.limit,
+            requested=self.requested,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of :meth:`QuotaStore.try_admit`: a reservation or a refusal.
+
+    Attributes:
+        reservation: what is reserved for the session (``None`` when refused).
+        refusal: which limit refused (``None`` when admitted).
+        already_reserved: the session already held a reservation (a retried admission);
+            nothing more was reserved and ``reservation`` is the existing one.
+    """
+
+    reservation: Reservation | None
+    refusal: Refusal | None = None
+    already_reserved: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        """True when the session holds a reservation."""
+        return self.reservation is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """The hourly price of a request from the price cache.
+
+    Attributes:
+        hourly_usd: price × GPU count, or ``None`` when the cache has no price for the GPU.
+        per_gpu_usd: the cached price of one GPU-hour (``None`` when unknown).
+        refreshed_at_ms: when the provider's prices were last refreshed (``None``: never).
+    """
+
+    hourly_usd: float | None
+    per_gpu_usd: float | None
+    refreshed_at_ms: int | None
+
+
+# --------------------------------------------------------------------------- Lua
+
+# Calendar month from Unix seconds, UTC (Howard Hinnant's civil_from_days and its inverse),
+# so the month comes from Redis TIME inside the script and every process agrees on it.
+_MONTH_LUA = """
+local function floordiv(a, b) return math.floor(a / b) end
+local function civil_month(days)
+  local z = days + 719468
+  local era = floordiv(z, 146097)
+  local doe = z - era * 146097
+  local yoe = floordiv(doe - floordiv(doe, 1460) + floordiv(doe, 36524)
+                       - floordiv(doe, 146096), 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + floordiv(yoe, 4) - floordiv(yoe, 100))
+  local mp = floordiv(5 * doy + 2, 153)
+  local m = mp + 3
+  if mp >= 10 then m = mp - 9 end
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+local function month_start_days(y, m)
+  if m <= 2 then y = y - 1 end
+  local era = floordiv(y, 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = floordiv(153 * mp + 2, 5)
+  local doe = yoe * 365 + floordiv(yoe, 4) - floordiv(yoe, 100) + doy
+  return era * 146097 + doe - 719468
+end
+-- 'YYYY-MM' of a Unix second, and the Unix second its next month starts.
+local function month_at(sec)
+  local y, m = civil_month(floordiv(sec, 86400))
+  local ny, nm = y, m + 1
+  if nm > 12 then ny, nm = y + 1, 1 end
+  return string.format('%04d-%02d', y, m), month_start_days(ny, nm) * 86400
+end
+local _t = redis.call('TIME')
+local now_s = tonumber(_t[1])
+local now_ms = now_s * 1000 + floordiv(tonumber(_t[2]), 1000)
+local month, month_end = month_at(now_s)
+local function int(n) return string.format('%d', n) end
+-- Add delta to an integer hash field, never below zero (a usage hash lost to eviction or
+-- a manual edit must not turn a later release into a negative, over-admitting counter).
+local function add_clamped(key, field, delta)
+  local v = tonumber(redis.call('HGET', key, field) or '0') + delta
+  if v < 0 then v = 0 end
+  redis.call('HSET', key, field, int(v))
+end
+"""
+
+# Script to check a month computation from tests (ARGV[1] = Unix seconds).
+_MONTH_AT = _MONTH_LUA + "local a, b = month_at(tonumber(ARGV[1])) return {a, b}"
+
+_ADMIT = (
+    _MONTH_LUA
+    + """
+-- KEYS: reservation, index, then per scope: limits, usage, spend prefix
+-- ARGV: session id, hourly micros, price known (1/0), n scopes, then per scope: scope, id
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'already', redis.call('HGETALL', KEYS[1])}
+end
+local req = tonumber(ARGV[2])
+local n = tonumber(ARGV[4])
+-- Check every limit of every scope first: a refusal writes nothing.
+for i = 0, n - 1 do
+  local scope, id = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  local lim = redis.call('HMGET', KEYS[3 + 3 * i], 'max_sessions', 'max_hourly_micros',
+                         'monthly_micros')
+  local use = redis.call('HMGET', KEYS[4 + 3 * i], 'sessions', 'hourly_micros')
+  local sessions = tonumber(use[1] or '0')
+  local hourly = tonumber(use[2] or '0')
+  if lim[1] and sessions + 1 > tonumber(lim[1]) then
+    return {'refused', scope, id, 'max_sessions', sessions, tonumber(lim[1]), 1, hourly, month}
+  end
+  if lim[2] and hourly + req > tonumber(lim[2]) then
+    return {'refused', scope, id, 'max_hourly_usd', hourly, tonumber(lim[2]), req, hourly,
+            month}
+  end
+  if lim[3] then
+    local spent = tonumber(redis.call('GET', KEYS[5 + 3 * i] .. month) or '0')
+    local budget = tonumber(lim[3])
+    if spent >= budget or spent + hourly + req > budget then
+      return {'refused', scope, id, 'monthly_usd', spent, budget, hourly + req, hourly, month}
+    end
+  end
+end
+local rec = {'session_id', ARGV[1], 'hourly_micros', int(req), 'price_known', ARGV[3],
+             'admitted_ms', int(now_ms)}
+for i = 0, n - 1 do
+  rec[#rec + 1] = ARGV[5 + 2 * i] .. '_id'
+  rec[#rec + 1] = ARGV[6 + 2 * i]
+  redis.call('HINCRBY', KEYS[4 + 3 * i], 'sessions', 1)
+  redis.call('HINCRBY', KEYS[4 + 3 * i], 'hourly_micros', int(req))
+end
+redis.call('HSET', KEYS[1], unpack(rec))
+redis.call('ZADD', KEYS[2], int(now_ms), ARGV[1])
+return {'ok', rec}
+"""
+)
+
+# The usage keys of a reservation are known only from the reservation itself, so these
+# scripts build them from the USAGE_KEY template's two halves (ARGV). atlas_tasks runs on
+# one Redis (not Cluster), like the rest of its scripts that touch several keys.
+_USAGE_OF_RES = """
+local function usage_keys(res)
+  local out = {}
+  local who = redis.call('HMGET', res, 'user_id', 'tenant_id')
+  if who[1] then out[#out + 1] = ARGV[2] .. 'user:' .. who[1] .. ARGV[3] end
+  if who[2] then out[#out + 1] = ARGV[2] .. 'tenant:' .. who[2] .. ARGV[3] end
+  return out
+end
+"""
+
+_RELEASE = (
+    _MONTH_LUA
+    + _USAGE_OF_RES
+    + """
+-- KEYS: reservation, index  ARGV: session id, usage key prefix, usage key suffix
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local rec = redis.call('HGETALL', KEYS[1])
+local micros = tonumber(redis.call('HGET', KEYS[1], 'hourly_micros') or '0')
+for _, key in ipairs(usage_keys(KEYS[1])) do
+  add_clamped(key, 'sessions', -1)
+  add_clamped(key, 'hourly_micros', -micros)
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return rec
+"""
+)
+
+_CORRECT = (
+    _MONTH_LUA
+    + _USAGE_OF_RES
+    + """
+-- KEYS: reservation  ARGV: new hourly micros, usage key prefix, usage key suffix
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local new = tonumber(ARGV[1])
+local old = tonumber(redis.call('HGET', KEYS[1], 'hourly_micros') or '0')
+for _, key in ipairs(usage_keys(KEYS[1])) do
+  add_clamped(key, 'hourly_micros', new - old)
+end
+redis.call('HSET', KEYS[1], 'hourly_micros', int(new), 'price_known', '1',
+           'corrected_ms', int(now_ms))
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+_RECORD_SPEND = (
+    _MONTH_LUA
+    + """
+-- KEYS: spend prefixes  ARGV: micros, retention seconds
+local out = {month}
+for i = 1, #KEYS do
+  local key = KEYS[i] .. month
+  out[#out + 1] = redis.call('INCRBY', key, ARGV[1])
+  redis.call('EXPIREAT', key, int(month_end + tonumber(ARGV[2])))
+end
+return out
+"""
+)
+
+_USAGE = (
+    _MONTH_LUA
+    + """
+-- KEYS: usage, spend prefix
+local use = redis.call('HMGET', KEYS[1], 'sessions', 'hourly_micros')
+local spent = redis.call('GET', KEYS[2] .. month) or '0'
+return {tonumber(use[1] or '0'), tonumber(use[2] or '0'), tonumber(spent), month}
+"""
+)
+
+
+def _redis_mapping(fields: dict[str, str]) -> Mapping[Any, Any]:
+    # redis-py types ``mapping`` with invariant key/value unions a dict[str, str] cannot meet.
+    return fields
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class QuotaStore:
+    """Limits, usage, reservations, spend and the price cache on one Redis client.
+
+    Args:
+        client: a ``decode_responses=True`` Redis client.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._admit = client.register_script(_ADMIT)
+        self._release = client.register_script(_RELEASE)
+        self._correct = client.register_script(_CORRECT)
+        self._record_spend = client.register_script(_RECORD_SPEND)
+        self._usage = client.register_script(_USAGE)
+        self._month_at = client.register_script(_MONTH_AT)
+
+    # ------------------------------------------------------------------ limits
+    def set_limits(self, scope: Scope, scope_id: str | int, limits: Limits) -> None:
+        """Replace a scope's limits (a limit left ``None`` is removed: no limit)."""
+        key = limits_key(check_scope(scope), check_id("id", scope_id))
+        fields = limits.to_hash()
+        # One MULTI: an admission never sees the old limits half replaced.
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if fields:
+                pipe.hset(key, mapping=_redis_mapping(fields))
+            pipe.execute()
+
+    def get_limits(self, scope: Scope, scope_id: str | int) -> Limits:
+        """A scope's limits (all ``None`` when none were set)."""
+        key = limits_key(check_scope(scope), check_id("id", scope_id))
+        return Limits.from_hash(cast(dict[str, str], self.client.hgetall(key)))
+
+    # ------------------------------------------------------------------ usage
+    def usage(self, scope: Scope, scope_id: str | int) -> Usage:
+        """A scope's live sessions, committed USD/h and month-to-date spend (one snapshot)."""
+        scope = check_scope(scope)
+        ident = check_id("id", scope_id)
+        sessions, hourly, spent, month = cast(
+            list[Any], self._usage(keys=[usage_key(scope, ident), _spend_prefix(scope, ident)])
+        )
+        return Usage(
+            sessions=int(sessions),
+            hourly_usd=to_usd(int(hourly)),
+            month_to_date_usd=to_usd(int(spent)),
+            month=str(month),
+        )
+
+    def record_spend(
+        self, usd: float, *, user_id: str | int | None = None, tenant_id: str | int | None = None
+    ) -> dict[Scope, float]:
+        """Add ``usd`` to this month's spend of the user and/or the tenant.
+
+        Returns each scope's month-to-date spend after the addition. The month is Redis's
+        (UTC), and each month has its own key that expires :data:`SPEND_RETENTION_S` after
+        the month ends, so month rollover needs no job.
+        """
+        micros = to_micros("usd", usd)
+        scopes = self._scopes(user_id, tenant_id)
+        if not scopes:
+            return {}
+        out = cast(
+            list[Any],
+            self._record_spend(
+                keys=[_spend_prefix(scope, ident) for scope, ident in scopes],
+                args=[micros, SPEND_RETENTION_S],
+            ),
+        )
+        return {
+            scope: to_usd(int(total)) for (scope, _), total in zip(scopes, out[1:], strict=True)
+        }
+
+    def month_at(self, unix_s: int) -> tuple[str, int]:
+        """``(YYYY-MM, next month's first Unix second)`` as the scripts compute them."""
+        month, end = cast(list[Any], self._month_at(args=[int(unix_s)]))
+        return str(month), int(end)
+
+    # ------------------------------------------------------------------ admission
+    def try_admit(
+        self,
+        session_id: str,
+        *,
+        user_id: str | int | None = None,
+        tenant_id: str | int | None = None,
+        hourly_usd: float | None = None,
+    ) -> Admission:
+        """Check and reserve a session against its user's and tenant's limits atomically.
+
+        One Lua call checks ``max_sessions``, ``max_hourly_usd`` and ``monthly_usd`` of
+        the user and of the tenant (either may be ``None``) and, only if every one of
+        them allows it, reserves one session and ``hourly_usd`` on both together.
+        ``hourly_usd=None`` (no catalog price) admits with 0 USD/h committed and
+        ``price_known=False``; the session still counts. A session that already holds a
+        reservation is answered with it, unchanged (retries reserve nothing twice).
+        """
+        _check_session(session_id)
+        micros = 0 if hourly_usd is None else to_micros("hourly_usd", hourly_usd)
+        scopes = self._scopes(user_id, tenant_id)
+        keys = [reservation_key(session_id), RESERVATIONS_INDEX_KEY]
+        args: list[Any] = [session_id, micros, "0" if hourly_usd is None else "1", len(scopes)]
+        for scope, ident in scopes:
+            keys += [limits_key(scope, ident), usage_key(scope, ident), _spend_prefix(scope, ident)]
+            args += [scope, ident]
+        reply = cast(list[Any], self._admit(keys=keys, args=args))
+        verdict = str(reply[0])
+        if verdict == "refused":
+            scope, ident, name, use, limit, requested, committed, month = reply[1:9]
+            money = name != "max_sessions"
+            return Admission(
+                None,
+                Refusal(
+                    scope=cast(Scope, str(scope)),
+                    scope_id=str(ident),
+                    limit_name=cast(LimitName, str(name)),
+                    usage=to_usd(int(use)) if money else float(use),
+                    limit=to_usd(int(limit)) if money else float(limit),
+                    requested=to_usd(int(requested)) if money else float(requested),
+                    committed_hourly_usd=to_usd(int(committed)),
+                    month=str(month),
+                ),
+            )
+        reservation = Reservation.from_hash(_pairs(list(reply[1])))
+        if hourly_usd is None and verdict == "ok":
+            log.warning(
+                "session %s admitted without a catalog price: 0 USD/h committed "
+                "until its pod's real cost is known",
+                session_id,
+            )
+        return Admission(reservation, already_reserved=verdict == "already")
+
+    def release(self, session_id: str) -> Reservation | None:
+        """Give back what a session reserved; idempotent.
+
+        Returns the reservation released, or ``None`` when the session held none (never
+        admitted, or already released). The receipt is deleted in the same script that
+        gives its amounts back, so no sequence of releases drives usage below zero.
+        """
+        _check_session(session_id)
+        reply = self._release(
+            keys=[reservation_key(session_id), RESERVATIONS_INDEX_KEY],
+            args=[session_id, _USAGE_PREFIX, _USAGE_SUFFIX],
+        )
+        return Reservation.from_hash(_pairs(list(reply))) if reply else None
+
+    def correct(self, session_id: str, real_hourly_usd: float) -> Reservation | None:
+        """Set a live reservation's USD/h to the pod's real ``cost_per_hour``.
+
+        Limits are not checked again: the pod already runs, and a price above the estimate
+        shows up as usage above the limit, which refuses the next admission. ``None`` when
+        the session holds no reservation (released already: nothing is re-reserved).
+        """
+        _check_session(session_id)
+        micros = to_micros("real_hourly_usd", real_hourly_usd)
+        reply = self._correct(
+            keys=[reservation_key(session_id)], args=[micros, _USAGE_PREFIX, _USAGE_SUFFIX]
+        )
+        return Reservation.from_hash(_pairs(list(reply))) if reply else None
+
+    def reservation(self, session_id: str) -> Reservation | None:
+        """The session's live reservation, or ``None``."""
+        data = cast(dict[str, str], self.client.hgetall(reservation_key(session_id)))
+        return Reservation.from_hash(data) if data else None
+
+    def reservations(self, *, limit: int = 1000) -> list[Reservation]:
+        """Live reservations, oldest first (at most ``limit``)."""
+        ids = cast(list[str], self.client.zrange(RESERVATIONS_INDEX_KEY, 0, limit - 1))
+        with self.client.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                pipe.hgetall(reservation_key(session_id))
+            rows = cast(list[dict[str, str]], pipe.execute())
+        return [Reservation.from_hash(row) for row in rows if row]
+
+    # ------------------------------------------------------------------ prices
+    def refresh_prices(self, provider: str, gpu_types: Iterable[GpuType]) -> int:
+        """Replace a provider's cached prices with its catalog; returns the prices stored.
+
+        Each GPU is stored under its canonical name and the provider's id (lower-cased),
+        on-demand as ``{gpu}`` and spot as ``{gpu}:spot``. Where several catalog entries
+        share a name (secure and community cloud), the highest price is kept: admission
+        errs towards refusing, and :meth:`correct` sets the real price once the pod runs.
+        An empty catalog leaves the cache as it is (a failed listing must not erase it).
+        """
+        prices: dict[str, int] = {}
+        for gpu in gpu_types:
+            for name in {gpu.canonical, gpu.id} - {None, ""}:
+                base = str(name).lower()
+                for field, usd in (
+                    (base, gpu.lowest_price_per_hour),
+                    (f"{base}:spot", gpu.spot_price_per_hour),
+                ):
+                    if usd is None or not math.isfinite(usd) or not 0 <= usd <= MAX_USD:
+                        continue
+                    prices[field] = max(prices.get(field, 0), round(usd * MICROS))
+        if not prices:
+            log.warning("price refresh for %s got no prices; keeping the cached ones", provider)
+            return 0
+        key = prices_key(provider)
+        now_s, now_us = self.client.time()
+        fields = {k: str(v) for k, v in prices.items()}
+        fields["@refreshed_ms"] = str(int(now_s) * 1000 + int(now_us) // 1000)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=_redis_mapping(fields))
+            pipe.execute()
+        return len(prices)
+
+    def quote(self, provider: str, gpu: str, gpu_count: int = 1, *, spot: bool = False) -> Quote:
+        """The cached hourly price of ``gpu_count`` × ``gpu`` on ``provider``.
+
+        An unknown GPU (or a cache never refreshed) quotes ``hourly_usd=None``; see
+        :meth:`try_admit` for what admission does with it.
+        """
+        count = _check_count("gpu_count", gpu_count)
+        field = f"{gpu.lower()}:spot" if spot else gpu.lower()
+        price, refreshed = cast(
+            list[str | None], self.client.hmget(prices_key(provider), [field, "@refreshed_ms"])
+        )
+        per_gpu = to_usd(int(price)) if price is not None else None
+        return Quote(
+            hourly_usd=None if price is None else to_usd(int(price) * count),
+            per_gpu_usd=per_gpu,
+            refreshed_at_ms=_opt_int(refreshed),
+        )
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _scopes(user_id: str | int | None, tenant_id: str | int | None) -> list[tuple[Scope, str]]:
+        scopes: list[tuple[Scope, str]] = []
+        if user_id is not None:
+            scopes.append(("user", check_id("user_id", user_id)))
+        if tenant_id is not None:
+            scopes.append(("tenant", check_id("tenant_id", tenant_id)))
+        return scopes
+
+
+__all__ = [
+    "LIMITS_KEY",
+    "MAX_USD",
+    "MICROS",
+    "PRICES_KEY",
+    "RESERVATIONS_INDEX_KEY",
+    "RESERVATION_KEY",
+    "SCOPES",
+    "SPEND_KEY",
+    "SPEND_RETENTION_S",
+    "USAGE_KEY",
+    "Admission",
+    "LimitName",
+    "Limits",
+    "QuotaStore",
+    "Quote",
+    "Refusal",
+    "Reservation",
+    "Scope",
+    "Usage",
+    "check_id",
+    "check_scope",
+    "limits_key",
+    "prices_key",
+    "reservation_key",
+    "spend_key",
+    "to_micros",
+    "to_usd",
+    "usage_key",
+]
