@@ -407,7 +407,7 @@ def _start_expiry_listener(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     if not settings.keyspace_events or _listener is not None:
         return
-    from atlas_tasks.keyspace import ExpiryListener
+    from atlas_tasks.sessions.expiry_listener import ExpiryListener
     from atlas_tasks.tasks.reaper import enqueue_terminate
 
     _listener = ExpiryListener(settings.redis_url,

@@ -49,6 +49,10 @@ IDLE_BATCH_THREADS = 16
 #: terminate requests (expiry, stop_tracked, reaper, redelivery) make one provider DELETE.
 TERMINATE_FENCE_KEY = "atlas:fence:{id}"
 
+#: Fence of one orphan pod's terminate (a lease held by the terminate task's id), so
+#: duplicate orphan terminates from overlapping sweeps make one provider DELETE.
+ORPHAN_FENCE_KEY = "atlas:fence:pod:{provider}:{compute_id}"
+
 #: Pod-name → session id for pods created by a spawn, so the reaper can match orphans.
 POD_NAME_PREFIX_DEFAULT = "atlas-"
 
@@ -111,6 +115,7 @@ MOCK_JOBS_KEY = "atlas:mock:jobs"
 TASK_SPAWN = "atlas.compute.spawn"
 TASK_TERMINATE = "atlas.compute.terminate"
 TASK_TERMINATE_BATCH = "atlas.compute.terminate_batch"
+TASK_TERMINATE_ORPHAN = "atlas.compute.terminate_orphan"
 TASK_REAP = "atlas.reaper.reap"
 TASK_JOB_RUN = "atlas.jobs.run"
 TASK_JOB_POLL = "atlas.jobs.poll"

@@ -368,8 +368,25 @@ def validation_error(field: str, message: str, *, provider: str | None = None) -
     return ValidationError(f"{field}: {message}", field=field, provider=provider)
 
 
+#: Error kinds worth retrying: the next attempt may well succeed.
+TRANSIENT_KINDS = frozenset({"rate_limited", "transport", "provider", "timeout", "unknown"})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a retry could help (429, 5xx, transport, timeouts; not 4xx validation/auth).
+
+    The one retry classification of provider errors (spawn, terminate, orphan terminate
+    and job polling share it)."""
+    if isinstance(error, AtlasError):
+        if error.kind == "provider" and error.status is not None and 400 <= error.status < 500:
+            return False
+        return error.kind in TRANSIENT_KINDS
+    return False
+
+
 __all__ = [
     "ERROR_KINDS",
+    "TRANSIENT_KINDS",
     "AtlasError",
     "AtlasTimeoutError",
     "ErrorKind",
@@ -386,6 +403,7 @@ __all__ = [
     "ValidationError",
     "error_from_response",
     "extract_message",
+    "is_transient",
     "kind_for_status",
     "validation_error",
 ]

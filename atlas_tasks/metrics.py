@@ -61,6 +61,8 @@ from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
 from atlas_tasks.providers.base import RequestInfo
 from atlas_tasks.redis_conn import get_redis
+from atlas_tasks.sessions.records import SessionStatus, lua_with_statuses
+from atlas_tasks.sessions.store import store_for
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def _ms_bounds(bounds: Sequence[float]) -> str:
 
 
 # --------------------------------------------------------------------------- recording
-_OBSERVE = """
+_OBSERVE = lua_with_statuses("""
 -- ARGV: record prefix, metrics prefix, spawn bounds (ms), lag bounds (ms), ids...
 -- Counts what happened to each session since the last look, once per session: m_run marks
 -- a counted start, m_end a counted end. Never creates a record that expired.
@@ -159,10 +161,10 @@ for i = 5, #ARGV do
                            tonumber(f[4]) - tonumber(f[3])) end
       counted = counted + 1
     end
-    if (status == 'failed' or status == 'terminated') and not f[9] then
+    if (status == $FAILED or status == $TERMINATED) and not f[9] then
       redis.call('HSET', rec, 'm_end', '1')
       counted = counted + 1
-      if status == 'failed' then
+      if status == $FAILED then
         local kind = 'unknown'
         if f[11] then
           local ok, err = pcall(cjson.decode, f[11])
@@ -191,7 +193,7 @@ for i = 5, #ARGV do
   end
 end
 return counted
-"""
+""")
 
 # One Script object (it keeps the SHA and re-loads the source after a Redis restart);
 # each call passes the client to run on.
@@ -242,7 +244,7 @@ def record_request(info: RequestInfo, client: redis.Redis | None = None) -> None
 
 # Task names whose completion may change a session's state.
 _SESSION_TASKS = frozenset({C.TASK_SPAWN, C.TASK_TERMINATE, C.TASK_TERMINATE_BATCH})
-_ORPHAN_TASK = "atlas.compute.terminate_orphan"
+_ORPHAN_TASK = C.TASK_TERMINATE_ORPHAN
 
 
 def on_task_postrun(sender: Any = None, args: Sequence[Any] | None = None,
@@ -268,8 +270,8 @@ def on_task_postrun(sender: Any = None, args: Sequence[Any] | None = None,
                 incr("terminate_retries", amount=retrying)
         if (name == C.TASK_TERMINATE and isinstance(retval, dict)
                 and retval.get("outcome") == "terminate_failed"):
-            provider = get_redis().hget(C.SESSION_KEY.format(id=args[0]), "provider")
-            incr("terminate_failures", str(provider or "unknown"))
+            (record,) = store_for(get_redis()).get_fields([str(args[0])], "provider")
+            incr("terminate_failures", (record.provider if record else "") or "unknown")
     except redis.RedisError as exc:  # metrics never fail or retry the work they watch
         log.debug("metrics: %s not recorded: %s", name, exc)
 
@@ -362,21 +364,17 @@ class AtlasCollector(Collector):
                   accrued: dict[str, str]) -> list[Metric]:
         counts: dict[tuple[str, str], int] = {}
         usd: dict[str, float] = {p: float(v) for p, v in accrued.items()}
-        with r.pipeline(transaction=False) as pipe:
-            for sid in ids:
-                pipe.hmget(C.SESSION_KEY.format(id=sid), "provider", "status", "running_at_ms",
-                           "compute")
-            rows = cast(list[list[str | None]], pipe.execute()) if ids else []
-        for provider, status, running_at, compute in rows:
-            if status is None:
+        rows = store_for(r).get_fields(ids, "provider", "status", "running_at_ms", "compute")
+        for record in rows:
+            if record is None or record.status is None:
                 continue  # expired between the two reads
-            key = (provider or "", status)
+            key = (record.provider, str(record.status))
             counts[key] = counts.get(key, 0) + 1
-            if status in ("running", "terminating") and running_at and compute:
-                cost = _cost_per_hour(compute)
+            if record.status in _BILLED and record.running_at_ms and record.compute:
+                cost = _cost_per_hour(record.compute)
                 if cost:
-                    hours = max(0, now_ms - int(running_at)) / 3_600_000
-                    usd[provider or ""] = usd.get(provider or "", 0.0) + cost * hours
+                    hours = max(0, now_ms - record.running_at_ms) / 3_600_000
+                    usd[record.provider] = usd.get(record.provider, 0.0) + cost * hours
         gauge = GaugeMetricFamily("atlas_sessions", "Tracked sessions by provider and status.",
                                   labels=["provider", "status"])
         for (provider, status), n in sorted(counts.items()):
@@ -389,11 +387,12 @@ class AtlasCollector(Collector):
         return [gauge, cost_family]
 
 
-def _cost_per_hour(compute_json: str) -> float | None:
-    try:
-        value = json.loads(compute_json).get("cost_per_hour")
-    except (ValueError, AttributeError):
-        return None
+#: Statuses whose pod accrues cost now.
+_BILLED = frozenset({SessionStatus.RUNNING, SessionStatus.TERMINATING})
+
+
+def _cost_per_hour(compute: dict[str, Any]) -> float | None:
+    value = compute.get("cost_per_hour") if isinstance(compute, dict) else None
     return float(value) if isinstance(value, int | float) else None
 
 

@@ -86,22 +86,18 @@ def sessions() -> None:
 def _all_sessions() -> list[dict[str, Any]]:
     """Every tracked session's info plus its GPU (one pipelined read)."""
     from atlas_tasks.redis_conn import get_redis, wrap_redis_errors
-    from atlas_tasks.registry import record_to_info
+    from atlas_tasks.sessions.store import SessionInfo, store_for
 
     @wrap_redis_errors("sessions list")
     def read() -> list[dict[str, Any]]:
-        r = get_redis()
-        ids = sorted(r.smembers(C.SESSIONS_SET_KEY))
-        with r.pipeline(transaction=False) as pipe:
-            for sid in ids:
-                pipe.hgetall(C.SESSION_KEY.format(id=sid))
-            records = pipe.execute() if ids else []
+        store = store_for(get_redis())
+        ids = store.list_ids()
         out = []
-        for record in records:
-            if not record:
+        for record in store.get_many(ids) if ids else []:
+            if record is None:
                 continue  # ended between the two reads
-            info = record_to_info(record).model_dump(mode="json")
-            info["gpu"] = record.get("gpu") or None
+            info = SessionInfo.from_record(record).model_dump(mode="json")
+            info["gpu"] = record.gpu or None
             out.append(info)
         return out
 

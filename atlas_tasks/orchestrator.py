@@ -1,6 +1,7 @@
-"""Alias of :mod:`atlas_tasks.client`, the caller-side orchestrator API (DESIGN.md name)."""
+"""Alias of :mod:`atlas_tasks.client`, the caller-side orchestrator API (DESIGN.md name);
+both re-export :mod:`atlas_tasks.sessions.client`."""
 
-from atlas_tasks.client import (
+from atlas_tasks.sessions.client import (
     NotTracked,
     Session,
     SessionInfo,

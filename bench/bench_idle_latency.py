@@ -43,7 +43,8 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.registry import SessionRegistry
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.tasks.reaper import SWEEP_STATS_KEY
 from atlas_tasks.testing.cluster import LocalCluster
 from bench.common import Report, cpu_seconds, distribution, group_cpu_seconds
@@ -117,7 +118,7 @@ def _task_outcomes(client: redis.Redis) -> dict[str, Any]:
     return out
 
 
-def _create_sessions(cluster: LocalCluster, reg: SessionRegistry, n: int
+def _create_sessions(cluster: LocalCluster, reg: SessionStore, n: int
                      ) -> dict[str, str]:
     """Real pods at the fake cloud + spawning records (the untimed part of the set-up)."""
     state = cluster.cloud.ctx.state
@@ -126,19 +127,19 @@ def _create_sessions(cluster: LocalCluster, reg: SessionRegistry, n: int
         sid = f"idle{i:012x}"
         pod = state.create_pod({"name": f"atlas-{sid}", "image": "bench/idle"},
                                boot_delay_s=0.0)
-        reg.create(sid, {"id": sid, "provider": "runpod", "status": "spawning",
-                         "pod_name": f"atlas-{sid}", "idle_ttl_ms": "600000",
-                         "auth": "none", "user_id": "null", "base_url": ""})
+        reg.create(SessionRecord(id=sid, provider="runpod", status=SessionStatus.SPAWNING,
+                                 pod_name=f"atlas-{sid}", idle_ttl_ms=600000, auth="none",
+                                 user_id=None, base_url=""))
         pods[sid] = pod.id
     return pods
 
 
-def _run(reg: SessionRegistry, sid: str, pod_id: str) -> None:
+def _run(reg: SessionStore, sid: str, pod_id: str) -> None:
     if reg.finish_spawn(sid, pod_id, {"id": pod_id, "status": "running"}) != "running":
         raise RuntimeError(f"session {sid} not running")
 
 
-def _setup_sessions(cluster: LocalCluster, reg: SessionRegistry, n: int) -> dict[str, str]:
+def _setup_sessions(cluster: LocalCluster, reg: SessionStore, n: int) -> dict[str, str]:
     """Real pods at the fake cloud + running records, idle clock not firing yet."""
     pods = _create_sessions(cluster, reg, n)
     for sid, pod_id in pods.items():
@@ -146,7 +147,7 @@ def _setup_sessions(cluster: LocalCluster, reg: SessionRegistry, n: int) -> dict
     return pods
 
 
-def _arm(r: redis.Redis, reg: SessionRegistry, pods: dict[str, str]) -> dict[str, int]:
+def _arm(r: redis.Redis, reg: SessionStore, pods: dict[str, str]) -> dict[str, int]:
     """Make each session running with an idle TTL that puts its deadline on an even
     spread over one second, ``LEAD_MS`` from now; one last touch(). Returns deadlines
     (Redis ms) read back from the alive key's PTTL right after the touch."""
@@ -170,19 +171,21 @@ def _arm(r: redis.Redis, reg: SessionRegistry, pods: dict[str, str]) -> dict[str
 
 
 def _direct_terminate(ids_path: str, threads: int, start_at: float) -> None:
-    """Child process: ``lifecycle.terminate_session`` for every id, ``threads`` at a time,
+    """Child process: ``SessionService.terminate`` for every id, ``threads`` at a time,
     with no Celery in between, starting at wall time ``start_at``; prints its end time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from atlas_tasks import lifecycle
+    from atlas_tasks.deps import Dependencies
+    from atlas_tasks.sessions.service import SessionService
 
+    svc = SessionService(Dependencies.default())
     with open(ids_path) as fh:
         ids = fh.read().split()
     for sid in ids[:2]:  # warm-up (connections, provider client); not timed
-        lifecycle.terminate_session(sid, reason="idle_timeout", fence_token=f"bench-{sid}")
+        svc.terminate(sid, reason="idle_timeout", fence_token=f"bench-{sid}")
     time.sleep(max(0.0, start_at - time.time()))
     with ThreadPoolExecutor(threads) as pool:
-        outcomes = list(pool.map(lambda sid: lifecycle.terminate_session(
+        outcomes = list(pool.map(lambda sid: svc.terminate(
             sid, reason="idle_timeout", fence_token=f"bench-{sid}"), ids[2:]))
     print(json.dumps({"ended_at": time.time(), "count": len(outcomes),
                       "terminated": outcomes.count("terminated")}))
@@ -194,12 +197,12 @@ def direct_terminate_experiment(n: int, threads: int = 32, processes: int = 1
 
     Same set-up as :func:`measure` (no worker, no beat); the alive keys are dropped so the
     sessions count as idle; ``processes`` child processes then terminate them all through
-    ``lifecycle.terminate_session``, each on a pool of ``threads``, all starting at the
+    ``SessionService.terminate``, each on a pool of ``threads``, all starting at the
     same instant. An upper bound for a batched terminate task.
     """
     with LocalCluster(workers=0, beat=False) as cluster:
         r = get_redis()
-        reg = SessionRegistry(r, publish_heartbeats=False)
+        reg = SessionStore(r, publish_heartbeats=False)
         pods = list(_setup_sessions(cluster, reg, n + 2 * processes))
         pipe = r.pipeline(transaction=False)
         for sid in pods:
@@ -298,7 +301,7 @@ def measure(n: int, redis_config: dict[str, str] | None = None,
         for key, value in (redis_config or {}).items():
             r.config_set(key, value)
         hz = str(r.config_get("hz")["hz"])
-        reg = SessionRegistry(r)  # the default: no heartbeat events, so touch is fast
+        reg = SessionStore(r)  # the default: no heartbeat events, so touch is fast
         state = cluster.cloud.ctx.state
         alive_prefix = C.SESSION_ALIVE_KEY.format(id="")
         expired_at: dict[str, float] = {}
@@ -447,7 +450,7 @@ def _listener_process() -> None:
     ``enqueue_terminate``, hosted outside the worker (experiment)."""
     from atlas_tasks.celery_app import get_app
     from atlas_tasks.config import get_settings
-    from atlas_tasks.keyspace import ExpiryListener
+    from atlas_tasks.sessions.expiry_listener import ExpiryListener
     from atlas_tasks.tasks.reaper import enqueue_terminate
 
     get_app().set_default()  # shared tasks enqueue through atlas's app, as in a worker

@@ -4,7 +4,7 @@ N running sessions are made the way the system makes them, in a private ``redis-
 the caller side is the real ``orchestrator.spawn`` (record, write-ahead intent, the
 ``spawning`` event in the session's stream) with Celery's ``send_task`` swapped for a
 no-op, so the broker queue is not counted; the worker side is what
-``lifecycle.spawn_session`` does after the provider answers: ``finish_spawn``, which also
+``SessionService.spawn`` does after the provider answers: ``finish_spawn``, which also
 writes the ``running`` event carrying the public compute. The compute is a real one,
 created once on the fake cloud through the RunPod provider, with a distinct pod id per
 session.
@@ -38,11 +38,11 @@ from typing import Any, cast
 import redis
 
 from atlas_tasks import constants as C
-from atlas_tasks.lifecycle import public_compute
 from atlas_tasks.providers import get_provider
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.registry import SessionRegistry
 from atlas_tasks.sealing import generate_key
+from atlas_tasks.sessions.service import public_compute
+from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.specs import build_compute_request
 from atlas_tasks.testing.fakecloud import FakeCloud
 from atlas_tasks.testing.redis_server import RedisServer
@@ -168,7 +168,7 @@ def run(quick: bool = False) -> Report:
     try:
         with atlas_env(ATLAS_REDIS_URL=server.url, ATLAS_SECRET_KEY=generate_key()):
             r = get_redis()
-            reg = SessionRegistry(r)
+            reg = SessionStore(r)
             r.set("warm", "1")  # connection + a first key before the reference point
             # The slow log keeps the arguments of slow commands (the fill's pipelines on a
             # busy machine); it grows during the first fills and would be charged to them.
@@ -204,7 +204,7 @@ def run(quick: bool = False) -> Report:
                     pod_id = _pod_id(rng, len(template_id))
                     compute = json.loads(template_json.replace(template_id, pod_id))
                     # finish_spawn records the pod and publishes the ``running`` event
-                    # (with the compute) in one step, as lifecycle.spawn_session relies on.
+                    # (with the compute) in one step, as SessionService.spawn relies on.
                     if reg.finish_spawn(s.id, pod_id, compute) != "running":
                         raise RuntimeError(f"session {s.id} did not reach running")
                     ids.append(s.id)

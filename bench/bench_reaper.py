@@ -7,8 +7,8 @@ both, the same 100 sessions are past their deadline with no alive key. Sweeps on
 databases alternate, and the 100 are made due again (untimed) before every sweep because
 a sweep re-scores what it claims.
 
-Timed: ``SessionRegistry.claim_due`` (the idle part of a sweep) and the whole
-``reaper.reap`` as the beat task calls it (stalled-spawn step included) with the orphan
+Timed: ``SessionStore.claim_due`` (the idle part of a sweep) and the whole
+``SessionReaper.reap`` as the beat task calls it (stalled-spawn step included) with the orphan
 scan off and enqueue callables that only count.
 Target: time(100k) / time(1k) ≤ 1.5. Also the Redis commands one sweep makes.
 
@@ -27,9 +27,10 @@ from typing import Any
 import redis
 
 from atlas_tasks import constants as C
-from atlas_tasks import reaper
 from atlas_tasks.config import AtlasSettings
-from atlas_tasks.registry import SessionRegistry
+from atlas_tasks.deps import Dependencies
+from atlas_tasks.sessions import reaper
+from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.testing.redis_server import RedisServer
 from bench.common import Report, count_commands, median, redis_now_ms
 
@@ -102,8 +103,10 @@ def run(quick: bool = False) -> Report:
         report.details["populate_seconds"] = round(time.perf_counter() - t0, 2)
         report.details["tracked"] = {n: int(c.scard(C.SESSIONS_SET_KEY))
                                      for n, c in clients.items()}
-        regs = {n: SessionRegistry(c) for n, c in clients.items()}
+        regs = {n: SessionStore(c) for n, c in clients.items()}
         settings = {n: AtlasSettings(redis_url=u) for n, u in urls.items()}
+        reapers = {n: reaper.SessionReaper(Dependencies.from_client(c, settings=settings[n]))
+                   for n, c in clients.items()}
         touched = {n: _touched(n) for n in clients}
         slack = C.IDLE_CLAIM_SLACK_MS
         enqueued: list[tuple[str, str]] = []
@@ -126,9 +129,9 @@ def run(quick: bool = False) -> Report:
             # step included) must use it, not the process settings.
             enqueued.clear()
             start = time.perf_counter()
-            rep = reaper.reap(enqueue_terminate=enqueue_terminate,
-                              enqueue_orphan=enqueue_orphan, enqueue_spawn=enqueue_spawn,
-                              settings=settings[n], scan_orphans=False)
+            rep = reapers[n].reap(enqueue_terminate=enqueue_terminate,
+                                  enqueue_orphan=enqueue_orphan, enqueue_spawn=enqueue_spawn,
+                                  scan_orphans=False)
             elapsed = time.perf_counter() - start
             if len(rep.due) != DUE or len(enqueued) != DUE:
                 raise RuntimeError(f"sweep on {n} claimed {len(rep.due)}, enqueued "

@@ -1,7 +1,7 @@
 """touch() cost vs one raw redis-py ``PEXPIRE`` round trip on the same connection.
 
 Sessions are real (``create`` + ``finish_spawn``) in a private ``redis-server``. Two
-``SessionRegistry.touch`` flavours are timed against ``PEXPIRE atlas:alive:<id>``:
+``SessionStore.touch`` flavours are timed against ``PEXPIRE atlas:alive:<id>``:
 heartbeat events off (the default: the one-key fast path, a raw ``EVALSHA`` that re-arms
 the alive key) and on (``ATLAS_HEARTBEAT_EVENTS``: the full script, which also records
 activity, re-scores the deadline index and PUBLISHes a heartbeat). Then 8 threads hammer
@@ -21,7 +21,8 @@ from typing import Any
 import redis
 
 from atlas_tasks import constants as C
-from atlas_tasks.registry import SessionRegistry
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.testing.redis_server import RedisServer
 from bench.common import Report, count_commands, median, paired_ratio, paired_rounds
 
@@ -30,12 +31,12 @@ TARGET = 1.3
 SESSIONS = 200
 THREADS = 8
 
-def _sessions(reg: SessionRegistry, prefix: str, ttl_ms: int) -> list[str]:
+def _sessions(reg: SessionStore, prefix: str, ttl_ms: int) -> list[str]:
     ids = [f"{prefix}{i:012x}" for i in range(SESSIONS)]
     for sid in ids:
-        reg.create(sid, {"id": sid, "provider": "runpod", "status": "spawning",
-                         "pod_name": f"atlas-{sid}", "idle_ttl_ms": str(ttl_ms),
-                         "auth": "bearer", "user_id": "42"})
+        reg.create(SessionRecord(id=sid, provider="runpod", status=SessionStatus.SPAWNING,
+                                 pod_name=f"atlas-{sid}", idle_ttl_ms=ttl_ms, auth="bearer",
+                                 user_id=42))
         reg.finish_spawn(sid, f"pod{sid}", {"id": f"pod{sid}", "status": "running"})
     return ids
 
@@ -86,8 +87,8 @@ def run(quick: bool = False) -> Report:
         single = redis.Redis(port=server.port, decode_responses=True,
                              single_connection_client=True)
         ttl = C.DEFAULT_IDLE_TTL_MS
-        reg_off = SessionRegistry(single, publish_heartbeats=False)
-        reg_on = SessionRegistry(single, publish_heartbeats=True)
+        reg_off = SessionStore(single, publish_heartbeats=False)
+        reg_on = SessionStore(single, publish_heartbeats=True)
         ids = _sessions(reg_off, "t", ttl)
         alive_prefix = C.SESSION_ALIVE_KEY.format(id="")
 
@@ -136,8 +137,8 @@ def run(quick: bool = False) -> Report:
 
         # Throughput: 8 threads, one pooled client (connections are per thread).
         pooled = redis.Redis(port=server.port, decode_responses=True, max_connections=64)
-        p_off = SessionRegistry(pooled, publish_heartbeats=False)
-        p_on = SessionRegistry(pooled, publish_heartbeats=True)
+        p_off = SessionStore(pooled, publish_heartbeats=False)
+        p_on = SessionStore(pooled, publish_heartbeats=True)
 
         def pooled_pexpire(sid: str) -> Any:
             return pooled.pexpire(alive_prefix + sid, ttl)

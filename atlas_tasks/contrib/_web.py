@@ -21,7 +21,7 @@ from typing import Any, cast
 from atlas_tasks import client, events
 from atlas_tasks.config import check_setting_names, configure
 from atlas_tasks.errors import AtlasError, NotFoundError, ValidationError
-from atlas_tasks.registry import SessionInfo
+from atlas_tasks.sessions.store import SessionInfo
 
 #: Keys of ``settings.ATLAS`` / ``app.config["ATLAS_*"]`` that belong to the web layer,
 #: not to :class:`~atlas_tasks.config.AtlasSettings`.

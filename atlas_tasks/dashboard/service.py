@@ -37,9 +37,11 @@ from atlas_tasks import constants as C
 from atlas_tasks import events
 from atlas_tasks.config import AtlasSettings, get_settings
 from atlas_tasks.errors import ForbiddenError, NotTracked, ValidationError
-from atlas_tasks.reaper import DATA_LOSS_GRACE_KEY, ORPHAN_FIRST_SEEN_KEY
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.registry import STOPS_KEY, registry_for
+from atlas_tasks.redis_lua import decode_json as _json
+from atlas_tasks.sessions.reaper import DATA_LOSS_GRACE_KEY, ORPHAN_FIRST_SEEN_KEY
+from atlas_tasks.sessions.records import SessionRecord
+from atlas_tasks.sessions.store import STOPS_KEY, Keys, store_for
 from atlas_tasks.tasks.reaper import LAST_SWEEP_KEY, SWEEP_STATS_KEY
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ OPERATOR_ACTION_EVENT = "operator_action"
 #: Reason of an operator's Terminate (shows in the ``terminating`` event).
 OPERATOR_REASON = "operator"
 #: Task that terminates an untracked prefixed pod (see :mod:`atlas_tasks.tasks.compute`).
-TASK_TERMINATE_ORPHAN = "atlas.compute.terminate_orphan"
+TASK_TERMINATE_ORPHAN = C.TASK_TERMINATE_ORPHAN
 #: Session ids are 16 hex chars; anything else in a URL is refused before touching Redis.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Keys whose values a timeline never shows (matched case-insensitively, as substrings).
@@ -99,15 +101,6 @@ class SessionRow:
         return asdict(self)
 
 
-def _json(value: str | None) -> Any:
-    if not value:
-        return None
-    try:
-        return json.loads(value)
-    except ValueError:
-        return None
-
-
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value else None
@@ -115,33 +108,31 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _user(raw: str | None) -> str:
-    value = _json(raw)
+def _user(value: Any) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _error_text(raw: str | None) -> str:
-    value = _json(raw)
+def _error_text(value: Any) -> str:
     if isinstance(value, dict):
         return f"{value.get('kind', 'error')}: {value.get('message') or ''}".strip()
     return ""
 
 
-def row_from_record(record: dict[str, str], pttl: int, now_ms: int,
+def row_from_record(record: SessionRecord, pttl: int, now_ms: int,
                     tracked: bool) -> SessionRow:
-    """Build a table row from a raw record hash and its idle key's PTTL (ms)."""
-    compute = _json(record.get("compute")) or {}
+    """Build a table row from a session record and its idle key's PTTL (ms)."""
+    compute = record.compute or {}
     if not isinstance(compute, dict):
         compute = {}
-    idle_ttl_ms = _int(record.get("idle_ttl_ms")) or 0
+    idle_ttl_ms = record.idle_ttl_ms
     deadline = now_ms + pttl if pttl > 0 else None
     if deadline is not None and idle_ttl_ms:
         # touch()'s fast path only re-arms the idle key: the key's PTTL is the truth.
         last_activity: int | None = deadline - idle_ttl_ms
     else:
-        last_activity = _int(record.get("last_activity_ms"))
+        last_activity = record.last_activity_ms
     url = ""
     for port in compute.get("ports") or []:
         if isinstance(port, dict) and port.get("url") and port.get("protocol", "http") == "http":
@@ -149,32 +140,32 @@ def row_from_record(record: dict[str, str], pttl: int, now_ms: int,
             break
     cost = compute.get("cost_per_hour")
     cost_per_hour = float(cost) if isinstance(cost, int | float) and cost > 0 else None
-    running_at = _int(record.get("running_at_ms"))
-    ended_at = _int(record.get("ended_at_ms"))
+    running_at = record.running_at_ms
+    ended_at = record.ended_at_ms
     accrued = None
     if cost_per_hour is not None and running_at is not None:
         end = ended_at or now_ms
         accrued = round(cost_per_hour * max(0, end - running_at) / 3_600_000, 6)
     return SessionRow(
-        id=record.get("id", ""),
-        status=record.get("status", "unknown"),
-        user=_user(record.get("user_id")),
-        provider=record.get("provider", ""),
-        gpu=record.get("gpu") or str(compute.get("gpu_type") or ""),
-        pod_name=record.get("pod_name", ""),
-        compute_id=record.get("compute_id", ""),
+        id=record.id,
+        status=str(record.status) if record.status else "unknown",
+        user=_user(record.user_id),
+        provider=record.provider,
+        gpu=record.gpu or str(compute.get("gpu_type") or ""),
+        pod_name=record.pod_name or "",
+        compute_id=record.compute_id or "",
         idle_ttl_ms=idle_ttl_ms,
         last_activity_ms=last_activity,
         deadline_ms=deadline,
-        created_at_ms=_int(record.get("created_at_ms")),
+        created_at_ms=record.created_at_ms,
         running_at_ms=running_at,
         ended_at_ms=ended_at,
         cost_per_hour=cost_per_hour,
         accrued_usd=accrued,
         url=url,
-        reason=record.get("reason") or record.get("stop_reason") or "",
-        stop_requested=bool(record.get("stop_requested_at_ms")),
-        last_error=_error_text(record.get("last_error") or record.get("error")),
+        reason=record.reason or record.stop_reason or "",
+        stop_requested=bool(record.stop_requested_at_ms),
+        last_error=_error_text(record.last_error or record.error),
         tracked=tracked,
     )
 
@@ -200,18 +191,17 @@ def check_session_id(session_id: str) -> str:
     return session_id
 
 
-def _tracked(record: dict[str, str], pod_id: str) -> bool:
-    # The reaper's rule (atlas_tasks.reaper._tracked): a live record whose pod is this one
+def _covers(raw: dict[str, str], pod_id: str) -> bool:
+    # The reaper's rule (SessionRecord.covers_pod): a live record whose pod is this one
     # or not known yet covers the pod.
-    if not record or record.get("status") not in ("spawning", "running", "terminating"):
-        return False
-    return record.get("compute_id") in (None, "", pod_id)
+    record = SessionRecord.from_hash(raw)
+    return record is not None and record.covers_pod(pod_id)
 
 
 def _default_send_task(name: str, args: list[Any]) -> None:
     from atlas_tasks.celery_app import get_app
 
-    get_app().send_task(name, args=args, queue=C.QUEUE_COMPUTE)
+    get_app().send_task(name, args=args)  # routed by the app's task_routes
 
 
 class DashboardService:
@@ -262,15 +252,15 @@ class DashboardService:
         with self.r.pipeline(transaction=False) as pipe:
             pipe.time()
             for session_id in ids:
-                pipe.hgetall(C.SESSION_KEY.format(id=session_id))
-                pipe.pttl(C.SESSION_ALIVE_KEY.format(id=session_id))
+                pipe.hgetall(Keys(session_id).record)
+                pipe.pttl(Keys(session_id).alive)
             out = pipe.execute()
         seconds, micros = out[0]
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         rows = []
         for i, session_id in enumerate(ids):
-            record, pttl = out[1 + 2 * i], out[2 + 2 * i]
-            if record and record.get("id"):
+            record, pttl = SessionRecord.from_hash(out[1 + 2 * i]), out[2 + 2 * i]
+            if record is not None and record.id:
                 rows.append(row_from_record(record, int(pttl), now_ms, session_id in tracked))
         return now_ms, rows
 
@@ -326,7 +316,7 @@ class DashboardService:
             NotTracked: unknown or untracked session.
         """
         check_session_id(session_id)
-        reg = registry_for(self.r)
+        reg = store_for(self.r)
         verdict = reg.request_stop(session_id, OPERATOR_REASON, self.settings.stop_resend_ms)
         if verdict in ("terminated", "failed"):
             return {"ok": True, "action": "terminate", "session_id": session_id,
@@ -351,7 +341,7 @@ class DashboardService:
         settings = self.settings
         prefix = settings.reap_name_prefix
         r = self.r
-        now_ms = registry_for(r).now_ms()
+        now_ms = store_for(r).now_ms()
         intents = set(cast(list[str], r.zrange(C.INTENTS_KEY, 0, -1)))
         first_seen = cast(dict[str, str], r.hgetall(ORPHAN_FIRST_SEEN_KEY))
         pods: list[dict[str, Any]] = []
@@ -369,9 +359,8 @@ class DashboardService:
                 ours = bool(prefix) and name.startswith(prefix)
                 if ours:
                     session_id = name[len(prefix):]
-                    if session_id in intents or _tracked(
-                            cast(dict[str, str], r.hgetall(C.SESSION_KEY.format(id=session_id))),
-                            pod.id):
+                    if session_id in intents or _covers(
+                            cast(dict[str, str], r.hgetall(Keys(session_id).record)), pod.id):
                         continue
                 if pod.created_at is not None:
                     age_ms: int | None = now_ms - int(pod.created_at.timestamp() * 1000)
@@ -418,8 +407,8 @@ class DashboardService:
                                  "atlas never terminates foreign pods")
         session_id = name[len(prefix):]
         r = self.r
-        if r.zscore(C.INTENTS_KEY, session_id) is not None or _tracked(
-                cast(dict[str, str], r.hgetall(C.SESSION_KEY.format(id=session_id))), pod.id):
+        if r.zscore(C.INTENTS_KEY, session_id) is not None or _covers(
+                cast(dict[str, str], r.hgetall(Keys(session_id).record)), pod.id):
             raise ForbiddenError(f"pod {compute_id} belongs to tracked session {session_id}: "
                                  "terminate the session instead")
         self._send_task(TASK_TERMINATE_ORPHAN, [provider_name, pod.id, name])
@@ -452,13 +441,7 @@ class DashboardService:
             (seconds, micros), last, stats, intents, stops, grace, tracked = pipe.execute()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         due = int(r.zcount(C.DEADLINE_INDEX_KEY, "-inf", now_ms))
-        retries = 0
-        with r.pipeline(transaction=False) as pipe:
-            for session_id in tracked:
-                pipe.hmget(C.SESSION_KEY.format(id=session_id), "status", "last_error")
-            for status, last_error in pipe.execute():
-                if status == "terminating" and last_error:
-                    retries += 1
+        retries = store_for(r).count_failing_terminates(list(tracked))
         last_sweep = _json(last)
         interval = self.settings.reap_interval_ms
         age = now_ms - int(last_sweep["at_ms"]) if isinstance(last_sweep, dict) \

@@ -33,8 +33,7 @@ from typing import Any
 
 from atlas_tasks import constants as C
 from atlas_tasks.deps import Dependencies
-from atlas_tasks.errors import AtlasError, NotFoundError, UnknownError
-from atlas_tasks.lifecycle import is_transient
+from atlas_tasks.errors import AtlasError, NotFoundError, UnknownError, is_transient
 from atlas_tasks.providers import Provider
 from atlas_tasks.providers.http import is_maybe_created
 from atlas_tasks.sealing import unseal

@@ -49,6 +49,7 @@ from pydantic import BaseModel, Field
 from atlas_tasks import constants as C
 from atlas_tasks.events import Event
 from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
+from atlas_tasks.redis_lua import LUA_NOW, decode_json
 from atlas_tasks.specs import JobStatus as ProviderJobStatus
 
 if TYPE_CHECKING:
@@ -81,16 +82,6 @@ class JobStatus(StrEnum):
 TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
 )
-
-
-def decode_json(value: str | None) -> Any:
-    """A JSON record field (``None`` when absent or unreadable)."""
-    if not value:
-        return None
-    try:
-        return json.loads(value)
-    except ValueError:
-        return None
 
 
 def _int(value: str | None) -> int | None:
@@ -182,11 +173,8 @@ def result_ttl_ms(settings: AtlasSettings | None = None) -> int:
 
 
 # --------------------------------------------------------------------------- Lua
-# TODO(merge): _NOW must become the shared Lua "now" snippet of the sessions helper.
-_NOW = (
-    "local _t = redis.call('TIME') "
-    "local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)\n"
-)
+# Redis server time in ms: the snippet every store shares (atlas_tasks.redis_lua).
+_NOW = LUA_NOW
 
 # The terminal statuses come from the enum, formatted once at import.
 _TERMINAL_LUA = (

@@ -1,4 +1,4 @@
-"""``atlas.reaper.reap``: the beat-scheduled sweep (see :mod:`atlas_tasks.reaper`).
+"""``atlas.reaper.reap``: the beat-scheduled sweep (see :mod:`atlas_tasks.sessions.reaper`).
 
 The sweep is the most frequent task of a deployment (every ``ATLAS_REAP_INTERVAL_MS``,
 one second by default), so it is built to be cheap and quiet:
@@ -27,9 +27,9 @@ import redis
 from celery import shared_task
 
 from atlas_tasks import constants as C
-from atlas_tasks import reaper, task_reprs
-from atlas_tasks.config import get_settings
-from atlas_tasks.redis_conn import get_redis
+from atlas_tasks import task_reprs
+from atlas_tasks.deps import Dependencies
+from atlas_tasks.sessions.reaper import SessionReaper
 from atlas_tasks.tasks.compute import spawn, terminate_batch, terminate_orphan
 
 log = logging.getLogger(__name__)
@@ -73,20 +73,18 @@ def enqueue_terminate(session_ids: list[str], reason: str) -> None:
     """Queue terminates of tracked sessions, ``IDLE_BATCH_MAX`` per task."""
     for start in range(0, len(session_ids), C.IDLE_BATCH_MAX):
         chunk = session_ids[start:start + C.IDLE_BATCH_MAX]
-        terminate_batch.apply_async((chunk, reason), queue=C.QUEUE_COMPUTE,
-                                    **task_reprs.terminate_batch(chunk, reason))
+        terminate_batch.apply_async((chunk, reason), **task_reprs.terminate_batch(chunk, reason))
 
 
 def enqueue_orphan(provider: str, compute_id: str, pod_name: str | None) -> None:
     """Queue the termination of an untracked prefixed pod."""
-    terminate_orphan.apply_async((provider, compute_id, pod_name), queue=C.QUEUE_COMPUTE,
+    terminate_orphan.apply_async((provider, compute_id, pod_name),
                                  **task_reprs.terminate_orphan(provider, compute_id, pod_name))
 
 
 def enqueue_spawn(session_id: str, sealed: str) -> None:
     """Re-send a spawn whose message was lost (its payload stays sealed in transit)."""
-    spawn.apply_async((session_id, sealed), queue=C.QUEUE_COMPUTE,
-                      **task_reprs.spawn(session_id, reason="resend"))
+    spawn.apply_async((session_id, sealed), **task_reprs.spawn(session_id, reason="resend"))
 
 
 def _record(r: redis.Redis, summary: dict[str, Any]) -> None:
@@ -113,15 +111,17 @@ def _did_something(summary: dict[str, Any]) -> bool:
 def reap() -> dict[str, Any]:
     """One reaper sweep, unless another one ran within :func:`throttle_ms`; returns its
     counts (``{"skipped": True, "throttled": True}`` when throttled)."""
-    settings = get_settings()
-    r = get_redis()
-    if not r.set(SWEEP_THROTTLE_KEY, "1", nx=True, px=throttle_ms(settings.reap_interval_ms)):
+    deps = Dependencies.default()
+    r = deps.redis
+    if not r.set(SWEEP_THROTTLE_KEY, "1", nx=True,
+                 px=throttle_ms(deps.settings.reap_interval_ms)):
         r.hincrby(SWEEP_STATS_KEY, "skipped", 1)
         return {"skipped": True, "throttled": True}
     token = in_sweep.set(True)
     try:
-        report = reaper.reap(enqueue_terminate=enqueue_terminate,
-                             enqueue_orphan=enqueue_orphan, enqueue_spawn=enqueue_spawn)
+        report = SessionReaper(deps).reap(enqueue_terminate=enqueue_terminate,
+                                          enqueue_orphan=enqueue_orphan,
+                                          enqueue_spawn=enqueue_spawn)
     finally:
         in_sweep.reset(token)
     summary = report.summary()

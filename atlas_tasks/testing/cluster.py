@@ -20,8 +20,8 @@ from typing import Any
 from atlas_tasks.config import reset_settings
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
-from atlas_tasks.registry import registry_for
 from atlas_tasks.sealing import generate_key
+from atlas_tasks.sessions.store import store_for
 from atlas_tasks.testing.fakecloud import FakeCloud
 from atlas_tasks.testing.processes import (
     ManagedProcess,
@@ -84,7 +84,7 @@ class LocalCluster:
         self.apply_env()
         # This is the deployment's first start: mark the dataset, so the reaper's
         # data-loss guard (a missing epoch) only fires if this Redis loses its data later.
-        registry_for(get_redis(self.redis_url)).ensure_epoch()
+        store_for(get_redis(self.redis_url)).ensure_epoch()
         for i in range(self.worker_count):
             self.add_worker(hostname=f"w{i + 1}@%h")
         if self.start_beat:

@@ -1,6 +1,6 @@
 """Helpers of the step-by-step spawn tests: a real redis-server, an in-process fake cloud
 and sessions recorded the way ``orchestrator.spawn`` records them (without a broker: the
-test itself plays the worker, one lifecycle call at a time).
+test itself plays the worker, one service call at a time).
 
 The fake cloud's path patterns are constants: ``/*pods`` matches RunPod's pod collection
 under REST v1 (``/pods``) and v2 (``/v2/pods``) alike, and never ``/pods/{id}``.
@@ -8,20 +8,24 @@ under REST v1 (``/pods``) and v2 (``/v2/pods``) alike, and never ``/pods/{id}``.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from atlas_tasks import lifecycle, sealing
+from atlas_tasks import sealing
 from atlas_tasks.config import reset_settings
+from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import AtlasError
+from atlas_tasks.providers.base import Provider
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.redis_conn import reset_redis_clients
-from atlas_tasks.registry import SessionRegistry
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.service import SessionService
+from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.testing.fakecloud import FakeCloud
 
 #: The create request of a pod (RunPod REST v1 ``/pods``, v2 ``/v2/pods``).
@@ -53,7 +57,16 @@ def cloud() -> Iterator[FakeCloud]:
         yield fake
 
 
-def new_session(reg: SessionRegistry, *, provider: str = "runpod",
+def service(provider: Provider | None = None) -> SessionService:
+    """The session service on this process's settings; with ``provider``, every provider
+    the service builds is that one (a stub standing in for the cloud)."""
+    deps = Dependencies.default()
+    if provider is not None:
+        deps = replace(deps, providers=lambda name, **_: provider)
+    return SessionService(deps)
+
+
+def new_session(reg: SessionStore, *, provider: str = "runpod",
                 api_key: str | None = None) -> tuple[str, str]:
     """Record a ``spawning`` session with its intent, as ``orchestrator.spawn`` does.
 
@@ -64,22 +77,21 @@ def new_session(reg: SessionRegistry, *, provider: str = "runpod",
                "idle_ttl_ms": 60_000, "auth": "none", "ports": [{"port": 8000,
                                                                  "protocol": "http"}]}
     sealed = sealing.seal({"request": request, "secret": None})
-    record = {"id": sid, "provider": provider, "status": "spawning",
-              "pod_name": f"{PREFIX}{sid}", "user_id": json.dumps(None),
-              "idle_ttl_ms": "60000", "auth": "none", "base_url": "", "spawn_sealed": sealed}
-    if api_key:
-        record["api_key_sealed"] = sealing.seal({"api_key": api_key})
-    reg.create(sid, record)
+    reg.create(SessionRecord(
+        id=sid, provider=provider, status=SessionStatus.SPAWNING, pod_name=f"{PREFIX}{sid}",
+        user_id=None, idle_ttl_ms=60000, auth="none", base_url="", spawn_sealed=sealed,
+        api_key_sealed=sealing.seal({"api_key": api_key}) if api_key else None))
     return sid, sealed
 
 
 def run_spawn_task(sid: str, sealed: str, attempt_id: str) -> dict[str, Any]:
     """One delivery of ``atlas.compute.spawn`` that gives up on its first error (what the
-    task does once its retries are spent): ``spawn_session``, else ``spawn_failed``."""
+    task does once its retries are spent): ``spawn``, else ``spawn_failed``."""
+    svc = service()
     try:
-        return lifecycle.spawn_session(sid, sealed, attempt_id=attempt_id)
+        return svc.spawn(sid, sealed, attempt_id=attempt_id)
     except AtlasError as exc:
-        return lifecycle.spawn_failed(sid, exc)
+        return svc.spawn_failed(sid, exc)
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

@@ -24,7 +24,8 @@ from atlas_tasks.dashboard.service import DashboardService
 from atlas_tasks.dashboard.settings import DashboardSettings
 from atlas_tasks.errors import ValidationError
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
-from atlas_tasks.registry import registry_for
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.store import store_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,11 +59,10 @@ def service(redis_url: str, monkeypatch: pytest.MonkeyPatch, sent: Sent) -> Iter
 
 def running_session(session_id: str = "0123456789abcdef", *, cost: float | None = 2.0) -> str:
     """A running session written straight into the registry (no pod, no worker)."""
-    reg = registry_for(get_redis())
-    reg.create(session_id, {"id": session_id, "provider": "runpod", "status": "spawning",
-                            "pod_name": f"atlas-{session_id}", "user_id": json.dumps("alice"),
-                            "idle_ttl_ms": "600000", "auth": "bearer",
-                            "token_hash": "f" * 64, "gpu": "h100", "base_url": ""})
+    reg = store_for(get_redis())
+    reg.create(SessionRecord(id=session_id, provider="runpod", status=SessionStatus.SPAWNING,
+                             pod_name=f"atlas-{session_id}", user_id="alice", idle_ttl_ms=600000,
+                             auth="bearer", token_hash="f" * 64, gpu="h100", base_url=""))
     compute = {"id": "pod-1", "provider": "runpod", "cost_per_hour": cost,
                "ports": [{"internal": 8000, "protocol": "http",
                           "url": "https://pod-1-8000.proxy.runpod.net"}]}
@@ -101,8 +101,9 @@ def test_terminate_goes_through_the_fenced_task(service: DashboardService,
     sid = running_session()
     service.terminate(sid, "ada")
     assert sent.calls == [(C.TASK_TERMINATE, [sid, "operator"])]
-    record = registry_for(get_redis()).get(sid)
-    assert record["stop_reason"] == "operator"  # durable: the reaper re-sends a lost one
+    record = store_for(get_redis()).get(sid)
+    # durable: the reaper re-sends a lost one
+    assert record is not None and record.stop_reason == "operator"
     assert actions(sid)[-1] == {"operator": "ada", "action": "terminate"}
 
 
@@ -125,7 +126,7 @@ def test_live_table_diffs(service: DashboardService) -> None:
     changes = table.refresh()
     assert [c["op"] for c in changes] == ["upsert"] and changes[0]["row"]["id"] == sid
     assert table.refresh() == []  # nothing changed: nothing sent (clock jitter ignored)
-    reg = registry_for(get_redis())
+    reg = store_for(get_redis())
     reg.finish_terminate(sid, "operator")
     changes = table.refresh()
     assert changes[0]["row"]["status"] == "terminated" and not changes[0]["row"]["tracked"]
@@ -140,11 +141,11 @@ def test_live_table_partial_refresh_reads_only_the_named_sessions(
     second = running_session("bbbbbbbbbbbbbbbb")
     changes = table.refresh(only={first, "cluster", "not a session!"})
     assert [c["row"]["id"] for c in changes] == [first]
-    registry_for(get_redis()).finish_terminate(first, "operator")
+    store_for(get_redis()).finish_terminate(first, "operator")
     changes = table.refresh(only={first})
     assert [(c["row"]["id"], c["row"]["status"]) for c in changes] == [(first, "terminated")]
     # a session that ended before the table showed it is not added by an event
-    registry_for(get_redis()).finish_terminate(second, "operator")
+    store_for(get_redis()).finish_terminate(second, "operator")
     assert table.refresh(only={second}) == []
 
 
@@ -195,7 +196,8 @@ def test_app_routes_need_auth_and_csrf(service: DashboardService, sent: Sent) ->
     ok = client.post(f"/api/sessions/{sid}/stop", headers={"X-CSRF-Token": csrf})
     assert ok.status_code == 200, ok.text
     # Stop is orchestrator.stop_tracked: recorded durably, enqueued by the caller API.
-    assert registry_for(get_redis()).get(sid).get("stop_requested_at_ms")
+    stopped = store_for(get_redis()).get(sid)
+    assert stopped is not None and stopped.stop_requested_at_ms
     assert actions(sid)[-1] == {"operator": "Ada", "action": "stop"}
     assert client.post("/api/sessions/feedfeedfeedfeed/touch",
                        headers={"X-CSRF-Token": csrf}).status_code == 404
@@ -372,7 +374,7 @@ def test_flask_extension_mounts_the_ops_page_with_its_check(service: DashboardSe
 def test_health_counts_and_work_in_flight(service: DashboardService) -> None:
     r = get_redis()
     sid = running_session()
-    reg = registry_for(r)
+    reg = store_for(r)
     reg.begin_terminate(sid, "operator", "fence-1", 60_000)
     reg.terminate_failed(sid, {"kind": "provider", "message": "500"}, 60_000)
     r.hset(C.JOB_KEY.format(id="job-live"), mapping={"id": "job-live", "status": "in_progress",

@@ -14,14 +14,21 @@ import redis
 
 from atlas_tasks import events, orchestrator
 from atlas_tasks.config import get_settings, reset_settings
+from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import NotTracked
-from atlas_tasks.lifecycle import public_compute
 from atlas_tasks.providers import get_provider
 from atlas_tasks.providers.mock import MockProvider
 from atlas_tasks.providers.registry import clear_provider_cache
-from atlas_tasks.reaper import CLUSTER_TOPIC_ID, DATA_LOSS_GRACE_KEY, ReapReport, reap
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
-from atlas_tasks.registry import EPOCH_KEY, SessionRegistry, registry_for
+from atlas_tasks.sessions.reaper import (
+    CLUSTER_TOPIC_ID,
+    DATA_LOSS_GRACE_KEY,
+    ReapReport,
+    SessionReaper,
+)
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.service import public_compute
+from atlas_tasks.sessions.store import EPOCH_KEY, SessionStore, store_for
 from atlas_tasks.specs import build_compute_request
 from atlas_tasks.testing.cluster import LocalCluster
 from atlas_tasks.testing.redis_server import in_ci, redis_available
@@ -54,15 +61,16 @@ class Sweeps:
         self.terminates: list[tuple[list[str], str]] = []
 
     def run(self) -> ReapReport:
-        report = reap(enqueue_terminate=lambda ids, why: self.terminates.append((ids, why)),
-                      enqueue_orphan=lambda _p, pod_id, _n: self.orphans.append(pod_id),
-                      scan_orphans=True)
+        report = SessionReaper(Dependencies.default()).reap(
+            enqueue_terminate=lambda ids, why: self.terminates.append((ids, why)),
+            enqueue_orphan=lambda _p, pod_id, _n: self.orphans.append(pod_id),
+            scan_orphans=True)
         assert not report.skipped
         return report
 
 
-def _reg() -> SessionRegistry:
-    return registry_for(get_redis())
+def _reg() -> SessionStore:
+    return store_for(get_redis())
 
 
 def _pod(name: str) -> str:
@@ -70,11 +78,11 @@ def _pod(name: str) -> str:
     return pod.id
 
 
-def _session(reg: SessionRegistry) -> tuple[str, str]:
+def _session(reg: SessionStore) -> tuple[str, str]:
     sid = secrets.token_hex(8)
     pod_name = f"{get_settings().reap_name_prefix}{sid}"
-    reg.create(sid, {"id": sid, "provider": "mock", "status": "spawning",
-                     "pod_name": pod_name, "idle_ttl_ms": "60000", "user_id": "1"})
+    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
+                             pod_name=pod_name, idle_ttl_ms=60000, user_id=1))
     pod = get_provider("mock").spawn_compute(build_compute_request(image="img", name=pod_name))
     assert reg.finish_spawn(sid, pod.id, public_compute(pod)) == "running"
     return sid, pod.id

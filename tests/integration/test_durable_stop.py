@@ -13,11 +13,13 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks import orchestrator
 from atlas_tasks.config import reset_settings
+from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import NotTracked
 from atlas_tasks.providers.registry import clear_provider_cache
-from atlas_tasks.reaper import reap
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
-from atlas_tasks.registry import STOPS_KEY, SessionRegistry, registry_for
+from atlas_tasks.sessions.reaper import SessionReaper
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.store import STOPS_KEY, SessionStore, store_for
 from atlas_tasks.testing.cluster import LocalCluster
 from atlas_tasks.testing.redis_server import in_ci, redis_available
 
@@ -59,38 +61,41 @@ def lost_broker(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Ap
     reset_redis_clients()
 
 
-def _running(reg: SessionRegistry, sid: str) -> None:
-    reg.create(sid, {"id": sid, "provider": "mock", "status": "spawning",
-                     "pod_name": f"atlas-{sid}", "idle_ttl_ms": "60000", "user_id": "1"})
+def _running(reg: SessionStore, sid: str) -> None:
+    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
+                             pod_name=f"atlas-{sid}", idle_ttl_ms=60000, user_id=1))
     assert reg.finish_spawn(sid, f"pod-{sid}", {"id": f"pod-{sid}"}) == "running"
 
 
 def _sweep(terminates: list[tuple[list[str], str]]) -> list[str]:
-    report = reap(enqueue_terminate=lambda ids, why: terminates.append((ids, why)),
-                  enqueue_orphan=lambda *_: None, scan_orphans=False)
+    report = SessionReaper(Dependencies.default()).reap(
+        enqueue_terminate=lambda ids, why: terminates.append((ids, why)),
+        enqueue_orphan=lambda *_: None, scan_orphans=False)
     return report.resent_stops
 
 
 def test_a_lost_stop_message_is_resent_by_the_reaper(lost_broker: _App,
                                                      redis_client: redis.Redis) -> None:
-    reg = registry_for(get_redis())
+    reg = store_for(get_redis())
     _running(reg, "s1")
     orchestrator.stop_tracked("s1")
     assert lost_broker.sent == [(C.TASK_TERMINATE, ["s1", "requested"])]  # then "lost"
     record = reg.get("s1")
-    assert record["stop_requested_at_ms"] and record["stop_reason"] == "requested"
+    assert record is not None
+    assert record.stop_requested_at_ms and record.stop_reason == "requested"
     terminates: list[tuple[list[str], str]] = []
     assert _sweep(terminates) == []  # not due yet: the first message may still arrive
     redis_client.zadd(STOPS_KEY, {"s1": 0})  # fast-forward to the re-send bound
     assert _sweep(terminates) == ["s1"]
     assert terminates == [(["s1"], "requested")]
-    assert reg.get("s1")["stop_resends"] == "1"
+    again = reg.get("s1")
+    assert again is not None and again.stop_resends == 1
     assert 0 < (redis_client.zscore(STOPS_KEY, "s1") or 0)  # re-armed for another round
 
 
 def test_a_stop_whose_terminate_holds_the_fence_is_not_resent(
         lost_broker: _App, redis_client: redis.Redis) -> None:
-    reg = registry_for(get_redis())
+    reg = store_for(get_redis())
     _running(reg, "s1")
     orchestrator.stop_tracked("s1")
     assert reg.begin_terminate("s1", "requested", "worker-task", 5000).verdict == "ok"
@@ -105,7 +110,7 @@ def test_a_stop_whose_terminate_holds_the_fence_is_not_resent(
 
 def test_stop_is_recorded_even_when_the_broker_is_down(lost_broker: _App,
                                                        redis_client: redis.Redis) -> None:
-    reg = registry_for(get_redis())
+    reg = store_for(get_redis())
     _running(reg, "s1")
     lost_broker.fail = True
     orchestrator.stop_tracked("s1")  # durable once it returns: no error for the caller
@@ -113,7 +118,7 @@ def test_stop_is_recorded_even_when_the_broker_is_down(lost_broker: _App,
 
 
 def test_stop_of_unknown_or_ended_sessions(lost_broker: _App) -> None:
-    reg = registry_for(get_redis())
+    reg = store_for(get_redis())
     with pytest.raises(NotTracked):
         orchestrator.stop_tracked("nope")
     _running(reg, "s1")

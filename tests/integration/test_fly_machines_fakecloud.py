@@ -18,7 +18,7 @@ from atlas_tasks.providers.base import Provider
 from atlas_tasks.providers.fly_machines import FlyMachinesProvider
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
-from atlas_tasks.registry import registry_for
+from atlas_tasks.sessions.store import store_for
 from atlas_tasks.specs import Compute, ComputeStatus, build_compute_request
 from atlas_tasks.testing.conformance import ProviderConformance
 from atlas_tasks.testing.fakecloud import FakeCloud
@@ -275,7 +275,8 @@ def test_missing_app_is_a_clear_validation_error(cloud: FakeCloud) -> None:
 def test_reaper_finds_fly_orphans_by_name_prefix(
     cloud: FakeCloud, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from atlas_tasks import reaper
+    from atlas_tasks.deps import Dependencies
+    from atlas_tasks.sessions.reaper import SessionReaper
 
     for key, value in fly_env(cloud.url, cloud.api_key).items():
         monkeypatch.setenv(key, value)
@@ -287,14 +288,15 @@ def test_reaper_finds_fly_orphans_by_name_prefix(
     clear_provider_cache()
     # A deployment's first start: without the epoch, prefixed pods on a Redis that has
     # none look like a data loss and the reaper's data-loss guard spares them.
-    registry_for(get_redis()).ensure_epoch()
+    store_for(get_redis()).ensure_epoch()
     fly = get_provider("fly")
     orphan = spawn(fly, name="atlas-deadbeefdeadbeef")
     spawn(fly, name="someone-elses-machine")
     found: list[tuple[str, str, str | None]] = []
-    report = reaper.reap(enqueue_terminate=lambda *a: None,
-                         enqueue_orphan=lambda p, i, n: found.append((p, i, n)),
-                         scan_orphans=True)
+    report = SessionReaper(Dependencies.default()).reap(
+        enqueue_terminate=lambda *a: None,
+        enqueue_orphan=lambda p, i, n: found.append((p, i, n)),
+        scan_orphans=True)
     assert report.errors == []
     assert report.providers_scanned == ["fly"]
     assert found == [("fly", orphan.id, "atlas-deadbeefdeadbeef")]

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from atlas_tasks import reaper
 from atlas_tasks.config import reset_settings
+from atlas_tasks.deps import Dependencies
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
-from atlas_tasks.registry import registry_for
+from atlas_tasks.sessions.reaper import SessionReaper
+from atlas_tasks.sessions.store import store_for
 from atlas_tasks.specs import Compute, ComputeStatus
 
 pytestmark = pytest.mark.integration
@@ -49,29 +50,29 @@ class _WeirdPods:
 
 
 @pytest.fixture
-def providers(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def reaper(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionReaper]:
     monkeypatch.setenv("ATLAS_REDIS_URL", redis_url)
     monkeypatch.setenv("ATLAS_REAP_PROVIDERS", "broken,good,keyerr,weird")
     monkeypatch.setenv("ATLAS_ORPHAN_GRACE_MS", "0")
     reset_settings()
     reset_redis_clients()
-    registry_for(get_redis()).ensure_epoch()
+    store_for(get_redis()).ensure_epoch()
     table: dict[str, Any] = {
         "broken": _Exploding(ValueError("Expecting value: line 1 column 1 (char 0)")),
         "good": _Good(),
         "keyerr": _Exploding(KeyError("pods")),
         "weird": _WeirdPods(),
     }
-    monkeypatch.setattr(reaper, "get_provider", lambda name, **_: table[name])
-    yield
+    yield SessionReaper(Dependencies.from_client(get_redis(),
+                                                 providers=lambda name, **_: table[name]))
     reset_redis_clients()
 
 
 def test_any_provider_exception_is_reported_and_the_sweep_goes_on(
-        providers: None, caplog: pytest.LogCaptureFixture) -> None:
+        reaper: SessionReaper, caplog: pytest.LogCaptureFixture) -> None:
     enqueued: list[tuple[str, str]] = []
     terminates: list[list[str]] = []
-    with caplog.at_level(logging.WARNING, logger="atlas_tasks.reaper"):
+    with caplog.at_level(logging.WARNING, logger="atlas_tasks.sessions.reaper"):
         report = reaper.reap(enqueue_terminate=lambda ids, _: terminates.append(ids),
                              enqueue_orphan=lambda p, pod_id, _n: enqueued.append((p, pod_id)),
                              scan_orphans=True)
@@ -87,7 +88,7 @@ def test_any_provider_exception_is_reported_and_the_sweep_goes_on(
 
 
 def test_an_enqueue_failing_for_one_pod_does_not_stop_the_others(
-        providers: None) -> None:
+        reaper: SessionReaper) -> None:
     enqueued: list[str] = []
 
     def enqueue(_p: str, pod_id: str, _n: str | None) -> None:

@@ -1,4 +1,4 @@
-"""Session registry on a real redis-server: every state transition and its guarantees."""
+"""Session store on a real redis-server: every state transition and its guarantees."""
 
 from __future__ import annotations
 
@@ -9,22 +9,23 @@ import redis
 
 from atlas_tasks import constants as C
 from atlas_tasks.errors import NotTracked
-from atlas_tasks.registry import SessionRegistry
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.store import SessionStore
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def reg(redis_client: redis.Redis) -> SessionRegistry:
-    return SessionRegistry(redis_client)
+def reg(redis_client: redis.Redis) -> SessionStore:
+    return SessionStore(redis_client)
 
 
-def _create(reg: SessionRegistry, sid: str = "s1", ttl_ms: int = 200) -> None:
-    reg.create(sid, {"id": sid, "provider": "mock", "status": "spawning",
-                     "pod_name": f"atlas-{sid}", "idle_ttl_ms": str(ttl_ms), "user_id": "7"})
+def _create(reg: SessionStore, sid: str = "s1", ttl_ms: int = 200) -> None:
+    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
+                             pod_name=f"atlas-{sid}", idle_ttl_ms=ttl_ms, user_id=7))
 
 
-def test_create_records_intent_and_tracking(reg: SessionRegistry) -> None:
+def test_create_records_intent_and_tracking(reg: SessionStore) -> None:
     _create(reg)
     assert reg.list_ids() == ["s1"]
     assert "s1" in reg.intent_ids()
@@ -32,7 +33,7 @@ def test_create_records_intent_and_tracking(reg: SessionRegistry) -> None:
     assert info.status == "spawning" and info.user_id == 7 and info.idle_ttl_ms == 200
 
 
-def test_finish_spawn_starts_idle_clock(reg: SessionRegistry, redis_client: redis.Redis) -> None:
+def test_finish_spawn_starts_idle_clock(reg: SessionStore, redis_client: redis.Redis) -> None:
     _create(reg, ttl_ms=5000)
     assert reg.finish_spawn("s1", "pod-1", {"id": "pod-1", "ports": []}) == "running"
     assert "s1" not in reg.intent_ids()
@@ -41,15 +42,15 @@ def test_finish_spawn_starts_idle_clock(reg: SessionRegistry, redis_client: redi
     assert reg.info("s1").compute_id == "pod-1"
 
 
-def _create_with_big_spawn_payload(reg: SessionRegistry, sid: str = "s1") -> None:
+def _create_with_big_spawn_payload(reg: SessionStore, sid: str = "s1") -> None:
     # A sealed spawn payload bigger than any hash-max-listpack-value: the record starts
     # life as a hashtable, which Redis never converts back on its own.
-    reg.create(sid, {"id": sid, "provider": "mock", "status": "spawning",
-                     "pod_name": f"atlas-{sid}", "idle_ttl_ms": "5000", "user_id": "7",
-                     "spawn_sealed": "s" * 1500, "token_hash": "h" * 64})
+    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
+                             pod_name=f"atlas-{sid}", idle_ttl_ms=5000, user_id=7,
+                             spawn_sealed="s" * 1500, token_hash="h" * 64))
 
 
-def test_finish_spawn_rewrites_the_record_compact(reg: SessionRegistry,
+def test_finish_spawn_rewrites_the_record_compact(reg: SessionStore,
                                                   redis_client: redis.Redis) -> None:
     _create_with_big_spawn_payload(reg)
     key = C.SESSION_KEY.format(id="s1")
@@ -65,7 +66,7 @@ def test_finish_spawn_rewrites_the_record_compact(reg: SessionRegistry,
     assert redis_client.pttl(key) > 5000  # idle TTL + record grace
 
 
-def test_finish_spawn_after_a_stop_keeps_the_record_ttl(reg: SessionRegistry,
+def test_finish_spawn_after_a_stop_keeps_the_record_ttl(reg: SessionStore,
                                                         redis_client: redis.Redis) -> None:
     _create_with_big_spawn_payload(reg)
     key = C.SESSION_KEY.format(id="s1")
@@ -79,7 +80,7 @@ def test_finish_spawn_after_a_stop_keeps_the_record_ttl(reg: SessionRegistry,
     assert 0 < redis_client.pttl(key) <= ttl_before
 
 
-def test_touch_rearms_clock_and_rejects_unknown(reg: SessionRegistry,
+def test_touch_rearms_clock_and_rejects_unknown(reg: SessionStore,
                                                  redis_client: redis.Redis) -> None:
     _create(reg, ttl_ms=300)
     reg.finish_spawn("s1", "pod-1", {})
@@ -94,7 +95,7 @@ def test_touch_rearms_clock_and_rejects_unknown(reg: SessionRegistry,
 
 
 def test_touch_fast_path_is_one_key_and_index_follows_on_claim(
-        reg: SessionRegistry, redis_client: redis.Redis) -> None:
+        reg: SessionStore, redis_client: redis.Redis) -> None:
     _create(reg, ttl_ms=200)
     reg.finish_spawn("s1", "pod-1", {})
     record = C.SESSION_KEY.format(id="s1")
@@ -107,14 +108,14 @@ def test_touch_fast_path_is_one_key_and_index_follows_on_claim(
     assert redis_client.pttl(record) > C.SESSION_RECORD_GRACE_MS  # record kept alive too
 
 
-def test_touch_of_a_spawning_session_records_activity(reg: SessionRegistry) -> None:
+def test_touch_of_a_spawning_session_records_activity(reg: SessionStore) -> None:
     _create(reg, ttl_ms=5000)
     reg.touch("s1")  # no alive key yet: the full script answers
     assert reg.info("s1").status == "spawning"
 
 
 def test_heartbeats_are_published_when_enabled(redis_client: redis.Redis) -> None:
-    loud = SessionRegistry(redis_client, publish_heartbeats=True)
+    loud = SessionStore(redis_client, publish_heartbeats=True)
     _create(loud, ttl_ms=5000)
     loud.finish_spawn("s1", "pod-1", {})
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
@@ -130,7 +131,7 @@ def test_heartbeats_are_published_when_enabled(redis_client: redis.Redis) -> Non
     assert message is not None and '"heartbeat"' in message["data"]
 
 
-def test_expiry_claim_and_sweep_claim_are_one_claim(reg: SessionRegistry) -> None:
+def test_expiry_claim_and_sweep_claim_are_one_claim(reg: SessionStore) -> None:
     for sid in ("a", "b"):
         _create(reg, sid, ttl_ms=50)
         reg.finish_spawn(sid, f"pod-{sid}", {})
@@ -141,7 +142,7 @@ def test_expiry_claim_and_sweep_claim_are_one_claim(reg: SessionRegistry) -> Non
     assert reg.claim_expired("b", 60_000) is False  # and the listener what the sweep took
 
 
-def test_claim_due_skips_touched_and_rescores(reg: SessionRegistry,
+def test_claim_due_skips_touched_and_rescores(reg: SessionStore,
                                               redis_client: redis.Redis) -> None:
     for sid in ("a", "b"):
         _create(reg, sid, ttl_ms=100)
@@ -153,12 +154,12 @@ def test_claim_due_skips_touched_and_rescores(reg: SessionRegistry,
     assert redis_client.zscore(C.DEADLINE_INDEX_KEY, "a") > reg.now_ms()
 
 
-def test_begin_terminate_fences_and_refuses_live_idle(reg: SessionRegistry) -> None:
+def test_begin_terminate_fences_and_refuses_live_idle(reg: SessionStore) -> None:
     _create(reg, ttl_ms=10_000)
     reg.finish_spawn("s1", "pod-1", {})
     assert reg.begin_terminate("s1", "idle_timeout", "t1", 1000)[0] == "alive"
     verdict, compute_id, first, record = reg.begin_terminate("s1", "requested", "t1", 1000)
-    assert record["provider"] == "mock" and record["pod_name"] == "atlas-s1"
+    assert record.provider == "mock" and record.pod_name == "atlas-s1"
     assert (verdict, compute_id, first) == ("ok", "pod-1", True)
     assert reg.begin_terminate("s1", "requested", "t2", 1000)[0] == "fenced"
     # the owner may come back (a Celery retry keeps its task id)
@@ -171,21 +172,21 @@ def test_begin_terminate_fences_and_refuses_live_idle(reg: SessionRegistry) -> N
     assert reg.info("s1").status == "terminated"
 
 
-def test_stop_during_spawn_reports_terminating(reg: SessionRegistry) -> None:
+def test_stop_during_spawn_reports_terminating(reg: SessionStore) -> None:
     _create(reg)
     verdict, compute_id, _, _ = reg.begin_terminate("s1", "requested", "t1", 1000)
     assert (verdict, compute_id) == ("ok", "")
     assert reg.finish_spawn("s1", "pod-9", {}) == "terminating"
 
 
-def test_stale_intents_are_claimed_once(reg: SessionRegistry, redis_client: redis.Redis) -> None:
+def test_stale_intents_are_claimed_once(reg: SessionStore, redis_client: redis.Redis) -> None:
     _create(reg)
     redis_client.zadd(C.INTENTS_KEY, {"s1": 1})
     assert reg.claim_stale_intents(10) == ["s1"]
     assert reg.claim_stale_intents(10) == []
 
 
-def test_terminate_failed_makes_session_due_again(reg: SessionRegistry,
+def test_terminate_failed_makes_session_due_again(reg: SessionStore,
                                                   redis_client: redis.Redis) -> None:
     _create(reg, ttl_ms=10_000)
     reg.finish_spawn("s1", "pod-1", {})
@@ -195,7 +196,7 @@ def test_terminate_failed_makes_session_due_again(reg: SessionRegistry,
     assert reg.claim_due(10, 1000) == ["s1"]
 
 
-def test_terminate_transitions_publish_their_events(reg: SessionRegistry) -> None:
+def test_terminate_transitions_publish_their_events(reg: SessionStore) -> None:
     from atlas_tasks import events
 
     _create(reg, ttl_ms=10_000)

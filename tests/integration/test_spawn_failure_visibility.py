@@ -24,11 +24,12 @@ from spawn_support import (
     run_spawn_task,
 )
 
-from atlas_tasks import events, lifecycle, reaper
+from atlas_tasks import events
 from atlas_tasks.client import Session
-from atlas_tasks.config import get_settings
+from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import AtlasError
-from atlas_tasks.registry import CLEANUP_BACKOFF_BASE_MS, CLEANUPS_KEY, SessionRegistry
+from atlas_tasks.sessions.reaper import ReapReport, SessionReaper
+from atlas_tasks.sessions.store import CLEANUP_BACKOFF_BASE_MS, CLEANUPS_KEY, SessionStore
 from atlas_tasks.testing.fakecloud import FakeCloud
 
 pytestmark = pytest.mark.integration
@@ -36,11 +37,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def reg(cloud: FakeCloud, redis_url: str, redis_client: redis.Redis,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionRegistry]:
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionStore]:
     cloud.reset()
     cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="300",
               http_max_retries="0")  # one HTTP call per lookup: countable
-    yield SessionRegistry(redis_client)
+    yield SessionStore(redis_client)
 
 
 def _lookups(cloud: FakeCloud) -> int:  # noqa: F811
@@ -49,7 +50,7 @@ def _lookups(cloud: FakeCloud) -> int:  # noqa: F811
 
 
 def test_refused_create_fails_visibly_within_a_second(
-        reg: SessionRegistry, cloud: FakeCloud) -> None:  # noqa: F811
+        reg: SessionStore, cloud: FakeCloud) -> None:  # noqa: F811
     """Bad API key: create and lookup both answer 401. The provider's own error reaches
     wait(), info() and the events at once; no cleanup is owed (401 made nothing)."""
     sid, sealed = new_session(reg, api_key="revoked-key")
@@ -73,7 +74,7 @@ def test_refused_create_fails_visibly_within_a_second(
 
 
 def test_unfinished_cleanup_is_an_obligation_retried_with_backoff(
-        reg: SessionRegistry, cloud: FakeCloud, redis_client: redis.Redis) -> None:  # noqa: F811
+        reg: SessionStore, cloud: FakeCloud, redis_client: redis.Redis) -> None:  # noqa: F811
     """The create made a pod but answered 500, and every lookup fails: the session still
     fails at once with the create's error; the cleanup is retried by the reaper with
     exponential backoff (never once a sweep) and its outcome is reported separately."""
@@ -95,10 +96,10 @@ def test_unfinished_cleanup_is_an_obligation_retried_with_backoff(
     assert [c["outcome"] for c in cleanup] == ["retrying"]
     assert sid in reg.intent_ids()  # the orphan scan leaves it to its obligation
 
-    settings = get_settings()
+    reaper = SessionReaper(Dependencies.default())
 
     def sweep() -> None:
-        reaper._resolve_stale_intents(settings, reaper.ReapReport())
+        reaper.resolve_stale_intents(ReapReport())
 
     # Not due yet: a sweep makes no provider call.
     before = _lookups(cloud)
@@ -116,7 +117,8 @@ def test_unfinished_cleanup_is_an_obligation_retried_with_backoff(
         sweep()
         sweep()
         assert _lookups(cloud) == before + 1, "a failing cleanup was retried at once"
-        assert reg.get(sid)["cleanup_attempts"] == str(attempt)
+        record = reg.get(sid)
+        assert record is not None and record.cleanup_attempts == attempt
     base = CLEANUP_BACKOFF_BASE_MS
     assert [round(d / base) for d in delays] == [1, 2, 4], delays
 
@@ -136,16 +138,15 @@ def test_unfinished_cleanup_is_an_obligation_retried_with_backoff(
 
 
 def test_stale_intent_ends_the_session_and_leaves_a_backed_off_cleanup(
-        reg: SessionRegistry, cloud: FakeCloud, redis_client: redis.Redis) -> None:  # noqa: F811
+        reg: SessionStore, cloud: FakeCloud, redis_client: redis.Redis) -> None:  # noqa: F811
     """A spawn that never finished (its message lost) with a key that no longer works:
     the sweep fails the session at once; the cleanup backs off instead of calling the
     provider on every sweep."""
     sid, _ = new_session(reg, api_key="revoked-key")
     redis_client.zadd("atlas:intents", {sid: 0})  # as if its 10 minutes had passed
-    settings = get_settings()
+    reaper = SessionReaper(Dependencies.default())
 
-    report = reaper.ReapReport()
-    reaper._resolve_stale_intents(settings, report)
+    reaper.resolve_stale_intents(ReapReport())
 
     assert reg.info(sid).status == "failed"
     assert sid not in reg.list_ids()
@@ -153,9 +154,9 @@ def test_stale_intent_ends_the_session_and_leaves_a_backed_off_cleanup(
             if e.type == "status"] == ["failed"]
     first = _lookups(cloud)
     for _ in range(5):
-        reaper._resolve_stale_intents(settings, reaper.ReapReport())
+        reaper.resolve_stale_intents(ReapReport())
     assert _lookups(cloud) == first, "the cleanup must wait for its backoff"
     assert sid in reg.cleanup_ids()
-    assert lifecycle.run_cleanup(sid, attempt=9) == "retrying"
+    assert reaper.service.run_cleanup(sid, attempt=9) == "retrying"
     assert reg.info(sid).error == {"kind": "timeout", "message":
                                    "spawn did not finish before its intent expired"}

@@ -31,14 +31,17 @@ from spawn_support import (
     creates_of,
     live_pods_of,
     new_session,
+    service,
     wait_for,
 )
 
-from atlas_tasks import events, lifecycle
+from atlas_tasks import events
 from atlas_tasks.config import get_settings, reset_settings
 from atlas_tasks.errors import AtlasError
 from atlas_tasks.providers import Provider, get_provider
-from atlas_tasks.registry import SessionRegistry
+from atlas_tasks.sessions.records import SessionRecord
+from atlas_tasks.sessions.service import SessionService
+from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.specs import Compute, ComputeRequest, ComputeStatus
 from atlas_tasks.testing.fakecloud import FakeCloud
 
@@ -74,10 +77,10 @@ class Background:
 
 @pytest.fixture
 def http_reg(cloud: FakeCloud, redis_url: str, redis_client: redis.Redis,  # noqa: F811
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionRegistry]:
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionStore]:
     cloud.reset()
     cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="300")
-    yield SessionRegistry(redis_client)
+    yield SessionStore(redis_client)
     cloud.release("create-answer")  # never leave a held call behind
     cloud.release("retry-lookup")
     cloud.release(LATE)
@@ -85,7 +88,7 @@ def http_reg(cloud: FakeCloud, redis_url: str, redis_client: redis.Redis,  # noq
 
 @pytest.mark.parametrize("gate", ["create-answer", "retry-lookup"])
 def test_stop_during_the_spawns_retry_never_leads_to_a_second_create(
-        http_reg: SessionRegistry, cloud: FakeCloud, gate: str) -> None:  # noqa: F811
+        http_reg: SessionStore, cloud: FakeCloud, gate: str) -> None:  # noqa: F811
     """The create makes the pod and answers 500. The stop arrives while the spawn waits
     for that answer ("create-answer") or for its retry lookup ("retry-lookup"), finds
     the pod by name and deletes it. The spawn must then end the session, not create."""
@@ -97,11 +100,11 @@ def test_stop_during_the_spawns_retry_never_leads_to_a_second_create(
         cloud.fail_next(LOOKUP_MATCH, None, hold=gate)
     sid, sealed = new_session(reg)
 
-    spawn = Background(lambda: lifecycle.spawn_session(sid, sealed, attempt_id="t1"))
+    spawn = Background(lambda: _svc().spawn(sid, sealed, attempt_id="t1"))
     cloud.wait_held(gate)
     assert len(live_pods_of(cloud, sid)) == 1  # the pod the 500 will hide
 
-    stop = lifecycle.terminate_session(sid, reason="requested", fence_token="stop-1")
+    stop = _svc().terminate(sid, reason="requested", fence_token="stop-1")
     assert stop == "deferred"  # no pod recorded yet: the spawn ends the session
     assert live_pods_of(cloud, sid) == []  # the stop deleted the pod by name
     cloud.release(gate)
@@ -120,12 +123,12 @@ def test_stop_during_the_spawns_retry_never_leads_to_a_second_create(
 
 @pytest.fixture
 def slow_reg(cloud: FakeCloud, redis_url: str, redis_client: redis.Redis,  # noqa: F811
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionRegistry]:
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionStore]:
     cloud.reset()
     # the client gives up on a create after 0.5 s; the lookup polls for 4 s
     cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="4000",
               http_timeout_s="0.5")
-    yield SessionRegistry(redis_client)
+    yield SessionStore(redis_client)
     cloud.release(LATE)
 
 
@@ -144,12 +147,12 @@ def _let_the_late_create_land(cloud: FakeCloud, sid: str, lookups_before: int) -
 
 
 def test_create_landing_after_the_client_timeout_is_adopted(
-        slow_reg: SessionRegistry, cloud: FakeCloud) -> None:  # noqa: F811
+        slow_reg: SessionStore, cloud: FakeCloud) -> None:  # noqa: F811
     reg = slow_reg
     cloud.fail_next(CREATE_MATCH, None, hold=LATE)
     sid, sealed = new_session(reg)
 
-    spawn = Background(lambda: lifecycle.spawn_session(sid, sealed, attempt_id="t1"))
+    spawn = Background(lambda: _svc().spawn(sid, sealed, attempt_id="t1"))
     cloud.wait_held(LATE)
     _let_the_late_create_land(cloud, sid, 0)
     result = spawn.result()
@@ -166,13 +169,13 @@ def test_create_landing_after_the_client_timeout_is_adopted(
 
 
 def test_create_answered_after_the_client_timeout_is_adopted(
-        slow_reg: SessionRegistry, cloud: FakeCloud) -> None:  # noqa: F811
+        slow_reg: SessionStore, cloud: FakeCloud) -> None:  # noqa: F811
     """The pod exists at once, only its answer is late (``latency_after_s``)."""
     reg = slow_reg
     cloud.fail_next(CREATE_MATCH, None, latency_after_s=1.0)
     sid, sealed = new_session(reg)
 
-    result = lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+    result = _svc().spawn(sid, sealed, attempt_id="t1")
 
     assert creates_of(cloud, sid) == 1
     assert result["id"] == live_pods_of(cloud, sid)[0]["id"]
@@ -180,7 +183,7 @@ def test_create_answered_after_the_client_timeout_is_adopted(
 
 
 def test_redelivery_after_a_worker_died_mid_create_adopts_the_late_pod(
-        slow_reg: SessionRegistry, cloud: FakeCloud,  # noqa: F811
+        slow_reg: SessionStore, cloud: FakeCloud,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The first delivery passed the registry's create gate and sent the create, then its
     worker died; the create lands late. The redelivery must wait for it and adopt it."""
@@ -204,7 +207,7 @@ def test_redelivery_after_a_worker_died_mid_create_adopts_the_late_pod(
     reg.release_spawn_lease(sid)  # and the dead worker's lease runs out
     lookups = collection_calls(cloud, "GET")
 
-    redelivered = Background(lambda: lifecycle.spawn_session(sid, sealed, attempt_id="t1"))
+    redelivered = Background(lambda: _svc().spawn(sid, sealed, attempt_id="t1"))
     _let_the_late_create_land(cloud, sid, lookups)
     result = redelivered.result()
     wait_for(lambda: creates_of(cloud, sid) == collection_calls(cloud, "POST"),
@@ -270,54 +273,66 @@ class StubCloud(Provider):
 
 @pytest.fixture
 def stub(redis_url: str, redis_client: redis.Redis, cloud: FakeCloud,  # noqa: F811
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SessionRegistry, StubCloud]]:
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SessionStore, StubCloud]]:
     # spawn lease TTL 1.5 s (3/4 of the stall time): a dead holder's lease frees quickly
     cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="200",
               spawn_stall_ms="2000")
     provider = StubCloud()
-    monkeypatch.setattr(lifecycle, "provider_for", lambda record: provider)
-    yield SessionRegistry(redis_client), provider
+    _STUBS.append(provider)
+    try:
+        yield SessionStore(redis_client), provider
+    finally:
+        _STUBS.remove(provider)
 
 
-def _status_spawning(reg: SessionRegistry, p: StubCloud, sid: str, sealed: str) -> None:
+#: The stub cloud of the running test (the ``stub`` fixture), which every provider the
+#: service builds then is; empty: the fake cloud behind the real providers.
+_STUBS: list[StubCloud] = []
+
+
+def _svc() -> SessionService:
+    return service(_STUBS[-1] if _STUBS else None)
+
+
+def _status_spawning(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> None:
     p.die_after_create = True  # first delivery: the pod is made, then the worker dies
     with pytest.raises(WorkerDied):
-        lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+        _svc().spawn(sid, sealed, attempt_id="t1")
     reg.release_spawn_lease(sid)  # the dead worker's lease runs out
 
 
-def _status_running(reg: SessionRegistry, p: StubCloud, sid: str, sealed: str) -> None:
-    lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+def _status_running(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> None:
+    _svc().spawn(sid, sealed, attempt_id="t1")
 
 
-def _status_terminating_with_pod(reg: SessionRegistry, p: StubCloud, sid: str,
+def _status_terminating_with_pod(reg: SessionStore, p: StubCloud, sid: str,
                                  sealed: str) -> None:
-    lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+    _svc().spawn(sid, sealed, attempt_id="t1")
     # a stop took the fence and deleted the pod, then its worker died before recording it
     verdict, compute_id, _, _ = reg.begin_terminate(sid, "requested", "stop-1", 60_000)
     assert verdict == "ok"
     p.terminate(compute_id)
 
 
-def _status_terminating_without_pod(reg: SessionRegistry, p: StubCloud, sid: str,
+def _status_terminating_without_pod(reg: SessionStore, p: StubCloud, sid: str,
                                     sealed: str) -> None:
     # stopped before the spawn ran: the stop defers the end to the spawn
-    assert lifecycle.terminate_session(sid, reason="requested",
+    assert _svc().terminate(sid, reason="requested",
                                        fence_token="stop-1") == "deferred"
 
 
-def _status_terminated(reg: SessionRegistry, p: StubCloud, sid: str, sealed: str) -> None:
-    lifecycle.spawn_session(sid, sealed, attempt_id="t1")
-    assert lifecycle.terminate_session(sid, reason="requested",
+def _status_terminated(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> None:
+    _svc().spawn(sid, sealed, attempt_id="t1")
+    assert _svc().terminate(sid, reason="requested",
                                        fence_token="stop-1") == "terminated"
 
 
-def _status_failed(reg: SessionRegistry, p: StubCloud, sid: str, sealed: str) -> None:
+def _status_failed(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> None:
     p.refuse_create = AtlasError("bad key", kind="unauthorized", status=401, provider="mock")
     try:
-        lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+        _svc().spawn(sid, sealed, attempt_id="t1")
     except AtlasError as exc:
-        lifecycle.spawn_failed(sid, exc)
+        _svc().spawn_failed(sid, exc)
     p.refuse_create = None  # the cloud would accept a create now: none may be sent
 
 
@@ -331,10 +346,16 @@ SETUPS = {
 }
 
 
+def _record(reg: SessionStore, sid: str) -> SessionRecord:
+    record = reg.get(sid)
+    assert record is not None
+    return record
+
+
 @pytest.mark.parametrize("status", list(SETUPS))
 @pytest.mark.parametrize("attempt_id", ["t1", "resent"])
 def test_redelivered_spawn_never_creates_a_second_pod(
-        stub: tuple[SessionRegistry, StubCloud], status: str, attempt_id: str) -> None:
+        stub: tuple[SessionStore, StubCloud], status: str, attempt_id: str) -> None:
     """The same spawn delivered again (same task id) or re-sent (new id), in every
     status: at most the one create the first delivery made."""
     reg, provider = stub
@@ -342,26 +363,26 @@ def test_redelivered_spawn_never_creates_a_second_pod(
     sid, sealed = new_session(reg, provider="mock")
     setup(reg, provider, sid, sealed)
     if status != "terminating_without_compute_id":
-        assert reg.get(sid)["status"] == status.split("_")[0]
-    before = reg.get(sid)
+        assert _record(reg, sid).status == status.split("_")[0]
+    before = _record(reg, sid)
 
     for _ in range(2):  # and once more, for good measure
-        lifecycle.spawn_session(sid, sealed, attempt_id=attempt_id)
+        _svc().spawn(sid, sealed, attempt_id=attempt_id)
 
     assert provider.creates.get(f"atlas-{sid}", 0) == creates, provider.calls
     assert len(provider.live()) <= 1
-    after = reg.get(sid)
-    assert after["status"] == final
+    after = _record(reg, sid)
+    assert after.status == final
     if status == "failed":
-        assert after["error"] == before["error"]  # the first error stands
+        assert after.error == before.error  # the first error stands
         assert [e.data.get("status") for e in events.history(sid)
                 if e.type == "status"] == ["failed"]
     if final == "running":
-        assert after["compute_id"] == provider.live()[0].id
+        assert after.compute_id == provider.live()[0].id
 
 
 def test_duplicate_delivery_of_a_live_spawn_does_not_share_its_lease(
-        stub: tuple[SessionRegistry, StubCloud]) -> None:
+        stub: tuple[SessionStore, StubCloud]) -> None:
     """The same task delivered twice while the first execution is still creating (a
     visibility timeout shorter than a slow spawn): the duplicate must leave the session
     to it instead of sharing its lease and creating too."""
@@ -371,57 +392,57 @@ def test_duplicate_delivery_of_a_live_spawn_does_not_share_its_lease(
     original_create = provider.create_compute
 
     def create_while_a_duplicate_arrives(request: ComputeRequest) -> Compute:
-        duplicate.update(lifecycle.spawn_session(sid, sealed, attempt_id="t1"))
+        duplicate.update(_svc().spawn(sid, sealed, attempt_id="t1"))
         return original_create(request)
 
     provider.create_compute = create_while_a_duplicate_arrives  # type: ignore[method-assign]
-    result = lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+    result = _svc().spawn(sid, sealed, attempt_id="t1")
 
     assert duplicate == {"id": None, "status": "spawning"}
     assert provider.creates == {f"atlas-{sid}": 1}
-    assert reg.get(sid)["status"] == "running" and result["id"] == provider.live()[0].id
+    assert _record(reg, sid).status == "running" and result["id"] == provider.live()[0].id
     running = [e for e in events.history(sid) if e.data.get("status") == "running"]
     assert len(running) == 1  # published with the record, once
 
 
 def test_redelivery_takes_over_the_lease_of_a_dead_execution(
-        stub: tuple[SessionRegistry, StubCloud]) -> None:
+        stub: tuple[SessionStore, StubCloud]) -> None:
     """The worker died right after its create: its lease is no longer renewed, so the
     redelivery of the same task waits for it to expire, then adopts the pod by name."""
     reg, provider = stub
     sid, sealed = new_session(reg, provider="mock")
     provider.die_after_create = True
     with pytest.raises(WorkerDied):
-        lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+        _svc().spawn(sid, sealed, attempt_id="t1")
     assert reg.spawn_lease_holder(sid)  # left behind by the dead execution
 
-    result = lifecycle.spawn_session(sid, sealed, attempt_id="t1")
+    result = _svc().spawn(sid, sealed, attempt_id="t1")
 
     assert provider.creates == {f"atlas-{sid}": 1}
-    assert reg.get(sid)["status"] == "running"
+    assert _record(reg, sid).status == "running"
     assert result["id"] == provider.live()[0].id
 
 
-def test_settings_expose_the_lookup_wait(stub: tuple[SessionRegistry, StubCloud]) -> None:
+def test_settings_expose_the_lookup_wait(stub: tuple[SessionStore, StubCloud]) -> None:
     assert get_settings().create_lookup_wait_ms == 200
     field = type(get_settings()).model_fields["create_lookup_wait_ms"]
     assert field.description and field.default == 15_000
 
 
 def test_lost_spawn_of_a_session_stopped_before_its_pod_is_re_sent(
-        stub: tuple[SessionRegistry, StubCloud], redis_client: redis.Redis) -> None:
+        stub: tuple[SessionStore, StubCloud], redis_client: redis.Redis) -> None:
     """A stop before the pod existed defers the end to the spawn; when that spawn's
     message is lost, the stalled-spawn scan must re-send it, or the session stays
     ``terminating`` until its intent expires."""
     reg, provider = stub
     sid, sealed = new_session(reg, provider="mock")
-    assert lifecycle.terminate_session(sid, reason="requested",
+    assert _svc().terminate(sid, reason="requested",
                                        fence_token="stop-1") == "deferred"
     redis_client.zadd("atlas:intents", {sid: reg.now_ms() + 1_000}, xx=True)  # stalled
 
     resent = reg.claim_stalled_spawns(stall_ms=600_000 - 5_000, max_resends=3)
 
     assert resent == [(sid, sealed)]
-    assert lifecycle.spawn_session(sid, sealed, attempt_id="resent")["status"] == "terminated"
-    assert reg.get(sid)["status"] == "terminated"
+    assert _svc().spawn(sid, sealed, attempt_id="resent")["status"] == "terminated"
+    assert _record(reg, sid).status == "terminated"
     assert provider.creates == {}

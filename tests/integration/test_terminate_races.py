@@ -9,22 +9,26 @@ terminated exactly once and the session ends ``terminated``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 
 from atlas_tasks import constants as C
-from atlas_tasks import lifecycle, sealing
+from atlas_tasks import sealing
 from atlas_tasks.config import reset_settings
-from atlas_tasks.registry import SessionRegistry
+from atlas_tasks.deps import Dependencies
+from atlas_tasks.providers.base import Provider
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.sessions.service import SessionService
+from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.specs import Compute
 
 pytestmark = pytest.mark.integration
 
 
 class RacingProvider:
-    """Just what terminate_session calls; ``on_lookup`` runs inside the name lookup."""
+    """Just what ``SessionService.terminate`` calls; ``on_lookup`` runs inside the name lookup."""
 
     def __init__(self) -> None:
         self.terminated: list[str] = []
@@ -39,41 +43,47 @@ class RacingProvider:
 
 
 @pytest.fixture
-def reg(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> SessionRegistry:
-    registry = SessionRegistry(redis_client)
-    monkeypatch.setattr(lifecycle, "registry", lambda settings=None: registry)
-    return registry
+def reg(redis_client: redis.Redis) -> SessionStore:
+    return SessionStore(redis_client)
+
+
+def _service(reg: SessionStore, stub: RacingProvider) -> SessionService:
+    """The service on the test's Redis, with ``stub`` as every provider."""
+    deps = Dependencies.from_client(reg.r, providers=lambda name, **_: cast(Provider, stub))
+    return SessionService(deps, store=reg)
 
 
 @pytest.fixture
-def provider(monkeypatch: pytest.MonkeyPatch) -> RacingProvider:
-    stub = RacingProvider()
-    monkeypatch.setattr(lifecycle, "provider_for", lambda record: stub)
-    return stub
+def provider() -> RacingProvider:
+    return RacingProvider()
 
 
-def _spawning(reg: SessionRegistry, sid: str) -> None:
-    reg.create(sid, {"id": sid, "provider": "mock", "status": "spawning",
-                     "pod_name": f"atlas-{sid}", "idle_ttl_ms": "60000"})
+@pytest.fixture
+def svc(reg: SessionStore, provider: RacingProvider) -> SessionService:
+    return _service(reg, provider)
 
 
-def _spawn_records_pod(reg: SessionRegistry, sid: str, pod: str) -> dict[str, Any]:
-    """What spawn_session does once its create returned: record, then end a stop."""
-    verdict = reg.finish_spawn(sid, pod, {"id": pod, "ports": []})
+def _spawning(reg: SessionStore, sid: str) -> None:
+    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
+                             pod_name=f"atlas-{sid}", idle_ttl_ms=60000))
+
+
+def _spawn_records_pod(svc: SessionService, sid: str, pod: str) -> dict[str, Any]:
+    """What the spawn does once its create returned: record, then end a stop."""
+    verdict = svc.store.finish_spawn(sid, pod, {"id": pod, "ports": []})
     outcome = None
     if verdict == "terminating":
-        outcome = lifecycle.terminate_session(sid, reason="requested",
-                                              fence_token=f"spawn-{sid}")
+        outcome = svc.terminate(sid, reason="requested", fence_token=f"spawn-{sid}")
     return {"verdict": verdict, "outcome": outcome}
 
 
 def test_pod_recorded_after_the_name_lookup_is_terminated_by_the_fence_holder(
-        reg: SessionRegistry, provider: RacingProvider) -> None:
+        reg: SessionStore, provider: RacingProvider, svc: SessionService) -> None:
     _spawning(reg, "r1")
     spawn: dict[str, Any] = {}
-    provider.on_lookup = lambda: spawn.update(_spawn_records_pod(reg, "r1", "pod-r1"))
+    provider.on_lookup = lambda: spawn.update(_spawn_records_pod(svc, "r1", "pod-r1"))
 
-    outcome = lifecycle.terminate_session("r1", reason="requested", fence_token="stop-r1")
+    outcome = svc.terminate("r1", reason="requested", fence_token="stop-r1")
 
     # The spawn's own terminate was fenced out, so the stop must end the pod itself.
     assert spawn == {"verdict": "terminating", "outcome": "fenced"}
@@ -84,26 +94,27 @@ def test_pod_recorded_after_the_name_lookup_is_terminated_by_the_fence_holder(
 
 
 def test_pod_recorded_after_the_stop_deferred_is_terminated_by_the_spawn(
-        reg: SessionRegistry, provider: RacingProvider) -> None:
+        reg: SessionStore, provider: RacingProvider, svc: SessionService) -> None:
     _spawning(reg, "r2")
 
-    outcome = lifecycle.terminate_session("r2", reason="requested", fence_token="stop-r2")
+    outcome = svc.terminate("r2", reason="requested", fence_token="stop-r2")
     assert outcome == "deferred"
     assert provider.terminated == []
     assert reg.info("r2").status == "terminating"
 
-    spawn = _spawn_records_pod(reg, "r2", "pod-r2")
+    spawn = _spawn_records_pod(svc, "r2", "pod-r2")
     assert spawn == {"verdict": "terminating", "outcome": "terminated"}
     assert provider.terminated == ["pod-r2"]
     assert reg.info("r2").status == "terminated"
 
 
 def test_stop_of_a_spawn_that_never_made_a_pod_finishes(
-        reg: SessionRegistry, provider: RacingProvider, redis_client: redis.Redis) -> None:
+        reg: SessionStore, svc: SessionService, provider: RacingProvider,
+        redis_client: redis.Redis) -> None:
     _spawning(reg, "r3")
     redis_client.zrem(C.INTENTS_KEY, "r3")  # its spawn gave up: nothing will record a pod
 
-    assert lifecycle.terminate_session("r3", reason="requested",
+    assert svc.terminate("r3", reason="requested",
                                        fence_token="stop-r3") == "terminated"
     assert provider.terminated == []
     assert reg.info("r3").status == "terminated"
@@ -130,9 +141,9 @@ def secret_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_pod_of_a_create_that_outlived_its_session_is_terminated(
-        reg: SessionRegistry, secret_key: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        reg: SessionStore, secret_key: None) -> None:
     stub = SlowCreateProvider()
-    monkeypatch.setattr(lifecycle, "provider_for", lambda record: stub)
+    svc = _service(reg, stub)
     _spawning(reg, "r4")
     request = {"gpu": "h100", "image": "img"}
     sealed = sealing.seal({"request": request, "secret": None})
@@ -142,7 +153,7 @@ def test_pod_of_a_create_that_outlived_its_session_is_terminated(
         reg.finish_terminate("r4", "requested")
 
     stub.during_create = stop_ends_the_session
-    result = lifecycle.spawn_session("r4", sealed, attempt_id="t1")
+    result = svc.spawn("r4", sealed, attempt_id="t1")
 
     assert stub.terminated == ["pod-late"]
     assert result["status"] == "terminated"

@@ -7,7 +7,7 @@ import pytest
 
 from atlas_tasks import orchestrator
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.registry import Keys, user_index_key
+from atlas_tasks.sessions.store import Keys, user_index_key
 from atlas_tasks.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration

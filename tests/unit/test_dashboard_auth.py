@@ -11,6 +11,7 @@ from atlas_tasks.dashboard.page import render_login, render_page, security_heade
 from atlas_tasks.dashboard.service import redact, row_from_record
 from atlas_tasks.dashboard.settings import DashboardSettings
 from atlas_tasks.errors import ValidationError
+from atlas_tasks.sessions.records import SessionRecord
 
 TOKEN = "unit-test-token-0123456789"
 
@@ -83,7 +84,9 @@ def test_rows_and_redaction() -> None:
               "idle_ttl_ms": "60000", "running_at_ms": "1000", "token_hash": "h" * 64,
               "api_key_sealed": "sealed", "base_url": "http://user:pw@host",
               "compute": '{"cost_per_hour": 3.6, "ports": []}'}
-    row = row_from_record(record, 30_000, 3_601_000, True)
+    parsed = SessionRecord.from_hash(record)
+    assert parsed is not None
+    row = row_from_record(parsed, 30_000, 3_601_000, True)
     assert row.user == "42" and row.deadline_ms == 3_631_000
     assert row.last_activity_ms == 3_571_000
     assert row.accrued_usd == pytest.approx(3.6)

@@ -42,7 +42,7 @@ from atlas_tasks import client
 from atlas_tasks.contrib import _web
 from atlas_tasks.contrib.django.apps import options
 from atlas_tasks.errors import AtlasError
-from atlas_tasks.registry import SessionInfo
+from atlas_tasks.sessions.store import SessionInfo
 
 View = Callable[..., HttpResponse]
 AsyncView = Callable[..., Awaitable[HttpResponse]]

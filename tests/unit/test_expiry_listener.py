@@ -1,4 +1,4 @@
-"""The keyspace fast path degrades gracefully where CONFIG SET is refused."""
+"""The expiry listener (keyspace-event fast path) degrades where CONFIG SET is refused."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from atlas_tasks.keyspace import enable_expiry_events
+from atlas_tasks.sessions.expiry_listener import enable_expiry_events
 
 
 class _RefusingRedis:

@@ -1,4 +1,5 @@
-"""Fast path of the idle clock: react to Redis expiring ``atlas:alive:{id}``.
+"""The expiry listener, fast path of the idle clock: react to Redis expiring
+``atlas:alive:{id}``.
 
 Redis publishes ``__keyevent@<db>__:expired`` when it expires a key, if
 ``notify-keyspace-events`` has ``E`` and ``x``. A listener thread in each worker turns
@@ -22,7 +23,7 @@ import redis
 
 from atlas_tasks import constants as C
 from atlas_tasks.redis_conn import client_for_url
-from atlas_tasks.registry import registry_for
+from atlas_tasks.sessions.store import store_for
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ExpiryListener(threading.Thread):
 
     def _listen(self, client: redis.Redis) -> None:
         prefix = C.SESSION_ALIVE_KEY.format(id="")
-        registry = registry_for(client)
+        store = store_for(client)
         db = client.connection_pool.connection_kwargs.get("db", 0)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(f"__keyevent@{db}__:expired")
@@ -96,7 +97,7 @@ class ExpiryListener(threading.Thread):
                 if message:
                     key = str(message["data"])
                     session_id = key[len(prefix):] if key.startswith(prefix) else ""
-                    if session_id and registry.claim_expired(session_id,
+                    if session_id and store.claim_expired(session_id,
                                                              C.IDLE_CLAIM_SLACK_MS):
                         if not batch:
                             first_at = time.monotonic()

@@ -1,4 +1,4 @@
-"""The session registry in Redis: records, the idle clock, deadlines, intents, fences.
+"""The session store in Redis: records, the idle clock, deadlines, intents, fences.
 
 Layout (templates in :mod:`atlas_tasks.constants`):
 
@@ -13,34 +13,36 @@ Layout (templates in :mod:`atlas_tasks.constants`):
 * ``atlas:stops`` zset — durable stops (``stop_tracked``) scored by when the reaper
   re-sends their terminate if it made no progress.
 * ``atlas:epoch`` — written once per Redis dataset; its absence tells the reaper that Redis
-  lost its data (see :mod:`atlas_tasks.reaper`).
+  lost its data (see :mod:`atlas_tasks.sessions.reaper`).
 
 Every multi-key transition is one Lua script, so it is atomic and one round trip, and
-every time comes from Redis ``TIME`` so web nodes and workers share one clock.
+every time comes from Redis ``TIME`` so web nodes and workers share one clock. Status
+strings in the scripts come from :class:`~atlas_tasks.sessions.records.SessionStatus`
+(``$RUNNING``... substituted once, at import); the spawn lease and the terminate fences
+are :mod:`atlas_tasks.lease` leases (owner token; renewed and released only by the owner).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import redis
+import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
 from atlas_tasks import constants as C
 from atlas_tasks.errors import NotTracked
 from atlas_tasks.events import EMIT_LUA, encode, topic_keys
+from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
+from atlas_tasks.redis_lua import LUA_NOW
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus, lua_with_statuses
 from atlas_tasks.specs import Port
 
-# Lua helper: Redis server time in ms (scripts are effect-replicated in Redis ≥ 5).
-_NOW = (
-    "local _t = redis.call('TIME') "
-    "local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)\n"
-)
-
-_CREATE = _NOW + """
+_CREATE = lua_with_statuses(LUA_NOW + """
 -- KEYS: session, sessions set, intents  ARGV: id, intent_ttl_ms, record_ttl_ms, field/value...
 redis.call('HSET', KEYS[1], 'created_at_ms', now, 'last_activity_ms', now)
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -48,16 +50,16 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
 return now
-"""
+""")
 
-_TOUCH = _NOW + """
+_TOUCH = lua_with_statuses(LUA_NOW + """
 -- KEYS: session, alive, deadlines, channel  ARGV: id, record_grace_ms, publish(0/1)
 local st = redis.call('HMGET', KEYS[1], 'idle_ttl_ms', 'status')
 if not st[1] then return -1 end
-if st[2] ~= 'running' and st[2] ~= 'spawning' then return -2 end
+if st[2] ~= $RUNNING and st[2] ~= $SPAWNING then return -2 end
 local ttl = tonumber(st[1])
 redis.call('HSET', KEYS[1], 'last_activity_ms', now)
-if st[2] == 'running' then
+if st[2] == $RUNNING then
   redis.call('SET', KEYS[2], ttl, 'PX', ttl)
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[2]))
@@ -67,7 +69,7 @@ if ARGV[3] == '1' then
     data = {last_activity_ms = now}, ts = now / 1000}))
 end
 return now
-"""
+""")
 
 # The hot path of touch(): one key, no index write. The alive key's value is the idle TTL,
 # so re-arming it needs nothing else. The deadline index is left behind on purpose: the
@@ -80,7 +82,7 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 """
 
-_FINISH_SPAWN = _NOW + EMIT_LUA + """
+_FINISH_SPAWN = lua_with_statuses(LUA_NOW + EMIT_LUA + """
 -- KEYS: session, alive, deadlines, intents, event stream, event channel
 -- ARGV: id, compute_id, compute_json, grace_ms, running event payload
 -- The `running` event is published in the same step: a worker dying right after this
@@ -106,22 +108,22 @@ for i = 1, #all, 2 do
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(fields))
-if st[1] ~= 'spawning' then
+if st[1] ~= $SPAWNING then
   if pttl > 0 then redis.call('PEXPIRE', KEYS[1], pttl) end  -- the running path sets its own
   -- stopped while spawning: due at once, so the reaper finishes it if the caller dies
-  if st[1] == 'terminating' then redis.call('ZADD', KEYS[3], now, ARGV[1]) end
+  if st[1] == $TERMINATING then redis.call('ZADD', KEYS[3], now, ARGV[1]) end
   return st[1]
 end
 local ttl = tonumber(st[2])
-redis.call('HSET', KEYS[1], 'status', 'running', 'running_at_ms', now, 'last_activity_ms', now)
+redis.call('HSET', KEYS[1], 'status', $RUNNING, 'running_at_ms', now, 'last_activity_ms', now)
 redis.call('SET', KEYS[2], ttl, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
 emit(KEYS[5], KEYS[6], ARGV[5])
-return 'running'
-"""
+return $RUNNING
+""")
 
-_FAIL_SPAWN = _NOW + EMIT_LUA + """
+_FAIL_SPAWN = lua_with_statuses(LUA_NOW + EMIT_LUA + """
 -- KEYS: session, intents, sessions, deadlines, alive, cleanups, event stream, event channel
 -- ARGV: id, error_json, ttl_ms, failed event payload, cleanup_due_in_ms ('' = no cleanup)
 -- Ends the session visibly in one step: status, error and the `failed` event together. A
@@ -129,14 +131,14 @@ _FAIL_SPAWN = _NOW + EMIT_LUA + """
 -- the record kept until it is settled), never a reason to stay `spawning`. A session that
 -- already ended keeps its status and first error (a duplicate failure is a no-op).
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'failed' or st == 'terminated' then return 0 end
+if st == $FAILED or st == $TERMINATED then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[5])
 if not st then return 0 end
 redis.call('HDEL', KEYS[1], 'spawn_sealed')
-redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[2], 'ended_at_ms', now)
+redis.call('HSET', KEYS[1], 'status', $FAILED, 'error', ARGV[2], 'ended_at_ms', now)
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'cleanup_pending', '1')
   redis.call('ZADD', KEYS[6], now + tonumber(ARGV[5]), ARGV[1])
@@ -148,9 +150,9 @@ else
 end
 emit(KEYS[7], KEYS[8], ARGV[4])
 return 1
-"""
+""")
 
-_BEGIN_TERMINATE = _NOW + EMIT_LUA + """
+_BEGIN_TERMINATE = lua_with_statuses(LUA_NOW + EMIT_LUA + LUA_LEASE_FUNCTIONS + """
 -- KEYS: session, alive, deadlines, fence, event stream, event channel
 -- ARGV: id, reason, fence_token, fence_ttl_ms, slack_ms, terminating event payload
 -- Returns {verdict, compute_id, first, provider, base_url, api_key_sealed, pod_name}: the
@@ -162,29 +164,31 @@ local function answer(verdict, first)
   return {verdict, st[2] or '', first, st[3] or '', st[4] or '', st[5] or '', st[6] or ''}
 end
 if not st[1] then return answer('missing', '0') end
-if st[1] == 'terminated' or st[1] == 'failed' then return answer(st[1], '0') end
+if st[1] == $TERMINATED or st[1] == $FAILED then return answer(st[1], '0') end
 if ARGV[2] == 'idle_timeout' and redis.call('EXISTS', KEYS[2]) == 1 then
   return answer('alive', '0')
 end
-local f = redis.call('GET', KEYS[4])
-if f and f ~= ARGV[3] then return answer('fenced', '0') end
-redis.call('SET', KEYS[4], ARGV[3], 'PX', tonumber(ARGV[4]))
+-- the fence is a lease: taken, or renewed by the same holder (a redelivered terminate)
+if lease_acquire(KEYS[4], ARGV[3], ARGV[4]) == 0
+    and lease_renew(KEYS[4], ARGV[3], ARGV[4]) == 0 then
+  return answer('fenced', '0')
+end
 local first = '0'
-if st[1] ~= 'terminating' then
+if st[1] ~= $TERMINATING then
   first = '1'
-  redis.call('HSET', KEYS[1], 'status', 'terminating', 'reason', ARGV[2], 'terminating_at_ms', now)
+  redis.call('HSET', KEYS[1], 'status', $TERMINATING, 'reason', ARGV[2], 'terminating_at_ms', now)
   emit(KEYS[5], KEYS[6], ARGV[6])
 end
 redis.call('DEL', KEYS[2])
 -- Stay in the deadline index, due again after the slack: if this terminate dies with its
 -- worker, the reaper picks the session up again instead of leaking the pod.
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) or st[1] ~= 'spawning' then
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) or st[1] ~= $SPAWNING then
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[1])
 end
 return answer('ok', first)
-"""
+""")
 
-_FINISH_TERMINATE = _NOW + EMIT_LUA + """
+_FINISH_TERMINATE = lua_with_statuses(LUA_NOW + EMIT_LUA + """
 -- KEYS: session, deadlines, sessions, alive, fence, intents, event stream, event channel
 -- ARGV: id, record_ttl_ms, terminated event payload
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -193,16 +197,16 @@ redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[4], KEYS[5])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[1], 'spawn_sealed')
-redis.call('HSET', KEYS[1], 'status', 'terminated', 'ended_at_ms', now)
+redis.call('HSET', KEYS[1], 'status', $TERMINATED, 'ended_at_ms', now)
 -- a pending cleanup obligation keeps the record (provider, key, pod name) alive
 if redis.call('HGET', KEYS[1], 'cleanup_pending') ~= '1' then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 end
 emit(KEYS[7], KEYS[8], ARGV[3])
 return 1
-"""
+""")
 
-_TERMINATE_FAILED = _NOW + """
+_TERMINATE_FAILED = LUA_NOW + """
 -- KEYS: session, deadlines, fence  ARGV: id, error_json, retry_in_ms
 redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -211,7 +215,7 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
-_SETTLE_PODLESS_TERMINATE = """
+_SETTLE_PODLESS_TERMINATE = LUA_LEASE_FUNCTIONS + """
 -- KEYS: session, intents, fence  ARGV: id, fence_token
 -- A terminate that found no pod yet decides, atomically with _FINISH_SPAWN, who ends it:
 -- the spawn recorded a pod meanwhile -> 'pod' (this fence holder terminates it, since
@@ -221,13 +225,13 @@ _SETTLE_PODLESS_TERMINATE = """
 local compute_id = redis.call('HGET', KEYS[1], 'compute_id')
 if compute_id and compute_id ~= '' then return {'pod', compute_id} end
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+  lease_release(KEYS[3], ARGV[2])
   return {'deferred', ''}
 end
 return {'none', ''}
 """
 
-_CLAIM_DUE = _NOW + """
+_CLAIM_DUE = LUA_NOW + """
 -- KEYS: deadlines  ARGV: limit, slack_ms, alive key prefix, record key prefix, grace_ms
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local out = {}
@@ -246,7 +250,7 @@ end
 return out
 """
 
-_CLAIM_EXPIRED = _NOW + """
+_CLAIM_EXPIRED = LUA_NOW + """
 -- KEYS: deadlines, alive  ARGV: id, slack_ms
 -- The keyspace listener's claim: the same one claim_due takes (deadline moved past now),
 -- so an expiry seen by both the listener and the sweep is terminated once.
@@ -257,22 +261,23 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
 
-_START_SPAWN = _NOW + """
+_START_SPAWN = lua_with_statuses(LUA_NOW + LUA_LEASE_FUNCTIONS + """
 -- KEYS: lease, intents, session  ARGV: id, token, lease_ms, intent_ttl_ms
 -- One spawn attempt at a time per session: a re-sent spawn (new task id) waits for the
--- lease of a slow original; a redelivery of the same task (same id) takes it over.
+-- lease of a slow original; the same execution asking again renews its own lease.
 -- Only a `spawning` session can start an attempt (-2 otherwise): a stop, a failure or a
 -- finished spawn claimed it, and a redelivered message must never create for it.
 local st = redis.call('HGET', KEYS[3], 'status')
-if st ~= 'spawning' then return -2 end
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[2] then return -1 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
+if st ~= $SPAWNING then return -2 end
+if lease_acquire(KEYS[1], ARGV[2], ARGV[3]) == 0
+    and lease_renew(KEYS[1], ARGV[2], ARGV[3]) == 0 then
+  return -1
+end
 redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[4]), ARGV[1])
 return redis.call('HINCRBY', KEYS[3], 'spawn_attempts', 1)
-"""
+""")
 
-_BEGIN_CREATE = _NOW + """
+_BEGIN_CREATE = lua_with_statuses(LUA_NOW + """
 -- KEYS: session, lease, intents  ARGV: id, token, intent_ttl_ms
 -- The last check before a create request leaves: the session is still `spawning` and this
 -- attempt still holds its lease. It counts the create and marks it unsettled (a pod may
@@ -280,29 +285,15 @@ _BEGIN_CREATE = _NOW + """
 -- finish_spawn, or cleared by settle_create after a definite "nothing was created".
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
-if st ~= 'spawning' then return st end
+if st ~= $SPAWNING then return st end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 'lease_lost' end
 redis.call('HINCRBY', KEYS[1], 'create_attempts', 1)
 redis.call('HSET', KEYS[1], 'create_unsettled', '1')
 redis.call('ZADD', KEYS[3], 'XX', now + tonumber(ARGV[3]), ARGV[1])
 return 'ok'
-"""
+""")
 
-_RELEASE_LEASE = """
--- KEYS: lease  ARGV: token  (compare and delete)
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_RENEW_LEASE = """
--- KEYS: lease  ARGV: token, ttl_ms  (compare and extend)
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-end
-return 0
-"""
-
-_ADD_CLEANUP = _NOW + """
+_ADD_CLEANUP = LUA_NOW + """
 -- KEYS: session, cleanups  ARGV: id, due_in_ms
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'cleanup_pending', '1')
@@ -311,7 +302,7 @@ redis.call('ZADD', KEYS[2], 'NX', now + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
 
-_CLAIM_CLEANUPS = _NOW + """
+_CLAIM_CLEANUPS = LUA_NOW + """
 -- KEYS: cleanups  ARGV: limit, record key prefix, base_ms, cap_ms
 -- Due cleanup obligations, each re-scored to its next attempt before it is worked on
 -- (base * 2^(attempt - 1), capped): a worker that dies mid-cleanup leaves it due again
@@ -336,7 +327,7 @@ end
 return out
 """
 
-_FINISH_CLEANUP = _NOW + EMIT_LUA + """
+_FINISH_CLEANUP = lua_with_statuses(LUA_NOW + EMIT_LUA + """
 -- KEYS: session, cleanups, event stream, event channel
 -- ARGV: id, record_ttl_ms, cleanup event payload
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -344,14 +335,14 @@ if redis.call('HGET', KEYS[1], 'cleanup_pending') ~= '1' then return 0 end
 redis.call('HDEL', KEYS[1], 'cleanup_pending', 'cleanup_error')
 redis.call('HSET', KEYS[1], 'cleanup_done_at_ms', now)
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'failed' or st == 'terminated' then
+if st == $FAILED or st == $TERMINATED then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 end
 emit(KEYS[3], KEYS[4], ARGV[3])
 return 1
-"""
+""")
 
-_CLAIM_STALLED = _NOW + """
+_CLAIM_STALLED = lua_with_statuses(LUA_NOW + """
 -- KEYS: intents  ARGV: limit, intent_ttl_ms, stall_ms, record key prefix, max_resends
 -- Intents not refreshed for stall_ms (their spawn message was lost: kombu can drop one
 -- when a worker dies between BRPOP and its unacked bookkeeping). Each is re-scored as if
@@ -366,8 +357,8 @@ for _, id in ipairs(ids) do
   local st = redis.call('HMGET', rec, 'status', 'spawn_sealed', 'compute_id')
   -- a session stopped before its pod existed waits for its spawn to end it (the stop
   -- deferred to it): a lost spawn message must be re-sent for it too
-  local podless_stop = st[1] == 'terminating' and (not st[3] or st[3] == '')
-  if (st[1] == 'spawning' or podless_stop) and st[2] then
+  local podless_stop = st[1] == $TERMINATING and (not st[3] or st[3] == '')
+  if (st[1] == $SPAWNING or podless_stop) and st[2] then
     if redis.call('HINCRBY', rec, 'spawn_resends', 1) <= tonumber(ARGV[5]) then
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
       table.insert(out, id)
@@ -378,9 +369,9 @@ for _, id in ipairs(ids) do
   end
 end
 return out
-"""
+""")
 
-_CLAIM_INTENTS = _NOW + """
+_CLAIM_INTENTS = LUA_NOW + """
 -- KEYS: intents  ARGV: limit
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do redis.call('ZREM', KEYS[1], id) end
@@ -390,7 +381,7 @@ return due
 
 #: Cleanup obligations: session id → time (ms) of the next attempt. Kept next to the
 #: intents (not inside them) so a backlog of failing cleanups never crowds the stalled-spawn
-#: scan of the intents; :meth:`SessionRegistry.intent_ids` covers both for the orphan scan.
+#: scan of the intents; :meth:`SessionStore.intent_ids` covers both for the orphan scan.
 CLEANUPS_KEY = "atlas:cleanups"
 #: Backoff of a failing cleanup: first retry after this, doubling per attempt...
 CLEANUP_BACKOFF_BASE_MS = 2_000
@@ -402,23 +393,23 @@ STOPS_KEY = "atlas:stops"
 #: Redis answers means Redis lost its data (restart without persistence, FLUSHALL).
 EPOCH_KEY = "atlas:epoch"
 
-_REQUEST_STOP = _NOW + """
+_REQUEST_STOP = lua_with_statuses(LUA_NOW + """
 -- KEYS: session, sessions set, stops  ARGV: id, reason, resend_after_ms
 -- Recorded before the terminate is enqueued, so a lost broker message is re-sent by the
--- reaper. Answers the session's state: 'ok' (recorded), 'terminated'/'failed' (nothing
+-- reaper. Answers the session's state: 'ok' (recorded), $TERMINATED/$FAILED (nothing
 -- to stop), 'missing' (unknown or no longer tracked).
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
-if st == 'terminated' or st == 'failed' then return st end
+if st == $TERMINATED or st == $FAILED then return st end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 'missing' end
 -- the first request's time is kept: it measures how long the stop has been pending
 redis.call('HSETNX', KEYS[1], 'stop_requested_at_ms', now)
 redis.call('HSET', KEYS[1], 'stop_reason', ARGV[2])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
 return 'ok'
-"""
+""")
 
-_CLAIM_STOPS = _NOW + """
+_CLAIM_STOPS = lua_with_statuses(LUA_NOW + """
 -- KEYS: stops, sessions set  ARGV: limit, resend_after_ms, record key prefix, fence prefix
 -- Stops due for a re-send. Entries of sessions that ended (or vanished) are dropped here:
 -- finish_terminate does not know this index. A stop whose terminate holds the fence is
@@ -427,7 +418,7 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumb
 local out = {}
 for _, id in ipairs(due) do
   local st = redis.call('HGET', ARGV[3] .. id, 'status')
-  if not st or st == 'terminated' or st == 'failed'
+  if not st or st == $TERMINATED or st == $FAILED
       or redis.call('SISMEMBER', KEYS[2], id) == 0 then
     redis.call('ZREM', KEYS[1], id)
   else
@@ -439,9 +430,9 @@ for _, id in ipairs(due) do
   end
 end
 return out
-"""
+""")
 
-_ADOPT = _NOW + """
+_ADOPT = lua_with_statuses(LUA_NOW + """
 -- KEYS: session, alive, deadlines, sessions set
 -- ARGV: id, provider, pod_name, compute_id, compute_json, idle_ttl_ms, record_grace_ms
 -- After a data loss: a minimal `running` record for a live pod named like a session, with
@@ -449,7 +440,7 @@ _ADOPT = _NOW + """
 -- nobody does. Never overwrites an existing record.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local ttl = tonumber(ARGV[6])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'provider', ARGV[2], 'status', 'running',
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'provider', ARGV[2], 'status', $RUNNING,
            'pod_name', ARGV[3], 'compute_id', ARGV[4], 'compute', ARGV[5],
            'idle_ttl_ms', ttl, 'auth', 'unknown', 'user_id', 'null', 'adopted', '1',
            'created_at_ms', now, 'running_at_ms', now, 'last_activity_ms', now)
@@ -458,16 +449,16 @@ redis.call('SET', KEYS[2], ttl, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 return 1
-"""
+""")
 
 #: Per-user index: session ids of one user scored by creation time (ms); the user is
-#: the JSON form of the ``user_id`` given to spawn. Written by :meth:`SessionRegistry.create`
+#: the JSON form of the ``user_id`` given to spawn. Written by :meth:`SessionStore.create`
 #: in the same MULTI as the record; entries whose record expired are pruned when read.
 USER_SESSIONS_KEY = "atlas:user-sessions:{user}"
 #: The newest entries a user index keeps (older ones are trimmed at create).
 USER_INDEX_MAX = 1000
 
-_INDEX_USER = _NOW + """
+_INDEX_USER = LUA_NOW + """
 -- KEYS: user index  ARGV: id, max entries
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
@@ -498,12 +489,14 @@ _RECORD_PREFIX = C.SESSION_KEY.format(id="")
 
 
 class TerminateStart(NamedTuple):
-    """What :meth:`SessionRegistry.begin_terminate` answers."""
+    """What :meth:`SessionStore.begin_terminate` answers."""
 
     verdict: str
     compute_id: str
     first: bool
-    record: dict[str, str]
+    #: The fields needed to reach the provider (provider, base_url, api_key_sealed,
+    #: pod_name); the rest of the record is not read.
+    record: SessionRecord
 
 
 class SessionInfo(BaseModel):
@@ -523,6 +516,27 @@ class SessionInfo(BaseModel):
     auth: str = "none"
     reason: str | None = None
     error: dict[str, Any] | None = None
+
+    @classmethod
+    def from_record(cls, record: SessionRecord) -> SessionInfo:
+        """The caller's view of a record."""
+        compute = record.compute or {}
+        return cls(
+            id=record.id,
+            provider=record.provider,
+            status=str(record.status) if record.status else "unknown",
+            compute_id=record.compute_id or None,
+            pod_name=record.pod_name,
+            user_id=record.user_id,
+            idle_ttl_ms=record.idle_ttl_ms,
+            created_at_ms=record.created_at_ms,
+            last_activity_ms=record.last_activity_ms,
+            ports=[Port(**p) for p in compute.get("ports", [])],
+            public_ip=compute.get("public_ip"),
+            auth=record.auth,
+            reason=record.reason,
+            error=record.error,
+        )
 
 
 @dataclass(frozen=True)
@@ -547,12 +561,40 @@ class Keys:
         return C.TERMINATE_FENCE_KEY.format(id=self.session_id)
 
     @property
+    def spawn_lease(self) -> str:
+        """The spawn lease (one spawn attempt at a time)."""
+        return C.SPAWN_LEASE_KEY.format(id=self.session_id)
+
+    @property
     def channel(self) -> str:
         """The session's pub/sub channel."""
         return C.EVENTS_CHANNEL.format(id=self.session_id)
 
 
-class SessionRegistry:
+def _touch_args(session_id: str, publish_heartbeats: bool) -> tuple[list[str], list[Any]]:
+    k = Keys(session_id)
+    return ([k.record, k.alive, C.DEADLINE_INDEX_KEY, k.channel],
+            [session_id, C.SESSION_RECORD_GRACE_MS, "1" if publish_heartbeats else "0"])
+
+
+def _touch_verdict(session_id: str, result: int) -> None:
+    if result == -1:
+        raise NotTracked(f"session {session_id!r} is not tracked")
+    if result == -2:
+        raise NotTracked(f"session {session_id!r} is terminating or terminated")
+
+
+def _records_of_rows(rows: list[Any]) -> list[SessionRecord]:
+    out: list[SessionRecord] = []
+    for flat in rows:
+        items = [str(x) for x in flat]
+        record = SessionRecord.from_hash(dict(zip(items[::2], items[1::2], strict=True)))
+        if record is not None and record.id:
+            out.append(record)
+    return out
+
+
+class SessionStore:
     """All session state transitions, each one Redis round trip.
 
     Args:
@@ -578,8 +620,6 @@ class SessionRegistry:
         self._start_spawn = client.register_script(_START_SPAWN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
         self._begin_create = client.register_script(_BEGIN_CREATE)
-        self._release_lease = client.register_script(_RELEASE_LEASE)
-        self._renew_lease = client.register_script(_RENEW_LEASE)
         self._add_cleanup = client.register_script(_ADD_CLEANUP)
         self._claim_cleanups = client.register_script(_CLAIM_CLEANUPS)
         self._finish_cleanup = client.register_script(_FINISH_CLEANUP)
@@ -590,50 +630,41 @@ class SessionRegistry:
         self._list_user = client.register_script(_LIST_USER)
 
     # ------------------------------------------------------------------ caller side
-    def create(self, session_id: str, fields: dict[str, str]) -> int:
-        """Record a new session in ``spawning`` state with a write-ahead intent.
+    def create(self, record: SessionRecord) -> int:
+        """Record a new session (its ``status`` is ``spawning``) with a write-ahead intent,
+        and index it under its user, if any.
 
         Returns the Redis time (ms) of creation.
         """
+        session_id = record.id
+        fields = record.to_hash()
         flat: list[str] = []
         for key, value in fields.items():
             flat += [key, value]
         record_ttl = C.SPAWN_INTENT_TTL_MS + C.SESSION_RECORD_GRACE_MS
-        user = fields.get("user_id", "null")
-        if user == "null":
-            return int(self._create(
-                keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY],
-                args=[session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat],
-            ))
+        keys = [Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY]
+        args: list[str | int] = [session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat]
+        if record.user_id is None:
+            return int(self._create(keys=keys, args=args))
         # The record and its per-user index entry in one MULTI: one round trip, and a
         # listed session always has a record (until it expires; then reads prune it).
         with self.r.pipeline(transaction=True) as pipe:
-            self._create(keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY],
-                         args=[session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat],
-                         client=pipe)
-            # canonical JSON (sorted keys): {"a":1,"b":2} and {"b":2,"a":1} are one user
-            canonical = json.dumps(json.loads(user), sort_keys=True)
-            self._index_user(keys=[user_index_key(canonical)],
+            self._create(keys=keys, args=args, client=pipe)
+            self._index_user(keys=[user_index_key(canonical_user(record.user_id))],
                              args=[session_id, USER_INDEX_MAX], client=pipe)
             created, _ = pipe.execute()
         return int(created)
 
     def list_user_records(self, user_json: str, *, offset: int = 0,
-                          limit: int = 100) -> list[dict[str, str]]:
+                          limit: int = 100) -> list[SessionRecord]:
         """Records of one user's sessions, newest first (one round trip per page).
 
         Args:
-            user_json: the canonical JSON form of the user id
-                (``json.dumps(user_id, sort_keys=True)``).
+            user_json: the canonical JSON form of the user id (:func:`canonical_user`).
             offset, limit: the page.
         """
-        rows = self._list_user(keys=[user_index_key(user_json)],
-                               args=[_RECORD_PREFIX, offset, limit])
-        out: list[dict[str, str]] = []
-        for flat in rows:
-            items = [str(x) for x in flat]
-            out.append(dict(zip(items[::2], items[1::2], strict=True)))
-        return out
+        return _records_of_rows(self._list_user(keys=[user_index_key(user_json)],
+                                                args=[_RECORD_PREFIX, offset, limit]))
 
     def touch(self, session_id: str) -> None:
         """Re-arm the idle clock: one round trip on a running session.
@@ -654,19 +685,45 @@ class SessionRegistry:
                 fast = self.r.evalsha(_TOUCH_FAST_SHA, 1, alive)
             if fast == 1:
                 return
-        k = Keys(session_id)
-        result = int(self._touch(
-            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, k.channel],
-            args=[session_id, C.SESSION_RECORD_GRACE_MS, "1" if self.publish_heartbeats else "0"],
-        ))
-        if result == -1:
-            raise NotTracked(f"session {session_id!r} is not tracked")
-        if result == -2:
-            raise NotTracked(f"session {session_id!r} is terminating or terminated")
+        keys, args = _touch_args(session_id, self.publish_heartbeats)
+        _touch_verdict(session_id, int(self._touch(keys=keys, args=args)))
 
-    def get(self, session_id: str) -> dict[str, str]:
-        """The raw record hash (empty dict when unknown)."""
+    def get(self, session_id: str) -> SessionRecord | None:
+        """The session's record, or ``None`` when unknown (or expired)."""
+        return SessionRecord.from_hash(self.get_hash(session_id))
+
+    def get_hash(self, session_id: str) -> dict[str, str]:
+        """The raw record hash (empty when unknown): for diagnostics and layout tests."""
         return cast(dict[str, str], self.r.hgetall(Keys(session_id).record))
+
+    def get_many(self, session_ids: list[str]) -> list[SessionRecord | None]:
+        """The records of ``session_ids`` (one pipelined round trip), in order."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.hgetall(Keys(sid).record)
+            rows = cast(list[dict[str, str]], pipe.execute())
+        return [SessionRecord.from_hash(row) for row in rows]
+
+    def get_fields(self, session_ids: list[str], *names: str) -> list[SessionRecord | None]:
+        """Partial records holding only the fields ``names`` (one pipelined ``HMGET``
+        each, cheaper than whole records for scans); ``None`` where none of them is set
+        (the record is gone).
+
+        ``names`` are :class:`SessionRecord` attribute names (the hash's field names).
+        """
+        known = SessionRecord.__dataclass_fields__
+        for name in names:
+            if name not in known:
+                raise ValueError(f"not a SessionRecord field: {name!r}")
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.hmget(Keys(sid).record, list(names))
+            rows = cast(list[list[str | None]], pipe.execute()) if session_ids else []
+        out: list[SessionRecord | None] = []
+        for sid, values in zip(session_ids, rows, strict=True):
+            present = {k: v for k, v in zip(names, values, strict=True) if v is not None}
+            out.append(SessionRecord.from_hash({"id": sid, **present}) if present else None)
+        return out
 
     def info(self, session_id: str) -> SessionInfo:
         """The record as a :class:`SessionInfo`.
@@ -685,6 +742,16 @@ class SessionRegistry:
         """Ids of every session currently tracked (spawning, running or terminating)."""
         return sorted(cast(set[str], self.r.smembers(C.SESSIONS_SET_KEY)))
 
+    def count_failing_terminates(self, session_ids: list[str]) -> int:
+        """How many of ``session_ids`` are terminating with a failed attempt recorded (the
+        reaper retries them): one pipelined read of two fields each."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.hmget(Keys(sid).record, "status", "last_error")
+            rows = cast(list[list[str | None]], pipe.execute())
+        return sum(1 for status, last_error in rows
+                   if status == SessionStatus.TERMINATING and last_error)
+
     def is_tracked(self, session_id: str) -> bool:
         """Whether the session is in the tracked set."""
         return bool(self.r.sismember(C.SESSIONS_SET_KEY, session_id))
@@ -698,7 +765,7 @@ class SessionRegistry:
         """
         k = Keys(session_id)
         return int(self._start_spawn(
-            keys=[C.SPAWN_LEASE_KEY.format(id=session_id), C.INTENTS_KEY, k.record],
+            keys=[k.spawn_lease, C.INTENTS_KEY, k.record],
             args=[session_id, token, lease_ms, C.SPAWN_INTENT_TTL_MS],
         ))
 
@@ -711,30 +778,30 @@ class SessionRegistry:
         """
         k = Keys(session_id)
         return str(self._begin_create(
-            keys=[k.record, C.SPAWN_LEASE_KEY.format(id=session_id), C.INTENTS_KEY],
+            keys=[k.record, k.spawn_lease, C.INTENTS_KEY],
             args=[session_id, token, C.SPAWN_INTENT_TTL_MS]))
 
     def settle_create(self, session_id: str) -> None:
         """The last create definitely made nothing (4xx, 429, refused connection)."""
         self.r.hdel(Keys(session_id).record, "create_unsettled")
 
-    def renew_spawn_lease(self, session_id: str, token: str, ttl_ms: int) -> bool:
-        """Extend the lease while ``token`` holds it; False once it lost it."""
-        return bool(self._renew_lease(keys=[C.SPAWN_LEASE_KEY.format(id=session_id)],
-                                      args=[token, ttl_ms]))
+    def spawn_lease(self, session_id: str, token: str, ttl_ms: int) -> Lease:
+        """The session's spawn lease as held by ``token`` (taken by :meth:`start_spawn`);
+        its :meth:`~atlas_tasks.lease.Lease.keep_alive` renews it while the attempt runs."""
+        return Lease(self.r, Keys(session_id).spawn_lease, ttl_ms, owner=token)
 
     def spawn_lease_holder(self, session_id: str) -> str | None:
         """The token holding the session's spawn lease, if any."""
-        return cast("str | None", self.r.get(C.SPAWN_LEASE_KEY.format(id=session_id)))
+        return cast("str | None", self.r.get(Keys(session_id).spawn_lease))
 
     def release_spawn_lease(self, session_id: str, token: str | None = None) -> None:
         """Let the next spawn attempt of this session start at once; with ``token``, only
-        if that execution still holds the lease (never a successor's)."""
-        key = C.SPAWN_LEASE_KEY.format(id=session_id)
+        if that execution still holds the lease (never a successor's). Without a token
+        (the session ended: no attempt may go on) the lease is dropped whoever holds it."""
         if token is None:
-            self.r.delete(key)
+            self.r.delete(Keys(session_id).spawn_lease)
         else:
-            self._release_lease(keys=[key], args=[token])
+            Lease(self.r, Keys(session_id).spawn_lease, 1, owner=token).release()
 
     def claim_stalled_spawns(self, stall_ms: int, max_resends: int,
                              limit: int = 100) -> list[tuple[str, str]]:
@@ -758,7 +825,8 @@ class SessionRegistry:
         return str(self._finish_spawn(
             keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.INTENTS_KEY, stream, channel],
             args=[session_id, compute_id, json.dumps(compute), C.SESSION_RECORD_GRACE_MS,
-                  encode(session_id, "status", {"status": "running", "compute": compute})],
+                  encode(session_id, "status", {"status": SessionStatus.RUNNING.value,
+                                                "compute": compute})],
         ))
 
     def fail_spawn(self, session_id: str, error: dict[str, Any],
@@ -775,7 +843,8 @@ class SessionRegistry:
             keys=[k.record, C.INTENTS_KEY, C.SESSIONS_SET_KEY, C.DEADLINE_INDEX_KEY, k.alive,
                   CLEANUPS_KEY, stream, channel],
             args=[session_id, json.dumps(error), C.TERMINATED_RECORD_TTL_MS,
-                  encode(session_id, "status", {"status": "failed", "error": error}),
+                  encode(session_id, "status", {"status": SessionStatus.FAILED.value,
+                                                "error": error}),
                   "" if cleanup_due_in_ms is None else cleanup_due_in_ms],
         ))
 
@@ -827,8 +896,9 @@ class SessionRegistry:
             args=[session_id, reason, fence_token, C.TERMINATE_FENCE_TTL_MS, slack_ms,
                   encode(session_id, "terminating", {"reason": reason})],
         )
-        record = {"provider": str(provider), "base_url": str(base_url),
-                  "api_key_sealed": str(sealed), "pod_name": str(pod_name)}
+        record = SessionRecord(id=session_id, provider=str(provider),
+                               base_url=str(base_url) or None,
+                               api_key_sealed=str(sealed) or None, pod_name=str(pod_name))
         return TerminateStart(str(verdict), str(compute_id), first == "1", record)
 
     def settle_podless_terminate(self, session_id: str, fence_token: str) -> tuple[str, str]:
@@ -853,7 +923,8 @@ class SessionRegistry:
             keys=[k.record, C.DEADLINE_INDEX_KEY, C.SESSIONS_SET_KEY, k.alive, k.fence,
                   C.INTENTS_KEY, stream, channel],
             args=[session_id, C.TERMINATED_RECORD_TTL_MS,
-                  encode(session_id, "status", {"status": "terminated", "reason": reason})],
+                  encode(session_id, "status", {"status": SessionStatus.TERMINATED.value,
+                                                "reason": reason})],
         )
 
     def terminate_failed(self, session_id: str, error: dict[str, Any], retry_in_ms: int) -> None:
@@ -940,7 +1011,7 @@ class SessionRegistry:
         return int(t[0]) * 1000 + int(t[1]) // 1000
 
 
-_registries: dict[tuple[int, bool], SessionRegistry] = {}
+_stores: dict[tuple[int, bool], SessionStore] = {}
 
 
 def user_index_key(user_json: str) -> str:
@@ -948,27 +1019,19 @@ def user_index_key(user_json: str) -> str:
     return USER_SESSIONS_KEY.format(user=user_json)
 
 
-def registry_for(client: redis.Redis, *, publish_heartbeats: bool = False) -> SessionRegistry:
-    """A cached :class:`SessionRegistry` for ``client`` (scripts hashed once, not per call)."""
+def canonical_user(user_id: Any) -> str:
+    """The canonical JSON of a user id (sorted keys): ``{"a":1,"b":2}`` and
+    ``{"b":2,"a":1}`` are one user. Raises ``TypeError``/``ValueError`` for non-JSON."""
+    return json.dumps(user_id, allow_nan=False, sort_keys=True)
+
+
+def store_for(client: redis.Redis, *, publish_heartbeats: bool = False) -> SessionStore:
+    """A cached :class:`SessionStore` for ``client`` (scripts hashed once, not per call)."""
     key = (id(client), publish_heartbeats)
-    registry = _registries.get(key)
-    if registry is None or registry.r is not client:
-        registry = _registries[key] = SessionRegistry(client,
-                                                      publish_heartbeats=publish_heartbeats)
-    return registry
-
-
-def _json(value: str | None) -> Any:
-    if not value:
-        return None
-    try:
-        return json.loads(value)
-    except ValueError:
-        return None
-
-
-def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value else None
+    store = _stores.get(key)
+    if store is None or store.r is not client:
+        store = _stores[key] = SessionStore(client, publish_heartbeats=publish_heartbeats)
+    return store
 
 
 def info_from_reads(session_id: str, record: dict[str, str], alive_pttl_ms: int,
@@ -979,9 +1042,10 @@ def info_from_reads(session_id: str, record: dict[str, str], alive_pttl_ms: int,
     Raises:
         NotTracked: the record is missing (unknown session, or expired after its end).
     """
-    if not record:
+    parsed = SessionRecord.from_hash(record)
+    if parsed is None:
         raise NotTracked(f"session {session_id!r} is not tracked")
-    info = record_to_info(record)
+    info = SessionInfo.from_record(parsed)
     if alive_pttl_ms > 0 and info.idle_ttl_ms:
         # touch() does not write last activity on its fast path: the idle clock has it
         secs, micros = redis_time
@@ -990,22 +1054,59 @@ def info_from_reads(session_id: str, record: dict[str, str], alive_pttl_ms: int,
     return info
 
 
-def record_to_info(record: dict[str, str]) -> SessionInfo:
-    """Build a :class:`SessionInfo` from a raw record hash."""
-    compute = _json(record.get("compute")) or {}
-    return SessionInfo(
-        id=record["id"],
-        provider=record.get("provider", ""),
-        status=record.get("status", "unknown"),
-        compute_id=record.get("compute_id") or None,
-        pod_name=record.get("pod_name"),
-        user_id=_json(record.get("user_id")),
-        idle_ttl_ms=int(record.get("idle_ttl_ms", "0")),
-        created_at_ms=_int_or_none(record.get("created_at_ms")),
-        last_activity_ms=_int_or_none(record.get("last_activity_ms")),
-        ports=[Port(**p) for p in compute.get("ports", [])],
-        public_ip=compute.get("public_ip"),
-        auth=record.get("auth", "none"),
-        reason=record.get("reason"),
-        error=_json(record.get("error")),
-    )
+class AsyncSessionStore:
+    """The caller-side reads and touch of :class:`SessionStore` on a ``redis.asyncio``
+    client (same scripts, same round trips), for the asyncio client API.
+
+    Args:
+        client: a ``decode_responses=True`` asyncio Redis client (bound to its loop).
+        publish_heartbeats: as for :class:`SessionStore`.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, publish_heartbeats: bool = False) -> None:
+        self.r = client
+        self.publish_heartbeats = publish_heartbeats
+        self._touch_fast = client.register_script(_TOUCH_FAST)
+        self._touch = client.register_script(_TOUCH)
+        self._list_user = client.register_script(_LIST_USER)
+
+    async def touch(self, session_id: str) -> None:
+        """asyncio twin of :meth:`SessionStore.touch`.
+
+        Raises:
+            NotTracked: unknown, terminated or terminating session.
+        """
+        if not self.publish_heartbeats:
+            fast = await cast("Awaitable[Any]", self._touch_fast(
+                keys=[_ALIVE_PREFIX + session_id]))
+            if fast == 1:
+                return
+        keys, args = _touch_args(session_id, self.publish_heartbeats)
+        result = await cast("Awaitable[Any]", self._touch(keys=keys, args=args))
+        _touch_verdict(session_id, int(result))
+
+    async def info(self, session_id: str) -> SessionInfo:
+        """asyncio twin of :meth:`SessionStore.info`.
+
+        Raises:
+            NotTracked: no such session (or its record expired).
+        """
+        k = Keys(session_id)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.record)
+            pipe.pttl(k.alive)
+            pipe.time()
+            record, pttl, redis_time = await pipe.execute()
+        return info_from_reads(session_id, record, pttl, redis_time)
+
+    async def list_user_records(self, user_json: str, *, offset: int = 0,
+                                limit: int = 100) -> list[SessionRecord]:
+        """asyncio twin of :meth:`SessionStore.list_user_records`."""
+        rows = await cast("Awaitable[Any]", self._list_user(
+            keys=[user_index_key(user_json)], args=[_RECORD_PREFIX, offset, limit]))
+        return _records_of_rows(rows)
+
+
+__all__ = ["CLEANUPS_KEY", "EPOCH_KEY", "STOPS_KEY", "USER_SESSIONS_KEY", "AsyncSessionStore",
+           "Keys", "SessionInfo", "SessionStore", "TerminateStart", "canonical_user",
+           "info_from_reads", "store_for", "user_index_key"]
