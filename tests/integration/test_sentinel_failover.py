@@ -35,8 +35,8 @@ import pytest
 from atlas_tasks import constants as C
 from atlas_tasks import orchestrator
 from atlas_tasks.errors import NotTracked, TransportError
-from atlas_tasks.sessions.reaper import DATA_LOSS_GRACE_KEY
 from atlas_tasks.redis_conn import get_redis
+from atlas_tasks.sessions.reaper import DATA_LOSS_GRACE_KEY
 from atlas_tasks.sessions.store import EPOCH_KEY
 
 # Moved to tests/support/ (atlas_tasks.testing.localstack) by the packaging change.
