@@ -115,6 +115,28 @@ class AtlasSettings(BaseSettings):
         default=30.0, gt=0,
         description="Upper bound of one backoff sleep, also applied to Retry-After.")
 
+    # ---- fleet rate budget (atlas_tasks.providers.budget)
+    rate_budget: bool = Field(
+        default=False, description="Share one Redis token bucket per (provider, API-key "
+        "fingerprint, HTTP API) across every worker and web process: each provider request "
+        "takes a token first, a 429's Retry-After pauses the whole fleet, and terminates "
+        "keep priority over spawns, spawns over catalog/list reads.")
+    rate_budget_per_minute: dict[str, float] = Field(
+        default_factory=lambda: {"runpod": 60.0, "lambda_labs": 60.0, "vast": 60.0,
+                                 "fly": 60.0, "default": 60.0},
+        description="Requests per minute of each provider's budget (JSON object; "
+        "`default` for the others) until the provider sends a `RateLimit-Policy` header, "
+        "which then sizes the bucket.")
+    rate_budget_burst: int = Field(
+        default=10, ge=1, description="Size of a budget bucket: requests a quiet fleet may "
+        "send at once (capped by the provider's window quota).")
+    rate_budget_max_wait_s: float = Field(
+        default=60.0, gt=0, description="Longest a request waits for a budget token before "
+        "failing with `rate_limited`.")
+    rate_budget_in_process: bool = Field(
+        default=False, description="Also budget providers built with an in-process httpx "
+        "transport (unit tests' mock/ASGI transports); off, only real network calls are.")
+
     mock_state: Literal["memory", "redis"] = Field(
         default="memory", description="Where the mock provider keeps its state: `memory` "
         "(one process) or `redis` (shared).")
