@@ -32,6 +32,7 @@ from atlas_tasks.testing.fakecloud import vast as vast_api
 from atlas_tasks.testing.fakecloud.common import FakeCloudContext
 from atlas_tasks.testing.fakecloud.config import FakeCloudConfig
 from atlas_tasks.testing.fakecloud.faults import FaultInjector
+from atlas_tasks.testing.fakecloud.ratelimit import KeyRateLimiter
 from atlas_tasks.testing.fakecloud.state import CloudState
 
 
@@ -40,7 +41,7 @@ def build_context(config: FakeCloudConfig | None = None) -> FakeCloudContext:
     config = config or FakeCloudConfig()
     state = CloudState(seed=config.faults.seed)
     ctx = FakeCloudContext(config=config, state=state, faults=FaultInjector(config.faults),
-                           jobs=None)
+                           jobs=None, limiter=KeyRateLimiter(config.rate_limit_per_minute))
     ctx.jobs = runpod_runtime.JobStore(config, state)
     return ctx
 
