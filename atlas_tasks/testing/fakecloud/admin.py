@@ -12,6 +12,11 @@
 ``DELETE /_admin/faults``          → no faults at all
 ``POST /_admin/pods/{id}/age``     → ``{"seconds": N}`` backdates the pod's creation and
                                       ``lastStartedAt`` by N seconds (orphan-grace tests)
+``POST /_admin/pods/{id}/gpu``     → ``{"util": 3, "memoryUtil": 10}`` (a number for every
+                                      GPU or a list per GPU) pins the pod's RunPod v2
+                                      ``runtime.gpus``; ``{"util": null}`` unpins
+``GET|POST /_admin/rate-limit``    → the per-key quota ``{"per_minute": 60 | null}`` (see
+                                      ``ratelimit``), its 429 and usage counts
 ``GET  /_admin/holds``             → every hold gate: ``{name: {"waiting", "passed",
                                       "released"}}`` (script rules with ``hold``)
 ``POST /_admin/holds/{name}/release`` → open a gate: held calls go on
@@ -67,6 +72,7 @@ def snapshot(ctx: FakeCloudContext) -> dict[str, Any]:
     result["faults_injected"] = ctx.faults.counters_snapshot()
     result["creates_by_name"] = ctx.faults.creates_snapshot()
     result["holds"] = ctx.faults.holds_snapshot()
+    result["rate_limit"] = ctx.limiter.snapshot()
     # Lambda Labs and Vast.ai keep their own state (see their modules).
     result["lambda_labs"] = lambda_api.snapshot(ctx)
     result["vast"] = vast_api.snapshot(ctx)
@@ -80,6 +86,7 @@ def reset(ctx: FakeCloudContext) -> None:
     ctx.state.reset()
     ctx.jobs.reset()
     ctx.faults.reset()
+    ctx.limiter.reset()
     lambda_api.reset(ctx)
     vast_api.reset(ctx)
     fly_machines.reset(ctx)
@@ -94,6 +101,34 @@ def age_pod(ctx: FakeCloudContext, pod_id: str, seconds: float) -> dict[str, Any
         pod.created_at -= seconds
         pod.last_started_at -= seconds
         pod.boot_until -= seconds
+        return pod.admin_view()
+
+
+def _per_gpu(value: Any, count: int, field: str) -> list[int] | None:
+    """``value`` (a number, a list of numbers or None) as one 0..100 figure per GPU."""
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value] * count
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                         or not 0 <= v <= 100 for v in values):
+        raise BadRequest(f"{field}: a number 0..100 or a list of them (one per GPU)")
+    return [int(round(v)) for v in values]
+
+
+def set_gpu_util(
+    ctx: FakeCloudContext, pod_id: str, util: Any, memory_util: Any = None
+) -> dict[str, Any] | None:
+    """Pin a pod's per-GPU utilisation (``None`` unpins); None if the pod is unknown.
+
+    Raises:
+        BadRequest: a figure outside 0..100.
+    """
+    with ctx.state.lock:
+        pod = ctx.state.pods.get(pod_id)
+        if pod is None:
+            return None
+        pod.gpu_util = _per_gpu(util, pod.gpu_count, "util")
+        pod.gpu_memory_util = _per_gpu(memory_util, pod.gpu_count, "memoryUtil")
         return pod.admin_view()
 
 
@@ -143,6 +178,34 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             return error(404, "Pod not found.")
         return JSONResponse(view)
 
+    async def gpu(request: Request) -> Response:
+        try:
+            body = await json_body(request, default={})
+            if not isinstance(body, dict) or "util" not in body:
+                raise BadRequest('util: required, e.g. {"util": 3} or {"util": [3, 5]}')
+            view = set_gpu_util(ctx, request.path_params["pod_id"], body["util"],
+                                body.get("memoryUtil"))
+        except BadRequest as exc:
+            return error(400, str(exc))
+        if view is None:
+            return error(404, "Pod not found.")
+        return JSONResponse(view)
+
+    async def get_rate_limit(request: Request) -> Response:
+        return JSONResponse(ctx.limiter.snapshot())
+
+    async def set_rate_limit(request: Request) -> Response:
+        try:
+            body = await json_body(request, default={})
+        except BadRequest as exc:
+            return error(400, str(exc))
+        quota = body.get("per_minute", "missing") if isinstance(body, dict) else "missing"
+        if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)
+                                  or quota < 1):
+            return error(400, 'per_minute: a positive integer or null, e.g. {"per_minute": 60}')
+        ctx.limiter.set_quota(quota)
+        return JSONResponse(ctx.limiter.snapshot())
+
     async def holds(request: Request) -> Response:
         return JSONResponse(ctx.faults.holds_snapshot())
 
@@ -158,6 +221,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         Route(f"{p}/faults", set_faults, methods=["POST"]),
         Route(f"{p}/faults", clear_faults, methods=["DELETE"]),
         Route(f"{p}/pods/{{pod_id}}/age", age, methods=["POST"]),
+        Route(f"{p}/pods/{{pod_id}}/gpu", gpu, methods=["POST"]),
+        Route(f"{p}/rate-limit", get_rate_limit, methods=["GET"]),
+        Route(f"{p}/rate-limit", set_rate_limit, methods=["POST"]),
         Route(f"{p}/holds", holds, methods=["GET"]),
         Route(f"{p}/holds/{{name}}/release", release, methods=["POST"]),
     ]

@@ -1,7 +1,9 @@
 """Per-key request quota of the fake cloud, in RunPod REST v2's ``RateLimit`` format.
 
 Every authenticated provider call is counted against a fixed one-minute window per (API,
-key) — RunPod REST v2, the RunPod runtime, Lambda, Vast and Fly each count their own.
+key), opened by the key's first call after the previous window ended (so a test's calls do
+not straddle a wall-clock minute by chance). RunPod REST v2, the RunPod runtime, Lambda,
+Vast and Fly each count their own.
 With a quota configured (``FakeCloud(rate_limit_per_minute=60)``, or at run time with
 ``POST /_admin/rate-limit {"per_minute": 60}``), the call past the quota answers **429**
 with ``Retry-After`` = the seconds until the window resets. RunPod REST v2 answers (429s
@@ -65,25 +67,25 @@ class KeyRateLimiter:
         self._startup = per_minute
         self.per_minute = per_minute
         self._lock = threading.Lock()
-        self._windows: dict[tuple[str, str], tuple[int, int]] = {}
+        #: (api, key) → (window start, calls in it).
+        self._windows: dict[tuple[str, str], tuple[float, int]] = {}
         #: 429s sent per API (``rest``, ``lambda``...).
         self.refused: Counter[str] = Counter()
 
     def take(self, api: str, key: str, now: float) -> Verdict:
         """Count one call of ``key`` on ``api`` at epoch ``now``."""
-        window = int(now // WINDOW_S)
-        reset = max(1, math.ceil((window + 1) * WINDOW_S - now))
         with self._lock:
             quota = self.per_minute
-            current, used = self._windows.get((api, key), (window, 0))
-            if current != window:
-                used = 0
+            started, used = self._windows.get((api, key), (now, 0))
+            if now >= started + WINDOW_S:
+                started, used = now, 0
+            reset = max(1, math.ceil(started + WINDOW_S - now))
             if quota is not None and used >= quota:
-                self._windows[(api, key)] = (window, used)
+                self._windows[(api, key)] = (started, used)
                 self.refused[api] += 1
                 return Verdict(False, 0, reset, quota)
             used += 1
-            self._windows[(api, key)] = (window, used)
+            self._windows[(api, key)] = (started, used)
         shown = quota if quota is not None else UNENFORCED_QUOTA
         return Verdict(True, max(0, shown - used), reset, shown)
 

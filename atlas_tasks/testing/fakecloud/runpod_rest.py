@@ -13,7 +13,7 @@ exchange against ``runpod-rest-v2.openapi.json``. Served:
 ``/v2/templates[/{id}]``               list / create (201) / get / delete (204)
 ``/v2/network-volumes[/{id}]``         likewise
 ``/v2/serverless[/{id}]``              likewise (endpoints)
-``/v2/billing/pods`` (GET)             one record per pod for the window
+``/v2/billing/pods`` (GET)             one record per pod: price × time run
 =====================================  ================================================
 
 Strict where the definition is strict: create bodies with unknown or mistyped fields get a
@@ -377,7 +377,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         return JSONResponse(pod_or_404(pod_id).to_v2(time.time()))
 
     def stop(pod: Pod, now: float) -> None:
-        pod.desired_status = "EXITED"
+        pod.halt("EXITED", now)
         pod.last_status_change = f"Exited by user: {iso(now)}"
 
     def start(pod: Pod, now: float) -> None:
@@ -387,7 +387,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         pod.last_status_change = f"Resumed by user: {iso(now)}"
 
     def terminate(pod: Pod, now: float) -> None:
-        pod.desired_status = "TERMINATED"
+        pod.halt("TERMINATED", now)
         pod.last_status_change = f"Terminated by user: {iso(now)}"
         pod.calls["deletes"] += 1
         state.totals["deletes"] += 1
@@ -526,8 +526,8 @@ def _billing_handler(ctx: FakeCloudContext) -> Handler:
             for pod in ctx.state.pods.values():
                 if pod_id is not None and pod.id != pod_id:
                     continue
-                hours = max(0.0, (now - pod.created_at) / 3600)
-                gpu_amount = round(pod.cost_per_hr() * hours, 6)
+                # Billed for the time it ran (stops and restarts add up) at its price.
+                gpu_amount = pod.billed_usd(now)
                 records.append({"startTime": _rfc3339(start), "endTime": _rfc3339(now),
                                 "podId": pod.id, "totalAmount": gpu_amount,
                                 "gpuAmount": gpu_amount, "cpuAmount": 0.0,
