@@ -19,15 +19,16 @@ def two_keys() -> Iterator[FakeCloud]:
 
 
 def _client(base: str, key: str) -> httpx.Client:
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"},
-                        timeout=10)
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
 def test_quota_is_per_key_and_per_provider_api(two_keys: FakeCloud) -> None:
     two_keys.reset()
-    with _client(f"{two_keys.runpod_rest_url}/v2", "key-a") as a, \
-            _client(f"{two_keys.runpod_rest_url}/v2", "key-b") as b, \
-            _client(two_keys.lambda_labs_url, "key-a") as lam:
+    with (
+        _client(f"{two_keys.runpod_rest_url}/v2", "key-a") as a,
+        _client(f"{two_keys.runpod_rest_url}/v2", "key-b") as b,
+        _client(two_keys.lambda_labs_url, "key-a") as lam,
+    ):
         remaining = [a.get("/pods").headers["RateLimit"] for _ in range(3)]
         assert [r.split(";")[1] for r in remaining] == ["r=2", "r=1", "r=0"]
         refused = a.get("/pods")
@@ -57,19 +58,18 @@ def test_quota_changes_at_run_time_and_reset_restores_it(two_keys: FakeCloud) ->
 
 def test_billing_follows_price_and_running_time(cloud: FakeCloud) -> None:
     with _client(f"{cloud.runpod_rest_url}/v2", cloud.api_key) as api:
-        pod = api.post("/pods", json={"name": "b", "image": "busybox",
-                                      "gpu": {"id": H100, "count": 2}}).json()
+        pod = api.post(
+            "/pods", json={"name": "b", "image": "busybox", "gpu": {"id": H100, "count": 2}}
+        ).json()
         cloud.age_pod(pod["id"], 1800)  # ran half an hour
         bill = api.get("/billing/pods", params={"podId": pod["id"]}).json()
         assert bill["records"][0]["gpuAmount"] == pytest.approx(pod["cost"] / 2, rel=1e-3)
-        assert api.post(f"/pods/{pod['id']}/action",
-                        json={"action": "stop"}).status_code == 200
+        assert api.post(f"/pods/{pod['id']}/action", json={"action": "stop"}).status_code == 200
         cloud.age_pod(pod["id"], 7200)  # two hours stopped: not billed
         stopped = api.get("/billing/pods", params={"podId": pod["id"]}).json()
         amount = stopped["records"][0]["totalAmount"]
         assert amount == pytest.approx(pod["cost"] / 2, rel=1e-3)
-        assert api.post(f"/pods/{pod['id']}/action",
-                        json={"action": "start"}).status_code == 200
+        assert api.post(f"/pods/{pod['id']}/action", json={"action": "start"}).status_code == 200
         cloud.age_pod(pod["id"], 3600)  # another hour running after the restart
         assert api.delete(f"/pods/{pod['id']}").status_code == 204
         final = api.get("/billing/pods").json()
@@ -80,16 +80,16 @@ def test_billing_follows_price_and_running_time(cloud: FakeCloud) -> None:
 
 def test_gpu_utilisation_can_be_pinned_per_pod(cloud: FakeCloud) -> None:
     with _client(f"{cloud.runpod_rest_url}/v2", cloud.api_key) as api:
-        pod = api.post("/pods", json={"name": "g", "image": "busybox",
-                                      "gpu": {"id": H100, "count": 2}}).json()
+        pod = api.post(
+            "/pods", json={"name": "g", "image": "busybox", "gpu": {"id": H100, "count": 2}}
+        ).json()
         admin = f"{cloud.url}/_admin/pods/{pod['id']}/gpu"
         assert httpx.post(admin, json={"util": 2, "memoryUtil": [10, 20]}).status_code == 200
         gpus = api.get(f"/pods/{pod['id']}").json()["runtime"]["gpus"]
         assert gpus == [{"util": 2, "memoryUtil": 10}, {"util": 2, "memoryUtil": 20}]
         assert httpx.post(admin, json={"util": 150}).status_code == 400
         assert httpx.post(admin, json={}).status_code == 400
-        assert httpx.post(f"{cloud.url}/_admin/pods/nope/gpu",
-                          json={"util": 1}).status_code == 404
+        assert httpx.post(f"{cloud.url}/_admin/pods/nope/gpu", json={"util": 1}).status_code == 404
         cloud.set_gpu_util(pod["id"], None)  # unpinned: the synthetic load again
         assert api.get(f"/pods/{pod['id']}").json()["runtime"]["gpus"][0]["util"] >= 20
         with pytest.raises(KeyError):
