@@ -114,6 +114,11 @@ class AtlasSettings(BaseSettings):
     http_max_backoff_s: float = Field(
         default=30.0, gt=0,
         description="Upper bound of one backoff sleep, also applied to Retry-After.")
+    # Bounded: a web process serving many users' own API keys must not keep a pool per key.
+    provider_cache_size: int = Field(
+        default=64, ge=1, description="Provider instances (one pooled HTTP client each, per "
+        "provider, API key, base URL and settings) a process keeps; the least recently used "
+        "beyond this is closed.")
 
     # ---- fleet rate budget (atlas_tasks.providers.budget)
     rate_budget: bool = Field(
