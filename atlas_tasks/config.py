@@ -132,9 +132,10 @@ class AtlasSettings(BaseSettings):
         description="Requests per minute of each provider's budget (JSON object; "
         "`default` for the others) until the provider sends a `RateLimit-Policy` header, "
         "which then sizes the bucket.")
-    rate_budget_burst: int = Field(
-        default=10, ge=1, description="Size of a budget bucket: requests a quiet fleet may "
-        "send at once (capped by the provider's window quota).")
+    rate_budget_burst: int | None = Field(
+        default=None, ge=1, description="Largest budget bucket: requests a quiet fleet may "
+        "send at once. Unset: the provider's smallest window quota (from "
+        "`RateLimit-Policy`, else the per-minute rate).")
     rate_budget_max_wait_s: float = Field(
         default=60.0, gt=0, description="Longest a request waits for a budget token before "
         "failing with `rate_limited`.")

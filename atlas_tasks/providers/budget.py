@@ -10,8 +10,9 @@ The bucket (one Lua script, :data:`ACQUIRE_LUA`):
 
 * refills by the time elapsed on Redis's own clock (``TIME``), so process clocks never
   matter, at ``rate`` tokens per millisecond up to ``cap`` tokens;
-* is **sized from the provider's** ``RateLimit-Policy`` header when it sends one (the
-  tightest window's ``q / w``), else from ``ATLAS_RATE_BUDGET_PER_MINUTE``;
+* is **sized from the provider's** ``RateLimit-Policy`` header when it sends one (refill at
+  the slowest window's ``q / w``, room for the smallest window's ``q``), else from
+  ``ATLAS_RATE_BUDGET_PER_MINUTE``;
 * is **drained by** the ``RateLimit`` header's remaining count (the bucket never holds more
   tokens than the provider says are left; at ``r=0`` the budget pauses until the window's
   reset ``t``);
@@ -20,12 +21,12 @@ The bucket (one Lua script, :data:`ACQUIRE_LUA`):
 
 Request classes share the key's bucket but not equally: a class may take a token only when
 the bucket keeps its class's floor afterwards (:data:`FLOORS`). Terminates need a single
-token (floor 0), spawns and other writes leave 20 % of the bucket for terminates, and
-reads (catalog, list, get) leave half of it, so when the bucket runs low catalog and list
-calls wait first and a terminate — the call that stops a pod costing money — is never
-starved. One bucket rather than one per class, because the provider counts every request
-of the key against one quota: separate buckets would either over-spend it or leave
-capacity idle.
+token (floor 0), spawns and other writes (a spawn's status polls included) leave 10 % of
+the bucket for terminates, and catalog and list reads leave a quarter of it, so when the
+bucket runs low catalog and list calls wait first and a terminate — the call that stops a
+pod costing money — is never starved. One bucket rather than one per class, because the
+provider counts every request of the key against one quota: separate buckets would either
+over-spend it or leave capacity idle.
 
 Redis failures never fail a cloud call: the budget logs and lets the request through (the
 provider's own 429 handling still applies). A request that cannot get a token within
@@ -87,9 +88,12 @@ class ApiClass(StrEnum):
 #: ``cap - 1`` tokens, so a one-token bucket has no priorities at all).
 FLOORS: Mapping[ApiClass, float] = {
     ApiClass.TERMINATE: 0.0,
-    ApiClass.SPAWN: 0.2,
-    ApiClass.READ: 0.5,
+    ApiClass.SPAWN: 0.1,
+    ApiClass.READ: 0.25,
 }
+
+#: Path words that mark a catalog read even when the last segment is an id.
+_CATALOG_WORDS = ("catalog", "gpu-types", "instance-types", "regions", "offers")
 
 # Why one script: the refill, the priority check and the take must be atomic across every
 # process, and Redis's clock is the only one all of them share.
@@ -158,33 +162,49 @@ def classify(method: str, path: str, body: Any = None) -> ApiClass:
     """The priority class of a request, from its method, path and JSON body.
 
     ``DELETE``, a path naming ``terminate`` (Lambda's ``instance-operations/terminate``) and
-    a RunPod ``{"action": "terminate"}`` are terminates; reads (``GET``/``HEAD``) are reads;
-    every other write (creates, starts, stops) is a spawn-class write.
+    a RunPod ``{"action": "terminate"}`` are terminates. Catalog reads and list reads (a
+    ``GET`` of a collection: the last path segment is a plain word such as ``pods``) are
+    reads. Every other call — creates, starts, stops, and the ``GET`` of one resource a
+    spawn polls until it runs — is a spawn-class write.
     """
     method = method.upper()
-    if method == "DELETE" or "terminate" in path.lower():
+    lowered = path.lower()
+    if method == "DELETE" or "terminate" in lowered:
         return ApiClass.TERMINATE
     if isinstance(body, Mapping) and body.get("action") == "terminate":
         return ApiClass.TERMINATE
     if method in ("GET", "HEAD", "OPTIONS"):
-        return ApiClass.READ
+        last = lowered.rstrip("/").rsplit("/", 1)[-1]
+        if (
+            any(word in lowered for word in _CATALOG_WORDS)
+            or not last
+            or (last.replace("-", "").replace("_", "").isalpha())
+        ):
+            return ApiClass.READ
     return ApiClass.SPAWN
 
 
-def policy_size(limit: RateLimit | None, burst: int) -> tuple[float, int] | None:
-    """``(tokens per ms, bucket size)`` from a ``RateLimit-Policy``: the tightest window's
-    quota over its length, and ``burst`` capped by that window's quota. ``None`` without
-    a usable policy."""
+def policy_size(limit: RateLimit | None, burst: int | None) -> tuple[float, int] | None:
+    """``(tokens per ms, bucket size)`` from a ``RateLimit-Policy``: the slowest window's
+    ``q / w``, and room for the smallest window's ``q`` (capped by ``burst`` when given).
+    ``None`` without a usable policy.
+
+    A bucket as large as the provider's window quota lets a quiet fleet burst as the
+    provider itself allows; it never overspends, because every answer's ``RateLimit``
+    remaining drains the bucket and an exhausted window pauses it until the reset.
+    """
     if limit is None:
         return None
-    best: tuple[float, int] | None = None
-    for window in limit.windows:
-        if not window.quota or not window.window_s or window.quota <= 0 or window.window_s <= 0:
-            continue
-        rate = window.quota / (window.window_s * 1000.0)
-        if best is None or rate < best[0]:
-            best = (rate, max(1, min(burst, window.quota)))
-    return best
+    windows = [
+        (w.quota, w.window_s)
+        for w in limit.windows
+        if w.quota and w.window_s and w.quota > 0 and w.window_s > 0
+    ]
+    if not windows:
+        return None
+    rate = min(q / (w * 1000.0) for q, w in windows)
+    cap = min(q for q, _ in windows)
+    return rate, max(1, min(cap, burst) if burst else cap)
 
 
 def _remaining(limit: RateLimit | None) -> tuple[int, int]:
@@ -205,7 +225,8 @@ class RateBudget:
         api: the provider's HTTP API (``management``, ``runtime``...).
         key_fingerprint: :func:`fingerprint` of the API key.
         per_minute: requests per minute until the provider sends a ``RateLimit-Policy``.
-        burst: bucket size (tokens a quiet fleet may spend at once).
+        burst: largest bucket (tokens a quiet fleet may spend at once); ``None``: the
+            provider's smallest window quota (``per_minute`` until it sends a policy).
         max_wait_s: longest :meth:`acquire` waits before raising ``RateLimitedError``.
         monotonic: clock for the wait deadline (tests replace it).
         rand: jitter source in [0, 1) so waiting processes do not retry in lockstep.
@@ -219,7 +240,7 @@ class RateBudget:
         api: str,
         key_fingerprint: str,
         per_minute: float,
-        burst: int = 10,
+        burst: int | None = None,
         max_wait_s: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -230,8 +251,9 @@ class RateBudget:
         self.key = BUDGET_KEY.format(provider=provider, api=api, fingerprint=key_fingerprint)
         self.pause_key = PAUSE_KEY.format(provider=provider, api=api, fingerprint=key_fingerprint)
         self.default_rate = max(per_minute, 1e-6) / 60_000.0
-        self.burst = max(1, int(burst))
-        self.default_cap = max(1, min(self.burst, int(per_minute) or 1))
+        self.burst = max(1, int(burst)) if burst else None
+        quota = max(1, int(per_minute))
+        self.default_cap = min(self.burst, quota) if self.burst else quota
         self.max_wait_s = max_wait_s
         self.monotonic = monotonic
         self.rand = rand
