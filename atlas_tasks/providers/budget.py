@@ -131,11 +131,17 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'cap')
 local rate = tonumber(h[3]) or tonumber(ARGV[6])
 local cap = tonumber(h[4]) or tonumber(ARGV[7])
-if tonumber(ARGV[2]) > 0 then rate = tonumber(ARGV[2]) end
-if tonumber(ARGV[3]) > 0 then cap = tonumber(ARGV[3]) end
 local tokens = tonumber(h[1]) or cap
 local ts = tonumber(h[2]) or now
-if now > ts then tokens = tokens + (now - ts) * rate end
+if now > ts then tokens = math.min(cap, tokens + (now - ts) * rate) end
+if tonumber(ARGV[2]) > 0 then rate = tonumber(ARGV[2]) end
+local new_cap = tonumber(ARGV[3])
+if new_cap > 0 and new_cap ~= cap then
+  -- Resized by the provider's policy: keep the bucket as full as it was (a full bucket
+  -- sized from settings is a full bucket at the provider's size); remaining clamps below.
+  tokens = tokens * new_cap / cap
+  cap = new_cap
+end
 tokens = math.min(cap, tokens)
 local remaining = tonumber(ARGV[1])
 if remaining >= 0 and remaining < tokens then tokens = remaining end

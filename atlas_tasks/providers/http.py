@@ -351,11 +351,19 @@ class HttpClient:
             return
         try:
             waited = budget.acquire(api_class, sleep=self.sleep)
+        except AtlasError:
+            raise  # no token within ATLAS_RATE_BUDGET_MAX_WAIT_S: a rate_limited error
         except BUDGET_ERRORS as exc:
             # Fail open: Redis trouble must not stop a cloud call (above all a terminate);
             # the provider's own 429s and our backoff still apply.
             logger.warning("%s %s: rate budget unavailable, sending anyway: %s",
                            self.provider, self.api, exc)
+            return
+        except Exception:
+            # Same for anything else the budget trips on (a misconfigured Redis client):
+            # it is a guard rail, never a reason to leave a pod running.
+            logger.exception("%s %s: rate budget failed, sending anyway",
+                             self.provider, self.api)
             return
         if waited:
             logger.debug("%s %s: waited %.3fs for a %s budget token",
@@ -373,6 +381,8 @@ class HttpClient:
                            retry_after_s=retry_after)
         except BUDGET_ERRORS as exc:
             logger.warning("%s %s: rate budget not updated: %s", self.provider, self.api, exc)
+        except Exception:
+            logger.exception("%s %s: rate budget not updated", self.provider, self.api)
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         content = response.content

@@ -130,6 +130,18 @@ def test_policy_sizes_the_bucket_and_remaining_drains_it(client: redis.Redis) ->
     assert taken == 3
 
 
+def test_a_resize_keeps_the_bucket_as_full_as_it_was(client: redis.Redis) -> None:
+    budget = _budget(client, per_minute=60, burst=None)  # 60 tokens from settings
+    assert budget.try_acquire(ApiClass.READ) == 0  # 59 left: nearly full
+    budget.observe(
+        status=200,
+        rate_limit=parse_rate_limit('"minute";r=599;t=59', '"minute";q=600;w=60'),
+    )
+    state = budget.state()
+    assert state["cap"] == 600
+    assert 589 <= state["tokens"] <= 599  # scaled to the provider's size, not stuck at 59
+
+
 def test_exhausted_window_pauses_until_its_reset(client: redis.Redis) -> None:
     budget = _budget(client)
     budget.observe(
