@@ -13,9 +13,11 @@ The bucket (one Lua script, :data:`ACQUIRE_LUA`):
 * is **sized from the provider's** ``RateLimit-Policy`` header when it sends one (refill at
   the slowest window's ``q / w``, room for the smallest window's ``q``), else from
   ``ATLAS_RATE_BUDGET_PER_MINUTE``;
-* is **drained by** the ``RateLimit`` header's remaining count (the bucket never holds more
-  tokens than the provider says are left; at ``r=0`` the budget pauses until the window's
-  reset ``t``);
+* is **drained by** the ``RateLimit`` header's remaining count: after each answer the
+  bucket holds what the provider says is left (fewer tokens as the window drains, a full
+  bucket again once the provider reports a fresh window; answers that cross in flight can
+  be off by the requests in flight, which the 429 path below absorbs), and at ``r=0`` the
+  budget pauses until the window's reset ``t``;
 * is **paused fleet-wide** by a 429's ``Retry-After``: a pause key with ``PX`` that every
   process's next acquire respects.
 
@@ -144,7 +146,7 @@ if new_cap > 0 and new_cap ~= cap then
 end
 tokens = math.min(cap, tokens)
 local remaining = tonumber(ARGV[1])
-if remaining >= 0 and remaining < tokens then tokens = remaining end
+if remaining >= 0 then tokens = math.min(cap, remaining) end
 local pause = tonumber(ARGV[4])
 if pause > 0 then
   tokens = 0

@@ -140,6 +140,13 @@ def test_a_resize_keeps_the_bucket_as_full_as_it_was(client: redis.Redis) -> Non
     state = budget.state()
     assert state["cap"] == 600
     assert 589 <= state["tokens"] <= 599  # scaled to the provider's size, not stuck at 59
+    # Drained to what the provider says is left, and full again once its window resets.
+    low = parse_rate_limit('"minute";r=4;t=30', '"minute";q=600;w=60')
+    budget.observe(status=200, rate_limit=low)
+    assert budget.state()["tokens"] == 4
+    fresh = parse_rate_limit('"minute";r=599;t=60', '"minute";q=600;w=60')
+    budget.observe(status=200, rate_limit=fresh)
+    assert budget.state()["tokens"] == 599
 
 
 def test_exhausted_window_pauses_until_its_reset(client: redis.Redis) -> None:

@@ -27,8 +27,6 @@
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from typing import Any
 
 import pydantic
@@ -36,72 +34,49 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from atlas_tasks.testing.fakecloud import fly_machines
-from atlas_tasks.testing.fakecloud import lambda_labs as lambda_api
-from atlas_tasks.testing.fakecloud import vast as vast_api
 from atlas_tasks.testing.fakecloud.common import BadRequest, FakeCloudContext, error, json_body
+from atlas_tasks.testing.fakecloud.providers import PROVIDERS, age_pod, provider_named
 
 ADMIN_PREFIX = "/_admin"
 
 
 def snapshot(ctx: FakeCloudContext) -> dict[str, Any]:
-    """Everything ``GET /_admin/state`` returns (also ``FakeCloud.state()``)."""
-    state, jobs = ctx.state, ctx.jobs
-    now = time.monotonic()
-    with state.lock:
-        live = [p.admin_view() for p in state.pods.values() if p.desired_status != "TERMINATED"]
-        dead = [p.admin_view() for p in state.pods.values() if p.desired_status == "TERMINATED"]
-        endpoints: dict[str, Any] = {}
-        for endpoint_id, calls in state.endpoint_calls.items():
-            endpoints[endpoint_id] = {"calls": dict(calls), "jobs": {}}
-        for job in jobs.jobs.values():
-            entry = endpoints.setdefault(job.endpoint_id, {"calls": {}, "jobs": {}})
-            current = job.status(now)
-            entry["jobs"][current] = entry["jobs"].get(current, 0) + 1
-        totals = Counter(state.totals)
-        result = {
-            "pods": live,
-            "terminated_pods": dead,
-            "totals": {"live_pods": len(live), **dict(totals)},
-            "routes": dict(state.routes),
-            "endpoints": endpoints,
-            "templates": len(state.templates),
-            "network_volumes": len(state.volumes),
-            "runpod_endpoints": len(state.endpoints),
-        }
+    """Everything ``GET /_admin/state`` returns (also ``FakeCloud.state()``): RunPod's block
+    at the top level, the shared fault and quota counters, then every other provider's
+    block under its name (see :mod:`.providers`)."""
+    result: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
+    for provider in PROVIDERS:
+        block = provider.snapshot(ctx)
+        if block is None:
+            continue
+        if provider.snapshot_key is None:
+            result.update(block)
+        else:
+            nested[provider.snapshot_key] = block
     result["faults_injected"] = ctx.faults.counters_snapshot()
     result["creates_by_name"] = ctx.faults.creates_snapshot()
     result["holds"] = ctx.faults.holds_snapshot()
     result["rate_limit"] = ctx.limiter.snapshot()
-    # Lambda Labs and Vast.ai keep their own state (see their modules).
-    result["lambda_labs"] = lambda_api.snapshot(ctx)
-    result["vast"] = vast_api.snapshot(ctx)
-    # Fly Machines keep their own state on the context (see fly_machines.fly_state).
-    result["fly"] = fly_machines.admin_snapshot(ctx)
+    result.update(nested)
     return result
 
 
 def reset(ctx: FakeCloudContext) -> None:
-    """What ``POST /_admin/reset`` does."""
-    ctx.state.reset()
-    ctx.jobs.reset()
+    """What ``POST /_admin/reset`` does: every provider's state, faults and quota windows."""
+    for provider in PROVIDERS:
+        provider.reset(ctx)
     ctx.faults.reset()
     ctx.limiter.reset()
-    lambda_api.reset(ctx)
-    vast_api.reset(ctx)
-    fly_machines.reset(ctx)
 
 
-def age_pod(ctx: FakeCloudContext, pod_id: str, seconds: float) -> dict[str, Any] | None:
-    """Backdate a pod (terminated ones included); None if unknown."""
-    with ctx.state.lock:
-        pod = ctx.state.pods.get(pod_id)
-        if pod is None:
-            return None
-        pod.created_at -= seconds
-        pod.last_started_at -= seconds
-        pod.boot_until -= seconds
-        return pod.admin_view()
+def age(ctx: FakeCloudContext, provider: str, resource_id: str, seconds: float) -> bool:
+    """Backdate a resource of ``provider`` by ``seconds``; False if the id is unknown.
+
+    Raises:
+        KeyError: unknown provider name.
+    """
+    return provider_named(provider).age(ctx, resource_id, seconds)
 
 
 def _per_gpu(value: Any, count: int, field: str) -> list[int] | None:
