@@ -13,11 +13,11 @@ The bucket (one Lua script, :data:`ACQUIRE_LUA`):
 * is **sized from the provider's** ``RateLimit-Policy`` header when it sends one (refill at
   the slowest window's ``q / w``, room for the smallest window's ``q``), else from
   ``ATLAS_RATE_BUDGET_PER_MINUTE``;
-* is **drained by** the ``RateLimit`` header's remaining count: after each answer the
-  bucket holds what the provider says is left (fewer tokens as the window drains, a full
-  bucket again once the provider reports a fresh window; answers that cross in flight can
-  be off by the requests in flight, which the 429 path below absorbs), and at ``r=0`` the
-  budget pauses until the window's reset ``t``;
+* is **drained by** the ``RateLimit`` header's remaining count: the bucket never holds
+  more than the provider says is left, and once the window it last heard of has reset
+  (``t``) it fills up to the fresh window's count instead of trickling back at the refill
+  rate (answers that cross in flight can be off by the requests in flight, which the 429
+  path below absorbs); at ``r=0`` the budget pauses until the window's reset;
 * is **paused fleet-wide** by a 429's ``Retry-After``: a pause key with ``PX`` that every
   process's next acquire respects.
 
@@ -126,11 +126,11 @@ return {0, wait}
 """
 
 # ARGV: remaining (-1: not reported), rate per ms (-1: no policy), cap (-1), pause ms (0),
-# ttl ms, default rate, default cap.
+# ttl ms, default rate, default cap, ms until that window resets (0: not reported).
 OBSERVE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'cap')
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'cap', 'reset_at')
 local rate = tonumber(h[3]) or tonumber(ARGV[6])
 local cap = tonumber(h[4]) or tonumber(ARGV[7])
 local tokens = tonumber(h[1]) or cap
@@ -146,7 +146,18 @@ if new_cap > 0 and new_cap ~= cap then
 end
 tokens = math.min(cap, tokens)
 local remaining = tonumber(ARGV[1])
-if remaining >= 0 then tokens = math.min(cap, remaining) end
+if remaining >= 0 then
+  -- Drain to what the provider says is left; fill up to it only once the window the
+  -- bucket last heard of has reset (within a window the bucket keeps pacing).
+  local known_reset = tonumber(h[5])
+  if remaining < tokens then
+    tokens = remaining
+  elseif known_reset == nil or now >= known_reset then
+    tokens = math.min(cap, remaining)
+  end
+  local window_ms = tonumber(ARGV[8])
+  if window_ms > 0 then redis.call('HSET', KEYS[1], 'reset_at', now + window_ms) end
+end
 local pause = tonumber(ARGV[4])
 if pause > 0 then
   tokens = 0
@@ -215,13 +226,21 @@ def policy_size(limit: RateLimit | None, burst: int | None) -> tuple[float, int]
     return rate, max(1, min(cap, burst) if burst else cap)
 
 
-def _remaining(limit: RateLimit | None) -> tuple[int, int]:
-    """``(fewest requests left in any window or -1, ms until exhausted windows reset)``."""
+def _remaining(limit: RateLimit | None) -> tuple[int, int, int]:
+    """``(fewest requests left in any window or -1, ms until that window resets or 0,
+    ms until every exhausted window has reset or 0)``."""
     if limit is None:
-        return -1, 0
-    left = [w.remaining for w in limit.windows if w.remaining is not None]
+        return -1, 0, 0
+    left = [w for w in limit.windows if w.remaining is not None]
+    if not left:
+        return -1, 0, 0
+    tightest = min(left, key=lambda w: w.remaining or 0)
     reset = limit.reset_after_s
-    return (min(left) if left else -1), (reset * 1000 if reset else 0)
+    return (
+        tightest.remaining or 0,
+        (tightest.reset_s or 0) * 1000,
+        reset * 1000 if reset else 0,
+    )
 
 
 class RateBudget:
@@ -328,7 +347,7 @@ class RateBudget:
         ``RateLimit`` remaining, and pause the fleet on a 429 (``Retry-After``) or when a
         window is exhausted (until its reset)."""
         sized = policy_size(rate_limit, self.burst)
-        remaining, reset_ms = _remaining(rate_limit)
+        remaining, window_ms, reset_ms = _remaining(rate_limit)
         pause_ms = 0
         if status == 429:
             pause_ms = int(retry_after_s * 1000) if retry_after_s else DEFAULT_429_PAUSE_MS
@@ -347,6 +366,7 @@ class RateBudget:
                 BUCKET_TTL_MS,
                 repr(self.default_rate),
                 self.default_cap,
+                window_ms,
             ],
         )
 
@@ -361,7 +381,7 @@ class RateBudget:
         out = {
             (k.decode() if isinstance(k, bytes) else str(k)): float(v)
             for k, v in raw.items()
-            if k not in ("ts", b"ts")
+            if k not in ("ts", b"ts", "reset_at", b"reset_at")
         }
         out["pause_ms"] = float(max(0, int(self.client.pttl(self.pause_key))))
         return out

@@ -141,9 +141,15 @@ def test_a_resize_keeps_the_bucket_as_full_as_it_was(client: redis.Redis) -> Non
     assert state["cap"] == 600
     assert 589 <= state["tokens"] <= 599  # scaled to the provider's size, not stuck at 59
     # Drained to what the provider says is left, and full again once its window resets.
-    low = parse_rate_limit('"minute";r=4;t=30', '"minute";q=600;w=60')
+    low = parse_rate_limit('"minute";r=4;t=1', '"minute";q=600;w=60')
     budget.observe(status=200, rate_limit=low)
     assert budget.state()["tokens"] == 4
+    # A higher count within the same window does not refill the bucket (pacing goes on)...
+    same = parse_rate_limit('"minute";r=40;t=1', '"minute";q=600;w=60')
+    budget.observe(status=200, rate_limit=same)
+    assert budget.state()["tokens"] < 10
+    # ...but once that window has reset (t=1 s), the fresh window's count does.
+    time.sleep(1.1)  # waiting for the provider's window itself to pass
     fresh = parse_rate_limit('"minute";r=599;t=60', '"minute";q=600;w=60')
     budget.observe(status=200, rate_limit=fresh)
     assert budget.state()["tokens"] == 599
