@@ -26,9 +26,11 @@ the bucket keeps its class's floor afterwards (:data:`FLOORS`). Terminates need 
 token (floor 0), spawns and other writes (a spawn's status polls included) leave 10 % of
 the bucket for terminates, and catalog and list reads leave a quarter of it, so when the
 bucket runs low catalog and list calls wait first and a terminate — the call that stops a
-pod costing money — is never starved. One bucket rather than one per class, because the
-provider counts every request of the key against one quota: separate buckets would either
-over-spend it or leave capacity idle.
+pod costing money — is never starved. When the provider reports its window, the reserve
+shrinks with the time the window has left (none is needed for a window about to reset),
+so lower classes never lose more than the rest of a window. One bucket rather than one per
+class, because the provider counts every request of the key against one quota: separate
+buckets would either over-spend it or leave capacity idle.
 
 Redis failures never fail a cloud call: the budget logs and lets the request through (the
 provider's own 429 handling still applies). A request that cannot get a token within
@@ -104,13 +106,21 @@ local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then return {0, pause} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'cap')
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'cap', 'reset_at', 'win')
 local rate = tonumber(h[3]) or tonumber(ARGV[1])
 local cap = tonumber(h[4]) or tonumber(ARGV[2])
 local tokens = tonumber(h[1]) or cap
 local ts = tonumber(h[2]) or now
 if now > ts then tokens = math.min(cap, tokens + (now - ts) * rate) end
-local floor = math.min(cap * tonumber(ARGV[3]), cap - 1)
+-- The reserve protects the rest of the provider's window: it shrinks as the window runs
+-- out (a window about to reset needs none), so lower classes are never held back for
+-- more than the window has left.
+local share = 1
+local reset_at, win = tonumber(h[5]), tonumber(h[6])
+if reset_at and win and win > 0 then
+  share = math.max(0, math.min(1, (reset_at - now) / win))
+end
+local floor = math.min(cap * tonumber(ARGV[3]) * share, cap - 1)
 if floor < 0 then floor = 0 end
 local wait = 0
 if tokens >= floor + 1 - 1e-9 then
@@ -126,7 +136,8 @@ return {0, wait}
 """
 
 # ARGV: remaining (-1: not reported), rate per ms (-1: no policy), cap (-1), pause ms (0),
-# ttl ms, default rate, default cap, ms until that window resets (0: not reported).
+# ttl ms, default rate, default cap, ms until that window resets (0: not reported), that
+# window's length in ms (0: not reported).
 OBSERVE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -157,6 +168,7 @@ if remaining >= 0 then
   end
   local window_ms = tonumber(ARGV[8])
   if window_ms > 0 then redis.call('HSET', KEYS[1], 'reset_at', now + window_ms) end
+  if tonumber(ARGV[9]) > 0 then redis.call('HSET', KEYS[1], 'win', ARGV[9]) end
 end
 local pause = tonumber(ARGV[4])
 if pause > 0 then
@@ -226,19 +238,20 @@ def policy_size(limit: RateLimit | None, burst: int | None) -> tuple[float, int]
     return rate, max(1, min(cap, burst) if burst else cap)
 
 
-def _remaining(limit: RateLimit | None) -> tuple[int, int, int]:
+def _remaining(limit: RateLimit | None) -> tuple[int, int, int, int]:
     """``(fewest requests left in any window or -1, ms until that window resets or 0,
-    ms until every exhausted window has reset or 0)``."""
+    that window's length in ms or 0, ms until every exhausted window has reset or 0)``."""
     if limit is None:
-        return -1, 0, 0
+        return -1, 0, 0, 0
     left = [w for w in limit.windows if w.remaining is not None]
     if not left:
-        return -1, 0, 0
+        return -1, 0, 0, 0
     tightest = min(left, key=lambda w: w.remaining or 0)
     reset = limit.reset_after_s
     return (
         tightest.remaining or 0,
         (tightest.reset_s or 0) * 1000,
+        (tightest.window_s or 0) * 1000,
         reset * 1000 if reset else 0,
     )
 
@@ -347,7 +360,7 @@ class RateBudget:
         ``RateLimit`` remaining, and pause the fleet on a 429 (``Retry-After``) or when a
         window is exhausted (until its reset)."""
         sized = policy_size(rate_limit, self.burst)
-        remaining, window_ms, reset_ms = _remaining(rate_limit)
+        remaining, window_ms, length_ms, reset_ms = _remaining(rate_limit)
         pause_ms = 0
         if status == 429:
             pause_ms = int(retry_after_s * 1000) if retry_after_s else DEFAULT_429_PAUSE_MS
@@ -367,6 +380,7 @@ class RateBudget:
                 repr(self.default_rate),
                 self.default_cap,
                 window_ms,
+                length_ms,
             ],
         )
 
@@ -381,7 +395,7 @@ class RateBudget:
         out = {
             (k.decode() if isinstance(k, bytes) else str(k)): float(v)
             for k, v in raw.items()
-            if k not in ("ts", b"ts", "reset_at", b"reset_at")
+            if k not in ("ts", b"ts", "reset_at", b"reset_at", "win", b"win")
         }
         out["pause_ms"] = float(max(0, int(self.client.pttl(self.pause_key))))
         return out

@@ -253,3 +253,18 @@ def test_http_client_fails_open_when_redis_is_down(client: redis.Redis) -> None:
         dead, provider="runpod", api="management", key_fingerprint=fingerprint("k"), per_minute=60
     )
     assert http.call("DELETE", "/pods/x", expect=(200,)).data == []
+
+
+def test_the_reserve_shrinks_with_the_time_left_in_the_window(client: redis.Redis) -> None:
+    budget = _budget(client, per_minute=6000, burst=None)
+    # 100 tokens, a read must leave 25: with 20 left it waits...
+    budget.observe(
+        status=200, rate_limit=parse_rate_limit('"minute";r=20;t=60', '"minute";q=100;w=60')
+    )
+    assert budget.try_acquire(ApiClass.READ) > 0
+    # ...but with 20 left and 6 s of a 60 s window to go, the reserve is only 2.5.
+    other = _budget(client, per_minute=6000, burst=None, key="other")
+    other.observe(
+        status=200, rate_limit=parse_rate_limit('"minute";r=20;t=6', '"minute";q=100;w=60')
+    )
+    assert other.try_acquire(ApiClass.READ) == 0
