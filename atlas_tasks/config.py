@@ -114,6 +114,34 @@ class AtlasSettings(BaseSettings):
     http_max_backoff_s: float = Field(
         default=30.0, gt=0,
         description="Upper bound of one backoff sleep, also applied to Retry-After.")
+    # Bounded: a web process serving many users' own API keys must not keep a pool per key.
+    provider_cache_size: int = Field(
+        default=64, ge=1, description="Provider instances (one pooled HTTP client each, per "
+        "provider, API key, base URL and settings) a process keeps; the least recently used "
+        "beyond this is closed.")
+
+    # ---- fleet rate budget (atlas_tasks.providers.budget)
+    rate_budget: bool = Field(
+        default=False, description="Share one Redis token bucket per (provider, API-key "
+        "fingerprint, HTTP API) across every worker and web process: each provider request "
+        "takes a token first, a 429's Retry-After pauses the whole fleet, and terminates "
+        "keep priority over spawns, spawns over catalog/list reads.")
+    rate_budget_per_minute: dict[str, float] = Field(
+        default_factory=lambda: {"runpod": 60.0, "lambda_labs": 60.0, "vast": 60.0,
+                                 "fly": 60.0, "default": 60.0},
+        description="Requests per minute of each provider's budget (JSON object; "
+        "`default` for the others) until the provider sends a `RateLimit-Policy` header, "
+        "which then sizes the bucket.")
+    rate_budget_burst: int | None = Field(
+        default=None, ge=1, description="Largest budget bucket: requests a quiet fleet may "
+        "send at once. Unset: the provider's smallest window quota (from "
+        "`RateLimit-Policy`, else the per-minute rate).")
+    rate_budget_max_wait_s: float = Field(
+        default=60.0, gt=0, description="Longest a request waits for a budget token before "
+        "failing with `rate_limited`.")
+    rate_budget_in_process: bool = Field(
+        default=False, description="Also budget providers built with an in-process httpx "
+        "transport (unit tests' mock/ASGI transports); off, only real network calls are.")
 
     mock_state: Literal["memory", "redis"] = Field(
         default="memory", description="Where the mock provider keeps its state: `memory` "

@@ -24,7 +24,9 @@ from rich.table import Table
 from bench.common import Figure, Report, machine_info
 
 #: Run order: cheap in-process benchmarks first, cluster ones after.
-BENCHMARKS = ["touch", "reaper", "events", "memory", "idle_latency", "spawn_burst", "jobs"]
+BENCHMARKS = [
+    "touch", "reaper", "events", "memory", "idle_latency", "spawn_burst", "jobs", "rate_budget",
+]
 RESULTS_PATH = Path(__file__).with_name("results.json")
 
 

@@ -24,6 +24,12 @@ Every attempt calls each ``context.hooks`` function with a
 Headers and bodies are never logged, and ``api_key=``-style query values are redacted from
 URLs.
 
+Fleet rate budget: with ``ATLAS_RATE_BUDGET`` on, every attempt first takes a token from the
+Redis bucket the whole fleet shares for this provider, API and key
+(:mod:`atlas_tasks.providers.budget`), and every answer's ``RateLimit`` headers and 429
+``Retry-After`` are folded back into it. The request's priority class (terminate > spawn >
+read) comes from :func:`~atlas_tasks.providers.budget.classify` unless the caller names it.
+
 Error answers: an RFC 9457 problem (``application/problem+json``, or a JSON object shaped
 ``{title, status, detail, errors?}``) becomes an :class:`AtlasError` whose message keeps
 ``detail`` and every validation ``errors`` entry (see :func:`problem_message`); other bodies
@@ -62,6 +68,7 @@ from atlas_tasks.errors import (
     kind_for_status,
 )
 from atlas_tasks.providers.base import ProviderContext, RequestInfo
+from atlas_tasks.providers.budget import BUDGET_ERRORS, ApiClass, RateBudget, budget_for, classify
 from atlas_tasks.providers.ratelimit import RateLimit, rate_limit_from_headers
 from atlas_tasks.providers.translate_common import drop_none, loads_json
 
@@ -184,6 +191,8 @@ class HttpClient:
         self.rand: Callable[[], float] = random.random
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+        #: The fleet-wide rate budget (``None`` when ``ATLAS_RATE_BUDGET`` is off).
+        self.budget: RateBudget | None = budget_for(context, provider=provider, api=api)
 
     def __repr__(self) -> str:
         # Headers stay out: they carry the API key.
@@ -232,6 +241,7 @@ class HttpClient:
         idempotent: bool | None = None,
         timeout_s: float | None = None,
         max_retries: int | None = None,
+        api_class: ApiClass | str | None = None,
     ) -> ApiResponse:
         """Send a request, retrying per the module's policy, and decode its JSON body.
 
@@ -244,6 +254,8 @@ class HttpClient:
             idempotent: whether a blind retry is safe; defaults to False for POST/PATCH.
             timeout_s: overrides the per-request timeout for this call.
             max_retries: overrides the retry budget for this call.
+            api_class: priority class in the fleet rate budget (``terminate``, ``spawn``,
+                ``read``); by default :func:`~atlas_tasks.providers.budget.classify`.
 
         Raises:
             AtlasError: the kind of :func:`error_from_response` for an unexpected status;
@@ -258,11 +270,12 @@ class HttpClient:
         url = self.url(path)
         query = drop_none(params or {})
         timeout = httpx.Timeout(timeout_s) if timeout_s is not None else None
+        klass = ApiClass(api_class) if api_class is not None else classify(method, path, json)
         attempt = 0
         while True:
             attempt += 1
             response = self._attempt(method, url, query, json, timeout, attempt, idempotent,
-                                     retries_left=attempt <= budget)
+                                     retries_left=attempt <= budget, api_class=klass)
             if response is None:  # a retryable transport failure; _attempt already slept
                 continue
             status = response.status_code
@@ -287,8 +300,10 @@ class HttpClient:
         idempotent: bool,
         *,
         retries_left: bool,
+        api_class: ApiClass = ApiClass.READ,
     ) -> httpx.Response | None:
         """One try. Returns the response, or None after sleeping for a transport retry."""
+        self._take_budget(api_class)
         started = time.monotonic()
         kwargs: dict[str, Any] = {"params": query or None}
         if body is not None:
@@ -320,11 +335,54 @@ class HttpClient:
                 return None
             raise err from exc
         duration = time.monotonic() - started
-        # Parsed only when someone listens: most clients have no hooks.
-        limit = rate_limit_from_headers(response.headers) if self.context.hooks else None
+        # Parsed only when someone listens: most clients have no hooks and no budget.
+        limit = (rate_limit_from_headers(response.headers)
+                 if self.context.hooks or self.budget is not None else None)
+        self._feed_budget(response, limit)
         self._emit(method, redact_url(str(response.request.url)), response.status_code,
                    duration, attempt, None, rate_limit=limit)
         return response
+
+    # ------------------------------------------------------------------ fleet budget
+    def _take_budget(self, api_class: ApiClass) -> None:
+        """Wait for a fleet budget token (no-op without a budget)."""
+        budget = self.budget
+        if budget is None:
+            return
+        try:
+            waited = budget.acquire(api_class, sleep=self.sleep)
+        except AtlasError:
+            raise  # no token within ATLAS_RATE_BUDGET_MAX_WAIT_S: a rate_limited error
+        except BUDGET_ERRORS as exc:
+            # Fail open: Redis trouble must not stop a cloud call (above all a terminate);
+            # the provider's own 429s and our backoff still apply.
+            logger.warning("%s %s: rate budget unavailable, sending anyway: %s",
+                           self.provider, self.api, exc)
+            return
+        except Exception:
+            # Same for anything else the budget trips on (a misconfigured Redis client):
+            # it is a guard rail, never a reason to leave a pod running.
+            logger.exception("%s %s: rate budget failed, sending anyway",
+                             self.provider, self.api)
+            return
+        if waited:
+            logger.debug("%s %s: waited %.3fs for a %s budget token",
+                         self.provider, self.api, waited, api_class)
+
+    def _feed_budget(self, response: httpx.Response, limit: RateLimit | None) -> None:
+        """Fold an answer's rate-limit headers (and a 429's Retry-After) into the budget."""
+        budget = self.budget
+        if budget is None:
+            return
+        retry_after = (parse_retry_after(response.headers.get("Retry-After"))
+                       if response.status_code == 429 else None)
+        try:
+            budget.observe(status=response.status_code, rate_limit=limit,
+                           retry_after_s=retry_after)
+        except BUDGET_ERRORS as exc:
+            logger.warning("%s %s: rate budget not updated: %s", self.provider, self.api, exc)
+        except Exception:
+            logger.exception("%s %s: rate budget not updated", self.provider, self.api)
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         content = response.content

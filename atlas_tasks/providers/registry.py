@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import httpx
@@ -27,9 +29,13 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "mock": "atlas_tasks.providers.mock:MockProvider",
 }
 
+logger = logging.getLogger(__name__)
+
 _registry: dict[str, str | type[Provider]] = dict(BUILTIN_PROVIDERS)
 _lock = threading.Lock()
-_instances: dict[tuple[str, str, str, int], Provider] = {}
+#: Cached instances, least recently used first (bounded by ``ATLAS_PROVIDER_CACHE_SIZE``:
+#: a web process serving many users' own API keys must not keep a pool per key forever).
+_instances: OrderedDict[tuple[str, str, str, int], Provider] = OrderedDict()
 
 
 def register_provider(name: str, target: str | type[Provider]) -> None:
@@ -107,7 +113,9 @@ def get_provider(
     """Resolve a provider (argument > ``ATLAS_DEFAULT_PROVIDER``) and build or reuse it.
 
     Instances are cached per (name, key fingerprint, base URL, settings) so a worker keeps
-    one pooled HTTP client per provider context instead of one per call.
+    one pooled HTTP client per provider context instead of one per call. The cache keeps
+    the ``settings.provider_cache_size`` most recently used instances; the least recently
+    used one beyond that is closed (its pool reopens if a holder uses it again).
     """
     resolved = resolve_provider_name(provider, settings)
     if isinstance(resolved, Provider):
@@ -125,12 +133,21 @@ def get_provider(
         return cls(context)
     fingerprint = hashlib.sha256((key or "").encode()).hexdigest()[:16]
     cache_key = (cls.name, fingerprint, base_url or "", id(settings))
+    evicted: list[Provider] = []
     with _lock:
         instance = _instances.get(cache_key)
         if instance is None:
             instance = cls(context)
             _instances[cache_key] = instance
-        return instance
+            while len(_instances) > settings.provider_cache_size:
+                evicted.append(_instances.popitem(last=False)[1])
+        else:
+            _instances.move_to_end(cache_key)
+    # Closed outside the lock: closing a pool may block on its connections.
+    for old in evicted:
+        logger.debug("provider cache full: closing the least recently used %r", old)
+        old.close()
+    return instance
 
 
 def clear_provider_cache() -> None:

@@ -309,3 +309,30 @@ def test_catalog_gpu_by_id_per_the_definition(cloud: FakeCloud, checker: SpecChe
         assert missing.headers["content-type"] == "application/problem+json"
     assert checker.checked == 3
     checker.assert_clean()
+
+
+def test_enforced_quota_billing_and_pinned_gpus_follow_the_definition(
+        checker: SpecChecker) -> None:
+    # The per-key quota's 429 is a TooManyRequestsError (problem+json, Retry-After,
+    # RateLimit, RateLimit-Policy); billing and a pod with pinned GPU figures keep their
+    # schemas.
+    with FakeCloud(rate_limit_per_minute=4) as limited, httpx.Client(
+            base_url=f"{limited.runpod_rest_url}/v2", event_hooks=checker.event_hooks(),
+            headers={"Authorization": f"Bearer {limited.api_key}"}, timeout=10) as api:
+        pod = api.post("/pods", json={"name": "q", "image": "busybox",
+                                      "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 2}})
+        assert pod.status_code == 201
+        limited.set_gpu_util(pod.json()["id"], [3, 97])
+        got = api.get(f"/pods/{pod.json()['id']}").json()
+        assert [g["util"] for g in got["runtime"]["gpus"]] == [3, 97]
+        billing = api.get("/billing/pods", params={"podId": pod.json()["id"]})
+        assert billing.status_code == 200
+        assert api.get("/pods").status_code == 200  # the 4th call of the minute
+        refused = api.get("/pods")
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert refused.headers["RateLimit"].startswith('"minute";r=0;t=')
+        assert refused.headers["RateLimit-Policy"] == '"minute";q=4;w=60'
+        assert refused.headers["content-type"] == "application/problem+json"
+    checker.assert_clean()
+    assert checker.checked == 5

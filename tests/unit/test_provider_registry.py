@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import pytest
 
 import atlas_tasks as atlas
+from atlas_tasks.config import AtlasSettings
 from atlas_tasks.errors import UnsupportedError, ValidationError
 from atlas_tasks.providers import registry
 from atlas_tasks.providers.base import Provider, ProviderContext, StubProvider
@@ -152,3 +153,31 @@ def test_base_optional_operations_are_unsupported() -> None:
     ):
         with pytest.raises(UnsupportedError, match="echo does not support"):
             call()
+
+
+class _Counted(MockProvider):
+    """A mock provider that records being closed."""
+
+    closed: ClassVar[list[str | None]] = []
+
+    def close(self) -> None:
+        type(self).closed.append(self.context.api_key)
+        super().close()
+
+
+def test_instance_cache_is_bounded_lru_and_closes_evicted() -> None:
+    registry.clear_provider_cache()
+    _Counted.closed.clear()
+    settings = AtlasSettings(provider_cache_size=2)
+    a = registry.get_provider(_Counted, api_key="a", settings=settings)
+    b = registry.get_provider(_Counted, api_key="b", settings=settings)
+    # Using "a" again makes "b" the least recently used one.
+    assert registry.get_provider(_Counted, api_key="a", settings=settings) is a
+    registry.get_provider(_Counted, api_key="c", settings=settings)
+    assert _Counted.closed == ["b"]
+    assert registry.get_provider(_Counted, api_key="a", settings=settings) is a
+    rebuilt = registry.get_provider(_Counted, api_key="b", settings=settings)
+    assert rebuilt is not b  # evicted: a fresh instance (and "c" goes now)
+    assert _Counted.closed == ["b", "c"]
+    registry.clear_provider_cache()
+    assert sorted(k or "" for k in _Counted.closed[2:]) == ["a", "b"]

@@ -9,9 +9,12 @@ Tests run it in a thread::
         cloud.fail_next("POST /pods", 500, after_create=True)
 
 The CLI runs it in the foreground with :func:`serve` (``atlas-tasks fakecloud --port N``).
-Module map: ``config`` (settings), ``faults`` (injection), ``state`` (pods, counters),
-``runpod_rest`` (REST v2) / ``runpod_runtime`` (the RunPod APIs), ``admin`` (``/_admin``),
-``app`` (:func:`create_app`), ``server`` (:class:`FakeCloud`, :func:`serve`).
+Module map: ``config`` (settings), ``faults`` (injection), ``ratelimit`` (the per-key
+quota), ``state`` (pods, counters), ``runpod_rest`` (REST v2) / ``runpod_runtime`` (the
+RunPod APIs), ``lambda_labs``, ``vast``, ``fly_machines`` / ``fly_logs``, ``providers``
+(each provider behind one protocol — routes, reset, snapshot, age — in one list),
+``admin`` (``/_admin``), ``app`` (:func:`create_app`), ``server`` (:class:`FakeCloud`,
+:func:`serve`).
 """
 
 from atlas_tasks.testing.fakecloud.app import create_app

@@ -12,6 +12,11 @@
 ``DELETE /_admin/faults``          → no faults at all
 ``POST /_admin/pods/{id}/age``     → ``{"seconds": N}`` backdates the pod's creation and
                                       ``lastStartedAt`` by N seconds (orphan-grace tests)
+``POST /_admin/pods/{id}/gpu``     → ``{"util": 3, "memoryUtil": 10}`` (a number for every
+                                      GPU or a list per GPU) pins the pod's RunPod v2
+                                      ``runtime.gpus``; ``{"util": null}`` unpins
+``GET|POST /_admin/rate-limit``    → the per-key quota ``{"per_minute": 60 | null}`` (see
+                                      ``ratelimit``), its 429 and usage counts
 ``GET  /_admin/holds``             → every hold gate: ``{name: {"waiting", "passed",
                                       "released"}}`` (script rules with ``hold``)
 ``POST /_admin/holds/{name}/release`` → open a gate: held calls go on
@@ -22,8 +27,6 @@
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from typing import Any
 
 import pydantic
@@ -31,69 +34,76 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from atlas_tasks.testing.fakecloud import fly_machines
-from atlas_tasks.testing.fakecloud import lambda_labs as lambda_api
-from atlas_tasks.testing.fakecloud import vast as vast_api
 from atlas_tasks.testing.fakecloud.common import BadRequest, FakeCloudContext, error, json_body
+from atlas_tasks.testing.fakecloud.providers import PROVIDERS, age_pod, provider_named
 
 ADMIN_PREFIX = "/_admin"
 
 
 def snapshot(ctx: FakeCloudContext) -> dict[str, Any]:
-    """Everything ``GET /_admin/state`` returns (also ``FakeCloud.state()``)."""
-    state, jobs = ctx.state, ctx.jobs
-    now = time.monotonic()
-    with state.lock:
-        live = [p.admin_view() for p in state.pods.values() if p.desired_status != "TERMINATED"]
-        dead = [p.admin_view() for p in state.pods.values() if p.desired_status == "TERMINATED"]
-        endpoints: dict[str, Any] = {}
-        for endpoint_id, calls in state.endpoint_calls.items():
-            endpoints[endpoint_id] = {"calls": dict(calls), "jobs": {}}
-        for job in jobs.jobs.values():
-            entry = endpoints.setdefault(job.endpoint_id, {"calls": {}, "jobs": {}})
-            current = job.status(now)
-            entry["jobs"][current] = entry["jobs"].get(current, 0) + 1
-        totals = Counter(state.totals)
-        result = {
-            "pods": live,
-            "terminated_pods": dead,
-            "totals": {"live_pods": len(live), **dict(totals)},
-            "routes": dict(state.routes),
-            "endpoints": endpoints,
-            "templates": len(state.templates),
-            "network_volumes": len(state.volumes),
-            "runpod_endpoints": len(state.endpoints),
-        }
+    """Everything ``GET /_admin/state`` returns (also ``FakeCloud.state()``): RunPod's block
+    at the top level, the shared fault and quota counters, then every other provider's
+    block under its name (see :mod:`.providers`)."""
+    result: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
+    for provider in PROVIDERS:
+        block = provider.snapshot(ctx)
+        if block is None:
+            continue
+        if provider.snapshot_key is None:
+            result.update(block)
+        else:
+            nested[provider.snapshot_key] = block
     result["faults_injected"] = ctx.faults.counters_snapshot()
     result["creates_by_name"] = ctx.faults.creates_snapshot()
     result["holds"] = ctx.faults.holds_snapshot()
-    # Lambda Labs and Vast.ai keep their own state (see their modules).
-    result["lambda_labs"] = lambda_api.snapshot(ctx)
-    result["vast"] = vast_api.snapshot(ctx)
-    # Fly Machines keep their own state on the context (see fly_machines.fly_state).
-    result["fly"] = fly_machines.admin_snapshot(ctx)
+    result["rate_limit"] = ctx.limiter.snapshot()
+    result.update(nested)
     return result
 
 
 def reset(ctx: FakeCloudContext) -> None:
-    """What ``POST /_admin/reset`` does."""
-    ctx.state.reset()
-    ctx.jobs.reset()
+    """What ``POST /_admin/reset`` does: every provider's state, faults and quota windows."""
+    for provider in PROVIDERS:
+        provider.reset(ctx)
     ctx.faults.reset()
-    lambda_api.reset(ctx)
-    vast_api.reset(ctx)
-    fly_machines.reset(ctx)
+    ctx.limiter.reset()
 
 
-def age_pod(ctx: FakeCloudContext, pod_id: str, seconds: float) -> dict[str, Any] | None:
-    """Backdate a pod (terminated ones included); None if unknown."""
+def age(ctx: FakeCloudContext, provider: str, resource_id: str, seconds: float) -> bool:
+    """Backdate a resource of ``provider`` by ``seconds``; False if the id is unknown.
+
+    Raises:
+        KeyError: unknown provider name.
+    """
+    return provider_named(provider).age(ctx, resource_id, seconds)
+
+
+def _per_gpu(value: Any, count: int, field: str) -> list[int] | None:
+    """``value`` (a number, a list of numbers or None) as one 0..100 figure per GPU."""
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value] * count
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                         or not 0 <= v <= 100 for v in values):
+        raise BadRequest(f"{field}: a number 0..100 or a list of them (one per GPU)")
+    return [int(round(v)) for v in values]
+
+
+def set_gpu_util(
+    ctx: FakeCloudContext, pod_id: str, util: Any, memory_util: Any = None
+) -> dict[str, Any] | None:
+    """Pin a pod's per-GPU utilisation (``None`` unpins); None if the pod is unknown.
+
+    Raises:
+        BadRequest: a figure outside 0..100.
+    """
     with ctx.state.lock:
         pod = ctx.state.pods.get(pod_id)
         if pod is None:
             return None
-        pod.created_at -= seconds
-        pod.last_started_at -= seconds
-        pod.boot_until -= seconds
+        pod.gpu_util = _per_gpu(util, pod.gpu_count, "util")
+        pod.gpu_memory_util = _per_gpu(memory_util, pod.gpu_count, "memoryUtil")
         return pod.admin_view()
 
 
@@ -143,6 +153,34 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             return error(404, "Pod not found.")
         return JSONResponse(view)
 
+    async def gpu(request: Request) -> Response:
+        try:
+            body = await json_body(request, default={})
+            if not isinstance(body, dict) or "util" not in body:
+                raise BadRequest('util: required, e.g. {"util": 3} or {"util": [3, 5]}')
+            view = set_gpu_util(ctx, request.path_params["pod_id"], body["util"],
+                                body.get("memoryUtil"))
+        except BadRequest as exc:
+            return error(400, str(exc))
+        if view is None:
+            return error(404, "Pod not found.")
+        return JSONResponse(view)
+
+    async def get_rate_limit(request: Request) -> Response:
+        return JSONResponse(ctx.limiter.snapshot())
+
+    async def set_rate_limit(request: Request) -> Response:
+        try:
+            body = await json_body(request, default={})
+        except BadRequest as exc:
+            return error(400, str(exc))
+        quota = body.get("per_minute", "missing") if isinstance(body, dict) else "missing"
+        if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)
+                                  or quota < 1):
+            return error(400, 'per_minute: a positive integer or null, e.g. {"per_minute": 60}')
+        ctx.limiter.set_quota(quota)
+        return JSONResponse(ctx.limiter.snapshot())
+
     async def holds(request: Request) -> Response:
         return JSONResponse(ctx.faults.holds_snapshot())
 
@@ -158,6 +196,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         Route(f"{p}/faults", set_faults, methods=["POST"]),
         Route(f"{p}/faults", clear_faults, methods=["DELETE"]),
         Route(f"{p}/pods/{{pod_id}}/age", age, methods=["POST"]),
+        Route(f"{p}/pods/{{pod_id}}/gpu", gpu, methods=["POST"]),
+        Route(f"{p}/rate-limit", get_rate_limit, methods=["GET"]),
+        Route(f"{p}/rate-limit", set_rate_limit, methods=["POST"]),
         Route(f"{p}/holds", holds, methods=["GET"]),
         Route(f"{p}/holds/{{name}}/release", release, methods=["POST"]),
     ]

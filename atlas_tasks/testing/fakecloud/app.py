@@ -20,18 +20,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from atlas_tasks.testing.fakecloud import (
-    admin,
-    fly_logs,
-    fly_machines,
-    runpod_rest,
-    runpod_runtime,
-)
+from atlas_tasks.testing.fakecloud import admin, runpod_rest, runpod_runtime
 from atlas_tasks.testing.fakecloud import lambda_labs as lambda_api
-from atlas_tasks.testing.fakecloud import vast as vast_api
 from atlas_tasks.testing.fakecloud.common import FakeCloudContext
 from atlas_tasks.testing.fakecloud.config import FakeCloudConfig
 from atlas_tasks.testing.fakecloud.faults import FaultInjector
+from atlas_tasks.testing.fakecloud.providers import PROVIDERS
+from atlas_tasks.testing.fakecloud.ratelimit import KeyRateLimiter
 from atlas_tasks.testing.fakecloud.state import CloudState
 
 
@@ -40,7 +35,7 @@ def build_context(config: FakeCloudConfig | None = None) -> FakeCloudContext:
     config = config or FakeCloudConfig()
     state = CloudState(seed=config.faults.seed)
     ctx = FakeCloudContext(config=config, state=state, faults=FaultInjector(config.faults),
-                           jobs=None)
+                           jobs=None, limiter=KeyRateLimiter(config.rate_limit_per_minute))
     ctx.jobs = runpod_runtime.JobStore(config, state)
     return ctx
 
@@ -98,15 +93,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(config: FakeCloudConfig | None = None) -> Starlette:
     """The fake cloud as an ASGI app; its context is ``app.state.fakecloud``."""
     ctx = build_context(config)
-    routes = [
-        *runpod_rest.build_routes(ctx),
-        *runpod_runtime.build_routes(ctx),
-        *lambda_api.build_routes(ctx),
-        *vast_api.build_routes(ctx),
-        *fly_logs.build_routes(ctx),
-        *fly_machines.build_routes(ctx),
-        *admin.build_routes(ctx),
-    ]
+    # Every provider of the list, in its order, then the admin API.
+    routes = [route for provider in PROVIDERS for route in provider.routes(ctx)]
+    routes += admin.build_routes(ctx)
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.fakecloud = ctx
     return app

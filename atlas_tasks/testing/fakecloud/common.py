@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -18,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from atlas_tasks.testing.fakecloud.config import FakeCloudConfig
-from atlas_tasks.testing.fakecloud.faults import FaultInjector
+from atlas_tasks.testing.fakecloud.faults import FaultInjector, fault_response
+from atlas_tasks.testing.fakecloud.ratelimit import KeyRateLimiter
 from atlas_tasks.testing.fakecloud.state import CloudState
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -37,6 +39,8 @@ class FakeCloudContext:
     state: CloudState
     faults: FaultInjector
     jobs: Any  # runpod_runtime.JobStore; typed loosely to keep this module import-light
+    #: Per-key request quota (see :mod:`.ratelimit`); unenforced unless configured.
+    limiter: KeyRateLimiter = field(default_factory=KeyRateLimiter)
 
 
 class BadRequest(Exception):
@@ -147,35 +151,62 @@ def provider_route(
             with ctx.state.lock:
                 ctx.state.totals["unauthorized"] += 1
             return _unauthorized(api, "missing api key" if key is None else "invalid api key")
-        plan = ctx.faults.plan(request.method, api, rel, full, create=create)
-        if plan.delay_s > 0 or plan.hold is not None:
-            # The cloud has the whole request before it is slow: read (and cache) the body
-            # now, so a client that times out meanwhile still gets its create made late,
-            # as a real API that finishes a create after the client gave up does.
-            await request.body()
-        if plan.delay_s > 0:
-            await asyncio.sleep(plan.delay_s)
-        if plan.hold is not None and not plan.hold_after:
-            await ctx.faults.wait_at(plan.hold, plan.hold_timeout_s)
-        if plan.now is not None:
-            return plan.now
-        try:
-            response = await handler(request)
-        except BadRequest as exc:
-            response = error(400, str(exc))
-        if create and 200 <= response.status_code < 300:
-            ctx.faults.count_create(await _created_name(request))
-        if plan.hold is not None and plan.hold_after:
-            await ctx.faults.wait_at(plan.hold, plan.hold_timeout_s)
-        if plan.delay_after_s > 0:
-            await asyncio.sleep(plan.delay_after_s)
-        if plan.after is not None and 200 <= response.status_code < 300:
-            if plan.after_random:
-                ctx.faults.count_after_create()
-            return plan.after
+        verdict = ctx.limiter.take(api, key, time.time())
+        if not verdict.allowed:
+            with ctx.state.lock:
+                ctx.state.totals["rate_limited"] += 1
+            refused = fault_response(429, retry_after=verdict.reset_s, api=api)
+            if api == "rest":
+                refused.headers.update(verdict.headers())
+            return refused
+        response = await _answer(ctx, request, api, rel, full, handler, create=create)
+        if api == "rest" and "RateLimit" not in response.headers:
+            # RunPod REST v2 sends the live quota on every authenticated answer; an
+            # injected 429 keeps the exhausted state its fault answer already carries.
+            response.headers.update(verdict.headers())
         return response
 
     return Route(template, endpoint, methods=methods)
+
+
+async def _answer(
+    ctx: FakeCloudContext,
+    request: Request,
+    api: str,
+    rel: str,
+    full: str,
+    handler: Handler,
+    *,
+    create: bool,
+) -> Response:
+    """The answer of an authenticated, admitted call: faults, then the handler."""
+    plan = ctx.faults.plan(request.method, api, rel, full, create=create)
+    if plan.delay_s > 0 or plan.hold is not None:
+        # The cloud has the whole request before it is slow: read (and cache) the body
+        # now, so a client that times out meanwhile still gets its create made late,
+        # as a real API that finishes a create after the client gave up does.
+        await request.body()
+    if plan.delay_s > 0:
+        await asyncio.sleep(plan.delay_s)
+    if plan.hold is not None and not plan.hold_after:
+        await ctx.faults.wait_at(plan.hold, plan.hold_timeout_s)
+    if plan.now is not None:
+        return plan.now
+    try:
+        response = await handler(request)
+    except BadRequest as exc:
+        response = error(400, str(exc))
+    if create and 200 <= response.status_code < 300:
+        ctx.faults.count_create(await _created_name(request))
+    if plan.hold is not None and plan.hold_after:
+        await ctx.faults.wait_at(plan.hold, plan.hold_timeout_s)
+    if plan.delay_after_s > 0:
+        await asyncio.sleep(plan.delay_after_s)
+    if plan.after is not None and 200 <= response.status_code < 300:
+        if plan.after_random:
+            ctx.faults.count_after_create()
+        return plan.after
+    return response
 
 
 async def _created_name(request: Request) -> str | None:

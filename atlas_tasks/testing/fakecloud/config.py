@@ -114,6 +114,9 @@ class FakeCloudConfig(BaseModel):
         strict_gpu_types: reject a ``gpu.id`` RunPod does not offer (400), as
             the real API does.
         strict_fields: reject unknown top-level fields in create bodies.
+        rate_limit_per_minute: requests per minute each API key may send to each provider
+            API before a 429 with ``Retry-After`` (``None``: never refused; see
+            :mod:`.ratelimit`). ``POST /_admin/rate-limit`` changes it at run time.
         faults: the fault plan at start-up (and after ``/_admin/reset``).
     """
 
@@ -130,6 +133,7 @@ class FakeCloudConfig(BaseModel):
     idle_workers: int = Field(default=1, ge=0)
     strict_gpu_types: bool = True
     strict_fields: bool = True
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
     faults: FaultSettings = Field(default_factory=FaultSettings)
 
     @field_validator("api_keys", mode="before")

@@ -13,7 +13,7 @@ exchange against ``runpod-rest-v2.openapi.json``. Served:
 ``/v2/templates[/{id}]``               list / create (201) / get / delete (204)
 ``/v2/network-volumes[/{id}]``         likewise
 ``/v2/serverless[/{id}]``              likewise (endpoints)
-``/v2/billing/pods`` (GET)             one record per pod for the window
+``/v2/billing/pods`` (GET)             one record per pod: price × time run
 =====================================  ================================================
 
 Strict where the definition is strict: create bodies with unknown or mistyped fields get a
@@ -22,7 +22,8 @@ cross-field rules (``gpu`` and ``cpu``, two mount kinds, a GPU id RunPod does no
 get **400**; an action the pod's status does not allow gets **409**; unknown ids **404**.
 Every error is an RFC 9457 ``application/problem+json`` body ``{title, status, detail,
 errors?}``, and every answer carries ``RateLimit``/``RateLimit-Policy`` headers counting
-this fake's (unenforced) per-minute quota.
+the key's per-minute quota (:mod:`.ratelimit`: enforced with 429 + ``Retry-After`` when
+``rate_limit_per_minute`` is set, else reported as :data:`MINUTE_QUOTA` and never refused).
 
 The serverless *runtime* (``/runpod/v2/<endpoint>/run``...) is :mod:`.runpod_runtime`;
 its routes come after these, so an endpoint id cannot shadow a management path.
@@ -32,10 +33,8 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -49,9 +48,9 @@ from atlas_tasks.testing.fakecloud.common import (
     FakeCloudContext,
     Handler,
     RouteSpec,
-    context_state,
     provider_routes,
 )
+from atlas_tasks.testing.fakecloud.ratelimit import UNENFORCED_QUOTA
 from atlas_tasks.testing.fakecloud.state import Pod, iso
 
 #: Route prefix: ``/runpod`` (the stand-in for ``https://api.runpod.io``) + ``/v2``. Fault
@@ -61,9 +60,8 @@ REST_PREFIX = "/runpod/v2"
 #: RunPod's ``application/problem+json`` media type.
 PROBLEM_JSON = "application/problem+json"
 
-#: Per-minute quota the fake reports in ``RateLimit-Policy`` (it never enforces it: use
-#: fault injection for 429s).
-MINUTE_QUOTA = 600
+#: Per-minute quota the fake reports in ``RateLimit-Policy`` when none is enforced.
+MINUTE_QUOTA = UNENFORCED_QUOTA
 
 _PORT_RE = re.compile(r"^(\d{1,5})/(http|tcp|udp)$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
@@ -91,39 +89,15 @@ def problem(status: int, detail: str, errors: list[str] | None = None) -> JSONRe
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
-@dataclass
-class _RateWindow:
-    """Requests counted in the current wall-clock minute (for the ``RateLimit`` header)."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    minute: int = 0
-    used: int = 0
-
-    def headers(self, now: float) -> dict[str, str]:
-        with self.lock:
-            minute = int(now // 60)
-            if minute != self.minute:
-                self.minute, self.used = minute, 0
-            self.used += 1
-            remaining = max(0, MINUTE_QUOTA - self.used)
-        reset = 60 - int(now % 60)
-        return {
-            "RateLimit": f'"minute";r={remaining};t={reset}',
-            "RateLimit-Policy": f'"minute";q={MINUTE_QUOTA};w=60',
-        }
-
-
-def _with_rate_limit(ctx: FakeCloudContext, handler: Handler) -> Handler:
-    """``handler`` with problems rendered and rate-limit headers added to every answer."""
-    window = context_state(ctx, "runpod_rate_window", _RateWindow, _RateWindow)
+def _with_problems(handler: Handler) -> Handler:
+    """``handler`` with :class:`Problem` rendered (the ``RateLimit`` headers are added by
+    :func:`~.common.provider_route` from the key's quota window)."""
 
     async def wrapped(request: Request) -> Response:
         try:
-            response = await handler(request)
+            return await handler(request)
         except Problem as exc:
-            response = problem(exc.status, exc.detail, exc.errors)
-        response.headers.update(window.headers(time.time()))
-        return response
+            return problem(exc.status, exc.detail, exc.errors)
 
     return wrapped
 
@@ -403,7 +377,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         return JSONResponse(pod_or_404(pod_id).to_v2(time.time()))
 
     def stop(pod: Pod, now: float) -> None:
-        pod.desired_status = "EXITED"
+        pod.halt("EXITED", now)
         pod.last_status_change = f"Exited by user: {iso(now)}"
 
     def start(pod: Pod, now: float) -> None:
@@ -413,7 +387,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         pod.last_status_change = f"Resumed by user: {iso(now)}"
 
     def terminate(pod: Pod, now: float) -> None:
-        pod.desired_status = "TERMINATED"
+        pod.halt("TERMINATED", now)
         pod.last_status_change = f"Terminated by user: {iso(now)}"
         pod.calls["deletes"] += 1
         state.totals["deletes"] += 1
@@ -465,7 +439,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                            _volume_from, state.volumes)
     routes += _crud_routes(ctx, "/serverless", "endpoints", "endpoint",
                            _endpoint_from, state.endpoints)
-    wrapped = [(methods, path, _with_rate_limit(ctx, handler), creates)
+    wrapped = [(methods, path, _with_problems(handler), creates)
                for methods, path, handler, creates in routes]
     return provider_routes(ctx, "rest", REST_PREFIX, wrapped)
 
@@ -552,8 +526,8 @@ def _billing_handler(ctx: FakeCloudContext) -> Handler:
             for pod in ctx.state.pods.values():
                 if pod_id is not None and pod.id != pod_id:
                     continue
-                hours = max(0.0, (now - pod.created_at) / 3600)
-                gpu_amount = round(pod.cost_per_hr() * hours, 6)
+                # Billed for the time it ran (stops and restarts add up) at its price.
+                gpu_amount = pod.billed_usd(now)
                 records.append({"startTime": _rfc3339(start), "endTime": _rfc3339(now),
                                 "podId": pod.id, "totalAmount": gpu_amount,
                                 "gpuAmount": gpu_amount, "cpuAmount": 0.0,

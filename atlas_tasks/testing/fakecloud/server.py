@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from atlas_tasks.testing.fakecloud.admin import age_pod, reset, snapshot
+from atlas_tasks.testing.fakecloud.admin import age, reset, set_gpu_util, snapshot
 from atlas_tasks.testing.fakecloud.app import create_app
 from atlas_tasks.testing.fakecloud.common import FakeCloudContext
 from atlas_tasks.testing.fakecloud.config import (
@@ -31,6 +31,7 @@ from atlas_tasks.testing.fakecloud.config import (
 from atlas_tasks.testing.fakecloud.fly_machines import DEFAULT_APP as FLY_APP
 from atlas_tasks.testing.fakecloud.fly_machines import fly_base_url, fly_env
 from atlas_tasks.testing.fakecloud.lambda_labs import DEFAULT_SSH_KEY as LAMBDA_SSH_KEY
+from atlas_tasks.testing.fakecloud.providers import age_pod
 
 
 def _uvicorn_config(
@@ -268,6 +269,32 @@ class FakeCloud:
         """
         if age_pod(self.ctx, pod_id, seconds) is None:
             raise KeyError(pod_id)
+
+    def age(self, provider: str, resource_id: str, seconds: float) -> None:
+        """Backdate a resource of any fake provider (``runpod`` pod, ``lambda_labs`` or
+        ``vast`` instance, ``fly`` machine) by ``seconds``.
+
+        Raises:
+            KeyError: unknown provider or resource id.
+        """
+        if not age(self.ctx, provider, resource_id, seconds):
+            raise KeyError(resource_id)
+
+    def set_gpu_util(
+        self, pod_id: str, util: float | list[float] | None, memory_util: Any = None
+    ) -> None:
+        """Pin a pod's RunPod v2 ``runtime.gpus`` figures (``/_admin/pods/{id}/gpu``):
+        one number for every GPU or a list per GPU; ``None`` unpins.
+
+        Raises:
+            KeyError: unknown pod id.
+        """
+        if set_gpu_util(self.ctx, pod_id, util, memory_util) is None:
+            raise KeyError(pod_id)
+
+    def set_rate_limit(self, per_minute: int | None) -> None:
+        """Enforce ``per_minute`` requests per API key and provider API (``None``: none)."""
+        self.ctx.limiter.set_quota(per_minute)
 
     def live_pods(self) -> list[dict[str, Any]]:
         """Admin view of every pod not terminated."""

@@ -57,6 +57,28 @@ class Pod:
     desired_status: str = "RUNNING"
     last_status_change: str = ""
     calls: Counter[str] = field(default_factory=Counter)
+    #: Seconds run before the current start (stops and restarts add up; see billing).
+    run_s_before: float = 0.0
+    #: Per-GPU ``util`` / ``memoryUtil`` a test pinned (``/_admin/pods/{id}/gpu``); a
+    #: moving synthetic load otherwise.
+    gpu_util: list[int] | None = None
+    gpu_memory_util: list[int] | None = None
+
+    def running_seconds(self, now: float) -> float:
+        """Seconds this pod has been running (billed) in total, up to ``now``."""
+        if self.desired_status != "RUNNING":
+            return self.run_s_before
+        return self.run_s_before + max(0.0, now - self.last_started_at)
+
+    def halt(self, status: str, now: float) -> None:
+        """Move to ``EXITED`` or ``TERMINATED``, banking the running time so far."""
+        if self.desired_status == "RUNNING":
+            self.run_s_before += max(0.0, now - self.last_started_at)
+        self.desired_status = status
+
+    def billed_usd(self, now: float) -> float:
+        """What the pod has cost up to ``now``: its hourly price × its running time."""
+        return round(self.cost_per_hr() * self.running_seconds(now) / 3600.0, 6)
 
     def cost_per_hr(self) -> float:
         """Hourly price of the whole pod (per-GPU price × count) while it runs."""
@@ -133,11 +155,15 @@ class Pod:
             else:  # http ports are reached through RunPod's proxy, not a public port
                 ports.append({"private": int(number), "public": None, "type": kind,
                               "ip": None})
-        # A deterministic but moving load, so tests can see per-GPU figures change.
+        # A deterministic but moving load, so tests can see per-GPU figures change,
+        # unless a test pinned the figures (GPU-idle reaping tests).
         load = int(now) % 60 + 20
+        util = self.gpu_util or [min(100, load + i) for i in range(self.gpu_count)]
+        memory = self.gpu_memory_util or [min(100, load // 2 + i)
+                                          for i in range(self.gpu_count)]
         return {
             "uptime": max(0, int(now - self.last_started_at)),
-            "gpus": [{"util": min(100, load + i), "memoryUtil": min(100, load // 2 + i)}
+            "gpus": [{"util": util[i % len(util)], "memoryUtil": memory[i % len(memory)]}
                      for i in range(self.gpu_count)],
             "cpu": {"util": 12},
             "memory": {"util": 35},
@@ -155,6 +181,9 @@ class Pod:
             "gpu_type_id": self.gpu_type_id,
             "env_keys": sorted(self.env),
             "calls": dict(self.calls),
+            "running_s": round(self.running_seconds(time.time()), 3),
+            "cost_per_hr": self.cost_per_hr(),
+            "gpu_util": self.gpu_util,
         }
 
 
