@@ -19,7 +19,7 @@ import time
 import redis
 
 from atlas_tasks import constants as C
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 from bench.common import Report, atlas_env, distribution
 
 NAME = "events"

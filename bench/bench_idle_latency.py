@@ -45,7 +45,7 @@ from atlas_tasks.config import AtlasSettings
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.registry import SessionRegistry
 from atlas_tasks.tasks.reaper import SWEEP_STATS_KEY
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 from bench.common import Report, cpu_seconds, distribution, group_cpu_seconds
 
 NAME = "idle_latency"

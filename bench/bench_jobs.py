@@ -1,6 +1,6 @@
 """Benchmark: N concurrent serverless jobs polled to completion by self-rescheduling tasks.
 
-Runs against a :class:`~atlas_tasks.testing.cluster.LocalCluster` (real redis-server, real
+Runs against a :class:`~atlas_tasks.testing.localstack.LocalCluster` (real redis-server, real
 Celery worker, fake cloud over HTTP)::
 
     python -m bench.bench_jobs --jobs 1000
@@ -38,7 +38,7 @@ import redis
 import atlas_tasks as atlas
 from atlas_tasks import constants as C
 from atlas_tasks import jobs
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 FINAL = {"completed", "failed", "cancelled"}
 

@@ -45,7 +45,7 @@ from atlas_tasks.registry import SessionRegistry
 from atlas_tasks.sealing import generate_key
 from atlas_tasks.specs import build_compute_request
 from atlas_tasks.testing.fakecloud import FakeCloud
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 from bench.common import Report, atlas_env, used_memory
 
 NAME = "memory"

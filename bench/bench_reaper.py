@@ -30,7 +30,7 @@ from atlas_tasks import constants as C
 from atlas_tasks import reaper
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.registry import SessionRegistry
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 from bench.common import Report, count_commands, median, redis_now_ms
 
 NAME = "reaper"

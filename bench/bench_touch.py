@@ -22,7 +22,7 @@ import redis
 
 from atlas_tasks import constants as C
 from atlas_tasks.registry import SessionRegistry
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 from bench.common import Report, count_commands, median, paired_ratio, paired_rounds
 
 NAME = "touch"

@@ -10,7 +10,7 @@ no session terminated while touched within its TTL, every idle session terminate
 TTL + reap interval + retry slack, at most one create per session (counted at the fake
 cloud), no session stuck and every end visible to ``wait()``, no raw (non-AtlasError)
 exception at the caller, no raw secret in Redis.
-The driver is :mod:`atlas_tasks.testing.chaos`; the counts are printed (``pytest -s``),
+The driver is :mod:`tests.support.chaos`; the counts are printed (``pytest -s``),
 and the report and every process log are kept in the test's ``tmp_path``.
 """
 
@@ -26,9 +26,9 @@ import pytest
 
 from atlas_tasks import orchestrator
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.testing.chaos import ChaosConfig, ChaosRun, Track, run_chaos
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.chaos import ChaosConfig, ChaosRun, Track, run_chaos
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 

@@ -9,8 +9,8 @@ import pytest
 from atlas_tasks.config import reset_settings
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.redis_conn import reset_redis_clients
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 
 #: Settings of the shared test cluster: defaults except fast orphan scans and a short
 #: visibility timeout so a killed worker's task is redelivered within seconds.

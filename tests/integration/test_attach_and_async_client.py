@@ -13,9 +13,8 @@ import pytest
 
 from atlas_tasks import celery_app, orchestrator
 from atlas_tasks.errors import AtlasTimeoutError, NotTracked
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import ManagedProcess, worker_ready
-from atlas_tasks.testing.redis_server import redis_available
+from atlas_tasks.testing.localstack import LocalCluster, ManagedProcess, worker_ready
+from tests.support.harness import redis_available
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from atlas_tasks.reaper import CLUSTER_TOPIC_ID, DATA_LOSS_GRACE_KEY, ReapReport
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
 from atlas_tasks.registry import EPOCH_KEY, SessionRegistry, registry_for
 from atlas_tasks.specs import build_compute_request
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 

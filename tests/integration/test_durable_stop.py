@@ -18,8 +18,8 @@ from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.reaper import reap
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
 from atlas_tasks.registry import STOPS_KEY, SessionRegistry, registry_for
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from atlas_tasks import orchestrator
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import flower
-from atlas_tasks.testing.redis_server import free_port
+from atlas_tasks.testing.localstack import LocalCluster, free_port
+from tests.support.harness import flower
 
 pytestmark = pytest.mark.integration
 

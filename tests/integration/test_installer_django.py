@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from web_support import create_users, free_port, manage, serve, sse, status_of
 
 from atlas_tasks.cli import cli
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 pytestmark = pytest.mark.integration
 

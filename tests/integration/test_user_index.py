@@ -8,7 +8,7 @@ import pytest
 from atlas_tasks import orchestrator
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.registry import Keys, user_index_key
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 pytestmark = pytest.mark.integration
 

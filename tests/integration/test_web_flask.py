@@ -16,7 +16,7 @@ from web_support import sse_messages, status_of
 
 from atlas_tasks.config import configure
 from atlas_tasks.errors import AtlasError
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 pytestmark = pytest.mark.integration
 

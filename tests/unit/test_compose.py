@@ -109,7 +109,13 @@ def test_init_compose_keeps_flower_on_loopback_with_auth() -> None:
     assert "FLOWER_BASIC_AUTH" in flower["environment"]
     assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]  # compose refuses without it
     assert flower["environment"]["ATLAS_SECRET_KEY"].startswith("${ATLAS_SECRET_KEY")
-    assert importlib.util.find_spec(_command(flower)[2]) is not None
+    # The user's image holds the installed package only (no `workers/`): every service
+    # runs an `atlas-tasks` command.
+    from atlas_tasks.cli import cli
+
+    for name in ("worker", "beat", "flower"):
+        command = _command(generated["services"][name])
+        assert command[0] == "atlas-tasks" and command[1] in cli.commands, command
     # supervised like ours, and Redis expires idle clocks promptly
     assert all(svc["restart"] == "unless-stopped" for svc in generated["services"].values())
     assert "--hz" in _command(generated["services"]["redis"])

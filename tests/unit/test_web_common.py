@@ -14,7 +14,7 @@ from atlas_tasks.contrib import _web
 from atlas_tasks.errors import AtlasError, TransportError, ValidationError
 from atlas_tasks.events import Event
 from atlas_tasks.redis_conn import reset_redis_clients
-from atlas_tasks.testing.redis_server import free_port
+from atlas_tasks.testing.localstack import free_port
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,1 @@
+"""The repository-only test harness: chaos driver and test helpers (not shipped)."""
