@@ -42,16 +42,16 @@ def _wheel_packages() -> list[str]:
     return list(dist.packages or [])
 
 
-def test_wheel_holds_atlas_tasks_and_no_top_level_workers(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_wheel_holds_atlas_tasks_and_no_top_level_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     # setuptools resolves [tool.setuptools.packages.find] relative to the project root.
     monkeypatch.chdir(ROOT)
     packages = _wheel_packages()
     top_level = {name.split(".", 1)[0] for name in packages}
     assert top_level == {"atlas_tasks"}, sorted(top_level)
     # The shipped extras are in it; the repository-only harness is not.
-    assert {"atlas_tasks.testing", "atlas_tasks.testing.fakecloud",
-            "atlas_tasks.dashboard"} <= set(packages)
+    assert {"atlas_tasks.testing", "atlas_tasks.testing.fakecloud", "atlas_tasks.dashboard"} <= set(
+        packages
+    )
     assert not any(name.startswith(("tests", "bench", "workers")) for name in packages)
 
 
@@ -89,26 +89,33 @@ def test_plain_import_path_needs_no_extra() -> None:
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {EXTRA_ONLY!r})))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-@pytest.mark.parametrize(("argv", "extra"), [
-    (["fakecloud", "--port", "0"], "testing"),
-    (["demo"], "testing"),
-    (["dashboard", "--insecure-localhost"], "dashboard"),
-])
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [
+        (["fakecloud", "--port", "0"], "testing"),
+        (["demo"], "testing"),
+        (["dashboard", "--insecure-localhost"], "dashboard"),
+    ],
+)
 def test_command_without_its_extra_names_the_extra(argv: list[str], extra: str) -> None:
     # Starlette and uvicorn made unimportable, as on a plain install.
-    code = ("import sys\n"
-            "sys.modules['starlette'] = None\n"
-            "sys.modules['uvicorn'] = None\n"
-            "from atlas_tasks.cli import main\n"
-            f"main({argv!r})\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None\n"
+        "sys.modules['uvicorn'] = None\n"
+        "from atlas_tasks.cli import main\n"
+        f"main({argv!r})\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert f"pip install 'atlas-tasks[{extra}]'" in out.stderr
     assert "Traceback" not in out.stderr
