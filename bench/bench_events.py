@@ -87,7 +87,7 @@ def _measure_atlas(url: str, count: int, interval_s: float) -> list[float]:
 
 def _measure_raw(url: str, count: int, interval_s: float) -> list[float]:
     client = redis.Redis.from_url(url, decode_responses=True)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(RAW_CHANNEL)
     latencies: list[float] = []
 

@@ -69,7 +69,7 @@ def _delete_ms(status_line: str) -> int | None:
 def _watch_expiries(url: str, prefix: str, seen: dict[str, float],
                     stop: threading.Event, ready: threading.Event) -> None:
     client = redis.Redis.from_url(url, decode_responses=True)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("__keyevent@0__:expired")
     ready.set()
     while not stop.is_set():

@@ -78,7 +78,7 @@ def run_atlas(cluster: LocalCluster, r: redis.Redis, n: int, job_input: dict[str
               timeout: float, noise: float) -> dict[str, Any]:
     """Submit n jobs through atlas_tasks.jobs and wait for every final event."""
     endpoint = "bench-atlas"
-    pubsub = r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
     pubsub.psubscribe("atlas:job-events:*")
     finals: dict[str, str] = {}
     before = commandstats(r)

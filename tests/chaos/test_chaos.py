@@ -147,8 +147,8 @@ def test_checks_flag_each_kind_of_violation() -> None:
     track(2, "late", running_at_ms="1000", terminating_at_ms="200000", ended_at_ms="200000")
     track(3, "open", status="running", compute_id="p3")
     run.foreign_ids = ["f1"]
-    pod = {"calls": {}}
-    state = {
+    pod: dict[str, Any] = {"calls": {}}
+    state: dict[str, Any] = {
         "pods": [{**pod, "id": "p3", "name": "atlas-open"},
                  {**pod, "id": "x", "name": "atlas-nobody"},
                  {**pod, "id": "f1", "name": "theirs", "calls": {"deletes": 1}}],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.support.harness import in_ci, redis_available
 
 #: Settings of the shared test cluster: defaults except fast orphan scans and a short
 #: visibility timeout so a killed worker's task is redelivered within seconds.
-CLUSTER_SETTINGS = {
+CLUSTER_SETTINGS: dict[str, Any] = {
     "orphan_grace_ms": 1500,
     "orphan_scan_interval_ms": 1000,
     "visibility_timeout_s": 6,

@@ -47,7 +47,7 @@ def test_flower_shows_spawn_without_secrets(cluster: LocalCluster) -> None:
         for secret in (s.token, api_key, cluster.env["ATLAS_SECRET_KEY"]):
             assert secret and secret not in blob
         info = httpx.get(f"{base}/api/task/info/{task_id}", timeout=5).json()
-        assert s.token not in json.dumps(info) and api_key not in json.dumps(info)
+        assert s.token and s.token not in json.dumps(info) and api_key not in json.dumps(info)
         orchestrator.stop_tracked(s.id)
         stop_id = ""
         deadline = time.monotonic() + 30
@@ -58,7 +58,7 @@ def test_flower_shows_spawn_without_secrets(cluster: LocalCluster) -> None:
             time.sleep(0.3)
         assert stop_id, "the terminate never showed up in Flower"
         assert "requested" in str(tasks[stop_id].get("args"))
-        assert s.token not in json.dumps(tasks[stop_id])
+        assert s.token and s.token not in json.dumps(tasks[stop_id])
     finally:
         proc.stop()
 

@@ -78,6 +78,7 @@ def test_doctor_passes_on_a_healthy_cluster(healthy: redis.Redis, runner: CliRun
 def test_doctor_fails_when_keyspace_events_are_off(healthy: redis.Redis,
                                                    runner: CliRunner) -> None:
     flags = healthy.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    assert flags is not None
     healthy.config_set("notify-keyspace-events", "")
     try:
         code, checks = _doctor(runner)

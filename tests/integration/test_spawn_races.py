@@ -90,9 +90,9 @@ def test_stop_during_the_spawns_retry_never_leads_to_a_second_create(
     for that answer ("create-answer") or for its retry lookup ("retry-lookup"), finds
     the pod by name and deletes it. The spawn must then end the session, not create."""
     reg = http_reg
-    cloud.fail_next(CREATE_MATCH, 500, after_create=True,
-                    **({"hold": gate, "hold_after_handler": True} if gate == "create-answer"
-                       else {}))
+    hold: dict[str, Any] = ({"hold": gate, "hold_after_handler": True}
+                            if gate == "create-answer" else {})
+    cloud.fail_next(CREATE_MATCH, 500, after_create=True, **hold)
     if gate == "retry-lookup":
         cloud.fail_next(LOOKUP_MATCH, None, hold=gate)
     sid, sealed = new_session(reg)

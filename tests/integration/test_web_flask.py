@@ -129,5 +129,6 @@ def test_typo_in_config_names_the_key_and_the_closest() -> None:
     with pytest.raises(AtlasError) as caught:
         create_app({"ATLAS_REDIS_ULR": "redis://x"})
     assert caught.value.kind == "validation"
-    assert "ATLAS_REDIS_ULR" in caught.value.message and "REDIS_URL" in caught.value.message
+    message = caught.value.message or ""
+    assert "ATLAS_REDIS_ULR" in message and "REDIS_URL" in message
     configure()
