@@ -47,7 +47,8 @@ def test_the_package_keeps_its_layers() -> None:
         ("providers/base.py", "import atlas_tasks.celery_app", "Layers"),
         # a feature service (created if it does not exist yet) importing Celery
         ("jobs/service.py", "import celery", "Services"),
-        ("registry.py", "from atlas_tasks.tasks import compute", "Services"),
+        ("jobs/store.py", "from atlas_tasks.tasks import compute", "Services"),
+        ("deps.py", "from celery import shared_task", "Services"),
     ],
 )
 def test_a_wrong_import_breaks_a_contract(
