@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from atlas_tasks import constants as C
+from atlas_tasks import task_reprs
 from atlas_tasks.config import AtlasSettings, get_settings
 from atlas_tasks.result_backend import atlas_backend_class
 from atlas_tasks.worker_events import UnbufferedTaskEvents
@@ -40,6 +41,18 @@ log = logging.getLogger(__name__)
 
 TASK_MODULES = ["atlas_tasks.tasks.compute", "atlas_tasks.tasks.reaper", "atlas_tasks.tasks.jobs",
                 "atlas_tasks.tasks.fly"]
+
+#: Queue of every atlas task, by task-name prefix (Celery glob routes). Routing is policy,
+#: in one place: call sites and beat entries pass no ``queue=`` (a test checks that every
+#: ``constants.TASK_*`` resolves to one of :data:`QUEUES`).
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    "atlas.compute.*": {"queue": C.QUEUE_COMPUTE},
+    "atlas.jobs.*": {"queue": C.QUEUE_JOBS},
+    "atlas.fly.*": {"queue": C.QUEUE_FLY},
+    "atlas.reaper.*": {"queue": C.QUEUE_MAINTENANCE},
+}
+#: The queues an atlas worker consumes.
+QUEUES = (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY, C.QUEUE_MAINTENANCE)
 
 
 def build_config(settings: AtlasSettings) -> dict[str, Any]:
@@ -64,14 +77,8 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
         "task_soft_time_limit": settings.spawn_time_limit_s,
         "task_time_limit": settings.spawn_time_limit_s + 30,
         "task_default_queue": C.QUEUE_MAINTENANCE,
-        "task_queues": [Queue(q) for q in (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY,
-                                           C.QUEUE_MAINTENANCE)],
-        "task_routes": {
-            "atlas.compute.*": {"queue": C.QUEUE_COMPUTE},
-            "atlas.jobs.*": {"queue": C.QUEUE_JOBS},
-            "atlas.fly.*": {"queue": C.QUEUE_FLY},
-            "atlas.reaper.*": {"queue": C.QUEUE_MAINTENANCE},
-        },
+        "task_queues": [Queue(q) for q in QUEUES],
+        "task_routes": dict(TASK_ROUTES),
         # redbeat, made to survive Redis restarts and outages (atlas_tasks.beat).
         "beat_scheduler": "atlas_tasks.beat:AtlasRedBeatScheduler",
         "redbeat_key_prefix": C.REDBEAT_KEY_PREFIX,
@@ -86,7 +93,7 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
                 # against the worker's, and a beat a few seconds behind made every sweep
                 # "revoked". The task itself drops stale/duplicate sweeps with a Redis
                 # throttle (atlas_tasks.tasks.reaper), which involves no process clock.
-                "options": {"queue": C.QUEUE_MAINTENANCE},
+                # Its queue comes from TASK_ROUTES like every other task's.
             }
         },
     }
@@ -197,7 +204,15 @@ def transport_config(settings: AtlasSettings) -> dict[str, Any]:
 
 
 class AtlasCelery(Celery):  # type: ignore[misc]  # untyped base
-    """Celery app whose plain ``redis://`` result backend is :class:`AtlasRedisBackend`."""
+    """Celery app whose plain ``redis://`` result backend is :class:`AtlasRedisBackend`,
+    and whose messages never show a secret argument (:func:`task_reprs.redacted` when the
+    call site gave no reprs)."""
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Celery's ``send_task`` (also behind ``apply_async``), redacting by default."""
+        if "argsrepr" not in options:
+            options.update(task_reprs.redacted(name, args))
+        return super().send_task(name, args, kwargs, **options)
 
     def _get_backend(self) -> Any:
         url = self.conf.result_backend

@@ -69,13 +69,20 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def _import_optional(module: str, attr: str, what: str) -> Any:
-    """``module.attr`` from another part of atlas_tasks, failing readably if it is absent."""
+def _import_optional(module: str, attr: str, what: str, extra: str | None = None) -> Any:
+    """``module.attr`` from another part of atlas_tasks, failing readably if it is absent.
+
+    ``extra`` names the ``pip install 'atlas-tasks[extra]'`` that brings the third-party
+    packages ``module`` needs (Starlette and uvicorn are not installed by default).
+    """
     try:
         loaded = importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
             _fail(f"{what} is not available in this installation ({module} is missing)")
+        if extra is not None and exc.name is not None and not exc.name.startswith("atlas_tasks"):
+            _fail(f"{what} needs the {extra!r} extra ({exc.name} is not installed): "
+                  f"pip install 'atlas-tasks[{extra}]'")
         raise
     target = getattr(loaded, attr, None)
     if target is None:
@@ -202,7 +209,8 @@ def fakecloud(
     seed: int | None,
 ) -> None:
     """Run the fake cloud HTTP server (providers' real wire formats, fault injection)."""
-    serve = _import_optional("atlas_tasks.testing.fakecloud", "serve", "the fake cloud")
+    serve = _import_optional("atlas_tasks.testing.fakecloud", "serve", "the fake cloud",
+                             extra="testing")
     options: dict[str, Any] = {
         "latency_s": latency_s,
         "error_rate": error_rate,
@@ -243,7 +251,7 @@ def settings(markdown: bool, update_readme: bool, readme: str | None) -> None:
 @cli.command()
 def demo() -> None:
     """Run the end-to-end demo and print what happened."""
-    run = _import_optional("atlas_tasks.demo", "run", "the demo")
+    run = _import_optional("atlas_tasks.demo", "run", "the demo", extra="testing")
     raise SystemExit(run())
 
 
@@ -299,7 +307,8 @@ def init(framework: str, path: str, dry_run: bool) -> None:
               help="Serve without ATLAS_DASHBOARD_TOKEN, on 127.0.0.1 only.")
 def dashboard(host: str, port: int, insecure_localhost: bool) -> None:
     """Serve the ops page: live sessions, Touch/Stop/Terminate, orphans, reaper health."""
-    serve = _import_optional("atlas_tasks.dashboard.app", "serve", "the ops page")
+    serve = _import_optional("atlas_tasks.dashboard.app", "serve", "the ops page",
+                             extra="dashboard")
     try:
         serve(host=host, port=port, insecure_localhost=insecure_localhost)
     except AtlasError as exc:

@@ -27,6 +27,10 @@ from rich.table import Table
 
 from atlas_tasks import constants as C
 
+# The fake cloud behind the local stack needs Starlette and uvicorn: `atlas-tasks demo`
+# imports this module through the CLI, which names the [testing] extra when they are missing.
+from atlas_tasks.testing.localstack import LocalCluster
+
 console = Console(highlight=False, soft_wrap=True)
 
 IMAGE = "ghcr.io/acme/realtime-inference:latest"
@@ -96,7 +100,6 @@ class Timeline:
 def run() -> int:
     """Play the scenario; returns the process exit status."""
     from atlas_tasks import orchestrator
-    from atlas_tasks.testing.cluster import LocalCluster
 
     console.rule("[bold]atlas_tasks demo: transient per-user GPU sessions")
     console.print("Starting a private Redis, the fake cloud (RunPod wire format), a Celery "

@@ -100,7 +100,9 @@ services:
     # loopback only (reach it through an SSH tunnel or a TLS reverse proxy).
     build: .
     restart: unless-stopped
-    command: ["python", "-m", "workers.flower"]
+    # `atlas-tasks flower`, not `python -m workers.flower`: the wheel installs no `workers`
+    # package; Flower reads FLOWER_ADDRESS / FLOWER_BASIC_AUTH from the environment.
+    command: ["atlas-tasks", "flower"]
     environment:
       <<: *atlas-env
       FLOWER_PORT: "5555"

@@ -13,12 +13,20 @@ builds them here, so the rule is in one place:
 Each helper returns the keyword arguments for ``apply_async``/``send_task``::
 
     app.send_task(C.TASK_SPAWN, args=[sid, sealed], **task_reprs.spawn(sid, ...))
+
+:data:`SECRET_ARGS` names the positional arguments of each task that must never be shown;
+the Celery app applies :func:`redacted` to any message of those tasks sent without
+reprs (:class:`atlas_tasks.celery_app.AtlasCelery`), so a call site that forgets the
+helper still leaks nothing.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from atlas_tasks import constants as C
 
 #: Longest value shown for one context field (user ids are caller-chosen JSON).
 MAX_VALUE_CHARS = 64
@@ -26,6 +34,15 @@ MAX_VALUE_CHARS = 64
 MAX_BATCH_IDS = 5
 #: What stands in for the sealed spawn payload.
 SEALED = "<sealed>"
+#: What stands in for a serverless job's request (its input is the caller's data).
+REQUEST = "<request>"
+
+#: Positions of the arguments never shown, by task: the sealed spawn payload (request +
+#: bearer token or signing secret) and a job's request (input, possibly credentials).
+SECRET_ARGS: Mapping[str, Mapping[int, str]] = {
+    C.TASK_SPAWN: {1: SEALED},
+    C.TASK_JOB_RUN: {1: REQUEST},
+}
 
 
 def _short(value: Any) -> Any:
@@ -72,5 +89,21 @@ def terminate_orphan(provider: str, compute_id: str, pod_name: str | None) -> di
                                    pod_name=pod_name)}
 
 
-__all__ = ["MAX_BATCH_IDS", "MAX_VALUE_CHARS", "SEALED", "spawn", "terminate",
-           "terminate_batch", "terminate_orphan"]
+def job_run(job_id: str) -> dict[str, str]:
+    """Reprs of ``atlas.jobs.run(job_id, request)``: the request stays hidden."""
+    return {"argsrepr": repr((job_id, REQUEST)), "kwargsrepr": _context(job=job_id)}
+
+
+def redacted(task_name: str, args: Sequence[Any] | None) -> dict[str, str]:
+    """Reprs of any atlas task message: its :data:`SECRET_ARGS` replaced, every other
+    value cut to :data:`MAX_VALUE_CHARS`. Empty for a task without secret arguments
+    (Celery's own reprs are then safe)."""
+    secret = SECRET_ARGS.get(task_name)
+    if not secret:
+        return {}
+    shown = tuple(secret.get(i, _short(value)) for i, value in enumerate(args or ()))
+    return {"argsrepr": repr(shown), "kwargsrepr": "{}"}
+
+
+__all__ = ["MAX_BATCH_IDS", "MAX_VALUE_CHARS", "REQUEST", "SEALED", "SECRET_ARGS", "job_run",
+           "redacted", "spawn", "terminate", "terminate_batch", "terminate_orphan"]

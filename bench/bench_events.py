@@ -19,7 +19,7 @@ import time
 import redis
 
 from atlas_tasks import constants as C
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 from bench.common import Report, atlas_env, distribution
 
 NAME = "events"
@@ -87,7 +87,7 @@ def _measure_atlas(url: str, count: int, interval_s: float) -> list[float]:
 
 def _measure_raw(url: str, count: int, interval_s: float) -> list[float]:
     client = redis.Redis.from_url(url, decode_responses=True)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(RAW_CHANNEL)
     latencies: list[float] = []
 

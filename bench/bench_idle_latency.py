@@ -46,7 +46,7 @@ from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus
 from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.tasks.reaper import SWEEP_STATS_KEY
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 from bench.common import Report, cpu_seconds, distribution, group_cpu_seconds
 
 NAME = "idle_latency"
@@ -70,7 +70,7 @@ def _delete_ms(status_line: str) -> int | None:
 def _watch_expiries(url: str, prefix: str, seen: dict[str, float],
                     stop: threading.Event, ready: threading.Event) -> None:
     client = redis.Redis.from_url(url, decode_responses=True)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("__keyevent@0__:expired")
     ready.set()
     while not stop.is_set():

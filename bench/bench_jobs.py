@@ -1,6 +1,6 @@
 """Benchmark: N concurrent serverless jobs polled to completion by self-rescheduling tasks.
 
-Runs against a :class:`~atlas_tasks.testing.cluster.LocalCluster` (real redis-server, real
+Runs against a :class:`~atlas_tasks.testing.localstack.LocalCluster` (real redis-server, real
 Celery worker, fake cloud over HTTP)::
 
     python -m bench.bench_jobs --jobs 1000
@@ -38,7 +38,7 @@ import redis
 import atlas_tasks as atlas
 from atlas_tasks import constants as C
 from atlas_tasks import jobs
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 FINAL = {"completed", "failed", "cancelled"}
 
@@ -78,7 +78,7 @@ def run_atlas(cluster: LocalCluster, r: redis.Redis, n: int, job_input: dict[str
               timeout: float, noise: float) -> dict[str, Any]:
     """Submit n jobs through atlas_tasks.jobs and wait for every final event."""
     endpoint = "bench-atlas"
-    pubsub = r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
     pubsub.psubscribe("atlas:job-events:*")
     finals: dict[str, str] = {}
     before = commandstats(r)

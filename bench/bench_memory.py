@@ -45,7 +45,7 @@ from atlas_tasks.sessions.service import public_compute
 from atlas_tasks.sessions.store import SessionStore
 from atlas_tasks.specs import build_compute_request
 from atlas_tasks.testing.fakecloud import FakeCloud
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 from bench.common import Report, atlas_env, used_memory
 
 NAME = "memory"

@@ -31,7 +31,7 @@ from atlas_tasks.config import AtlasSettings
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.sessions import reaper
 from atlas_tasks.sessions.store import SessionStore
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 from bench.common import Report, count_commands, median, redis_now_ms
 
 NAME = "reaper"

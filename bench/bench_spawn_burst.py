@@ -26,7 +26,7 @@ from atlas_tasks import constants as C
 from atlas_tasks import orchestrator
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 from bench.common import Report, group_rss_kb, median, percentile, redis_now_ms
 
 NAME = "spawn_burst"

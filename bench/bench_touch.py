@@ -23,7 +23,7 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus
 from atlas_tasks.sessions.store import SessionStore
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 from bench.common import Report, count_commands, median, paired_ratio, paired_rounds
 
 NAME = "touch"

@@ -21,8 +21,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from atlas_tasks import orchestrator
 from atlas_tasks.sdk import spawn_compute
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import ManagedProcess
+from atlas_tasks.testing.localstack import LocalCluster, ManagedProcess
 
 TOKEN = "screenshot-token-0123456789abcdef"
 OUT = Path(__file__).with_name("dashboard.png")

@@ -11,7 +11,8 @@ import redis
 from atlas_tasks.config import reset_settings
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.testing.fakecloud import FakeCloud
-from atlas_tasks.testing.redis_server import RedisServer, in_ci, redis_available
+from atlas_tasks.testing.localstack import RedisServer
+from tests.support.harness import in_ci, redis_available
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from atlas_tasks.testing.chaos import ChaosConfig
+from tests.support.chaos import ChaosConfig
 
 _ENV = pytest.StashKey[dict[str, str]]()
 

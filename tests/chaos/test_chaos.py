@@ -10,7 +10,7 @@ no session terminated while touched within its TTL, every idle session terminate
 TTL + reap interval + retry slack, at most one create per session (counted at the fake
 cloud), no session stuck and every end visible to ``wait()``, no raw (non-AtlasError)
 exception at the caller, no raw secret in Redis.
-The driver is :mod:`atlas_tasks.testing.chaos`; the counts are printed (``pytest -s``),
+The driver is :mod:`tests.support.chaos`; the counts are printed (``pytest -s``),
 and the report and every process log are kept in the test's ``tmp_path``.
 """
 
@@ -26,9 +26,9 @@ import pytest
 
 from atlas_tasks import orchestrator
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.testing.chaos import ChaosConfig, ChaosRun, Track, run_chaos
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.chaos import ChaosConfig, ChaosRun, Track, run_chaos
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -147,8 +147,8 @@ def test_checks_flag_each_kind_of_violation() -> None:
     track(2, "late", running_at_ms="1000", terminating_at_ms="200000", ended_at_ms="200000")
     track(3, "open", status="running", compute_id="p3")
     run.foreign_ids = ["f1"]
-    pod = {"calls": {}}
-    state = {
+    pod: dict[str, Any] = {"calls": {}}
+    state: dict[str, Any] = {
         "pods": [{**pod, "id": "p3", "name": "atlas-open"},
                  {**pod, "id": "x", "name": "atlas-nobody"},
                  {**pod, "id": "f1", "name": "theirs", "calls": {"deletes": 1}}],

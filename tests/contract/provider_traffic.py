@@ -9,7 +9,8 @@ back, so nothing the provider sends or the fake cloud answers escapes the defini
 from __future__ import annotations
 
 import httpx
-from spec_check import SpecChecker
+
+from tests.contract.spec_check import SpecChecker
 
 
 class CheckedTransport(httpx.BaseTransport):

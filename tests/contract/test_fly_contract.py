@@ -16,8 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from provider_traffic import CheckedTransport, checked_client
-from spec_check import SpecChecker, load_spec_dict
 
 from atlas_tasks.errors import NotFoundError, UnauthorizedError, ValidationError
 from atlas_tasks.providers.base import ProviderContext
@@ -26,6 +24,8 @@ from atlas_tasks.providers.fly_machines import translate as fly_translate
 from atlas_tasks.specs import ComputeStatus, build_compute_request
 from atlas_tasks.testing.fakecloud import FakeCloud
 from atlas_tasks.testing.fakecloud.fly_machines import DEFAULT_APP, fly_base_url, fly_state
+from tests.contract.provider_traffic import CheckedTransport, checked_client
+from tests.contract.spec_check import SpecChecker, load_spec_dict
 
 SPEC = "fly-machines-openapi.json"
 SUPPLEMENT: dict[str, Any] = load_spec_dict("fly-supplement.json")

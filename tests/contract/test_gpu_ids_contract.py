@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from spec_check import load_spec_dict
 
 from atlas_tasks.specs.gpu import GPU_CATALOG, LAMBDA_SIZES
+from tests.contract.spec_check import load_spec_dict
 
 
 def _runpod_ids() -> set[str]:

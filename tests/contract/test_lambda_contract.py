@@ -18,8 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from provider_traffic import CheckedTransport, checked_client
-from spec_check import SpecChecker, load_spec_dict
 
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.errors import NotFoundError, ProviderError, UnauthorizedError
@@ -28,6 +26,8 @@ from atlas_tasks.providers.lambda_labs import LambdaLabsProvider
 from atlas_tasks.specs import ComputeStatus, build_compute_request
 from atlas_tasks.testing.fakecloud import FakeCloud
 from atlas_tasks.testing.fakecloud.lambda_labs import DEFAULT_SSH_KEY, INSTANCE_TYPES
+from tests.contract.provider_traffic import CheckedTransport, checked_client
+from tests.contract.spec_check import SpecChecker, load_spec_dict
 
 SPEC = "lambda-cloud-openapi-1.8.3.json"
 

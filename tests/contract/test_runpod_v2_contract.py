@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from spec_check import SpecChecker  # tests/contract/spec_check.py (rootdir-less import)
 
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.errors import AtlasError, NotFoundError, RateLimitedError, ValidationError
@@ -23,6 +22,7 @@ from atlas_tasks.providers.base import ProviderContext, RequestInfo
 from atlas_tasks.providers.runpod import RunPodProvider
 from atlas_tasks.specs import ComputeStatus, build_compute_request
 from atlas_tasks.testing.fakecloud import FakeCloud
+from tests.contract.spec_check import SpecChecker
 
 SPEC = "runpod-rest-v2.openapi.json"
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from spec_check import load_spec_dict
 
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.providers.base import ProviderContext
 from atlas_tasks.providers.vast import VastProvider
 from atlas_tasks.specs import ComputeStatus, build_compute_request
 from atlas_tasks.testing.fakecloud import FakeCloud
+from tests.contract.spec_check import load_spec_dict
 
 OFFICIAL: dict[str, Any] = load_spec_dict("vast-official-client.json")
 

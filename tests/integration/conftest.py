@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from atlas_tasks.config import reset_settings
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.redis_conn import reset_redis_clients
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 
 #: Settings of the shared test cluster: defaults except fast orphan scans and a short
 #: visibility timeout so a killed worker's task is redelivered within seconds.
-CLUSTER_SETTINGS = {
+CLUSTER_SETTINGS: dict[str, Any] = {
     "orphan_grace_ms": 1500,
     "orphan_scan_interval_ms": 1000,
     "visibility_timeout_s": 6,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,12 +26,12 @@ def main() -> None:
     from celery.__main__ import main as celery_main
     from celery.app.base import Celery
 
-    real_now = Celery.now
+    real_now: Callable[[Any], datetime] = Celery.now
 
     def skewed_now(self: Any) -> datetime:
         return real_now(self) + timedelta(seconds=skew)
 
-    Celery.now = skewed_now  # type: ignore[method-assign]
+    Celery.now = skewed_now
     sys.argv = ["celery", *sys.argv[2:]]
     celery_main()
 

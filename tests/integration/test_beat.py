@@ -10,8 +10,7 @@ import pytest
 from atlas_tasks import constants as C
 from atlas_tasks import orchestrator
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import celery_beat
+from atlas_tasks.testing.localstack import LocalCluster, celery_beat
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,8 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks.celery_app import get_app, queue_has_consumers
 from atlas_tasks.tasks.reaper import LAST_SWEEP_KEY, SWEEP_STATS_KEY
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import ManagedProcess, celery_beat
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster, ManagedProcess, celery_beat
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 

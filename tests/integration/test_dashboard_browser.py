@@ -28,9 +28,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from atlas_tasks import events, orchestrator
 from atlas_tasks.sdk import spawn_compute
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import ManagedProcess
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster, ManagedProcess
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,8 @@ from atlas_tasks.sessions.records import SessionRecord, SessionStatus
 from atlas_tasks.sessions.service import public_compute
 from atlas_tasks.sessions.store import EPOCH_KEY, SessionStore, store_for
 from atlas_tasks.specs import build_compute_request
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from atlas_tasks.redis_conn import get_redis, reset_redis_clients
 from atlas_tasks.sessions.reaper import SessionReaper
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus
 from atlas_tasks.sessions.store import STOPS_KEY, SessionStore, store_for
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 

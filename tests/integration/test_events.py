@@ -38,7 +38,7 @@ def test_late_subscriber_replays_then_follows_live() -> None:
     assert [(e.type, e.data.get("status") or e.data.get("reason")) for e in got] == [
         ("status", "spawning"), ("status", "running"), ("terminating", "requested"),
         ("status", "terminated")]
-    ids = [e.id for e in got]
+    ids = [str(e.id) for e in got]
     assert len(set(ids)) == 4 and ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
 
 

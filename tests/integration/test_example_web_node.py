@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 pytestmark = pytest.mark.integration
 

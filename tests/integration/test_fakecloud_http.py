@@ -619,7 +619,7 @@ def test_env_points_settings_at_the_fake(cloud: FakeCloud) -> None:
 
 
 def test_serve_runs_in_the_foreground_until_sigterm() -> None:
-    from atlas_tasks.testing.redis_server import free_port
+    from atlas_tasks.testing.localstack import free_port
 
     port = free_port()
     code = ("from atlas_tasks.testing.fakecloud import serve; "

@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from atlas_tasks import orchestrator
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import flower
-from atlas_tasks.testing.redis_server import free_port
+from atlas_tasks.testing.localstack import LocalCluster, free_port
+from tests.support.harness import flower
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +47,7 @@ def test_flower_shows_spawn_without_secrets(cluster: LocalCluster) -> None:
         for secret in (s.token, api_key, cluster.env["ATLAS_SECRET_KEY"]):
             assert secret and secret not in blob
         info = httpx.get(f"{base}/api/task/info/{task_id}", timeout=5).json()
-        assert s.token not in json.dumps(info) and api_key not in json.dumps(info)
+        assert s.token and s.token not in json.dumps(info) and api_key not in json.dumps(info)
         orchestrator.stop_tracked(s.id)
         stop_id = ""
         deadline = time.monotonic() + 30
@@ -59,7 +58,7 @@ def test_flower_shows_spawn_without_secrets(cluster: LocalCluster) -> None:
             time.sleep(0.3)
         assert stop_id, "the terminate never showed up in Flower"
         assert "requested" in str(tasks[stop_id].get("args"))
-        assert s.token not in json.dumps(tasks[stop_id])
+        assert s.token and s.token not in json.dumps(tasks[stop_id])
     finally:
         proc.stop()
 

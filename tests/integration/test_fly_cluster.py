@@ -28,8 +28,8 @@ from atlas_tasks.config import reset_settings
 from atlas_tasks.constants import TASK_FLY_LOGS_POLL
 from atlas_tasks.fly import store
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 

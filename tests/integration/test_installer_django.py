@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from web_support import create_users, free_port, manage, serve, sse, status_of
 
 from atlas_tasks.cli import cli
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.integration.web_support import create_users, free_port, manage, serve, sse, status_of
 
 pytestmark = pytest.mark.integration
 

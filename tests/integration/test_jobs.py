@@ -21,7 +21,7 @@ from atlas_tasks import events, jobs
 from atlas_tasks.errors import AtlasError, AtlasTimeoutError, ProviderError
 from atlas_tasks.jobs import JobCancelled
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 pytestmark = pytest.mark.integration
 

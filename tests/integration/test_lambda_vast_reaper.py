@@ -15,9 +15,9 @@ from atlas_tasks import orchestrator
 from atlas_tasks.config import reset_settings
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.redis_conn import reset_redis_clients
-from atlas_tasks.testing.cluster import LocalCluster
 from atlas_tasks.testing.fakecloud.lambda_labs import DEFAULT_SSH_KEY
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from atlas_tasks import orchestrator
 from atlas_tasks.errors import AtlasError
 from atlas_tasks.metrics import metrics_wsgi_app, observe_sessions, render_metrics
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,7 @@ from atlas_tasks.config import reset_settings
 from atlas_tasks.ops_cli import LAST_SWEEP_KEY
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import free_port
+from atlas_tasks.testing.localstack import LocalCluster, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +78,7 @@ def test_doctor_passes_on_a_healthy_cluster(healthy: redis.Redis, runner: CliRun
 def test_doctor_fails_when_keyspace_events_are_off(healthy: redis.Redis,
                                                    runner: CliRunner) -> None:
     flags = healthy.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    assert flags is not None
     healthy.config_set("notify-keyspace-events", "")
     try:
         code, checks = _doctor(runner)

@@ -20,8 +20,8 @@ from atlas_tasks import events, orchestrator
 from atlas_tasks.celery_app import get_app
 from atlas_tasks.errors import NotTracked
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import dump_redis
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import dump_redis
 
 pytestmark = pytest.mark.integration
 

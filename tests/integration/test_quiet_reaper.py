@@ -15,9 +15,8 @@ import redis
 
 from atlas_tasks import constants as C
 from atlas_tasks.tasks.reaper import SWEEP_STATS_KEY
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import flower
-from atlas_tasks.testing.redis_server import free_port
+from atlas_tasks.testing.localstack import LocalCluster, free_port
+from tests.support.harness import flower
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import redis
 
 from atlas_tasks import quotas
 from atlas_tasks.quotas.store import QuotaStore, usage_key
-from atlas_tasks.testing.redis_server import RedisServer
+from atlas_tasks.testing.localstack import RedisServer
 
 pytestmark = pytest.mark.integration
 

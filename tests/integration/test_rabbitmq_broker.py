@@ -18,8 +18,8 @@ from atlas_tasks import events, jobs, orchestrator
 from atlas_tasks.celery_app import get_app
 
 # Moved to tests/support/ (atlas_tasks.testing.localstack) by the packaging change.
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci, redis_available
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci, redis_available
 from tests.support.rabbitmq import RabbitMQServer, rabbitmq_server_binary
 
 pytestmark = pytest.mark.integration

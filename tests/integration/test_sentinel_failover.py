@@ -40,8 +40,8 @@ from atlas_tasks.sessions.reaper import DATA_LOSS_GRACE_KEY
 from atlas_tasks.sessions.store import EPOCH_KEY
 
 # Moved to tests/support/ (atlas_tasks.testing.localstack) by the packaging change.
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.redis_server import in_ci
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.support.harness import in_ci
 from tests.support.sentinel import SentinelSet, redis_server_binary
 
 pytestmark = pytest.mark.integration

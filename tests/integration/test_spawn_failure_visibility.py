@@ -13,7 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from spawn_support import (
+
+from atlas_tasks import events
+from atlas_tasks.client import Session
+from atlas_tasks.deps import Dependencies
+from atlas_tasks.errors import AtlasError
+from atlas_tasks.sessions.reaper import ReapReport, SessionReaper
+from atlas_tasks.sessions.store import CLEANUP_BACKOFF_BASE_MS, CLEANUPS_KEY, SessionStore
+from atlas_tasks.testing.fakecloud import FakeCloud
+from tests.integration.spawn_support import (
     CREATE_MATCH,
     LOOKUP_MATCH,
     cloud,  # noqa: F401 - fixture
@@ -23,14 +31,6 @@ from spawn_support import (
     new_session,
     run_spawn_task,
 )
-
-from atlas_tasks import events
-from atlas_tasks.client import Session
-from atlas_tasks.deps import Dependencies
-from atlas_tasks.errors import AtlasError
-from atlas_tasks.sessions.reaper import ReapReport, SessionReaper
-from atlas_tasks.sessions.store import CLEANUP_BACKOFF_BASE_MS, CLEANUPS_KEY, SessionStore
-from atlas_tasks.testing.fakecloud import FakeCloud
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,17 @@ from typing import Any
 
 import pytest
 import redis
-from spawn_support import (
+
+from atlas_tasks import events
+from atlas_tasks.config import get_settings, reset_settings
+from atlas_tasks.errors import AtlasError
+from atlas_tasks.providers import Provider, get_provider
+from atlas_tasks.sessions.records import SessionRecord
+from atlas_tasks.sessions.service import SessionService
+from atlas_tasks.sessions.store import SessionStore
+from atlas_tasks.specs import Compute, ComputeRequest, ComputeStatus
+from atlas_tasks.testing.fakecloud import FakeCloud
+from tests.integration.spawn_support import (
     CREATE_MATCH,
     LOOKUP_MATCH,
     cloud,  # noqa: F401 - fixture
@@ -34,16 +44,6 @@ from spawn_support import (
     service,
     wait_for,
 )
-
-from atlas_tasks import events
-from atlas_tasks.config import get_settings, reset_settings
-from atlas_tasks.errors import AtlasError
-from atlas_tasks.providers import Provider, get_provider
-from atlas_tasks.sessions.records import SessionRecord
-from atlas_tasks.sessions.service import SessionService
-from atlas_tasks.sessions.store import SessionStore
-from atlas_tasks.specs import Compute, ComputeRequest, ComputeStatus
-from atlas_tasks.testing.fakecloud import FakeCloud
 
 pytestmark = pytest.mark.integration
 
@@ -93,9 +93,9 @@ def test_stop_during_the_spawns_retry_never_leads_to_a_second_create(
     for that answer ("create-answer") or for its retry lookup ("retry-lookup"), finds
     the pod by name and deletes it. The spawn must then end the session, not create."""
     reg = http_reg
-    cloud.fail_next(CREATE_MATCH, 500, after_create=True,
-                    **({"hold": gate, "hold_after_handler": True} if gate == "create-answer"
-                       else {}))
+    hold: dict[str, Any] = ({"hold": gate, "hold_after_handler": True}
+                            if gate == "create-answer" else {})
+    cloud.fail_next(CREATE_MATCH, 500, after_create=True, **hold)
     if gate == "retry-lookup":
         cloud.fail_next(LOOKUP_MATCH, None, hold=gate)
     sid, sealed = new_session(reg)

@@ -3,16 +3,18 @@ written with the record, and entries whose record expired pruned on read."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from atlas_tasks import orchestrator
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.sessions.store import Keys, user_index_key
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
 
 pytestmark = pytest.mark.integration
 
-SPAWN = {"gpu": "h100", "image": "me/infer:1", "ports": [(8000, "http")]}
+SPAWN: dict[str, Any] = {"gpu": "h100", "image": "me/infer:1", "ports": [(8000, "http")]}
 
 
 def test_list_sessions_pages_newest_first_and_prunes_expired(cluster: LocalCluster) -> None:

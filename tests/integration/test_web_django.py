@@ -12,11 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from web_support import create_users, free_port, manage, serve, sse, status_of
 
 from atlas_tasks import orchestrator
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import ManagedProcess, worker_ready
+from atlas_tasks.testing.localstack import LocalCluster, ManagedProcess, worker_ready
+from tests.integration.web_support import create_users, free_port, manage, serve, sse, status_of
 
 pytestmark = pytest.mark.integration
 

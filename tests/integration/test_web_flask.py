@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from web_support import sse_messages, status_of
 
 from atlas_tasks.config import configure
 from atlas_tasks.errors import AtlasError
-from atlas_tasks.testing.cluster import LocalCluster
+from atlas_tasks.testing.localstack import LocalCluster
+from tests.integration.web_support import sse_messages, status_of
 
 pytestmark = pytest.mark.integration
 
@@ -129,5 +129,6 @@ def test_typo_in_config_names_the_key_and_the_closest() -> None:
     with pytest.raises(AtlasError) as caught:
         create_app({"ATLAS_REDIS_ULR": "redis://x"})
     assert caught.value.kind == "validation"
-    assert "ATLAS_REDIS_ULR" in caught.value.message and "REDIS_URL" in caught.value.message
+    message = caught.value.message or ""
+    assert "ATLAS_REDIS_ULR" in message and "REDIS_URL" in message
     configure()

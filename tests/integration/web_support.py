@@ -41,7 +41,7 @@ from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 
-from atlas_tasks.testing.processes import ManagedProcess  # noqa: E402
+from atlas_tasks.testing.localstack import ManagedProcess  # noqa: E402
 
 
 def free_port() -> int:

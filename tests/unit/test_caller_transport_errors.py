@@ -17,12 +17,8 @@ from atlas_tasks.config import reset_settings
 from atlas_tasks.errors import TransportError
 from atlas_tasks.redis_conn import redacted_url, redis_errors, reset_redis_clients
 from atlas_tasks.sealing import generate_key
-from atlas_tasks.testing.redis_server import (
-    RedisServer,
-    free_port,
-    in_ci,
-    redis_available,
-)
+from atlas_tasks.testing.localstack import RedisServer, free_port
+from tests.support.harness import in_ci, redis_available
 
 PASSWORD = "s3cr3t-pw"
 

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
 
 
 def _command(service: dict[str, Any]) -> list[str]:
@@ -109,7 +110,13 @@ def test_init_compose_keeps_flower_on_loopback_with_auth() -> None:
     assert "FLOWER_BASIC_AUTH" in flower["environment"]
     assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]  # compose refuses without it
     assert flower["environment"]["ATLAS_SECRET_KEY"].startswith("${ATLAS_SECRET_KEY")
-    assert importlib.util.find_spec(_command(flower)[2]) is not None
+    # The user's image holds the installed package only (no `workers/`): every service
+    # runs an `atlas-tasks` command.
+    from atlas_tasks.cli import cli
+
+    for name in ("worker", "beat", "flower"):
+        command = _command(generated["services"][name])
+        assert command[0] == "atlas-tasks" and command[1] in cli.commands, command
     # supervised like ours, and Redis expires idle clocks promptly
     assert all(svc["restart"] == "unless-stopped" for svc in generated["services"].values())
     assert "--hz" in _command(generated["services"]["redis"])

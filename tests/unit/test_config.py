@@ -76,7 +76,7 @@ def test_api_key_order(provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_api_key_from_explicit_settings_object(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNPOD_API_KEY", "native")
-    settings = AtlasSettings(runpod_api_key="constructed")  # type: ignore[arg-type]
+    settings = AtlasSettings(runpod_api_key="constructed")
     assert resolve_api_key("runpod", settings=settings) == "constructed"
 
 
@@ -96,7 +96,7 @@ def test_settings_are_lazy_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_secrets_do_not_show_in_repr() -> None:
-    settings = AtlasSettings(runpod_api_key="super-secret-key")  # type: ignore[arg-type]
+    settings = AtlasSettings(runpod_api_key="super-secret-key")
     assert "super-secret-key" not in repr(settings)
     assert "super-secret-key" not in str(settings.model_dump())
 

@@ -43,7 +43,7 @@ SUBCLASSES = {
 }
 
 #: Error classes that belong to one feature module rather than ``import atlas_tasks``.
-FEATURE_ERRORS = {QuotaExceeded: "atlas_tasks.quotas"}
+FEATURE_ERRORS: dict[type[AtlasError], str] = {QuotaExceeded: "atlas_tasks.quotas"}
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from atlas_tasks.providers.mock import MockProvider
 from atlas_tasks.redis_conn import reset_redis_clients
 from atlas_tasks.sealing import generate_key
 from atlas_tasks.specs import MAX_IDLE_TTL_MS, ComputeRequest, build_compute_request
-from atlas_tasks.testing.redis_server import free_port
+from atlas_tasks.testing.localstack import free_port
 
 IMAGE = "ghcr.io/acme/infer:latest"
 

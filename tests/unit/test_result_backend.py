@@ -13,7 +13,7 @@ from atlas_tasks.result_backend import (
     AtlasResultConsumer,
     uses_atlas_backend,
 )
-from atlas_tasks.testing.redis_server import free_port
+from atlas_tasks.testing.localstack import free_port
 
 
 def _unreachable_redis_url() -> str:

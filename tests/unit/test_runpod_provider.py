@@ -456,8 +456,12 @@ def test_malformed_pod_bodies_are_provider_errors(fake: FakeRunPod) -> None:
                  lambda: provider.get_compute("deep")):
         with pytest.raises(ProviderError):
             call()
+    wrong: Any
     for wrong in ([], {"odd": True}, {"pods": {"a": 1}}, {"pods": ["x"]}):
-        fake.routes[("GET", "/v2/pods")] = lambda r, w=wrong: httpx.Response(200, json=w)
+        def answer(r: httpx.Request, w: Any = wrong) -> httpx.Response:
+            return httpx.Response(200, json=w)
+
+        fake.routes[("GET", "/v2/pods")] = answer
         with pytest.raises(ProviderError):
             provider.list_compute()
 

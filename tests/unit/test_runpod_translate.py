@@ -217,6 +217,7 @@ def test_malformed_pod_is_provider_error(body: Any) -> None:
 def test_pods_from_list_wants_the_wrapped_shape() -> None:
     assert translate.pods_from_list({"pods": [{"id": "b"}]}) == [{"id": "b"}]
     assert translate.pods_from_list({"pods": []}) == []
+    wrong: Any
     for wrong in ([{"id": "a"}], None, {"data": []}, {"pods": None}, {"pods": [1]}, "nope"):
         with pytest.raises(ProviderError):
             translate.pods_from_list(wrong)
@@ -300,6 +301,7 @@ def test_every_availability_level_is_mapped() -> None:
 
 
 def test_gpu_types_malformed() -> None:
+    wrong: Any
     for wrong in (None, [], {"gpus": None}, {"gpus": [{"name": "no id"}]}, {"gpus": ["x"]}):
         with pytest.raises(ProviderError):
             translate.gpu_types_from_catalog(wrong)

@@ -120,7 +120,7 @@ def test_lifecycle_and_filters() -> None:
     assert ids(atlas.list_compute(provider="mock", status="stopped")) == {a.id}
     atlas.start(a.id, provider="mock")
     assert atlas.get_compute(a.id, provider="mock").status == "running"
-    assert atlas.terminate(a.id, provider="mock") is None
+    atlas.terminate(a.id, provider="mock")
     assert atlas.get_compute(a.id, provider="mock").status == "terminated"
     assert ids(atlas.list_compute(provider="mock", status=atlas.ComputeStatus.RUNNING)) == {b.id}
 
@@ -143,7 +143,8 @@ def test_bad_input_names_the_field() -> None:
         (lambda: atlas.list_compute(provider="mock", status="sleeping"), "status"),
         (lambda: atlas.list_compute(provider="mock", gpu="nope"), "gpu"),
         (lambda: atlas.run_job(provider="mock", input=1), "endpoint"),
-        (lambda: atlas.run_job(provider="mock", endpoint="e", mode="later"), "mode"),
+        (lambda: atlas.run_job(provider="mock", endpoint="e", mode="later"),  # type: ignore[arg-type]
+         "mode"),
         (lambda: atlas.get_job("j", endpoint="", provider="mock"), "endpoint"),
         (lambda: atlas.spawn_compute(provider="nimbus"), "provider"),
     ]

@@ -129,7 +129,7 @@ def test_response_models_and_enums() -> None:
     compute = Compute(id="x", provider="mock", status="running",
                       ports=[Port(internal=8000, external=8000, url="https://x")])
     assert compute.status is ComputeStatus.RUNNING
-    assert compute.status == "running"
+    assert compute.status == "running"  # type: ignore[comparison-overlap]  # StrEnum == str
     assert {s.value for s in ComputeStatus} == {
         "provisioning", "running", "stopped", "terminated", "failed"}
     assert {s.value for s in JobStatus} == {

@@ -14,7 +14,7 @@ from atlas_tasks.contrib import _web
 from atlas_tasks.errors import AtlasError, TransportError, ValidationError
 from atlas_tasks.events import Event
 from atlas_tasks.redis_conn import reset_redis_clients
-from atlas_tasks.testing.redis_server import free_port
+from atlas_tasks.testing.localstack import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +39,14 @@ def test_configure_names_a_typo_and_the_closest_key() -> None:
     with pytest.raises(ValidationError) as caught:
         configure(DEFUALT_PROVIDER="runpod")
     assert caught.value.field == "DEFUALT_PROVIDER"
-    assert "did you mean 'DEFAULT_PROVIDER'" in caught.value.message
+    assert "did you mean 'DEFAULT_PROVIDER'" in (caught.value.message or "")
 
 
 def test_configure_names_a_bad_value_without_echoing_it() -> None:
     with pytest.raises(ValidationError) as caught:
         configure(reap_interval_ms="soon-ish-secret")
     assert caught.value.field == "REAP_INTERVAL_MS"
-    assert "soon-ish-secret" not in caught.value.message
+    assert "soon-ish-secret" not in (caught.value.message or "")
 
 
 def test_apply_settings_splits_web_keys_and_prefixes_flask_names() -> None:
@@ -57,7 +57,7 @@ def test_apply_settings_splits_web_keys_and_prefixes_flask_names() -> None:
     assert options.presets == {"default": {"gpu": "h100"}} and callable(options.owner)
     with pytest.raises(ValidationError) as caught:
         _web.apply_settings({"REDIS_ULR": "x"}, source="app.config", prefix="ATLAS_")
-    assert caught.value.field == "ATLAS_REDIS_ULR" and "REDIS_URL" in caught.value.message
+    assert caught.value.field == "ATLAS_REDIS_ULR" and "REDIS_URL" in (caught.value.message or "")
     with pytest.raises(ValidationError, match="OWNER"):
         _web.apply_settings({"OWNER": "no.such.module.fn"}, source="settings.ATLAS")
     with pytest.raises(ValidationError, match="user_id"):
@@ -106,7 +106,7 @@ def test_async_client_maps_redis_failures(monkeypatch: pytest.MonkeyPatch) -> No
     reset_redis_clients()
 
     async def calls() -> list[str]:
-        kinds = []
+        kinds: list[str] = []
         for call in (orchestrator.ainfo("x"), orchestrator.atouch("x"),
                      orchestrator.alist_sessions("u")):
             try:

@@ -9,13 +9,13 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.events.dispatcher import EventDispatcher
-from kombu import Connection
+from kombu.connection import Connection
 
 from atlas_tasks.celery_app import create_app
 from atlas_tasks.worker_events import UnbufferedTaskEvents, sends_events_off_loop
 
 
-class _Recorder(EventDispatcher):
+class _Recorder(EventDispatcher):  # type: ignore[misc]  # untyped Celery base
     """A dispatcher without a broker: records what it publishes."""
 
     def __init__(self) -> None:

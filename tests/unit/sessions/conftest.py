@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from sessions_support import PREFIX, Published, ScriptedCloud, Wired
 
 from atlas_tasks import sealing
 from atlas_tasks.config import AtlasSettings, reset_settings
@@ -16,6 +15,7 @@ from atlas_tasks.deps import Dependencies
 from atlas_tasks.providers.mock import MockProvider
 from atlas_tasks.sessions.reaper import SessionReaper
 from atlas_tasks.sessions.service import SessionService
+from tests.unit.sessions.sessions_support import PREFIX, Published, ScriptedCloud, Wired
 
 
 @pytest.fixture

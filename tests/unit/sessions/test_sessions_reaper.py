@@ -5,14 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sessions_support import (
-    PREFIX,
-    Wired,
-    new_session,
-    record,
-    running_session,
-)
-
 from atlas_tasks import constants as C
 from atlas_tasks import events
 from atlas_tasks.lease import Lease
@@ -20,6 +12,13 @@ from atlas_tasks.sessions.reaper import REAP_LOCK_KEY, ReapReport
 from atlas_tasks.sessions.records import SessionStatus
 from atlas_tasks.sessions.store import Keys
 from atlas_tasks.specs import ComputeRequest
+from tests.unit.sessions.sessions_support import (
+    PREFIX,
+    Wired,
+    new_session,
+    record,
+    running_session,
+)
 
 
 @dataclass

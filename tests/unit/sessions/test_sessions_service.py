@@ -4,19 +4,19 @@ on a real redis-server (the store's Lua), with a scripted mock cloud. No worker,
 from __future__ import annotations
 
 import pytest
-from sessions_support import (
-    PREFIX,
-    Wired,
-    new_session,
-    record,
-    running_session,
-)
 
 from atlas_tasks import events
 from atlas_tasks.errors import AtlasError, is_transient
 from atlas_tasks.sessions.records import SessionStatus
 from atlas_tasks.sessions.store import CLEANUPS_KEY, Keys
 from atlas_tasks.specs import ComputeRequest
+from tests.unit.sessions.sessions_support import (
+    PREFIX,
+    Wired,
+    new_session,
+    record,
+    running_session,
+)
 
 
 def _status_events(w: Wired, sid: str) -> list[str]:

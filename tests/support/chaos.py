@@ -1,6 +1,6 @@
 """The chaos driver: tracked sessions under faults, SIGKILLed workers and restarts.
 
-Drives a :class:`~atlas_tasks.testing.cluster.LocalCluster` (Redis with AOF, fake cloud,
+Drives a :class:`~atlas_tasks.testing.localstack.LocalCluster` (Redis with AOF, fake cloud,
 two workers, beat) the way a busy web tier would, while breaking it, then checks
 DESIGN.md's invariants on what is left::
 
@@ -70,9 +70,8 @@ from atlas_tasks import constants as C
 from atlas_tasks.constants import TERMINATE_FENCE_TTL_MS
 from atlas_tasks.errors import AtlasError, AtlasTimeoutError, NotTracked
 from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.testing.cluster import LocalCluster
-from atlas_tasks.testing.processes import ManagedProcess, celery_beat
-from atlas_tasks.testing.redis_server import dump_redis
+from atlas_tasks.testing.localstack import LocalCluster, ManagedProcess, celery_beat
+from tests.support.harness import dump_redis
 
 __all__ = ["ChaosConfig", "ChaosReport", "ChaosRun", "Track", "config_from_env", "run_chaos"]
 
@@ -1048,7 +1047,7 @@ def config_from_env() -> ChaosConfig:
     return ChaosConfig.long() if os.environ.get("ATLAS_CHAOS") == "long" else ChaosConfig.ci()
 
 
-if __name__ == "__main__":  # python -m atlas_tasks.testing.chaos
+if __name__ == "__main__":  # python -m tests.support.chaos
     result = run_chaos(config_from_env())
     print(result.format())  # noqa: T201 - a CLI
     raise SystemExit(1 if result.violations else 0)

@@ -1,0 +1,362 @@
+"""A whole atlas_tasks deployment on loopback: Redis, fake cloud, Celery worker(s), beat.
+
+This is the runner of ``atlas-tasks demo`` (shipped with ``pip install 'atlas-tasks[testing]'``
+because the fake cloud needs Starlette and uvicorn). The repository's integration tests,
+chaos suite and benchmarks build on it (``tests/support``), so all of them exercise the
+same real parts::
+
+    with LocalCluster(reap_interval_ms=500) as cluster:
+        s = orchestrator.spawn(provider="runpod", gpu="h100", image="x")
+        s.wait(30)
+        cluster.cloud.state()["totals"]
+
+Entering the cluster points this process's settings at it (``ATLAS_*`` env vars) and
+restores the previous environment on exit. Every child process runs in its own process
+group and is stopped with it, so a run that fails half-way leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from atlas_tasks.config import reset_settings
+from atlas_tasks.providers.registry import clear_provider_cache
+from atlas_tasks.redis_conn import get_redis, reset_redis_clients
+from atlas_tasks.sealing import generate_key
+from atlas_tasks.sessions.store import store_for
+from atlas_tasks.testing.fakecloud import FakeCloud
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A running ``redis-server`` child process.
+
+    Attributes:
+        port: the port it listens on (loopback only).
+        appendonly: AOF persistence (the chaos suite restarts Redis and expects data back).
+    """
+
+    port: int = field(default_factory=free_port)
+    appendonly: bool = False
+    executable: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="atlas-redis-")))
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        exe = self.executable or shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError(
+                "redis-server not found on PATH; install it (Debian: apt-get install redis-server)"
+            )
+        args = [
+            exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec", "--dir", str(self.directory),
+            "--notify-keyspace-events", "Ex", "--loglevel", "warning",
+            # Faster active expiry: idle clocks run out closer to their deadline.
+            "--hz", "100",
+            # Redis 7.0 preallocates min(4096, this) bytes for every new stream; a
+            # session's event log is a few hundred bytes (bench/RESULTS.md, memory).
+            "--stream-node-max-bytes", "1024",
+            # Session records (values up to the ~0.5 KB compute JSON) stay compact
+            # listpacks instead of hashtables: about 1 KB less per running session.
+            "--hash-max-listpack-value", "1024",
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.RedisError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"redis-server did not start on port {self.port}: {err}")
+            time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and directory (keeps AOF data)."""
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop and remove the data directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class ManagedProcess:
+    """A child process in its own process group with its output in ``log_path``."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".log")[1]))
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        """Start the process (its output goes to ``log_path``)."""
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        """Process id (the group leader)."""
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        """Everything the process printed so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        """Block until ``text`` appears in the log (raises with the log tail if not)."""
+        self.wait_until(lambda: text in self.log(), timeout, f"{text!r} in the log")
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        """Block until ``predicate()``; raise with the log tail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name}: no {what} after {timeout}s "
+                           f"(alive={self.alive()}). Log tail:\n{self.log()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the whole process group (SIGKILL by default) and reap it."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the group, then SIGKILL after ``timeout``."""
+        if not self.alive():
+            return
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        except ProcessLookupError:
+            pass
+
+
+def celery_command(*args: str) -> list[str]:
+    """``python -m celery -A atlas_tasks.celery_app <args>`` with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "atlas_tasks.celery_app", *args]
+
+
+def celery_worker(env: dict[str, str], *, pool: str = "threads", concurrency: int = 16,
+                  queues: str = "compute,jobs,fly,maintenance", hostname: str = "w1@%h",
+                  loglevel: str = "INFO") -> ManagedProcess:
+    """A worker with task events on (``-E``), not started yet."""
+    return ManagedProcess("worker", celery_command(
+        "worker", "-E", "-P", pool, "-c", str(concurrency), "-Q", queues, "-n", hostname,
+        "--loglevel", loglevel, "--without-mingle", "--without-gossip"), env)
+
+
+def celery_beat(env: dict[str, str], *, loglevel: str = "INFO") -> ManagedProcess:
+    """Beat with the redbeat scheduler (schedule + single-beat lock in Redis)."""
+    return ManagedProcess("beat", celery_command("beat", "--loglevel", loglevel, "-s", os.devnull),
+                          env)
+
+
+def worker_ready(proc: ManagedProcess, timeout: float = 60.0) -> ManagedProcess:
+    """Start ``proc`` and wait for Celery's ``ready.`` line."""
+    if not proc.alive():
+        proc.start()
+    proc.wait_for(" ready.", timeout)
+    return proc
+
+
+class LocalCluster:
+    """Redis + fake cloud + Celery worker(s) + beat, all real processes on loopback.
+
+    Args:
+        redis_url: use this Redis instead of starting a private ``redis-server``.
+        beat: start a beat process (the reaper's clock).
+        workers: how many worker processes to start.
+        pool, concurrency: worker pool settings.
+        appendonly: start the private Redis with AOF (restart-safe).
+        fakecloud: options for :class:`FakeCloud` (``latency_s``, ``error_rate``...).
+        settings: extra ``ATLAS_*`` settings as ``name=value`` (``reap_interval_ms=500``).
+    """
+
+    def __init__(self, *, redis_url: str | None = None, beat: bool = True, workers: int = 1,
+                 pool: str = "threads", concurrency: int = 32, appendonly: bool = False,
+                 fakecloud: dict[str, Any] | None = None, **settings: Any) -> None:
+        self._external_redis = redis_url
+        self.redis: RedisServer | None = None
+        self.redis_url = redis_url or ""
+        self.start_beat = beat
+        self.worker_count = workers
+        self.pool = pool
+        self.concurrency = concurrency
+        self.appendonly = appendonly
+        self.cloud = FakeCloud(**(fakecloud or {}))
+        self.settings = {f"ATLAS_{k.upper()}": str(v) for k, v in settings.items()}
+        self.workers: list[ManagedProcess] = []
+        self.beat: ManagedProcess | None = None
+        self.env: dict[str, str] = {}
+        self._saved_env: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LocalCluster:
+        """Start everything and wait until workers are ready."""
+        if not self._external_redis:
+            self.redis = RedisServer(appendonly=self.appendonly).start()
+            self.redis_url = self.redis.url
+        self.cloud.start()
+        self.env = {
+            **os.environ,
+            "ATLAS_REDIS_URL": self.redis_url,
+            "ATLAS_SECRET_KEY": os.environ.get("ATLAS_SECRET_KEY") or generate_key(),
+            "ATLAS_DEFAULT_PROVIDER": "runpod",
+            "ATLAS_REAP_PROVIDERS": "runpod",
+            # Test and demo sessions live for seconds; production keeps the 10 s floor.
+            "ATLAS_MIN_IDLE_TTL_MS": "100",
+            **self.cloud.env(),
+            **self.settings,
+        }
+        self.apply_env()
+        # This is the deployment's first start: mark the dataset, so the reaper's
+        # data-loss guard (a missing epoch) only fires if this Redis loses its data later.
+        store_for(get_redis(self.redis_url)).ensure_epoch()
+        for i in range(self.worker_count):
+            self.add_worker(hostname=f"w{i + 1}@%h")
+        if self.start_beat:
+            self.start_beat_process()
+        return self
+
+    def apply_env(self) -> None:
+        """Point this process's settings, Redis clients and providers at the cluster."""
+        for key, value in self.env.items():
+            if key.startswith("ATLAS_") and os.environ.get(key) != value:
+                self._saved_env.setdefault(key, os.environ.get(key))
+                os.environ[key] = value
+        reset_settings()
+        reset_redis_clients()
+        clear_provider_cache()
+
+    def add_worker(self, *, hostname: str | None = None, wait: bool = True,
+                   **extra_env: str) -> ManagedProcess:
+        """Start one more worker (``extra_env`` e.g. ``ATLAS_FAULT_KILL_AT="after_create"``)."""
+        name = hostname or f"w{len(self.workers) + 1}@%h"
+        proc = celery_worker({**self.env, **extra_env}, pool=self.pool,
+                             concurrency=self.concurrency, hostname=name)
+        self.workers.append(proc)
+        if wait:
+            worker_ready(proc)
+        else:
+            proc.start()
+        return proc
+
+    def start_beat_process(self) -> ManagedProcess:
+        """(Re)start beat and wait until it holds the single-beat lock."""
+        self.beat = celery_beat(self.env).start()
+        self.beat.wait_for("Acquired lock", 60)
+        return self.beat
+
+    def stop(self) -> None:
+        """Stop processes, the fake cloud and the private Redis; restore the env."""
+        for proc in [*self.workers, *([self.beat] if self.beat else [])]:
+            proc.stop()
+        self.workers.clear()
+        self.beat = None
+        self.cloud.stop()
+        if self.redis is not None:
+            self.redis.cleanup()
+            self.redis = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+        reset_settings()
+        reset_redis_clients()
+        clear_provider_cache()
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def logs(self) -> str:
+        """Every process's log, for failure messages."""
+        parts = [f"== {p.name} {p.pid if p.process else ''}\n{p.log()[-4000:]}"
+                 for p in [*self.workers, *([self.beat] if self.beat else [])]]
+        return "\n".join(parts)
+
+
+__all__ = ["LocalCluster", "ManagedProcess", "RedisServer", "celery_beat", "celery_worker",
+           "celery_command", "free_port", "worker_ready"]
