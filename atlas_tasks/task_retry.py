@@ -19,6 +19,7 @@ does not import Celery: task modules import it without creating an app.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from typing import Any, NoReturn, Protocol
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
+
+log = logging.getLogger(__name__)
 
 
 class BoundTask(Protocol):
@@ -80,11 +83,14 @@ class RetryPolicy:
         """Seconds before retry number ``retries + 1``."""
         return backoff_s(retries, base=self.base_s, cap=self.cap_s)
 
-    def retry(self, task: BoundTask, exc: BaseException, *, retryable: bool = True) -> None:
-        """Raise Celery's ``Retry`` for ``task`` if ``retryable`` and the budget allows;
-        return otherwise (the caller records the final failure)."""
+    def retry(self, task: BoundTask, exc: BaseException, *, retryable: bool = True,
+              what: str = "task") -> None:
+        """Raise Celery's ``Retry`` for ``task`` if ``retryable`` and the budget allows
+        (logged at WARNING, naming ``what``); return otherwise (the caller records the
+        final failure)."""
         retries = int(task.request.retries or 0)
         if retryable and self.allows(retries):
+            log.warning("%s attempt %d failed (%s); retrying", what, retries + 1, exc)
             self.retry_now(task, exc, retries)
 
     def retry_now(

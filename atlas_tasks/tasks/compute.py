@@ -2,7 +2,7 @@
 ``atlas.compute.terminate_batch``, ``atlas.compute.terminate_orphan``.
 
 Each is one :class:`~atlas_tasks.sessions.service.SessionService` call plus the shared
-retry policy (:func:`atlas_tasks.tasks.retry_with_backoff`). Spawn and terminate are
+retry policy (:mod:`atlas_tasks.task_retry`). Spawn and terminate are
 late-acked and rejected on worker loss, so a worker killed mid-task leads to redelivery;
 that is safe because both are idempotent (see :mod:`atlas_tasks.sessions.service`).
 Queues come from the app's ``task_routes`` (``atlas.compute.*`` → ``compute``). Results
@@ -22,7 +22,7 @@ from atlas_tasks import task_reprs
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import AtlasError, is_transient
 from atlas_tasks.sessions.service import SessionService
-from atlas_tasks.tasks import backoff_s, retry_with_backoff
+from atlas_tasks.task_retry import SPAWN_RETRY, TERMINATE_RETRY, backoff_s
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,8 @@ def spawn(self: Task, session_id: str, sealed: str) -> dict[str, Any]:
     except Exception as exc:
         # Redis unreachable (a restart, a failover) is transient too: the session cannot
         # even be marked failed meanwhile, so failing now would only lose the message.
-        retry_with_backoff(self, exc, what=f"spawn {session_id}",
-                           retryable=is_transient(exc) or isinstance(exc, redis.RedisError),
-                           max_retries=svc.settings.spawn_max_retries)
+        SPAWN_RETRY.retry(self, exc, what=f"spawn {session_id}",
+                          retryable=is_transient(exc) or isinstance(exc, redis.RedisError))
         if not isinstance(exc, AtlasError):
             log.exception("spawn %s failed with an unexpected error", session_id)
         else:
@@ -63,9 +62,8 @@ def terminate(self: Task, session_id: str, reason: str = "requested") -> dict[st
     try:
         outcome = svc.terminate(session_id, reason=reason, fence_token=str(self.request.id))
     except Exception as exc:
-        retry_with_backoff(self, exc, what=f"terminate {session_id}",
-                           retryable=is_transient(exc) or not isinstance(exc, AtlasError),
-                           max_retries=svc.settings.terminate_max_retries)
+        TERMINATE_RETRY.retry(self, exc, what=f"terminate {session_id}",
+                              retryable=is_transient(exc) or not isinstance(exc, AtlasError))
         log.error("terminate %s gave up after %d attempts: %s", session_id,
                   int(self.request.retries or 0) + 1, exc)
         svc.terminate_gave_up(session_id, exc, TERMINATE_GIVE_UP_RETRY_MS)
@@ -105,9 +103,8 @@ def terminate_orphan(self: Task, provider: str, compute_id: str,
         outcome = svc.terminate_orphan(provider, compute_id, pod_name,
                                        fence_token=str(self.request.id))
     except AtlasError as exc:
-        retry_with_backoff(self, exc, what=f"orphan terminate {provider}/{compute_id}",
-                           retryable=is_transient(exc),
-                           max_retries=svc.settings.terminate_max_retries)
+        TERMINATE_RETRY.retry(self, exc, what=f"orphan terminate {provider}/{compute_id}",
+                              retryable=is_transient(exc))
         # The next orphan scan finds the pod again; nothing is lost.
         return {"compute_id": compute_id, "outcome": "terminate_failed",
                 "error": exc.to_dict()}

@@ -13,7 +13,7 @@ single-flight (duplicates exit as ``stale``). Poll results are not stored (they 
 cost a Redis write per poll and nobody reads them); the job record and events are the
 result.
 
-Retries use the one shared backoff policy (:func:`atlas_tasks.tasks.backoff_s`), not
+Retries use the one shared backoff policy (:mod:`atlas_tasks.task_retry`), not
 ``autoretry_for``: a refused submission is retried a bounded number of times and then
 *fails the job* (which ``autoretry_for`` cannot express), while Redis/broker errors are
 retried without limit.
@@ -33,7 +33,7 @@ from atlas_tasks import constants as C
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import AtlasError
 from atlas_tasks.jobs.service import JobService
-from atlas_tasks.tasks import backoff_s
+from atlas_tasks.task_retry import INFRA_RETRY, JOB_POLL_RETRY, JOB_SUBMIT_RETRY
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,9 @@ def run(self: Task, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     except redis.RedisError as exc:  # before the provider call or after it: both are safe
         # to retry (the write-ahead flag turns a retry after a submission into a failure)
         log.warning("job %s: Redis error during submission (%s); retrying", job_id, exc)
-        raise self.retry(countdown=backoff_s(retries)) from None
+        INFRA_RETRY.retry_now(self, exc, retries)
     except AtlasError as exc:  # raised only when the provider surely did not take the job
-        if retries < C.JOB_SUBMIT_MAX_RETRIES:
-            log.warning("job %s: submission refused (%s); retrying", job_id, exc)
-            raise self.retry(countdown=backoff_s(retries)) from None
+        JOB_SUBMIT_RETRY.retry(self, exc, what=f"job {job_id} submission")
         return service.fail_submission(job_id, exc)
     if outcome.get("poll_seq") is not None:
         try:
@@ -72,7 +70,7 @@ def run(self: Task, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
             # schedules the poll again.
             log.warning("job %s: could not schedule its first poll (%s); retrying", job_id,
                         exc)
-            raise self.retry(countdown=backoff_s(retries)) from None
+            INFRA_RETRY.retry_now(self, exc, retries)
     return outcome
 
 
@@ -91,6 +89,5 @@ def poll(self: Task, job_id: str, seq: int, attempt: int = 0) -> dict[str, Any]:
         # Keep the chain alive through a Redis or broker hiccup: the same iteration runs
         # again (single flight makes a duplicate of it harmless).
         log.warning("job %s: Redis/broker error while polling (%s); retrying", job_id, exc)
-        raise self.retry(countdown=backoff_s(int(self.request.retries or 0), base=0.5,
-                                             cap=C.JOB_POLL_CAP_S), max_retries=None) from None
+        JOB_POLL_RETRY.retry_now(self, exc)
     return result.as_dict()
