@@ -69,6 +69,13 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 def _flag(value: str | None) -> bool:
     return value == "1"
 
@@ -134,6 +141,14 @@ class SessionRecord:
     stop_resends: int | None = None
     #: Re-created from its pod after a Redis data loss.
     adopted: bool = False
+    #: The caller's tenant (quotas and budgets are kept per user and per tenant).
+    tenant_id: str | None = None
+    #: Hard lifetime: the session ends this long after it was created, touched or not.
+    max_lifetime_ms: int | None = None
+    #: GPU-idle reaping (opt-in): ended when every GPU stays below this utilisation (%)...
+    gpu_idle_below_pct: float | None = None
+    #: ... for this long, heartbeats or not.
+    gpu_idle_window_ms: int | None = None
 
     # ------------------------------------------------------------------ codec
     @classmethod
@@ -179,6 +194,10 @@ class SessionRecord:
             stop_reason=g("stop_reason"),
             stop_resends=_int(g("stop_resends")),
             adopted=_flag(g("adopted")),
+            tenant_id=g("tenant_id"),
+            max_lifetime_ms=_int(g("max_lifetime_ms")),
+            gpu_idle_below_pct=_float(g("gpu_idle_below_pct")),
+            gpu_idle_window_ms=_int(g("gpu_idle_window_ms")),
         )
 
     def to_hash(self) -> dict[str, str]:
