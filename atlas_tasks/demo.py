@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import httpx
-import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -29,6 +28,8 @@ from atlas_tasks import constants as C
 
 # The fake cloud behind the local stack needs Starlette and uvicorn: `atlas-tasks demo`
 # imports this module through the CLI, which names the [testing] extra when they are missing.
+from atlas_tasks.redis_conn import client_for_url
+from atlas_tasks.sessions.records import SessionStatus
 from atlas_tasks.testing.localstack import LocalCluster
 
 console = Console(highlight=False, soft_wrap=True)
@@ -48,7 +49,7 @@ class Timeline:
     def __init__(self, redis_url: str, names: dict[str, str]) -> None:
         self.names = names
         self.start = time.monotonic()
-        self.client = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.client = client_for_url(redis_url, decode_responses=True)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.psubscribe(C.EVENTS_CHANNEL_PATTERN)
         self.stopping = threading.Event()
@@ -153,7 +154,7 @@ def run() -> int:
             while time.monotonic() < deadline:
                 orchestrator.touch(sessions["alice"].id)
                 live = {p["id"] for p in cluster.cloud.live_pods()}
-                done = [orchestrator.info(i).status == "terminated" for i in idle]
+                done = [orchestrator.info(i).status == SessionStatus.TERMINATED for i in idle]
                 status.update(f"alice touching · idle terminated {sum(done)}/2 · orphan "
                               f"{'reaped' if rogue['id'] not in live else 'alive'} · "
                               f"{len(live)} pods live at the cloud")
@@ -169,7 +170,7 @@ def run() -> int:
         orchestrator.stop_tracked(sessions["alice"].id)
         end = time.monotonic() + 20
         while time.monotonic() < end and orchestrator.info(sessions["alice"].id).status != \
-                "terminated":
+                SessionStatus.TERMINATED:
             time.sleep(0.2)
         time.sleep(0.5)
         ok = _report(cluster, foreign["id"], sessions)
@@ -200,5 +201,6 @@ def _report(cluster: Any, foreign_id: str, sessions: dict[str, Any]) -> bool:
                   f"tracked sessions left {len(orchestrator.list_ids())}")
     live = [p["id"] for p in state["pods"]]
     expected = live == [foreign_id]
-    all_ended = all(orchestrator.info(s.id).status == "terminated" for s in sessions.values())
+    all_ended = all(orchestrator.info(s.id).status == SessionStatus.TERMINATED
+                    for s in sessions.values())
     return expected and all_ended and not orchestrator.list_ids()

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -59,6 +59,7 @@ from prometheus_client.registry import Collector
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
+from atlas_tasks.jobs.store import JobStore
 from atlas_tasks.providers.base import RequestInfo
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.sessions.records import SessionStatus, lua_with_statuses
@@ -444,14 +445,12 @@ def _jobs(r: redis.Redis) -> Metric:
     seen = 0
     batch: list[str] = []
 
+    store = JobStore(r)
+
     def flush() -> None:
-        with r.pipeline(transaction=False) as pipe:
-            for key in batch:
-                pipe.hmget(key, "provider", "status")
-            for provider, status in cast(list[list[str | None]], pipe.execute()):
-                if status is not None:
-                    k = (provider or "", status)
-                    counts[k] = counts.get(k, 0) + 1
+        for job in store.summaries(batch):
+            k = (job.provider, str(job.status))
+            counts[k] = counts.get(k, 0) + 1
         batch.clear()
 
     for key in r.scan_iter(match=pattern, count=1000, _type="hash"):

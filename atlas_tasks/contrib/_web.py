@@ -21,6 +21,7 @@ from typing import Any, cast
 from atlas_tasks import client, events
 from atlas_tasks.config import check_setting_names, configure
 from atlas_tasks.errors import AtlasError, NotFoundError, ValidationError
+from atlas_tasks.sessions.records import ENDED_STATUSES, SessionStatus
 from atlas_tasks.sessions.store import SessionInfo
 
 #: Keys of ``settings.ATLAS`` / ``app.config["ATLAS_*"]`` that belong to the web layer,
@@ -40,7 +41,7 @@ STATUS_BY_KIND: dict[str, int] = {
 }
 
 #: Events after which a session's SSE stream ends.
-TERMINAL_STATUSES = ("terminated", "failed")
+TERMINAL_STATUSES = ENDED_STATUSES
 
 #: Preset fields passed to :func:`atlas_tasks.client.spawn` besides ComputeRequest fields.
 _SPAWN_KWARGS = frozenset({"provider", "api_key", "base_url"})
@@ -226,7 +227,7 @@ def info_body(info: SessionInfo) -> dict[str, Any]:
     return info.model_dump(mode="json")
 
 
-def open_body(session: client.Session, status: str = "spawning") -> dict[str, Any]:
+def open_body(session: client.Session, status: str = SessionStatus.SPAWNING) -> dict[str, Any]:
     """The JSON of ``POST sessions/``: the raw token, shown here once."""
     return {"session": session.id, "token": session.token, "status": status}
 

@@ -483,18 +483,15 @@ class DashboardService:
                 return found, True
 
     def _jobs_in_flight(self) -> tuple[list[dict[str, Any]], bool]:
-        from atlas_tasks.jobs.store import TERMINAL_STATUSES
+        from atlas_tasks.jobs.store import TERMINAL_STATUSES, JobStore
 
         keys, partial = self._scan(C.JOB_KEY.format(id="*"))
         if not keys:
             return [], partial
-        with self.r.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, "id", "status", "provider", "endpoint", "created_at_ms")
-            answers = pipe.execute()
-        jobs = [{"id": a[0], "status": a[1], "provider": a[2], "endpoint": a[3],
-                 "created_at_ms": _int(a[4])}
-                for a in answers if a[0] and a[1] not in TERMINAL_STATUSES]
+        jobs = [{"id": job.id, "status": str(job.status), "provider": job.provider,
+                 "endpoint": job.endpoint, "created_at_ms": job.created_at_ms}
+                for job in JobStore(self.r).summaries(keys)
+                if job.status not in TERMINAL_STATUSES]
         jobs.sort(key=lambda j: j["created_at_ms"] or 0)
         return jobs[:50], partial
 
