@@ -40,7 +40,7 @@ from atlas_tasks.worker_events import UnbufferedTaskEvents
 log = logging.getLogger(__name__)
 
 TASK_MODULES = ["atlas_tasks.tasks.compute", "atlas_tasks.tasks.reaper", "atlas_tasks.tasks.jobs",
-                "atlas_tasks.tasks.fly"]
+                "atlas_tasks.tasks.fly", "atlas_tasks.tasks.quotas"]
 
 #: Queue of every atlas task, by task-name prefix (Celery glob routes). Routing is policy,
 #: in one place: call sites and beat entries pass no ``queue=`` (a test checks that every
@@ -50,6 +50,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "atlas.jobs.*": {"queue": C.QUEUE_JOBS},
     "atlas.fly.*": {"queue": C.QUEUE_FLY},
     "atlas.reaper.*": {"queue": C.QUEUE_MAINTENANCE},
+    "atlas.quotas.*": {"queue": C.QUEUE_MAINTENANCE},
 }
 #: The queues an atlas worker consumes.
 QUEUES = (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY, C.QUEUE_MAINTENANCE)
@@ -94,7 +95,13 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
                 # "revoked". The task itself drops stale/duplicate sweeps with a Redis
                 # throttle (atlas_tasks.tasks.reaper), which involves no process clock.
                 # Its queue comes from TASK_ROUTES like every other task's.
-            }
+            },
+            # Catalog prices for quota admission (atlas_tasks.tasks.quotas). A missed or
+            # late run only leaves the cached prices a little older.
+            "atlas-quota-prices": {
+                "task": C.TASK_QUOTA_REFRESH_PRICES,
+                "schedule": settings.price_refresh_interval_ms / 1000,
+            },
         },
     }
     config.update(transport_config(settings))
