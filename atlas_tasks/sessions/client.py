@@ -196,12 +196,22 @@ def _gpu_idle_options(provider: str, below_pct: Any, window_ms: Any
 
 def _quota_user(user_id: Any) -> str | None:
     """The id a user's quotas are kept under: a str/int id as is, any other JSON value as
-    its compact canonical JSON (``None``: no user quota)."""
+    its compact canonical JSON (``{"team":3,"user":9}``).
+
+    ``None`` (no user quota) for no user, and for an id that cannot name a quota scope
+    (blank, whitespace, over 200 characters): ``quotas.set_limits`` refuses such an id,
+    so it can have no limits, and ``user_id`` has always accepted any JSON value.
+    """
     if user_id is None:
         return None
     if isinstance(user_id, str | int) and not isinstance(user_id, bool):
-        return check_id("user_id", user_id)
-    return check_id("user_id", json.dumps(user_id, sort_keys=True, separators=(",", ":")))
+        text: str | int = user_id
+    else:
+        text = json.dumps(user_id, sort_keys=True, separators=(",", ":"))
+    try:
+        return check_id("user_id", text)
+    except ValidationError:
+        return None
 
 
 @wrap_redis_errors("spawn")
