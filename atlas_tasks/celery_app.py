@@ -437,6 +437,20 @@ def _start_expiry_listener(sender: Any = None, **_: Any) -> None:
     _listener.start()
 
 
+@signals.beat_init.connect
+def _refresh_prices_at_beat_start(sender: Any = None, **_: Any) -> None:
+    """Fill the quota price cache once when beat starts: an interval schedule first fires
+    a whole interval later, and until then admission would know no catalog price."""
+    app = getattr(sender, "app", None)
+    if app is None or C.TASK_QUOTA_REFRESH_PRICES not in {
+            entry.get("task") for entry in (app.conf.beat_schedule or {}).values()}:
+        return  # attached with beat=False: the host's beat is not ours to drive
+    try:
+        app.send_task(C.TASK_QUOTA_REFRESH_PRICES)
+    except Exception as exc:  # the schedule still refreshes later; beat must start
+        log.warning("could not enqueue the first quota price refresh: %s", exc)
+
+
 @signals.worker_shutdown.connect
 def _stop_expiry_listener(**_: Any) -> None:
     if _listener is not None:
