@@ -260,3 +260,53 @@ def test_release_orphaned_frees_only_reservations_without_a_session(wired: Wired
     # a young reservation is left alone (its spawn may be between admission and record)
     _admit(wired, ghost)
     assert _quotas(wired).release_orphaned(C.SESSION_KEY.format(id="")) == []
+
+
+def test_full_touch_caps_the_deadline_at_the_hard_lifetime(wired: Wired) -> None:
+    """The full touch script (heartbeat events on) re-scores the index itself: capped."""
+    from atlas_tasks.sessions.store import SessionStore
+
+    sid = _running(wired, max_lifetime_ms=600_000, idle_ttl_ms=3_600_000)
+    expires = record(wired.store, sid).expires_at_ms
+    SessionStore(wired.redis, publish_heartbeats=True).touch(sid)
+    assert wired.redis.zscore(C.DEADLINE_INDEX_KEY, sid) == expires
+
+
+def test_price_refresh_covers_every_configured_provider_despite_failures(
+    wired: Wired,
+) -> None:
+    from atlas_tasks.deps import Dependencies
+    from atlas_tasks.providers.base import Provider
+    from atlas_tasks.providers.mock import MockProvider
+    from atlas_tasks.quotas import refresh_configured_prices
+    from atlas_tasks.specs import GpuType
+
+    class Catalog(MockProvider):
+        def __init__(self, label: str) -> None:
+            super().__init__()
+            self.label = label
+
+        def list_gpu_types(self) -> list[GpuType]:
+            if self.label == "vast":
+                raise AtlasError("catalog down", kind="transport")
+            return [
+                GpuType(
+                    id=f"{self.label}-h100",
+                    provider=self.label,
+                    canonical="h100",
+                    lowest_price_per_hour=3.0,
+                )
+            ]
+
+    def factory(name: str, *, api_key: str | None = None, base_url: str | None = None) -> Provider:
+        return Catalog(name)
+
+    settings = wired.service.settings.model_copy(
+        update={"reap_providers": ["runpod", "vast"], "default_provider": "lambda_labs"}
+    )
+    deps = Dependencies.from_client(wired.redis, settings=settings, providers=factory)
+    outcome = refresh_configured_prices(deps)
+    assert outcome["runpod"] == outcome["lambda_labs"] == 2  # canonical + provider id
+    assert "catalog down" in str(outcome["vast"])
+    assert _quotas(wired).quote("runpod", "h100", 2).hourly_usd == 6.0
+    assert _quotas(wired).quote("vast", "h100").hourly_usd is None
