@@ -293,14 +293,17 @@ class SessionService:
         """Charge the session's quota reservation the pod's real ``cost_per_hour``.
 
         After ``finish_spawn``, not inside it: a worker dying in between leaves the
-        catalog estimate in place (admission's figure, never a leak); the reservation is
+        catalog estimate in place (admission's figure, never a leak) until the spawn's
+        redelivery corrects it (see :meth:`_settle_without_create`); the reservation is
         still released by the session's end. A session that ended meanwhile holds no
         reservation and nothing is re-reserved (``correct`` answers ``None``).
         """
-        if compute.cost_per_hour is None:
-            return
+        if compute.cost_per_hour is not None:
+            self._correct_price(session_id, compute.cost_per_hour)
+
+    def _correct_price(self, session_id: str, hourly_usd: float) -> None:
         try:
-            QuotaStore(self.deps.redis).correct(session_id, compute.cost_per_hour)
+            QuotaStore(self.deps.redis).correct(session_id, hourly_usd)
         except (AtlasError, redis.RedisError) as exc:  # the estimate stays; not fatal
             log.warning("session %s: could not correct its quota reservation: %s",
                         session_id, exc)
@@ -315,6 +318,11 @@ class SessionService:
         if status == _SPAWNING:
             return None
         if status == _RUNNING and compute_id:
+            # A redelivery after the worker died between finish_spawn and its correct:
+            # correct now (idempotent: it sets the same price again otherwise).
+            cost = (record.compute or {}).get("cost_per_hour")
+            if isinstance(cost, int | float) and not isinstance(cost, bool):
+                self._correct_price(record.id, float(cost))
             return record.compute or {}
         if status == _TERMINATING and compute_id:
             # Its pod was recorded while a stop was pending: finish that terminate (fenced,

@@ -10,6 +10,7 @@ redis-server (the Lua runs for real) and check the user's and tenant's usage aft
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field
 
@@ -310,3 +311,14 @@ def test_price_refresh_covers_every_configured_provider_despite_failures(
     assert "catalog down" in str(outcome["vast"])
     assert _quotas(wired).quote("runpod", "h100", 2).hourly_usd == 6.0
     assert _quotas(wired).quote("vast", "h100").hourly_usd is None
+
+
+def test_redelivered_spawn_of_a_running_session_corrects_a_missed_price(wired: Wired) -> None:
+    """The worker died between finish_spawn and correct: the redelivery corrects."""
+    sid, sealed = _spawning(wired)
+    compute = wired.service.spawn(sid, sealed, attempt_id="t-spawn")
+    _quotas(wired).correct(sid, PRICE)  # as if the correct had never run
+    wired.redis.hset(Keys(sid).record, "compute", json.dumps({**compute, "cost_per_hour": 1.25}))
+    wired.service.spawn(sid, sealed, attempt_id="t-spawn")  # redelivered
+    reservation = _quotas(wired).reservation(sid)
+    assert reservation is not None and reservation.hourly_usd == 1.25
