@@ -40,7 +40,7 @@ from atlas_tasks.worker_events import UnbufferedTaskEvents
 log = logging.getLogger(__name__)
 
 TASK_MODULES = ["atlas_tasks.tasks.compute", "atlas_tasks.tasks.reaper", "atlas_tasks.tasks.jobs",
-                "atlas_tasks.tasks.fly"]
+                "atlas_tasks.tasks.fly", "atlas_tasks.tasks.quotas"]
 
 #: Queue of every atlas task, by task-name prefix (Celery glob routes). Routing is policy,
 #: in one place: call sites and beat entries pass no ``queue=`` (a test checks that every
@@ -50,6 +50,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "atlas.jobs.*": {"queue": C.QUEUE_JOBS},
     "atlas.fly.*": {"queue": C.QUEUE_FLY},
     "atlas.reaper.*": {"queue": C.QUEUE_MAINTENANCE},
+    "atlas.quotas.*": {"queue": C.QUEUE_MAINTENANCE},
 }
 #: The queues an atlas worker consumes.
 QUEUES = (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY, C.QUEUE_MAINTENANCE)
@@ -94,7 +95,13 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
                 # "revoked". The task itself drops stale/duplicate sweeps with a Redis
                 # throttle (atlas_tasks.tasks.reaper), which involves no process clock.
                 # Its queue comes from TASK_ROUTES like every other task's.
-            }
+            },
+            # Catalog prices for quota admission (atlas_tasks.tasks.quotas). A missed or
+            # late run only leaves the cached prices a little older.
+            "atlas-quota-prices": {
+                "task": C.TASK_QUOTA_REFRESH_PRICES,
+                "schedule": settings.price_refresh_interval_ms / 1000,
+            },
         },
     }
     config.update(transport_config(settings))
@@ -428,6 +435,20 @@ def _start_expiry_listener(sender: Any = None, **_: Any) -> None:
     _listener = ExpiryListener(settings.redis_url,
                                lambda ids: enqueue_terminate(ids, "idle_timeout"))
     _listener.start()
+
+
+@signals.beat_init.connect
+def _refresh_prices_at_beat_start(sender: Any = None, **_: Any) -> None:
+    """Fill the quota price cache once when beat starts: an interval schedule first fires
+    a whole interval later, and until then admission would know no catalog price."""
+    app = getattr(sender, "app", None)
+    if app is None or C.TASK_QUOTA_REFRESH_PRICES not in {
+            entry.get("task") for entry in (app.conf.beat_schedule or {}).values()}:
+        return  # attached with beat=False: the host's beat is not ours to drive
+    try:
+        app.send_task(C.TASK_QUOTA_REFRESH_PRICES)
+    except Exception as exc:  # the schedule still refreshes later; beat must start
+        log.warning("could not enqueue the first quota price refresh: %s", exc)
 
 
 @signals.worker_shutdown.connect

@@ -179,6 +179,24 @@ class AtlasSettings(BaseSettings):
                     "would reap a session before its first heartbeat could arrive; lower it "
                     "only for tests.",
     )
+    default_max_lifetime_ms: int = Field(
+        default=0, ge=0,
+        description="Hard lifetime of a session when `spawn` gives no `max_lifetime_ms`: "
+                    "it ends (reason `max_lifetime`) this long after it was created, even "
+                    "while it is touched. 0 = no hard lifetime (the default).",
+    )
+    expiry_warning_ms: int = Field(
+        default=60_000, ge=0,
+        description="An `expiring` event (`{\"in_ms\": ...}`) goes out this long before a "
+                    "session's hard lifetime ends (0 = no warning).",
+    )
+    price_refresh_interval_ms: int = Field(
+        default=15 * 60 * 1000, gt=0,
+        description="Beat period of `atlas.quotas.refresh_prices`, which caches the GPU "
+                    "catalog prices quota admission charges against (from "
+                    "`list_gpu_types()` of `ATLAS_REAP_PROVIDERS` and "
+                    "`ATLAS_DEFAULT_PROVIDER`).",
+    )
     stop_resend_ms: int = Field(
         default=30_000, ge=1_000,
         description="A stop_tracked() whose terminate made no progress for this long (its "

@@ -120,6 +120,9 @@ TASK_REAP = "atlas.reaper.reap"
 TASK_JOB_RUN = "atlas.jobs.run"
 TASK_JOB_POLL = "atlas.jobs.poll"
 TASK_FLY_DEPLOY = "atlas.fly.deploy"
+#: Beat task caching each configured provider's GPU catalog prices for quota admission
+#: (the price cache's keys are declared in :mod:`atlas_tasks.quotas.store`).
+TASK_QUOTA_REFRESH_PRICES = "atlas.quotas.refresh_prices"
 
 QUEUE_COMPUTE = "compute"
 QUEUE_JOBS = "jobs"

@@ -31,10 +31,17 @@ The model::
   reservation is a receipt deleted in the same script, so a double release, or a release
   after a crash and a retry, never drives usage below zero.
 
-When each call happens (wiring into ``orchestrator.spawn`` lands with the sessions
-refactor): spawn calls :func:`admit` before anything is enqueued; a failed spawn and
-every end of a session (idle, stop, max lifetime, orphaned intent) call :func:`release`;
-the session becoming ``running`` calls :func:`correct` with the pod's ``cost_per_hour``.
+When each call happens: ``orchestrator.spawn(..., user_id=, tenant_id=)`` calls
+:func:`admit` before anything is recorded or enqueued (price = :func:`quote` of the
+requested GPU × ``gpu_count``); a refusal raises :class:`QuotaExceeded` and leaves
+nothing behind. Every end of a session (idle, stop, max lifetime, spawn failure, an
+orphaned intent the reaper resolves, an adopted pod's terminate) releases the
+reservation *in the same Lua step* that marks the session terminated or failed (the
+session store's ``finish_terminate`` / ``fail_spawn`` embed :data:`LUA_QUOTA_RELEASE`),
+so a worker dying between the two cannot leak it. The session becoming ``running``
+calls :func:`correct` with the pod's ``cost_per_hour``. Beat runs
+``atlas.quotas.refresh_prices`` (:func:`refresh_configured_prices`) every
+``ATLAS_PRICE_REFRESH_INTERVAL_MS``.
 
 Every function takes an optional ``client`` (a ``decode_responses=True`` Redis client);
 by default it uses the process's Redis (``ATLAS_REDIS_URL``). The store, its records, its
@@ -43,12 +50,15 @@ keys and its Lua are in :mod:`atlas_tasks.quotas.store`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import redis
 
 from atlas_tasks.errors import QuotaExceeded
 from atlas_tasks.quotas.store import (
+    LUA_QUOTA_RELEASE,
     SCOPES,
     Admission,
     LimitName,
@@ -61,6 +71,12 @@ from atlas_tasks.quotas.store import (
     Usage,
 )
 from atlas_tasks.specs import GpuType
+
+if TYPE_CHECKING:
+    from atlas_tasks.config import AtlasSettings
+    from atlas_tasks.deps import Dependencies
+
+log = logging.getLogger(__name__)
 
 
 def quota_store(client: redis.Redis | None = None) -> QuotaStore:
@@ -182,6 +198,48 @@ def refresh_prices(
     return quota_store(client).refresh_prices(provider_name, gpu_types)
 
 
+def price_providers(settings: AtlasSettings) -> list[str]:
+    """The providers whose catalog prices the beat task caches: ``ATLAS_REAP_PROVIDERS``
+    and ``ATLAS_DEFAULT_PROVIDER`` (the providers a deployment spawns on), in order."""
+    names = list(settings.reap_providers)
+    if settings.default_provider and settings.default_provider not in names:
+        names.append(settings.default_provider)
+    return names
+
+
+def refresh_configured_prices(deps: Dependencies | None = None) -> dict[str, int | str]:
+    """Refresh the price cache from every configured provider's ``list_gpu_types()``.
+
+    What ``atlas.quotas.refresh_prices`` runs. A provider whose listing fails keeps its
+    cached prices (logged; the others are still refreshed).
+
+    Returns:
+        Per provider: the number of prices stored, or the error's text.
+    """
+    if deps is None:
+        from atlas_tasks.deps import Dependencies
+
+        deps = Dependencies.default()
+    store = QuotaStore(deps.redis)
+    out: dict[str, int | str] = {}
+    for name in price_providers(deps.settings):
+        try:
+            out[name] = store.refresh_prices(name, deps.providers(name).list_gpu_types())
+        except Exception as exc:  # one provider's outage must not stop the others
+            log.warning("price refresh of %s failed: %s: %s", name, type(exc).__name__, exc)
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def release_orphaned_reservations(client: redis.Redis | None = None) -> list[str]:
+    """Release reservations whose session record is gone (older than a minute); returns
+    their session ids. Run by ``atlas.quotas.refresh_prices`` (see
+    :meth:`QuotaStore.release_orphaned`)."""
+    from atlas_tasks.constants import SESSION_KEY
+
+    return quota_store(client).release_orphaned(SESSION_KEY.format(id=""))
+
+
 def quote(
     provider_name: str,
     gpu: str,
@@ -195,6 +253,7 @@ def quote(
 
 
 __all__ = [
+    "LUA_QUOTA_RELEASE",
     "SCOPES",
     "Admission",
     "LimitName",
@@ -209,11 +268,14 @@ __all__ = [
     "admit",
     "correct",
     "get_limits",
+    "price_providers",
     "quota_store",
     "quote",
     "record_spend",
+    "refresh_configured_prices",
     "refresh_prices",
     "release",
+    "release_orphaned_reservations",
     "set_limits",
     "usage",
 ]

@@ -78,7 +78,10 @@ SCOPES: Final[tuple[Scope, ...]] = ("user", "tenant")
 
 LimitName = Literal["max_sessions", "max_hourly_usd", "monthly_usd"]
 
-_USAGE_PREFIX, _USAGE_SUFFIX = USAGE_KEY.split("{scope}:{id}")
+#: The two halves of :data:`USAGE_KEY` around ``{scope}:{id}``: scripts that learn the
+#: scope from a reservation build its usage key from them.
+USAGE_KEY_PREFIX, USAGE_KEY_SUFFIX = USAGE_KEY.split("{scope}:{id}")
+_USAGE_PREFIX, _USAGE_SUFFIX = USAGE_KEY_PREFIX, USAGE_KEY_SUFFIX
 
 
 def limits_key(scope: Scope, scope_id: str) -> str:
@@ -492,21 +495,64 @@ local function usage_keys(res)
 end
 """
 
+#: Lua function ``quota_release(reservation, index, session_id, usage_prefix, usage_suffix)``
+#: giving back one session's reservation (idempotent: the receipt is deleted in the same
+#: step; returns the receipt's fields, or ``false`` when there was none). Exported so the
+#: session store's end transitions (``fail_spawn``, ``finish_terminate``) release in the
+#: same Lua step that ends the session: no worker death can separate the two. Callers
+#: pass the reservation key and :data:`RESERVATIONS_INDEX_KEY` as KEYS, and
+#: :data:`USAGE_KEY_PREFIX` / :data:`USAGE_KEY_SUFFIX` as ARGV.
+LUA_QUOTA_RELEASE: Final = """
+local function quota_release(res, index, id, prefix, suffix)
+  if redis.call('EXISTS', res) == 0 then return false end
+  local rec = redis.call('HGETALL', res)
+  local f = redis.call('HMGET', res, 'hourly_micros', 'user_id', 'tenant_id')
+  local micros = tonumber(f[1] or '0')
+  local owners = {}
+  if f[2] then owners[#owners + 1] = prefix .. 'user:' .. f[2] .. suffix end
+  if f[3] then owners[#owners + 1] = prefix .. 'tenant:' .. f[3] .. suffix end
+  for _, key in ipairs(owners) do
+    -- never below zero (see add_clamped)
+    local n = tonumber(redis.call('HGET', key, 'sessions') or '0') - 1
+    local h = tonumber(redis.call('HGET', key, 'hourly_micros') or '0') - micros
+    if n < 0 then n = 0 end
+    if h < 0 then h = 0 end
+    redis.call('HSET', key, 'sessions', string.format('%d', n),
+               'hourly_micros', string.format('%d', h))
+  end
+  redis.call('DEL', res)
+  redis.call('ZREM', index, id)
+  return rec
+end
+"""
+
 _RELEASE = (
-    _MONTH_LUA
-    + _USAGE_OF_RES
+    LUA_QUOTA_RELEASE
     + """
 -- KEYS: reservation, index  ARGV: session id, usage key prefix, usage key suffix
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local rec = redis.call('HGETALL', KEYS[1])
-local micros = tonumber(redis.call('HGET', KEYS[1], 'hourly_micros') or '0')
-for _, key in ipairs(usage_keys(KEYS[1])) do
-  add_clamped(key, 'sessions', -1)
-  add_clamped(key, 'hourly_micros', -micros)
+return quota_release(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+"""
+)
+
+_RELEASE_ORPHANED = (
+    LUA_QUOTA_RELEASE
+    + """
+-- KEYS: index  ARGV: session record prefix, older_than_ms, limit, reservation key prefix,
+--                   usage key prefix, usage key suffix
+-- Reservations admitted before now - older_than_ms whose session record does not exist:
+-- the spawn died between admission and recording its session (or the record was lost).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]),
+                       'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    quota_release(ARGV[4] .. id, KEYS[1], id, ARGV[5], ARGV[6])
+    out[#out + 1] = id
+  end
 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return rec
+return out
 """
 )
 
@@ -575,6 +621,7 @@ class QuotaStore:
         self.client = client
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
+        self._release_orphaned = client.register_script(_RELEASE_ORPHANED)
         self._correct = client.register_script(_CORRECT)
         self._record_spend = client.register_script(_RECORD_SPEND)
         self._usage = client.register_script(_USAGE)
@@ -708,6 +755,28 @@ class QuotaStore:
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
+    def release_orphaned(self, session_key_prefix: str, *, older_than_ms: int = 60_000,
+                         limit: int = 1000) -> list[str]:
+        """Release reservations whose session record is gone; returns their session ids.
+
+        Sessions release their reservation in the step that ends them; this catches the
+        rest: a spawn that died between admission and writing its record, or a record
+        lost with Redis data. Only reservations older than ``older_than_ms`` are looked
+        at, so a spawn between its admission and its record is never touched.
+
+        Args:
+            session_key_prefix: the session record key without its id
+                (``atlas:session:``).
+            older_than_ms: minimum age of a reservation (ms, Redis time).
+            limit: most reservations looked at per call (oldest first).
+        """
+        reply = self._release_orphaned(
+            keys=[RESERVATIONS_INDEX_KEY],
+            args=[session_key_prefix, older_than_ms, limit, reservation_key(""),
+                  _USAGE_PREFIX, _USAGE_SUFFIX],
+        )
+        return [str(x) for x in cast(list[Any], reply)]
+
     def correct(self, session_id: str, real_hourly_usd: float) -> Reservation | None:
         """Set a live reservation's USD/h to the pod's real ``cost_per_hour``.
 
@@ -801,6 +870,7 @@ class QuotaStore:
 
 __all__ = [
     "LIMITS_KEY",
+    "LUA_QUOTA_RELEASE",
     "MAX_USD",
     "MICROS",
     "PRICES_KEY",
@@ -810,6 +880,8 @@ __all__ = [
     "SPEND_KEY",
     "SPEND_RETENTION_S",
     "USAGE_KEY",
+    "USAGE_KEY_PREFIX",
+    "USAGE_KEY_SUFFIX",
     "Admission",
     "LimitName",
     "Limits",

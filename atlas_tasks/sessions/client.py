@@ -45,6 +45,7 @@ from atlas_tasks.errors import (
     ValidationError,
 )
 from atlas_tasks.providers import Provider, provider_class
+from atlas_tasks.quotas.store import QuotaStore, check_id
 from atlas_tasks.redis_conn import async_client_for_url, get_redis, wrap_redis_errors
 from atlas_tasks.sealing import seal
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus, new_session_id
@@ -55,7 +56,13 @@ from atlas_tasks.sessions.store import (
     canonical_user,
     store_for,
 )
-from atlas_tasks.specs import AuthHandle, Compute, ComputeRequest, build_compute_request
+from atlas_tasks.specs import (
+    AuthHandle,
+    Capability,
+    Compute,
+    ComputeRequest,
+    build_compute_request,
+)
 from atlas_tasks.specs.gpu import GPU_CATALOG, for_provider, lambda_instance_type
 
 log = logging.getLogger(__name__)
@@ -155,6 +162,58 @@ def _check_gpu_offered(provider: str, req: ComputeRequest) -> None:
         for_provider(req.gpu, provider)
 
 
+def _positive_int(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValidationError(f"{field}: must be an integer > 0, got {value!r}", field=field)
+    return value
+
+
+def _gpu_idle_options(provider: str, below_pct: Any, window_ms: Any
+                      ) -> tuple[float | None, int | None]:
+    """Validated GPU-idle reaping options of one spawn (both or neither).
+
+    Raises:
+        ValidationError: naming the field: out of range, only one of the two, or a
+            provider that does not report GPU utilisation (``Capability.GPU_UTILIZATION``).
+    """
+    if below_pct is None and window_ms is None:
+        return None, None
+    if below_pct is None or window_ms is None:
+        missing = "gpu_idle_below_pct" if below_pct is None else "gpu_idle_window_ms"
+        raise ValidationError(f"{missing}: gpu_idle_below_pct and gpu_idle_window_ms go "
+                              "together (give both or neither)", field=missing)
+    if isinstance(below_pct, bool) or not isinstance(below_pct, int | float) \
+            or not 0 < below_pct <= 100:
+        raise ValidationError(f"gpu_idle_below_pct: must be a number in (0, 100], got "
+                              f"{below_pct!r}", field="gpu_idle_below_pct")
+    window = _positive_int("gpu_idle_window_ms", window_ms)
+    if str(Capability.GPU_UTILIZATION) not in provider_class(provider).capabilities():
+        raise ValidationError(f"gpu_idle_below_pct: provider {provider!r} does not report GPU "
+                              "utilisation, so GPU-idle reaping cannot apply to it",
+                              field="gpu_idle_below_pct")
+    return float(below_pct), window
+
+
+def _quota_user(user_id: Any) -> str | None:
+    """The id a user's quotas are kept under: a str/int id as is, any other JSON value as
+    its compact canonical JSON (``{"team":3,"user":9}``).
+
+    ``None`` (no user quota) for no user, and for an id that cannot name a quota scope
+    (blank, whitespace, over 200 characters): ``quotas.set_limits`` refuses such an id,
+    so it can have no limits, and ``user_id`` has always accepted any JSON value.
+    """
+    if user_id is None:
+        return None
+    if isinstance(user_id, str | int) and not isinstance(user_id, bool):
+        text: str | int = user_id
+    else:
+        text = json.dumps(user_id, sort_keys=True, separators=(",", ":"))
+    try:
+        return check_id("user_id", text)
+    except ValidationError:
+        return None
+
+
 @wrap_redis_errors("spawn")
 def spawn(
     request: ComputeRequest | dict[str, Any] | None = None,
@@ -163,6 +222,10 @@ def spawn(
     api_key: str | None = None,
     base_url: str | None = None,
     user_id: Any = None,
+    tenant_id: str | int | None = None,
+    max_lifetime_ms: int | None = None,
+    gpu_idle_below_pct: float | None = None,
+    gpu_idle_window_ms: int | None = None,
     **fields: Any,
 ) -> Session:
     """Start a tracked session: returns at once; a worker creates the pod.
@@ -172,13 +235,24 @@ def spawn(
         provider: provider name (argument > ``ATLAS_DEFAULT_PROVIDER``).
         api_key: per-call API key; travels and rests Fernet-sealed.
         base_url: per-call provider base URL (e.g. a fake cloud).
-        user_id: your user's id (any JSON value), kept in the record for ``info``.
+        user_id: your user's id (any JSON value), kept in the record for ``info``; its
+            quotas (:mod:`atlas_tasks.quotas`) are checked and reserved at admission.
+        tenant_id: your tenant's id; its quotas are checked and reserved too.
+        max_lifetime_ms: hard lifetime: the session ends (reason ``max_lifetime``) this
+            long after this call, touched or not, after an ``expiring`` event
+            ``ATLAS_EXPIRY_WARNING_MS`` before (default ``ATLAS_DEFAULT_MAX_LIFETIME_MS``,
+            0 = none).
+        gpu_idle_below_pct, gpu_idle_window_ms: GPU-idle reaping (both or neither): the
+            running session ends when every GPU stays below this utilisation for this
+            long. Only for providers declaring ``Capability.GPU_UTILIZATION``.
         **fields: ComputeRequest fields: ``gpu``, ``image``, ``ports``, ``auth``,
             ``idle_ttl_ms``...
 
     Raises:
         ValidationError: bad request fields (``idle_ttl_ms`` below ``ATLAS_MIN_IDLE_TTL_MS``
             included), unknown provider, or no ``ATLAS_SECRET_KEY``.
+        QuotaExceeded: a user or tenant limit refused the session; nothing was recorded,
+            reserved or enqueued.
         TransportError: Redis or the broker could not be reached (nothing is left behind).
     """
     settings = get_settings()
@@ -189,6 +263,13 @@ def spawn(
         json.dumps(user_id, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         raise ValidationError("user_id: must be JSON-serialisable", field="user_id") from None
+    quota_user = _quota_user(user_id)
+    tenant = None if tenant_id is None else check_id("tenant_id", tenant_id)
+    if max_lifetime_ms is None:
+        lifetime = settings.default_max_lifetime_ms or None
+    else:
+        lifetime = _positive_int("max_lifetime_ms", max_lifetime_ms)
+    idle_pct, idle_window = _gpu_idle_options(name, gpu_idle_below_pct, gpu_idle_window_ms)
     for arg, value in (("api_key", api_key), ("base_url", base_url)):
         if value is not None and not isinstance(value, str):
             raise ValidationError(f"{arg}: must be a string", field=arg)
@@ -225,9 +306,30 @@ def spawn(
         # Kept (sealed) only while the spawn is in flight, so the reaper can re-send a
         # spawn message the broker lost; removed when the spawn finishes or fails.
         spawn_sealed=sealed,
+        tenant_id=tenant,
+        max_lifetime_ms=lifetime,
+        gpu_idle_below_pct=idle_pct,
+        gpu_idle_window_ms=idle_window,
     )
     store = _store()
-    store.create(record)  # a Redis failure: TransportError (decorator)
+    admitted = False
+    if quota_user is not None or tenant is not None:
+        # Admission before anything exists: a refusal (QuotaExceeded) leaves nothing behind.
+        quotas = QuotaStore(store.r)
+        price = quotas.quote(name, req.gpu, req.gpu_count, spot=req.spot).hourly_usd \
+            if req.gpu else None
+        admission = quotas.try_admit(session_id, user_id=quota_user, tenant_id=tenant,
+                                     hourly_usd=price)
+        if admission.refusal is not None:
+            raise admission.refusal.error()
+        admitted = True
+    try:
+        # From here on the session's end releases its reservation (store Lua).
+        store.create(record, expiry_warning_ms=settings.expiry_warning_ms)
+    except BaseException:
+        if admitted:
+            _release_quietly(store, session_id)
+        raise  # a Redis failure: TransportError (decorator)
     events.publish(session_id, "status", {"status": SessionStatus.SPAWNING.value,
                                           "provider": name, "user_id": user_id})
     from atlas_tasks.celery_app import get_app
@@ -250,6 +352,15 @@ def spawn(
         raise TransportError(error["message"]) from exc
     return Session(session_id, name, pod_name, req.auth, token=token, signing_secret=signing,
                    token_hash=token_hash)
+
+
+def _release_quietly(store: SessionStore, session_id: str) -> None:
+    """Give back the reservation of a session whose record could not be written."""
+    try:
+        QuotaStore(store.r).release(session_id)
+    except redis.RedisError as exc:  # Redis is down: atlas.quotas.refresh_prices releases it later
+        log.warning("session %s: could not release its quota reservation: %s", session_id,
+                    exc)
 
 
 @wrap_redis_errors("touch")

@@ -162,9 +162,11 @@ class SessionReaper:
             report.skipped = True
             return report
         try:
-            report.due = store.claim_due(CLAIM_BATCH, C.IDLE_CLAIM_SLACK_MS)
-            if report.due:
-                enqueue_terminate(report.due, "idle_timeout")
+            # idle_timeout and max_lifetime come due through the same index and claim
+            due = store.claim_due_by_reason(CLAIM_BATCH, C.IDLE_CLAIM_SLACK_MS)
+            report.due = [session_id for session_id, _ in due]
+            for reason in sorted({reason for _, reason in due}):
+                enqueue_terminate([sid for sid, why in due if why == reason], reason)
             self._resend_stops(enqueue_terminate, report)
             if enqueue_spawn is not None:
                 for session_id, sealed in store.claim_stalled_spawns(settings.spawn_stall_ms,

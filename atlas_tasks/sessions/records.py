@@ -48,6 +48,11 @@ class SessionStatus(StrEnum):
     FAILED = "failed"
 
 
+#: ``reason`` of a session ended because its idle clock ran out.
+IDLE_REASON = "idle_timeout"
+#: ``reason`` of a session ended at its hard lifetime (``max_lifetime_ms``).
+MAX_LIFETIME_REASON = "max_lifetime"
+
 #: Statuses of a session that still has (or may get) a pod the registry tracks.
 LIVE_STATUSES = frozenset(
     {SessionStatus.SPAWNING, SessionStatus.RUNNING, SessionStatus.TERMINATING}
@@ -145,6 +150,10 @@ class SessionRecord:
     tenant_id: str | None = None
     #: Hard lifetime: the session ends this long after it was created, touched or not.
     max_lifetime_ms: int | None = None
+    #: Its hard deadline (creation + ``max_lifetime_ms``, Redis time), written at create.
+    expires_at_ms: int | None = None
+    #: When its ``expiring`` event is due; removed once the event went out.
+    expiry_warn_at_ms: int | None = None
     #: GPU-idle reaping (opt-in): ended when every GPU stays below this utilisation (%)...
     gpu_idle_below_pct: float | None = None
     #: ... for this long, heartbeats or not.
@@ -196,6 +205,8 @@ class SessionRecord:
             adopted=_flag(g("adopted")),
             tenant_id=g("tenant_id"),
             max_lifetime_ms=_int(g("max_lifetime_ms")),
+            expires_at_ms=_int(g("expires_at_ms")),
+            expiry_warn_at_ms=_int(g("expiry_warn_at_ms")),
             gpu_idle_below_pct=_float(g("gpu_idle_below_pct")),
             gpu_idle_window_ms=_int(g("gpu_idle_window_ms")),
         )
@@ -242,7 +253,9 @@ class SessionRecord:
 
 __all__ = [
     "ENDED_STATUSES",
+    "IDLE_REASON",
     "LIVE_STATUSES",
+    "MAX_LIFETIME_REASON",
     "SESSION_ID_RE",
     "SessionRecord",
     "SessionStatus",

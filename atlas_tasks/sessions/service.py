@@ -52,6 +52,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import redis
+
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings
 from atlas_tasks.deps import Dependencies
@@ -60,6 +62,7 @@ from atlas_tasks.faults import fault_point
 from atlas_tasks.lease import Lease
 from atlas_tasks.providers.base import Provider
 from atlas_tasks.providers.http import is_maybe_created
+from atlas_tasks.quotas.store import QuotaStore
 from atlas_tasks.sealing import unseal
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus
 from atlas_tasks.sessions.store import SessionStore, store_for
@@ -263,6 +266,7 @@ class SessionService:
         verdict = store.finish_spawn(session_id, compute.id, public)  # publishes `running`
         lease.release()
         if verdict == _RUNNING:
+            self._correct_reservation(session_id, compute)
             return public
         if verdict == "duplicate":
             log.warning("session %s already has a pod; terminating the extra pod %s",
@@ -285,6 +289,25 @@ class SessionService:
         return {**public, "status": str(_TERMINATED if outcome == "terminated"
                                         else _TERMINATING)}
 
+    def _correct_reservation(self, session_id: str, compute: Compute) -> None:
+        """Charge the session's quota reservation the pod's real ``cost_per_hour``.
+
+        After ``finish_spawn``, not inside it: a worker dying in between leaves the
+        catalog estimate in place (admission's figure, never a leak) until the spawn's
+        redelivery corrects it (see :meth:`_settle_without_create`); the reservation is
+        still released by the session's end. A session that ended meanwhile holds no
+        reservation and nothing is re-reserved (``correct`` answers ``None``).
+        """
+        if compute.cost_per_hour is not None:
+            self._correct_price(session_id, compute.cost_per_hour)
+
+    def _correct_price(self, session_id: str, hourly_usd: float) -> None:
+        try:
+            QuotaStore(self.deps.redis).correct(session_id, hourly_usd)
+        except (AtlasError, redis.RedisError) as exc:  # the estimate stays; not fatal
+            log.warning("session %s: could not correct its quota reservation: %s",
+                        session_id, exc)
+
     def _settle_without_create(self, provider: Provider, record: SessionRecord
                                ) -> dict[str, Any] | None:
         """What a spawn does for a session that is not ``spawning`` (a redelivery, a
@@ -295,6 +318,11 @@ class SessionService:
         if status == _SPAWNING:
             return None
         if status == _RUNNING and compute_id:
+            # A redelivery after the worker died between finish_spawn and its correct:
+            # correct now (idempotent: it sets the same price again otherwise).
+            cost = (record.compute or {}).get("cost_per_hour")
+            if isinstance(cost, int | float) and not isinstance(cost, bool):
+                self._correct_price(record.id, float(cost))
             return record.compute or {}
         if status == _TERMINATING and compute_id:
             # Its pod was recorded while a stop was pending: finish that terminate (fenced,

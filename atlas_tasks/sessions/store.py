@@ -38,30 +38,68 @@ from atlas_tasks import constants as C
 from atlas_tasks.errors import NotTracked
 from atlas_tasks.events import EMIT_LUA, encode, topic_keys
 from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
+from atlas_tasks.quotas.store import (
+    LUA_QUOTA_RELEASE,
+    RESERVATIONS_INDEX_KEY,
+    USAGE_KEY_PREFIX,
+    USAGE_KEY_SUFFIX,
+    reservation_key,
+)
 from atlas_tasks.redis_lua import LUA_NOW
-from atlas_tasks.sessions.records import SessionRecord, SessionStatus, lua_with_statuses
+from atlas_tasks.sessions.records import (
+    IDLE_REASON,
+    MAX_LIFETIME_REASON,
+    SessionRecord,
+    SessionStatus,
+    lua_with_statuses,
+)
 from atlas_tasks.specs import Port
 
+# Hard lifetime (max_lifetime_ms): the record holds `expires_at_ms` (creation + lifetime)
+# and, until the `expiring` event went out, `expiry_warn_at_ms`. Every script that scores
+# the deadline index caps the idle deadline with lifetime_cap, so the one index and the one
+# sweep that end idle sessions also warn and end expired ones (_CLAIM_DUE tells them
+# apart). touch()'s fast path writes no index entry, so it stays one key and one command.
+_LUA_LIFETIME_CAP = """
+local function lifetime_cap(due, expires, warn)
+  local cap = nil
+  if warn then cap = tonumber(warn) elseif expires then cap = tonumber(expires) end
+  if cap and cap < due then return cap end
+  return due
+end
+"""
+
 _CREATE = lua_with_statuses(LUA_NOW + """
--- KEYS: session, sessions set, intents  ARGV: id, intent_ttl_ms, record_ttl_ms, field/value...
+-- KEYS: session, sessions set, intents
+-- ARGV: id, intent_ttl_ms, record_ttl_ms, expiry_warning_ms, field/value...
 redis.call('HSET', KEYS[1], 'created_at_ms', now, 'last_activity_ms', now)
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local life = tonumber(redis.call('HGET', KEYS[1], 'max_lifetime_ms') or '0')
+if life and life > 0 then
+  -- the hard deadline counts from creation, on Redis's clock like every other deadline
+  redis.call('HSET', KEYS[1], 'expires_at_ms', now + life)
+  local warning = tonumber(ARGV[4])
+  if warning > 0 then
+    redis.call('HSET', KEYS[1], 'expiry_warn_at_ms', math.max(now, now + life - warning))
+  end
+end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
 return now
 """)
 
-_TOUCH = lua_with_statuses(LUA_NOW + """
+_TOUCH = lua_with_statuses(LUA_NOW + _LUA_LIFETIME_CAP + """
 -- KEYS: session, alive, deadlines, channel  ARGV: id, record_grace_ms, publish(0/1)
-local st = redis.call('HMGET', KEYS[1], 'idle_ttl_ms', 'status')
+local st = redis.call('HMGET', KEYS[1], 'idle_ttl_ms', 'status', 'expires_at_ms',
+                      'expiry_warn_at_ms')
 if not st[1] then return -1 end
 if st[2] ~= $RUNNING and st[2] ~= $SPAWNING then return -2 end
 local ttl = tonumber(st[1])
 redis.call('HSET', KEYS[1], 'last_activity_ms', now)
 if st[2] == $RUNNING then
   redis.call('SET', KEYS[2], ttl, 'PX', ttl)
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+  redis.call('ZADD', KEYS[3], lifetime_cap(now + ttl, st[3], st[4]), ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[2]))
 end
 if ARGV[3] == '1' then
@@ -82,12 +120,13 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 """
 
-_FINISH_SPAWN = lua_with_statuses(LUA_NOW + EMIT_LUA + """
+_FINISH_SPAWN = lua_with_statuses(LUA_NOW + EMIT_LUA + _LUA_LIFETIME_CAP + """
 -- KEYS: session, alive, deadlines, intents, event stream, event channel
 -- ARGV: id, compute_id, compute_json, grace_ms, running event payload
 -- The `running` event is published in the same step: a worker dying right after this
 -- script cannot leave a running session whose subscribers never hear of it.
-local st = redis.call('HMGET', KEYS[1], 'status', 'idle_ttl_ms', 'compute_id')
+local st = redis.call('HMGET', KEYS[1], 'status', 'idle_ttl_ms', 'compute_id',
+                      'expires_at_ms', 'expiry_warn_at_ms')
 if not st[1] then redis.call('ZREM', KEYS[4], ARGV[1]) return 'missing' end
 -- a re-sent spawn that raced a slow original: the first pod recorded wins
 if st[3] and st[3] ~= '' and st[3] ~= ARGV[2] then return 'duplicate' end
@@ -117,19 +156,24 @@ end
 local ttl = tonumber(st[2])
 redis.call('HSET', KEYS[1], 'status', $RUNNING, 'running_at_ms', now, 'last_activity_ms', now)
 redis.call('SET', KEYS[2], ttl, 'PX', ttl)
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+redis.call('ZADD', KEYS[3], lifetime_cap(now + ttl, st[4], st[5]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
 emit(KEYS[5], KEYS[6], ARGV[5])
 return $RUNNING
 """)
 
-_FAIL_SPAWN = lua_with_statuses(LUA_NOW + EMIT_LUA + """
--- KEYS: session, intents, sessions, deadlines, alive, cleanups, event stream, event channel
--- ARGV: id, error_json, ttl_ms, failed event payload, cleanup_due_in_ms ('' = no cleanup)
+_FAIL_SPAWN = lua_with_statuses(LUA_NOW + EMIT_LUA + LUA_QUOTA_RELEASE + """
+-- KEYS: session, intents, sessions, deadlines, alive, cleanups, event stream, event channel,
+--       quota reservation, quota reservations index
+-- ARGV: id, error_json, ttl_ms, failed event payload, cleanup_due_in_ms ('' = no cleanup),
+--       quota usage key prefix, quota usage key suffix
 -- Ends the session visibly in one step: status, error and the `failed` event together. A
 -- pod that may exist under its name becomes a separate cleanup obligation (cleanups zset,
 -- the record kept until it is settled), never a reason to stay `spawning`. A session that
 -- already ended keeps its status and first error (a duplicate failure is a no-op).
+-- The quota reservation is given back in this same step, whatever the record says: after
+-- this script the session is ended (or gone), and a release is idempotent.
+quota_release(KEYS[9], KEYS[10], ARGV[1], ARGV[6], ARGV[7])
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == $FAILED or st == $TERMINATED then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -188,9 +232,14 @@ end
 return answer('ok', first)
 """)
 
-_FINISH_TERMINATE = lua_with_statuses(LUA_NOW + EMIT_LUA + """
--- KEYS: session, deadlines, sessions, alive, fence, intents, event stream, event channel
--- ARGV: id, record_ttl_ms, terminated event payload
+_FINISH_TERMINATE = lua_with_statuses(LUA_NOW + EMIT_LUA + LUA_QUOTA_RELEASE + """
+-- KEYS: session, deadlines, sessions, alive, fence, intents, event stream, event channel,
+--       quota reservation, quota reservations index
+-- ARGV: id, record_ttl_ms, terminated event payload, quota usage key prefix, suffix
+-- The session's quota reservation is released in the same step that ends it (idle,
+-- stop, max lifetime, podless stop, stale intent, adopted pod): no worker death between
+-- "terminated" and "released" can leak it; a second release finds nothing.
+quota_release(KEYS[9], KEYS[10], ARGV[1], ARGV[4], ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -231,20 +280,43 @@ end
 return {'none', ''}
 """
 
-_CLAIM_DUE = LUA_NOW + """
--- KEYS: deadlines  ARGV: limit, slack_ms, alive key prefix, record key prefix, grace_ms
+_CLAIM_DUE = LUA_NOW + EMIT_LUA + """
+-- KEYS: deadlines
+-- ARGV: limit, slack_ms, alive key prefix, record key prefix, grace_ms, event stream
+--       prefix, event channel prefix, idle reason, max lifetime reason
+-- Returns {id, reason, ...} of the sessions claimed for a terminate.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local out = {}
 for _, id in ipairs(due) do
+  local rec = ARGV[4] .. id
+  local life = redis.call('HMGET', rec, 'expires_at_ms', 'expiry_warn_at_ms')
+  local expires = tonumber(life[1] or '')
   local pttl = redis.call('PTTL', ARGV[3] .. id)
-  if pttl > 0 then
+  if expires and expires <= now then
+    -- past its hard lifetime: ended however recently it was touched
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+    table.insert(out, id)
+    table.insert(out, ARGV[9])
+  elseif pttl > 0 then
     -- touched since this entry was written (touch does not write the index): follow the
     -- live clock, and keep the record outliving it
-    redis.call('ZADD', KEYS[1], now + pttl, id)
-    redis.call('PEXPIRE', ARGV[4] .. id, pttl + tonumber(ARGV[5]))
+    local warn = tonumber(life[2] or '')
+    if warn and warn <= now then
+      -- the `expiring` warning, once (the field goes with it)
+      redis.call('HDEL', rec, 'expiry_warn_at_ms')
+      emit(ARGV[6] .. id, ARGV[7] .. id, cjson.encode({session_id = id, type = 'expiring',
+           data = {in_ms = expires - now, expires_at_ms = expires}, ts = now / 1000}))
+      warn = nil
+    end
+    local next_due = now + pttl
+    if warn and warn < next_due then next_due = warn end
+    if expires and expires < next_due then next_due = expires end
+    redis.call('ZADD', KEYS[1], next_due, id)
+    redis.call('PEXPIRE', rec, pttl + tonumber(ARGV[5]))
   else
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
     table.insert(out, id)
+    table.insert(out, ARGV[8])
   end
 end
 return out
@@ -486,6 +558,8 @@ return out
 _TOUCH_FAST_SHA = hashlib.sha1(_TOUCH_FAST.encode()).hexdigest()
 _ALIVE_PREFIX = C.SESSION_ALIVE_KEY.format(id="")
 _RECORD_PREFIX = C.SESSION_KEY.format(id="")
+_STREAM_PREFIX = C.EVENTS_STREAM_KEY.format(id="")
+_CHANNEL_PREFIX = C.EVENTS_CHANNEL.format(id="")
 
 
 class TerminateStart(NamedTuple):
@@ -516,6 +590,10 @@ class SessionInfo(BaseModel):
     auth: str = "none"
     reason: str | None = None
     error: dict[str, Any] | None = None
+    #: The caller's tenant (quotas and budgets count per user and per tenant).
+    tenant_id: str | None = None
+    #: Hard deadline (ms, Redis time) set by ``max_lifetime_ms``; ``None``: none.
+    expires_at_ms: int | None = None
 
     @classmethod
     def from_record(cls, record: SessionRecord) -> SessionInfo:
@@ -536,6 +614,8 @@ class SessionInfo(BaseModel):
             auth=record.auth,
             reason=record.reason,
             error=record.error,
+            tenant_id=record.tenant_id,
+            expires_at_ms=record.expires_at_ms,
         )
 
 
@@ -630,9 +710,13 @@ class SessionStore:
         self._list_user = client.register_script(_LIST_USER)
 
     # ------------------------------------------------------------------ caller side
-    def create(self, record: SessionRecord) -> int:
+    def create(self, record: SessionRecord, *, expiry_warning_ms: int = 0) -> int:
         """Record a new session (its ``status`` is ``spawning``) with a write-ahead intent,
         and index it under its user, if any.
+
+        A record with ``max_lifetime_ms`` gets its hard deadline (``expires_at_ms``, from
+        Redis time) and, with ``expiry_warning_ms > 0``, the time of its ``expiring``
+        event, written by the same script.
 
         Returns the Redis time (ms) of creation.
         """
@@ -643,7 +727,8 @@ class SessionStore:
             flat += [key, value]
         record_ttl = C.SPAWN_INTENT_TTL_MS + C.SESSION_RECORD_GRACE_MS
         keys = [Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY]
-        args: list[str | int] = [session_id, C.SPAWN_INTENT_TTL_MS, record_ttl, *flat]
+        args: list[str | int] = [session_id, C.SPAWN_INTENT_TTL_MS, record_ttl,
+                                 max(0, int(expiry_warning_ms)), *flat]
         if record.user_id is None:
             return int(self._create(keys=keys, args=args))
         # The record and its per-user index entry in one MULTI: one round trip, and a
@@ -831,7 +916,8 @@ class SessionStore:
 
     def fail_spawn(self, session_id: str, error: dict[str, Any],
                    cleanup_due_in_ms: int | None = None) -> bool:
-        """Mark a spawn as failed, stop tracking it and publish ``failed`` (one step).
+        """Mark a spawn as failed, stop tracking it, release its quota reservation and
+        publish ``failed`` (one step).
 
         ``cleanup_due_in_ms`` registers a cleanup obligation (a pod may exist by name)
         due after that long. A session that already ended is left as it is (its first
@@ -841,11 +927,13 @@ class SessionStore:
         channel, stream = topic_keys(session_id)
         return bool(self._fail_spawn(
             keys=[k.record, C.INTENTS_KEY, C.SESSIONS_SET_KEY, C.DEADLINE_INDEX_KEY, k.alive,
-                  CLEANUPS_KEY, stream, channel],
+                  CLEANUPS_KEY, stream, channel, reservation_key(session_id),
+                  RESERVATIONS_INDEX_KEY],
             args=[session_id, json.dumps(error), C.TERMINATED_RECORD_TTL_MS,
                   encode(session_id, "status", {"status": SessionStatus.FAILED.value,
                                                 "error": error}),
-                  "" if cleanup_due_in_ms is None else cleanup_due_in_ms],
+                  "" if cleanup_due_in_ms is None else cleanup_due_in_ms,
+                  USAGE_KEY_PREFIX, USAGE_KEY_SUFFIX],
         ))
 
     # ------------------------------------------------------------------ cleanups
@@ -916,15 +1004,18 @@ class SessionStore:
         return str(verdict), str(compute_id)
 
     def finish_terminate(self, session_id: str, reason: str | None = None) -> None:
-        """Record a confirmed termination, stop tracking and publish ``terminated``."""
+        """Record a confirmed termination, stop tracking, release the session's quota
+        reservation and publish ``terminated`` (one step)."""
         k = Keys(session_id)
         channel, stream = topic_keys(session_id)
         self._finish_terminate(
             keys=[k.record, C.DEADLINE_INDEX_KEY, C.SESSIONS_SET_KEY, k.alive, k.fence,
-                  C.INTENTS_KEY, stream, channel],
+                  C.INTENTS_KEY, stream, channel, reservation_key(session_id),
+                  RESERVATIONS_INDEX_KEY],
             args=[session_id, C.TERMINATED_RECORD_TTL_MS,
                   encode(session_id, "status", {"status": SessionStatus.TERMINATED.value,
-                                                "reason": reason})],
+                                                "reason": reason}),
+                  USAGE_KEY_PREFIX, USAGE_KEY_SUFFIX],
         )
 
     def terminate_failed(self, session_id: str, error: dict[str, Any], retry_in_ms: int) -> None:
@@ -937,12 +1028,24 @@ class SessionStore:
 
     # ------------------------------------------------------------------ reaper side
     def claim_due(self, limit: int, slack_ms: int) -> list[str]:
-        """Session ids whose idle deadline passed (and are not alive), re-scored by
-        ``slack_ms`` so a lost terminate makes them due again."""
-        return [str(x) for x in self._claim_due(
+        """Ids of the sessions :meth:`claim_due_by_reason` claims (reasons dropped)."""
+        return [session_id for session_id, _ in self.claim_due_by_reason(limit, slack_ms)]
+
+    def claim_due_by_reason(self, limit: int, slack_ms: int) -> list[tuple[str, str]]:
+        """``(session id, reason)`` of the sessions to end now, each re-scored by
+        ``slack_ms`` so a lost terminate makes it due again.
+
+        The reason is ``max_lifetime`` for a session past its hard deadline (touched or
+        not) and ``idle_timeout`` for one whose idle clock ran out. A touched session
+        whose ``expiring`` warning is due gets it here (published in the same step) and
+        stays.
+        """
+        flat = [str(x) for x in self._claim_due(
             keys=[C.DEADLINE_INDEX_KEY],
-            args=[limit, slack_ms, _ALIVE_PREFIX, _RECORD_PREFIX, C.SESSION_RECORD_GRACE_MS],
+            args=[limit, slack_ms, _ALIVE_PREFIX, _RECORD_PREFIX, C.SESSION_RECORD_GRACE_MS,
+                  _STREAM_PREFIX, _CHANNEL_PREFIX, IDLE_REASON, MAX_LIFETIME_REASON],
         )]
+        return list(zip(flat[::2], flat[1::2], strict=True))
 
     def claim_expired(self, session_id: str, slack_ms: int) -> bool:
         """The keyspace listener's claim on an expired session (same claim as the sweep's:
