@@ -38,6 +38,8 @@ class Capability(StrEnum):
     GLOBAL_NETWORKING = "global_networking"
     #: ``Provider.read_job_stream``: one non-blocking read of a streaming job's new chunks.
     JOB_STREAM_READS = "job_stream_reads"
+    #: ``Compute.gpu_utilization``: per-GPU utilisation of a running pod (GPU-idle reaping).
+    GPU_UTILIZATION = "gpu_utilization"
 
 
 class ComputeStatus(StrEnum):

@@ -168,7 +168,7 @@ def spawn_request(**fields: Any) -> Any:
 def test_capabilities_need_no_key_and_spot_is_gone() -> None:
     assert RunPodProvider.capabilities() == {
         "serverless", "network_volumes", "http_proxy", "raw_tcp", "symmetric_ports",
-        "webhooks", "global_networking", "job_stream_reads"}
+        "webhooks", "global_networking", "job_stream_reads", "gpu_utilization"}
     provider = RunPodProvider(ProviderContext(api_key=None))
     assert "spot" not in provider.capabilities()
 

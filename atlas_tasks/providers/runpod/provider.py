@@ -62,6 +62,7 @@ class RunPodProvider(HttpProvider):
         Capability.WEBHOOKS,
         Capability.GLOBAL_NETWORKING,
         Capability.JOB_STREAM_READS,
+        Capability.GPU_UTILIZATION,
     })
 
     def __init__(self, context: ProviderContext | None = None) -> None:
