@@ -22,6 +22,10 @@ metric                                                 recorded by
 ``atlas_orphans_reaped_total{provider}``               worker: an orphan pod was terminated
 ``atlas_accrued_usd_total{provider}``                  ended sessions (worker, Lua) + live
                                                        ones (scrape): cost/h × running time
+``atlas_session_cost_drift_usd{provider,session_id}``  billing reconciliation (beat task),
+``atlas_cost_drift_usd{provider}``,                    last run; the counter: sessions past
+``atlas_cost_drift_max_ratio{provider}``,              1 % (``atlas_tasks.sessions.meter``)
+``atlas_cost_drift_sessions_total{provider}``
 ``atlas_provider_request_duration_seconds``            every process, provider request hook
 ``{provider,api,status}`` (histogram)
 ``atlas_provider_rate_limited_total{provider,api}``    provider request hook (HTTP 429)
@@ -92,6 +96,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "terminate_retries": ("Terminate attempts retried (task retries and batch re-sends).", ()),
     "orphans_reaped": ("Untracked prefixed pods terminated by the reaper.", ("provider",)),
     "provider_rate_limited": ("Provider answers with HTTP 429.", ("provider", "api")),
+    "cost_drift_sessions": ("Sessions whose accrued cost differed from their pod's bill by "
+                            "more than 1 % at a billing reconciliation.", ("provider",)),
 }
 #: Histograms: name -> (help, label names, bounds in seconds).
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
@@ -114,6 +120,11 @@ def enabled() -> bool:
 
 def _field(*labels: str) -> str:
     return SEP.join(str(v).replace(SEP, " ") for v in labels)
+
+
+def label_field(*labels: str) -> str:
+    """The hash field of a counter's label values (for writers outside this module)."""
+    return _field(*labels)
 
 
 def _bucket(bounds: Sequence[float], seconds: float) -> int:
@@ -337,11 +348,13 @@ class AtlasCollector(Collector):
             pipe.get(LAST_SWEEP_KEY)
             pipe.hgetall(SWEEP_STATS_KEY)
             pipe.hgetall(ACCRUED_KEY)
+            pipe.hgetall(C.COST_DRIFT_KEY)
             for name in COUNTERS:
                 pipe.hgetall(PREFIX + "c:" + name)
             for name in HISTOGRAMS:
                 pipe.hgetall(PREFIX + "h:" + name)
-            (secs, micros), tracked, last_sweep, stats, accrued, *hashes = pipe.execute()
+            (secs, micros), tracked, last_sweep, stats, accrued, drift, *hashes = \
+                pipe.execute()
         now_ms = int(secs) * 1000 + int(micros) // 1000
         out: list[Metric] = []
         counter_hashes = hashes[:len(COUNTERS)]
@@ -357,6 +370,7 @@ class AtlasCollector(Collector):
             out.append(_histogram(name, doc, label_names, bounds, values))
         out.extend(self._sessions(r, sorted(tracked), now_ms, accrued))
         out.extend(_reaper(last_sweep, stats, now_ms))
+        out.extend(_cost_drift(drift))
         out.append(_jobs(r))
         return out
 
@@ -438,6 +452,36 @@ def _reaper(last_sweep: str | None, stats: dict[str, str], now_ms: int) -> list[
     return out
 
 
+def _cost_drift(drift: dict[str, str]) -> list[Metric]:
+    """The last billing reconciliation (``atlas:meter:drift``): per session, and summed
+    per provider (:mod:`atlas_tasks.sessions.meter`)."""
+    per_session = GaugeMetricFamily(
+        "atlas_session_cost_drift_usd", "Billed minus accrued USD of each running session "
+        "at the last billing reconciliation.", labels=["provider", "session_id"])
+    total = GaugeMetricFamily(
+        "atlas_cost_drift_usd", "Billed minus accrued USD of the running sessions at the "
+        "last billing reconciliation, summed.", labels=["provider"])
+    worst = GaugeMetricFamily(
+        "atlas_cost_drift_max_ratio", "Largest |billed - accrued| / billed of a running "
+        "session at the last billing reconciliation.", labels=["provider"])
+    sums: dict[str, float] = {}
+    ratios: dict[str, float] = {}
+    for session_id, raw in sorted(drift.items()):
+        try:
+            item = json.loads(raw)
+            provider, usd, ratio = str(item["provider"]), float(item["drift_usd"]), \
+                float(item["ratio"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        per_session.add_metric([provider, session_id], usd)
+        sums[provider] = sums.get(provider, 0.0) + usd
+        ratios[provider] = max(ratios.get(provider, 0.0), ratio)
+    for provider in sorted(sums):
+        total.add_metric([provider], sums[provider])
+        worst.add_metric([provider], ratios[provider])
+    return [per_session, total, worst]
+
+
 def _jobs(r: redis.Redis) -> Metric:
     counts: dict[tuple[str, str], int] = {}
     pattern = C.JOB_KEY.format(id="*")
@@ -504,5 +548,6 @@ metrics_app = metrics_asgi_app
 
 
 __all__ = ["AtlasCollector", "COUNTERS", "HISTOGRAMS", "PREFIX", "build_registry", "enabled",
-           "incr", "install_hooks", "metrics_app", "metrics_asgi_app", "metrics_wsgi_app",
-           "observe_sessions", "on_task_postrun", "record_request", "render_metrics"]
+           "incr", "install_hooks", "label_field", "metrics_app", "metrics_asgi_app",
+           "metrics_wsgi_app", "observe_sessions", "on_task_postrun", "record_request",
+           "render_metrics"]

@@ -21,6 +21,7 @@ EXPECTED_QUEUE = {
     "jobs": C.QUEUE_JOBS,
     "fly": C.QUEUE_FLY,
     "reaper": C.QUEUE_MAINTENANCE,
+    "sessions": C.QUEUE_MAINTENANCE,
 }
 SEALED_PAYLOAD = "gAAAAABsealed-token-and-request"
 
