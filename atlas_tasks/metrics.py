@@ -22,10 +22,9 @@ metric                                                 recorded by
 ``atlas_orphans_reaped_total{provider}``               worker: an orphan pod was terminated
 ``atlas_accrued_usd_total{provider}``                  ended sessions (worker, Lua) + live
                                                        ones (scrape): cost/h × running time
-``atlas_session_cost_drift_usd{provider,session_id}``  billing reconciliation (beat task),
-``atlas_cost_drift_usd{provider}``,                    last run; the counter: sessions past
-``atlas_cost_drift_max_ratio{provider}``,              1 % (``atlas_tasks.sessions.meter``)
-``atlas_cost_drift_sessions_total{provider}``
+``atlas_cost_drift_usd{provider}``,                    billing reconciliation (beat task):
+``atlas_cost_drift_max_ratio{provider}``,              its last run; the counter: sessions
+``atlas_cost_drift_sessions_total{provider}``          past 1 % (``sessions.meter``)
 ``atlas_provider_request_duration_seconds``            every process, provider request hook
 ``{provider,api,status}`` (histogram)
 ``atlas_provider_rate_limited_total{provider,api}``    provider request hook (HTTP 429)
@@ -453,11 +452,9 @@ def _reaper(last_sweep: str | None, stats: dict[str, str], now_ms: int) -> list[
 
 
 def _cost_drift(drift: dict[str, str]) -> list[Metric]:
-    """The last billing reconciliation (``atlas:meter:drift``): per session, and summed
-    per provider (:mod:`atlas_tasks.sessions.meter`)."""
-    per_session = GaugeMetricFamily(
-        "atlas_session_cost_drift_usd", "Billed minus accrued USD of each running session "
-        "at the last billing reconciliation.", labels=["provider", "session_id"])
+    """The last billing reconciliation (``atlas:meter:drift``, one entry per running
+    session) summed per provider; per-session figures are the ``cost_drift`` events
+    (labels never carry an id)."""
     total = GaugeMetricFamily(
         "atlas_cost_drift_usd", "Billed minus accrued USD of the running sessions at the "
         "last billing reconciliation, summed.", labels=["provider"])
@@ -466,20 +463,19 @@ def _cost_drift(drift: dict[str, str]) -> list[Metric]:
         "session at the last billing reconciliation.", labels=["provider"])
     sums: dict[str, float] = {}
     ratios: dict[str, float] = {}
-    for session_id, raw in sorted(drift.items()):
+    for raw in drift.values():
         try:
             item = json.loads(raw)
             provider, usd, ratio = str(item["provider"]), float(item["drift_usd"]), \
                 float(item["ratio"])
         except (ValueError, KeyError, TypeError):
             continue
-        per_session.add_metric([provider, session_id], usd)
         sums[provider] = sums.get(provider, 0.0) + usd
         ratios[provider] = max(ratios.get(provider, 0.0), ratio)
     for provider in sorted(sums):
         total.add_metric([provider], sums[provider])
         worst.add_metric([provider], ratios[provider])
-    return [per_session, total, worst]
+    return [total, worst]
 
 
 def _jobs(r: redis.Redis) -> Metric:

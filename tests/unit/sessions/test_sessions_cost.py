@@ -293,9 +293,16 @@ def test_reconcile_reports_drift_per_session_as_event_and_metric(redis_client: r
     assert drift_events[behind]["billed_usd"] == pytest.approx(2 * PRICE)
 
     body = metrics.render_metrics(redis_client)[0].decode()
-    assert f'atlas_session_cost_drift_usd{{provider="mock",session_id="{behind}"}}' in body
+    assert "session_id" not in body and behind not in body  # labels never carry an id
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("atlas_cost_drift")
+    }
+    # (2P - P) / 2P, and the exact session's ~0 drift plus the other's P
+    assert values['atlas_cost_drift_max_ratio{provider="mock"}'] == pytest.approx(0.5, rel=1e-3)
+    assert values['atlas_cost_drift_usd{provider="mock"}'] == pytest.approx(PRICE, rel=1e-3)
     assert 'atlas_cost_drift_sessions_total{provider="mock"} 1.0' in body
-    assert 'atlas_cost_drift_max_ratio{provider="mock"}' in body
 
 
 def test_reconcile_skips_providers_without_billing(env: Env) -> None:
