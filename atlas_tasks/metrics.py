@@ -140,9 +140,12 @@ def _ms_bounds(bounds: Sequence[float]) -> str:
 
 # --------------------------------------------------------------------------- recording
 _OBSERVE = lua_with_statuses("""
--- ARGV: record prefix, metrics prefix, spawn bounds (ms), lag bounds (ms), ids...
+-- ARGV: record prefix, metrics prefix, spawn bounds (ms), lag bounds (ms), meter index, ids...
 -- Counts what happened to each session since the last look, once per session: m_run marks
--- a counted start, m_end a counted end. Never creates a record that expired.
+-- a counted start, m_end a counted end. Never creates a record that expired. A counted
+-- start also enters the session in the cost meter's index (watermark = running_at, NX),
+-- unless the meter charged it in full already (meter_done): a session that ends before
+-- the meter's next run is still charged, once (atlas_tasks.sessions.meter).
 local P = ARGV[2]
 local function bounds(s) local t = {} for b in string.gmatch(s, '%d+') do
   t[#t + 1] = tonumber(b) end return t end
@@ -157,15 +160,16 @@ local function observe(name, labels, bs, ms)
   redis.call('HINCRBY', h, labels .. '\\tsum_us', ms * 1000)
 end
 local counted = 0
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local rec = ARGV[1] .. ARGV[i]
   local f = redis.call('HMGET', rec, 'status', 'provider', 'created_at_ms', 'running_at_ms',
                        'terminating_at_ms', 'ended_at_ms', 'reason', 'm_run', 'm_end',
-                       'adopted', 'error', 'compute')
+                       'adopted', 'error', 'compute', 'meter_done')
   local status, provider = f[1], f[2] or ''
   if status then
     if f[4] and not f[8] and not f[10] then
       redis.call('HSET', rec, 'm_run', '1')
+      if not f[13] then redis.call('ZADD', ARGV[5], 'NX', tonumber(f[4]), ARGV[i]) end
       redis.call('HINCRBY', P .. 'c:spawns', provider .. '\\trunning', 1)
       if f[3] then observe('spawn_latency_seconds', provider, SPAWN,
                            tonumber(f[4]) - tonumber(f[3])) end
@@ -222,7 +226,8 @@ def observe_sessions(session_ids: Iterable[str], client: redis.Redis | None = No
         _observe_script = r.register_script(_OBSERVE)
     return int(_observe_script(keys=[], args=[C.SESSION_KEY.format(id=""), PREFIX,
                                               _ms_bounds(SPAWN_LATENCY_BUCKETS),
-                                              _ms_bounds(IDLE_LAG_BUCKETS), *ids], client=r))
+                                              _ms_bounds(IDLE_LAG_BUCKETS),
+                                              C.METER_INDEX_KEY, *ids], client=r))
 
 
 def incr(name: str, *labels: str, amount: int = 1, client: redis.Redis | None = None) -> None:

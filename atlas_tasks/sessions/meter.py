@@ -19,7 +19,11 @@ moved would lose the minute when the worker dies in between, and before it would
 it twice on a retry. The script therefore writes the same spend keys itself, named by
 :func:`atlas_tasks.quotas.store.spend_key` and dated by :meth:`QuotaStore.month_at`.)
 A session that ended is charged its last partial interval, up to ``ended_at_ms``, and
-leaves the index.
+leaves the index; its record is marked ``meter_done`` in the same step, so nothing can
+charge it again. A session enters the index when the meter first sees it running, or
+earlier, when the worker that spawned it records its metrics
+(:func:`atlas_tasks.metrics.observe_sessions`): so a session that starts and ends between
+two meter runs is still charged, once, at the next run.
 
 **Reconciliation** (:meth:`CostMeter.reconcile`, beat task
 ``atlas.sessions.reconcile_billing``). Providers with billing (:class:`BillingProvider`:
@@ -63,8 +67,11 @@ _METER_SESSION = lua_with_statuses(
 -- moves the watermark, adds the spend and publishes the `cost` event: one atomic step,
 -- so each session-interval is charged exactly once whoever runs the meter, how often.
 local id, now, interval = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local f = redis.call('HMGET', KEYS[1], 'status', 'running_at_ms', 'ended_at_ms', 'compute')
+local f = redis.call('HMGET', KEYS[1], 'status', 'running_at_ms', 'ended_at_ms', 'compute',
+                     'meter_done')
 if not f[1] then redis.call('ZREM', KEYS[2], id) return {'gone', 0} end
+-- charged in full already (the final part went out): whoever indexes it again gets nothing
+if f[5] then redis.call('ZREM', KEYS[2], id) return {'nothing', 0} end
 local running_at = tonumber(f[2])
 if not running_at then
   if f[1] == $TERMINATED or f[1] == $FAILED then redis.call('ZREM', KEYS[2], id) end
@@ -97,6 +104,7 @@ local micros = 0
 if cost then micros = math.floor(cost * (upto - wm) / 3.6 + 0.5) end
 if ended then
   redis.call('ZREM', KEYS[2], id)
+  redis.call('HSET', KEYS[1], 'meter_done', '1')
 else
   redis.call('ZADD', KEYS[2], upto, id)
 end

@@ -255,6 +255,26 @@ def test_ended_session_is_charged_its_last_partial_minute_and_leaves(env: Env) -
     )
 
 
+def test_session_ending_between_meter_runs_is_charged_once(env: Env) -> None:
+    sid, _ = running(env, ran_ms=20_000)
+    # the spawn task's metrics hook indexes it for the meter (no meter run saw it running)
+    metrics.observe_sessions([sid], env.redis)
+    env.store.finish_terminate(sid, "requested")
+    record = env.store.get(sid)
+    assert record is not None and record.ended_at_ms is not None
+    whole_life = record.ended_at_ms - _running_at(env, sid)  # 1 micro-USD per ms
+
+    meter = env.meter()
+    assert meter.meter(interval_ms=MINUTE).micros == whole_life
+    metrics.observe_sessions([sid], env.redis)  # a late duplicate observation
+    env.redis.zadd(C.METER_INDEX_KEY, {sid: _running_at(env, sid)})  # or any re-index
+    assert meter.meter(interval_ms=MINUTE).micros == 0
+    assert quotas.usage("user", "u1", client=env.redis).month_to_date_usd == pytest.approx(
+        whole_life / 1_000_000
+    )
+    assert [c.data["final"] for c in _costs(sid, env.redis)] == [True]
+
+
 def test_spawning_and_unpriced_sessions(env: Env) -> None:
     spawning = secrets.token_hex(8)
     env.store.create(
