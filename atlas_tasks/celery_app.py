@@ -40,7 +40,7 @@ from atlas_tasks.worker_events import UnbufferedTaskEvents
 log = logging.getLogger(__name__)
 
 TASK_MODULES = ["atlas_tasks.tasks.compute", "atlas_tasks.tasks.reaper", "atlas_tasks.tasks.jobs",
-                "atlas_tasks.tasks.fly", "atlas_tasks.tasks.quotas"]
+                "atlas_tasks.tasks.fly", "atlas_tasks.tasks.quotas", "atlas_tasks.tasks.meter"]
 
 #: Queue of every atlas task, by task-name prefix (Celery glob routes). Routing is policy,
 #: in one place: call sites and beat entries pass no ``queue=`` (a test checks that every
@@ -51,6 +51,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "atlas.fly.*": {"queue": C.QUEUE_FLY},
     "atlas.reaper.*": {"queue": C.QUEUE_MAINTENANCE},
     "atlas.quotas.*": {"queue": C.QUEUE_MAINTENANCE},
+    "atlas.sessions.*": {"queue": C.QUEUE_MAINTENANCE},
 }
 #: The queues an atlas worker consumes.
 QUEUES = (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY, C.QUEUE_MAINTENANCE)
@@ -101,6 +102,20 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
             "atlas-quota-prices": {
                 "task": C.TASK_QUOTA_REFRESH_PRICES,
                 "schedule": settings.price_refresh_interval_ms / 1000,
+            },
+            # The cost guardrails (atlas_tasks.tasks.meter): throttled in Redis like the
+            # sweep, so they need no `expires` either.
+            "atlas-cost-meter": {
+                "task": C.TASK_METER,
+                "schedule": settings.meter_interval_ms / 1000,
+            },
+            "atlas-billing-reconcile": {
+                "task": C.TASK_RECONCILE_BILLING,
+                "schedule": settings.billing_reconcile_interval_ms / 1000,
+            },
+            "atlas-gpu-watch": {
+                "task": C.TASK_GPU_WATCH,
+                "schedule": settings.gpu_watch_interval_ms / 1000,
             },
         },
     }
@@ -244,7 +259,8 @@ class QuietSweepFilter(logging.Filter):
 
 
 #: Tasks whose routine Celery log lines are filtered (see :class:`QuietSweepFilter`).
-QUIET_TASKS = frozenset({C.TASK_REAP})
+QUIET_TASKS = frozenset({C.TASK_REAP, C.TASK_METER, C.TASK_RECONCILE_BILLING,
+                         C.TASK_GPU_WATCH})
 #: Loggers of Celery's "received" (worker strategy) and "succeeded" (tracer) lines.
 _TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 _quiet_filter = QuietSweepFilter()

@@ -217,6 +217,28 @@ class AtlasSettings(BaseSettings):
     reap_interval_ms: int = Field(
         default=constants.DEFAULT_REAP_INTERVAL_MS, gt=0,
         description="Beat period of the reaper sweep.")
+    # ---- cost meter and GPU-idle reaping (issue 16)
+    meter_interval_ms: int = Field(
+        default=constants.DEFAULT_METER_INTERVAL_MS, ge=100,
+        description="Period of the live cost meter: each running session gets a `cost` "
+        "event and its spend is added to its user's and tenant's month-to-date total.")
+    billing_reconcile_interval_ms: int = Field(
+        default=15 * 60 * 1000, ge=100,
+        description="How often the meter is checked against providers that report billing "
+        "(RunPod `GET /v2/billing/pods`): one `cost_drift` event per running session.")
+    gpu_idle_below_pct: float | None = Field(
+        default=None, ge=0, le=100,
+        description="GPU-idle reaping for every session (off when unset): a running session "
+        "whose GPUs all stay below this utilisation (%) for `gpu_idle_window_ms` is "
+        "terminated (reason `gpu_idle`), heartbeats or not. Spawn options override it.")
+    gpu_idle_window_ms: int | None = Field(
+        default=None, gt=0,
+        description="How long every GPU must stay below `gpu_idle_below_pct` before the "
+        "session is reaped (off when unset).")
+    gpu_watch_interval_ms: int = Field(
+        default=30_000, ge=100,
+        description="How often the utilisation of opted-in running sessions is polled from "
+        "their provider (one `get_compute` per session).")
     reap_name_prefix: str = Field(
         default=constants.POD_NAME_PREFIX_DEFAULT, description="Safety switch: only pods "
         "named with this prefix are ever reaped as orphans (`\"\"` disables orphan "

@@ -77,6 +77,36 @@ SPAWN_MAX_RESENDS = 3
 #: than the terminate task's retry window, so a crashed terminate is retried by the reaper.
 TERMINATE_FENCE_TTL_MS = 60 * 1000
 
+# --------------------------------------------------------------------------- cost meter
+
+#: Sorted set: member = session id, score = "metered until" (ms, Redis time). The meter
+#: charges a running session whole intervals past this watermark and moves it in the same
+#: Lua step, so a redelivered or doubled meter task charges each session-minute once. An
+#: ended session is charged its last partial interval (up to ``ended_at_ms``) and leaves.
+METER_INDEX_KEY = "atlas:meter:sessions"
+#: ``SET NX PX`` throttle of the meter task (two beats or a backlog: one scan per period).
+METER_THROTTLE_KEY = "atlas:meter:throttle"
+#: Period of the cost meter (``ATLAS_METER_INTERVAL_MS``): one ``cost`` event per session.
+DEFAULT_METER_INTERVAL_MS = 60 * 1000
+#: ``SET NX PX`` throttle of the billing reconciliation.
+RECONCILE_THROTTLE_KEY = "atlas:meter:reconcile-throttle"
+#: Hash session id → JSON ``{provider, at_ms, drift_usd, ratio}`` of the last billing
+#: reconciliation (replaced as a whole by each one; read by ``/metrics``).
+COST_DRIFT_KEY = "atlas:meter:drift"
+#: A session whose accrued cost and billed cost differ by more than this fraction of the
+#: billed cost counts as drifting (``atlas_cost_drift_sessions_total``).
+COST_DRIFT_TOLERANCE = 0.01
+
+# --------------------------------------------------------------------------- GPU-idle reaping
+
+#: Hash: session id → first time (ms, Redis time) every GPU of it was seen below its
+#: threshold. Cleared as soon as one GPU is above it, or utilisation is unknown.
+GPU_IDLE_SINCE_KEY = "atlas:gpu-idle:since"
+#: ``SET NX PX`` throttle of the GPU-idle watch task.
+GPU_WATCH_THROTTLE_KEY = "atlas:gpu-idle:throttle"
+#: The terminating reason of a session reaped for idle GPUs.
+GPU_IDLE_REASON = "gpu_idle"
+
 # --------------------------------------------------------------------------- events
 
 #: Pub/sub channel for one session's events (every web node and worker can subscribe).
@@ -123,6 +153,12 @@ TASK_FLY_DEPLOY = "atlas.fly.deploy"
 #: Beat task caching each configured provider's GPU catalog prices for quota admission
 #: (the price cache's keys are declared in :mod:`atlas_tasks.quotas.store`).
 TASK_QUOTA_REFRESH_PRICES = "atlas.quotas.refresh_prices"
+#: Beat: the live cost meter (a ``cost`` event and the month's spend per running session).
+TASK_METER = "atlas.sessions.meter"
+#: Beat: GPU-idle reaping of opted-in running sessions (provider utilisation polls).
+TASK_GPU_WATCH = "atlas.sessions.gpu_watch"
+#: Beat: the meter checked against the provider's billing (``cost_drift`` events).
+TASK_RECONCILE_BILLING = "atlas.sessions.reconcile_billing"
 
 QUEUE_COMPUTE = "compute"
 QUEUE_JOBS = "jobs"

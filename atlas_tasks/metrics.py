@@ -22,6 +22,9 @@ metric                                                 recorded by
 ``atlas_orphans_reaped_total{provider}``               worker: an orphan pod was terminated
 ``atlas_accrued_usd_total{provider}``                  ended sessions (worker, Lua) + live
                                                        ones (scrape): cost/h × running time
+``atlas_cost_drift_usd{provider}``,                    billing reconciliation (beat task):
+``atlas_cost_drift_max_ratio{provider}``,              its last run; the counter: sessions
+``atlas_cost_drift_sessions_total{provider}``          past 1 % (``sessions.meter``)
 ``atlas_provider_request_duration_seconds``            every process, provider request hook
 ``{provider,api,status}`` (histogram)
 ``atlas_provider_rate_limited_total{provider,api}``    provider request hook (HTTP 429)
@@ -93,6 +96,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "terminate_retries": ("Terminate attempts retried (task retries and batch re-sends).", ()),
     "orphans_reaped": ("Untracked prefixed pods terminated by the reaper.", ("provider",)),
     "provider_rate_limited": ("Provider answers with HTTP 429.", ("provider", "api")),
+    "cost_drift_sessions": ("Sessions whose accrued cost differed from their pod's bill by "
+                            "more than 1 % at a billing reconciliation.", ("provider",)),
 }
 #: Histograms: name -> (help, label names, bounds in seconds).
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
@@ -117,6 +122,11 @@ def _field(*labels: str) -> str:
     return SEP.join(str(v).replace(SEP, " ") for v in labels)
 
 
+def label_field(*labels: str) -> str:
+    """The hash field of a counter's label values (for writers outside this module)."""
+    return _field(*labels)
+
+
 def _bucket(bounds: Sequence[float], seconds: float) -> int:
     """1-based index of the first bound ``>= seconds`` (``len(bounds) + 1`` = +Inf)."""
     for i, bound in enumerate(bounds, 1):
@@ -131,9 +141,12 @@ def _ms_bounds(bounds: Sequence[float]) -> str:
 
 # --------------------------------------------------------------------------- recording
 _OBSERVE = lua_with_statuses("""
--- ARGV: record prefix, metrics prefix, spawn bounds (ms), lag bounds (ms), ids...
+-- ARGV: record prefix, metrics prefix, spawn bounds (ms), lag bounds (ms), meter index, ids...
 -- Counts what happened to each session since the last look, once per session: m_run marks
--- a counted start, m_end a counted end. Never creates a record that expired.
+-- a counted start, m_end a counted end. Never creates a record that expired. A counted
+-- start also enters the session in the cost meter's index (watermark = running_at, NX),
+-- unless the meter charged it in full already (meter_done): a session that ends before
+-- the meter's next run is still charged, once (atlas_tasks.sessions.meter).
 local P = ARGV[2]
 local function bounds(s) local t = {} for b in string.gmatch(s, '%d+') do
   t[#t + 1] = tonumber(b) end return t end
@@ -148,15 +161,16 @@ local function observe(name, labels, bs, ms)
   redis.call('HINCRBY', h, labels .. '\\tsum_us', ms * 1000)
 end
 local counted = 0
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local rec = ARGV[1] .. ARGV[i]
   local f = redis.call('HMGET', rec, 'status', 'provider', 'created_at_ms', 'running_at_ms',
                        'terminating_at_ms', 'ended_at_ms', 'reason', 'm_run', 'm_end',
-                       'adopted', 'error', 'compute')
+                       'adopted', 'error', 'compute', 'meter_done')
   local status, provider = f[1], f[2] or ''
   if status then
     if f[4] and not f[8] and not f[10] then
       redis.call('HSET', rec, 'm_run', '1')
+      if not f[13] then redis.call('ZADD', ARGV[5], 'NX', tonumber(f[4]), ARGV[i]) end
       redis.call('HINCRBY', P .. 'c:spawns', provider .. '\\trunning', 1)
       if f[3] then observe('spawn_latency_seconds', provider, SPAWN,
                            tonumber(f[4]) - tonumber(f[3])) end
@@ -213,7 +227,8 @@ def observe_sessions(session_ids: Iterable[str], client: redis.Redis | None = No
         _observe_script = r.register_script(_OBSERVE)
     return int(_observe_script(keys=[], args=[C.SESSION_KEY.format(id=""), PREFIX,
                                               _ms_bounds(SPAWN_LATENCY_BUCKETS),
-                                              _ms_bounds(IDLE_LAG_BUCKETS), *ids], client=r))
+                                              _ms_bounds(IDLE_LAG_BUCKETS),
+                                              C.METER_INDEX_KEY, *ids], client=r))
 
 
 def incr(name: str, *labels: str, amount: int = 1, client: redis.Redis | None = None) -> None:
@@ -338,11 +353,13 @@ class AtlasCollector(Collector):
             pipe.get(LAST_SWEEP_KEY)
             pipe.hgetall(SWEEP_STATS_KEY)
             pipe.hgetall(ACCRUED_KEY)
+            pipe.hgetall(C.COST_DRIFT_KEY)
             for name in COUNTERS:
                 pipe.hgetall(PREFIX + "c:" + name)
             for name in HISTOGRAMS:
                 pipe.hgetall(PREFIX + "h:" + name)
-            (secs, micros), tracked, last_sweep, stats, accrued, *hashes = pipe.execute()
+            (secs, micros), tracked, last_sweep, stats, accrued, drift, *hashes = \
+                pipe.execute()
         now_ms = int(secs) * 1000 + int(micros) // 1000
         out: list[Metric] = []
         counter_hashes = hashes[:len(COUNTERS)]
@@ -358,6 +375,7 @@ class AtlasCollector(Collector):
             out.append(_histogram(name, doc, label_names, bounds, values))
         out.extend(self._sessions(r, sorted(tracked), now_ms, accrued))
         out.extend(_reaper(last_sweep, stats, now_ms))
+        out.extend(_cost_drift(drift))
         out.append(_jobs(r))
         return out
 
@@ -439,6 +457,33 @@ def _reaper(last_sweep: str | None, stats: dict[str, str], now_ms: int) -> list[
     return out
 
 
+def _cost_drift(drift: dict[str, str]) -> list[Metric]:
+    """The last billing reconciliation (``atlas:meter:drift``, one entry per running
+    session) summed per provider; per-session figures are the ``cost_drift`` events
+    (labels never carry an id)."""
+    total = GaugeMetricFamily(
+        "atlas_cost_drift_usd", "Billed minus accrued USD of the running sessions at the "
+        "last billing reconciliation, summed.", labels=["provider"])
+    worst = GaugeMetricFamily(
+        "atlas_cost_drift_max_ratio", "Largest |billed - accrued| / billed of a running "
+        "session at the last billing reconciliation.", labels=["provider"])
+    sums: dict[str, float] = {}
+    ratios: dict[str, float] = {}
+    for raw in drift.values():
+        try:
+            item = json.loads(raw)
+            provider, usd, ratio = str(item["provider"]), float(item["drift_usd"]), \
+                float(item["ratio"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        sums[provider] = sums.get(provider, 0.0) + usd
+        ratios[provider] = max(ratios.get(provider, 0.0), ratio)
+    for provider in sorted(sums):
+        total.add_metric([provider], sums[provider])
+        worst.add_metric([provider], ratios[provider])
+    return [total, worst]
+
+
 def _jobs(r: redis.Redis) -> Metric:
     counts: dict[tuple[str, str], int] = {}
     pattern = C.JOB_KEY.format(id="*")
@@ -503,5 +548,6 @@ metrics_app = metrics_asgi_app
 
 
 __all__ = ["AtlasCollector", "COUNTERS", "HISTOGRAMS", "PREFIX", "build_registry", "enabled",
-           "incr", "install_hooks", "metrics_app", "metrics_asgi_app", "metrics_wsgi_app",
-           "observe_sessions", "on_task_postrun", "record_request", "render_metrics"]
+           "incr", "install_hooks", "label_field", "metrics_app", "metrics_asgi_app",
+           "metrics_wsgi_app", "observe_sessions", "on_task_postrun", "record_request",
+           "render_metrics"]

@@ -26,6 +26,7 @@ from bench.common import Figure, Report, machine_info
 #: Run order: cheap in-process benchmarks first, cluster ones after.
 BENCHMARKS = [
     "touch", "reaper", "events", "memory", "idle_latency", "spawn_burst", "jobs", "rate_budget",
+    "cost_meter",
 ]
 RESULTS_PATH = Path(__file__).with_name("results.json")
 

@@ -46,6 +46,7 @@ from atlas_tasks.quotas.store import (
     reservation_key,
 )
 from atlas_tasks.redis_lua import LUA_NOW
+from atlas_tasks.sessions.cost import accrued_usd
 from atlas_tasks.sessions.records import (
     IDLE_REASON,
     MAX_LIFETIME_REASON,
@@ -594,10 +595,14 @@ class SessionInfo(BaseModel):
     tenant_id: str | None = None
     #: Hard deadline (ms, Redis time) set by ``max_lifetime_ms``; ``None``: none.
     expires_at_ms: int | None = None
+    #: USD accrued so far: the pod's cost per hour × its running time (Redis time), see
+    #: :mod:`atlas_tasks.sessions.cost`. ``None`` when the price is unknown.
+    accrued_usd: float | None = None
 
     @classmethod
-    def from_record(cls, record: SessionRecord) -> SessionInfo:
-        """The caller's view of a record."""
+    def from_record(cls, record: SessionRecord, now_ms: int | None = None) -> SessionInfo:
+        """The caller's view of a record; ``now_ms`` (Redis time) dates ``accrued_usd``
+        of a live session (``None`` then, without it)."""
         compute = record.compute or {}
         return cls(
             id=record.id,
@@ -616,6 +621,7 @@ class SessionInfo(BaseModel):
             error=record.error,
             tenant_id=record.tenant_id,
             expires_at_ms=record.expires_at_ms,
+            accrued_usd=accrued_usd(record, now_ms),
         )
 
 
@@ -1148,11 +1154,11 @@ def info_from_reads(session_id: str, record: dict[str, str], alive_pttl_ms: int,
     parsed = SessionRecord.from_hash(record)
     if parsed is None:
         raise NotTracked(f"session {session_id!r} is not tracked")
-    info = SessionInfo.from_record(parsed)
+    secs, micros = redis_time
+    now_ms = int(secs) * 1000 + int(micros) // 1000
+    info = SessionInfo.from_record(parsed, now_ms)
     if alive_pttl_ms > 0 and info.idle_ttl_ms:
         # touch() does not write last activity on its fast path: the idle clock has it
-        secs, micros = redis_time
-        now_ms = int(secs) * 1000 + int(micros) // 1000
         info.last_activity_ms = now_ms - (info.idle_ttl_ms - int(alive_pttl_ms))
     return info
 

@@ -22,6 +22,7 @@ EXPECTED_QUEUE = {
     "fly": C.QUEUE_FLY,
     "reaper": C.QUEUE_MAINTENANCE,
     "quotas": C.QUEUE_MAINTENANCE,
+    "sessions": C.QUEUE_MAINTENANCE,
 }
 SEALED_PAYLOAD = "gAAAAABsealed-token-and-request"
 

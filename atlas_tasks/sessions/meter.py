@@ -1,0 +1,395 @@
+"""The live cost meter and its reconciliation with the provider's billing.
+
+**Meter** (:meth:`CostMeter.meter`, beat task ``atlas.sessions.meter`` every
+``ATLAS_METER_INTERVAL_MS``, one minute by default). For every session whose pod runs, one
+Lua step per session (pipelined: two round trips per 500 sessions):
+
+* charges the *whole* meter intervals elapsed since the session's "metered until"
+  watermark (:data:`~atlas_tasks.constants.METER_INDEX_KEY`, a sorted set scored by it),
+  at the pod's ``cost_per_hour``, and moves the watermark by exactly what it charged;
+* adds that amount to the month-to-date spend of the session's user and tenant (the
+  keys :func:`atlas_tasks.quotas.record_spend` writes, read by ``quotas.usage``);
+* publishes a ``cost`` event ``{usd, accrued_usd, cost_per_hour, from_ms, until_ms,
+  final}``.
+
+Watermark, spend and event move together in one script, so a redelivered task, two beats
+firing at once, or a worker dying mid-run can neither charge a session-minute twice nor
+lose one. (``quotas.record_spend`` is its own round trip: calling it after the watermark
+moved would lose the minute when the worker dies in between, and before it would charge
+it twice on a retry. The script therefore writes the same spend keys itself, named by
+:func:`atlas_tasks.quotas.store.spend_key` and dated by :meth:`QuotaStore.month_at`.)
+A session that ended is charged its last partial interval, up to ``ended_at_ms``, and
+leaves the index; its record is marked ``meter_done`` in the same step, so nothing can
+charge it again. A session enters the index when the meter first sees it running, or
+earlier, when the worker that spawned it records its metrics
+(:func:`atlas_tasks.metrics.observe_sessions`): so a session that starts and ends between
+two meter runs is still charged, once, at the next run.
+
+**Reconciliation** (:meth:`CostMeter.reconcile`, beat task
+``atlas.sessions.reconcile_billing``). Providers with billing (:class:`BillingProvider`:
+RunPod's ``GET /v2/billing/pods``) are asked once per (provider, API key) what each pod
+cost; each running session's accrued cost is compared with its pod's bill, and the
+difference goes out as a ``cost_drift`` event and into ``/metrics``
+(``atlas_cost_drift_usd``, ``atlas_cost_drift_max_ratio``,
+``atlas_cost_drift_sessions_total``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast, runtime_checkable
+
+from atlas_tasks import constants as C
+from atlas_tasks import metrics
+from atlas_tasks.deps import Dependencies
+from atlas_tasks.errors import ValidationError
+from atlas_tasks.events import EMIT_LUA, topic_keys
+from atlas_tasks.quotas.store import SPEND_RETENTION_S, QuotaStore, Scope, check_id, spend_key
+from atlas_tasks.sessions.cost import accrued_usd
+from atlas_tasks.sessions.records import SessionRecord, SessionStatus, lua_with_statuses
+from atlas_tasks.sessions.service import SessionService
+from atlas_tasks.sessions.store import Keys
+
+log = logging.getLogger(__name__)
+
+#: Sessions read and metered per pipeline.
+METER_BATCH = 500
+
+_METER_SESSION = lua_with_statuses(
+    EMIT_LUA
+    + """
+-- KEYS: record, meter index, event stream, event channel, spend keys (user, tenant)...
+-- ARGV: id, now_ms, interval_ms, spend expire-at (unix s)
+-- Charges whole intervals past the session's watermark (all that is left once it ended),
+-- moves the watermark, adds the spend and publishes the `cost` event: one atomic step,
+-- so each session-interval is charged exactly once whoever runs the meter, how often.
+local id, now, interval = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local f = redis.call('HMGET', KEYS[1], 'status', 'running_at_ms', 'ended_at_ms', 'compute',
+                     'meter_done')
+if not f[1] then redis.call('ZREM', KEYS[2], id) return {'gone', 0} end
+-- charged in full already (the final part went out): whoever indexes it again gets nothing
+if f[5] then redis.call('ZREM', KEYS[2], id) return {'nothing', 0} end
+local running_at = tonumber(f[2])
+if not running_at then
+  if f[1] == $TERMINATED or f[1] == $FAILED then redis.call('ZREM', KEYS[2], id) end
+  return {'not_running', 0}
+end
+local ended = f[1] == $TERMINATED or f[1] == $FAILED
+local cost = nil
+if f[4] then
+  local ok, c = pcall(cjson.decode, f[4])
+  if ok and type(c) == 'table' and type(c.cost_per_hour) == 'number'
+      and c.cost_per_hour >= 0 then
+    cost = c.cost_per_hour
+  end
+end
+local wm = tonumber(redis.call('ZSCORE', KEYS[2], id) or running_at)
+local upto
+if ended then
+  upto = tonumber(f[3]) or now
+else
+  local n = math.floor((now - wm) / interval)
+  if n < 1 then
+    redis.call('ZADD', KEYS[2], 'NX', wm, id)
+    return {'early', 0}
+  end
+  upto = wm + n * interval
+end
+if upto < wm then upto = wm end
+-- USD/h x ms -> micro-USD: x 1e6 / 3.6e6
+local micros = 0
+if cost then micros = math.floor(cost * (upto - wm) / 3.6 + 0.5) end
+if ended then
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HSET', KEYS[1], 'meter_done', '1')
+else
+  redis.call('ZADD', KEYS[2], upto, id)
+end
+if micros > 0 then
+  for i = 5, #KEYS do
+    redis.call('INCRBY', KEYS[i], micros)
+    redis.call('EXPIREAT', KEYS[i], tonumber(ARGV[4]))
+  end
+end
+if upto <= wm then return {'nothing', 0} end
+local accrued = cjson.null
+if cost then accrued = cost * (upto - running_at) / 3600000 end
+emit(KEYS[3], KEYS[4], cjson.encode({session_id = id, type = 'cost', ts = now / 1000,
+  data = {usd = micros / 1000000, accrued_usd = accrued, cost_per_hour = cost or cjson.null,
+          from_ms = wm, until_ms = upto, final = ended}}))
+if ended then return {'final', micros} end
+return {'metered', micros}
+"""
+)
+
+
+@runtime_checkable
+class BillingProvider(Protocol):
+    """A provider that reports what its pods cost (RunPod ``GET /v2/billing/pods``)."""
+
+    def pod_billing(self, pod_id: str | None = None, **params: Any) -> dict[str, Any]:
+        """``{"records": [{"podId", "totalAmount", ...}], ...}`` for one pod or all."""
+        ...
+
+
+@dataclass
+class MeterReport:
+    """What one meter run did."""
+
+    #: Sessions charged at least one interval (or their final part).
+    metered: list[str] = field(default_factory=list)
+    #: Ended sessions charged their last part and dropped from the index.
+    finalized: list[str] = field(default_factory=list)
+    #: Micro-USD added to month-to-date spend by this run.
+    micros: int = 0
+    #: Sessions read.
+    scanned: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe counts for the task result."""
+        return {
+            "metered": len(self.metered),
+            "finalized": len(self.finalized),
+            "usd": self.micros / 1_000_000,
+            "scanned": self.scanned,
+        }
+
+
+@dataclass
+class Drift:
+    """One session's accrued cost next to its pod's bill."""
+
+    session_id: str
+    provider: str
+    compute_id: str
+    accrued_usd: float
+    billed_usd: float
+
+    @property
+    def drift_usd(self) -> float:
+        """Billed minus accrued (positive: the meter is behind the bill)."""
+        return self.billed_usd - self.accrued_usd
+
+    @property
+    def ratio(self) -> float:
+        """``|drift| / billed`` (0 when both are 0; 1 when only the meter counted)."""
+        if self.billed_usd > 0:
+            return abs(self.drift_usd) / self.billed_usd
+        return 0.0 if self.accrued_usd == 0 else 1.0
+
+    def data(self) -> dict[str, Any]:
+        """The ``cost_drift`` event's data."""
+        return {
+            "provider": self.provider,
+            "compute_id": self.compute_id,
+            "accrued_usd": round(self.accrued_usd, 6),
+            "billed_usd": round(self.billed_usd, 6),
+            "drift_usd": round(self.drift_usd, 6),
+            "drift_ratio": round(self.ratio, 6),
+        }
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation found."""
+
+    drifts: list[Drift] = field(default_factory=list)
+    #: Providers (by name) asked for billing.
+    providers: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe counts for the task result."""
+        worst = max((d.ratio for d in self.drifts), default=0.0)
+        return {
+            "sessions": len(self.drifts),
+            "providers": self.providers,
+            "max_ratio": round(worst, 6),
+            "errors": self.errors,
+        }
+
+
+class CostMeter:
+    """The meter and the reconciliation (see the module docstring).
+
+    Args:
+        deps: Redis, settings, providers, publisher.
+        service: the session service whose ``provider_for`` builds a session's provider
+            client (its per-call key included); default: one on ``deps``.
+    """
+
+    def __init__(self, deps: Dependencies, service: SessionService | None = None) -> None:
+        self.deps = deps
+        self.r = deps.redis
+        self.service = service or SessionService(deps)
+        self.store = self.service.store
+        self._meter_script = self.r.register_script(_METER_SESSION)
+        self._quotas = QuotaStore(self.r)
+
+    # ------------------------------------------------------------------ meter
+    def candidates(self) -> list[str]:
+        """Tracked sessions plus the ones the meter still owes a final charge."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.smembers(C.SESSIONS_SET_KEY)
+            pipe.zrange(C.METER_INDEX_KEY, 0, -1)
+            tracked, indexed = pipe.execute()
+        return sorted(set(cast(Iterable[str], tracked)) | set(cast(Iterable[str], indexed)))
+
+    def meter(self, *, now_ms: int | None = None, interval_ms: int | None = None) -> MeterReport:
+        """Charge every running session's elapsed whole intervals (see the module doc).
+
+        ``now_ms`` defaults to Redis time (tests pass a later one instead of waiting);
+        ``interval_ms`` to ``ATLAS_METER_INTERVAL_MS``.
+        """
+        now = self.store.now_ms() if now_ms is None else now_ms
+        interval = interval_ms or self.deps.settings.meter_interval_ms
+        month, month_end_s = self._quotas.month_at(now // 1000)
+        expire_at = month_end_s + SPEND_RETENTION_S
+        report = MeterReport()
+        for batch in _chunks(self.candidates(), METER_BATCH):
+            records = self.store.get_fields(
+                batch, "status", "running_at_ms", "user_id", "tenant_id"
+            )
+            calls: list[str] = []
+            with self.r.pipeline(transaction=False) as pipe:
+                for session_id, record in zip(batch, records, strict=True):
+                    report.scanned += 1
+                    if record is not None and record.running_at_ms is None and not record.ended:
+                        continue  # spawning: nothing runs yet
+                    channel, stream = topic_keys(session_id)
+                    keys = [Keys(session_id).record, C.METER_INDEX_KEY, stream, channel]
+                    keys += [spend_key(scope, ident, month) for scope, ident in _scopes(record)]
+                    self._meter_script(
+                        keys=keys, args=[session_id, now, interval, expire_at], client=pipe
+                    )
+                    calls.append(session_id)
+                replies = pipe.execute() if calls else []
+            for session_id, reply in zip(calls, replies, strict=True):
+                verdict, micros = str(reply[0]), int(reply[1])
+                report.micros += micros
+                if verdict in ("metered", "final"):
+                    report.metered.append(session_id)
+                if verdict == "final":
+                    report.finalized.append(session_id)
+        return report
+
+    def watermark(self, session_id: str) -> int | None:
+        """The session's "metered until" (ms), or ``None`` if the meter holds none."""
+        score = self.r.zscore(C.METER_INDEX_KEY, session_id)
+        return None if score is None else int(score)
+
+    # ------------------------------------------------------------------ reconcile
+    def reconcile(self, *, now_ms: int | None = None) -> ReconcileReport:
+        """Compare each running session's accrued cost with its pod's bill, for providers
+        with billing; publish ``cost_drift`` per session and record the drift metrics."""
+        report = ReconcileReport()
+        now = self.store.now_ms() if now_ms is None else now_ms
+        groups: dict[tuple[str, str | None], list[SessionRecord]] = {}
+        for batch in _chunks(
+            sorted(cast(Iterable[str], self.r.smembers(C.SESSIONS_SET_KEY))), METER_BATCH
+        ):
+            for record in self.store.get_many(batch):
+                if (
+                    record is not None
+                    and record.status == SessionStatus.RUNNING
+                    and record.compute_id
+                    and record.running_at_ms is not None
+                ):
+                    groups.setdefault((record.provider, record.api_key_sealed), []).append(record)
+        for (provider_name, _), records in sorted(groups.items(), key=lambda g: g[0][0]):
+            try:
+                provider = self.service.provider_for(records[0])
+            except Exception as exc:  # a bad key must cost its group, not the run
+                report.errors.append(f"{provider_name}: {type(exc).__name__}: {exc}")
+                continue
+            if not isinstance(provider, BillingProvider):
+                continue  # no billing API: nothing to reconcile against
+            try:
+                billed = _billed_by_pod(provider.pod_billing())
+            except Exception as exc:
+                report.errors.append(f"{provider_name}: billing: {type(exc).__name__}: {exc}")
+                log.warning("billing reconciliation: %s: %s", provider_name, exc)
+                continue
+            if provider_name not in report.providers:
+                report.providers.append(provider_name)
+            for record in records:
+                accrued = accrued_usd(record, now)
+                pod_bill = billed.get(record.compute_id or "")
+                if accrued is None or pod_bill is None:
+                    continue  # no price, or the bill does not list the pod yet
+                drift = Drift(record.id, provider_name, record.compute_id or "", accrued, pod_bill)
+                report.drifts.append(drift)
+                self.deps.publish(record.id, "cost_drift", drift.data())
+        self._record_drift(report, now)
+        return report
+
+    def _record_drift(self, report: ReconcileReport, now_ms: int) -> None:
+        # The last reconciliation's drift per session, replaced as a whole (one MULTI), so
+        # the per-session gauge lists running sessions only; plus a running counter of
+        # sessions found past the tolerance.
+        fields = {
+            d.session_id: json.dumps(
+                {
+                    "provider": d.provider,
+                    "at_ms": now_ms,
+                    "drift_usd": d.drift_usd,
+                    "ratio": d.ratio,
+                }
+            )
+            for d in report.drifts
+        }
+        drifting: dict[str, int] = {}
+        for d in report.drifts:
+            if d.ratio > C.COST_DRIFT_TOLERANCE:
+                drifting[d.provider] = drifting.get(d.provider, 0) + 1
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.delete(C.COST_DRIFT_KEY)
+            if fields:
+                pipe.hset(C.COST_DRIFT_KEY, mapping=cast(dict[Any, Any], fields))
+            for provider, count in drifting.items():
+                pipe.hincrby(
+                    metrics.PREFIX + "c:cost_drift_sessions", metrics.label_field(provider), count
+                )
+            pipe.execute()
+
+
+def _billed_by_pod(answer: dict[str, Any]) -> dict[str, float]:
+    """USD per pod id from a ``GET /v2/billing/pods`` answer (its buckets summed)."""
+    out: dict[str, float] = {}
+    for item in answer.get("records") or []:
+        if not isinstance(item, dict):
+            continue
+        pod_id, amount = item.get("podId"), item.get("totalAmount")
+        if (
+            isinstance(pod_id, str)
+            and isinstance(amount, int | float)
+            and not isinstance(amount, bool)
+        ):
+            out[pod_id] = out.get(pod_id, 0.0) + float(amount)
+    return out
+
+
+def _scopes(record: SessionRecord | None) -> list[tuple[Scope, str]]:
+    """The quota scopes a session's spend counts against (the admission's ids)."""
+    if record is None:
+        return []
+    out: list[tuple[Scope, str]] = []
+    for scope, value in (("user", record.user_id), ("tenant", record.tenant_id)):
+        if value is None or isinstance(value, bool) or not isinstance(value, str | int):
+            continue  # quotas key users and tenants by string or integer ids only
+        try:
+            out.append((cast(Scope, scope), check_id(f"{scope}_id", value)))
+        except ValidationError:
+            log.debug("meter: %s id of session %s is not a quota id", scope, record.id)
+    return out
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+__all__ = ["METER_BATCH", "BillingProvider", "CostMeter", "Drift", "MeterReport", "ReconcileReport"]
