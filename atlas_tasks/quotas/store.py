@@ -35,6 +35,7 @@ from typing import Any, Final, Literal, cast
 import redis
 
 from atlas_tasks.errors import QuotaExceeded, validation_error
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.specs import GpuType
 
 log = logging.getLogger(__name__)
@@ -78,32 +79,41 @@ SCOPES: Final[tuple[Scope, ...]] = ("user", "tenant")
 
 LimitName = Literal["max_sessions", "max_hourly_usd", "monthly_usd"]
 
-_USAGE_PREFIX, _USAGE_SUFFIX = USAGE_KEY.split("{scope}:{id}")
+
+
+def _usage_halves() -> list[str]:
+    # The usage key around "{scope}:{id}", in the current namespace (Lua joins them).
+    return keyspace().key(USAGE_KEY).split("{scope}:{id}")
 
 
 def limits_key(scope: Scope, scope_id: str) -> str:
     """Redis key of a scope's limits hash."""
-    return LIMITS_KEY.format(scope=scope, id=scope_id)
+    return keyspace().key(LIMITS_KEY).format(scope=scope, id=scope_id)
 
 
 def usage_key(scope: Scope, scope_id: str) -> str:
     """Redis key of a scope's usage hash."""
-    return USAGE_KEY.format(scope=scope, id=scope_id)
+    return keyspace().key(USAGE_KEY).format(scope=scope, id=scope_id)
 
 
 def spend_key(scope: Scope, scope_id: str, month: str) -> str:
     """Redis key of a scope's spend in ``month`` (``YYYY-MM``)."""
-    return SPEND_KEY.format(scope=scope, id=scope_id, month=month)
+    return keyspace().key(SPEND_KEY).format(scope=scope, id=scope_id, month=month)
 
 
 def reservation_key(session_id: str) -> str:
     """Redis key of a session's reservation."""
-    return RESERVATION_KEY.format(session=session_id)
+    return keyspace().key(RESERVATION_KEY).format(session=session_id)
+
+
+def reservations_index_key() -> str:
+    """Redis key of the live reservations' index."""
+    return keyspace().key(RESERVATIONS_INDEX_KEY)
 
 
 def prices_key(provider: str) -> str:
     """Redis key of a provider's cached catalog prices."""
-    return PRICES_KEY.format(provider=provider)
+    return keyspace().key(PRICES_KEY).format(provider=provider)
 
 
 def _spend_prefix(scope: Scope, scope_id: str) -> str:
@@ -662,7 +672,7 @@ class QuotaStore:
         _check_session(session_id)
         micros = 0 if hourly_usd is None else to_micros("hourly_usd", hourly_usd)
         scopes = self._scopes(user_id, tenant_id)
-        keys = [reservation_key(session_id), RESERVATIONS_INDEX_KEY]
+        keys = [reservation_key(session_id), reservations_index_key()]
         args: list[Any] = [session_id, micros, "0" if hourly_usd is None else "1", len(scopes)]
         for scope, ident in scopes:
             keys += [limits_key(scope, ident), usage_key(scope, ident), _spend_prefix(scope, ident)]
@@ -703,8 +713,8 @@ class QuotaStore:
         """
         _check_session(session_id)
         reply = self._release(
-            keys=[reservation_key(session_id), RESERVATIONS_INDEX_KEY],
-            args=[session_id, _USAGE_PREFIX, _USAGE_SUFFIX],
+            keys=[reservation_key(session_id), reservations_index_key()],
+            args=[session_id, *_usage_halves()],
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
@@ -718,7 +728,7 @@ class QuotaStore:
         _check_session(session_id)
         micros = to_micros("real_hourly_usd", real_hourly_usd)
         reply = self._correct(
-            keys=[reservation_key(session_id)], args=[micros, _USAGE_PREFIX, _USAGE_SUFFIX]
+            keys=[reservation_key(session_id)], args=[micros, *_usage_halves()]
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
@@ -729,7 +739,7 @@ class QuotaStore:
 
     def reservations(self, *, limit: int = 1000) -> list[Reservation]:
         """Live reservations, oldest first (at most ``limit``)."""
-        ids = cast(list[str], self.client.zrange(RESERVATIONS_INDEX_KEY, 0, limit - 1))
+        ids = cast(list[str], self.client.zrange(reservations_index_key(), 0, limit - 1))
         with self.client.pipeline(transaction=False) as pipe:
             for session_id in ids:
                 pipe.hgetall(reservation_key(session_id))
@@ -823,6 +833,7 @@ __all__ = [
     "check_scope",
     "limits_key",
     "prices_key",
+    "reservations_index_key",
     "reservation_key",
     "spend_key",
     "to_micros",
