@@ -76,9 +76,10 @@ class Keyspace:
         name = self._names.get(template)
         if name is None:
             if not template.startswith(TEMPLATE_PREFIX):
-                raise ValueError(f"key template {template!r} does not start with "
-                                 f"{TEMPLATE_PREFIX!r}")
-            name = self.prefix + template[len(TEMPLATE_PREFIX):]
+                raise ValueError(
+                    f"key template {template!r} does not start with {TEMPLATE_PREFIX!r}"
+                )
+            name = self.prefix + template[len(TEMPLATE_PREFIX) :]
             self._names[template] = name
         return name
 
@@ -108,5 +109,11 @@ def keyspace(namespace: str | None = None) -> Keyspace:
     return _keyspace(namespace if namespace is not None else get_settings().namespace)
 
 
-__all__ = ["DEFAULT_NAMESPACE", "NAMESPACE_PATTERN", "TEMPLATE_PREFIX", "Keyspace",
-           "check_namespace", "keyspace"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "NAMESPACE_PATTERN",
+    "TEMPLATE_PREFIX",
+    "Keyspace",
+    "check_namespace",
+    "keyspace",
+]
