@@ -4,20 +4,24 @@ One module owns these so that no two parts of the code can disagree on a key's s
 and so an operator can read here what atlas_tasks keeps in Redis and for how long.
 Keys are prefixed ``atlas:`` so a shared Redis can be inspected with ``SCAN atlas:*``.
 
-**Namespaces** (``ATLAS_NAMESPACE``, :mod:`atlas_tasks.keyspace_names`). Every key template here
-(and in the stores) is written in the default namespace's spelling, ``"atlas:..."``; code
-never uses a template directly but renames it for the deployment's namespace first::
+**Namespaces** (``ATLAS_NAMESPACE``, :mod:`atlas_tasks.keyspace_names`). Every key
+template here (and in the stores) is written in the default namespace's spelling,
+``"atlas:..."``; code never uses a template directly but renames it for the deployment's
+namespace first::
 
     from atlas_tasks.keyspace_names import keyspace
-    ks = keyspace()                                # the current settings' namespace
-    key = ks.key(C.SESSION_KEY).format(id=sid)     # "atlas:session:<id>", "staging:session:<id>"
-    queue = ks.queue(C.QUEUE_COMPUTE)              # "compute", "staging.compute"
+    ks = keyspace()                             # the current settings' namespace
+    key = ks.key(C.SESSION_KEY).format(id=sid)  # "atlas:session:<id>", "staging:session:<id>"
+    queue = ks.queue(C.QUEUE_COMPUTE)           # "compute", "staging.compute"
 
-A store built for a namespace keeps its ``Keyspace`` (``self.ks``) and uses ``self.ks.key``.
-A new key: add its template here starting with ``atlas:`` and build it with ``ks.key(...)``
-where it is used; Lua scripts get every key through KEYS[] or a prefix in ARGV (never an
-``atlas:`` literal). ``tests/unit/test_keyspace.py`` fails on a literal ``"atlas:"`` key that
-skips the rename. With the default namespace every name is the template itself.
+A store built for a namespace keeps its ``Keyspace`` (``self.ks``; the session store also
+precomputed names in ``self.n``) and uses ``self.ks.key``. A new key: add its template
+starting with ``atlas:`` and build it with ``ks.key(TEMPLATE)`` where it is used; Lua
+scripts get every key through KEYS[] or a prefix in ARGV (never an ``atlas:`` literal).
+``tests/unit/test_keyspace_names.py`` fails on an ``"atlas:"`` literal used outside a
+module-level template or ``.key(...)``, and ``tests/integration/test_namespace_keys.py``
+on any key a namespaced deployment writes outside its namespace. With the default
+namespace every name is the template itself.
 
 Nothing stored under these keys is a secret: tokens are kept as SHA-256 hashes and
 anything that must travel in the clear to a worker is Fernet-encrypted first.
