@@ -9,7 +9,8 @@ own ``CELERY_*`` settings can still override anything through ``app.conf``.
   subscription per enqueue (:mod:`atlas_tasks.result_backend`, chosen in code for a plain
   ``redis://`` ``result_backend`` URL so ``celery inspect conf`` can parse it).
 * Spawn/terminate are late-acked and rejected on worker loss (they are idempotent).
-* Queues ``compute``, ``jobs``, ``fly``, ``maintenance``.
+* Queues ``compute``, ``jobs``, ``fly``, ``maintenance`` (``<namespace>.compute``... when
+  ``ATLAS_NAMESPACE`` is not ``atlas``: :func:`worker_queues`).
 * Beat uses redbeat (schedule and a single-beat lock in Redis) through
   :class:`atlas_tasks.beat.AtlasRedBeatScheduler`, which survives Redis restarts, and runs
   the reaper every ``ATLAS_REAP_INTERVAL_MS``. The sweep is quiet: no stored result, no
@@ -34,6 +35,7 @@ from redis.retry import Retry
 from atlas_tasks import constants as C
 from atlas_tasks import task_reprs
 from atlas_tasks.config import AtlasSettings, get_settings
+from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.result_backend import atlas_backend_class
 from atlas_tasks.worker_events import UnbufferedTaskEvents
 
@@ -42,24 +44,42 @@ log = logging.getLogger(__name__)
 TASK_MODULES = ["atlas_tasks.tasks.compute", "atlas_tasks.tasks.reaper", "atlas_tasks.tasks.jobs",
                 "atlas_tasks.tasks.fly", "atlas_tasks.tasks.quotas", "atlas_tasks.tasks.meter"]
 
-#: Queue of every atlas task, by task-name prefix (Celery glob routes). Routing is policy,
-#: in one place: call sites and beat entries pass no ``queue=`` (a test checks that every
-#: ``constants.TASK_*`` resolves to one of :data:`QUEUES`).
-TASK_ROUTES: dict[str, dict[str, str]] = {
-    "atlas.compute.*": {"queue": C.QUEUE_COMPUTE},
-    "atlas.jobs.*": {"queue": C.QUEUE_JOBS},
-    "atlas.fly.*": {"queue": C.QUEUE_FLY},
-    "atlas.reaper.*": {"queue": C.QUEUE_MAINTENANCE},
-    "atlas.quotas.*": {"queue": C.QUEUE_MAINTENANCE},
-    "atlas.sessions.*": {"queue": C.QUEUE_MAINTENANCE},
+#: Base queue of every atlas task, by task-name prefix (Celery glob routes). Routing is
+#: policy, in one place: call sites and beat entries pass no ``queue=`` (a test checks that
+#: every ``constants.TASK_*`` resolves to one of :data:`QUEUES`).
+_BASE_ROUTES = {
+    "atlas.compute.*": C.QUEUE_COMPUTE,
+    "atlas.jobs.*": C.QUEUE_JOBS,
+    "atlas.fly.*": C.QUEUE_FLY,
+    "atlas.reaper.*": C.QUEUE_MAINTENANCE,
+    "atlas.quotas.*": C.QUEUE_MAINTENANCE,
+    "atlas.sessions.*": C.QUEUE_MAINTENANCE,
 }
-#: The queues an atlas worker consumes.
-QUEUES = (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY, C.QUEUE_MAINTENANCE)
+_BASE_QUEUES = (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY, C.QUEUE_MAINTENANCE)
+
+
+def task_routes(ks: Keyspace) -> dict[str, dict[str, str]]:
+    """The routes of a namespace: ``compute``... by default, ``<namespace>.compute``...
+    otherwise, so deployments sharing a broker never consume each other's tasks."""
+    return {glob: {"queue": ks.queue(base)} for glob, base in _BASE_ROUTES.items()}
+
+
+def worker_queues(ks: Keyspace | None = None) -> tuple[str, ...]:
+    """The queues an atlas worker of ``ks`` (default: ``ATLAS_NAMESPACE``) consumes."""
+    ks = ks or keyspace()
+    return tuple(ks.queue(base) for base in _BASE_QUEUES)
+
+
+#: Routes of the default namespace (see :func:`task_routes`).
+TASK_ROUTES: dict[str, dict[str, str]] = task_routes(Keyspace(C.DEFAULT_NAMESPACE))
+#: The queues an atlas worker of the default namespace consumes (:func:`worker_queues`).
+QUEUES = _BASE_QUEUES
 
 
 def build_config(settings: AtlasSettings) -> dict[str, Any]:
     """Celery settings derived from atlas settings."""
     reap_s = settings.reap_interval_ms / 1000
+    ks = keyspace(settings.namespace)
     config: dict[str, Any] = {
         # broker_url, result_backend, their transport options and redbeat's connection:
         # transport_config() below, which knows Sentinel and RabbitMQ.
@@ -78,12 +98,13 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.spawn_time_limit_s,
         "task_time_limit": settings.spawn_time_limit_s + 30,
-        "task_default_queue": C.QUEUE_MAINTENANCE,
-        "task_queues": [Queue(q) for q in QUEUES],
-        "task_routes": dict(TASK_ROUTES),
+        "task_default_queue": ks.queue(C.QUEUE_MAINTENANCE),
+        "task_queues": [Queue(q) for q in worker_queues(ks)],
+        "task_routes": task_routes(ks),
         # redbeat, made to survive Redis restarts and outages (atlas_tasks.beat).
         "beat_scheduler": "atlas_tasks.beat:AtlasRedBeatScheduler",
-        "redbeat_key_prefix": C.REDBEAT_KEY_PREFIX,
+        # "<namespace>:redbeat:": each deployment has its own schedule and beat lock.
+        "redbeat_key_prefix": ks.key(C.REDBEAT_KEY_PREFIX),
         # Short lock: if beat dies, a standby beat takes over within seconds.
         "redbeat_lock_timeout": max(5, int(reap_s * 5)),
         "beat_max_loop_interval": max(0.5, min(reap_s, 5.0)),
@@ -286,7 +307,7 @@ def create_app(settings: AtlasSettings | None = None) -> Celery:
 app = create_app()
 celery = app
 
-_apps_by_url: dict[tuple[str, str], Celery] = {}
+_apps_by_url: dict[tuple[str, str, str], Celery] = {}
 
 
 _attached: Celery | None = None
@@ -361,8 +382,11 @@ def get_app() -> Celery:
         return _attached
     settings = get_settings()
     derived = transport_config(settings)
-    key = (derived["broker_url"], derived["result_backend"])
-    if (app.conf.broker_url, app.conf.result_backend) == key:
+    ks = keyspace(settings.namespace)
+    key = (derived["broker_url"], derived["result_backend"], ks.namespace)
+    # The namespace too: it decides the queues a call is routed to.
+    if (app.conf.broker_url, app.conf.result_backend, app.conf.task_default_queue) == (
+            key[0], key[1], ks.queue(C.QUEUE_MAINTENANCE)):
         return app
     other = _apps_by_url.get(key)
     if other is None:
@@ -438,6 +462,32 @@ def _check_redis_persistence(sender: Any = None, **_: Any) -> None:
     warn_if_redis_not_persistent(get_settings().redis_url)
 
 
+def foreign_queues(consumed: list[str] | set[str], ks: Keyspace) -> list[str]:
+    """The atlas queues among ``consumed`` that belong to another namespace than ``ks``
+    (``compute`` consumed by a ``staging`` worker, ``staging.compute`` by an ``atlas``
+    one): such a worker would run another deployment's tasks against its own keys."""
+    ours = set(worker_queues(ks))
+    return sorted(q for q in consumed
+                  if q not in ours and q.rsplit(".", 1)[-1] in _BASE_QUEUES)
+
+
+@signals.worker_ready.connect
+def _check_queue_namespace(sender: Any = None, **_: Any) -> None:
+    """Log an error when this worker consumes another namespace's queues (a ``-Q`` list
+    written for the default namespace on a worker with another ``ATLAS_NAMESPACE``)."""
+    try:
+        consumed = {str(q.name) for q in sender.task_consumer.queues}
+    except AttributeError:  # not a consumer we know how to read: nothing to check
+        return
+    ks = keyspace()
+    foreign = foreign_queues(consumed, ks)
+    if foreign:
+        log.error("this worker (ATLAS_NAMESPACE=%s) consumes %s, the queues of another "
+                  "namespace; it would run another deployment's tasks. Consume %s instead "
+                  "(`atlas-tasks worker` does).", ks.namespace, ", ".join(foreign),
+                  ",".join(worker_queues(ks)))
+
+
 @signals.worker_ready.connect
 def _start_expiry_listener(sender: Any = None, **_: Any) -> None:
     """Start the keyspace-expiry fast path in the worker's main process."""
@@ -449,7 +499,8 @@ def _start_expiry_listener(sender: Any = None, **_: Any) -> None:
     from atlas_tasks.tasks.reaper import enqueue_terminate
 
     _listener = ExpiryListener(settings.redis_url,
-                               lambda ids: enqueue_terminate(ids, "idle_timeout"))
+                               lambda ids: enqueue_terminate(ids, "idle_timeout"),
+                               namespace=settings.namespace)
     _listener.start()
 
 

@@ -41,7 +41,8 @@ from atlas_tasks.specs import GPU_CATALOG, all_canonical
 #: Providers whose native GPU ids the catalog table shows, in column order.
 CATALOG_PROVIDERS = ("runpod", "lambda_labs", "fly", "vast")
 
-#: Queues a worker started by ``atlas-tasks worker`` consumes.
+#: Queues a worker started by ``atlas-tasks worker`` consumes in the default namespace
+#: (:func:`worker_queue_list` gives the current namespace's).
 WORKER_QUEUES = ",".join(
     (
         constants.QUEUE_COMPUTE,
@@ -52,6 +53,15 @@ WORKER_QUEUES = ",".join(
 )
 
 CELERY_APP = "atlas_tasks.celery_app"
+
+
+def worker_queue_list() -> str:
+    """The ``-Q`` list of an atlas worker in ``ATLAS_NAMESPACE`` (``compute,jobs,...`` by
+    default, ``<namespace>.compute,...`` otherwise)."""
+    from atlas_tasks.keyspace_names import keyspace
+
+    ks = keyspace()
+    return ",".join(ks.queue(q) for q in WORKER_QUEUES.split(","))
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -260,7 +270,7 @@ def demo() -> None:
 @click.pass_context
 def worker(ctx: click.Context, loglevel: str) -> None:
     """Start a Celery worker on every atlas queue (extra args go to celery)."""
-    _celery(["worker", "-E", "-Q", WORKER_QUEUES, "--loglevel", loglevel, *ctx.args])
+    _celery(["worker", "-E", "-Q", worker_queue_list(), "--loglevel", loglevel, *ctx.args])
 
 
 @cli.command(context_settings=_PASSTHROUGH)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -148,6 +149,13 @@ class AtlasSettings(BaseSettings):
         "(one process) or `redis` (shared).")
 
     # ---- redis / celery
+    namespace: str = Field(
+        default=constants.DEFAULT_NAMESPACE,
+        description="Prefix of every Redis key, pub/sub channel, stream and redbeat key "
+        "(`<namespace>:...`), of the broker queues when not `atlas` (`<namespace>.compute`"
+        "...) and of the default pod-name prefix, so deployments sharing one Redis, broker "
+        "and cloud account never see or reap each other's sessions and pods (README, "
+        "Several deployments on one Redis). 1-32 of `a-z0-9_`, starting with a letter.")
     redis_url: str = Field(
         default=constants.DEFAULT_REDIS_URL,
         description="Registry, events, and (unless overridden) broker and results: "
@@ -242,7 +250,8 @@ class AtlasSettings(BaseSettings):
     reap_name_prefix: str = Field(
         default=constants.POD_NAME_PREFIX_DEFAULT, description="Safety switch: only pods "
         "named with this prefix are ever reaped as orphans (`\"\"` disables orphan "
-        "reaping). Unique per deployment sharing a cloud account.")
+        "reaping). Unique per deployment sharing a cloud account. Unset: `<namespace>-` "
+        "(`atlas-` by default).")
     orphan_grace_ms: int = Field(
         default=constants.DEFAULT_ORPHAN_GRACE_MS, ge=0,
         description="An untracked prefixed pod younger than this is left alone.")
@@ -303,6 +312,23 @@ class AtlasSettings(BaseSettings):
                 return json.loads(text)
             return [p.strip() for p in text.split(",") if p.strip()]
         return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        # Keys, queue names and pod names are built from it: a short, safe token only.
+        if not re.fullmatch(constants.NAMESPACE_REGEX, value):
+            raise ValueError(constants.NAMESPACE_RULE)
+        return value
+
+    @model_validator(mode="after")
+    def _namespace_pod_prefix(self) -> AtlasSettings:
+        # The pod-name prefix follows the namespace unless it was set explicitly (an
+        # explicit value, "" included, wins). Evaluated at construction: a model_copy
+        # that changes only the namespace keeps the old prefix.
+        if "reap_name_prefix" not in self.model_fields_set:
+            self.reap_name_prefix = f"{self.namespace}-"
+        return self
 
     @property
     def effective_broker_url(self) -> str:

@@ -3,11 +3,45 @@
 One module owns these so that no two parts of the code can disagree on a key's shape,
 and so an operator can read here what atlas_tasks keeps in Redis and for how long.
 Keys are prefixed ``atlas:`` so a shared Redis can be inspected with ``SCAN atlas:*``.
+
+**Namespaces** (``ATLAS_NAMESPACE``, :mod:`atlas_tasks.keyspace_names`). Every key
+template here (and in the stores) is written in the default namespace's spelling,
+``"atlas:..."``; code never uses a template directly but renames it for the deployment's
+namespace first::
+
+    from atlas_tasks.keyspace_names import keyspace
+    ks = keyspace()                             # the current settings' namespace
+    key = ks.key(C.SESSION_KEY).format(id=sid)  # "atlas:session:<id>", "staging:session:<id>"
+    queue = ks.queue(C.QUEUE_COMPUTE)           # "compute", "staging.compute"
+
+A store built for a namespace keeps its ``Keyspace`` (``self.ks``; the session store also
+precomputed names in ``self.n``) and uses ``self.ks.key``. A new key: add its template
+starting with ``atlas:`` and build it with ``ks.key(TEMPLATE)`` where it is used; Lua
+scripts get every key through KEYS[] or a prefix in ARGV (never an ``atlas:`` literal).
+``tests/unit/test_keyspace_names.py`` fails on an ``"atlas:"`` literal used outside a
+module-level template or ``.key(...)``, and ``tests/integration/test_namespace_keys.py``
+on any key a namespaced deployment writes outside its namespace. With the default
+namespace every name is the template itself.
+
 Nothing stored under these keys is a secret: tokens are kept as SHA-256 hashes and
 anything that must travel in the clear to a worker is Fernet-encrypted first.
 """
 
 from __future__ import annotations
+
+# --------------------------------------------------------------------------- namespace
+
+#: The namespace of a deployment that sets no ``ATLAS_NAMESPACE``: key templates are
+#: spelled in it, so its names are the templates unchanged.
+DEFAULT_NAMESPACE = "atlas"
+#: What a namespace may look like: a short token safe in Redis keys, queue and pod names.
+#: No "-", ":" or ".": they separate it from the rest of a pod name (``<ns>-<id>``), key
+#: (``<ns>:...``) or queue (``<ns>.compute``), so no namespace's names can start with
+#: another's (``atlas-`` would otherwise match the pods of a namespace ``atlas-b``).
+NAMESPACE_REGEX = r"^[a-z][a-z0-9_]{0,31}$"
+#: The rule, as validation errors state it.
+NAMESPACE_RULE = ("must be 1-32 lower-case letters, digits or '_', starting with a letter "
+                  "(e.g. 'staging')")
 
 # --------------------------------------------------------------------------- sessions
 
@@ -54,6 +88,7 @@ TERMINATE_FENCE_KEY = "atlas:fence:{id}"
 ORPHAN_FENCE_KEY = "atlas:fence:pod:{provider}:{compute_id}"
 
 #: Pod-name → session id for pods created by a spawn, so the reaper can match orphans.
+#: The default of ``ATLAS_REAP_NAME_PREFIX`` is ``<namespace>-`` (this, by default).
 POD_NAME_PREFIX_DEFAULT = "atlas-"
 
 #: Extra life of the session record beyond the idle deadline, so the reaper (or a slow
@@ -164,6 +199,9 @@ QUEUE_COMPUTE = "compute"
 QUEUE_JOBS = "jobs"
 QUEUE_FLY = "fly"
 QUEUE_MAINTENANCE = "maintenance"
+
+#: Queues: the default namespace consumes these; another one ``<namespace>.<queue>``
+#: (``Keyspace.queue``), so deployments sharing a broker never take each other's tasks.
 
 #: Key prefix of the redbeat scheduler; its lock key is ``<prefix>::lock``.
 REDBEAT_KEY_PREFIX = "atlas:redbeat:"

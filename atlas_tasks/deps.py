@@ -45,12 +45,13 @@ def _default_providers(settings: AtlasSettings) -> ProviderFactory:
     return build
 
 
-def _default_publisher(client: Redis) -> EventPublisher:
+def _default_publisher(client: Redis, namespace: str) -> EventPublisher:
     def publish(topic_id: str, type: str, data: dict[str, Any] | None = None, *,
                 topic: str = "compute") -> str | None:
         from atlas_tasks import events
 
-        return events.publish(topic_id, type, data, topic=topic, client=client)
+        return events.publish(topic_id, type, data, topic=topic, client=client,
+                              namespace=namespace)
 
     return publish
 
@@ -87,7 +88,7 @@ class Dependencies:
         settings = settings or get_settings()
         client = get_redis(settings.redis_url)
         return cls(redis=client, settings=settings, providers=_default_providers(settings),
-                   publish=_default_publisher(client))
+                   publish=_default_publisher(client, settings.namespace))
 
     @classmethod
     def from_client(cls, client: Redis, *, settings: AtlasSettings | None = None,
@@ -100,5 +101,5 @@ class Dependencies:
         settings = settings or get_settings()
         deps = cls(redis=client, settings=settings,
                    providers=providers or _default_providers(settings),
-                   publish=publish or _default_publisher(client))
+                   publish=publish or _default_publisher(client, settings.namespace))
         return replace(deps, **overrides) if overrides else deps

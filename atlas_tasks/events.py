@@ -11,6 +11,9 @@ late or reconnects misses nothing and sees nothing twice. Heartbeats are publish
 Publishing is best-effort: a Redis hiccup is logged and never fails a task. Reading
 (``history``, ``subscribe``) raises :class:`~atlas_tasks.errors.TransportError` when
 Redis fails, like every caller-facing call.
+
+Channels and streams are named in the deployment's namespace (``ATLAS_NAMESPACE``,
+:mod:`atlas_tasks.keyspace_names`): ``<namespace>:events:{id}``, ``<namespace>:events-log:{id}``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pydantic import BaseModel, Field
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
 from atlas_tasks.errors import ValidationError
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.redis_conn import async_client_for_url, get_redis, wrap_redis_errors
 
 log = logging.getLogger(__name__)
@@ -62,7 +66,7 @@ class Event(BaseModel):
         return f"{self.session_id} {self.type} {json.dumps(self.data, default=str)}"
 
 
-def _keys(topic: str, topic_id: str) -> tuple[str, str]:
+def _keys(topic: str, topic_id: str, namespace: str | None = None) -> tuple[str, str]:
     try:
         channel, stream = C.EVENT_TOPICS[topic]
     except KeyError:
@@ -70,7 +74,8 @@ def _keys(topic: str, topic_id: str) -> tuple[str, str]:
             f"topic: unknown event topic {topic!r}; known: {', '.join(C.EVENT_TOPICS)}",
             field="topic",
         ) from None
-    return channel.format(id=topic_id), stream.format(id=topic_id)
+    ks = keyspace(namespace)  # ATLAS_NAMESPACE unless the caller's store names one
+    return ks.key(channel).format(id=topic_id), ks.key(stream).format(id=topic_id)
 
 
 def publish(
@@ -80,9 +85,12 @@ def publish(
     *,
     topic: str = "compute",
     client: redis.Redis | None = None,
+    namespace: str | None = None,
 ) -> str | None:
-    """Record and broadcast an event. Returns its stream id, or ``None`` if Redis failed."""
-    channel, stream = _keys(topic, topic_id)
+    """Record and broadcast an event. Returns its stream id, or ``None`` if Redis failed.
+
+    ``namespace``: the deployment's (default ``ATLAS_NAMESPACE``)."""
+    channel, stream = _keys(topic, topic_id, namespace)
     payload = encode(topic_id, type, data)
     r = client or get_redis()
     try:
@@ -98,9 +106,11 @@ def encode(topic_id: str, type: str, data: dict[str, Any] | None = None) -> str:
         exclude={"id"})
 
 
-def topic_keys(topic_id: str, topic: str = "compute") -> tuple[str, str]:
-    """``(pub/sub channel, replay stream)`` of a topic id."""
-    return _keys(topic, topic_id)
+def topic_keys(topic_id: str, topic: str = "compute", *,
+               namespace: str | None = None) -> tuple[str, str]:
+    """``(pub/sub channel, replay stream)`` of a topic id in ``namespace`` (default:
+    ``ATLAS_NAMESPACE``)."""
+    return _keys(topic, topic_id, namespace)
 
 
 def _stream_id(value: str) -> tuple[int, int]:
@@ -135,9 +145,10 @@ def _replay_start(after: str | None) -> str:
 
 @wrap_redis_errors("events.history")
 def history(topic_id: str, *, topic: str = "compute", client: redis.Redis | None = None,
-            after: str | None = None) -> list[Event]:
-    """Events recorded for ``topic_id`` (oldest first), optionally after a stream id."""
-    _, stream = _keys(topic, topic_id)
+            after: str | None = None, namespace: str | None = None) -> list[Event]:
+    """Events recorded for ``topic_id`` (oldest first), optionally after a stream id, in
+    ``namespace`` (default ``ATLAS_NAMESPACE``)."""
+    _, stream = _keys(topic, topic_id, namespace)
     r = client or get_redis()
     entries = cast(list[tuple[str, dict[str, str]]], r.xrange(stream, _replay_start(after), "+"))
     return [e for e in (_parse_entry(i, f) for i, f in entries) if e is not None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.redis_conn import get_redis
 
 #: Points in the spawn/terminate paths where a crash can be injected.
@@ -21,5 +22,6 @@ def fault_point(name: str) -> None:
     wanted = os.environ.get("ATLAS_FAULT_KILL_AT")
     if not wanted or name not in wanted.split(","):
         return
-    if get_redis().set(f"atlas:test:fault-fired:{name}", "1", nx=True, ex=3600):
+    marker = keyspace().key("atlas:test:fault-fired:{name}").format(name=name)
+    if get_redis().set(marker, "1", nx=True, ex=3600):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -63,6 +63,7 @@ from prometheus_client.registry import Collector
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
 from atlas_tasks.jobs.store import JobStore
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.providers.base import RequestInfo
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.sessions.records import SessionStatus, lua_with_statuses
@@ -78,6 +79,13 @@ SEP = "\t"
 #: The reaper's keys (written by :mod:`atlas_tasks.tasks.reaper`).
 LAST_SWEEP_KEY = "atlas:reaper:last-sweep"
 SWEEP_STATS_KEY = "atlas:reaper:stats"
+
+
+def _key(template: str) -> str:
+    # Every metrics key in the deployment's namespace (templates above say "atlas:").
+    return keyspace().key(template)
+
+
 #: Job records scanned at most per scrape (jobs have no index; SCAN is O(keyspace)).
 JOB_SCAN_MAX_KEYS = 200_000
 
@@ -225,15 +233,15 @@ def observe_sessions(session_ids: Iterable[str], client: redis.Redis | None = No
     r = client or get_redis()
     if _observe_script is None:
         _observe_script = r.register_script(_OBSERVE)
-    return int(_observe_script(keys=[], args=[C.SESSION_KEY.format(id=""), PREFIX,
+    return int(_observe_script(keys=[], args=[_key(C.SESSION_KEY).format(id=""), _key(PREFIX),
                                               _ms_bounds(SPAWN_LATENCY_BUCKETS),
                                               _ms_bounds(IDLE_LAG_BUCKETS),
-                                              C.METER_INDEX_KEY, *ids], client=r))
+                                              _key(C.METER_INDEX_KEY), *ids], client=r))
 
 
 def incr(name: str, *labels: str, amount: int = 1, client: redis.Redis | None = None) -> None:
     """Add ``amount`` to counter ``name`` (a key of :data:`COUNTERS`) at ``labels``."""
-    (client or get_redis()).hincrby(PREFIX + "c:" + name, _field(*labels), amount)
+    (client or get_redis()).hincrby(_key(PREFIX) + "c:" + name, _field(*labels), amount)
 
 
 def record_request(info: RequestInfo, client: redis.Redis | None = None) -> None:
@@ -244,14 +252,14 @@ def record_request(info: RequestInfo, client: redis.Redis | None = None) -> None
     status = str(info.status) if info.status is not None else "error"
     labels = _field(info.provider, info.api, status)
     bounds = HISTOGRAMS["provider_request_duration_seconds"][2]
-    key = PREFIX + "h:provider_request_duration_seconds"
+    key = _key(PREFIX) + "h:provider_request_duration_seconds"
     try:
         with (client or get_redis()).pipeline(transaction=False) as pipe:
             pipe.hincrby(key, f"{labels}{SEP}b{_bucket(bounds, info.duration_s)}", 1)
             pipe.hincrby(key, f"{labels}{SEP}count", 1)
             pipe.hincrby(key, f"{labels}{SEP}sum_us", int(info.duration_s * 1_000_000))
             if info.status == 429:
-                pipe.hincrby(PREFIX + "c:provider_rate_limited",
+                pipe.hincrby(_key(PREFIX) + "c:provider_rate_limited",
                              _field(info.provider, info.api), 1)
             pipe.execute()
     except redis.RedisError as exc:
@@ -349,15 +357,15 @@ class AtlasCollector(Collector):
     def _read(self, r: redis.Redis) -> list[Metric]:
         with r.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.smembers(C.SESSIONS_SET_KEY)
-            pipe.get(LAST_SWEEP_KEY)
-            pipe.hgetall(SWEEP_STATS_KEY)
-            pipe.hgetall(ACCRUED_KEY)
-            pipe.hgetall(C.COST_DRIFT_KEY)
+            pipe.smembers(_key(C.SESSIONS_SET_KEY))
+            pipe.get(_key(LAST_SWEEP_KEY))
+            pipe.hgetall(_key(SWEEP_STATS_KEY))
+            pipe.hgetall(_key(ACCRUED_KEY))
+            pipe.hgetall(_key(C.COST_DRIFT_KEY))
             for name in COUNTERS:
-                pipe.hgetall(PREFIX + "c:" + name)
+                pipe.hgetall(_key(PREFIX) + "c:" + name)
             for name in HISTOGRAMS:
-                pipe.hgetall(PREFIX + "h:" + name)
+                pipe.hgetall(_key(PREFIX) + "h:" + name)
             (secs, micros), tracked, last_sweep, stats, accrued, drift, *hashes = \
                 pipe.execute()
         now_ms = int(secs) * 1000 + int(micros) // 1000
@@ -486,7 +494,7 @@ def _cost_drift(drift: dict[str, str]) -> list[Metric]:
 
 def _jobs(r: redis.Redis) -> Metric:
     counts: dict[tuple[str, str], int] = {}
-    pattern = C.JOB_KEY.format(id="*")
+    pattern = _key(C.JOB_KEY).format(id="*")
     seen = 0
     batch: list[str] = []
 

@@ -279,6 +279,9 @@ def _check_broker(url: str) -> str | None:
 
 def _check_workers(timeout: float) -> Iterator[Check]:
     from atlas_tasks.celery_app import get_app
+    from atlas_tasks.keyspace_names import keyspace
+
+    ks = keyspace()  # queues are "<namespace>.compute"... outside the default namespace
 
     # One broadcast for every queue (queue_has_consumers asks once per queue).
     reply = get_app().control.inspect(timeout=timeout).active_queues() or {}
@@ -286,24 +289,28 @@ def _check_workers(timeout: float) -> Iterator[Check]:
     for worker, queues in reply.items():
         for q in queues or []:
             consumers.setdefault(str(q.get("name")), []).append(worker)
-    for queue in (*REQUIRED_QUEUES, *OPTIONAL_QUEUES):
+    for base in (*REQUIRED_QUEUES, *OPTIONAL_QUEUES):
+        queue = ks.queue(base)
         workers = consumers.get(queue, [])
         if workers:
             yield Check(f"queue {queue}", "ok", f"consumed by {', '.join(sorted(workers))}")
-        elif queue in REQUIRED_QUEUES:
+        elif base in REQUIRED_QUEUES:
             yield Check(f"queue {queue}", "fail", "no worker consumes it (`atlas-tasks worker`)")
         else:
             yield Check(f"queue {queue}", "warn", "no worker consumes it (needed only for "
-                        f"{'serverless jobs' if queue == C.QUEUE_JOBS else 'Fly.io ops'})")
+                        f"{'serverless jobs' if base == C.QUEUE_JOBS else 'Fly.io ops'})")
 
 
 def _check_beat(r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
     import redis
 
-    lock_key = C.REDBEAT_KEY_PREFIX + ":lock"
+    from atlas_tasks.keyspace_names import keyspace
+
+    ks = keyspace()
+    lock_key = ks.key(C.REDBEAT_KEY_PREFIX) + ":lock"
     try:
         pttl = int(r.pttl(lock_key))
-        raw = r.get(LAST_SWEEP_KEY)
+        raw = r.get(ks.key(LAST_SWEEP_KEY))
         secs, micros = r.time()
     except redis.RedisError as exc:
         yield Check("beat", "fail", f"could not read the beat lock: {exc}")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import sys
 
-from atlas_tasks.celery_app import app
+from atlas_tasks.celery_app import app, worker_queues
 from atlas_tasks.config import get_settings
 
+#: The queues of the default namespace; ``argv`` uses those of ``ATLAS_NAMESPACE``.
 QUEUES = "compute,jobs,fly,maintenance"
 
 
@@ -21,7 +22,7 @@ def argv(extra: list[str]) -> list[str]:
     """The Celery command line this entry point runs."""
     settings = get_settings()
     return ["worker", "-E", "-P", settings.worker_pool, "-c", str(settings.worker_concurrency),
-            "-Q", QUEUES, "--loglevel", "INFO", *extra]
+            "-Q", ",".join(worker_queues()), "--loglevel", "INFO", *extra]
 
 
 def main(extra: list[str] | None = None) -> None:

@@ -93,6 +93,7 @@ class LiveFeed:
         self.table = LiveTable(service, linger_ms=settings.linger_ms)
         self.interval_s = settings.poll_interval_ms / 1000
         self.redis_url = service.settings.redis_url
+        self.ks = service.ks  # only this deployment's session channels
         self._queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -146,12 +147,12 @@ class LiveFeed:
     async def _listen(self) -> None:
         """Mark sessions dirty and wake the poller on their events (pattern subscription
         to every session's channel, cluster-wide)."""
-        prefix = C.EVENTS_CHANNEL.format(id="")
+        prefix = self.ks.key(C.EVENTS_CHANNEL).format(id="")
         while self._queues:
             client = async_client_for_url(self.redis_url, decode_responses=True)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.psubscribe(C.EVENTS_CHANNEL_PATTERN)
+                await pubsub.psubscribe(self.ks.key(C.EVENTS_CHANNEL_PATTERN))
                 while self._queues:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:

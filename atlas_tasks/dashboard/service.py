@@ -37,6 +37,7 @@ from atlas_tasks import constants as C
 from atlas_tasks import events
 from atlas_tasks.config import AtlasSettings, get_settings
 from atlas_tasks.errors import ForbiddenError, NotTracked, ValidationError
+from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.redis_lua import decode_json as _json
 from atlas_tasks.sessions.reaper import DATA_LOSS_GRACE_KEY, ORPHAN_FIRST_SEEN_KEY
@@ -229,6 +230,11 @@ class DashboardService:
         return self._settings or get_settings()
 
     @property
+    def ks(self) -> Keyspace:
+        """The deployment's namespace: every key below is read in it."""
+        return keyspace(self.settings.namespace)
+
+    @property
     def r(self) -> redis.Redis:
         """The registry's Redis client (decoded responses)."""
         return get_redis(self.settings.redis_url)
@@ -236,14 +242,14 @@ class DashboardService:
     # ------------------------------------------------------------------ sessions
     def tracked_ids(self) -> set[str]:
         """Every tracked session id of the cluster."""
-        return set(cast(set[str], self.r.smembers(C.SESSIONS_SET_KEY)))
+        return set(cast(set[str], self.r.smembers(self.ks.key(C.SESSIONS_SET_KEY))))
 
     def tracked_among(self, session_ids: Iterable[str]) -> set[str]:
         """Which of ``session_ids`` are tracked (one round trip)."""
         ids = list(session_ids)
         if not ids:
             return set()
-        flags = self.r.smismember(C.SESSIONS_SET_KEY, ids)
+        flags = self.r.smismember(self.ks.key(C.SESSIONS_SET_KEY), ids)
         return {sid for sid, flag in zip(ids, flags, strict=True) if flag}
 
     def rows(self, session_ids: Iterable[str], tracked: set[str]) -> tuple[int, list[SessionRow]]:
@@ -252,8 +258,8 @@ class DashboardService:
         with self.r.pipeline(transaction=False) as pipe:
             pipe.time()
             for session_id in ids:
-                pipe.hgetall(Keys(session_id).record)
-                pipe.pttl(Keys(session_id).alive)
+                pipe.hgetall(Keys(session_id, self.ks).record)
+                pipe.pttl(Keys(session_id, self.ks).alive)
             out = pipe.execute()
         seconds, micros = out[0]
         now_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -316,7 +322,7 @@ class DashboardService:
             NotTracked: unknown or untracked session.
         """
         check_session_id(session_id)
-        reg = store_for(self.r)
+        reg = store_for(self.r, namespace=self.ks.namespace)
         verdict = reg.request_stop(session_id, OPERATOR_REASON, self.settings.stop_resend_ms)
         if verdict in ("terminated", "failed"):
             return {"ok": True, "action": "terminate", "session_id": session_id,
@@ -341,9 +347,9 @@ class DashboardService:
         settings = self.settings
         prefix = settings.reap_name_prefix
         r = self.r
-        now_ms = store_for(r).now_ms()
-        intents = set(cast(list[str], r.zrange(C.INTENTS_KEY, 0, -1)))
-        first_seen = cast(dict[str, str], r.hgetall(ORPHAN_FIRST_SEEN_KEY))
+        now_ms = store_for(r, namespace=self.ks.namespace).now_ms()
+        intents = set(cast(list[str], r.zrange(self.ks.key(C.INTENTS_KEY), 0, -1)))
+        first_seen = cast(dict[str, str], r.hgetall(self.ks.key(ORPHAN_FIRST_SEEN_KEY)))
         pods: list[dict[str, Any]] = []
         errors: list[str] = []
         for provider_name in settings.reap_providers:
@@ -360,7 +366,8 @@ class DashboardService:
                 if ours:
                     session_id = name[len(prefix):]
                     if session_id in intents or _covers(
-                            cast(dict[str, str], r.hgetall(Keys(session_id).record)), pod.id):
+                            cast(dict[str, str], r.hgetall(Keys(session_id, self.ks).record)),
+                            pod.id):
                         continue
                 if pod.created_at is not None:
                     age_ms: int | None = now_ms - int(pod.created_at.timestamp() * 1000)
@@ -377,7 +384,7 @@ class DashboardService:
                 })
         return {"now_ms": now_ms, "prefix": prefix, "grace_ms": settings.orphan_grace_ms,
                 "providers": list(settings.reap_providers), "errors": errors, "pods": pods,
-                "data_loss_grace": bool(r.exists(DATA_LOSS_GRACE_KEY))}
+                "data_loss_grace": bool(r.exists(self.ks.key(DATA_LOSS_GRACE_KEY)))}
 
     def terminate_orphan(self, provider_name: str, compute_id: str,
                          operator: str) -> dict[str, Any]:
@@ -407,8 +414,8 @@ class DashboardService:
                                  "atlas never terminates foreign pods")
         session_id = name[len(prefix):]
         r = self.r
-        if r.zscore(C.INTENTS_KEY, session_id) is not None or _covers(
-                cast(dict[str, str], r.hgetall(Keys(session_id).record)), pod.id):
+        if r.zscore(self.ks.key(C.INTENTS_KEY), session_id) is not None or _covers(
+                cast(dict[str, str], r.hgetall(Keys(session_id, self.ks).record)), pod.id):
             raise ForbiddenError(f"pod {compute_id} belongs to tracked session {session_id}: "
                                  "terminate the session instead")
         self._send_task(TASK_TERMINATE_ORPHAN, [provider_name, pod.id, name])
@@ -432,16 +439,17 @@ class DashboardService:
         r = self.r
         with r.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.get(LAST_SWEEP_KEY)
-            pipe.hgetall(SWEEP_STATS_KEY)
-            pipe.zcard(C.INTENTS_KEY)
-            pipe.zcard(STOPS_KEY)
-            pipe.exists(DATA_LOSS_GRACE_KEY)
-            pipe.smembers(C.SESSIONS_SET_KEY)
+            pipe.get(self.ks.key(LAST_SWEEP_KEY))
+            pipe.hgetall(self.ks.key(SWEEP_STATS_KEY))
+            pipe.zcard(self.ks.key(C.INTENTS_KEY))
+            pipe.zcard(self.ks.key(STOPS_KEY))
+            pipe.exists(self.ks.key(DATA_LOSS_GRACE_KEY))
+            pipe.smembers(self.ks.key(C.SESSIONS_SET_KEY))
             (seconds, micros), last, stats, intents, stops, grace, tracked = pipe.execute()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        due = int(r.zcount(C.DEADLINE_INDEX_KEY, "-inf", now_ms))
-        retries = store_for(r).count_failing_terminates(list(tracked))
+        due = int(r.zcount(self.ks.key(C.DEADLINE_INDEX_KEY), "-inf", now_ms))
+        retries = store_for(r, namespace=self.ks.namespace).count_failing_terminates(
+            list(tracked))
         last_sweep = _json(last)
         interval = self.settings.reap_interval_ms
         age = now_ms - int(last_sweep["at_ms"]) if isinstance(last_sweep, dict) \
@@ -485,7 +493,7 @@ class DashboardService:
     def _jobs_in_flight(self) -> tuple[list[dict[str, Any]], bool]:
         from atlas_tasks.jobs.store import TERMINAL_STATUSES, JobStore
 
-        keys, partial = self._scan(C.JOB_KEY.format(id="*"))
+        keys, partial = self._scan(self.ks.key(C.JOB_KEY).format(id="*"))
         if not keys:
             return [], partial
         jobs = [{"id": job.id, "status": str(job.status), "provider": job.provider,
@@ -497,7 +505,7 @@ class DashboardService:
 
     def _deploys_in_flight(self, now_ms: int) -> tuple[list[dict[str, Any]], bool]:
         _, stream_template = C.EVENT_TOPICS["deploy"]
-        prefix = stream_template.format(id="")
+        prefix = self.ks.key(stream_template).format(id="")
         keys, partial = self._scan(prefix + "*")
         if not keys:
             return [], partial

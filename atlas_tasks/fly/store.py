@@ -29,6 +29,7 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks import events
 from atlas_tasks.errors import AtlasError
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
 
 
@@ -99,27 +100,27 @@ class DeployExit:
 
 def lock_key(app: str) -> str:
     """Redis key of ``app``'s streamer lock."""
-    return C.FLY_LOGS_LOCK_KEY.format(app=app)
+    return keyspace().key(C.FLY_LOGS_LOCK_KEY).format(app=app)
 
 
 def cursor_key(app: str) -> str:
     """Redis key of ``app``'s cursor."""
-    return C.FLY_LOGS_CURSOR_KEY.format(app=app)
+    return keyspace().key(C.FLY_LOGS_CURSOR_KEY).format(app=app)
 
 
 def subscribers_key(app: str) -> str:
     """Redis key of ``app``'s subscriber deadlines."""
-    return C.FLY_LOGS_SUBSCRIBERS_KEY.format(app=app)
+    return keyspace().key(C.FLY_LOGS_SUBSCRIBERS_KEY).format(app=app)
 
 
 def start_key(app: str) -> str:
     """Redis key of ``app``'s streamer start throttle."""
-    return C.FLY_LOGS_START_KEY.format(app=app)
+    return keyspace().key(C.FLY_LOGS_START_KEY).format(app=app)
 
 
 def token_lock_key(app: str) -> str:
     """Redis key of ``app``'s token single-flight lease."""
-    return C.FLY_TOKEN_LOCK_KEY.format(app=app)
+    return keyspace().key(C.FLY_TOKEN_LOCK_KEY).format(app=app)
 
 
 def _logs_stream(app: str) -> tuple[str, str]:

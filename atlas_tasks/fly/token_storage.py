@@ -39,6 +39,7 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings
 from atlas_tasks.errors import AtlasError, TransportError, ValidationError, validation_error
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.sealing import seal, unseal
 
@@ -161,7 +162,7 @@ class RedisTokenStorage(TokenStorage):
         return self._client or get_redis()
 
     def _key(self, app: str, kind: str) -> str:
-        return C.FLY_TOKEN_KEY.format(app=check_app(app), kind=_check_kind(kind))
+        return keyspace().key(C.FLY_TOKEN_KEY).format(app=check_app(app), kind=_check_kind(kind))
 
     def get(self, app: str, kind: TokenKind) -> TokenRecord | None:
         """See :meth:`TokenStorage.get`. A value sealed with another key reads as absent."""

@@ -47,7 +47,8 @@ import redis
 from pydantic import BaseModel, Field
 
 from atlas_tasks import constants as C
-from atlas_tasks.events import Event
+from atlas_tasks.events import Event, topic_keys
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
 from atlas_tasks.redis_lua import LUA_NOW, decode_json
 from atlas_tasks.specs import JobStatus as ProviderJobStatus
@@ -292,18 +293,17 @@ _SUMMARY_FIELDS = ("id", "status", "provider", "endpoint", "created_at_ms")
 
 def job_key(job_id: str) -> str:
     """Redis key of a job's record."""
-    return C.JOB_KEY.format(id=job_id)
+    return keyspace().key(C.JOB_KEY).format(id=job_id)
 
 
 def lease_key(job_id: str) -> str:
     """Redis key of a job poller's lease."""
-    return C.JOB_LEASE_KEY.format(id=job_id)
+    return keyspace().key(C.JOB_LEASE_KEY).format(id=job_id)
 
 
 def event_keys(job_id: str) -> tuple[str, str]:
     """``(channel, stream)`` of a job's events (topic ``job``)."""
-    channel, stream = C.EVENT_TOPICS["job"]
-    return channel.format(id=job_id), stream.format(id=job_id)
+    return topic_keys(job_id, "job")
 
 
 def event_payload(job_id: str, type: str, data: dict[str, Any]) -> str:

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from atlas_tasks.errors import RateLimitedError
+from atlas_tasks.keyspace_names import keyspace
 
 if TYPE_CHECKING:
     from atlas_tasks.providers.base import ProviderContext
@@ -288,8 +289,12 @@ class RateBudget:
         self.client = client
         self.provider = provider
         self.api = api
-        self.key = BUDGET_KEY.format(provider=provider, api=api, fingerprint=key_fingerprint)
-        self.pause_key = PAUSE_KEY.format(provider=provider, api=api, fingerprint=key_fingerprint)
+        # In the deployment's namespace: deployments sharing an API key budget separately.
+        ks = keyspace()
+        self.key = ks.key(BUDGET_KEY).format(provider=provider, api=api,
+                                             fingerprint=key_fingerprint)
+        self.pause_key = ks.key(PAUSE_KEY).format(provider=provider, api=api,
+                                                  fingerprint=key_fingerprint)
         self.default_rate = max(per_minute, 1e-6) / 60_000.0
         self.burst = max(1, int(burst)) if burst else None
         quota = max(1, int(per_minute))

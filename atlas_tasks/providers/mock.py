@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from atlas_tasks import constants
 from atlas_tasks.auth.tokens import token_hash
 from atlas_tasks.errors import validation_error
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.providers.base import (
     Provider,
     ProviderContext,
@@ -143,16 +144,17 @@ def _redis_client(url: str) -> redis.Redis:
 
 
 class _RedisStore:
-    """Shared state: one Redis hash per table, JSON values."""
-
-    keys: ClassVar[dict[str, str]] = {
-        "computes": constants.MOCK_COMPUTE_KEY,
-        "jobs": constants.MOCK_JOBS_KEY,
-    }
+    """Shared state: one Redis hash per table, JSON values, in the deployment's namespace
+    (each namespace is its own simulated account; the fake cloud simulates a shared one)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.client = _redis_client(url)
+        ks = keyspace()
+        self.keys: dict[str, str] = {
+            "computes": ks.key(constants.MOCK_COMPUTE_KEY),
+            "jobs": ks.key(constants.MOCK_JOBS_KEY),
+        }
 
     def get(self, table: str, key: str) -> Record | None:
         value = self.client.hget(self.keys[table], key)

@@ -236,8 +236,9 @@ def release_orphaned_reservations(client: redis.Redis | None = None) -> list[str
     their session ids. Run by ``atlas.quotas.refresh_prices`` (see
     :meth:`QuotaStore.release_orphaned`)."""
     from atlas_tasks.constants import SESSION_KEY
+    from atlas_tasks.keyspace_names import keyspace
 
-    return quota_store(client).release_orphaned(SESSION_KEY.format(id=""))
+    return quota_store(client).release_orphaned(keyspace().key(SESSION_KEY).format(id=""))
 
 
 def quote(

@@ -35,6 +35,7 @@ from typing import Any, Final, Literal, cast
 import redis
 
 from atlas_tasks.errors import QuotaExceeded, validation_error
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.specs import GpuType
 
 log = logging.getLogger(__name__)
@@ -78,35 +79,43 @@ SCOPES: Final[tuple[Scope, ...]] = ("user", "tenant")
 
 LimitName = Literal["max_sessions", "max_hourly_usd", "monthly_usd"]
 
-#: The two halves of :data:`USAGE_KEY` around ``{scope}:{id}``: scripts that learn the
-#: scope from a reservation build its usage key from them.
-USAGE_KEY_PREFIX, USAGE_KEY_SUFFIX = USAGE_KEY.split("{scope}:{id}")
-_USAGE_PREFIX, _USAGE_SUFFIX = USAGE_KEY_PREFIX, USAGE_KEY_SUFFIX
+
+
+def usage_key_halves(namespace: str | None = None) -> tuple[str, str]:
+    """The usage key around ``{scope}:{id}`` in ``namespace`` (default: ``ATLAS_NAMESPACE``):
+    scripts that learn the scope from a reservation join the halves around it."""
+    prefix, suffix = keyspace(namespace).key(USAGE_KEY).split("{scope}:{id}")
+    return prefix, suffix
 
 
 def limits_key(scope: Scope, scope_id: str) -> str:
     """Redis key of a scope's limits hash."""
-    return LIMITS_KEY.format(scope=scope, id=scope_id)
+    return keyspace().key(LIMITS_KEY).format(scope=scope, id=scope_id)
 
 
 def usage_key(scope: Scope, scope_id: str) -> str:
     """Redis key of a scope's usage hash."""
-    return USAGE_KEY.format(scope=scope, id=scope_id)
+    return keyspace().key(USAGE_KEY).format(scope=scope, id=scope_id)
 
 
 def spend_key(scope: Scope, scope_id: str, month: str) -> str:
     """Redis key of a scope's spend in ``month`` (``YYYY-MM``)."""
-    return SPEND_KEY.format(scope=scope, id=scope_id, month=month)
+    return keyspace().key(SPEND_KEY).format(scope=scope, id=scope_id, month=month)
 
 
-def reservation_key(session_id: str) -> str:
-    """Redis key of a session's reservation."""
-    return RESERVATION_KEY.format(session=session_id)
+def reservation_key(session_id: str, namespace: str | None = None) -> str:
+    """Redis key of a session's reservation (in ``namespace``, default the setting's)."""
+    return keyspace(namespace).key(RESERVATION_KEY).format(session=session_id)
+
+
+def reservations_index_key(namespace: str | None = None) -> str:
+    """Redis key of the live reservations' index (in ``namespace``, default the setting's)."""
+    return keyspace(namespace).key(RESERVATIONS_INDEX_KEY)
 
 
 def prices_key(provider: str) -> str:
     """Redis key of a provider's cached catalog prices."""
-    return PRICES_KEY.format(provider=provider)
+    return keyspace().key(PRICES_KEY).format(provider=provider)
 
 
 def _spend_prefix(scope: Scope, scope_id: str) -> str:
@@ -501,7 +510,7 @@ end
 #: session store's end transitions (``fail_spawn``, ``finish_terminate``) release in the
 #: same Lua step that ends the session: no worker death can separate the two. Callers
 #: pass the reservation key and :data:`RESERVATIONS_INDEX_KEY` as KEYS, and
-#: :data:`USAGE_KEY_PREFIX` / :data:`USAGE_KEY_SUFFIX` as ARGV.
+#: the halves of :func:`usage_key_halves` as ARGV.
 LUA_QUOTA_RELEASE: Final = """
 local function quota_release(res, index, id, prefix, suffix)
   if redis.call('EXISTS', res) == 0 then return false end
@@ -709,7 +718,7 @@ class QuotaStore:
         _check_session(session_id)
         micros = 0 if hourly_usd is None else to_micros("hourly_usd", hourly_usd)
         scopes = self._scopes(user_id, tenant_id)
-        keys = [reservation_key(session_id), RESERVATIONS_INDEX_KEY]
+        keys = [reservation_key(session_id), reservations_index_key()]
         args: list[Any] = [session_id, micros, "0" if hourly_usd is None else "1", len(scopes)]
         for scope, ident in scopes:
             keys += [limits_key(scope, ident), usage_key(scope, ident), _spend_prefix(scope, ident)]
@@ -750,8 +759,8 @@ class QuotaStore:
         """
         _check_session(session_id)
         reply = self._release(
-            keys=[reservation_key(session_id), RESERVATIONS_INDEX_KEY],
-            args=[session_id, _USAGE_PREFIX, _USAGE_SUFFIX],
+            keys=[reservation_key(session_id), reservations_index_key()],
+            args=[session_id, *usage_key_halves()],
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
@@ -771,9 +780,9 @@ class QuotaStore:
             limit: most reservations looked at per call (oldest first).
         """
         reply = self._release_orphaned(
-            keys=[RESERVATIONS_INDEX_KEY],
+            keys=[reservations_index_key()],
             args=[session_key_prefix, older_than_ms, limit, reservation_key(""),
-                  _USAGE_PREFIX, _USAGE_SUFFIX],
+                  *usage_key_halves()],
         )
         return [str(x) for x in cast(list[Any], reply)]
 
@@ -787,7 +796,7 @@ class QuotaStore:
         _check_session(session_id)
         micros = to_micros("real_hourly_usd", real_hourly_usd)
         reply = self._correct(
-            keys=[reservation_key(session_id)], args=[micros, _USAGE_PREFIX, _USAGE_SUFFIX]
+            keys=[reservation_key(session_id)], args=[micros, *usage_key_halves()]
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
@@ -798,7 +807,7 @@ class QuotaStore:
 
     def reservations(self, *, limit: int = 1000) -> list[Reservation]:
         """Live reservations, oldest first (at most ``limit``)."""
-        ids = cast(list[str], self.client.zrange(RESERVATIONS_INDEX_KEY, 0, limit - 1))
+        ids = cast(list[str], self.client.zrange(reservations_index_key(), 0, limit - 1))
         with self.client.pipeline(transaction=False) as pipe:
             for session_id in ids:
                 pipe.hgetall(reservation_key(session_id))
@@ -880,8 +889,6 @@ __all__ = [
     "SPEND_KEY",
     "SPEND_RETENTION_S",
     "USAGE_KEY",
-    "USAGE_KEY_PREFIX",
-    "USAGE_KEY_SUFFIX",
     "Admission",
     "LimitName",
     "Limits",
@@ -895,7 +902,9 @@ __all__ = [
     "check_scope",
     "limits_key",
     "prices_key",
+    "reservations_index_key",
     "reservation_key",
+    "usage_key_halves",
     "spend_key",
     "to_micros",
     "to_usd",

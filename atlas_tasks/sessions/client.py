@@ -44,6 +44,7 @@ from atlas_tasks.errors import (
     TransportError,
     ValidationError,
 )
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.providers import Provider, provider_class
 from atlas_tasks.quotas.store import QuotaStore, check_id
 from atlas_tasks.redis_conn import async_client_for_url, get_redis, wrap_redis_errors
@@ -433,13 +434,14 @@ def _raise_not_running(session_id: str, timeout: float) -> None:
     host Celery app that did not :func:`~atlas_tasks.celery_app.attach` us)."""
     from atlas_tasks.celery_app import queue_has_consumers
 
+    queue = keyspace().queue(C.QUEUE_COMPUTE)  # "<namespace>.compute" outside "atlas"
     try:
-        consumed = queue_has_consumers(C.QUEUE_COMPUTE, timeout=1.0)
+        consumed = queue_has_consumers(queue, timeout=1.0)
     except Exception:  # the broker is down too: the plain timeout says enough
         consumed = True
     hint = "" if consumed else (
-        f"; no worker consumes the {C.QUEUE_COMPUTE!r} queue (start one with "
-        f"`atlas-tasks worker`, or `-Q {C.QUEUE_COMPUTE},...` on your own worker after "
+        f"; no worker consumes the {queue!r} queue (start one with "
+        f"`atlas-tasks worker`, or `-Q {queue},...` on your own worker after "
         "atlas_tasks.celery_app.attach(app))")
     raise AtlasTimeoutError(f"session {session_id} not running after {timeout:g}s{hint}")
 
@@ -536,7 +538,7 @@ def _user_json(user_id: Any) -> str:
 # ---------------------------------------------------------------- asyncio client
 # redis.asyncio clients belong to the event loop that created them: one per (loop, URL).
 _astores: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, bool], AsyncSessionStore]] = (
+    asyncio.AbstractEventLoop, dict[tuple[str, bool, str], AsyncSessionStore]] = (
     weakref.WeakKeyDictionary())
 
 
@@ -544,13 +546,13 @@ def _astore() -> AsyncSessionStore:
     settings = get_settings()
     loop = asyncio.get_running_loop()
     per_loop = _astores.setdefault(loop, {})
-    key = (settings.redis_url, settings.heartbeat_events)
+    key = (settings.redis_url, settings.heartbeat_events, settings.namespace)
     store = per_loop.get(key)
     if store is None:
         client = async_client_for_url(settings.redis_url, decode_responses=True,
                                       max_connections=settings.redis_max_connections)
         store = per_loop[key] = AsyncSessionStore(
-            client, publish_heartbeats=settings.heartbeat_events)
+            client, publish_heartbeats=settings.heartbeat_events, namespace=settings.namespace)
     return store
 
 

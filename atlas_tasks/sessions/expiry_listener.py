@@ -1,5 +1,5 @@
 """The expiry listener, fast path of the idle clock: react to Redis expiring
-``atlas:alive:{id}``.
+``<namespace>:alive:{id}``.
 
 Redis publishes ``__keyevent@<db>__:expired`` when it expires a key, if
 ``notify-keyspace-events`` has ``E`` and ``x``. A listener thread in each worker turns
@@ -22,6 +22,7 @@ from collections.abc import Callable
 import redis
 
 from atlas_tasks import constants as C
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.redis_conn import client_for_url
 from atlas_tasks.sessions.store import store_for
 
@@ -45,15 +46,19 @@ def enable_expiry_events(client: redis.Redis) -> bool:
 
 
 class ExpiryListener(threading.Thread):
-    """Daemon thread: expired ``atlas:alive:*`` keys → ``on_expired([session ids])``.
+    """Daemon thread: expired ``<namespace>:alive:*`` keys → ``on_expired([session ids])``.
 
     Claimed ids are handed over in batches of up to ``IDLE_BATCH_MAX``, waiting at most
-    ``IDLE_BATCH_WINDOW_MS`` after the first one.
+    ``IDLE_BATCH_WINDOW_MS`` after the first one. Only the keys of ``namespace`` (default:
+    ``ATLAS_NAMESPACE`` when constructed) count: another deployment on the same Redis
+    expires its own keys on the same channel, and they are not ours to claim.
     """
 
-    def __init__(self, redis_url: str, on_expired: Callable[[list[str]], None]) -> None:
+    def __init__(self, redis_url: str, on_expired: Callable[[list[str]], None],
+                 namespace: str | None = None) -> None:
         super().__init__(name="atlas-expiry-listener", daemon=True)
         self.redis_url = redis_url
+        self.namespace = keyspace(namespace).namespace
         self.on_expired = on_expired
         self.stopping = threading.Event()
         self.ready = threading.Event()
@@ -81,8 +86,8 @@ class ExpiryListener(threading.Thread):
                 backoff = min(backoff * 2, 10.0)
 
     def _listen(self, client: redis.Redis) -> None:
-        prefix = C.SESSION_ALIVE_KEY.format(id="")
-        store = store_for(client)
+        store = store_for(client, namespace=self.namespace)
+        prefix = store.n.alive_prefix
         db = client.connection_pool.connection_kwargs.get("db", 0)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(f"__keyevent@{db}__:expired")

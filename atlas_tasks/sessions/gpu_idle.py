@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from atlas_tasks import constants as C
 from atlas_tasks.deps import Dependencies
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus
 from atlas_tasks.sessions.service import SessionService
 from atlas_tasks.specs import Capability, GpuUtilization
@@ -105,6 +106,7 @@ class GpuIdleWatcher:
     def __init__(self, deps: Dependencies, service: SessionService | None = None) -> None:
         self.deps = deps
         self.r = deps.redis
+        self.ks = keyspace(deps.settings.namespace)
         self.service = service or SessionService(deps)
         self.store = self.service.store
         s = deps.settings
@@ -117,13 +119,13 @@ class GpuIdleWatcher:
     def watch(self, enqueue_terminate: EnqueueTerminate) -> WatchReport:
         """One pass over the tracked sessions (see the module docstring)."""
         report = WatchReport()
-        ids = sorted(cast(Iterable[str], self.r.smembers(C.SESSIONS_SET_KEY)))
-        marks = cast(dict[str, str], self.r.hgetall(C.GPU_IDLE_SINCE_KEY))
+        ids = sorted(cast(Iterable[str], self.r.smembers(self.ks.key(C.SESSIONS_SET_KEY))))
+        marks = cast(dict[str, str], self.r.hgetall(self.ks.key(C.GPU_IDLE_SINCE_KEY)))
         # Marks of sessions no longer tracked (ended, expired) are dropped.
         tracked = set(ids)
         stale = [sid for sid in marks if sid not in tracked]
         if stale:
-            self.r.hdel(C.GPU_IDLE_SINCE_KEY, *stale)
+            self.r.hdel(self.ks.key(C.GPU_IDLE_SINCE_KEY), *stale)
         for batch in _chunks(ids, WATCH_BATCH):
             for sid, partial in zip(batch, self.store.get_fields(batch, *_OPT_FIELDS), strict=True):
                 if (
@@ -158,22 +160,22 @@ class GpuIdleWatcher:
             # A failed read is no reading: the mark is cleared, never taken as idleness.
             report.errors.append(f"{session_id}: {type(exc).__name__}: {exc}")
             log.warning("GPU-idle watch: reading %s failed: %s", session_id, exc)
-            self.r.hdel(C.GPU_IDLE_SINCE_KEY, session_id)
+            self.r.hdel(self.ks.key(C.GPU_IDLE_SINCE_KEY), session_id)
             return
         report.polled.append(session_id)
         if not policy.idle(gpus):
-            self.r.hdel(C.GPU_IDLE_SINCE_KEY, session_id)
+            self.r.hdel(self.ks.key(C.GPU_IDLE_SINCE_KEY), session_id)
             return
         report.idle.append(session_id)
         now = self.store.now_ms()
-        self.r.hsetnx(C.GPU_IDLE_SINCE_KEY, session_id, now)
-        since = int(self.r.hget(C.GPU_IDLE_SINCE_KEY, session_id) or now)
+        self.r.hsetnx(self.ks.key(C.GPU_IDLE_SINCE_KEY), session_id, now)
+        since = int(self.r.hget(self.ks.key(C.GPU_IDLE_SINCE_KEY), session_id) or now)
         if now - since >= policy.window_ms:
             report.reaped.append(session_id)
 
     def idle_since(self, session_id: str) -> int | None:
         """When the session's GPUs were first seen all idle (ms), or ``None``."""
-        value = self.r.hget(C.GPU_IDLE_SINCE_KEY, session_id)
+        value = self.r.hget(self.ks.key(C.GPU_IDLE_SINCE_KEY), session_id)
         return None if value is None else int(value)
 
 

@@ -47,6 +47,7 @@ from atlas_tasks import metrics
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import ValidationError
 from atlas_tasks.events import EMIT_LUA, topic_keys
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.quotas.store import SPEND_RETENTION_S, QuotaStore, Scope, check_id, spend_key
 from atlas_tasks.sessions.cost import accrued_usd
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus, lua_with_statuses
@@ -224,6 +225,7 @@ class CostMeter:
     def __init__(self, deps: Dependencies, service: SessionService | None = None) -> None:
         self.deps = deps
         self.r = deps.redis
+        self.ks = keyspace(deps.settings.namespace)
         self.service = service or SessionService(deps)
         self.store = self.service.store
         self._meter_script = self.r.register_script(_METER_SESSION)
@@ -233,8 +235,8 @@ class CostMeter:
     def candidates(self) -> list[str]:
         """Tracked sessions plus the ones the meter still owes a final charge."""
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.smembers(C.SESSIONS_SET_KEY)
-            pipe.zrange(C.METER_INDEX_KEY, 0, -1)
+            pipe.smembers(self.ks.key(C.SESSIONS_SET_KEY))
+            pipe.zrange(self.ks.key(C.METER_INDEX_KEY), 0, -1)
             tracked, indexed = pipe.execute()
         return sorted(set(cast(Iterable[str], tracked)) | set(cast(Iterable[str], indexed)))
 
@@ -259,8 +261,9 @@ class CostMeter:
                     report.scanned += 1
                     if record is not None and record.running_at_ms is None and not record.ended:
                         continue  # spawning: nothing runs yet
-                    channel, stream = topic_keys(session_id)
-                    keys = [Keys(session_id).record, C.METER_INDEX_KEY, stream, channel]
+                    channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
+                    keys = [Keys(session_id, self.ks).record, self.ks.key(C.METER_INDEX_KEY),
+                            stream, channel]
                     keys += [spend_key(scope, ident, month) for scope, ident in _scopes(record)]
                     self._meter_script(
                         keys=keys, args=[session_id, now, interval, expire_at], client=pipe
@@ -278,7 +281,7 @@ class CostMeter:
 
     def watermark(self, session_id: str) -> int | None:
         """The session's "metered until" (ms), or ``None`` if the meter holds none."""
-        score = self.r.zscore(C.METER_INDEX_KEY, session_id)
+        score = self.r.zscore(self.ks.key(C.METER_INDEX_KEY), session_id)
         return None if score is None else int(score)
 
     # ------------------------------------------------------------------ reconcile
@@ -289,7 +292,8 @@ class CostMeter:
         now = self.store.now_ms() if now_ms is None else now_ms
         groups: dict[tuple[str, str | None], list[SessionRecord]] = {}
         for batch in _chunks(
-            sorted(cast(Iterable[str], self.r.smembers(C.SESSIONS_SET_KEY))), METER_BATCH
+            sorted(cast(Iterable[str], self.r.smembers(self.ks.key(C.SESSIONS_SET_KEY)))),
+            METER_BATCH
         ):
             for record in self.store.get_many(batch):
                 if (
@@ -346,9 +350,9 @@ class CostMeter:
             if d.ratio > C.COST_DRIFT_TOLERANCE:
                 drifting[d.provider] = drifting.get(d.provider, 0) + 1
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.delete(C.COST_DRIFT_KEY)
+            pipe.delete(self.ks.key(C.COST_DRIFT_KEY))
             if fields:
-                pipe.hset(C.COST_DRIFT_KEY, mapping=cast(dict[Any, Any], fields))
+                pipe.hset(self.ks.key(C.COST_DRIFT_KEY), mapping=cast(dict[Any, Any], fields))
             for provider, count in drifting.items():
                 pipe.hincrby(
                     metrics.PREFIX + "c:cost_drift_sessions", metrics.label_field(provider), count

@@ -50,7 +50,6 @@ from atlas_tasks.deps import Dependencies
 from atlas_tasks.lease import Lease, new_owner_token
 from atlas_tasks.sessions.records import SESSION_ID_RE, SessionStatus
 from atlas_tasks.sessions.service import SessionService, public_compute
-from atlas_tasks.sessions.store import EPOCH_KEY
 from atlas_tasks.specs import Compute, ComputeStatus
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class SessionReaper:
 
     def sweep_lock(self) -> Lease:
         """A fresh owner's handle on the sweep lock (not yet acquired)."""
-        return Lease(self.deps.redis, REAP_LOCK_KEY,
+        return Lease(self.deps.redis, self.store.ks.key(REAP_LOCK_KEY),
                      sweep_lock_ms(self.settings.reap_interval_ms),
                      owner=new_owner_token("sweep"))
 
@@ -178,7 +177,8 @@ class SessionReaper:
             report.stale_intents = self.resolve_stale_intents(report)
             if scan_orphans is None:
                 scan_orphans = bool(self.deps.redis.set(
-                    ORPHAN_SCAN_KEY, "1", nx=True, px=settings.orphan_scan_interval_ms))
+                    self.store.ks.key(ORPHAN_SCAN_KEY), "1", nx=True,
+                    px=settings.orphan_scan_interval_ms))
             if scan_orphans and settings.reap_name_prefix:
                 try:
                     self._scan_orphans(enqueue_orphan, report)
@@ -283,23 +283,24 @@ class SessionReaper:
                 store.ensure_epoch()
             # else: a provider could not be listed and may hold live sessions' pods; the
             # epoch stays missing so the next scan decides with every provider's pods.
-        report.data_loss_grace = bool(r.exists(DATA_LOSS_GRACE_KEY))
+        report.data_loss_grace = bool(r.exists(self.store.ks.key(DATA_LOSS_GRACE_KEY)))
         if report.data_loss_grace:
             self._adopt_or_spare(untracked, report)
             return
 
+        first_seen_key = self.store.ks.key(ORPHAN_FIRST_SEEN_KEY)
         for provider_name, pod in untracked:
             try:
                 if pod.created_at is not None:
                     age_ms = now - int(pod.created_at.timestamp() * 1000)
                 else:
-                    r.hsetnx(ORPHAN_FIRST_SEEN_KEY, pod.id, now)
-                    age_ms = now - int(r.hget(ORPHAN_FIRST_SEEN_KEY, pod.id) or now)
+                    r.hsetnx(first_seen_key, pod.id, now)
+                    age_ms = now - int(r.hget(first_seen_key, pod.id) or now)
                 if age_ms < settings.orphan_grace_ms:
                     continue
                 enqueue_orphan(provider_name, pod.id, pod.name)
                 report.orphans.append(pod.id)
-                r.hdel(ORPHAN_FIRST_SEEN_KEY, pod.id)
+                r.hdel(first_seen_key, pod.id)
             except Exception as exc:
                 _provider_failed(report, provider_name, f"pod {pod.id}", exc)
 
@@ -308,9 +309,10 @@ class SessionReaper:
         """Redis lost its data while our pods run: hold the orphan reaper, raise the alarm."""
         grace_ms = self.settings.data_loss_grace_ms
         if grace_ms > 0:
-            self.deps.redis.set(DATA_LOSS_GRACE_KEY, str(self.store.now_ms()), px=grace_ms)
+            self.deps.redis.set(self.store.ks.key(DATA_LOSS_GRACE_KEY), str(self.store.now_ms()),
+                                px=grace_ms)
         report.data_loss_detected = True
-        message = (f"Redis lost its data ({EPOCH_KEY} is missing) while "
+        message = (f"Redis lost its data ({self.store.n.epoch} is missing) while "
                    f"{len(untracked)} prefixed pod(s) run: no prefixed pod is killed for "
                    f"{grace_ms} ms and pods named like sessions are adopted. Enable Redis "
                    "persistence (appendonly yes, appendfsync everysec).")

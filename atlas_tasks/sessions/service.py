@@ -132,7 +132,7 @@ class SessionService:
     def __init__(self, deps: Dependencies, store: SessionStore | None = None) -> None:
         self.deps = deps
         self.settings = deps.settings
-        self.store = store or store_for(deps.redis)
+        self.store = store or store_for(deps.redis, namespace=deps.settings.namespace)
 
     # ------------------------------------------------------------------ providers
     def provider_for(self, record: SessionRecord) -> Provider:
@@ -515,8 +515,8 @@ class SessionService:
         ``fence_token`` (the task id) owns the pod's fence, so a redelivery of the same
         task goes ahead while a duplicate from another sweep backs off.
         """
-        fence = Lease(self.deps.redis, C.ORPHAN_FENCE_KEY.format(provider=provider_name,
-                                                                 compute_id=compute_id),
+        fence = Lease(self.deps.redis, self.store.ks.key(C.ORPHAN_FENCE_KEY).format(
+                          provider=provider_name, compute_id=compute_id),
                       C.TERMINATE_FENCE_TTL_MS, owner=fence_token)
         if not (fence.acquire() or fence.renew()):
             return "fenced"

@@ -1,6 +1,7 @@
 """The session store in Redis: records, the idle clock, deadlines, intents, fences.
 
-Layout (templates in :mod:`atlas_tasks.constants`):
+Layout (templates in :mod:`atlas_tasks.constants`; ``atlas:`` is the namespace, see
+:mod:`atlas_tasks.keyspace_names`, and a store keeps its namespace's names in :class:`Names`):
 
 * ``atlas:session:{id}`` hash — the session record. Never holds a raw secret: the bearer
   token is kept as its SHA-256 hash, a per-call API key only Fernet-sealed.
@@ -37,13 +38,13 @@ from pydantic import BaseModel, Field
 from atlas_tasks import constants as C
 from atlas_tasks.errors import NotTracked
 from atlas_tasks.events import EMIT_LUA, encode, topic_keys
+from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
 from atlas_tasks.quotas.store import (
     LUA_QUOTA_RELEASE,
-    RESERVATIONS_INDEX_KEY,
-    USAGE_KEY_PREFIX,
-    USAGE_KEY_SUFFIX,
     reservation_key,
+    reservations_index_key,
+    usage_key_halves,
 )
 from atlas_tasks.redis_lua import LUA_NOW
 from atlas_tasks.sessions.cost import accrued_usd
@@ -557,10 +558,27 @@ return out
 """
 
 _TOUCH_FAST_SHA = hashlib.sha1(_TOUCH_FAST.encode()).hexdigest()
-_ALIVE_PREFIX = C.SESSION_ALIVE_KEY.format(id="")
-_RECORD_PREFIX = C.SESSION_KEY.format(id="")
-_STREAM_PREFIX = C.EVENTS_STREAM_KEY.format(id="")
-_CHANNEL_PREFIX = C.EVENTS_CHANNEL.format(id="")
+
+
+class Names:
+    """The session store's key names in one namespace, computed once per store (the
+    per-session ones as prefixes: ``prefix + id`` is the hot path's whole cost)."""
+
+    def __init__(self, ks: Keyspace) -> None:
+        self.ks = ks
+        self.deadlines = ks.key(C.DEADLINE_INDEX_KEY)
+        self.sessions = ks.key(C.SESSIONS_SET_KEY)
+        self.intents = ks.key(C.INTENTS_KEY)
+        self.cleanups = ks.key(CLEANUPS_KEY)
+        self.stops = ks.key(STOPS_KEY)
+        self.epoch = ks.key(EPOCH_KEY)
+        self.record_prefix = ks.key(C.SESSION_KEY).format(id="")
+        self.alive_prefix = ks.key(C.SESSION_ALIVE_KEY).format(id="")
+        self.fence_prefix = ks.key(C.TERMINATE_FENCE_KEY).format(id="")
+        self.stream_prefix = ks.key(C.EVENTS_STREAM_KEY).format(id="")
+        self.channel_prefix = ks.key(C.EVENTS_CHANNEL).format(id="")
+        self.reservations = reservations_index_key(ks.namespace)
+        self.usage_halves = usage_key_halves(ks.namespace)
 
 
 class TerminateStart(NamedTuple):
@@ -627,39 +645,44 @@ class SessionInfo(BaseModel):
 
 @dataclass(frozen=True)
 class Keys:
-    """The concrete Redis keys of one session."""
+    """The concrete Redis keys of one session (in ``ks``, else the settings' namespace)."""
 
     session_id: str
+    ks: Keyspace | None = None
+
+    def _name(self, template: str) -> str:
+        return (self.ks or keyspace()).key(template).format(id=self.session_id)
 
     @property
     def record(self) -> str:
         """The session record hash."""
-        return C.SESSION_KEY.format(id=self.session_id)
+        return self._name(C.SESSION_KEY)
 
     @property
     def alive(self) -> str:
         """The key whose expiry is the idle clock."""
-        return C.SESSION_ALIVE_KEY.format(id=self.session_id)
+        return self._name(C.SESSION_ALIVE_KEY)
 
     @property
     def fence(self) -> str:
         """The terminate fence (one holder talks to the provider)."""
-        return C.TERMINATE_FENCE_KEY.format(id=self.session_id)
+        return self._name(C.TERMINATE_FENCE_KEY)
 
     @property
     def spawn_lease(self) -> str:
         """The spawn lease (one spawn attempt at a time)."""
-        return C.SPAWN_LEASE_KEY.format(id=self.session_id)
+        return self._name(C.SPAWN_LEASE_KEY)
 
     @property
     def channel(self) -> str:
         """The session's pub/sub channel."""
-        return C.EVENTS_CHANNEL.format(id=self.session_id)
+        return self._name(C.EVENTS_CHANNEL)
 
 
-def _touch_args(session_id: str, publish_heartbeats: bool) -> tuple[list[str], list[Any]]:
-    k = Keys(session_id)
-    return ([k.record, k.alive, C.DEADLINE_INDEX_KEY, k.channel],
+def _touch_args(session_id: str, publish_heartbeats: bool, names: Names
+                ) -> tuple[list[str], list[Any]]:
+    k = Keys(session_id, names.ks)
+    return ([k.record, k.alive, names.deadlines, k.channel],
             [session_id, C.SESSION_RECORD_GRACE_MS, "1" if publish_heartbeats else "0"])
 
 
@@ -687,11 +710,16 @@ class SessionStore:
         client: a ``decode_responses=True`` Redis client.
         publish_heartbeats: publish a ``heartbeat`` event on every touch (pub/sub only;
             ``ATLAS_HEARTBEAT_EVENTS``). Off by default: it takes touch off its fast path.
+        namespace: the deployment's namespace (default: ``ATLAS_NAMESPACE`` now); every
+            key this store reads or writes is in it.
     """
 
-    def __init__(self, client: redis.Redis, *, publish_heartbeats: bool = False) -> None:
+    def __init__(self, client: redis.Redis, *, publish_heartbeats: bool = False,
+                 namespace: str | None = None) -> None:
         self.r = client
         self.publish_heartbeats = publish_heartbeats
+        self.ks = keyspace(namespace)
+        self.n = Names(self.ks)
         self._create = client.register_script(_CREATE)
         self._touch = client.register_script(_TOUCH)
         self._claim_expired = client.register_script(_CLAIM_EXPIRED)
@@ -715,6 +743,10 @@ class SessionStore:
         self._index_user = client.register_script(_INDEX_USER)
         self._list_user = client.register_script(_LIST_USER)
 
+    def keys(self, session_id: str) -> Keys:
+        """The keys of one session in this store's namespace."""
+        return Keys(session_id, self.ks)
+
     # ------------------------------------------------------------------ caller side
     def create(self, record: SessionRecord, *, expiry_warning_ms: int = 0) -> int:
         """Record a new session (its ``status`` is ``spawning``) with a write-ahead intent,
@@ -732,7 +764,7 @@ class SessionStore:
         for key, value in fields.items():
             flat += [key, value]
         record_ttl = C.SPAWN_INTENT_TTL_MS + C.SESSION_RECORD_GRACE_MS
-        keys = [Keys(session_id).record, C.SESSIONS_SET_KEY, C.INTENTS_KEY]
+        keys = [self.keys(session_id).record, self.n.sessions, self.n.intents]
         args: list[str | int] = [session_id, C.SPAWN_INTENT_TTL_MS, record_ttl,
                                  max(0, int(expiry_warning_ms)), *flat]
         if record.user_id is None:
@@ -741,7 +773,7 @@ class SessionStore:
         # listed session always has a record (until it expires; then reads prune it).
         with self.r.pipeline(transaction=True) as pipe:
             self._create(keys=keys, args=args, client=pipe)
-            self._index_user(keys=[user_index_key(canonical_user(record.user_id))],
+            self._index_user(keys=[user_index_key(canonical_user(record.user_id), self.ks)],
                              args=[session_id, USER_INDEX_MAX], client=pipe)
             created, _ = pipe.execute()
         return int(created)
@@ -754,8 +786,8 @@ class SessionStore:
             user_json: the canonical JSON form of the user id (:func:`canonical_user`).
             offset, limit: the page.
         """
-        return _records_of_rows(self._list_user(keys=[user_index_key(user_json)],
-                                                args=[_RECORD_PREFIX, offset, limit]))
+        return _records_of_rows(self._list_user(keys=[user_index_key(user_json, self.ks)],
+                                                args=[self.n.record_prefix, offset, limit]))
 
     def touch(self, session_id: str) -> None:
         """Re-arm the idle clock: one round trip on a running session.
@@ -768,7 +800,7 @@ class SessionStore:
             NotTracked: unknown, terminated or terminating session.
         """
         if not self.publish_heartbeats:
-            alive = _ALIVE_PREFIX + session_id
+            alive = self.n.alive_prefix + session_id
             try:
                 fast = self.r.evalsha(_TOUCH_FAST_SHA, 1, alive)
             except redis.exceptions.NoScriptError:  # Redis restarted or SCRIPT FLUSH
@@ -776,7 +808,7 @@ class SessionStore:
                 fast = self.r.evalsha(_TOUCH_FAST_SHA, 1, alive)
             if fast == 1:
                 return
-        keys, args = _touch_args(session_id, self.publish_heartbeats)
+        keys, args = _touch_args(session_id, self.publish_heartbeats, self.n)
         _touch_verdict(session_id, int(self._touch(keys=keys, args=args)))
 
     def get(self, session_id: str) -> SessionRecord | None:
@@ -785,13 +817,13 @@ class SessionStore:
 
     def get_hash(self, session_id: str) -> dict[str, str]:
         """The raw record hash (empty when unknown): for diagnostics and layout tests."""
-        return cast(dict[str, str], self.r.hgetall(Keys(session_id).record))
+        return cast(dict[str, str], self.r.hgetall(self.keys(session_id).record))
 
     def get_many(self, session_ids: list[str]) -> list[SessionRecord | None]:
         """The records of ``session_ids`` (one pipelined round trip), in order."""
         with self.r.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.hgetall(Keys(sid).record)
+                pipe.hgetall(self.keys(sid).record)
             rows = cast(list[dict[str, str]], pipe.execute())
         return [SessionRecord.from_hash(row) for row in rows]
 
@@ -808,7 +840,7 @@ class SessionStore:
                 raise ValueError(f"not a SessionRecord field: {name!r}")
         with self.r.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.hmget(Keys(sid).record, list(names))
+                pipe.hmget(self.keys(sid).record, list(names))
             rows = cast(list[list[str | None]], pipe.execute()) if session_ids else []
         out: list[SessionRecord | None] = []
         for sid, values in zip(session_ids, rows, strict=True):
@@ -823,29 +855,29 @@ class SessionStore:
             NotTracked: no such session (or its record expired).
         """
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(Keys(session_id).record)
-            pipe.pttl(Keys(session_id).alive)
+            pipe.hgetall(self.keys(session_id).record)
+            pipe.pttl(self.keys(session_id).alive)
             pipe.time()
             record, pttl, redis_time = pipe.execute()
         return info_from_reads(session_id, record, pttl, redis_time)
 
     def list_ids(self) -> list[str]:
         """Ids of every session currently tracked (spawning, running or terminating)."""
-        return sorted(cast(set[str], self.r.smembers(C.SESSIONS_SET_KEY)))
+        return sorted(cast(set[str], self.r.smembers(self.n.sessions)))
 
     def count_failing_terminates(self, session_ids: list[str]) -> int:
         """How many of ``session_ids`` are terminating with a failed attempt recorded (the
         reaper retries them): one pipelined read of two fields each."""
         with self.r.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.hmget(Keys(sid).record, "status", "last_error")
+                pipe.hmget(self.keys(sid).record, "status", "last_error")
             rows = cast(list[list[str | None]], pipe.execute())
         return sum(1 for status, last_error in rows
                    if status == SessionStatus.TERMINATING and last_error)
 
     def is_tracked(self, session_id: str) -> bool:
         """Whether the session is in the tracked set."""
-        return bool(self.r.sismember(C.SESSIONS_SET_KEY, session_id))
+        return bool(self.r.sismember(self.n.sessions, session_id))
 
     # ------------------------------------------------------------------ worker side
     def start_spawn(self, session_id: str, token: str, lease_ms: int) -> int:
@@ -854,9 +886,9 @@ class SessionStore:
         Returns the attempt number, -1 when another spawn of this session holds the
         lease, or -2 when the session is no longer ``spawning`` (nothing may be created).
         """
-        k = Keys(session_id)
+        k = self.keys(session_id)
         return int(self._start_spawn(
-            keys=[k.spawn_lease, C.INTENTS_KEY, k.record],
+            keys=[k.spawn_lease, self.n.intents, k.record],
             args=[session_id, token, lease_ms, C.SPAWN_INTENT_TTL_MS],
         ))
 
@@ -867,40 +899,40 @@ class SessionStore:
         why not: the session's status (``terminating``, ``failed``...), ``missing`` or
         ``lease_lost`` (another attempt took over).
         """
-        k = Keys(session_id)
+        k = self.keys(session_id)
         return str(self._begin_create(
-            keys=[k.record, k.spawn_lease, C.INTENTS_KEY],
+            keys=[k.record, k.spawn_lease, self.n.intents],
             args=[session_id, token, C.SPAWN_INTENT_TTL_MS]))
 
     def settle_create(self, session_id: str) -> None:
         """The last create definitely made nothing (4xx, 429, refused connection)."""
-        self.r.hdel(Keys(session_id).record, "create_unsettled")
+        self.r.hdel(self.keys(session_id).record, "create_unsettled")
 
     def spawn_lease(self, session_id: str, token: str, ttl_ms: int) -> Lease:
         """The session's spawn lease as held by ``token`` (taken by :meth:`start_spawn`);
         its :meth:`~atlas_tasks.lease.Lease.keep_alive` renews it while the attempt runs."""
-        return Lease(self.r, Keys(session_id).spawn_lease, ttl_ms, owner=token)
+        return Lease(self.r, self.keys(session_id).spawn_lease, ttl_ms, owner=token)
 
     def spawn_lease_holder(self, session_id: str) -> str | None:
         """The token holding the session's spawn lease, if any."""
-        return cast("str | None", self.r.get(Keys(session_id).spawn_lease))
+        return cast("str | None", self.r.get(self.keys(session_id).spawn_lease))
 
     def release_spawn_lease(self, session_id: str, token: str | None = None) -> None:
         """Let the next spawn attempt of this session start at once; with ``token``, only
         if that execution still holds the lease (never a successor's). Without a token
         (the session ended: no attempt may go on) the lease is dropped whoever holds it."""
         if token is None:
-            self.r.delete(Keys(session_id).spawn_lease)
+            self.r.delete(self.keys(session_id).spawn_lease)
         else:
-            Lease(self.r, Keys(session_id).spawn_lease, 1, owner=token).release()
+            Lease(self.r, self.keys(session_id).spawn_lease, 1, owner=token).release()
 
     def claim_stalled_spawns(self, stall_ms: int, max_resends: int,
                              limit: int = 100) -> list[tuple[str, str]]:
         """``(session id, sealed spawn payload)`` of spawns that made no progress for
         ``stall_ms``, claimed for a re-send (see ``_CLAIM_STALLED``)."""
         flat = [str(x) for x in self._claim_stalled(
-            keys=[C.INTENTS_KEY],
-            args=[limit, C.SPAWN_INTENT_TTL_MS, stall_ms, _RECORD_PREFIX, max_resends],
+            keys=[self.n.intents],
+            args=[limit, C.SPAWN_INTENT_TTL_MS, stall_ms, self.n.record_prefix, max_resends],
         )]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
@@ -911,10 +943,10 @@ class SessionStore:
         ``terminating`` when a stop arrived during the spawn (the caller then terminates),
         ``missing`` when the record vanished.
         """
-        k = Keys(session_id)
-        channel, stream = topic_keys(session_id)
+        k = self.keys(session_id)
+        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
         return str(self._finish_spawn(
-            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.INTENTS_KEY, stream, channel],
+            keys=[k.record, k.alive, self.n.deadlines, self.n.intents, stream, channel],
             args=[session_id, compute_id, json.dumps(compute), C.SESSION_RECORD_GRACE_MS,
                   encode(session_id, "status", {"status": SessionStatus.RUNNING.value,
                                                 "compute": compute})],
@@ -929,23 +961,23 @@ class SessionStore:
         due after that long. A session that already ended is left as it is (its first
         error stands). Returns whether this call ended the session.
         """
-        k = Keys(session_id)
-        channel, stream = topic_keys(session_id)
+        k = self.keys(session_id)
+        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
         return bool(self._fail_spawn(
-            keys=[k.record, C.INTENTS_KEY, C.SESSIONS_SET_KEY, C.DEADLINE_INDEX_KEY, k.alive,
-                  CLEANUPS_KEY, stream, channel, reservation_key(session_id),
-                  RESERVATIONS_INDEX_KEY],
+            keys=[k.record, self.n.intents, self.n.sessions, self.n.deadlines, k.alive,
+                  self.n.cleanups, stream, channel,
+                  reservation_key(session_id, self.ks.namespace), self.n.reservations],
             args=[session_id, json.dumps(error), C.TERMINATED_RECORD_TTL_MS,
                   encode(session_id, "status", {"status": SessionStatus.FAILED.value,
                                                 "error": error}),
                   "" if cleanup_due_in_ms is None else cleanup_due_in_ms,
-                  USAGE_KEY_PREFIX, USAGE_KEY_SUFFIX],
+                  *self.n.usage_halves],
         ))
 
     # ------------------------------------------------------------------ cleanups
     def add_cleanup(self, session_id: str, due_in_ms: int = 0) -> bool:
         """Register a cleanup obligation for the session's pod name (kept if present)."""
-        return bool(self._add_cleanup(keys=[Keys(session_id).record, CLEANUPS_KEY],
+        return bool(self._add_cleanup(keys=[self.keys(session_id).record, self.n.cleanups],
                                       args=[session_id, due_in_ms]))
 
     def claim_cleanups(self, limit: int, base_ms: int = CLEANUP_BACKOFF_BASE_MS,
@@ -953,26 +985,26 @@ class SessionStore:
         """Due cleanups as ``(session id, attempt, ms until the next attempt)``; each is
         re-scored to its next attempt by this claim (exponential backoff, capped)."""
         flat = [str(x) for x in self._claim_cleanups(
-            keys=[CLEANUPS_KEY], args=[limit, _RECORD_PREFIX, base_ms, cap_ms])]
+            keys=[self.n.cleanups], args=[limit, self.n.record_prefix, base_ms, cap_ms])]
         return [(flat[i], int(flat[i + 1]), int(float(flat[i + 2])))
                 for i in range(0, len(flat), 3)]
 
     def finish_cleanup(self, session_id: str, data: dict[str, Any]) -> bool:
         """Settle a cleanup obligation and publish its ``cleanup`` event (``data``)."""
-        channel, stream = topic_keys(session_id)
+        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
         return bool(self._finish_cleanup(
-            keys=[Keys(session_id).record, CLEANUPS_KEY, stream, channel],
+            keys=[self.keys(session_id).record, self.n.cleanups, stream, channel],
             args=[session_id, C.TERMINATED_RECORD_TTL_MS,
                   encode(session_id, "cleanup", data)]))
 
     def cleanup_failed(self, session_id: str, error: dict[str, Any]) -> None:
         """Record the last error of a cleanup attempt (the session's error is kept)."""
-        self.r.hset(Keys(session_id).record, "cleanup_error", json.dumps(error))
+        self.r.hset(self.keys(session_id).record, "cleanup_error", json.dumps(error))
 
     def cleanup_ids(self) -> dict[str, float]:
         """Pending cleanup obligations: session id → next attempt time (ms)."""
         return {str(k): float(v) for k, v in cast(
-            list[tuple[str, float]], self.r.zrange(CLEANUPS_KEY, 0, -1, withscores=True))}
+            list[tuple[str, float]], self.r.zrange(self.n.cleanups, 0, -1, withscores=True))}
 
     def begin_terminate(self, session_id: str, reason: str, fence_token: str,
                         slack_ms: int) -> TerminateStart:
@@ -983,10 +1015,10 @@ class SessionStore:
         or ``missing``; ``first`` is True when this call moved the session into
         ``terminating``; ``record`` carries the fields needed to reach the provider.
         """
-        k = Keys(session_id)
-        channel, stream = topic_keys(session_id)
+        k = self.keys(session_id)
+        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
         verdict, compute_id, first, provider, base_url, sealed, pod_name = self._begin_terminate(
-            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, k.fence, stream, channel],
+            keys=[k.record, k.alive, self.n.deadlines, k.fence, stream, channel],
             args=[session_id, reason, fence_token, C.TERMINATE_FENCE_TTL_MS, slack_ms,
                   encode(session_id, "terminating", {"reason": reason})],
         )
@@ -1004,31 +1036,31 @@ class SessionStore:
         here), ``("deferred", "")`` when the spawn is still in flight (the fence is
         released; the spawn terminates its pod itself), or ``("none", "")``.
         """
-        k = Keys(session_id)
+        k = self.keys(session_id)
         verdict, compute_id = self._settle_podless(
-            keys=[k.record, C.INTENTS_KEY, k.fence], args=[session_id, fence_token])
+            keys=[k.record, self.n.intents, k.fence], args=[session_id, fence_token])
         return str(verdict), str(compute_id)
 
     def finish_terminate(self, session_id: str, reason: str | None = None) -> None:
         """Record a confirmed termination, stop tracking, release the session's quota
         reservation and publish ``terminated`` (one step)."""
-        k = Keys(session_id)
-        channel, stream = topic_keys(session_id)
+        k = self.keys(session_id)
+        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
         self._finish_terminate(
-            keys=[k.record, C.DEADLINE_INDEX_KEY, C.SESSIONS_SET_KEY, k.alive, k.fence,
-                  C.INTENTS_KEY, stream, channel, reservation_key(session_id),
-                  RESERVATIONS_INDEX_KEY],
+            keys=[k.record, self.n.deadlines, self.n.sessions, k.alive, k.fence,
+                  self.n.intents, stream, channel,
+                  reservation_key(session_id, self.ks.namespace), self.n.reservations],
             args=[session_id, C.TERMINATED_RECORD_TTL_MS,
                   encode(session_id, "status", {"status": SessionStatus.TERMINATED.value,
                                                 "reason": reason}),
-                  USAGE_KEY_PREFIX, USAGE_KEY_SUFFIX],
+                  *self.n.usage_halves],
         )
 
     def terminate_failed(self, session_id: str, error: dict[str, Any], retry_in_ms: int) -> None:
         """Release the fence and make the session due again after ``retry_in_ms``."""
-        k = Keys(session_id)
+        k = self.keys(session_id)
         self._terminate_failed(
-            keys=[k.record, C.DEADLINE_INDEX_KEY, k.fence],
+            keys=[k.record, self.n.deadlines, k.fence],
             args=[session_id, json.dumps(error), retry_in_ms],
         )
 
@@ -1047,9 +1079,10 @@ class SessionStore:
         stays.
         """
         flat = [str(x) for x in self._claim_due(
-            keys=[C.DEADLINE_INDEX_KEY],
-            args=[limit, slack_ms, _ALIVE_PREFIX, _RECORD_PREFIX, C.SESSION_RECORD_GRACE_MS,
-                  _STREAM_PREFIX, _CHANNEL_PREFIX, IDLE_REASON, MAX_LIFETIME_REASON],
+            keys=[self.n.deadlines],
+            args=[limit, slack_ms, self.n.alive_prefix, self.n.record_prefix,
+                  C.SESSION_RECORD_GRACE_MS, self.n.stream_prefix, self.n.channel_prefix,
+                  IDLE_REASON, MAX_LIFETIME_REASON],
         )]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
@@ -1057,18 +1090,18 @@ class SessionStore:
         """The keyspace listener's claim on an expired session (same claim as the sweep's:
         whoever moves its deadline past now first terminates it)."""
         return bool(self._claim_expired(
-            keys=[C.DEADLINE_INDEX_KEY, Keys(session_id).alive], args=[session_id, slack_ms]))
+            keys=[self.n.deadlines, self.keys(session_id).alive], args=[session_id, slack_ms]))
 
     def claim_stale_intents(self, limit: int) -> list[str]:
         """Remove and return spawn intents whose deadline passed."""
-        return [str(x) for x in self._claim_intents(keys=[C.INTENTS_KEY], args=[limit])]
+        return [str(x) for x in self._claim_intents(keys=[self.n.intents], args=[limit])]
 
     def intent_ids(self) -> set[str]:
         """Session ids with a live spawn intent or a pending cleanup obligation (both
         cover a pod under the session's name, so the orphan scan leaves it to them)."""
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.zrange(C.INTENTS_KEY, 0, -1)
-            pipe.zrange(CLEANUPS_KEY, 0, -1)
+            pipe.zrange(self.n.intents, 0, -1)
+            pipe.zrange(self.n.cleanups, 0, -1)
             intents, cleanups = pipe.execute()
         return set(cast(list[str], intents)) | set(cast(list[str], cleanups))
 
@@ -1081,35 +1114,34 @@ class SessionStore:
         ``failed`` (already over) or ``missing`` (unknown or untracked session).
         """
         return str(self._request_stop(
-            keys=[Keys(session_id).record, C.SESSIONS_SET_KEY, STOPS_KEY],
+            keys=[self.keys(session_id).record, self.n.sessions, self.n.stops],
             args=[session_id, reason, resend_after_ms],
         ))
 
     def claim_stops_to_resend(self, resend_after_ms: int, limit: int = 1000) -> list[str]:
         """Ids of recorded stops due for a re-send (their terminate made no progress);
         each is re-scored ``resend_after_ms`` ahead. Ended sessions leave the index."""
-        fence_prefix = C.TERMINATE_FENCE_KEY.format(id="")
         return [str(x) for x in self._claim_stops(
-            keys=[STOPS_KEY, C.SESSIONS_SET_KEY],
-            args=[limit, resend_after_ms, _RECORD_PREFIX, fence_prefix],
+            keys=[self.n.stops, self.n.sessions],
+            args=[limit, resend_after_ms, self.n.record_prefix, self.n.fence_prefix],
         )]
 
     # ------------------------------------------------------------------ data-loss guard
     def ensure_epoch(self) -> bool:
         """Write the dataset's epoch if missing (``SET NX``). True when it was missing."""
-        return bool(self.r.set(EPOCH_KEY, str(self.now_ms()), nx=True))
+        return bool(self.r.set(self.n.epoch, str(self.now_ms()), nx=True))
 
     def epoch_exists(self) -> bool:
         """Whether this Redis dataset has its epoch (False after a data loss)."""
-        return bool(self.r.exists(EPOCH_KEY))
+        return bool(self.r.exists(self.n.epoch))
 
     def adopt(self, session_id: str, provider: str, pod_name: str, compute_id: str,
               compute: dict[str, Any], idle_ttl_ms: int) -> bool:
         """Re-create a minimal ``running`` record for a pod whose record was lost (see
         ``_ADOPT``). False when a record exists (never overwritten)."""
-        k = Keys(session_id)
+        k = self.keys(session_id)
         return bool(self._adopt(
-            keys=[k.record, k.alive, C.DEADLINE_INDEX_KEY, C.SESSIONS_SET_KEY],
+            keys=[k.record, k.alive, self.n.deadlines, self.n.sessions],
             args=[session_id, provider, pod_name, compute_id, json.dumps(compute),
                   idle_ttl_ms, C.SESSION_RECORD_GRACE_MS],
         ))
@@ -1120,12 +1152,13 @@ class SessionStore:
         return int(t[0]) * 1000 + int(t[1]) // 1000
 
 
-_stores: dict[tuple[int, bool], SessionStore] = {}
+_stores: dict[tuple[int, bool, str], SessionStore] = {}
 
 
-def user_index_key(user_json: str) -> str:
-    """The per-user index key of a user given as the JSON form of its id."""
-    return USER_SESSIONS_KEY.format(user=user_json)
+def user_index_key(user_json: str, ks: Keyspace | None = None) -> str:
+    """The per-user index key of a user given as the JSON form of its id (in ``ks``, else
+    the settings' namespace)."""
+    return (ks or keyspace()).key(USER_SESSIONS_KEY).format(user=user_json)
 
 
 def canonical_user(user_id: Any) -> str:
@@ -1134,12 +1167,16 @@ def canonical_user(user_id: Any) -> str:
     return json.dumps(user_id, allow_nan=False, sort_keys=True)
 
 
-def store_for(client: redis.Redis, *, publish_heartbeats: bool = False) -> SessionStore:
-    """A cached :class:`SessionStore` for ``client`` (scripts hashed once, not per call)."""
-    key = (id(client), publish_heartbeats)
+def store_for(client: redis.Redis, *, publish_heartbeats: bool = False,
+              namespace: str | None = None) -> SessionStore:
+    """A cached :class:`SessionStore` for ``client`` (scripts hashed once, not per call)
+    in ``namespace`` (default: ``ATLAS_NAMESPACE`` now)."""
+    ns = keyspace(namespace).namespace
+    key = (id(client), publish_heartbeats, ns)
     store = _stores.get(key)
     if store is None or store.r is not client:
-        store = _stores[key] = SessionStore(client, publish_heartbeats=publish_heartbeats)
+        store = _stores[key] = SessionStore(client, publish_heartbeats=publish_heartbeats,
+                                            namespace=ns)
     return store
 
 
@@ -1172,9 +1209,12 @@ class AsyncSessionStore:
         publish_heartbeats: as for :class:`SessionStore`.
     """
 
-    def __init__(self, client: aioredis.Redis, *, publish_heartbeats: bool = False) -> None:
+    def __init__(self, client: aioredis.Redis, *, publish_heartbeats: bool = False,
+                 namespace: str | None = None) -> None:
         self.r = client
         self.publish_heartbeats = publish_heartbeats
+        self.ks = keyspace(namespace)
+        self.n = Names(self.ks)
         self._touch_fast = client.register_script(_TOUCH_FAST)
         self._touch = client.register_script(_TOUCH)
         self._list_user = client.register_script(_LIST_USER)
@@ -1187,10 +1227,10 @@ class AsyncSessionStore:
         """
         if not self.publish_heartbeats:
             fast = await cast("Awaitable[Any]", self._touch_fast(
-                keys=[_ALIVE_PREFIX + session_id]))
+                keys=[self.n.alive_prefix + session_id]))
             if fast == 1:
                 return
-        keys, args = _touch_args(session_id, self.publish_heartbeats)
+        keys, args = _touch_args(session_id, self.publish_heartbeats, self.n)
         result = await cast("Awaitable[Any]", self._touch(keys=keys, args=args))
         _touch_verdict(session_id, int(result))
 
@@ -1200,7 +1240,7 @@ class AsyncSessionStore:
         Raises:
             NotTracked: no such session (or its record expired).
         """
-        k = Keys(session_id)
+        k = Keys(session_id, self.ks)
         async with self.r.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.record)
             pipe.pttl(k.alive)
@@ -1212,10 +1252,11 @@ class AsyncSessionStore:
                                 limit: int = 100) -> list[SessionRecord]:
         """asyncio twin of :meth:`SessionStore.list_user_records`."""
         rows = await cast("Awaitable[Any]", self._list_user(
-            keys=[user_index_key(user_json)], args=[_RECORD_PREFIX, offset, limit]))
+            keys=[user_index_key(user_json, self.ks)],
+            args=[self.n.record_prefix, offset, limit]))
         return _records_of_rows(rows)
 
 
 __all__ = ["CLEANUPS_KEY", "EPOCH_KEY", "STOPS_KEY", "USER_SESSIONS_KEY", "AsyncSessionStore",
-           "Keys", "SessionInfo", "SessionStore", "TerminateStart", "canonical_user",
+           "Keys", "Names", "SessionInfo", "SessionStore", "TerminateStart", "canonical_user",
            "info_from_reads", "store_for", "user_index_key"]

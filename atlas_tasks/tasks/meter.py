@@ -20,6 +20,7 @@ from celery import shared_task
 
 from atlas_tasks import constants as C
 from atlas_tasks.deps import Dependencies
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.sessions.gpu_idle import GpuIdleWatcher
 from atlas_tasks.sessions.meter import CostMeter
 from atlas_tasks.tasks.reaper import enqueue_terminate, in_sweep, throttle_ms
@@ -28,7 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def _throttled(deps: Dependencies, key: str, period_ms: int) -> bool:
-    return not deps.redis.set(key, "1", nx=True, px=throttle_ms(period_ms))
+    # A throttle (SET NX PX "1"), not a lock: nothing releases it; it only spaces runs.
+    name = keyspace(deps.settings.namespace).key(key)
+    return not deps.redis.set(name, "1", nx=True, px=throttle_ms(period_ms))
 
 
 @shared_task(name=C.TASK_METER, ignore_result=True, send_events=False)

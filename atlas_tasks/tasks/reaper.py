@@ -29,6 +29,7 @@ from celery import shared_task
 from atlas_tasks import constants as C
 from atlas_tasks import task_reprs
 from atlas_tasks.deps import Dependencies
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.sessions.reaper import SessionReaper
 from atlas_tasks.tasks.compute import spawn, terminate_batch, terminate_orphan
 
@@ -90,14 +91,15 @@ def enqueue_spawn(session_id: str, sealed: str) -> None:
 def _record(r: redis.Redis, summary: dict[str, Any]) -> None:
     seconds, micros = r.time()
     summary = {"at_ms": int(seconds) * 1000 + int(micros) // 1000, **summary}
+    stats = keyspace().key(SWEEP_STATS_KEY)
     with r.pipeline(transaction=False) as pipe:
-        pipe.set(LAST_SWEEP_KEY, json.dumps(summary))
+        pipe.set(keyspace().key(LAST_SWEEP_KEY), json.dumps(summary))
         if summary.get("skipped"):
-            pipe.hincrby(SWEEP_STATS_KEY, "skipped", 1)
+            pipe.hincrby(stats, "skipped", 1)
         else:
-            pipe.hincrby(SWEEP_STATS_KEY, "sweeps", 1)
-            pipe.hincrby(SWEEP_STATS_KEY, "due", int(summary.get("due") or 0))
-            pipe.hincrby(SWEEP_STATS_KEY, "orphans", len(summary.get("orphans") or []))
+            pipe.hincrby(stats, "sweeps", 1)
+            pipe.hincrby(stats, "due", int(summary.get("due") or 0))
+            pipe.hincrby(stats, "orphans", len(summary.get("orphans") or []))
         pipe.execute()
 
 
@@ -113,9 +115,10 @@ def reap() -> dict[str, Any]:
     counts (``{"skipped": True, "throttled": True}`` when throttled)."""
     deps = Dependencies.default()
     r = deps.redis
-    if not r.set(SWEEP_THROTTLE_KEY, "1", nx=True,
+    ks = keyspace(deps.settings.namespace)
+    if not r.set(ks.key(SWEEP_THROTTLE_KEY), "1", nx=True,
                  px=throttle_ms(deps.settings.reap_interval_ms)):
-        r.hincrby(SWEEP_STATS_KEY, "skipped", 1)
+        r.hincrby(ks.key(SWEEP_STATS_KEY), "skipped", 1)
         return {"skipped": True, "throttled": True}
     token = in_sweep.set(True)
     try:

@@ -32,7 +32,9 @@ from typing import Any
 
 import redis
 
+from atlas_tasks import constants as C
 from atlas_tasks.config import reset_settings
+from atlas_tasks.keyspace_names import Keyspace
 from atlas_tasks.providers.registry import clear_provider_cache
 from atlas_tasks.redis_conn import get_redis, reset_redis_clients
 from atlas_tasks.sealing import generate_key
@@ -210,10 +212,20 @@ def celery_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "atlas_tasks.celery_app", *args]
 
 
+def namespace_queues(env: dict[str, str]) -> str:
+    """The ``-Q`` list of an atlas worker with this environment's ``ATLAS_NAMESPACE``
+    (``compute,jobs,fly,maintenance`` in the default namespace)."""
+    ks = Keyspace(env.get("ATLAS_NAMESPACE") or C.DEFAULT_NAMESPACE)
+    return ",".join(ks.queue(q) for q in (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY,
+                                          C.QUEUE_MAINTENANCE))
+
+
 def celery_worker(env: dict[str, str], *, pool: str = "threads", concurrency: int = 16,
-                  queues: str = "compute,jobs,fly,maintenance", hostname: str = "w1@%h",
+                  queues: str | None = None, hostname: str = "w1@%h",
                   loglevel: str = "INFO") -> ManagedProcess:
-    """A worker with task events on (``-E``), not started yet."""
+    """A worker with task events on (``-E``), not started yet. ``queues`` defaults to
+    every atlas queue of ``env``'s namespace (:func:`namespace_queues`)."""
+    queues = queues or namespace_queues(env)
     return ManagedProcess("worker", celery_command(
         "worker", "-E", "-P", pool, "-c", str(concurrency), "-Q", queues, "-n", hostname,
         "--loglevel", loglevel, "--without-mingle", "--without-gossip"), env)
@@ -285,7 +297,8 @@ class LocalCluster:
         self.apply_env()
         # This is the deployment's first start: mark the dataset, so the reaper's
         # data-loss guard (a missing epoch) only fires if this Redis loses its data later.
-        store_for(get_redis(self.redis_url)).ensure_epoch()
+        store_for(get_redis(self.redis_url),
+                  namespace=self.env.get("ATLAS_NAMESPACE")).ensure_epoch()
         for i in range(self.worker_count):
             self.add_worker(hostname=f"w{i + 1}@%h")
         if self.start_beat:
@@ -359,4 +372,4 @@ class LocalCluster:
 
 
 __all__ = ["LocalCluster", "ManagedProcess", "RedisServer", "celery_beat", "celery_worker",
-           "celery_command", "free_port", "worker_ready"]
+           "celery_command", "free_port", "namespace_queues", "worker_ready"]

@@ -35,10 +35,10 @@ class Command(BaseCommand):
 
         app = get_app()
         if action == "worker":
-            from atlas_tasks.cli import WORKER_QUEUES
+            from atlas_tasks.cli import worker_queue_list
 
             settings = get_settings()
-            app.worker_main(["worker", "-E", "-Q", WORKER_QUEUES,
+            app.worker_main(["worker", "-E", "-Q", worker_queue_list(),
                              f"--pool={settings.worker_pool}",
                              f"--concurrency={settings.worker_concurrency}",
                              "--loglevel=INFO", *extra])
@@ -51,6 +51,7 @@ class Command(BaseCommand):
         from atlas_tasks.celery_app import queue_has_consumers
         from atlas_tasks.config import get_settings
         from atlas_tasks.contrib.django.apps import options
+        from atlas_tasks.keyspace_names import keyspace
         from atlas_tasks.redis_conn import get_redis, redacted_url
 
         self.stdout.write("atlas doctor (minimal: settings, Redis, presets, workers)")
@@ -73,10 +74,11 @@ class Command(BaseCommand):
                           f"{', '.join(sorted(presets)) or 'none (POST sessions/ answers 422)'}")
         if problems == 0:
             try:
-                consumed = queue_has_consumers(C.QUEUE_COMPUTE, timeout=1.0)
+                consumed = queue_has_consumers(keyspace().queue(C.QUEUE_COMPUTE), timeout=1.0)
             except Exception:
                 consumed = False
             self.stdout.write(f"  {'ok  ' if consumed else 'WARN'} a worker consumes "
-                              f"{C.QUEUE_COMPUTE!r}: {'yes' if consumed else 'no'}")
+                              f"{keyspace().queue(C.QUEUE_COMPUTE)!r}: "
+                              f"{'yes' if consumed else 'no'}")
         if problems:
             raise CommandError(f"{problems} problem(s)")
