@@ -90,8 +90,7 @@ class AtlasRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # untyped 
                 log.debug("beat: RuntimeError", exc_info=True)
             return float(min([*remaining, self.max_interval]))
         except RedisError as exc:
-            log.warning("beat: Redis unavailable (%s); retrying in %.1fs", exc,
-                        REDIS_RETRY_S)
+            log.warning("beat: Redis unavailable (%s); retrying in %.1fs", exc, REDIS_RETRY_S)
             return REDIS_RETRY_S
 
     def _hold_lock(self) -> bool:
@@ -104,8 +103,7 @@ class AtlasRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # untyped 
             except LockError:
                 # Redis restarted without persistence, or an outage outlasted the lock.
                 if self._had_lock:
-                    log.warning("beat: lost the lock %s; taking it again when free",
-                                self.lock_key)
+                    log.warning("beat: lost the lock %s; taking it again when free", self.lock_key)
                 self._had_lock = False
         else:
             # beat_init's blocking acquire failed (Redis was down when beat started).

@@ -41,8 +41,14 @@ from atlas_tasks.worker_events import UnbufferedTaskEvents
 
 log = logging.getLogger(__name__)
 
-TASK_MODULES = ["atlas_tasks.tasks.compute", "atlas_tasks.tasks.reaper", "atlas_tasks.tasks.jobs",
-                "atlas_tasks.tasks.fly", "atlas_tasks.tasks.quotas", "atlas_tasks.tasks.meter"]
+TASK_MODULES = [
+    "atlas_tasks.tasks.compute",
+    "atlas_tasks.tasks.reaper",
+    "atlas_tasks.tasks.jobs",
+    "atlas_tasks.tasks.fly",
+    "atlas_tasks.tasks.quotas",
+    "atlas_tasks.tasks.meter",
+]
 
 #: Base queue of every atlas task, by task-name prefix (Celery glob routes). Routing is
 #: policy, in one place: call sites and beat entries pass no ``queue=`` (a test checks that
@@ -173,23 +179,28 @@ def transport_config(settings: AtlasSettings) -> dict[str, Any]:
         parse_sentinel_url,
     )
 
-    sentinel = parse_sentinel_url(settings.redis_url) if is_sentinel_url(
-        settings.redis_url) else None
+    sentinel = (
+        parse_sentinel_url(settings.redis_url) if is_sentinel_url(settings.redis_url) else None
+    )
     derived = settings.redis_url
     master: dict[str, Any] = {}
     if sentinel is not None:
         auth = ""
         if sentinel.password:
-            auth = f"{quote(sentinel.username or '', safe='')}:" \
-                   f"{quote(sentinel.password, safe='')}@"
+            auth = f"{quote(sentinel.username or '', safe='')}:{quote(sentinel.password, safe='')}@"
         derived = ";".join(
             f"sentinel://{auth}{f'[{h}]' if ':' in h else h}:{p}/{sentinel.db}"
-            for h, p in sentinel.sentinels)
-        master = {"master_name": sentinel.master_name,
-                  # Ask the sentinels with a short timeout and without the master's
-                  # password (kombu would send its connection options otherwise).
-                  "sentinel_kwargs": {"socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
-                                      "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S}}
+            for h, p in sentinel.sentinels
+        )
+        master = {
+            "master_name": sentinel.master_name,
+            # Ask the sentinels with a short timeout and without the master's
+            # password (kombu would send its connection options otherwise).
+            "sentinel_kwargs": {
+                "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+                "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+            },
+        }
     broker = settings.broker_url or derived
     backend = settings.result_backend or derived
     scheme = broker.split("://", 1)[0].lower()
@@ -238,9 +249,11 @@ def transport_config(settings: AtlasSettings) -> dict[str, Any]:
         # redbeat's own Redis client does not retry: without this, beat exits on the
         # first connection error (a Redis restart). OSError covers a refused reconnect.
         config["redbeat_redis_options"] = {
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 30,
-                           supported_errors=(RedisConnectionError, RedisTimeoutError,
-                                             OSError)),
+            "retry": Retry(
+                ExponentialBackoff(cap=1.0, base=0.1),
+                30,
+                supported_errors=(RedisConnectionError, RedisTimeoutError, OSError),
+            ),
             "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
         }
     return config
@@ -280,8 +293,7 @@ class QuietSweepFilter(logging.Filter):
 
 
 #: Tasks whose routine Celery log lines are filtered (see :class:`QuietSweepFilter`).
-QUIET_TASKS = frozenset({C.TASK_REAP, C.TASK_METER, C.TASK_RECONCILE_BILLING,
-                         C.TASK_GPU_WATCH})
+QUIET_TASKS = frozenset({C.TASK_REAP, C.TASK_METER, C.TASK_RECONCILE_BILLING, C.TASK_GPU_WATCH})
 #: Loggers of Celery's "received" (worker strategy) and "succeeded" (tracer) lines.
 _TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 _quiet_filter = QuietSweepFilter()
@@ -344,14 +356,15 @@ def attach(host_app: Celery, *, beat: bool = True) -> Celery:
         importlib.import_module(module)
     ours = build_config(get_settings())
     conf = host_app.conf
-    conf.include = [*(conf.include or ()), *[m for m in TASK_MODULES
-                                             if m not in (conf.include or ())]]
+    conf.include = [
+        *(conf.include or ()),
+        *[m for m in TASK_MODULES if m not in (conf.include or ())],
+    ]
     existing = list(conf.task_queues or [Queue(conf.task_default_queue)])
     names = {q.name for q in existing}
     conf.task_queues = existing + [q for q in ours["task_queues"] if q.name not in names]
     routes = conf.task_routes
-    host_routes = list(routes) if isinstance(routes, list | tuple) else (
-        [routes] if routes else [])
+    host_routes = list(routes) if isinstance(routes, list | tuple) else ([routes] if routes else [])
     conf.task_routes = [ours["task_routes"], *host_routes]
     transport = dict(conf.broker_transport_options or {})
     for key, value in ours["broker_transport_options"].items():
@@ -386,7 +399,10 @@ def get_app() -> Celery:
     key = (derived["broker_url"], derived["result_backend"], ks.namespace)
     # The namespace too: it decides the queues a call is routed to.
     if (app.conf.broker_url, app.conf.result_backend, app.conf.task_default_queue) == (
-            key[0], key[1], ks.queue(C.QUEUE_MAINTENANCE)):
+        key[0],
+        key[1],
+        ks.queue(C.QUEUE_MAINTENANCE),
+    ):
         return app
     other = _apps_by_url.get(key)
     if other is None:
@@ -394,8 +410,7 @@ def get_app() -> Celery:
     return other
 
 
-def queue_has_consumers(queue: str, timeout: float = 1.0, celery_app: Celery | None = None
-                        ) -> bool:
+def queue_has_consumers(queue: str, timeout: float = 1.0, celery_app: Celery | None = None) -> bool:
     """Whether any running worker consumes ``queue`` (a control broadcast, answered
     within ``timeout`` seconds). Lets a caller tell "no worker for ``compute``" apart
     from "the spawn is slow" before blocking on a result."""
@@ -419,11 +434,15 @@ def persistence_problem(client: redis.Redis) -> str | None:
     if str(conf.get("appendonly", "")).lower() == "yes":
         return None
     if save:
-        return (f"Redis has RDB snapshots only (save {save!r}, appendonly no): a restart "
-                "loses everything since the last snapshot, including tracked sessions")
-    return ("Redis has no persistence (appendonly no, save ''): a restart loses every "
-            "tracked session, spawn intent and the beat lock, and their pods leak until "
-            "the orphan sweep finds them")
+        return (
+            f"Redis has RDB snapshots only (save {save!r}, appendonly no): a restart "
+            "loses everything since the last snapshot, including tracked sessions"
+        )
+    return (
+        "Redis has no persistence (appendonly no, save ''): a restart loses every "
+        "tracked session, spawn intent and the beat lock, and their pods leak until "
+        "the orphan sweep finds them"
+    )
 
 
 def warn_if_redis_not_persistent(url: str) -> str | None:
@@ -439,8 +458,11 @@ def warn_if_redis_not_persistent(url: str) -> str | None:
     finally:
         client.close()
     if problem:
-        log.warning("%s. Run Redis with `appendonly yes` and `appendfsync everysec` "
-                    "(see README, Redis persistence).", problem)
+        log.warning(
+            "%s. Run Redis with `appendonly yes` and `appendfsync everysec` "
+            "(see README, Redis persistence).",
+            problem,
+        )
     return problem
 
 
@@ -467,8 +489,7 @@ def foreign_queues(consumed: list[str] | set[str], ks: Keyspace) -> list[str]:
     (``compute`` consumed by a ``staging`` worker, ``staging.compute`` by an ``atlas``
     one): such a worker would run another deployment's tasks against its own keys."""
     ours = set(worker_queues(ks))
-    return sorted(q for q in consumed
-                  if q not in ours and q.rsplit(".", 1)[-1] in _BASE_QUEUES)
+    return sorted(q for q in consumed if q not in ours and q.rsplit(".", 1)[-1] in _BASE_QUEUES)
 
 
 @signals.worker_ready.connect
@@ -482,10 +503,14 @@ def _check_queue_namespace(sender: Any = None, **_: Any) -> None:
     ks = keyspace()
     foreign = foreign_queues(consumed, ks)
     if foreign:
-        log.error("this worker (ATLAS_NAMESPACE=%s) consumes %s, the queues of another "
-                  "namespace; it would run another deployment's tasks. Consume %s instead "
-                  "(`atlas-tasks worker` does).", ks.namespace, ", ".join(foreign),
-                  ",".join(worker_queues(ks)))
+        log.error(
+            "this worker (ATLAS_NAMESPACE=%s) consumes %s, the queues of another "
+            "namespace; it would run another deployment's tasks. Consume %s instead "
+            "(`atlas-tasks worker` does).",
+            ks.namespace,
+            ", ".join(foreign),
+            ",".join(worker_queues(ks)),
+        )
 
 
 @signals.worker_ready.connect
@@ -498,9 +523,11 @@ def _start_expiry_listener(sender: Any = None, **_: Any) -> None:
     from atlas_tasks.sessions.expiry_listener import ExpiryListener
     from atlas_tasks.tasks.reaper import enqueue_terminate
 
-    _listener = ExpiryListener(settings.redis_url,
-                               lambda ids: enqueue_terminate(ids, "idle_timeout"),
-                               namespace=settings.namespace)
+    _listener = ExpiryListener(
+        settings.redis_url,
+        lambda ids: enqueue_terminate(ids, "idle_timeout"),
+        namespace=settings.namespace,
+    )
     _listener.start()
 
 
@@ -510,7 +537,8 @@ def _refresh_prices_at_beat_start(sender: Any = None, **_: Any) -> None:
     a whole interval later, and until then admission would know no catalog price."""
     app = getattr(sender, "app", None)
     if app is None or C.TASK_QUOTA_REFRESH_PRICES not in {
-            entry.get("task") for entry in (app.conf.beat_schedule or {}).values()}:
+        entry.get("task") for entry in (app.conf.beat_schedule or {}).values()
+    }:
         return  # attached with beat=False: the host's beat is not ours to drive
     try:
         app.send_task(C.TASK_QUOTA_REFRESH_PRICES)

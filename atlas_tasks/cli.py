@@ -63,6 +63,7 @@ def worker_queue_list() -> str:
     ks = keyspace()
     return ",".join(ks.queue(q) for q in WORKER_QUEUES.split(","))
 
+
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
@@ -91,8 +92,10 @@ def _import_optional(module: str, attr: str, what: str, extra: str | None = None
         if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
             _fail(f"{what} is not available in this installation ({module} is missing)")
         if extra is not None and exc.name is not None and not exc.name.startswith("atlas_tasks"):
-            _fail(f"{what} needs the {extra!r} extra ({exc.name} is not installed): "
-                  f"pip install 'atlas-tasks[{extra}]'")
+            _fail(
+                f"{what} needs the {extra!r} extra ({exc.name} is not installed): "
+                f"pip install 'atlas-tasks[{extra}]'"
+            )
         raise
     target = getattr(loaded, attr, None)
     if target is None:
@@ -154,8 +157,12 @@ def _money(value: float | None) -> str:
 
 
 @cli.command()
-@click.option("--provider", "provider_name", default=None,
-              help="Ask this provider for its live catalog and prices.")
+@click.option(
+    "--provider",
+    "provider_name",
+    default=None,
+    help="Ask this provider for its live catalog and prices.",
+)
 @click.option("--api-key", default=None, help="API key (default: settings / provider env var).")
 @click.option("--base-url", default=None, help="Override the provider's API base URL.")
 def gpus(provider_name: str | None, api_key: str | None, base_url: str | None) -> None:
@@ -201,12 +208,24 @@ def gpus(provider_name: str | None, api_key: str | None, base_url: str | None) -
 @click.option("--port", default=8710, show_default=True, type=int)
 @click.option("--latency", "latency_s", default=0.0, type=float, help="Seconds added per request.")
 @click.option("--error-rate", default=0.0, type=float, help="Fraction of requests answered 5xx.")
-@click.option("--rate-limit-rate", default=0.0, type=float,
-              help="Fraction of requests answered 429 with Retry-After.")
-@click.option("--create-500-rate", default=0.0, type=float,
-              help="Fraction of creates answered 500 after the resource was created.")
-@click.option("--api-key", "api_keys", multiple=True,
-              help="Accepted API key (repeatable; default: the fake cloud's own key).")
+@click.option(
+    "--rate-limit-rate",
+    default=0.0,
+    type=float,
+    help="Fraction of requests answered 429 with Retry-After.",
+)
+@click.option(
+    "--create-500-rate",
+    default=0.0,
+    type=float,
+    help="Fraction of creates answered 500 after the resource was created.",
+)
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    help="Accepted API key (repeatable; default: the fake cloud's own key).",
+)
 @click.option("--seed", default=None, type=int, help="Random seed for fault injection.")
 def fakecloud(
     host: str,
@@ -219,8 +238,9 @@ def fakecloud(
     seed: int | None,
 ) -> None:
     """Run the fake cloud HTTP server (providers' real wire formats, fault injection)."""
-    serve = _import_optional("atlas_tasks.testing.fakecloud", "serve", "the fake cloud",
-                             extra="testing")
+    serve = _import_optional(
+        "atlas_tasks.testing.fakecloud", "serve", "the fake cloud", extra="testing"
+    )
     options: dict[str, Any] = {
         "latency_s": latency_s,
         "error_rate": error_rate,
@@ -235,12 +255,23 @@ def fakecloud(
 
 
 @cli.command()
-@click.option("--markdown", is_flag=True, default=True,
-              help="Print the table as Markdown (the default and only format).")
-@click.option("--update-readme", is_flag=True,
-              help="Rewrite the table between the markers of README.md instead of printing.")
-@click.option("--readme", type=click.Path(dir_okay=False), default=None,
-              help="README to update (default: the checkout's README.md).")
+@click.option(
+    "--markdown",
+    is_flag=True,
+    default=True,
+    help="Print the table as Markdown (the default and only format).",
+)
+@click.option(
+    "--update-readme",
+    is_flag=True,
+    help="Rewrite the table between the markers of README.md instead of printing.",
+)
+@click.option(
+    "--readme",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="README to update (default: the checkout's README.md).",
+)
 def settings(markdown: bool, update_readme: bool, readme: str | None) -> None:
     """Every ATLAS_* setting with its default and meaning (from AtlasSettings)."""
     from pathlib import Path
@@ -291,8 +322,13 @@ def flower(ctx: click.Context, port: int) -> None:
 
 @cli.command()
 @click.argument("framework", type=click.Choice(["django", "flask"]))
-@click.option("--path", "path", default=".", show_default=True,
-              help="the project directory (Django: where manage.py is; Flask: app.py)")
+@click.option(
+    "--path",
+    "path",
+    default=".",
+    show_default=True,
+    help="the project directory (Django: where manage.py is; Flask: app.py)",
+)
 @click.option("--dry-run", is_flag=True, help="print what would change, write nothing")
 def init(framework: str, path: str, dry_run: bool) -> None:
     """Add atlas_tasks to a Django or Flask project (idempotent)."""
@@ -313,12 +349,16 @@ def init(framework: str, path: str, dry_run: bool) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8720, show_default=True, type=int)
-@click.option("--insecure-localhost", is_flag=True,
-              help="Serve without ATLAS_DASHBOARD_TOKEN, on 127.0.0.1 only.")
+@click.option(
+    "--insecure-localhost",
+    is_flag=True,
+    help="Serve without ATLAS_DASHBOARD_TOKEN, on 127.0.0.1 only.",
+)
 def dashboard(host: str, port: int, insecure_localhost: bool) -> None:
     """Serve the ops page: live sessions, Touch/Stop/Terminate, orphans, reaper health."""
-    serve = _import_optional("atlas_tasks.dashboard.app", "serve", "the ops page",
-                             extra="dashboard")
+    serve = _import_optional(
+        "atlas_tasks.dashboard.app", "serve", "the ops page", extra="dashboard"
+    )
     try:
         serve(host=host, port=port, insecure_localhost=insecure_localhost)
     except AtlasError as exc:

@@ -22,6 +22,21 @@ from atlas_tasks.sessions.client import (
     wait,
 )
 
-__all__ = ["NotTracked", "Session", "SessionInfo", "ainfo", "alist_sessions", "aspawn",
-           "astop_tracked", "atouch", "await_running", "info", "list_ids", "list_sessions",
-           "spawn", "stop_tracked", "touch", "wait"]
+__all__ = [
+    "NotTracked",
+    "Session",
+    "SessionInfo",
+    "ainfo",
+    "alist_sessions",
+    "aspawn",
+    "astop_tracked",
+    "atouch",
+    "await_running",
+    "info",
+    "list_ids",
+    "list_sessions",
+    "spawn",
+    "stop_tracked",
+    "touch",
+    "wait",
+]

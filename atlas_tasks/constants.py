@@ -40,8 +40,9 @@ DEFAULT_NAMESPACE = "atlas"
 #: another's (``atlas-`` would otherwise match the pods of a namespace ``atlas-b``).
 NAMESPACE_REGEX = r"^[a-z][a-z0-9_]{0,31}$"
 #: The rule, as validation errors state it.
-NAMESPACE_RULE = ("must be 1-32 lower-case letters, digits or '_', starting with a letter "
-                  "(e.g. 'staging')")
+NAMESPACE_RULE = (
+    "must be 1-32 lower-case letters, digits or '_', starting with a letter (e.g. 'staging')"
+)
 
 # --------------------------------------------------------------------------- sessions
 

@@ -88,8 +88,9 @@ class Timeline:
             detail += f"  error: {data['error'].get('message')}"
         t = time.monotonic() - self.start
         style = STYLE.get(event["type"], "white")
-        console.print(f"  [dim]t+{t:5.1f}s[/]  [bold]{who:<8}[/] [{style}]{event['type']:<11}[/]"
-                      f" {detail}")
+        console.print(
+            f"  [dim]t+{t:5.1f}s[/]  [bold]{who:<8}[/] [{style}]{event['type']:<11}[/] {detail}"
+        )
 
     def close(self) -> None:
         """Stop following events and join the thread."""
@@ -104,45 +105,66 @@ def run() -> int:
     from atlas_tasks import orchestrator
 
     console.rule("[bold]atlas_tasks demo: transient per-user GPU sessions")
-    console.print("Starting a private Redis, the fake cloud (RunPod wire format), a Celery "
-                  "worker and beat ...")
+    console.print(
+        "Starting a private Redis, the fake cloud (RunPod wire format), a Celery "
+        "worker and beat ..."
+    )
     cluster = LocalCluster(
         redis_url=os.environ.get("ATLAS_REDIS_URL") or None,
-        reap_interval_ms=1000, orphan_grace_ms=2000, orphan_scan_interval_ms=1000,
+        reap_interval_ms=1000,
+        orphan_grace_ms=2000,
+        orphan_scan_interval_ms=1000,
     )
     ok = False
     timeline: Timeline | None = None
     try:
         cluster.start()
-        console.print(f"  redis  {cluster.redis_url}\n  cloud  {cluster.cloud.url}\n"
-                      f"  worker pid {cluster.workers[0].pid}, beat pid "
-                      f"{cluster.beat.pid if cluster.beat else '-'}\n")
+        console.print(
+            f"  redis  {cluster.redis_url}\n  cloud  {cluster.cloud.url}\n"
+            f"  worker pid {cluster.workers[0].pid}, beat pid "
+            f"{cluster.beat.pid if cluster.beat else '-'}\n"
+        )
         names: dict[str, str] = {}
         timeline = Timeline(cluster.redis_url, names)
 
         console.rule("1. three users open sessions")
         sessions = {}
         for user, (ttl, _) in USERS.items():
-            s = orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE,
-                                   ports=[(8000, "http")], auth="bearer", user_id=user,
-                                   idle_ttl_ms=ttl)
+            s = orchestrator.spawn(
+                provider="runpod",
+                gpu="h100",
+                image=IMAGE,
+                ports=[(8000, "http")],
+                auth="bearer",
+                user_id=user,
+                idle_ttl_ms=ttl,
+            )
             names[s.id] = user
             sessions[user] = s
-            console.print(f"  spawn enqueued for [bold]{user}[/]: session {s.id}, idle TTL "
-                          f"{ttl / 1000:g}s, token {s.token[:6] if s.token else ''}… "
-                          "(handed to the browser once, never stored)")
+            console.print(
+                f"  spawn enqueued for [bold]{user}[/]: session {s.id}, idle TTL "
+                f"{ttl / 1000:g}s, token {s.token[:6] if s.token else ''}… "
+                "(handed to the browser once, never stored)"
+            )
         for user, s in sessions.items():
             compute = s.wait(timeout=60)
-            console.print(f"  [green]{user} running[/] on pod {compute.id} at "
-                          f"{compute.ports[0].url}")
+            console.print(
+                f"  [green]{user} running[/] on pod {compute.id} at {compute.ports[0].url}"
+            )
 
         console.rule("2. pods created behind the orchestrator's back")
         headers = {"Authorization": f"Bearer {cluster.cloud.api_key}"}
         body = {"image": IMAGE, "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 1}}
-        rogue = httpx.post(f"{cluster.cloud.runpod_rest_url}/v2/pods", headers=headers,
-                           json={**body, "name": "atlas-rogue0001"}).json()
-        foreign = httpx.post(f"{cluster.cloud.runpod_rest_url}/v2/pods", headers=headers,
-                             json={**body, "name": "team-b-training-run"}).json()
+        rogue = httpx.post(
+            f"{cluster.cloud.runpod_rest_url}/v2/pods",
+            headers=headers,
+            json={**body, "name": "atlas-rogue0001"},
+        ).json()
+        foreign = httpx.post(
+            f"{cluster.cloud.runpod_rest_url}/v2/pods",
+            headers=headers,
+            json={**body, "name": "team-b-training-run"},
+        ).json()
         names[rogue["id"]] = "rogue-pod"
         names["rogue0001"] = "rogue-pod"
         console.print(f"  orphan   {rogue['id']} named atlas-rogue0001 (prefix, untracked)")
@@ -156,22 +178,28 @@ def run() -> int:
                 orchestrator.touch(sessions["alice"].id)
                 live = {p["id"] for p in cluster.cloud.live_pods()}
                 done = [orchestrator.info(i).status == SessionStatus.TERMINATED for i in idle]
-                status.update(f"alice touching · idle terminated {sum(done)}/2 · orphan "
-                              f"{'reaped' if rogue['id'] not in live else 'alive'} · "
-                              f"{len(live)} pods live at the cloud")
+                status.update(
+                    f"alice touching · idle terminated {sum(done)}/2 · orphan "
+                    f"{'reaped' if rogue['id'] not in live else 'alive'} · "
+                    f"{len(live)} pods live at the cloud"
+                )
                 if all(done) and rogue["id"] not in live:
                     break
                 time.sleep(0.5)
         alice = orchestrator.info(sessions["alice"].id)
-        console.print(f"  alice is still [green]{alice.status}[/] after "
-                      f"{(time.monotonic() - timeline.start):.1f}s, beyond her "
-                      f"{USERS['alice'][0] / 1000:g}s TTL, because she kept touching\n")
+        console.print(
+            f"  alice is still [green]{alice.status}[/] after "
+            f"{(time.monotonic() - timeline.start):.1f}s, beyond her "
+            f"{USERS['alice'][0] / 1000:g}s TTL, because she kept touching\n"
+        )
 
         console.rule("4. alice leaves: stop_tracked")
         orchestrator.stop_tracked(sessions["alice"].id)
         end = time.monotonic() + 20
-        while time.monotonic() < end and orchestrator.info(sessions["alice"].id).status != \
-                SessionStatus.TERMINATED:
+        while (
+            time.monotonic() < end
+            and orchestrator.info(sessions["alice"].id).status != SessionStatus.TERMINATED
+        ):
             time.sleep(0.2)
         time.sleep(0.5)
         ok = _report(cluster, foreign["id"], sessions)
@@ -198,10 +226,13 @@ def _report(cluster: Any, foreign_id: str, sessions: dict[str, Any]) -> bool:
         table.add_row(pod["id"], pod.get("name", ""), pod.get("status", ""))
     console.print(table)
     totals = state["totals"]
-    console.print(f"  creates {totals.get('creates', 0)}, deletes {totals.get('deletes', 0)}, "
-                  f"tracked sessions left {len(orchestrator.list_ids())}")
+    console.print(
+        f"  creates {totals.get('creates', 0)}, deletes {totals.get('deletes', 0)}, "
+        f"tracked sessions left {len(orchestrator.list_ids())}"
+    )
     live = [p["id"] for p in state["pods"]]
     expected = live == [foreign_id]
-    all_ended = all(orchestrator.info(s.id).status == SessionStatus.TERMINATED
-                    for s in sessions.values())
+    all_ended = all(
+        orchestrator.info(s.id).status == SessionStatus.TERMINATED for s in sessions.values()
+    )
     return expected and all_ended and not orchestrator.list_ids()

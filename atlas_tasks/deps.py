@@ -24,20 +24,26 @@ if TYPE_CHECKING:
 class ProviderFactory(Protocol):
     """Builds (or reuses) the provider client for a provider name and per-call key."""
 
-    def __call__(self, name: str, *, api_key: str | None = None,
-                 base_url: str | None = None) -> Provider: ...
+    def __call__(
+        self, name: str, *, api_key: str | None = None, base_url: str | None = None
+    ) -> Provider: ...
 
 
 class EventPublisher(Protocol):
     """Records and broadcasts one event; returns its stream id or ``None`` (best effort)."""
 
-    def __call__(self, topic_id: str, type: str, data: dict[str, Any] | None = None, *,
-                 topic: str = "compute") -> str | None: ...
+    def __call__(
+        self,
+        topic_id: str,
+        type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        topic: str = "compute",
+    ) -> str | None: ...
 
 
 def _default_providers(settings: AtlasSettings) -> ProviderFactory:
-    def build(name: str, *, api_key: str | None = None,
-              base_url: str | None = None) -> Provider:
+    def build(name: str, *, api_key: str | None = None, base_url: str | None = None) -> Provider:
         from atlas_tasks.providers import get_provider
 
         return get_provider(name, api_key=api_key, base_url=base_url, settings=settings)
@@ -46,12 +52,12 @@ def _default_providers(settings: AtlasSettings) -> ProviderFactory:
 
 
 def _default_publisher(client: Redis, namespace: str) -> EventPublisher:
-    def publish(topic_id: str, type: str, data: dict[str, Any] | None = None, *,
-                topic: str = "compute") -> str | None:
+    def publish(
+        topic_id: str, type: str, data: dict[str, Any] | None = None, *, topic: str = "compute"
+    ) -> str | None:
         from atlas_tasks import events
 
-        return events.publish(topic_id, type, data, topic=topic, client=client,
-                              namespace=namespace)
+        return events.publish(topic_id, type, data, topic=topic, client=client, namespace=namespace)
 
     return publish
 
@@ -87,19 +93,32 @@ class Dependencies:
 
         settings = settings or get_settings()
         client = get_redis(settings.redis_url)
-        return cls(redis=client, settings=settings, providers=_default_providers(settings),
-                   publish=_default_publisher(client, settings.namespace))
+        return cls(
+            redis=client,
+            settings=settings,
+            providers=_default_providers(settings),
+            publish=_default_publisher(client, settings.namespace),
+        )
 
     @classmethod
-    def from_client(cls, client: Redis, *, settings: AtlasSettings | None = None,
-                  providers: ProviderFactory | None = None,
-                  publish: EventPublisher | None = None, **overrides: Any) -> Dependencies:
+    def from_client(
+        cls,
+        client: Redis,
+        *,
+        settings: AtlasSettings | None = None,
+        providers: ProviderFactory | None = None,
+        publish: EventPublisher | None = None,
+        **overrides: Any,
+    ) -> Dependencies:
         """Dependencies around an explicit Redis client, for unit tests and embedding:
         the provider factory and publisher default to the real ones bound to ``client``."""
         from atlas_tasks.config import get_settings
 
         settings = settings or get_settings()
-        deps = cls(redis=client, settings=settings,
-                   providers=providers or _default_providers(settings),
-                   publish=publish or _default_publisher(client, settings.namespace))
+        deps = cls(
+            redis=client,
+            settings=settings,
+            providers=providers or _default_providers(settings),
+            publish=publish or _default_publisher(client, settings.namespace),
+        )
         return replace(deps, **overrides) if overrides else deps

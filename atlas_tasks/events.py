@@ -102,12 +102,12 @@ def publish(
 
 def encode(topic_id: str, type: str, data: dict[str, Any] | None = None) -> str:
     """The wire form of an event (what :data:`EMIT_LUA` ``emit`` publishes)."""
-    return Event(session_id=topic_id, type=type, data=data or {}).model_dump_json(
-        exclude={"id"})
+    return Event(session_id=topic_id, type=type, data=data or {}).model_dump_json(exclude={"id"})
 
 
-def topic_keys(topic_id: str, topic: str = "compute", *,
-               namespace: str | None = None) -> tuple[str, str]:
+def topic_keys(
+    topic_id: str, topic: str = "compute", *, namespace: str | None = None
+) -> tuple[str, str]:
     """``(pub/sub channel, replay stream)`` of a topic id in ``namespace`` (default:
     ``ATLAS_NAMESPACE``)."""
     return _keys(topic, topic_id, namespace)
@@ -144,8 +144,14 @@ def _replay_start(after: str | None) -> str:
 
 
 @wrap_redis_errors("events.history")
-def history(topic_id: str, *, topic: str = "compute", client: redis.Redis | None = None,
-            after: str | None = None, namespace: str | None = None) -> list[Event]:
+def history(
+    topic_id: str,
+    *,
+    topic: str = "compute",
+    client: redis.Redis | None = None,
+    after: str | None = None,
+    namespace: str | None = None,
+) -> list[Event]:
     """Events recorded for ``topic_id`` (oldest first), optionally after a stream id, in
     ``namespace`` (default ``ATLAS_NAMESPACE``)."""
     _, stream = _keys(topic, topic_id, namespace)
@@ -223,8 +229,9 @@ async def asubscribe(
     async def candidates() -> AsyncGenerator[Event | None, None]:
         # As in subscribe: the replay, then live messages until the idle timeout.
         if replay or after:
-            entries = cast(list[tuple[str, dict[str, str]]],
-                           await r.xrange(stream, _replay_start(after), "+"))
+            entries = cast(
+                list[tuple[str, dict[str, str]]], await r.xrange(stream, _replay_start(after), "+")
+            )
             for entry_id, fields in entries:
                 yield _parse_entry(entry_id, fields)
         while not cursor.timed_out():
@@ -248,8 +255,7 @@ class _Cursor:
     """What both subscribe flavours track: the last stream id delivered (so a live copy of
     a replayed event is dropped), the idle timeout, and the ``until`` stop condition."""
 
-    def __init__(self, after: str | None, timeout: float | None,
-                 until: tuple[str, ...]) -> None:
+    def __init__(self, after: str | None, timeout: float | None, until: tuple[str, ...]) -> None:
         self.last = _stream_id(after) if after else (0, 0)
         self.timeout = timeout
         self.until = until
@@ -264,8 +270,9 @@ class _Cursor:
                 return False  # already replayed
             self.last = position
         self.idle_since = time.monotonic()
-        self.done = bool(self.until) and (event.type in self.until
-                                          or event.data.get("status") in self.until)
+        self.done = bool(self.until) and (
+            event.type in self.until or event.data.get("status") in self.until
+        )
         return True
 
     def wait_s(self) -> float:
@@ -279,5 +286,14 @@ class _Cursor:
         return self.timeout is not None and time.monotonic() - self.idle_since >= self.timeout
 
 
-__all__ = ["COMPUTE_EVENT_TYPES", "EMIT_LUA", "Event", "asubscribe", "encode", "history",
-           "publish", "subscribe", "topic_keys"]
+__all__ = [
+    "COMPUTE_EVENT_TYPES",
+    "EMIT_LUA",
+    "Event",
+    "asubscribe",
+    "encode",
+    "history",
+    "publish",
+    "subscribe",
+    "topic_keys",
+]

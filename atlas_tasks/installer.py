@@ -23,7 +23,7 @@ MARKER = "atlas_tasks (added by atlas-tasks init)"
 
 DJANGO_APP = "atlas_tasks.contrib.django"
 
-DJANGO_SETTINGS_BLOCK = f'''
+DJANGO_SETTINGS_BLOCK = f"""
 
 # --- {MARKER} ---
 import os as _atlas_os  # noqa: E402
@@ -44,9 +44,9 @@ ATLAS = {{
         }},
     }},
 }}
-'''
+"""
 
-FLASK_BLOCK = f'''
+FLASK_BLOCK = f"""
 # --- {MARKER} ---
 app.config.setdefault("ATLAS_REDIS_URL",
                       os.environ.get("ATLAS_REDIS_URL", "redis://localhost:6379/0"))
@@ -60,13 +60,15 @@ app.config.setdefault("ATLAS_SESSION_PRESETS", {{
 # the extension below reads the ATLAS_* keys once.
 AtlasTasks(app)
 # --- end {MARKER} ---
-'''
+"""
 
 
 def compose_file(worker: list[str], beat: list[str]) -> str:
     """A ``docker-compose.yml`` with Redis (AOF, expiry events), worker, beat and Flower."""
+
     def cmd(args: list[str]) -> str:
         return "[" + ", ".join(f'"{a}"' for a in args) + "]"
+
     return f"""# {MARKER}
 # Redis for atlas_tasks plus its worker, beat and Flower, built from this project's image.
 x-atlas-env: &atlas-env
@@ -135,12 +137,15 @@ def _read(path: Path) -> str:
 def _django_files(root: Path) -> tuple[Path, Path]:
     """``(settings.py, root urls.py)`` of the project at ``root``."""
     if not (root / "manage.py").is_file():
-        raise ValidationError(f"path: no manage.py in {root} (pass --path to the Django "
-                              "project's directory)", field="path")
+        raise ValidationError(
+            f"path: no manage.py in {root} (pass --path to the Django project's directory)",
+            field="path",
+        )
     candidates = sorted(root.glob("*/settings.py"))
     if len(candidates) != 1:
-        raise ValidationError(f"path: expected one */settings.py under {root}, found "
-                              f"{len(candidates)}", field="path")
+        raise ValidationError(
+            f"path: expected one */settings.py under {root}, found {len(candidates)}", field="path"
+        )
     settings = candidates[0]
     match = re.search(r"^ROOT_URLCONF\s*=\s*['\"]([\w.]+)['\"]", _read(settings), re.M)
     if not match:
@@ -158,33 +163,44 @@ def plan_django(root: Path) -> list[Change]:
     text = _read(settings)
     new = text
     if f'"{DJANGO_APP}"' not in new and f"'{DJANGO_APP}'" not in new:
-        new, count = re.subn(r"(INSTALLED_APPS\s*=\s*\[\s*\n)", rf'\1    "{DJANGO_APP}",\n',
-                             new, count=1)
+        new, count = re.subn(
+            r"(INSTALLED_APPS\s*=\s*\[\s*\n)", rf'\1    "{DJANGO_APP}",\n', new, count=1
+        )
         if not count:
-            raise ValidationError(f"path: no INSTALLED_APPS = [ list in {settings}",
-                                  field="path")
+            raise ValidationError(f"path: no INSTALLED_APPS = [ list in {settings}", field="path")
     if MARKER not in new:
         new = new.rstrip("\n") + "\n" + DJANGO_SETTINGS_BLOCK
     if new != text:
-        changes.append(Change(settings, f"added {DJANGO_APP} to INSTALLED_APPS and the ATLAS "
-                              "settings block", new))
+        changes.append(
+            Change(
+                settings, f"added {DJANGO_APP} to INSTALLED_APPS and the ATLAS settings block", new
+            )
+        )
     text = _read(urls)
     if f"{DJANGO_APP}.urls" not in text:
         new = text
         if not re.search(r"^from django\.urls import .*\binclude\b", new, re.M):
-            new, count = re.subn(r"^from django\.urls import (.*)$",
-                                 r"from django.urls import include, \1", new, count=1,
-                                 flags=re.M)
+            new, count = re.subn(
+                r"^from django\.urls import (.*)$",
+                r"from django.urls import include, \1",
+                new,
+                count=1,
+                flags=re.M,
+            )
             if not count:
                 new = "from django.urls import include, path\n" + new
-        new, count = re.subn(r"(urlpatterns\s*=\s*\[\s*\n)",
-                             rf'\1    path("atlas/", include("{DJANGO_APP}.urls")),\n',
-                             new, count=1)
+        new, count = re.subn(
+            r"(urlpatterns\s*=\s*\[\s*\n)",
+            rf'\1    path("atlas/", include("{DJANGO_APP}.urls")),\n',
+            new,
+            count=1,
+        )
         if not count:
             new += f'\nurlpatterns += [path("atlas/", include("{DJANGO_APP}.urls"))]\n'
         changes.append(Change(urls, 'added path("atlas/", include(...)) to urlpatterns', new))
-    changes += _compose(root, ["python", "manage.py", "atlas", "worker"],
-                        ["python", "manage.py", "atlas", "beat"])
+    changes += _compose(
+        root, ["python", "manage.py", "atlas", "worker"], ["python", "manage.py", "atlas", "beat"]
+    )
     return changes
 
 
@@ -198,7 +214,7 @@ def plan_flask(root: Path, app_file: str = "app.py") -> list[Change]:
         if not match or match.group(1) != "app":
             raise ValidationError(f"path: no `app = Flask(...)` line in {path}", field="path")
         block = FLASK_BLOCK
-        new = text[:match.end()] + "\n" + block + text[match.end():]
+        new = text[: match.end()] + "\n" + block + text[match.end() :]
         imports = ""
         if not re.search(r"^import os$", new, re.M):
             imports += "import os\n"
@@ -215,8 +231,13 @@ def _compose(root: Path, worker: list[str], beat: list[str]) -> list[Change]:
     path = root / "docker-compose.yml"
     if path.exists():
         return []  # never overwrite the project's own compose file
-    return [Change(path, "wrote docker-compose.yml (redis, worker, beat, flower)",
-                   compose_file(worker, beat))]
+    return [
+        Change(
+            path,
+            "wrote docker-compose.yml (redis, worker, beat, flower)",
+            compose_file(worker, beat),
+        )
+    ]
 
 
 def run(framework: str, root: Path, *, dry_run: bool = False) -> list[Change]:
@@ -230,8 +251,7 @@ def run(framework: str, root: Path, *, dry_run: bool = False) -> list[Change]:
     elif framework == "flask":
         changes = plan_flask(root)
     else:
-        raise ValidationError(f"framework: {framework!r} is not django or flask",
-                              field="framework")
+        raise ValidationError(f"framework: {framework!r} is not django or flask", field="framework")
     if not dry_run:
         for change in changes:
             change.path.write_text(change.new_text)

@@ -70,8 +70,9 @@ class Lease:
 
     __slots__ = ("client", "key", "ttl_ms", "owner", "_held")
 
-    def __init__(self, client: redis.Redis, key: str, ttl_ms: int, *,
-                 owner: str | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, key: str, ttl_ms: int, *, owner: str | None = None
+    ) -> None:
         if ttl_ms <= 0:
             raise ValueError("ttl_ms must be positive")
         self.client = client
@@ -118,8 +119,12 @@ class Lease:
     def __enter__(self) -> bool:
         return self.acquire()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._held:
             try:
                 self.release()
@@ -141,8 +146,9 @@ class LeaseKeeper:
         self.every_s = every_ms / 1000
         self.lost = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"atlas-lease-{lease.key}")
+        self._thread = threading.Thread(
+            target=self._run, daemon=True, name=f"atlas-lease-{lease.key}"
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -157,7 +163,11 @@ class LeaseKeeper:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

@@ -99,23 +99,36 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "spawns": ("Spawns finished, by outcome (running or failed).", ("provider", "outcome")),
     "spawn_failures": ("Failed spawns by error kind.", ("provider", "kind")),
     "terminates": ("Sessions whose pod was confirmed terminated.", ("provider", "reason")),
-    "terminate_failures": ("Terminates that exhausted their retries (the reaper retries).",
-                           ("provider",)),
+    "terminate_failures": (
+        "Terminates that exhausted their retries (the reaper retries).",
+        ("provider",),
+    ),
     "terminate_retries": ("Terminate attempts retried (task retries and batch re-sends).", ()),
     "orphans_reaped": ("Untracked prefixed pods terminated by the reaper.", ("provider",)),
     "provider_rate_limited": ("Provider answers with HTTP 429.", ("provider", "api")),
-    "cost_drift_sessions": ("Sessions whose accrued cost differed from their pod's bill by "
-                            "more than 1 % at a billing reconciliation.", ("provider",)),
+    "cost_drift_sessions": (
+        "Sessions whose accrued cost differed from their pod's bill by "
+        "more than 1 % at a billing reconciliation.",
+        ("provider",),
+    ),
 }
 #: Histograms: name -> (help, label names, bounds in seconds).
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
-    "spawn_latency_seconds": ("Time from spawn() to the pod running.", ("provider",),
-                              SPAWN_LATENCY_BUCKETS),
-    "idle_reap_lag_seconds": ("Time from an idle session's claim to its pod confirmed "
-                              "terminated.", ("provider",), IDLE_LAG_BUCKETS),
-    "provider_request_duration_seconds": ("Provider HTTP attempts (status 'error' = no "
-                                          "answer).", ("provider", "api", "status"),
-                                          REQUEST_BUCKETS),
+    "spawn_latency_seconds": (
+        "Time from spawn() to the pod running.",
+        ("provider",),
+        SPAWN_LATENCY_BUCKETS,
+    ),
+    "idle_reap_lag_seconds": (
+        "Time from an idle session's claim to its pod confirmed terminated.",
+        ("provider",),
+        IDLE_LAG_BUCKETS,
+    ),
+    "provider_request_duration_seconds": (
+        "Provider HTTP attempts (status 'error' = no answer).",
+        ("provider", "api", "status"),
+        REQUEST_BUCKETS,
+    ),
 }
 #: Running total of USD accrued by ended sessions (a float counter, ``HINCRBYFLOAT``).
 ACCRUED_KEY = PREFIX + "c:accrued_usd"
@@ -233,10 +246,20 @@ def observe_sessions(session_ids: Iterable[str], client: redis.Redis | None = No
     r = client or get_redis()
     if _observe_script is None:
         _observe_script = r.register_script(_OBSERVE)
-    return int(_observe_script(keys=[], args=[_key(C.SESSION_KEY).format(id=""), _key(PREFIX),
-                                              _ms_bounds(SPAWN_LATENCY_BUCKETS),
-                                              _ms_bounds(IDLE_LAG_BUCKETS),
-                                              _key(C.METER_INDEX_KEY), *ids], client=r))
+    return int(
+        _observe_script(
+            keys=[],
+            args=[
+                _key(C.SESSION_KEY).format(id=""),
+                _key(PREFIX),
+                _ms_bounds(SPAWN_LATENCY_BUCKETS),
+                _ms_bounds(IDLE_LAG_BUCKETS),
+                _key(C.METER_INDEX_KEY),
+                *ids,
+            ],
+            client=r,
+        )
+    )
 
 
 def incr(name: str, *labels: str, amount: int = 1, client: redis.Redis | None = None) -> None:
@@ -259,8 +282,9 @@ def record_request(info: RequestInfo, client: redis.Redis | None = None) -> None
             pipe.hincrby(key, f"{labels}{SEP}count", 1)
             pipe.hincrby(key, f"{labels}{SEP}sum_us", int(info.duration_s * 1_000_000))
             if info.status == 429:
-                pipe.hincrby(_key(PREFIX) + "c:provider_rate_limited",
-                             _field(info.provider, info.api), 1)
+                pipe.hincrby(
+                    _key(PREFIX) + "c:provider_rate_limited", _field(info.provider, info.api), 1
+                )
             pipe.execute()
     except redis.RedisError as exc:
         log.debug("metrics: provider request not recorded: %s", exc)
@@ -271,8 +295,13 @@ _SESSION_TASKS = frozenset({C.TASK_SPAWN, C.TASK_TERMINATE, C.TASK_TERMINATE_BAT
 _ORPHAN_TASK = C.TASK_TERMINATE_ORPHAN
 
 
-def on_task_postrun(sender: Any = None, args: Sequence[Any] | None = None,
-                    retval: Any = None, state: str | None = None, **_: Any) -> None:
+def on_task_postrun(
+    sender: Any = None,
+    args: Sequence[Any] | None = None,
+    retval: Any = None,
+    state: str | None = None,
+    **_: Any,
+) -> None:
     """Celery ``task_postrun`` handler (worker side): records what a compute task did."""
     name = getattr(sender, "name", "")
     if not enabled() or not args or (name not in _SESSION_TASKS and name != _ORPHAN_TASK):
@@ -292,8 +321,11 @@ def on_task_postrun(sender: Any = None, args: Sequence[Any] | None = None,
             retrying = int((retval.get("outcomes") or {}).get("retrying") or 0)
             if retrying:
                 incr("terminate_retries", amount=retrying)
-        if (name == C.TASK_TERMINATE and isinstance(retval, dict)
-                and retval.get("outcome") == "terminate_failed"):
+        if (
+            name == C.TASK_TERMINATE
+            and isinstance(retval, dict)
+            and retval.get("outcome") == "terminate_failed"
+        ):
             (record,) = store_for(get_redis()).get_fields([str(args[0])], "provider")
             incr("terminate_failures", (record.provider if record else "") or "unknown")
     except redis.RedisError as exc:  # metrics never fail or retry the work they watch
@@ -315,8 +347,9 @@ def install_hooks() -> None:
     from atlas_tasks.providers.registry import add_default_hook
 
     add_default_hook(record_request)
-    signals.task_postrun.connect(on_task_postrun, weak=False,
-                                 dispatch_uid="atlas_tasks.metrics.postrun")
+    signals.task_postrun.connect(
+        on_task_postrun, weak=False, dispatch_uid="atlas_tasks.metrics.postrun"
+    )
 
 
 # --------------------------------------------------------------------------- scraping
@@ -366,20 +399,21 @@ class AtlasCollector(Collector):
                 pipe.hgetall(_key(PREFIX) + "c:" + name)
             for name in HISTOGRAMS:
                 pipe.hgetall(_key(PREFIX) + "h:" + name)
-            (secs, micros), tracked, last_sweep, stats, accrued, drift, *hashes = \
-                pipe.execute()
+            (secs, micros), tracked, last_sweep, stats, accrued, drift, *hashes = pipe.execute()
         now_ms = int(secs) * 1000 + int(micros) // 1000
         out: list[Metric] = []
-        counter_hashes = hashes[:len(COUNTERS)]
-        histogram_hashes = hashes[len(COUNTERS):]
-        for (name, (doc, label_names)), values in zip(COUNTERS.items(), counter_hashes,
-                                                      strict=True):
+        counter_hashes = hashes[: len(COUNTERS)]
+        histogram_hashes = hashes[len(COUNTERS) :]
+        for (name, (doc, label_names)), values in zip(
+            COUNTERS.items(), counter_hashes, strict=True
+        ):
             family = CounterMetricFamily(f"atlas_{name}", doc, labels=list(label_names))
             for field, value in sorted(values.items()):
                 family.add_metric(_labels(field, len(label_names)), float(value))
             out.append(family)
-        for (name, (doc, label_names, bounds)), values in zip(HISTOGRAMS.items(),
-                                                              histogram_hashes, strict=True):
+        for (name, (doc, label_names, bounds)), values in zip(
+            HISTOGRAMS.items(), histogram_hashes, strict=True
+        ):
             out.append(_histogram(name, doc, label_names, bounds, values))
         out.extend(self._sessions(r, sorted(tracked), now_ms, accrued))
         out.extend(_reaper(last_sweep, stats, now_ms))
@@ -387,8 +421,9 @@ class AtlasCollector(Collector):
         out.append(_jobs(r))
         return out
 
-    def _sessions(self, r: redis.Redis, ids: list[str], now_ms: int,
-                  accrued: dict[str, str]) -> list[Metric]:
+    def _sessions(
+        self, r: redis.Redis, ids: list[str], now_ms: int, accrued: dict[str, str]
+    ) -> list[Metric]:
         counts: dict[tuple[str, str], int] = {}
         usd: dict[str, float] = {p: float(v) for p, v in accrued.items()}
         rows = store_for(r).get_fields(ids, "provider", "status", "running_at_ms", "compute")
@@ -402,13 +437,19 @@ class AtlasCollector(Collector):
                 if cost:
                     hours = max(0, now_ms - record.running_at_ms) / 3_600_000
                     usd[record.provider] = usd.get(record.provider, 0.0) + cost * hours
-        gauge = GaugeMetricFamily("atlas_sessions", "Tracked sessions by provider and status.",
-                                  labels=["provider", "status"])
+        gauge = GaugeMetricFamily(
+            "atlas_sessions",
+            "Tracked sessions by provider and status.",
+            labels=["provider", "status"],
+        )
         for (provider, status), n in sorted(counts.items()):
             gauge.add_metric([provider, status], n)
         cost_family = CounterMetricFamily(
-            "atlas_accrued_usd", "USD accrued by sessions: cost_per_hour × running time "
-            "(ended sessions plus the running ones so far).", labels=["provider"])
+            "atlas_accrued_usd",
+            "USD accrued by sessions: cost_per_hour × running time "
+            "(ended sessions plus the running ones so far).",
+            labels=["provider"],
+        )
         for provider, value in sorted(usd.items()):
             cost_family.add_metric([provider], value)
         return [gauge, cost_family]
@@ -423,8 +464,13 @@ def _cost_per_hour(compute: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def _histogram(name: str, doc: str, label_names: tuple[str, ...], bounds: tuple[float, ...],
-               values: dict[str, str]) -> HistogramMetricFamily:
+def _histogram(
+    name: str,
+    doc: str,
+    label_names: tuple[str, ...],
+    bounds: tuple[float, ...],
+    values: dict[str, str],
+) -> HistogramMetricFamily:
     series: dict[str, dict[str, int]] = {}
     for field, value in values.items():
         labels, _, part = field.rpartition(SEP)
@@ -437,14 +483,17 @@ def _histogram(name: str, doc: str, label_names: tuple[str, ...], bounds: tuple[
             buckets.append((repr(bound), float(cumulative)))
         cumulative += parts.get(f"b{len(bounds) + 1}", 0)
         buckets.append(("+Inf", float(cumulative)))
-        family.add_metric(_labels(labels, len(label_names)), buckets,
-                          sum_value=parts.get("sum_us", 0) / 1_000_000)
+        family.add_metric(
+            _labels(labels, len(label_names)), buckets, sum_value=parts.get("sum_us", 0) / 1_000_000
+        )
     return family
 
 
 def _reaper(last_sweep: str | None, stats: dict[str, str], now_ms: int) -> list[Metric]:
-    age = GaugeMetricFamily("atlas_reaper_last_sweep_age_seconds",
-                            "Seconds since the last reaper sweep ran (+Inf: never).")
+    age = GaugeMetricFamily(
+        "atlas_reaper_last_sweep_age_seconds",
+        "Seconds since the last reaper sweep ran (+Inf: never).",
+    )
     at_ms: int | None = None
     if last_sweep:
         try:
@@ -470,18 +519,27 @@ def _cost_drift(drift: dict[str, str]) -> list[Metric]:
     session) summed per provider; per-session figures are the ``cost_drift`` events
     (labels never carry an id)."""
     total = GaugeMetricFamily(
-        "atlas_cost_drift_usd", "Billed minus accrued USD of the running sessions at the "
-        "last billing reconciliation, summed.", labels=["provider"])
+        "atlas_cost_drift_usd",
+        "Billed minus accrued USD of the running sessions at the "
+        "last billing reconciliation, summed.",
+        labels=["provider"],
+    )
     worst = GaugeMetricFamily(
-        "atlas_cost_drift_max_ratio", "Largest |billed - accrued| / billed of a running "
-        "session at the last billing reconciliation.", labels=["provider"])
+        "atlas_cost_drift_max_ratio",
+        "Largest |billed - accrued| / billed of a running "
+        "session at the last billing reconciliation.",
+        labels=["provider"],
+    )
     sums: dict[str, float] = {}
     ratios: dict[str, float] = {}
     for raw in drift.values():
         try:
             item = json.loads(raw)
-            provider, usd, ratio = str(item["provider"]), float(item["drift_usd"]), \
-                float(item["ratio"])
+            provider, usd, ratio = (
+                str(item["provider"]),
+                float(item["drift_usd"]),
+                float(item["ratio"]),
+            )
         except (ValueError, KeyError, TypeError):
             continue
         sums[provider] = sums.get(provider, 0.0) + usd
@@ -515,8 +573,11 @@ def _jobs(r: redis.Redis) -> Metric:
             break
     if batch:
         flush()
-    gauge = GaugeMetricFamily("atlas_jobs", "Serverless job records by provider and status.",
-                              labels=["provider", "status"])
+    gauge = GaugeMetricFamily(
+        "atlas_jobs",
+        "Serverless job records by provider and status.",
+        labels=["provider", "status"],
+    )
     for (provider, status), n in sorted(counts.items()):
         gauge.add_metric([provider, status], n)
     return gauge
@@ -555,7 +616,21 @@ def metrics_asgi_app(client: redis.Redis | None = None) -> Callable[..., Any]:
 metrics_app = metrics_asgi_app
 
 
-__all__ = ["AtlasCollector", "COUNTERS", "HISTOGRAMS", "PREFIX", "build_registry", "enabled",
-           "incr", "install_hooks", "label_field", "metrics_app", "metrics_asgi_app",
-           "metrics_wsgi_app", "observe_sessions", "on_task_postrun", "record_request",
-           "render_metrics"]
+__all__ = [
+    "AtlasCollector",
+    "COUNTERS",
+    "HISTOGRAMS",
+    "PREFIX",
+    "build_registry",
+    "enabled",
+    "incr",
+    "install_hooks",
+    "label_field",
+    "metrics_app",
+    "metrics_asgi_app",
+    "metrics_wsgi_app",
+    "observe_sessions",
+    "on_task_postrun",
+    "record_request",
+    "render_metrics",
+]

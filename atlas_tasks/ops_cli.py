@@ -110,8 +110,9 @@ def _all_sessions() -> list[dict[str, Any]]:
 @click.option("--status", default=None, help="spawning, running, terminating...")
 @click.option("--provider", default=None, help="Only this provider.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def sessions_list(user: str | None, status: str | None, provider: str | None,
-                  as_json: bool) -> None:
+def sessions_list(
+    user: str | None, status: str | None, provider: str | None, as_json: bool
+) -> None:
     """List tracked sessions, newest first."""
     try:
         rows = _all_sessions()
@@ -130,14 +131,30 @@ def sessions_list(user: str | None, status: str | None, provider: str | None,
         return
     now_ms = int(time.time() * 1000)
     table = Table(title=f"{len(rows)} tracked session(s)")
-    for column in ("id", "provider", "status", "user", "gpu", "compute", "idle ttl",
-                   "last activity", "created"):
+    for column in (
+        "id",
+        "provider",
+        "status",
+        "user",
+        "gpu",
+        "compute",
+        "idle ttl",
+        "last activity",
+        "created",
+    ):
         table.add_column(column, no_wrap=column in ("id", "compute"))
     for s in rows:
-        table.add_row(s["id"], s["provider"], s["status"], json.dumps(s["user_id"]),
-                      s.get("gpu") or "-", s.get("compute_id") or "-",
-                      f"{s['idle_ttl_ms'] / 1000:g}s", _ago(s.get("last_activity_ms"), now_ms),
-                      _ago(s.get("created_at_ms"), now_ms))
+        table.add_row(
+            s["id"],
+            s["provider"],
+            s["status"],
+            json.dumps(s["user_id"]),
+            s.get("gpu") or "-",
+            s.get("compute_id") or "-",
+            f"{s['idle_ttl_ms'] / 1000:g}s",
+            _ago(s.get("last_activity_ms"), now_ms),
+            _ago(s.get("created_at_ms"), now_ms),
+        )
     console().print(table)
 
 
@@ -163,11 +180,18 @@ def sessions_info(session_id: str, as_json: bool) -> None:
         if key in ("created_at_ms", "last_activity_ms") and value:
             shown = f"{value} ({_ago(value, now_ms)})"
         elif key == "ports":
-            shown = ", ".join(f"{p['internal']}/{p['protocol']} {p.get('url') or ''}".strip()
-                              for p in value) or "-"
+            shown = (
+                ", ".join(
+                    f"{p['internal']}/{p['protocol']} {p.get('url') or ''}".strip() for p in value
+                )
+                or "-"
+            )
         else:
-            shown = "-" if value in (None, "", []) else (
-                value if isinstance(value, str) else json.dumps(value))
+            shown = (
+                "-"
+                if value in (None, "", [])
+                else (value if isinstance(value, str) else json.dumps(value))
+            )
         table.add_row(key, str(shown))
     console().print(table)
 
@@ -212,8 +236,7 @@ def _client(url: str) -> redis.Redis:
     from atlas_tasks.redis_conn import client_for_url
 
     # Short timeouts and no retries: the doctor must answer fast when Redis is down.
-    return client_for_url(url, socket_connect_timeout=2, socket_timeout=3,
-                          decode_responses=True)
+    return client_for_url(url, socket_connect_timeout=2, socket_timeout=3, decode_responses=True)
 
 
 def run_checks(queue_timeout: float = 1.0) -> Iterator[Check]:
@@ -230,16 +253,23 @@ def run_checks(queue_timeout: float = 1.0) -> Iterator[Check]:
         yield Check("settings", "fail", f"invalid ATLAS_* settings: {exc.errors()[0]['msg']}")
         return
     if settings.secret_key is None or not settings.secret_key.get_secret_value():
-        yield Check("settings", "fail", "ATLAS_SECRET_KEY is not set (spawn needs it; "
-                    "`atlas-tasks keygen` makes one, the same on every node)")
+        yield Check(
+            "settings",
+            "fail",
+            "ATLAS_SECRET_KEY is not set (spawn needs it; "
+            "`atlas-tasks keygen` makes one, the same on every node)",
+        )
     else:
         from atlas_tasks.sealing import seal
 
         try:
             seal({"doctor": True})
         except Exception as exc:  # a malformed key: never print it
-            yield Check("settings", "fail", f"ATLAS_SECRET_KEY is not a valid Fernet key "
-                        f"({type(exc).__name__})")
+            yield Check(
+                "settings",
+                "fail",
+                f"ATLAS_SECRET_KEY is not a valid Fernet key ({type(exc).__name__})",
+            )
         else:
             yield Check("settings", "ok", "valid; ATLAS_SECRET_KEY set")
 
@@ -255,8 +285,11 @@ def run_checks(queue_timeout: float = 1.0) -> Iterator[Check]:
 
     broker = settings.effective_broker_url
     broker_ok = _check_broker(broker)
-    yield Check("broker", "ok" if broker_ok is None else "fail",
-                redacted_url(broker) + ("" if broker_ok is None else f": {broker_ok}"))
+    yield Check(
+        "broker",
+        "ok" if broker_ok is None else "fail",
+        redacted_url(broker) + ("" if broker_ok is None else f": {broker_ok}"),
+    )
     if broker_ok is None:
         yield from _check_workers(queue_timeout)
     if r is not None:
@@ -270,8 +303,7 @@ def _check_broker(url: str) -> str | None:
 
     try:
         with get_app().connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2,
-                                   timeout=3)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=3)
     except Exception as exc:  # kombu raises many kinds; each means "unreachable"
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -297,8 +329,12 @@ def _check_workers(timeout: float) -> Iterator[Check]:
         elif base in REQUIRED_QUEUES:
             yield Check(f"queue {queue}", "fail", "no worker consumes it (`atlas-tasks worker`)")
         else:
-            yield Check(f"queue {queue}", "warn", "no worker consumes it (needed only for "
-                        f"{'serverless jobs' if base == C.QUEUE_JOBS else 'Fly.io ops'})")
+            yield Check(
+                f"queue {queue}",
+                "warn",
+                "no worker consumes it (needed only for "
+                f"{'serverless jobs' if base == C.QUEUE_JOBS else 'Fly.io ops'})",
+            )
 
 
 def _check_beat(r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
@@ -318,8 +354,12 @@ def _check_beat(r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
     if pttl > 0 or pttl == -1:
         yield Check("beat lock", "ok", f"{lock_key} held")
     else:
-        yield Check("beat lock", "fail", f"{lock_key} is not held: no beat is running "
-                    "(`atlas-tasks beat`); idle sessions are not reaped")
+        yield Check(
+            "beat lock",
+            "fail",
+            f"{lock_key} is not held: no beat is running "
+            "(`atlas-tasks beat`); idle sessions are not reaped",
+        )
     limit_ms = max(STALE_SWEEP_INTERVALS * reap_interval_ms, 5_000)
     now_ms = int(secs) * 1000 + int(micros) // 1000
     at_ms = None
@@ -331,9 +371,13 @@ def _check_beat(r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
     if at_ms is None:
         yield Check("last sweep", "fail", "the reaper never recorded a sweep")
     elif now_ms - at_ms > limit_ms:
-        yield Check("last sweep", "fail", f"{(now_ms - at_ms) / 1000:.0f}s ago (stale past "
-                    f"{limit_ms / 1000:g}s: {STALE_SWEEP_INTERVALS} reap intervals, "
-                    "at least 5s); is beat or the maintenance worker stuck?")
+        yield Check(
+            "last sweep",
+            "fail",
+            f"{(now_ms - at_ms) / 1000:.0f}s ago (stale past "
+            f"{limit_ms / 1000:g}s: {STALE_SWEEP_INTERVALS} reap intervals, "
+            "at least 5s); is beat or the maintenance worker stuck?",
+        )
     else:
         yield Check("last sweep", "ok", f"{(now_ms - at_ms) / 1000:.1f}s ago")
 
@@ -346,15 +390,22 @@ def _check_redis_config(r: redis.Redis) -> Iterator[Check]:
     try:
         flags = str(r.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
     except redis.ResponseError:
-        yield Check("keyspace events", "warn", "CONFIG GET refused (managed Redis?): cannot "
-                    "tell; the sweep still reaps idle sessions")
+        yield Check(
+            "keyspace events",
+            "warn",
+            "CONFIG GET refused (managed Redis?): cannot tell; the sweep still reaps idle sessions",
+        )
     else:
         if "E" in flags and ("x" in flags or "A" in flags):
             yield Check("keyspace events", "ok", f"notify-keyspace-events={flags!r}")
         else:
-            yield Check("keyspace events", "fail", f"notify-keyspace-events={flags!r} lacks "
-                        "'Ex': idle expiry is seen by the sweep only (workers set it at "
-                        "start unless ATLAS_KEYSPACE_EVENTS=false or CONFIG SET is refused)")
+            yield Check(
+                "keyspace events",
+                "fail",
+                f"notify-keyspace-events={flags!r} lacks "
+                "'Ex': idle expiry is seen by the sweep only (workers set it at "
+                "start unless ATLAS_KEYSPACE_EVENTS=false or CONFIG SET is refused)",
+            )
     problem = persistence_problem(r)
     if problem is None:
         yield Check("persistence", "ok", "AOF on (or CONFIG refused: cannot tell)")
@@ -367,11 +418,18 @@ def _check_redis_config(r: redis.Redis) -> Iterator[Check]:
 def _check_providers(settings: Any) -> Iterator[Check]:
     from atlas_tasks.providers.registry import get_provider
 
-    names = list(dict.fromkeys([*([settings.default_provider] if settings.default_provider
-                                  else []), *settings.reap_providers]))
+    names = list(
+        dict.fromkeys(
+            [
+                *([settings.default_provider] if settings.default_provider else []),
+                *settings.reap_providers,
+            ]
+        )
+    )
     if not names:
-        yield Check("providers", "warn", "none configured (ATLAS_DEFAULT_PROVIDER, "
-                    "ATLAS_REAP_PROVIDERS)")
+        yield Check(
+            "providers", "warn", "none configured (ATLAS_DEFAULT_PROVIDER, ATLAS_REAP_PROVIDERS)"
+        )
     for name in names:
         try:
             provider = get_provider(name, cache=False)
@@ -393,8 +451,13 @@ _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--queue-timeout", default=1.0, show_default=True, type=float,
-              help="Seconds to wait for workers to answer.")
+@click.option(
+    "--queue-timeout",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Seconds to wait for workers to answer.",
+)
 def doctor(as_json: bool, queue_timeout: float) -> None:
     """Check a deployment: settings, Redis, broker, workers, beat, Redis config,
     provider keys. Exits 1 when any check fails."""

@@ -143,7 +143,8 @@ def _bad(detail: str) -> ValidationError:
     return ValidationError(
         f"{_FIELD}: {detail}; expected "
         "redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]",
-        field=_FIELD)
+        field=_FIELD,
+    )
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
@@ -226,11 +227,15 @@ def client_for_url(url: str, **kwargs: Any) -> redis.Redis:
     # redis-py's sentinel module is untyped.
     sentinel = cast(Any, Sentinel)(
         list(spec.sentinels),
-        sentinel_kwargs={"socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
-                         "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S},
-        **spec.connection_kwargs())
-    return cast(redis.Redis,
-                sentinel.master_for(spec.master_name, redis_class=redis.Redis, **kwargs))
+        sentinel_kwargs={
+            "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+        },
+        **spec.connection_kwargs(),
+    )
+    return cast(
+        redis.Redis, sentinel.master_for(spec.master_name, redis_class=redis.Redis, **kwargs)
+    )
 
 
 def async_client_for_url(url: str, **kwargs: Any) -> aioredis.Redis:
@@ -243,11 +248,15 @@ def async_client_for_url(url: str, **kwargs: Any) -> aioredis.Redis:
     spec = parse_sentinel_url(url)
     sentinel = cast(Any, AsyncSentinel)(
         list(spec.sentinels),
-        sentinel_kwargs={"socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
-                         "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S},
-        **spec.connection_kwargs())
-    return cast(aioredis.Redis,
-                sentinel.master_for(spec.master_name, redis_class=aioredis.Redis, **kwargs))
+        sentinel_kwargs={
+            "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+        },
+        **spec.connection_kwargs(),
+    )
+    return cast(
+        aioredis.Redis, sentinel.master_for(spec.master_name, redis_class=aioredis.Redis, **kwargs)
+    )
 
 
 @contextmanager
@@ -284,27 +293,34 @@ def wrap_redis_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R
     """Decorator form of :func:`redis_errors` for caller-facing functions (plain, coroutine,
     generator and async generator functions: a generator's Redis errors surface while it is
     iterated, so the wrapper wraps the iteration, not just the call)."""
+
     def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
         if inspect.isasyncgenfunction(func):
+
             @functools.wraps(func)
             async def agen_wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Any:
                 with redis_errors(what, cast(str | None, kwargs.get("redis_url"))):
                     async for item in cast(Any, func)(*args, **kwargs):
                         yield item
+
             return cast(Callable[_P, _R], agen_wrapper)
         if inspect.iscoroutinefunction(func):
+
             @functools.wraps(func)
             async def coro_wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Any:
                 try:
                     return await cast(Any, func)(*args, **kwargs)
                 except redis.RedisError as exc:
                     raise transport_error(what, exc) from exc
+
             return cast(Callable[_P, _R], coro_wrapper)
         if inspect.isgeneratorfunction(func):
+
             @functools.wraps(func)
             def gen_wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Any:
                 with redis_errors(what, cast(str | None, kwargs.get("redis_url"))):
                     return (yield from cast(Any, func)(*args, **kwargs))
+
             return cast(Callable[_P, _R], gen_wrapper)
 
         @functools.wraps(func)
@@ -314,5 +330,7 @@ def wrap_redis_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R
                 return func(*args, **kwargs)
             except redis.RedisError as exc:
                 raise transport_error(what, exc) from exc
+
         return wrapper
+
     return decorate

@@ -97,9 +97,7 @@ def _call(provider: Provider, fn: Callable[[], T]) -> T:
             raw=exc,
         ) from exc
     except Exception as exc:
-        raise UnknownError(
-            f"{type(exc).__name__}: {exc}", provider=provider.name, raw=exc
-        ) from exc
+        raise UnknownError(f"{type(exc).__name__}: {exc}", provider=provider.name, raw=exc) from exc
 
 
 _END = object()
@@ -156,15 +154,28 @@ def _call_with_deadline(provider: Provider, fn: Callable[[], T], timeout_s: floa
 class _ComputeCall(Protocol[T_co]):
     """``fn(id, *, provider=None, api_key=None, base_url=None)``: one call on a compute."""
 
-    def __call__(self, id: str, *, provider: ProviderArg = None, api_key: str | None = None,
-                 base_url: str | None = None) -> T_co: ...
+    def __call__(
+        self,
+        id: str,
+        *,
+        provider: ProviderArg = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+    ) -> T_co: ...
 
 
 class _JobCall(Protocol[T_co]):
     """``fn(id, *, endpoint, provider=None, api_key=None, base_url=None)``: one job call."""
 
-    def __call__(self, id: str, *, endpoint: str, provider: ProviderArg = None,
-                 api_key: str | None = None, base_url: str | None = None) -> T_co: ...
+    def __call__(
+        self,
+        id: str,
+        *,
+        endpoint: str,
+        provider: ProviderArg = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+    ) -> T_co: ...
 
 
 def _named(fn: F, name: str, returns: str, doc: str) -> F:
@@ -180,8 +191,13 @@ def _compute_call(
 ) -> _ComputeCall[T]:
     """The public function ``name``: check the id, then ``op(provider, id)`` guarded."""
 
-    def call(id: str, *, provider: ProviderArg = None, api_key: str | None = None,
-             base_url: str | None = None) -> T:
+    def call(
+        id: str,
+        *,
+        provider: ProviderArg = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+    ) -> T:
         compute_id = _require_id(id)
         return _on_provider(provider, api_key, base_url, lambda p: op(p, compute_id))
 
@@ -194,11 +210,16 @@ def _job_call(
     """The public function ``name``: check id and endpoint, then ``op(provider, id,
     endpoint)`` guarded."""
 
-    def call(id: str, *, endpoint: str, provider: ProviderArg = None,
-             api_key: str | None = None, base_url: str | None = None) -> T:
+    def call(
+        id: str,
+        *,
+        endpoint: str,
+        provider: ProviderArg = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+    ) -> T:
         job_id, checked_endpoint = _require_job_ids(id, endpoint)
-        return _on_provider(provider, api_key, base_url,
-                            lambda p: op(p, job_id, checked_endpoint))
+        return _on_provider(provider, api_key, base_url, lambda p: op(p, job_id, checked_endpoint))
 
     return _named(call, name, returns, doc)
 
@@ -262,7 +283,9 @@ def list_compute(
     """Resources of the account, filtered by the AND of the given filters."""
     wanted = status_filter(status)
     return _on_provider(
-        provider, api_key, base_url,
+        provider,
+        api_key,
+        base_url,
         lambda p: p.list_compute(status=wanted, name=name, region=region, gpu=gpu),
     )
 
@@ -326,8 +349,13 @@ def run_job(
         ValidationError: a bad field, e.g. a missing ``endpoint``.
     """
     req = build_job_request(
-        request, endpoint=endpoint, input=input, mode=mode, timeout_ms=timeout_ms,
-        webhook=webhook, policy=policy,
+        request,
+        endpoint=endpoint,
+        input=input,
+        mode=mode,
+        timeout_ms=timeout_ms,
+        webhook=webhook,
+        policy=policy,
     )
     p = _provider(provider, api_key, base_url)
     if req.mode == "sync":

@@ -50,7 +50,7 @@ def _short(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
-    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS - 1] + "…"
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 1] + "…"
 
 
 def _context(**fields: Any) -> str:
@@ -58,18 +58,29 @@ def _context(**fields: Any) -> str:
     return repr({k: _short(v) for k, v in fields.items() if v not in (None, "")})
 
 
-def spawn(session_id: str, *, provider: str | None = None, gpu: str | None = None,
-          user_id: Any = None, reason: str | None = None) -> dict[str, str]:
+def spawn(
+    session_id: str,
+    *,
+    provider: str | None = None,
+    gpu: str | None = None,
+    user_id: Any = None,
+    reason: str | None = None,
+) -> dict[str, str]:
     """Reprs of ``atlas.compute.spawn(session_id, sealed)``: the payload stays hidden."""
-    return {"argsrepr": repr((session_id, SEALED)),
-            "kwargsrepr": _context(session=session_id, user_id=user_id, provider=provider,
-                                   gpu=gpu, reason=reason)}
+    return {
+        "argsrepr": repr((session_id, SEALED)),
+        "kwargsrepr": _context(
+            session=session_id, user_id=user_id, provider=provider, gpu=gpu, reason=reason
+        ),
+    }
 
 
 def terminate(session_id: str, reason: str, *, provider: str | None = None) -> dict[str, str]:
     """Reprs of ``atlas.compute.terminate(session_id, reason)``."""
-    return {"argsrepr": repr((session_id, reason)),
-            "kwargsrepr": _context(session=session_id, reason=reason, provider=provider)}
+    return {
+        "argsrepr": repr((session_id, reason)),
+        "kwargsrepr": _context(session=session_id, reason=reason, provider=provider),
+    }
 
 
 def terminate_batch(session_ids: list[str], reason: str) -> dict[str, str]:
@@ -78,15 +89,20 @@ def terminate_batch(session_ids: list[str], reason: str) -> dict[str, str]:
     shown: list[str] = list(session_ids[:MAX_BATCH_IDS])
     if len(session_ids) > MAX_BATCH_IDS:
         shown.append(f"+{len(session_ids) - MAX_BATCH_IDS} more")
-    return {"argsrepr": repr((shown, reason)),
-            "kwargsrepr": _context(sessions=len(session_ids), reason=reason)}
+    return {
+        "argsrepr": repr((shown, reason)),
+        "kwargsrepr": _context(sessions=len(session_ids), reason=reason),
+    }
 
 
 def terminate_orphan(provider: str, compute_id: str, pod_name: str | None) -> dict[str, str]:
     """Reprs of ``atlas.compute.terminate_orphan(provider, compute_id, pod_name)``."""
-    return {"argsrepr": repr((provider, compute_id, pod_name)),
-            "kwargsrepr": _context(reason="orphan", provider=provider, compute_id=compute_id,
-                                   pod_name=pod_name)}
+    return {
+        "argsrepr": repr((provider, compute_id, pod_name)),
+        "kwargsrepr": _context(
+            reason="orphan", provider=provider, compute_id=compute_id, pod_name=pod_name
+        ),
+    }
 
 
 def job_run(job_id: str) -> dict[str, str]:
@@ -105,5 +121,16 @@ def redacted(task_name: str, args: Sequence[Any] | None) -> dict[str, str]:
     return {"argsrepr": repr(shown), "kwargsrepr": "{}"}
 
 
-__all__ = ["MAX_BATCH_IDS", "MAX_VALUE_CHARS", "REQUEST", "SEALED", "SECRET_ARGS", "job_run",
-           "redacted", "spawn", "terminate", "terminate_batch", "terminate_orphan"]
+__all__ = [
+    "MAX_BATCH_IDS",
+    "MAX_VALUE_CHARS",
+    "REQUEST",
+    "SEALED",
+    "SECRET_ARGS",
+    "job_run",
+    "redacted",
+    "spawn",
+    "terminate",
+    "terminate_batch",
+    "terminate_orphan",
+]

@@ -83,8 +83,9 @@ class RetryPolicy:
         """Seconds before retry number ``retries + 1``."""
         return backoff_s(retries, base=self.base_s, cap=self.cap_s)
 
-    def retry(self, task: BoundTask, exc: BaseException, *, retryable: bool = True,
-              what: str = "task") -> None:
+    def retry(
+        self, task: BoundTask, exc: BaseException, *, retryable: bool = True, what: str = "task"
+    ) -> None:
         """Raise Celery's ``Retry`` for ``task`` if ``retryable`` and the budget allows
         (logged at WARNING, naming ``what``); return otherwise (the caller records the
         final failure)."""

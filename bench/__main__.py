@@ -25,7 +25,14 @@ from bench.common import Figure, Report, machine_info
 
 #: Run order: cheap in-process benchmarks first, cluster ones after.
 BENCHMARKS = [
-    "touch", "reaper", "events", "memory", "idle_latency", "spawn_burst", "jobs", "rate_budget",
+    "touch",
+    "reaper",
+    "events",
+    "memory",
+    "idle_latency",
+    "spawn_burst",
+    "jobs",
+    "rate_budget",
     "cost_meter",
 ]
 RESULTS_PATH = Path(__file__).with_name("results.json")
@@ -102,8 +109,11 @@ def _table(reports: list[Report]) -> Table:
         for f in report.figures:
             ok = "" if f.ok is None else ("[green]yes[/]" if f.ok else "[red]NO[/]")
             ratio = "" if f.ratio is None else f"{f.ratio:.2f}×"
-            base = f"{_fmt(f.baseline, f.unit)} {f.baseline_label}".strip() if (
-                f.baseline is not None) else ""
+            base = (
+                f"{_fmt(f.baseline, f.unit)} {f.baseline_label}".strip()
+                if (f.baseline is not None)
+                else ""
+            )
             table.add_row(f.bench, f.name, _fmt(f.value, f.unit), base, ratio, f.target, ok)
     return table
 
@@ -112,16 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (1 if a benchmark crashed)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
-    parser.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
-                        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON output path")
     args = parser.parse_args(argv)
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)  # logs and pipes: keep one figure per line
     info = machine_info()
-    console.print(f"[bold]machine[/]: {info['nproc']} cpus, load {info['loadavg']}, "
-                  f"{info['redis_server'][:40]}, python {info['python']}")
+    console.print(
+        f"[bold]machine[/]: {info['nproc']} cpus, load {info['loadavg']}, "
+        f"{info['redis_server'][:40]}, python {info['python']}"
+    )
     reports: list[Report] = []
     notes: list[str] = []
     failed = False
@@ -154,11 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         console.print(f"[yellow]note[/]: {note}")
     payload = {
-        "machine": info, "quick": args.quick, "total_seconds": round(total, 1),
+        "machine": info,
+        "quick": args.quick,
+        "total_seconds": round(total, 1),
         "notes": notes,
-        "benchmarks": {r.bench: {"seconds": round(r.seconds, 1),
-                                 "figures": [f.as_dict() for f in r.figures],
-                                 "details": r.details} for r in reports},
+        "benchmarks": {
+            r.bench: {
+                "seconds": round(r.seconds, 1),
+                "figures": [f.as_dict() for f in r.figures],
+                "details": r.details,
+            }
+            for r in reports
+        },
     }
     if args.only and args.output.exists():
         # Keep the other benchmarks' last results when only some were re-run.

@@ -49,9 +49,21 @@ def _publisher(url: str, mode: str, count: int, interval_s: float) -> None:
 
 
 def _spawn_publisher(url: str, mode: str, count: int, interval_s: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "bench.bench_events", "--publish", mode,
-                             "--url", url, "--count", str(count),
-                             "--interval", str(interval_s)])
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_events",
+            "--publish",
+            mode,
+            "--url",
+            url,
+            "--count",
+            str(count),
+            "--interval",
+            str(interval_s),
+        ]
+    )
 
 
 def _wait_subscribed(client: redis.Redis, channel: str, timeout: float = 10.0) -> None:
@@ -77,8 +89,9 @@ def _measure_atlas(url: str, count: int, interval_s: float) -> list[float]:
 
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
-    _wait_subscribed(redis.Redis.from_url(url, decode_responses=True),
-                     C.EVENTS_CHANNEL.format(id=TOPIC_ID))
+    _wait_subscribed(
+        redis.Redis.from_url(url, decode_responses=True), C.EVENTS_CHANNEL.format(id=TOPIC_ID)
+    )
     proc = _spawn_publisher(url, "atlas", count, interval_s)
     proc.wait(120)
     thread.join(30)
@@ -122,17 +135,26 @@ def run(quick: bool = False) -> Report:
     finally:
         server.cleanup()
     raw_d, atlas_d = distribution(raw), distribution(atlas)
-    report.details = {"raw_pubsub_ms": raw_d, "atlas_events_ms": atlas_d,
-                      "rate_per_s": round(1 / interval_s), "count": count}
+    report.details = {
+        "raw_pubsub_ms": raw_d,
+        "atlas_events_ms": atlas_d,
+        "rate_per_s": round(1 / interval_s),
+        "count": count,
+    }
     if len(atlas) < count:
         report.details["lost"] = count - len(atlas)
     for q in ("p50", "p95", "p99"):
         target = f"<= {TARGET_P99_MS:g} ms" if q == "p99" else ""
-        report.add(f"publish→subscribe latency {q}", atlas_d[q], "ms", baseline=raw_d[q],
-                   baseline_label="raw PUBLISH→get_message", target=target,
-                   ok=atlas_d[q] <= TARGET_P99_MS if q == "p99" else None,
-                   note=f"{len(atlas)}/{count} events at {1 / interval_s:.0f}/s"
-                   if q == "p99" else "")
+        report.add(
+            f"publish→subscribe latency {q}",
+            atlas_d[q],
+            "ms",
+            baseline=raw_d[q],
+            baseline_label="raw PUBLISH→get_message",
+            target=target,
+            ok=atlas_d[q] <= TARGET_P99_MS if q == "p99" else None,
+            note=f"{len(atlas)}/{count} events at {1 / interval_s:.0f}/s" if q == "p99" else "",
+        )
     return report
 
 

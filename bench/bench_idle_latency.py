@@ -63,12 +63,13 @@ _TERMINATED_PREFIX = "Terminated by user: "
 def _delete_ms(status_line: str) -> int | None:
     if not status_line.startswith(_TERMINATED_PREFIX):
         return None
-    stamp = status_line[len(_TERMINATED_PREFIX):].replace("Z", "+00:00")
+    stamp = status_line[len(_TERMINATED_PREFIX) :].replace("Z", "+00:00")
     return int(datetime.fromisoformat(stamp).timestamp() * 1000)
 
 
-def _watch_expiries(url: str, prefix: str, seen: dict[str, float],
-                    stop: threading.Event, ready: threading.Event) -> None:
+def _watch_expiries(
+    url: str, prefix: str, seen: dict[str, float], stop: threading.Event, ready: threading.Event
+) -> None:
     client = redis.Redis.from_url(url, decode_responses=True)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("__keyevent@0__:expired")
@@ -76,7 +77,7 @@ def _watch_expiries(url: str, prefix: str, seen: dict[str, float],
     while not stop.is_set():
         message = pubsub.get_message(timeout=0.5)
         if message and str(message["data"]).startswith(prefix):
-            seen[str(message["data"])[len(prefix):]] = time.time() * 1000
+            seen[str(message["data"])[len(prefix) :]] = time.time() * 1000
     pubsub.close()
 
 
@@ -85,12 +86,20 @@ def _task_outcomes(client: redis.Redis) -> dict[str, Any]:
     outcomes), per-session terminate retries, and how many ids the reaper's sweeps
     claimed (the rest were claimed by the keyspace listener)."""
     outcomes: dict[str, int] = {}
-    out: dict[str, Any] = {"batches": 0, "batch_sessions": 0, "batch_sizes": [],
-                           "single_terminates": 0, "sweeps": 0, "swept": 0,
-                           "outcomes": outcomes}
+    out: dict[str, Any] = {
+        "batches": 0,
+        "batch_sessions": 0,
+        "batch_sizes": [],
+        "single_terminates": 0,
+        "sweeps": 0,
+        "swept": 0,
+        "outcomes": outcomes,
+    }
     # The sweep stores no result (it runs every second); it counts itself in Redis.
-    stats = {k.decode() if isinstance(k, bytes) else k: v
-             for k, v in client.hgetall(SWEEP_STATS_KEY).items()}
+    stats = {
+        k.decode() if isinstance(k, bytes) else k: v
+        for k, v in client.hgetall(SWEEP_STATS_KEY).items()
+    }
     out["sweeps"] = int(stats.get("sweeps") or 0)
     out["swept"] = int(stats.get("due") or 0)
     for key in client.scan_iter("celery-task-meta-*", count=1000):
@@ -111,25 +120,35 @@ def _task_outcomes(client: redis.Redis) -> dict[str, Any]:
                 outcomes[label] = outcomes.get(label, 0) + 1
         elif name == C.TASK_TERMINATE:
             out["single_terminates"] += 1
-            outcome = str(result.get("outcome", meta.get("status"))) if isinstance(
-                result, dict) else str(meta.get("status"))
+            outcome = (
+                str(result.get("outcome", meta.get("status")))
+                if isinstance(result, dict)
+                else str(meta.get("status"))
+            )
             outcomes[f"single: {outcome}"] = outcomes.get(f"single: {outcome}", 0) + 1
     out["batch_sizes"].sort()
     return out
 
 
-def _create_sessions(cluster: LocalCluster, reg: SessionStore, n: int
-                     ) -> dict[str, str]:
+def _create_sessions(cluster: LocalCluster, reg: SessionStore, n: int) -> dict[str, str]:
     """Real pods at the fake cloud + spawning records (the untimed part of the set-up)."""
     state = cluster.cloud.ctx.state
     pods: dict[str, str] = {}
     for i in range(n):
         sid = f"idle{i:012x}"
-        pod = state.create_pod({"name": f"atlas-{sid}", "image": "bench/idle"},
-                               boot_delay_s=0.0)
-        reg.create(SessionRecord(id=sid, provider="runpod", status=SessionStatus.SPAWNING,
-                                 pod_name=f"atlas-{sid}", idle_ttl_ms=600000, auth="none",
-                                 user_id=None, base_url=""))
+        pod = state.create_pod({"name": f"atlas-{sid}", "image": "bench/idle"}, boot_delay_s=0.0)
+        reg.create(
+            SessionRecord(
+                id=sid,
+                provider="runpod",
+                status=SessionStatus.SPAWNING,
+                pod_name=f"atlas-{sid}",
+                idle_ttl_ms=600000,
+                auth="none",
+                user_id=None,
+                base_url="",
+            )
+        )
         pods[sid] = pod.id
     return pods
 
@@ -185,14 +204,24 @@ def _direct_terminate(ids_path: str, threads: int, start_at: float) -> None:
         svc.terminate(sid, reason="idle_timeout", fence_token=f"bench-{sid}")
     time.sleep(max(0.0, start_at - time.time()))
     with ThreadPoolExecutor(threads) as pool:
-        outcomes = list(pool.map(lambda sid: svc.terminate(
-            sid, reason="idle_timeout", fence_token=f"bench-{sid}"), ids[2:]))
-    print(json.dumps({"ended_at": time.time(), "count": len(outcomes),
-                      "terminated": outcomes.count("terminated")}))
+        outcomes = list(
+            pool.map(
+                lambda sid: svc.terminate(sid, reason="idle_timeout", fence_token=f"bench-{sid}"),
+                ids[2:],
+            )
+        )
+    print(
+        json.dumps(
+            {
+                "ended_at": time.time(),
+                "count": len(outcomes),
+                "terminated": outcomes.count("terminated"),
+            }
+        )
+    )
 
 
-def direct_terminate_experiment(n: int, threads: int = 32, processes: int = 1
-                                ) -> dict[str, Any]:
+def direct_terminate_experiment(n: int, threads: int = 32, processes: int = 1) -> dict[str, Any]:
     """How fast the terminate logic itself goes with no Celery task per session.
 
     Same set-up as :func:`measure` (no worker, no beat); the alive keys are dropped so the
@@ -217,11 +246,26 @@ def direct_terminate_experiment(n: int, threads: int = 32, processes: int = 1
         assert cluster.redis is not None and cluster.redis.process is not None
         redis_pid = cluster.redis.process.pid
         try:
-            children = [subprocess.Popen(
-                [sys.executable, "-m", "bench.bench_idle_latency", "--direct-terminate", path,
-                 "--threads", str(threads), "--start-at", repr(start_at)],
-                env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for path in files]
+            children = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.bench_idle_latency",
+                        "--direct-terminate",
+                        path,
+                        "--threads",
+                        str(threads),
+                        "--start-at",
+                        repr(start_at),
+                    ],
+                    env=cluster.env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for path in files
+            ]
             time.sleep(max(0.0, start_at - time.time()))
             cpu0 = (time.process_time(), cpu_seconds(redis_pid))
             outputs = [child.communicate(timeout=300) for child in children]
@@ -238,11 +282,17 @@ def direct_terminate_experiment(n: int, threads: int = 32, processes: int = 1
             deletes = int(cluster.cloud.ctx.state.totals["deletes"])
     seconds = max(x["ended_at"] for x in results) - start_at
     count = sum(x["count"] for x in results)
-    return {"processes": processes, "threads": threads, "count": count, "seconds": seconds,
-            "per_s": count / seconds, "deletes": deletes,
-            "terminated": sum(x["terminated"] for x in results),
-            "cpu_s_fake_cloud_process": round(cpu1[0] - cpu0[0], 2),
-            "cpu_s_redis": round(cpu1[1] - cpu0[1], 2)}
+    return {
+        "processes": processes,
+        "threads": threads,
+        "count": count,
+        "seconds": seconds,
+        "per_s": count / seconds,
+        "deletes": deletes,
+        "terminated": sum(x["terminated"] for x in results),
+        "cpu_s_fake_cloud_process": round(cpu1[0] - cpu0[0], 2),
+        "cpu_s_redis": round(cpu1[1] - cpu0[1], 2),
+    }
 
 
 def celery_noop_throughput(n: int, concurrency: int = CONCURRENCY) -> dict[str, Any]:
@@ -253,23 +303,32 @@ def celery_noop_throughput(n: int, concurrency: int = CONCURRENCY) -> dict[str, 
     with LocalCluster(beat=False, concurrency=concurrency) as cluster:
         app = get_app()
         for _ in range(3):
-            app.send_task("celery.accumulate", args=[1], queue=C.QUEUE_MAINTENANCE).get(
-                timeout=30)
+            app.send_task("celery.accumulate", args=[1], queue=C.QUEUE_MAINTENANCE).get(timeout=30)
         cpu0 = group_cpu_seconds(cluster.workers[0].pid)
         started = time.monotonic()
-        results = [app.send_task("celery.accumulate", args=[1], queue=C.QUEUE_COMPUTE)
-                   for _ in range(n)]
+        results = [
+            app.send_task("celery.accumulate", args=[1], queue=C.QUEUE_COMPUTE) for _ in range(n)
+        ]
         for res in results:
             res.get(timeout=120)
         elapsed = time.monotonic() - started
         cpu = group_cpu_seconds(cluster.workers[0].pid) - cpu0
-    return {"count": n, "seconds": elapsed, "per_s": n / elapsed, "worker_cpu_s": cpu,
-            "worker_cpu_ms_per_task": cpu / n * 1000}
+    return {
+        "count": n,
+        "seconds": elapsed,
+        "per_s": n / elapsed,
+        "worker_cpu_s": cpu,
+        "worker_cpu_ms_per_task": cpu / n * 1000,
+    }
 
 
-def measure(n: int, redis_config: dict[str, str] | None = None,
-            concurrency: int = CONCURRENCY, listener_process: bool = False,
-            **cluster_options: Any) -> dict[str, Any]:
+def measure(
+    n: int,
+    redis_config: dict[str, str] | None = None,
+    concurrency: int = CONCURRENCY,
+    listener_process: bool = False,
+    **cluster_options: Any,
+) -> dict[str, Any]:
     """Set up ``n`` sessions on a fresh cluster and measure; returns the raw figures.
 
     ``redis_config`` is applied with ``CONFIG SET`` once the cluster runs (experiments).
@@ -278,14 +337,19 @@ def measure(n: int, redis_config: dict[str, str] | None = None,
     """
     if listener_process:
         cluster_options["keyspace_events"] = False
-    with LocalCluster(concurrency=concurrency, **cluster_options) as cluster, \
-            contextlib.ExitStack() as stack:
+    with (
+        LocalCluster(concurrency=concurrency, **cluster_options) as cluster,
+        contextlib.ExitStack() as stack,
+    ):
         if listener_process:
             log = stack.enter_context(tempfile.TemporaryFile("w+"))
             child = subprocess.Popen(
                 [sys.executable, "-m", "bench.bench_idle_latency", "--listener"],
                 env={k: v for k, v in cluster.env.items() if k != "ATLAS_KEYSPACE_EVENTS"},
-                stdout=log, stderr=subprocess.STDOUT, text=True)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             stack.callback(child.wait, 10)
             stack.callback(child.terminate)
             ready_by = time.monotonic() + 30
@@ -306,15 +370,18 @@ def measure(n: int, redis_config: dict[str, str] | None = None,
         alive_prefix = C.SESSION_ALIVE_KEY.format(id="")
         expired_at: dict[str, float] = {}
         stop, ready = threading.Event(), threading.Event()
-        watcher = threading.Thread(target=_watch_expiries, daemon=True,
-                                   args=(cluster.redis_url, alive_prefix, expired_at, stop,
-                                         ready))
+        watcher = threading.Thread(
+            target=_watch_expiries,
+            daemon=True,
+            args=(cluster.redis_url, alive_prefix, expired_at, stop, ready),
+        )
         watcher.start()
         ready.wait(10)
 
         pods = _create_sessions(cluster, reg, n)
-        cpu_start = {f"worker {i + 1}": group_cpu_seconds(w.pid)
-                     for i, w in enumerate(cluster.workers)}
+        cpu_start = {
+            f"worker {i + 1}": group_cpu_seconds(w.pid) for i, w in enumerate(cluster.workers)
+        }
         assert cluster.redis is not None and cluster.redis.process is not None
         redis_pid = cluster.redis.process.pid
         cpu_start["redis-server"] = cpu_seconds(redis_pid)
@@ -328,14 +395,16 @@ def measure(n: int, redis_config: dict[str, str] | None = None,
         wait_until = time.monotonic() + LEAD_MS / 1000 + 60
         while time.monotonic() < wait_until:
             with state.lock:
-                live = sum(1 for pid in pods.values()
-                           if state.pods[pid].desired_status != "TERMINATED")
+                live = sum(
+                    1 for pid in pods.values() if state.pods[pid].desired_status != "TERMINATED"
+                )
             if live == 0:
                 break
             time.sleep(0.2)
         wall = time.monotonic() - wall_start
-        cpu_end = {f"worker {i + 1}": group_cpu_seconds(w.pid)
-                   for i, w in enumerate(cluster.workers)}
+        cpu_end = {
+            f"worker {i + 1}": group_cpu_seconds(w.pid) for i, w in enumerate(cluster.workers)
+        }
         cpu_end["redis-server"] = cpu_seconds(redis_pid)
         cpu_end["bench process (fake cloud)"] = time.process_time()
         cpu = {k: round(cpu_end[k] - v, 2) for k, v in cpu_start.items()}
@@ -343,33 +412,50 @@ def measure(n: int, redis_config: dict[str, str] | None = None,
         stop.set()
         watcher.join(5)
         with state.lock:
-            deleted = {sid: _delete_ms(state.pods[pid].last_status_change)
-                       for sid, pid in pods.items()}
+            deleted = {
+                sid: _delete_ms(state.pods[pid].last_status_change) for sid, pid in pods.items()
+            }
             totals = dict(state.totals)
         lat = [(d - deadlines[sid]) / 1000 for sid, d in deleted.items() if d is not None]
-        redis_lag = [(expired_at[sid] - deadlines[sid]) / 1000 for sid in pods
-                     if sid in expired_at]
+        redis_lag = [(expired_at[sid] - deadlines[sid]) / 1000 for sid in pods if sid in expired_at]
         statuses: dict[str, int] = {}
         for sid in pods:
             st = str(r.hget(C.SESSION_KEY.format(id=sid), "status") or "missing")
             statuses[st] = statuses.get(st, 0) + 1
         logs = cluster.logs() if len(lat) < n else ""
         tasks = _task_outcomes(r)
-    return {"n": n, "lat": lat, "redis_lag": redis_lag, "spread": spread, "cpu": cpu,
-            "wall": wall, "statuses": statuses, "totals": totals, "logs": logs,
-            "tasks": tasks, "hz": hz, "concurrency": concurrency,
-            "last_deadline_minus_armed_ms": late_arm}
+    return {
+        "n": n,
+        "lat": lat,
+        "redis_lag": redis_lag,
+        "spread": spread,
+        "cpu": cpu,
+        "wall": wall,
+        "statuses": statuses,
+        "totals": totals,
+        "logs": logs,
+        "tasks": tasks,
+        "hz": hz,
+        "concurrency": concurrency,
+        "last_deadline_minus_armed_ms": late_arm,
+    }
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
     return {
-        "sessions": m["n"], "redis_hz": m["hz"], "worker": f"threads/{m['concurrency']}",
-        "deadline_spread_s": round(m["spread"], 3), "deleted": len(m["lat"]),
+        "sessions": m["n"],
+        "redis_hz": m["hz"],
+        "worker": f"threads/{m['concurrency']}",
+        "deadline_spread_s": round(m["spread"], 3),
+        "deleted": len(m["lat"]),
         "delete_minus_deadline_s": distribution(m["lat"]) if m["lat"] else {},
-        "redis_expiry_notice_minus_deadline_s": (distribution(m["redis_lag"])
-                                                 if m["redis_lag"] else {}),
-        "record_status": m["statuses"], "fake_cloud_totals": m["totals"],
-        "idle_path_tasks": m["tasks"], "cpu_seconds_until_all_deleted": m["cpu"],
+        "redis_expiry_notice_minus_deadline_s": (
+            distribution(m["redis_lag"]) if m["redis_lag"] else {}
+        ),
+        "record_status": m["statuses"],
+        "fake_cloud_totals": m["totals"],
+        "idle_path_tasks": m["tasks"],
+        "cpu_seconds_until_all_deleted": m["cpu"],
         "wall_seconds_from_arming": round(m["wall"], 2),
         "last_deadline_minus_end_of_arming_ms": m["last_deadline_minus_armed_ms"],
     }
@@ -389,59 +475,103 @@ def run(quick: bool = False) -> Report:
     for q in ("p50", "p95", "p99"):
         if not d:
             break
-        report.add(f"DELETE − deadline {q}", d[q], "s",
-                   baseline=base.get(q), baseline_label="Redis expiry notice − deadline",
-                   target=f"<= {TARGET_P99_S:g} s" if q == "p99" else "",
-                   ok=(d[q] <= TARGET_P99_S and missing == 0) if q == "p99" else None,
-                   note=(f"{len(lat)}/{n} deleted, deadlines spread over {spread:.2f}s, "
-                         f"Redis hz {m['hz']}, worker threads/{m['concurrency']}"
-                         if q == "p99" else ""))
+        report.add(
+            f"DELETE − deadline {q}",
+            d[q],
+            "s",
+            baseline=base.get(q),
+            baseline_label="Redis expiry notice − deadline",
+            target=f"<= {TARGET_P99_S:g} s" if q == "p99" else "",
+            ok=(d[q] <= TARGET_P99_S and missing == 0) if q == "p99" else None,
+            note=(
+                f"{len(lat)}/{n} deleted, deadlines spread over {spread:.2f}s, "
+                f"Redis hz {m['hz']}, worker threads/{m['concurrency']}"
+                if q == "p99"
+                else ""
+            ),
+        )
     if not d:
-        report.add("DELETE − deadline p99", float("nan"), "s", target="<= 2 s", ok=False,
-                   note=f"no pod deleted of {n}")
+        report.add(
+            "DELETE − deadline p99",
+            float("nan"),
+            "s",
+            target="<= 2 s",
+            ok=False,
+            note=f"no pod deleted of {n}",
+        )
     tasks = m["tasks"]
     terminated = tasks["outcomes"].get("terminated", 0)
-    report.add("terminations per idle session", terminated / n, "x",
-               target="== 1", ok=terminated == n and tasks["single_terminates"] == 0,
-               note=f"{tasks['batches']} terminate_batch tasks for {tasks['batch_sessions']} "
-                    f"ids ({tasks['swept']} claimed by sweeps, the rest by the listener); "
-                    f"outcomes {tasks['outcomes']}")
+    report.add(
+        "terminations per idle session",
+        terminated / n,
+        "x",
+        target="== 1",
+        ok=terminated == n and tasks["single_terminates"] == 0,
+        note=f"{tasks['batches']} terminate_batch tasks for {tasks['batch_sessions']} "
+        f"ids ({tasks['swept']} claimed by sweeps, the rest by the listener); "
+        f"outcomes {tasks['outcomes']}",
+    )
     if quick:
         return report
     noop = celery_noop_throughput(n)
-    report.add(f"Celery no-op tasks/s, {n} at once, threads/{CONCURRENCY} (reference)",
-               noop["per_s"], "ops/s", note=f"{noop['seconds']:.2f}s for {n}: one Celery "
-               "task per idle session could not drain a burst any faster")
+    report.add(
+        f"Celery no-op tasks/s, {n} at once, threads/{CONCURRENCY} (reference)",
+        noop["per_s"],
+        "ops/s",
+        note=f"{noop['seconds']:.2f}s for {n}: one Celery "
+        "task per idle session could not drain a burst any faster",
+    )
     worker_cpu = sum(v for k, v in m["cpu"].items() if k.startswith("worker"))
-    report.add("worker CPU per idle session", worker_cpu / n * 1000, "ms",
-               baseline=noop["worker_cpu_ms_per_task"], baseline_label="per no-op task",
-               note=f"{worker_cpu:.1f} CPU-s for {n} sessions in {tasks['batches']} batches; "
-                    "CPU time is less sensitive than wall time to other load")
+    report.add(
+        "worker CPU per idle session",
+        worker_cpu / n * 1000,
+        "ms",
+        baseline=noop["worker_cpu_ms_per_task"],
+        baseline_label="per no-op task",
+        note=f"{worker_cpu:.1f} CPU-s for {n} sessions in {tasks['batches']} batches; "
+        "CPU time is less sensitive than wall time to other load",
+    )
     # Experiments (no atlas code changed): two worker processes on this 2-core machine;
     # Redis at its stock hz 10, as a managed Redis that refuses CONFIG SET hz would run;
     # and the terminate logic alone, no Celery.
     two = measure(n, workers=2)
     td, tlag = distribution(two["lat"]), distribution(two["redis_lag"])
-    report.add(f"DELETE − deadline p99, 2 worker processes × threads/{CONCURRENCY} "
-               "(experiment)", td["p99"], "s", baseline=tlag["p99"],
-               baseline_label="Redis expiry notice − deadline p99", target="<= 2 s",
-               note=f"p50 {td['p50']:.2f}s; {len(two['lat'])}/{n} deleted; "
-                    f"{two['tasks']['batches']} batches, outcomes {two['tasks']['outcomes']}")
+    report.add(
+        f"DELETE − deadline p99, 2 worker processes × threads/{CONCURRENCY} (experiment)",
+        td["p99"],
+        "s",
+        baseline=tlag["p99"],
+        baseline_label="Redis expiry notice − deadline p99",
+        target="<= 2 s",
+        note=f"p50 {td['p50']:.2f}s; {len(two['lat'])}/{n} deleted; "
+        f"{two['tasks']['batches']} batches, outcomes {two['tasks']['outcomes']}",
+    )
     slow = measure(n, redis_config={"hz": "10"})
     sd, slag = distribution(slow["lat"]), distribution(slow["redis_lag"])
-    report.add("DELETE − deadline p99, Redis hz 10 (experiment)", sd["p99"], "s",
-               baseline=slag["p99"], baseline_label="Redis expiry notice − deadline p99",
-               target="<= 2 s", note=f"p50 {sd['p50']:.2f}s; {len(slow['lat'])}/{n} deleted; "
-               f"{slow['tasks']['batches']} batches; Redis stock default, e.g. a managed "
-               "Redis that refuses CONFIG SET hz")
+    report.add(
+        "DELETE − deadline p99, Redis hz 10 (experiment)",
+        sd["p99"],
+        "s",
+        baseline=slag["p99"],
+        baseline_label="Redis expiry notice − deadline p99",
+        target="<= 2 s",
+        note=f"p50 {sd['p50']:.2f}s; {len(slow['lat'])}/{n} deleted; "
+        f"{slow['tasks']['batches']} batches; Redis stock default, e.g. a managed "
+        "Redis that refuses CONFIG SET hz",
+    )
     direct = direct_terminate_experiment(n)
-    report.add(f"{n} terminate_session() calls, 1 process × 32 threads, no Celery "
-               "(experiment)", direct["seconds"], "s",
-               note=f"{direct['per_s']:.0f}/s: what one process can do at best here")
-    report.details["experiments"] = {"celery_noop_throughput": noop,
-                                     "two_worker_processes": _summary(two),
-                                     "redis_hz_10": _summary(slow),
-                                     "direct_terminate": direct}
+    report.add(
+        f"{n} terminate_session() calls, 1 process × 32 threads, no Celery (experiment)",
+        direct["seconds"],
+        "s",
+        note=f"{direct['per_s']:.0f}/s: what one process can do at best here",
+    )
+    report.details["experiments"] = {
+        "celery_noop_throughput": noop,
+        "two_worker_processes": _summary(two),
+        "redis_hz_10": _summary(slow),
+        "direct_terminate": direct,
+    }
     return report
 
 
@@ -454,8 +584,9 @@ def _listener_process() -> None:
     from atlas_tasks.tasks.reaper import enqueue_terminate
 
     get_app().set_default()  # shared tasks enqueue through atlas's app, as in a worker
-    listener = ExpiryListener(get_settings().redis_url,
-                              lambda ids: enqueue_terminate(ids, "idle_timeout"))
+    listener = ExpiryListener(
+        get_settings().redis_url, lambda ids: enqueue_terminate(ids, "idle_timeout")
+    )
     listener.start()
     if not listener.ready.wait(30):
         raise SystemExit("listener not ready")

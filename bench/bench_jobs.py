@@ -74,8 +74,14 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def run_atlas(cluster: LocalCluster, r: redis.Redis, n: int, job_input: dict[str, Any],
-              timeout: float, noise: float) -> dict[str, Any]:
+def run_atlas(
+    cluster: LocalCluster,
+    r: redis.Redis,
+    n: int,
+    job_input: dict[str, Any],
+    timeout: float,
+    noise: float,
+) -> dict[str, Any]:
     """Submit n jobs through atlas_tasks.jobs and wait for every final event."""
     endpoint = "bench-atlas"
     pubsub = r.pubsub(ignore_subscribe_messages=True)
@@ -101,11 +107,17 @@ def run_atlas(cluster: LocalCluster, r: redis.Redis, n: int, job_input: dict[str
     used = diff(after, before)
     used_total = sum(used.values()) - 1 - noise * total  # minus INFO and idle housekeeping
     records = [r.hgetall(C.JOB_KEY.format(id=i)) for i in ids]
-    latencies = [(int(x["finished_at_ms"]) - int(x["created_at_ms"])) / 1000
-                 for x in records if x.get("finished_at_ms")]
+    latencies = [
+        (int(x["finished_at_ms"]) - int(x["created_at_ms"])) / 1000
+        for x in records
+        if x.get("finished_at_ms")
+    ]
     # created → accepted by the provider: how long the run task waited in the broker
-    queued = [(int(x["submitted_at_ms"]) - int(x["created_at_ms"])) / 1000
-              for x in records if x.get("submitted_at_ms")]
+    queued = [
+        (int(x["submitted_at_ms"]) - int(x["created_at_ms"])) / 1000
+        for x in records
+        if x.get("submitted_at_ms")
+    ]
     polls = [int(x.get("polls") or 0) for x in records]
     calls = endpoint_calls(cluster, endpoint)
     return {
@@ -127,8 +139,9 @@ def run_atlas(cluster: LocalCluster, r: redis.Redis, n: int, job_input: dict[str
     }
 
 
-def run_naive(cluster: LocalCluster, n: int, threads: int, job_input: dict[str, Any],
-              interval: float) -> dict[str, Any]:
+def run_naive(
+    cluster: LocalCluster, n: int, threads: int, job_input: dict[str, Any], interval: float
+) -> dict[str, Any]:
     """The same jobs, each submitted and polled by a sleeping thread (fixed interval)."""
     endpoint = "bench-naive"
     latencies: list[float] = []
@@ -158,8 +171,7 @@ def run_naive(cluster: LocalCluster, n: int, threads: int, job_input: dict[str, 
     }
 
 
-def run_noop_polls(r: redis.Redis, n: int, noise: float, timeout: float = 60.0
-                   ) -> dict[str, Any]:
+def run_noop_polls(r: redis.Redis, n: int, noise: float, timeout: float = 60.0) -> dict[str, Any]:
     """Redis commands of n poll messages for unknown jobs (the per-message floor)."""
     from atlas_tasks.tasks.jobs import poll
 
@@ -175,8 +187,7 @@ def run_noop_polls(r: redis.Redis, n: int, noise: float, timeout: float = 60.0
     total = time.monotonic() - started
     after = commandstats(r)
     used = sum(diff(after, before).values()) - 1 - noise * total
-    return {"messages": n, "total_s": round(total, 3),
-            "redis_cmds_per_message": round(used / n, 1)}
+    return {"messages": n, "total_s": round(total, 3), "redis_cmds_per_message": round(used / n, 1)}
 
 
 def table(atlas_res: dict[str, Any], naive: dict[str, Any], noop: dict[str, Any]) -> str:
@@ -198,44 +209,57 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m bench.bench_jobs --jobs 1000``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=32,
-                        help="worker slots (threads pool); also the naive thread count")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="worker slots (threads pool); also the naive thread count",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
-    parser.add_argument("--run-time", type=float, default=1.0,
-                        help="seconds each job runs at the fake cloud")
+    parser.add_argument(
+        "--run-time", type=float, default=1.0, help="seconds each job runs at the fake cloud"
+    )
     parser.add_argument("--queue-delay", type=float, default=0.2)
     parser.add_argument("--naive-interval", type=float, default=0.5)
     parser.add_argument("--noop", type=int, default=500, help="no-op poll messages")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", dest="json_path", help="also write the JSON here")
     args = parser.parse_args(argv)
-    job_input = {"output": "ok", "run_time_s": args.run_time,
-                 "queue_delay_s": args.queue_delay}
-    with LocalCluster(beat=False, workers=args.workers, concurrency=args.concurrency,
-                      fakecloud={"boot_delay_s": 0.0}, keyspace_events="false") as cluster:
+    job_input = {"output": "ok", "run_time_s": args.run_time, "queue_delay_s": args.queue_delay}
+    with LocalCluster(
+        beat=False,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        fakecloud={"boot_delay_s": 0.0},
+        keyspace_events="false",
+    ) as cluster:
         r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
         noise = idle_rate(r)
         atlas_res = run_atlas(cluster, r, args.jobs, job_input, args.timeout, noise)
         noop = run_noop_polls(r, args.noop, noise)
-        naive = run_naive(cluster, args.jobs, args.concurrency, job_input,
-                          args.naive_interval)
+        naive = run_naive(cluster, args.jobs, args.concurrency, job_input, args.naive_interval)
         result = {
-            "config": {"jobs": args.jobs, "workers": args.workers, "worker_pool": "threads",
-                       "concurrency": args.concurrency, "job_run_time_s": args.run_time,
-                       "job_queue_delay_s": args.queue_delay,
-                       "naive_interval_s": args.naive_interval,
-                       "idle_redis_cmds_per_s": round(noise, 1)},
+            "config": {
+                "jobs": args.jobs,
+                "workers": args.workers,
+                "worker_pool": "threads",
+                "concurrency": args.concurrency,
+                "job_run_time_s": args.run_time,
+                "job_queue_delay_s": args.queue_delay,
+                "naive_interval_s": args.naive_interval,
+                "idle_redis_cmds_per_s": round(noise, 1),
+            },
             "atlas": atlas_res,
             "naive": naive,
             "noop_poll": noop,
             "ratios": {
                 "total_time_naive_over_atlas": round(naive["total_s"] / atlas_res["total_s"], 2),
                 "status_calls_atlas_over_naive": round(
-                    atlas_res["status_calls_per_job"] / max(naive["status_calls_per_job"],
-                                                            1e-9), 2),
+                    atlas_res["status_calls_per_job"] / max(naive["status_calls_per_job"], 1e-9), 2
+                ),
                 "redis_cmds_per_job_over_noop_poll": round(
-                    atlas_res["redis_cmds_per_job"] / max(noop["redis_cmds_per_message"],
-                                                          1e-9), 2),
+                    atlas_res["redis_cmds_per_job"] / max(noop["redis_cmds_per_message"], 1e-9), 2
+                ),
             },
         }
         r.close()

@@ -60,8 +60,10 @@ PLAN: list[tuple[str, dict[str, str]]] = [
     # The first entry changes nothing: RedisServer's own settings, the ones shipped in
     # docker-compose.yml and recommended in the README. It is the headline figure.
     ("shipped config (stream-node-max-bytes 1024, hash-max-listpack-value 1024)", {}),
-    ("stock Redis (stream-node-max-bytes 4096, hash-max-listpack-value 64)",
-     {NODE: "4096", HASH_VALUE: "64"}),
+    (
+        "stock Redis (stream-node-max-bytes 4096, hash-max-listpack-value 64)",
+        {NODE: "4096", HASH_VALUE: "64"},
+    ),
     ("shipped config but hash-max-listpack-value 64", {HASH_VALUE: "64"}),
     ("stream-node-max-bytes 512", {NODE: "512"}),
 ]
@@ -72,8 +74,13 @@ def _template_compute() -> tuple[dict[str, Any], str]:
     """A real public compute dict (RunPod provider against the fake cloud) and its id."""
     with FakeCloud() as cloud:
         provider = get_provider("runpod", api_key=cloud.api_key, base_url=cloud.runpod_rest_url)
-        request = build_compute_request(gpu="h100", image=IMAGE, ports=[(8000, "http")],
-                                        auth="bearer", name="atlas-0123456789abcdef")
+        request = build_compute_request(
+            gpu="h100",
+            image=IMAGE,
+            ports=[(8000, "http")],
+            auth="bearer",
+            name="atlas-0123456789abcdef",
+        )
         compute = provider.spawn_compute(request)
     return public_compute(compute), compute.id
 
@@ -88,9 +95,13 @@ def compact_fields(compute: dict[str, Any]) -> dict[str, str]:
     strings only; URLs are rebuilt on read (RunPod's proxy URL derives from pod id and
     port)."""
     ports = ",".join(f"{p['internal']}/{p['protocol']}" for p in compute.get("ports") or [])
-    out = {"public_ip": compute.get("public_ip"), "ports": ports,
-           "region": compute.get("region"), "cost_per_hour": compute.get("cost_per_hour"),
-           "gpu_count": compute.get("gpu_count")}
+    out = {
+        "public_ip": compute.get("public_ip"),
+        "ports": ports,
+        "region": compute.get("region"),
+        "cost_per_hour": compute.get("cost_per_hour"),
+        "gpu_count": compute.get("gpu_count"),
+    }
     return {k: str(v) for k, v in out.items() if v not in (None, "")}
 
 
@@ -103,7 +114,7 @@ def _settled_memory(r: redis.Redis) -> int:
 
 
 def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
 def _rewrite_compact(r: redis.Redis, all_ids: list[str]) -> None:
@@ -137,7 +148,9 @@ def _drop_streams(r: redis.Redis, all_ids: list[str]) -> None:
 
 
 LAYOUTS: dict[str, Callable[[redis.Redis, list[str]], None] | None] = {
-    "as is": None, "compact record": _rewrite_compact, "compact record, no stream": _drop_streams,
+    "as is": None,
+    "compact record": _rewrite_compact,
+    "compact record, no stream": _drop_streams,
 }
 
 
@@ -191,16 +204,27 @@ def run(quick: bool = False) -> Report:
             def fill(count: int) -> list[str]:
                 ids: list[str] = []
                 for _ in range(count):
-                    s = orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE,
-                                           ports=[(8000, "http")], auth="bearer",
-                                           user_id=123456)
+                    s = orchestrator.spawn(
+                        provider="runpod",
+                        gpu="h100",
+                        image=IMAGE,
+                        ports=[(8000, "http")],
+                        auth="bearer",
+                        user_id=123456,
+                    )
                     if not spawning:  # the record while spawning, before finish_spawn
                         key = C.SESSION_KEY.format(id=s.id)
-                        spawning.update({
-                            "encoding": r.object("encoding", key),
-                            "largest_fields_bytes": dict(sorted(
-                                ((k, len(v)) for k, v in r.hgetall(key).items()),
-                                key=lambda kv: -kv[1])[:3])})
+                        spawning.update(
+                            {
+                                "encoding": r.object("encoding", key),
+                                "largest_fields_bytes": dict(
+                                    sorted(
+                                        ((k, len(v)) for k, v in r.hgetall(key).items()),
+                                        key=lambda kv: -kv[1],
+                                    )[:3]
+                                ),
+                            }
+                        )
                     pod_id = _pod_id(rng, len(template_id))
                     compute = json.loads(template_json.replace(template_id, pod_id))
                     # finish_spawn records the pod and publishes the ``running`` event
@@ -219,7 +243,7 @@ def run(quick: bool = False) -> Report:
             for rewrite in LAYOUTS.values():
                 if rewrite is not None:
                     rewrite(r, warm)
-            for config_label, config in (QUICK_PLAN if quick else PLAN):
+            for config_label, config in QUICK_PLAN if quick else PLAN:
                 r.flushdb()
                 for key, value in {**defaults, **config}.items():
                     r.config_set(key, value)
@@ -233,40 +257,63 @@ def run(quick: bool = False) -> Report:
                 for layout, rewrite in LAYOUTS.items():
                     if rewrite is not None:
                         rewrite(r, ids)
-                    rows.append({"config": config_label, "layout": layout,
-                                 "shipped": not config,
-                                 "bytes_per_session": round((_settled_memory(r) - base) / n),
-                                 "keys_per_session": round(keys_per_session, 3),
-                                 **_sample_keys(r, sample)})
+                    rows.append(
+                        {
+                            "config": config_label,
+                            "layout": layout,
+                            "shipped": not config,
+                            "bytes_per_session": round((_settled_memory(r) - base) / n),
+                            "keys_per_session": round(keys_per_session, 3),
+                            **_sample_keys(r, sample),
+                        }
+                    )
             for key, value in defaults.items():
                 r.config_set(key, value)
     finally:
         if app is not None:
             app.__dict__.pop("send_task", None)  # drop the instance patch
         server.cleanup()
-    report.details.update({"sessions": n, "plain_key_bytes": round(plain),
-                           "record_while_spawning": spawning,
-                           "redis_defaults": defaults, "experiments": rows})
+    report.details.update(
+        {
+            "sessions": n,
+            "plain_key_bytes": round(plain),
+            "record_while_spawning": spawning,
+            "redis_defaults": defaults,
+            "experiments": rows,
+        }
+    )
     by_config: dict[str, dict[str, int]] = {}
     for row in rows:
         by_config.setdefault(row["config"], {})[row["layout"]] = row["bytes_per_session"]
     for row in rows:
         layouts = by_config[row["config"]]
         # The stream's share from used_memory (MEMORY USAGE of a stream is approximate).
-        row["stream_bytes_per_session"] = (layouts["compact record"]
-                                           - layouts["compact record, no stream"])
+        row["stream_bytes_per_session"] = (
+            layouts["compact record"] - layouts["compact record, no stream"]
+        )
         current = row["layout"] == "as is" and row["shipped"]
         shown = row["layout"] != "compact record, no stream" or row["shipped"]
         if not shown:
             continue  # the rest (same record or no stream either way) is in the details
-        name = (f"Redis bytes per running session (N={n:,}), current layout, shipped config"
-                if current else f"{row['layout']}, {row['config']} (experiment)")
-        report.add(name, row["bytes_per_session"], "B", baseline=plain,
-                   baseline_label="plain SET key", target="<= 1024 B",
-                   ok=row["bytes_per_session"] <= TARGET_BYTES if current else None,
-                   note=(f"record {row['record_bytes']} B ({row['record_encoding']}), "
-                         f"stream {row['stream_bytes_per_session']} B/session"
-                         + ("" if current else "; not atlas behaviour, see RESULTS.md")))
+        name = (
+            f"Redis bytes per running session (N={n:,}), current layout, shipped config"
+            if current
+            else f"{row['layout']}, {row['config']} (experiment)"
+        )
+        report.add(
+            name,
+            row["bytes_per_session"],
+            "B",
+            baseline=plain,
+            baseline_label="plain SET key",
+            target="<= 1024 B",
+            ok=row["bytes_per_session"] <= TARGET_BYTES if current else None,
+            note=(
+                f"record {row['record_bytes']} B ({row['record_encoding']}), "
+                f"stream {row['stream_bytes_per_session']} B/session"
+                + ("" if current else "; not atlas behaviour, see RESULTS.md")
+            ),
+        )
     return report
 
 
@@ -276,18 +323,21 @@ def _default_breakdown(r: redis.Redis, sample: str, n: int) -> dict[str, Any]:
     return {
         "memory_usage_breakdown_bytes": {
             "record hash atlas:session:<id>": r.memory_usage(
-                C.SESSION_KEY.format(id=sample), samples=0),
-            "idle clock atlas:alive:<id>": r.memory_usage(
-                C.SESSION_ALIVE_KEY.format(id=sample)),
+                C.SESSION_KEY.format(id=sample), samples=0
+            ),
+            "idle clock atlas:alive:<id>": r.memory_usage(C.SESSION_ALIVE_KEY.format(id=sample)),
             "event stream atlas:events-log:<id> (2 events)": r.memory_usage(
-                C.EVENTS_STREAM_KEY.format(id=sample), samples=0),
+                C.EVENTS_STREAM_KEY.format(id=sample), samples=0
+            ),
             "deadline zset / N": (r.memory_usage(C.DEADLINE_INDEX_KEY, samples=0) or 0) / n,
             "tracked set / N": (r.memory_usage(C.SESSIONS_SET_KEY, samples=0) or 0) / n,
         },
-        "record_field_bytes": {k: len(k) + len(v) for k, v in sorted(
-            record.items(), key=lambda kv: -len(kv[1]))},
+        "record_field_bytes": {
+            k: len(k) + len(v) for k, v in sorted(record.items(), key=lambda kv: -len(kv[1]))
+        },
         "compact_fields_example": compact_fields(json.loads(record["compute"])),
-        "running_event_payload_bytes": len(cast(list[Any], r.xrange(
-            C.EVENTS_STREAM_KEY.format(id=sample)))[-1][1]["e"]),
+        "running_event_payload_bytes": len(
+            cast(list[Any], r.xrange(C.EVENTS_STREAM_KEY.format(id=sample)))[-1][1]["e"]
+        ),
         "stream_entries": r.xlen(C.EVENTS_STREAM_KEY.format(id=sample)),
     }

@@ -72,8 +72,17 @@ def _populate(client: redis.Redis, total: int) -> list[str]:
     deadline = redis_now_ms(client) + ttl
     chunk = 20_000  # keep each script call short: Redis serves nothing else meanwhile
     for first in range(0, total, chunk):
-        script(args=["s", first, min(chunk, total - first), deadline, ttl,
-                     ttl + C.SESSION_RECORD_GRACE_MS, DUE])
+        script(
+            args=[
+                "s",
+                first,
+                min(chunk, total - first),
+                deadline,
+                ttl,
+                ttl + C.SESSION_RECORD_GRACE_MS,
+                DUE,
+            ]
+        )
     return [f"s{i:012x}" for i in range(DUE)]
 
 
@@ -95,18 +104,23 @@ def run(quick: bool = False) -> Report:
     rounds = 10 if quick else 40
     server = RedisServer().start()
     try:
-        urls = {SMALL: f"redis://127.0.0.1:{server.port}/0",
-                LARGE: f"redis://127.0.0.1:{server.port}/1"}
+        urls = {
+            SMALL: f"redis://127.0.0.1:{server.port}/0",
+            LARGE: f"redis://127.0.0.1:{server.port}/1",
+        }
         clients = {n: redis.Redis.from_url(u, decode_responses=True) for n, u in urls.items()}
         t0 = time.perf_counter()
         due_ids = {n: _populate(c, n) for n, c in clients.items()}
         report.details["populate_seconds"] = round(time.perf_counter() - t0, 2)
-        report.details["tracked"] = {n: int(c.scard(C.SESSIONS_SET_KEY))
-                                     for n, c in clients.items()}
+        report.details["tracked"] = {
+            n: int(c.scard(C.SESSIONS_SET_KEY)) for n, c in clients.items()
+        }
         regs = {n: SessionStore(c) for n, c in clients.items()}
         settings = {n: AtlasSettings(redis_url=u) for n, u in urls.items()}
-        reapers = {n: reaper.SessionReaper(Dependencies.from_client(c, settings=settings[n]))
-                   for n, c in clients.items()}
+        reapers = {
+            n: reaper.SessionReaper(Dependencies.from_client(c, settings=settings[n]))
+            for n, c in clients.items()
+        }
         touched = {n: _touched(n) for n in clients}
         slack = C.IDLE_CLAIM_SLACK_MS
         enqueued: list[tuple[str, str]] = []
@@ -129,13 +143,18 @@ def run(quick: bool = False) -> Report:
             # step included) must use it, not the process settings.
             enqueued.clear()
             start = time.perf_counter()
-            rep = reapers[n].reap(enqueue_terminate=enqueue_terminate,
-                                  enqueue_orphan=enqueue_orphan, enqueue_spawn=enqueue_spawn,
-                                  scan_orphans=False)
+            rep = reapers[n].reap(
+                enqueue_terminate=enqueue_terminate,
+                enqueue_orphan=enqueue_orphan,
+                enqueue_spawn=enqueue_spawn,
+                scan_orphans=False,
+            )
             elapsed = time.perf_counter() - start
             if len(rep.due) != DUE or len(enqueued) != DUE:
-                raise RuntimeError(f"sweep on {n} claimed {len(rep.due)}, enqueued "
-                                   f"{len(enqueued)}, expected {DUE}: {rep.summary()}")
+                raise RuntimeError(
+                    f"sweep on {n} claimed {len(rep.due)}, enqueued "
+                    f"{len(enqueued)}, expected {DUE}: {rep.summary()}"
+                )
             return int(elapsed * 1e9)
 
         claim_times: dict[int, list[float]] = {SMALL: [], LARGE: []}
@@ -157,41 +176,64 @@ def run(quick: bool = False) -> Report:
                 _make_due(clients[n], due_ids[n] + touched[n])
                 steady_times[n].append(sweep(n) / 1e9)
                 if int(clients[n].zscore(C.DEADLINE_INDEX_KEY, touched[n][0]) or 0) <= (
-                        redis_now_ms(clients[n])):
+                    redis_now_ms(clients[n])
+                ):
                     raise RuntimeError("a touched session's index entry was not re-scored")
-        for label, times in (("claim_due (idle part of a sweep)", claim_times),
-                             ("reap() sweep, orphan scan off", reap_times),
-                             ("reap() sweep, steady state (+ touched sessions re-scored)",
-                              steady_times)):
+        for label, times in (
+            ("claim_due (idle part of a sweep)", claim_times),
+            ("reap() sweep, orphan scan off", reap_times),
+            ("reap() sweep, steady state (+ touched sessions re-scored)", steady_times),
+        ):
             small_ms, large_ms = median(times[SMALL]) * 1e3, median(times[LARGE]) * 1e3
-            extra = (f" + {len(touched[SMALL])} / {len(touched[LARGE])} touched"
-                     if times is steady_times else "")
-            report.add(f"{label}, {SMALL:,} tracked (baseline)", small_ms, "ms",
-                       note=f"{DUE} due{extra}, median of {rounds}")
+            extra = (
+                f" + {len(touched[SMALL])} / {len(touched[LARGE])} touched"
+                if times is steady_times
+                else ""
+            )
+            report.add(
+                f"{label}, {SMALL:,} tracked (baseline)",
+                small_ms,
+                "ms",
+                note=f"{DUE} due{extra}, median of {rounds}",
+            )
             ratio = large_ms / small_ms
-            report.add(f"{label}, {LARGE:,} tracked", large_ms, "ms", baseline=small_ms,
-                       baseline_label=f"{SMALL:,} tracked", ratio=ratio,
-                       target=f"ratio <= {TARGET}", ok=ratio <= TARGET)
+            report.add(
+                f"{label}, {LARGE:,} tracked",
+                large_ms,
+                "ms",
+                baseline=small_ms,
+                baseline_label=f"{SMALL:,} tracked",
+                ratio=ratio,
+                target=f"ratio <= {TARGET}",
+                ok=ratio <= TARGET,
+            )
 
         # Commands per sweep (one sweep each, measured alone).
         for n in (SMALL, LARGE):
             _make_due(clients[n], due_ids[n])
+
             def one_sweep(n: int = n) -> None:
                 sweep(n)
 
             sent, every = count_commands(clients[n], one_sweep)
-            report.add(f"Redis commands per sweep, {n:,} tracked", float(sum(sent.values())),
-                       "count", note=f"round trips sent: {sent}; {sum(every.values())} "
-                                     "executed incl. calls inside Lua")
-            report.details[f"commands_per_sweep_{n}"] = {"sent": sent,
-                                                         "commandstats_delta": every}
+            report.add(
+                f"Redis commands per sweep, {n:,} tracked",
+                float(sum(sent.values())),
+                "count",
+                note=f"round trips sent: {sent}; {sum(every.values())} "
+                "executed incl. calls inside Lua",
+            )
+            report.details[f"commands_per_sweep_{n}"] = {"sent": sent, "commandstats_delta": every}
         report.details["rounds"] = rounds
-        report.details["claim_ms"] = {n: [round(t * 1e3, 3) for t in v]
-                                      for n, v in claim_times.items()}
-        report.details["reap_ms"] = {n: [round(t * 1e3, 3) for t in v]
-                                     for n, v in reap_times.items()}
-        report.details["steady_state_reap_ms"] = {n: [round(t * 1e3, 3) for t in v]
-                                                  for n, v in steady_times.items()}
+        report.details["claim_ms"] = {
+            n: [round(t * 1e3, 3) for t in v] for n, v in claim_times.items()
+        }
+        report.details["reap_ms"] = {
+            n: [round(t * 1e3, 3) for t in v] for n, v in reap_times.items()
+        }
+        report.details["steady_state_reap_ms"] = {
+            n: [round(t * 1e3, 3) for t in v] for n, v in steady_times.items()
+        }
         report.details["touched_entries_per_sweep"] = {n: len(v) for n, v in touched.items()}
     finally:
         server.cleanup()

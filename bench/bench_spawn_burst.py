@@ -41,8 +41,9 @@ QUICK_CONFIGS = [("threads", 128, 1)]
 
 
 def _spawn() -> orchestrator.Session:
-    return orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE,
-                              ports=[(8000, "http")], auth="bearer")
+    return orchestrator.spawn(
+        provider="runpod", gpu="h100", image=IMAGE, ports=[(8000, "http")], auth="bearer"
+    )
 
 
 def _overhead(rounds: int) -> dict[str, Any]:
@@ -69,9 +70,11 @@ def _overhead(rounds: int) -> dict[str, Any]:
         spawn.append(time.perf_counter() - t0)
         if not isinstance(result, dict) or not result.get("id"):
             raise RuntimeError(f"spawn {s.id} returned {result!r}")
-    return {"noop_ms": [round(x * 1e3, 2) for x in noop],
-            "spawn_ms": [round(x * 1e3, 2) for x in spawn],
-            "spawn_call_ms": [round(x * 1e3, 2) for x in spawn_call]}
+    return {
+        "noop_ms": [round(x * 1e3, 2) for x in noop],
+        "spawn_ms": [round(x * 1e3, 2) for x in spawn],
+        "spawn_call_ms": [round(x * 1e3, 2) for x in spawn_call],
+    }
 
 
 def _rss_kb(pgids: list[int]) -> int:
@@ -122,16 +125,18 @@ def _burst(cluster: LocalCluster, n: int, timeout_s: float) -> dict[str, Any]:
         pipe.hget(key, "running_at_ms")
     running = [(int(x) - t0) / 1000 for x in pipe.execute() if x]
     return {
-        "sessions": n, "enqueue_s": round(enqueue_s, 2), "statuses": statuses,
+        "sessions": n,
+        "enqueue_s": round(enqueue_s, 2),
+        "statuses": statuses,
         "running": len(running),
         "all_running_s": max(running) if len(running) == n else float("nan"),
         "p50_running_s": percentile(running, 50) if running else float("nan"),
-        "rss_rest_mb": round(rest_kb / 1024, 1), "rss_peak_mb": round(sampler.peak_kb / 1024, 1),
+        "rss_rest_mb": round(rest_kb / 1024, 1),
+        "rss_peak_mb": round(sampler.peak_kb / 1024, 1),
     }
 
 
-def _restart_workers(cluster: LocalCluster, pool: str, concurrency: int,
-                     processes: int) -> None:
+def _restart_workers(cluster: LocalCluster, pool: str, concurrency: int, processes: int) -> None:
     for proc in cluster.workers:
         proc.stop()
     cluster.workers.clear()
@@ -146,34 +151,54 @@ def run(quick: bool = False) -> Report:
     n = 200 if quick else 500
     configs = QUICK_CONFIGS if quick else CONFIGS
     bursts: dict[str, dict[str, Any]] = {}
-    with LocalCluster(pool=configs[0][0], concurrency=configs[0][1],
-                      fakecloud={"latency_s": 0.0}) as cluster:
+    with LocalCluster(
+        pool=configs[0][0], concurrency=configs[0][1], fakecloud={"latency_s": 0.0}
+    ) as cluster:
         over = _overhead(10 if quick else 30)
         cluster.cloud.set_faults(latency_s=1.0)
         for i, (pool, concurrency, processes) in enumerate(configs):
             if i:
                 _restart_workers(cluster, pool, concurrency, processes)
-            label = f"{pool}/{concurrency}" + (f" × {processes} processes"
-                                               if processes > 1 else "")
+            label = f"{pool}/{concurrency}" + (f" × {processes} processes" if processes > 1 else "")
             bursts[label] = _burst(cluster, n, timeout_s=60)
     noop_ms, spawn_ms = median(over["noop_ms"]), median(over["spawn_ms"])
-    report.add("no-op Celery task round trip (celery.accumulate, baseline)", noop_ms, "ms",
-               note=f"median of {len(over['noop_ms'])}, send → result")
-    report.add("spawn round trip, fake cloud latency 0", spawn_ms, "ms", baseline=noop_ms,
-               baseline_label="no-op task",
-               note=f"orchestrator.spawn() call alone: {median(over['spawn_call_ms']):.1f} ms")
+    report.add(
+        "no-op Celery task round trip (celery.accumulate, baseline)",
+        noop_ms,
+        "ms",
+        note=f"median of {len(over['noop_ms'])}, send → result",
+    )
+    report.add(
+        "spawn round trip, fake cloud latency 0",
+        spawn_ms,
+        "ms",
+        baseline=noop_ms,
+        baseline_label="no-op task",
+        note=f"orchestrator.spawn() call alone: {median(over['spawn_call_ms']):.1f} ms",
+    )
     default = f"threads/{AtlasSettings.model_fields['worker_concurrency'].default}"
     for label, b in bursts.items():
         t = b["all_running_s"]
         tag = " (settings default)" if label == default else ""
-        report.add(f"{n} spawns, 1 s cloud latency: all running, pool {label}{tag}", t, "s",
-                   baseline=1.0, baseline_label="one create call (1 s)",
-                   target=f"<= {TARGET_S:g} s", ok=t <= TARGET_S,
-                   note=f"enqueue took {b['enqueue_s']}s; p50 {b['p50_running_s']:.2f}s; "
-                        f"{b['running']}/{n} running")
+        report.add(
+            f"{n} spawns, 1 s cloud latency: all running, pool {label}{tag}",
+            t,
+            "s",
+            baseline=1.0,
+            baseline_label="one create call (1 s)",
+            target=f"<= {TARGET_S:g} s",
+            ok=t <= TARGET_S,
+            note=f"enqueue took {b['enqueue_s']}s; p50 {b['p50_running_s']:.2f}s; "
+            f"{b['running']}/{n} running",
+        )
     for label, b in bursts.items():
         report.add(f"worker RSS at rest, pool {label}", b["rss_rest_mb"], "MB")
-        report.add(f"worker RSS peak during burst, pool {label}", b["rss_peak_mb"], "MB",
-                   baseline=b["rss_rest_mb"], baseline_label="at rest")
+        report.add(
+            f"worker RSS peak during burst, pool {label}",
+            b["rss_peak_mb"],
+            "MB",
+            baseline=b["rss_rest_mb"],
+            baseline_label="at rest",
+        )
     report.details = {"overhead": over, "bursts": bursts}
     return report

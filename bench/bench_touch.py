@@ -31,12 +31,21 @@ TARGET = 1.3
 SESSIONS = 200
 THREADS = 8
 
+
 def _sessions(reg: SessionStore, prefix: str, ttl_ms: int) -> list[str]:
     ids = [f"{prefix}{i:012x}" for i in range(SESSIONS)]
     for sid in ids:
-        reg.create(SessionRecord(id=sid, provider="runpod", status=SessionStatus.SPAWNING,
-                                 pod_name=f"atlas-{sid}", idle_ttl_ms=ttl_ms, auth="bearer",
-                                 user_id=42))
+        reg.create(
+            SessionRecord(
+                id=sid,
+                provider="runpod",
+                status=SessionStatus.SPAWNING,
+                pod_name=f"atlas-{sid}",
+                idle_ttl_ms=ttl_ms,
+                auth="bearer",
+                user_id=42,
+            )
+        )
         reg.finish_spawn(sid, f"pod{sid}", {"id": f"pod{sid}", "status": "running"})
     return ids
 
@@ -46,6 +55,7 @@ def _loop(fn: Callable[[str], Any], ids: list[str]) -> Callable[[int], None]:
         count = len(ids)
         for i in range(n):
             fn(ids[i % count])
+
     return run
 
 
@@ -84,8 +94,7 @@ def run(quick: bool = False) -> Report:
     server = RedisServer().start()
     try:
         # One connection for the single-thread part: every op pays the same socket.
-        single = redis.Redis(port=server.port, decode_responses=True,
-                             single_connection_client=True)
+        single = redis.Redis(port=server.port, decode_responses=True, single_connection_client=True)
         ttl = C.DEFAULT_IDLE_TTL_MS
         reg_off = SessionStore(single, publish_heartbeats=False)
         reg_on = SessionStore(single, publish_heartbeats=True)
@@ -104,8 +113,12 @@ def run(quick: bool = False) -> Report:
             fn(50)
         samples = paired_rounds(ops, rounds=rounds, batch=batch)
         base_us = median(samples["pexpire"]) * 1e6
-        report.add("PEXPIRE round trip (baseline)", base_us, "us",
-                   note=f"median of {rounds} rounds × {batch} calls, one connection")
+        report.add(
+            "PEXPIRE round trip (baseline)",
+            base_us,
+            "us",
+            note=f"median of {rounds} rounds × {batch} calls, one connection",
+        )
         labels = {
             "touch_no_heartbeat": "touch(), publish_heartbeats=False (default)",
             "touch_heartbeat": "touch(), publish_heartbeats=True (ATLAS_HEARTBEAT_EVENTS)",
@@ -113,17 +126,28 @@ def run(quick: bool = False) -> Report:
         for key, label in labels.items():
             ratio = paired_ratio(samples, key, "pexpire")
             default = key == "touch_no_heartbeat"
-            report.add(label, median(samples[key]) * 1e6, "us", baseline=base_us,
-                       baseline_label="PEXPIRE", ratio=ratio, target=f"ratio <= {TARGET}",
-                       ok=ratio <= TARGET if default else None,
-                       note="" if default else "opt-in: the full script (7 writes + PUBLISH); "
-                       "the target is for the default touch")
+            report.add(
+                label,
+                median(samples[key]) * 1e6,
+                "us",
+                baseline=base_us,
+                baseline_label="PEXPIRE",
+                ratio=ratio,
+                target=f"ratio <= {TARGET}",
+                ok=ratio <= TARGET if default else None,
+                note=""
+                if default
+                else "opt-in: the full script (7 writes + PUBLISH); "
+                "the target is for the default touch",
+            )
 
         # What one touch sends and what Redis executes (scripts' inner calls included).
         for key, reg in (("touch_no_heartbeat", reg_off), ("touch_heartbeat", reg_on)):
             sent, executed = count_commands(single, partial(reg.touch, ids[0]))
             report.details.setdefault("commands_per_touch", {})[key] = {
-                "round_trips": sent, "executed_by_redis": executed}
+                "round_trips": sent,
+                "executed_by_redis": executed,
+            }
 
         # Server-side work per call, from INFO commandstats.
         single.config_resetstat()
@@ -144,7 +168,8 @@ def run(quick: bool = False) -> Report:
             return pooled.pexpire(alive_prefix + sid, ttl)
 
         flavours: dict[str, tuple[Callable[[str], Any], list[str]]] = {
-            "pexpire": (pooled_pexpire, ids), "touch_no_heartbeat": (p_off.touch, ids),
+            "pexpire": (pooled_pexpire, ids),
+            "touch_no_heartbeat": (p_off.touch, ids),
             "touch_heartbeat": (p_on.touch, ids),
         }
         rates: dict[str, list[float]] = {k: [] for k in flavours}
@@ -155,11 +180,17 @@ def run(quick: bool = False) -> Report:
         report.add(f"PEXPIRE/s, {THREADS} threads (baseline)", base_rate, "ops/s")
         for key, label in labels.items():
             rate = max(rates[key])
-            report.add(f"{label}/s, {THREADS} threads", rate, "ops/s", baseline=base_rate,
-                       baseline_label="PEXPIRE/s")
+            report.add(
+                f"{label}/s, {THREADS} threads",
+                rate,
+                "ops/s",
+                baseline=base_rate,
+                baseline_label="PEXPIRE/s",
+            )
         report.details["throughput_runs"] = rates
-        report.details["per_round_us"] = {k: [round(v * 1e6, 2) for v in vals]
-                                          for k, vals in samples.items()}
+        report.details["per_round_us"] = {
+            k: [round(v * 1e6, 2) for v in vals] for k, vals in samples.items()
+        }
     finally:
         server.cleanup()
     return report

@@ -97,13 +97,18 @@ def median(values: Sequence[float]) -> float:
 def distribution(values: Sequence[float]) -> dict[str, float]:
     """count, min, p50, p95, p99, max."""
     return {
-        "count": len(values), "min": min(values), "p50": percentile(values, 50),
-        "p95": percentile(values, 95), "p99": percentile(values, 99), "max": max(values),
+        "count": len(values),
+        "min": min(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values),
     }
 
 
-def paired_rounds(ops: dict[str, Callable[[int], None]], *, rounds: int,
-                  batch: int) -> dict[str, list[float]]:
+def paired_rounds(
+    ops: dict[str, Callable[[int], None]], *, rounds: int, batch: int
+) -> dict[str, list[float]]:
     """Time each op over ``batch`` calls, ``rounds`` times, in a shuffled order per round.
 
     Returns seconds per call for each round and op. Interleaving every op in every round
@@ -143,8 +148,9 @@ def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     return {k: v for k, v in sorted(delta.items()) if v > 0}
 
 
-def count_commands(client: redis.Redis, fn: Callable[[], Any]) -> tuple[dict[str, int],
-                                                                        dict[str, int]]:
+def count_commands(
+    client: redis.Redis, fn: Callable[[], Any]
+) -> tuple[dict[str, int], dict[str, int]]:
     """Run ``fn``; return (commands this process sent, every command Redis executed).
 
     The first counts round trips by wrapping redis-py's ``send_command`` (so an EVALSHA
@@ -190,7 +196,7 @@ def group_rss_kb(pgid: int) -> int:
                 stat = fh.read()
             # Field 5 is pgrp; the command name (field 2) may contain spaces, so split
             # after its closing parenthesis.
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if int(fields[2]) != pgid:
                 continue
             with open(f"/proc/{entry}/status") as fh:
@@ -210,7 +216,7 @@ def cpu_seconds(pid: int) -> float:
             stat = fh.read()
     except OSError:
         return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -223,7 +229,7 @@ def group_cpu_seconds(pgid: int) -> float:
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 stat = fh.read()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if int(fields[2]) == pgid:
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError, IndexError):
@@ -284,4 +290,3 @@ def redis_now_ms(client: redis.Redis) -> int:
     """Redis server time in ms (the registry's clock)."""
     sec, usec = client.time()
     return int(sec) * 1000 + int(usec) // 1000
-

@@ -33,26 +33,44 @@ def main() -> None:
         port = sock.getsockname()[1]
     with LocalCluster(fakecloud={"boot_delay_s": 0.0}, orphan_grace_ms=600_000) as cluster:
         proc = ManagedProcess(
-            name="dashboard", env={**cluster.env, "ATLAS_DASHBOARD_TOKEN": TOKEN},
+            name="dashboard",
+            env={**cluster.env, "ATLAS_DASHBOARD_TOKEN": TOKEN},
             args=[sys.executable, "-m", "atlas_tasks", "dashboard", "--port", str(port)],
         ).start()
         url = f"http://127.0.0.1:{port}/"
         proc.wait_until(lambda: _answers(url), 30, "the dashboard")
         sessions = []
-        for user, gpu, ttl in (("alice", "h100", 900_000), ("bob", "a100_80g", 600_000),
-                               ("carol", "l40s", 300_000), ("dave", "rtx_4090", 900_000),
-                               ("erin", "h100", 120_000)):
-            sessions.append(orchestrator.spawn(
-                provider="runpod", gpu=gpu, image="ghcr.io/acme/infer:1",
-                ports=[(8000, "http")], auth="bearer", user_id=user, idle_ttl_ms=ttl))
+        for user, gpu, ttl in (
+            ("alice", "h100", 900_000),
+            ("bob", "a100_80g", 600_000),
+            ("carol", "l40s", 300_000),
+            ("dave", "rtx_4090", 900_000),
+            ("erin", "h100", 120_000),
+        ):
+            sessions.append(
+                orchestrator.spawn(
+                    provider="runpod",
+                    gpu=gpu,
+                    image="ghcr.io/acme/infer:1",
+                    ports=[(8000, "http")],
+                    auth="bearer",
+                    user_id=user,
+                    idle_ttl_ms=ttl,
+                )
+            )
         for s in sessions:
             s.wait(30)
         spawn_compute(provider="runpod", gpu="h100", image="x", name="atlas-left-behind")
         spawn_compute(provider="runpod", gpu="l4", image="x", name="team-b-notebook")
         options = Options()
         options.binary_location = "/usr/bin/chromium"
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                    "--window-size=1500,1100", "--hide-scrollbars"):
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--window-size=1500,1100",
+            "--hide-scrollbars",
+        ):
             options.add_argument(arg)
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         try:
@@ -64,21 +82,32 @@ def main() -> None:
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr[data-session-id]")) == 5)
             first = sessions[1].id
             driver.find_element(
-                By.CSS_SELECTOR, f'tr[data-session-id="{first}"] [data-action="touch"]').click()
+                By.CSS_SELECTOR, f'tr[data-session-id="{first}"] [data-action="touch"]'
+            ).click()
             driver.find_element(
-                By.CSS_SELECTOR,
-                f'tr[data-session-id="{sessions[3].id}"] [data-action="stop"]').click()
-            wait.until(lambda d: d.find_element(
-                By.CSS_SELECTOR,
-                f'tr[data-session-id="{sessions[3].id}"] [data-field="status"]').text
-                == "terminated")
+                By.CSS_SELECTOR, f'tr[data-session-id="{sessions[3].id}"] [data-action="stop"]'
+            ).click()
+            wait.until(
+                lambda d: (
+                    d.find_element(
+                        By.CSS_SELECTOR,
+                        f'tr[data-session-id="{sessions[3].id}"] [data-field="status"]',
+                    ).text
+                    == "terminated"
+                )
+            )
             driver.find_element(By.ID, "scan-orphans").click()
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#orphan-table tr[data-pod-id]"))
             driver.find_element(
-                By.CSS_SELECTOR, f'tr[data-session-id="{first}"] [data-action="timeline"]').click()
+                By.CSS_SELECTOR, f'tr[data-session-id="{first}"] [data-action="timeline"]'
+            ).click()
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline-events li"))
-            wait.until(lambda d: d.find_element(
-                By.CSS_SELECTOR, '#health [data-field="reaper"]').text == "sweeping")
+            wait.until(
+                lambda d: (
+                    d.find_element(By.CSS_SELECTOR, '#health [data-field="reaper"]').text
+                    == "sweeping"
+                )
+            )
             time.sleep(1.5)  # let the flash highlight of the last update fade for the picture
             driver.save_screenshot(str(OUT))
             print(f"wrote {OUT}")

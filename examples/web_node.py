@@ -54,10 +54,14 @@ def _error(exc: AtlasError) -> JSONResponse:
 async def open_session(request: Request) -> Response:
     body: dict[str, Any] = await request.json() if await request.body() else {}
     try:
-        s = orchestrator.spawn(gpu=body.get("gpu", "h100"), image=body.get("image", IMAGE),
-                               ports=[(8000, "http")], auth="bearer",
-                               user_id=body.get("user_id"),
-                               idle_ttl_ms=body.get("idle_ttl_ms"))
+        s = orchestrator.spawn(
+            gpu=body.get("gpu", "h100"),
+            image=body.get("image", IMAGE),
+            ports=[(8000, "http")],
+            auth="bearer",
+            user_id=body.get("user_id"),
+            idle_ttl_ms=body.get("idle_ttl_ms"),
+        )
     except AtlasError as exc:
         return _error(exc)
     return JSONResponse({"session": s.id, "token": s.token}, status_code=201)
@@ -92,18 +96,22 @@ async def stream_events(request: Request) -> Response:
     after = request.headers.get("last-event-id") or None
 
     async def sse() -> AsyncIterator[str]:
-        async for event in events.asubscribe(session_id, after=after, timeout=300,
-                                             until=("terminated", "failed")):
+        async for event in events.asubscribe(
+            session_id, after=after, timeout=300, until=("terminated", "failed")
+        ):
             yield f"id: {event.id or ''}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
 
-    return StreamingResponse(sse(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store"})
+    return StreamingResponse(
+        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
 
 
-app = Starlette(routes=[
-    Route("/sessions", open_session, methods=["POST"]),
-    Route("/sessions/{id}", info, methods=["GET"]),
-    Route("/sessions/{id}", stop, methods=["DELETE"]),
-    Route("/sessions/{id}/touch", touch, methods=["POST"]),
-    Route("/sessions/{id}/events", stream_events, methods=["GET"]),
-])
+app = Starlette(
+    routes=[
+        Route("/sessions", open_session, methods=["POST"]),
+        Route("/sessions/{id}", info, methods=["GET"]),
+        Route("/sessions/{id}", stop, methods=["DELETE"]),
+        Route("/sessions/{id}/touch", touch, methods=["POST"]),
+        Route("/sessions/{id}/events", stream_events, methods=["GET"]),
+    ]
+)

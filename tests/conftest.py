@@ -20,7 +20,10 @@ def _clean_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts from default settings and an empty provider cache."""
     for name in list(os.environ):
         if name.startswith("ATLAS_") or name in (
-            "RUNPOD_API_KEY", "FLY_API_TOKEN", "LAMBDA_LABS_API_KEY", "VAST_API_KEY"
+            "RUNPOD_API_KEY",
+            "FLY_API_TOKEN",
+            "LAMBDA_LABS_API_KEY",
+            "VAST_API_KEY",
         ):
             monkeypatch.delenv(name, raising=False)
     reset_settings()

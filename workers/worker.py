@@ -21,8 +21,19 @@ QUEUES = "compute,jobs,fly,maintenance"
 def argv(extra: list[str]) -> list[str]:
     """The Celery command line this entry point runs."""
     settings = get_settings()
-    return ["worker", "-E", "-P", settings.worker_pool, "-c", str(settings.worker_concurrency),
-            "-Q", ",".join(worker_queues()), "--loglevel", "INFO", *extra]
+    return [
+        "worker",
+        "-E",
+        "-P",
+        settings.worker_pool,
+        "-c",
+        str(settings.worker_concurrency),
+        "-Q",
+        ",".join(worker_queues()),
+        "--loglevel",
+        "INFO",
+        *extra,
+    ]
 
 
 def main(extra: list[str] | None = None) -> None:

@@ -223,8 +223,10 @@ class BearerOrSignedUrlMiddleware(_PodAuthMiddleware[ASGIApp]):
             {
                 "type": "http.response.start",
                 "status": 401,
-                "headers": [(name.lower().encode("ascii"), value.encode("ascii"))
-                            for name, value in _refusal_headers(body)],
+                "headers": [
+                    (name.lower().encode("ascii"), value.encode("ascii"))
+                    for name, value in _refusal_headers(body)
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

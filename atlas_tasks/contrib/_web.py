@@ -127,17 +127,21 @@ def apply_settings(values: Mapping[str, Any], *, source: str, prefix: str = "") 
 def check_presets(presets: Any) -> dict[str, dict[str, Any]]:
     """Validate ``SESSION_PRESETS``: a mapping of names to mappings of spawn arguments."""
     if not isinstance(presets, Mapping):
-        raise ValidationError("SESSION_PRESETS: must be a mapping of name -> spawn options",
-                              field="SESSION_PRESETS")
+        raise ValidationError(
+            "SESSION_PRESETS: must be a mapping of name -> spawn options", field="SESSION_PRESETS"
+        )
     out: dict[str, dict[str, Any]] = {}
     for name, preset in presets.items():
         if not isinstance(preset, Mapping):
-            raise ValidationError(f"SESSION_PRESETS.{name}: must be a mapping",
-                                  field=f"SESSION_PRESETS.{name}")
+            raise ValidationError(
+                f"SESSION_PRESETS.{name}: must be a mapping", field=f"SESSION_PRESETS.{name}"
+            )
         if "user_id" in preset:
-            raise ValidationError(f"SESSION_PRESETS.{name}.user_id: the owner is the "
-                                  "requesting user, not a preset field",
-                                  field=f"SESSION_PRESETS.{name}.user_id")
+            raise ValidationError(
+                f"SESSION_PRESETS.{name}.user_id: the owner is the "
+                "requesting user, not a preset field",
+                field=f"SESSION_PRESETS.{name}.user_id",
+            )
         out[str(name)] = dict(preset)
     return out
 
@@ -151,14 +155,17 @@ def parse_open_body(raw: bytes) -> str:
     try:
         body = json.loads(raw)
     except ValueError:
-        raise ValidationError("body: must be JSON like {\"preset\": \"default\"}",
-                              field="body") from None
+        raise ValidationError(
+            'body: must be JSON like {"preset": "default"}', field="body"
+        ) from None
     if not isinstance(body, dict):
         raise ValidationError("body: must be a JSON object", field="body")
     extra = sorted(set(body) - {"preset"})
     if extra:
-        raise ValidationError(f"{extra[0]}: not accepted; pick a server-side preset with "
-                              "{\"preset\": name}", field=extra[0])
+        raise ValidationError(
+            f'{extra[0]}: not accepted; pick a server-side preset with {{"preset": name}}',
+            field=extra[0],
+        )
     preset = body.get("preset", "default")
     if not isinstance(preset, str):
         raise ValidationError("preset: must be a string", field="preset")
@@ -175,8 +182,9 @@ def spawn_arguments(options: WebOptions, preset: str, owner: Any) -> dict[str, A
         chosen = options.presets[preset]
     except KeyError:
         known = ", ".join(sorted(options.presets)) or "none configured"
-        raise ValidationError(f"preset: unknown preset {preset!r} (known: {known})",
-                              field="preset") from None
+        raise ValidationError(
+            f"preset: unknown preset {preset!r} (known: {known})", field="preset"
+        ) from None
     return {**chosen, "user_id": owner}
 
 
@@ -192,8 +200,9 @@ def same_owner(session_owner: Any, owner: Any) -> bool:
 
 def not_found(session_id: str) -> NotFoundError:
     """What another user's session looks like: the same as an unknown one."""
-    return cast(NotFoundError, AtlasError(f"session {session_id!r} is not tracked",
-                                          kind="not_found"))
+    return cast(
+        NotFoundError, AtlasError(f"session {session_id!r} is not tracked", kind="not_found")
+    )
 
 
 def owned_info(session_id: str, owner: Any) -> SessionInfo:
@@ -240,8 +249,12 @@ def sse_format(event: events.Event) -> str:
     if event.id:
         lines.append(f"id: {event.id}")
     lines.append(f"event: {event.type}")
-    payload = {"session_id": event.session_id, "type": event.type, "data": event.data,
-               "ts": event.ts}
+    payload = {
+        "session_id": event.session_id,
+        "type": event.type,
+        "data": event.data,
+        "ts": event.ts,
+    }
     lines.append(f"data: {json.dumps(payload, default=str)}")
     return "\n".join(lines) + "\n\n"
 
@@ -268,8 +281,9 @@ def last_event_id(header: str | None) -> str | None:
         return None
     ms, dash, seq = header.strip().partition("-")
     if not (ms.isdigit() and dash and seq.isdigit()):
-        raise ValidationError("Last-Event-ID: must be a stream id like 1700000000000-0",
-                              field="Last-Event-ID")
+        raise ValidationError(
+            "Last-Event-ID: must be a stream id like 1700000000000-0", field="Last-Event-ID"
+        )
     return header.strip()
 
 
@@ -277,16 +291,14 @@ def _is_terminal(event: events.Event) -> bool:
     return event.type == "status" and event.data.get("status") in TERMINAL_STATUSES
 
 
-def sse_stream(session_id: str, after: str | None, keepalive_s: float = 15.0
-               ) -> Iterator[str]:
+def sse_stream(session_id: str, after: str | None, keepalive_s: float = 15.0) -> Iterator[str]:
     """Replay then follow a session's events as SSE text, ending after ``terminated`` /
     ``failed``. Sends a keepalive comment every ``keepalive_s`` of silence."""
     yield SSE_OPEN
     cursor = after
     while True:
         got_any = False
-        for event in events.subscribe(session_id, after=cursor, replay=True,
-                                      timeout=keepalive_s):
+        for event in events.subscribe(session_id, after=cursor, replay=True, timeout=keepalive_s):
             got_any = True
             if event.id:
                 cursor = event.id
@@ -297,15 +309,17 @@ def sse_stream(session_id: str, after: str | None, keepalive_s: float = 15.0
             yield SSE_KEEPALIVE
 
 
-async def asse_stream(session_id: str, after: str | None, keepalive_s: float = 15.0
-                      ) -> AsyncIterator[str]:
+async def asse_stream(
+    session_id: str, after: str | None, keepalive_s: float = 15.0
+) -> AsyncIterator[str]:
     """asyncio twin of :func:`sse_stream` (no thread is held while the stream idles)."""
     yield SSE_OPEN
     cursor = after
     while True:
         got_any = False
-        async for event in events.asubscribe(session_id, after=cursor, replay=True,
-                                             timeout=keepalive_s):
+        async for event in events.asubscribe(
+            session_id, after=cursor, replay=True, timeout=keepalive_s
+        ):
             got_any = True
             if event.id:
                 cursor = event.id
@@ -316,9 +330,29 @@ async def asse_stream(session_id: str, after: str | None, keepalive_s: float = 1
             yield SSE_KEEPALIVE
 
 
-__all__ = ["SSE_HEADERS", "SSE_KEEPALIVE", "SSE_OPEN", "STATUS_BY_KIND", "TERMINAL_STATUSES",
-           "WEB_KEYS", "WebOptions", "aowned_info", "apply_settings", "asse_stream",
-           "check_presets",
-           "error_body", "info_body", "last_event_id", "load_callable", "not_found",
-           "open_body", "owned_info", "parse_open_body", "same_owner", "spawn_arguments",
-           "sse_format", "sse_stream", "status_for"]
+__all__ = [
+    "SSE_HEADERS",
+    "SSE_KEEPALIVE",
+    "SSE_OPEN",
+    "STATUS_BY_KIND",
+    "TERMINAL_STATUSES",
+    "WEB_KEYS",
+    "WebOptions",
+    "aowned_info",
+    "apply_settings",
+    "asse_stream",
+    "check_presets",
+    "error_body",
+    "info_body",
+    "last_event_id",
+    "load_callable",
+    "not_found",
+    "open_body",
+    "owned_info",
+    "parse_open_body",
+    "same_owner",
+    "spawn_arguments",
+    "sse_format",
+    "sse_stream",
+    "status_for",
+]

@@ -50,12 +50,16 @@ def _owner() -> Any:
         owner = current_user.get_id() if current_user.is_authenticated else None
     elif current_app.config.get("ATLAS_OWNER") is not None:
         # AtlasTasks(app) / init_app read app.config once; this key came later.
-        raise AtlasError("app.config['ATLAS_OWNER'] was set after AtlasTasks(app) / "
-                         "init_app(app) read app.config: set the ATLAS_* keys before it",
-                         kind="unsupported")
+        raise AtlasError(
+            "app.config['ATLAS_OWNER'] was set after AtlasTasks(app) / "
+            "init_app(app) read app.config: set the ATLAS_* keys before it",
+            kind="unsupported",
+        )
     else:
-        raise AtlasError("no owner: set up Flask-Login or app.config['ATLAS_OWNER'] "
-                         "(before AtlasTasks(app))", kind="unsupported")
+        raise AtlasError(
+            "no owner: set up Flask-Login or app.config['ATLAS_OWNER'] (before AtlasTasks(app))",
+            kind="unsupported",
+        )
     if owner is None:
         raise _Anonymous
     return owner
@@ -75,6 +79,7 @@ def _guard(view: Callable[..., Response]) -> Callable[..., Response]:
             return _json({"error": "unauthorized", "message": "authentication required"}, 401)
         except AtlasError as exc:
             return _json(_web.error_body(exc), _web.status_for(exc))
+
     wrapper.__name__ = view.__name__
     wrapper.__doc__ = view.__doc__
     return wrapper
@@ -116,8 +121,9 @@ def session_events(session_id: str) -> Response:
     _web.owned_info(session_id, _owner())
     after = _web.last_event_id(request.headers.get("Last-Event-ID"))
     stream = _web.sse_stream(session_id, after, _options().keepalive_s)
-    return Response(stream_with_context(stream), mimetype="text/event-stream",
-                    headers=_web.SSE_HEADERS)
+    return Response(
+        stream_with_context(stream), mimetype="text/event-stream", headers=_web.SSE_HEADERS
+    )
 
 
 def blueprint() -> Blueprint:
@@ -126,8 +132,7 @@ def blueprint() -> Blueprint:
     bp.add_url_rule("/sessions", view_func=sessions, methods=["GET", "POST"])
     bp.add_url_rule("/sessions/<session_id>", view_func=session, methods=["GET", "DELETE"])
     bp.add_url_rule("/sessions/<session_id>/touch", view_func=touch, methods=["POST"])
-    bp.add_url_rule("/sessions/<session_id>/events", view_func=session_events,
-                    methods=["GET"])
+    bp.add_url_rule("/sessions/<session_id>/events", view_func=session_events, methods=["GET"])
     return bp
 
 
@@ -151,15 +156,19 @@ class AtlasTasks:
         Raises:
             ValidationError: an unknown ``ATLAS_*`` key (closest suggested) or bad value.
         """
-        values = {k[len("ATLAS_"):]: v for k, v in app.config.items()
-                  if k.startswith("ATLAS_")}
+        values = {k[len("ATLAS_") :]: v for k, v in app.config.items() if k.startswith("ATLAS_")}
         self.options = _web.apply_settings(values, source="app.config", prefix="ATLAS_")
         app.extensions[_EXTENSION_KEY] = self
         app.register_blueprint(blueprint(), url_prefix=url_prefix or self.url_prefix)
 
-    def init_ops(self, app: Flask, *, check: Callable[[], bool],
-                 operator: Callable[[], str] | None = None,
-                 url_prefix: str = "/atlas/ops") -> None:
+    def init_ops(
+        self,
+        app: Flask,
+        *,
+        check: Callable[[], bool],
+        operator: Callable[[], str] | None = None,
+        url_prefix: str = "/atlas/ops",
+    ) -> None:
         """Mount the ops page (:mod:`atlas_tasks.dashboard`), its API and ``/metrics``.
 
         Args:
@@ -171,8 +180,8 @@ class AtlasTasks:
         from atlas_tasks.dashboard.flask import create_blueprint
 
         app.register_blueprint(
-            create_blueprint(check, operator=operator or (lambda: "flask")),
-            url_prefix=url_prefix)
+            create_blueprint(check, operator=operator or (lambda: "flask")), url_prefix=url_prefix
+        )
 
 
 __all__ = ["AtlasTasks", "blueprint"]

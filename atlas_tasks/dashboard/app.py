@@ -156,7 +156,7 @@ class LiveFeed:
                 while self._queues:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        self._dirty.add(str(message["channel"])[len(prefix):])
+                        self._dirty.add(str(message["channel"])[len(prefix) :])
                         self._wake.set()
             except Exception as exc:
                 log.warning("dashboard: event subscription failed: %s", exc)
@@ -209,8 +209,9 @@ class LiveFeed:
 class DashboardApp:
     """Routes of the standalone page, bound to one service, auth and feed."""
 
-    def __init__(self, service: DashboardService, settings: DashboardSettings,
-                 auth: DashboardAuth) -> None:
+    def __init__(
+        self, service: DashboardService, settings: DashboardSettings, auth: DashboardAuth
+    ) -> None:
         self.service = service
         self.settings = settings
         self.auth = auth
@@ -245,15 +246,20 @@ class DashboardApp:
             return True  # not a browser, or a same-origin GET-initiated navigation
         return urlsplit(origin).netloc == request.headers.get("host", "")
 
-    def guarded(self, endpoint: Callable[[Request, Principal], Awaitable[Response]], *,
-                action: bool = False) -> Endpoint:
+    def guarded(
+        self, endpoint: Callable[[Request, Principal], Awaitable[Response]], *, action: bool = False
+    ) -> Endpoint:
         """Wrap an endpoint with auth (401), and for actions origin + CSRF checks (403)."""
+
         async def wrapper(request: Request) -> Response:
             principal = self.principal(request)
             if principal is None:
-                return error_response(AtlasError(
-                    "log in, or send Authorization: Bearer <ATLAS_DASHBOARD_TOKEN>",
-                    kind="unauthorized"))
+                return error_response(
+                    AtlasError(
+                        "log in, or send Authorization: Bearer <ATLAS_DASHBOARD_TOKEN>",
+                        kind="unauthorized",
+                    )
+                )
             if action:
                 refusal = None
                 if not self.same_origin(request):
@@ -262,20 +268,25 @@ class DashboardApp:
                     refusal = f"missing or wrong CSRF token (send it in {CSRF_HEADER})"
                 if refusal is not None:
                     # An audit trail of refused actions: a forged request shows up here.
-                    log.warning("dashboard: refused %s %s as %r: %s", request.method,
-                                request.url.path, principal.operator, refusal)
+                    log.warning(
+                        "dashboard: refused %s %s as %r: %s",
+                        request.method,
+                        request.url.path,
+                        principal.operator,
+                        refusal,
+                    )
                     return error_response(AtlasError(refusal, kind="forbidden"))
             try:
                 return await endpoint(request, principal)
             except AtlasError as exc:
                 return error_response(exc)
+
         return wrapper
 
     def html(self, render: Callable[[str], str], status_code: int = 200) -> HTMLResponse:
         """An HTML response with a fresh nonce and the strict security headers."""
         nonce = new_nonce()
-        return HTMLResponse(render(nonce), status_code=status_code,
-                            headers=security_headers(nonce))
+        return HTMLResponse(render(nonce), status_code=status_code, headers=security_headers(nonce))
 
     @staticmethod
     async def form(request: Request) -> dict[str, str]:
@@ -295,15 +306,26 @@ class DashboardApp:
             return RedirectResponse(base + "login", status_code=303)
         csrf = principal.csrf or self.auth.bearer_csrf(principal.operator)
         note = "insecure: localhost only, no token" if self.auth.insecure else ""
-        return self.html(lambda nonce: render_page(
-            base=base, csrf=csrf, operator=principal.operator, nonce=nonce,
-            csrf_header=CSRF_HEADER, logout_url=base + "logout", note=note))
+        return self.html(
+            lambda nonce: render_page(
+                base=base,
+                csrf=csrf,
+                operator=principal.operator,
+                nonce=nonce,
+                csrf_header=CSRF_HEADER,
+                logout_url=base + "logout",
+                note=note,
+            )
+        )
 
     async def login_form(self, request: Request) -> Response:
         """The login form."""
         base = self.base(request)
-        return self.html(lambda nonce: render_login(action=base + "login", nonce=nonce,
-                                                    insecure=self.auth.insecure))
+        return self.html(
+            lambda nonce: render_login(
+                action=base + "login", nonce=nonce, insecure=self.auth.insecure
+            )
+        )
 
     async def login(self, request: Request) -> Response:
         """Check the token, set the login cookie, go to the page."""
@@ -315,24 +337,42 @@ class DashboardApp:
             operator = valid_operator(form.get("operator", ""))
         except ValidationError as exc:
             problem = exc.message or "invalid input"
-            return self.html(lambda nonce: render_login(
-                action=base + "login", nonce=nonce, error=problem,
-                insecure=self.auth.insecure), status_code=400)
+            return self.html(
+                lambda nonce: render_login(
+                    action=base + "login", nonce=nonce, error=problem, insecure=self.auth.insecure
+                ),
+                status_code=400,
+            )
         if self.auth.insecure and not self.loopback_host(request):
             return error_response(AtlasError("not a loopback host", kind="forbidden"))
         if not self.auth.check_token(form.get("token")):
             await asyncio.sleep(0.5)  # slows guessing; the token is long anyway
-            log.warning("dashboard: failed login as %r from %s", operator,
-                        request.client.host if request.client else "?")
-            return self.html(lambda nonce: render_login(
-                action=base + "login", nonce=nonce, error="Wrong access token.",
-                insecure=self.auth.insecure), status_code=401)
+            log.warning(
+                "dashboard: failed login as %r from %s",
+                operator,
+                request.client.host if request.client else "?",
+            )
+            return self.html(
+                lambda nonce: render_login(
+                    action=base + "login",
+                    nonce=nonce,
+                    error="Wrong access token.",
+                    insecure=self.auth.insecure,
+                ),
+                status_code=401,
+            )
         cookie, _ = self.auth.issue_login(operator)
         log.info("dashboard: operator %r logged in", operator)
         response = RedirectResponse(base, status_code=303)
-        response.set_cookie(COOKIE_NAME, cookie, max_age=self.auth.ttl_s, path=base,
-                            httponly=True, samesite="strict",
-                            secure=self.settings.cookie_secure)
+        response.set_cookie(
+            COOKIE_NAME,
+            cookie,
+            max_age=self.auth.ttl_s,
+            path=base,
+            httponly=True,
+            samesite="strict",
+            secure=self.settings.cookie_secure,
+        )
         return response
 
     @staticmethod
@@ -346,8 +386,11 @@ class DashboardApp:
         principal = self.principal(request)
         base = self.base(request)
         form = await self.form(request)
-        if principal is None or not self.same_origin(request) \
-                or not self.auth.check_csrf(principal, form.get("csrf")):
+        if (
+            principal is None
+            or not self.same_origin(request)
+            or not self.auth.check_csrf(principal, form.get("csrf"))
+        ):
             return error_response(AtlasError("bad logout request", kind="forbidden"))
         response = RedirectResponse(base + "login", status_code=303)
         response.delete_cookie(COOKIE_NAME, path=base, httponly=True, samesite="strict")
@@ -356,9 +399,11 @@ class DashboardApp:
     # ------------------------------------------------------------------ API
     async def events(self, request: Request, principal: Principal) -> Response:
         """Server-sent events of the live table."""
-        return StreamingResponse(self.feed.stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store",
-                                          "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            self.feed.stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     async def sessions(self, request: Request, principal: Principal) -> Response:
         """Every tracked session."""
@@ -383,8 +428,11 @@ class DashboardApp:
     async def orphan_terminate(self, request: Request, principal: Principal) -> Response:
         """Terminate one untracked prefixed pod."""
         result = await anyio.to_thread.run_sync(
-            self.service.terminate_orphan, request.path_params["provider"],
-            request.path_params["compute_id"], principal.operator)
+            self.service.terminate_orphan,
+            request.path_params["provider"],
+            request.path_params["compute_id"],
+            principal.operator,
+        )
         return JSONResponse(result)
 
     async def health(self, request: Request, principal: Principal) -> Response:
@@ -393,9 +441,13 @@ class DashboardApp:
 
     async def csrf(self, request: Request, principal: Principal) -> Response:
         """The caller's CSRF token (bearer clients need one for actions)."""
-        return JSONResponse({"operator": principal.operator, "header": CSRF_HEADER,
-                             "csrf": principal.csrf
-                             or self.auth.bearer_csrf(principal.operator)})
+        return JSONResponse(
+            {
+                "operator": principal.operator,
+                "header": CSRF_HEADER,
+                "csrf": principal.csrf or self.auth.bearer_csrf(principal.operator),
+            }
+        )
 
     async def metrics(self, request: Request, principal: Principal) -> Response:
         """Prometheus metrics (``atlas_tasks.metrics``), behind the same guard as the API:
@@ -416,20 +468,29 @@ class DashboardApp:
             Route("/api/events", g(self.events)),
             Route("/api/sessions", g(self.sessions)),
             Route("/api/sessions/{session_id}/timeline", g(self.timeline)),
-            Route("/api/sessions/{session_id}/{action:str}", g(self.session_action, action=True),
-                  methods=["POST"]),
+            Route(
+                "/api/sessions/{session_id}/{action:str}",
+                g(self.session_action, action=True),
+                methods=["POST"],
+            ),
             Route("/api/orphans", g(self.orphans)),
-            Route("/api/orphans/{provider}/{compute_id}/terminate",
-                  g(self.orphan_terminate, action=True), methods=["POST"]),
+            Route(
+                "/api/orphans/{provider}/{compute_id}/terminate",
+                g(self.orphan_terminate, action=True),
+                methods=["POST"],
+            ),
             Route("/api/health", g(self.health)),
             Route("/api/csrf", g(self.csrf)),
             Route("/metrics", g(self.metrics)),
         ]
 
 
-def create_app(*, settings: DashboardSettings | None = None,
-               service: DashboardService | None = None,
-               insecure_localhost: bool = False) -> Starlette:
+def create_app(
+    *,
+    settings: DashboardSettings | None = None,
+    service: DashboardService | None = None,
+    insecure_localhost: bool = False,
+) -> Starlette:
     """The standalone ops page as an ASGI app.
 
     Raises:
@@ -439,12 +500,16 @@ def create_app(*, settings: DashboardSettings | None = None,
     settings = settings or DashboardSettings()
     token = settings.token.get_secret_value() if settings.token else None
     if token is None and not insecure_localhost:
-        raise ValidationError("token: set ATLAS_DASHBOARD_TOKEN (or run with "
-                              "--insecure-localhost to serve 127.0.0.1 without one)",
-                              field="token")
+        raise ValidationError(
+            "token: set ATLAS_DASHBOARD_TOKEN (or run with "
+            "--insecure-localhost to serve 127.0.0.1 without one)",
+            field="token",
+        )
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise ValidationError(f"token: ATLAS_DASHBOARD_TOKEN must have at least "
-                              f"{MIN_TOKEN_LENGTH} characters", field="token")
+        raise ValidationError(
+            f"token: ATLAS_DASHBOARD_TOKEN must have at least {MIN_TOKEN_LENGTH} characters",
+            field="token",
+        )
     service = service or DashboardService(scan_limit=settings.scan_limit)
     dashboard = DashboardApp(service, settings, DashboardAuth(token, ttl_s=settings.session_ttl_s))
 
@@ -458,8 +523,13 @@ def create_app(*, settings: DashboardSettings | None = None,
     return app
 
 
-def serve(*, host: str = "127.0.0.1", port: int = 8720, insecure_localhost: bool = False,
-          settings: DashboardSettings | None = None) -> None:
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8720,
+    insecure_localhost: bool = False,
+    settings: DashboardSettings | None = None,
+) -> None:
     """Run the page with uvicorn until interrupted.
 
     Raises:
@@ -471,8 +541,11 @@ def serve(*, host: str = "127.0.0.1", port: int = 8720, insecure_localhost: bool
     if insecure_localhost and settings.token is None:
         host = "127.0.0.1"  # no token: never reachable from another machine
     app = create_app(settings=settings, insecure_localhost=insecure_localhost)
-    who = (f"token sha256:{token_fingerprint(settings.token.get_secret_value())}…"
-           if settings.token else "NO TOKEN (localhost only)")
+    who = (
+        f"token sha256:{token_fingerprint(settings.token.get_secret_value())}…"
+        if settings.token
+        else "NO TOKEN (localhost only)"
+    )
     print(f"atlas ops page on http://{host}:{port}/ ({who})", flush=True)
     # Open event streams would hold a graceful shutdown forever: give them 2 s.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=2)

@@ -56,8 +56,9 @@ def valid_operator(name: str) -> str:
     """
     name = (name or "").strip()
     if not OPERATOR_RE.fullmatch(name):
-        raise ValidationError("operator: 1-64 letters, digits, spaces or . @ + - _",
-                              field="operator")
+        raise ValidationError(
+            "operator: 1-64 letters, digits, spaces or . @ + - _", field="operator"
+        )
     return name
 
 
@@ -131,8 +132,9 @@ class DashboardAuth:
         body = f"{expires}"
         return f"{body}.{self._mac(f'csrf|{operator}|{body}')}"
 
-    def check_csrf(self, principal: Principal, candidate: str | None, *,
-                   now: float | None = None) -> bool:
+    def check_csrf(
+        self, principal: Principal, candidate: str | None, *, now: float | None = None
+    ) -> bool:
         """Whether ``candidate`` is the CSRF token of ``principal`` (constant time)."""
         if not candidate:
             return False
@@ -148,5 +150,12 @@ class DashboardAuth:
             return False
 
 
-__all__ = ["COOKIE_NAME", "CSRF_HEADER", "DashboardAuth", "OPERATOR_RE", "Principal",
-           "token_fingerprint", "valid_operator"]
+__all__ = [
+    "COOKIE_NAME",
+    "CSRF_HEADER",
+    "DashboardAuth",
+    "OPERATOR_RE",
+    "Principal",
+    "token_fingerprint",
+    "valid_operator",
+]

@@ -78,6 +78,7 @@ def _json_error(exc: AtlasError) -> JsonResponse:
 
 def staff_api(view: View) -> View:
     """403 JSON unless a staff user calls; AtlasErrors become JSON errors."""
+
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not _is_staff(request):
             return _json_error(AtlasError("staff users only", kind="forbidden"))
@@ -85,6 +86,7 @@ def staff_api(view: View) -> View:
             return view(request, *args, **kwargs)
         except AtlasError as exc:
             return _json_error(exc)
+
     wrapper.__name__ = view.__name__
     wrapper.__doc__ = view.__doc__
     return wrapper
@@ -100,8 +102,14 @@ def index(request: HttpRequest) -> HttpResponseBase:
         return HttpResponse("staff users only", status=403, content_type="text/plain")
     nonce = new_nonce()
     base = request.path if request.path.endswith("/") else request.path + "/"
-    html = render_page(base=base, csrf=get_token(request), operator=_operator(request),
-                       nonce=nonce, csrf_header="X-CSRFToken", logout_url=None)
+    html = render_page(
+        base=base,
+        csrf=get_token(request),
+        operator=_operator(request),
+        nonce=nonce,
+        csrf_header="X-CSRFToken",
+        logout_url=None,
+    )
     response = HttpResponse(html)
     for name, value in security_headers(nonce).items():
         response[name] = value
@@ -114,8 +122,11 @@ def events(request: HttpRequest) -> HttpResponseBase:
     """Server-sent events of the live table (one polling stream per open page)."""
     settings = DashboardSettings()
     response = StreamingHttpResponse(
-        poll_stream(service(), poll_interval_ms=settings.poll_interval_ms,
-                    linger_ms=settings.linger_ms), content_type="text/event-stream")
+        poll_stream(
+            service(), poll_interval_ms=settings.poll_interval_ms, linger_ms=settings.linger_ms
+        ),
+        content_type="text/event-stream",
+    )
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -182,8 +193,11 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/timeline", timeline, name="timeline"),
     path("api/sessions/<str:session_id>/<str:action>", act, name="action"),
     path("api/orphans", orphans, name="orphans"),
-    path("api/orphans/<str:provider>/<str:compute_id>/terminate", orphan_terminate,
-         name="orphan-terminate"),
+    path(
+        "api/orphans/<str:provider>/<str:compute_id>/terminate",
+        orphan_terminate,
+        name="orphan-terminate",
+    ),
     path("api/health", health, name="health"),
     path("metrics", metrics, name="metrics"),
 ]

@@ -52,11 +52,14 @@ def _csrf_token() -> str:
     return token
 
 
-def create_blueprint(check: Callable[[], bool], *,
-                     operator: Callable[[], str] = lambda: "flask",
-                     service: DashboardService | None = None,
-                     settings: DashboardSettings | None = None,
-                     name: str = "atlas_dashboard") -> Blueprint:
+def create_blueprint(
+    check: Callable[[], bool],
+    *,
+    operator: Callable[[], str] = lambda: "flask",
+    service: DashboardService | None = None,
+    settings: DashboardSettings | None = None,
+    name: str = "atlas_dashboard",
+) -> Blueprint:
     """A blueprint serving the ops page and its API.
 
     Args:
@@ -79,9 +82,13 @@ def create_blueprint(check: Callable[[], bool], *,
             given = request.headers.get(CSRF_HEADER, "")
             expected = session.get(CSRF_SESSION_KEY)
             if not isinstance(expected, str) or not hmac.compare_digest(
-                    given.encode(), expected.encode()):
-                return _json_error(AtlasError(
-                    f"missing or wrong CSRF token (send it in {CSRF_HEADER})", kind="forbidden"))
+                given.encode(), expected.encode()
+            ):
+                return _json_error(
+                    AtlasError(
+                        f"missing or wrong CSRF token (send it in {CSRF_HEADER})", kind="forbidden"
+                    )
+                )
         return None
 
     @bp.errorhandler(AtlasError)
@@ -95,16 +102,26 @@ def create_blueprint(check: Callable[[], bool], *,
     def index() -> ResponseReturnValue:
         nonce = new_nonce()
         base = request.path if request.path.endswith("/") else request.path + "/"
-        html = render_page(base=base, csrf=_csrf_token(), operator=who(), nonce=nonce,
-                           csrf_header=CSRF_HEADER, logout_url=None)
+        html = render_page(
+            base=base,
+            csrf=_csrf_token(),
+            operator=who(),
+            nonce=nonce,
+            csrf_header=CSRF_HEADER,
+            logout_url=None,
+        )
         return Response(html, mimetype="text/html", headers=security_headers(nonce))
 
     @bp.get("/api/events")
     def events() -> ResponseReturnValue:
-        stream = poll_stream(svc, poll_interval_ms=settings.poll_interval_ms,
-                             linger_ms=settings.linger_ms)
-        return Response(stream_with_context(stream), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        stream = poll_stream(
+            svc, poll_interval_ms=settings.poll_interval_ms, linger_ms=settings.linger_ms
+        )
+        return Response(
+            stream_with_context(stream),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     @bp.get("/api/sessions")
     def sessions() -> ResponseReturnValue:

@@ -27,24 +27,39 @@ def security_headers(nonce: str) -> dict[str, str]:
     to ourselves), no framing, no referrer to other sites, no caching. (Not
     ``no-referrer``: under it browsers send ``Origin: null``, which the origin check of
     the POST routes refuses.)"""
-    csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-           "connect-src 'self'; img-src 'self' data:; form-action 'self'; "
-           "frame-ancestors 'none'; base-uri 'none'")
-    return {"Content-Security-Policy": csp, "X-Frame-Options": "DENY",
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
-            "Cache-Control": "no-store"}
+    csp = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        "connect-src 'self'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    return {
+        "Content-Security-Policy": csp,
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
 
 
 def _head(title: str, nonce: str, extra: str = "") -> str:
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title>{extra}"
-            f'<style nonce="{escape(nonce)}">{css()}</style></head>')
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title>{extra}"
+        f'<style nonce="{escape(nonce)}">{css()}</style></head>'
+    )
 
 
-def render_page(*, base: str, csrf: str, operator: str, nonce: str,
-                csrf_header: str = "X-CSRF-Token", logout_url: str | None = None,
-                note: str = "") -> str:
+def render_page(
+    *,
+    base: str,
+    csrf: str,
+    operator: str,
+    nonce: str,
+    csrf_header: str = "X-CSRF-Token",
+    logout_url: str | None = None,
+    note: str = "",
+) -> str:
     """The ops page.
 
     Args:
@@ -58,9 +73,11 @@ def render_page(*, base: str, csrf: str, operator: str, nonce: str,
     e = escape
     logout = ""
     if logout_url:
-        logout = (f'<form method="post" action="{e(logout_url)}">'
-                  f'<input type="hidden" name="csrf" value="{e(csrf)}">'
-                  '<button type="submit">Log out</button></form>')
+        logout = (
+            f'<form method="post" action="{e(logout_url)}">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            '<button type="submit">Log out</button></form>'
+        )
     status_options = "".join(f'<option value="{s}">{s}</option>' for s in STATUSES)
     return (
         _head("atlas ops", nonce, f'<meta name="csrf-token" content="{e(csrf)}">')
@@ -115,13 +132,17 @@ def render_page(*, base: str, csrf: str, operator: str, nonce: str,
 def render_login(*, action: str, nonce: str, error: str = "", insecure: bool = False) -> str:
     """The login form (access token + operator name; the name only when insecure)."""
     e = escape
-    token_field = "" if insecure else (
-        '<label>Access token <input type="password" name="token" autocomplete="current-password"'
-        ' required autofocus></label>')
+    token_field = (
+        ""
+        if insecure
+        else (
+            '<label>Access token <input type="password" name="token"'
+            ' autocomplete="current-password" required autofocus></label>'
+        )
+    )
     message = f'<p class="error" id="login-error">{e(error)}</p>' if error else ""
     return (
-        _head("atlas ops — log in", nonce)
-        + '<body><section class="login"><h2>atlas ops</h2>'
+        _head("atlas ops — log in", nonce) + '<body><section class="login"><h2>atlas ops</h2>'
         f'{message}<form method="post" action="{e(action)}">{token_field}'
         '<label>Operator name <input name="operator" required maxlength="64" '
         'placeholder="who you are (recorded with every action)"></label>'

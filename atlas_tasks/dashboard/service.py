@@ -56,8 +56,16 @@ TASK_TERMINATE_ORPHAN = C.TASK_TERMINATE_ORPHAN
 #: Session ids are 16 hex chars; anything else in a URL is refused before touching Redis.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Keys whose values a timeline never shows (matched case-insensitively, as substrings).
-SECRET_KEY_PARTS = ("token", "secret", "password", "api_key", "apikey", "authorization",
-                    "sealed", "preshared")
+SECRET_KEY_PARTS = (
+    "token",
+    "secret",
+    "password",
+    "api_key",
+    "apikey",
+    "authorization",
+    "sealed",
+    "preshared",
+)
 #: Seconds a health snapshot is reused (many open pages share one set of Redis reads).
 HEALTH_CACHE_S = 2.0
 #: Row fields that change continuously (or jitter by a millisecond per read) and are
@@ -121,8 +129,7 @@ def _error_text(value: Any) -> str:
     return ""
 
 
-def row_from_record(record: SessionRecord, pttl: int, now_ms: int,
-                    tracked: bool) -> SessionRow:
+def row_from_record(record: SessionRecord, pttl: int, now_ms: int, tracked: bool) -> SessionRow:
     """Build a table row from a session record and its idle key's PTTL (ms)."""
     compute = record.compute or {}
     if not isinstance(compute, dict):
@@ -174,8 +181,10 @@ def row_from_record(record: SessionRecord, pttl: int, now_ms: int,
 def redact(value: Any) -> Any:
     """``value`` with the values of secret-looking keys replaced by ``"[redacted]"``."""
     if isinstance(value, dict):
-        return {k: "[redacted]" if any(p in str(k).lower() for p in SECRET_KEY_PARTS)
-                else redact(v) for k, v in value.items()}
+        return {
+            k: "[redacted]" if any(p in str(k).lower() for p in SECRET_KEY_PARTS) else redact(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
@@ -216,8 +225,13 @@ class DashboardService:
         scan_limit: most Redis keys a health refresh SCANs for jobs and deploys.
     """
 
-    def __init__(self, *, settings: AtlasSettings | None = None,
-                 send_task: SendTask | None = None, scan_limit: int = 20_000) -> None:
+    def __init__(
+        self,
+        *,
+        settings: AtlasSettings | None = None,
+        send_task: SendTask | None = None,
+        scan_limit: int = 20_000,
+    ) -> None:
         self._settings = settings
         self._send_task = send_task or _default_send_task
         self.scan_limit = scan_limit
@@ -280,15 +294,19 @@ class DashboardService:
         """The session's recorded events, oldest first, secrets redacted."""
         check_session_id(session_id)
         recorded = events.history(session_id)
-        return {"session_id": session_id, "events": [
-            {"id": e.id, "type": e.type, "ts": e.ts, "data": redact(e.data)} for e in recorded]}
+        return {
+            "session_id": session_id,
+            "events": [
+                {"id": e.id, "type": e.type, "ts": e.ts, "data": redact(e.data)} for e in recorded
+            ],
+        }
 
     # ------------------------------------------------------------------ actions
     def _record(self, topic_id: str, operator: str, action: str, **data: Any) -> None:
-        events.publish(topic_id, OPERATOR_ACTION_EVENT,
-                       {"operator": operator, "action": action, **data})
-        log.info("dashboard: %s by operator %r on %s %s", action, operator, topic_id,
-                 data or "")
+        events.publish(
+            topic_id, OPERATOR_ACTION_EVENT, {"operator": operator, "action": action, **data}
+        )
+        log.info("dashboard: %s by operator %r on %s %s", action, operator, topic_id, data or "")
 
     def touch(self, session_id: str, operator: str) -> dict[str, Any]:
         """Re-arm the session's idle clock (``orchestrator.touch``).
@@ -325,8 +343,12 @@ class DashboardService:
         reg = store_for(self.r, namespace=self.ks.namespace)
         verdict = reg.request_stop(session_id, OPERATOR_REASON, self.settings.stop_resend_ms)
         if verdict in ("terminated", "failed"):
-            return {"ok": True, "action": "terminate", "session_id": session_id,
-                    "note": f"already {verdict}"}
+            return {
+                "ok": True,
+                "action": "terminate",
+                "session_id": session_id,
+                "note": f"already {verdict}",
+            }
         if verdict != "ok":
             raise NotTracked(f"session {session_id!r} is not tracked")
         self._send_task(C.TASK_TERMINATE, [session_id, OPERATOR_REASON])
@@ -364,10 +386,10 @@ class DashboardService:
                 name = pod.name or ""
                 ours = bool(prefix) and name.startswith(prefix)
                 if ours:
-                    session_id = name[len(prefix):]
+                    session_id = name[len(prefix) :]
                     if session_id in intents or _covers(
-                            cast(dict[str, str], r.hgetall(Keys(session_id, self.ks).record)),
-                            pod.id):
+                        cast(dict[str, str], r.hgetall(Keys(session_id, self.ks).record)), pod.id
+                    ):
                         continue
                 if pod.created_at is not None:
                     age_ms: int | None = now_ms - int(pod.created_at.timestamp() * 1000)
@@ -375,19 +397,31 @@ class DashboardService:
                     age_ms = now_ms - int(first_seen[pod.id])
                 else:
                     age_ms = None
-                pods.append({
-                    "provider": provider_name, "id": pod.id, "name": name,
-                    "status": str(pod.status), "age_ms": age_ms,
-                    "kind": "orphan" if ours else "foreign",
-                    "in_grace": ours and (age_ms is None or age_ms < settings.orphan_grace_ms),
-                    "terminable": ours,
-                })
-        return {"now_ms": now_ms, "prefix": prefix, "grace_ms": settings.orphan_grace_ms,
-                "providers": list(settings.reap_providers), "errors": errors, "pods": pods,
-                "data_loss_grace": bool(r.exists(self.ks.key(DATA_LOSS_GRACE_KEY)))}
+                pods.append(
+                    {
+                        "provider": provider_name,
+                        "id": pod.id,
+                        "name": name,
+                        "status": str(pod.status),
+                        "age_ms": age_ms,
+                        "kind": "orphan" if ours else "foreign",
+                        "in_grace": ours and (age_ms is None or age_ms < settings.orphan_grace_ms),
+                        "terminable": ours,
+                    }
+                )
+        return {
+            "now_ms": now_ms,
+            "prefix": prefix,
+            "grace_ms": settings.orphan_grace_ms,
+            "providers": list(settings.reap_providers),
+            "errors": errors,
+            "pods": pods,
+            "data_loss_grace": bool(r.exists(self.ks.key(DATA_LOSS_GRACE_KEY))),
+        }
 
-    def terminate_orphan(self, provider_name: str, compute_id: str,
-                         operator: str) -> dict[str, Any]:
+    def terminate_orphan(
+        self, provider_name: str, compute_id: str, operator: str
+    ) -> dict[str, Any]:
         """Enqueue ``atlas.compute.terminate_orphan`` for an untracked prefixed pod.
 
         The pod is looked up again first (one provider call): only a live pod whose name
@@ -402,26 +436,31 @@ class DashboardService:
 
         settings = self.settings
         if provider_name not in settings.reap_providers:
-            raise ValidationError(f"provider: {provider_name!r} is not in ATLAS_REAP_PROVIDERS",
-                                  field="provider")
+            raise ValidationError(
+                f"provider: {provider_name!r} is not in ATLAS_REAP_PROVIDERS", field="provider"
+            )
         if not compute_id or len(compute_id) > 200:
             raise ValidationError("compute_id: missing or too long", field="compute_id")
         pod = get_provider(provider_name).get_compute(compute_id)
         prefix = settings.reap_name_prefix
         name = pod.name or ""
         if not prefix or not name.startswith(prefix):
-            raise ForbiddenError(f"pod {compute_id} does not carry the prefix {prefix!r}: "
-                                 "atlas never terminates foreign pods")
-        session_id = name[len(prefix):]
+            raise ForbiddenError(
+                f"pod {compute_id} does not carry the prefix {prefix!r}: "
+                "atlas never terminates foreign pods"
+            )
+        session_id = name[len(prefix) :]
         r = self.r
         if r.zscore(self.ks.key(C.INTENTS_KEY), session_id) is not None or _covers(
-                cast(dict[str, str], r.hgetall(Keys(session_id, self.ks).record)), pod.id):
-            raise ForbiddenError(f"pod {compute_id} belongs to tracked session {session_id}: "
-                                 "terminate the session instead")
+            cast(dict[str, str], r.hgetall(Keys(session_id, self.ks).record)), pod.id
+        ):
+            raise ForbiddenError(
+                f"pod {compute_id} belongs to tracked session {session_id}: "
+                "terminate the session instead"
+            )
         self._send_task(TASK_TERMINATE_ORPHAN, [provider_name, pod.id, name])
         topic = session_id if SESSION_ID_RE.fullmatch(session_id) else pod.id
-        self._record(topic, operator, "terminate_orphan", provider=provider_name,
-                     compute_id=pod.id)
+        self._record(topic, operator, "terminate_orphan", provider=provider_name, compute_id=pod.id)
         return {"ok": True, "action": "terminate_orphan", "compute_id": pod.id}
 
     # ------------------------------------------------------------------ health
@@ -448,12 +487,14 @@ class DashboardService:
             (seconds, micros), last, stats, intents, stops, grace, tracked = pipe.execute()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         due = int(r.zcount(self.ks.key(C.DEADLINE_INDEX_KEY), "-inf", now_ms))
-        retries = store_for(r, namespace=self.ks.namespace).count_failing_terminates(
-            list(tracked))
+        retries = store_for(r, namespace=self.ks.namespace).count_failing_terminates(list(tracked))
         last_sweep = _json(last)
         interval = self.settings.reap_interval_ms
-        age = now_ms - int(last_sweep["at_ms"]) if isinstance(last_sweep, dict) \
-            and "at_ms" in last_sweep else None
+        age = (
+            now_ms - int(last_sweep["at_ms"])
+            if isinstance(last_sweep, dict) and "at_ms" in last_sweep
+            else None
+        )
         jobs, jobs_partial = self._jobs_in_flight()
         deploys, deploys_partial = self._deploys_in_flight(now_ms)
         return {
@@ -496,10 +537,17 @@ class DashboardService:
         keys, partial = self._scan(self.ks.key(C.JOB_KEY).format(id="*"))
         if not keys:
             return [], partial
-        jobs = [{"id": job.id, "status": str(job.status), "provider": job.provider,
-                 "endpoint": job.endpoint, "created_at_ms": job.created_at_ms}
-                for job in JobStore(self.r).summaries(keys)
-                if job.status not in TERMINAL_STATUSES]
+        jobs = [
+            {
+                "id": job.id,
+                "status": str(job.status),
+                "provider": job.provider,
+                "endpoint": job.endpoint,
+                "created_at_ms": job.created_at_ms,
+            }
+            for job in JobStore(self.r).summaries(keys)
+            if job.status not in TERMINAL_STATUSES
+        ]
         jobs.sort(key=lambda j: j["created_at_ms"] or 0)
         return jobs[:50], partial
 
@@ -524,9 +572,15 @@ class DashboardService:
                 continue
             started = int(str(first[0][0]).split("-")[0]) if first else None
             last_ms = int(str(last[0][0]).split("-")[0])
-            deploys.append({"ticket": key[len(prefix):], "started_at_ms": started,
-                            "last_event_ms": last_ms, "silent_ms": now_ms - last_ms,
-                            "last_type": last_event.get("type")})
+            deploys.append(
+                {
+                    "ticket": key[len(prefix) :],
+                    "started_at_ms": started,
+                    "last_event_ms": last_ms,
+                    "silent_ms": now_ms - last_ms,
+                    "last_type": last_event.get("type"),
+                }
+            )
         return deploys[:50], partial
 
 
@@ -563,8 +617,9 @@ class LiveTable:
         for session_id in self.rows:
             if session_id not in tracked:
                 self._left_at.setdefault(session_id, now)
-        lingering = {sid for sid, left in self._left_at.items()
-                     if now - left < self.linger_ms / 1000}
+        lingering = {
+            sid for sid, left in self._left_at.items() if now - left < self.linger_ms / 1000
+        }
         self.now_ms, rows = self.service.rows(sorted(tracked | lingering), tracked)
         fresh = {row.id: row.as_dict() for row in rows}
         changes: list[dict[str, Any]] = []
@@ -614,9 +669,16 @@ def _changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     before, after = old.get("deadline_ms"), new.get("deadline_ms")
     if (before is None) != (after is None):
         return True
-    return before is not None and after is not None and \
-        abs(before - after) > _DEADLINE_TOLERANCE_MS
+    return before is not None and after is not None and abs(before - after) > _DEADLINE_TOLERANCE_MS
 
 
-__all__ = ["OPERATOR_ACTION_EVENT", "OPERATOR_REASON", "DashboardService", "LiveTable",
-           "SessionRow", "check_session_id", "redact", "row_from_record"]
+__all__ = [
+    "OPERATOR_ACTION_EVENT",
+    "OPERATOR_REASON",
+    "DashboardService",
+    "LiveTable",
+    "SessionRow",
+    "check_session_id",
+    "redact",
+    "row_from_record",
+]

@@ -20,8 +20,16 @@ from atlas_tasks.dashboard.service import DashboardService, LiveTable
 from atlas_tasks.errors import AtlasError
 
 #: HTTP status of each error kind a route can answer (others: 500).
-HTTP_STATUS = {"validation": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404,
-               "rate_limited": 429, "timeout": 504, "transport": 503, "unsupported": 501}
+HTTP_STATUS = {
+    "validation": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "rate_limited": 429,
+    "timeout": 504,
+    "transport": 503,
+    "unsupported": 501,
+}
 #: Seconds between keep-alive ``clock`` events on an idle event stream.
 KEEPALIVE_S = 15.0
 #: Session actions by URL name.
@@ -31,7 +39,8 @@ SESSION_ACTIONS = ("touch", "stop", "terminate")
 def error_body(exc: AtlasError) -> tuple[int, dict[str, Any]]:
     """``(HTTP status, JSON body)`` of an error answered to the page."""
     return HTTP_STATUS.get(exc.kind, 500), {
-        "error": {"kind": exc.kind, "message": exc.message or str(exc)}}
+        "error": {"kind": exc.kind, "message": exc.message or str(exc)}
+    }
 
 
 def sse(event: str, data: dict[str, Any]) -> str:
@@ -39,8 +48,7 @@ def sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def session_action(service: DashboardService,
-                   action: str) -> Callable[[str, str], dict[str, Any]]:
+def session_action(service: DashboardService, action: str) -> Callable[[str, str], dict[str, Any]]:
     """The service method behind ``POST .../sessions/{id}/{action}``.
 
     Raises:
@@ -52,9 +60,14 @@ def session_action(service: DashboardService,
     return method
 
 
-def poll_stream(service: DashboardService, *, poll_interval_ms: int = 500,
-                linger_ms: int = 60_000, max_seconds: float = 300.0,
-                sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
+def poll_stream(
+    service: DashboardService,
+    *,
+    poll_interval_ms: int = 500,
+    linger_ms: int = 60_000,
+    max_seconds: float = 300.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[str]:
     """SSE text for one viewer of a synchronous adapter: a ``snapshot``, then ``changes``
     every poll interval (ends after ``max_seconds``; the browser reconnects)."""
     table = LiveTable(service, linger_ms=linger_ms)
@@ -72,5 +85,12 @@ def poll_stream(service: DashboardService, *, poll_interval_ms: int = 500,
             last_sent = time.monotonic()
 
 
-__all__ = ["HTTP_STATUS", "KEEPALIVE_S", "SESSION_ACTIONS", "error_body", "poll_stream",
-           "session_action", "sse"]
+__all__ = [
+    "HTTP_STATUS",
+    "KEEPALIVE_S",
+    "SESSION_ACTIONS",
+    "error_body",
+    "poll_stream",
+    "session_action",
+    "sse",
+]

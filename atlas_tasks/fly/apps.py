@@ -77,8 +77,9 @@ def _walk(directory: Path, depth_left: int, found: list[tuple[str, str]]) -> Non
     if depth_left <= 0:
         return
     try:
-        children = sorted(p for p in directory.iterdir()
-                          if p.is_dir() and not p.name.startswith("."))
+        children = sorted(
+            p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
     except OSError:
         return
     for child in children:

@@ -124,8 +124,9 @@ def find_fly_executable(settings: AtlasSettings | None = None) -> str:
     )
 
 
-def resolve_deploy_dir(project_path: str | os.PathLike[str] | None,
-                       app_dir: str | os.PathLike[str]) -> Path:
+def resolve_deploy_dir(
+    project_path: str | os.PathLike[str] | None, app_dir: str | os.PathLike[str]
+) -> Path:
     """``app_dir`` if absolute, else joined to ``project_path``; must be a directory.
 
     Raises:
@@ -141,8 +142,9 @@ def resolve_deploy_dir(project_path: str | os.PathLike[str] | None,
     return path.resolve()
 
 
-def deploy_env(settings: AtlasSettings | None = None,
-               base: Mapping[str, str] | None = None) -> dict[str, str]:
+def deploy_env(
+    settings: AtlasSettings | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Environment of flyctl: this process's, plus ``FLY_API_TOKEN`` when one is configured.
 
     The token comes from ``ATLAS_FLY_API_TOKEN`` or ``FLY_API_TOKEN`` (a deploy token).
@@ -192,9 +194,14 @@ def run_deploy(
     cap = max_timeout_s or settings.fly_deploy_max_timeout_s
     try:
         proc = subprocess.Popen(
-            [exe, *args], cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=dict(env) if env is not None else deploy_env(settings),
-            start_new_session=True, close_fds=True,
+            [exe, *args],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else deploy_env(settings),
+            start_new_session=True,
+            close_fds=True,
         )
     except FileNotFoundError as exc:
         raise UnsupportedError(f"fly executable {exe!r} not found", provider="fly") from exc
@@ -212,25 +219,36 @@ def run_deploy(
     if fired is not None:
         limit = activity if fired == "activity" else cap
         what = "no output" if fired == "activity" else "running"
-        log.warning("fly deploy in %s killed: %s timeout (%s for %.0fs)", directory, fired,
-                    what, limit)
+        log.warning(
+            "fly deploy in %s killed: %s timeout (%s for %.0fs)", directory, fired, what, limit
+        )
         raise AtlasTimeoutError(
             f"fly deploy {fired} timeout: {what} for {limit:g}s; process group killed",
-            provider="fly", raw={"timeout": fired, "limit_s": limit},
+            provider="fly",
+            raw={"timeout": fired, "limit_s": limit},
         )
     if code != 0:
-        log.warning("fly deploy in %s failed with exit code %d after %.1fs", directory, code,
-                    duration)
+        log.warning(
+            "fly deploy in %s failed with exit code %d after %.1fs", directory, code, duration
+        )
         shown = "\n".join(tail) or "(no output)"
-        raise ProviderError(f"fly deploy exited with code {code}; last output:\n{shown}",
-                            provider="fly", status=code, raw={"exit_code": code})
+        raise ProviderError(
+            f"fly deploy exited with code {code}; last output:\n{shown}",
+            provider="fly",
+            status=code,
+            raw={"exit_code": code},
+        )
     log.info("fly deploy in %s succeeded (%d lines, %.1fs)", directory, count, duration)
     return DeployResult(code=0, lines=count, duration_s=duration, tail=list(tail))
 
 
-def _pump(proc: subprocess.Popen[bytes], on_line: Callable[[str], None] | None,
-          activity: float, cap: float, started: float,
-          ) -> tuple[int, int, deque[str], str | None]:
+def _pump(
+    proc: subprocess.Popen[bytes],
+    on_line: Callable[[str], None] | None,
+    activity: float,
+    cap: float,
+    started: float,
+) -> tuple[int, int, deque[str], str | None]:
     """Read output until EOF/exit or a timeout. Returns (code, lines, tail, fired)."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()

@@ -74,26 +74,32 @@ def parse_logs_document(body: Any, app: str | None = None) -> LogPage:
         ProviderError: the body is not a JSON:API document with a ``data`` list.
     """
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise ProviderError("malformed logs document: no data list", provider="fly",
-                            raw=str(body)[:200])
+        raise ProviderError(
+            "malformed logs document: no data list", provider="fly", raw=str(body)[:200]
+        )
     entries: list[LogEntry] = []
     for item in body["data"]:
         attrs = item.get("attributes") if isinstance(item, dict) else None
-        if not isinstance(attrs, dict) or not isinstance(attrs.get("timestamp"), str) \
-                or not isinstance(attrs.get("message"), str):
+        if (
+            not isinstance(attrs, dict)
+            or not isinstance(attrs.get("timestamp"), str)
+            or not isinstance(attrs.get("message"), str)
+        ):
             log.debug("skipping a malformed log item of %s", app)
             continue
         meta = attrs.get("meta")
-        entries.append(LogEntry(
-            id=str(item["id"]) if item.get("id") is not None else None,
-            timestamp=attrs["timestamp"],
-            message=attrs["message"],
-            level=_opt_str(attrs.get("level")),
-            instance=_opt_str(attrs.get("instance")),
-            region=_opt_str(attrs.get("region")),
-            app=app,
-            meta=meta if isinstance(meta, dict) else {},
-        ))
+        entries.append(
+            LogEntry(
+                id=str(item["id"]) if item.get("id") is not None else None,
+                timestamp=attrs["timestamp"],
+                message=attrs["message"],
+                level=_opt_str(attrs.get("level")),
+                instance=_opt_str(attrs.get("instance")),
+                region=_opt_str(attrs.get("region")),
+                app=app,
+                meta=meta if isinstance(meta, dict) else {},
+            )
+        )
     meta = body.get("meta")
     token = meta.get("next_token") if isinstance(meta, dict) else None
     return LogPage(entries=entries, next_token=str(token) if token not in (None, "") else None)
@@ -113,8 +119,14 @@ class LogsClient:
         transport: httpx transport (``httpx.MockTransport`` in unit tests).
     """
 
-    def __init__(self, *, tokens: FlyTokens | None = None, settings: AtlasSettings | None = None,
-                 base_url: str | None = None, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tokens: FlyTokens | None = None,
+        settings: AtlasSettings | None = None,
+        base_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
         self._tokens = tokens
         self.base_url = (base_url or self.settings.fly_api_url).rstrip("/")
@@ -136,8 +148,14 @@ class LogsClient:
         for _, client in clients:
             client.close()
 
-    def fetch(self, app: str, *, next_token: str | None = None, region: str | None = None,
-              instance: str | None = None) -> LogPage:
+    def fetch(
+        self,
+        app: str,
+        *,
+        next_token: str | None = None,
+        region: str | None = None,
+        instance: str | None = None,
+    ) -> LogPage:
         """One page of ``app``'s logs newer than ``next_token``.
 
         Raises:
@@ -159,8 +177,11 @@ class LogsClient:
         return page
 
     def _get(self, app: str, token: str, params: dict[str, Any]) -> Any:
-        return self._client_for(app, token).call("GET", LOGS_PATH.format(app=app),
-                                                 params=params, max_retries=0).data
+        return (
+            self._client_for(app, token)
+            .call("GET", LOGS_PATH.format(app=app), params=params, max_retries=0)
+            .data
+        )
 
     def _client_for(self, app: str, token: str) -> HttpClient:
         # Headers are fixed per HttpClient: a refreshed token gets a new client.
@@ -169,10 +190,15 @@ class LogsClient:
             current = self._http.get(app)
             if current is not None and current[0] == fingerprint:
                 return current[1]
-            client = HttpClient(self._context, provider="fly", api="logs",
-                                base_url=self.base_url,
-                                headers={"Authorization": f"Bearer {token}"},
-                                max_retries=0, timeout_s=self.settings.fly_logs_timeout_s)
+            client = HttpClient(
+                self._context,
+                provider="fly",
+                api="logs",
+                base_url=self.base_url,
+                headers={"Authorization": f"Bearer {token}"},
+                max_retries=0,
+                timeout_s=self.settings.fly_logs_timeout_s,
+            )
             self._http[app] = (fingerprint, client)
         if current is not None:
             current[1].close()

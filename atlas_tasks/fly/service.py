@@ -118,7 +118,10 @@ def stream_deploy(
         deps.publish(ticket, str(DeployEvent.STARTED), {"app_dir": str(app_dir)}, topic="deploy")
     try:
         result = runner(
-            app_dir, project_path=project_path, on_line=publish_line, settings=deps.settings,
+            app_dir,
+            project_path=project_path,
+            on_line=publish_line,
+            settings=deps.settings,
             **limits,
         )
     except BaseException as exc:

@@ -149,9 +149,13 @@ class RedisTokenStorage(TokenStorage):
         clock: unix-seconds clock turning a cached entry's ``expires_at`` into its TTL.
     """
 
-    def __init__(self, client: redis.Redis | None = None,
-                 settings: AtlasSettings | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        settings: AtlasSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._client = client
         self._settings = settings
         self._clock = clock
@@ -241,14 +245,18 @@ class FileTokenStorage(TokenStorage):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise AtlasError(f"token storage: cannot read {path.name}: {exc.strerror}",
-                             kind="unknown", provider="fly") from exc
+            raise AtlasError(
+                f"token storage: cannot read {path.name}: {exc.strerror}",
+                kind="unknown",
+                provider="fly",
+            ) from exc
         try:
             return _record_from(json.loads(text))
         except ValueError as exc:
             if kind == "manual":
                 raise validation_error(
-                    "fly_token_dir", f"manual token file {path.name} is corrupt; fix or "
+                    "fly_token_dir",
+                    f"manual token file {path.name} is corrupt; fix or "
                     "delete it (atlas will not silently drop an operator's override)",
                 ) from exc
             self._unlink(path)
@@ -273,8 +281,11 @@ class FileTokenStorage(TokenStorage):
                     self._unlink(Path(tmp))
                     raise
             except OSError as exc:
-                raise AtlasError(f"token storage: cannot write {path.name}: {exc.strerror}",
-                                 kind="unknown", provider="fly") from exc
+                raise AtlasError(
+                    f"token storage: cannot write {path.name}: {exc.strerror}",
+                    kind="unknown",
+                    provider="fly",
+                ) from exc
 
     def delete(self, app: str, kind: TokenKind) -> None:
         """See :meth:`TokenStorage.delete`."""
@@ -287,8 +298,11 @@ class FileTokenStorage(TokenStorage):
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise AtlasError(f"token storage: cannot delete {path.name}: {exc.strerror}",
-                             kind="unknown", provider="fly") from exc
+            raise AtlasError(
+                f"token storage: cannot delete {path.name}: {exc.strerror}",
+                kind="unknown",
+                provider="fly",
+            ) from exc
 
 
 def default_token_dir() -> Path:
@@ -296,9 +310,12 @@ def default_token_dir() -> Path:
     return Path.home() / ".atlas_tasks" / "fly-tokens"
 
 
-def storage_from_settings(settings: AtlasSettings | None = None, *,
-                          client: redis.Redis | None = None,
-                          clock: Callable[[], float] = time.time) -> TokenStorage:
+def storage_from_settings(
+    settings: AtlasSettings | None = None,
+    *,
+    client: redis.Redis | None = None,
+    clock: Callable[[], float] = time.time,
+) -> TokenStorage:
     """The backend named by ``ATLAS_FLY_TOKEN_STORE`` (``redis`` by default).
 
     Args:

@@ -153,15 +153,29 @@ class FlyTokens:
         self._guard = threading.Lock()
 
     @classmethod
-    def from_deps(cls, deps: Dependencies, storage: TokenStorage | None = None, *,
-                  cluster_lock: bool = True, cli: TokenCli | None = None) -> FlyTokens:
+    def from_deps(
+        cls,
+        deps: Dependencies,
+        storage: TokenStorage | None = None,
+        *,
+        cluster_lock: bool = True,
+        cli: TokenCli | None = None,
+    ) -> FlyTokens:
         """A chain reading nothing from globals: Redis, settings and clocks from ``deps``
         (the storage defaults to ``ATLAS_FLY_TOKEN_STORE`` over ``deps.redis``)."""
-        storage = storage or storage_from_settings(deps.settings, client=deps.redis,
-                                                   clock=deps.clock)
-        return cls(storage, settings=deps.settings, redis_client=deps.redis,
-                   cluster_lock=cluster_lock, clock=deps.clock, cli=cli,
-                   monotonic=deps.monotonic, sleep=deps.sleep)
+        storage = storage or storage_from_settings(
+            deps.settings, client=deps.redis, clock=deps.clock
+        )
+        return cls(
+            storage,
+            settings=deps.settings,
+            redis_client=deps.redis,
+            cluster_lock=cluster_lock,
+            clock=deps.clock,
+            cli=cli,
+            monotonic=deps.monotonic,
+            sleep=deps.sleep,
+        )
 
     # ------------------------------------------------------------------ public API
     def get(self, app: str) -> str:
@@ -220,8 +234,9 @@ class FlyTokens:
             self._invalidate_locked(app, token)
             result = self._resolve_locked(app)
         if result.token is None:
-            raise UnauthorizedError(f"no_token_available: no Fly token for app {app!r} "
-                                    "after refresh", provider="fly")
+            raise UnauthorizedError(
+                f"no_token_available: no Fly token for app {app!r} after refresh", provider="fly"
+            )
         return result.token
 
     def set_manual(self, app: str, token: str) -> None:
@@ -239,11 +254,13 @@ class FlyTokens:
         try:
             self.storage.put(app, "manual", TokenRecord(token=token, expires_at=None))
         except AtlasError as exc:
-            raise AtlasError(f"persist failed: {exc.message}", kind=exc.kind,
-                             provider="fly") from exc
+            raise AtlasError(
+                f"persist failed: {exc.message}", kind=exc.kind, provider="fly"
+            ) from exc
         except Exception as exc:
-            raise AtlasError(f"persist failed: {type(exc).__name__}: {exc}", kind="unknown",
-                             provider="fly") from exc
+            raise AtlasError(
+                f"persist failed: {type(exc).__name__}: {exc}", kind="unknown", provider="fly"
+            ) from exc
         with self._guard:
             self._rejected.get(app, {}).pop(_fingerprint(token), None)
 
@@ -311,14 +328,17 @@ class FlyTokens:
         except AtlasError as exc:
             # Waiters pick the holder's token from storage; without a working store
             # (e.g. no ATLAS_SECRET_KEY for the Redis store) they could only give up.
-            log.warning("fly token storage unusable (%s); running the CLI without the "
-                        "cluster lock", exc.kind)
+            log.warning(
+                "fly token storage unusable (%s); running the CLI without the cluster lock",
+                exc.kind,
+            )
             return self._run_cli_and_store(app)
         try:
             timeout = self.settings.fly_cli_timeout_s
             # The lease outlives the CLI's own timeout, so it never needs renewing.
-            lease = Lease(self._redis or get_redis(), token_lock_key(app),
-                          int((timeout + 10) * 1000))
+            lease = Lease(
+                self._redis or get_redis(), token_lock_key(app), int((timeout + 10) * 1000)
+            )
             if lease.acquire():
                 try:
                     stored = self._stored_cached(app)  # finished by someone just before?
@@ -352,24 +372,26 @@ class FlyTokens:
         return None
 
     def _run_cli_and_store(self, app: str) -> TokenResult | None:
-        token = (self._cli(app) if self._cli is not None
-                 else run_token_cli(app, settings=self.settings))
+        token = (
+            self._cli(app) if self._cli is not None else run_token_cli(app, settings=self.settings)
+        )
         if token is None or not self._usable(app, token):
             return None
-        return self._persist(app, token, int(self._clock() + self.settings.fly_token_ttl_s),
-                             "cli")
+        return self._persist(app, token, int(self._clock() + self.settings.fly_token_ttl_s), "cli")
 
     # ------------------------------------------------------------------ helpers
     def _persist(self, app: str, token: str, expires_at: int, source: TokenSource) -> TokenResult:
         try:
             self.storage.put(app, "cached", TokenRecord(token=token, expires_at=expires_at))
         except Exception as exc:  # the token still works; the next process resolves again
-            log.warning("could not store the fly token of %s (%s): %s", app, source,
-                        type(exc).__name__)
+            log.warning(
+                "could not store the fly token of %s (%s): %s", app, source, type(exc).__name__
+            )
         return self._remember(app, token, expires_at, source)
 
-    def _remember(self, app: str, token: str, expires_at: int | None,
-                  source: TokenSource) -> TokenResult:
+    def _remember(
+        self, app: str, token: str, expires_at: int | None, source: TokenSource
+    ) -> TokenResult:
         with self._guard:
             self._memory[app] = (token, expires_at, source)
         return TokenResult(token, source, expires_at)
@@ -389,7 +411,8 @@ class FlyTokens:
             self._memory.pop(app, None)
             if token is not None:
                 self._rejected.setdefault(app, {})[_fingerprint(token)] = (
-                    self._clock() + REJECTED_TTL_S)
+                    self._clock() + REJECTED_TTL_S
+                )
         try:
             stored = self.storage.get(app, "cached")
             if stored is not None and (token is None or stored.token == token):
@@ -433,9 +456,13 @@ def run_token_cli(app: str, *, settings: AtlasSettings | None = None) -> str | N
         log.debug("fly token cli: no fly executable")
         return None
     try:
-        proc = subprocess.Popen([exe, "tokens", "create", "readonly", "-a", app],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [exe, "tokens", "create", "readonly", "-a", app],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
     except OSError as exc:
         log.warning("fly token cli could not start: %s", exc.strerror)
         return None
@@ -447,8 +474,7 @@ def run_token_cli(app: str, *, settings: AtlasSettings | None = None) -> str | N
         except ProcessLookupError:
             pass
         proc.communicate()
-        log.warning("fly tokens create for %s timed out after %gs", app,
-                    settings.fly_cli_timeout_s)
+        log.warning("fly tokens create for %s timed out after %gs", app, settings.fly_cli_timeout_s)
         return None
     if proc.returncode != 0:
         log.warning("fly tokens create for %s exited with code %d", app, proc.returncode)

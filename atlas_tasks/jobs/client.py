@@ -90,13 +90,21 @@ class JobInfo(BaseModel):
     def from_record(cls, record: JobRecord) -> JobInfo:
         """The caller's view of a stored record (no sealed key, no poller internals)."""
         return cls(
-            id=record.id, provider=record.provider, endpoint=record.endpoint,
-            status=record.status, stream=record.stream,
-            provider_job_id=record.provider_job_id, created_at_ms=record.created_at_ms,
-            submitted_at_ms=record.submitted_at_ms, finished_at_ms=record.finished_at_ms,
-            updated_at_ms=record.updated_at_ms, deadline_ms=record.deadline_ms,
-            polls=record.polls, chunks=record.chunk_seq,
-            cancel_requested=record.cancel_requested, output=record.output,
+            id=record.id,
+            provider=record.provider,
+            endpoint=record.endpoint,
+            status=record.status,
+            stream=record.stream,
+            provider_job_id=record.provider_job_id,
+            created_at_ms=record.created_at_ms,
+            submitted_at_ms=record.submitted_at_ms,
+            finished_at_ms=record.finished_at_ms,
+            updated_at_ms=record.updated_at_ms,
+            deadline_ms=record.deadline_ms,
+            polls=record.polls,
+            chunks=record.chunk_seq,
+            cancel_requested=record.cancel_requested,
+            output=record.output,
             error=record.error,
         )
 
@@ -117,8 +125,9 @@ def _stream_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def follow(job_id: str, *, timeout: float | None = None, after: str | None = None
-           ) -> Generator[Event, None, None]:
+def follow(
+    job_id: str, *, timeout: float | None = None, after: str | None = None
+) -> Generator[Event, None, None]:
     """Yield a job's recorded events, then live ones, until a final event or ``timeout``
     seconds in total (the iterator just ends; callers decide what that means)."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -174,8 +183,7 @@ class JobHandle:
         self.streaming = streaming
 
     def __repr__(self) -> str:
-        return (f"JobHandle(id={self.id!r}, provider={self.provider!r}, "
-                f"endpoint={self.endpoint!r})")
+        return f"JobHandle(id={self.id!r}, provider={self.provider!r}, endpoint={self.endpoint!r})"
 
     def info(self) -> JobInfo:
         """Shortcut for :func:`get`."""
@@ -204,8 +212,11 @@ class JobHandle:
                 if event.type == "completed":
                     return event.data.get("output")
                 if event.type in ("failed", "cancelled"):
-                    raise _error_of(self.id, str(event.data.get("status") or event.type),
-                                    event.data.get("error"))
+                    raise _error_of(
+                        self.id,
+                        str(event.data.get("status") or event.type),
+                        event.data.get("error"),
+                    )
         raise AtlasTimeoutError(f"job {self.id} not finished after {timeout:g}s")
 
     def stream(self, timeout: float | None = None) -> Iterator[Any]:
@@ -231,8 +242,11 @@ class JobHandle:
                         yield event.data.get("output")
                     return
                 elif event.type in ("failed", "cancelled"):
-                    raise _error_of(self.id, str(event.data.get("status") or event.type),
-                                    event.data.get("error"))
+                    raise _error_of(
+                        self.id,
+                        str(event.data.get("status") or event.type),
+                        event.data.get("error"),
+                    )
         info = get(self.id)
         if info.done and info.status != JobStatus.COMPLETED:
             raise _error_of(self.id, info.status, info.error)
@@ -243,8 +257,9 @@ class JobHandle:
 
 def _provider_name(provider: Any) -> str:
     resolved = resolve_provider_name(provider)
-    if isinstance(resolved, Provider) or (isinstance(resolved, type)
-                                          and issubclass(resolved, Provider)):
+    if isinstance(resolved, Provider) or (
+        isinstance(resolved, type) and issubclass(resolved, Provider)
+    ):
         name = resolved.name  # workers rebuild providers by name
     else:
         name = str(resolved)
@@ -285,13 +300,18 @@ def submit(
         UnsupportedError: the provider has no serverless jobs.
         TransportError: Redis or the broker could not be reached.
     """
-    request = build_job_request(endpoint=endpoint, input=input, webhook=webhook,
-                                policy=policy, mode="async")
+    request = build_job_request(
+        endpoint=endpoint, input=input, webhook=webhook, policy=policy, mode="async"
+    )
     name = _provider_name(provider)
     if max_duration_s is None:
         max_duration_s = C.DEFAULT_JOB_MAX_DURATION_S
-    if (isinstance(max_duration_s, bool) or not isinstance(max_duration_s, (int, float))
-            or not math.isfinite(max_duration_s) or max_duration_s <= 0):
+    if (
+        isinstance(max_duration_s, bool)
+        or not isinstance(max_duration_s, (int, float))
+        or not math.isfinite(max_duration_s)
+        or max_duration_s <= 0
+    ):
         raise validation_error("max_duration_s", "must be a positive number of seconds")
     if not isinstance(stream, bool):
         raise validation_error("stream", "must be True or False")
@@ -300,28 +320,52 @@ def submit(
     except (TypeError, ValueError):
         raise validation_error("input", "must be JSON-serialisable") from None
     job_id = secrets.token_hex(8)
-    record = JobRecord(id=job_id, provider=name, endpoint=request.endpoint, stream=stream,
-                       status=JobStatus.SUBMITTING, max_duration_s=float(max_duration_s),
-                       api_key_sealed=seal({"api_key": api_key}) if api_key else None)
+    record = JobRecord(
+        id=job_id,
+        provider=name,
+        endpoint=request.endpoint,
+        stream=stream,
+        status=JobStatus.SUBMITTING,
+        max_duration_s=float(max_duration_s),
+        api_key_sealed=seal({"api_key": api_key}) if api_key else None,
+    )
     st = _store()
     try:
         st.create(record, max_duration_ms=int(max_duration_s * 1000))
     except Exception as exc:
         raise TransportError(f"could not record the job in Redis: {exc}") from exc
-    events.publish(job_id, "status", {"status": JobStatus.SUBMITTING.value, "provider": name,
-                                      "endpoint": request.endpoint, "stream": stream},
-                   topic="job", client=st.r)
+    events.publish(
+        job_id,
+        "status",
+        {
+            "status": JobStatus.SUBMITTING.value,
+            "provider": name,
+            "endpoint": request.endpoint,
+            "stream": stream,
+        },
+        topic="job",
+        client=st.r,
+    )
     from atlas_tasks.celery_app import get_app
+
     app = get_app()
 
     try:
         # No queue here: the app's task_routes send atlas.jobs.* to the jobs queue.
-        app.send_task(C.TASK_JOB_RUN, args=[job_id, request.model_dump(mode="json")],
-                      task_id=f"atlas-job-run-{job_id}",
-                      argsrepr=repr((job_id, "<request>")), kwargsrepr="{}")
+        app.send_task(
+            C.TASK_JOB_RUN,
+            args=[job_id, request.model_dump(mode="json")],
+            task_id=f"atlas-job-run-{job_id}",
+            argsrepr=repr((job_id, "<request>")),
+            kwargsrepr="{}",
+        )
     except Exception as exc:
-        error = {"kind": "transport", "provider": None, "status": None,
-                 "message": f"could not enqueue the job: {exc}"}
+        error = {
+            "kind": "transport",
+            "provider": None,
+            "status": None,
+            "message": f"could not enqueue the job: {exc}",
+        }
         st.finish(job_id, JobStatus.FAILED, require_status=JobStatus.SUBMITTING, error=error)
         raise TransportError(error["message"]) from exc
     return JobHandle(job_id, name, request.endpoint, streaming=stream)
@@ -374,5 +418,14 @@ def cancel(id: str) -> None:
     app.send_task(C.TASK_JOB_POLL, args=[id, seq, 0])
 
 
-__all__ = ["FINAL_EVENTS", "JobCancelled", "JobHandle", "JobInfo", "cancel", "follow", "get",
-           "handle", "submit"]
+__all__ = [
+    "FINAL_EVENTS",
+    "JobCancelled",
+    "JobHandle",
+    "JobInfo",
+    "cancel",
+    "follow",
+    "get",
+    "handle",
+    "submit",
+]

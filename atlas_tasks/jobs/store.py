@@ -184,7 +184,9 @@ _TERMINAL_LUA = (
     + " end\n"
 )
 
-_CREATE = _NOW + """
+_CREATE = (
+    _NOW
+    + """
 -- KEYS: record  ARGV: max_duration_ms, grace_ms, field/value...
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local max = tonumber(ARGV[1])
@@ -195,8 +197,13 @@ redis.call('HSET', KEYS[1], unpack(kv))
 redis.call('PEXPIRE', KEYS[1], max + tonumber(ARGV[2]))
 return now
 """
+)
 
-_CLAIM = _NOW + _TERMINAL_LUA + LUA_LEASE_FUNCTIONS + """
+_CLAIM = (
+    _NOW
+    + _TERMINAL_LUA
+    + LUA_LEASE_FUNCTIONS
+    + """
 -- KEYS: record, lease  ARGV: seq, owner, lease_ms
 local st = redis.call('HMGET', KEYS[1], 'status', 'poll_seq', 'provider_job_id')
 if not st[1] then return {'missing', now} end
@@ -217,8 +224,12 @@ lease_acquire(KEYS[2], ARGV[2], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'polls', 1)
 return {'ok', now}
 """
+)
 
-_ADVANCE = _NOW + LUA_LEASE_FUNCTIONS + """
+_ADVANCE = (
+    _NOW
+    + LUA_LEASE_FUNCTIONS
+    + """
 -- KEYS: record, lease  ARGV: owner, next_seq, poll_errors
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -227,8 +238,12 @@ end
 lease_release(KEYS[2], ARGV[1])
 return 'ok'
 """
+)
 
-_COMMIT = _NOW + LUA_LEASE_FUNCTIONS + """
+_COMMIT = (
+    _NOW
+    + LUA_LEASE_FUNCTIONS
+    + """
 -- KEYS: record, lease, event stream, event channel
 -- ARGV: owner, require_status, expect_chunk_seq, new_chunk_seq, record_ttl_ms, release,
 --       stamp_field, maxlen, stream_ttl_ms, nfields, field/value * nfields, payload...
@@ -263,8 +278,11 @@ if ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5])) end
 if ARGV[6] == '1' then lease_release(KEYS[2], ARGV[1]) end
 return out
 """
+)
 
-_REQUEST_CANCEL = _TERMINAL_LUA + """
+_REQUEST_CANCEL = (
+    _TERMINAL_LUA
+    + """
 -- KEYS: record  ARGV: -
 local st = redis.call('HMGET', KEYS[1], 'status', 'poll_seq')
 if not st[1] then return {'missing', '0'} end
@@ -272,8 +290,11 @@ if terminal(st[1]) then return {st[1], st[2] or '0'} end
 redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 return {st[1], st[2] or '0'}
 """
+)
 
-_BEGIN_SUBMIT = _TERMINAL_LUA + """
+_BEGIN_SUBMIT = (
+    _TERMINAL_LUA
+    + """
 -- KEYS: record  ARGV: -
 local st = redis.call('HMGET', KEYS[1], 'status', 'provider_job_id', 'submit_inflight',
                       'cancel_requested')
@@ -285,6 +306,7 @@ if st[3] == '1' then return 'interrupted' end
 redis.call('HSET', KEYS[1], 'submit_inflight', '1')
 return 'ok'
 """
+)
 
 
 #: Fields :meth:`JobStore.summaries` reads (``id`` and ``status`` first: both required).
@@ -319,8 +341,9 @@ class JobStore:
         result_ttl_ms: how long a finished record stays readable (see :func:`result_ttl_ms`).
     """
 
-    def __init__(self, client: redis.Redis, *, result_ttl_ms: int = C.DEFAULT_JOB_RESULT_TTL_MS
-                 ) -> None:
+    def __init__(
+        self, client: redis.Redis, *, result_ttl_ms: int = C.DEFAULT_JOB_RESULT_TTL_MS
+    ) -> None:
         self.r = client
         self.result_ttl_ms = result_ttl_ms
         self._create = client.register_script(_CREATE)
@@ -331,8 +354,9 @@ class JobStore:
         self._begin_submit = client.register_script(_BEGIN_SUBMIT)
 
     # ------------------------------------------------------------------ records
-    def create(self, record: JobRecord, *, max_duration_ms: int,
-               grace_ms: int = C.JOB_RECORD_GRACE_MS) -> int:
+    def create(
+        self, record: JobRecord, *, max_duration_ms: int, grace_ms: int = C.JOB_RECORD_GRACE_MS
+    ) -> int:
         """Record a new job; returns Redis time (ms). The record lives until
         ``max duration + grace`` and gets the result TTL when the job ends. Redis sets
         the clock fields (``created_at_ms``, ``deadline_ms``...) and zeroes the counters.
@@ -341,14 +365,25 @@ class JobStore:
             ValueError: the id is already taken.
         """
         fields = record.to_hash()
-        for name in ("created_at_ms", "updated_at_ms", "deadline_ms", "poll_seq", "polls",
-                     "poll_errors", "chunk_seq"):
+        for name in (
+            "created_at_ms",
+            "updated_at_ms",
+            "deadline_ms",
+            "poll_seq",
+            "polls",
+            "poll_errors",
+            "chunk_seq",
+        ):
             fields.pop(name, None)  # Redis owns them
         flat: list[str] = []
         for name, value in fields.items():
             flat += [name, value]
-        now = int(cast(int, self._create(keys=[job_key(record.id)],
-                                         args=[max_duration_ms, grace_ms, *flat])))
+        now = int(
+            cast(
+                int,
+                self._create(keys=[job_key(record.id)], args=[max_duration_ms, grace_ms, *flat]),
+            )
+        )
         if now < 0:
             raise ValueError(f"job id {record.id!r} already exists")
         return now
@@ -366,9 +401,13 @@ class JobStore:
             for key in keys:
                 pipe.hmget(key, *_SUMMARY_FIELDS)
             answers = cast(list[list[str | None]], pipe.execute())
-        return [JobRecord.from_hash({k: v for k, v in zip(_SUMMARY_FIELDS, a, strict=True)
-                                     if v is not None})
-                for a in answers if a[0] and a[1]]
+        return [
+            JobRecord.from_hash(
+                {k: v for k, v in zip(_SUMMARY_FIELDS, a, strict=True) if v is not None}
+            )
+            for a in answers
+            if a[0] and a[1]
+        ]
 
     def now_ms(self) -> int:
         """Redis server time in ms (the clock every web node and worker shares)."""
@@ -394,26 +433,33 @@ class JobStore:
         """Record the provider's job id and status after ``/run`` and publish ``status``
         (only while the record is still ``submitting``). Returns the commit verdict."""
         verdict, _ = self.commit(
-            job_id, require_status=JobStatus.SUBMITTING,
-            fields={"provider_job_id": provider_job_id, "status": status,
-                    "submit_inflight": "0"},
+            job_id,
+            require_status=JobStatus.SUBMITTING,
+            fields={"provider_job_id": provider_job_id, "status": status, "submit_inflight": "0"},
             events=[("status", {"status": status.value, "provider_job_id": provider_job_id})],
-            stamp="submitted_at_ms")
+            stamp="submitted_at_ms",
+        )
         return verdict
 
     # ------------------------------------------------------------------ single flight
-    def claim(self, job_id: str, seq: int, owner: str, lease_ms: int = C.JOB_POLL_LEASE_MS
-              ) -> tuple[str, int]:
+    def claim(
+        self, job_id: str, seq: int, owner: str, lease_ms: int = C.JOB_POLL_LEASE_MS
+    ) -> tuple[str, int]:
         """Try to run poll iteration ``seq``: ``(verdict, redis now ms)``; see the module
         docstring for the verdicts (``ok busy early stale done missing not_ready``)."""
-        verdict, now = cast(list[Any], self._claim(keys=[job_key(job_id), lease_key(job_id)],
-                                                   args=[seq, owner, lease_ms]))
+        verdict, now = cast(
+            list[Any],
+            self._claim(keys=[job_key(job_id), lease_key(job_id)], args=[seq, owner, lease_ms]),
+        )
         return str(verdict), int(now)
 
     def advance(self, job_id: str, owner: str, next_seq: int, poll_errors: int = 0) -> str:
         """Move the chain on to ``next_seq`` and release the lease (``ok`` or ``fenced``)."""
-        return str(self._advance(keys=[job_key(job_id), lease_key(job_id)],
-                                 args=[owner, next_seq, poll_errors]))
+        return str(
+            self._advance(
+                keys=[job_key(job_id), lease_key(job_id)], args=[owner, next_seq, poll_errors]
+            )
+        )
 
     def lease(self, job_id: str, owner: str) -> Lease:
         """The poll lease of a job as held (or not) by ``owner``."""
@@ -462,29 +508,45 @@ class JobStore:
         payloads = [event_payload(job_id, t, d) for t, d in (events or [])]
         expect, new = chunk_cursor if chunk_cursor is not None else ("", "")
         args: list[Any] = [
-            owner or "", require_status or "", expect, new,
-            "" if record_ttl_ms is None else int(record_ttl_ms), "1" if release else "0",
-            stamp or "", C.EVENTS_STREAM_MAXLEN, C.EVENTS_STREAM_TTL_MS, len(flat) // 2,
-            *flat, *payloads,
+            owner or "",
+            require_status or "",
+            expect,
+            new,
+            "" if record_ttl_ms is None else int(record_ttl_ms),
+            "1" if release else "0",
+            stamp or "",
+            C.EVENTS_STREAM_MAXLEN,
+            C.EVENTS_STREAM_TTL_MS,
+            len(flat) // 2,
+            *flat,
+            *payloads,
         ]
-        answer = cast(list[Any], self._commit(
-            keys=[job_key(job_id), lease_key(job_id), stream, channel], args=args))
+        answer = cast(
+            list[Any],
+            self._commit(keys=[job_key(job_id), lease_key(job_id), stream, channel], args=args),
+        )
         verdict = str(answer[0])
         return verdict, ([str(i) for i in answer[1:]] if verdict == "ok" else [])
 
     def set_status(self, job_id: str, owner: str, status: JobStatus) -> str:
         """A poller saw a new non-terminal status: record and publish it (fenced)."""
-        verdict, _ = self.commit(job_id, owner=owner, fields={"status": status},
-                                 events=[("status", {"status": status.value})])
+        verdict, _ = self.commit(
+            job_id,
+            owner=owner,
+            fields={"status": status},
+            events=[("status", {"status": status.value})],
+        )
         return verdict
 
     def publish_chunks(self, job_id: str, owner: str, cursor: int, chunks: list[Any]) -> str:
         """Publish ``chunks`` as ``output`` events ``cursor+1..`` and move the chunk cursor
         in the same fenced step. Returns the commit verdict."""
-        events = [("output", {"seq": cursor + i + 1, "chunk": chunk})
-                  for i, chunk in enumerate(chunks)]
-        verdict, _ = self.commit(job_id, owner=owner, events=events,
-                                 chunk_cursor=(cursor, cursor + len(chunks)))
+        events = [
+            ("output", {"seq": cursor + i + 1, "chunk": chunk}) for i, chunk in enumerate(chunks)
+        ]
+        verdict, _ = self.commit(
+            job_id, owner=owner, events=events, chunk_cursor=(cursor, cursor + len(chunks))
+        )
         return verdict
 
     def finish(
@@ -511,11 +573,16 @@ class JobStore:
             err = error or {"kind": "unknown", "message": f"job {status.value}"}
             fields["error"] = json.dumps(err, default=str)
             final = ("failed", {"status": status.value, "error": err})
-        verdict, _ = self.commit(job_id, owner=owner, require_status=require_status,
-                                 fields=fields,
-                                 events=[("status", {"status": status.value}), final],
-                                 record_ttl_ms=self.result_ttl_ms, release=owner is not None,
-                                 stamp="finished_at_ms")
+        verdict, _ = self.commit(
+            job_id,
+            owner=owner,
+            require_status=require_status,
+            fields=fields,
+            events=[("status", {"status": status.value}), final],
+            record_ttl_ms=self.result_ttl_ms,
+            release=owner is not None,
+            stamp="finished_at_ms",
+        )
         return verdict
 
     def request_cancel(self, job_id: str) -> tuple[str, int]:
@@ -525,5 +592,15 @@ class JobStore:
         return str(status), int(seq)
 
 
-__all__ = ["TERMINAL_STATUSES", "JobRecord", "JobStatus", "JobStore", "decode_json",
-           "event_keys", "event_payload", "job_key", "lease_key", "result_ttl_ms"]
+__all__ = [
+    "TERMINAL_STATUSES",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "decode_json",
+    "event_keys",
+    "event_payload",
+    "job_key",
+    "lease_key",
+    "result_ttl_ms",
+]

@@ -186,8 +186,13 @@ class Provider(abc.ABC):
         """
         wanted = status_filter(status, provider=self.name)
         wanted_gpu = canonical_gpu(gpu) if gpu else None
-        return filter_computes(self.list_all_compute(region=region), status=wanted, name=name,
-                               region=region, gpu=wanted_gpu)
+        return filter_computes(
+            self.list_all_compute(region=region),
+            status=wanted,
+            name=name,
+            region=region,
+            gpu=wanted_gpu,
+        )
 
     def list_all_compute(self, *, region: str | None = None) -> Iterable[Compute]:
         """Every resource of this account, in the order :meth:`list_compute` reports them.
@@ -233,8 +238,7 @@ class Provider(abc.ABC):
         """Partial outputs of a job as they arrive."""
         raise self.unsupported("stream_job")
 
-    def read_job_stream(self, job_id: str, *, endpoint: str
-                        ) -> tuple[JobStatus | None, list[Any]]:
+    def read_job_stream(self, job_id: str, *, endpoint: str) -> tuple[JobStatus | None, list[Any]]:
         """One non-blocking read of a streaming job: ``(status or None, new chunks)``.
 
         Unlike :meth:`stream_job` (a blocking iterator that sleeps between reads) this is
@@ -251,9 +255,7 @@ class Provider(abc.ABC):
     # ------------------------------------------------------------------ helpers
     def unsupported(self, operation: str) -> UnsupportedError:
         """The error for an operation this provider does not implement."""
-        return UnsupportedError(
-            f"{self.name} does not support {operation}", provider=self.name
-        )
+        return UnsupportedError(f"{self.name} does not support {operation}", provider=self.name)
 
     def not_found(self, what: str) -> NotFoundError:
         """The error for an unknown id."""
@@ -299,7 +301,8 @@ def filter_computes(
         gpu: canonical GPU name (already normalised by ``canonical_gpu``), or ``None``.
     """
     return [
-        c for c in computes
+        c
+        for c in computes
         if (status is None or c.status == status)
         and (name is None or c.name == name)
         and (region is None or c.region == region)

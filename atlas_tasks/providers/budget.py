@@ -291,10 +291,12 @@ class RateBudget:
         self.api = api
         # In the deployment's namespace: deployments sharing an API key budget separately.
         ks = keyspace()
-        self.key = ks.key(BUDGET_KEY).format(provider=provider, api=api,
-                                             fingerprint=key_fingerprint)
-        self.pause_key = ks.key(PAUSE_KEY).format(provider=provider, api=api,
-                                                  fingerprint=key_fingerprint)
+        self.key = ks.key(BUDGET_KEY).format(
+            provider=provider, api=api, fingerprint=key_fingerprint
+        )
+        self.pause_key = ks.key(PAUSE_KEY).format(
+            provider=provider, api=api, fingerprint=key_fingerprint
+        )
         self.default_rate = max(per_minute, 1e-6) / 60_000.0
         self.burst = max(1, int(burst)) if burst else None
         quota = max(1, int(per_minute))

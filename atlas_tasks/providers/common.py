@@ -161,8 +161,13 @@ class RefiningClient:
         self._configured_base_url = configured_base_url
         self._refine = refine
         self._check = check
-        self._pool = ClientPool(context, provider=provider, missing_key=missing_key,
-                                base_url=lambda _api: self.base_url, sleep=sleep)
+        self._pool = ClientPool(
+            context,
+            provider=provider,
+            missing_key=missing_key,
+            base_url=lambda _api: self.base_url,
+            sleep=sleep,
+        )
 
     @property
     def base_url(self) -> str:
@@ -198,8 +203,9 @@ class RefiningClient:
             AtlasError: as mapped by the HTTP layer, refined; or what ``check`` raises.
         """
         try:
-            answer = self.http.call(method, path, json=json, params=params, expect=expect,
-                                    idempotent=idempotent)
+            answer = self.http.call(
+                method, path, json=json, params=params, expect=expect, idempotent=idempotent
+            )
         except AtlasError as err:
             refined = self._refine(err)
             if refined is err:

@@ -196,8 +196,9 @@ class HttpClient:
 
     def __repr__(self) -> str:
         # Headers stay out: they carry the API key.
-        return (f"HttpClient(provider={self.provider!r}, api={self.api!r}, "
-                f"base_url={self.base_url!r})")
+        return (
+            f"HttpClient(provider={self.provider!r}, api={self.api!r}, base_url={self.base_url!r})"
+        )
 
     # ------------------------------------------------------------------ pooling
     @property
@@ -274,8 +275,17 @@ class HttpClient:
         attempt = 0
         while True:
             attempt += 1
-            response = self._attempt(method, url, query, json, timeout, attempt, idempotent,
-                                     retries_left=attempt <= budget, api_class=klass)
+            response = self._attempt(
+                method,
+                url,
+                query,
+                json,
+                timeout,
+                attempt,
+                idempotent,
+                retries_left=attempt <= budget,
+                api_class=klass,
+            )
             if response is None:  # a retryable transport failure; _attempt already slept
                 continue
             status = response.status_code
@@ -314,8 +324,9 @@ class HttpClient:
             response = self.client.request(method, url, **kwargs)
         except httpx.InvalidURL as exc:
             # A misconfigured base URL: no request was made and retrying cannot help.
-            raise TransportError(f"{method} {redact_url(url)}: invalid URL: {exc}",
-                                 provider=self.provider, raw=exc) from exc
+            raise TransportError(
+                f"{method} {redact_url(url)}: invalid URL: {exc}", provider=self.provider, raw=exc
+            ) from exc
         except httpx.RequestError as exc:
             duration = time.monotonic() - started
             shown = redact_url(str(httpx.URL(url, params=query or None)))
@@ -336,11 +347,21 @@ class HttpClient:
             raise err from exc
         duration = time.monotonic() - started
         # Parsed only when someone listens: most clients have no hooks and no budget.
-        limit = (rate_limit_from_headers(response.headers)
-                 if self.context.hooks or self.budget is not None else None)
+        limit = (
+            rate_limit_from_headers(response.headers)
+            if self.context.hooks or self.budget is not None
+            else None
+        )
         self._feed_budget(response, limit)
-        self._emit(method, redact_url(str(response.request.url)), response.status_code,
-                   duration, attempt, None, rate_limit=limit)
+        self._emit(
+            method,
+            redact_url(str(response.request.url)),
+            response.status_code,
+            duration,
+            attempt,
+            None,
+            rate_limit=limit,
+        )
         return response
 
     # ------------------------------------------------------------------ fleet budget
@@ -356,29 +377,36 @@ class HttpClient:
         except BUDGET_ERRORS as exc:
             # Fail open: Redis trouble must not stop a cloud call (above all a terminate);
             # the provider's own 429s and our backoff still apply.
-            logger.warning("%s %s: rate budget unavailable, sending anyway: %s",
-                           self.provider, self.api, exc)
+            logger.warning(
+                "%s %s: rate budget unavailable, sending anyway: %s", self.provider, self.api, exc
+            )
             return
         except Exception:
             # Same for anything else the budget trips on (a misconfigured Redis client):
             # it is a guard rail, never a reason to leave a pod running.
-            logger.exception("%s %s: rate budget failed, sending anyway",
-                             self.provider, self.api)
+            logger.exception("%s %s: rate budget failed, sending anyway", self.provider, self.api)
             return
         if waited:
-            logger.debug("%s %s: waited %.3fs for a %s budget token",
-                         self.provider, self.api, waited, api_class)
+            logger.debug(
+                "%s %s: waited %.3fs for a %s budget token",
+                self.provider,
+                self.api,
+                waited,
+                api_class,
+            )
 
     def _feed_budget(self, response: httpx.Response, limit: RateLimit | None) -> None:
         """Fold an answer's rate-limit headers (and a 429's Retry-After) into the budget."""
         budget = self.budget
         if budget is None:
             return
-        retry_after = (parse_retry_after(response.headers.get("Retry-After"))
-                       if response.status_code == 429 else None)
+        retry_after = (
+            parse_retry_after(response.headers.get("Retry-After"))
+            if response.status_code == 429
+            else None
+        )
         try:
-            budget.observe(status=response.status_code, rate_limit=limit,
-                           retry_after_s=retry_after)
+            budget.observe(status=response.status_code, rate_limit=limit, retry_after_s=retry_after)
         except BUDGET_ERRORS as exc:
             logger.warning("%s %s: rate budget not updated: %s", self.provider, self.api, exc)
         except Exception:
@@ -437,8 +465,13 @@ class HttpClient:
         )
         logger.debug(
             "%s %s %s %s -> %s in %.3fs (attempt %d)%s",
-            self.provider, self.api, method, url,
-            status if status is not None else "no response", duration, attempt,
+            self.provider,
+            self.api,
+            method,
+            url,
+            status if status is not None else "no response",
+            duration,
+            attempt,
             f": {error}" if error else "",
         )
         for hook in self.context.hooks:
@@ -474,8 +507,11 @@ def is_problem(body: Any, content_type: str | None = None) -> bool:
     if content_type and content_type.split(";")[0].strip().lower() == PROBLEM_JSON:
         return True
     status = body.get("status")
-    return (isinstance(status, int) and not isinstance(status, bool)
-            and (isinstance(body.get("title"), str) or isinstance(body.get("detail"), str)))
+    return (
+        isinstance(status, int)
+        and not isinstance(status, bool)
+        and (isinstance(body.get("title"), str) or isinstance(body.get("detail"), str))
+    )
 
 
 def problem_message(body: dict[str, Any]) -> str:
@@ -485,8 +521,13 @@ def problem_message(body: dict[str, Any]) -> str:
     properties 'bogus' not allowed``."""
     detail = body.get("detail")
     title = body.get("title")
-    text = (detail if isinstance(detail, str) and detail.strip()
-            else title if isinstance(title, str) and title.strip() else "")
+    text = (
+        detail
+        if isinstance(detail, str) and detail.strip()
+        else title
+        if isinstance(title, str) and title.strip()
+        else ""
+    )
     errors = body.get("errors")
     items = [str(e) for e in errors if e is not None] if isinstance(errors, list) else []
     if items:
@@ -509,8 +550,9 @@ def response_error(response: httpx.Response, provider: str | None) -> AtlasError
     body, decoded = _body_of(response)
     if decoded and is_problem(body, response.headers.get("content-type")):
         message = problem_message(body) or f"unexpected HTTP {status}"
-        return AtlasError(message, kind=kind_for_status(status), provider=provider,
-                          status=status, raw=body)
+        return AtlasError(
+            message, kind=kind_for_status(status), provider=provider, status=status, raw=body
+        )
     if not decoded:
         text = str(body)[:500]
         stripped = text.strip()
@@ -520,8 +562,9 @@ def response_error(response: httpx.Response, provider: str | None) -> AtlasError
             message = f"unexpected HTTP {status} with a malformed body"
         else:
             message = stripped
-        return AtlasError(message, kind=kind_for_status(status), provider=provider,
-                          status=status, raw=text)
+        return AtlasError(
+            message, kind=kind_for_status(status), provider=provider, status=status, raw=text
+        )
     return error_from_response(status, body, provider)
 
 
@@ -587,17 +630,31 @@ def create_once(
             try:
                 found = find_by_name(name)
             except AtlasError as lookup_err:
-                logger.warning("%s: lookup of %r after a failed %s failed: %s",
-                               label, name, action, lookup_err)
+                logger.warning(
+                    "%s: lookup of %r after a failed %s failed: %s", label, name, action, lookup_err
+                )
                 raise err from lookup_err
             if found is not None:
-                logger.info("%s: %s of %r failed (%s) but the %s exists: %s",
-                            label, action, name, err, kind, id_of(found))
+                logger.info(
+                    "%s: %s of %r failed (%s) but the %s exists: %s",
+                    label,
+                    action,
+                    name,
+                    err,
+                    kind,
+                    id_of(found),
+                )
                 return found
             if attempt > max_retries:
                 raise
-            logger.info("%s: %s of %r failed (%s) and no %s exists; retrying",
-                        label, action, name, err, kind)
+            logger.info(
+                "%s: %s of %r failed (%s) and no %s exists; retrying",
+                label,
+                action,
+                name,
+                err,
+                kind,
+            )
 
 
 __all__ = [

@@ -252,8 +252,12 @@ class MockProvider(Provider):
         self._pause()
         compute_id = _new_id("mock-")
         ports = [
-            Port(internal=port, external=port, protocol="http",
-                 url=f"https://{compute_id}-{port}.mock.local")
+            Port(
+                internal=port,
+                external=port,
+                protocol="http",
+                url=f"https://{compute_id}-{port}.mock.local",
+            )
             if proto == "http"
             else tcp_port(port, port, MOCK_PUBLIC_IP)
             for port, proto in request.ports
@@ -357,8 +361,7 @@ class MockProvider(Provider):
         job = self._job(job_id, endpoint)
         return iter([job.output])
 
-    def read_job_stream(self, job_id: str, *, endpoint: str
-                        ) -> tuple[JobStatus | None, list[Any]]:
+    def read_job_stream(self, job_id: str, *, endpoint: str) -> tuple[JobStatus | None, list[Any]]:
         self._pause()
         # Mock jobs end at once: their whole output is the one chunk of a finished job.
         job = self._job(job_id, endpoint)

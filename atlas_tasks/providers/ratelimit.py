@@ -93,8 +93,9 @@ def _members(value: str | None, header: str) -> list[tuple[str, dict[str, int]]]
         name, params = member
         if not isinstance(name, str) or not isinstance(params, Mapping):
             continue  # an inner list or a non-string item: not a window
-        ints = {str(k): v for k, v in params.items()
-                if isinstance(v, int) and not isinstance(v, bool)}
+        ints = {
+            str(k): v for k, v in params.items() if isinstance(v, int) and not isinstance(v, bool)
+        }
         out.append((name, ints))
     return out
 
@@ -114,8 +115,9 @@ def parse_rate_limit(limit: str | None, policy: str | None) -> RateLimit | None:
         entry["quota"], entry["window_s"] = params.get("q"), params.get("w")
     if not windows:
         return None
-    return RateLimit(tuple(RateLimitWindow(name=name, **fields)
-                           for name, fields in windows.items()))
+    return RateLimit(
+        tuple(RateLimitWindow(name=name, **fields) for name, fields in windows.items())
+    )
 
 
 def rate_limit_from_headers(headers: Mapping[str, str]) -> RateLimit | None:

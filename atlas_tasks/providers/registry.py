@@ -41,8 +41,9 @@ _instances: OrderedDict[tuple[str, str, str, int], Provider] = OrderedDict()
 def register_provider(name: str, target: str | type[Provider]) -> None:
     """Make ``name`` resolve to a Provider class (or a ``"module:Class"`` path)."""
     if not name or not isinstance(name, str):
-        raise ValidationError("provider: a registered name must be a non-empty string",
-                              field="provider")
+        raise ValidationError(
+            "provider: a registered name must be a non-empty string", field="provider"
+        )
     with _lock:
         _registry[name] = target
         for key in [k for k in _instances if k[0] == name]:
@@ -78,8 +79,6 @@ def provider_class(name: str) -> type[Provider]:
             _registry[name] = cls
         return cls  # type: ignore[no-any-return]
     return target
-
-
 
 
 #: Hooks every provider built by :func:`get_provider` runs after each HTTP attempt, on top
@@ -126,8 +125,12 @@ def get_provider(
     settings = settings or get_settings()
     key = resolve_api_key(cls.name, api_key, settings)
     context = ProviderContext(
-        api_key=key, base_url=base_url, settings=settings, transport=transport,
-        hooks=(*hooks, *_default_hooks), options=dict(options),
+        api_key=key,
+        base_url=base_url,
+        settings=settings,
+        transport=transport,
+        hooks=(*hooks, *_default_hooks),
+        options=dict(options),
     )
     if not cache or transport is not None or hooks or options:
         return cls(context)

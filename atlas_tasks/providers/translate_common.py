@@ -125,8 +125,12 @@ def iso_datetime(text: str) -> datetime | None:
 
 def tcp_port(internal: int, external: int | None, ip: str | None) -> Port:
     """A ``tcp`` :class:`Port`, with ``url = tcp://<ip>:<external>`` when both are known."""
-    return Port(internal=internal, external=external, protocol="tcp",
-                url=f"tcp://{ip}:{external}" if ip and external else None)
+    return Port(
+        internal=internal,
+        external=external,
+        protocol="tcp",
+        url=f"tcp://{ip}:{external}" if ip and external else None,
+    )
 
 
 def drop_none(mapping: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,9 +155,15 @@ __all__ = [
 ]
 
 
-def refuse_foreign_opts(opts: Mapping[str, Any], *, owned: Collection[str],
-                        known: Collection[str], unknown_why: str, allowed: Iterable[str],
-                        provider: str) -> None:
+def refuse_foreign_opts(
+    opts: Mapping[str, Any],
+    *,
+    owned: Collection[str],
+    known: Collection[str],
+    unknown_why: str,
+    allowed: Iterable[str],
+    provider: str,
+) -> None:
     """Refuse ``provider_opts`` keys that may not pass into a provider's request body.
 
     Args:
@@ -168,15 +178,23 @@ def refuse_foreign_opts(opts: Mapping[str, Any], *, owned: Collection[str],
     Raises:
         ValidationError: field ``provider_opts``, naming every refused key at once.
     """
-    problem = refused_keys(opts, owned=owned, known=known, owned_why="from the request",
-                           unknown_why=unknown_why)
+    problem = refused_keys(
+        opts, owned=owned, known=known, owned_why="from the request", unknown_why=unknown_why
+    )
     if problem:
-        raise validation_error("provider_opts", f"{problem}; allowed: "
-                               f"{', '.join(sorted(allowed))}", provider=provider)
+        raise validation_error(
+            "provider_opts", f"{problem}; allowed: {', '.join(sorted(allowed))}", provider=provider
+        )
 
 
-def refused_keys(given: Iterable[str], *, owned: Collection[str], known: Collection[str],
-                 owned_why: str, unknown_why: str) -> str | None:
+def refused_keys(
+    given: Iterable[str],
+    *,
+    owned: Collection[str],
+    known: Collection[str],
+    owned_why: str,
+    unknown_why: str,
+) -> str | None:
     """What is wrong with the keys ``given`` for a provider body, or ``None`` if nothing.
 
     ``"<owned keys> set by atlas_tasks <owned_why>; <unknown keys> <unknown_why>"``: the

@@ -80,7 +80,6 @@ SCOPES: Final[tuple[Scope, ...]] = ("user", "tenant")
 LimitName = Literal["max_sessions", "max_hourly_usd", "monthly_usd"]
 
 
-
 def usage_key_halves(namespace: str | None = None) -> tuple[str, str]:
     """The usage key around ``{scope}:{id}`` in ``namespace`` (default: ``ATLAS_NAMESPACE``):
     scripts that learn the scope from a reservation join the halves around it."""
@@ -764,8 +763,9 @@ class QuotaStore:
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
-    def release_orphaned(self, session_key_prefix: str, *, older_than_ms: int = 60_000,
-                         limit: int = 1000) -> list[str]:
+    def release_orphaned(
+        self, session_key_prefix: str, *, older_than_ms: int = 60_000, limit: int = 1000
+    ) -> list[str]:
         """Release reservations whose session record is gone; returns their session ids.
 
         Sessions release their reservation in the step that ends them; this catches the
@@ -781,8 +781,13 @@ class QuotaStore:
         """
         reply = self._release_orphaned(
             keys=[reservations_index_key()],
-            args=[session_key_prefix, older_than_ms, limit, reservation_key(""),
-                  *usage_key_halves()],
+            args=[
+                session_key_prefix,
+                older_than_ms,
+                limit,
+                reservation_key(""),
+                *usage_key_halves(),
+            ],
         )
         return [str(x) for x in cast(list[Any], reply)]
 

@@ -81,9 +81,16 @@ class Session:
         pod_name: the name the pod gets (prefix + session id).
     """
 
-    def __init__(self, id: str, provider: str, pod_name: str, auth: str,
-                 token: str | None = None, signing_secret: str | None = None,
-                 token_hash: str | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        provider: str,
+        pod_name: str,
+        auth: str,
+        token: str | None = None,
+        signing_secret: str | None = None,
+        token_hash: str | None = None,
+    ) -> None:
         self.id = id
         self.provider = provider
         self.pod_name = pod_name
@@ -109,8 +116,12 @@ class Session:
         data.pop("auth", None)
         compute = Compute.model_validate(data)
         if self.auth == "bearer":
-            compute.auth = AuthHandle(scheme="bearer", token=self.token, hash=self._token_hash,
-                                      header=f"Authorization: Bearer {self.token}")
+            compute.auth = AuthHandle(
+                scheme="bearer",
+                token=self.token,
+                hash=self._token_hash,
+                header=f"Authorization: Bearer {self.token}",
+            )
         elif self.auth == "signed_url":
             compute.auth = AuthHandle(scheme="signed_url", token=self.signing_secret)
         return compute
@@ -134,8 +145,9 @@ def _store() -> SessionStore:
 
 def _provider_name(provider: Any) -> str:
     resolved = resolve_provider_name(provider)
-    if isinstance(resolved, Provider) or (isinstance(resolved, type)
-                                          and issubclass(resolved, Provider)):
+    if isinstance(resolved, Provider) or (
+        isinstance(resolved, type) and issubclass(resolved, Provider)
+    ):
         # Workers rebuild providers by name, so it must be registered there too.
         name = resolved.name
     else:
@@ -169,8 +181,9 @@ def _positive_int(field: str, value: Any) -> int:
     return value
 
 
-def _gpu_idle_options(provider: str, below_pct: Any, window_ms: Any
-                      ) -> tuple[float | None, int | None]:
+def _gpu_idle_options(
+    provider: str, below_pct: Any, window_ms: Any
+) -> tuple[float | None, int | None]:
     """Validated GPU-idle reaping options of one spawn (both or neither).
 
     Raises:
@@ -181,17 +194,27 @@ def _gpu_idle_options(provider: str, below_pct: Any, window_ms: Any
         return None, None
     if below_pct is None or window_ms is None:
         missing = "gpu_idle_below_pct" if below_pct is None else "gpu_idle_window_ms"
-        raise ValidationError(f"{missing}: gpu_idle_below_pct and gpu_idle_window_ms go "
-                              "together (give both or neither)", field=missing)
-    if isinstance(below_pct, bool) or not isinstance(below_pct, int | float) \
-            or not 0 < below_pct <= 100:
-        raise ValidationError(f"gpu_idle_below_pct: must be a number in (0, 100], got "
-                              f"{below_pct!r}", field="gpu_idle_below_pct")
+        raise ValidationError(
+            f"{missing}: gpu_idle_below_pct and gpu_idle_window_ms go "
+            "together (give both or neither)",
+            field=missing,
+        )
+    if (
+        isinstance(below_pct, bool)
+        or not isinstance(below_pct, int | float)
+        or not 0 < below_pct <= 100
+    ):
+        raise ValidationError(
+            f"gpu_idle_below_pct: must be a number in (0, 100], got {below_pct!r}",
+            field="gpu_idle_below_pct",
+        )
     window = _positive_int("gpu_idle_window_ms", window_ms)
     if str(Capability.GPU_UTILIZATION) not in provider_class(provider).capabilities():
-        raise ValidationError(f"gpu_idle_below_pct: provider {provider!r} does not report GPU "
-                              "utilisation, so GPU-idle reaping cannot apply to it",
-                              field="gpu_idle_below_pct")
+        raise ValidationError(
+            f"gpu_idle_below_pct: provider {provider!r} does not report GPU "
+            "utilisation, so GPU-idle reaping cannot apply to it",
+            field="gpu_idle_below_pct",
+        )
     return float(below_pct), window
 
 
@@ -279,7 +302,9 @@ def spawn(
         # A clock shorter than a heartbeat round trip reaps the session at once.
         raise ValidationError(
             f"idle_ttl_ms: {idle_ttl_ms} is below the minimum of {settings.min_idle_ttl_ms} ms "
-            "(ATLAS_MIN_IDLE_TTL_MS)", field="idle_ttl_ms")
+            "(ATLAS_MIN_IDLE_TTL_MS)",
+            field="idle_ttl_ms",
+        )
     session_id = new_session_id()
     pod_name = f"{settings.reap_name_prefix}{session_id}"
     token = signing = token_hash = None
@@ -317,10 +342,14 @@ def spawn(
     if quota_user is not None or tenant is not None:
         # Admission before anything exists: a refusal (QuotaExceeded) leaves nothing behind.
         quotas = QuotaStore(store.r)
-        price = quotas.quote(name, req.gpu, req.gpu_count, spot=req.spot).hourly_usd \
-            if req.gpu else None
-        admission = quotas.try_admit(session_id, user_id=quota_user, tenant_id=tenant,
-                                     hourly_usd=price)
+        price = (
+            quotas.quote(name, req.gpu, req.gpu_count, spot=req.spot).hourly_usd
+            if req.gpu
+            else None
+        )
+        admission = quotas.try_admit(
+            session_id, user_id=quota_user, tenant_id=tenant, hourly_usd=price
+        )
         if admission.refusal is not None:
             raise admission.refusal.error()
         admitted = True
@@ -331,15 +360,22 @@ def spawn(
         if admitted:
             _release_quietly(store, session_id)
         raise  # a Redis failure: TransportError (decorator)
-    events.publish(session_id, "status", {"status": SessionStatus.SPAWNING.value,
-                                          "provider": name, "user_id": user_id})
+    events.publish(
+        session_id,
+        "status",
+        {"status": SessionStatus.SPAWNING.value, "provider": name, "user_id": user_id},
+    )
     from atlas_tasks.celery_app import get_app
+
     app = get_app()
 
     try:
-        app.send_task(C.TASK_SPAWN, args=[session_id, sealed], task_id=f"atlas-spawn-{session_id}",
-                      **task_reprs.spawn(session_id, provider=name, gpu=req.gpu,
-                                         user_id=user_id))
+        app.send_task(
+            C.TASK_SPAWN,
+            args=[session_id, sealed],
+            task_id=f"atlas-spawn-{session_id}",
+            **task_reprs.spawn(session_id, provider=name, gpu=req.gpu, user_id=user_id),
+        )
     except Exception as exc:
         error = {"kind": "transport", "message": f"could not enqueue the spawn: {exc}"}
         try:
@@ -348,11 +384,19 @@ def spawn(
         except redis.RedisError as redis_exc:
             # Broker and registry share Redis and both are down: the intent stays and
             # the reaper resolves it (nothing was created), so only log this one.
-            log.warning("session %s: could not record the failed enqueue: %s", session_id,
-                        redis_exc)
+            log.warning(
+                "session %s: could not record the failed enqueue: %s", session_id, redis_exc
+            )
         raise TransportError(error["message"]) from exc
-    return Session(session_id, name, pod_name, req.auth, token=token, signing_secret=signing,
-                   token_hash=token_hash)
+    return Session(
+        session_id,
+        name,
+        pod_name,
+        req.auth,
+        token=token,
+        signing_secret=signing,
+        token_hash=token_hash,
+    )
 
 
 def _release_quietly(store: SessionStore, session_id: str) -> None:
@@ -360,8 +404,7 @@ def _release_quietly(store: SessionStore, session_id: str) -> None:
     try:
         QuotaStore(store.r).release(session_id)
     except redis.RedisError as exc:  # Redis is down: atlas.quotas.refresh_prices releases it later
-        log.warning("session %s: could not release its quota reservation: %s", session_id,
-                    exc)
+        log.warning("session %s: could not release its quota reservation: %s", session_id, exc)
 
 
 @wrap_redis_errors("touch")
@@ -417,14 +460,19 @@ def stop_tracked(session_id: str) -> None:
     if verdict != "ok":
         raise NotTracked(f"session {session_id!r} is not tracked")
     from atlas_tasks.celery_app import get_app
+
     app = get_app()
 
     try:
         app.send_task(C.TASK_TERMINATE, args=[session_id, "requested"])
     except Exception as exc:
         # Recorded above: the reaper re-sends it, so the caller's stop is not lost.
-        log.warning("session %s: stop recorded but not enqueued (%s); the reaper re-sends it "
-                    "within %d ms", session_id, exc, settings.stop_resend_ms)
+        log.warning(
+            "session %s: stop recorded but not enqueued (%s); the reaper re-sends it within %d ms",
+            session_id,
+            exc,
+            settings.stop_resend_ms,
+        )
 
 
 # ---------------------------------------------------------------- waiting by id, listing
@@ -439,10 +487,15 @@ def _raise_not_running(session_id: str, timeout: float) -> None:
         consumed = queue_has_consumers(queue, timeout=1.0)
     except Exception:  # the broker is down too: the plain timeout says enough
         consumed = True
-    hint = "" if consumed else (
-        f"; no worker consumes the {queue!r} queue (start one with "
-        f"`atlas-tasks worker`, or `-Q {queue},...` on your own worker after "
-        "atlas_tasks.celery_app.attach(app))")
+    hint = (
+        ""
+        if consumed
+        else (
+            f"; no worker consumes the {queue!r} queue (start one with "
+            f"`atlas-tasks worker`, or `-Q {queue},...` on your own worker after "
+            "atlas_tasks.celery_app.attach(app))"
+        )
+    )
     raise AtlasTimeoutError(f"session {session_id} not running after {timeout:g}s{hint}")
 
 
@@ -462,8 +515,9 @@ def _outcome(session_id: str, event: events.Event) -> dict[str, Any] | None:
 
 def _running_compute(session_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    for event in events.subscribe(session_id, timeout=timeout,
-                                  until=("running", "failed", "terminated")):
+    for event in events.subscribe(
+        session_id, timeout=timeout, until=("running", "failed", "terminated")
+    ):
         data = _outcome(session_id, event)
         if data is not None:
             return data
@@ -516,9 +570,10 @@ def list_sessions(user_id: Any = None, *, offset: int = 0, limit: int = 100) -> 
     if user_id is None:
         infos = _records_to_infos(store.get_many(store.list_ids()))
         infos.sort(key=lambda i: i.created_at_ms or 0, reverse=True)
-        return infos[offset:offset + limit]
-    return _records_to_infos(list(store.list_user_records(_user_json(user_id), offset=offset,
-                                                          limit=limit)))
+        return infos[offset : offset + limit]
+    return _records_to_infos(
+        list(store.list_user_records(_user_json(user_id), offset=offset, limit=limit))
+    )
 
 
 def _check_page(offset: int, limit: int) -> None:
@@ -538,8 +593,8 @@ def _user_json(user_id: Any) -> str:
 # ---------------------------------------------------------------- asyncio client
 # redis.asyncio clients belong to the event loop that created them: one per (loop, URL).
 _astores: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, bool, str], AsyncSessionStore]] = (
-    weakref.WeakKeyDictionary())
+    asyncio.AbstractEventLoop, dict[tuple[str, bool, str], AsyncSessionStore]
+] = weakref.WeakKeyDictionary()
 
 
 def _astore() -> AsyncSessionStore:
@@ -549,15 +604,18 @@ def _astore() -> AsyncSessionStore:
     key = (settings.redis_url, settings.heartbeat_events, settings.namespace)
     store = per_loop.get(key)
     if store is None:
-        client = async_client_for_url(settings.redis_url, decode_responses=True,
-                                      max_connections=settings.redis_max_connections)
+        client = async_client_for_url(
+            settings.redis_url,
+            decode_responses=True,
+            max_connections=settings.redis_max_connections,
+        )
         store = per_loop[key] = AsyncSessionStore(
-            client, publish_heartbeats=settings.heartbeat_events, namespace=settings.namespace)
+            client, publish_heartbeats=settings.heartbeat_events, namespace=settings.namespace
+        )
     return store
 
 
-async def aspawn(request: ComputeRequest | dict[str, Any] | None = None, **kwargs: Any
-                 ) -> Session:
+async def aspawn(request: ComputeRequest | dict[str, Any] | None = None, **kwargs: Any) -> Session:
     """asyncio twin of :func:`spawn` (same arguments and errors).
 
     Runs :func:`spawn` in a thread: the broker publish goes through kombu, which has no
@@ -600,14 +658,14 @@ async def astop_tracked(session_id: str) -> None:
 
 
 @wrap_redis_errors("alist_sessions")
-async def alist_sessions(user_id: Any = None, *, offset: int = 0, limit: int = 100
-                         ) -> list[SessionInfo]:
+async def alist_sessions(
+    user_id: Any = None, *, offset: int = 0, limit: int = 100
+) -> list[SessionInfo]:
     """asyncio twin of :func:`list_sessions` (one round trip per page for a user)."""
     _check_page(offset, limit)
     if user_id is None:
         return await asyncio.to_thread(list_sessions, None, offset=offset, limit=limit)
-    records = await _astore().list_user_records(_user_json(user_id), offset=offset,
-                                                limit=limit)
+    records = await _astore().list_user_records(_user_json(user_id), offset=offset, limit=limit)
     return _records_to_infos(list(records))
 
 
@@ -621,8 +679,9 @@ async def await_running(session_id: str, timeout: float = 120.0) -> Compute:
         TransportError: Redis could not be reached.
     """
     deadline = time.monotonic() + timeout
-    async for event in events.asubscribe(session_id, timeout=timeout,
-                                         until=("running", "failed", "terminated")):
+    async for event in events.asubscribe(
+        session_id, timeout=timeout, until=("running", "failed", "terminated")
+    ):
         data = _outcome(session_id, event)
         if data is not None:
             return _plain_compute(data)
@@ -632,6 +691,21 @@ async def await_running(session_id: str, timeout: float = 120.0) -> Compute:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["NotTracked", "Session", "SessionInfo", "ainfo", "alist_sessions", "aspawn",
-           "astop_tracked", "atouch", "await_running", "info", "list_ids", "list_sessions",
-           "spawn", "stop_tracked", "touch", "wait"]
+__all__ = [
+    "NotTracked",
+    "Session",
+    "SessionInfo",
+    "ainfo",
+    "alist_sessions",
+    "aspawn",
+    "astop_tracked",
+    "atouch",
+    "await_running",
+    "info",
+    "list_ids",
+    "list_sessions",
+    "spawn",
+    "stop_tracked",
+    "touch",
+    "wait",
+]

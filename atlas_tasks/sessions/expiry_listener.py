@@ -32,16 +32,18 @@ log = logging.getLogger(__name__)
 def enable_expiry_events(client: redis.Redis) -> bool:
     """Make sure ``notify-keyspace-events`` includes ``E`` and ``x``; False if refused."""
     try:
-        current = str(client.config_get("notify-keyspace-events").get(
-            "notify-keyspace-events", ""))
+        current = str(client.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
         if "E" in current and ("x" in current or "A" in current):
             return True
         flags = "".join(sorted(set(current + "Ex")))
         client.config_set("notify-keyspace-events", flags)
         return True
     except redis.ResponseError as exc:
-        log.warning("keyspace notifications unavailable (%s); idle sessions are reaped by "
-                    "the beat sweep only", exc)
+        log.warning(
+            "keyspace notifications unavailable (%s); idle sessions are reaped by "
+            "the beat sweep only",
+            exc,
+        )
         return False
 
 
@@ -54,8 +56,9 @@ class ExpiryListener(threading.Thread):
     expires its own keys on the same channel, and they are not ours to claim.
     """
 
-    def __init__(self, redis_url: str, on_expired: Callable[[list[str]], None],
-                 namespace: str | None = None) -> None:
+    def __init__(
+        self, redis_url: str, on_expired: Callable[[list[str]], None], namespace: str | None = None
+    ) -> None:
         super().__init__(name="atlas-expiry-listener", daemon=True)
         self.redis_url = redis_url
         self.namespace = keyspace(namespace).namespace
@@ -101,14 +104,14 @@ class ExpiryListener(threading.Thread):
                 message = pubsub.get_message(timeout=wait)
                 if message:
                     key = str(message["data"])
-                    session_id = key[len(prefix):] if key.startswith(prefix) else ""
-                    if session_id and store.claim_expired(session_id,
-                                                             C.IDLE_CLAIM_SLACK_MS):
+                    session_id = key[len(prefix) :] if key.startswith(prefix) else ""
+                    if session_id and store.claim_expired(session_id, C.IDLE_CLAIM_SLACK_MS):
                         if not batch:
                             first_at = time.monotonic()
                         batch.append(session_id)
-                if batch and (len(batch) >= C.IDLE_BATCH_MAX
-                              or time.monotonic() - first_at >= window):
+                if batch and (
+                    len(batch) >= C.IDLE_BATCH_MAX or time.monotonic() - first_at >= window
+                ):
                     self._flush(batch)
                     batch = []
         finally:

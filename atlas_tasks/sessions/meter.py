@@ -262,8 +262,12 @@ class CostMeter:
                     if record is not None and record.running_at_ms is None and not record.ended:
                         continue  # spawning: nothing runs yet
                     channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
-                    keys = [Keys(session_id, self.ks).record, self.ks.key(C.METER_INDEX_KEY),
-                            stream, channel]
+                    keys = [
+                        Keys(session_id, self.ks).record,
+                        self.ks.key(C.METER_INDEX_KEY),
+                        stream,
+                        channel,
+                    ]
                     keys += [spend_key(scope, ident, month) for scope, ident in _scopes(record)]
                     self._meter_script(
                         keys=keys, args=[session_id, now, interval, expire_at], client=pipe
@@ -293,7 +297,7 @@ class CostMeter:
         groups: dict[tuple[str, str | None], list[SessionRecord]] = {}
         for batch in _chunks(
             sorted(cast(Iterable[str], self.r.smembers(self.ks.key(C.SESSIONS_SET_KEY)))),
-            METER_BATCH
+            METER_BATCH,
         ):
             for record in self.store.get_many(batch):
                 if (

@@ -105,13 +105,18 @@ class ReapReport:
     def summary(self) -> dict[str, object]:
         """JSON-safe counts and ids for the task result / Flower."""
         return {
-            "due": len(self.due), "resent_spawns": self.resent_spawns,
+            "due": len(self.due),
+            "resent_spawns": self.resent_spawns,
             "stale_intents": len(self.stale_intents),
-            "orphans": self.orphans, "providers_scanned": self.providers_scanned,
-            "errors": self.errors, "resent_stops": self.resent_stops,
+            "orphans": self.orphans,
+            "providers_scanned": self.providers_scanned,
+            "errors": self.errors,
+            "resent_stops": self.resent_stops,
             "data_loss_detected": self.data_loss_detected,
-            "data_loss_grace": self.data_loss_grace, "spared": len(self.spared),
-            "adopted": self.adopted, "skipped": self.skipped,
+            "data_loss_grace": self.data_loss_grace,
+            "spared": len(self.spared),
+            "adopted": self.adopted,
+            "skipped": self.skipped,
             "duration_ms": round(self.duration_ms, 2),
         }
 
@@ -143,13 +148,21 @@ class SessionReaper:
 
     def sweep_lock(self) -> Lease:
         """A fresh owner's handle on the sweep lock (not yet acquired)."""
-        return Lease(self.deps.redis, self.store.ks.key(REAP_LOCK_KEY),
-                     sweep_lock_ms(self.settings.reap_interval_ms),
-                     owner=new_owner_token("sweep"))
+        return Lease(
+            self.deps.redis,
+            self.store.ks.key(REAP_LOCK_KEY),
+            sweep_lock_ms(self.settings.reap_interval_ms),
+            owner=new_owner_token("sweep"),
+        )
 
-    def reap(self, *, enqueue_terminate: EnqueueTerminate, enqueue_orphan: EnqueueOrphan,
-             enqueue_spawn: EnqueueSpawn | None = None,
-             scan_orphans: bool | None = None) -> ReapReport:
+    def reap(
+        self,
+        *,
+        enqueue_terminate: EnqueueTerminate,
+        enqueue_orphan: EnqueueOrphan,
+        enqueue_spawn: EnqueueSpawn | None = None,
+        scan_orphans: bool | None = None,
+    ) -> ReapReport:
         """Run one sweep. ``scan_orphans=None`` follows the cluster-wide throttle; without
         ``enqueue_spawn`` stalled spawns are left to their intent's expiry."""
         settings = self.settings
@@ -168,25 +181,35 @@ class SessionReaper:
                 enqueue_terminate([sid for sid, why in due if why == reason], reason)
             self._resend_stops(enqueue_terminate, report)
             if enqueue_spawn is not None:
-                for session_id, sealed in store.claim_stalled_spawns(settings.spawn_stall_ms,
-                                                                     C.SPAWN_MAX_RESENDS):
-                    log.warning("spawn of session %s made no progress for %d ms: re-sending "
-                                "it", session_id, settings.spawn_stall_ms)
+                for session_id, sealed in store.claim_stalled_spawns(
+                    settings.spawn_stall_ms, C.SPAWN_MAX_RESENDS
+                ):
+                    log.warning(
+                        "spawn of session %s made no progress for %d ms: re-sending it",
+                        session_id,
+                        settings.spawn_stall_ms,
+                    )
                     enqueue_spawn(session_id, sealed)
                     report.resent_spawns.append(session_id)
             report.stale_intents = self.resolve_stale_intents(report)
             if scan_orphans is None:
-                scan_orphans = bool(self.deps.redis.set(
-                    self.store.ks.key(ORPHAN_SCAN_KEY), "1", nx=True,
-                    px=settings.orphan_scan_interval_ms))
+                scan_orphans = bool(
+                    self.deps.redis.set(
+                        self.store.ks.key(ORPHAN_SCAN_KEY),
+                        "1",
+                        nx=True,
+                        px=settings.orphan_scan_interval_ms,
+                    )
+                )
             if scan_orphans and settings.reap_name_prefix:
                 try:
                     self._scan_orphans(enqueue_orphan, report)
                 except Exception as exc:
                     # Last line of defence: the per-provider/per-pod guards below should
                     # catch everything; a sweep that dies here would stop every later step.
-                    log.warning("orphan scan failed: %s: %s", type(exc).__name__, exc,
-                                exc_info=True)
+                    log.warning(
+                        "orphan scan failed: %s: %s", type(exc).__name__, exc, exc_info=True
+                    )
                     report.errors.append(f"orphan scan: {type(exc).__name__}: {exc}")
         finally:
             # Owner-only: a sweep that outlived its lock leaves the next sweep's lock alone.
@@ -208,8 +231,10 @@ class SessionReaper:
         stale = store.claim_stale_intents(100)
         for session_id in stale:
             record = store.get(session_id)
-            if record is None or record.status not in (SessionStatus.SPAWNING,
-                                                        SessionStatus.TERMINATING):
+            if record is None or record.status not in (
+                SessionStatus.SPAWNING,
+                SessionStatus.TERMINATING,
+            ):
                 continue
             if record.status == SessionStatus.TERMINATING and record.compute_id:
                 continue  # its pod is known: the deadline index drives its terminate
@@ -217,15 +242,17 @@ class SessionReaper:
                 store.add_cleanup(session_id, 0)
                 store.finish_terminate(session_id, record.reason)
             else:
-                error = {"kind": "timeout",
-                         "message": "spawn did not finish before its intent expired"}
+                error = {
+                    "kind": "timeout",
+                    "message": "spawn did not finish before its intent expired",
+                }
                 store.fail_spawn(session_id, error, cleanup_due_in_ms=0)
         for session_id, attempt, next_in_ms in store.claim_cleanups(CLEANUP_BATCH):
-            outcome = self.service.run_cleanup(session_id, attempt=attempt,
-                                               next_in_ms=next_in_ms)
+            outcome = self.service.run_cleanup(session_id, attempt=attempt, next_in_ms=next_in_ms)
             if outcome == "retrying":
-                report.errors.append(f"cleanup of {session_id} failed (attempt {attempt}, "
-                                     f"next in {next_in_ms} ms)")
+                report.errors.append(
+                    f"cleanup of {session_id} failed (attempt {attempt}, next in {next_in_ms} ms)"
+                )
         return stale
 
     def _resend_stops(self, enqueue_terminate: EnqueueTerminate, report: ReapReport) -> None:
@@ -233,9 +260,12 @@ class SessionReaper:
         resend_ms = self.settings.stop_resend_ms
         report.resent_stops = self.store.claim_stops_to_resend(resend_ms)
         if report.resent_stops:
-            log.warning("re-sending %d stop(s) whose terminate made no progress for %d ms: %s",
-                        len(report.resent_stops), resend_ms,
-                        ", ".join(report.resent_stops[:20]))
+            log.warning(
+                "re-sending %d stop(s) whose terminate made no progress for %d ms: %s",
+                len(report.resent_stops),
+                resend_ms,
+                ", ".join(report.resent_stops[:20]),
+            )
             enqueue_terminate(report.resent_stops, "requested")
 
     def _scan_orphans(self, enqueue_orphan: EnqueueOrphan, report: ReapReport) -> None:
@@ -265,7 +295,7 @@ class SessionReaper:
                         continue  # never touch what atlas did not name
                     if pod.status == ComputeStatus.TERMINATED:
                         continue
-                    session_id = pod.name[len(prefix):]
+                    session_id = pod.name[len(prefix) :]
                     if session_id in intents:
                         continue
                     record = store.get(session_id)
@@ -273,8 +303,7 @@ class SessionReaper:
                         continue
                     untracked.append((provider_name, pod))
                 except Exception as exc:
-                    _provider_failed(report, provider_name,
-                                     f"pod {getattr(pod, 'id', '?')}", exc)
+                    _provider_failed(report, provider_name, f"pod {getattr(pod, 'id', '?')}", exc)
 
         if epoch_missing:
             if untracked:
@@ -304,52 +333,74 @@ class SessionReaper:
             except Exception as exc:
                 _provider_failed(report, provider_name, f"pod {pod.id}", exc)
 
-    def _start_data_loss_grace(self, untracked: list[tuple[str, Compute]],
-                               report: ReapReport) -> None:
+    def _start_data_loss_grace(
+        self, untracked: list[tuple[str, Compute]], report: ReapReport
+    ) -> None:
         """Redis lost its data while our pods run: hold the orphan reaper, raise the alarm."""
         grace_ms = self.settings.data_loss_grace_ms
         if grace_ms > 0:
-            self.deps.redis.set(self.store.ks.key(DATA_LOSS_GRACE_KEY), str(self.store.now_ms()),
-                                px=grace_ms)
+            self.deps.redis.set(
+                self.store.ks.key(DATA_LOSS_GRACE_KEY), str(self.store.now_ms()), px=grace_ms
+            )
         report.data_loss_detected = True
-        message = (f"Redis lost its data ({self.store.n.epoch} is missing) while "
-                   f"{len(untracked)} prefixed pod(s) run: no prefixed pod is killed for "
-                   f"{grace_ms} ms and pods named like sessions are adopted. Enable Redis "
-                   "persistence (appendonly yes, appendfsync everysec).")
+        message = (
+            f"Redis lost its data ({self.store.n.epoch} is missing) while "
+            f"{len(untracked)} prefixed pod(s) run: no prefixed pod is killed for "
+            f"{grace_ms} ms and pods named like sessions are adopted. Enable Redis "
+            "persistence (appendonly yes, appendfsync everysec)."
+        )
         log.warning("DATA LOSS: %s", message)
-        self.deps.publish(CLUSTER_TOPIC_ID, "alert", {
-            "alert": "redis_data_loss", "message": message, "grace_ms": grace_ms,
-            "pod_count": len(untracked),
-            "pods": [{"provider": p, "id": pod.id, "name": pod.name}
-                     for p, pod in untracked[:ALERT_MAX_PODS]],
-        })
+        self.deps.publish(
+            CLUSTER_TOPIC_ID,
+            "alert",
+            {
+                "alert": "redis_data_loss",
+                "message": message,
+                "grace_ms": grace_ms,
+                "pod_count": len(untracked),
+                "pods": [
+                    {"provider": p, "id": pod.id, "name": pod.name}
+                    for p, pod in untracked[:ALERT_MAX_PODS]
+                ],
+            },
+        )
 
-    def _adopt_or_spare(self, untracked: list[tuple[str, Compute]],
-                        report: ReapReport) -> None:
+    def _adopt_or_spare(self, untracked: list[tuple[str, Compute]], report: ReapReport) -> None:
         """During the data-loss grace: adopt pods named like sessions, kill nothing."""
         settings = self.settings
         idle_ttl_ms = max(settings.default_idle_ttl_ms, settings.data_loss_grace_ms)
         prefix = settings.reap_name_prefix
         for provider_name, pod in untracked:
-            session_id = (pod.name or "")[len(prefix):]
+            session_id = (pod.name or "")[len(prefix) :]
             try:
                 if SESSION_ID_RE.fullmatch(session_id) and self.store.adopt(
-                        session_id, provider_name, pod.name or "", pod.id, public_compute(pod),
-                        idle_ttl_ms):
+                    session_id,
+                    provider_name,
+                    pod.name or "",
+                    pod.id,
+                    public_compute(pod),
+                    idle_ttl_ms,
+                ):
                     report.adopted.append(session_id)
-                    log.warning("data-loss grace: adopted pod %s (%s) as session %s, idle "
-                                "TTL %d ms", pod.id, provider_name, session_id, idle_ttl_ms)
+                    log.warning(
+                        "data-loss grace: adopted pod %s (%s) as session %s, idle TTL %d ms",
+                        pod.id,
+                        provider_name,
+                        session_id,
+                        idle_ttl_ms,
+                    )
                     continue
             except Exception as exc:
                 _provider_failed(report, provider_name, f"adopt pod {pod.id}", exc)
             report.spared.append(pod.id)
         if report.spared:
-            log.warning("data-loss grace: spared %d prefixed pod(s) the orphan reaper would "
-                        "have killed", len(report.spared))
+            log.warning(
+                "data-loss grace: spared %d prefixed pod(s) the orphan reaper would have killed",
+                len(report.spared),
+            )
 
 
-def _provider_failed(report: ReapReport, provider_name: str, what: str,
-                     exc: BaseException) -> None:
+def _provider_failed(report: ReapReport, provider_name: str, what: str, exc: BaseException) -> None:
     # Any exception, not only AtlasError: a provider answering something odd must cost
     # one scan of that provider (or one pod), never the sweep.
     message = f"{provider_name}: {what}: {type(exc).__name__}: {exc}"
@@ -357,7 +408,20 @@ def _provider_failed(report: ReapReport, provider_name: str, what: str,
     log.warning("reaper: %s", message)
 
 
-__all__ = ["ALERT_MAX_PODS", "CLAIM_BATCH", "CLEANUP_BATCH", "CLUSTER_TOPIC_ID",
-           "DATA_LOSS_GRACE_KEY", "ORPHAN_FIRST_SEEN_KEY", "ORPHAN_SCAN_KEY", "REAP_LOCK_KEY",
-           "SESSION_ID_RE", "EnqueueOrphan", "EnqueueSpawn", "EnqueueTerminate", "ReapReport",
-           "SessionReaper", "sweep_lock_ms"]
+__all__ = [
+    "ALERT_MAX_PODS",
+    "CLAIM_BATCH",
+    "CLEANUP_BATCH",
+    "CLUSTER_TOPIC_ID",
+    "DATA_LOSS_GRACE_KEY",
+    "ORPHAN_FIRST_SEEN_KEY",
+    "ORPHAN_SCAN_KEY",
+    "REAP_LOCK_KEY",
+    "SESSION_ID_RE",
+    "EnqueueOrphan",
+    "EnqueueSpawn",
+    "EnqueueTerminate",
+    "ReapReport",
+    "SessionReaper",
+    "sweep_lock_ms",
+]

@@ -104,8 +104,7 @@ def _error_dict(error: BaseException, message: str) -> dict[str, Any]:
     return {"kind": "unknown", "message": f"{type(error).__name__}: {message}"}
 
 
-def _status_reply(compute_id: str | None, status: SessionStatus | str | None
-                  ) -> dict[str, Any]:
+def _status_reply(compute_id: str | None, status: SessionStatus | str | None) -> dict[str, Any]:
     return {"id": compute_id, "status": str(status) if status else "missing"}
 
 
@@ -140,8 +139,9 @@ class SessionService:
         api_key = None
         if record.api_key_sealed:
             api_key = unseal(record.api_key_sealed, self.settings).get("api_key")
-        return self.deps.providers(record.provider, api_key=api_key,
-                                   base_url=record.base_url or None)
+        return self.deps.providers(
+            record.provider, api_key=api_key, base_url=record.base_url or None
+        )
 
     def lookup_with_wait(self, provider: Provider, name: str, wait_ms: int) -> Compute | None:
         """Look a pod up by name, polling up to ``wait_ms`` for one to show.
@@ -205,8 +205,7 @@ class SessionService:
                 self.deps.sleep(0.2)
                 attempt = store.start_spawn(session_id, token, lease_ms)
         if attempt == -1:
-            log.info("session %s: another spawn attempt holds the lease; leaving it",
-                     session_id)
+            log.info("session %s: another spawn attempt holds the lease; leaving it", session_id)
             return {"id": None, "status": str(_SPAWNING)}
         lease = store.spawn_lease(session_id, token, lease_ms)
         try:
@@ -222,8 +221,9 @@ class SessionService:
         holder = self.store.spawn_lease_holder(session_id) or ""
         return holder.split("#", 1)[0] == task_id
 
-    def _spawn_attempt(self, provider: Provider, session_id: str, sealed: str, lease: Lease,
-                       attempt: int) -> dict[str, Any]:
+    def _spawn_attempt(
+        self, provider: Provider, session_id: str, sealed: str, lease: Lease, attempt: int
+    ) -> dict[str, Any]:
         store = self.store
         token = lease.owner
         record = store.get(session_id)
@@ -232,7 +232,8 @@ class SessionService:
             if record is None:
                 return _status_reply(None, None)
             return self._settle_without_create(provider, record) or _status_reply(
-                None, record.status)
+                None, record.status
+            )
         payload = unseal(sealed, self.settings)
         request = ComputeRequest.model_validate(payload["request"])
         pod_name = record.pod_name or ""
@@ -243,8 +244,9 @@ class SessionService:
             # create blind.
             existing = self.lookup_with_wait(provider, pod_name, wait_ms)
         if existing is not None:
-            log.info("session %s: adopting pod %s found by name after a retry", session_id,
-                     existing.id)
+            log.info(
+                "session %s: adopting pod %s found by name after a retry", session_id, existing.id
+            )
             compute = existing
         else:
             verdict = store.begin_create(session_id, token)
@@ -269,13 +271,18 @@ class SessionService:
             self._correct_reservation(session_id, compute)
             return public
         if verdict == "duplicate":
-            log.warning("session %s already has a pod; terminating the extra pod %s",
-                        session_id, compute.id)
+            log.warning(
+                "session %s already has a pod; terminating the extra pod %s", session_id, compute.id
+            )
             _terminate_quietly(provider, compute.id)
             current = store.get(session_id)
             return (current.compute if current else None) or {}
-        log.info("session %s was %s when its pod %s came up: terminating it", session_id,
-                 verdict, compute.id)
+        log.info(
+            "session %s was %s when its pod %s came up: terminating it",
+            session_id,
+            verdict,
+            compute.id,
+        )
         if verdict != _TERMINATING:
             # missing, or already ended by a stop that ran while this create was slow (a
             # re-sent spawn can end the session then): nobody else will terminate this pod
@@ -286,8 +293,7 @@ class SessionService:
         current = store.get(session_id)
         reason = (current.reason if current else None) or "requested"
         outcome = self.terminate(session_id, reason=reason, fence_token=f"spawn-{session_id}")
-        return {**public, "status": str(_TERMINATED if outcome == "terminated"
-                                        else _TERMINATING)}
+        return {**public, "status": str(_TERMINATED if outcome == "terminated" else _TERMINATING)}
 
     def _correct_reservation(self, session_id: str, compute: Compute) -> None:
         """Charge the session's quota reservation the pod's real ``cost_per_hour``.
@@ -305,11 +311,11 @@ class SessionService:
         try:
             QuotaStore(self.deps.redis).correct(session_id, hourly_usd)
         except (AtlasError, redis.RedisError) as exc:  # the estimate stays; not fatal
-            log.warning("session %s: could not correct its quota reservation: %s",
-                        session_id, exc)
+            log.warning("session %s: could not correct its quota reservation: %s", session_id, exc)
 
-    def _settle_without_create(self, provider: Provider, record: SessionRecord
-                               ) -> dict[str, Any] | None:
+    def _settle_without_create(
+        self, provider: Provider, record: SessionRecord
+    ) -> dict[str, Any] | None:
         """What a spawn does for a session that is not ``spawning`` (a redelivery, a
         re-send, a stop that claimed it): never a create. ``None`` means "spawning: go
         on"."""
@@ -329,14 +335,18 @@ class SessionService:
             # so a terminate already talking to the provider is not duplicated). Failures
             # are the terminate path's own (the session stays due in the deadline index).
             try:
-                outcome = self.terminate(record.id, reason=record.reason or "requested",
-                                         fence_token=f"spawn-{record.id}")
+                outcome = self.terminate(
+                    record.id, reason=record.reason or "requested", fence_token=f"spawn-{record.id}"
+                )
             except AtlasError as exc:
-                log.warning("session %s: terminate from a redelivered spawn failed: %s",
-                            record.id, exc)
+                log.warning(
+                    "session %s: terminate from a redelivered spawn failed: %s", record.id, exc
+                )
                 outcome = str(_TERMINATING)
-            return {"id": compute_id, "status": str(_TERMINATED if outcome == "terminated"
-                                                    else _TERMINATING)}
+            return {
+                "id": compute_id,
+                "status": str(_TERMINATED if outcome == "terminated" else _TERMINATING),
+            }
         if status == _TERMINATING:
             # Stopped before its pod existed: the stop deferred to the spawn. Make sure no
             # pod exists by name (waiting for a create still landing), then end the session.
@@ -345,8 +355,9 @@ class SessionService:
         # create; a pod that may exist is covered by the session's cleanup obligation.
         return _status_reply(compute_id, status)
 
-    def _create_refused(self, provider: Provider, session_id: str, verdict: str,
-                        token: str) -> dict[str, Any]:
+    def _create_refused(
+        self, provider: Provider, session_id: str, verdict: str, token: str
+    ) -> dict[str, Any]:
         store = self.store
         store.release_spawn_lease(session_id, token)
         log.info("session %s: not creating (%s)", session_id, verdict)
@@ -359,8 +370,7 @@ class SessionService:
             # Ended elsewhere while this attempt's ambiguous create may have made a pod:
             # whoever ended it may have looked before that pod showed. Owe a cleanup.
             store.add_cleanup(session_id, self.settings.create_lookup_wait_ms)
-        return self._settle_without_create(provider, record) or _status_reply(
-            None, record.status)
+        return self._settle_without_create(provider, record) or _status_reply(None, record.status)
 
     def end_podless_stop(self, provider: Provider, record: SessionRecord) -> dict[str, Any]:
         """End a session stopped before it recorded a pod: terminate any pod by name, then
@@ -375,12 +385,14 @@ class SessionService:
             if pod is not None:
                 _terminate_quietly(provider, pod.id)
         except AtlasError as exc:
-            log.warning("session %s: by-name cleanup of a stopped spawn failed: %s",
-                        session_id, exc)
+            log.warning(
+                "session %s: by-name cleanup of a stopped spawn failed: %s", session_id, exc
+            )
             store.add_cleanup(session_id, CLEANUP_FIRST_DELAY_MS)
             store.cleanup_failed(session_id, exc.to_dict())
-            self.deps.publish(session_id, "cleanup", {"outcome": "retrying", "attempt": 0,
-                                                      "error": exc.to_dict()})
+            self.deps.publish(
+                session_id, "cleanup", {"outcome": "retrying", "attempt": 0, "error": exc.to_dict()}
+            )
         store.finish_terminate(session_id, reason)
         store.release_spawn_lease(session_id)
         return {"id": None, "status": str(_TERMINATED)}
@@ -394,23 +406,26 @@ class SessionService:
         store = self.store
         record = store.get(session_id)
         summary = {"session_id": session_id, "status": str(_FAILED), "error": err}
-        if record is None or record.status not in (_SPAWNING, _TERMINATING) \
-                or record.compute_id:
+        if record is None or record.status not in (_SPAWNING, _TERMINATING) or record.compute_id:
             # already ended (its first error stands), or it has a pod its terminate owns
             status = record.status if record else None
             return {**summary, "status": str(status) if status else "missing"}
         owes_cleanup = record.create_unsettled
         wait_ms = self.settings.create_lookup_wait_ms
         # The reaper's first try comes after the inline one had its full lookup window.
-        store.fail_spawn(session_id, err, cleanup_due_in_ms=(
-            wait_ms + CLEANUP_FIRST_DELAY_MS if owes_cleanup else None))
+        store.fail_spawn(
+            session_id,
+            err,
+            cleanup_due_in_ms=(wait_ms + CLEANUP_FIRST_DELAY_MS if owes_cleanup else None),
+        )
         store.release_spawn_lease(session_id)
         if owes_cleanup:
             self.run_cleanup(session_id, attempt=0, wait_ms=wait_ms)
         return summary
 
-    def run_cleanup(self, session_id: str, *, attempt: int, wait_ms: int = 0,
-                    next_in_ms: int | None = None) -> str:
+    def run_cleanup(
+        self, session_id: str, *, attempt: int, wait_ms: int = 0, next_in_ms: int | None = None
+    ) -> str:
         """Run one attempt of a session's cleanup obligation: find a pod by its name and
         terminate it. Returns ``done``, ``retrying`` or ``gone`` (nothing pending).
 
@@ -439,8 +454,9 @@ class SessionService:
                 data["next_attempt_in_ms"] = next_in_ms
             self.deps.publish(session_id, "cleanup", data)
             return "retrying"
-        store.finish_cleanup(session_id, {"outcome": "done", "attempt": attempt,
-                                          "terminated_compute_id": pod_id})
+        store.finish_cleanup(
+            session_id, {"outcome": "done", "attempt": attempt, "terminated_compute_id": pod_id}
+        )
         return "done"
 
     # ------------------------------------------------------------------ terminate
@@ -453,8 +469,9 @@ class SessionService:
         """
         store = self.store
         slack_ms = C.TERMINATE_FENCE_TTL_MS + 5_000
-        verdict, compute_id, _, record = store.begin_terminate(session_id, reason,
-                                                               fence_token, slack_ms)
+        verdict, compute_id, _, record = store.begin_terminate(
+            session_id, reason, fence_token, slack_ms
+        )
         if verdict != "ok":
             return verdict
         provider = self.provider_for(record)
@@ -472,14 +489,21 @@ class SessionService:
             try:
                 provider.terminate(compute_id)
             except NotFoundError:
-                log.info("session %s: pod %s already gone (404 counts as done)", session_id,
-                         compute_id)
+                log.info(
+                    "session %s: pod %s already gone (404 counts as done)", session_id, compute_id
+                )
         fault_point("after_terminate_call")
         store.finish_terminate(session_id, reason)
         return "terminated"
 
-    def terminate_many(self, session_ids: list[str], *, reason: str, fence_prefix: str,
-                       threads: int = C.IDLE_BATCH_THREADS) -> dict[str, str | BaseException]:
+    def terminate_many(
+        self,
+        session_ids: list[str],
+        *,
+        reason: str,
+        fence_prefix: str,
+        threads: int = C.IDLE_BATCH_THREADS,
+    ) -> dict[str, str | BaseException]:
         """Terminate many sessions at once (idle batches); provider calls run on
         ``threads``.
 
@@ -487,42 +511,56 @@ class SessionService:
         for the caller to retry one by one. Fence tokens are ``<prefix>:<session id>`` so
         a redelivered batch owns the same fences.
         """
+
         def one(session_id: str) -> str | BaseException:
             try:
-                return self.terminate(session_id, reason=reason,
-                                      fence_token=f"{fence_prefix}:{session_id}")
+                return self.terminate(
+                    session_id, reason=reason, fence_token=f"{fence_prefix}:{session_id}"
+                )
             except Exception as exc:  # reported back for a per-session retry
                 return exc
 
         if len(session_ids) <= 1:
             return {sid: one(sid) for sid in session_ids}
-        with ThreadPoolExecutor(max_workers=min(threads, len(session_ids)),
-                                thread_name_prefix="atlas-terminate") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(threads, len(session_ids)), thread_name_prefix="atlas-terminate"
+        ) as pool:
             return dict(zip(session_ids, pool.map(one, session_ids), strict=True))
 
-    def terminate_gave_up(self, session_id: str, error: BaseException,
-                          retry_in_ms: int) -> None:
+    def terminate_gave_up(self, session_id: str, error: BaseException, retry_in_ms: int) -> None:
         """Record a terminate that exhausted its retries; the reaper tries again later."""
-        err = error.to_dict() if isinstance(error, AtlasError) else {
-            "kind": "unknown", "message": str(error)}
+        err = (
+            error.to_dict()
+            if isinstance(error, AtlasError)
+            else {"kind": "unknown", "message": str(error)}
+        )
         self.store.terminate_failed(session_id, err, retry_in_ms)
         self.deps.publish(session_id, "terminate_failed", {"error": err})
 
-    def terminate_orphan(self, provider_name: str, compute_id: str, pod_name: str | None, *,
-                         fence_token: str) -> str:
+    def terminate_orphan(
+        self, provider_name: str, compute_id: str, pod_name: str | None, *, fence_token: str
+    ) -> str:
         """Terminate an untracked prefixed pod the reaper found. Idempotent (404 = done).
 
         ``fence_token`` (the task id) owns the pod's fence, so a redelivery of the same
         task goes ahead while a duplicate from another sweep backs off.
         """
-        fence = Lease(self.deps.redis, self.store.ks.key(C.ORPHAN_FENCE_KEY).format(
-                          provider=provider_name, compute_id=compute_id),
-                      C.TERMINATE_FENCE_TTL_MS, owner=fence_token)
+        fence = Lease(
+            self.deps.redis,
+            self.store.ks.key(C.ORPHAN_FENCE_KEY).format(
+                provider=provider_name, compute_id=compute_id
+            ),
+            C.TERMINATE_FENCE_TTL_MS,
+            owner=fence_token,
+        )
         if not (fence.acquire() or fence.renew()):
             return "fenced"
         topic = self.session_of(pod_name) or compute_id
-        self.deps.publish(topic, "terminating", {"reason": "orphan", "compute_id": compute_id,
-                                                 "provider": provider_name})
+        self.deps.publish(
+            topic,
+            "terminating",
+            {"reason": "orphan", "compute_id": compute_id, "provider": provider_name},
+        )
         try:
             self.deps.providers(provider_name).terminate(compute_id)
         except NotFoundError:
@@ -530,15 +568,18 @@ class SessionService:
         except AtlasError:
             fence.release()
             raise
-        self.deps.publish(topic, "status", {"status": str(_TERMINATED), "reason": "orphan",
-                                            "compute_id": compute_id})
+        self.deps.publish(
+            topic,
+            "status",
+            {"status": str(_TERMINATED), "reason": "orphan", "compute_id": compute_id},
+        )
         return "terminated"
 
     def session_of(self, pod_name: str | None) -> str | None:
         """The session id a pod name carries (``<prefix><session id>``), if any."""
         prefix = self.settings.reap_name_prefix
         if pod_name and prefix and pod_name.startswith(prefix):
-            return pod_name[len(prefix):] or None
+            return pod_name[len(prefix) :] or None
         return None
 
 
@@ -554,8 +595,14 @@ class _CreateGuard:
     :attr:`refused` tells the spawn why.
     """
 
-    def __init__(self, service: SessionService, provider: Provider, session_id: str,
-                 attempt_id: str, wait_ms: int) -> None:
+    def __init__(
+        self,
+        service: SessionService,
+        provider: Provider,
+        session_id: str,
+        attempt_id: str,
+        wait_ms: int,
+    ) -> None:
         self.service = service
         self.base = provider
         self.session_id = session_id
@@ -578,10 +625,18 @@ class _CreateGuard:
         verdict = self.service.store.begin_create(self.session_id, self.attempt_id)
         if verdict != "ok":
             self.refused = verdict
-            raise SpawnRefused(f"session {self.session_id} is {verdict}: not creating again",
-                               kind="unknown")
+            raise SpawnRefused(
+                f"session {self.session_id} is {verdict}: not creating again", kind="unknown"
+            )
         return None
 
 
-__all__ = ["CLEANUP_FIRST_DELAY_MS", "SPAWN_LEASE_TTL_MS", "SessionService", "SpawnRefused",
-           "is_transient", "public_compute", "spawn_lease_ms"]
+__all__ = [
+    "CLEANUP_FIRST_DELAY_MS",
+    "SPAWN_LEASE_TTL_MS",
+    "SessionService",
+    "SpawnRefused",
+    "is_transient",
+    "public_compute",
+    "spawn_lease_ms",
+]

@@ -71,7 +71,9 @@ local function lifetime_cap(due, expires, warn)
 end
 """
 
-_CREATE = lua_with_statuses(LUA_NOW + """
+_CREATE = lua_with_statuses(
+    LUA_NOW
+    + """
 -- KEYS: session, sessions set, intents
 -- ARGV: id, intent_ttl_ms, record_ttl_ms, expiry_warning_ms, field/value...
 redis.call('HSET', KEYS[1], 'created_at_ms', now, 'last_activity_ms', now)
@@ -89,9 +91,13 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
 return now
-""")
+"""
+)
 
-_TOUCH = lua_with_statuses(LUA_NOW + _LUA_LIFETIME_CAP + """
+_TOUCH = lua_with_statuses(
+    LUA_NOW
+    + _LUA_LIFETIME_CAP
+    + """
 -- KEYS: session, alive, deadlines, channel  ARGV: id, record_grace_ms, publish(0/1)
 local st = redis.call('HMGET', KEYS[1], 'idle_ttl_ms', 'status', 'expires_at_ms',
                       'expiry_warn_at_ms')
@@ -109,7 +115,8 @@ if ARGV[3] == '1' then
     data = {last_activity_ms = now}, ts = now / 1000}))
 end
 return now
-""")
+"""
+)
 
 # The hot path of touch(): one key, no index write. The alive key's value is the idle TTL,
 # so re-arming it needs nothing else. The deadline index is left behind on purpose: the
@@ -122,7 +129,11 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 """
 
-_FINISH_SPAWN = lua_with_statuses(LUA_NOW + EMIT_LUA + _LUA_LIFETIME_CAP + """
+_FINISH_SPAWN = lua_with_statuses(
+    LUA_NOW
+    + EMIT_LUA
+    + _LUA_LIFETIME_CAP
+    + """
 -- KEYS: session, alive, deadlines, intents, event stream, event channel
 -- ARGV: id, compute_id, compute_json, grace_ms, running event payload
 -- The `running` event is published in the same step: a worker dying right after this
@@ -162,9 +173,14 @@ redis.call('ZADD', KEYS[3], lifetime_cap(now + ttl, st[4], st[5]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
 emit(KEYS[5], KEYS[6], ARGV[5])
 return $RUNNING
-""")
+"""
+)
 
-_FAIL_SPAWN = lua_with_statuses(LUA_NOW + EMIT_LUA + LUA_QUOTA_RELEASE + """
+_FAIL_SPAWN = lua_with_statuses(
+    LUA_NOW
+    + EMIT_LUA
+    + LUA_QUOTA_RELEASE
+    + """
 -- KEYS: session, intents, sessions, deadlines, alive, cleanups, event stream, event channel,
 --       quota reservation, quota reservations index
 -- ARGV: id, error_json, ttl_ms, failed event payload, cleanup_due_in_ms ('' = no cleanup),
@@ -196,9 +212,14 @@ else
 end
 emit(KEYS[7], KEYS[8], ARGV[4])
 return 1
-""")
+"""
+)
 
-_BEGIN_TERMINATE = lua_with_statuses(LUA_NOW + EMIT_LUA + LUA_LEASE_FUNCTIONS + """
+_BEGIN_TERMINATE = lua_with_statuses(
+    LUA_NOW
+    + EMIT_LUA
+    + LUA_LEASE_FUNCTIONS
+    + """
 -- KEYS: session, alive, deadlines, fence, event stream, event channel
 -- ARGV: id, reason, fence_token, fence_ttl_ms, slack_ms, terminating event payload
 -- Returns {verdict, compute_id, first, provider, base_url, api_key_sealed, pod_name}: the
@@ -232,9 +253,14 @@ if redis.call('ZSCORE', KEYS[3], ARGV[1]) or st[1] ~= $SPAWNING then
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[1])
 end
 return answer('ok', first)
-""")
+"""
+)
 
-_FINISH_TERMINATE = lua_with_statuses(LUA_NOW + EMIT_LUA + LUA_QUOTA_RELEASE + """
+_FINISH_TERMINATE = lua_with_statuses(
+    LUA_NOW
+    + EMIT_LUA
+    + LUA_QUOTA_RELEASE
+    + """
 -- KEYS: session, deadlines, sessions, alive, fence, intents, event stream, event channel,
 --       quota reservation, quota reservations index
 -- ARGV: id, record_ttl_ms, terminated event payload, quota usage key prefix, suffix
@@ -255,9 +281,12 @@ if redis.call('HGET', KEYS[1], 'cleanup_pending') ~= '1' then
 end
 emit(KEYS[7], KEYS[8], ARGV[3])
 return 1
-""")
+"""
+)
 
-_TERMINATE_FAILED = LUA_NOW + """
+_TERMINATE_FAILED = (
+    LUA_NOW
+    + """
 -- KEYS: session, deadlines, fence  ARGV: id, error_json, retry_in_ms
 redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -265,8 +294,11 @@ redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
+)
 
-_SETTLE_PODLESS_TERMINATE = LUA_LEASE_FUNCTIONS + """
+_SETTLE_PODLESS_TERMINATE = (
+    LUA_LEASE_FUNCTIONS
+    + """
 -- KEYS: session, intents, fence  ARGV: id, fence_token
 -- A terminate that found no pod yet decides, atomically with _FINISH_SPAWN, who ends it:
 -- the spawn recorded a pod meanwhile -> 'pod' (this fence holder terminates it, since
@@ -281,8 +313,12 @@ if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
 end
 return {'none', ''}
 """
+)
 
-_CLAIM_DUE = LUA_NOW + EMIT_LUA + """
+_CLAIM_DUE = (
+    LUA_NOW
+    + EMIT_LUA
+    + """
 -- KEYS: deadlines
 -- ARGV: limit, slack_ms, alive key prefix, record key prefix, grace_ms, event stream
 --       prefix, event channel prefix, idle reason, max lifetime reason
@@ -323,8 +359,11 @@ for _, id in ipairs(due) do
 end
 return out
 """
+)
 
-_CLAIM_EXPIRED = LUA_NOW + """
+_CLAIM_EXPIRED = (
+    LUA_NOW
+    + """
 -- KEYS: deadlines, alive  ARGV: id, slack_ms
 -- The keyspace listener's claim: the same one claim_due takes (deadline moved past now),
 -- so an expiry seen by both the listener and the sweep is terminated once.
@@ -334,8 +373,12 @@ if not score or tonumber(score) > now then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
+)
 
-_START_SPAWN = lua_with_statuses(LUA_NOW + LUA_LEASE_FUNCTIONS + """
+_START_SPAWN = lua_with_statuses(
+    LUA_NOW
+    + LUA_LEASE_FUNCTIONS
+    + """
 -- KEYS: lease, intents, session  ARGV: id, token, lease_ms, intent_ttl_ms
 -- One spawn attempt at a time per session: a re-sent spawn (new task id) waits for the
 -- lease of a slow original; the same execution asking again renews its own lease.
@@ -349,9 +392,12 @@ if lease_acquire(KEYS[1], ARGV[2], ARGV[3]) == 0
 end
 redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[4]), ARGV[1])
 return redis.call('HINCRBY', KEYS[3], 'spawn_attempts', 1)
-""")
+"""
+)
 
-_BEGIN_CREATE = lua_with_statuses(LUA_NOW + """
+_BEGIN_CREATE = lua_with_statuses(
+    LUA_NOW
+    + """
 -- KEYS: session, lease, intents  ARGV: id, token, intent_ttl_ms
 -- The last check before a create request leaves: the session is still `spawning` and this
 -- attempt still holds its lease. It counts the create and marks it unsettled (a pod may
@@ -365,9 +411,12 @@ redis.call('HINCRBY', KEYS[1], 'create_attempts', 1)
 redis.call('HSET', KEYS[1], 'create_unsettled', '1')
 redis.call('ZADD', KEYS[3], 'XX', now + tonumber(ARGV[3]), ARGV[1])
 return 'ok'
-""")
+"""
+)
 
-_ADD_CLEANUP = LUA_NOW + """
+_ADD_CLEANUP = (
+    LUA_NOW
+    + """
 -- KEYS: session, cleanups  ARGV: id, due_in_ms
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'cleanup_pending', '1')
@@ -375,8 +424,11 @@ redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[2], 'NX', now + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
+)
 
-_CLAIM_CLEANUPS = LUA_NOW + """
+_CLAIM_CLEANUPS = (
+    LUA_NOW
+    + """
 -- KEYS: cleanups  ARGV: limit, record key prefix, base_ms, cap_ms
 -- Due cleanup obligations, each re-scored to its next attempt before it is worked on
 -- (base * 2^(attempt - 1), capped): a worker that dies mid-cleanup leaves it due again
@@ -400,8 +452,12 @@ for _, id in ipairs(due) do
 end
 return out
 """
+)
 
-_FINISH_CLEANUP = lua_with_statuses(LUA_NOW + EMIT_LUA + """
+_FINISH_CLEANUP = lua_with_statuses(
+    LUA_NOW
+    + EMIT_LUA
+    + """
 -- KEYS: session, cleanups, event stream, event channel
 -- ARGV: id, record_ttl_ms, cleanup event payload
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -414,9 +470,12 @@ if st == $FAILED or st == $TERMINATED then
 end
 emit(KEYS[3], KEYS[4], ARGV[3])
 return 1
-""")
+"""
+)
 
-_CLAIM_STALLED = lua_with_statuses(LUA_NOW + """
+_CLAIM_STALLED = lua_with_statuses(
+    LUA_NOW
+    + """
 -- KEYS: intents  ARGV: limit, intent_ttl_ms, stall_ms, record key prefix, max_resends
 -- Intents not refreshed for stall_ms (their spawn message was lost: kombu can drop one
 -- when a worker dies between BRPOP and its unacked bookkeeping). Each is re-scored as if
@@ -443,14 +502,18 @@ for _, id in ipairs(ids) do
   end
 end
 return out
-""")
+"""
+)
 
-_CLAIM_INTENTS = LUA_NOW + """
+_CLAIM_INTENTS = (
+    LUA_NOW
+    + """
 -- KEYS: intents  ARGV: limit
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do redis.call('ZREM', KEYS[1], id) end
 return due
 """
+)
 
 
 #: Cleanup obligations: session id → time (ms) of the next attempt. Kept next to the
@@ -467,7 +530,9 @@ STOPS_KEY = "atlas:stops"
 #: Redis answers means Redis lost its data (restart without persistence, FLUSHALL).
 EPOCH_KEY = "atlas:epoch"
 
-_REQUEST_STOP = lua_with_statuses(LUA_NOW + """
+_REQUEST_STOP = lua_with_statuses(
+    LUA_NOW
+    + """
 -- KEYS: session, sessions set, stops  ARGV: id, reason, resend_after_ms
 -- Recorded before the terminate is enqueued, so a lost broker message is re-sent by the
 -- reaper. Answers the session's state: 'ok' (recorded), $TERMINATED/$FAILED (nothing
@@ -481,9 +546,12 @@ redis.call('HSETNX', KEYS[1], 'stop_requested_at_ms', now)
 redis.call('HSET', KEYS[1], 'stop_reason', ARGV[2])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
 return 'ok'
-""")
+"""
+)
 
-_CLAIM_STOPS = lua_with_statuses(LUA_NOW + """
+_CLAIM_STOPS = lua_with_statuses(
+    LUA_NOW
+    + """
 -- KEYS: stops, sessions set  ARGV: limit, resend_after_ms, record key prefix, fence prefix
 -- Stops due for a re-send. Entries of sessions that ended (or vanished) are dropped here:
 -- finish_terminate does not know this index. A stop whose terminate holds the fence is
@@ -504,9 +572,12 @@ for _, id in ipairs(due) do
   end
 end
 return out
-""")
+"""
+)
 
-_ADOPT = lua_with_statuses(LUA_NOW + """
+_ADOPT = lua_with_statuses(
+    LUA_NOW
+    + """
 -- KEYS: session, alive, deadlines, sessions set
 -- ARGV: id, provider, pod_name, compute_id, compute_json, idle_ttl_ms, record_grace_ms
 -- After a data loss: a minimal `running` record for a live pod named like a session, with
@@ -523,7 +594,8 @@ redis.call('SET', KEYS[2], ttl, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 return 1
-""")
+"""
+)
 
 #: Per-user index: session ids of one user scored by creation time (ms); the user is
 #: the JSON form of the ``user_id`` given to spawn. Written by :meth:`SessionStore.create`
@@ -532,12 +604,15 @@ USER_SESSIONS_KEY = "atlas:user-sessions:{user}"
 #: The newest entries a user index keeps (older ones are trimmed at create).
 USER_INDEX_MAX = 1000
 
-_INDEX_USER = LUA_NOW + """
+_INDEX_USER = (
+    LUA_NOW
+    + """
 -- KEYS: user index  ARGV: id, max entries
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
 return now
 """
+)
 
 _LIST_USER = """
 -- KEYS: user index  ARGV: record key prefix, offset, limit
@@ -679,11 +754,14 @@ class Keys:
         return self._name(C.EVENTS_CHANNEL)
 
 
-def _touch_args(session_id: str, publish_heartbeats: bool, names: Names
-                ) -> tuple[list[str], list[Any]]:
+def _touch_args(
+    session_id: str, publish_heartbeats: bool, names: Names
+) -> tuple[list[str], list[Any]]:
     k = Keys(session_id, names.ks)
-    return ([k.record, k.alive, names.deadlines, k.channel],
-            [session_id, C.SESSION_RECORD_GRACE_MS, "1" if publish_heartbeats else "0"])
+    return (
+        [k.record, k.alive, names.deadlines, k.channel],
+        [session_id, C.SESSION_RECORD_GRACE_MS, "1" if publish_heartbeats else "0"],
+    )
 
 
 def _touch_verdict(session_id: str, result: int) -> None:
@@ -714,8 +792,9 @@ class SessionStore:
             key this store reads or writes is in it.
     """
 
-    def __init__(self, client: redis.Redis, *, publish_heartbeats: bool = False,
-                 namespace: str | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, *, publish_heartbeats: bool = False, namespace: str | None = None
+    ) -> None:
         self.r = client
         self.publish_heartbeats = publish_heartbeats
         self.ks = keyspace(namespace)
@@ -765,29 +844,42 @@ class SessionStore:
             flat += [key, value]
         record_ttl = C.SPAWN_INTENT_TTL_MS + C.SESSION_RECORD_GRACE_MS
         keys = [self.keys(session_id).record, self.n.sessions, self.n.intents]
-        args: list[str | int] = [session_id, C.SPAWN_INTENT_TTL_MS, record_ttl,
-                                 max(0, int(expiry_warning_ms)), *flat]
+        args: list[str | int] = [
+            session_id,
+            C.SPAWN_INTENT_TTL_MS,
+            record_ttl,
+            max(0, int(expiry_warning_ms)),
+            *flat,
+        ]
         if record.user_id is None:
             return int(self._create(keys=keys, args=args))
         # The record and its per-user index entry in one MULTI: one round trip, and a
         # listed session always has a record (until it expires; then reads prune it).
         with self.r.pipeline(transaction=True) as pipe:
             self._create(keys=keys, args=args, client=pipe)
-            self._index_user(keys=[user_index_key(canonical_user(record.user_id), self.ks)],
-                             args=[session_id, USER_INDEX_MAX], client=pipe)
+            self._index_user(
+                keys=[user_index_key(canonical_user(record.user_id), self.ks)],
+                args=[session_id, USER_INDEX_MAX],
+                client=pipe,
+            )
             created, _ = pipe.execute()
         return int(created)
 
-    def list_user_records(self, user_json: str, *, offset: int = 0,
-                          limit: int = 100) -> list[SessionRecord]:
+    def list_user_records(
+        self, user_json: str, *, offset: int = 0, limit: int = 100
+    ) -> list[SessionRecord]:
         """Records of one user's sessions, newest first (one round trip per page).
 
         Args:
             user_json: the canonical JSON form of the user id (:func:`canonical_user`).
             offset, limit: the page.
         """
-        return _records_of_rows(self._list_user(keys=[user_index_key(user_json, self.ks)],
-                                                args=[self.n.record_prefix, offset, limit]))
+        return _records_of_rows(
+            self._list_user(
+                keys=[user_index_key(user_json, self.ks)],
+                args=[self.n.record_prefix, offset, limit],
+            )
+        )
 
     def touch(self, session_id: str) -> None:
         """Re-arm the idle clock: one round trip on a running session.
@@ -872,8 +964,9 @@ class SessionStore:
             for sid in session_ids:
                 pipe.hmget(self.keys(sid).record, "status", "last_error")
             rows = cast(list[list[str | None]], pipe.execute())
-        return sum(1 for status, last_error in rows
-                   if status == SessionStatus.TERMINATING and last_error)
+        return sum(
+            1 for status, last_error in rows if status == SessionStatus.TERMINATING and last_error
+        )
 
     def is_tracked(self, session_id: str) -> bool:
         """Whether the session is in the tracked set."""
@@ -887,10 +980,12 @@ class SessionStore:
         lease, or -2 when the session is no longer ``spawning`` (nothing may be created).
         """
         k = self.keys(session_id)
-        return int(self._start_spawn(
-            keys=[k.spawn_lease, self.n.intents, k.record],
-            args=[session_id, token, lease_ms, C.SPAWN_INTENT_TTL_MS],
-        ))
+        return int(
+            self._start_spawn(
+                keys=[k.spawn_lease, self.n.intents, k.record],
+                args=[session_id, token, lease_ms, C.SPAWN_INTENT_TTL_MS],
+            )
+        )
 
     def begin_create(self, session_id: str, token: str) -> str:
         """Atomically check, right before a create request, that it may be sent.
@@ -900,9 +995,12 @@ class SessionStore:
         ``lease_lost`` (another attempt took over).
         """
         k = self.keys(session_id)
-        return str(self._begin_create(
-            keys=[k.record, k.spawn_lease, self.n.intents],
-            args=[session_id, token, C.SPAWN_INTENT_TTL_MS]))
+        return str(
+            self._begin_create(
+                keys=[k.record, k.spawn_lease, self.n.intents],
+                args=[session_id, token, C.SPAWN_INTENT_TTL_MS],
+            )
+        )
 
     def settle_create(self, session_id: str) -> None:
         """The last create definitely made nothing (4xx, 429, refused connection)."""
@@ -926,14 +1024,18 @@ class SessionStore:
         else:
             Lease(self.r, self.keys(session_id).spawn_lease, 1, owner=token).release()
 
-    def claim_stalled_spawns(self, stall_ms: int, max_resends: int,
-                             limit: int = 100) -> list[tuple[str, str]]:
+    def claim_stalled_spawns(
+        self, stall_ms: int, max_resends: int, limit: int = 100
+    ) -> list[tuple[str, str]]:
         """``(session id, sealed spawn payload)`` of spawns that made no progress for
         ``stall_ms``, claimed for a re-send (see ``_CLAIM_STALLED``)."""
-        flat = [str(x) for x in self._claim_stalled(
-            keys=[self.n.intents],
-            args=[limit, C.SPAWN_INTENT_TTL_MS, stall_ms, self.n.record_prefix, max_resends],
-        )]
+        flat = [
+            str(x)
+            for x in self._claim_stalled(
+                keys=[self.n.intents],
+                args=[limit, C.SPAWN_INTENT_TTL_MS, stall_ms, self.n.record_prefix, max_resends],
+            )
+        ]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def finish_spawn(self, session_id: str, compute_id: str, compute: dict[str, Any]) -> str:
@@ -945,15 +1047,26 @@ class SessionStore:
         """
         k = self.keys(session_id)
         channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
-        return str(self._finish_spawn(
-            keys=[k.record, k.alive, self.n.deadlines, self.n.intents, stream, channel],
-            args=[session_id, compute_id, json.dumps(compute), C.SESSION_RECORD_GRACE_MS,
-                  encode(session_id, "status", {"status": SessionStatus.RUNNING.value,
-                                                "compute": compute})],
-        ))
+        return str(
+            self._finish_spawn(
+                keys=[k.record, k.alive, self.n.deadlines, self.n.intents, stream, channel],
+                args=[
+                    session_id,
+                    compute_id,
+                    json.dumps(compute),
+                    C.SESSION_RECORD_GRACE_MS,
+                    encode(
+                        session_id,
+                        "status",
+                        {"status": SessionStatus.RUNNING.value, "compute": compute},
+                    ),
+                ],
+            )
+        )
 
-    def fail_spawn(self, session_id: str, error: dict[str, Any],
-                   cleanup_due_in_ms: int | None = None) -> bool:
+    def fail_spawn(
+        self, session_id: str, error: dict[str, Any], cleanup_due_in_ms: int | None = None
+    ) -> bool:
         """Mark a spawn as failed, stop tracking it, release its quota reservation and
         publish ``failed`` (one step).
 
@@ -963,39 +1076,69 @@ class SessionStore:
         """
         k = self.keys(session_id)
         channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
-        return bool(self._fail_spawn(
-            keys=[k.record, self.n.intents, self.n.sessions, self.n.deadlines, k.alive,
-                  self.n.cleanups, stream, channel,
-                  reservation_key(session_id, self.ks.namespace), self.n.reservations],
-            args=[session_id, json.dumps(error), C.TERMINATED_RECORD_TTL_MS,
-                  encode(session_id, "status", {"status": SessionStatus.FAILED.value,
-                                                "error": error}),
-                  "" if cleanup_due_in_ms is None else cleanup_due_in_ms,
-                  *self.n.usage_halves],
-        ))
+        return bool(
+            self._fail_spawn(
+                keys=[
+                    k.record,
+                    self.n.intents,
+                    self.n.sessions,
+                    self.n.deadlines,
+                    k.alive,
+                    self.n.cleanups,
+                    stream,
+                    channel,
+                    reservation_key(session_id, self.ks.namespace),
+                    self.n.reservations,
+                ],
+                args=[
+                    session_id,
+                    json.dumps(error),
+                    C.TERMINATED_RECORD_TTL_MS,
+                    encode(
+                        session_id, "status", {"status": SessionStatus.FAILED.value, "error": error}
+                    ),
+                    "" if cleanup_due_in_ms is None else cleanup_due_in_ms,
+                    *self.n.usage_halves,
+                ],
+            )
+        )
 
     # ------------------------------------------------------------------ cleanups
     def add_cleanup(self, session_id: str, due_in_ms: int = 0) -> bool:
         """Register a cleanup obligation for the session's pod name (kept if present)."""
-        return bool(self._add_cleanup(keys=[self.keys(session_id).record, self.n.cleanups],
-                                      args=[session_id, due_in_ms]))
+        return bool(
+            self._add_cleanup(
+                keys=[self.keys(session_id).record, self.n.cleanups], args=[session_id, due_in_ms]
+            )
+        )
 
-    def claim_cleanups(self, limit: int, base_ms: int = CLEANUP_BACKOFF_BASE_MS,
-                       cap_ms: int = CLEANUP_BACKOFF_CAP_MS) -> list[tuple[str, int, int]]:
+    def claim_cleanups(
+        self,
+        limit: int,
+        base_ms: int = CLEANUP_BACKOFF_BASE_MS,
+        cap_ms: int = CLEANUP_BACKOFF_CAP_MS,
+    ) -> list[tuple[str, int, int]]:
         """Due cleanups as ``(session id, attempt, ms until the next attempt)``; each is
         re-scored to its next attempt by this claim (exponential backoff, capped)."""
-        flat = [str(x) for x in self._claim_cleanups(
-            keys=[self.n.cleanups], args=[limit, self.n.record_prefix, base_ms, cap_ms])]
-        return [(flat[i], int(flat[i + 1]), int(float(flat[i + 2])))
-                for i in range(0, len(flat), 3)]
+        flat = [
+            str(x)
+            for x in self._claim_cleanups(
+                keys=[self.n.cleanups], args=[limit, self.n.record_prefix, base_ms, cap_ms]
+            )
+        ]
+        return [
+            (flat[i], int(flat[i + 1]), int(float(flat[i + 2]))) for i in range(0, len(flat), 3)
+        ]
 
     def finish_cleanup(self, session_id: str, data: dict[str, Any]) -> bool:
         """Settle a cleanup obligation and publish its ``cleanup`` event (``data``)."""
         channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
-        return bool(self._finish_cleanup(
-            keys=[self.keys(session_id).record, self.n.cleanups, stream, channel],
-            args=[session_id, C.TERMINATED_RECORD_TTL_MS,
-                  encode(session_id, "cleanup", data)]))
+        return bool(
+            self._finish_cleanup(
+                keys=[self.keys(session_id).record, self.n.cleanups, stream, channel],
+                args=[session_id, C.TERMINATED_RECORD_TTL_MS, encode(session_id, "cleanup", data)],
+            )
+        )
 
     def cleanup_failed(self, session_id: str, error: dict[str, Any]) -> None:
         """Record the last error of a cleanup attempt (the session's error is kept)."""
@@ -1003,11 +1146,16 @@ class SessionStore:
 
     def cleanup_ids(self) -> dict[str, float]:
         """Pending cleanup obligations: session id → next attempt time (ms)."""
-        return {str(k): float(v) for k, v in cast(
-            list[tuple[str, float]], self.r.zrange(self.n.cleanups, 0, -1, withscores=True))}
+        return {
+            str(k): float(v)
+            for k, v in cast(
+                list[tuple[str, float]], self.r.zrange(self.n.cleanups, 0, -1, withscores=True)
+            )
+        }
 
-    def begin_terminate(self, session_id: str, reason: str, fence_token: str,
-                        slack_ms: int) -> TerminateStart:
+    def begin_terminate(
+        self, session_id: str, reason: str, fence_token: str, slack_ms: int
+    ) -> TerminateStart:
         """Take the termination fence (and publish ``terminating`` on the first one).
 
         ``verdict`` is ``ok`` (go ahead), ``alive`` (idle reason but touched: do nothing),
@@ -1019,12 +1167,22 @@ class SessionStore:
         channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
         verdict, compute_id, first, provider, base_url, sealed, pod_name = self._begin_terminate(
             keys=[k.record, k.alive, self.n.deadlines, k.fence, stream, channel],
-            args=[session_id, reason, fence_token, C.TERMINATE_FENCE_TTL_MS, slack_ms,
-                  encode(session_id, "terminating", {"reason": reason})],
+            args=[
+                session_id,
+                reason,
+                fence_token,
+                C.TERMINATE_FENCE_TTL_MS,
+                slack_ms,
+                encode(session_id, "terminating", {"reason": reason}),
+            ],
         )
-        record = SessionRecord(id=session_id, provider=str(provider),
-                               base_url=str(base_url) or None,
-                               api_key_sealed=str(sealed) or None, pod_name=str(pod_name))
+        record = SessionRecord(
+            id=session_id,
+            provider=str(provider),
+            base_url=str(base_url) or None,
+            api_key_sealed=str(sealed) or None,
+            pod_name=str(pod_name),
+        )
         return TerminateStart(str(verdict), str(compute_id), first == "1", record)
 
     def settle_podless_terminate(self, session_id: str, fence_token: str) -> tuple[str, str]:
@@ -1038,7 +1196,8 @@ class SessionStore:
         """
         k = self.keys(session_id)
         verdict, compute_id = self._settle_podless(
-            keys=[k.record, self.n.intents, k.fence], args=[session_id, fence_token])
+            keys=[k.record, self.n.intents, k.fence], args=[session_id, fence_token]
+        )
         return str(verdict), str(compute_id)
 
     def finish_terminate(self, session_id: str, reason: str | None = None) -> None:
@@ -1047,13 +1206,28 @@ class SessionStore:
         k = self.keys(session_id)
         channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
         self._finish_terminate(
-            keys=[k.record, self.n.deadlines, self.n.sessions, k.alive, k.fence,
-                  self.n.intents, stream, channel,
-                  reservation_key(session_id, self.ks.namespace), self.n.reservations],
-            args=[session_id, C.TERMINATED_RECORD_TTL_MS,
-                  encode(session_id, "status", {"status": SessionStatus.TERMINATED.value,
-                                                "reason": reason}),
-                  *self.n.usage_halves],
+            keys=[
+                k.record,
+                self.n.deadlines,
+                self.n.sessions,
+                k.alive,
+                k.fence,
+                self.n.intents,
+                stream,
+                channel,
+                reservation_key(session_id, self.ks.namespace),
+                self.n.reservations,
+            ],
+            args=[
+                session_id,
+                C.TERMINATED_RECORD_TTL_MS,
+                encode(
+                    session_id,
+                    "status",
+                    {"status": SessionStatus.TERMINATED.value, "reason": reason},
+                ),
+                *self.n.usage_halves,
+            ],
         )
 
     def terminate_failed(self, session_id: str, error: dict[str, Any], retry_in_ms: int) -> None:
@@ -1078,19 +1252,33 @@ class SessionStore:
         whose ``expiring`` warning is due gets it here (published in the same step) and
         stays.
         """
-        flat = [str(x) for x in self._claim_due(
-            keys=[self.n.deadlines],
-            args=[limit, slack_ms, self.n.alive_prefix, self.n.record_prefix,
-                  C.SESSION_RECORD_GRACE_MS, self.n.stream_prefix, self.n.channel_prefix,
-                  IDLE_REASON, MAX_LIFETIME_REASON],
-        )]
+        flat = [
+            str(x)
+            for x in self._claim_due(
+                keys=[self.n.deadlines],
+                args=[
+                    limit,
+                    slack_ms,
+                    self.n.alive_prefix,
+                    self.n.record_prefix,
+                    C.SESSION_RECORD_GRACE_MS,
+                    self.n.stream_prefix,
+                    self.n.channel_prefix,
+                    IDLE_REASON,
+                    MAX_LIFETIME_REASON,
+                ],
+            )
+        ]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def claim_expired(self, session_id: str, slack_ms: int) -> bool:
         """The keyspace listener's claim on an expired session (same claim as the sweep's:
         whoever moves its deadline past now first terminates it)."""
-        return bool(self._claim_expired(
-            keys=[self.n.deadlines, self.keys(session_id).alive], args=[session_id, slack_ms]))
+        return bool(
+            self._claim_expired(
+                keys=[self.n.deadlines, self.keys(session_id).alive], args=[session_id, slack_ms]
+            )
+        )
 
     def claim_stale_intents(self, limit: int) -> list[str]:
         """Remove and return spawn intents whose deadline passed."""
@@ -1113,18 +1301,23 @@ class SessionStore:
         ``resend_after_ms`` unless it finished or holds its fence), ``terminated`` /
         ``failed`` (already over) or ``missing`` (unknown or untracked session).
         """
-        return str(self._request_stop(
-            keys=[self.keys(session_id).record, self.n.sessions, self.n.stops],
-            args=[session_id, reason, resend_after_ms],
-        ))
+        return str(
+            self._request_stop(
+                keys=[self.keys(session_id).record, self.n.sessions, self.n.stops],
+                args=[session_id, reason, resend_after_ms],
+            )
+        )
 
     def claim_stops_to_resend(self, resend_after_ms: int, limit: int = 1000) -> list[str]:
         """Ids of recorded stops due for a re-send (their terminate made no progress);
         each is re-scored ``resend_after_ms`` ahead. Ended sessions leave the index."""
-        return [str(x) for x in self._claim_stops(
-            keys=[self.n.stops, self.n.sessions],
-            args=[limit, resend_after_ms, self.n.record_prefix, self.n.fence_prefix],
-        )]
+        return [
+            str(x)
+            for x in self._claim_stops(
+                keys=[self.n.stops, self.n.sessions],
+                args=[limit, resend_after_ms, self.n.record_prefix, self.n.fence_prefix],
+            )
+        ]
 
     # ------------------------------------------------------------------ data-loss guard
     def ensure_epoch(self) -> bool:
@@ -1135,16 +1328,32 @@ class SessionStore:
         """Whether this Redis dataset has its epoch (False after a data loss)."""
         return bool(self.r.exists(self.n.epoch))
 
-    def adopt(self, session_id: str, provider: str, pod_name: str, compute_id: str,
-              compute: dict[str, Any], idle_ttl_ms: int) -> bool:
+    def adopt(
+        self,
+        session_id: str,
+        provider: str,
+        pod_name: str,
+        compute_id: str,
+        compute: dict[str, Any],
+        idle_ttl_ms: int,
+    ) -> bool:
         """Re-create a minimal ``running`` record for a pod whose record was lost (see
         ``_ADOPT``). False when a record exists (never overwritten)."""
         k = self.keys(session_id)
-        return bool(self._adopt(
-            keys=[k.record, k.alive, self.n.deadlines, self.n.sessions],
-            args=[session_id, provider, pod_name, compute_id, json.dumps(compute),
-                  idle_ttl_ms, C.SESSION_RECORD_GRACE_MS],
-        ))
+        return bool(
+            self._adopt(
+                keys=[k.record, k.alive, self.n.deadlines, self.n.sessions],
+                args=[
+                    session_id,
+                    provider,
+                    pod_name,
+                    compute_id,
+                    json.dumps(compute),
+                    idle_ttl_ms,
+                    C.SESSION_RECORD_GRACE_MS,
+                ],
+            )
+        )
 
     def now_ms(self) -> int:
         """Redis server time in ms (the registry's clock)."""
@@ -1167,21 +1376,24 @@ def canonical_user(user_id: Any) -> str:
     return json.dumps(user_id, allow_nan=False, sort_keys=True)
 
 
-def store_for(client: redis.Redis, *, publish_heartbeats: bool = False,
-              namespace: str | None = None) -> SessionStore:
+def store_for(
+    client: redis.Redis, *, publish_heartbeats: bool = False, namespace: str | None = None
+) -> SessionStore:
     """A cached :class:`SessionStore` for ``client`` (scripts hashed once, not per call)
     in ``namespace`` (default: ``ATLAS_NAMESPACE`` now)."""
     ns = keyspace(namespace).namespace
     key = (id(client), publish_heartbeats, ns)
     store = _stores.get(key)
     if store is None or store.r is not client:
-        store = _stores[key] = SessionStore(client, publish_heartbeats=publish_heartbeats,
-                                            namespace=ns)
+        store = _stores[key] = SessionStore(
+            client, publish_heartbeats=publish_heartbeats, namespace=ns
+        )
     return store
 
 
-def info_from_reads(session_id: str, record: dict[str, str], alive_pttl_ms: int,
-                    redis_time: tuple[int, int]) -> SessionInfo:
+def info_from_reads(
+    session_id: str, record: dict[str, str], alive_pttl_ms: int, redis_time: tuple[int, int]
+) -> SessionInfo:
     """A :class:`SessionInfo` from one pipelined read (``HGETALL`` of the record, ``PTTL``
     of its idle clock, ``TIME``), shared by the sync and asyncio ``info``.
 
@@ -1209,8 +1421,13 @@ class AsyncSessionStore:
         publish_heartbeats: as for :class:`SessionStore`.
     """
 
-    def __init__(self, client: aioredis.Redis, *, publish_heartbeats: bool = False,
-                 namespace: str | None = None) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        publish_heartbeats: bool = False,
+        namespace: str | None = None,
+    ) -> None:
         self.r = client
         self.publish_heartbeats = publish_heartbeats
         self.ks = keyspace(namespace)
@@ -1226,8 +1443,9 @@ class AsyncSessionStore:
             NotTracked: unknown, terminated or terminating session.
         """
         if not self.publish_heartbeats:
-            fast = await cast("Awaitable[Any]", self._touch_fast(
-                keys=[self.n.alive_prefix + session_id]))
+            fast = await cast(
+                "Awaitable[Any]", self._touch_fast(keys=[self.n.alive_prefix + session_id])
+            )
             if fast == 1:
                 return
         keys, args = _touch_args(session_id, self.publish_heartbeats, self.n)
@@ -1248,15 +1466,33 @@ class AsyncSessionStore:
             record, pttl, redis_time = await pipe.execute()
         return info_from_reads(session_id, record, pttl, redis_time)
 
-    async def list_user_records(self, user_json: str, *, offset: int = 0,
-                                limit: int = 100) -> list[SessionRecord]:
+    async def list_user_records(
+        self, user_json: str, *, offset: int = 0, limit: int = 100
+    ) -> list[SessionRecord]:
         """asyncio twin of :meth:`SessionStore.list_user_records`."""
-        rows = await cast("Awaitable[Any]", self._list_user(
-            keys=[user_index_key(user_json, self.ks)],
-            args=[self.n.record_prefix, offset, limit]))
+        rows = await cast(
+            "Awaitable[Any]",
+            self._list_user(
+                keys=[user_index_key(user_json, self.ks)],
+                args=[self.n.record_prefix, offset, limit],
+            ),
+        )
         return _records_of_rows(rows)
 
 
-__all__ = ["CLEANUPS_KEY", "EPOCH_KEY", "STOPS_KEY", "USER_SESSIONS_KEY", "AsyncSessionStore",
-           "Keys", "Names", "SessionInfo", "SessionStore", "TerminateStart", "canonical_user",
-           "info_from_reads", "store_for", "user_index_key"]
+__all__ = [
+    "CLEANUPS_KEY",
+    "EPOCH_KEY",
+    "STOPS_KEY",
+    "USER_SESSIONS_KEY",
+    "AsyncSessionStore",
+    "Keys",
+    "Names",
+    "SessionInfo",
+    "SessionStore",
+    "TerminateStart",
+    "canonical_user",
+    "info_from_reads",
+    "store_for",
+    "user_index_key",
+]

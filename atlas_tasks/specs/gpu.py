@@ -123,7 +123,8 @@ del _canonical, _sizes
 #: Lambda instance type → (canonical GPU, GPU count), every size.
 _LAMBDA_TYPES: dict[str, tuple[str, int]] = {
     type_name: (canonical, count)
-    for canonical, sizes in LAMBDA_SIZES.items() for count, type_name in sizes.items()
+    for canonical, sizes in LAMBDA_SIZES.items()
+    for count, type_name in sizes.items()
 }
 
 
@@ -148,7 +149,8 @@ def canonical_gpu(name: str) -> str:
 def _not_offered(gpu: str, provider: str) -> ValidationError:
     offered = ", ".join(supported_gpus(provider)) or "none"
     return validation_error(
-        "gpu", f"{provider} does not offer GPU {gpu!r}; {provider} offers: {offered}",
+        "gpu",
+        f"{provider} does not offer GPU {gpu!r}; {provider} offers: {offered}",
         provider=provider,
     )
 
@@ -181,8 +183,10 @@ def lambda_instance_type(gpu: str, gpu_count: int) -> str:
     if type_name is None:
         counts = ", ".join(str(n) for n in sorted(sizes))
         raise validation_error(
-            "gpu_count", f"lambda_labs sells {canonical} only as {counts} GPU(s) per "
-            f"instance, not {gpu_count}", provider="lambda_labs")
+            "gpu_count",
+            f"lambda_labs sells {canonical} only as {counts} GPU(s) per instance, not {gpu_count}",
+            provider="lambda_labs",
+        )
     return type_name
 
 

@@ -118,7 +118,8 @@ def _check_provider_opts(value: Mapping[Any, Any]) -> dict[str, Any]:
         if key in value:
             raise validation_error(
                 f"provider_opts.{key}",
-                f"atlas sets the pod's {use}; pass {use}= instead of provider_opts[{key!r}]")
+                f"atlas sets the pod's {use}; pass {use}= instead of provider_opts[{key!r}]",
+            )
     for outer, inner in RESERVED_NESTED_PROVIDER_OPTS.items():
         nested = value.get(outer)
         if isinstance(nested, Mapping):
@@ -126,7 +127,8 @@ def _check_provider_opts(value: Mapping[Any, Any]) -> dict[str, Any]:
                 if key in nested:
                     raise validation_error(
                         f"provider_opts.{outer}.{key}",
-                        f"atlas sets the pod's {use}; pass {use}= instead")
+                        f"atlas sets the pod's {use}; pass {use}= instead",
+                    )
     try:
         # allow_nan=False: NaN/Infinity are not JSON, and provider APIs reject them.
         json.dumps(value, allow_nan=False)
@@ -170,7 +172,8 @@ class ComputeRequest(_Request):
     @classmethod
     def _provider_opts(cls, value: Any) -> Any:
         return _check_provider_opts(
-            _mapping_or_empty(value, "must be a mapping of option name to JSON value"))
+            _mapping_or_empty(value, "must be a mapping of option name to JSON value")
+        )
 
     @field_validator("gpu")
     @classmethod
@@ -185,7 +188,7 @@ class ComputeRequest(_Request):
         # Only ValueError becomes a pydantic error: anything a bad shape could raise
         # (TypeError on ``ports=5``) is checked for here instead.
         if isinstance(value, str | bytes | Mapping) or not isinstance(value, list | tuple):
-            raise ValueError("must be a list like [(8000, \"http\"), (22, \"tcp\")]")
+            raise ValueError('must be a list like [(8000, "http"), (22, "tcp")]')
         out = []
         for item in value:
             if isinstance(item, dict):
@@ -193,7 +196,7 @@ class ComputeRequest(_Request):
             elif isinstance(item, int):
                 item = (item, "http")
             if not isinstance(item, list | tuple) or len(item) != 2:
-                raise ValueError(f"port entry {item!r} must be (port, \"http\"|\"tcp\")")
+                raise ValueError(f'port entry {item!r} must be (port, "http"|"tcp")')
             port, proto = item
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 raise ValueError(f"port {port!r} must be an integer in 1..65535")
@@ -348,14 +351,16 @@ def raise_validation(exc: pydantic.ValidationError) -> ValidationError:
 _RequestT = TypeVar("_RequestT", ComputeRequest, JobRequest)
 
 
-def build_compute_request(request: ComputeRequest | dict[str, Any] | None = None,
-                          **fields: Any) -> ComputeRequest:
+def build_compute_request(
+    request: ComputeRequest | dict[str, Any] | None = None, **fields: Any
+) -> ComputeRequest:
     """A :class:`ComputeRequest` from a model, a dict and/or keyword fields (later wins)."""
     return _build_request(ComputeRequest, request, fields, drop_none=False)
 
 
-def build_job_request(request: JobRequest | dict[str, Any] | None = None,
-                      **fields: Any) -> JobRequest:
+def build_job_request(
+    request: JobRequest | dict[str, Any] | None = None, **fields: Any
+) -> JobRequest:
     """A :class:`JobRequest` from a model, a dict and/or keyword fields (later wins)."""
     # The SDK passes every keyword, unset ones as None: those must not override ``request``.
     return _build_request(JobRequest, request, fields, drop_none=True)

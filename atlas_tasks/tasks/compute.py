@@ -46,8 +46,12 @@ def spawn(self: Task, session_id: str, sealed: str) -> dict[str, Any]:
     except Exception as exc:
         # Redis unreachable (a restart, a failover) is transient too: the session cannot
         # even be marked failed meanwhile, so failing now would only lose the message.
-        SPAWN_RETRY.retry(self, exc, what=f"spawn {session_id}",
-                          retryable=is_transient(exc) or isinstance(exc, redis.RedisError))
+        SPAWN_RETRY.retry(
+            self,
+            exc,
+            what=f"spawn {session_id}",
+            retryable=is_transient(exc) or isinstance(exc, redis.RedisError),
+        )
         if not isinstance(exc, AtlasError):
             log.exception("spawn %s failed with an unexpected error", session_id)
         else:
@@ -62,10 +66,18 @@ def terminate(self: Task, session_id: str, reason: str = "requested") -> dict[st
     try:
         outcome = svc.terminate(session_id, reason=reason, fence_token=str(self.request.id))
     except Exception as exc:
-        TERMINATE_RETRY.retry(self, exc, what=f"terminate {session_id}",
-                              retryable=is_transient(exc) or not isinstance(exc, AtlasError))
-        log.error("terminate %s gave up after %d attempts: %s", session_id,
-                  int(self.request.retries or 0) + 1, exc)
+        TERMINATE_RETRY.retry(
+            self,
+            exc,
+            what=f"terminate {session_id}",
+            retryable=is_transient(exc) or not isinstance(exc, AtlasError),
+        )
+        log.error(
+            "terminate %s gave up after %d attempts: %s",
+            session_id,
+            int(self.request.retries or 0) + 1,
+            exc,
+        )
         svc.terminate_gave_up(session_id, exc, TERMINATE_GIVE_UP_RETRY_MS)
         error = exc.to_dict() if isinstance(exc, AtlasError) else {"kind": "unknown"}
         return {"session_id": session_id, "outcome": "terminate_failed", "error": error}
@@ -73,39 +85,47 @@ def terminate(self: Task, session_id: str, reason: str = "requested") -> dict[st
 
 
 @shared_task(name=C.TASK_TERMINATE_BATCH, **_LATE)
-def terminate_batch(self: Task, session_ids: list[str],
-                    reason: str = "idle_timeout") -> dict[str, Any]:
+def terminate_batch(
+    self: Task, session_ids: list[str], reason: str = "idle_timeout"
+) -> dict[str, Any]:
     """Terminate a batch of sessions (the reaper's and the expiry listener's idle path).
 
     A session whose terminate raised is re-enqueued alone as ``atlas.compute.terminate``,
     which owns the retries with backoff and the ``terminate_failed`` event.
     """
-    outcomes = service().terminate_many(session_ids, reason=reason,
-                                        fence_prefix=str(self.request.id))
+    outcomes = service().terminate_many(
+        session_ids, reason=reason, fence_prefix=str(self.request.id)
+    )
     summary: dict[str, int] = {}
     for session_id, outcome in outcomes.items():
         if isinstance(outcome, BaseException):
-            log.warning("terminate %s in a batch failed (%s); retrying it alone", session_id,
-                        outcome)
-            terminate.apply_async((session_id, reason), countdown=backoff_s(0),
-                                  **task_reprs.terminate(session_id, reason))
+            log.warning(
+                "terminate %s in a batch failed (%s); retrying it alone", session_id, outcome
+            )
+            terminate.apply_async(
+                (session_id, reason),
+                countdown=backoff_s(0),
+                **task_reprs.terminate(session_id, reason),
+            )
             outcome = "retrying"
         summary[outcome] = summary.get(outcome, 0) + 1
     return {"sessions": len(session_ids), "outcomes": summary, "reason": reason}
 
 
 @shared_task(name=C.TASK_TERMINATE_ORPHAN, **_LATE)
-def terminate_orphan(self: Task, provider: str, compute_id: str,
-                     pod_name: str | None = None) -> dict[str, Any]:
+def terminate_orphan(
+    self: Task, provider: str, compute_id: str, pod_name: str | None = None
+) -> dict[str, Any]:
     """Terminate an untracked prefixed pod found by the reaper."""
     svc = service()
     try:
-        outcome = svc.terminate_orphan(provider, compute_id, pod_name,
-                                       fence_token=str(self.request.id))
+        outcome = svc.terminate_orphan(
+            provider, compute_id, pod_name, fence_token=str(self.request.id)
+        )
     except AtlasError as exc:
-        TERMINATE_RETRY.retry(self, exc, what=f"orphan terminate {provider}/{compute_id}",
-                              retryable=is_transient(exc))
+        TERMINATE_RETRY.retry(
+            self, exc, what=f"orphan terminate {provider}/{compute_id}", retryable=is_transient(exc)
+        )
         # The next orphan scan finds the pod again; nothing is lost.
-        return {"compute_id": compute_id, "outcome": "terminate_failed",
-                "error": exc.to_dict()}
+        return {"compute_id": compute_id, "outcome": "terminate_failed", "error": exc.to_dict()}
     return {"compute_id": compute_id, "outcome": outcome}

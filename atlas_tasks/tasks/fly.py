@@ -28,23 +28,41 @@ from atlas_tasks.fly import service
 
 
 @shared_task(name=C.TASK_FLY_DEPLOY, bind=True, acks_late=False, max_retries=0)
-def deploy(self: Task, ticket: str, project_path: str | None, app_dir: str,
-           activity_timeout_s: float | None = None,
-           max_timeout_s: float | None = None) -> dict[str, Any]:
+def deploy(
+    self: Task,
+    ticket: str,
+    project_path: str | None,
+    app_dir: str,
+    activity_timeout_s: float | None = None,
+    max_timeout_s: float | None = None,
+) -> dict[str, Any]:
     """Run ``fly deploy --remote-only`` for a ticket, streaming lines on topic ``deploy``."""
-    return service.deploy(Dependencies.default(), ticket, project_path, app_dir,
-                          activity_timeout_s, max_timeout_s)
+    return service.deploy(
+        Dependencies.default(), ticket, project_path, app_dir, activity_timeout_s, max_timeout_s
+    )
 
 
-def _enqueue_next_slice(app: str, owner: str, had_subscriber: bool,
-                        alone_since_ms: int | None) -> None:
+def _enqueue_next_slice(
+    app: str, owner: str, had_subscriber: bool, alone_since_ms: int | None
+) -> None:
     logs_poll.apply_async((app, owner, had_subscriber, alone_since_ms))
 
 
 @shared_task(name=C.TASK_FLY_LOGS_POLL, bind=True, acks_late=False, max_retries=0)
-def logs_poll(self: Task, app: str, owner: str | None = None, had_subscriber: bool = False,
-              alone_since_ms: int | None = None) -> dict[str, Any]:
+def logs_poll(
+    self: Task,
+    app: str,
+    owner: str | None = None,
+    had_subscriber: bool = False,
+    alone_since_ms: int | None = None,
+) -> dict[str, Any]:
     """One slice of ``app``'s logs streamer; re-enqueues itself while it should run."""
-    return service.poll_logs(Dependencies.default(), app, owner, had_subscriber,
-                             alone_since_ms, enqueue_next=_enqueue_next_slice,
-                             hostname=self.request.hostname)
+    return service.poll_logs(
+        Dependencies.default(),
+        app,
+        owner,
+        had_subscriber,
+        alone_since_ms,
+        enqueue_next=_enqueue_next_slice,
+        hostname=self.request.hostname,
+    )

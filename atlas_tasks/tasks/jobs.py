@@ -47,8 +47,9 @@ def schedule_poll(job_id: str, seq: int, attempt: int, delay_s: float) -> None:
     poll.apply_async((job_id, seq, attempt), countdown=max(0.0, delay_s))
 
 
-@shared_task(name=C.TASK_JOB_RUN, bind=True, acks_late=True, reject_on_worker_lost=True,
-             max_retries=None)
+@shared_task(
+    name=C.TASK_JOB_RUN, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+)
 def run(self: Task, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
     """Submit a recorded job (``/run``) and schedule its first poll."""
     service = _service()
@@ -68,23 +69,29 @@ def run(self: Task, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
         except OperationalError as exc:
             # The job is submitted; the retry finds it so ("submitted") and only
             # schedules the poll again.
-            log.warning("job %s: could not schedule its first poll (%s); retrying", job_id,
-                        exc)
+            log.warning("job %s: could not schedule its first poll (%s); retrying", job_id, exc)
             INFRA_RETRY.retry_now(self, exc, retries)
     return outcome
 
 
-@shared_task(name=C.TASK_JOB_POLL, bind=True, acks_late=True, reject_on_worker_lost=True,
-             ignore_result=True, soft_time_limit=C.JOB_POLL_TIME_LIMIT_S - 5,
-             time_limit=C.JOB_POLL_TIME_LIMIT_S)
+@shared_task(
+    name=C.TASK_JOB_POLL,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    soft_time_limit=C.JOB_POLL_TIME_LIMIT_S - 5,
+    time_limit=C.JOB_POLL_TIME_LIMIT_S,
+)
 def poll(self: Task, job_id: str, seq: int, attempt: int = 0) -> dict[str, Any]:
     """One single-flight poll iteration; reschedules itself until the job ends."""
     # Unique per execution, not per message: a redelivered copy must not pass the fence
     # of the execution it duplicates.
     owner = f"{self.request.id}:{uuid.uuid4().hex[:8]}"
     try:
-        result = _service().poll(job_id, int(seq), int(attempt), owner=owner,
-                                 schedule=schedule_poll)
+        result = _service().poll(
+            job_id, int(seq), int(attempt), owner=owner, schedule=schedule_poll
+        )
     except (redis.RedisError, OperationalError) as exc:
         # Keep the chain alive through a Redis or broker hiccup: the same iteration runs
         # again (single flight makes a duplicate of it harmless).

@@ -27,7 +27,10 @@ def refresh_prices() -> dict[str, object]:
     prices = refresh_configured_prices(deps)
     released = release_orphaned_reservations(deps.redis)
     if released:
-        log.warning("released %d quota reservation(s) of sessions that were never recorded: "
-                    "%s", len(released), ", ".join(released[:20]))
+        log.warning(
+            "released %d quota reservation(s) of sessions that were never recorded: %s",
+            len(released),
+            ", ".join(released[:20]),
+        )
     log.info("quota price refresh: %s", prices)
     return {"prices": prices, "released_reservations": released}

@@ -73,14 +73,16 @@ def throttle_ms(reap_interval_ms: int) -> int:
 def enqueue_terminate(session_ids: list[str], reason: str) -> None:
     """Queue terminates of tracked sessions, ``IDLE_BATCH_MAX`` per task."""
     for start in range(0, len(session_ids), C.IDLE_BATCH_MAX):
-        chunk = session_ids[start:start + C.IDLE_BATCH_MAX]
+        chunk = session_ids[start : start + C.IDLE_BATCH_MAX]
         terminate_batch.apply_async((chunk, reason), **task_reprs.terminate_batch(chunk, reason))
 
 
 def enqueue_orphan(provider: str, compute_id: str, pod_name: str | None) -> None:
     """Queue the termination of an untracked prefixed pod."""
-    terminate_orphan.apply_async((provider, compute_id, pod_name),
-                                 **task_reprs.terminate_orphan(provider, compute_id, pod_name))
+    terminate_orphan.apply_async(
+        (provider, compute_id, pod_name),
+        **task_reprs.terminate_orphan(provider, compute_id, pod_name),
+    )
 
 
 def enqueue_spawn(session_id: str, sealed: str) -> None:
@@ -104,9 +106,13 @@ def _record(r: redis.Redis, summary: dict[str, Any]) -> None:
 
 
 def _did_something(summary: dict[str, Any]) -> bool:
-    return bool(summary.get("due") or summary.get("resent_spawns")
-                or summary.get("stale_intents") or summary.get("orphans")
-                or summary.get("errors"))
+    return bool(
+        summary.get("due")
+        or summary.get("resent_spawns")
+        or summary.get("stale_intents")
+        or summary.get("orphans")
+        or summary.get("errors")
+    )
 
 
 @shared_task(name=C.TASK_REAP, ignore_result=True, send_events=False)
@@ -116,15 +122,18 @@ def reap() -> dict[str, Any]:
     deps = Dependencies.default()
     r = deps.redis
     ks = keyspace(deps.settings.namespace)
-    if not r.set(ks.key(SWEEP_THROTTLE_KEY), "1", nx=True,
-                 px=throttle_ms(deps.settings.reap_interval_ms)):
+    if not r.set(
+        ks.key(SWEEP_THROTTLE_KEY), "1", nx=True, px=throttle_ms(deps.settings.reap_interval_ms)
+    ):
         r.hincrby(ks.key(SWEEP_STATS_KEY), "skipped", 1)
         return {"skipped": True, "throttled": True}
     token = in_sweep.set(True)
     try:
-        report = SessionReaper(deps).reap(enqueue_terminate=enqueue_terminate,
-                                          enqueue_orphan=enqueue_orphan,
-                                          enqueue_spawn=enqueue_spawn)
+        report = SessionReaper(deps).reap(
+            enqueue_terminate=enqueue_terminate,
+            enqueue_orphan=enqueue_orphan,
+            enqueue_spawn=enqueue_spawn,
+        )
     finally:
         in_sweep.reset(token)
     summary = report.summary()

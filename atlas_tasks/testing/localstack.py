@@ -77,18 +77,34 @@ class RedisServer:
                 "redis-server not found on PATH; install it (Debian: apt-get install redis-server)"
             )
         args = [
-            exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec", "--dir", str(self.directory),
-            "--notify-keyspace-events", "Ex", "--loglevel", "warning",
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            str(self.directory),
+            "--notify-keyspace-events",
+            "Ex",
+            "--loglevel",
+            "warning",
             # Faster active expiry: idle clocks run out closer to their deadline.
-            "--hz", "100",
+            "--hz",
+            "100",
             # Redis 7.0 preallocates min(4096, this) bytes for every new stream; a
             # session's event log is a few hundred bytes (bench/RESULTS.md, memory).
-            "--stream-node-max-bytes", "1024",
+            "--stream-node-max-bytes",
+            "1024",
             # Session records (values up to the ~0.5 KB compute JSON) stay compact
             # listpacks instead of hashtables: about 1 KB less per running session.
-            "--hash-max-listpack-value", "1024",
+            "--hash-max-listpack-value",
+            "1024",
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -141,8 +157,9 @@ class ManagedProcess:
     def start(self) -> ManagedProcess:
         """Start the process (its output goes to ``log_path``)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(self.args, env=self.env, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         return self
 
@@ -176,8 +193,10 @@ class ManagedProcess:
             if not self.alive():
                 break
             time.sleep(0.05)
-        raise RuntimeError(f"{self.name}: no {what} after {timeout}s "
-                           f"(alive={self.alive()}). Log tail:\n{self.log()[-3000:]}")
+        raise RuntimeError(
+            f"{self.name}: no {what} after {timeout}s "
+            f"(alive={self.alive()}). Log tail:\n{self.log()[-3000:]}"
+        )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole process group (SIGKILL by default) and reap it."""
@@ -216,25 +235,50 @@ def namespace_queues(env: dict[str, str]) -> str:
     """The ``-Q`` list of an atlas worker with this environment's ``ATLAS_NAMESPACE``
     (``compute,jobs,fly,maintenance`` in the default namespace)."""
     ks = Keyspace(env.get("ATLAS_NAMESPACE") or C.DEFAULT_NAMESPACE)
-    return ",".join(ks.queue(q) for q in (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY,
-                                          C.QUEUE_MAINTENANCE))
+    return ",".join(
+        ks.queue(q) for q in (C.QUEUE_COMPUTE, C.QUEUE_JOBS, C.QUEUE_FLY, C.QUEUE_MAINTENANCE)
+    )
 
 
-def celery_worker(env: dict[str, str], *, pool: str = "threads", concurrency: int = 16,
-                  queues: str | None = None, hostname: str = "w1@%h",
-                  loglevel: str = "INFO") -> ManagedProcess:
+def celery_worker(
+    env: dict[str, str],
+    *,
+    pool: str = "threads",
+    concurrency: int = 16,
+    queues: str | None = None,
+    hostname: str = "w1@%h",
+    loglevel: str = "INFO",
+) -> ManagedProcess:
     """A worker with task events on (``-E``), not started yet. ``queues`` defaults to
     every atlas queue of ``env``'s namespace (:func:`namespace_queues`)."""
     queues = queues or namespace_queues(env)
-    return ManagedProcess("worker", celery_command(
-        "worker", "-E", "-P", pool, "-c", str(concurrency), "-Q", queues, "-n", hostname,
-        "--loglevel", loglevel, "--without-mingle", "--without-gossip"), env)
+    return ManagedProcess(
+        "worker",
+        celery_command(
+            "worker",
+            "-E",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-Q",
+            queues,
+            "-n",
+            hostname,
+            "--loglevel",
+            loglevel,
+            "--without-mingle",
+            "--without-gossip",
+        ),
+        env,
+    )
 
 
 def celery_beat(env: dict[str, str], *, loglevel: str = "INFO") -> ManagedProcess:
     """Beat with the redbeat scheduler (schedule + single-beat lock in Redis)."""
-    return ManagedProcess("beat", celery_command("beat", "--loglevel", loglevel, "-s", os.devnull),
-                          env)
+    return ManagedProcess(
+        "beat", celery_command("beat", "--loglevel", loglevel, "-s", os.devnull), env
+    )
 
 
 def worker_ready(proc: ManagedProcess, timeout: float = 60.0) -> ManagedProcess:
@@ -258,9 +302,18 @@ class LocalCluster:
         settings: extra ``ATLAS_*`` settings as ``name=value`` (``reap_interval_ms=500``).
     """
 
-    def __init__(self, *, redis_url: str | None = None, beat: bool = True, workers: int = 1,
-                 pool: str = "threads", concurrency: int = 32, appendonly: bool = False,
-                 fakecloud: dict[str, Any] | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        redis_url: str | None = None,
+        beat: bool = True,
+        workers: int = 1,
+        pool: str = "threads",
+        concurrency: int = 32,
+        appendonly: bool = False,
+        fakecloud: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
         self._external_redis = redis_url
         self.redis: RedisServer | None = None
         self.redis_url = redis_url or ""
@@ -297,8 +350,9 @@ class LocalCluster:
         self.apply_env()
         # This is the deployment's first start: mark the dataset, so the reaper's
         # data-loss guard (a missing epoch) only fires if this Redis loses its data later.
-        store_for(get_redis(self.redis_url),
-                  namespace=self.env.get("ATLAS_NAMESPACE")).ensure_epoch()
+        store_for(
+            get_redis(self.redis_url), namespace=self.env.get("ATLAS_NAMESPACE")
+        ).ensure_epoch()
         for i in range(self.worker_count):
             self.add_worker(hostname=f"w{i + 1}@%h")
         if self.start_beat:
@@ -315,12 +369,14 @@ class LocalCluster:
         reset_redis_clients()
         clear_provider_cache()
 
-    def add_worker(self, *, hostname: str | None = None, wait: bool = True,
-                   **extra_env: str) -> ManagedProcess:
+    def add_worker(
+        self, *, hostname: str | None = None, wait: bool = True, **extra_env: str
+    ) -> ManagedProcess:
         """Start one more worker (``extra_env`` e.g. ``ATLAS_FAULT_KILL_AT="after_create"``)."""
         name = hostname or f"w{len(self.workers) + 1}@%h"
-        proc = celery_worker({**self.env, **extra_env}, pool=self.pool,
-                             concurrency=self.concurrency, hostname=name)
+        proc = celery_worker(
+            {**self.env, **extra_env}, pool=self.pool, concurrency=self.concurrency, hostname=name
+        )
         self.workers.append(proc)
         if wait:
             worker_ready(proc)
@@ -366,10 +422,21 @@ class LocalCluster:
 
     def logs(self) -> str:
         """Every process's log, for failure messages."""
-        parts = [f"== {p.name} {p.pid if p.process else ''}\n{p.log()[-4000:]}"
-                 for p in [*self.workers, *([self.beat] if self.beat else [])]]
+        parts = [
+            f"== {p.name} {p.pid if p.process else ''}\n{p.log()[-4000:]}"
+            for p in [*self.workers, *([self.beat] if self.beat else [])]
+        ]
         return "\n".join(parts)
 
 
-__all__ = ["LocalCluster", "ManagedProcess", "RedisServer", "celery_beat", "celery_worker",
-           "celery_command", "free_port", "namespace_queues", "worker_ready"]
+__all__ = [
+    "LocalCluster",
+    "ManagedProcess",
+    "RedisServer",
+    "celery_beat",
+    "celery_worker",
+    "celery_command",
+    "free_port",
+    "namespace_queues",
+    "worker_ready",
+]

@@ -31,8 +31,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["SECRET_KEY"] = os.environ.get("FLASK_SECRET_KEY", "dev-only-not-secret")
     app.config["ATLAS_SECRET_KEY"] = os.environ.get("ATLAS_SECRET_KEY")
     app.config["ATLAS_SESSION_PRESETS"] = {
-        "default": {"gpu": "h100", "image": "ghcr.io/acme/realtime-inference:latest",
-                    "ports": [[8000, "http"]], "auth": "bearer", "idle_ttl_ms": 15 * 60_000},
+        "default": {
+            "gpu": "h100",
+            "image": "ghcr.io/acme/realtime-inference:latest",
+            "ports": [[8000, "http"]],
+            "auth": "bearer",
+            "idle_ttl_ms": 15 * 60_000,
+        },
     }
     app.config.update(config or {})
 

@@ -20,22 +20,29 @@ _ENV = pytest.StashKey[dict[str, str]]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--chaos-mode", choices=("ci", "long"), default=None,
+        "--chaos-mode",
+        choices=("ci", "long"),
+        default=None,
         help="chaos suite size: ci (230 planned, ≥ 200 spawned, ~40 s of chaos; default) or long "
-             "(560 planned, ~90 s). Also ATLAS_CHAOS=long.",
+        "(560 planned, ~90 s). Also ATLAS_CHAOS=long.",
     )
     parser.addoption(
-        "--chaos-seed", type=int, default=None,
+        "--chaos-seed",
+        type=int,
+        default=None,
         help="seed of the session plan and the fake cloud's faults (also ATLAS_CHAOS_SEED).",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "chaos: fault/kill/restart suite against a real local cluster "
-                   "(runs in CI; ATLAS_CHAOS=long for the long mode)")
-    config.stash[_ENV] = {k: v for k, v in os.environ.items()
-                          if k in ("ATLAS_CHAOS", "ATLAS_CHAOS_SEED")}
+        "markers",
+        "chaos: fault/kill/restart suite against a real local cluster "
+        "(runs in CI; ATLAS_CHAOS=long for the long mode)",
+    )
+    config.stash[_ENV] = {
+        k: v for k, v in os.environ.items() if k in ("ATLAS_CHAOS", "ATLAS_CHAOS_SEED")
+    }
 
 
 @pytest.fixture(scope="session")

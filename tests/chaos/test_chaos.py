@@ -34,8 +34,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 
 @pytest.mark.timeout(900)
-def test_invariants_hold_under_faults_kills_and_restarts(chaos_config: ChaosConfig,
-                                                        tmp_path: Path) -> None:
+def test_invariants_hold_under_faults_kills_and_restarts(
+    chaos_config: ChaosConfig, tmp_path: Path
+) -> None:
     if not redis_available():
         if in_ci():
             pytest.fail("redis-server is required in CI")
@@ -73,10 +74,13 @@ def test_spawn_message_lost_by_the_broker_is_resolved_by_its_intent() -> None:
             if r.hget(f"atlas:session:{session_id}", "status") in ("failed", "running"):
                 break
             time.sleep(0.2)
-        assert r.hget(f"atlas:session:{session_id}", "status") in ("failed", "running"), \
+        assert r.hget(f"atlas:session:{session_id}", "status") in ("failed", "running"), (
             cluster.logs()
-        assert session_id not in orchestrator.list_ids() or \
-            r.hget(f"atlas:session:{session_id}", "status") == "running"
+        )
+        assert (
+            session_id not in orchestrator.list_ids()
+            or r.hget(f"atlas:session:{session_id}", "status") == "running"
+        )
         named = [p for p in cluster.cloud.live_pods() if p["name"] == f"atlas-{session_id}"]
         assert len(named) <= 1
 
@@ -99,9 +103,11 @@ def test_lost_spawn_message_is_re_sent_and_runs_once() -> None:
             time.sleep(0.2)
         assert r.hget(f"atlas:session:{session_id}", "status") == "running", cluster.logs()
         assert r.hget(f"atlas:session:{session_id}", "spawn_sealed") is None
-        named = [p for p in cluster.cloud.state()["pods"]
-                 + cluster.cloud.state()["terminated_pods"]
-                 if p["name"] == f"atlas-{session_id}"]
+        named = [
+            p
+            for p in cluster.cloud.state()["pods"] + cluster.cloud.state()["terminated_pods"]
+            if p["name"] == f"atlas-{session_id}"
+        ]
         assert len(named) == 1
 
 
@@ -133,27 +139,38 @@ def test_checks_flag_each_kind_of_violation() -> None:
     run = ChaosRun(ChaosConfig.ci())
 
     def track(i: int, sid: str, **record: str) -> Track:
-        t = Track(index=i, ttl_ms=2000, kind="steady", spawn_at=0, touch_until=0,
-                  auth="none", per_call_key=False, id=sid)
+        t = Track(
+            index=i,
+            ttl_ms=2000,
+            kind="steady",
+            spawn_at=0,
+            touch_until=0,
+            auth="none",
+            per_call_key=False,
+            id=sid,
+        )
         t.record = {"status": "terminated", "reason": "idle_timeout", **record}
         run.tracks.append(t)
         return t
 
     ok = track(0, "ok", running_at_ms="1000", terminating_at_ms="3100", ended_at_ms="3200")
     ok.ok_touches = [900]
-    early = track(1, "early", running_at_ms="1000", terminating_at_ms="4000",
-                  ended_at_ms="4100")
+    early = track(1, "early", running_at_ms="1000", terminating_at_ms="4000", ended_at_ms="4100")
     early.ok_touches = [2500]  # deadline 4500: killed 0.5 s early
     track(2, "late", running_at_ms="1000", terminating_at_ms="200000", ended_at_ms="200000")
     track(3, "open", status="running", compute_id="p3")
     run.foreign_ids = ["f1"]
     pod: dict[str, Any] = {"calls": {}}
     state: dict[str, Any] = {
-        "pods": [{**pod, "id": "p3", "name": "atlas-open"},
-                 {**pod, "id": "x", "name": "atlas-nobody"},
-                 {**pod, "id": "f1", "name": "theirs", "calls": {"deletes": 1}}],
-        "terminated_pods": [{**pod, "id": "p0", "name": "atlas-ok"},
-                            {**pod, "id": "p0b", "name": "atlas-ok"}],
+        "pods": [
+            {**pod, "id": "p3", "name": "atlas-open"},
+            {**pod, "id": "x", "name": "atlas-nobody"},
+            {**pod, "id": "f1", "name": "theirs", "calls": {"deletes": 1}},
+        ],
+        "terminated_pods": [
+            {**pod, "id": "p0", "name": "atlas-ok"},
+            {**pod, "id": "p0b", "name": "atlas-ok"},
+        ],
     }
     state["creates_by_name"] = {"atlas-ok": 2, "atlas-open": 1}
     violations: list[str] = []

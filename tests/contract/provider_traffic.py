@@ -34,5 +34,9 @@ class CheckedTransport(httpx.BaseTransport):
 
 def checked_client(base_url: str, checker: SpecChecker, api_key: str) -> httpx.Client:
     """A plain client (the way an official client would call) whose traffic is checked."""
-    return httpx.Client(base_url=base_url, event_hooks=checker.event_hooks(),
-                        headers={"Authorization": f"Bearer {api_key}"}, timeout=10.0)
+    return httpx.Client(
+        base_url=base_url,
+        event_hooks=checker.event_hooks(),
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=10.0,
+    )

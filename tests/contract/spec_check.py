@@ -57,7 +57,7 @@ class _Request:
         url = request.url
         path = url.path
         if strip_prefix and path.startswith(strip_prefix):
-            path = path[len(strip_prefix):] or "/"
+            path = path[len(strip_prefix) :] or "/"
         self.host_url = f"{url.scheme}://{url.netloc.decode()}"
         self.path = path
         self.method = request.method.lower()
@@ -114,8 +114,9 @@ class SpecChecker:
     checked: int = 0
 
     @classmethod
-    def for_spec(cls, name: str, *, patch: Callable[[dict[str, Any]], None] | None = None,
-                 **kwargs: Any) -> SpecChecker:
+    def for_spec(
+        cls, name: str, *, patch: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any
+    ) -> SpecChecker:
         """A checker for ``specs/<name>``; ``patch`` may amend a deep copy of the definition
         first (e.g. merge ``fly-supplement.json``), and must say why where it is used."""
         document = json.loads(json.dumps(load_spec_dict(name)))
@@ -130,13 +131,19 @@ class SpecChecker:
 
     def request_errors(self, request: httpx.Request) -> list[str]:
         """Why a request does not match the definition (empty when it does)."""
-        return [_describe(e) for e in self.openapi.iter_request_errors(
-            _Request(request, self.strip_prefix))]
+        return [
+            _describe(e)
+            for e in self.openapi.iter_request_errors(_Request(request, self.strip_prefix))
+        ]
 
     def response_errors(self, request: httpx.Request, response: httpx.Response) -> list[str]:
         """Why an answer does not match the definition (empty when it does)."""
-        return [_describe(e) for e in self.openapi.iter_response_errors(
-            _Request(request, self.strip_prefix), _Response(response))]
+        return [
+            _describe(e)
+            for e in self.openapi.iter_response_errors(
+                _Request(request, self.strip_prefix), _Response(response)
+            )
+        ]
 
     def check(self, request: httpx.Request, response: httpx.Response | None = None) -> None:
         """Validate one exchange and record what did not match."""
@@ -163,8 +170,10 @@ class SpecChecker:
     def assert_clean(self) -> None:
         """Fail with every violation listed."""
         if self.violations:
-            raise AssertionError("traffic does not match the official definition:\n"
-                                 + "\n".join(f"  - {v}" for v in self.violations))
+            raise AssertionError(
+                "traffic does not match the official definition:\n"
+                + "\n".join(f"  - {v}" for v in self.violations)
+            )
 
 
 def _describe(error: BaseException) -> str:

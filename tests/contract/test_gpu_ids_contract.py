@@ -33,22 +33,29 @@ def _accepted(provider: str) -> set[str]:
     raise AssertionError(f"no definition for provider {provider!r}")
 
 
-ENTRIES = sorted((canonical, provider, native)
-                 for canonical, ids in GPU_CATALOG.items() for provider, native in ids.items())
-LAMBDA_ENTRIES = sorted((canonical, count, native) for canonical, sizes in LAMBDA_SIZES.items()
-                        for count, native in sizes.items())
+ENTRIES = sorted(
+    (canonical, provider, native)
+    for canonical, ids in GPU_CATALOG.items()
+    for provider, native in ids.items()
+)
+LAMBDA_ENTRIES = sorted(
+    (canonical, count, native)
+    for canonical, sizes in LAMBDA_SIZES.items()
+    for count, native in sizes.items()
+)
 
 
 @pytest.mark.parametrize(("canonical", "provider", "native"), ENTRIES)
 def test_catalog_id_is_in_the_providers_definition(
-        canonical: str, provider: str, native: str) -> None:
+    canonical: str, provider: str, native: str
+) -> None:
     assert native in _accepted(provider), (
-        f"{canonical} → {provider} {native!r} is not an id {provider} accepts")
+        f"{canonical} → {provider} {native!r} is not an id {provider} accepts"
+    )
 
 
 @pytest.mark.parametrize(("canonical", "count", "native"), LAMBDA_ENTRIES)
-def test_every_lambda_size_is_a_real_instance_type(canonical: str, count: int,
-                                                   native: str) -> None:
+def test_every_lambda_size_is_a_real_instance_type(canonical: str, count: int, native: str) -> None:
     assert native in _accepted("lambda_labs")
     assert native.startswith(f"gpu_{count}x_"), f"{native} does not hold {count} GPU(s)"
 

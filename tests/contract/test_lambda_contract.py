@@ -38,29 +38,37 @@ def checker() -> SpecChecker:
     return SpecChecker.for_spec(SPEC, strip_prefix="/lambda")
 
 
-def provider(cloud: FakeCloud, checker: SpecChecker, api_key: str | None = None
-             ) -> LambdaLabsProvider:
-    ctx = ProviderContext(api_key=api_key or cloud.api_key, base_url=cloud.lambda_labs_url,
-                          transport=CheckedTransport(checker),
-                          settings=AtlasSettings(lambda_labs_ssh_key_name=DEFAULT_SSH_KEY))
+def provider(
+    cloud: FakeCloud, checker: SpecChecker, api_key: str | None = None
+) -> LambdaLabsProvider:
+    ctx = ProviderContext(
+        api_key=api_key or cloud.api_key,
+        base_url=cloud.lambda_labs_url,
+        transport=CheckedTransport(checker),
+        settings=AtlasSettings(lambda_labs_ssh_key_name=DEFAULT_SSH_KEY),
+    )
     lam = LambdaLabsProvider(ctx)
     lam.sleep = lambda _s: None
     return lam
 
 
-def test_provider_traffic_matches_the_definition(cloud: FakeCloud,
-                                                 checker: SpecChecker) -> None:
+def test_provider_traffic_matches_the_definition(cloud: FakeCloud, checker: SpecChecker) -> None:
     lam = provider(cloud, checker)
     request = build_compute_request(
-        gpu="h100", image="ghcr.io/acme/infer:1", name="atlas-contract-1",
-        ports=[(8000, "http")], env={"ATLAS_PRESHARED_KEY": "t0k"},
-        provider_opts={"file_system_names": [], "hostname": "atlas-node-1"})
+        gpu="h100",
+        image="ghcr.io/acme/infer:1",
+        name="atlas-contract-1",
+        ports=[(8000, "http")],
+        env={"ATLAS_PRESHARED_KEY": "t0k"},
+        provider_opts={"file_system_names": [], "hostname": "atlas-node-1"},
+    )
     compute = lam.spawn_compute(request)
     assert compute.status == ComputeStatus.RUNNING
     assert lam.get_compute(compute.id).name == "atlas-contract-1"
     assert [c.id for c in lam.list_compute(name="atlas-contract-1")] == [compute.id]
-    four = lam.spawn_compute(build_compute_request(gpu="a100_40g", image="i",
-                                                   name="atlas-contract-2"))
+    four = lam.spawn_compute(
+        build_compute_request(gpu="a100_40g", image="i", name="atlas-contract-2")
+    )
     assert four.gpu_type == "a100_40g"
     assert {t.id for t in lam.list_gpu_types()} >= {"gpu_1x_h100_sxm5", "gpu_8x_h100_sxm5"}
     lam.terminate(compute.id)
@@ -76,16 +84,24 @@ def test_provider_traffic_matches_the_definition(cloud: FakeCloud,
     checker.assert_clean()
 
 
-def test_provider_error_answers_match_the_definition(cloud: FakeCloud,
-                                                     checker: SpecChecker) -> None:
+def test_provider_error_answers_match_the_definition(
+    cloud: FakeCloud, checker: SpecChecker
+) -> None:
     with pytest.raises(UnauthorizedError):
         provider(cloud, checker, api_key="wrong-key").list_compute()
     # Capacity only known to the server: the catalog says free, the launch says no.
     lam = provider(cloud, checker)
     lam.list_gpu_types()
-    cloud.fail_next("POST /instance-operations/launch", 400, body={"error": {
-        "code": "instance-operations/launch/insufficient-capacity",
-        "message": "Not enough capacity to fulfill launch request."}})
+    cloud.fail_next(
+        "POST /instance-operations/launch",
+        400,
+        body={
+            "error": {
+                "code": "instance-operations/launch/insufficient-capacity",
+                "message": "Not enough capacity to fulfill launch request.",
+            }
+        },
+    )
     with pytest.raises(ProviderError, match="insufficient capacity"):
         lam.spawn_compute(build_compute_request(gpu="a10", image="i", name="atlas-c3"))
     lam.close()
@@ -101,22 +117,30 @@ def api(cloud: FakeCloud, checker: SpecChecker) -> Iterator[httpx.Client]:
 
 
 def launch(api: httpx.Client, **extra: Any) -> httpx.Response:
-    body = {"region_name": "us-east-1", "instance_type_name": "gpu_1x_a10",
-            "ssh_key_names": [DEFAULT_SSH_KEY], **extra}
+    body = {
+        "region_name": "us-east-1",
+        "instance_type_name": "gpu_1x_a10",
+        "ssh_key_names": [DEFAULT_SSH_KEY],
+        **extra,
+    }
     return api.post("/instance-operations/launch", json=body)
 
 
 def test_fake_answers_documented_requests_per_the_definition(
-        cloud: FakeCloud, api: httpx.Client, checker: SpecChecker) -> None:
+    cloud: FakeCloud, api: httpx.Client, checker: SpecChecker
+) -> None:
     minimal = launch(api)  # no name: the instance must not carry "name": null
     assert minimal.status_code == 200
     instance_id = minimal.json()["data"]["instance_ids"][0]
-    named = launch(api, name="My Instance", file_system_names=[],
-                   tags=[{"key": "team", "value": "ml"}])
+    named = launch(
+        api, name="My Instance", file_system_names=[], tags=[{"key": "team", "value": "ml"}]
+    )
     assert named.status_code == 200
     for status in ("booting", "preempted", "unhealthy"):
-        forced = httpx.post(f"{cloud.url}/_admin/lambda_labs/instances/{instance_id}/status",
-                            json={"status": status})
+        forced = httpx.post(
+            f"{cloud.url}/_admin/lambda_labs/instances/{instance_id}/status",
+            json={"status": status},
+        )
         assert forced.status_code == 200
         got = api.get(f"/instances/{instance_id}").json()["data"]
         assert got["status"] == status and "actions" in got
@@ -138,15 +162,21 @@ def test_fake_names_missing_required_launch_fields(api: httpx.Client) -> None:
     assert answer.json()["error"]["message"] == "instance_type_name, ssh_key_names: required"
 
 
-@pytest.mark.parametrize(("extra", "code"), [
-    ({"quantity": 1}, "global/invalid-parameters"),          # not an InstanceLaunchRequest field
-    ({"hostname": "Not A Hostname"}, "global/invalid-parameters"),
-    ({"ssh_key_names": ["nobody"]}, "global/invalid-parameters"),
-    ({"instance_type_name": "gpu_1x_h100_pcie"},              # sold out in the fake
-     "instance-operations/launch/insufficient-capacity"),
-])
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ({"quantity": 1}, "global/invalid-parameters"),  # not an InstanceLaunchRequest field
+        ({"hostname": "Not A Hostname"}, "global/invalid-parameters"),
+        ({"ssh_key_names": ["nobody"]}, "global/invalid-parameters"),
+        (
+            {"instance_type_name": "gpu_1x_h100_pcie"},  # sold out in the fake
+            "instance-operations/launch/insufficient-capacity",
+        ),
+    ],
+)
 def test_fake_rejects_like_the_definition_says(
-        api: httpx.Client, checker: SpecChecker, extra: dict[str, Any], code: str) -> None:
+    api: httpx.Client, checker: SpecChecker, extra: dict[str, Any], code: str
+) -> None:
     answer = launch(api, **extra)
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == code
@@ -158,7 +188,8 @@ def test_fake_rejects_like_the_definition_says(
 
 
 def test_fake_404_and_401_bodies_match_the_definition(
-        cloud: FakeCloud, api: httpx.Client, checker: SpecChecker) -> None:
+    cloud: FakeCloud, api: httpx.Client, checker: SpecChecker
+) -> None:
     missing = api.get("/instances/0920582c7ff041399e34823a0be62549")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "global/object-does-not-exist"
@@ -177,8 +208,10 @@ def test_the_definition_really_requires_what_the_fake_sends() -> None:
     # the tests would pass for the wrong reason.
     schemas = load_spec_dict(SPEC)["components"]["schemas"]
     assert "actions" in schemas["Instance"]["required"]
-    assert schemas["Instance"]["properties"]["ip"] == {**schemas["Instance"]["properties"]["ip"],
-                                                       "type": "string"}
+    assert schemas["Instance"]["properties"]["ip"] == {
+        **schemas["Instance"]["properties"]["ip"],
+        "type": "string",
+    }
     assert "preempted" in schemas["InstanceStatus"]["enum"]
     assert "quantity" not in schemas["InstanceLaunchRequest"]["properties"]
     assert json.dumps(schemas["InstanceLaunchRequest"]).count("user_data") == 1
@@ -190,7 +223,8 @@ def test_fake_sells_only_real_instance_types() -> None:
 
 
 def test_fake_restarts_and_renames_per_the_definition(
-        api: httpx.Client, checker: SpecChecker) -> None:
+    api: httpx.Client, checker: SpecChecker
+) -> None:
     # restartInstance and postInstance are in the definition; the fake used to answer
     # both with its own 404/405 bodies, which no Lambda client could parse.
     instance_id = launch(api).json()["data"]["instance_ids"][0]
@@ -212,7 +246,8 @@ def test_fake_restarts_and_renames_per_the_definition(
 
 
 def test_injected_faults_use_lambdas_error_shape(
-        cloud: FakeCloud, api: httpx.Client, checker: SpecChecker) -> None:
+    cloud: FakeCloud, api: httpx.Client, checker: SpecChecker
+) -> None:
     # A fault the fake injects is still a Lambda error object: the definition's 403
     # (ApiErrorAccountInactive: code, message and suggestion) validates, and a 5xx carries
     # global/internal-error. It used to be {"error": "Forbidden"}.

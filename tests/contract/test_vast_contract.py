@@ -52,8 +52,11 @@ class RecordingTransport(httpx.BaseTransport):
 
     def of(self, method: str, path_part: str) -> list[tuple[Any, Any]]:
         """(request JSON, response JSON) of the exchanges matching method and path."""
-        return [(json.loads(q.content) if q.content else None, r.json())
-                for q, r in self.exchanges if q.method == method and path_part in q.url.path]
+        return [
+            (json.loads(q.content) if q.content else None, r.json())
+            for q, r in self.exchanges
+            if q.method == method and path_part in q.url.path
+        ]
 
 
 def query_problems(query: dict[str, Any]) -> list[str]:
@@ -75,8 +78,10 @@ def query_problems(query: dict[str, Any]) -> list[str]:
                 if not isinstance(value, float):
                     problems.append(f"{key}.{op}: the official parser sends a float")
             elif not isinstance(value, bool | str):
-                problems.append(f"{key}.{op}: the official parser sends strings or booleans,"
-                                f" not {type(value).__name__}")
+                problems.append(
+                    f"{key}.{op}: the official parser sends strings or booleans,"
+                    f" not {type(value).__name__}"
+                )
     if query.get("type") not in OFFICIAL["offer_types"]:
         problems.append(f"type {query.get('type')!r} is not an official offer type")
     name = query.get("gpu_name", {}).get("eq")
@@ -87,10 +92,13 @@ def query_problems(query: dict[str, Any]) -> list[str]:
 
 def create_problems(body: dict[str, Any]) -> list[str]:
     """How a create body differs from the official client's."""
-    problems = [f"{k}: not an official create field"
-                for k in sorted(set(body) - set(OFFICIAL["create_instance_fields"]))]
-    problems += [f"{k}: the official client always sends it"
-                 for k in sorted(ALWAYS_SENT - set(body))]
+    problems = [
+        f"{k}: not an official create field"
+        for k in sorted(set(body) - set(OFFICIAL["create_instance_fields"]))
+    ]
+    problems += [
+        f"{k}: the official client always sends it" for k in sorted(ALWAYS_SENT - set(body))
+    ]
     if body.get("client_id") != "me":
         problems.append("client_id must be 'me'")
     if body.get("runtype") is not None and body["runtype"] not in OFFICIAL["runtypes"]:
@@ -101,27 +109,48 @@ def create_problems(body: dict[str, Any]) -> list[str]:
 def test_checks_catch_what_the_official_client_never_sends() -> None:
     # The checks must be able to fail: the shapes issue 11 found in our old requests.
     assert query_problems({"num_gpus": {"eq": 1}, "type": "on-demand"}) == [
-        "num_gpus.eq: the official parser sends strings or booleans, not int"]
+        "num_gpus.eq: the official parser sends strings or booleans, not int"
+    ]
     assert query_problems({"gpu_name": {"eq": "H100"}, "type": "on-demand"}) == [
-        "gpu_name 'H100' is not an official GPU name"]
+        "gpu_name 'H100' is not an official GPU name"
+    ]
     assert query_problems({"x": {"like": "a"}, "type": "spot"}) == [
-        "x: operator 'like' is not official", "type 'spot' is not an official offer type"]
+        "x: operator 'like' is not official",
+        "type 'spot' is not an official offer type",
+    ]
     assert "args_str: not an official create field" in create_problems(
-        {"client_id": "me", "args_str": "x"})
+        {"client_id": "me", "args_str": "x"}
+    )
 
 
-@pytest.mark.parametrize(("gpu", "count", "spot"), [("rtx_4090", 1, False), ("h100", 1, True),
-                                                    ("a100_80g", 1, False)])
+@pytest.mark.parametrize(
+    ("gpu", "count", "spot"), [("rtx_4090", 1, False), ("h100", 1, True), ("a100_80g", 1, False)]
+)
 def test_provider_requests_are_official_client_shapes(
-        cloud: FakeCloud, gpu: str, count: int, spot: bool) -> None:
+    cloud: FakeCloud, gpu: str, count: int, spot: bool
+) -> None:
     transport = RecordingTransport()
-    vast = VastProvider(ProviderContext(api_key=cloud.api_key, base_url=cloud.vast_url,
-                                        transport=transport, settings=AtlasSettings()))
+    vast = VastProvider(
+        ProviderContext(
+            api_key=cloud.api_key,
+            base_url=cloud.vast_url,
+            transport=transport,
+            settings=AtlasSettings(),
+        )
+    )
     vast.sleep = lambda _s: None
-    compute = vast.spawn_compute(build_compute_request(
-        gpu=gpu, gpu_count=count, image="ghcr.io/acme/infer:1", name=f"atlas-vc-{gpu}",
-        spot=spot, ports=[(8000, "http")], env={"ATLAS_PRESHARED_KEY": "t0k"},
-        provider_opts={"onstart": "nvidia-smi"}))
+    compute = vast.spawn_compute(
+        build_compute_request(
+            gpu=gpu,
+            gpu_count=count,
+            image="ghcr.io/acme/infer:1",
+            name=f"atlas-vc-{gpu}",
+            spot=spot,
+            ports=[(8000, "http")],
+            env={"ATLAS_PRESHARED_KEY": "t0k"},
+            provider_opts={"onstart": "nvidia-smi"},
+        )
+    )
     assert compute.gpu_type == gpu and compute.status == ComputeStatus.RUNNING
     assert [c.id for c in vast.list_compute(name=f"atlas-vc-{gpu}")] == [compute.id]
     assert vast.list_gpu_types()
@@ -150,45 +179,76 @@ def test_provider_requests_are_official_client_shapes(
 def api(cloud: FakeCloud) -> Iterator[httpx.Client]:
     # The official client's server_url is the host; it prefixes /api/v0 unless the path
     # already names a version (vastai/api/client.py _build_url).
-    with httpx.Client(base_url=f"{cloud.url}/vast",
-                      headers={"Authorization": f"Bearer {cloud.api_key}"}) as client:
+    with httpx.Client(
+        base_url=f"{cloud.url}/vast", headers={"Authorization": f"Bearer {cloud.api_key}"}
+    ) as client:
         yield client
 
 
 def official_search(**filters: Any) -> dict[str, Any]:
     """``search_offers`` with the default filters, score order, on-demand, 5 GB."""
-    return {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True},
-            "rented": {"eq": False}, **filters, "order": [["score", "desc"]],
-            "type": "on-demand", "allocated_storage": 5.0}
+    return {
+        "verified": {"eq": True},
+        "external": {"eq": False},
+        "rentable": {"eq": True},
+        "rented": {"eq": False},
+        **filters,
+        "order": [["score", "desc"]],
+        "type": "on-demand",
+        "allocated_storage": 5.0,
+    }
 
 
 def official_create(**overrides: Any) -> dict[str, Any]:
     """``build_create_instance_payload(image=..., disk=10, runtype="args")``."""
-    return {"client_id": "me", "image": "vastai/base:latest", "env": {"-p 8000:8000": "1"},
-            "price": None, "disk": 10.0, "label": None, "extra": None, "onstart": None,
-            "image_login": None, "python_utf8": False, "lang_utf8": False,
-            "use_jupyter_lab": False, "jupyter_dir": None, "force": False,
-            "cancel_unavail": False, "template_hash_id": None, "user": None,
-            "runtype": "args", **overrides}
+    return {
+        "client_id": "me",
+        "image": "vastai/base:latest",
+        "env": {"-p 8000:8000": "1"},
+        "price": None,
+        "disk": 10.0,
+        "label": None,
+        "extra": None,
+        "onstart": None,
+        "image_login": None,
+        "python_utf8": False,
+        "lang_utf8": False,
+        "use_jupyter_lab": False,
+        "jupyter_dir": None,
+        "force": False,
+        "cancel_unavail": False,
+        "template_hash_id": None,
+        "user": None,
+        "runtype": "args",
+        **overrides,
+    }
 
 
 def test_fake_understands_string_filter_values(api: httpx.Client) -> None:
     # parse_query("num_gpus=1 gpu_name=RTX_4090 disk_space>=20 gpu_ram>=20")
-    query = official_search(num_gpus={"eq": "1"}, gpu_name={"eq": "RTX 4090"},
-                            disk_space={"gte": "20"}, gpu_ram={"gte": 20_000.0})
+    query = official_search(
+        num_gpus={"eq": "1"},
+        gpu_name={"eq": "RTX 4090"},
+        disk_space={"gte": "20"},
+        gpu_ram={"gte": 20_000.0},
+    )
     assert query_problems(query) == []
     offers = api.post("/api/v0/bundles/", json=query).json()["offers"]
     assert offers and {(o["gpu_name"], o["num_gpus"], o["verified"]) for o in offers} == {
-        ("RTX 4090", 1, True)}
-    listed = api.post("/api/v0/bundles/", json=official_search(
-        gpu_name={"in": ["H100 SXM", "H100 PCIE"]}, num_gpus={"gte": "1"})).json()["offers"]
+        ("RTX 4090", 1, True)
+    }
+    listed = api.post(
+        "/api/v0/bundles/",
+        json=official_search(gpu_name={"in": ["H100 SXM", "H100 PCIE"]}, num_gpus={"gte": "1"}),
+    ).json()["offers"]
     assert {o["gpu_name"] for o in listed} == {"H100 SXM", "H100 PCIE"}
     bad = api.post("/api/v0/bundles/", json=official_search(num_gpus={"like": "1"}))
     assert bad.status_code == 400 and bad.json()["success"] is False
 
 
 def test_fake_accepts_the_official_create_body_and_paginated_list(
-        cloud: FakeCloud, api: httpx.Client) -> None:
+    cloud: FakeCloud, api: httpx.Client
+) -> None:
     ids = []
     for label in ("atlas-a", "atlas-b", None):
         answer = api.put("/api/v0/asks/7100001/", json=official_create(label=label))
@@ -197,9 +257,11 @@ def test_fake_accepts_the_official_create_body_and_paginated_list(
     one = api.get(f"/api/v0/instances/{ids[0]}/", params={"owner": "me"}).json()["instances"]
     assert one["id"] == ids[0] and one["label"] == "atlas-a"
     # show_instances: JSON-encoded query args, pages followed through next_token.
-    params: dict[str, str] = {"select_filters": "{}",
-                              "order_by": json.dumps([{"col": "id", "dir": "asc"}]),
-                              "limit": "2"}
+    params: dict[str, str] = {
+        "select_filters": "{}",
+        "order_by": json.dumps([{"col": "id", "dir": "asc"}]),
+        "limit": "2",
+    }
     seen: list[int] = []
     while True:
         page = api.get("/api/v1/instances/", params=params)
@@ -219,33 +281,39 @@ def test_fake_accepts_the_official_create_body_and_paginated_list(
     assert stop.json() == {"success": True}
 
 
-@pytest.mark.parametrize(("overrides", "why"), [
-    ({"args_str": "x"}, "unknown field"),            # not an official create field
-    ({"runtype": "bogus"}, "runtype"),
-    ({"user": 7}, "user"),
-    ({"force": "yes"}, "force"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"args_str": "x"}, "unknown field"),  # not an official create field
+        ({"runtype": "bogus"}, "runtype"),
+        ({"user": 7}, "user"),
+        ({"force": "yes"}, "force"),
+    ],
+)
 def test_fake_refuses_what_the_official_client_never_sends(
-        api: httpx.Client, overrides: dict[str, Any], why: str) -> None:
+    api: httpx.Client, overrides: dict[str, Any], why: str
+) -> None:
     answer = api.put("/api/v0/asks/7100001/", json=official_create(**overrides))
     assert answer.status_code == 400
     body = answer.json()
     assert body["success"] is False and body["error"] == "invalid_args" and why in body["msg"]
 
 
-def test_fake_serves_what_the_official_cli_calls_around_instances(
-        api: httpx.Client) -> None:
+def test_fake_serves_what_the_official_cli_calls_around_instances(api: httpx.Client) -> None:
     # vastai 1.9.1 (run against the fake): `search offers '... reliability>0.99'` sends
     # {"reliability": {"gt": "0.99"}} (its alias to reliability2 is commented out), every
     # command first reads GET /users/current (detect_role), and `reboot instance` is
     # PUT /instances/reboot/{id}/ with {}. The fake had no `reliability` on offers (the
     # filter matched nothing) and answered both paths 404.
-    query = official_search(gpu_name={"eq": "H100 SXM"}, num_gpus={"gte": "1"},
-                            reliability={"gt": "0.99"}, order=[["dph_total", "desc"]])
+    query = official_search(
+        gpu_name={"eq": "H100 SXM"},
+        num_gpus={"gte": "1"},
+        reliability={"gt": "0.99"},
+        order=[["dph_total", "desc"]],
+    )
     assert query_problems(query) == []
     offers = api.post("/api/v0/bundles/", json=query).json()["offers"]
-    assert offers and all(o["gpu_name"] == "H100 SXM" and o["reliability"] > 0.99
-                          for o in offers)
+    assert offers and all(o["gpu_name"] == "H100 SXM" and o["reliability"] > 0.99 for o in offers)
     user = api.get("/api/v0/users/current")
     assert user.status_code == 200
     assert isinstance(user.json()["id"], int) and "host_agreement_accepted" in user.json()
@@ -263,9 +331,11 @@ def test_geolocation_filters_compare_country_codes(api: httpx.Client) -> None:
     # country code; the fake compared the whole "Texas, US" and matched nothing.
     us = api.post("/api/v0/bundles/", json=official_search(geolocation={"eq": "US"})).json()
     assert us["offers"] and all(o["geolocation"].endswith(", US") for o in us["offers"])
-    some = api.post("/api/v0/bundles/", json=official_search(
-        geolocation={"in": ["SE", "NO"]})).json()["offers"]
+    some = api.post(
+        "/api/v0/bundles/", json=official_search(geolocation={"in": ["SE", "NO"]})
+    ).json()["offers"]
     assert {o["geolocation"].rsplit(", ", 1)[1] for o in some} == {"SE", "NO"}
-    rest = api.post("/api/v0/bundles/", json=official_search(
-        geolocation={"notin": ["US", "CA"]})).json()["offers"]
+    rest = api.post(
+        "/api/v0/bundles/", json=official_search(geolocation={"notin": ["US", "CA"]})
+    ).json()["offers"]
     assert rest and not any(o["geolocation"].endswith((", US", ", CA")) for o in rest)

@@ -35,8 +35,9 @@ LOOKUP_MATCH = "GET /*pods"
 PREFIX = "atlas-"
 
 
-def cloud_env(monkeypatch: pytest.MonkeyPatch, cloud: FakeCloud, redis_url: str,
-              **settings: str) -> None:
+def cloud_env(
+    monkeypatch: pytest.MonkeyPatch, cloud: FakeCloud, redis_url: str, **settings: str
+) -> None:
     """Point this process's settings at ``cloud`` and ``redis_url``."""
     for key, value in cloud.env().items():
         monkeypatch.setenv(key, value)
@@ -66,21 +67,37 @@ def service(provider: Provider | None = None) -> SessionService:
     return SessionService(deps)
 
 
-def new_session(reg: SessionStore, *, provider: str = "runpod",
-                api_key: str | None = None) -> tuple[str, str]:
+def new_session(
+    reg: SessionStore, *, provider: str = "runpod", api_key: str | None = None
+) -> tuple[str, str]:
     """Record a ``spawning`` session with its intent, as ``orchestrator.spawn`` does.
 
     Returns ``(session id, sealed spawn payload)``.
     """
     sid = secrets.token_hex(8)
-    request = {"gpu": "h100", "image": "ghcr.io/acme/infer:latest", "name": f"{PREFIX}{sid}",
-               "idle_ttl_ms": 60_000, "auth": "none", "ports": [{"port": 8000,
-                                                                 "protocol": "http"}]}
+    request = {
+        "gpu": "h100",
+        "image": "ghcr.io/acme/infer:latest",
+        "name": f"{PREFIX}{sid}",
+        "idle_ttl_ms": 60_000,
+        "auth": "none",
+        "ports": [{"port": 8000, "protocol": "http"}],
+    }
     sealed = sealing.seal({"request": request, "secret": None})
-    reg.create(SessionRecord(
-        id=sid, provider=provider, status=SessionStatus.SPAWNING, pod_name=f"{PREFIX}{sid}",
-        user_id=None, idle_ttl_ms=60000, auth="none", base_url="", spawn_sealed=sealed,
-        api_key_sealed=sealing.seal({"api_key": api_key}) if api_key else None))
+    reg.create(
+        SessionRecord(
+            id=sid,
+            provider=provider,
+            status=SessionStatus.SPAWNING,
+            pod_name=f"{PREFIX}{sid}",
+            user_id=None,
+            idle_ttl_ms=60000,
+            auth="none",
+            base_url="",
+            spawn_sealed=sealed,
+            api_key_sealed=sealing.seal({"api_key": api_key}) if api_key else None,
+        )
+    )
     return sid, sealed
 
 
@@ -111,8 +128,11 @@ def creates_of(cloud: FakeCloud, sid: str) -> int:
 
 def collection_calls(cloud: FakeCloud, method: str) -> int:
     """Requests received on the pod collection (``POST`` creates, ``GET`` lookups)."""
-    return sum(n for route, n in cloud.state()["routes"].items()
-               if route.startswith(f"{method} ") and route.endswith("/pods"))
+    return sum(
+        n
+        for route, n in cloud.state()["routes"].items()
+        if route.startswith(f"{method} ") and route.endswith("/pods")
+    )
 
 
 def live_pods_of(cloud: FakeCloud, sid: str) -> list[dict[str, Any]]:

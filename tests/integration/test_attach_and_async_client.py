@@ -19,7 +19,7 @@ from tests.support.harness import redis_available
 
 pytestmark = pytest.mark.integration
 
-HOST_APP = '''
+HOST_APP = """
 import os
 from celery import Celery
 from atlas_tasks.celery_app import attach
@@ -32,10 +32,14 @@ def add(a, b):
     return a + b
 
 attach(app)
-'''
+"""
 
-SPAWN: dict[str, Any] = {"gpu": "h100", "image": "me/infer:1", "ports": [(8000, "http")],
-                         "auth": "bearer"}
+SPAWN: dict[str, Any] = {
+    "gpu": "h100",
+    "image": "me/infer:1",
+    "ports": [(8000, "http")],
+    "auth": "bearer",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +54,9 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluste
 
 
 @pytest.fixture
-def attached(host: tuple[LocalCluster, Path], monkeypatch: pytest.MonkeyPatch
-             ) -> Iterator[tuple[LocalCluster, Path]]:
+def attached(
+    host: tuple[LocalCluster, Path], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[LocalCluster, Path]]:
     host[0].apply_env()
     monkeypatch.syspath_prepend(str(host[1]))
     yield host
@@ -61,8 +66,7 @@ def attached(host: tuple[LocalCluster, Path], monkeypatch: pytest.MonkeyPatch
     sys.modules.pop("hostproj", None)
 
 
-def test_wait_says_when_no_worker_consumes_compute(attached: tuple[LocalCluster, Path]
-                                                   ) -> None:
+def test_wait_says_when_no_worker_consumes_compute(attached: tuple[LocalCluster, Path]) -> None:
     s = orchestrator.spawn(**SPAWN, user_id="nobody")
     with pytest.raises(AtlasTimeoutError) as caught:
         orchestrator.wait(s.id, timeout=1.5)
@@ -70,16 +74,36 @@ def test_wait_says_when_no_worker_consumes_compute(attached: tuple[LocalCluster,
     orchestrator.stop_tracked(s.id)
 
 
-def test_host_worker_runs_its_task_and_our_spawn(attached: tuple[LocalCluster, Path]
-                                                 ) -> None:
+def test_host_worker_runs_its_task_and_our_spawn(attached: tuple[LocalCluster, Path]) -> None:
     cluster, folder = attached
     import hostproj  # noqa: PLC0415 - the host project, on sys.path for this test
 
     assert celery_app.get_app() is hostproj.app
-    worker = ManagedProcess("host-worker", [
-        sys.executable, "-m", "celery", "-A", "hostproj", "worker", "-E", "-P", "threads",
-        "-c", "8", "-Q", "celery,compute,maintenance", "-n", "host@%h", "--loglevel", "INFO",
-        "--without-mingle", "--without-gossip"], {**cluster.env, "PYTHONPATH": str(folder)})
+    worker = ManagedProcess(
+        "host-worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "hostproj",
+            "worker",
+            "-E",
+            "-P",
+            "threads",
+            "-c",
+            "8",
+            "-Q",
+            "celery,compute,maintenance",
+            "-n",
+            "host@%h",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        {**cluster.env, "PYTHONPATH": str(folder)},
+    )
     worker_ready(worker)
     try:
         assert hostproj.add.delay(2, 3).get(timeout=30) == 5

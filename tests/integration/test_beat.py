@@ -28,8 +28,7 @@ def test_standby_beat_takes_over_after_sigkill(cluster: LocalCluster) -> None:
         standby.wait_for("Acquired lock", timeout=40)
         standby.wait_for("Sending due task atlas-reaper", timeout=10)
         # and sessions keep being reaped under the new beat
-        s = orchestrator.spawn(provider="runpod", gpu="h100", image="acme/x:1",
-                               idle_ttl_ms=500)
+        s = orchestrator.spawn(provider="runpod", gpu="h100", image="acme/x:1", idle_ttl_ms=500)
         s.wait(timeout=30)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and orchestrator.info(s.id).status != "terminated":

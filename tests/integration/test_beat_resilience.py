@@ -70,28 +70,49 @@ def test_a_backlog_of_sweeps_runs_one_sweep(cluster: LocalCluster, r: redis.Redi
     for _ in range(10):
         app.send_task(C.TASK_REAP, queue=C.QUEUE_MAINTENANCE)
         time.sleep(0.03)
-    _wait(lambda: _stat(r, "sweeps") + _stat(r, "skipped") == 10, 30,
-          "10 handled sweeps", cluster.logs)
+    _wait(
+        lambda: _stat(r, "sweeps") + _stat(r, "skipped") == 10,
+        30,
+        "10 handled sweeps",
+        cluster.logs,
+    )
     # The throttle window is 3/4 of the 1 s interval: a drained backlog is one sweep (two
     # if the drain straddles a window on a loaded machine), never ten.
     assert 1 <= _stat(r, "sweeps") <= 2, r.hgetall(SWEEP_STATS_KEY)
 
 
 @pytest.mark.parametrize("skew_s", [-3.0, 3.0])
-def test_sweeps_run_when_beats_clock_is_skewed(cluster: LocalCluster, r: redis.Redis,
-                                               skew_s: float) -> None:
+def test_sweeps_run_when_beats_clock_is_skewed(
+    cluster: LocalCluster, r: redis.Redis, skew_s: float
+) -> None:
     r.delete(SWEEP_STATS_KEY, LAST_SWEEP_KEY)
     log_start = len(cluster.workers[0].log())
     beat = ManagedProcess(
-        "beat", [sys.executable, str(SKEWED_CELERY), str(skew_s), "-A",
-                 "atlas_tasks.celery_app", "beat", "--loglevel", "INFO", "-s", os.devnull],
-        cluster.env).start()
+        "beat",
+        [
+            sys.executable,
+            str(SKEWED_CELERY),
+            str(skew_s),
+            "-A",
+            "atlas_tasks.celery_app",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            os.devnull,
+        ],
+        cluster.env,
+    ).start()
     try:
         beat.wait_for("Acquired lock", 60)
         # A beat 3 s behind used to send sweeps that had "expired" on arrival: the worker
         # discarded every one of them as revoked and nothing was ever swept.
-        _wait(lambda: _stat(r, "sweeps") >= 3, 30, "3 sweeps",
-              lambda: f"{cluster.logs()}\n== skewed beat\n{beat.log()[-3000:]}")
+        _wait(
+            lambda: _stat(r, "sweeps") >= 3,
+            30,
+            "3 sweeps",
+            lambda: f"{cluster.logs()}\n== skewed beat\n{beat.log()[-3000:]}",
+        )
         worker_log = cluster.workers[0].log()[log_start:]
         assert "revoked" not in worker_log.lower() and "expired" not in worker_log.lower()
         last = json.loads(r.get(LAST_SWEEP_KEY) or "{}")
@@ -100,8 +121,9 @@ def test_sweeps_run_when_beats_clock_is_skewed(cluster: LocalCluster, r: redis.R
         beat.stop()
 
 
-def test_beat_survives_a_redis_restart_that_wipes_its_lock(cluster: LocalCluster,
-                                                          r: redis.Redis) -> None:
+def test_beat_survives_a_redis_restart_that_wipes_its_lock(
+    cluster: LocalCluster, r: redis.Redis
+) -> None:
     assert cluster.redis is not None and not cluster.redis.appendonly
     beat = celery_beat(cluster.env).start()
     try:
@@ -110,8 +132,12 @@ def test_beat_survives_a_redis_restart_that_wipes_its_lock(cluster: LocalCluster
         cluster.redis.restart()  # no AOF, no RDB: the lock and the schedule are gone
         assert not r.exists(LAST_SWEEP_KEY, f"{C.REDBEAT_KEY_PREFIX}:lock")
         # Beat re-takes its lock, reinstalls the schedule, and sweeps resume.
-        _wait(lambda: r.exists(LAST_SWEEP_KEY), 60, "a sweep after the restart",
-              lambda: f"{cluster.logs()}\n== beat\n{beat.log()[-3000:]}")
+        _wait(
+            lambda: r.exists(LAST_SWEEP_KEY),
+            60,
+            "a sweep after the restart",
+            lambda: f"{cluster.logs()}\n== beat\n{beat.log()[-3000:]}",
+        )
         assert beat.alive(), beat.log()[-3000:]
         assert "Acquired lock again" in beat.log()
         assert "LockNotOwnedError" not in beat.log()

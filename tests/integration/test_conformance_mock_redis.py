@@ -32,8 +32,9 @@ def test_state_is_shared_through_redis_not_memory(
 ) -> None:
     MockProvider.reset()
     writer = atlas.get_provider("mock", redis_url=redis_url)
-    compute = atlas.spawn_compute(provider=writer, name="shared", auth="bearer",
-                                  ports=[(8000, "http")])
+    compute = atlas.spawn_compute(
+        provider=writer, name="shared", auth="bearer", ports=[(8000, "http")]
+    )
     # Nothing in process memory: a memory-state mock does not know it...
     with pytest.raises(atlas.NotFoundError):
         atlas.get_compute(compute.id, provider="mock")

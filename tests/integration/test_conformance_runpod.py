@@ -24,7 +24,9 @@ def cloud() -> Iterator[FakeCloud]:
 class TestRunPodConformance(ProviderConformance):
     @pytest.fixture
     def provider(self, cloud: FakeCloud) -> Provider:
-        settings = AtlasSettings(runpod_base_url=cloud.runpod_rest_url,
-                                 runpod_runtime_url=cloud.runpod_runtime_url,
-                                 runpod_api_key=cloud.api_key)
+        settings = AtlasSettings(
+            runpod_base_url=cloud.runpod_rest_url,
+            runpod_runtime_url=cloud.runpod_runtime_url,
+            runpod_api_key=cloud.api_key,
+        )
         return get_provider("runpod", settings=settings, cache=False)

@@ -48,8 +48,9 @@ def sent() -> Sent:
 
 
 @pytest.fixture
-def service(redis_url: str, monkeypatch: pytest.MonkeyPatch, sent: Sent) -> Iterator[
-        DashboardService]:
+def service(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, sent: Sent
+) -> Iterator[DashboardService]:
     monkeypatch.setenv("ATLAS_REDIS_URL", redis_url)
     reset_settings()
     reset_redis_clients()
@@ -60,12 +61,28 @@ def service(redis_url: str, monkeypatch: pytest.MonkeyPatch, sent: Sent) -> Iter
 def running_session(session_id: str = "0123456789abcdef", *, cost: float | None = 2.0) -> str:
     """A running session written straight into the registry (no pod, no worker)."""
     reg = store_for(get_redis())
-    reg.create(SessionRecord(id=session_id, provider="runpod", status=SessionStatus.SPAWNING,
-                             pod_name=f"atlas-{session_id}", user_id="alice", idle_ttl_ms=600000,
-                             auth="bearer", token_hash="f" * 64, gpu="h100", base_url=""))
-    compute = {"id": "pod-1", "provider": "runpod", "cost_per_hour": cost,
-               "ports": [{"internal": 8000, "protocol": "http",
-                          "url": "https://pod-1-8000.proxy.runpod.net"}]}
+    reg.create(
+        SessionRecord(
+            id=session_id,
+            provider="runpod",
+            status=SessionStatus.SPAWNING,
+            pod_name=f"atlas-{session_id}",
+            user_id="alice",
+            idle_ttl_ms=600000,
+            auth="bearer",
+            token_hash="f" * 64,
+            gpu="h100",
+            base_url="",
+        )
+    )
+    compute = {
+        "id": "pod-1",
+        "provider": "runpod",
+        "cost_per_hour": cost,
+        "ports": [
+            {"internal": 8000, "protocol": "http", "url": "https://pod-1-8000.proxy.runpod.net"}
+        ],
+    }
     assert reg.finish_spawn(session_id, "pod-1", compute) == "running"
     return session_id
 
@@ -83,7 +100,11 @@ def test_rows_hold_the_fields_and_no_secret(service: DashboardService) -> None:
     assert [r["id"] for r in rows] == [sid]
     row = rows[0]
     assert (row["status"], row["user"], row["provider"], row["gpu"]) == (
-        "running", "alice", "runpod", "h100")
+        "running",
+        "alice",
+        "runpod",
+        "h100",
+    )
     assert row["url"] == "https://pod-1-8000.proxy.runpod.net"
     assert row["cost_per_hour"] == 2.0 and row["accrued_usd"] is not None
     assert 0 < row["deadline_ms"] - service.sessions()["now_ms"] <= 600_000
@@ -96,8 +117,7 @@ def test_no_cost_means_no_accrued(service: DashboardService) -> None:
     assert row["cost_per_hour"] is None and row["accrued_usd"] is None
 
 
-def test_terminate_goes_through_the_fenced_task(service: DashboardService,
-                                                sent: Sent) -> None:
+def test_terminate_goes_through_the_fenced_task(service: DashboardService, sent: Sent) -> None:
     sid = running_session()
     service.terminate(sid, "ada")
     assert sent.calls == [(C.TASK_TERMINATE, [sid, "operator"])]
@@ -133,7 +153,8 @@ def test_live_table_diffs(service: DashboardService) -> None:
 
 
 def test_live_table_partial_refresh_reads_only_the_named_sessions(
-        service: DashboardService) -> None:
+    service: DashboardService,
+) -> None:
     from atlas_tasks.dashboard.service import LiveTable
 
     table = LiveTable(service)
@@ -153,8 +174,11 @@ def test_timeline_redacts_secret_looking_keys(service: DashboardService) -> None
     sid = running_session()
     events.publish(sid, "custom", {"api_key": "sk-live", "nested": {"token": "t"}, "n": 1})
     timeline = service.timeline(sid)["events"]
-    assert timeline[-1]["data"] == {"api_key": "[redacted]", "nested": {"token": "[redacted]"},
-                                    "n": 1}
+    assert timeline[-1]["data"] == {
+        "api_key": "[redacted]",
+        "nested": {"token": "[redacted]"},
+        "n": 1,
+    }
 
 
 # ---------------------------------------------------------------- standalone app
@@ -172,14 +196,19 @@ def test_app_routes_need_auth_and_csrf(service: DashboardService, sent: Sent) ->
     sid = running_session()
     app = create_app(settings=DashboardSettings(token=TOKEN), service=service)
     client = TestClient(app, base_url="http://127.0.0.1:8720")
-    for path in ("/api/sessions", "/api/health", "/api/orphans", f"/api/sessions/{sid}/timeline",
-                 "/api/csrf", "/api/events"):
+    for path in (
+        "/api/sessions",
+        "/api/health",
+        "/api/orphans",
+        f"/api/sessions/{sid}/timeline",
+        "/api/csrf",
+        "/api/events",
+    ):
         assert client.get(path).status_code == 401, path
     assert client.post(f"/api/sessions/{sid}/stop").status_code == 401
     assert client.get("/", follow_redirects=False).headers["location"] == "/login"
 
-    login = client.post("/login", data={"token": TOKEN, "operator": "Ada"},
-                        follow_redirects=False)
+    login = client.post("/login", data={"token": TOKEN, "operator": "Ada"}, follow_redirects=False)
     assert login.status_code == 303
     cookie = login.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and TOKEN.lower() not in cookie
@@ -188,10 +217,17 @@ def test_app_routes_need_auth_and_csrf(service: DashboardService, sent: Sent) ->
     assert "nonce-" in page.headers["content-security-policy"]
     csrf = page.text.split('name="csrf-token" content="')[1].split('"')[0]
     assert client.post(f"/api/sessions/{sid}/stop").status_code == 403
-    assert client.post(f"/api/sessions/{sid}/stop",
-                       headers={"X-CSRF-Token": csrf + "x"}).status_code == 403
-    assert client.post(f"/api/sessions/{sid}/stop", headers={
-        "X-CSRF-Token": csrf, "Origin": "http://evil.test"}).status_code == 403
+    assert (
+        client.post(f"/api/sessions/{sid}/stop", headers={"X-CSRF-Token": csrf + "x"}).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            f"/api/sessions/{sid}/stop",
+            headers={"X-CSRF-Token": csrf, "Origin": "http://evil.test"},
+        ).status_code
+        == 403
+    )
     assert sent.calls == []
     ok = client.post(f"/api/sessions/{sid}/stop", headers={"X-CSRF-Token": csrf})
     assert ok.status_code == 200, ok.text
@@ -199,8 +235,12 @@ def test_app_routes_need_auth_and_csrf(service: DashboardService, sent: Sent) ->
     stopped = store_for(get_redis()).get(sid)
     assert stopped is not None and stopped.stop_requested_at_ms
     assert actions(sid)[-1] == {"operator": "Ada", "action": "stop"}
-    assert client.post("/api/sessions/feedfeedfeedfeed/touch",
-                       headers={"X-CSRF-Token": csrf}).status_code == 404
+    assert (
+        client.post(
+            "/api/sessions/feedfeedfeedfeed/touch", headers={"X-CSRF-Token": csrf}
+        ).status_code
+        == 404
+    )
 
 
 def metric_names(text: str) -> set[str]:
@@ -231,8 +271,7 @@ def test_wrong_token_login_fails(service: DashboardService) -> None:
 def test_insecure_mode_answers_only_loopback_hosts(service: DashboardService) -> None:
     app = create_app(settings=DashboardSettings(), service=service, insecure_localhost=True)
     local = TestClient(app, base_url="http://127.0.0.1:8720")
-    assert local.post("/login", data={"operator": "me"}, follow_redirects=False
-                      ).status_code == 303
+    assert local.post("/login", data={"operator": "me"}, follow_redirects=False).status_code == 303
     assert local.get("/api/sessions").status_code == 200
     rebound = TestClient(app, base_url="http://attacker.example:8720")
     rebound.cookies = local.cookies
@@ -248,10 +287,13 @@ def django_views(service: DashboardService) -> Iterator[Any]:
     from django.conf import settings
 
     if not settings.configured:
-        settings.configure(SECRET_KEY="test", ROOT_URLCONF="atlas_tasks.dashboard.django_urls",
-                           ALLOWED_HOSTS=["testserver"], USE_TZ=True,
-                           INSTALLED_APPS=["django.contrib.contenttypes",
-                                           "django.contrib.auth"])
+        settings.configure(
+            SECRET_KEY="test",
+            ROOT_URLCONF="atlas_tasks.dashboard.django_urls",
+            ALLOWED_HOSTS=["testserver"],
+            USE_TZ=True,
+            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
+        )
         django.setup()
     from atlas_tasks.dashboard import django_urls
 
@@ -333,9 +375,13 @@ def test_flask_blueprint_check_and_csrf(service: DashboardService, sent: Sent) -
     app = flask.Flask("ops-test")
     app.secret_key = "test"
     app.register_blueprint(
-        create_blueprint(check=lambda: flask.request.headers.get("X-Staff") == "1",
-                         operator=lambda: "flask-ada", service=service),
-        url_prefix="/ops")
+        create_blueprint(
+            check=lambda: flask.request.headers.get("X-Staff") == "1",
+            operator=lambda: "flask-ada",
+            service=service,
+        ),
+        url_prefix="/ops",
+    )
     client = app.test_client()
     assert client.get("/ops/api/sessions").status_code == 403
     assert client.get("/ops/").status_code == 403
@@ -345,13 +391,16 @@ def test_flask_blueprint_check_and_csrf(service: DashboardService, sent: Sent) -
     csrf = page.get_data(as_text=True).split('name="csrf-token" content="')[1].split('"')[0]
     assert client.post(f"/ops/api/sessions/{sid}/terminate", headers=staff).status_code == 403
     assert sent.calls == []
-    ok = client.post(f"/ops/api/sessions/{sid}/terminate",
-                     headers={**staff, "X-CSRF-Token": csrf})
+    ok = client.post(f"/ops/api/sessions/{sid}/terminate", headers={**staff, "X-CSRF-Token": csrf})
     assert ok.status_code == 200, ok.get_data(as_text=True)
     assert sent.calls == [(C.TASK_TERMINATE, [sid, "operator"])]
     assert actions(sid)[-1] == {"operator": "flask-ada", "action": "terminate"}
-    assert client.post("/ops/api/sessions/feedfeedfeedfeed/touch",
-                       headers={**staff, "X-CSRF-Token": csrf}).status_code == 404
+    assert (
+        client.post(
+            "/ops/api/sessions/feedfeedfeedfeed/touch", headers={**staff, "X-CSRF-Token": csrf}
+        ).status_code
+        == 404
+    )
 
 
 def test_flask_extension_mounts_the_ops_page_with_its_check(service: DashboardService) -> None:
@@ -377,8 +426,10 @@ def test_health_counts_and_work_in_flight(service: DashboardService) -> None:
     reg = store_for(r)
     reg.begin_terminate(sid, "operator", "fence-1", 60_000)
     reg.terminate_failed(sid, {"kind": "provider", "message": "500"}, 60_000)
-    r.hset(C.JOB_KEY.format(id="job-live"), mapping={"id": "job-live", "status": "in_progress",
-                                                     "provider": "runpod", "endpoint": "e1"})
+    r.hset(
+        C.JOB_KEY.format(id="job-live"),
+        mapping={"id": "job-live", "status": "in_progress", "provider": "runpod", "endpoint": "e1"},
+    )
     r.hset(C.JOB_KEY.format(id="job-done"), mapping={"id": "job-done", "status": "completed"})
     events.publish("deploy-live", "line", {"line": "building"}, topic="deploy")
     events.publish("deploy-done", "line", {"line": "ok"}, topic="deploy")

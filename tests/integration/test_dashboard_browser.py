@@ -41,7 +41,6 @@ OPERATOR = "Ada Ops"
 LIVE_BOUND_S = 2.0
 
 
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,8 +55,9 @@ def _cluster() -> Iterator[LocalCluster]:
         if in_ci():
             pytest.fail("redis-server is required in CI")
         pytest.skip("redis-server not installed")
-    with LocalCluster(fakecloud={"boot_delay_s": 0.0}, orphan_grace_ms=600_000,
-                      orphan_scan_interval_ms=1000) as cluster:
+    with LocalCluster(
+        fakecloud={"boot_delay_s": 0.0}, orphan_grace_ms=600_000, orphan_scan_interval_ms=1000
+    ) as cluster:
         yield cluster
 
 
@@ -90,15 +90,21 @@ def dashboard(_cluster: LocalCluster) -> Iterator[str]:
 def browser() -> Iterator[WebDriver]:
     """Headless chromium (Debian's), via Debian's chromedriver."""
     if not (shutil.which(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        message = ("chromium + chromium-driver are required "
-                   "(apt-get install chromium chromium-driver)")
+        message = (
+            "chromium + chromium-driver are required (apt-get install chromium chromium-driver)"
+        )
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     options = Options()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--disable-gpu", "--window-size=1600,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1600,1000",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
@@ -116,23 +122,29 @@ def page(cluster: LocalCluster, dashboard: str, browser: WebDriver) -> WebDriver
         browser.find_element(By.NAME, "operator").send_keys(OPERATOR)
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait(browser, 10).until(
-        lambda d: d.find_element(By.ID, "conn").get_attribute("data-state") == "live")
+        lambda d: d.find_element(By.ID, "conn").get_attribute("data-state") == "live"
+    )
     return browser
 
 
 def wait(driver: WebDriver, timeout: float) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05,
-                         ignored_exceptions=(WebDriverException,))
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.05, ignored_exceptions=(WebDriverException,)
+    )
 
 
 def cell(driver: WebDriver, session_id: str, field: str) -> str:
-    return str(driver.find_element(
-        By.CSS_SELECTOR, f'tr[data-session-id="{session_id}"] [data-field="{field}"]').text)
+    return str(
+        driver.find_element(
+            By.CSS_SELECTOR, f'tr[data-session-id="{session_id}"] [data-field="{field}"]'
+        ).text
+    )
 
 
 def button(driver: WebDriver, session_id: str, action: str) -> Any:
     return driver.find_element(
-        By.CSS_SELECTOR, f'tr[data-session-id="{session_id}"] [data-action="{action}"]')
+        By.CSS_SELECTOR, f'tr[data-session-id="{session_id}"] [data-action="{action}"]'
+    )
 
 
 def pod_status(cluster: LocalCluster, pod_name: str) -> str | None:
@@ -154,17 +166,24 @@ def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def spawn(user: str) -> orchestrator.Session:
-    return orchestrator.spawn(provider="runpod", gpu="h100", image="ghcr.io/acme/infer:1",
-                              ports=[(8000, "http")], auth="bearer", user_id=user,
-                              idle_ttl_ms=300_000)
+    return orchestrator.spawn(
+        provider="runpod",
+        gpu="h100",
+        image="ghcr.io/acme/infer:1",
+        ports=[(8000, "http")],
+        auth="bearer",
+        user_id=user,
+        idle_ttl_ms=300_000,
+    )
 
 
 def operator_actions(session_id: str) -> list[dict[str, Any]]:
     return [e.data for e in events.history(session_id) if e.type == "operator_action"]
 
 
-def test_login_required_and_no_secret_in_page(cluster: LocalCluster, dashboard: str,
-                                              browser: WebDriver) -> None:
+def test_login_required_and_no_secret_in_page(
+    cluster: LocalCluster, dashboard: str, browser: WebDriver
+) -> None:
     browser.delete_all_cookies()
     browser.get(dashboard)
     assert browser.current_url.endswith("/login")
@@ -173,8 +192,10 @@ def test_login_required_and_no_secret_in_page(cluster: LocalCluster, dashboard: 
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait(browser, 5).until(lambda d: d.find_elements(By.ID, "login-error"))
     assert httpx.get(dashboard + "api/sessions").status_code == 401
-    assert httpx.get(dashboard + "api/sessions",
-                     headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert (
+        httpx.get(dashboard + "api/sessions", headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
 
     s = spawn("carol")
     s.wait(30)
@@ -192,18 +213,21 @@ def test_login_required_and_no_secret_in_page(cluster: LocalCluster, dashboard: 
     api = httpx.get(dashboard + "api/sessions", headers={"Authorization": f"Bearer {TOKEN}"})
     assert api.status_code == 200 and s.id in api.text
     assert s.token not in api.text and TOKEN not in api.text and "token_hash" not in api.text
-    timeline = httpx.get(dashboard + f"api/sessions/{s.id}/timeline",
-                         headers={"Authorization": f"Bearer {TOKEN}"})
+    timeline = httpx.get(
+        dashboard + f"api/sessions/{s.id}/timeline", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert timeline.status_code == 200 and s.token not in timeline.text
     orchestrator.stop_tracked(s.id)
 
 
-def test_new_session_and_status_change_show_within_2s(cluster: LocalCluster,
-                                                     page: WebDriver) -> None:
+def test_new_session_and_status_change_show_within_2s(
+    cluster: LocalCluster, page: WebDriver
+) -> None:
     s = spawn("alice")
     started = time.monotonic()
     wait(page, LIVE_BOUND_S).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-session-id="{s.id}"]'))
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-session-id="{s.id}"]')
+    )
     appeared = time.monotonic() - started
     assert cell(page, s.id, "user") == "alice"
     assert cell(page, s.id, "provider") == "runpod"
@@ -225,10 +249,16 @@ def test_touch_rearms_the_idle_clock(cluster: LocalCluster, page: WebDriver) -> 
     before = orchestrator.info(s.id).last_activity_ms or 0
     until(lambda: cluster_now_ms(cluster) > before + 50, 5, "the Redis clock to move")
     button(page, s.id, "touch").click()
-    until(lambda: (orchestrator.info(s.id).last_activity_ms or 0) > before, 5,
-          "the idle clock re-armed")
-    until(lambda: any(a["action"] == "touch" for a in operator_actions(s.id)), 5,
-          "the operator_action event")
+    until(
+        lambda: (orchestrator.info(s.id).last_activity_ms or 0) > before,
+        5,
+        "the idle clock re-armed",
+    )
+    until(
+        lambda: any(a["action"] == "touch" for a in operator_actions(s.id)),
+        5,
+        "the operator_action event",
+    )
     assert {"operator": OPERATOR, "action": "touch"}.items() <= operator_actions(s.id)[-1].items()
     assert pod_status(cluster, s.pod_name) == "RUNNING"
     orchestrator.stop_tracked(s.id)
@@ -251,14 +281,16 @@ def test_stop_ends_the_pod(cluster: LocalCluster, page: WebDriver) -> None:
     wait(page, LIVE_BOUND_S).until(lambda d: cell(d, s.id, "status") == "terminated")
     print(f"live latency: terminated shown {(time.monotonic() - ended_at) * 1000:.0f} ms")
     assert pod_status(cluster, s.pod_name) == "TERMINATED"
-    assert "ended" in (page.find_element(
-        By.CSS_SELECTOR, f'tr[data-session-id="{s.id}"]').get_attribute("class") or "")
-    assert any(a["action"] == "stop" and a["operator"] == OPERATOR
-               for a in operator_actions(s.id))
+    assert "ended" in (
+        page.find_element(By.CSS_SELECTOR, f'tr[data-session-id="{s.id}"]').get_attribute("class")
+        or ""
+    )
+    assert any(a["action"] == "stop" and a["operator"] == OPERATOR for a in operator_actions(s.id))
 
 
-def test_terminate_asks_then_ends_the_pod_through_the_fence(cluster: LocalCluster,
-                                                            page: WebDriver) -> None:
+def test_terminate_asks_then_ends_the_pod_through_the_fence(
+    cluster: LocalCluster, page: WebDriver
+) -> None:
     s = spawn("erin")
     s.wait(30)
     wait(page, LIVE_BOUND_S).until(lambda d: cell(d, s.id, "status") == "running")
@@ -276,13 +308,18 @@ def test_terminate_asks_then_ends_the_pod_through_the_fence(cluster: LocalCluste
     wait(page, LIVE_BOUND_S + 1).until(lambda d: cell(d, s.id, "status") == "terminated")
     history = events.history(s.id)
     assert any(e.type == "terminating" and e.data.get("reason") == "operator" for e in history)
-    assert any(e.type == "operator_action" and e.data["action"] == "terminate"
-               and e.data["operator"] == OPERATOR for e in history)
+    assert any(
+        e.type == "operator_action"
+        and e.data["action"] == "terminate"
+        and e.data["operator"] == OPERATOR
+        for e in history
+    )
     assert cluster.cloud.state()["totals"].get("deletes", 0) >= 1
 
 
-def test_actions_without_csrf_token_are_refused(cluster: LocalCluster, dashboard: str,
-                                                page: WebDriver) -> None:
+def test_actions_without_csrf_token_are_refused(
+    cluster: LocalCluster, dashboard: str, page: WebDriver
+) -> None:
     s = spawn("frank")
     s.wait(30)
     wait(page, LIVE_BOUND_S).until(lambda d: cell(d, s.id, "status") == "running")
@@ -302,13 +339,16 @@ def test_actions_without_csrf_token_are_refused(cluster: LocalCluster, dashboard
     assert orchestrator.info(s.id).status == "running"
     assert operator_actions(s.id) == []
     csrf = httpx.get(dashboard + "api/csrf", headers=bearer).json()["csrf"]
-    accepted = httpx.post(dashboard + f"api/sessions/{s.id}/touch",
-                          headers={**bearer, "X-CSRF-Token": csrf})
+    accepted = httpx.post(
+        dashboard + f"api/sessions/{s.id}/touch", headers={**bearer, "X-CSRF-Token": csrf}
+    )
     assert accepted.status_code == 200, accepted.text
     assert operator_actions(s.id)[-1]["operator"] == "script"
     # Cross-origin requests are refused even with a valid token.
-    cross = httpx.post(dashboard + f"api/sessions/{s.id}/touch",
-                       headers={**bearer, "X-CSRF-Token": csrf, "Origin": "http://evil.test"})
+    cross = httpx.post(
+        dashboard + f"api/sessions/{s.id}/touch",
+        headers={**bearer, "X-CSRF-Token": csrf, "Origin": "http://evil.test"},
+    )
     assert cross.status_code == 403
     orchestrator.stop_tracked(s.id)
 
@@ -318,37 +358,47 @@ def test_timeline_and_health(cluster: LocalCluster, page: WebDriver) -> None:
     s.wait(30)
     wait(page, LIVE_BOUND_S).until(lambda d: cell(d, s.id, "status") == "running")
     button(page, s.id, "touch").click()
-    page.find_element(By.CSS_SELECTOR,
-                      f'tr[data-session-id="{s.id}"] [data-action="timeline"]').click()
-    wait(page, 5).until(lambda d: d.find_elements(
-        By.CSS_SELECTOR, '#timeline-events li[data-event-type="operator_action"]'))
-    types = [li.get_attribute("data-event-type")
-             for li in page.find_elements(By.CSS_SELECTOR, "#timeline-events li")]
+    page.find_element(
+        By.CSS_SELECTOR, f'tr[data-session-id="{s.id}"] [data-action="timeline"]'
+    ).click()
+    wait(page, 5).until(
+        lambda d: d.find_elements(
+            By.CSS_SELECTOR, '#timeline-events li[data-event-type="operator_action"]'
+        )
+    )
+    types = [
+        li.get_attribute("data-event-type")
+        for li in page.find_elements(By.CSS_SELECTOR, "#timeline-events li")
+    ]
     assert types[0] == "status" and "operator_action" in types
     wait(page, 10).until(
-        lambda d: d.find_element(By.CSS_SELECTOR, '#health [data-field="reaper"]').text
-        == "sweeping")
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, '#health [data-field="reaper"]').text == "sweeping"
+        )
+    )
     orchestrator.stop_tracked(s.id)
 
 
-def test_orphans_listed_and_terminated_from_the_page(cluster: LocalCluster,
-                                                     page: WebDriver) -> None:
+def test_orphans_listed_and_terminated_from_the_page(
+    cluster: LocalCluster, page: WebDriver
+) -> None:
     orphan = spawn_compute(provider="runpod", gpu="h100", image="x", name="atlas-lost-pod")
     foreign = spawn_compute(provider="runpod", gpu="h100", image="x", name="someone-else")
     page.find_element(By.ID, "scan-orphans").click()
-    wait(page, 10).until(lambda d: d.find_elements(
-        By.CSS_SELECTOR, f'#orphan-table tr[data-pod-id="{orphan.id}"]'))
+    wait(page, 10).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'#orphan-table tr[data-pod-id="{orphan.id}"]')
+    )
     row = page.find_element(By.CSS_SELECTOR, f'#orphan-table tr[data-pod-id="{orphan.id}"]')
     assert row.find_element(By.CSS_SELECTOR, '[data-field="kind"]').text == "orphan (in grace)"
-    foreign_row = page.find_element(By.CSS_SELECTOR,
-                                    f'#orphan-table tr[data-pod-id="{foreign.id}"]')
+    foreign_row = page.find_element(
+        By.CSS_SELECTOR, f'#orphan-table tr[data-pod-id="{foreign.id}"]'
+    )
     assert foreign_row.find_element(By.CSS_SELECTOR, '[data-field="kind"]').text == "foreign"
     assert foreign_row.find_elements(By.CSS_SELECTOR, '[data-action="terminate"]') == []
     row.find_element(By.CSS_SELECTOR, '[data-action="terminate"]').click()
     wait(page, 2).until(lambda d: d.find_element(By.ID, "confirm").get_attribute("open"))
     page.find_element(By.ID, "confirm-yes").click()
-    until(lambda: pod_status(cluster, "atlas-lost-pod") == "TERMINATED", 15,
-          "the orphan deleted")
+    until(lambda: pod_status(cluster, "atlas-lost-pod") == "TERMINATED", 15, "the orphan deleted")
     assert pod_status(cluster, "someone-else") == "RUNNING"
 
 
@@ -358,18 +408,19 @@ def test_filters_by_user_provider_and_status(cluster: LocalCluster, page: WebDri
     zoe, yan = spawn("zoe"), spawn("yan")
     zoe.wait(30)
     yan.wait(30)
-    wait(page, LIVE_BOUND_S).until(lambda d: cell(d, zoe.id, "status") == "running"
-                                   and cell(d, yan.id, "status") == "running")
+    wait(page, LIVE_BOUND_S).until(
+        lambda d: cell(d, zoe.id, "status") == "running" and cell(d, yan.id, "status") == "running"
+    )
 
     def shown(session_id: str) -> bool:
-        return bool(page.find_element(
-            By.CSS_SELECTOR, f'tr[data-session-id="{session_id}"]').is_displayed())
+        return bool(
+            page.find_element(By.CSS_SELECTOR, f'tr[data-session-id="{session_id}"]').is_displayed()
+        )
 
     page.find_element(By.ID, "f-user").send_keys("zoe")
     wait(page, 2).until(lambda d: shown(zoe.id) and not shown(yan.id))
     page.find_element(By.ID, "f-user").clear()
-    page.execute_script("document.getElementById('f-user')"
-                        ".dispatchEvent(new Event('input'))")
+    page.execute_script("document.getElementById('f-user').dispatchEvent(new Event('input'))")
     Select(page.find_element(By.ID, "f-provider")).select_by_value("runpod")
     wait(page, 2).until(lambda d: shown(zoe.id) and shown(yan.id))
     orchestrator.stop_tracked(yan.id)

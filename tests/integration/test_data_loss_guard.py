@@ -64,7 +64,8 @@ class Sweeps:
         report = SessionReaper(Dependencies.default()).reap(
             enqueue_terminate=lambda ids, why: self.terminates.append((ids, why)),
             enqueue_orphan=lambda _p, pod_id, _n: self.orphans.append(pod_id),
-            scan_orphans=True)
+            scan_orphans=True,
+        )
         assert not report.skipped
         return report
 
@@ -81,8 +82,16 @@ def _pod(name: str) -> str:
 def _session(reg: SessionStore) -> tuple[str, str]:
     sid = secrets.token_hex(8)
     pod_name = f"{get_settings().reap_name_prefix}{sid}"
-    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
-                             pod_name=pod_name, idle_ttl_ms=60000, user_id=1))
+    reg.create(
+        SessionRecord(
+            id=sid,
+            provider="mock",
+            status=SessionStatus.SPAWNING,
+            pod_name=pod_name,
+            idle_ttl_ms=60000,
+            user_id=1,
+        )
+    )
     pod = get_provider("mock").spawn_compute(build_compute_request(image="img", name=pod_name))
     assert reg.finish_spawn(sid, pod.id, public_compute(pod)) == "running"
     return sid, pod.id
@@ -101,7 +110,8 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_flushall_kills_nothing_alerts_adopts_then_reaps_real_orphans(
-        env: None, redis_client: redis.Redis) -> None:
+    env: None, redis_client: redis.Redis
+) -> None:
     reg = _reg()
     assert reg.ensure_epoch()  # first start
     sessions = dict(_session(reg) for _ in range(6))
@@ -142,17 +152,20 @@ def test_flushall_kills_nothing_alerts_adopts_then_reaps_real_orphans(
     assert sweeps.orphans == [] and again.spared == [leftover] and again.adopted == []
 
     # After the grace: the real orphan goes, the adopted sessions stay.
-    _wait(lambda: not redis_client.exists(DATA_LOSS_GRACE_KEY), GRACE_MS / 1000 + 5,
-          "the data-loss grace to end")
+    _wait(
+        lambda: not redis_client.exists(DATA_LOSS_GRACE_KEY),
+        GRACE_MS / 1000 + 5,
+        "the data-loss grace to end",
+    )
     after = sweeps.run()
     assert not after.data_loss_grace
     assert sweeps.orphans == [leftover]
     assert len([e for e in events.history(CLUSTER_TOPIC_ID) if e.type == "alert"]) == 1
 
 
-def test_adopted_session_nobody_touches_is_idle_reaped(env: None,
-                                                       redis_client: redis.Redis,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adopted_session_nobody_touches_is_idle_reaped(
+    env: None, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ATLAS_DEFAULT_IDLE_TTL_MS", "300")
     monkeypatch.setenv("ATLAS_DATA_LOSS_GRACE_MS", "300")
     reset_settings()
@@ -173,7 +186,8 @@ def test_adopted_session_nobody_touches_is_idle_reaped(env: None,
 
 
 def test_a_new_redis_with_no_prefixed_pods_just_writes_the_epoch(
-        env: None, redis_client: redis.Redis) -> None:
+    env: None, redis_client: redis.Redis
+) -> None:
     _pod("someone-elses-pod")
     report = Sweeps().run()
     assert not report.data_loss_detected and not report.data_loss_grace
@@ -182,7 +196,8 @@ def test_a_new_redis_with_no_prefixed_pods_just_writes_the_epoch(
 
 
 def test_epoch_stays_missing_while_a_provider_cannot_be_listed(
-        env: None, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    env: None, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A provider that cannot be listed may hold live sessions' pods: deciding "nothing
     # to protect" without it would disarm the guard.
     monkeypatch.setenv("ATLAS_REAP_PROVIDERS", "mock,vast")
@@ -196,7 +211,8 @@ def test_epoch_stays_missing_while_a_provider_cannot_be_listed(
 
 
 def test_touch_of_a_lost_session_is_not_tracked_until_adopted(
-        env: None, redis_client: redis.Redis) -> None:
+    env: None, redis_client: redis.Redis
+) -> None:
     reg = _reg()
     reg.ensure_epoch()
     sid, _ = _session(reg)
@@ -216,14 +232,19 @@ def cluster() -> Iterator[LocalCluster]:
         if in_ci():
             pytest.fail("redis-server is required in CI")
         pytest.skip("redis-server not installed")
-    with LocalCluster(fakecloud={"boot_delay_s": 0.0}, orphan_grace_ms=500,
-                      orphan_scan_interval_ms=500, data_loss_grace_ms=4000,
-                      http_max_backoff_s=1) as c:
+    with LocalCluster(
+        fakecloud={"boot_delay_s": 0.0},
+        orphan_grace_ms=500,
+        orphan_scan_interval_ms=500,
+        data_loss_grace_ms=4000,
+        http_max_backoff_s=1,
+    ) as c:
         yield c
 
 
 def test_flushall_under_a_live_cluster_kills_no_touched_session(
-        cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The incident: 6 sessions touched every 0.5 s, Redis restarted empty, all 6 killed.
     for key, value in cluster.env.items():
         if key.startswith("ATLAS_"):
@@ -231,8 +252,10 @@ def test_flushall_under_a_live_cluster_kills_no_touched_session(
     reset_settings()
     reset_redis_clients()
     clear_provider_cache()
-    sessions = [orchestrator.spawn(provider="runpod", gpu="h100", image="img",
-                                   idle_ttl_ms=60_000) for _ in range(6)]
+    sessions = [
+        orchestrator.spawn(provider="runpod", gpu="h100", image="img", idle_ttl_ms=60_000)
+        for _ in range(6)
+    ]
     pods = {s.id: s.wait(timeout=30).id for s in sessions}
 
     def live() -> set[str]:

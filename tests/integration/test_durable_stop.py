@@ -62,20 +62,31 @@ def lost_broker(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Ap
 
 
 def _running(reg: SessionStore, sid: str) -> None:
-    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
-                             pod_name=f"atlas-{sid}", idle_ttl_ms=60000, user_id=1))
+    reg.create(
+        SessionRecord(
+            id=sid,
+            provider="mock",
+            status=SessionStatus.SPAWNING,
+            pod_name=f"atlas-{sid}",
+            idle_ttl_ms=60000,
+            user_id=1,
+        )
+    )
     assert reg.finish_spawn(sid, f"pod-{sid}", {"id": f"pod-{sid}"}) == "running"
 
 
 def _sweep(terminates: list[tuple[list[str], str]]) -> list[str]:
     report = SessionReaper(Dependencies.default()).reap(
         enqueue_terminate=lambda ids, why: terminates.append((ids, why)),
-        enqueue_orphan=lambda *_: None, scan_orphans=False)
+        enqueue_orphan=lambda *_: None,
+        scan_orphans=False,
+    )
     return report.resent_stops
 
 
-def test_a_lost_stop_message_is_resent_by_the_reaper(lost_broker: _App,
-                                                     redis_client: redis.Redis) -> None:
+def test_a_lost_stop_message_is_resent_by_the_reaper(
+    lost_broker: _App, redis_client: redis.Redis
+) -> None:
     reg = store_for(get_redis())
     _running(reg, "s1")
     orchestrator.stop_tracked("s1")
@@ -94,7 +105,8 @@ def test_a_lost_stop_message_is_resent_by_the_reaper(lost_broker: _App,
 
 
 def test_a_stop_whose_terminate_holds_the_fence_is_not_resent(
-        lost_broker: _App, redis_client: redis.Redis) -> None:
+    lost_broker: _App, redis_client: redis.Redis
+) -> None:
     reg = store_for(get_redis())
     _running(reg, "s1")
     orchestrator.stop_tracked("s1")
@@ -108,8 +120,9 @@ def test_a_stop_whose_terminate_holds_the_fence_is_not_resent(
     assert redis_client.zscore(STOPS_KEY, "s1") is None  # ended: left the index
 
 
-def test_stop_is_recorded_even_when_the_broker_is_down(lost_broker: _App,
-                                                       redis_client: redis.Redis) -> None:
+def test_stop_is_recorded_even_when_the_broker_is_down(
+    lost_broker: _App, redis_client: redis.Redis
+) -> None:
     reg = store_for(get_redis())
     _running(reg, "s1")
     lost_broker.fail = True
@@ -136,14 +149,19 @@ def cluster() -> Iterator[LocalCluster]:
         if in_ci():
             pytest.fail("redis-server is required in CI")
         pytest.skip("redis-server not installed")
-    with LocalCluster(fakecloud={"boot_delay_s": 0.0}, stop_resend_ms=1000,
-                      orphan_grace_ms=1500, orphan_scan_interval_ms=1000,
-                      http_max_backoff_s=1) as c:
+    with LocalCluster(
+        fakecloud={"boot_delay_s": 0.0},
+        stop_resend_ms=1000,
+        orphan_grace_ms=1500,
+        orphan_scan_interval_ms=1000,
+        http_max_backoff_s=1,
+    ) as c:
         yield c
 
 
-def test_lost_stop_still_terminates_the_pod(cluster: LocalCluster,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lost_stop_still_terminates_the_pod(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key, value in cluster.env.items():
         if key.startswith("ATLAS_"):
             monkeypatch.setenv(key, value)
@@ -154,6 +172,7 @@ def test_lost_stop_still_terminates_the_pod(cluster: LocalCluster,
     compute = s.wait(timeout=30)
 
     from atlas_tasks.celery_app import get_app
+
     app = get_app()
     real_send = app.send_task
 
@@ -165,7 +184,10 @@ def test_lost_stop_still_terminates_the_pod(cluster: LocalCluster,
     monkeypatch.setattr(app, "send_task", lose_terminates)
     orchestrator.stop_tracked(s.id)
 
-    _wait(lambda: orchestrator.info(s.id).status == "terminated", 30,
-          "the re-sent stop to terminate the session")
+    _wait(
+        lambda: orchestrator.info(s.id).status == "terminated",
+        30,
+        "the re-sent stop to terminate the session",
+    )
     assert all(p.get("id") != compute.id for p in cluster.cloud.live_pods())
     assert orchestrator.info(s.id).reason == "requested"

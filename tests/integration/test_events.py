@@ -36,8 +36,11 @@ def test_late_subscriber_replays_then_follows_live() -> None:
     for event in events.subscribe("s1", timeout=5, until=("terminated",)):
         got.append(event)
     assert [(e.type, e.data.get("status") or e.data.get("reason")) for e in got] == [
-        ("status", "spawning"), ("status", "running"), ("terminating", "requested"),
-        ("status", "terminated")]
+        ("status", "spawning"),
+        ("status", "running"),
+        ("terminating", "requested"),
+        ("status", "terminated"),
+    ]
     ids = [str(e.id) for e in got]
     assert len(set(ids)) == 4 and ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
 
@@ -54,8 +57,11 @@ def test_events_racing_the_replay_arrive_once() -> None:
 
     thread = threading.Thread(target=burst)
     thread.start()
-    seen = [e.data["n"] for e in events.subscribe("s2", timeout=5, until=("terminated",))
-            if e.type == "output"]
+    seen = [
+        e.data["n"]
+        for e in events.subscribe("s2", timeout=5, until=("terminated",))
+        if e.type == "output"
+    ]
     thread.join()
     assert seen == list(range(200))
 
@@ -78,9 +84,11 @@ def test_async_subscribe(redis_url: str) -> None:
 
     async def main() -> list[str]:
         out = []
+
         async def later() -> None:
             await asyncio.sleep(0.2)
             await asyncio.to_thread(events.publish, "s4", "status", {"status": "terminated"})
+
         task = asyncio.create_task(later())
         async for event in events.asubscribe("s4", timeout=5, until=("terminated",)):
             out.append(event.data["status"])

@@ -43,8 +43,9 @@ def cloud(shared_cloud: FakeCloud) -> Iterator[FakeCloud]:
 def rest(cloud: FakeCloud) -> Iterator[httpx.Client]:
     """A client on the REST v2 root: ``/pods`` here is RunPod's ``/v2/pods``."""
     headers = {"Authorization": f"Bearer {cloud.api_key}"}
-    with httpx.Client(base_url=f"{cloud.runpod_rest_url}/v2", headers=headers,
-                      timeout=10) as client:
+    with httpx.Client(
+        base_url=f"{cloud.runpod_rest_url}/v2", headers=headers, timeout=10
+    ) as client:
         yield client
 
 
@@ -58,8 +59,11 @@ def runtime(cloud: FakeCloud) -> Iterator[httpx.Client]:
 
 def pod_body(**extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "name": "atlas-test-1", "image": "test/image:latest", "gpu": {"id": H100, "count": 1},
-        "cloud": "SECURE", "ports": ["8000/http", "22/tcp"],
+        "name": "atlas-test-1",
+        "image": "test/image:latest",
+        "gpu": {"id": H100, "count": 1},
+        "cloud": "SECURE",
+        "ports": ["8000/http", "22/tcp"],
         "env": {"ATLAS_PRESHARED_KEY": "tok"},
     }
     body.update(extra)
@@ -116,8 +120,15 @@ def test_create_returns_201_v2_pod(rest: httpx.Client) -> None:
     assert [set(g) for g in pod["runtime"]["gpus"]] == [{"util", "memoryUtil"}]
     assert pod["createdAt"].endswith("Z") and pod["startedAt"].endswith("Z")
     # No v1 field survives.
-    assert not {"desiredStatus", "costPerHr", "imageName", "portMappings", "publicIp",
-                "machine", "interruptible"} & set(pod)
+    assert not {
+        "desiredStatus",
+        "costPerHr",
+        "imageName",
+        "portMappings",
+        "publicIp",
+        "machine",
+        "interruptible",
+    } & set(pod)
     assert response.headers["RateLimit"].startswith('"minute";r=')
 
 
@@ -153,9 +164,11 @@ def test_get_list_stop_start_delete(rest: httpx.Client, cloud: FakeCloud) -> Non
 
 
 def test_unknown_pod_is_404(rest: httpx.Client) -> None:
-    for response in (rest.get("/pods/nope"),
-                     rest.post("/pods/nope/action", json={"action": "stop"}),
-                     rest.delete("/pods/nope")):
+    for response in (
+        rest.get("/pods/nope"),
+        rest.post("/pods/nope/action", json={"action": "stop"}),
+        rest.delete("/pods/nope"),
+    ):
         assert assert_problem(response, 404)["detail"] == "pod not found"
 
 
@@ -174,19 +187,27 @@ def test_unknown_pod_is_404(rest: httpx.Client) -> None:
         ({"mounts": {"persistent": {"size": 20}}}, "$.mounts.persistent.path"),
     ],
 )
-def test_create_validation_422(rest: httpx.Client, cloud: FakeCloud, change: dict[str, Any],
-                               error: str) -> None:
+def test_create_validation_422(
+    rest: httpx.Client, cloud: FakeCloud, change: dict[str, Any], error: str
+) -> None:
     problem = assert_problem(rest.post("/pods", json=pod_body(**change)), 422)
     assert any(e.startswith(error) for e in problem["errors"]), problem
     assert cloud.state()["totals"].get("creates", 0) == 0
 
 
-@pytest.mark.parametrize("change", [
-    {"gpu": {"id": "NVIDIA A100-SXM4-40GB"}},  # not a GPU RunPod offers
-    {"cpu": {"id": "cpu5c", "vcpuCount": 4}},  # gpu and cpu
-    {"mounts": {"persistent": {"size": 20, "path": "/w"},
-                "network": [{"volumeId": "v", "path": "/v"}]}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"gpu": {"id": "NVIDIA A100-SXM4-40GB"}},  # not a GPU RunPod offers
+        {"cpu": {"id": "cpu5c", "vcpuCount": 4}},  # gpu and cpu
+        {
+            "mounts": {
+                "persistent": {"size": 20, "path": "/w"},
+                "network": [{"volumeId": "v", "path": "/v"}],
+            }
+        },
+    ],
+)
 def test_create_rule_violations_400(rest: httpx.Client, change: dict[str, Any]) -> None:
     assert_problem(rest.post("/pods", json=pod_body(**change)), 400)
 
@@ -229,15 +250,18 @@ def test_boot_delay_and_age() -> None:
             assert pod["status"] == "PROVISIONING" and pod["runtime"] is None
             assert pod["actions"] == ["stop", "terminate"]
             started = pod["startedAt"]
-            response = httpx.post(f"{cloud.url}/_admin/pods/{pod['id']}/age",
-                                  json={"seconds": 3600})
+            response = httpx.post(
+                f"{cloud.url}/_admin/pods/{pod['id']}/age", json={"seconds": 3600}
+            )
             assert response.status_code == 200
             aged = rest.get(f"/pods/{pod['id']}").json()
             assert aged["startedAt"] < started  # an hour earlier, same ISO format
             # Backdating also ends the boot window.
             assert aged["status"] == "RUNNING" and aged["runtime"]["uptime"] >= 3600
-            assert httpx.post(f"{cloud.url}/_admin/pods/nope/age",
-                              json={"seconds": 1}).status_code == 404
+            assert (
+                httpx.post(f"{cloud.url}/_admin/pods/nope/age", json={"seconds": 1}).status_code
+                == 404
+            )
 
 
 def test_catalog_gpus(rest: httpx.Client) -> None:
@@ -248,42 +272,51 @@ def test_catalog_gpus(rest: httpx.Client) -> None:
     stocked = rest.get("/catalog/gpus", params={"include": "AVAILABILITY", "product": "POD"})
     assert next(g for g in stocked.json()["gpus"] if g["id"] == H100)["availability"] == "HIGH"
     assert_problem(rest.get("/catalog/gpus", params={"include": "AVAILABILITY"}), 400)
-    assert_problem(rest.get("/catalog/gpus", params={"include": "PRICES", "product": "POD"}),
-                   422)
+    assert_problem(rest.get("/catalog/gpus", params={"include": "PRICES", "product": "POD"}), 422)
 
 
 def test_templates_volumes_endpoints_crud(rest: httpx.Client) -> None:
-    template = rest.post("/templates", json={"name": "t", "image": "img:1",
-                                             "env": {"FROM": "template", "X": "t"}})
+    template = rest.post(
+        "/templates", json={"name": "t", "image": "img:1", "env": {"FROM": "template", "X": "t"}}
+    )
     assert template.status_code == 201 and template.json()["image"] == "img:1"
     tid = template.json()["id"]
-    assert "$.image: required" in assert_problem(
-        rest.post("/templates", json={"name": "t"}), 422)["errors"]
-    volume = rest.post("/network-volumes", json={"name": "v", "size": 10,
-                                                 "dataCenter": "EU-RO-1"})
+    assert (
+        "$.image: required"
+        in assert_problem(rest.post("/templates", json={"name": "t"}), 422)["errors"]
+    )
+    volume = rest.post("/network-volumes", json={"name": "v", "size": 10, "dataCenter": "EU-RO-1"})
     assert volume.status_code == 201
     assert volume.json() == volume.json() | {"name": "v", "size": 10, "dataCenter": "EU-RO-1"}
-    assert_problem(rest.post("/network-volumes", json={"name": "v", "size": 5,
-                                                       "dataCenter": "EU-RO-1"}), 422)
-    endpoint = rest.post("/serverless", json={
-        "templateId": tid, "name": "e", "type": "QUEUE",
-        "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4}})
+    assert_problem(
+        rest.post("/network-volumes", json={"name": "v", "size": 5, "dataCenter": "EU-RO-1"}), 422
+    )
+    endpoint = rest.post(
+        "/serverless",
+        json={
+            "templateId": tid,
+            "name": "e",
+            "type": "QUEUE",
+            "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},
+        },
+    )
     assert endpoint.status_code == 201 and endpoint.json()["name"] == "e"
     assert [t["id"] for t in rest.get("/templates").json()["templates"]] == [tid]
-    assert [e["id"] for e in rest.get("/serverless").json()["endpoints"]] == [
-        endpoint.json()["id"]]
+    assert [e["id"] for e in rest.get("/serverless").json()["endpoints"]] == [endpoint.json()["id"]]
     assert rest.get(f"/serverless/{endpoint.json()['id']}").json()["name"] == "e"
     vid = volume.json()["id"]
     assert [v["id"] for v in rest.get("/network-volumes").json()["networkVolumes"]] == [vid]
     assert rest.delete(f"/network-volumes/{vid}").status_code == 204
     assert_problem(rest.get(f"/network-volumes/{vid}"), 404)
     # A pod from a template takes its image and env (the body's env wins per key).
-    pod = rest.post("/pods", json={"name": "p", "templateId": tid, "gpu": {"id": H100},
-                                   "env": {"X": "body"}}).json()
+    pod = rest.post(
+        "/pods", json={"name": "p", "templateId": tid, "gpu": {"id": H100}, "env": {"X": "body"}}
+    ).json()
     assert pod["image"] == "img:1" and pod["env"] == {"FROM": "template", "X": "body"}
     assert pod["template"] is None  # v2: a pod keeps no link to its template
-    assert_problem(rest.post("/pods", json={"name": "p", "templateId": "nope",
-                                            "gpu": {"id": H100}}), 404)
+    assert_problem(
+        rest.post("/pods", json={"name": "p", "templateId": "nope", "gpu": {"id": H100}}), 404
+    )
 
 
 def test_billing_pods(rest: httpx.Client) -> None:
@@ -306,8 +339,9 @@ def test_latency_is_added(rest: httpx.Client, cloud: FakeCloud) -> None:
 
 
 def test_rate_limit_sends_retry_after(rest: httpx.Client, cloud: FakeCloud) -> None:
-    response = httpx.post(f"{cloud.url}/_admin/faults",
-                          json={"rate_limit_rate": 1.0, "retry_after_s": 7})
+    response = httpx.post(
+        f"{cloud.url}/_admin/faults", json={"rate_limit_rate": 1.0, "retry_after_s": 7}
+    )
     assert response.status_code == 200 and response.json()["rate_limit_rate"] == 1.0
     limited = rest.get("/pods")
     assert limited.status_code == 429 and limited.headers["retry-after"] == "7"
@@ -391,9 +425,11 @@ async def raw_post(port: int, path: str, body: bytes, key: str) -> int:
     httpx's pool itself needs seconds to juggle 500 connections; this measures the server.
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (f"POST {path} HTTP/1.1\r\nHost: fake\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: fake\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     writer.write(head + body)
     await writer.drain()
     reply = await reader.read()
@@ -403,9 +439,15 @@ async def raw_post(port: int, path: str, body: bytes, key: str) -> int:
 
 def test_500_concurrent_creates_with_1s_latency() -> None:
     async def burst(cloud: FakeCloud) -> list[int]:
-        calls = [raw_post(cloud.port, "/runpod/v2/pods",
-                          json.dumps(pod_body(name=f"atlas-{i}")).encode(), cloud.api_key)
-                 for i in range(500)]
+        calls = [
+            raw_post(
+                cloud.port,
+                "/runpod/v2/pods",
+                json.dumps(pod_body(name=f"atlas-{i}")).encode(),
+                cloud.api_key,
+            )
+            for i in range(500)
+        ]
         return list(await asyncio.gather(*calls))
 
     # 500 client + 500 server sockets live in this one process; 1024 fds may not be enough.
@@ -454,8 +496,9 @@ def test_runsync_blocks_until_done_or_wait(runtime: httpx.Client) -> None:
     assert body["id"].startswith("sync-")
     assert {"delayTime", "executionTime"} <= set(body)
     started = time.monotonic()
-    pending = runtime.post("/runsync", params={"wait": 100},
-                           json={"input": {"run_time_s": 5}}).json()
+    pending = runtime.post(
+        "/runsync", params={"wait": 100}, json={"input": {"run_time_s": 5}}
+    ).json()
     assert time.monotonic() - started < 1.0
     assert pending["status"] in ("IN_QUEUE", "IN_PROGRESS") and "output" not in pending
 
@@ -509,8 +552,9 @@ def test_fail_then_retry(runtime: httpx.Client) -> None:
 
 def test_timeouts(runtime: httpx.Client) -> None:
     by_input = runtime.post("/run", json={"input": {"timeout": True}}).json()["id"]
-    by_policy = runtime.post("/run", json={"input": {"run_time_s": 5},
-                                           "policy": {"executionTimeout": 100}}).json()["id"]
+    by_policy = runtime.post(
+        "/run", json={"input": {"run_time_s": 5}, "policy": {"executionTimeout": 100}}
+    ).json()["id"]
     assert wait_status(runtime, by_input, "TIMED_OUT")["error"]
     assert wait_status(runtime, by_policy, "TIMED_OUT", timeout=2)["executionTime"] < 1000
 
@@ -529,11 +573,11 @@ def test_purge_and_health(runtime: httpx.Client) -> None:
 
 
 def test_status_404_after_result_ttl() -> None:
-    with FakeCloud(queue_delay_s=0, run_time_s=0.05, result_ttl_s=0.2,
-                   runsync_result_ttl_s=0.2) as cloud:
+    with FakeCloud(
+        queue_delay_s=0, run_time_s=0.05, result_ttl_s=0.2, runsync_result_ttl_s=0.2
+    ) as cloud:
         headers = {"Authorization": f"Bearer {cloud.api_key}"}
-        with httpx.Client(base_url=f"{cloud.runpod_runtime_url}/ep",
-                          headers=headers) as client:
+        with httpx.Client(base_url=f"{cloud.runpod_runtime_url}/ep", headers=headers) as client:
             job_id = client.post("/run", json={"input": 1}).json()["id"]
             sync_id = client.post("/runsync", json={"input": 2}).json()["id"]
             wait_status(client, job_id, "COMPLETED")
@@ -544,8 +588,12 @@ def test_status_404_after_result_ttl() -> None:
                 assert response.status_code == 404 and "error" in response.json()
             # Jobs belong to their endpoint.
             other = client.post("/run", json={"input": 3}).json()["id"]
-            assert httpx.get(f"{cloud.runpod_runtime_url}/elsewhere/status/{other}",
-                             headers=headers).status_code == 404
+            assert (
+                httpx.get(
+                    f"{cloud.runpod_runtime_url}/elsewhere/status/{other}", headers=headers
+                ).status_code
+                == 404
+            )
 
 
 def test_webhook_gets_final_status(runtime: httpx.Client, cloud: FakeCloud) -> None:
@@ -622,11 +670,14 @@ def test_serve_runs_in_the_foreground_until_sigterm() -> None:
     from atlas_tasks.testing.localstack import free_port
 
     port = free_port()
-    code = ("from atlas_tasks.testing.fakecloud import serve; "
-            f"serve('127.0.0.1', {port}, log_level='warning', api_keys=['cli-key'], "
-            "rate_limit_rate=1.0, retry_after_s=4)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    code = (
+        "from atlas_tasks.testing.fakecloud import serve; "
+        f"serve('127.0.0.1', {port}, log_level='warning', api_keys=['cli-key'], "
+        "rate_limit_rate=1.0, retry_after_s=4)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 15
@@ -642,8 +693,9 @@ def test_serve_runs_in_the_foreground_until_sigterm() -> None:
         output, _ = proc.communicate(timeout=10)
         # uvicorn shuts down cleanly, then re-raises the signal it caught.
         assert proc.returncode in (0, -signal.SIGTERM)
-        assert re.search(rf"{re.escape(url)}/runpod\s+ATLAS_RUNPOD_BASE_URL \(paths /v2/pods",
-                         output.decode())
+        assert re.search(
+            rf"{re.escape(url)}/runpod\s+ATLAS_RUNPOD_BASE_URL \(paths /v2/pods", output.decode()
+        )
         assert "cli-key" not in output.decode()
     finally:
         if proc.poll() is None:

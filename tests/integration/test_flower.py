@@ -24,8 +24,15 @@ def test_flower_shows_spawn_without_secrets(cluster: LocalCluster) -> None:
         proc.wait_until(lambda: _answers(base), 60, "Flower HTTP answer")
         time.sleep(1.0)  # let Flower attach to the event stream before the task runs
         api_key = cluster.cloud.api_key
-        s = orchestrator.spawn(provider="runpod", gpu="h100", image="acme/x:1", auth="bearer",
-                               api_key=api_key, idle_ttl_ms=60_000, user_id="ops-user-7")
+        s = orchestrator.spawn(
+            provider="runpod",
+            gpu="h100",
+            image="acme/x:1",
+            auth="bearer",
+            api_key=api_key,
+            idle_ttl_ms=60_000,
+            user_id="ops-user-7",
+        )
         s.wait(timeout=30)
         task_id = f"atlas-spawn-{s.id}"
         task: dict[str, object] = {}
@@ -52,8 +59,9 @@ def test_flower_shows_spawn_without_secrets(cluster: LocalCluster) -> None:
         stop_id = ""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not stop_id:
-            tasks = httpx.get(f"{base}/api/tasks", params={"taskname": "atlas.compute.terminate"},
-                              timeout=5).json()
+            tasks = httpx.get(
+                f"{base}/api/tasks", params={"taskname": "atlas.compute.terminate"}, timeout=5
+            ).json()
             stop_id = next((tid for tid, t in tasks.items() if s.id in str(t.get("args"))), "")
             time.sleep(0.3)
         assert stop_id, "the terminate never showed up in Flower"

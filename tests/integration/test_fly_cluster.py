@@ -56,9 +56,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     saved_path = os.environ.get("PATH", "")
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{saved_path}"  # inherited by the workers
-    c = LocalCluster(beat=False, workers=2, concurrency=8, visibility_timeout_s=6,
-                     fly_config_file_enabled="false", fly_logs_poll_interval_s=0.1,
-                     fly_logs_lease_s=2, fly_logs_slice_s=1)
+    c = LocalCluster(
+        beat=False,
+        workers=2,
+        concurrency=8,
+        visibility_timeout_s=6,
+        fly_config_file_enabled="false",
+        fly_logs_poll_interval_s=0.1,
+        fly_logs_lease_s=2,
+        fly_logs_slice_s=1,
+    )
     try:
         c.cloud.start()
         c.settings["ATLAS_FLY_API_URL"] = f"{c.cloud.url}/fly"
@@ -104,13 +111,17 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 
 # ---------------------------------------------------------------------- deploy
 
+
 def test_deploy_task_streams_lines_in_order(cluster: LocalCluster, tmp_path: Path) -> None:
-    app_dir = make_app(tmp_path, """
+    app_dir = make_app(
+        tmp_path,
+        """
         for i in range(1, 21):
             say(f"==> step {i}")
             time.sleep(0.01)
         say("token=" + os.environ.get("FLY_API_TOKEN", ""))
-    """)
+    """,
+    )
     ticket = fly.enqueue_deploy(str(app_dir.parent), "api")
     got = list(fly.subscribe_deploy(ticket, timeout=30))
     assert got, cluster.logs()
@@ -127,13 +138,17 @@ def test_deploy_task_streams_lines_in_order(cluster: LocalCluster, tmp_path: Pat
     assert result["ok"] is True and result["lines"] == 21 and "step" not in str(result)
 
 
-def test_deploy_failures_end_the_ticket_with_an_error(cluster: LocalCluster,
-                                                      tmp_path: Path) -> None:
-    make_app(tmp_path, """
+def test_deploy_failures_end_the_ticket_with_an_error(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    make_app(
+        tmp_path,
+        """
         say("building")
         say("Error: unsuccessful command 'flyctl deploy'")
         sys.exit(4)
-    """)
+    """,
+    )
     ticket = fly.enqueue_deploy(str(tmp_path / "project"), "api")
     last = list(fly.subscribe_deploy(ticket, timeout=30))[-1]
     assert last.type == "exit" and last.data["ok"] is False and last.data["code"] == 4
@@ -149,14 +164,18 @@ def test_deploy_failures_end_the_ticket_with_an_error(cluster: LocalCluster,
     assert "app_dir" in last.data["error"]["message"]
 
 
-def test_deploy_activity_timeout_kills_the_tree_on_the_worker(cluster: LocalCluster,
-                                                              tmp_path: Path) -> None:
-    make_app(tmp_path, """
+def test_deploy_activity_timeout_kills_the_tree_on_the_worker(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    make_app(
+        tmp_path,
+        """
         child = subprocess.Popen(["sleep", "300"])
         say(f"pid {os.getpid()}")
         say(f"pid {child.pid}")
         time.sleep(300)
-    """)
+    """,
+    )
     ticket = fly.enqueue_deploy(str(tmp_path / "project"), "api", activity_timeout_s=0.8)
     got = list(fly.subscribe_deploy(ticket, timeout=30))
     pids = [int(e.data["line"].split()[1]) for e in got if e.type == "line"]
@@ -167,6 +186,7 @@ def test_deploy_activity_timeout_kills_the_tree_on_the_worker(cluster: LocalClus
 
 
 # ---------------------------------------------------------------------- logs
+
 
 def _append(cluster: LocalCluster, app: str, start: int, count: int) -> None:
     entries = [{"message": f"msg {i}"} for i in range(start, start + count)]
@@ -213,8 +233,10 @@ class Collector:
 
     def close(self) -> None:
         self.done.set()
-        httpx.post(f"{self.cluster.cloud.url}/_admin/fly/logs/{self.app}",
-                   json={"entries": [{"message": self.SENTINEL}]})
+        httpx.post(
+            f"{self.cluster.cloud.url}/_admin/fly/logs/{self.app}",
+            json={"entries": [{"message": self.SENTINEL}]},
+        )
         self.thread.join(15)
         assert not self.thread.is_alive()
 
@@ -241,8 +263,7 @@ def test_logs_streamer_is_single_instance_across_two_workers(cluster: LocalClust
         collector = Collector(app, cluster)
         _wait_holder(app)
         # Hammer the cluster with extra starts: every one of them must find the lock taken.
-        extra = [get_app().send_task(TASK_FLY_LOGS_POLL, args=[app])
-                 for _ in range(8)]
+        extra = [get_app().send_task(TASK_FLY_LOGS_POLL, args=[app]) for _ in range(8)]
         holders: set[str] = set()
         total = 0
         for _ in range(10):

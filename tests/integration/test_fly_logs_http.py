@@ -31,13 +31,17 @@ def _reset(cloud: FakeCloud) -> None:
     httpx.delete(f"{cloud.url}/_admin/fly/logs")
 
 
-def client_for(cloud: FakeCloud, tmp_path: Path, *, stored: str,
-               env: str | None = None) -> tuple[LogsClient, FlyTokens]:
+def client_for(
+    cloud: FakeCloud, tmp_path: Path, *, stored: str, env: str | None = None
+) -> tuple[LogsClient, FlyTokens]:
     storage = MemoryTokenStorage()
     storage.put("web", "cached", TokenRecord(stored, int(time.time()) + 3600))
-    settings = AtlasSettings(fly_api_url=f"{cloud.url}/fly", fly_executable="no-fly-here",
-                             fly_config_file=str(tmp_path / "none.yml"),
-                             fly_api_token=env)
+    settings = AtlasSettings(
+        fly_api_url=f"{cloud.url}/fly",
+        fly_executable="no-fly-here",
+        fly_config_file=str(tmp_path / "none.yml"),
+        fly_api_token=env,
+    )
     tokens = FlyTokens(storage, settings=settings, cluster_lock=False)
     return LogsClient(tokens=tokens, settings=settings), tokens
 
@@ -51,8 +55,15 @@ def test_paging_with_next_token(cloud: FakeCloud, tmp_path: Path) -> None:
     assert first.next_token is not None
     empty = client.fetch("web", next_token=first.next_token)
     assert empty.entries == [] and empty.next_token == first.next_token
-    httpx.post(f"{cloud.url}/_admin/fly/logs/web", json={"entries": [
-        {"message": "boot", "region": "ams", "instance": "m2"}, {"message": "ready"}]})
+    httpx.post(
+        f"{cloud.url}/_admin/fly/logs/web",
+        json={
+            "entries": [
+                {"message": "boot", "region": "ams", "instance": "m2"},
+                {"message": "ready"},
+            ]
+        },
+    )
     newer = client.fetch("web", next_token=first.next_token)
     assert [e.message for e in newer.entries] == ["boot", "ready"]
     assert (newer.entries[0].region, newer.entries[0].instance) == ("ams", "m2")

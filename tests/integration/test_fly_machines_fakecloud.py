@@ -34,8 +34,9 @@ pytestmark = pytest.mark.integration
 
 def make_provider(cloud: FakeCloud, **options: Any) -> FlyMachinesProvider:
     options.setdefault("app", DEFAULT_APP)
-    provider = get_provider("fly", api_key=cloud.api_key, base_url=fly_base_url(cloud.url),
-                            **options)
+    provider = get_provider(
+        "fly", api_key=cloud.api_key, base_url=fly_base_url(cloud.url), **options
+    )
     assert isinstance(provider, FlyMachinesProvider)
     provider.sleep = lambda seconds: time.sleep(min(seconds, 0.01))
     return provider
@@ -125,8 +126,7 @@ def test_stop_start_destroy_round_trip(cloud: FakeCloud, fly: FlyMachinesProvide
     fly.stop(compute.id)
     assert fly.get_compute(compute.id).status == ComputeStatus.STOPPED
     fly.start(compute.id)
-    assert fly.get_compute(compute.id).status in (ComputeStatus.PROVISIONING,
-                                                  ComputeStatus.RUNNING)
+    assert fly.get_compute(compute.id).status in (ComputeStatus.PROVISIONING, ComputeStatus.RUNNING)
     fly.terminate(compute.id)
     assert fly.get_compute(compute.id).status == ComputeStatus.TERMINATED
     assert fly.list_compute() == []
@@ -136,8 +136,9 @@ def test_stop_start_destroy_round_trip(cloud: FakeCloud, fly: FlyMachinesProvide
 
 def test_failed_machines_map_to_failed(cloud: FakeCloud, fly: FlyMachinesProvider) -> None:
     compute = spawn(fly)
-    answer = httpx.post(f"{cloud.url}/_admin/fly/machines/{compute.id}/state",
-                        json={"state": "failed"})
+    answer = httpx.post(
+        f"{cloud.url}/_admin/fly/machines/{compute.id}/state", json={"state": "failed"}
+    )
     assert answer.status_code == 200
     assert fly.get_compute(compute.id).status == ComputeStatus.FAILED
     assert [c.id for c in fly.list_compute(status="failed")] == [compute.id]
@@ -224,8 +225,7 @@ def test_fake_validates_like_fly(api: httpx.Client) -> None:
 def test_fake_auth_wait_and_destroy_rules(cloud: FakeCloud, api: httpx.Client) -> None:
     url = f"/v1/apps/{DEFAULT_APP}/machines"
     assert httpx.get(f"{fly_base_url(cloud.url)}{url}").status_code == 401
-    bad = httpx.get(f"{fly_base_url(cloud.url)}{url}",
-                    headers={"Authorization": "Bearer wrong"})
+    bad = httpx.get(f"{fly_base_url(cloud.url)}{url}", headers={"Authorization": "Bearer wrong"})
     assert bad.status_code == 401 and "error" in bad.json()
     fly_state(cloud.ctx).boot_delay_s = 30
     machine = api.post(url, json={"config": {"image": "x"}, "name": "n"}).json()
@@ -239,7 +239,8 @@ def test_fake_auth_wait_and_destroy_rules(cloud: FakeCloud, api: httpx.Client) -
     fly_state(cloud.ctx).boot_delay_s = 0
     started = api.post(url, json={"config": {"image": "x"}}).json()
     assert api.get(f"{url}/{started['id']}/wait", params={"state": "started"}).json() == {
-        "ok": True}
+        "ok": True
+    }
     refused = api.delete(f"{url}/{started['id']}")
     assert refused.status_code == 412
     assert api.delete(f"{url}/{started['id']}", params={"force": "true"}).status_code == 200
@@ -263,8 +264,9 @@ def test_admin_state_and_reset(cloud: FakeCloud, fly: FlyMachinesProvider) -> No
 
 
 def test_missing_app_is_a_clear_validation_error(cloud: FakeCloud) -> None:
-    provider = get_provider("fly", api_key=cloud.api_key, base_url=fly_base_url(cloud.url),
-                            wait_timeout_s=0)
+    provider = get_provider(
+        "fly", api_key=cloud.api_key, base_url=fly_base_url(cloud.url), wait_timeout_s=0
+    )
     with pytest.raises(ValidationError) as info:
         spawn(provider)
     assert "ATLAS_FLY_APP" in str(info.value)
@@ -296,7 +298,8 @@ def test_reaper_finds_fly_orphans_by_name_prefix(
     report = SessionReaper(Dependencies.default()).reap(
         enqueue_terminate=lambda *a: None,
         enqueue_orphan=lambda p, i, n: found.append((p, i, n)),
-        scan_orphans=True)
+        scan_orphans=True,
+    )
     assert report.errors == []
     assert report.providers_scanned == ["fly"]
     assert found == [("fly", orphan.id, "atlas-deadbeefdeadbeef")]

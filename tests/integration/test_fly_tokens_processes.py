@@ -47,14 +47,26 @@ def test_cli_runs_once_across_processes(tmp_path: Path, redis_url: str) -> None:
     log = tmp_path / "calls.log"
     log.touch()
     go = tmp_path / "go"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FAKE_FLY_LOG": str(log), "ATLAS_REDIS_URL": redis_url,
-           "ATLAS_SECRET_KEY": generate_key(), "ATLAS_FLY_TOKEN_STORE": "redis",
-           "ATLAS_FLY_CONFIG_FILE_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FAKE_FLY_LOG": str(log),
+        "ATLAS_REDIS_URL": redis_url,
+        "ATLAS_SECRET_KEY": generate_key(),
+        "ATLAS_FLY_TOKEN_STORE": "redis",
+        "ATLAS_FLY_CONFIG_FILE_ENABLED": "false",
+    }
     env.pop("FLY_API_TOKEN", None)
-    procs = [subprocess.Popen([sys.executable, "-c", RESOLVE, str(go)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(5)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RESOLVE, str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
     deadline = time.monotonic() + 30  # every interpreter started and waits at the line
     while len(list(tmp_path.glob("go.ready.*"))) < len(procs) and time.monotonic() < deadline:
         time.sleep(0.02)

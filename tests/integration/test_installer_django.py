@@ -22,14 +22,18 @@ pytestmark = pytest.mark.integration
 
 def _startproject(root: Path) -> Path:
     root.mkdir()
-    subprocess.run([sys.executable, "-m", "django", "startproject", "proj", str(root)],
-                   check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "proj", str(root)], check=True, timeout=60
+    )
     return root
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def _admin_login(base: str, name: str) -> httpx.Client:
@@ -37,9 +41,15 @@ def _admin_login(base: str, name: str) -> httpx.Client:
     page = c.get("/admin/login/").text
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
     assert token, page[:500]
-    r = c.post("/admin/login/", data={"username": name, "password": f"pw-{name}",
-                                      "csrfmiddlewaretoken": token.group(1),
-                                      "next": "/admin/"})
+    r = c.post(
+        "/admin/login/",
+        data={
+            "username": name,
+            "password": f"pw-{name}",
+            "csrfmiddlewaretoken": token.group(1),
+            "next": "/admin/",
+        },
+    )
     assert r.status_code == 302, r.text[:500]
     c.headers["X-CSRFToken"] = c.cookies["csrftoken"]
     return c
@@ -86,22 +96,28 @@ def test_initialised_project_serves_sessions(cluster: LocalCluster, tmp_path: Pa
     manage(root, env, "migrate", "--noinput")
     create_users(root, env, "alice", "bob", staff=True)
     port = free_port()
-    proc = serve("init-site", [sys.executable, str(root / "manage.py"), "runserver",
-                               "--noreload", f"127.0.0.1:{port}"], env, port, root)
+    proc = serve(
+        "init-site",
+        [sys.executable, str(root / "manage.py"), "runserver", "--noreload", f"127.0.0.1:{port}"],
+        env,
+        port,
+        root,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         alice, bob = _admin_login(base, "alice"), _admin_login(base, "bob")
         opened = alice.post("/atlas/sessions/", json={"preset": "default"})
         assert opened.status_code == 201, opened.text
         sid = opened.json()["session"]
-        assert status_of(sse(alice, f"/atlas/sessions/{sid}/events/", "running")[-1]) \
-            == "running"
+        assert status_of(sse(alice, f"/atlas/sessions/{sid}/events/", "running")[-1]) == "running"
         assert alice.post(f"/atlas/sessions/{sid}/touch/").status_code == 204
         assert alice.get(f"/atlas/sessions/{sid}/").json()["status"] == "running"
         assert bob.get(f"/atlas/sessions/{sid}/").status_code == 404
         assert bob.delete(f"/atlas/sessions/{sid}/").status_code == 404
         assert alice.delete(f"/atlas/sessions/{sid}/").status_code == 202
-        assert status_of(sse(alice, f"/atlas/sessions/{sid}/events/", "terminated")[-1]) \
+        assert (
+            status_of(sse(alice, f"/atlas/sessions/{sid}/events/", "terminated")[-1])
             == "terminated"
+        )
     finally:
         proc.stop()

@@ -52,7 +52,8 @@ def test_async_job_completes_with_its_output(cluster: LocalCluster) -> None:
     secret = "per-call-key-" + uuid.uuid4().hex
     config = cluster.cloud.ctx.config
     cluster.cloud.ctx.config = config.model_copy(  # accept only the per-call key
-        update={"api_keys": frozenset({secret})})  # only the per-call key works now
+        update={"api_keys": frozenset({secret})}
+    )  # only the per-call key works now
     try:
         job = jobs.submit(endpoint=endpoint, input={"output": {"answer": 42}}, api_key=secret)
         assert len(job.id) == 16 and job.provider == "runpod"
@@ -84,8 +85,7 @@ def test_async_job_completes_with_its_output(cluster: LocalCluster) -> None:
 def test_streamed_chunks_arrive_in_order_once(cluster: LocalCluster) -> None:
     endpoint = _endpoint()
     values = [{"token": i} for i in range(25)]
-    job = jobs.submit(endpoint=endpoint, input={"chunks": values, "run_time_s": 2.0},
-                      stream=True)
+    job = jobs.submit(endpoint=endpoint, input={"chunks": values, "run_time_s": 2.0}, stream=True)
     live = list(job.stream(timeout=20))
     assert live == values
     outputs = [e for e in _history(job.id) if e.type == "output"]
@@ -115,8 +115,7 @@ def test_cancel_mid_flight(cluster: LocalCluster) -> None:
 
 
 def test_failed_job_propagates_its_error(cluster: LocalCluster) -> None:
-    job = jobs.submit(endpoint=_endpoint(), input={"fail": "CUDA out of memory",
-                                                   "run_time_s": 0.2})
+    job = jobs.submit(endpoint=_endpoint(), input={"fail": "CUDA out of memory", "run_time_s": 0.2})
     with pytest.raises(ProviderError) as caught:
         job.wait(timeout=15)
     assert caught.value.kind == "provider" and "CUDA out of memory" in str(caught.value)
@@ -128,8 +127,11 @@ def test_failed_job_propagates_its_error(cluster: LocalCluster) -> None:
 
 
 def test_failed_stream_job_raises_after_its_chunks(cluster: LocalCluster) -> None:
-    job = jobs.submit(endpoint=_endpoint(), input={"chunks": 4, "fail": "handler crashed",
-                                                   "run_time_s": 0.8}, stream=True)
+    job = jobs.submit(
+        endpoint=_endpoint(),
+        input={"chunks": 4, "fail": "handler crashed", "run_time_s": 0.8},
+        stream=True,
+    )
     got: list[Any] = []
     with pytest.raises(ProviderError, match="handler crashed"):
         for chunk in job.stream(timeout=15):
@@ -153,13 +155,13 @@ def test_sync_mode_hard_timeout_and_sdk_stream(cluster: LocalCluster) -> None:
     endpoint = _endpoint()
     started = time.monotonic()
     with pytest.raises(AtlasError) as caught:
-        atlas.run_job(endpoint=endpoint, input={"run_time_s": 10}, mode="sync",
-                      timeout_ms=800)
+        atlas.run_job(endpoint=endpoint, input={"run_time_s": 10}, mode="sync", timeout_ms=800)
     elapsed = time.monotonic() - started
     assert caught.value.kind == "timeout", caught.value
     assert elapsed < 1.5, elapsed
-    done = atlas.run_job(endpoint=endpoint, input={"output": "ok", "run_time_s": 0.1},
-                         mode="sync", timeout_ms=5000)
+    done = atlas.run_job(
+        endpoint=endpoint, input={"output": "ok", "run_time_s": 0.1}, mode="sync", timeout_ms=5000
+    )
     assert done.status == "completed" and done.output == "ok"
 
     cluster.cloud.set_faults(latency_s=3.0)  # a provider that ignores every deadline
@@ -172,8 +174,7 @@ def test_sync_mode_hard_timeout_and_sdk_stream(cluster: LocalCluster) -> None:
         cluster.cloud.set_faults(latency_s=0.0)
 
     queued = atlas.run_job(endpoint=endpoint, input={"chunks": 5, "run_time_s": 0.6})
-    assert list(atlas.stream_job(queued.id, endpoint=endpoint)) == [
-        f"chunk-{i}" for i in range(5)]
+    assert list(atlas.stream_job(queued.id, endpoint=endpoint)) == [f"chunk-{i}" for i in range(5)]
 
 
 def test_duplicated_poll_does_not_double_publish(cluster: LocalCluster) -> None:
@@ -181,9 +182,9 @@ def test_duplicated_poll_does_not_double_publish(cluster: LocalCluster) -> None:
 
     app = get_app()
     endpoint = _endpoint()
-    job = jobs.submit(endpoint=endpoint, input={"chunks": 12, "run_time_s": 2.0,
-                                                "queue_delay_s": 0},
-                      stream=True)
+    job = jobs.submit(
+        endpoint=endpoint, input={"chunks": 12, "run_time_s": 2.0, "queue_delay_s": 0}, stream=True
+    )
     _wait_for(lambda: jobs.get(job.id).status == "in_progress", 10, "in_progress", cluster)
     r = get_redis()
     for _ in range(3):  # the same poll, enqueued by hand, several times

@@ -33,15 +33,18 @@ IMAGE = "ghcr.io/acme/infer:latest"
 
 
 def lambda_provider(cloud: FakeCloud, **settings: Any) -> LambdaLabsProvider:
-    ctx = ProviderContext(api_key=cloud.api_key, base_url=cloud.lambda_labs_url,
-                          settings=AtlasSettings(lambda_labs_ssh_key_name=DEFAULT_SSH_KEY,
-                                                 **settings))
+    ctx = ProviderContext(
+        api_key=cloud.api_key,
+        base_url=cloud.lambda_labs_url,
+        settings=AtlasSettings(lambda_labs_ssh_key_name=DEFAULT_SSH_KEY, **settings),
+    )
     return LambdaLabsProvider(ctx)
 
 
 def vast_provider(cloud: FakeCloud, **settings: Any) -> VastProvider:
-    ctx = ProviderContext(api_key=cloud.api_key, base_url=cloud.vast_url,
-                          settings=AtlasSettings(**settings))
+    ctx = ProviderContext(
+        api_key=cloud.api_key, base_url=cloud.vast_url, settings=AtlasSettings(**settings)
+    )
     return VastProvider(ctx)
 
 
@@ -80,8 +83,12 @@ class TestLambdaLabsConformance(ProviderConformance):
 
     @pytest.fixture
     def provider(self, cloud: FakeCloud) -> Iterator[Provider]:
-        p = get_provider("lambda_labs", api_key=cloud.api_key, base_url=cloud.lambda_labs_url,
-                         ssh_key_name=DEFAULT_SSH_KEY)
+        p = get_provider(
+            "lambda_labs",
+            api_key=cloud.api_key,
+            base_url=cloud.lambda_labs_url,
+            ssh_key_name=DEFAULT_SSH_KEY,
+        )
         yield p
         p.close()
 
@@ -89,9 +96,11 @@ class TestLambdaLabsConformance(ProviderConformance):
     def pod_env(self, cloud: FakeCloud) -> PodEnv:
         # Lambda never echoes user_data; the fake keeps it for exactly this check.
         def read(provider: Provider, compute: Compute) -> dict[str, str]:
-            view = next(i for i in cloud.state()["lambda_labs"]["instances"]
-                        if i["id"] == compute.id)
+            view = next(
+                i for i in cloud.state()["lambda_labs"]["instances"] if i["id"] == compute.id
+            )
             return env_from_user_data(view["user_data"])
+
         return read
 
 
@@ -114,6 +123,7 @@ class TestVastConformance(ProviderConformance):
     def pod_env(self) -> PodEnv:
         def read(provider: Provider, compute: Compute) -> dict[str, str]:
             return env_of(provider.get_compute(compute.id).raw)
+
         return read
 
 
@@ -127,7 +137,8 @@ class TestVastSpotConformance(TestVastConformance):
 
 # ---------------------------------------------------------------------------- rate limits
 def test_lambda_429_with_retry_after_is_waited_out(
-        lam: LambdaLabsProvider, cloud: FakeCloud, sleeps: list[float]) -> None:
+    lam: LambdaLabsProvider, cloud: FakeCloud, sleeps: list[float]
+) -> None:
     cloud.fail_next("GET /instance-types", 429, retry_after=2, times=2)
     cloud.fail_next("POST /instance-operations/launch", 429, retry_after=1)
     compute = lam.spawn_compute(build_compute_request(gpu="h100", image=IMAGE, name="atlas-rl"))
@@ -139,12 +150,14 @@ def test_lambda_429_with_retry_after_is_waited_out(
 
 
 def test_vast_429_with_retry_after_is_waited_out(
-        vast: VastProvider, cloud: FakeCloud, sleeps: list[float]) -> None:
+    vast: VastProvider, cloud: FakeCloud, sleeps: list[float]
+) -> None:
     cloud.fail_next("POST /bundles/", 429, retry_after=3)
     cloud.fail_next("PUT /asks/*/", 429, retry_after=1)
     cloud.fail_next("GET /instances/*/", 429, retry_after=0)
-    compute = vast.spawn_compute(build_compute_request(gpu="rtx_4090", image=IMAGE,
-                                                       name="atlas-rl"))
+    compute = vast.spawn_compute(
+        build_compute_request(gpu="rtx_4090", image=IMAGE, name="atlas-rl")
+    )
     assert compute.status == ComputeStatus.RUNNING
     assert sleeps == [3.0, 1.0, 0.0]
     assert [i["id"] for i in _vast_live(cloud)] == [int(compute.id)]
@@ -156,8 +169,9 @@ def test_lifecycle_survives_random_rate_limiting(cloud: FakeCloud, make: Any) ->
     provider = make(cloud, http_max_retries=10)
     gpu = "h100" if isinstance(provider, LambdaLabsProvider) else "rtx_4090"
     for i in range(3):
-        c = provider.spawn_compute(build_compute_request(gpu=gpu, image=IMAGE,
-                                                         name=f"atlas-chaos{i}"))
+        c = provider.spawn_compute(
+            build_compute_request(gpu=gpu, image=IMAGE, name=f"atlas-chaos{i}")
+        )
         assert provider.get_compute(c.id).name == f"atlas-chaos{i}"
         provider.terminate(c.id)
     assert cloud.state()["faults_injected"]["rate_limited"] > 0
@@ -168,7 +182,8 @@ def test_lifecycle_survives_random_rate_limiting(cloud: FakeCloud, make: Any) ->
 
 # ---------------------------------------------------------------------------- capacity
 def test_lambda_sold_out_type_fails_before_launching(
-        lam: LambdaLabsProvider, cloud: FakeCloud) -> None:
+    lam: LambdaLabsProvider, cloud: FakeCloud
+) -> None:
     with pytest.raises(ProviderError) as info:
         lam.spawn_compute(build_compute_request(gpu="h100_pcie", image=IMAGE, name="atlas-c"))
     assert str(info.value.message).startswith("insufficient capacity")
@@ -177,14 +192,18 @@ def test_lambda_sold_out_type_fails_before_launching(
 
 
 def test_lambda_region_hint_without_capacity(lam: LambdaLabsProvider, cloud: FakeCloud) -> None:
-    httpx.post(f"{cloud.url}/_admin/lambda_labs/capacity",
-               json={"instance_type": "gpu_1x_h100_sxm5", "regions": ["us-east-1"]})
+    httpx.post(
+        f"{cloud.url}/_admin/lambda_labs/capacity",
+        json={"instance_type": "gpu_1x_h100_sxm5", "regions": ["us-east-1"]},
+    )
     with pytest.raises(ProviderError) as info:
-        lam.spawn_compute(build_compute_request(gpu="h100", image=IMAGE,
-                                                region_hints=["us-west-1"]))
+        lam.spawn_compute(
+            build_compute_request(gpu="h100", image=IMAGE, region_hints=["us-west-1"])
+        )
     assert "in us-west-1" in str(info.value) and "us-east-1" in str(info.value)
-    ok = lam.spawn_compute(build_compute_request(gpu="h100", image=IMAGE,
-                                                 region_hints=["us-west-1", "us-east-1"]))
+    ok = lam.spawn_compute(
+        build_compute_request(gpu="h100", image=IMAGE, region_hints=["us-west-1", "us-east-1"])
+    )
     assert ok.region == "us-east-1"
 
 
@@ -193,8 +212,12 @@ def test_lambda_server_side_capacity_error(lam: LambdaLabsProvider, cloud: FakeC
     direct = httpx.post(
         f"{cloud.lambda_labs_url}/instance-operations/launch",
         headers={"Authorization": f"Bearer {cloud.api_key}"},
-        json={"region_name": "us-south-1", "instance_type_name": "gpu_1x_h100_pcie",
-              "ssh_key_names": [DEFAULT_SSH_KEY]})
+        json={
+            "region_name": "us-south-1",
+            "instance_type_name": "gpu_1x_h100_pcie",
+            "ssh_key_names": [DEFAULT_SSH_KEY],
+        },
+    )
     assert direct.status_code == 400
     assert direct.json()["error"]["code"] == INSUFFICIENT_CAPACITY
     # Capacity vanishing between the listing and the launch reaches the caller named.
@@ -214,11 +237,16 @@ def test_vast_no_offer_is_a_capacity_error(vast: VastProvider, cloud: FakeCloud)
 
 
 def test_vast_taken_offer_falls_back_to_the_next_cheapest(
-        vast: VastProvider, cloud: FakeCloud) -> None:
-    cloud.fail_next("PUT /asks/*/", 404, body={
-        "success": False, "error": "no_such_ask", "msg": "Offer 7100001 is not available."})
-    compute = vast.spawn_compute(build_compute_request(gpu="rtx_4090", image=IMAGE,
-                                                       name="atlas-fallback"))
+    vast: VastProvider, cloud: FakeCloud
+) -> None:
+    cloud.fail_next(
+        "PUT /asks/*/",
+        404,
+        body={"success": False, "error": "no_such_ask", "msg": "Offer 7100001 is not available."},
+    )
+    compute = vast.spawn_compute(
+        build_compute_request(gpu="rtx_4090", image=IMAGE, name="atlas-fallback")
+    )
     (inst,) = _vast_live(cloud)
     # 7100002 is cheaper but unverified; 7100004 is the next verified offer.
     assert inst["offer_id"] == 7100004 and inst["id"] == int(compute.id)
@@ -226,8 +254,9 @@ def test_vast_taken_offer_falls_back_to_the_next_cheapest(
 
 
 def test_vast_region_hint_and_spot_bid(vast: VastProvider, cloud: FakeCloud) -> None:
-    c = vast.spawn_compute(build_compute_request(gpu="h100", image=IMAGE, spot=True,
-                                                 region_hints=["NO"]))
+    c = vast.spawn_compute(
+        build_compute_request(gpu="h100", image=IMAGE, spot=True, region_hints=["NO"])
+    )
     (inst,) = _vast_live(cloud)
     assert inst["offer_id"] == 7100009 and inst["bid"] == pytest.approx(1.95 * 0.55)
     assert c.region == "Norway, NO" and c.cost_per_hour == pytest.approx(1.0725)
@@ -235,28 +264,35 @@ def test_vast_region_hint_and_spot_bid(vast: VastProvider, cloud: FakeCloud) -> 
 
 # ---------------------------------------------------------------------------- duplicates
 def test_lambda_500_after_launch_makes_exactly_one_vm(
-        lam: LambdaLabsProvider, cloud: FakeCloud) -> None:
+    lam: LambdaLabsProvider, cloud: FakeCloud
+) -> None:
     cloud.fail_next("POST /instance-operations/launch", 500, after_create=True)
-    compute = lam.spawn_compute(build_compute_request(gpu="h100", image=IMAGE,
-                                                      name="atlas-dup", ports=[(8000, "http")]))
+    compute = lam.spawn_compute(
+        build_compute_request(gpu="h100", image=IMAGE, name="atlas-dup", ports=[(8000, "http")])
+    )
     live = _lambda_live(cloud)
     assert [i["id"] for i in live] == [compute.id]
     assert compute.ports[0].url == f"tcp://{compute.public_ip}:8000"
 
 
 def test_vast_500_after_create_makes_exactly_one_instance(
-        vast: VastProvider, cloud: FakeCloud) -> None:
+    vast: VastProvider, cloud: FakeCloud
+) -> None:
     cloud.fail_next("PUT /asks/*/", 500, after_create=True)
-    compute = vast.spawn_compute(build_compute_request(gpu="rtx_4090", image=IMAGE,
-                                                       name="atlas-dup"))
+    compute = vast.spawn_compute(
+        build_compute_request(gpu="rtx_4090", image=IMAGE, name="atlas-dup")
+    )
     assert [i["id"] for i in _vast_live(cloud)] == [int(compute.id)]
 
 
 # ---------------------------------------------------------------------------- refusals
 def test_vast_refusal_with_http_200(vast: VastProvider, cloud: FakeCloud) -> None:
     c = vast.spawn_compute(build_compute_request(gpu="rtx_4090", image=IMAGE, name="atlas-r"))
-    cloud.fail_next("DELETE /instances/*/", 200, body={
-        "success": False, "error": "busy", "msg": "Instance is being moved, retry later"})
+    cloud.fail_next(
+        "DELETE /instances/*/",
+        200,
+        body={"success": False, "error": "busy", "msg": "Instance is being moved, retry later"},
+    )
     with pytest.raises(ProviderError) as info:
         vast.terminate(c.id)
     assert info.value.status == 200 and "retry later" in str(info.value)
@@ -270,34 +306,42 @@ def test_vast_refusal_with_http_200(vast: VastProvider, cloud: FakeCloud) -> Non
 def test_fake_validates_like_the_apis(cloud: FakeCloud) -> None:
     lam = lambda_provider(cloud)
     with pytest.raises(ProviderError) as key:
-        lam.spawn_compute(build_compute_request(gpu="h100", image=IMAGE,
-                                                provider_opts={"ssh_key_name": "nope"}))
+        lam.spawn_compute(
+            build_compute_request(gpu="h100", image=IMAGE, provider_opts={"ssh_key_name": "nope"})
+        )
     assert "SSH key 'nope' does not exist" in str(key.value) and key.value.status == 400
     vast = vast_provider(cloud)
     with pytest.raises(ValidationError) as opts:  # the price is ours to set, never an opt
-        vast.spawn_compute(build_compute_request(gpu="rtx_4090", image=IMAGE,
-                                                 provider_opts={"price": 0.01}))
+        vast.spawn_compute(
+            build_compute_request(gpu="rtx_4090", image=IMAGE, provider_opts={"price": 0.01})
+        )
     assert opts.value.field == "provider_opts"
-    bid = httpx.put(f"{cloud.vast_url}/asks/7100001/", headers={
-        "Authorization": f"Bearer {cloud.api_key}"}, json={
-        "client_id": "me", "image": IMAGE, "env": {}, "disk": 10.0, "price": 0.01})
+    bid = httpx.put(
+        f"{cloud.vast_url}/asks/7100001/",
+        headers={"Authorization": f"Bearer {cloud.api_key}"},
+        json={"client_id": "me", "image": IMAGE, "env": {}, "disk": 10.0, "price": 0.01},
+    )
     assert bid.status_code == 400 and "below the minimum bid" in bid.json()["msg"]
-    for bad in (LambdaLabsProvider(ProviderContext(api_key="wrong",
-                                                   base_url=cloud.lambda_labs_url)),
-                VastProvider(ProviderContext(api_key="wrong", base_url=cloud.vast_url))):
+    for bad in (
+        LambdaLabsProvider(ProviderContext(api_key="wrong", base_url=cloud.lambda_labs_url)),
+        VastProvider(ProviderContext(api_key="wrong", base_url=cloud.vast_url)),
+    ):
         with pytest.raises(UnauthorizedError):
             bad.list_compute()
 
 
-def test_unhealthy_and_offline_are_failed(lam: LambdaLabsProvider, vast: VastProvider,
-                                          cloud: FakeCloud) -> None:
+def test_unhealthy_and_offline_are_failed(
+    lam: LambdaLabsProvider, vast: VastProvider, cloud: FakeCloud
+) -> None:
     a = lam.spawn_compute(build_compute_request(gpu="a10", image=IMAGE))
-    httpx.post(f"{cloud.url}/_admin/lambda_labs/instances/{a.id}/status",
-               json={"status": "unhealthy"}).raise_for_status()
+    httpx.post(
+        f"{cloud.url}/_admin/lambda_labs/instances/{a.id}/status", json={"status": "unhealthy"}
+    ).raise_for_status()
     assert lam.get_compute(a.id).status == ComputeStatus.FAILED
     b = vast.spawn_compute(build_compute_request(gpu="rtx_3090", image=IMAGE))
-    httpx.post(f"{cloud.url}/_admin/vast/instances/{b.id}/status",
-               json={"actual_status": "offline"}).raise_for_status()
+    httpx.post(
+        f"{cloud.url}/_admin/vast/instances/{b.id}/status", json={"actual_status": "offline"}
+    ).raise_for_status()
     assert vast.get_compute(b.id).status == ComputeStatus.FAILED
 
 
@@ -305,8 +349,9 @@ def test_boot_delay_then_running_with_ports() -> None:
     with FakeCloud(boot_delay_s=0.4) as slow:
         lam, vast = lambda_provider(slow), vast_provider(slow)
         a = lam.spawn_compute(build_compute_request(gpu="h100", image=IMAGE, ports=[(22, "tcp")]))
-        b = vast.spawn_compute(build_compute_request(gpu="rtx_4090", image=IMAGE,
-                                                     ports=[(8000, "http")]))
+        b = vast.spawn_compute(
+            build_compute_request(gpu="rtx_4090", image=IMAGE, ports=[(8000, "http")])
+        )
         assert a.status == b.status == ComputeStatus.PROVISIONING
         assert a.public_ip is None and b.ports == []
         time.sleep(0.5)
@@ -318,29 +363,34 @@ def test_boot_delay_then_running_with_ports() -> None:
 
 
 # ---------------------------------------------------------------------------- configuration
-def test_env_vars_point_providers_at_the_fake(cloud: FakeCloud,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_vars_point_providers_at_the_fake(
+    cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key, value in cloud.env().items():
         monkeypatch.setenv(key, value)
     reset_settings()
     clear_provider_cache()
     try:
         c = get_provider("lambda_labs").spawn_compute(
-            build_compute_request(gpu="a10", image=IMAGE, name="atlas-env"))
+            build_compute_request(gpu="a10", image=IMAGE, name="atlas-env")
+        )
         assert get_provider("lambda_labs").get_compute(c.id).name == "atlas-env"
         v = get_provider("vast").spawn_compute(
-            build_compute_request(gpu="rtx_4090", image=IMAGE, name="atlas-env"))
+            build_compute_request(gpu="rtx_4090", image=IMAGE, name="atlas-env")
+        )
         assert get_provider("vast").get_compute(v.id).name == "atlas-env"
     finally:
         clear_provider_cache()
 
 
-@pytest.mark.parametrize(("provider", "expected"), [
-    ("lambda_labs", ["gpu_1x_h100_pcie", "$2.49/h", "unavailable"]),
-    ("vast", ["RTX 4090", "rtx_4090", "$0.35/h", "$0.19/h"]),
-])
-def test_gpus_cli_shows_the_catalog(cloud: FakeCloud, provider: str,
-                                    expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [
+        ("lambda_labs", ["gpu_1x_h100_pcie", "$2.49/h", "unavailable"]),
+        ("vast", ["RTX 4090", "rtx_4090", "$0.35/h", "$0.19/h"]),
+    ],
+)
+def test_gpus_cli_shows_the_catalog(cloud: FakeCloud, provider: str, expected: list[str]) -> None:
     env = {**cloud.env(), "COLUMNS": "200"}
     result = CliRunner().invoke(cli.cli, ["gpus", "--provider", provider], env=env)
     assert result.exit_code == 0, result.output

@@ -33,9 +33,13 @@ def cluster() -> Iterator[LocalCluster]:
         if in_ci():
             pytest.fail("redis-server is required in CI")
         pytest.skip("redis-server not installed")
-    with LocalCluster(fakecloud={"boot_delay_s": 0.0}, reap_providers="lambda_labs,vast",
-                      orphan_grace_ms=GRACE_MS, orphan_scan_interval_ms=500,
-                      http_max_backoff_s=1) as c:
+    with LocalCluster(
+        fakecloud={"boot_delay_s": 0.0},
+        reap_providers="lambda_labs,vast",
+        orphan_grace_ms=GRACE_MS,
+        orphan_scan_interval_ms=500,
+        http_max_backoff_s=1,
+    ) as c:
         yield c
 
 
@@ -52,10 +56,16 @@ def _env(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
 
 def _lambda_launch(cluster: LocalCluster, name: str) -> str:
     cloud = cluster.cloud
-    answer = httpx.post(f"{cloud.lambda_labs_url}/instance-operations/launch",
-                        headers={"Authorization": f"Bearer {cloud.api_key}"},
-                        json={"region_name": "us-east-1", "instance_type_name": "gpu_1x_a10",
-                              "ssh_key_names": [DEFAULT_SSH_KEY], "name": name})
+    answer = httpx.post(
+        f"{cloud.lambda_labs_url}/instance-operations/launch",
+        headers={"Authorization": f"Bearer {cloud.api_key}"},
+        json={
+            "region_name": "us-east-1",
+            "instance_type_name": "gpu_1x_a10",
+            "ssh_key_names": [DEFAULT_SSH_KEY],
+            "name": name,
+        },
+    )
     answer.raise_for_status()
     return str(answer.json()["data"]["instance_ids"][0])
 
@@ -63,12 +73,28 @@ def _lambda_launch(cluster: LocalCluster, name: str) -> str:
 def _vast_create(cluster: LocalCluster, label: str) -> int:
     cloud = cluster.cloud
     headers = {"Authorization": f"Bearer {cloud.api_key}"}
-    offers = httpx.post(f"{cloud.vast_url}/bundles/", headers=headers, json={
-        "gpu_name": {"eq": "RTX 3090"}, "verified": {"eq": True},
-        "order": [["dph_total", "asc"]]}).json()["offers"]
-    answer = httpx.put(f"{cloud.vast_url}/asks/{offers[0]['id']}/", headers=headers, json={
-        "client_id": "me", "image": IMAGE, "env": {}, "disk": 10, "label": label,
-        "runtype": "args", "price": None})
+    offers = httpx.post(
+        f"{cloud.vast_url}/bundles/",
+        headers=headers,
+        json={
+            "gpu_name": {"eq": "RTX 3090"},
+            "verified": {"eq": True},
+            "order": [["dph_total", "asc"]],
+        },
+    ).json()["offers"]
+    answer = httpx.put(
+        f"{cloud.vast_url}/asks/{offers[0]['id']}/",
+        headers=headers,
+        json={
+            "client_id": "me",
+            "image": IMAGE,
+            "env": {},
+            "disk": 10,
+            "label": label,
+            "runtype": "args",
+            "price": None,
+        },
+    )
     answer.raise_for_status()
     return int(answer.json()["new_contract"])
 
@@ -81,8 +107,13 @@ def _vast_ids(cluster: LocalCluster) -> set[int]:
     return {i["id"] for i in cluster.cloud.state()["vast"]["instances"]}
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, cluster: LocalCluster,
-          every: Callable[[], Any] | None = None) -> None:
+def _wait(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    cluster: LocalCluster,
+    every: Callable[[], Any] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if every is not None:
@@ -109,23 +140,29 @@ def test_orphans_on_lambda_and_vast_are_reaped(cluster: LocalCluster) -> None:
     vast_foreign = _vast_create(cluster, "not-ours")
     # Vast reports start_date: age one orphan past the grace. Lambda has no creation
     # time, so the reaper ages its orphans from when it first saw them.
-    httpx.post(f"{cluster.cloud.url}/_admin/vast/instances/{vast_aged}/age",
-               json={"seconds": 3600}).raise_for_status()
+    httpx.post(
+        f"{cluster.cloud.url}/_admin/vast/instances/{vast_aged}/age", json={"seconds": 3600}
+    ).raise_for_status()
     started = time.monotonic()
 
     def touch() -> None:
         for s in sessions:
             orchestrator.touch(s.id)
 
-    _wait(lambda: vast_aged not in _vast_ids(cluster), 15, "aged vast orphan reaped",
-          cluster, touch)
+    _wait(
+        lambda: vast_aged not in _vast_ids(cluster), 15, "aged vast orphan reaped", cluster, touch
+    )
     aged_reaped_after = time.monotonic() - started
     assert aged_reaped_after < GRACE_MS / 1000, "the aged orphan should go on the first scans"
     assert vast_young in _vast_ids(cluster), "an orphan younger than the grace must wait"
 
-    _wait(lambda: lambda_orphan not in _lambda_ids(cluster)
-          and vast_young not in _vast_ids(cluster), 20, "lambda and young vast orphans reaped",
-          cluster, touch)
+    _wait(
+        lambda: lambda_orphan not in _lambda_ids(cluster) and vast_young not in _vast_ids(cluster),
+        20,
+        "lambda and young vast orphans reaped",
+        cluster,
+        touch,
+    )
     assert time.monotonic() - started >= GRACE_MS / 1000 - 0.5
 
     # Foreign instances and the tracked sessions are untouched.
@@ -136,15 +173,18 @@ def test_orphans_on_lambda_and_vast_are_reaped(cluster: LocalCluster) -> None:
     for s in sessions:
         assert orchestrator.info(s.id).status == "running"
 
-    terminated = {i["id"]: i for i in cluster.cloud.state()["lambda_labs"]
-                  ["terminated_instances"]}
+    terminated = {i["id"]: i for i in cluster.cloud.state()["lambda_labs"]["terminated_instances"]}
     assert terminated[lambda_orphan]["name"] == "atlas-orphanlam1"
     destroyed = {i["id"] for i in cluster.cloud.state()["vast"]["destroyed_instances"]}
     assert {vast_aged, vast_young} <= destroyed
 
     for s in sessions:
         orchestrator.stop_tracked(s.id)
-    _wait(lambda: all(orchestrator.info(s.id).status == "terminated" for s in sessions), 20,
-          "sessions stopped", cluster)
+    _wait(
+        lambda: all(orchestrator.info(s.id).status == "terminated" for s in sessions),
+        20,
+        "sessions stopped",
+        cluster,
+    )
     assert computes[0].id not in _lambda_ids(cluster)
     assert int(computes[1].id) not in _vast_ids(cluster)

@@ -66,17 +66,27 @@ def healthy(cluster: LocalCluster) -> Iterator[redis.Redis]:
 def test_doctor_passes_on_a_healthy_cluster(healthy: redis.Redis, runner: CliRunner) -> None:
     code, checks = _doctor(runner)
     assert code == 0, checks
-    for name in ("settings", "redis", "broker", "queue compute", "queue maintenance",
-                 "queue jobs", "queue fly", "beat lock", "last sweep", "keyspace events",
-                 "persistence", "provider runpod"):
+    for name in (
+        "settings",
+        "redis",
+        "broker",
+        "queue compute",
+        "queue maintenance",
+        "queue jobs",
+        "queue fly",
+        "beat lock",
+        "last sweep",
+        "keyspace events",
+        "persistence",
+        "provider runpod",
+    ):
         assert checks[name]["status"] == "ok", checks[name]
     table = _invoke(runner, "doctor")
     assert table.exit_code == 0
     assert "atlas-tasks doctor" in table.stdout and "0 failed" in table.stdout
 
 
-def test_doctor_fails_when_keyspace_events_are_off(healthy: redis.Redis,
-                                                   runner: CliRunner) -> None:
+def test_doctor_fails_when_keyspace_events_are_off(healthy: redis.Redis, runner: CliRunner) -> None:
     flags = healthy.config_get("notify-keyspace-events")["notify-keyspace-events"]
     assert flags is not None
     healthy.config_set("notify-keyspace-events", "")
@@ -98,8 +108,9 @@ def test_doctor_fails_when_persistence_is_off(healthy: redis.Redis, runner: CliR
     assert "no persistence" in checks["persistence"]["detail"]
 
 
-def test_doctor_fails_on_a_bad_provider_key(healthy: redis.Redis, runner: CliRunner,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_fails_on_a_bad_provider_key(
+    healthy: redis.Redis, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ATLAS_RUNPOD_API_KEY", "definitely-not-the-key")
     code, checks = _doctor(runner)
     assert code == 1
@@ -108,8 +119,9 @@ def test_doctor_fails_on_a_bad_provider_key(healthy: redis.Redis, runner: CliRun
     assert "definitely-not-the-key" not in json.dumps(checks)
 
 
-def test_doctor_fails_without_a_secret_key(healthy: redis.Redis, runner: CliRunner,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_fails_without_a_secret_key(
+    healthy: redis.Redis, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("ATLAS_SECRET_KEY")
     code, checks = _doctor(runner)
     assert code == 1
@@ -117,8 +129,9 @@ def test_doctor_fails_without_a_secret_key(healthy: redis.Redis, runner: CliRunn
     assert "ATLAS_SECRET_KEY" in checks["settings"]["detail"]
 
 
-def test_doctor_fails_when_redis_is_down(healthy: redis.Redis, runner: CliRunner,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_fails_when_redis_is_down(
+    healthy: redis.Redis, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ATLAS_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     started = time.monotonic()
     code, checks = _doctor(runner)
@@ -153,10 +166,12 @@ def test_doctor_fails_without_worker_or_beat() -> None:
 
 # --------------------------------------------------------------------------- sessions
 def test_sessions_list_info_touch_stop(cluster: LocalCluster, runner: CliRunner) -> None:
-    alice = orchestrator.spawn(provider="runpod", gpu="h100", image="acme/x:1", user_id=7,
-                               idle_ttl_ms=120_000)
-    bob = orchestrator.spawn(provider="runpod", gpu="a100_80g", image="acme/x:1",
-                             user_id="bob", idle_ttl_ms=120_000)
+    alice = orchestrator.spawn(
+        provider="runpod", gpu="h100", image="acme/x:1", user_id=7, idle_ttl_ms=120_000
+    )
+    bob = orchestrator.spawn(
+        provider="runpod", gpu="a100_80g", image="acme/x:1", user_id="bob", idle_ttl_ms=120_000
+    )
     alice.wait(timeout=30)
     bob.wait(timeout=30)
 
@@ -169,10 +184,12 @@ def test_sessions_list_info_touch_stop(cluster: LocalCluster, runner: CliRunner)
     assert [s["id"] for s in only_bob] == [bob.id]
     only_7 = json.loads(_invoke(runner, "sessions", "list", "--user", "7", "--json").stdout)
     assert [s["id"] for s in only_7] == [alice.id]
-    assert json.loads(_invoke(runner, "sessions", "list", "--provider", "vast",
-                              "--json").stdout) == []
-    running = json.loads(_invoke(runner, "sessions", "list", "--status", "running",
-                                 "--json").stdout)
+    assert (
+        json.loads(_invoke(runner, "sessions", "list", "--provider", "vast", "--json").stdout) == []
+    )
+    running = json.loads(
+        _invoke(runner, "sessions", "list", "--status", "running", "--json").stdout
+    )
     assert {alice.id, bob.id} <= {s["id"] for s in running}
 
     table = _invoke(runner, "sessions", "list")
@@ -191,8 +208,9 @@ def test_sessions_list_info_touch_stop(cluster: LocalCluster, runner: CliRunner)
     stopped = _invoke(runner, "sessions", "stop", bob.id)
     assert stopped.exit_code == 0
     _wait(lambda: orchestrator.info(bob.id).status == "terminated", "bob terminated")
-    assert bob.id not in {s["id"] for s in json.loads(
-        _invoke(runner, "sessions", "list", "--json").stdout)}
+    assert bob.id not in {
+        s["id"] for s in json.loads(_invoke(runner, "sessions", "list", "--json").stdout)
+    }
 
     for command in ("info", "touch", "stop"):
         missing = _invoke(runner, "sessions", command, "no-such-session")

@@ -50,9 +50,15 @@ def _pod_counts(cluster: LocalCluster, pod_id: str) -> dict[str, int]:
 
 def test_touched_session_lives_then_idles_out(cluster: LocalCluster) -> None:
     ttl_ms = 1500
-    s = orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE,
-                           ports=[(8000, "http")], auth="bearer", user_id=42,
-                           idle_ttl_ms=ttl_ms)
+    s = orchestrator.spawn(
+        provider="runpod",
+        gpu="h100",
+        image=IMAGE,
+        ports=[(8000, "http")],
+        auth="bearer",
+        user_id=42,
+        idle_ttl_ms=ttl_ms,
+    )
     compute = s.wait(timeout=30)
     assert compute.status == "running"
     assert compute.ports[0].url == f"https://{compute.id}-8000.proxy.runpod.net"
@@ -71,9 +77,13 @@ def test_touched_session_lives_then_idles_out(cluster: LocalCluster) -> None:
 
     # touches stop: terminated within TTL + 2 s
     stopped_touching = time.monotonic()
-    terminated = [e for e in events.subscribe(s.id, replay=False, timeout=ttl_ms / 1000 + 5,
-                                              until=("terminated",))
-                  if e.type == "status" and e.data.get("status") == "terminated"]
+    terminated = [
+        e
+        for e in events.subscribe(
+            s.id, replay=False, timeout=ttl_ms / 1000 + 5, until=("terminated",)
+        )
+        if e.type == "status" and e.data.get("status") == "terminated"
+    ]
     elapsed = time.monotonic() - stopped_touching
     assert terminated, cluster.logs()
     assert elapsed <= ttl_ms / 1000 + 2, f"took {elapsed:.2f}s"
@@ -124,9 +134,11 @@ def test_worker_killed_after_create_leaves_exactly_one_pod(cluster: LocalCluster
         assert [p["id"] for p in pods] == [compute.id]
         assert orchestrator.info(s.id).compute_id == compute.id
         assert cluster.cloud.state()["totals"]["creates"] >= 1
-        creates_for_name = [p for p in cluster.cloud.state()["pods"]
-                            + cluster.cloud.state()["terminated_pods"]
-                            if p.get("name") == s.pod_name]
+        creates_for_name = [
+            p
+            for p in cluster.cloud.state()["pods"] + cluster.cloud.state()["terminated_pods"]
+            if p.get("name") == s.pod_name
+        ]
         assert len(creates_for_name) == 1
         orchestrator.stop_tracked(s.id)
         _wait(lambda: orchestrator.info(s.id).status == "terminated", 15, "stop", cluster)
@@ -136,15 +148,16 @@ def test_worker_killed_after_create_leaves_exactly_one_pod(cluster: LocalCluster
             cluster.add_worker()
 
 
-def test_orphans_reaped_foreign_pods_and_touched_sessions_left_alone(
-        cluster: LocalCluster) -> None:
+def test_orphans_reaped_foreign_pods_and_touched_sessions_left_alone(cluster: LocalCluster) -> None:
     headers = {"Authorization": f"Bearer {cluster.cloud.api_key}"}
     base = f"{cluster.cloud.runpod_rest_url}/v2"
     body = {"image": IMAGE, "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 1}}
-    orphan = httpx.post(f"{base}/pods", json={**body, "name": "atlas-orphan0001"},
-                        headers=headers).json()
-    foreign = httpx.post(f"{base}/pods", json={**body, "name": "someone-elses-pod"},
-                         headers=headers).json()
+    orphan = httpx.post(
+        f"{base}/pods", json={**body, "name": "atlas-orphan0001"}, headers=headers
+    ).json()
+    foreign = httpx.post(
+        f"{base}/pods", json={**body, "name": "someone-elses-pod"}, headers=headers
+    ).json()
     s = orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=1500)
     s.wait(timeout=30)
     deadline = time.monotonic() + 8
@@ -165,8 +178,14 @@ def test_orphans_reaped_foreign_pods_and_touched_sessions_left_alone(
 
 def test_no_secret_in_redis_after_bearer_spawn(cluster: LocalCluster) -> None:
     api_key = cluster.cloud.api_key
-    s = orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE, auth="bearer",
-                           api_key=api_key, env={"HF_TOKEN": "hf_supersecret_value"})
+    s = orchestrator.spawn(
+        provider="runpod",
+        gpu="h100",
+        image=IMAGE,
+        auth="bearer",
+        api_key=api_key,
+        env={"HF_TOKEN": "hf_supersecret_value"},
+    )
     s.wait(timeout=30)
     assert s.token
     dump = dump_redis(cluster.redis_url).decode(errors="replace")
@@ -194,14 +213,25 @@ print(json.dumps({"seen": seen, "status": info.status}))
 def test_two_web_processes_see_the_same_session(cluster: LocalCluster) -> None:
     s = orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=60_000)
     env = {k: v for k, v in cluster.env.items()}
-    watchers = [subprocess.Popen([sys.executable, "-c", _WEB_CLIENT, s.id], env=env,
-                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    watchers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WEB_CLIENT, s.id], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     s.wait(timeout=30)
     # a third "web node" touches and stops it
-    toucher = subprocess.run([sys.executable, "-c",
-                              "import sys; from atlas_tasks import orchestrator as o; "
-                              "o.touch(sys.argv[1]); o.stop_tracked(sys.argv[1])", s.id],
-                             env=env, timeout=60)
+    toucher = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from atlas_tasks import orchestrator as o; "
+            "o.touch(sys.argv[1]); o.stop_tracked(sys.argv[1])",
+            s.id,
+        ],
+        env=env,
+        timeout=60,
+    )
     assert toucher.returncode == 0
     for proc in watchers:
         out, _ = proc.communicate(timeout=60)
@@ -215,16 +245,22 @@ def test_two_web_processes_see_the_same_session(cluster: LocalCluster) -> None:
 
 
 def test_stop_while_spawning_leaves_no_pod(cluster: LocalCluster) -> None:
-    sessions = [orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE,
-                                   idle_ttl_ms=60_000) for _ in range(12)]
+    sessions = [
+        orchestrator.spawn(provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=60_000)
+        for _ in range(12)
+    ]
     # Races the spawn tasks on purpose, staggered so stops land before, during and just
     # after the provider create (each window has its own hand-over between the two).
     for i, s in enumerate(sessions):
         orchestrator.stop_tracked(s.id)
         time.sleep(0.002 * i)
     for s in sessions:
-        _wait(lambda s=s: orchestrator.info(s.id).status == "terminated", 20,
-              f"{s.id} terminated", cluster)
+        _wait(
+            lambda s=s: orchestrator.info(s.id).status == "terminated",
+            20,
+            f"{s.id} terminated",
+            cluster,
+        )
     time.sleep(1.0)
     for s in sessions:
         assert _pods(cluster, s.pod_name) == [], cluster.logs()

@@ -65,17 +65,31 @@ def test_idle_sweeps_leave_no_trace_and_flower_works(cluster: LocalCluster) -> N
         assert not [t for t in tasks.values() if t.get("name") == C.TASK_REAP], tasks
 
         # Flower's worker page needs the worker's conf, which used to fail to serialise.
-        workers = httpx.get(f"{base}/api/workers", params={"refresh": "true"},
-                            timeout=30).json()
+        workers = httpx.get(f"{base}/api/workers", params={"refresh": "true"}, timeout=30).json()
         confs = [w.get("conf") for w in workers.values()]
-        assert confs and all(c and str(c.get("result_backend", "")).startswith("redis://")
-                             for c in confs), workers
+        assert confs and all(
+            c and str(c.get("result_backend", "")).startswith("redis://") for c in confs
+        ), workers
     finally:
         proc.stop()
 
     out = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "atlas_tasks.celery_app", "inspect", "conf",
-         "--timeout", "10"], env=cluster.env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "atlas_tasks.celery_app",
+            "inspect",
+            "conf",
+            "--timeout",
+            "10",
+        ],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "result_backend" in out.stdout and "could not be cast" not in out.stdout
 

@@ -24,14 +24,14 @@ OLD = datetime.now(UTC) - timedelta(hours=1)
 
 
 def _pod(pod_id: str, name: str | None, provider: str = "good") -> Compute:
-    return Compute(id=pod_id, provider=provider, name=name, status=ComputeStatus.RUNNING,
-                   created_at=OLD)
+    return Compute(
+        id=pod_id, provider=provider, name=name, status=ComputeStatus.RUNNING, created_at=OLD
+    )
 
 
 class _Good:
     def list_compute(self) -> list[Compute]:
-        return [_pod("o1", "atlas-orphan1"), _pod("o2", "atlas-orphan2"),
-                _pod("f1", "not-ours")]
+        return [_pod("o1", "atlas-orphan1"), _pod("o2", "atlas-orphan2"), _pod("f1", "not-ours")]
 
 
 class _Exploding:
@@ -63,19 +63,23 @@ def reaper(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionR
         "keyerr": _Exploding(KeyError("pods")),
         "weird": _WeirdPods(),
     }
-    yield SessionReaper(Dependencies.from_client(get_redis(),
-                                                 providers=lambda name, **_: table[name]))
+    yield SessionReaper(
+        Dependencies.from_client(get_redis(), providers=lambda name, **_: table[name])
+    )
     reset_redis_clients()
 
 
 def test_any_provider_exception_is_reported_and_the_sweep_goes_on(
-        reaper: SessionReaper, caplog: pytest.LogCaptureFixture) -> None:
+    reaper: SessionReaper, caplog: pytest.LogCaptureFixture
+) -> None:
     enqueued: list[tuple[str, str]] = []
     terminates: list[list[str]] = []
     with caplog.at_level(logging.WARNING, logger="atlas_tasks.sessions.reaper"):
-        report = reaper.reap(enqueue_terminate=lambda ids, _: terminates.append(ids),
-                             enqueue_orphan=lambda p, pod_id, _n: enqueued.append((p, pod_id)),
-                             scan_orphans=True)
+        report = reaper.reap(
+            enqueue_terminate=lambda ids, _: terminates.append(ids),
+            enqueue_orphan=lambda p, pod_id, _n: enqueued.append((p, pod_id)),
+            scan_orphans=True,
+        )
     assert ("good", "o1") in enqueued and ("good", "o2") in enqueued
     assert ("weird", "w1") in enqueued
     assert report.providers_scanned == ["good", "weird"]
@@ -87,8 +91,7 @@ def test_any_provider_exception_is_reported_and_the_sweep_goes_on(
     assert report.summary()["errors"] == report.errors
 
 
-def test_an_enqueue_failing_for_one_pod_does_not_stop_the_others(
-        reaper: SessionReaper) -> None:
+def test_an_enqueue_failing_for_one_pod_does_not_stop_the_others(reaper: SessionReaper) -> None:
     enqueued: list[str] = []
 
     def enqueue(_p: str, pod_id: str, _n: str | None) -> None:
@@ -96,8 +99,9 @@ def test_an_enqueue_failing_for_one_pod_does_not_stop_the_others(
             raise ConnectionResetError("broker went away")
         enqueued.append(pod_id)
 
-    report = reaper.reap(enqueue_terminate=lambda *_: None, enqueue_orphan=enqueue,
-                         scan_orphans=True)
+    report = reaper.reap(
+        enqueue_terminate=lambda *_: None, enqueue_orphan=enqueue, scan_orphans=True
+    )
     assert "o2" in enqueued and "w1" in enqueued
     assert any("o1" in e and "ConnectionResetError" in e for e in report.errors)
     assert "o1" not in report.orphans and "o2" in report.orphans

@@ -21,8 +21,16 @@ def reg(redis_client: redis.Redis) -> SessionStore:
 
 
 def _create(reg: SessionStore, sid: str = "s1", ttl_ms: int = 200) -> None:
-    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
-                             pod_name=f"atlas-{sid}", idle_ttl_ms=ttl_ms, user_id=7))
+    reg.create(
+        SessionRecord(
+            id=sid,
+            provider="mock",
+            status=SessionStatus.SPAWNING,
+            pod_name=f"atlas-{sid}",
+            idle_ttl_ms=ttl_ms,
+            user_id=7,
+        )
+    )
 
 
 def test_create_records_intent_and_tracking(reg: SessionStore) -> None:
@@ -45,13 +53,23 @@ def test_finish_spawn_starts_idle_clock(reg: SessionStore, redis_client: redis.R
 def _create_with_big_spawn_payload(reg: SessionStore, sid: str = "s1") -> None:
     # A sealed spawn payload bigger than any hash-max-listpack-value: the record starts
     # life as a hashtable, which Redis never converts back on its own.
-    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
-                             pod_name=f"atlas-{sid}", idle_ttl_ms=5000, user_id=7,
-                             spawn_sealed="s" * 1500, token_hash="h" * 64))
+    reg.create(
+        SessionRecord(
+            id=sid,
+            provider="mock",
+            status=SessionStatus.SPAWNING,
+            pod_name=f"atlas-{sid}",
+            idle_ttl_ms=5000,
+            user_id=7,
+            spawn_sealed="s" * 1500,
+            token_hash="h" * 64,
+        )
+    )
 
 
-def test_finish_spawn_rewrites_the_record_compact(reg: SessionStore,
-                                                  redis_client: redis.Redis) -> None:
+def test_finish_spawn_rewrites_the_record_compact(
+    reg: SessionStore, redis_client: redis.Redis
+) -> None:
     _create_with_big_spawn_payload(reg)
     key = C.SESSION_KEY.format(id="s1")
     assert redis_client.object("encoding", key) == "hashtable"
@@ -66,8 +84,9 @@ def test_finish_spawn_rewrites_the_record_compact(reg: SessionStore,
     assert redis_client.pttl(key) > 5000  # idle TTL + record grace
 
 
-def test_finish_spawn_after_a_stop_keeps_the_record_ttl(reg: SessionStore,
-                                                        redis_client: redis.Redis) -> None:
+def test_finish_spawn_after_a_stop_keeps_the_record_ttl(
+    reg: SessionStore, redis_client: redis.Redis
+) -> None:
     _create_with_big_spawn_payload(reg)
     key = C.SESSION_KEY.format(id="s1")
     ttl_before = redis_client.pttl(key)
@@ -80,8 +99,9 @@ def test_finish_spawn_after_a_stop_keeps_the_record_ttl(reg: SessionStore,
     assert 0 < redis_client.pttl(key) <= ttl_before
 
 
-def test_touch_rearms_clock_and_rejects_unknown(reg: SessionStore,
-                                                 redis_client: redis.Redis) -> None:
+def test_touch_rearms_clock_and_rejects_unknown(
+    reg: SessionStore, redis_client: redis.Redis
+) -> None:
     _create(reg, ttl_ms=300)
     reg.finish_spawn("s1", "pod-1", {})
     alive = C.SESSION_ALIVE_KEY.format(id="s1")
@@ -96,7 +116,8 @@ def test_touch_rearms_clock_and_rejects_unknown(reg: SessionStore,
 
 
 def test_touch_fast_path_is_one_key_and_index_follows_on_claim(
-        reg: SessionStore, redis_client: redis.Redis) -> None:
+    reg: SessionStore, redis_client: redis.Redis
+) -> None:
     _create(reg, ttl_ms=200)
     reg.finish_spawn("s1", "pod-1", {})
     record = C.SESSION_KEY.format(id="s1")
@@ -144,8 +165,7 @@ def test_expiry_claim_and_sweep_claim_are_one_claim(reg: SessionStore) -> None:
     assert reg.claim_expired("b", 60_000) is False  # and the listener what the sweep took
 
 
-def test_claim_due_skips_touched_and_rescores(reg: SessionStore,
-                                              redis_client: redis.Redis) -> None:
+def test_claim_due_skips_touched_and_rescores(reg: SessionStore, redis_client: redis.Redis) -> None:
     for sid in ("a", "b"):
         _create(reg, sid, ttl_ms=100)
         reg.finish_spawn(sid, f"pod-{sid}", {})
@@ -188,8 +208,9 @@ def test_stale_intents_are_claimed_once(reg: SessionStore, redis_client: redis.R
     assert reg.claim_stale_intents(10) == []
 
 
-def test_terminate_failed_makes_session_due_again(reg: SessionStore,
-                                                  redis_client: redis.Redis) -> None:
+def test_terminate_failed_makes_session_due_again(
+    reg: SessionStore, redis_client: redis.Redis
+) -> None:
     _create(reg, ttl_ms=10_000)
     reg.finish_spawn("s1", "pod-1", {})
     reg.begin_terminate("s1", "requested", "t1", 1000)
@@ -207,6 +228,8 @@ def test_terminate_transitions_publish_their_events(reg: SessionStore) -> None:
     reg.begin_terminate("s1", "requested", "t1", 1000)  # a retry: no second event
     reg.finish_terminate("s1", "requested")
     recorded = [(e.type, e.data) for e in events.history("s1", client=reg.r)]
-    assert recorded == [("status", {"status": "running", "compute": {}}),  # finish_spawn's
-                        ("terminating", {"reason": "requested"}),
-                        ("status", {"status": "terminated", "reason": "requested"})]
+    assert recorded == [
+        ("status", {"status": "running", "compute": {}}),  # finish_spawn's
+        ("terminating", {"reason": "requested"}),
+        ("status", {"status": "terminated", "reason": "requested"}),
+    ]

@@ -36,21 +36,28 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def reg(cloud: FakeCloud, redis_url: str, redis_client: redis.Redis,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionStore]:
+def reg(
+    cloud: FakeCloud,
+    redis_url: str,
+    redis_client: redis.Redis,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[SessionStore]:
     cloud.reset()
-    cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="300",
-              http_max_retries="0")  # one HTTP call per lookup: countable
+    cloud_env(
+        monkeypatch, cloud, redis_url, create_lookup_wait_ms="300", http_max_retries="0"
+    )  # one HTTP call per lookup: countable
     yield SessionStore(redis_client)
 
 
 def _lookups(cloud: FakeCloud) -> int:  # noqa: F811
-    return sum(n for route, n in cloud.state()["routes"].items()
-               if route.startswith("GET ") and route.endswith("/pods"))
+    return sum(
+        n
+        for route, n in cloud.state()["routes"].items()
+        if route.startswith("GET ") and route.endswith("/pods")
+    )
 
 
-def test_refused_create_fails_visibly_within_a_second(
-        reg: SessionStore, cloud: FakeCloud) -> None:  # noqa: F811
+def test_refused_create_fails_visibly_within_a_second(reg: SessionStore, cloud: FakeCloud) -> None:  # noqa: F811
     """Bad API key: create and lookup both answer 401. The provider's own error reaches
     wait(), info() and the events at once; no cleanup is owed (401 made nothing)."""
     sid, sealed = new_session(reg, api_key="revoked-key")
@@ -74,7 +81,8 @@ def test_refused_create_fails_visibly_within_a_second(
 
 
 def test_unfinished_cleanup_is_an_obligation_retried_with_backoff(
-        reg: SessionStore, cloud: FakeCloud, redis_client: redis.Redis) -> None:  # noqa: F811
+    reg: SessionStore, cloud: FakeCloud, redis_client: redis.Redis
+) -> None:  # noqa: F811
     """The create made a pod but answered 500, and every lookup fails: the session still
     fails at once with the create's error; the cleanup is retried by the reaper with
     exponential backoff (never once a sweep) and its outcome is reported separately."""
@@ -138,7 +146,8 @@ def test_unfinished_cleanup_is_an_obligation_retried_with_backoff(
 
 
 def test_stale_intent_ends_the_session_and_leaves_a_backed_off_cleanup(
-        reg: SessionStore, cloud: FakeCloud, redis_client: redis.Redis) -> None:  # noqa: F811
+    reg: SessionStore, cloud: FakeCloud, redis_client: redis.Redis
+) -> None:  # noqa: F811
     """A spawn that never finished (its message lost) with a key that no longer works:
     the sweep fails the session at once; the cleanup backs off instead of calling the
     provider on every sweep."""
@@ -150,13 +159,14 @@ def test_stale_intent_ends_the_session_and_leaves_a_backed_off_cleanup(
 
     assert reg.info(sid).status == "failed"
     assert sid not in reg.list_ids()
-    assert [e.data.get("status") for e in events.history(sid)
-            if e.type == "status"] == ["failed"]
+    assert [e.data.get("status") for e in events.history(sid) if e.type == "status"] == ["failed"]
     first = _lookups(cloud)
     for _ in range(5):
         reaper.resolve_stale_intents(ReapReport())
     assert _lookups(cloud) == first, "the cleanup must wait for its backoff"
     assert sid in reg.cleanup_ids()
     assert reaper.service.run_cleanup(sid, attempt=9) == "retrying"
-    assert reg.info(sid).error == {"kind": "timeout", "message":
-                                   "spawn did not finish before its intent expired"}
+    assert reg.info(sid).error == {
+        "kind": "timeout",
+        "message": "spawn did not finish before its intent expired",
+    }

@@ -76,8 +76,12 @@ class Background:
 
 
 @pytest.fixture
-def http_reg(cloud: FakeCloud, redis_url: str, redis_client: redis.Redis,  # noqa: F811
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionStore]:
+def http_reg(
+    cloud: FakeCloud,
+    redis_url: str,
+    redis_client: redis.Redis,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[SessionStore]:
     cloud.reset()
     cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="300")
     yield SessionStore(redis_client)
@@ -88,13 +92,15 @@ def http_reg(cloud: FakeCloud, redis_url: str, redis_client: redis.Redis,  # noq
 
 @pytest.mark.parametrize("gate", ["create-answer", "retry-lookup"])
 def test_stop_during_the_spawns_retry_never_leads_to_a_second_create(
-        http_reg: SessionStore, cloud: FakeCloud, gate: str) -> None:  # noqa: F811
+    http_reg: SessionStore, cloud: FakeCloud, gate: str
+) -> None:  # noqa: F811
     """The create makes the pod and answers 500. The stop arrives while the spawn waits
     for that answer ("create-answer") or for its retry lookup ("retry-lookup"), finds
     the pod by name and deletes it. The spawn must then end the session, not create."""
     reg = http_reg
-    hold: dict[str, Any] = ({"hold": gate, "hold_after_handler": True}
-                            if gate == "create-answer" else {})
+    hold: dict[str, Any] = (
+        {"hold": gate, "hold_after_handler": True} if gate == "create-answer" else {}
+    )
     cloud.fail_next(CREATE_MATCH, 500, after_create=True, **hold)
     if gate == "retry-lookup":
         cloud.fail_next(LOOKUP_MATCH, None, hold=gate)
@@ -122,12 +128,15 @@ def test_stop_during_the_spawns_retry_never_leads_to_a_second_create(
 
 
 @pytest.fixture
-def slow_reg(cloud: FakeCloud, redis_url: str, redis_client: redis.Redis,  # noqa: F811
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionStore]:
+def slow_reg(
+    cloud: FakeCloud,
+    redis_url: str,
+    redis_client: redis.Redis,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[SessionStore]:
     cloud.reset()
     # the client gives up on a create after 0.5 s; the lookup polls for 4 s
-    cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="4000",
-              http_timeout_s="0.5")
+    cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="4000", http_timeout_s="0.5")
     yield SessionStore(redis_client)
     cloud.release(LATE)
 
@@ -140,14 +149,17 @@ LATE = "late-create"
 def _let_the_late_create_land(cloud: FakeCloud, sid: str, lookups_before: int) -> None:  # noqa: F811
     """Once the spawn looked the name up (and found nothing), release the held create and
     wait until every create request the cloud received has made its pod."""
-    wait_for(lambda: collection_calls(cloud, "GET") > lookups_before,
-             what="a by-name lookup after the timeout")
+    wait_for(
+        lambda: collection_calls(cloud, "GET") > lookups_before,
+        what="a by-name lookup after the timeout",
+    )
     cloud.release(LATE)
     wait_for(lambda: creates_of(cloud, sid) >= 1, what="the late create to land")
 
 
 def test_create_landing_after_the_client_timeout_is_adopted(
-        slow_reg: SessionStore, cloud: FakeCloud) -> None:  # noqa: F811
+    slow_reg: SessionStore, cloud: FakeCloud
+) -> None:  # noqa: F811
     reg = slow_reg
     cloud.fail_next(CREATE_MATCH, None, hold=LATE)
     sid, sealed = new_session(reg)
@@ -157,8 +169,10 @@ def test_create_landing_after_the_client_timeout_is_adopted(
     _let_the_late_create_land(cloud, sid, 0)
     result = spawn.result()
     # every create request the cloud got has landed by now: count them all
-    wait_for(lambda: creates_of(cloud, sid) == collection_calls(cloud, "POST"),
-             what="all create requests to finish")
+    wait_for(
+        lambda: creates_of(cloud, sid) == collection_calls(cloud, "POST"),
+        what="all create requests to finish",
+    )
 
     assert creates_of(cloud, sid) == 1, cloud.creates_by_name()
     pods = live_pods_of(cloud, sid)
@@ -169,7 +183,8 @@ def test_create_landing_after_the_client_timeout_is_adopted(
 
 
 def test_create_answered_after_the_client_timeout_is_adopted(
-        slow_reg: SessionStore, cloud: FakeCloud) -> None:  # noqa: F811
+    slow_reg: SessionStore, cloud: FakeCloud
+) -> None:  # noqa: F811
     """The pod exists at once, only its answer is late (``latency_after_s``)."""
     reg = slow_reg
     cloud.fail_next(CREATE_MATCH, None, latency_after_s=1.0)
@@ -183,8 +198,10 @@ def test_create_answered_after_the_client_timeout_is_adopted(
 
 
 def test_redelivery_after_a_worker_died_mid_create_adopts_the_late_pod(
-        slow_reg: SessionStore, cloud: FakeCloud,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    slow_reg: SessionStore,
+    cloud: FakeCloud,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The first delivery passed the registry's create gate and sent the create, then its
     worker died; the create lands late. The redelivery must wait for it and adopt it."""
     reg = slow_reg
@@ -210,8 +227,10 @@ def test_redelivery_after_a_worker_died_mid_create_adopts_the_late_pod(
     redelivered = Background(lambda: _svc().spawn(sid, sealed, attempt_id="t1"))
     _let_the_late_create_land(cloud, sid, lookups)
     result = redelivered.result()
-    wait_for(lambda: creates_of(cloud, sid) == collection_calls(cloud, "POST"),
-             what="all create requests to finish")
+    wait_for(
+        lambda: creates_of(cloud, sid) == collection_calls(cloud, "POST"),
+        what="all create requests to finish",
+    )
 
     assert creates_of(cloud, sid) == 1, cloud.creates_by_name()
     assert result["id"] == live_pods_of(cloud, sid)[0]["id"]
@@ -245,8 +264,9 @@ class StubCloud(Provider):
             raise self.refuse_create
         name = request.name or ""
         self.creates[name] = self.creates.get(name, 0) + 1
-        pod = Compute(id=f"pod-{len(self.pods) + 1}", provider="mock", name=name,
-                      status=ComputeStatus.RUNNING)
+        pod = Compute(
+            id=f"pod-{len(self.pods) + 1}", provider="mock", name=name, status=ComputeStatus.RUNNING
+        )
         self.pods[pod.id] = pod
         if self.die_after_create:
             self.die_after_create = False
@@ -256,9 +276,14 @@ class StubCloud(Provider):
     def get_compute(self, compute_id: str) -> Compute:
         return self.pods[compute_id]
 
-    def list_compute(self, *, status: str | ComputeStatus | None = None,
-                     name: str | None = None, region: str | None = None,
-                     gpu: str | None = None) -> list[Compute]:
+    def list_compute(
+        self,
+        *,
+        status: str | ComputeStatus | None = None,
+        name: str | None = None,
+        region: str | None = None,
+        gpu: str | None = None,
+    ) -> list[Compute]:
         self.calls.append("list")
         return [p for p in self.pods.values() if name in (None, p.name)]
 
@@ -272,11 +297,14 @@ class StubCloud(Provider):
 
 
 @pytest.fixture
-def stub(redis_url: str, redis_client: redis.Redis, cloud: FakeCloud,  # noqa: F811
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SessionStore, StubCloud]]:
+def stub(
+    redis_url: str,
+    redis_client: redis.Redis,
+    cloud: FakeCloud,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[SessionStore, StubCloud]]:
     # spawn lease TTL 1.5 s (3/4 of the stall time): a dead holder's lease frees quickly
-    cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="200",
-              spawn_stall_ms="2000")
+    cloud_env(monkeypatch, cloud, redis_url, create_lookup_wait_ms="200", spawn_stall_ms="2000")
     provider = StubCloud()
     _STUBS.append(provider)
     try:
@@ -305,8 +333,7 @@ def _status_running(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> N
     _svc().spawn(sid, sealed, attempt_id="t1")
 
 
-def _status_terminating_with_pod(reg: SessionStore, p: StubCloud, sid: str,
-                                 sealed: str) -> None:
+def _status_terminating_with_pod(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> None:
     _svc().spawn(sid, sealed, attempt_id="t1")
     # a stop took the fence and deleted the pod, then its worker died before recording it
     verdict, compute_id, _, _ = reg.begin_terminate(sid, "requested", "stop-1", 60_000)
@@ -314,17 +341,14 @@ def _status_terminating_with_pod(reg: SessionStore, p: StubCloud, sid: str,
     p.terminate(compute_id)
 
 
-def _status_terminating_without_pod(reg: SessionStore, p: StubCloud, sid: str,
-                                    sealed: str) -> None:
+def _status_terminating_without_pod(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> None:
     # stopped before the spawn ran: the stop defers the end to the spawn
-    assert _svc().terminate(sid, reason="requested",
-                                       fence_token="stop-1") == "deferred"
+    assert _svc().terminate(sid, reason="requested", fence_token="stop-1") == "deferred"
 
 
 def _status_terminated(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> None:
     _svc().spawn(sid, sealed, attempt_id="t1")
-    assert _svc().terminate(sid, reason="requested",
-                                       fence_token="stop-1") == "terminated"
+    assert _svc().terminate(sid, reason="requested", fence_token="stop-1") == "terminated"
 
 
 def _status_failed(reg: SessionStore, p: StubCloud, sid: str, sealed: str) -> None:
@@ -355,7 +379,8 @@ def _record(reg: SessionStore, sid: str) -> SessionRecord:
 @pytest.mark.parametrize("status", list(SETUPS))
 @pytest.mark.parametrize("attempt_id", ["t1", "resent"])
 def test_redelivered_spawn_never_creates_a_second_pod(
-        stub: tuple[SessionStore, StubCloud], status: str, attempt_id: str) -> None:
+    stub: tuple[SessionStore, StubCloud], status: str, attempt_id: str
+) -> None:
     """The same spawn delivered again (same task id) or re-sent (new id), in every
     status: at most the one create the first delivery made."""
     reg, provider = stub
@@ -375,14 +400,16 @@ def test_redelivered_spawn_never_creates_a_second_pod(
     assert after.status == final
     if status == "failed":
         assert after.error == before.error  # the first error stands
-        assert [e.data.get("status") for e in events.history(sid)
-                if e.type == "status"] == ["failed"]
+        assert [e.data.get("status") for e in events.history(sid) if e.type == "status"] == [
+            "failed"
+        ]
     if final == "running":
         assert after.compute_id == provider.live()[0].id
 
 
 def test_duplicate_delivery_of_a_live_spawn_does_not_share_its_lease(
-        stub: tuple[SessionStore, StubCloud]) -> None:
+    stub: tuple[SessionStore, StubCloud],
+) -> None:
     """The same task delivered twice while the first execution is still creating (a
     visibility timeout shorter than a slow spawn): the duplicate must leave the session
     to it instead of sharing its lease and creating too."""
@@ -406,7 +433,8 @@ def test_duplicate_delivery_of_a_live_spawn_does_not_share_its_lease(
 
 
 def test_redelivery_takes_over_the_lease_of_a_dead_execution(
-        stub: tuple[SessionStore, StubCloud]) -> None:
+    stub: tuple[SessionStore, StubCloud],
+) -> None:
     """The worker died right after its create: its lease is no longer renewed, so the
     redelivery of the same task waits for it to expire, then adopts the pod by name."""
     reg, provider = stub
@@ -430,14 +458,14 @@ def test_settings_expose_the_lookup_wait(stub: tuple[SessionStore, StubCloud]) -
 
 
 def test_lost_spawn_of_a_session_stopped_before_its_pod_is_re_sent(
-        stub: tuple[SessionStore, StubCloud], redis_client: redis.Redis) -> None:
+    stub: tuple[SessionStore, StubCloud], redis_client: redis.Redis
+) -> None:
     """A stop before the pod existed defers the end to the spawn; when that spawn's
     message is lost, the stalled-spawn scan must re-send it, or the session stays
     ``terminating`` until its intent expires."""
     reg, provider = stub
     sid, sealed = new_session(reg, provider="mock")
-    assert _svc().terminate(sid, reason="requested",
-                                       fence_token="stop-1") == "deferred"
+    assert _svc().terminate(sid, reason="requested", fence_token="stop-1") == "deferred"
     redis_client.zadd("atlas:intents", {sid: reg.now_ms() + 1_000}, xx=True)  # stalled
 
     resent = reg.claim_stalled_spawns(stall_ms=600_000 - 5_000, max_resends=3)

@@ -64,8 +64,15 @@ def svc(reg: SessionStore, provider: RacingProvider) -> SessionService:
 
 
 def _spawning(reg: SessionStore, sid: str) -> None:
-    reg.create(SessionRecord(id=sid, provider="mock", status=SessionStatus.SPAWNING,
-                             pod_name=f"atlas-{sid}", idle_ttl_ms=60000))
+    reg.create(
+        SessionRecord(
+            id=sid,
+            provider="mock",
+            status=SessionStatus.SPAWNING,
+            pod_name=f"atlas-{sid}",
+            idle_ttl_ms=60000,
+        )
+    )
 
 
 def _spawn_records_pod(svc: SessionService, sid: str, pod: str) -> dict[str, Any]:
@@ -78,7 +85,8 @@ def _spawn_records_pod(svc: SessionService, sid: str, pod: str) -> dict[str, Any
 
 
 def test_pod_recorded_after_the_name_lookup_is_terminated_by_the_fence_holder(
-        reg: SessionStore, provider: RacingProvider, svc: SessionService) -> None:
+    reg: SessionStore, provider: RacingProvider, svc: SessionService
+) -> None:
     _spawning(reg, "r1")
     spawn: dict[str, Any] = {}
     provider.on_lookup = lambda: spawn.update(_spawn_records_pod(svc, "r1", "pod-r1"))
@@ -94,7 +102,8 @@ def test_pod_recorded_after_the_name_lookup_is_terminated_by_the_fence_holder(
 
 
 def test_pod_recorded_after_the_stop_deferred_is_terminated_by_the_spawn(
-        reg: SessionStore, provider: RacingProvider, svc: SessionService) -> None:
+    reg: SessionStore, provider: RacingProvider, svc: SessionService
+) -> None:
     _spawning(reg, "r2")
 
     outcome = svc.terminate("r2", reason="requested", fence_token="stop-r2")
@@ -109,13 +118,12 @@ def test_pod_recorded_after_the_stop_deferred_is_terminated_by_the_spawn(
 
 
 def test_stop_of_a_spawn_that_never_made_a_pod_finishes(
-        reg: SessionStore, svc: SessionService, provider: RacingProvider,
-        redis_client: redis.Redis) -> None:
+    reg: SessionStore, svc: SessionService, provider: RacingProvider, redis_client: redis.Redis
+) -> None:
     _spawning(reg, "r3")
     redis_client.zrem(C.INTENTS_KEY, "r3")  # its spawn gave up: nothing will record a pod
 
-    assert svc.terminate("r3", reason="requested",
-                                       fence_token="stop-r3") == "terminated"
+    assert svc.terminate("r3", reason="requested", fence_token="stop-r3") == "terminated"
     assert provider.terminated == []
     assert reg.info("r3").status == "terminated"
 
@@ -141,7 +149,8 @@ def secret_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_pod_of_a_create_that_outlived_its_session_is_terminated(
-        reg: SessionStore, secret_key: None) -> None:
+    reg: SessionStore, secret_key: None
+) -> None:
     stub = SlowCreateProvider()
     svc = _service(reg, stub)
     _spawning(reg, "r4")

@@ -22,8 +22,9 @@ def test_list_sessions_pages_newest_first_and_prunes_expired(cluster: LocalClust
     other = orchestrator.spawn(**SPAWN, user_id=10).id
     listed = [i.id for i in orchestrator.list_sessions({"user": 9, "team": 3})]
     assert listed == ids[::-1] and other not in listed  # JSON key order does not matter
-    assert [i.id for i in orchestrator.list_sessions({"team": 3, "user": 9}, offset=1,
-                                                     limit=2)] == ids[2:0:-1]
+    assert [
+        i.id for i in orchestrator.list_sessions({"team": 3, "user": 9}, offset=1, limit=2)
+    ] == ids[2:0:-1]
     r = get_redis()
     r.delete(Keys(ids[0]).record)  # as if the record had expired
     key = user_index_key('{"team": 3, "user": 9}')

@@ -24,14 +24,32 @@ SITE = Path(__file__).resolve().parents[2] / "examples" / "django_site"
 
 @pytest.fixture(scope="module")
 def site(_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {**_cluster.env, "DJANGO_DB_PATH": str(tmp_path_factory.mktemp("db") / "db.sqlite3"),
-           "DJANGO_ATLAS_VIEWS": "async"}
+    env = {
+        **_cluster.env,
+        "DJANGO_DB_PATH": str(tmp_path_factory.mktemp("db") / "db.sqlite3"),
+        "DJANGO_ATLAS_VIEWS": "async",
+    }
     manage(SITE, env, "migrate", "--noinput")
     create_users(SITE, env, "alice", "bob")
     port = free_port()
-    proc = serve("django-site", [
-        sys.executable, "-m", "uvicorn", "atlas_site.asgi:application", "--host", "127.0.0.1",
-        "--port", str(port), "--app-dir", str(SITE)], env, port, SITE)
+    proc = serve(
+        "django-site",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "atlas_site.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--app-dir",
+            str(SITE),
+        ],
+        env,
+        port,
+        SITE,
+    )
     yield f"http://127.0.0.1:{port}"
     proc.stop()
 
@@ -61,10 +79,12 @@ def test_django_example_end_to_end(site: str) -> None:
     assert info["status"] == "running" and token not in str(info)
     assert [s["id"] for s in alice.get("/atlas/sessions/").json()["sessions"]][:1] == [sid]
 
-    for method, url in [("GET", f"/atlas/sessions/{sid}/"),
-                        ("POST", f"/atlas/sessions/{sid}/touch/"),
-                        ("GET", f"/atlas/sessions/{sid}/events/"),
-                        ("DELETE", f"/atlas/sessions/{sid}/")]:
+    for method, url in [
+        ("GET", f"/atlas/sessions/{sid}/"),
+        ("POST", f"/atlas/sessions/{sid}/touch/"),
+        ("GET", f"/atlas/sessions/{sid}/events/"),
+        ("DELETE", f"/atlas/sessions/{sid}/"),
+    ]:
         r = bob.request(method, url)
         assert r.status_code == 404 and r.json()["error"] == "not_found", (method, url)
         anonymous = httpx.Client(base_url=site).request(method, url)
@@ -79,9 +99,8 @@ def test_django_example_end_to_end(site: str) -> None:
     # the stream ends by itself after `terminated`; a resume after any event loses and
     # repeats nothing
     for cut in range(len(ids) - 1):
-        resumed = sse(alice, f"/atlas/sessions/{sid}/events/", "terminated",
-                      last_id=ids[cut])
-        assert [m["id"] for m in resumed] == ids[cut + 1:]
+        resumed = sse(alice, f"/atlas/sessions/{sid}/events/", "terminated", last_id=ids[cut])
+        assert [m["id"] for m in resumed] == ids[cut + 1 :]
     assert alice.post(f"/atlas/sessions/{sid}/touch/").status_code == 404
 
 
@@ -90,13 +109,11 @@ def test_csrf_is_required_for_session_auth_writes(site: str) -> None:
     header = alice.headers.pop("X-CSRFToken")
     r = alice.post("/atlas/sessions/", json={"preset": "default"})
     assert r.status_code == 403  # Django's CSRF check, before our view runs
-    r = alice.post("/atlas/sessions/", json={"preset": "nope"},
-                   headers={"X-CSRFToken": header})
+    r = alice.post("/atlas/sessions/", json={"preset": "nope"}, headers={"X-CSRFToken": header})
     assert r.status_code == 422 and r.json()["error"] == "validation"
 
 
-def test_manage_py_atlas_doctor(_cluster: LocalCluster, site: str,
-                                tmp_path: Path) -> None:
+def test_manage_py_atlas_doctor(_cluster: LocalCluster, site: str, tmp_path: Path) -> None:
     env = {**_cluster.env, "DJANGO_DB_PATH": str(tmp_path / "db.sqlite3")}
     out = manage(SITE, env, "atlas", "doctor")
     assert "redis answers PING" in out and "SECRET_KEY is set" in out
@@ -107,18 +124,34 @@ def test_manage_py_atlas_worker_and_beat_serve_a_spawn(tmp_path: Path) -> None:
     """``manage.py atlas worker`` / ``atlas beat`` with the project's settings loaded: the
     only worker of this cluster runs the spawn; beat takes the single-beat lock."""
     with LocalCluster(workers=0, beat=False, fakecloud={"boot_delay_s": 0.0}) as cluster:
-        env = {**cluster.env, "DJANGO_DB_PATH": str(tmp_path / "db.sqlite3"),
-               "PYTHONPATH": str(SITE)}
-        worker = ManagedProcess("manage-worker", [
-            sys.executable, str(SITE / "manage.py"), "atlas", "worker", "--",
-            "--concurrency=4", "--without-mingle", "--without-gossip"], env)
-        beat = ManagedProcess("manage-beat", [
-            sys.executable, str(SITE / "manage.py"), "atlas", "beat"], env)
+        env = {
+            **cluster.env,
+            "DJANGO_DB_PATH": str(tmp_path / "db.sqlite3"),
+            "PYTHONPATH": str(SITE),
+        }
+        worker = ManagedProcess(
+            "manage-worker",
+            [
+                sys.executable,
+                str(SITE / "manage.py"),
+                "atlas",
+                "worker",
+                "--",
+                "--concurrency=4",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env,
+        )
+        beat = ManagedProcess(
+            "manage-beat", [sys.executable, str(SITE / "manage.py"), "atlas", "beat"], env
+        )
         try:
             worker_ready(worker)
             beat.start().wait_for("Acquired lock", 60)
-            s = orchestrator.spawn(gpu="h100", image="me/infer:1", ports=[(8000, "http")],
-                                   user_id=1)
+            s = orchestrator.spawn(
+                gpu="h100", image="me/infer:1", ports=[(8000, "http")], user_id=1
+            )
             assert s.wait(timeout=30).status == "running"
             orchestrator.stop_tracked(s.id)
         finally:
@@ -129,12 +162,23 @@ def test_manage_py_atlas_worker_and_beat_serve_a_spawn(tmp_path: Path) -> None:
 def test_a_typo_in_settings_atlas_stops_startup_naming_it(tmp_path: Path) -> None:
     (tmp_path / "typo_settings.py").write_text(
         "from atlas_site.settings import *  # noqa\n"
-        "ATLAS = {**ATLAS, 'REDIS_ULR': 'redis://nowhere:6379/0'}\n")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "typo_settings",
-           "PYTHONPATH": f"{tmp_path}{os.pathsep}{SITE}",
-           "DJANGO_DB_PATH": str(tmp_path / "db.sqlite3")}
-    done = subprocess.run([sys.executable, str(SITE / "manage.py"), "check"], env=env,
-                          capture_output=True, text=True, timeout=60)
+        "ATLAS = {**ATLAS, 'REDIS_ULR': 'redis://nowhere:6379/0'}\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "typo_settings",
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{SITE}",
+        "DJANGO_DB_PATH": str(tmp_path / "db.sqlite3"),
+    }
+    done = subprocess.run(
+        [sys.executable, str(SITE / "manage.py"), "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
-    assert "REDIS_ULR: unknown atlas setting in settings.ATLAS; did you mean 'REDIS_URL'?" \
+    assert (
+        "REDIS_ULR: unknown atlas setting in settings.ATLAS; did you mean 'REDIS_URL'?"
         in done.stderr
+    )

@@ -27,8 +27,9 @@ from examples.flask_app.app import create_app  # noqa: E402
 @pytest.fixture
 def app(cluster: LocalCluster) -> Iterator[Flask]:
     configure()
-    app = create_app({"TESTING": True, "ATLAS_REDIS_URL": cluster.redis_url,
-                      "ATLAS_SSE_KEEPALIVE_S": 2})
+    app = create_app(
+        {"TESTING": True, "ATLAS_REDIS_URL": cluster.redis_url, "ATLAS_SSE_KEEPALIVE_S": 2}
+    )
     yield app
     configure()  # the overrides are process-wide: leave none to the next test
 
@@ -39,8 +40,9 @@ def _login(app: Flask, user: str) -> FlaskClient:
     return c
 
 
-def _events(c: FlaskClient, sid: str, until: str, last_id: str | None = None
-            ) -> list[dict[str, Any]]:
+def _events(
+    c: FlaskClient, sid: str, until: str, last_id: str | None = None
+) -> list[dict[str, Any]]:
     headers = {"Last-Event-ID": last_id} if last_id else {}
     response = c.get(f"/atlas/sessions/{sid}/events", headers=headers, buffered=False)
     assert response.status_code == 200
@@ -86,8 +88,12 @@ def test_another_user_is_refused_on_every_route(app: Flask) -> None:
     alice, bob = _login(app, "alice"), _login(app, "bob")
     anonymous = app.test_client()
     sid = alice.post("/atlas/sessions", json={"preset": "default"}).get_json()["session"]
-    routes = [("get", f"/atlas/sessions/{sid}"), ("post", f"/atlas/sessions/{sid}/touch"),
-              ("get", f"/atlas/sessions/{sid}/events"), ("delete", f"/atlas/sessions/{sid}")]
+    routes = [
+        ("get", f"/atlas/sessions/{sid}"),
+        ("post", f"/atlas/sessions/{sid}/touch"),
+        ("get", f"/atlas/sessions/{sid}/events"),
+        ("delete", f"/atlas/sessions/{sid}"),
+    ]
     for method, url in routes:
         r = getattr(bob, method)(url)
         assert r.status_code == 404, (method, url, r.status_code)
@@ -111,7 +117,7 @@ def test_sse_resumes_after_last_event_id_without_loss_or_duplicate(app: Flask) -
     assert len(ids) >= 4 and len(set(ids)) == len(ids)
     for cut in range(len(ids) - 1):
         resumed = _events(alice, sid, "terminated", last_id=ids[cut])
-        assert [m["id"] for m in resumed] == ids[cut + 1:]
+        assert [m["id"] for m in resumed] == ids[cut + 1 :]
 
 
 def test_presets_and_bad_input(app: Flask) -> None:

@@ -53,8 +53,14 @@ def free_port() -> int:
 
 def manage(project: Path, env: dict[str, str], *args: str) -> str:
     """Run ``python manage.py ARGS`` in ``project``; returns its output (raises on error)."""
-    done = subprocess.run([sys.executable, str(project / "manage.py"), *args], env=env,
-                          cwd=project, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(project / "manage.py"), *args],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -62,13 +68,12 @@ def manage(project: Path, env: dict[str, str], *args: str) -> str:
 def create_users(project: Path, env: dict[str, str], *names: str, staff: bool = False) -> None:
     """Users ``names`` with password ``pw-<name>``."""
     code = "from django.contrib.auth.models import User\n" + "".join(
-        f"User.objects.create_user({n!r}, password='pw-{n}', is_staff={staff})\n"
-        for n in names)
+        f"User.objects.create_user({n!r}, password='pw-{n}', is_staff={staff})\n" for n in names
+    )
     manage(project, env, "shell", "-c", code)
 
 
-def serve(name: str, args: list[str], env: dict[str, str], port: int,
-          cwd: Path) -> ManagedProcess:
+def serve(name: str, args: list[str], env: dict[str, str], port: int, cwd: Path) -> ManagedProcess:
     """Start a server process and wait until it answers HTTP on ``port``."""
     proc = ManagedProcess(name, args, {**env, "PYTHONPATH": str(cwd)}).start()
 
@@ -78,6 +83,7 @@ def serve(name: str, args: list[str], env: dict[str, str], port: int,
             return True
         except httpx.HTTPError:
             return False
+
     proc.wait_until(answers, 60, f"HTTP on port {port}")
     return proc
 
@@ -92,8 +98,9 @@ def wait_status(client: httpx.Client, url: str, status: str, timeout: float = 30
         time.sleep(0.05)
 
 
-def sse(client: httpx.Client, url: str, until: str, last_id: str | None = None
-        ) -> list[dict[str, Any]]:
+def sse(
+    client: httpx.Client, url: str, until: str, last_id: str | None = None
+) -> list[dict[str, Any]]:
     """Read the SSE stream at ``url`` until a status event ``until`` (or its end)."""
     headers = {"Last-Event-ID": last_id} if last_id else {}
     seen: list[dict[str, Any]] = []
@@ -107,5 +114,14 @@ def sse(client: httpx.Client, url: str, until: str, last_id: str | None = None
     return seen
 
 
-__all__ = ["create_users", "free_port", "manage", "os", "serve", "sse", "sse_messages",
-           "status_of", "wait_status"]
+__all__ = [
+    "create_users",
+    "free_port",
+    "manage",
+    "os",
+    "serve",
+    "sse",
+    "sse_messages",
+    "status_of",
+    "wait_status",
+]

@@ -169,8 +169,9 @@ class ChaosConfig:
     @classmethod
     def long(cls, **overrides: Any) -> ChaosConfig:
         """Long mode: 560 planned sessions (≥ 500 spawned), 90 s of chaos."""
-        return cls(**{"sessions": 560, "chaos_s": 90.0, "orphans": 12, "label": "long",
-                      **overrides})
+        return cls(
+            **{"sessions": 560, "chaos_s": 90.0, "orphans": 12, "label": "long", **overrides}
+        )
 
     def cluster_settings(self) -> dict[str, Any]:
         """``ATLAS_*`` settings of the cluster under test."""
@@ -241,14 +242,18 @@ class ChaosReport:
 
     def format(self) -> str:
         """The counts, the observed idle latencies and any violation, for humans."""
-        lines = [f"chaos run ({self.config.label}): {self.config.sessions} sessions, "
-                 f"{self.config.chaos_s:g}s of chaos, seed {self.config.seed}"]
+        lines = [
+            f"chaos run ({self.config.label}): {self.config.sessions} sessions, "
+            f"{self.config.chaos_s:g}s of chaos, seed {self.config.seed}"
+        ]
         for key, value in self.counts.items():
             lines.append(f"  {key:28} {json.dumps(value, sort_keys=True, default=str)}")
         for name, values in self.lateness_s.items():
             lines.append(f"  {name:28} {_dist(values)}")
-        lines.append("  * sessions whose touches all succeeded or failed cleanly (exact "
-                     "deadline known); late = time after the idle deadline")
+        lines.append(
+            "  * sessions whose touches all succeeded or failed cleanly (exact "
+            "deadline known); late = time after the idle deadline"
+        )
         lines.append("  timeline: " + "; ".join(self.timeline))
         lines += [f"  note: {n}" for n in self.notes]
         if self.violations:
@@ -267,8 +272,10 @@ def _dist(values: list[float]) -> str:
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
-    return (f"n={len(ordered)} min={ordered[0]:.2f} p50={statistics.median(ordered):.2f} "
-            f"p95={pct(0.95):.2f} p99={pct(0.99):.2f} max={ordered[-1]:.2f} (s)")
+    return (
+        f"n={len(ordered)} min={ordered[0]:.2f} p50={statistics.median(ordered):.2f} "
+        f"p95={pct(0.95):.2f} p99={pct(0.99):.2f} max={ordered[-1]:.2f} (s)"
+    )
 
 
 class _Scheduler:
@@ -312,9 +319,12 @@ class _Fleet:
         self.cfg = cfg
         self.sched = sched
         self.slots: dict[str, ManagedProcess] = {
-            f"w{i + 1}@%h": w for i, w in enumerate(cluster.workers)}
-        self.all_procs: list[ManagedProcess] = [*cluster.workers,
-                                                *([cluster.beat] if cluster.beat else [])]
+            f"w{i + 1}@%h": w for i, w in enumerate(cluster.workers)
+        }
+        self.all_procs: list[ManagedProcess] = [
+            *cluster.workers,
+            *([cluster.beat] if cluster.beat else []),
+        ]
         self.counts: Counter[str] = Counter()
         self.timeline: list[str] = []
         self.killed: set[int] = set()
@@ -365,8 +375,12 @@ class _Fleet:
                 self.note(f"{name.split('@')[0]} died by itself (exit {code})")
                 self.pending[name] = self.sched.now() + 0.2
         beat = self.cluster.beat
-        if beat is not None and beat.process is not None and not beat.alive() \
-                and beat.pid not in self.killed:
+        if (
+            beat is not None
+            and beat.process is not None
+            and not beat.alive()
+            and beat.pid not in self.killed
+        ):
             self.counts["beat_crashes"] += 1
             self.killed.add(beat.pid)
             self.note(f"beat died by itself (exit {beat.process.returncode})")
@@ -434,14 +448,27 @@ class ChaosRun:
             kind = self.rng.choices(["idle", "steady", "gappy"], [25, 45, 30])[0]
             spawn_at = self.rng.uniform(0.0, cfg.chaos_s * cfg.spawn_window)
             touch_until = min(cfg.chaos_s, spawn_at + self.rng.uniform(0.0, cfg.chaos_s))
-            self.tracks.append(Track(
-                index=i, ttl_ms=ttl_ms, kind=kind, spawn_at=spawn_at, touch_until=touch_until,
-                auth=self.rng.choice(["bearer", "bearer", "signed_url", "none"]),
-                per_call_key=self.rng.random() < 0.5,
-                stop_after=(self.rng.uniform(*cfg.stop_after_s)
-                            if self.rng.random() < cfg.stop_fraction else None),
-                redeliver_after=(self.rng.uniform(*cfg.redeliver_after_s)
-                                 if self.rng.random() < cfg.redeliver_fraction else None)))
+            self.tracks.append(
+                Track(
+                    index=i,
+                    ttl_ms=ttl_ms,
+                    kind=kind,
+                    spawn_at=spawn_at,
+                    touch_until=touch_until,
+                    auth=self.rng.choice(["bearer", "bearer", "signed_url", "none"]),
+                    per_call_key=self.rng.random() < 0.5,
+                    stop_after=(
+                        self.rng.uniform(*cfg.stop_after_s)
+                        if self.rng.random() < cfg.stop_fraction
+                        else None
+                    ),
+                    redeliver_after=(
+                        self.rng.uniform(*cfg.redeliver_after_s)
+                        if self.rng.random() < cfg.redeliver_fraction
+                        else None
+                    ),
+                )
+            )
 
     # ------------------------------------------------------------------ driver actions
     def spawn(self, t: Track, sched: _Scheduler) -> None:
@@ -449,9 +476,15 @@ class ChaosRun:
             return
         try:
             s = orchestrator.spawn(
-                provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=t.ttl_ms,
-                auth=t.auth, user_id=t.index, ports=[(8000, "http")],
-                api_key=self.per_call_key if t.per_call_key else None)
+                provider="runpod",
+                gpu="h100",
+                image=IMAGE,
+                idle_ttl_ms=t.ttl_ms,
+                auth=t.auth,
+                user_id=t.index,
+                ports=[(8000, "http")],
+                api_key=self.per_call_key if t.per_call_key else None,
+            )
         except Exception as exc:  # Redis down: the web tier sees an error, nothing else
             t.spawn_error = type(exc).__name__
             self.counts[f"spawn_error:{type(exc).__name__}"] += 1
@@ -464,8 +497,9 @@ class ChaosRun:
         self.counts["spawned"] += 1
         if t.redeliver_after is not None:
             try:  # the sealed payload, as the broker message carries it
-                t.sealed = cast("str | None", get_redis().hget(f"atlas:session:{s.id}",
-                                                               "spawn_sealed"))
+                t.sealed = cast(
+                    "str | None", get_redis().hget(f"atlas:session:{s.id}", "spawn_sealed")
+                )
             except redis.RedisError:
                 t.sealed = None
             if t.sealed:
@@ -502,14 +536,22 @@ class ChaosRun:
         if self.stop_touching.is_set() or t.id is None or not t.sealed:
             return
         from atlas_tasks.celery_app import get_app
+
         try:
-            status, compute_id = cast(list["str | None"], get_redis().hmget(
-                f"atlas:session:{t.id}", "status", "compute_id"))
+            status, compute_id = cast(
+                list["str | None"],
+                get_redis().hmget(f"atlas:session:{t.id}", "status", "compute_id"),
+            )
             if status == "terminating":
                 status += "_with_compute_id" if compute_id else "_without_compute_id"
-            get_app().send_task(C.TASK_SPAWN, args=[t.id, t.sealed],
-                                task_id=f"atlas-spawn-{t.id}", queue=C.QUEUE_COMPUTE,
-                                argsrepr=repr((t.id, "<sealed>")), kwargsrepr="{}")
+            get_app().send_task(
+                C.TASK_SPAWN,
+                args=[t.id, t.sealed],
+                task_id=f"atlas-spawn-{t.id}",
+                queue=C.QUEUE_COMPUTE,
+                argsrepr=repr((t.id, "<sealed>")),
+                kwargsrepr="{}",
+            )
             self.counts[f"redelivered_in:{status}"] += 1
         except Exception:  # Redis down: a real broker would not redeliver either
             self.counts["redeliveries_failed"] += 1
@@ -558,7 +600,7 @@ class ChaosRun:
             r = get_redis()
             pipe = r.pipeline(transaction=False)
             for p in pods:
-                pipe.hmget(f"atlas:session:{p['name'][len(PREFIX):]}", "status", "compute_id")
+                pipe.hmget(f"atlas:session:{p['name'][len(PREFIX) :]}", "status", "compute_id")
             pipe.zrange("atlas:intents", 0, -1)
             results = pipe.execute()
         except redis.RedisError:
@@ -566,9 +608,11 @@ class ChaosRun:
         intents = set(results[-1])
         seen = set()
         for pod, (status, compute_id) in zip(pods, results[:-1], strict=True):
-            sid = pod["name"][len(PREFIX):]
-            tracked = sid in intents or (status in ("spawning", "running", "terminating")
-                                         and compute_id in (None, "", pod["id"]))
+            sid = pod["name"][len(PREFIX) :]
+            tracked = sid in intents or (
+                status in ("spawning", "running", "terminating")
+                and compute_id in (None, "", pod["id"])
+            )
             if tracked:
                 continue
             seen.add(pod["id"])
@@ -583,11 +627,15 @@ class ChaosRun:
         cfg = self.cfg
         report = ChaosReport(cfg)
         self.plan()
-        cloud_opts = {**cfg.fakecloud(),
-                      "api_keys": ["fake-key", self.per_call_key]}
+        cloud_opts = {**cfg.fakecloud(), "api_keys": ["fake-key", self.per_call_key]}
         started = time.monotonic()
-        with LocalCluster(appendonly=True, workers=cfg.workers, concurrency=cfg.concurrency,
-                          fakecloud=cloud_opts, **cfg.cluster_settings()) as cluster:
+        with LocalCluster(
+            appendonly=True,
+            workers=cfg.workers,
+            concurrency=cfg.concurrency,
+            fakecloud=cloud_opts,
+            **cfg.cluster_settings(),
+        ) as cluster:
             setup_s = time.monotonic() - started
             sched = _Scheduler(16)
             self.t0_wall = time.time()
@@ -597,11 +645,16 @@ class ChaosRun:
             for i in range(cfg.foreign):
                 self.foreign_ids.append(self.plant(cluster, f"someone-elses-{i}"))
             for i in range(cfg.orphans):
-                sched.at(self.rng.uniform(0, cfg.chaos_s * 0.9), functools.partial(
-                    lambda n: self.orphan_ids.append(self.plant(cluster, n)),
-                    f"{PREFIX}orphan{i:04d}"))
-            chaos = threading.Thread(target=self.chaos_loop, args=(cluster, fleet, sched),
-                                     name="chaos", daemon=True)
+                sched.at(
+                    self.rng.uniform(0, cfg.chaos_s * 0.9),
+                    functools.partial(
+                        lambda n: self.orphan_ids.append(self.plant(cluster, n)),
+                        f"{PREFIX}orphan{i:04d}",
+                    ),
+                )
+            chaos = threading.Thread(
+                target=self.chaos_loop, args=(cluster, fleet, sched), name="chaos", daemon=True
+            )
             chaos.start()
             try:
                 sched.run_until(cfg.chaos_s)
@@ -636,8 +689,9 @@ class ChaosRun:
             fleet.tick()
             if now >= next_slow:
                 # the next create is made late: after the worker's client gave up on it
-                cluster.cloud.fail_next(CREATE_MATCH, None,
-                                        latency_s=rng.uniform(*cfg.slow_create_s))
+                cluster.cloud.fail_next(
+                    CREATE_MATCH, None, latency_s=rng.uniform(*cfg.slow_create_s)
+                )
                 self.counts["slow_creates_scripted"] += 1
                 next_slow = now + rng.uniform(*cfg.slow_create_every_s)
             if now >= next_kill:
@@ -679,23 +733,28 @@ class ChaosRun:
         # With the stalled-spawn re-send on, a spawn with no message left is not lost
         # yet: the reaper re-sends it (up to SPAWN_MAX_RESENDS times, one stall apart)
         # and then resolves its intent. Only what outlives all that is set aside.
-        lost_after = (cfg.spawn_stall_ms / 1000 * (C.SPAWN_MAX_RESENDS + 1) + 5
-                      if cfg.lost_spawn_is_violation else 2.0)
+        lost_after = (
+            cfg.spawn_stall_ms / 1000 * (C.SPAWN_MAX_RESENDS + 1) + 5
+            if cfg.lost_spawn_is_violation
+            else 2.0
+        )
         while time.monotonic() < deadline:
             fleet.tick()
             self.watch_untracked(cluster, sched.now())
             pipe = r.pipeline(transaction=False)
             for sid in ids:
                 pipe.hget(f"atlas:session:{sid}", "status")
-            open_ids = [sid for sid, st in zip(ids, pipe.execute(), strict=True)
-                        if st not in TERMINAL]
+            open_ids = [
+                sid for sid, st in zip(ids, pipe.execute(), strict=True) if st not in TERMINAL
+            ]
             live = [p for p in cluster.cloud.state()["pods"] if p["name"].startswith(PREFIX)]
             now = time.monotonic()
             lost = self.lost_spawns(r, open_ids)
             suspects = {sid: suspects.get(sid, now) for sid in lost}
             self.lost = {sid for sid, since in suspects.items() if now - since >= lost_after}
             if set(open_ids) <= self.lost and all(
-                    p["name"][len(PREFIX):] in self.lost for p in live):
+                p["name"][len(PREFIX) :] in self.lost for p in live
+            ):
                 fleet.note("drained" + (f" ({len(self.lost)} lost spawn)" if self.lost else ""))
                 time.sleep(cfg.settle_s)  # anything late (a stray redelivery) shows now
                 return True
@@ -712,15 +771,24 @@ class ChaosRun:
         pipe = r.pipeline(transaction=False)
         for sid in open_ids:
             pipe.hget(f"atlas:session:{sid}", "status")
-        spawning = [sid for sid, st in zip(open_ids, pipe.execute(), strict=True)
-                    if st == "spawning"]
+        spawning = [
+            sid for sid, st in zip(open_ids, pipe.execute(), strict=True) if st == "spawning"
+        ]
         queued = cast(list[str], r.lrange("compute", 0, -1))
         messages = "\n".join([*queued, *cast(list[str], r.hvals("unacked"))])
         return {sid for sid in spawning if f"atlas-spawn-{sid}" not in messages}
 
     # ------------------------------------------------------------------ checks
-    def collect(self, cluster: LocalCluster, report: ChaosReport, fleet: _Fleet,
-                faults: dict[str, int], setup_s: float, drain_s: float, drained: bool) -> None:
+    def collect(
+        self,
+        cluster: LocalCluster,
+        report: ChaosReport,
+        fleet: _Fleet,
+        faults: dict[str, int],
+        setup_s: float,
+        drain_s: float,
+        drained: bool,
+    ) -> None:
         cfg = self.cfg
         r = get_redis()
         for t in self.tracks:
@@ -735,8 +803,11 @@ class ChaosRun:
         self.check_secrets(cluster, v)
         creates = self.check_creates(state, v)
         invisible = self.check_visible_ends(v)
-        raw = {k.split(":", 1)[1]: n for k, n in self.counts.items()
-               if k.startswith("caller_raw_exceptions:")}
+        raw = {
+            k.split(":", 1)[1]: n
+            for k, n in self.counts.items()
+            if k.startswith("caller_raw_exceptions:")
+        }
         for what, n in raw.items():
             v.append(f"{n} raw exception(s) reached the caller: {what}")
         report.notes += self.notes
@@ -745,9 +816,11 @@ class ChaosRun:
         if leftover:
             # e.g. spawn() raised while Redis went away after recording the session:
             # no pod can exist (nothing was enqueued); its intent expires after 10 min.
-            report.notes.append(f"{len(leftover)} session(s) still tracked after the drain, "
-                                f"{len([x for x in leftover if x not in known])} unknown to "
-                                f"the driver: {leftover[:5]}")
+            report.notes.append(
+                f"{len(leftover)} session(s) still tracked after the drain, "
+                f"{len([x for x in leftover if x not in known])} unknown to "
+                f"the driver: {leftover[:5]}"
+            )
         report.lateness_s = {
             "idle→terminating (s late)*": idle_decision,
             "idle→terminated (s late)*": idle_end,
@@ -755,64 +828,95 @@ class ChaosRun:
         }
         statuses = Counter(t.record.get("status", "missing") for t in self.tracks if t.id)
         logs = fleet.logs()
+
         def count(marker: str) -> int:
             return len([x for x in v if marker in x])
 
         counts: dict[str, Any] = {
             "invariants": {
                 "leaked pods": count("leaked pod"),
-                "wrongful kills": count("before its idle deadline")
-                + count("orphan reaper killed"),
+                "wrongful kills": count("before its idle deadline") + count("orphan reaper killed"),
                 "sessions with >1 create": len([n for n in creates.values() if n > 1]),
                 "stuck sessions": count("after the drain"),
                 "ends not visible to wait()": invisible,
                 "raw exceptions at the caller": sum(raw.values()),
             },
-            "creates": {"total": sum(creates.values()),
-                        "max per session": max(creates.values(), default=0),
-                        "sessions with a create": len([n for n in creates.values() if n]),
-                        "sessions": len(creates)},
+            "creates": {
+                "total": sum(creates.values()),
+                "max per session": max(creates.values(), default=0),
+                "sessions with a create": len([n for n in creates.values() if n]),
+                "sessions": len(creates),
+            },
             "stops and redeliveries": {
                 "stops": self.counts["stops"],
                 "stops of ended sessions": self.counts["stops_not_tracked"],
-                "redelivered in": {k.split(":", 1)[1]: n for k, n in self.counts.items()
-                                   if k.startswith("redelivered_in:")},
-                "slow creates scripted": self.counts["slow_creates_scripted"]},
-            "caller AtlasErrors": {k.split(":", 1)[1]: n for k, n in self.counts.items()
-                                   if k.startswith("caller_atlas_errors:")},
-            "sessions": {"planned": cfg.sessions, "spawned": self.counts["spawned"],
-                         "spawn_errors": {k.split(":", 1)[1]: n for k, n in self.counts.items()
-                                          if k.startswith("spawn_error:")}},
+                "redelivered in": {
+                    k.split(":", 1)[1]: n
+                    for k, n in self.counts.items()
+                    if k.startswith("redelivered_in:")
+                },
+                "slow creates scripted": self.counts["slow_creates_scripted"],
+            },
+            "caller AtlasErrors": {
+                k.split(":", 1)[1]: n
+                for k, n in self.counts.items()
+                if k.startswith("caller_atlas_errors:")
+            },
+            "sessions": {
+                "planned": cfg.sessions,
+                "spawned": self.counts["spawned"],
+                "spawn_errors": {
+                    k.split(":", 1)[1]: n
+                    for k, n in self.counts.items()
+                    if k.startswith("spawn_error:")
+                },
+            },
             "final statuses": dict(statuses),
-            "kills": {"worker_sigkill": fleet.counts["worker_kills"],
-                      "fault_point_self_kill": fleet.counts["fault_point_kills"],
-                      "worker_crashes": fleet.counts["worker_crashes"],
-                      "beat_crashes": fleet.counts["beat_crashes"]},
-            "restarts": {"worker": fleet.counts["worker_restarts"],
-                         "beat": fleet.counts["beat_restarts"],
-                         "redis": self.counts["redis_restarts"],
-                         "redis_down_s": self.redis_down_s},
+            "kills": {
+                "worker_sigkill": fleet.counts["worker_kills"],
+                "fault_point_self_kill": fleet.counts["fault_point_kills"],
+                "worker_crashes": fleet.counts["worker_crashes"],
+                "beat_crashes": fleet.counts["beat_crashes"],
+            },
+            "restarts": {
+                "worker": fleet.counts["worker_restarts"],
+                "beat": fleet.counts["beat_restarts"],
+                "redis": self.counts["redis_restarts"],
+                "redis_down_s": self.redis_down_s,
+            },
             "faults injected": {k: n for k, n in faults.items() if n},
-            "cloud": {k: state["totals"].get(k, 0)
-                      for k in ("creates", "deletes", "delete_calls", "lists", "gets")},
+            "cloud": {
+                k: state["totals"].get(k, 0)
+                for k in ("creates", "deletes", "delete_calls", "lists", "gets")
+            },
             "retries (worker logs)": _retry_counts(logs),
             # every faulted provider call is retried, by the HTTP layer (429, 5xx on
             # idempotent calls) or by the create loop (5xx on POST /pods: lookup, retry)
-            "faulted calls retried": sum(faults.get(k, 0) for k in (
-                "rate_limited", "error_5xx", "create_500_after_create")),
-            "planted pods": {"orphans": self.counts["orphans_planted"],
-                             "orphans reaped": self.counts["orphans_reaped"],
-                             "foreign (untouched)": len(self.foreign_ids)},
-            "touches": {"ok": self.counts["touches_ok"],
-                        "ok_but_slower_than_50ms": self.counts["touches_slow"],
-                        "not_tracked": self.counts["touches_not_tracked"],
-                        "failed_redis": {k.split(":", 1)[1]: n for k, n in self.counts.items()
-                                         if k.startswith("touches_failed:")}},
+            "faulted calls retried": sum(
+                faults.get(k, 0) for k in ("rate_limited", "error_5xx", "create_500_after_create")
+            ),
+            "planted pods": {
+                "orphans": self.counts["orphans_planted"],
+                "orphans reaped": self.counts["orphans_reaped"],
+                "foreign (untouched)": len(self.foreign_ids),
+            },
+            "touches": {
+                "ok": self.counts["touches_ok"],
+                "ok_but_slower_than_50ms": self.counts["touches_slow"],
+                "not_tracked": self.counts["touches_not_tracked"],
+                "failed_redis": {
+                    k.split(":", 1)[1]: n
+                    for k, n in self.counts.items()
+                    if k.startswith("touches_failed:")
+                },
+            },
             "raw secrets searched in Redis": self.counts["secrets_searched"],
-            "broker at the end": {"compute queue": r.llen("compute"),
-                                  "unacked": r.hlen("unacked")},
-            "timings_s": {"setup": round(setup_s, 1), "chaos": cfg.chaos_s,
-                          "drain": round(drain_s, 1)},
+            "broker at the end": {"compute queue": r.llen("compute"), "unacked": r.hlen("unacked")},
+            "timings_s": {
+                "setup": round(setup_s, 1),
+                "chaos": cfg.chaos_s,
+                "drain": round(drain_s, 1),
+            },
         }
         report.counts = counts
         # The run must actually have been chaotic, or the checks above prove nothing.
@@ -825,8 +929,7 @@ class ChaosRun:
                 v.append(f"no {kind} fault was injected")
         if cfg.stop_fraction and not self.counts["stops"]:
             v.append("no session was stopped")
-        if cfg.redeliver_fraction and not any(k.startswith("redelivered_in:")
-                                              for k in self.counts):
+        if cfg.redeliver_fraction and not any(k.startswith("redelivered_in:") for k in self.counts):
             v.append("no spawn was redelivered")
         if cfg.slow_create_every_s and not self.counts["slow_creates_scripted"]:
             v.append("no slow create was injected")
@@ -836,7 +939,8 @@ class ChaosRun:
             report.notes.append(
                 f"{fleet.counts['worker_crashes']} worker / {fleet.counts['beat_crashes']} "
                 f"beat exit(s) not caused by the driver (restarted like a supervisor would); "
-                f"first error: {_first_fatal(logs)}")
+                f"first error: {_first_fatal(logs)}"
+            )
 
     def check_pods(self, state: dict[str, Any], v: list[str]) -> None:
         by_id = {t.id: t for t in self.tracks if t.id}
@@ -844,17 +948,21 @@ class ChaosRun:
         for pod in state["pods"]:
             if not pod["name"].startswith(PREFIX):
                 continue
-            t = by_id.get(pod["name"][len(PREFIX):])
+            t = by_id.get(pod["name"][len(PREFIX) :])
             rec = t.record if t else {}
             if t is not None and t.id in self.lost:
-                self.notes.append(f"pod {pod['id']} of lost spawn {t.id} lives on under its "
-                                  f"intent (until the intent expires)")
+                self.notes.append(
+                    f"pod {pod['id']} of lost spawn {t.id} lives on under its "
+                    f"intent (until the intent expires)"
+                )
                 if self.cfg.lost_spawn_is_violation:
                     v.append(f"pod {pod['id']} of lost spawn {t.id} still alive")
                 continue
             if rec.get("status") != "running" or rec.get("compute_id") != pod["id"]:
-                v.append(f"leaked pod {pod['id']} {pod['name']} (session status "
-                         f"{rec.get('status', 'unknown')})")
+                v.append(
+                    f"leaked pod {pod['id']} {pod['name']} (session status "
+                    f"{rec.get('status', 'unknown')})"
+                )
         # planted orphans end terminated; foreign pods are never touched
         live_ids = {p["id"] for p in state["pods"]}
         all_pods = {p["id"]: p for p in state["pods"] + state["terminated_pods"]}
@@ -869,8 +977,11 @@ class ChaosRun:
         for name, n in names.items():
             if n > 1 and not name.startswith(f"{PREFIX}orphan"):
                 v.append(f"{n} pods created for {name}")
-            if name.startswith(PREFIX) and name[len(PREFIX):] not in by_id \
-                    and not name.startswith(f"{PREFIX}orphan"):
+            if (
+                name.startswith(PREFIX)
+                and name[len(PREFIX) :] not in by_id
+                and not name.startswith(f"{PREFIX}orphan")
+            ):
                 self.counts["pods_of_unknown_sessions"] += 1
 
     def check_creates(self, state: dict[str, Any], v: list[str]) -> dict[str, int]:
@@ -887,6 +998,7 @@ class ChaosRun:
         """Every session's end is visible to its caller: ``wait()`` answers at once with
         the compute (running) or an ``AtlasError`` (failed/terminated), never by running
         into its timeout. Returns how many were not."""
+
         def one(t: Track) -> str | None:
             assert t.id is not None and t.pod_name is not None
             session = orchestrator.Session(t.id, "runpod", t.pod_name, t.auth)
@@ -896,8 +1008,10 @@ class ChaosRun:
                 outcome = "running"
             except AtlasTimeoutError as exc:
                 if time.monotonic() - started >= timeout - 0.5:
-                    return f"session {t.id}: wait() timed out (status " \
-                           f"{t.record.get('status')}): its end is not visible"
+                    return (
+                        f"session {t.id}: wait() timed out (status "
+                        f"{t.record.get('status')}): its end is not visible"
+                    )
                 outcome = f"AtlasError {exc.kind}"
             except AtlasError as exc:
                 outcome = f"AtlasError {exc.kind}"
@@ -907,8 +1021,10 @@ class ChaosRun:
             # gives its compute; one that never ran must raise its AtlasError
             ran = bool(t.record.get("running_at_ms"))
             if ran != (outcome == "running"):
-                return (f"session {t.id} ({t.record.get('status')}, "
-                        f"{'ran' if ran else 'never ran'}) but wait() gave {outcome}")
+                return (
+                    f"session {t.id} ({t.record.get('status')}, "
+                    f"{'ran' if ran else 'never ran'}) but wait() gave {outcome}"
+                )
             return None
 
         tracks = [t for t in self.tracks if t.id]
@@ -930,15 +1046,18 @@ class ChaosRun:
             rec = t.record
             status = rec.get("status")
             if status not in TERMINAL and t.id in self.lost:
-                lost.append(f"{t.id} (spawned at {t.spawned_at:.2f}s, "
-                            f"spawn_attempts={rec.get('spawn_attempts', 0)})")
+                lost.append(
+                    f"{t.id} (spawned at {t.spawned_at:.2f}s, "
+                    f"spawn_attempts={rec.get('spawn_attempts', 0)})"
+                )
                 continue
             if status not in TERMINAL:
                 fields = {k: rec.get(k) for k in ("spawn_attempts", "compute_id", "reason")}
-                seen = [(e.get("type"), e.get("data", {}).get("status"))
-                        for e in _history(r, t.id)]
-                v.append(f"session {t.id} still {status} after the drain (spawned at "
-                         f"{t.spawned_at:.2f}s, {fields}, events {seen})")
+                seen = [(e.get("type"), e.get("data", {}).get("status")) for e in _history(r, t.id)]
+                v.append(
+                    f"session {t.id} still {status} after the drain (spawned at "
+                    f"{t.spawned_at:.2f}s, {fields}, events {seen})"
+                )
                 continue
             if status == "failed":
                 continue  # spawn gave up: the pod check above covers its pod
@@ -955,19 +1074,22 @@ class ChaosRun:
             last_ok = max(t.ok_touches, default=0)
             floor = max(last_ok, running_at) + t.ttl_ms
             if term_at < floor - cfg.clock_slack_ms:
-                v.append(f"session {t.id} terminated {(floor - term_at) / 1000:.3f}s before "
-                         f"its idle deadline (ttl {t.ttl_ms} ms, last touch {last_ok})")
+                v.append(
+                    f"session {t.id} terminated {(floor - term_at) / 1000:.3f}s before "
+                    f"its idle deadline (ttl {t.ttl_ms} ms, last touch {last_ok})"
+                )
             # every idle session ends within ttl + reap interval + slack
             maybe = max(t.maybe_touches, default=0)
             ceiling = max(max(t.ok_after, default=0), running_at, maybe) + t.ttl_ms
             if not maybe:  # exact deadline known: report the real latency
                 late_decision.append((term_at - ceiling) / 1000)
                 late_end.append((ended_at - ceiling) / 1000)
-                slowest.append(((ended_at - ceiling) / 1000, ceiling / 1000 - self.t0_wall,
-                                t.id))
+                slowest.append(((ended_at - ceiling) / 1000, ceiling / 1000 - self.t0_wall, t.id))
             if ended_at - ceiling > bound_ms:
-                v.append(f"session {t.id} ended {(ended_at - ceiling) / 1000:.1f}s after its "
-                         f"idle deadline (bound {bound_ms / 1000:.0f}s)")
+                v.append(
+                    f"session {t.id} ended {(ended_at - ceiling) / 1000:.1f}s after its "
+                    f"idle deadline (bound {bound_ms / 1000:.0f}s)"
+                )
             # the orphan reaper never kills a pod while its session tracks it
             for e in _history(r, t.id):
                 if e.get("type") == "terminating" and e.get("data", {}).get("reason") == "orphan":
@@ -977,14 +1099,20 @@ class ChaosRun:
         if late_end:
             p95 = sorted(late_end)[min(len(late_end) - 1, int(0.95 * len(late_end)))]
             if p95 > cfg.idle_p95_bound_s:
-                v.append(f"p95 of idle sessions' termination is {p95:.1f}s after their "
-                         f"deadline (bound {cfg.idle_p95_bound_s:g}s): the common path is slow")
+                v.append(
+                    f"p95 of idle sessions' termination is {p95:.1f}s after their "
+                    f"deadline (bound {cfg.idle_p95_bound_s:g}s): the common path is slow"
+                )
         top = sorted(slowest, reverse=True)[:5]
-        self.notes.append("slowest idle terminations (late s @ deadline offset s, id): "
-                          + ", ".join(f"{late:.1f} @ {at:.1f} {sid}" for late, at, sid in top))
+        self.notes.append(
+            "slowest idle terminations (late s @ deadline offset s, id): "
+            + ", ".join(f"{late:.1f} @ {at:.1f} {sid}" for late, at, sid in top)
+        )
         if lost:
-            text = (f"{len(lost)} spawn message(s) lost by the broker, sessions stuck in "
-                    f"spawning until their intent expires: {lost}")
+            text = (
+                f"{len(lost)} spawn message(s) lost by the broker, sessions stuck in "
+                f"spawning until their intent expires: {lost}"
+            )
             if cfg.lost_spawn_is_violation:
                 v.append(text)
             else:
@@ -993,8 +1121,11 @@ class ChaosRun:
 
     def check_secrets(self, cluster: LocalCluster, v: list[str]) -> None:
         dump = dump_redis(cluster.redis_url)
-        wanted = {"per-call api key": self.per_call_key, "cloud api key": cluster.cloud.api_key,
-                  "ATLAS_SECRET_KEY": cluster.env["ATLAS_SECRET_KEY"]}
+        wanted = {
+            "per-call api key": self.per_call_key,
+            "cloud api key": cluster.cloud.api_key,
+            "ATLAS_SECRET_KEY": cluster.env["ATLAS_SECRET_KEY"],
+        }
         for t in self.tracks:
             for i, secret in enumerate(t.secrets):
                 wanted[f"session {t.id} secret {i}"] = secret

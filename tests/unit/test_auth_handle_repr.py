@@ -8,9 +8,13 @@ from atlas_tasks.specs import AuthHandle, Compute
 
 def test_repr_and_str_hide_the_token_and_header() -> None:
     minted = mint_token()
-    compute = Compute(id="pod-1", provider="runpod",
-                      auth=AuthHandle(scheme="bearer", token=minted.token, hash=minted.hash,
-                                      header=minted.header))
+    compute = Compute(
+        id="pod-1",
+        provider="runpod",
+        auth=AuthHandle(
+            scheme="bearer", token=minted.token, hash=minted.hash, header=minted.header
+        ),
+    )
     for text in (repr(compute), str(compute), repr(compute.auth), f"{compute}"):
         assert minted.token not in text
         assert "Bearer " not in text

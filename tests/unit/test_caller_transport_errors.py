@@ -54,8 +54,9 @@ CALLS: list[tuple[str, Callable[[], Any]]] = [
 
 
 @pytest.mark.parametrize(("what", "call"), CALLS, ids=[c[0] for c in CALLS])
-def test_redis_down_is_a_transport_error(dead_redis: str, what: str,
-                                         call: Callable[[], Any]) -> None:
+def test_redis_down_is_a_transport_error(
+    dead_redis: str, what: str, call: Callable[[], Any]
+) -> None:
     with pytest.raises(TransportError) as info:
         call()
     err = info.value
@@ -84,18 +85,22 @@ def test_busy_loading_from_touch_is_a_transport_error(monkeypatch: pytest.Monkey
         orchestrator.touch("abc")
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
-    ("redis://user:pw@host/1", "redis://user:***@host/1"),
-    ("redis://host:6379/0", "redis://host:6379/0"),
-    ("rediss://:p%40ss@h:1/0", "rediss://:***@h:1/0"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:pw@host/1", "redis://user:***@host/1"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("rediss://:p%40ss@h:1/0", "rediss://:***@h:1/0"),
+    ],
+)
 def test_redacted_url(url: str, shown: str) -> None:
     assert redacted_url(url) == shown
 
 
 def test_a_redis_that_stops_mid_session_is_a_transport_error(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if not redis_available():
         if in_ci():
             pytest.fail("redis-server is required in CI")
@@ -107,8 +112,11 @@ def test_a_redis_that_stops_mid_session_is_a_transport_error(
         reset_redis_clients()
         assert orchestrator.list_ids() == []  # connected once: the pool holds a connection
         server.stop()
-        for call in (orchestrator.list_ids, lambda: orchestrator.touch("abc"),
-                     lambda: orchestrator.info("abc")):
+        for call in (
+            orchestrator.list_ids,
+            lambda: orchestrator.touch("abc"),
+            lambda: orchestrator.info("abc"),
+        ):
             with pytest.raises(TransportError, match="Redis"):
                 call()
     finally:

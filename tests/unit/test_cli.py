@@ -106,17 +106,41 @@ def test_fakecloud_passes_options(runner: CliRunner, monkeypatch: pytest.MonkeyP
     fake = types.ModuleType("atlas_tasks.testing.fakecloud")
     fake.serve = lambda **kw: calls.append(kw)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "atlas_tasks.testing.fakecloud", fake)
-    result = runner.invoke(cli.cli, [
-        "fakecloud", "--port", "9999", "--latency", "0.1", "--error-rate", "0.2",
-        "--rate-limit-rate", "0.3", "--create-500-rate", "0.4", "--api-key", "k1",
-        "--api-key", "k2", "--seed", "7",
-    ])
+    result = runner.invoke(
+        cli.cli,
+        [
+            "fakecloud",
+            "--port",
+            "9999",
+            "--latency",
+            "0.1",
+            "--error-rate",
+            "0.2",
+            "--rate-limit-rate",
+            "0.3",
+            "--create-500-rate",
+            "0.4",
+            "--api-key",
+            "k1",
+            "--api-key",
+            "k2",
+            "--seed",
+            "7",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert calls == [{
-        "host": "127.0.0.1", "port": 9999, "latency_s": 0.1, "error_rate": 0.2,
-        "rate_limit_rate": 0.3, "create_500_after_create_rate": 0.4,
-        "api_keys": ["k1", "k2"], "seed": 7,
-    }]
+    assert calls == [
+        {
+            "host": "127.0.0.1",
+            "port": 9999,
+            "latency_s": 0.1,
+            "error_rate": 0.2,
+            "rate_limit_rate": 0.3,
+            "create_500_after_create_rate": 0.4,
+            "api_keys": ["k1", "k2"],
+            "seed": 7,
+        }
+    ]
 
 
 def test_fakecloud_defaults(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,8 +153,9 @@ def test_fakecloud_defaults(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) 
     assert "api_keys" not in calls[0] and calls[0]["seed"] is None
 
 
-def test_missing_optional_module_is_reported(runner: CliRunner,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_optional_module_is_reported(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "atlas_tasks.demo", None)  # import raises
     result = runner.invoke(cli.cli, ["demo"])
     assert result.exit_code == 1
@@ -158,13 +183,25 @@ def _fake_exec(argv: Sequence[str]) -> NoReturn:
     ("args", "expected"),
     [
         (["worker"], ["worker", "-E", "-Q", "compute,jobs,fly,maintenance", "--loglevel", "INFO"]),
-        (["worker", "-l", "DEBUG", "--concurrency", "2"],
-         ["worker", "-E", "-Q", "compute,jobs,fly,maintenance", "--loglevel", "DEBUG",
-          "--concurrency", "2"]),
+        (
+            ["worker", "-l", "DEBUG", "--concurrency", "2"],
+            [
+                "worker",
+                "-E",
+                "-Q",
+                "compute,jobs,fly,maintenance",
+                "--loglevel",
+                "DEBUG",
+                "--concurrency",
+                "2",
+            ],
+        ),
         (["beat"], ["beat", "--loglevel", "INFO"]),
         (["flower"], ["flower", "--port=5555"]),
-        (["flower", "--port", "6000", "--basic-auth=u:p"], ["flower", "--port=6000",
-                                                            "--basic-auth=u:p"]),
+        (
+            ["flower", "--port", "6000", "--basic-auth=u:p"],
+            ["flower", "--port=6000", "--basic-auth=u:p"],
+        ),
     ],
 )
 def test_celery_wrappers_exec_celery(
@@ -173,8 +210,14 @@ def test_celery_wrappers_exec_celery(
     monkeypatch.setattr(cli, "_exec", _fake_exec)
     result = runner.invoke(cli.cli, args)
     assert isinstance(result.exception, _Exec), result.output
-    assert result.exception.argv == [sys.executable, "-m", "celery", "-A",
-                                     "atlas_tasks.celery_app", *expected]
+    assert result.exception.argv == [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "atlas_tasks.celery_app",
+        *expected,
+    ]
 
 
 def test_fakecloud_options_are_accepted_by_the_real_fake_cloud() -> None:
@@ -182,8 +225,12 @@ def test_fakecloud_options_are_accepted_by_the_real_fake_cloud() -> None:
     from atlas_tasks.testing.fakecloud.config import split_options
 
     config = split_options(
-        latency_s=0.0, error_rate=0.1, rate_limit_rate=0.2, create_500_after_create_rate=0.3,
-        seed=1, api_keys=["k"],
+        latency_s=0.0,
+        error_rate=0.1,
+        rate_limit_rate=0.2,
+        create_500_after_create_rate=0.3,
+        seed=1,
+        api_keys=["k"],
     )
     assert config.api_keys == frozenset({"k"})
 

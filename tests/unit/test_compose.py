@@ -41,8 +41,11 @@ def test_redis_has_aof_and_expiry_events(compose: dict[str, Any]) -> None:
 
 
 def test_exactly_one_beat(compose: dict[str, Any]) -> None:
-    beats = [name for name, svc in compose["services"].items()
-             if "workers.beat" in " ".join(_command(svc)) or " beat" in " ".join(_command(svc))]
+    beats = [
+        name
+        for name, svc in compose["services"].items()
+        if "workers.beat" in " ".join(_command(svc)) or " beat" in " ".join(_command(svc))
+    ]
     assert beats == ["beat"]
     assert compose["services"]["beat"]["deploy"]["replicas"] == 1
 
@@ -70,8 +73,7 @@ def test_worker_sends_events_for_flower() -> None:
 
     args = worker.argv([])
     assert args[0] == "worker" and "-E" in args
-    assert set(args[args.index("-Q") + 1].split(",")) == {"compute", "jobs", "fly",
-                                                          "maintenance"}
+    assert set(args[args.index("-Q") + 1].split(",")) == {"compute", "jobs", "fly", "maintenance"}
 
 
 def test_environment_names_real_settings(compose: dict[str, Any]) -> None:

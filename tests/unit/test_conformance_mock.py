@@ -38,7 +38,10 @@ def test_base_class_is_not_collected_and_demands_a_provider(tmp_path: Path) -> N
     )
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
     )
     # One error per inherited test: the base class itself is never collected (not Test*).
     tests = [n for n in dir(ProviderConformance) if n.startswith("test_")]

@@ -66,8 +66,9 @@ def test_operator_names() -> None:
 
 
 def test_page_escapes_and_has_the_hooks() -> None:
-    html = render_page(base="/ops/", csrf='c"sr<f', operator="<b>x</b>", nonce="n0nce",
-                       logout_url="/ops/logout")
+    html = render_page(
+        base="/ops/", csrf='c"sr<f', operator="<b>x</b>", nonce="n0nce", logout_url="/ops/logout"
+    )
     assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
     assert 'content="c&quot;sr&lt;f"' in html
     assert 'nonce="n0nce"' in html and 'data-base="/ops/"' in html
@@ -80,10 +81,18 @@ def test_page_escapes_and_has_the_hooks() -> None:
 
 
 def test_rows_and_redaction() -> None:
-    record = {"id": "abc", "status": "running", "provider": "runpod", "user_id": "42",
-              "idle_ttl_ms": "60000", "running_at_ms": "1000", "token_hash": "h" * 64,
-              "api_key_sealed": "sealed", "base_url": "http://user:pw@host",
-              "compute": '{"cost_per_hour": 3.6, "ports": []}'}
+    record = {
+        "id": "abc",
+        "status": "running",
+        "provider": "runpod",
+        "user_id": "42",
+        "idle_ttl_ms": "60000",
+        "running_at_ms": "1000",
+        "token_hash": "h" * 64,
+        "api_key_sealed": "sealed",
+        "base_url": "http://user:pw@host",
+        "compute": '{"cost_per_hour": 3.6, "ports": []}',
+    }
     parsed = SessionRecord.from_hash(record)
     assert parsed is not None
     row = row_from_record(parsed, 30_000, 3_601_000, True)
@@ -93,7 +102,10 @@ def test_rows_and_redaction() -> None:
     dumped = str(row.as_dict())
     assert "h" * 64 not in dumped and "sealed" not in dumped and "pw@" not in dumped
     assert redact({"Authorization": "b", "list": [{"secret": 1}], "ok": 2}) == {
-        "Authorization": "[redacted]", "list": [{"secret": "[redacted]"}], "ok": 2}
+        "Authorization": "[redacted]",
+        "list": [{"secret": "[redacted]"}],
+        "ok": 2,
+    }
 
 
 def test_every_dashboard_setting_is_documented_in_the_readme() -> None:

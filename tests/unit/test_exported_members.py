@@ -9,16 +9,44 @@ import atlas_tasks
 
 EXPECTED = {
     # stateless SDK
-    "spawn_compute", "get_compute", "list_compute", "stop", "start", "terminate",
-    "run_job", "get_job", "cancel_job", "stream_job", "list_gpu_types", "capabilities",
-    "get_provider", "register_provider",
+    "spawn_compute",
+    "get_compute",
+    "list_compute",
+    "stop",
+    "start",
+    "terminate",
+    "run_job",
+    "get_job",
+    "cancel_job",
+    "stream_job",
+    "list_gpu_types",
+    "capabilities",
+    "get_provider",
+    "register_provider",
     # specs
-    "ComputeRequest", "Compute", "Port", "AuthHandle", "Job", "JobRequest", "GpuType",
-    "Capability", "ComputeStatus", "JobStatus",
+    "ComputeRequest",
+    "Compute",
+    "Port",
+    "AuthHandle",
+    "Job",
+    "JobRequest",
+    "GpuType",
+    "Capability",
+    "ComputeStatus",
+    "JobStatus",
     # errors
-    "AtlasError", "AtlasTimeoutError", "ForbiddenError", "NotFoundError", "NotTracked",
-    "ProviderError", "RateLimitedError", "TransportError", "UnauthorizedError", "UnknownError",
-    "UnsupportedError", "ValidationError",
+    "AtlasError",
+    "AtlasTimeoutError",
+    "ForbiddenError",
+    "NotFoundError",
+    "NotTracked",
+    "ProviderError",
+    "RateLimitedError",
+    "TransportError",
+    "UnauthorizedError",
+    "UnknownError",
+    "UnsupportedError",
+    "ValidationError",
     "__version__",
 }
 
@@ -56,6 +84,7 @@ def test_import_is_light() -> None:
         "heavy = sorted(m for m in ('celery', 'redis', 'kombu') if m in sys.modules);"
         "print(heavy, get_settings.cache_info().currsize)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
     assert out == "[] 0"

@@ -66,10 +66,14 @@ def test_seeded_draws_repeat() -> None:
 
 
 def test_script_rules_match_in_order_and_run_out() -> None:
-    injector = FaultInjector(FaultSettings(script=[
-        ScriptRule(match="DELETE /pods/*", status=404, times=2),
-        ScriptRule(match="* /*/run", status=503, api="runtime", times=None),
-    ]))
+    injector = FaultInjector(
+        FaultSettings(
+            script=[
+                ScriptRule(match="DELETE /pods/*", status=404, times=2),
+                ScriptRule(match="* /*/run", status=503, api="runtime", times=None),
+            ]
+        )
+    )
     for _ in range(2):
         plan = injector.plan("DELETE", "rest", "/pods/abc", "/runpod/v2/pods/abc", create=False)
         assert plan.now is not None and plan.now.status_code == 404
@@ -112,9 +116,18 @@ def test_update_is_atomic() -> None:
 
 def make_job(input: Any = None, policy: dict[str, Any] | None = None, **kw: Any) -> Job:
     fields: dict[str, Any] = {
-        "id": "j", "endpoint_id": "ep", "input": input, "policy": policy or {}, "webhook": None,
-        "sync": False, "submitted": 100.0, "queue_delay": 1.0, "run_time": 2.0,
-        "result_ttl": 10.0, "ttl": 1000.0, **kw,
+        "id": "j",
+        "endpoint_id": "ep",
+        "input": input,
+        "policy": policy or {},
+        "webhook": None,
+        "sync": False,
+        "submitted": 100.0,
+        "queue_delay": 1.0,
+        "run_time": 2.0,
+        "result_ttl": 10.0,
+        "ttl": 1000.0,
+        **kw,
     }
     job = Job(**fields)
     job.plan()
@@ -123,8 +136,11 @@ def make_job(input: Any = None, policy: dict[str, Any] | None = None, **kw: Any)
 
 def test_job_status_follows_the_clock() -> None:
     job = make_job({"a": 1})
-    assert [job.status(t) for t in (100.5, 101.5, 103.0)] == ["IN_QUEUE", "IN_PROGRESS",
-                                                              "COMPLETED"]
+    assert [job.status(t) for t in (100.5, 101.5, 103.0)] == [
+        "IN_QUEUE",
+        "IN_PROGRESS",
+        "COMPLETED",
+    ]
     done = job.to_status(103.0)
     assert done["output"] == {"echo": {"a": 1}}
     assert done["delayTime"] == 1000 and done["executionTime"] == 2000
@@ -148,8 +164,7 @@ def test_job_outcomes() -> None:
 
 def test_job_chunks_become_available_over_the_run() -> None:
     job = make_job({"chunks": 4}, chunks=["a", "b", "c", "d"])
-    assert [job.available_chunks(t) for t in (100.9, 101.0, 101.6, 102.1, 103.0)] == [
-        0, 0, 1, 2, 4]
+    assert [job.available_chunks(t) for t in (100.9, 101.0, 101.6, 102.1, 103.0)] == [0, 0, 1, 2, 4]
     assert job.output() == ["a", "b", "c", "d"]
 
 
@@ -180,26 +195,65 @@ def test_validation_switches() -> None:
     with pytest.raises(Problem) as no_image:
         validate_pod_create({"name": "n", "gpu": {"id": "NVIDIA L4"}}, lenient)
     assert no_image.value.status == 422 and no_image.value.errors == [
-        "$.image: required unless templateId is set"]
+        "$.image: required unless templateId is set"
+    ]
 
 
-@pytest.mark.parametrize(("body", "status", "error"), [
-    ({"image": "i", "gpu": {"id": "NVIDIA L4"}}, 422, "$.name: required"),
-    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"}, "env": {"A": 1}}, 422,
-     "$.env: must be an object of strings"),
-    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"}, "ports": ["70000/tcp", "8/ftp"]},
-     422, "$.ports[1]"),
-    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4", "count": 0}}, 422,
-     "$.gpu.count: must be >= 1"),
-    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"}, "interruptible": True}, 422,
-     "$: additional properties 'interruptible' not allowed"),
-    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"},
-      "mounts": {"persistent": {"size": 5, "path": "/w"}}}, 422, "$.mounts.persistent.size"),
-    ({"name": "n", "image": "i"}, 400, None),
-    ({"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"},
-      "mounts": {"persistent": {"size": 20, "path": "/w"},
-                 "network": [{"volumeId": "v", "path": "/v"}]}}, 400, None),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"image": "i", "gpu": {"id": "NVIDIA L4"}}, 422, "$.name: required"),
+        (
+            {"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"}, "env": {"A": 1}},
+            422,
+            "$.env: must be an object of strings",
+        ),
+        (
+            {
+                "name": "n",
+                "image": "i",
+                "gpu": {"id": "NVIDIA L4"},
+                "ports": ["70000/tcp", "8/ftp"],
+            },
+            422,
+            "$.ports[1]",
+        ),
+        (
+            {"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4", "count": 0}},
+            422,
+            "$.gpu.count: must be >= 1",
+        ),
+        (
+            {"name": "n", "image": "i", "gpu": {"id": "NVIDIA L4"}, "interruptible": True},
+            422,
+            "$: additional properties 'interruptible' not allowed",
+        ),
+        (
+            {
+                "name": "n",
+                "image": "i",
+                "gpu": {"id": "NVIDIA L4"},
+                "mounts": {"persistent": {"size": 5, "path": "/w"}},
+            },
+            422,
+            "$.mounts.persistent.size",
+        ),
+        ({"name": "n", "image": "i"}, 400, None),
+        (
+            {
+                "name": "n",
+                "image": "i",
+                "gpu": {"id": "NVIDIA L4"},
+                "mounts": {
+                    "persistent": {"size": 20, "path": "/w"},
+                    "network": [{"volumeId": "v", "path": "/v"}],
+                },
+            },
+            400,
+            None,
+        ),
+    ],
+)
 def test_pod_create_rules(body: dict[str, Any], status: int, error: str | None) -> None:
     with pytest.raises(Problem) as info:
         validate_pod_create(body, build_context())
@@ -209,10 +263,17 @@ def test_pod_create_rules(body: dict[str, Any], status: int, error: str | None) 
 
 
 def test_check_reports_every_violation() -> None:
-    schema = {"type": "object", "closed": True, "required": ["a"],
-              "props": {"a": {"enum": [1]}, "b": {"type": "integer", "min": 1, "max": 3}}}
+    schema = {
+        "type": "object",
+        "closed": True,
+        "required": ["a"],
+        "props": {"a": {"enum": [1]}, "b": {"type": "integer", "min": 1, "max": 3}},
+    }
     assert check({"b": 9, "c": True}, schema) == [
-        "$.a: required", "$.b: must be <= 3", "$: additional properties 'c' not allowed"]
+        "$.a: required",
+        "$.b: must be <= 3",
+        "$: additional properties 'c' not allowed",
+    ]
     assert check({"a": 1, "b": True}, schema) == ["$.b: must be an integer"]
     assert check([], schema) == ["$: must be an object"]
 
@@ -227,17 +288,24 @@ def test_app_in_process() -> None:
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://fake") as client:
-            created = await client.post("/runpod/v2/pods", headers=headers, json={
-                "image": "i", "name": "atlas-1", "gpu": {"id": "NVIDIA L4"}})
+            created = await client.post(
+                "/runpod/v2/pods",
+                headers=headers,
+                json={"image": "i", "name": "atlas-1", "gpu": {"id": "NVIDIA L4"}},
+            )
             assert created.status_code == 201 and created.json()["status"] == "RUNNING"
             assert created.headers["RateLimit-Policy"] == '"minute";q=600;w=60'
             denied = await client.post("/runpod/v2/pods", json={"image": "i"})
             assert denied.status_code == 401
             assert denied.headers["content-type"] == "application/problem+json"
-            assert denied.json() == {"title": "Unauthorized", "status": 401,
-                                     "detail": "missing api key"}
-            job = (await client.post("/runpod/v2/ep/runsync", headers=headers,
-                                     json={"input": 1})).json()
+            assert denied.json() == {
+                "title": "Unauthorized",
+                "status": 401,
+                "detail": "missing api key",
+            }
+            job = (
+                await client.post("/runpod/v2/ep/runsync", headers=headers, json={"input": 1})
+            ).json()
             assert job["status"] == "COMPLETED" and job["output"] == {"echo": 1}
             state = (await client.get("/_admin/state")).json()
             assert state["totals"]["creates"] == 1 and state["totals"]["unauthorized"] == 1

@@ -28,7 +28,10 @@ def test_unknown_path_names_method_url_and_provider_prefixes(cloud: FakeCloud) -
 
 
 def test_known_resources_keep_their_provider_style_404(cloud: FakeCloud) -> None:
-    missing = httpx.get(f"{cloud.runpod_rest_url}/v2/pods/nope", timeout=10,
-                        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"})
+    missing = httpx.get(
+        f"{cloud.runpod_rest_url}/v2/pods/nope",
+        timeout=10,
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
     assert missing.status_code == 404
     assert "prefixes" not in missing.json()

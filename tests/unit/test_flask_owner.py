@@ -20,8 +20,10 @@ def owner_from_header(request: Request) -> str | None:
 @pytest.fixture
 def app() -> Iterator[Flask]:
     app = Flask(__name__)
-    app.config.update(ATLAS_OWNER=f"{__name__}.owner_from_header",
-                      ATLAS_SESSION_PRESETS={"default": {"gpu": "h100"}})
+    app.config.update(
+        ATLAS_OWNER=f"{__name__}.owner_from_header",
+        ATLAS_SESSION_PRESETS={"default": {"gpu": "h100"}},
+    )
     AtlasTasks(app, url_prefix="/gpu")
     yield app
     configure()
@@ -32,7 +34,9 @@ def test_owner_callable_and_anonymous(app: Flask) -> None:
     assert c.post("/gpu/sessions", json={"preset": "default"}).status_code == 401
     r = c.post("/gpu/sessions", json={"preset": "big"}, headers={"X-User": "u1"})
     assert r.status_code == 422 and r.get_json() == {
-        "error": "validation", "message": "preset: unknown preset 'big' (known: default)"}
+        "error": "validation",
+        "message": "preset: unknown preset 'big' (known: default)",
+    }
     assert c.get("/atlas/sessions").status_code == 404  # mounted at url_prefix only
 
 

@@ -10,20 +10,23 @@ from atlas_tasks.fly import discover_apps
 from atlas_tasks.fly.apps import app_name_from_toml
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ('app = "my-app"\n', "my-app"),
-    ("app = 'single-quoted'\n", "single-quoted"),
-    ("app = bare-name  # a comment\n", "bare-name"),
-    ("app=tight#comment\n", "tight"),
-    ('  app   =   "indented"\nprimary_region = "cdg"\n', "indented"),
-    ('# fly.toml\nprimary_region = "cdg"\n\napp = "later-line"\n', "later-line"),
-    ('app = "my app"\n', None),          # a quoted name with a space is not a name
-    ("app = 'my app'\n", None),
-    ('primary_region = "cdg"\n', None),  # no app line
-    ('application = "x"\n', None),
-    ('[build]\n  app = "nested"\n', "nested"),  # multiline ^, as ExAtlas
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('app = "my-app"\n', "my-app"),
+        ("app = 'single-quoted'\n", "single-quoted"),
+        ("app = bare-name  # a comment\n", "bare-name"),
+        ("app=tight#comment\n", "tight"),
+        ('  app   =   "indented"\nprimary_region = "cdg"\n', "indented"),
+        ('# fly.toml\nprimary_region = "cdg"\n\napp = "later-line"\n', "later-line"),
+        ('app = "my app"\n', None),  # a quoted name with a space is not a name
+        ("app = 'my app'\n", None),
+        ('primary_region = "cdg"\n', None),  # no app line
+        ('application = "x"\n', None),
+        ('[build]\n  app = "nested"\n', "nested"),  # multiline ^, as ExAtlas
+        ("", None),
+    ],
+)
 def test_app_name_rules(text: str, expected: str | None) -> None:
     assert app_name_from_toml(text) == expected
 
@@ -47,10 +50,17 @@ def test_discover_sorted_by_app_with_depth(tmp_path: Path) -> None:
 
     root = str(tmp_path.resolve())
     assert discover_apps(tmp_path) == [
-        ("alpha", str(api.resolve())), ("root-app", root), ("zeta", str(web.resolve()))]
+        ("alpha", str(api.resolve())),
+        ("root-app", root),
+        ("zeta", str(web.resolve())),
+    ]
     assert discover_apps(tmp_path, max_depth=0) == [("root-app", root)]
     assert [a for a, _ in discover_apps(str(tmp_path), max_depth=2)] == [
-        "alpha", "deep", "root-app", "zeta"]
+        "alpha",
+        "deep",
+        "root-app",
+        "zeta",
+    ]
 
 
 def test_not_a_directory_gives_nothing(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def pids_in(lines: list[str]) -> list[int]:
 
 # ---------------------------------------------------------------------- line splitting
 
+
 def test_line_splitter_reassembles_partial_chunks_and_crlf() -> None:
     s = LineSplitter()
     assert s.feed(b"hel") == []
@@ -95,6 +96,7 @@ def test_line_splitter_reassembles_partial_chunks_and_crlf() -> None:
 
 
 # ---------------------------------------------------------------------- runner
+
 
 def test_lines_arrive_in_order_as_they_are_printed(on_path: Installer, app_dir: Path) -> None:
     on_path("""
@@ -112,8 +114,17 @@ def test_lines_arrive_in_order_as_they_are_printed(on_path: Installer, app_dir: 
     seen: list[tuple[float, str]] = []
     result = run_deploy(app_dir, on_line=lambda line: seen.append((time.monotonic(), line)))
     lines = [line for _, line in seen]
-    assert lines == [f"cwd {app_dir.resolve()}", "line 1", "line 2", "line 3", "line 4",
-                     "line 5", "partial", "from stderr", "no newline at the end"]
+    assert lines == [
+        f"cwd {app_dir.resolve()}",
+        "line 1",
+        "line 2",
+        "line 3",
+        "line 4",
+        "line 5",
+        "partial",
+        "from stderr",
+        "no newline at the end",
+    ]
     assert result.code == 0 and result.lines == 9
     # streamed, not collected at the end: line 1 arrived well before line 5
     assert seen[5][0] - seen[1][0] >= 0.15
@@ -136,8 +147,9 @@ def test_activity_timeout_kills_the_process_tree(on_path: Installer, app_dir: Pa
     seen: list[str] = []
     started = time.monotonic()
     with pytest.raises(AtlasTimeoutError) as info:
-        run_deploy(app_dir, on_line=seen.append, activity_timeout_s=0.6, max_timeout_s=30,
-                   kill_grace_s=0.5)
+        run_deploy(
+            app_dir, on_line=seen.append, activity_timeout_s=0.6, max_timeout_s=30, kill_grace_s=0.5
+        )
     assert 0.5 < time.monotonic() - started < 5
     assert info.value.kind == "timeout" and info.value.raw["timeout"] == "activity"
     assert "activity timeout" in str(info.value)
@@ -168,8 +180,9 @@ def test_absolute_cap_fires_even_with_steady_output(on_path: Installer, app_dir:
     seen: list[str] = []
     started = time.monotonic()
     with pytest.raises(AtlasTimeoutError) as info:
-        run_deploy(app_dir, on_line=seen.append, activity_timeout_s=5, max_timeout_s=0.8,
-                   kill_grace_s=0.5)
+        run_deploy(
+            app_dir, on_line=seen.append, activity_timeout_s=5, max_timeout_s=0.8, kill_grace_s=0.5
+        )
     assert time.monotonic() - started < 4
     assert info.value.raw["timeout"] == "max"
     assert "max timeout" in str(info.value)
@@ -222,8 +235,9 @@ def test_leftover_helper_holding_the_pipe_is_killed_after_exit(
     assert gone(pids_in(seen)[0])
 
 
-def test_missing_executable_is_unsupported(tmp_path: Path, app_dir: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_executable_is_unsupported(
+    tmp_path: Path, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -255,8 +269,9 @@ def test_bad_directory_is_a_validation_error_naming_app_dir(
         run_deploy(a_file)
 
 
-def test_token_is_passed_through_env(on_path: Installer, app_dir: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_is_passed_through_env(
+    on_path: Installer, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     on_path('say("token=" + os.environ.get("FLY_API_TOKEN", "none"))')
     seen: list[str] = []
     run_deploy(app_dir, on_line=seen.append)
@@ -269,8 +284,9 @@ def test_token_is_passed_through_env(on_path: Installer, app_dir: Path,
     assert seen == ["token=deploy-tok"]
 
 
-def test_line_contents_never_logged_above_debug(on_path: Installer, app_dir: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_line_contents_never_logged_above_debug(
+    on_path: Installer, app_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     on_path("""
         say("FLY_API_TOKEN=FlyV1 supersecret")
         sys.exit(2)
@@ -283,8 +299,10 @@ def test_line_contents_never_logged_above_debug(on_path: Installer, app_dir: Pat
 
 # ---------------------------------------------------------------------- events
 
-def test_stream_deploy_publishes_lines_then_exit(on_path: Installer, app_dir: Path, redis_url: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_stream_deploy_publishes_lines_then_exit(
+    on_path: Installer, app_dir: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ATLAS_REDIS_URL", redis_url)
     reset_settings()
     reset_redis_clients()
@@ -296,7 +314,10 @@ def test_stream_deploy_publishes_lines_then_exit(on_path: Installer, app_dir: Pa
     got = list(subscribe_deploy("deploy-ok", timeout=5))
     assert [e.type for e in got] == ["started", "line", "line", "line", "exit"]
     assert [(e.data["n"], e.data["line"]) for e in got if e.type == "line"] == [
-        (1, "step 1"), (2, "step 2"), (3, "step 3")]
+        (1, "step 1"),
+        (2, "step 2"),
+        (3, "step 3"),
+    ]
     assert got[-1].data == {"ok": True, "code": 0, "error": None}
 
     on_path("""

@@ -31,12 +31,20 @@ def client(cloud: FakeCloud) -> Iterator[httpx.Client]:
 def test_json_api_document_and_paging(client: httpx.Client) -> None:
     assert client.get(LOGS, headers=AUTH).json() == {"data": [], "meta": {"next_token": ""}}
     assert client.post("/_admin/fly/logs/web", json={"count": 2}).json() == {
-        "appended": 2, "total": 2}
+        "appended": 2,
+        "total": 2,
+    }
     doc = client.get(LOGS, headers=AUTH).json()
     item = doc["data"][0]
     assert item["type"] == "logs" and item["id"]
-    assert set(item["attributes"]) == {"timestamp", "message", "level", "instance", "region",
-                                       "meta"}
+    assert set(item["attributes"]) == {
+        "timestamp",
+        "message",
+        "level",
+        "instance",
+        "region",
+        "meta",
+    }
     assert item["attributes"]["timestamp"].endswith("Z")
     token = doc["meta"]["next_token"]
     assert client.get(LOGS, params={"next_token": token}, headers=AUTH).json()["data"] == []
@@ -52,10 +60,16 @@ def test_auth_rotation_and_bad_input(client: httpx.Client) -> None:
     client.post("/_admin/fly/logs-auth", json={"tokens": ["new"]})
     assert client.get(LOGS, headers=AUTH).status_code == 401
     assert client.get(LOGS, headers={"Authorization": "Bearer new"}).status_code == 200
-    assert client.get(LOGS, params={"next_token": "abc"},
-                      headers={"Authorization": "Bearer new"}).status_code == 400
-    assert client.post("/_admin/fly/logs/web", json={"entries": [{"no": "message"}]}
-                       ).status_code == 400
+    assert (
+        client.get(
+            LOGS, params={"next_token": "abc"}, headers={"Authorization": "Bearer new"}
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post("/_admin/fly/logs/web", json={"entries": [{"no": "message"}]}).status_code
+        == 400
+    )
     assert client.post("/_admin/fly/logs-auth", json={"tokens": "x"}).status_code == 400
     stats = client.get("/_admin/fly/logs/web").json()
     assert (stats["requests"], stats["unauthorized"]) == (5, 3)

@@ -35,8 +35,10 @@ class FakeLogs:
     def add(self, n: int) -> None:
         with self.lock:
             start = len(self.entries)
-            self.entries += [LogEntry(id=str(i), timestamp=f"t{i}", message=f"line {i}")
-                             for i in range(start + 1, start + n + 1)]
+            self.entries += [
+                LogEntry(id=str(i), timestamp=f"t{i}", message=f"line {i}")
+                for i in range(start + 1, start + n + 1)
+            ]
 
     def __call__(self, app: str, token: str | None) -> LogPage:
         with self.lock:
@@ -45,7 +47,7 @@ class FakeLogs:
                 self.fail_next -= 1
                 raise TransportError("connection refused", provider="fly")
             after = int(token) if token else max(0, len(self.entries) - C.FLY_LOGS_PAGE_SIZE)
-            chosen = self.entries[after:after + C.FLY_LOGS_PAGE_SIZE]
+            chosen = self.entries[after : after + C.FLY_LOGS_PAGE_SIZE]
             nxt = str(after + len(chosen)) if (chosen or token) else None
             return LogPage(entries=chosen, next_token=nxt)
 
@@ -73,8 +75,12 @@ def subscribe_raw(r: redis.Redis, sub: str = "s1", ttl_ms: int = 30_000) -> None
 
 
 def published(app: str = APP) -> list[str]:
-    return [e["message"] for ev in events.history(app, topic="logs") if ev.type == "logs"
-            for e in ev.data["entries"]]
+    return [
+        e["message"]
+        for ev in events.history(app, topic="logs")
+        if ev.type == "logs"
+        for e in ev.data["entries"]
+    ]
 
 
 def test_advances_silently_without_subscribers(
@@ -83,16 +89,14 @@ def test_advances_silently_without_subscribers(
     logs = FakeLogs()
     logs.add(5)
     assert service.streamer_lease(deps, APP, "o1").acquire()
-    result = service.run_slice(deps, APP, "o1", fetch=logs,
-                          slice_s=0.2)
+    result = service.run_slice(deps, APP, "o1", fetch=logs, slice_s=0.2)
     assert result.outcome == "continue" and result.skipped == 5 and result.published == 0
     assert redis_client.get(store.cursor_key(APP)) == "5"
     assert published() == []
     # the first subscriber gets only what arrives after it joined
     subscribe_raw(redis_client)
     logs.add(2)
-    result = service.run_slice(deps, APP, "o1", fetch=logs,
-                          slice_s=0.2)
+    result = service.run_slice(deps, APP, "o1", fetch=logs, slice_s=0.2)
     assert published() == ["line 6", "line 7"] and result.had_subscriber
     assert 0 < redis_client.pttl(store.cursor_key(APP)) <= C.FLY_LOGS_CURSOR_TTL_MS
 
@@ -120,9 +124,15 @@ def test_a_zombie_streamer_can_write_nothing(
     redis_client.set(store.lock_key(APP), "someone-else")
     redis_client.set(store.cursor_key(APP), "7")
     entry = LogEntry(timestamp="t", message="late")
-    assert store.commit(redis_client, APP, "zombie", lease_ms=2000,
-                        entries=[entry.model_dump(mode="json")], next_cursor="8",
-                        now_ms=now_ms()) == (-1, None)
+    assert store.commit(
+        redis_client,
+        APP,
+        "zombie",
+        lease_ms=2000,
+        entries=[entry.model_dump(mode="json")],
+        next_cursor="8",
+        now_ms=now_ms(),
+    ) == (-1, None)
     assert redis_client.get(store.cursor_key(APP)) == "7" and published() == []
     result = service.run_slice(deps, APP, "zombie", fetch=FakeLogs(), slice_s=0.1)
     assert result.outcome == "lost_lock" and result.polls == 0
@@ -137,8 +147,7 @@ def test_stops_when_the_last_subscriber_leaves(
     logs.add(1)
     service.streamer_lease(deps, APP, "o1").acquire()
     subscribe_raw(redis_client, ttl_ms=300)  # expires during the slice
-    result = service.run_slice(deps, APP, "o1", fetch=logs,
-                          slice_s=5)
+    result = service.run_slice(deps, APP, "o1", fetch=logs, slice_s=5)
     assert result.outcome == "stopped" and result.had_subscriber
     assert redis_client.get(store.lock_key(APP)) is None
     assert redis_client.get(store.cursor_key(APP)) is None
@@ -151,8 +160,9 @@ def test_a_streamer_nobody_subscribes_to_stops_after_the_idle_limit(
 ) -> None:
     service.streamer_lease(deps, APP, "o1").acquire()
     long_ago = int(time.time() * 1000) - C.FLY_LOGS_IDLE_STOP_MS - 1
-    result = service.run_slice(deps, APP, "o1", fetch=FakeLogs(),
-                          alone_since_ms=long_ago, slice_s=5)
+    result = service.run_slice(
+        deps, APP, "o1", fetch=FakeLogs(), alone_since_ms=long_ago, slice_s=5
+    )
     assert result.outcome == "stopped" and not result.had_subscriber
 
 
@@ -164,8 +174,7 @@ def test_fetch_errors_keep_the_cursor_and_the_streamer(
     logs.fail_next = 2
     subscribe_raw(redis_client)
     service.streamer_lease(deps, APP, "o1").acquire()
-    result = service.run_slice(deps, APP, "o1", fetch=logs,
-                          slice_s=0.3)
+    result = service.run_slice(deps, APP, "o1", fetch=logs, slice_s=0.3)
     assert result.errors == 2 and result.outcome == "continue"
     assert published() == ["line 1", "line 2"]
 
@@ -220,8 +229,9 @@ def test_subscribe_registers_starts_and_yields_entries(
             assert service.streamer_lease(deps, app, owner).acquire()
             had = False
             while not stop.is_set():
-                result = service.run_slice(deps, app, owner, fetch=logs, slice_s=0.2,
-                                           had_subscriber=had)
+                result = service.run_slice(
+                    deps, app, owner, fetch=logs, slice_s=0.2, had_subscriber=had
+                )
                 had = result.had_subscriber
                 if result.outcome != "continue":
                     return

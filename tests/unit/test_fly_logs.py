@@ -16,27 +16,50 @@ from atlas_tasks.fly.tokens import FlyTokens
 
 DOC = {
     "data": [
-        {"id": "a1", "type": "logs", "attributes": {
-            "timestamp": "2026-01-01T00:00:00.000000001Z", "message": "hello",
-            "level": "info", "instance": "148e21ea7e5189", "region": "cdg",
-            "meta": {"event": {"provider": "app"}}}},
+        {
+            "id": "a1",
+            "type": "logs",
+            "attributes": {
+                "timestamp": "2026-01-01T00:00:00.000000001Z",
+                "message": "hello",
+                "level": "info",
+                "instance": "148e21ea7e5189",
+                "region": "cdg",
+                "meta": {"event": {"provider": "app"}},
+            },
+        },
         {"id": "a2", "type": "logs", "attributes": {"message": "no timestamp"}},
         "garbage",
-        {"id": "a3", "type": "logs", "attributes": {
-            "timestamp": "2026-01-01T00:00:01Z", "message": "world", "level": "error"}},
+        {
+            "id": "a3",
+            "type": "logs",
+            "attributes": {
+                "timestamp": "2026-01-01T00:00:01Z",
+                "message": "world",
+                "level": "error",
+            },
+        },
     ],
     "meta": {"next_token": "1767225601000000000"},
 }
 
 
-def make_client(tmp_path: Path, handler: httpx.MockTransport, *, stored: str | None = "tok-1",
-                env: str | None = None) -> tuple[LogsClient, FlyTokens]:
+def make_client(
+    tmp_path: Path,
+    handler: httpx.MockTransport,
+    *,
+    stored: str | None = "tok-1",
+    env: str | None = None,
+) -> tuple[LogsClient, FlyTokens]:
     storage = MemoryTokenStorage()
     if stored:
         storage.put("api", "cached", TokenRecord(stored, int(time.time()) + 3600))
-    settings = AtlasSettings(fly_api_url="https://api.fly.test", fly_executable="no-fly-here",
-                             fly_config_file=str(tmp_path / "none.yml"),
-                             fly_api_token=env)
+    settings = AtlasSettings(
+        fly_api_url="https://api.fly.test",
+        fly_executable="no-fly-here",
+        fly_config_file=str(tmp_path / "none.yml"),
+        fly_api_token=env,
+    )
     tokens = FlyTokens(storage, settings=settings, cluster_lock=False)
     return LogsClient(tokens=tokens, settings=settings, transport=handler), tokens
 
@@ -44,7 +67,9 @@ def make_client(tmp_path: Path, handler: httpx.MockTransport, *, stored: str | N
 def test_parse_document_flattens_and_skips_malformed_items() -> None:
     page = parse_logs_document(DOC, "api")
     assert [(e.id, e.message, e.level) for e in page.entries] == [
-        ("a1", "hello", "info"), ("a3", "world", "error")]
+        ("a1", "hello", "info"),
+        ("a3", "world", "error"),
+    ]
     first = page.entries[0]
     assert (first.instance, first.region, first.app) == ("148e21ea7e5189", "cdg", "api")
     assert first.meta == {"event": {"provider": "app"}}
@@ -144,15 +169,17 @@ def test_server_errors_and_transport_failures_are_not_retried(tmp_path: Path) ->
 
 
 def test_malformed_json_is_a_provider_error(tmp_path: Path) -> None:
-    client, _ = make_client(tmp_path, httpx.MockTransport(
-        lambda request: httpx.Response(200, text="{not json")))
+    client, _ = make_client(
+        tmp_path, httpx.MockTransport(lambda request: httpx.Response(200, text="{not json"))
+    )
     with pytest.raises(ProviderError):
         client.fetch("api")
 
 
 def test_client_repr_and_errors_never_show_the_token(tmp_path: Path) -> None:
-    client, _ = make_client(tmp_path, httpx.MockTransport(
-        lambda request: httpx.Response(500, text="oops")))
+    client, _ = make_client(
+        tmp_path, httpx.MockTransport(lambda request: httpx.Response(500, text="oops"))
+    )
     with pytest.raises(ProviderError) as info:
         client.fetch("api")
     assert "tok-1" not in str(info.value) and "tok-1" not in repr(client._http)

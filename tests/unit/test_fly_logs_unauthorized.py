@@ -41,8 +41,7 @@ def now_ms() -> int:
 
 def no_token(app: str, cursor: str | None) -> LogPage:
     # What LogsClient.fetch raises when the token chain comes up empty.
-    raise UnauthorizedError(f"no_token_available: no Fly token for app {app!r}",
-                            provider="fly")
+    raise UnauthorizedError(f"no_token_available: no Fly token for app {app!r}", provider="fly")
 
 
 def test_subscriber_gets_an_unauthorized_error_naming_the_chain(
@@ -54,8 +53,9 @@ def test_subscriber_gets_an_unauthorized_error_naming_the_chain(
         def loop() -> None:
             assert service.streamer_lease(deps, app, "t1").acquire()
             while not stop.is_set():
-                result = service.run_slice(deps, app, "t1", fetch=no_token, slice_s=0.2,
-                                           had_subscriber=True)
+                result = service.run_slice(
+                    deps, app, "t1", fetch=no_token, slice_s=0.2, had_subscriber=True
+                )
                 if result.outcome != "continue":
                     return
 
@@ -85,8 +85,7 @@ def test_other_poll_errors_do_not_end_the_subscription(
     def flaky(app: str, cursor: str | None) -> LogPage:
         raise AtlasError("HTTP 503", kind="provider", provider="fly", status=503)
 
-    result = service.run_slice(deps, APP, "t2", fetch=flaky,
-                          slice_s=0.1)
+    result = service.run_slice(deps, APP, "t2", fetch=flaky, slice_s=0.1)
     assert result.errors >= 1 and result.outcome == "continue"
     from atlas_tasks import events
 

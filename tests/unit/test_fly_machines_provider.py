@@ -47,8 +47,7 @@ class FakeFly:
         self.expected_auth = "Bearer test-key"
 
     def calls(self, method: str, suffix: str = "") -> list[httpx.Request]:
-        return [r for r in self.requests
-                if r.method == method and r.url.path.endswith(suffix)]
+        return [r for r in self.requests if r.method == method and r.url.path.endswith(suffix)]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -68,8 +67,9 @@ class FakeFly:
                 return self._create(request, app)
             if self.list_fault is not None:
                 raise self.list_fault
-            items = [m for m in self.machines.values()
-                     if m["_app"] == app and m["state"] != "destroyed"]
+            items = [
+                m for m in self.machines.values() if m["_app"] == app and m["state"] != "destroyed"
+            ]
             region = request.url.params.get("region")
             if region:
                 items = [m for m in items if m["region"] == region]
@@ -104,9 +104,14 @@ class FakeFly:
             return httpx.Response(500, json={"error": "internal"})
         machine_id = next(self.ids)
         machine = {
-            "_app": app, "id": machine_id, "name": body.get("name", machine_id),
-            "state": self.created_state, "region": body.get("region", "ord"),
-            "instance_id": "01INSTANCE", "private_ip": "fdaa::2", "config": body["config"],
+            "_app": app,
+            "id": machine_id,
+            "name": body.get("name", machine_id),
+            "state": self.created_state,
+            "region": body.get("region", "ord"),
+            "instance_id": "01INSTANCE",
+            "private_ip": "fdaa::2",
+            "config": body["config"],
             "created_at": "2024-01-02T03:04:05Z",
         }
         self.machines[machine_id] = machine
@@ -120,15 +125,27 @@ class FakeFly:
     def _public(machine: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in machine.items() if not k.startswith("_")}
 
-    def add(self, name: str, state: str = "started", *, app: str = APP, region: str = "ord",
-            gpu_kind: str | None = "a10") -> str:
+    def add(
+        self,
+        name: str,
+        state: str = "started",
+        *,
+        app: str = APP,
+        region: str = "ord",
+        gpu_kind: str | None = "a10",
+    ) -> str:
         machine_id = next(self.ids)
         guest: dict[str, Any] = {"cpu_kind": "performance", "cpus": 8, "memory_mb": 32768}
         if gpu_kind:
             guest.update(gpu_kind=gpu_kind, gpus=1)
         self.machines[machine_id] = {
-            "_app": app, "id": machine_id, "name": name, "state": state, "region": region,
-            "instance_id": f"01{machine_id}", "config": {"image": "img", "guest": guest},
+            "_app": app,
+            "id": machine_id,
+            "name": name,
+            "state": state,
+            "region": region,
+            "instance_id": f"01{machine_id}",
+            "config": {"image": "img", "guest": guest},
             "created_at": "2024-01-02T03:04:05Z",
         }
         return machine_id
@@ -144,11 +161,16 @@ def make(fly: FakeFly) -> Callable[..., FlyMachinesProvider]:
     def _make(**options: Any) -> FlyMachinesProvider:
         settings = AtlasSettings(fly_base_url=BASE, http_max_retries=2)
         options.setdefault("app", APP)
-        ctx = ProviderContext(api_key=options.pop("api_key", "test-key"), settings=settings,
-                              transport=httpx.MockTransport(fly), options=options)
+        ctx = ProviderContext(
+            api_key=options.pop("api_key", "test-key"),
+            settings=settings,
+            transport=httpx.MockTransport(fly),
+            options=options,
+        )
         provider = FlyMachinesProvider(ctx)
         provider.sleep = lambda seconds: None
         return provider
+
     return _make
 
 
@@ -210,8 +232,7 @@ def test_wait_can_be_disabled_per_provider_or_request(
     make: Callable[..., FlyMachinesProvider], fly: FakeFly
 ) -> None:
     assert spawn(make(wait_timeout_s=0)).status == ComputeStatus.PROVISIONING
-    assert spawn(make(), provider_opts={"wait_timeout_s": 0}).status == \
-        ComputeStatus.PROVISIONING
+    assert spawn(make(), provider_opts={"wait_timeout_s": 0}).status == ComputeStatus.PROVISIONING
     assert fly.calls("GET", "/wait") == []
     with pytest.raises(ValidationError) as info:
         spawn(make(wait_timeout_s="soon"))
@@ -261,9 +282,7 @@ def test_create_500_without_creating_retries_once_nothing_exists(
     assert list(fly.machines) == [compute.id]
 
 
-def test_create_gives_up_after_max_retries(
-    provider: FlyMachinesProvider, fly: FakeFly
-) -> None:
+def test_create_gives_up_after_max_retries(provider: FlyMachinesProvider, fly: FakeFly) -> None:
     fly.create_faults = ["500"] * 5
     with pytest.raises(ProviderError) as info:
         spawn(provider)
@@ -417,9 +436,7 @@ def test_missing_app_names_atlas_fly_app(make: Callable[..., FlyMachinesProvider
         spawn(provider)
 
 
-def test_app_and_token_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, fly: FakeFly
-) -> None:
+def test_app_and_token_from_the_environment(monkeypatch: pytest.MonkeyPatch, fly: FakeFly) -> None:
     monkeypatch.setenv("ATLAS_FLY_APP", APP)
     monkeypatch.setenv("ATLAS_FLY_BASE_URL", BASE)
     monkeypatch.setenv("FLY_API_TOKEN", "test-key")
@@ -441,13 +458,18 @@ def test_macaroon_tokens_keep_their_scheme(
 
 def test_hooks_see_every_call_and_repr_hides_the_token(fly: FakeFly) -> None:
     seen: list[RequestInfo] = []
-    ctx = ProviderContext(api_key="test-key", settings=AtlasSettings(fly_base_url=BASE),
-                          transport=httpx.MockTransport(fly), hooks=(seen.append,),
-                          options={"app": APP})
+    ctx = ProviderContext(
+        api_key="test-key",
+        settings=AtlasSettings(fly_base_url=BASE),
+        transport=httpx.MockTransport(fly),
+        hooks=(seen.append,),
+        options={"app": APP},
+    )
     provider = FlyMachinesProvider(ctx)
     provider.list_compute()
     assert [(i.provider, i.api, i.method, i.status) for i in seen] == [
-        ("fly", "machines", "GET", 200)]
+        ("fly", "machines", "GET", 200)
+    ]
     assert "test-key" not in repr(provider)
     assert APP in repr(provider)
 
@@ -455,7 +477,11 @@ def test_hooks_see_every_call_and_repr_hides_the_token(fly: FakeFly) -> None:
 def test_capabilities_and_catalog(provider: FlyMachinesProvider) -> None:
     assert FlyMachinesProvider.capabilities() == {"http_proxy", "raw_tcp", "global_networking"}
     assert {g.canonical for g in provider.list_gpu_types()} == {
-        "a100_80g", "a100_40g", "l40s", "a10"}
+        "a100_80g",
+        "a100_40g",
+        "l40s",
+        "a10",
+    }
 
 
 def test_create_app(make: Callable[..., FlyMachinesProvider], fly: FakeFly) -> None:

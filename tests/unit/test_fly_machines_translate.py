@@ -26,21 +26,38 @@ def body_for(**fields: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- create body
 def test_gpu_machine_body() -> None:
-    body = body_for(gpu="a100_80g", gpu_count=2, name="atlas-abc", region_hints=["ord", "iad"],
-                    env={"A": "1"}, ports=[(8000, "http")])
+    body = body_for(
+        gpu="a100_80g",
+        gpu_count=2,
+        name="atlas-abc",
+        region_hints=["ord", "iad"],
+        env={"A": "1"},
+        ports=[(8000, "http")],
+    )
     assert body["name"] == "atlas-abc"
     assert body["region"] == "ord"  # only the first hint: Fly takes one region
     config = body["config"]
     assert config["image"] == "test/image:latest"
     assert config["env"] == {"A": "1"}
     assert config["metadata"] == {"atlas": "1"}
-    assert config["guest"] == {"cpu_kind": "performance", "cpus": 8, "memory_mb": 32768,
-                               "gpu_kind": "a100-sxm4-80gb", "gpus": 2}
+    assert config["guest"] == {
+        "cpu_kind": "performance",
+        "cpus": 8,
+        "memory_mb": 32768,
+        "gpu_kind": "a100-sxm4-80gb",
+        "gpus": 2,
+    }
 
 
-@pytest.mark.parametrize(("gpu", "kind"), [("a100_80g", "a100-sxm4-80gb"),
-                                           ("a100_40g", "a100-pcie-40gb"),
-                                           ("l40s", "l40s"), ("a10", "a10")])
+@pytest.mark.parametrize(
+    ("gpu", "kind"),
+    [
+        ("a100_80g", "a100-sxm4-80gb"),
+        ("a100_40g", "a100-pcie-40gb"),
+        ("l40s", "l40s"),
+        ("a10", "a10"),
+    ],
+)
 def test_gpu_kind_comes_from_the_catalog_and_is_a_real_fly_kind(gpu: str, kind: str) -> None:
     guest = body_for(gpu=gpu)["config"]["guest"]
     assert guest["gpu_kind"] == kind
@@ -65,16 +82,19 @@ def test_guest_sizing_from_provider_opts() -> None:
     assert merged["config"]["guest"]["kernel_args"] == ["x"]
 
 
-@pytest.mark.parametrize(("opts", "field"), [
-    ({"memory_mb": 1000}, "provider_opts.memory_mb"),
-    ({"memory_mb": 0}, "provider_opts.memory_mb"),
-    ({"memory_mb": "512"}, "provider_opts.memory_mb"),
-    ({"cpus": 0}, "provider_opts.cpus"),
-    ({"cpus": True}, "provider_opts.cpus"),
-    ({"cpu_kind": "dedicated"}, "provider_opts.cpu_kind"),
-    ({"guest": "big"}, "provider_opts.guest"),
-    ({"config": []}, "provider_opts.config"),
-])
+@pytest.mark.parametrize(
+    ("opts", "field"),
+    [
+        ({"memory_mb": 1000}, "provider_opts.memory_mb"),
+        ({"memory_mb": 0}, "provider_opts.memory_mb"),
+        ({"memory_mb": "512"}, "provider_opts.memory_mb"),
+        ({"cpus": 0}, "provider_opts.cpus"),
+        ({"cpus": True}, "provider_opts.cpus"),
+        ({"cpu_kind": "dedicated"}, "provider_opts.cpu_kind"),
+        ({"guest": "big"}, "provider_opts.guest"),
+        ({"config": []}, "provider_opts.config"),
+    ],
+)
 def test_bad_guest_sizing_is_a_validation_error(opts: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         body_for(provider_opts=opts)
@@ -99,13 +119,16 @@ def test_image_is_required() -> None:
     assert info.value.field == "image"
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"spot": True}, "spot"),
-    ({"template_id": "tpl"}, "template_id"),
-    ({"network_volume_id": "vol"}, "network_volume_id"),
-    ({"volume_gb": 20}, "volume_gb"),
-    ({"container_disk_gb": 50}, "container_disk_gb"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"spot": True}, "spot"),
+        ({"template_id": "tpl"}, "template_id"),
+        ({"network_volume_id": "vol"}, "network_volume_id"),
+        ({"volume_gb": 20}, "volume_gb"),
+        ({"container_disk_gb": 50}, "container_disk_gb"),
+    ],
+)
 def test_fields_fly_cannot_honour_are_rejected(fields: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         body_for(**fields)
@@ -113,10 +136,16 @@ def test_fields_fly_cannot_honour_are_rejected(fields: dict[str, Any], field: st
 
 
 def test_provider_opts_pass_through_except_atlas_options() -> None:
-    body = body_for(provider_opts={
-        "app": "other-app", "wait_timeout_s": 5, "skip_launch": True, "lease_ttl": 30,
-        "config": {"auto_destroy": True}, "metadata": {"team": "ml"},
-    })
+    body = body_for(
+        provider_opts={
+            "app": "other-app",
+            "wait_timeout_s": 5,
+            "skip_launch": True,
+            "lease_ttl": 30,
+            "config": {"auto_destroy": True},
+            "metadata": {"team": "ml"},
+        }
+    )
     assert body["skip_launch"] is True and body["lease_ttl"] == 30
     assert "app" not in body and "wait_timeout_s" not in body
     assert body["config"]["auto_destroy"] is True
@@ -136,12 +165,20 @@ def test_atlas_options() -> None:
 def test_services_first_http_port_takes_443_others_their_own_number() -> None:
     services = t.services_for(((8000, "http"), (22, "tcp"), (9000, "http")))
     assert services == [
-        {"protocol": "tcp", "internal_port": 8000, "ports": [
-            {"port": 443, "handlers": ["tls", "http"]},
-            {"port": 80, "handlers": ["http"], "force_https": True}]},
+        {
+            "protocol": "tcp",
+            "internal_port": 8000,
+            "ports": [
+                {"port": 443, "handlers": ["tls", "http"]},
+                {"port": 80, "handlers": ["http"], "force_https": True},
+            ],
+        },
         {"protocol": "tcp", "internal_port": 22, "ports": [{"port": 22}]},
-        {"protocol": "tcp", "internal_port": 9000, "ports": [
-            {"port": 9000, "handlers": ["tls", "http"]}]},
+        {
+            "protocol": "tcp",
+            "internal_port": 9000,
+            "ports": [{"port": 9000, "handlers": ["tls", "http"]}],
+        },
     ]
 
 
@@ -152,15 +189,25 @@ def test_ports_published_twice_are_rejected() -> None:
 
 
 # ---------------------------------------------------------------------------- responses
-@pytest.mark.parametrize(("state", "status"), [
-    ("created", ComputeStatus.PROVISIONING), ("starting", ComputeStatus.PROVISIONING),
-    ("started", ComputeStatus.RUNNING), ("stopped", ComputeStatus.STOPPED),
-    ("suspended", ComputeStatus.STOPPED), ("destroyed", ComputeStatus.TERMINATED),
-    ("destroying", ComputeStatus.TERMINATED), ("failed", ComputeStatus.FAILED),
-    ("launch_failed", ComputeStatus.FAILED), ("stopping", ComputeStatus.PROVISIONING),
-    ("replacing", ComputeStatus.PROVISIONING), ("weird-new-state", ComputeStatus.PROVISIONING),
-    (None, ComputeStatus.PROVISIONING), ("STARTED", ComputeStatus.RUNNING),
-])
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [
+        ("created", ComputeStatus.PROVISIONING),
+        ("starting", ComputeStatus.PROVISIONING),
+        ("started", ComputeStatus.RUNNING),
+        ("stopped", ComputeStatus.STOPPED),
+        ("suspended", ComputeStatus.STOPPED),
+        ("destroyed", ComputeStatus.TERMINATED),
+        ("destroying", ComputeStatus.TERMINATED),
+        ("failed", ComputeStatus.FAILED),
+        ("launch_failed", ComputeStatus.FAILED),
+        ("stopping", ComputeStatus.PROVISIONING),
+        ("replacing", ComputeStatus.PROVISIONING),
+        ("weird-new-state", ComputeStatus.PROVISIONING),
+        (None, ComputeStatus.PROVISIONING),
+        ("STARTED", ComputeStatus.RUNNING),
+    ],
+)
 def test_state_mapping(state: str | None, status: ComputeStatus) -> None:
     assert t.machine_status(state) == status
 
@@ -175,8 +222,13 @@ MACHINE: dict[str, Any] = {
     "config": {
         "image": "vllm/vllm-openai:latest",
         "env": {"A": "1"},
-        "guest": {"cpu_kind": "performance", "cpus": 8, "memory_mb": 32768,
-                  "gpu_kind": "l40s", "gpus": 2},
+        "guest": {
+            "cpu_kind": "performance",
+            "cpus": 8,
+            "memory_mb": 32768,
+            "gpu_kind": "l40s",
+            "gpus": 2,
+        },
         "services": t.services_for(((8000, "http"), (22, "tcp"))),
     },
     "created_at": "2024-06-19T19:28:26Z",
@@ -195,8 +247,7 @@ def test_machine_to_compute() -> None:
     assert compute.public_ip is None and compute.cost_per_hour is None
     assert compute.created_at == datetime(2024, 6, 19, 19, 28, 26, tzinfo=UTC)
     assert [p.model_dump() for p in compute.ports] == [
-        {"internal": 8000, "external": 443, "protocol": "http",
-         "url": "https://my-app.fly.dev"},
+        {"internal": 8000, "external": 443, "protocol": "http", "url": "https://my-app.fly.dev"},
         {"internal": 22, "external": 22, "protocol": "tcp", "url": None},
     ]
     assert compute.raw["app"] == "my-app"
@@ -229,8 +280,14 @@ def test_unknown_gpu_kind_is_kept_and_cpu_machines_have_no_gpu() -> None:
 
 
 def test_image_falls_back_to_image_ref() -> None:
-    body = {"id": "m1", "image_ref": {"registry": "registry-1.docker.io",
-                                      "repository": "library/nginx", "tag": "1.25"}}
+    body = {
+        "id": "m1",
+        "image_ref": {
+            "registry": "registry-1.docker.io",
+            "repository": "library/nginx",
+            "tag": "1.25",
+        },
+    }
     assert t.machine_to_compute(body, "a").image == "registry-1.docker.io/library/nginx:1.25"
 
 
@@ -289,31 +346,41 @@ def test_invalid_app_names(app: Any) -> None:
     assert info.value.field == "app"
 
 
-@pytest.mark.parametrize(("opts", "field", "named"), [
-    ({"name": "evil"}, "provider_opts", "name"),
-    ({"region": "ams"}, "provider_opts", "region"),
-    ({"bogus": 1}, "provider_opts", "bogus"),
-    ({"config": {"env": {"ATLAS_PRESHARED_KEY": "mine"}}}, "provider_opts.config", "env"),
-    ({"config": {"image": "other"}}, "provider_opts.config", "image"),
-    ({"config": {"nonsense": True}}, "provider_opts.config", "nonsense"),
-    ({"guest": {"gpu_kind": "a10"}}, "provider_opts.guest", "gpu_kind"),
-    ({"guest": {"gpus": 8}}, "provider_opts.guest", "gpus"),
-])
-def test_provider_opts_never_override_our_fields(opts: dict[str, Any], field: str,
-                                                 named: str) -> None:
+@pytest.mark.parametrize(
+    ("opts", "field", "named"),
+    [
+        ({"name": "evil"}, "provider_opts", "name"),
+        ({"region": "ams"}, "provider_opts", "region"),
+        ({"bogus": 1}, "provider_opts", "bogus"),
+        ({"config": {"env": {"ATLAS_PRESHARED_KEY": "mine"}}}, "provider_opts.config", "env"),
+        ({"config": {"image": "other"}}, "provider_opts.config", "image"),
+        ({"config": {"nonsense": True}}, "provider_opts.config", "nonsense"),
+        ({"guest": {"gpu_kind": "a10"}}, "provider_opts.guest", "gpu_kind"),
+        ({"guest": {"gpus": 8}}, "provider_opts.guest", "gpus"),
+    ],
+)
+def test_provider_opts_never_override_our_fields(
+    opts: dict[str, Any], field: str, named: str
+) -> None:
     with pytest.raises(ValidationError) as info:
-        body_for(gpu="a10", name="atlas-f1", env={"ATLAS_PRESHARED_KEY": "tok"},
-                 provider_opts=opts)
+        body_for(gpu="a10", name="atlas-f1", env={"ATLAS_PRESHARED_KEY": "tok"}, provider_opts=opts)
     assert info.value.field == field and named in str(info.value)
 
 
 def test_provider_opts_from_the_definition_pass_below_ours() -> None:
-    body = body_for(gpu="a100_80g", gpu_count=2, name="atlas-f1",
-                    env={"ATLAS_PRESHARED_KEY": "tok"},
-                    provider_opts={"skip_service_registration": True, "lease_ttl": 30,
-                                   "config": {"restart": {"policy": "no"}, "spot": False},
-                                   "guest": {"max_memory_mb": 65536},
-                                   "metadata": {"atlas": "0", "team": "ml"}})
+    body = body_for(
+        gpu="a100_80g",
+        gpu_count=2,
+        name="atlas-f1",
+        env={"ATLAS_PRESHARED_KEY": "tok"},
+        provider_opts={
+            "skip_service_registration": True,
+            "lease_ttl": 30,
+            "config": {"restart": {"policy": "no"}, "spot": False},
+            "guest": {"max_memory_mb": 65536},
+            "metadata": {"atlas": "0", "team": "ml"},
+        },
+    )
     assert body["skip_service_registration"] is True and body["lease_ttl"] == 30
     assert body["name"] == "atlas-f1"
     config = body["config"]

@@ -57,6 +57,7 @@ def test_the_base_fixture_must_be_overridden() -> None:
 
 # ---------------------------------------------------------------------- file store
 
+
 def test_file_store_directory_0700_and_files_0600(tmp_path: Path) -> None:
     old_umask = os.umask(0)  # the most permissive umask must not leak through
     try:
@@ -122,6 +123,7 @@ def test_record_repr_hides_the_token() -> None:
 
 # ---------------------------------------------------------------------- redis store
 
+
 def test_redis_store_seals_values_and_expires_cached_entries(redis_client: redis.Redis) -> None:
     settings = AtlasSettings(secret_key=generate_key())
     store = RedisTokenStorage(redis_client, settings)
@@ -145,8 +147,10 @@ def test_redis_store_needs_a_secret_key(redis_client: redis.Redis) -> None:
 
 def test_storage_from_settings(tmp_path: Path) -> None:
     assert isinstance(storage_from_settings(AtlasSettings()), RedisTokenStorage)
-    assert isinstance(storage_from_settings(AtlasSettings(fly_token_store="memory")),
-                      MemoryTokenStorage)
-    store = storage_from_settings(AtlasSettings(fly_token_store="file",
-                                                fly_token_dir=str(tmp_path / "t")))
+    assert isinstance(
+        storage_from_settings(AtlasSettings(fly_token_store="memory")), MemoryTokenStorage
+    )
+    store = storage_from_settings(
+        AtlasSettings(fly_token_store="file", fly_token_dir=str(tmp_path / "t"))
+    )
     assert isinstance(store, FileTokenStorage) and store.directory == tmp_path / "t"

@@ -64,8 +64,11 @@ def calls(log: Path) -> list[str]:
 
 
 def settings(tmp_path: Path, **extra: object) -> AtlasSettings:
-    values: dict[str, object] = {"fly_config_file": str(tmp_path / "config.yml"),
-                                 "fly_cli_timeout_s": 5.0, **extra}
+    values: dict[str, object] = {
+        "fly_config_file": str(tmp_path / "config.yml"),
+        "fly_cli_timeout_s": 5.0,
+        **extra,
+    }
     return AtlasSettings(**values)  # type: ignore[arg-type]
 
 
@@ -144,8 +147,10 @@ def test_chain_order(tmp_path: Path, fake_cli: Path, monkeypatch: pytest.MonkeyP
 def test_config_file_can_be_disabled(tmp_path: Path) -> None:
     (tmp_path / "config.yml").write_text("access_token: config-tok\n")
     s = settings(tmp_path, fly_config_file_enabled=False, fly_executable="no-such-fly")
-    assert FlyTokens(MemoryTokenStorage(), settings=s, cluster_lock=False).resolve(APP).source \
+    assert (
+        FlyTokens(MemoryTokenStorage(), settings=s, cluster_lock=False).resolve(APP).source
         == "none"
+    )
 
 
 def test_expired_storage_entry_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,8 +161,9 @@ def test_expired_storage_entry_is_skipped(tmp_path: Path, monkeypatch: pytest.Mo
     assert tokens.get(APP) == "env-tok"
 
 
-def test_cli_timeout_is_a_miss_and_kills_the_cli(tmp_path: Path, fake_cli: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_timeout_is_a_miss_and_kills_the_cli(
+    tmp_path: Path, fake_cli: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_FLY_MODE", "hang")
     s = settings(tmp_path, fly_cli_timeout_s=0.5)
     tokens = FlyTokens(MemoryTokenStorage(), settings=s, cluster_lock=False)
@@ -168,8 +174,9 @@ def test_cli_timeout_is_a_miss_and_kills_the_cli(tmp_path: Path, fake_cli: Path,
     assert run_token_cli(APP, settings=s) is None
 
 
-def test_invalidate_skips_the_rejected_token(tmp_path: Path, fake_cli: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_invalidate_skips_the_rejected_token(
+    tmp_path: Path, fake_cli: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = MemoryTokenStorage()
     monkeypatch.setenv("FLY_API_TOKEN", "env-tok")
     tokens = FlyTokens(storage, settings=settings(tmp_path), cluster_lock=False)
@@ -185,8 +192,9 @@ def test_invalidate_skips_the_rejected_token(tmp_path: Path, fake_cli: Path,
 
 def test_invalidate_keeps_a_newer_stored_token(tmp_path: Path) -> None:
     storage = MemoryTokenStorage()
-    tokens = FlyTokens(storage, settings=settings(tmp_path, fly_executable="none"),
-                       cluster_lock=False)
+    tokens = FlyTokens(
+        storage, settings=settings(tmp_path, fly_executable="none"), cluster_lock=False
+    )
     storage.put(APP, "cached", TokenRecord("newer", int(time.time()) + 60))
     tokens.invalidate(APP, "older")
     assert storage.get(APP, "cached") is not None
@@ -214,20 +222,23 @@ def test_refresh_is_atomic_per_rejected_token(tmp_path: Path, fake_cli: Path) ->
 
 
 def test_refresh_without_any_source_raises(tmp_path: Path) -> None:
-    tokens = FlyTokens(MemoryTokenStorage(), settings=settings(tmp_path, fly_executable="none"),
-                       cluster_lock=False)
+    tokens = FlyTokens(
+        MemoryTokenStorage(), settings=settings(tmp_path, fly_executable="none"), cluster_lock=False
+    )
     with pytest.raises(UnauthorizedError):
         tokens.refresh(APP)
 
 
 def test_set_manual_raises_persist_failures(tmp_path: Path) -> None:
-    tokens = FlyTokens(BrokenStorage(OSError("disk full")), settings=settings(tmp_path),
-                       cluster_lock=False)
+    tokens = FlyTokens(
+        BrokenStorage(OSError("disk full")), settings=settings(tmp_path), cluster_lock=False
+    )
     with pytest.raises(AtlasError) as info:
         tokens.set_manual(APP, "tok")
     assert "persist failed" in str(info.value) and info.value.kind == "unknown"
-    tokens = FlyTokens(BrokenStorage(TransportError("redis down")), settings=settings(tmp_path),
-                       cluster_lock=False)
+    tokens = FlyTokens(
+        BrokenStorage(TransportError("redis down")), settings=settings(tmp_path), cluster_lock=False
+    )
     with pytest.raises(TransportError) as info2:
         tokens.set_manual(APP, "tok")
     assert "persist failed" in str(info2.value)
@@ -237,30 +248,35 @@ def test_set_manual_raises_persist_failures(tmp_path: Path) -> None:
         tokens.get("../x")
 
 
-def test_cached_write_failures_are_only_logged(tmp_path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_cached_write_failures_are_only_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "config.yml").write_text("access_token: config-tok\n")
-    tokens = FlyTokens(BrokenStorage(OSError("read-only fs")), settings=settings(tmp_path),
-                       cluster_lock=False)
+    tokens = FlyTokens(
+        BrokenStorage(OSError("read-only fs")), settings=settings(tmp_path), cluster_lock=False
+    )
     assert tokens.get(APP) == "config-tok"
     assert "could not store" in caplog.text and "config-tok" not in caplog.text
 
 
 def test_result_repr_hides_the_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLY_API_TOKEN", "env-secret")
-    result = FlyTokens(MemoryTokenStorage(), settings=settings(tmp_path),
-                       cluster_lock=False).resolve(APP)
+    result = FlyTokens(
+        MemoryTokenStorage(), settings=settings(tmp_path), cluster_lock=False
+    ).resolve(APP)
     assert "env-secret" not in repr(result)
 
 
-def test_cli_runs_once_across_resolvers_sharing_redis(tmp_path: Path, fake_cli: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      redis_client: redis.Redis) -> None:
+def test_cli_runs_once_across_resolvers_sharing_redis(
+    tmp_path: Path, fake_cli: Path, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
     # Eight independent resolvers (as in eight worker processes) ask at the same moment.
     monkeypatch.setenv("FAKE_FLY_DELAY", "0.5")
     s = settings(tmp_path, secret_key=generate_key())
-    resolvers = [FlyTokens(RedisTokenStorage(redis_client, s), settings=s,
-                           redis_client=redis_client) for _ in range(8)]
+    resolvers = [
+        FlyTokens(RedisTokenStorage(redis_client, s), settings=s, redis_client=redis_client)
+        for _ in range(8)
+    ]
     results: list[tuple[str | None, str]] = []
     barrier = threading.Barrier(len(resolvers))
 
@@ -280,8 +296,9 @@ def test_cli_runs_once_across_resolvers_sharing_redis(tmp_path: Path, fake_cli: 
     assert redis_client.get("atlas:fly:token-lock:my-app") is None  # released
 
 
-def test_without_a_usable_store_the_cli_still_runs(tmp_path: Path, fake_cli: Path,
-                                                   redis_client: redis.Redis) -> None:
+def test_without_a_usable_store_the_cli_still_runs(
+    tmp_path: Path, fake_cli: Path, redis_client: redis.Redis
+) -> None:
     # The Redis store needs ATLAS_SECRET_KEY; without it, resolution still works (no
     # durable cache, no cluster lock) instead of every waiter giving up.
     s = settings(tmp_path)

@@ -149,8 +149,15 @@ def test_pcie_and_nvl_parts_are_pinned_by_their_own_names() -> None:
     assert lambda_instance_type("h100_pcie", 1) == "gpu_1x_h100_pcie"
 
 
-@pytest.mark.parametrize(("count", "native"), [(1, "gpu_1x_h100_sxm5"), (2, "gpu_2x_h100_sxm5"),
-                                               (4, "gpu_4x_h100_sxm5"), (8, "gpu_8x_h100_sxm5")])
+@pytest.mark.parametrize(
+    ("count", "native"),
+    [
+        (1, "gpu_1x_h100_sxm5"),
+        (2, "gpu_2x_h100_sxm5"),
+        (4, "gpu_4x_h100_sxm5"),
+        (8, "gpu_8x_h100_sxm5"),
+    ],
+)
 def test_lambda_size_follows_gpu_count(count: int, native: str) -> None:
     assert lambda_instance_type("h100", count) == native
     assert lambda_type_info(native) == ("h100", count)
@@ -170,10 +177,14 @@ def test_lambda_count_it_does_not_sell_is_a_gpu_count_error() -> None:
 
 
 def test_vast_a100_sizes_differ_by_gpu_ram() -> None:
-    assert vast_search_filters("a100_80g") == {"gpu_name": {"eq": "A100 SXM4"},
-                                               "gpu_ram": {"gte": 70_000.0}}
-    assert vast_search_filters("a100_40g") == {"gpu_name": {"eq": "A100 SXM4"},
-                                               "gpu_ram": {"lt": 70_000.0}}
+    assert vast_search_filters("a100_80g") == {
+        "gpu_name": {"eq": "A100 SXM4"},
+        "gpu_ram": {"gte": 70_000.0},
+    }
+    assert vast_search_filters("a100_40g") == {
+        "gpu_name": {"eq": "A100 SXM4"},
+        "gpu_ram": {"lt": 70_000.0},
+    }
     assert vast_search_filters("rtx_4090") == {"gpu_name": {"eq": "RTX 4090"}}
     assert vast_canonical("A100 SXM4", 81_920) == "a100_80g"
     assert vast_canonical("A100 SXM4", 40_960) == "a100_40g"
@@ -190,11 +201,20 @@ def test_all_canonical_is_sorted_and_matches_the_enum() -> None:
     assert len(names) == 20
 
 
-@pytest.mark.parametrize(("provider", "gpu"), [("fly", "h100"), ("runpod", "a10"),
-                                               ("runpod", "a100_40g"), ("lambda_labs", "l4"),
-                                               ("vast", "mi300x"), ("mock", "h100")])
+@pytest.mark.parametrize(
+    ("provider", "gpu"),
+    [
+        ("fly", "h100"),
+        ("runpod", "a10"),
+        ("runpod", "a100_40g"),
+        ("lambda_labs", "l4"),
+        ("vast", "mi300x"),
+        ("mock", "h100"),
+    ],
+)
 def test_unsupported_gpu_for_provider_names_provider_field_and_offer(
-        provider: str, gpu: str) -> None:
+    provider: str, gpu: str
+) -> None:
     with pytest.raises(ValidationError) as info:
         for_provider(gpu, provider)
     assert info.value.field == "gpu"
@@ -223,8 +243,9 @@ def test_canonical_gpu_normalises_case_and_dashes() -> None:
 def test_readme_gpu_table_matches_the_catalog() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for canonical, ids in GPU_CATALOG.items():
-        row = next((line for line in readme.splitlines()
-                    if line.startswith(f"| `{canonical}` |")), None)
+        row = next(
+            (line for line in readme.splitlines() if line.startswith(f"| `{canonical}` |")), None
+        )
         assert row is not None, f"README has no GPU row for {canonical}"
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == (f"`{ids['runpod']}`" if "runpod" in ids else "–"), canonical

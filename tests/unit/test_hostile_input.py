@@ -97,8 +97,9 @@ def dead_redis(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.mark.parametrize(("fields", "field"), HOSTILE)
-def test_hostile_request_field_is_a_named_validation_error(fields: dict[str, Any],
-                                                           field: str) -> None:
+def test_hostile_request_field_is_a_named_validation_error(
+    fields: dict[str, Any], field: str
+) -> None:
     with pytest.raises(ValidationError) as info:
         build_compute_request(image=IMAGE, **fields)
     assert info.value.kind == "validation"
@@ -107,16 +108,16 @@ def test_hostile_request_field_is_a_named_validation_error(fields: dict[str, Any
 
 
 @pytest.mark.parametrize(("fields", "field"), HOSTILE)
-def test_hostile_spawn_fails_validation_before_redis(dead_redis: str, fields: dict[str, Any],
-                                                     field: str) -> None:
+def test_hostile_spawn_fails_validation_before_redis(
+    dead_redis: str, fields: dict[str, Any], field: str
+) -> None:
     with pytest.raises(ValidationError) as info:
         orchestrator.spawn(provider="mock", image=IMAGE, **fields)
     assert info.value.field == field
 
 
 @pytest.mark.parametrize(("fields", "field"), HOSTILE)
-def test_hostile_spawn_compute_is_a_validation_error(fields: dict[str, Any],
-                                                     field: str) -> None:
+def test_hostile_spawn_compute_is_a_validation_error(fields: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         atlas.spawn_compute(provider="mock", image=IMAGE, **fields)
     assert info.value.field == field
@@ -128,8 +129,9 @@ def test_reserved_provider_opts_point_at_the_real_field() -> None:
     with pytest.raises(ValidationError, match=r"provider_opts\.env: .*env="):
         build_compute_request(image=IMAGE, provider_opts={"env": {}})
     # Unreserved options still pass through.
-    req = build_compute_request(image=IMAGE, provider_opts={"supportPublicIp": True,
-                                                            "config": {"auto_destroy": True}})
+    req = build_compute_request(
+        image=IMAGE, provider_opts={"supportPublicIp": True, "config": {"auto_destroy": True}}
+    )
     assert req.provider_opts["config"] == {"auto_destroy": True}
 
 
@@ -148,17 +150,18 @@ def test_spawn_rejects_idle_ttl_below_the_minimum(dead_redis: str, ttl: int) -> 
 
 
 def test_spawn_rejects_junk_side_arguments(dead_redis: str) -> None:
-    for kwargs, field in (({"user_id": _Opaque()}, "user_id"),
-                          ({"user_id": _deep(5000)}, "user_id"),
-                          ({"api_key": 5}, "api_key"),
-                          ({"base_url": ["x"]}, "base_url")):
+    for kwargs, field in (
+        ({"user_id": _Opaque()}, "user_id"),
+        ({"user_id": _deep(5000)}, "user_id"),
+        ({"api_key": 5}, "api_key"),
+        ({"base_url": ["x"]}, "base_url"),
+    ):
         with pytest.raises(ValidationError) as info:
             orchestrator.spawn(provider="mock", image=IMAGE, **kwargs)
         assert info.value.field == field
 
 
-def test_valid_input_past_validation_reaches_redis_as_a_transport_error(
-        dead_redis: str) -> None:
+def test_valid_input_past_validation_reaches_redis_as_a_transport_error(dead_redis: str) -> None:
     # The other side of the table: the same call with sane fields fails only because
     # Redis is down, and that too is an AtlasError.
     with pytest.raises(AtlasError) as info:
@@ -169,9 +172,13 @@ def test_valid_input_past_validation_reaches_redis_as_a_transport_error(
 # ---------------------------------------------------------------- property-based
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
-    st.binary(max_size=4), st.builds(_Opaque),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.binary(max_size=4),
+    st.builds(_Opaque),
 )
 _junk = st.recursive(
     _scalars,
@@ -195,11 +202,13 @@ def _only_atlas_errors(call: Any) -> None:
         raise AssertionError(f"{type(exc).__name__} escaped: {exc}") from exc
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(fields=_fields)
-def test_orchestrator_spawn_only_raises_atlas_errors(dead_redis: str,
-                                                     fields: dict[str, Any]) -> None:
+def test_orchestrator_spawn_only_raises_atlas_errors(
+    dead_redis: str, fields: dict[str, Any]
+) -> None:
     _only_atlas_errors(lambda: orchestrator.spawn(provider="mock", **fields))
 
 
@@ -210,15 +219,22 @@ def test_spawn_compute_only_raises_atlas_errors(fields: dict[str, Any]) -> None:
     MockProvider.reset()
 
 
-@pytest.mark.parametrize(("provider", "fields", "field"), [
-    ("fly", {"gpu": "h100"}, "gpu"),             # Fly sells a10, a100s and l40s only
-    ("lambda_labs", {"gpu": "l4"}, "gpu"),
-    ("vast", {"gpu": "mi300x"}, "gpu"),
-    ("lambda_labs", {"gpu": "h100", "gpu_count": 3}, "gpu_count"),  # sizes 1, 2, 4, 8
-])
+@pytest.mark.parametrize(
+    ("provider", "fields", "field"),
+    [
+        ("fly", {"gpu": "h100"}, "gpu"),  # Fly sells a10, a100s and l40s only
+        ("lambda_labs", {"gpu": "l4"}, "gpu"),
+        ("vast", {"gpu": "mi300x"}, "gpu"),
+        ("lambda_labs", {"gpu": "h100", "gpu_count": 3}, "gpu_count"),  # sizes 1, 2, 4, 8
+    ],
+)
 def test_spawn_refuses_a_gpu_the_provider_does_not_sell_before_redis(
-        dead_redis: str, monkeypatch: pytest.MonkeyPatch, provider: str,
-        fields: dict[str, Any], field: str) -> None:
+    dead_redis: str,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    fields: dict[str, Any],
+    field: str,
+) -> None:
     # spawn_compute refused these; spawn accepted the session and let the worker fail it
     # (found by running orchestrator.spawn(provider="fly", gpu="h100") on a live Redis).
     # Against a dead Redis the refusal must come first, as a validation error.

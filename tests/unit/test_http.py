@@ -46,11 +46,18 @@ def make_client(
     base_url: str = "https://api.example.test/v2",
 ) -> tuple[HttpClient, list[float]]:
     settings = AtlasSettings(http_max_retries=retries, http_max_backoff_s=max_backoff)
-    ctx = ProviderContext(api_key="sekrit-key", settings=settings,
-                          transport=httpx.MockTransport(handler), hooks=hooks)
+    ctx = ProviderContext(
+        api_key="sekrit-key", settings=settings, transport=httpx.MockTransport(handler), hooks=hooks
+    )
     sleeps: list[float] = []
-    client = HttpClient(ctx, provider="runpod", api="management", base_url=base_url,
-                        headers={"Authorization": "Bearer sekrit-key"}, sleep=sleeps.append)
+    client = HttpClient(
+        ctx,
+        provider="runpod",
+        api="management",
+        base_url=base_url,
+        headers={"Authorization": "Bearer sekrit-key"},
+        sleep=sleeps.append,
+    )
     client.rand = lambda: 0.0
     return client, sleeps
 
@@ -138,7 +145,9 @@ def test_retry_after_http_date_and_cap() -> None:
 
 def test_5xx_backs_off_exponentially_then_succeeds() -> None:
     handler, seen = sequence(
-        httpx.Response(502), httpx.Response(503), httpx.Response(504),
+        httpx.Response(502),
+        httpx.Response(503),
+        httpx.Response(504),
         httpx.Response(200, json={"id": "p"}),
     )
     client, sleeps = make_client(handler)
@@ -174,8 +183,9 @@ def test_429_exhausted_is_rate_limited() -> None:
 
 
 def test_non_idempotent_post_is_not_retried_on_5xx() -> None:
-    handler, seen = sequence(httpx.Response(500, json={"error": "oops"}),
-                             httpx.Response(201, json={"id": "dup"}))
+    handler, seen = sequence(
+        httpx.Response(500, json={"error": "oops"}), httpx.Response(201, json={"id": "dup"})
+    )
     client, sleeps = make_client(handler)
     with pytest.raises(ProviderError) as info:
         client.call("POST", "/pods", json={"name": "a"}, expect=(201,))
@@ -239,15 +249,17 @@ def test_transport_error_after_retries_is_transport_kind() -> None:
 
 def test_hooks_receive_every_attempt() -> None:
     events: list[RequestInfo] = []
-    handler, _ = sequence(httpx.ReadError("reset"), httpx.Response(503),
-                          httpx.Response(200, json={}))
+    handler, _ = sequence(
+        httpx.ReadError("reset"), httpx.Response(503), httpx.Response(200, json={})
+    )
     client, _ = make_client(handler, hooks=(events.append,))
     client.call("GET", "/pods", params={"api_key": "leak"})
     assert [e.attempt for e in events] == [1, 2, 3]
     assert [e.status for e in events] == [None, 503, 200]
     assert events[0].error is not None and "ReadError" in events[0].error
-    assert all(e.provider == "runpod" and e.api == "management" and e.method == "GET"
-               for e in events)
+    assert all(
+        e.provider == "runpod" and e.api == "management" and e.method == "GET" for e in events
+    )
     assert all("leak" not in e.url and "api_key=REDACTED" in e.url for e in events)
     assert all(e.duration_s >= 0 for e in events)
 
@@ -268,13 +280,14 @@ def test_debug_log_never_contains_key_or_body(caplog: pytest.LogCaptureFixture) 
         client.call("POST", "/pods", json={"env": {"TOKEN": "tok"}}, expect=(200,))
     text = caplog.text
     assert "POST https://api.example.test/v2/pods" in text
-    assert "sekrit-key" not in text and "s3cr3t" not in text and "tok\"" not in text
+    assert "sekrit-key" not in text and "s3cr3t" not in text and 'tok"' not in text
     assert "sekrit-key" not in repr(client)
 
 
 def test_redact_url() -> None:
-    assert redact_url("https://x/graphql?api_key=abc&y=1") == \
-        "https://x/graphql?api_key=REDACTED&y=1"
+    assert (
+        redact_url("https://x/graphql?api_key=abc&y=1") == "https://x/graphql?api_key=REDACTED&y=1"
+    )
     assert redact_url("https://x/a?q=1&token=zz") == "https://x/a?q=1&token=REDACTED"
     assert redact_url("https://x/a?q=1") == "https://x/a?q=1"
 
@@ -328,35 +341,45 @@ def test_bad_base_url_is_a_transport_error_without_retry() -> None:
     settings = AtlasSettings(http_max_retries=3)
     ctx = ProviderContext(api_key="k", settings=settings)  # real transport: never reached
     sleeps: list[float] = []
-    client = HttpClient(ctx, provider="runpod", api="management", base_url="api.runpod.io",
-                        sleep=sleeps.append)
+    client = HttpClient(
+        ctx, provider="runpod", api="management", base_url="api.runpod.io", sleep=sleeps.append
+    )
     with pytest.raises(TransportError):
         client.call("POST", "/pods", json={})
     assert sleeps == [] and seen == []
 
 
 # ------------------------------------------------------------------ RFC 9457 problems
-def problem_response(status: int, body: dict[str, object], media: str = "application/problem+json"
-                     ) -> httpx.Response:
-    return httpx.Response(status, content=json.dumps(body).encode(),
-                          headers={"content-type": media})
+def problem_response(
+    status: int, body: dict[str, object], media: str = "application/problem+json"
+) -> httpx.Response:
+    return httpx.Response(
+        status, content=json.dumps(body).encode(), headers={"content-type": media}
+    )
 
 
 def test_problem_body_becomes_an_atlas_error_with_detail_and_errors() -> None:
-    body = {"title": "Unprocessable Entity", "status": 422, "detail": "Request validation failed.",
-            "errors": ["$: additional properties 'bogus' not allowed", "$.gpu.count: >= 1"]}
+    body = {
+        "title": "Unprocessable Entity",
+        "status": 422,
+        "detail": "Request validation failed.",
+        "errors": ["$: additional properties 'bogus' not allowed", "$.gpu.count: >= 1"],
+    }
     handler, _ = sequence(problem_response(422, body))
     client, _ = make_client(handler)
     with pytest.raises(ProviderError) as info:
         client.call("POST", "/pods", json={})
     assert info.value.status == 422 and info.value.raw == body
-    assert info.value.message == ("Request validation failed.: $: additional properties "
-                                  "'bogus' not allowed; $.gpu.count: >= 1")
+    assert info.value.message == (
+        "Request validation failed.: $: additional properties "
+        "'bogus' not allowed; $.gpu.count: >= 1"
+    )
 
 
 def test_problem_kinds_follow_the_status() -> None:
-    handler, _ = sequence(problem_response(404, {"title": "Not Found", "status": 404,
-                                                 "detail": "pod not found"}))
+    handler, _ = sequence(
+        problem_response(404, {"title": "Not Found", "status": 404, "detail": "pod not found"})
+    )
     client, _ = make_client(handler)
     with pytest.raises(NotFoundError) as info:
         client.call("GET", "/pods/x")
@@ -365,8 +388,9 @@ def test_problem_kinds_follow_the_status() -> None:
 
 def test_problem_recognised_by_shape_and_title_fallback() -> None:
     # Served as plain JSON, but shaped like a problem; no detail: the title is the message.
-    handler, _ = sequence(problem_response(409, {"title": "Conflict", "status": 409},
-                                           media="application/json"))
+    handler, _ = sequence(
+        problem_response(409, {"title": "Conflict", "status": 409}, media="application/json")
+    )
     client, _ = make_client(handler)
     with pytest.raises(ProviderError) as info:
         client.call("POST", "/pods/x/action", json={"action": "stop"})
@@ -382,8 +406,11 @@ def test_problem_recognised_by_shape_and_title_fallback() -> None:
 @pytest.mark.parametrize("status", [400, 500])
 def test_deeply_nested_json_is_a_provider_error_never_recursion(status: int) -> None:
     deep = "[" * 100_000
-    handler, _ = sequence(httpx.Response(200, text=deep), httpx.Response(status, text=deep),
-                          httpx.Response(status, text="{" + '"a":' * 50_000))
+    handler, _ = sequence(
+        httpx.Response(200, text=deep),
+        httpx.Response(status, text=deep),
+        httpx.Response(status, text="{" + '"a":' * 50_000),
+    )
     client, _ = make_client(handler, retries=0)
     with pytest.raises(ProviderError) as ok_answer:
         client.call("GET", "/pods")
@@ -406,12 +433,14 @@ def test_non_json_error_text_is_kept() -> None:
 
 # ------------------------------------------------------------------ RateLimit headers
 def test_rate_limit_headers_reach_the_hooks() -> None:
-    headers = {"RateLimit": '"minute";r=0;t=12, "hour";r=2800;t=1812, "day";r=49500;t=45012',
-               "RateLimit-Policy": '"minute";q=60;w=60, "hour";q=3000;w=3600, "day";q=50000;'
-                                   'w=86400'}
+    headers = {
+        "RateLimit": '"minute";r=0;t=12, "hour";r=2800;t=1812, "day";r=49500;t=45012',
+        "RateLimit-Policy": '"minute";q=60;w=60, "hour";q=3000;w=3600, "day";q=50000;w=86400',
+    }
     events: list[RequestInfo] = []
-    handler, _ = sequence(httpx.Response(200, json={}, headers=headers),
-                          httpx.Response(200, json={}))
+    handler, _ = sequence(
+        httpx.Response(200, json={}, headers=headers), httpx.Response(200, json={})
+    )
     client, _ = make_client(handler, hooks=(events.append,))
     client.call("GET", "/pods")
     client.call("GET", "/pods")
@@ -425,17 +454,24 @@ def test_rate_limit_headers_reach_the_hooks() -> None:
     assert events[1].rate_limit is None  # no headers, no limit
 
 
-@pytest.mark.parametrize(("limit", "policy", "expected"), [
-    (None, None, None),
-    ("", "  ", None),
-    ("garbage;;", None, None),
-    ('"minute";r=5;t=3', None, (RateLimitWindow("minute", remaining=5, reset_s=3),)),
-    (None, '"day";q=10;w=86400', (RateLimitWindow("day", quota=10, window_s=86400),)),
-    ('"minute";r=1;t=2;x="s", ("a" "b")', None,
-     (RateLimitWindow("minute", remaining=1, reset_s=2),)),
-])
-def test_parse_rate_limit_edge_cases(limit: str | None, policy: str | None,
-                                     expected: tuple[RateLimitWindow, ...] | None) -> None:
+@pytest.mark.parametrize(
+    ("limit", "policy", "expected"),
+    [
+        (None, None, None),
+        ("", "  ", None),
+        ("garbage;;", None, None),
+        ('"minute";r=5;t=3', None, (RateLimitWindow("minute", remaining=5, reset_s=3),)),
+        (None, '"day";q=10;w=86400', (RateLimitWindow("day", quota=10, window_s=86400),)),
+        (
+            '"minute";r=1;t=2;x="s", ("a" "b")',
+            None,
+            (RateLimitWindow("minute", remaining=1, reset_s=2),),
+        ),
+    ],
+)
+def test_parse_rate_limit_edge_cases(
+    limit: str | None, policy: str | None, expected: tuple[RateLimitWindow, ...] | None
+) -> None:
     parsed = parse_rate_limit(limit, policy)
     assert (parsed.windows if parsed else None) == expected
     if parsed is not None:

@@ -54,8 +54,9 @@ def _store() -> JobStore:
 
 
 def _finish(st: JobStore, job_id: str, status: str, **kwargs: Any) -> None:
-    assert st.finish(job_id, JobStatus(status), require_status=JobStatus.SUBMITTING,
-                     **kwargs) == "ok"
+    assert (
+        st.finish(job_id, JobStatus(status), require_status=JobStatus.SUBMITTING, **kwargs) == "ok"
+    )
 
 
 def test_every_job_task_is_routed_to_the_jobs_queue() -> None:
@@ -66,8 +67,13 @@ def test_every_job_task_is_routed_to_the_jobs_queue() -> None:
 
 
 def test_submit_records_publishes_and_enqueues(sent: list[dict[str, Any]]) -> None:
-    job = jobs.submit(endpoint="ep", input={"prompt": "hi"}, stream=True,
-                      max_duration_s=30, api_key="sk-secret-123")
+    job = jobs.submit(
+        endpoint="ep",
+        input={"prompt": "hi"},
+        stream=True,
+        max_duration_s=30,
+        api_key="sk-secret-123",
+    )
     assert repr(job) == f"JobHandle(id={job.id!r}, provider='runpod', endpoint='ep')"
     [call] = sent
     assert call["name"] == C.TASK_JOB_RUN and "queue" not in call  # task_routes decide
@@ -76,7 +82,11 @@ def test_submit_records_publishes_and_enqueues(sent: list[dict[str, Any]]) -> No
     assert call["argsrepr"] == repr((job.id, "<request>"))
     info = jobs.get(job.id)
     assert (info.status, info.stream, info.endpoint, info.provider) == (
-        "submitting", True, "ep", "runpod")
+        "submitting",
+        True,
+        "ep",
+        "runpod",
+    )
     assert info.deadline_ms - info.created_at_ms == 30_000  # type: ignore[operator]
     record = get_redis().hgetall(C.JOB_KEY.format(id=job.id))
     assert "sk-secret" not in str(record) and record["api_key_sealed"]
@@ -84,17 +94,21 @@ def test_submit_records_publishes_and_enqueues(sent: list[dict[str, Any]]) -> No
     assert event.data["status"] == "submitting"
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"input": 1}, "endpoint"),
-    ({"endpoint": "ep", "max_duration_s": 0}, "max_duration_s"),
-    ({"endpoint": "ep", "max_duration_s": True}, "max_duration_s"),
-    ({"endpoint": "ep", "stream": "yes"}, "stream"),
-    ({"endpoint": "ep", "input": {1, 2}}, "input"),
-    ({"endpoint": "ep", "provider": "nope"}, "provider"),
-    ({"endpoint": "ep", "policy": "fast"}, "policy"),
-])
-def test_submit_validation_names_the_field(sent: list[dict[str, Any]],
-                                           kwargs: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"input": 1}, "endpoint"),
+        ({"endpoint": "ep", "max_duration_s": 0}, "max_duration_s"),
+        ({"endpoint": "ep", "max_duration_s": True}, "max_duration_s"),
+        ({"endpoint": "ep", "stream": "yes"}, "stream"),
+        ({"endpoint": "ep", "input": {1, 2}}, "input"),
+        ({"endpoint": "ep", "provider": "nope"}, "provider"),
+        ({"endpoint": "ep", "policy": "fast"}, "policy"),
+    ],
+)
+def test_submit_validation_names_the_field(
+    sent: list[dict[str, Any]], kwargs: dict[str, Any], field: str
+) -> None:
     with pytest.raises(ValidationError) as caught:
         jobs.submit(**kwargs)
     assert caught.value.field == field
@@ -112,8 +126,9 @@ def test_submit_needs_a_serverless_provider(sent: list[dict[str, Any]]) -> None:
     assert sent == []
 
 
-def test_enqueue_failure_fails_the_job(sent: list[dict[str, Any]],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enqueue_failure_fails_the_job(
+    sent: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     class BrokenApp:
         def send_task(self, *args: Any, **kwargs: Any) -> None:
             raise ConnectionError("broker down")
@@ -138,8 +153,9 @@ def test_cancel_flags_and_kicks_a_poll(sent: list[dict[str, Any]]) -> None:
     job = jobs.submit(endpoint="ep")
     job.cancel()  # still submitting: the run task sees the flag, no poll needed
     assert len(sent) == 1 and jobs.get(job.id).cancel_requested
-    _store().commit(job.id, fields={"status": "in_progress", "provider_job_id": "p",
-                                    "poll_seq": "3"})
+    _store().commit(
+        job.id, fields={"status": "in_progress", "provider_job_id": "p", "poll_seq": "3"}
+    )
     job.cancel()
     assert sent[-1]["name"] == C.TASK_JOB_POLL and sent[-1]["args"] == [job.id, 3, 0]
     _store().commit(job.id, fields={"status": "completed"})
@@ -165,8 +181,12 @@ def test_wait_raises_the_jobs_error_or_times_out(sent: list[dict[str, Any]]) -> 
     with pytest.raises(AtlasTimeoutError):
         job.wait(timeout=0.5)
     assert 0.4 < time.monotonic() - started < 1.5
-    _finish(_store(), job.id, "failed",
-            error={"kind": "provider", "provider": "runpod", "message": "boom"})
+    _finish(
+        _store(),
+        job.id,
+        "failed",
+        error={"kind": "provider", "provider": "runpod", "message": "boom"},
+    )
     with pytest.raises(ProviderError, match="boom"):
         job.wait(timeout=1)
     other = jobs.submit(endpoint="ep")
@@ -180,9 +200,14 @@ def test_wait_raises_the_jobs_error_or_times_out(sent: list[dict[str, Any]]) -> 
 def test_stream_replays_then_follows_and_never_repeats(sent: list[dict[str, Any]]) -> None:
     job = jobs.submit(endpoint="ep", stream=True)
     st = _store()
-    st.commit(job.id, events=[("output", {"seq": 1, "chunk": "a"}),
-                              ("output", {"seq": 2, "chunk": "b"}),
-                              ("output", {"seq": 2, "chunk": "b"})])  # a stray duplicate
+    st.commit(
+        job.id,
+        events=[
+            ("output", {"seq": 1, "chunk": "a"}),
+            ("output", {"seq": 2, "chunk": "b"}),
+            ("output", {"seq": 2, "chunk": "b"}),
+        ],
+    )  # a stray duplicate
 
     def later() -> None:
         time.sleep(0.3)

@@ -37,9 +37,11 @@ def _get(st: JobStore, job_id: str = "j1") -> JobRecord:
 def _submitted(st: JobStore, job_id: str = "j1") -> None:
     _new(st, job_id)
     assert st.begin_submit(job_id) == "ok"
-    verdict, _ = st.commit(job_id, require_status=JobStatus.SUBMITTING,
-                           fields={"provider_job_id": "p1", "status": "in_queue",
-                                   "submit_inflight": "0"})
+    verdict, _ = st.commit(
+        job_id,
+        require_status=JobStatus.SUBMITTING,
+        fields={"provider_job_id": "p1", "status": "in_queue", "submit_inflight": "0"},
+    )
     assert verdict == "ok"
 
 
@@ -76,15 +78,15 @@ def test_claim_single_flight(st: JobStore, redis_client: redis.Redis) -> None:
     st.commit("j1", fields={"provider_job_id": "p1", "status": "in_queue"})
     assert st.claim("j1", 0, "a")[0] == "ok"
     assert redis_client.get(lease_key("j1")) == "a"
-    assert st.claim("j1", 0, "b")[0] == "busy"    # duplicate of the running iteration
-    assert st.claim("j1", 1, "c")[0] == "early"   # successor before the advance
+    assert st.claim("j1", 0, "b")[0] == "busy"  # duplicate of the running iteration
+    assert st.claim("j1", 1, "c")[0] == "early"  # successor before the advance
     assert st.claim("j1", 5, "d")[0] == "stale"
     assert st.advance("j1", "zombie", 1) == "fenced"
     assert st.advance("j1", "a", 1, poll_errors=2) == "ok"
     assert redis_client.exists(lease_key("j1")) == 0
     record = _get(st)
     assert (record.poll_seq, record.poll_errors, record.polls) == (1, 2, 1)
-    assert st.claim("j1", 0, "b")[0] == "stale"   # the duplicate comes too late
+    assert st.claim("j1", 0, "b")[0] == "stale"  # the duplicate comes too late
     assert st.claim("j1", 1, "c")[0] == "ok"
     st.release("j1", "c")
     # the successor adopts the chain when its predecessor died before advancing
@@ -102,14 +104,17 @@ def test_claim_done_and_missing(st: JobStore) -> None:
 
 def test_commit_publishes_in_the_events_wire_format(st: JobStore) -> None:
     _submitted(st)
-    verdict, ids = st.commit("j1", fields={"status": "in_progress"},
-                             events=[("status", {"status": "in_progress"}),
-                                     ("output", {"seq": 1, "chunk": "x"})])
+    verdict, ids = st.commit(
+        "j1",
+        fields={"status": "in_progress"},
+        events=[("status", {"status": "in_progress"}), ("output", {"seq": 1, "chunk": "x"})],
+    )
     assert verdict == "ok" and len(ids) == 2
     history = events.history("j1", topic="job", client=st.r)
     assert [(e.type, e.data, e.id) for e in history] == [
         ("status", {"status": "in_progress"}, ids[0]),
-        ("output", {"seq": 1, "chunk": "x"}, ids[1])]
+        ("output", {"seq": 1, "chunk": "x"}, ids[1]),
+    ]
     assert _get(st).status == JobStatus.IN_PROGRESS
     assert st.r.pttl(event_keys("j1")[1]) > 0
 
@@ -118,11 +123,22 @@ def test_commit_is_fenced_on_lease_and_status(st: JobStore) -> None:
     _submitted(st)
     assert st.claim("j1", 0, "a")[0] == "ok"
     assert st.commit("j1", owner="b", events=[("status", {"status": "x"})]) == ("fenced", [])
-    assert st.commit("j1", require_status=JobStatus.SUBMITTING,
-                     fields={"status": "failed"})[0] == "fenced"
+    assert (
+        st.commit("j1", require_status=JobStatus.SUBMITTING, fields={"status": "failed"})[0]
+        == "fenced"
+    )
     assert events.history("j1", topic="job", client=st.r) == []
-    assert st.commit("j1", owner="a", fields={"status": "completed"}, release=True,
-                     record_ttl_ms=1234, stamp="finished_at_ms")[0] == "ok"
+    assert (
+        st.commit(
+            "j1",
+            owner="a",
+            fields={"status": "completed"},
+            release=True,
+            record_ttl_ms=1234,
+            stamp="finished_at_ms",
+        )[0]
+        == "ok"
+    )
     assert st.r.exists(lease_key("j1")) == 0
     assert 0 < st.r.pttl(job_key("j1")) <= 1234
     assert _get(st).finished_at_ms
@@ -162,5 +178,7 @@ def test_summaries_read_scanned_records_in_one_round_trip(st: JobStore) -> None:
     _submitted(st, "b")
     summaries = st.summaries([job_key("a"), job_key("gone"), job_key("b")])
     assert [(r.id, r.status, r.provider, r.endpoint) for r in summaries] == [
-        ("a", JobStatus.SUBMITTING, "runpod", "ep"), ("b", JobStatus.IN_QUEUE, "runpod", "ep")]
+        ("a", JobStatus.SUBMITTING, "runpod", "ep"),
+        ("b", JobStatus.IN_QUEUE, "runpod", "ep"),
+    ]
     assert all(r.created_at_ms for r in summaries)

@@ -44,11 +44,14 @@ INSTANCE_TYPES: dict[str, Any] = {
         },
         "gpu_1x_a10": {
             "instance_type": {
-                "name": "gpu_1x_a10", "description": "1x A10 (24 GB PCIe)",
-                "price_cents_per_hour": 75, "specs": {"gpus": 1},
+                "name": "gpu_1x_a10",
+                "description": "1x A10 (24 GB PCIe)",
+                "price_cents_per_hour": 75,
+                "specs": {"gpus": 1},
             },
             "regions_with_capacity_available": [
-                {"name": r, "description": r} for r in ("us-east-1", "us-west-1", "eu-1")],
+                {"name": r, "description": r} for r in ("us-east-1", "us-west-1", "eu-1")
+            ],
         },
     }
 }
@@ -78,7 +81,10 @@ def test_instance_types_become_gpu_types_in_dollars_with_stock() -> None:
     types = {g.id: g for g in t.gpu_types_from_body(INSTANCE_TYPES)}
     h100 = types["gpu_1x_h100_sxm5"]
     assert (h100.provider, h100.canonical, h100.lowest_price_per_hour) == (
-        "lambda_labs", "h100", 2.49)
+        "lambda_labs",
+        "h100",
+        2.49,
+    )
     assert h100.stock == "medium" and h100.memory_gb == 80.0 and h100.spot_price_per_hour is None
     assert h100.display_name == "1x H100 (80 GB SXM5)"
     assert types["gpu_8x_a100_80gb_sxm4"].stock == "unavailable"
@@ -89,16 +95,24 @@ def test_instance_types_become_gpu_types_in_dollars_with_stock() -> None:
 
 def test_stock_levels() -> None:
     assert [t.stock_of(n) for n in (0, 1, 2, 3, 9)] == [
-        "unavailable", "low", "medium", "high", "high"]
+        "unavailable",
+        "low",
+        "medium",
+        "high",
+        "high",
+    ]
 
 
-@pytest.mark.parametrize(("gpu", "count", "expected"), [
-    ("h100", 1, "gpu_1x_h100_sxm5"),
-    ("h100", 8, "gpu_8x_h100_sxm5"),
-    ("a100_80g", 8, "gpu_8x_a100_80gb_sxm4"),
-    ("a6000", 4, "gpu_4x_a6000"),
-    ("rtx_6000", 1, "gpu_1x_rtx6000"),
-])
+@pytest.mark.parametrize(
+    ("gpu", "count", "expected"),
+    [
+        ("h100", 1, "gpu_1x_h100_sxm5"),
+        ("h100", 8, "gpu_8x_h100_sxm5"),
+        ("a100_80g", 8, "gpu_8x_a100_80gb_sxm4"),
+        ("a6000", 4, "gpu_4x_a6000"),
+        ("rtx_6000", 1, "gpu_1x_rtx6000"),
+    ],
+)
 def test_instance_type_name_by_count(gpu: str, count: int, expected: str) -> None:
     assert t.instance_type_name(gpu, count) == expected
     assert t.canonical_of_type(expected) == gpu
@@ -137,11 +151,16 @@ def test_unknown_size_names_the_gpu_count_field() -> None:
 
 def test_launch_body_has_exactly_one_key_and_opts_win() -> None:
     request = build_compute_request(
-        gpu="h100", image="vllm/vllm-openai:latest", name="atlas-x", ports=[(8000, "http")],
+        gpu="h100",
+        image="vllm/vllm-openai:latest",
+        name="atlas-x",
+        ports=[(8000, "http")],
         env={"HF_TOKEN": "hf_x"},
-        provider_opts={"ssh_key_name": "k2", "file_system_names": ["fs"]})
-    body = t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
-                         ssh_key_name="k2")
+        provider_opts={"ssh_key_name": "k2", "file_system_names": ["fs"]},
+    )
+    body = t.launch_body(
+        request, type_name="gpu_1x_h100_sxm5", region="us-east-1", ssh_key_name="k2"
+    )
     assert body["region_name"] == "us-east-1" and body["instance_type_name"] == "gpu_1x_h100_sxm5"
     assert body["ssh_key_names"] == ["k2"]
     assert body["name"] == "atlas-x" and body["file_system_names"] == ["fs"]
@@ -154,8 +173,9 @@ def test_launch_body_has_exactly_one_key_and_opts_win() -> None:
 
 
 def test_user_data_quotes_and_rejects_multiline_env() -> None:
-    weird = build_compute_request(gpu="h100", image="img;rm -rf /",
-                                  provider_opts={"docker_args": ["--shm-size", "8g"]})
+    weird = build_compute_request(
+        gpu="h100", image="img;rm -rf /", provider_opts={"docker_args": ["--shm-size", "8g"]}
+    )
     script = t.user_data(weird)
     assert script is not None and "'img;rm -rf /'" in script and "--shm-size 8g" in script
     with pytest.raises(ValidationError) as info:
@@ -174,22 +194,34 @@ def test_launched_id() -> None:
 def test_instance_to_compute_real_shape() -> None:
     c = t.instance_to_compute(INSTANCE, ((8000, "http"),))
     assert (c.id, c.provider, c.status, c.name) == (
-        INSTANCE["id"], "lambda_labs", ComputeStatus.RUNNING, "atlas-abc123")
+        INSTANCE["id"],
+        "lambda_labs",
+        ComputeStatus.RUNNING,
+        "atlas-abc123",
+    )
     assert (c.public_ip, c.region, c.gpu_type, c.gpu_count, c.cost_per_hour) == (
-        "198.51.100.2", "us-east-1", "h100", 1, 2.49)
+        "198.51.100.2",
+        "us-east-1",
+        "h100",
+        1,
+        2.49,
+    )
     assert c.ports[0].url == "tcp://198.51.100.2:8000" and c.ports[0].protocol == "tcp"
     assert c.raw == INSTANCE and c.created_at is None
     assert t.instance_to_compute(INSTANCE).ports == []
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    ("booting", ComputeStatus.PROVISIONING),
-    ("active", ComputeStatus.RUNNING),
-    ("unhealthy", ComputeStatus.FAILED),
-    ("terminating", ComputeStatus.TERMINATED),
-    ("terminated", ComputeStatus.TERMINATED),
-    ("something-new", ComputeStatus.PROVISIONING),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("booting", ComputeStatus.PROVISIONING),
+        ("active", ComputeStatus.RUNNING),
+        ("unhealthy", ComputeStatus.FAILED),
+        ("terminating", ComputeStatus.TERMINATED),
+        ("terminated", ComputeStatus.TERMINATED),
+        ("something-new", ComputeStatus.PROVISIONING),
+    ],
+)
 def test_status_mapping(status: str, expected: ComputeStatus) -> None:
     booting = {**INSTANCE, "status": status, "ip": None}
     compute = t.instance_to_compute(booting, ((22, "tcp"),))
@@ -211,14 +243,20 @@ def test_lists_and_malformed_answers() -> None:
 
 
 def _lambda_error(status: int, code: str, message: str, **extra: str) -> AtlasError:
-    return error_from_response(status, {"error": {"code": code, "message": message, **extra}},
-                               "lambda_labs")
+    return error_from_response(
+        status, {"error": {"code": code, "message": message, **extra}}, "lambda_labs"
+    )
 
 
 def test_capacity_error_code_is_named() -> None:
-    err = t.refine_error(_lambda_error(400, t.INSUFFICIENT_CAPACITY,
-                                       "Not enough capacity to fulfill launch request.",
-                                       suggestion="Try another region"))
+    err = t.refine_error(
+        _lambda_error(
+            400,
+            t.INSUFFICIENT_CAPACITY,
+            "Not enough capacity to fulfill launch request.",
+            suggestion="Try another region",
+        )
+    )
     assert isinstance(err, ProviderError) and err.kind == "provider" and err.status == 400
     assert err.message is not None and err.message.startswith("insufficient capacity")
     assert t.INSUFFICIENT_CAPACITY in err.message and "Try another region" in err.message
@@ -239,33 +277,46 @@ def test_other_codes_keep_kind_and_flag() -> None:
 
 
 def test_launch_body_keys_are_exactly_instance_launch_request_fields() -> None:
-    request = build_compute_request(gpu="h100", image="i", name="atlas-x",
-                                    provider_opts={"hostname": "node1", "tags": []})
-    body = t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
-                         ssh_key_name="k")
+    request = build_compute_request(
+        gpu="h100", image="i", name="atlas-x", provider_opts={"hostname": "node1", "tags": []}
+    )
+    body = t.launch_body(
+        request, type_name="gpu_1x_h100_sxm5", region="us-east-1", ssh_key_name="k"
+    )
     assert set(body) <= t.LAUNCH_FIELDS
-    assert set(body) == {"region_name", "instance_type_name", "ssh_key_names", "name",
-                         "user_data", "hostname", "tags"}
+    assert set(body) == {
+        "region_name",
+        "instance_type_name",
+        "ssh_key_names",
+        "name",
+        "user_data",
+        "hostname",
+        "tags",
+    }
 
 
-@pytest.mark.parametrize(("opts", "named"), [
-    ({"name": "evil"}, "name"),
-    ({"user_data": "#!/bin/sh\necho pwned"}, "user_data"),
-    ({"region_name": "us-west-1"}, "region_name"),
-    ({"quantity": 2}, "quantity"),
-    ({"bogus": 1, "also_bad": 2}, "also_bad, bogus"),
-])
+@pytest.mark.parametrize(
+    ("opts", "named"),
+    [
+        ({"name": "evil"}, "name"),
+        ({"user_data": "#!/bin/sh\necho pwned"}, "user_data"),
+        ({"region_name": "us-west-1"}, "region_name"),
+        ({"quantity": 2}, "quantity"),
+        ({"bogus": 1, "also_bad": 2}, "also_bad, bogus"),
+    ],
+)
 def test_provider_opts_can_never_override_our_fields_or_add_unknown_ones(
-        opts: dict[str, object], named: str) -> None:
+    opts: dict[str, object], named: str
+) -> None:
     # The request model refuses atlas-owned provider_opts keys up front
     # (tests/unit/test_hostile_input.py); this checks the translate's own second line
     # of defence, so the options are set past the model's validation.
-    request = build_compute_request(gpu="h100", image="i", name="atlas-x",
-                                    env={"ATLAS_PRESHARED_KEY": "tok"})
+    request = build_compute_request(
+        gpu="h100", image="i", name="atlas-x", env={"ATLAS_PRESHARED_KEY": "tok"}
+    )
     request = request.model_copy(update={"provider_opts": opts})
     with pytest.raises(ValidationError) as info:
-        t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
-                      ssh_key_name="k")
+        t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1", ssh_key_name="k")
     assert info.value.field == "provider_opts"
     assert named in str(info.value)
 
@@ -279,6 +330,5 @@ def test_preempted_instances_read_as_terminated() -> None:
 def test_name_longer_than_lambda_allows_is_a_name_error() -> None:
     request = build_compute_request(gpu="h100", image="i", name="atlas-" + "x" * 59)
     with pytest.raises(ValidationError) as info:
-        t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1",
-                      ssh_key_name="k")
+        t.launch_body(request, type_name="gpu_1x_h100_sxm5", region="us-east-1", ssh_key_name="k")
     assert info.value.field == "name" and "64" in str(info.value)

@@ -35,10 +35,18 @@ from atlas_tasks.providers.translate_common import (
 from atlas_tasks.specs import Compute, ComputeStatus
 
 
-def _context(handler: httpx.MockTransport | None = None, *, key: str | None = "k-1",
-             base_url: str | None = None) -> ProviderContext:
-    return ProviderContext(api_key=key, base_url=base_url, transport=handler,
-                           settings=AtlasSettings(http_max_retries=0))
+def _context(
+    handler: httpx.MockTransport | None = None,
+    *,
+    key: str | None = "k-1",
+    base_url: str | None = None,
+) -> ProviderContext:
+    return ProviderContext(
+        api_key=key,
+        base_url=base_url,
+        transport=handler,
+        settings=AtlasSettings(http_max_retries=0),
+    )
 
 
 # --------------------------------------------------------------------------- ClientPool
@@ -49,9 +57,14 @@ def test_pool_builds_lazily_once_and_raises_unauthorized_without_key() -> None:
         seen.append(request)
         return httpx.Response(200, json={"ok": True})
 
-    pool = ClientPool(_context(httpx.MockTransport(handler)), provider="p", missing_key="no key",
-                      base_url=lambda api: f"https://{api}.example.test",
-                      sleep=lambda s: None, authorization=lambda k: f"Token {k}")
+    pool = ClientPool(
+        _context(httpx.MockTransport(handler)),
+        provider="p",
+        missing_key="no key",
+        base_url=lambda api: f"https://{api}.example.test",
+        sleep=lambda s: None,
+        authorization=lambda k: f"Token {k}",
+    )
     client = pool.get("rest")
     assert pool.get("rest") is client
     assert client.base_url == "https://rest.example.test"
@@ -61,8 +74,13 @@ def test_pool_builds_lazily_once_and_raises_unauthorized_without_key() -> None:
     pool.close()
     assert pool.get("rest") is not client  # rebuilt after close
 
-    keyless = ClientPool(_context(key=None), provider="p", missing_key="no key here",
-                         base_url=lambda api: "https://x.test", sleep=lambda s: None)
+    keyless = ClientPool(
+        _context(key=None),
+        provider="p",
+        missing_key="no key here",
+        base_url=lambda api: "https://x.test",
+        sleep=lambda s: None,
+    )
     with pytest.raises(UnauthorizedError, match="no key here") as info:
         keyless.get("rest")
     assert info.value.provider == "p"
@@ -70,7 +88,8 @@ def test_pool_builds_lazily_once_and_raises_unauthorized_without_key() -> None:
 
 def test_main_base_url_prefers_the_context() -> None:
     assert main_base_url(_context(base_url="https://ctx.test"), "https://set.test") == (
-        "https://ctx.test")
+        "https://ctx.test"
+    )
     assert main_base_url(_context(), "https://set.test") == "https://set.test"
 
 
@@ -87,10 +106,15 @@ def test_refining_client_refines_and_checks() -> None:
         if isinstance(data, dict) and data.get("success") is False:
             raise ProviderError(f"refused with {status}", provider="p")
 
-    client = RefiningClient(_context(httpx.MockTransport(handler), base_url="https://b.test"),
-                            lambda s: None, provider="p", missing_key="no key",
-                            configured_base_url=lambda settings: "https://unused.test",
-                            refine=refine, check=check)
+    client = RefiningClient(
+        _context(httpx.MockTransport(handler), base_url="https://b.test"),
+        lambda s: None,
+        provider="p",
+        missing_key="no key",
+        configured_base_url=lambda settings: "https://unused.test",
+        refine=refine,
+        check=check,
+    )
     assert client.base_url == "https://b.test"
     assert client.call("GET", "/good").data == {"success": True}
     with pytest.raises(NotFoundError, match="refined") as info:
@@ -104,10 +128,14 @@ def test_refining_client_reraises_unrefined_errors_as_they_are() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, json={"error": "nope"})
 
-    client = RefiningClient(_context(httpx.MockTransport(handler)), lambda s: None,
-                            provider="p", missing_key="x",
-                            configured_base_url=lambda settings: "https://x.test",
-                            refine=lambda err: err)
+    client = RefiningClient(
+        _context(httpx.MockTransport(handler)),
+        lambda s: None,
+        provider="p",
+        missing_key="x",
+        configured_base_url=lambda settings: "https://x.test",
+        refine=lambda err: err,
+    )
     with pytest.raises(NotFoundError) as info:
         client.call("GET", "/thing")
     assert info.value.__cause__ is None
@@ -130,9 +158,15 @@ def test_create_once_returns_what_it_finds_after_a_maybe_created_failure() -> No
         calls.append("create")
         raise _maybe_created()
 
-    found = create_once(create, name="job-1", find_by_name=lambda n: _compute(n),
-                        max_retries=3, sleep=sleeps.append, backoff=lambda a: a * 10.0,
-                        label="p")
+    found = create_once(
+        create,
+        name="job-1",
+        find_by_name=lambda n: _compute(n),
+        max_retries=3,
+        sleep=sleeps.append,
+        backoff=lambda a: a * 10.0,
+        label="p",
+    )
     assert isinstance(found, Compute) and found.id == "c-1"
     assert calls == ["create"] and sleeps == [10.0]
 
@@ -147,8 +181,15 @@ def test_create_once_creates_again_up_to_max_retries_then_raises() -> None:
         raise _maybe_created()
 
     with pytest.raises(TransportError, match="read timeout"):
-        create_once(create, name="job-1", find_by_name=lambda n: None, max_retries=2,
-                    sleep=sleeps.append, backoff=float, label="p")
+        create_once(
+            create,
+            name="job-1",
+            find_by_name=lambda n: None,
+            max_retries=2,
+            sleep=sleeps.append,
+            backoff=float,
+            label="p",
+        )
     assert attempts == 3 and sleeps == [1.0, 2.0, 3.0]
 
     outcomes: list[str | AtlasError] = [_maybe_created(), "new-id"]
@@ -159,8 +200,18 @@ def test_create_once_creates_again_up_to_max_retries_then_raises() -> None:
             raise outcome
         return outcome
 
-    assert create_once(flaky, name="job-1", find_by_name=lambda n: None, max_retries=1,
-                       sleep=lambda s: None, backoff=float, label="p") == "new-id"
+    assert (
+        create_once(
+            flaky,
+            name="job-1",
+            find_by_name=lambda n: None,
+            max_retries=1,
+            sleep=lambda s: None,
+            backoff=float,
+            label="p",
+        )
+        == "new-id"
+    )
 
 
 def test_create_once_never_retries_without_a_name_or_for_definite_failures() -> None:
@@ -177,11 +228,25 @@ def test_create_once_never_retries_without_a_name_or_for_definite_failures() -> 
         raise ValidationError("gpu: bad", field="gpu")
 
     with pytest.raises(TransportError):
-        create_once(maybe, name=None, find_by_name=find, max_retries=5, sleep=lambda s: None,
-                    backoff=float, label="p")
+        create_once(
+            maybe,
+            name=None,
+            find_by_name=find,
+            max_retries=5,
+            sleep=lambda s: None,
+            backoff=float,
+            label="p",
+        )
     with pytest.raises(ValidationError):
-        create_once(refused, name="job-1", find_by_name=find, max_retries=5,
-                    sleep=lambda s: None, backoff=float, label="p")
+        create_once(
+            refused,
+            name="job-1",
+            find_by_name=find,
+            max_retries=5,
+            sleep=lambda s: None,
+            backoff=float,
+            label="p",
+        )
     assert lookups == []
 
 
@@ -193,8 +258,15 @@ def test_create_once_raises_the_create_error_when_the_lookup_fails() -> None:
         raise ProviderError("list failed", provider="p")
 
     with pytest.raises(TransportError) as info:
-        create_once(maybe, name="job-1", find_by_name=broken_lookup, max_retries=5,
-                    sleep=lambda s: None, backoff=float, label="p")
+        create_once(
+            maybe,
+            name="job-1",
+            find_by_name=broken_lookup,
+            max_retries=5,
+            sleep=lambda s: None,
+            backoff=float,
+            label="p",
+        )
     assert isinstance(info.value.__cause__, ProviderError)
 
 
@@ -203,9 +275,17 @@ def test_create_once_logs_ids_with_id_of(caplog: pytest.LogCaptureFixture) -> No
         raise _maybe_created()
 
     with caplog.at_level("INFO", logger="atlas_tasks.providers.http"):
-        found = create_once(maybe, name="m", find_by_name=lambda n: {"id": "m-7"},
-                            max_retries=1, sleep=lambda s: None, backoff=float, label="fly",
-                            kind="machine", id_of=lambda m: m.get("id"))
+        found = create_once(
+            maybe,
+            name="m",
+            find_by_name=lambda n: {"id": "m-7"},
+            max_retries=1,
+            sleep=lambda s: None,
+            backoff=float,
+            label="fly",
+            kind="machine",
+            id_of=lambda m: m.get("id"),
+        )
     assert found == {"id": "m-7"}
     assert "fly: create of 'm' failed" in caplog.text and "the machine exists: m-7" in caplog.text
 
@@ -219,18 +299,37 @@ def test_status_filter_and_filter_computes() -> None:
     assert info.value.field == "status" and info.value.provider == "p"
 
     computes = [
-        Compute(id="1", provider="p", name="a", region="eu", gpu_type="h100",
-                status=ComputeStatus.RUNNING),
-        Compute(id="2", provider="p", name="a", region="us", gpu_type="h100",
-                status=ComputeStatus.STOPPED),
-        Compute(id="3", provider="p", name="b", region="eu", gpu_type="a100_80g",
-                status=ComputeStatus.RUNNING),
+        Compute(
+            id="1",
+            provider="p",
+            name="a",
+            region="eu",
+            gpu_type="h100",
+            status=ComputeStatus.RUNNING,
+        ),
+        Compute(
+            id="2",
+            provider="p",
+            name="a",
+            region="us",
+            gpu_type="h100",
+            status=ComputeStatus.STOPPED,
+        ),
+        Compute(
+            id="3",
+            provider="p",
+            name="b",
+            region="eu",
+            gpu_type="a100_80g",
+            status=ComputeStatus.RUNNING,
+        ),
     ]
     assert [c.id for c in filter_computes(computes)] == ["1", "2", "3"]
     assert [c.id for c in filter_computes(computes, name="a")] == ["1", "2"]
     assert [c.id for c in filter_computes(computes, name="a", region="eu")] == ["1"]
-    assert [c.id for c in filter_computes(iter(computes), status=ComputeStatus.RUNNING,
-                                          gpu="a100_80g")] == ["3"]
+    assert [
+        c.id for c in filter_computes(iter(computes), status=ComputeStatus.RUNNING, gpu="a100_80g")
+    ] == ["3"]
 
 
 # --------------------------------------------------------------------------- translate
@@ -247,8 +346,7 @@ def test_value_coercion() -> None:
 
 def test_iso_datetime_and_ports_and_errors() -> None:
     assert iso_datetime("2024-01-02T03:04:05") == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert iso_datetime("2024-01-02T03:04:05+00:00") == datetime(2024, 1, 2, 3, 4, 5,
-                                                                  tzinfo=UTC)
+    assert iso_datetime("2024-01-02T03:04:05+00:00") == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert iso_datetime("yesterday") is None
     port = tcp_port(22, 10022, "1.2.3.4")
     assert (port.protocol, port.url) == ("tcp", "tcp://1.2.3.4:10022")

@@ -134,8 +134,11 @@ def test_stub_answers_unsupported_clearly() -> None:
 
 def test_builtin_stubs_answer_unsupported_clearly() -> None:
     # Providers still shipped as stubs must say so; implemented ones have their own tests.
-    stubs = [n for n in ("fly", "lambda_labs", "vast")
-             if issubclass(registry.provider_class(n), StubProvider)]
+    stubs = [
+        n
+        for n in ("fly", "lambda_labs", "vast")
+        if issubclass(registry.provider_class(n), StubProvider)
+    ]
     for name in stubs:
         _assert_stub_is_honest(atlas.get_provider(name))
 

@@ -26,8 +26,15 @@ def test_plain_redis_urls_use_the_atlas_backend(url: str) -> None:
     assert uses_atlas_backend(url)
 
 
-@pytest.mark.parametrize("url", ["db+postgresql://u@h/db", "rpc://", "sentinel://h:26379",
-                                 "other.module:Backend+redis://h:6379/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "db+postgresql://u@h/db",
+        "rpc://",
+        "sentinel://h:26379",
+        "other.module:Backend+redis://h:6379/0",
+    ],
+)
 def test_other_backends_are_left_alone(url: str) -> None:
     assert not uses_atlas_backend(url)
 

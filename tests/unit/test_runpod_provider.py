@@ -54,13 +54,17 @@ def request_example(path: str, method: str, name: str) -> Any:
     return copy.deepcopy(content["examples"][name]["value"])
 
 
-def problem(status: int, detail: str, errors: list[str] | None = None,
-            headers: dict[str, str] | None = None) -> httpx.Response:
+def problem(
+    status: int, detail: str, errors: list[str] | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     body: dict[str, Any] = {"title": "x", "status": status, "detail": detail}
     if errors is not None:
         body["errors"] = errors
-    return httpx.Response(status, content=json.dumps(body).encode(), headers={
-        "content-type": "application/problem+json", **(headers or {})})
+    return httpx.Response(
+        status,
+        content=json.dumps(body).encode(),
+        headers={"content-type": "application/problem+json", **(headers or {})},
+    )
 
 
 class FakeRunPod:
@@ -91,8 +95,9 @@ class FakeRunPod:
         if request.method == "GET" and path == "/v2/pods":
             if self.list_fault is not None:
                 raise self.list_fault
-            return httpx.Response(200, json={"pods": [
-                p for p in self.pods.values() if p["status"] != "TERMINATED"]})
+            return httpx.Response(
+                200, json={"pods": [p for p in self.pods.values() if p["status"] != "TERMINATED"]}
+            )
         if path.startswith("/v2/pods/"):
             pod_id, _, action = path.removeprefix("/v2/pods/").partition("/")
             pod = self.pods.get(pod_id)
@@ -108,8 +113,10 @@ class FakeRunPod:
                 if verb not in pod["actions"]:
                     return problem(409, f"cannot {verb} a pod in status {pod['status']}")
                 pod["status"], pod["actions"] = (
-                    ("EXITED", ["start", "terminate"]) if verb == "stop"
-                    else ("RUNNING", ["stop", "restart", "terminate"]))
+                    ("EXITED", ["start", "terminate"])
+                    if verb == "stop"
+                    else ("RUNNING", ["stop", "restart", "terminate"])
+                )
                 return httpx.Response(200, json=pod)
         return problem(404, f"no route {request.method} {path}")
 
@@ -119,9 +126,16 @@ class FakeRunPod:
         if fault == "500":
             return problem(500, "internal")
         pod = example("/v2/pods", "get", "200", "pods")["pods"][0]
-        pod.update(id=next(self.ids), name=body["name"], image=body.get("image"),
-                   gpu=body.get("gpu"), ports=body.get("ports", []), env=body.get("env", {}),
-                   dataCenterId="EU-RO-1", cost=2.49)
+        pod.update(
+            id=next(self.ids),
+            name=body["name"],
+            image=body.get("image"),
+            gpu=body.get("gpu"),
+            ports=body.get("ports", []),
+            env=body.get("env", {}),
+            dataCenterId="EU-RO-1",
+            cost=2.49,
+        )
         pod["runtime"]["ports"][0]["ip"] = "203.0.113.9"
         pod["runtime"]["ports"][0]["public"] = 40022
         self.pods[pod["id"]] = pod
@@ -141,8 +155,11 @@ def make_provider(
 ) -> tuple[RunPodProvider, list[float]]:
     settings = AtlasSettings(http_max_retries=retries, runpod_base_url="https://unused.test")
     ctx = ProviderContext(
-        api_key=api_key, base_url=REST, settings=settings,
-        transport=httpx.MockTransport(handler), hooks=hooks,
+        api_key=api_key,
+        base_url=REST,
+        settings=settings,
+        transport=httpx.MockTransport(handler),
+        hooks=hooks,
         options={"runtime_url": RUNTIME},
     )
     provider = RunPodProvider(ctx)
@@ -158,8 +175,12 @@ def fake() -> FakeRunPod:
 
 
 def spawn_request(**fields: Any) -> Any:
-    base: dict[str, Any] = {"gpu": "h100", "image": "vllm/vllm-openai", "name": "atlas-s1",
-                            "ports": [(8000, "http"), (22, "tcp")]}
+    base: dict[str, Any] = {
+        "gpu": "h100",
+        "image": "vllm/vllm-openai",
+        "name": "atlas-s1",
+        "ports": [(8000, "http"), (22, "tcp")],
+    }
     base.update(fields)
     return build_compute_request(**base)
 
@@ -167,8 +188,16 @@ def spawn_request(**fields: Any) -> Any:
 # ------------------------------------------------------------------ construction / keys
 def test_capabilities_need_no_key_and_spot_is_gone() -> None:
     assert RunPodProvider.capabilities() == {
-        "serverless", "network_volumes", "http_proxy", "raw_tcp", "symmetric_ports",
-        "webhooks", "global_networking", "job_stream_reads", "gpu_utilization"}
+        "serverless",
+        "network_volumes",
+        "http_proxy",
+        "raw_tcp",
+        "symmetric_ports",
+        "webhooks",
+        "global_networking",
+        "job_stream_reads",
+        "gpu_utilization",
+    }
     provider = RunPodProvider(ProviderContext(api_key=None))
     assert "spot" not in provider.capabilities()
 
@@ -181,8 +210,9 @@ def test_missing_key_raises_unauthorized_at_first_call(fake: FakeRunPod) -> None
     assert fake.requests == []
 
 
-def test_registry_builds_runpod_with_env_key(monkeypatch: pytest.MonkeyPatch,
-                                             fake: FakeRunPod) -> None:
+def test_registry_builds_runpod_with_env_key(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeRunPod
+) -> None:
     monkeypatch.setenv("RUNPOD_API_KEY", "test-key")
     provider = get_provider("runpod", base_url=REST, transport=httpx.MockTransport(fake))
     assert isinstance(provider, RunPodProvider)
@@ -193,11 +223,14 @@ def test_registry_builds_runpod_with_env_key(monkeypatch: pytest.MonkeyPatch,
 
 def test_default_base_urls() -> None:
     assert AtlasSettings().runpod_base_url == "https://api.runpod.io"
-    settings = AtlasSettings(runpod_base_url="https://a.test",
-                             runpod_runtime_url="https://b.test/v2")
+    settings = AtlasSettings(
+        runpod_base_url="https://a.test", runpod_runtime_url="https://b.test/v2"
+    )
     provider = RunPodProvider(ProviderContext(api_key="k", settings=settings))
     assert [provider.clients.base_url(a) for a in ("management", "runtime")] == [
-        "https://a.test", "https://b.test/v2"]
+        "https://a.test",
+        "https://b.test/v2",
+    ]
     with pytest.raises(ValueError):
         provider.clients.base_url("graphql")
 
@@ -206,9 +239,16 @@ def test_default_base_urls() -> None:
 def test_create_sends_the_definitions_example_body_exactly(fake: FakeRunPod) -> None:
     provider, _ = make_provider(fake)
     sent = request_example("/v2/pods", "post", "gpuPod")
-    provider.create_compute(build_compute_request(
-        name=sent["name"], image=sent["image"], gpu="rtx_4090", gpu_count=1,
-        container_disk_gb=sent["disk"], cloud_type="any"))
+    provider.create_compute(
+        build_compute_request(
+            name=sent["name"],
+            image=sent["image"],
+            gpu="rtx_4090",
+            gpu_count=1,
+            container_disk_gb=sent["disk"],
+            cloud_type="any",
+        )
+    )
     assert json.loads(fake.posts()[0].content) == sent
 
 
@@ -217,21 +257,37 @@ def test_create_sends_the_nested_body_and_parses_the_pod(fake: FakeRunPod) -> No
     # The request model refuses provider_opts' name/env up front; set past its validation
     # here to check the provider's own second line of defence.
     request = spawn_request(
-        auth="bearer", env={"A": "1"}, gpu_count=2, cloud_type="community", volume_gb=20,
-        region_hints=("EU-RO-1", "US-TX-3"), container_disk_gb=40,
-    ).model_copy(update={"provider_opts": {
-        "startSsh": True, "name": "hijack", "image": "evil",
-        "env": {"ATLAS_PRESHARED_KEY": "forged", "EXTRA": "x", "A": "0"}}})
+        auth="bearer",
+        env={"A": "1"},
+        gpu_count=2,
+        cloud_type="community",
+        volume_gb=20,
+        region_hints=("EU-RO-1", "US-TX-3"),
+        container_disk_gb=40,
+    ).model_copy(
+        update={
+            "provider_opts": {
+                "startSsh": True,
+                "name": "hijack",
+                "image": "evil",
+                "env": {"ATLAS_PRESHARED_KEY": "forged", "EXTRA": "x", "A": "0"},
+            }
+        }
+    )
     compute = provider.spawn_compute(request)
     body = json.loads(fake.posts()[0].content)
     token = body["env"]["ATLAS_PRESHARED_KEY"]
     assert body == {
-        "name": "atlas-s1", "image": "vllm/vllm-openai",
-        "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 2}, "cloud": "COMMUNITY",
+        "name": "atlas-s1",
+        "image": "vllm/vllm-openai",
+        "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 2},
+        "cloud": "COMMUNITY",
         "dataCenterIds": ["EU-RO-1", "US-TX-3"],
-        "mounts": {"persistent": {"size": 20, "path": "/workspace"}}, "disk": 40,
+        "mounts": {"persistent": {"size": 20, "path": "/workspace"}},
+        "disk": 40,
         "env": {"ATLAS_PRESHARED_KEY": token, "EXTRA": "x", "A": "1"},
-        "ports": ["8000/http", "22/tcp"], "startSsh": True,
+        "ports": ["8000/http", "22/tcp"],
+        "startSsh": True,
     }
     assert token != "forged"  # provider_opts can never override the injected token
     assert compute.id == "pod1" and compute.status == ComputeStatus.RUNNING
@@ -244,23 +300,28 @@ def test_create_sends_the_nested_body_and_parses_the_pod(fake: FakeRunPod) -> No
 
 def test_network_volume_mount_and_template(fake: FakeRunPod) -> None:
     provider, _ = make_provider(fake)
-    provider.create_compute(spawn_request(network_volume_id="vol_xyz", image=None,
-                                          template_id="30zmvf89kd"))
+    provider.create_compute(
+        spawn_request(network_volume_id="vol_xyz", image=None, template_id="30zmvf89kd")
+    )
     body = json.loads(fake.posts()[0].content)
     assert body["mounts"] == {"network": [{"volumeId": "vol_xyz", "path": "/runpod-volume"}]}
     assert body["templateId"] == "30zmvf89kd" and "image" not in body
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"spot": True}, "spot"),
-    ({"image": None}, "image"),
-    ({"gpu": None}, "gpu"),
-    ({"volume_gb": 5}, "volume_gb"),
-    ({"volume_gb": 20, "network_volume_id": "v"}, "volume_gb"),
-    ({"provider_opts": {"env": ["A=1"]}}, "provider_opts.env"),
-])
-def test_create_validation_errors_name_the_field(fake: FakeRunPod, fields: dict[str, Any],
-                                                 field: str) -> None:
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"spot": True}, "spot"),
+        ({"image": None}, "image"),
+        ({"gpu": None}, "gpu"),
+        ({"volume_gb": 5}, "volume_gb"),
+        ({"volume_gb": 20, "network_volume_id": "v"}, "volume_gb"),
+        ({"provider_opts": {"env": ["A=1"]}}, "provider_opts.env"),
+    ],
+)
+def test_create_validation_errors_name_the_field(
+    fake: FakeRunPod, fields: dict[str, Any], field: str
+) -> None:
     provider, _ = make_provider(fake)
     with pytest.raises(ValidationError) as info:
         provider.create_compute(spawn_request(**fields))
@@ -331,8 +392,9 @@ def test_create_does_not_recreate_when_lookup_fails(fake: FakeRunPod) -> None:
 
 
 def test_create_429_is_retried_by_the_http_layer(fake: FakeRunPod) -> None:
-    answers = iter([problem(429, "rate limit exceeded for the minute window",
-                            headers={"Retry-After": "2"})])
+    answers = iter(
+        [problem(429, "rate limit exceeded for the minute window", headers={"Retry-After": "2"})]
+    )
 
     def route(request: httpx.Request) -> httpx.Response:
         nxt = next(answers, None)
@@ -364,7 +426,9 @@ def test_get_list_stop_start_terminate(fake: FakeRunPod) -> None:
     assert provider.list_compute(status=ComputeStatus.RUNNING)[0].id == pod.id
     provider.terminate(pod.id)
     assert (fake.requests[-1].method, fake.requests[-1].url.path) == (
-        "DELETE", f"/v2/pods/{pod.id}")
+        "DELETE",
+        f"/v2/pods/{pod.id}",
+    )
     with pytest.raises(NotFoundError):
         provider.get_compute(pod.id)
     assert provider.find_compute_by_name("atlas-s1") is None
@@ -399,10 +463,12 @@ def test_problem_errors_keep_detail_and_errors(fake: FakeRunPod) -> None:
     unauthorized = ref["responses"]["UnauthorizedError"]["content"]["application/problem+json"]
     body = unauthorized["examples"]["missingBearerToken"]["value"]
     fake.routes[("DELETE", "/v2/pods/x")] = lambda r: httpx.Response(
-        401, json=body, headers={"content-type": "application/problem+json"})
+        401, json=body, headers={"content-type": "application/problem+json"}
+    )
     errors = ref["schemas"]["ErrorResponse"]["properties"]["errors"]["examples"][0]
     fake.routes[("POST", "/v2/pods")] = lambda r: problem(
-        422, "Request validation failed.", errors + ["$.gpu.count: must be >= 1"])
+        422, "Request validation failed.", errors + ["$.gpu.count: must be >= 1"]
+    )
     provider, _ = make_provider(fake)
     with pytest.raises(UnauthorizedError) as denied:
         provider.terminate("x")
@@ -411,7 +477,8 @@ def test_problem_errors_keep_detail_and_errors(fake: FakeRunPod) -> None:
         provider.create_compute(spawn_request())
     assert invalid.value.message == (
         "Request validation failed.: $: additional properties 'bogus' not allowed; "
-        "$.gpu.count: must be >= 1")
+        "$.gpu.count: must be >= 1"
+    )
     assert invalid.value.raw["errors"][1] == "$.gpu.count: must be >= 1"
 
 
@@ -428,10 +495,22 @@ def test_ids_are_validated_and_encoded(fake: FakeRunPod) -> None:
 def test_list_is_wrapped_and_filtered_client_side(fake: FakeRunPod) -> None:
     base = example("/v2/pods", "get", "200", "pods")["pods"][0]
     fake.pods = {
-        "a": {**base, "id": "a", "name": "atlas-1", "status": "RUNNING",
-              "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 1}, "dataCenterId": "EU-RO-1"},
-        "b": {**base, "id": "b", "name": "atlas-10", "status": "RUNNING",
-              "gpu": {"id": "NVIDIA L4", "count": 1}, "dataCenterId": "US-TX-3"},
+        "a": {
+            **base,
+            "id": "a",
+            "name": "atlas-1",
+            "status": "RUNNING",
+            "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 1},
+            "dataCenterId": "EU-RO-1",
+        },
+        "b": {
+            **base,
+            "id": "b",
+            "name": "atlas-10",
+            "status": "RUNNING",
+            "gpu": {"id": "NVIDIA L4", "count": 1},
+            "dataCenterId": "US-TX-3",
+        },
         "c": {**base, "id": "c", "name": "atlas-1", "status": "STARTING"},
     }
     provider, _ = make_provider(fake)
@@ -452,12 +531,16 @@ def test_malformed_pod_bodies_are_provider_errors(fake: FakeRunPod) -> None:
     fake.routes[("GET", "/v2/pods/q")] = lambda r: httpx.Response(200, text="{truncated")
     fake.routes[("GET", "/v2/pods/deep")] = lambda r: httpx.Response(200, text="[" * 100_000)
     provider, _ = make_provider(fake)
-    for call in (lambda: provider.get_compute("p"), lambda: provider.get_compute("q"),
-                 lambda: provider.get_compute("deep")):
+    for call in (
+        lambda: provider.get_compute("p"),
+        lambda: provider.get_compute("q"),
+        lambda: provider.get_compute("deep"),
+    ):
         with pytest.raises(ProviderError):
             call()
     wrong: Any
     for wrong in ([], {"odd": True}, {"pods": {"a": 1}}, {"pods": ["x"]}):
+
         def answer(r: httpx.Request, w: Any = wrong) -> httpx.Response:
             return httpx.Response(200, json=w)
 
@@ -482,18 +565,21 @@ def test_hooks_see_every_attempt_with_rate_limits(fake: FakeRunPod) -> None:
     provider, _ = make_provider(with_headers, hooks=(events.append,))
     provider.create_compute(spawn_request())
     assert [(e.method, e.status, e.api) for e in events] == [
-        ("POST", 500, "management"), ("GET", 200, "management"), ("POST", 201, "management")]
+        ("POST", 500, "management"),
+        ("GET", 200, "management"),
+        ("POST", 201, "management"),
+    ]
     assert all(e.attempt == 1 for e in events)
     seen = events[-1].rate_limit
     assert seen is not None and seen.exhausted and seen.reset_after_s == 12
     minute = seen.window("minute")
-    assert minute is not None and (minute.remaining, minute.quota, minute.window_s) == (
-        0, 60, 60)
+    assert minute is not None and (minute.remaining, minute.quota, minute.window_s) == (0, 60, 60)
 
 
 # ------------------------------------------------------------------ serverless
-def runtime_route(fake: FakeRunPod, method: str, path: str,
-                  *answers: httpx.Response | Exception) -> None:
+def runtime_route(
+    fake: FakeRunPod, method: str, path: str, *answers: httpx.Response | Exception
+) -> None:
     queue = list(answers)
 
     def route(request: httpx.Request) -> httpx.Response:
@@ -506,11 +592,13 @@ def runtime_route(fake: FakeRunPod, method: str, path: str,
 
 
 def test_run_job_async(fake: FakeRunPod) -> None:
-    runtime_route(fake, "POST", "/ep1/run",
-                  httpx.Response(200, json={"id": "job-1", "status": "IN_QUEUE"}))
+    runtime_route(
+        fake, "POST", "/ep1/run", httpx.Response(200, json={"id": "job-1", "status": "IN_QUEUE"})
+    )
     provider, _ = make_provider(fake)
-    job = provider.run_job(build_job_request(endpoint="ep1", input={"p": 1},
-                                             webhook="https://hook"))
+    job = provider.run_job(
+        build_job_request(endpoint="ep1", input={"p": 1}, webhook="https://hook")
+    )
     assert job.id == "job-1" and job.status == JobStatus.IN_QUEUE and job.endpoint == "ep1"
     sent = fake.requests[-1]
     assert str(sent.url) == f"{RUNTIME}/ep1/run"
@@ -518,12 +606,25 @@ def test_run_job_async(fake: FakeRunPod) -> None:
 
 
 def test_run_job_sync_completed(fake: FakeRunPod) -> None:
-    runtime_route(fake, "POST", "/ep1/runsync", httpx.Response(200, json={
-        "id": "sync-1", "status": "COMPLETED", "output": {"ok": 1}, "executionTime": 3391,
-        "delayTime": 824}))
+    runtime_route(
+        fake,
+        "POST",
+        "/ep1/runsync",
+        httpx.Response(
+            200,
+            json={
+                "id": "sync-1",
+                "status": "COMPLETED",
+                "output": {"ok": 1},
+                "executionTime": 3391,
+                "delayTime": 824,
+            },
+        ),
+    )
     provider, _ = make_provider(fake)
-    job = provider.run_job(build_job_request(endpoint="ep1", input={}, mode="sync",
-                                             timeout_ms=5_000))
+    job = provider.run_job(
+        build_job_request(endpoint="ep1", input={}, mode="sync", timeout_ms=5_000)
+    )
     assert job.status == JobStatus.COMPLETED and job.output == {"ok": 1}
     assert job.execution_time_ms == 3391
     assert fake.requests[-1].url.params["wait"] == "5000"
@@ -533,31 +634,44 @@ def test_run_job_sync_hard_timeout(fake: FakeRunPod) -> None:
     runtime_route(fake, "POST", "/ep1/runsync", httpx.ReadTimeout("read timed out"))
     provider, _ = make_provider(fake)
     with pytest.raises(AtlasTimeoutError) as info:
-        provider.run_job(build_job_request(endpoint="ep1", input={}, mode="sync",
-                                           timeout_ms=1500))
+        provider.run_job(build_job_request(endpoint="ep1", input={}, mode="sync", timeout_ms=1500))
     assert info.value.kind == "timeout"
     assert "runsync exceeded 1500ms" in str(info.value)
     assert len([r for r in fake.requests if r.url.path.endswith("/runsync")]) == 1
 
 
 def test_run_job_sync_polls_until_done(fake: FakeRunPod) -> None:
-    runtime_route(fake, "POST", "/ep1/runsync",
-                  httpx.Response(200, json={"id": "j9", "status": "IN_PROGRESS"}))
-    runtime_route(fake, "GET", "/ep1/status/j9",
-                  httpx.Response(200, json={"id": "j9", "status": "IN_PROGRESS"}),
-                  httpx.Response(200, json={"id": "j9", "status": "COMPLETED", "output": 7}))
+    runtime_route(
+        fake,
+        "POST",
+        "/ep1/runsync",
+        httpx.Response(200, json={"id": "j9", "status": "IN_PROGRESS"}),
+    )
+    runtime_route(
+        fake,
+        "GET",
+        "/ep1/status/j9",
+        httpx.Response(200, json={"id": "j9", "status": "IN_PROGRESS"}),
+        httpx.Response(200, json={"id": "j9", "status": "COMPLETED", "output": 7}),
+    )
     provider, sleeps = make_provider(fake)
-    job = provider.run_job(build_job_request(endpoint="ep1", input={}, mode="sync",
-                                             timeout_ms=60_000))
+    job = provider.run_job(
+        build_job_request(endpoint="ep1", input={}, mode="sync", timeout_ms=60_000)
+    )
     assert job.status == JobStatus.COMPLETED and job.output == 7
     assert sleeps == [0.5, 1.0]
 
 
 def test_run_job_sync_deadline_while_polling(fake: FakeRunPod) -> None:
-    runtime_route(fake, "POST", "/ep1/runsync",
-                  httpx.Response(200, json={"id": "j9", "status": "IN_QUEUE"}))
-    runtime_route(fake, "GET", "/ep1/status/j9",
-                  httpx.Response(200, json={"id": "j9", "status": "IN_PROGRESS"}))
+    runtime_route(
+        fake, "POST", "/ep1/runsync", httpx.Response(200, json={"id": "j9", "status": "IN_QUEUE"})
+    )
+    runtime_route(
+        fake,
+        "GET",
+        "/ep1/status/j9",
+        httpx.Response(200, json={"id": "j9", "status": "IN_PROGRESS"}),
+    )
     provider, sleeps = make_provider(fake)
     now = [0.0]
     provider.clock = lambda: now[0]
@@ -568,20 +682,28 @@ def test_run_job_sync_deadline_while_polling(fake: FakeRunPod) -> None:
 
     provider.sleep = advance
     with pytest.raises(AtlasTimeoutError) as info:
-        provider.run_job(build_job_request(endpoint="ep1", input={}, mode="sync",
-                                           timeout_ms=2_000))
+        provider.run_job(build_job_request(endpoint="ep1", input={}, mode="sync", timeout_ms=2_000))
     assert "runsync exceeded 2000ms (job j9)" in str(info.value)
     assert info.value.raw == {"job_id": "j9"}
     assert sum(sleeps) == pytest.approx(2.0)
 
 
 def test_get_and_cancel_job(fake: FakeRunPod) -> None:
-    runtime_route(fake, "GET", "/ep1/status/j1", httpx.Response(200, json={
-        "id": "j1", "status": "FAILED", "error": "CUDA OOM"}))
-    runtime_route(fake, "GET", "/ep1/status/gone", httpx.Response(404, json={
-        "error": "job not found"}))
-    runtime_route(fake, "POST", "/ep1/cancel/j1", httpx.Response(200, json={
-        "id": "j1", "status": "CANCELLED"}))
+    runtime_route(
+        fake,
+        "GET",
+        "/ep1/status/j1",
+        httpx.Response(200, json={"id": "j1", "status": "FAILED", "error": "CUDA OOM"}),
+    )
+    runtime_route(
+        fake, "GET", "/ep1/status/gone", httpx.Response(404, json={"error": "job not found"})
+    )
+    runtime_route(
+        fake,
+        "POST",
+        "/ep1/cancel/j1",
+        httpx.Response(200, json={"id": "j1", "status": "CANCELLED"}),
+    )
     provider, _ = make_provider(fake)
     job = provider.get_job("j1", endpoint="ep1")
     assert job.status == JobStatus.FAILED and job.error == "CUDA OOM"
@@ -596,10 +718,13 @@ def test_get_and_cancel_job(fake: FakeRunPod) -> None:
 
 def test_stream_yields_chunks_in_order_and_stops(fake: FakeRunPod) -> None:
     runtime_route(
-        fake, "GET", "/ep1/stream/j1",
+        fake,
+        "GET",
+        "/ep1/stream/j1",
         httpx.Response(200, json={"status": "IN_QUEUE", "stream": []}),
-        httpx.Response(200, json={"status": "IN_PROGRESS", "stream": [{"output": "a"},
-                                                                      {"output": "b"}]}),
+        httpx.Response(
+            200, json={"status": "IN_PROGRESS", "stream": [{"output": "a"}, {"output": "b"}]}
+        ),
         httpx.Response(200, json={"status": "IN_PROGRESS", "stream": []}),
         httpx.Response(200, json={"status": "COMPLETED", "stream": [{"output": "c"}]}),
         httpx.Response(500),  # must never be reached
@@ -611,10 +736,18 @@ def test_stream_yields_chunks_in_order_and_stops(fake: FakeRunPod) -> None:
 
 
 def test_stream_of_a_failed_job_raises_its_error(fake: FakeRunPod) -> None:
-    runtime_route(fake, "GET", "/ep1/stream/j1",
-                  httpx.Response(200, json={"status": "FAILED", "stream": [{"output": 1}]}))
-    runtime_route(fake, "GET", "/ep1/status/j1",
-                  httpx.Response(200, json={"id": "j1", "status": "FAILED", "error": "oom"}))
+    runtime_route(
+        fake,
+        "GET",
+        "/ep1/stream/j1",
+        httpx.Response(200, json={"status": "FAILED", "stream": [{"output": 1}]}),
+    )
+    runtime_route(
+        fake,
+        "GET",
+        "/ep1/status/j1",
+        httpx.Response(200, json={"id": "j1", "status": "FAILED", "error": "oom"}),
+    )
     provider, _ = make_provider(fake)
     seen = []
     with pytest.raises(AtlasError) as info:
@@ -625,10 +758,15 @@ def test_stream_of_a_failed_job_raises_its_error(fake: FakeRunPod) -> None:
 
 
 def test_stream_of_a_timed_out_job_raises_timeout(fake: FakeRunPod) -> None:
-    runtime_route(fake, "GET", "/ep1/stream/j1",
-                  httpx.Response(200, json={"status": "TIMED_OUT", "stream": []}))
-    runtime_route(fake, "GET", "/ep1/status/j1",
-                  httpx.Response(200, json={"id": "j1", "status": "TIMED_OUT"}))
+    runtime_route(
+        fake,
+        "GET",
+        "/ep1/stream/j1",
+        httpx.Response(200, json={"status": "TIMED_OUT", "stream": []}),
+    )
+    runtime_route(
+        fake, "GET", "/ep1/status/j1", httpx.Response(200, json={"id": "j1", "status": "TIMED_OUT"})
+    )
     provider, _ = make_provider(fake)
     with pytest.raises(AtlasError) as info:
         list(provider.stream_job("j1", endpoint="ep1"))
@@ -637,7 +775,9 @@ def test_stream_of_a_timed_out_job_raises_timeout(fake: FakeRunPod) -> None:
 
 def test_read_job_stream_is_one_non_blocking_read(fake: FakeRunPod) -> None:
     runtime_route(
-        fake, "GET", "/ep1/stream/j1",
+        fake,
+        "GET",
+        "/ep1/stream/j1",
         httpx.Response(200, json={"status": "IN_PROGRESS", "stream": [{"output": "a"}]}),
         httpx.Response(200, json={"status": "COMPLETED", "stream": []}),
     )
@@ -654,8 +794,10 @@ def test_stream_validates_eagerly(fake: FakeRunPod) -> None:
 
 
 def test_endpoint_health(fake: FakeRunPod) -> None:
-    health = {"jobs": {"completed": 1, "failed": 0, "inProgress": 0, "inQueue": 2,
-                       "retried": 0}, "workers": {"idle": 1, "running": 0}}
+    health = {
+        "jobs": {"completed": 1, "failed": 0, "inProgress": 0, "inQueue": 2, "retried": 0},
+        "workers": {"idle": 1, "running": 0},
+    }
     runtime_route(fake, "GET", "/ep1/health", httpx.Response(200, json=health))
     provider, _ = make_provider(fake)
     assert provider.endpoint_health("ep1") == health
@@ -667,9 +809,16 @@ def test_list_gpu_types_from_the_v2_catalog(fake: FakeRunPod) -> None:
     fake.routes[("GET", "/v2/catalog/gpus")] = lambda r: httpx.Response(200, json=catalog)
     provider, _ = make_provider(fake)
     (gpu,) = provider.list_gpu_types()
-    assert (gpu.id, gpu.display_name, gpu.memory_gb, gpu.lowest_price_per_hour,
-            gpu.spot_price_per_hour, gpu.stock, gpu.canonical, gpu.cloud_type) == (
-        "NVIDIA GeForce RTX 4090", "RTX 4090", 24, 0.31, None, "high", "rtx_4090", "any")
+    assert (
+        gpu.id,
+        gpu.display_name,
+        gpu.memory_gb,
+        gpu.lowest_price_per_hour,
+        gpu.spot_price_per_hour,
+        gpu.stock,
+        gpu.canonical,
+        gpu.cloud_type,
+    ) == ("NVIDIA GeForce RTX 4090", "RTX 4090", 24, 0.31, None, "high", "rtx_4090", "any")
     sent = fake.requests[-1]
     assert sent.url.params["include"] == "AVAILABILITY" and sent.url.params["product"] == "POD"
     fake.routes[("GET", "/v2/catalog/gpus")] = lambda r: httpx.Response(200, json=[])
@@ -684,14 +833,28 @@ def test_list_gpu_types_from_the_v2_catalog(fake: FakeRunPod) -> None:
 # ------------------------------------------------------------------ extras
 def test_extras_use_v2_paths_and_wrapped_lists(fake: FakeRunPod) -> None:
     fake.routes[("POST", "/v2/templates")] = lambda r: httpx.Response(
-        201, json={"id": "tpl1", **json.loads(r.content)})
+        201, json={"id": "tpl1", **json.loads(r.content)}
+    )
     fake.routes[("POST", "/v2/network-volumes")] = lambda r: httpx.Response(
-        201, json={"id": "nv1", **json.loads(r.content)})
+        201, json={"id": "nv1", **json.loads(r.content)}
+    )
     fake.routes[("POST", "/v2/serverless")] = lambda r: httpx.Response(
-        201, json={"id": "ep1", **json.loads(r.content)})
+        201, json={"id": "ep1", **json.loads(r.content)}
+    )
     fake.routes[("GET", "/v2/network-volumes")] = lambda r: httpx.Response(
-        200, json={"networkVolumes": [{"id": "nv1", "name": "data", "size": 50,
-                                       "dataCenter": "EU-RO-1", "type": "STANDARD"}]})
+        200,
+        json={
+            "networkVolumes": [
+                {
+                    "id": "nv1",
+                    "name": "data",
+                    "size": 50,
+                    "dataCenter": "EU-RO-1",
+                    "type": "STANDARD",
+                }
+            ]
+        },
+    )
     fake.routes[("GET", "/v2/templates")] = lambda r: httpx.Response(200, json={"templates": []})
     fake.routes[("GET", "/v2/serverless")] = lambda r: httpx.Response(200, json=[{"id": "x"}])
     fake.routes[("DELETE", "/v2/serverless/ep1")] = lambda r: httpx.Response(204)
@@ -703,8 +866,12 @@ def test_extras_use_v2_paths_and_wrapped_lists(fake: FakeRunPod) -> None:
     assert vol == {"id": "nv1", "name": "data", "size": 50, "dataCenter": "EU-RO-1"}
     endpoint = provider.create_endpoint("e", template_id="tpl1", gpu={"pools": ["ADA_24"]})
     assert json.loads(fake.requests[-1].content) == {
-        "name": "e", "templateId": "tpl1", "type": "QUEUE", "gpu": {"pools": ["ADA_24"]},
-        "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4}}
+        "name": "e",
+        "templateId": "tpl1",
+        "type": "QUEUE",
+        "gpu": {"pools": ["ADA_24"]},
+        "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},
+    }
     assert endpoint["id"] == "ep1"
     assert provider.list_network_volumes()[0]["dataCenter"] == "EU-RO-1"
     assert provider.list_templates() == []

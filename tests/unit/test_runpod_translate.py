@@ -45,10 +45,17 @@ def created_pod() -> dict[str, Any]:
 # ------------------------------------------------------------------ create body
 def test_pod_create_body_v2_shape() -> None:
     req = build_compute_request(
-        gpu="h100", gpu_count=2, image="img:1", name="atlas-a",
-        cloud_type="community", ports=[(8000, "http"), (22, "tcp")],
-        env={"A": "1", "B": "two"}, container_disk_gb=40, volume_gb=100,
-        template_id="tpl", region_hints=["EU-RO-1", "US-TX-3"],
+        gpu="h100",
+        gpu_count=2,
+        image="img:1",
+        name="atlas-a",
+        cloud_type="community",
+        ports=[(8000, "http"), (22, "tcp")],
+        env={"A": "1", "B": "two"},
+        container_disk_gb=40,
+        volume_gb=100,
+        template_id="tpl",
+        region_hints=["EU-RO-1", "US-TX-3"],
     )
     assert translate.pod_create_body(req) == {
         "name": "atlas-a",
@@ -67,7 +74,10 @@ def test_pod_create_body_v2_shape() -> None:
 def test_pod_create_body_drops_nil_and_omits_cloud_any() -> None:
     req = build_compute_request(gpu="l4", image="i", name="n", cloud_type="any", volume_gb=0)
     assert translate.pod_create_body(req) == {
-        "name": "n", "image": "i", "gpu": {"id": "NVIDIA L4", "count": 1}}
+        "name": "n",
+        "image": "i",
+        "gpu": {"id": "NVIDIA L4", "count": 1},
+    }
 
 
 def test_pod_create_body_provider_opts_stay_below_ours() -> None:
@@ -76,9 +86,16 @@ def test_pod_create_body_provider_opts_stay_below_ours() -> None:
     # of defence, so the options are set past the model's validation.
     req = build_compute_request(
         gpu="l4", image="i", name="n", env={"ATLAS_PRESHARED_KEY": "real"}
-    ).model_copy(update={"provider_opts": {
-        "name": "other", "startSsh": True, "gpu": {"id": "x"},
-        "env": {"ATLAS_PRESHARED_KEY": "forged", "HF_HOME": "/h"}}})
+    ).model_copy(
+        update={
+            "provider_opts": {
+                "name": "other",
+                "startSsh": True,
+                "gpu": {"id": "x"},
+                "env": {"ATLAS_PRESHARED_KEY": "forged", "HF_HOME": "/h"},
+            }
+        }
+    )
     body = translate.pod_create_body(req)
     assert body["name"] == "n" and body["gpu"] == {"id": "NVIDIA L4", "count": 1}
     assert body["env"] == {"ATLAS_PRESHARED_KEY": "real", "HF_HOME": "/h"}
@@ -99,8 +116,7 @@ def test_pod_create_body_requires_image_or_template() -> None:
     with pytest.raises(ValidationError) as info:
         translate.pod_create_body(build_compute_request(gpu="h100"))
     assert info.value.field == "image"
-    body = translate.pod_create_body(build_compute_request(gpu="h100", template_id="t",
-                                                           name="n"))
+    body = translate.pod_create_body(build_compute_request(gpu="h100", template_id="t", name="n"))
     assert body["templateId"] == "t" and "image" not in body
 
 
@@ -142,20 +158,24 @@ def test_pod_to_compute_on_the_definitions_created_pod() -> None:
     assert c.ports[1].url is None and c.ports[1].external is None
     assert c.created_at == datetime(2026, 6, 1, 12, tzinfo=UTC)
     no_created = {k: v for k, v in listed_pod().items() if k != "createdAt"}
-    assert translate.pod_to_compute(no_created).created_at == datetime(2026, 6, 1, 12, 2,
-                                                                       tzinfo=UTC)
+    assert translate.pod_to_compute(no_created).created_at == datetime(
+        2026, 6, 1, 12, 2, tzinfo=UTC
+    )
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    ("PROVISIONING", ComputeStatus.PROVISIONING),
-    ("STARTING", ComputeStatus.PROVISIONING),
-    ("RUNNING", ComputeStatus.RUNNING),
-    ("EXITED", ComputeStatus.STOPPED),
-    ("ERROR", ComputeStatus.FAILED),
-    ("TERMINATED", ComputeStatus.TERMINATED),
-    ("SOMETHING_NEW", ComputeStatus.PROVISIONING),
-    (None, ComputeStatus.PROVISIONING),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("PROVISIONING", ComputeStatus.PROVISIONING),
+        ("STARTING", ComputeStatus.PROVISIONING),
+        ("RUNNING", ComputeStatus.RUNNING),
+        ("EXITED", ComputeStatus.STOPPED),
+        ("ERROR", ComputeStatus.FAILED),
+        ("TERMINATED", ComputeStatus.TERMINATED),
+        ("SOMETHING_NEW", ComputeStatus.PROVISIONING),
+        (None, ComputeStatus.PROVISIONING),
+    ],
+)
 def test_pod_status_mapping(status: str | None, expected: ComputeStatus) -> None:
     pod = {**listed_pod(), "status": status}
     assert translate.pod_to_compute(pod).status == expected
@@ -168,12 +188,18 @@ def test_every_definition_status_is_mapped() -> None:
 
 def test_gpu_utilization_from_runtime() -> None:
     example = _spec()["components"]["schemas"]["PodGpuUtilization"]["properties"]
-    gpu = {"util": example["util"]["examples"][0],
-           "memoryUtil": example["memoryUtil"]["examples"][0]}
+    gpu = {
+        "util": example["util"]["examples"][0],
+        "memoryUtil": example["memoryUtil"]["examples"][0],
+    }
     pod = listed_pod()
-    pod["runtime"]["gpus"] = [gpu, {"util": 150, "memoryUtil": -3.4},
-                              {"util": "hot", "memoryUtil": float("nan")},
-                              {"util": float("inf")}, "x"]
+    pod["runtime"]["gpus"] = [
+        gpu,
+        {"util": 150, "memoryUtil": -3.4},
+        {"util": "hot", "memoryUtil": float("nan")},
+        {"util": float("inf")},
+        "x",
+    ]
     c = translate.pod_to_compute(pod)
     assert c.gpu_utilization == [
         GpuUtilization(util_pct=94, memory_util_pct=78),
@@ -186,8 +212,15 @@ def test_gpu_utilization_from_runtime() -> None:
 
 
 def test_unknown_gpu_keeps_native_id_and_bad_values_are_ignored() -> None:
-    c = translate.pod_to_compute({"id": "z", "gpu": {"id": "NVIDIA Future 9000", "count": "x"},
-                                  "cost": "free", "runtime": {"ports": "nope"}, "ports": 3})
+    c = translate.pod_to_compute(
+        {
+            "id": "z",
+            "gpu": {"id": "NVIDIA Future 9000", "count": "x"},
+            "cost": "free",
+            "runtime": {"ports": "nope"},
+            "ports": 3,
+        }
+    )
     assert c.gpu_type == "NVIDIA Future 9000" and c.gpu_count == 1
     assert c.cost_per_hour is None and c.ports == [] and c.public_ip is None
     cpu_pod = translate.pod_to_compute({"id": "cpu", "cpu": {"id": "cpu5c"}})
@@ -195,20 +228,26 @@ def test_unknown_gpu_keeps_native_id_and_bad_values_are_ignored() -> None:
 
 
 def test_live_ports_not_declared_are_kept() -> None:
-    c = translate.pod_to_compute({"id": "p", "ports": [], "runtime": {"ports": [
-        {"private": 9000, "public": 41000, "type": "tcp", "ip": "198.51.100.7"}]}})
+    c = translate.pod_to_compute(
+        {
+            "id": "p",
+            "ports": [],
+            "runtime": {
+                "ports": [{"private": 9000, "public": 41000, "type": "tcp", "ip": "198.51.100.7"}]
+            },
+        }
+    )
     assert [(p.internal, p.url) for p in c.ports] == [(9000, "tcp://198.51.100.7:41000")]
 
 
 def test_parse_time_go_format() -> None:
     assert translate.parse_time("2024-01-02 03:04:05.678 +0000 UTC") == datetime(
-        2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-    assert translate.parse_time("2024-01-02T03:04:05") == datetime(2024, 1, 2, 3, 4, 5,
-                                                                   tzinfo=UTC)
+        2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC
+    )
+    assert translate.parse_time("2024-01-02T03:04:05") == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("body", [None, [], "pod", 3, {}, {"id": ""}, {"id": 5},
-                                  {"name": "no id"}])
+@pytest.mark.parametrize("body", [None, [], "pod", 3, {}, {"id": ""}, {"id": 5}, {"name": "no id"}])
 def test_malformed_pod_is_provider_error(body: Any) -> None:
     with pytest.raises(ProviderError):
         translate.pod_to_compute(body)
@@ -225,27 +264,43 @@ def test_pods_from_list_wants_the_wrapped_shape() -> None:
 
 # ------------------------------------------------------------------ jobs
 def test_job_body() -> None:
-    req = build_job_request(endpoint="ep", input={"prompt": "hi"}, webhook="https://h",
-                            policy={"executionTimeout": 1000, "ttl": 5},
-                            provider_opts={"s3Config": {"bucket": "b"}})
+    req = build_job_request(
+        endpoint="ep",
+        input={"prompt": "hi"},
+        webhook="https://h",
+        policy={"executionTimeout": 1000, "ttl": 5},
+        provider_opts={"s3Config": {"bucket": "b"}},
+    )
     assert translate.job_body(req) == {
-        "input": {"prompt": "hi"}, "webhook": "https://h",
-        "policy": {"executionTimeout": 1000, "ttl": 5}, "s3Config": {"bucket": "b"},
+        "input": {"prompt": "hi"},
+        "webhook": "https://h",
+        "policy": {"executionTimeout": 1000, "ttl": 5},
+        "s3Config": {"bucket": "b"},
     }
     assert translate.job_body(build_job_request(endpoint="ep", input=1)) == {"input": 1}
 
 
 def test_job_from_response() -> None:
-    job = translate.job_from_response({"id": "sync-1", "status": "COMPLETED", "output": [1],
-                                       "executionTime": 3391, "delayTime": 824}, "ep")
+    job = translate.job_from_response(
+        {
+            "id": "sync-1",
+            "status": "COMPLETED",
+            "output": [1],
+            "executionTime": 3391,
+            "delayTime": 824,
+        },
+        "ep",
+    )
     assert job.status == JobStatus.COMPLETED and job.output == [1]
     assert job.execution_time_ms == 3391 and job.delay_time_ms == 824
     assert job.endpoint == "ep" and job.provider == "runpod" and job.raw["id"] == "sync-1"
     failed = translate.job_from_response({"id": "j", "status": "FAILED", "error": "oom"}, "ep")
     assert failed.status == JobStatus.FAILED and failed.error == "oom"
     assert translate.job_from_response({"id": "j"}, "ep").status == JobStatus.IN_QUEUE
-    assert translate.job_from_response({"id": "j", "status": "WEIRD"}, "ep").status == \
-        JobStatus.IN_QUEUE
+    assert (
+        translate.job_from_response({"id": "j", "status": "WEIRD"}, "ep").status
+        == JobStatus.IN_QUEUE
+    )
     for status in ("IN_QUEUE", "IN_PROGRESS", "CANCELLED", "TIMED_OUT"):
         assert translate.job_status(status).value == status.lower()
     with pytest.raises(ProviderError):
@@ -256,11 +311,14 @@ def test_job_from_response() -> None:
 
 def test_stream_chunks_unwraps_output() -> None:
     status, chunks = translate.stream_chunks(
-        {"status": "IN_PROGRESS", "stream": [{"output": "a"}, {"output": {"t": 1}}, {"x": 2}]})
+        {"status": "IN_PROGRESS", "stream": [{"output": "a"}, {"output": {"t": 1}}, {"x": 2}]}
+    )
     assert status == JobStatus.IN_PROGRESS
     assert chunks == ["a", {"t": 1}, {"x": 2}]
     assert translate.stream_chunks({"status": "COMPLETED", "stream": []}) == (
-        JobStatus.COMPLETED, [])
+        JobStatus.COMPLETED,
+        [],
+    )
     assert translate.stream_chunks({}) == (None, [])
     with pytest.raises(ProviderError):
         translate.stream_chunks({"stream": "nope"})
@@ -275,21 +333,29 @@ def catalog_example() -> dict[str, Any]:
 def test_gpu_types_from_the_definitions_catalog() -> None:
     (gpu,) = translate.gpu_types_from_catalog(catalog_example())
     assert (gpu.id, gpu.canonical, gpu.display_name, gpu.memory_gb) == (
-        "NVIDIA GeForce RTX 4090", "rtx_4090", "RTX 4090", 24)
+        "NVIDIA GeForce RTX 4090",
+        "rtx_4090",
+        "RTX 4090",
+        24,
+    )
     assert gpu.lowest_price_per_hour == 0.31 and gpu.spot_price_per_hour is None
     assert gpu.stock == "high" and gpu.cloud_type == "any"
     assert gpu.raw["pool"] == "ADA_24"
 
 
-@pytest.mark.parametrize(("changes", "price", "stock", "cloud"), [
-    ({"community": False}, 0.44, "high", "secure"),
-    ({"secure": False, "availability": "NONE"}, 0.31, "unavailable", "community"),
-    ({"availability": "LOW"}, 0.31, "low", "any"),
-    ({"availability": None}, 0.31, "unknown", "any"),
-    ({"secure": False, "community": False}, None, "high", "any"),
-])
-def test_gpu_type_price_stock_cloud(changes: dict[str, Any], price: float | None, stock: str,
-                                    cloud: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "price", "stock", "cloud"),
+    [
+        ({"community": False}, 0.44, "high", "secure"),
+        ({"secure": False, "availability": "NONE"}, 0.31, "unavailable", "community"),
+        ({"availability": "LOW"}, 0.31, "low", "any"),
+        ({"availability": None}, 0.31, "unknown", "any"),
+        ({"secure": False, "community": False}, None, "high", "any"),
+    ],
+)
+def test_gpu_type_price_stock_cloud(
+    changes: dict[str, Any], price: float | None, stock: str, cloud: str
+) -> None:
     item = {**catalog_example()["gpus"][0], **changes}
     gpu = translate.gpu_type_from_catalog(item)
     assert (gpu.lowest_price_per_hour, gpu.stock, gpu.cloud_type) == (price, stock, cloud)

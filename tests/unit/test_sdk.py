@@ -26,16 +26,25 @@ def _fresh_mock() -> Iterator[None]:
 
 def test_spawn_returns_a_running_mock_compute() -> None:
     compute = atlas.spawn_compute(
-        provider="mock", gpu="h100", gpu_count=2, image="img:1", name="atlas-a",
-        ports=[(8000, "http"), (22, "tcp")], region_hints=["US-TX-3", "EU"],
+        provider="mock",
+        gpu="h100",
+        gpu_count=2,
+        image="img:1",
+        name="atlas-a",
+        ports=[(8000, "http"), (22, "tcp")],
+        region_hints=["US-TX-3", "EU"],
     )
     assert compute.id.startswith("mock-") and len(compute.id) == len("mock-") + 11
     assert compute.provider == "mock"
     assert compute.status == atlas.ComputeStatus.RUNNING
     assert compute.public_ip == "203.0.113.1"
     assert [p.model_dump() for p in compute.ports] == [
-        {"internal": 8000, "external": 8000, "protocol": "http",
-         "url": f"https://{compute.id}-8000.mock.local"},
+        {
+            "internal": 8000,
+            "external": 8000,
+            "protocol": "http",
+            "url": f"https://{compute.id}-8000.mock.local",
+        },
         {"internal": 22, "external": 22, "protocol": "tcp", "url": "tcp://203.0.113.1:22"},
     ]
     assert (compute.gpu_type, compute.gpu_count, compute.cost_per_hour) == ("h100", 2, 0.0)
@@ -57,8 +66,9 @@ def test_request_object_and_fields_merge() -> None:
 
 
 def test_bearer_token_returned_once_and_env_injected() -> None:
-    compute = atlas.spawn_compute(provider="mock", gpu="h100", image="img", auth="bearer",
-                                  env={"MODEL": "llama"})
+    compute = atlas.spawn_compute(
+        provider="mock", gpu="h100", image="img", auth="bearer", env={"MODEL": "llama"}
+    )
     auth = compute.auth
     assert auth is not None and auth.scheme == "bearer"
     assert auth.token is not None and len(auth.token) >= 43
@@ -143,8 +153,10 @@ def test_bad_input_names_the_field() -> None:
         (lambda: atlas.list_compute(provider="mock", status="sleeping"), "status"),
         (lambda: atlas.list_compute(provider="mock", gpu="nope"), "gpu"),
         (lambda: atlas.run_job(provider="mock", input=1), "endpoint"),
-        (lambda: atlas.run_job(provider="mock", endpoint="e", mode="later"),  # type: ignore[arg-type]
-         "mode"),
+        (
+            lambda: atlas.run_job(provider="mock", endpoint="e", mode="later"),  # type: ignore[arg-type]
+            "mode",
+        ),
         (lambda: atlas.get_job("j", endpoint="", provider="mock"), "endpoint"),
         (lambda: atlas.spawn_compute(provider="nimbus"), "provider"),
     ]
@@ -171,8 +183,7 @@ def test_async_job_and_get_cancel() -> None:
 
 
 def test_sync_job() -> None:
-    job = atlas.run_job(provider="mock", endpoint="ep", input=[1, 2], mode="sync",
-                        timeout_ms=5_000)
+    job = atlas.run_job(provider="mock", endpoint="ep", input=[1, 2], mode="sync", timeout_ms=5_000)
     assert job.status == "completed" and job.output == {"echo": [1, 2]}
 
 
@@ -223,8 +234,17 @@ def test_list_gpu_types_and_capabilities() -> None:
     (entry,) = atlas.list_gpu_types(provider="mock")
     assert (entry.id, entry.canonical, entry.display_name) == ("mock-h100", "h100", "Mock H100")
     assert (entry.memory_gb, entry.lowest_price_per_hour, entry.stock) == (80, 0.0, "high")
-    expected = frozenset({"spot", "serverless", "network_volumes", "http_proxy", "raw_tcp",
-                          "webhooks", "job_stream_reads"})
+    expected = frozenset(
+        {
+            "spot",
+            "serverless",
+            "network_volumes",
+            "http_proxy",
+            "raw_tcp",
+            "webhooks",
+            "job_stream_reads",
+        }
+    )
     assert atlas.capabilities("mock") == expected
     assert atlas.capabilities(MockProvider) == expected
     assert atlas.capabilities(MockProvider()) == expected

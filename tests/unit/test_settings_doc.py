@@ -12,8 +12,10 @@ from atlas_tasks.cli import cli
 from atlas_tasks.config import AtlasSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-FIX = (f"README.md's settings table is out of date: run `{settings_doc.REGENERATE}` "
-       "(or `python -m atlas_tasks.settings_doc`) and commit the result")
+FIX = (
+    f"README.md's settings table is out of date: run `{settings_doc.REGENERATE}` "
+    "(or `python -m atlas_tasks.settings_doc`) and commit the result"
+)
 
 
 def _readme_rows() -> dict[str, str]:
@@ -30,8 +32,10 @@ def _readme_rows() -> dict[str, str]:
 
 def test_every_setting_has_a_description() -> None:
     missing = [n for n, f in AtlasSettings.model_fields.items() if not f.description]
-    assert not missing, (f"settings without Field(description=...): {missing}; the README "
-                         "table is generated from them")
+    assert not missing, (
+        f"settings without Field(description=...): {missing}; the README "
+        "table is generated from them"
+    )
 
 
 def test_every_setting_is_in_the_readme_with_its_default() -> None:

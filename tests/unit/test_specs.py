@@ -77,10 +77,22 @@ def test_compute_request_normalises() -> None:
 
 def test_every_seed_field_is_accepted() -> None:
     req = build_compute_request(
-        gpu="a100_80g", gpu_count=2, image="img", cloud_type="community", spot=True,
-        region_hints=["EU-RO-1"], ports=[(8000, "http")], env={"A": "b"}, volume_gb=20,
-        container_disk_gb=30, network_volume_id="nv1", name="atlas-x", template_id="t1",
-        auth="bearer", idle_ttl_ms=60_000, provider_opts={"x": 1},
+        gpu="a100_80g",
+        gpu_count=2,
+        image="img",
+        cloud_type="community",
+        spot=True,
+        region_hints=["EU-RO-1"],
+        ports=[(8000, "http")],
+        env={"A": "b"},
+        volume_gb=20,
+        container_disk_gb=30,
+        network_volume_id="nv1",
+        name="atlas-x",
+        template_id="t1",
+        auth="bearer",
+        idle_ttl_ms=60_000,
+        provider_opts={"x": 1},
     )
     assert req.model_dump()["gpu_count"] == 2
 
@@ -126,13 +138,28 @@ def test_job_request_defaults() -> None:
 
 
 def test_response_models_and_enums() -> None:
-    compute = Compute(id="x", provider="mock", status="running",
-                      ports=[Port(internal=8000, external=8000, url="https://x")])
+    compute = Compute(
+        id="x",
+        provider="mock",
+        status="running",
+        ports=[Port(internal=8000, external=8000, url="https://x")],
+    )
     assert compute.status is ComputeStatus.RUNNING
     assert compute.status == "running"  # type: ignore[comparison-overlap]  # StrEnum == str
     assert {s.value for s in ComputeStatus} == {
-        "provisioning", "running", "stopped", "terminated", "failed"}
+        "provisioning",
+        "running",
+        "stopped",
+        "terminated",
+        "failed",
+    }
     assert {s.value for s in JobStatus} == {
-        "in_queue", "in_progress", "completed", "failed", "cancelled", "timed_out"}
+        "in_queue",
+        "in_progress",
+        "completed",
+        "failed",
+        "cancelled",
+        "timed_out",
+    }
     assert JobStatus.COMPLETED.is_terminal and not JobStatus.IN_QUEUE.is_terminal
     assert "raw" not in repr(compute)

@@ -31,32 +31,54 @@ def test_reprs_cut_long_values_and_drop_empty_ones() -> None:
 
 def _samples(r: fakeredis.FakeRedis) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     body, _ = metrics.render_metrics(r)
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+    }
 
 
 def test_request_hook_buckets_latency_and_counts_429s() -> None:
     r = fakeredis.FakeRedis(decode_responses=True)
     for status, seconds in ((200, 0.004), (200, 0.3), (429, 0.02), (None, 31.0)):
-        metrics.record_request(RequestInfo(provider="runpod", api="management", method="GET",
-                                           url="http://x", status=status, duration_s=seconds,
-                                           attempt=1), client=r)
+        metrics.record_request(
+            RequestInfo(
+                provider="runpod",
+                api="management",
+                method="GET",
+                url="http://x",
+                status=status,
+                duration_s=seconds,
+                attempt=1,
+            ),
+            client=r,
+        )
     s = _samples(r)
     ok = {("provider", "runpod"), ("api", "management"), ("status", "200")}
-    assert s[("atlas_provider_request_duration_seconds_bucket",
-              frozenset(ok | {("le", "0.005")}))] == 1
-    assert s[("atlas_provider_request_duration_seconds_bucket",
-              frozenset(ok | {("le", "0.5")}))] == 2
+    assert (
+        s[("atlas_provider_request_duration_seconds_bucket", frozenset(ok | {("le", "0.005")}))]
+        == 1
+    )
+    assert (
+        s[("atlas_provider_request_duration_seconds_bucket", frozenset(ok | {("le", "0.5")}))] == 2
+    )
     assert s[("atlas_provider_request_duration_seconds_count", frozenset(ok))] == 2
     assert abs(s[("atlas_provider_request_duration_seconds_sum", frozenset(ok))] - 0.304) < 1e-6
-    error = frozenset({("provider", "runpod"), ("api", "management"), ("status", "error"),
-                       ("le", "30.0")})
+    error = frozenset(
+        {("provider", "runpod"), ("api", "management"), ("status", "error"), ("le", "30.0")}
+    )
     assert s[("atlas_provider_request_duration_seconds_bucket", error)] == 0  # 31 s: +Inf
-    assert s[("atlas_provider_rate_limited_total",
-              frozenset({("provider", "runpod"), ("api", "management")}))] == 1
+    assert (
+        s[
+            (
+                "atlas_provider_rate_limited_total",
+                frozenset({("provider", "runpod"), ("api", "management")}),
+            )
+        ]
+        == 1
+    )
     assert s[("atlas_redis_up", frozenset())] == 1
     assert s[("atlas_reaper_last_sweep_age_seconds", frozenset())] == float("inf")
-
 
 
 def test_asgi_and_wsgi_apps_serve_the_same_scrape() -> None:
@@ -80,9 +102,12 @@ def test_asgi_and_wsgi_apps_serve_the_same_scrape() -> None:
     assert 'atlas_orphans_reaped_total{provider="vast"} 1.0' in response.text
 
     seen: list[str] = []
-    body = b"".join(metrics.metrics_wsgi_app(r)(
-        {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
-        lambda status, headers: seen.append(status)))
+    body = b"".join(
+        metrics.metrics_wsgi_app(r)(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
+            lambda status, headers: seen.append(status),
+        )
+    )
     assert seen == ["200 OK"]
     assert b'atlas_orphans_reaped_total{provider="vast"} 1.0' in body
 
@@ -97,14 +122,30 @@ def test_postrun_counts_retries_failures_and_orphans(monkeypatch: pytest.MonkeyP
         return type("T", (), {"name": name})()
 
     metrics.on_task_postrun(task("atlas.compute.terminate"), ("s1", "requested"), None, "RETRY")
-    metrics.on_task_postrun(task("atlas.compute.terminate"), ("s1", "requested"),
-                            {"outcome": "terminate_failed"}, "SUCCESS")
-    metrics.on_task_postrun(task("atlas.compute.terminate_batch"), (["s1", "s2"], "idle"),
-                            {"outcomes": {"retrying": 2}}, "SUCCESS")
-    metrics.on_task_postrun(task("atlas.compute.terminate_orphan"), ("vast", "9", None),
-                            {"outcome": "terminated"}, "SUCCESS")
-    metrics.on_task_postrun(task("atlas.compute.terminate_orphan"), ("vast", "9", None),
-                            {"outcome": "fenced"}, "SUCCESS")
+    metrics.on_task_postrun(
+        task("atlas.compute.terminate"),
+        ("s1", "requested"),
+        {"outcome": "terminate_failed"},
+        "SUCCESS",
+    )
+    metrics.on_task_postrun(
+        task("atlas.compute.terminate_batch"),
+        (["s1", "s2"], "idle"),
+        {"outcomes": {"retrying": 2}},
+        "SUCCESS",
+    )
+    metrics.on_task_postrun(
+        task("atlas.compute.terminate_orphan"),
+        ("vast", "9", None),
+        {"outcome": "terminated"},
+        "SUCCESS",
+    )
+    metrics.on_task_postrun(
+        task("atlas.compute.terminate_orphan"),
+        ("vast", "9", None),
+        {"outcome": "fenced"},
+        "SUCCESS",
+    )
     metrics.on_task_postrun(task("atlas.reaper.reap"), (), {}, "SUCCESS")  # not ours
     monkeypatch.setenv("ATLAS_METRICS", "0")
     reset_settings()  # settings are read once per process

@@ -27,12 +27,30 @@ class FakeVast:
 
     def __init__(self) -> None:
         self.offers: list[dict[str, Any]] = [
-            {"id": 1, "gpu_name": "RTX 4090", "num_gpus": 1, "dph_total": 0.40, "min_bid": 0.2,
-             "geolocation": "Texas, US"},
-            {"id": 2, "gpu_name": "RTX 4090", "num_gpus": 1, "dph_total": 0.30, "min_bid": 0.25,
-             "geolocation": "Ohio, US"},
-            {"id": 3, "gpu_name": "RTX 4090", "num_gpus": 1, "dph_total": 0.50, "min_bid": 0.3,
-             "geolocation": "Sweden, SE"},
+            {
+                "id": 1,
+                "gpu_name": "RTX 4090",
+                "num_gpus": 1,
+                "dph_total": 0.40,
+                "min_bid": 0.2,
+                "geolocation": "Texas, US",
+            },
+            {
+                "id": 2,
+                "gpu_name": "RTX 4090",
+                "num_gpus": 1,
+                "dph_total": 0.30,
+                "min_bid": 0.25,
+                "geolocation": "Ohio, US",
+            },
+            {
+                "id": 3,
+                "gpu_name": "RTX 4090",
+                "num_gpus": 1,
+                "dph_total": 0.50,
+                "min_bid": 0.3,
+                "geolocation": "Sweden, SE",
+            },
         ]
         self.instances: dict[int, dict[str, Any]] = {}
         self.requests: list[httpx.Request] = []
@@ -43,8 +61,11 @@ class FakeVast:
         self.scripted.setdefault((method, path), []).extend(answers)
 
     def calls(self, method: str, prefix: str) -> list[httpx.Request]:
-        return [r for r in self.requests
-                if r.method == method and r.url.path.removeprefix("/api/v0").startswith(prefix)]
+        return [
+            r
+            for r in self.requests
+            if r.method == method and r.url.path.removeprefix("/api/v0").startswith(prefix)
+        ]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -68,8 +89,14 @@ class FakeVast:
             if request.method == "GET":
                 return httpx.Response(200, json={"instances": inst})
             if inst is None:
-                return httpx.Response(404, json={"success": False, "error": "no_such_instance",
-                                                 "msg": "Instance not found."})
+                return httpx.Response(
+                    404,
+                    json={
+                        "success": False,
+                        "error": "no_such_instance",
+                        "msg": "Instance not found.",
+                    },
+                )
             if request.method == "DELETE":
                 del self.instances[inst["id"]]
             else:
@@ -82,10 +109,17 @@ class FakeVast:
         offer = next(o for o in self.offers if str(o["id"]) == request.url.path.split("/")[-2])
         self.next_id += 1
         self.instances[self.next_id] = {
-            "id": self.next_id, "label": body.get("label"), "actual_status": "loading",
-            "intended_status": "running", "gpu_name": offer["gpu_name"], "num_gpus": 1,
-            "dph_total": body["price"] or offer["dph_total"], "public_ipaddr": "192.0.2.5",
-            "ports": {}, "image_uuid": body["image"], "start_date": 1732300000.0,
+            "id": self.next_id,
+            "label": body.get("label"),
+            "actual_status": "loading",
+            "intended_status": "running",
+            "gpu_name": offer["gpu_name"],
+            "num_gpus": 1,
+            "dph_total": body["price"] or offer["dph_total"],
+            "public_ipaddr": "192.0.2.5",
+            "ports": {},
+            "image_uuid": body["image"],
+            "start_date": 1732300000.0,
             "extra_env": [[k, v] for k, v in body["env"].items()],
         }
         return httpx.Response(200, json={"success": True, "new_contract": self.next_id})
@@ -108,15 +142,22 @@ def hooks() -> list[RequestInfo]:
 
 @pytest.fixture
 def provider(fake: FakeVast, sleeps: list[float], hooks: list[RequestInfo]) -> VastProvider:
-    p = VastProvider(ProviderContext(api_key="test-key", settings=AtlasSettings(vast_base_url=BASE),
-                                     transport=httpx.MockTransport(fake), hooks=(hooks.append,)))
+    p = VastProvider(
+        ProviderContext(
+            api_key="test-key",
+            settings=AtlasSettings(vast_base_url=BASE),
+            transport=httpx.MockTransport(fake),
+            hooks=(hooks.append,),
+        )
+    )
     p.sleep = sleeps.append
     return p
 
 
 def _request(**fields: Any) -> Any:
-    return build_compute_request(**{"gpu": "rtx_4090", "image": "img:1", "name": "atlas-v1",
-                                    **fields})
+    return build_compute_request(
+        **{"gpu": "rtx_4090", "image": "img:1", "name": "atlas-v1", **fields}
+    )
 
 
 def _refuse(status: int, error: str, msg: str) -> Answer:
@@ -166,12 +207,14 @@ def test_no_offers_is_capacity_error(provider: VastProvider, fake: FakeVast) -> 
     assert fake.calls("PUT", "/asks/") == []
 
 
-def test_create_500_after_rent_finds_it_by_label(provider: VastProvider, fake: FakeVast,
-                                                 sleeps: list[float]) -> None:
+def test_create_500_after_rent_finds_it_by_label(
+    provider: VastProvider, fake: FakeVast, sleeps: list[float]
+) -> None:
     def rented_then_500(request: httpx.Request) -> httpx.Response:
         fake.create(request)
-        return httpx.Response(500, json={"success": False, "error": "server_error",
-                                         "msg": "internal"})
+        return httpx.Response(
+            500, json={"success": False, "error": "server_error", "msg": "internal"}
+        )
 
     fake.script("PUT", "/asks/2/", rented_then_500)
     compute = provider.spawn_compute(_request())
@@ -179,10 +222,16 @@ def test_create_500_after_rent_finds_it_by_label(provider: VastProvider, fake: F
     assert len(fake.calls("PUT", "/asks/")) == 1 and len(sleeps) == 1
 
 
-def test_rate_limit_on_create_is_retried(provider: VastProvider, fake: FakeVast,
-                                         sleeps: list[float]) -> None:
-    fake.script("PUT", "/asks/2/", lambda r: httpx.Response(
-        429, json={"success": False, "msg": "slow down"}, headers={"Retry-After": "3"}))
+def test_rate_limit_on_create_is_retried(
+    provider: VastProvider, fake: FakeVast, sleeps: list[float]
+) -> None:
+    fake.script(
+        "PUT",
+        "/asks/2/",
+        lambda r: httpx.Response(
+            429, json={"success": False, "msg": "slow down"}, headers={"Retry-After": "3"}
+        ),
+    )
     provider.spawn_compute(_request())
     assert sleeps == [3.0] and len(fake.instances) == 1
 
@@ -207,12 +256,12 @@ def test_get_stop_start_terminate(provider: VastProvider, fake: FakeVast) -> Non
     with pytest.raises(NotFoundError) as info:
         provider.terminate(c.id)
     assert "Instance not found. [no_such_instance]" in str(info.value)
-    assert all(r.url.params.get("owner") == "me"
-               for r in fake.requests if r.method == "GET")
+    assert all(r.url.params.get("owner") == "me" for r in fake.requests if r.method == "GET")
 
 
-def test_non_numeric_id_is_not_found_without_a_request(provider: VastProvider,
-                                                       fake: FakeVast) -> None:
+def test_non_numeric_id_is_not_found_without_a_request(
+    provider: VastProvider, fake: FakeVast
+) -> None:
     with pytest.raises(NotFoundError):
         provider.get_compute("atlas-missing")
     with pytest.raises(ValidationError):
@@ -233,13 +282,15 @@ def test_missing_key_and_base_url_precedence(monkeypatch: pytest.MonkeyPatch) ->
         VastProvider(ProviderContext(api_key=None)).list_compute()
     assert "VAST_API_KEY" in str(info.value)
     assert VastProvider(ProviderContext(settings=AtlasSettings())).client.base_url == (
-        "https://console.vast.ai/api/v0")
+        "https://console.vast.ai/api/v0"
+    )
     monkeypatch.setenv("ATLAS_VAST_BASE_URL", "https://env.test/api/v0")
     reset_settings()
-    assert _base(get_provider("vast", api_key="k", cache=False)) == (
-        "https://env.test/api/v0")
-    assert _base(get_provider("vast", api_key="k", base_url="https://call.test",
-                        cache=False)) == "https://call.test"
+    assert _base(get_provider("vast", api_key="k", cache=False)) == ("https://env.test/api/v0")
+    assert (
+        _base(get_provider("vast", api_key="k", base_url="https://call.test", cache=False))
+        == "https://call.test"
+    )
 
 
 def test_hooks_never_see_the_key(provider: VastProvider, hooks: list[RequestInfo]) -> None:
@@ -251,7 +302,11 @@ def test_hooks_never_see_the_key(provider: VastProvider, hooks: list[RequestInfo
 def test_catalog(provider: VastProvider) -> None:
     (rtx,) = provider.list_gpu_types()
     assert (rtx.id, rtx.canonical, rtx.lowest_price_per_hour, rtx.spot_price_per_hour) == (
-        "RTX 4090", "rtx_4090", 0.3, 0.2)
+        "RTX 4090",
+        "rtx_4090",
+        0.3,
+        0.2,
+    )
 
 
 def _base(provider: object) -> str:
@@ -259,10 +314,10 @@ def _base(provider: object) -> str:
     return provider.client.base_url
 
 
-@pytest.mark.parametrize(("field", "value"), [("template_id", "t1"),
-                                              ("network_volume_id", "v1")])
-def test_unmodelled_fields_are_refused_not_ignored(provider: VastProvider, fake: FakeVast,
-                                                   field: str, value: str) -> None:
+@pytest.mark.parametrize(("field", "value"), [("template_id", "t1"), ("network_volume_id", "v1")])
+def test_unmodelled_fields_are_refused_not_ignored(
+    provider: VastProvider, fake: FakeVast, field: str, value: str
+) -> None:
     with pytest.raises(ValidationError) as info:
         provider.spawn_compute(_request(**{field: value}))
     assert info.value.field == field and fake.requests == []

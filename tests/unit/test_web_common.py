@@ -51,8 +51,13 @@ def test_configure_names_a_bad_value_without_echoing_it() -> None:
 
 def test_apply_settings_splits_web_keys_and_prefixes_flask_names() -> None:
     options = _web.apply_settings(
-        {"REDIS_URL": "redis://h:1/0", "SESSION_PRESETS": {"default": {"gpu": "h100"}},
-         "OWNER": "operator.attrgetter"}, source="settings.ATLAS")
+        {
+            "REDIS_URL": "redis://h:1/0",
+            "SESSION_PRESETS": {"default": {"gpu": "h100"}},
+            "OWNER": "operator.attrgetter",
+        },
+        source="settings.ATLAS",
+    )
     assert get_settings().redis_url == "redis://h:1/0"
     assert options.presets == {"default": {"gpu": "h100"}} and callable(options.owner)
     with pytest.raises(ValidationError) as caught:
@@ -67,8 +72,12 @@ def test_apply_settings_splits_web_keys_and_prefixes_flask_names() -> None:
 def test_open_body_accepts_only_a_preset_name() -> None:
     assert _web.parse_open_body(b"") == "default"
     assert _web.parse_open_body(b'{"preset": "big"}') == "big"
-    for raw, field in ((b'{"gpu": "h100"}', "gpu"), (b"[1]", "body"), (b"{", "body"),
-                       (b'{"preset": 3}', "preset")):
+    for raw, field in (
+        (b'{"gpu": "h100"}', "gpu"),
+        (b"[1]", "body"),
+        (b"{", "body"),
+        (b'{"preset": 3}', "preset"),
+    ):
         with pytest.raises(ValidationError) as caught:
             _web.parse_open_body(raw)
         assert caught.value.field == field
@@ -81,8 +90,14 @@ def test_open_body_accepts_only_a_preset_name() -> None:
 def test_error_map_and_owner_comparison() -> None:
     # quota_exceeded comes with atlas_tasks.quotas (its own branch): mapped already
     assert _web.STATUS_BY_KIND["quota_exceeded"] == 429
-    cases = {"validation": 422, "not_found": 404, "rate_limited": 429, "transport": 503,
-             "provider": 502, "unknown": 502}
+    cases = {
+        "validation": 422,
+        "not_found": 404,
+        "rate_limited": 429,
+        "transport": 503,
+        "provider": 502,
+        "unknown": 502,
+    }
     for kind, status in cases.items():
         exc = AtlasError("m", kind=kind)
         assert _web.status_for(exc) == status
@@ -92,8 +107,9 @@ def test_error_map_and_owner_comparison() -> None:
 
 
 def test_sse_format_and_last_event_id() -> None:
-    text = _web.sse_format(Event(session_id="s", type="status", data={"status": "running"},
-                                 id="17-0"))
+    text = _web.sse_format(
+        Event(session_id="s", type="status", data={"status": "running"}, id="17-0")
+    )
     assert text.startswith("id: 17-0\nevent: status\ndata: {") and text.endswith("\n\n")
     assert _web.last_event_id(None) is None and _web.last_event_id("17-3") == "17-3"
     with pytest.raises(ValidationError, match="Last-Event-ID"):
@@ -107,8 +123,11 @@ def test_async_client_maps_redis_failures(monkeypatch: pytest.MonkeyPatch) -> No
 
     async def calls() -> list[str]:
         kinds: list[str] = []
-        for call in (orchestrator.ainfo("x"), orchestrator.atouch("x"),
-                     orchestrator.alist_sessions("u")):
+        for call in (
+            orchestrator.ainfo("x"),
+            orchestrator.atouch("x"),
+            orchestrator.alist_sessions("u"),
+        ):
             try:
                 await call
             except TransportError as exc:

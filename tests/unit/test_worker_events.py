@@ -19,8 +19,13 @@ class _Recorder(EventDispatcher):  # type: ignore[misc]  # untyped Celery base
     """A dispatcher without a broker: records what it publishes."""
 
     def __init__(self) -> None:
-        super().__init__(connection=Connection("memory://"), hostname="w1", enabled=True,
-                         buffer_group=["task"], on_send_buffered=lambda: None)
+        super().__init__(
+            connection=Connection("memory://"),
+            hostname="w1",
+            enabled=True,
+            buffer_group=["task"],
+            on_send_buffered=lambda: None,
+        )
         self.published: list[Any] = []
 
     def _publish(self, event: Any, producer: Any, routing_key: str, **_: Any) -> None:

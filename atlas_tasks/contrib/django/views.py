@@ -63,8 +63,9 @@ class _NotAllowed(Exception):
 def _error_response(exc: Exception) -> HttpResponse:
     """The response for what a view raised (see :func:`_json_errors`)."""
     if isinstance(exc, _Anonymous):
-        return JsonResponse({"error": "forbidden", "message": "authentication required"},
-                            status=403)
+        return JsonResponse(
+            {"error": "forbidden", "message": "authentication required"}, status=403
+        )
     if isinstance(exc, _NotAllowed):
         return HttpResponseNotAllowed(exc.methods)
     assert isinstance(exc, AtlasError)
@@ -112,8 +113,7 @@ def _owned_session(request: HttpRequest, session_id: str, *methods: str) -> Sess
     return _web.owned_info(session_id, owner)
 
 
-async def _aowned_session(request: HttpRequest, session_id: str, *methods: str
-                          ) -> SessionInfo:
+async def _aowned_session(request: HttpRequest, session_id: str, *methods: str) -> SessionInfo:
     """asyncio twin of :func:`_owned_session`."""
     owner = await _aowner_of(request)
     _allow(request, methods)
@@ -129,6 +129,7 @@ def _json_errors(view: View) -> View:
             return view(request, *args, **kwargs)
         except _ANSWERED as exc:
             return _error_response(exc)
+
     return wrapper
 
 
@@ -141,6 +142,7 @@ def _ajson_errors(view: AsyncView) -> AsyncView:
             return await view(request, *args, **kwargs)
         except _ANSWERED as exc:
             return _error_response(exc)
+
     return wrapper
 
 
@@ -149,9 +151,11 @@ def _sse_response(request: HttpRequest, session_id: str) -> StreamingHttpRespons
     keepalive = options().keepalive_s
     # Under ASGI an async iterator is streamed on the event loop (a sync one would be
     # buffered whole by Django); under WSGI the sync iterator holds the worker thread.
-    stream: Any = (_web.asse_stream(session_id, after, keepalive)
-                   if isinstance(request, ASGIRequest)
-                   else _web.sse_stream(session_id, after, keepalive))
+    stream: Any = (
+        _web.asse_stream(session_id, after, keepalive)
+        if isinstance(request, ASGIRequest)
+        else _web.sse_stream(session_id, after, keepalive)
+    )
     response = StreamingHttpResponse(stream, content_type="text/event-stream")
     for key, value in _web.SSE_HEADERS.items():
         response[key] = value

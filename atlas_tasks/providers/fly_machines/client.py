@@ -61,9 +61,15 @@ class FlyClient:
         rand: Callable[[], float] | None = None,
     ) -> None:
         self.context = context
-        self._pool = ClientPool(context, provider=PROVIDER, missing_key=MISSING_TOKEN,
-                                base_url=lambda _api: self.base_url, sleep=sleep, rand=rand,
-                                authorization=authorization)
+        self._pool = ClientPool(
+            context,
+            provider=PROVIDER,
+            missing_key=MISSING_TOKEN,
+            base_url=lambda _api: self.base_url,
+            sleep=sleep,
+            rand=rand,
+            authorization=authorization,
+        )
 
     @property
     def base_url(self) -> str:

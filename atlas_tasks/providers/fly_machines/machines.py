@@ -64,8 +64,9 @@ def create(
         AtlasError: the create failed.
     """
     name = body.get("name")
-    machine = _create_once_or_find(api, app, body, name if isinstance(name, str) else None,
-                                   max_retries)
+    machine = _create_once_or_find(
+        api, app, body, name if isinstance(name, str) else None, max_retries
+    )
     machine_id = str(machine["id"])
     if translate.machine_status(machine.get("state")) != ComputeStatus.PROVISIONING:
         return machine
@@ -73,8 +74,9 @@ def create(
         if wait_for_state(api, app, machine_id, "started", wait_timeout_s):
             return get(api, app, machine_id)
     except AtlasError as err:
-        logger.warning("fly: machine %s of %s was created but waiting for it failed: %s",
-                       machine_id, app, err)
+        logger.warning(
+            "fly: machine %s of %s was created but waiting for it failed: %s", machine_id, app, err
+        )
     return machine
 
 
@@ -82,13 +84,22 @@ def _create_once_or_find(
     api: HttpClient, app: str, body: dict[str, Any], name: str | None, max_retries: int
 ) -> Machine:
     def post() -> Machine:
-        answer = api.call("POST", machines_path(app), json=body, expect=(200, 201),
-                          idempotent=False)
+        answer = api.call(
+            "POST", machines_path(app), json=body, expect=(200, 201), idempotent=False
+        )
         return _machine(answer.data)
 
-    return create_once(post, name=name, find_by_name=lambda n: find_by_name(api, app, n),
-                       max_retries=max_retries, sleep=api.sleep, backoff=api.backoff_delay,
-                       label="fly", kind="machine", id_of=lambda m: m.get("id"))
+    return create_once(
+        post,
+        name=name,
+        find_by_name=lambda n: find_by_name(api, app, n),
+        max_retries=max_retries,
+        sleep=api.sleep,
+        backoff=api.backoff_delay,
+        label="fly",
+        kind="machine",
+        id_of=lambda m: m.get("id"),
+    )
 
 
 def wait_for_state(
@@ -112,8 +123,13 @@ def wait_for_state(
     while remaining > 0:
         step = max(1, min(MAX_WAIT_S, math.ceil(remaining)))
         params: dict[str, Any] = {"state": state, "timeout": step, "instance_id": instance_id}
-        answer = api.call("GET", machines_path(app, machine_id, "/wait"), params=params,
-                          expect=(200, 408), timeout_s=step + api.timeout_s)
+        answer = api.call(
+            "GET",
+            machines_path(app, machine_id, "/wait"),
+            params=params,
+            expect=(200, 408),
+            timeout_s=step + api.timeout_s,
+        )
         if answer.status == 200:
             return True
         remaining -= step
@@ -134,9 +150,12 @@ def list_machines(api: HttpClient, app: str, *, region: str | None = None) -> li
 def find_by_name(api: HttpClient, app: str, name: str) -> Machine | None:
     """The not-destroyed machine of ``app`` named exactly ``name`` (a started one
     preferred), or None."""
-    live = [m for m in list_machines(api, app)
-            if m.get("name") == name
-            and translate.machine_status(m.get("state")) != ComputeStatus.TERMINATED]
+    live = [
+        m
+        for m in list_machines(api, app)
+        if m.get("name") == name
+        and translate.machine_status(m.get("state")) != ComputeStatus.TERMINATED
+    ]
     live.sort(key=lambda m: translate.machine_status(m.get("state")) != ComputeStatus.RUNNING)
     return live[0] if live else None
 
@@ -149,27 +168,26 @@ def stop(api: HttpClient, app: str, machine_id: str, wait_timeout_s: float) -> N
     first. A wait that times out is not an error: the stop is under way.
     """
     instance_id = _str(get(api, app, machine_id).get("instance_id"))
-    api.call("POST", machines_path(app, machine_id, "/stop"), expect=(200, 201, 204),
-             idempotent=True)
+    api.call(
+        "POST", machines_path(app, machine_id, "/stop"), expect=(200, 201, 204), idempotent=True
+    )
     try:
-        wait_for_state(api, app, machine_id, "stopped", wait_timeout_s,
-                       instance_id=instance_id)
+        wait_for_state(api, app, machine_id, "stopped", wait_timeout_s, instance_id=instance_id)
     except AtlasError as err:
-        logger.warning("fly: machine %s is stopping but waiting for it failed: %s",
-                       machine_id, err)
+        logger.warning("fly: machine %s is stopping but waiting for it failed: %s", machine_id, err)
 
 
 def start(api: HttpClient, app: str, machine_id: str) -> None:
     """``POST .../start`` (the machine goes ``starting`` → ``started``). Safe to retry."""
-    api.call("POST", machines_path(app, machine_id, "/start"), expect=(200, 201, 204),
-             idempotent=True)
+    api.call(
+        "POST", machines_path(app, machine_id, "/start"), expect=(200, 201, 204), idempotent=True
+    )
 
 
 def destroy(api: HttpClient, app: str, machine_id: str) -> None:
     """``DELETE .../{id}?force=true`` (stops a running machine too); 404 raises
     ``NotFoundError``."""
-    api.call("DELETE", machines_path(app, machine_id), params={"force": "true"},
-             expect=(200, 204))
+    api.call("DELETE", machines_path(app, machine_id), params={"force": "true"}, expect=(200, 204))
 
 
 def create_app(api: HttpClient, name: str, org: str, *, network: str | None = None) -> Any:

@@ -52,11 +52,13 @@ class FlyMachinesProvider(HttpProvider):
     """
 
     name: ClassVar[str] = "fly"
-    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset({
-        Capability.HTTP_PROXY,
-        Capability.RAW_TCP,
-        Capability.GLOBAL_NETWORKING,
-    })
+    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.HTTP_PROXY,
+            Capability.RAW_TCP,
+            Capability.GLOBAL_NETWORKING,
+        }
+    )
 
     def __init__(self, context: ProviderContext | None = None) -> None:
         super().__init__(context)
@@ -65,8 +67,10 @@ class FlyMachinesProvider(HttpProvider):
         self.client = FlyClient(self.context, self.late_sleep, lambda: self.rand())
 
     def __repr__(self) -> str:
-        return (f"FlyMachinesProvider(base_url={self.client.base_url!r}, "
-                f"app={self.client.default_app!r})")
+        return (
+            f"FlyMachinesProvider(base_url={self.client.base_url!r}, "
+            f"app={self.client.default_app!r})"
+        )
 
     def close(self) -> None:
         """Close the pooled HTTP client."""
@@ -79,8 +83,9 @@ class FlyMachinesProvider(HttpProvider):
         if value is None:
             return machines.DEFAULT_WAIT_TIMEOUT_S
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise validation_error("wait_timeout_s", "must be a number of seconds >= 0",
-                                   provider=self.name)
+            raise validation_error(
+                "wait_timeout_s", "must be a number of seconds >= 0", provider=self.name
+            )
         return float(value)
 
     # ------------------------------------------------------------------ machines
@@ -95,7 +100,10 @@ class FlyMachinesProvider(HttpProvider):
         app = self.client.app(app_override)
         api = self.client.api
         machine = machines.create(
-            api, app, body, max_retries=api.max_retries,
+            api,
+            app,
+            body,
+            max_retries=api.max_retries,
             wait_timeout_s=self.wait_timeout_s if wait is None else wait,
         )
         return translate.machine_to_compute(machine, app, self.client.default_app)
@@ -114,8 +122,10 @@ class FlyMachinesProvider(HttpProvider):
         """
         app = self.client.app()
         default = self.client.default_app
-        return [translate.machine_to_compute(m, app, default)
-                for m in machines.list_machines(self.client.api, app, region=region)]
+        return [
+            translate.machine_to_compute(m, app, default)
+            for m in machines.list_machines(self.client.api, app, region=region)
+        ]
 
     def find_compute_by_name(self, name: str) -> Compute | None:
         """The not-destroyed machine of the app named exactly ``name``, or None."""
@@ -155,8 +165,9 @@ class FlyMachinesProvider(HttpProvider):
         app = self.client.app(name)
         org = org or self.context.settings.fly_org
         if not org:
-            raise validation_error("org", "no Fly organization: pass org=... or set "
-                                   "ATLAS_FLY_ORG", provider=self.name)
+            raise validation_error(
+                "org", "no Fly organization: pass org=... or set ATLAS_FLY_ORG", provider=self.name
+            )
         return machines.create_app(self.client.api, app, org)
 
     # ------------------------------------------------------------------ helpers

@@ -103,22 +103,63 @@ ATLAS_OPTS: frozenset[str] = frozenset(
 )
 
 #: ``CreateMachineRequest`` properties (definition + supplement's ``create_fields_added``).
-CREATE_FIELDS: frozenset[str] = frozenset({
-    "config", "lease_ttl", "lsvd", "name", "region", "skip_launch",
-    "skip_service_registration", "skip_secrets", "min_secrets_version",
-})
+CREATE_FIELDS: frozenset[str] = frozenset(
+    {
+        "config",
+        "lease_ttl",
+        "lsvd",
+        "name",
+        "region",
+        "skip_launch",
+        "skip_service_registration",
+        "skip_secrets",
+        "min_secrets_version",
+    }
+)
 #: ``MachineConfig`` properties (definition + supplement's ``config_fields_added``).
-CONFIG_FIELDS: frozenset[str] = frozenset({
-    "auto_destroy", "checks", "disable_machine_autostart", "dns", "env", "files", "guest",
-    "image", "init", "metadata", "metrics", "mounts", "processes", "restart", "schedule",
-    "services", "size", "standbys", "statics", "stop_config",
-    "containers", "volumes", "rootfs", "cache_drive", "spot",
-})
+CONFIG_FIELDS: frozenset[str] = frozenset(
+    {
+        "auto_destroy",
+        "checks",
+        "disable_machine_autostart",
+        "dns",
+        "env",
+        "files",
+        "guest",
+        "image",
+        "init",
+        "metadata",
+        "metrics",
+        "mounts",
+        "processes",
+        "restart",
+        "schedule",
+        "services",
+        "size",
+        "standbys",
+        "statics",
+        "stop_config",
+        "containers",
+        "volumes",
+        "rootfs",
+        "cache_drive",
+        "spot",
+    }
+)
 #: ``MachineGuest`` properties (definition + supplement's ``guest_fields_added``).
-GUEST_FIELDS: frozenset[str] = frozenset({
-    "cpu_kind", "cpus", "gpu_kind", "host_dedication_id", "kernel_args", "memory_mb",
-    "gpus", "max_memory_mb", "persist_rootfs",
-})
+GUEST_FIELDS: frozenset[str] = frozenset(
+    {
+        "cpu_kind",
+        "cpus",
+        "gpu_kind",
+        "host_dedication_id",
+        "kernel_args",
+        "memory_mb",
+        "gpus",
+        "max_memory_mb",
+        "persist_rootfs",
+    }
+)
 #: What atlas sets itself, per level; ``provider_opts`` may not name these.
 OWN_CREATE_FIELDS: frozenset[str] = frozenset({"config", "name", "region"})
 OWN_CONFIG_FIELDS: frozenset[str] = frozenset({"image", "env", "guest", "services", "metadata"})
@@ -141,7 +182,8 @@ def check_app(app: Any, field: str = "app") -> str:
     """
     if not isinstance(app, str) or not _APP_RE.match(app):
         raise validation_error(
-            field, f"{app!r} is not a Fly app name (lowercase letters, digits, dashes)",
+            field,
+            f"{app!r} is not a Fly app name (lowercase letters, digits, dashes)",
             provider=PROVIDER,
         )
     return app
@@ -167,8 +209,9 @@ def split_compute_id(compute_id: Any, default_app: str | None) -> tuple[str | No
         app_part, _, machine_id = text.partition("/")
         app = check_app(app_part, "compute_id")
     if not _MACHINE_RE.match(machine_id):
-        raise validation_error("compute_id", f"{compute_id!r} is not a Fly machine id",
-                               provider=PROVIDER)
+        raise validation_error(
+            "compute_id", f"{compute_id!r} is not a Fly machine id", provider=PROVIDER
+        )
     return app, machine_id
 
 
@@ -190,8 +233,11 @@ def atlas_options(request: ComputeRequest) -> tuple[str | None, float | None]:
     wait = opts.get("wait_timeout_s")
     if wait is not None:
         if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
-            raise validation_error("provider_opts.wait_timeout_s",
-                                   "must be a number of seconds >= 0", provider=PROVIDER)
+            raise validation_error(
+                "provider_opts.wait_timeout_s",
+                "must be a number of seconds >= 0",
+                provider=PROVIDER,
+            )
         wait = float(wait)
     return app, wait
 
@@ -208,15 +254,26 @@ def machine_create_body(request: ComputeRequest) -> dict[str, Any]:
     """
     _reject_unsupported(request)
     if not request.image:
-        raise validation_error("image", "required (Fly Machines have no templates)",
-                               provider=PROVIDER)
+        raise validation_error(
+            "image", "required (Fly Machines have no templates)", provider=PROVIDER
+        )
     opts = request.provider_opts
     top = {str(k): v for k, v in opts.items() if k not in ATLAS_OPTS}
-    _check_keys("provider_opts", top, CREATE_FIELDS, OWN_CREATE_FIELDS,
-                "use name=, region_hints= and the other request fields")
+    _check_keys(
+        "provider_opts",
+        top,
+        CREATE_FIELDS,
+        OWN_CREATE_FIELDS,
+        "use name=, region_hints= and the other request fields",
+    )
     extra_config = _mapping(opts.get("config"), "config")
-    _check_keys("provider_opts.config", extra_config, CONFIG_FIELDS, OWN_CONFIG_FIELDS,
-                "use image=, env=, ports=, provider_opts.guest / .metadata")
+    _check_keys(
+        "provider_opts.config",
+        extra_config,
+        CONFIG_FIELDS,
+        OWN_CONFIG_FIELDS,
+        "use image=, env=, ports=, provider_opts.guest / .metadata",
+    )
     config: dict[str, Any] = {
         **extra_config,
         "image": request.image,
@@ -236,11 +293,17 @@ def machine_create_body(request: ComputeRequest) -> dict[str, Any]:
     return body
 
 
-def _check_keys(field: str, given: dict[str, Any], allowed: frozenset[str],
-                owned: frozenset[str], hint: str) -> None:
+def _check_keys(
+    field: str, given: dict[str, Any], allowed: frozenset[str], owned: frozenset[str], hint: str
+) -> None:
     """Reject keys Fly's definition lacks and keys atlas sets itself (naming them)."""
-    problem = refused_keys(given, owned=owned, known=allowed, owned_why=f"({hint})",
-                           unknown_why="not in Fly's definition")
+    problem = refused_keys(
+        given,
+        owned=owned,
+        known=allowed,
+        owned_why=f"({hint})",
+        unknown_why="not in Fly's definition",
+    )
     if problem:
         raise validation_error(field, problem, provider=PROVIDER)
 
@@ -259,26 +322,35 @@ def guest_for(request: ComputeRequest) -> dict[str, Any]:
         if opts.get(key) is not None:
             guest[key] = opts[key]
     extra_guest = _mapping(opts.get("guest"), "guest")
-    _check_keys("provider_opts.guest", extra_guest, GUEST_FIELDS, OWN_GUEST_FIELDS,
-                "use gpu= and gpu_count=")
+    _check_keys(
+        "provider_opts.guest",
+        extra_guest,
+        GUEST_FIELDS,
+        OWN_GUEST_FIELDS,
+        "use gpu= and gpu_count=",
+    )
     guest.update(extra_guest)
     if request.gpu:
         guest["gpu_kind"] = for_provider(request.gpu, PROVIDER)
         guest["gpus"] = request.gpu_count
     if guest.get("cpu_kind") not in ("shared", "performance"):
-        raise validation_error("provider_opts.cpu_kind", "must be 'shared' or 'performance'",
-                               provider=PROVIDER)
+        raise validation_error(
+            "provider_opts.cpu_kind", "must be 'shared' or 'performance'", provider=PROVIDER
+        )
     cpus = guest.get("cpus")
     if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
         raise validation_error("provider_opts.cpus", "must be an integer >= 1", provider=PROVIDER)
     memory = guest.get("memory_mb")
     if isinstance(memory, bool) or not isinstance(memory, int) or memory < 256 or memory % 256:
-        raise validation_error("provider_opts.memory_mb",
-                               f"must be a positive multiple of 256 (got {memory!r})",
-                               provider=PROVIDER)
+        raise validation_error(
+            "provider_opts.memory_mb",
+            f"must be a positive multiple of 256 (got {memory!r})",
+            provider=PROVIDER,
+        )
     if request.gpu and guest["cpu_kind"] != "performance":
-        raise validation_error("provider_opts.cpu_kind",
-                               "GPU machines need cpu_kind 'performance'", provider=PROVIDER)
+        raise validation_error(
+            "provider_opts.cpu_kind", "GPU machines need cpu_kind 'performance'", provider=PROVIDER
+        )
     return guest
 
 
@@ -308,8 +380,10 @@ def services_for(ports: tuple[tuple[int, str], ...]) -> list[dict[str, Any]]:
         clash = used.intersection(published)
         if clash:
             raise validation_error(
-                "ports", f"port {sorted(clash)[0]} would be published twice on Fly "
-                "(the first http port takes 443 and 80)", provider=PROVIDER,
+                "ports",
+                f"port {sorted(clash)[0]} would be published twice on Fly "
+                "(the first http port takes 443 and 80)",
+                provider=PROVIDER,
             )
         used.update(published)
         services.append({"protocol": "tcp", "internal_port": internal, "ports": public})
@@ -320,11 +394,17 @@ def _reject_unsupported(request: ComputeRequest) -> None:
     checks = (
         ("spot", request.spot, "Fly Machines have no spot/interruptible instances"),
         ("template_id", request.template_id, "Fly Machines have no templates; pass image"),
-        ("network_volume_id", request.network_volume_id,
-         "Fly volumes are not managed by atlas yet"),
+        (
+            "network_volume_id",
+            request.network_volume_id,
+            "Fly volumes are not managed by atlas yet",
+        ),
         ("volume_gb", request.volume_gb, "Fly volumes are not managed by atlas yet"),
-        ("container_disk_gb", request.container_disk_gb,
-         "Fly sizes the root filesystem from the image"),
+        (
+            "container_disk_gb",
+            request.container_disk_gb,
+            "Fly sizes the root filesystem from the image",
+        ),
     )
     for field, value, why in checks:
         if value:
@@ -363,8 +443,11 @@ def machine_to_compute(body: Any, app: str, default_app: str | None = None) -> C
     if gpu_kind == "none":
         gpu_kind = None
     gpus = guest.get("gpus")
-    gpu_count = gpus if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0 \
+    gpu_count = (
+        gpus
+        if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0
         else (1 if gpu_kind else 0)
+    )
     return Compute(
         id=compute_id_for(app, machine_id, default_app if default_app is not None else app),
         provider=PROVIDER,
@@ -413,8 +496,14 @@ def parse_ports(services: Any, app: str) -> list[Port]:
             chosen = _pick_http(http)
             number = _int(chosen.get("port"))
             tls = "tls" in (chosen.get("handlers") or [])
-            out.append(Port(internal=internal, external=number, protocol="http",
-                            url=_http_url(host, number, tls)))
+            out.append(
+                Port(
+                    internal=internal,
+                    external=number,
+                    protocol="http",
+                    url=_http_url(host, number, tls),
+                )
+            )
         else:
             number = _int(public[0].get("port")) if public else None
             out.append(Port(internal=internal, external=number, protocol="tcp", url=None))
@@ -455,9 +544,17 @@ def gpu_catalog() -> list[GpuType]:
     for canonical in supported_gpus(PROVIDER):
         kind = for_provider(canonical, PROVIDER)
         display, memory = GPU_KINDS.get(kind, (kind, None))
-        out.append(GpuType(id=kind, provider=PROVIDER, canonical=canonical,
-                           display_name=display, memory_gb=memory, stock="unknown",
-                           cloud_type="secure"))
+        out.append(
+            GpuType(
+                id=kind,
+                provider=PROVIDER,
+                canonical=canonical,
+                display_name=display,
+                memory_gb=memory,
+                stock="unknown",
+                cloud_type="secure",
+            )
+        )
     return out
 
 

@@ -38,9 +38,14 @@ class LambdaClient(RefiningClient):
     """
 
     def __init__(self, context: ProviderContext, sleep: Callable[[float], None]) -> None:
-        super().__init__(context, sleep, provider=translate.PROVIDER, missing_key=MISSING_KEY,
-                         configured_base_url=lambda settings: settings.lambda_labs_base_url,
-                         refine=translate.refine_error)
+        super().__init__(
+            context,
+            sleep,
+            provider=translate.PROVIDER,
+            missing_key=MISSING_KEY,
+            configured_base_url=lambda settings: settings.lambda_labs_base_url,
+            refine=translate.refine_error,
+        )
 
 
 __all__ = ["MISSING_KEY", "LambdaClient"]

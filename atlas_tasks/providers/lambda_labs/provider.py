@@ -68,9 +68,11 @@ class LambdaLabsProvider(SingleApiProvider):
         Raises:
             ValidationError: field ``provider_opts.ssh_key_name`` when none is configured.
         """
-        for candidate in (request.provider_opts.get("ssh_key_name"),
-                          self.context.options.get("ssh_key_name"),
-                          self.context.settings.lambda_labs_ssh_key_name):
+        for candidate in (
+            request.provider_opts.get("ssh_key_name"),
+            self.context.options.get("ssh_key_name"),
+            self.context.settings.lambda_labs_ssh_key_name,
+        ):
             if isinstance(candidate, str) and candidate.strip():
                 return candidate.strip()
         raise validation_error(
@@ -95,18 +97,20 @@ class LambdaLabsProvider(SingleApiProvider):
             ProviderError: insufficient capacity (message starts ``insufficient capacity``).
         """
         if not request.gpu:
-            raise validation_error("gpu", "Lambda rents GPU machines: gpu is required",
-                                   provider=PROVIDER)
+            raise validation_error(
+                "gpu", "Lambda rents GPU machines: gpu is required", provider=PROVIDER
+            )
         if request.spot:
-            raise validation_error("spot", "Lambda Labs has no spot instances",
-                                   provider=PROVIDER)
+            raise validation_error("spot", "Lambda Labs has no spot instances", provider=PROVIDER)
         if request.template_id:
-            raise validation_error("template_id", "Lambda Labs has no templates",
-                                   provider=PROVIDER)
+            raise validation_error("template_id", "Lambda Labs has no templates", provider=PROVIDER)
         if request.network_volume_id:
             raise validation_error(
-                "network_volume_id", "Lambda attaches file systems by name: pass "
-                "provider_opts={'file_system_names': [name]}", provider=PROVIDER)
+                "network_volume_id",
+                "Lambda attaches file systems by name: pass "
+                "provider_opts={'file_system_names': [name]}",
+                provider=PROVIDER,
+            )
         ssh_key = self.ssh_key_name(request)
         # Bad provider_opts, env or a name Lambda would refuse fail before any call.
         translate.launch_opts(request)
@@ -115,44 +119,61 @@ class LambdaLabsProvider(SingleApiProvider):
         type_name = translate.instance_type_name(request.gpu, request.gpu_count)
         types = translate.instance_types(self.client.call("GET", "/instance-types").data)
         region = translate.choose_region(types, type_name, request.region_hints)
-        body = translate.launch_body(request, type_name=type_name, region=region,
-                                     ssh_key_name=ssh_key)
+        body = translate.launch_body(
+            request, type_name=type_name, region=region, ssh_key_name=ssh_key
+        )
         http = self.client.http
 
         def launch() -> str:
-            answer = self.client.call("POST", "/instance-operations/launch", json=body,
-                                      idempotent=False)
+            answer = self.client.call(
+                "POST", "/instance-operations/launch", json=body, idempotent=False
+            )
             return translate.launched_id(answer.data)
 
-        launched = create_once(launch, name=request.name, find_by_name=self.find_compute_by_name,
-                               max_retries=http.max_retries, sleep=self.late_sleep,
-                               backoff=http.backoff_delay, label=PROVIDER, action="launch",
-                               kind="instance")
+        launched = create_once(
+            launch,
+            name=request.name,
+            find_by_name=self.find_compute_by_name,
+            max_retries=http.max_retries,
+            sleep=self.late_sleep,
+            backoff=http.backoff_delay,
+            label=PROVIDER,
+            action="launch",
+            kind="instance",
+        )
         if isinstance(launched, Compute):
             return self._with_ports(launched, request)
         return self._after_launch(launched, request, type_name, region)
 
-    def _after_launch(self, instance_id: str, request: ComputeRequest, type_name: str,
-                      region: str) -> Compute:
+    def _after_launch(
+        self, instance_id: str, request: ComputeRequest, type_name: str, region: str
+    ) -> Compute:
         try:
             return self._with_ports(self.get_compute(instance_id), request)
         except AtlasError as err:
             # The VM exists and bills: answer with what we know rather than fail the spawn.
             logger.warning("lambda_labs: read of new instance %s failed: %s", instance_id, err)
             return Compute(
-                id=instance_id, provider=PROVIDER, status=ComputeStatus.PROVISIONING,
-                gpu_type=request.gpu, gpu_count=request.gpu_count, region=region,
-                image=request.image, name=request.name,
+                id=instance_id,
+                provider=PROVIDER,
+                status=ComputeStatus.PROVISIONING,
+                gpu_type=request.gpu,
+                gpu_count=request.gpu_count,
+                region=region,
+                image=request.image,
+                name=request.name,
                 raw={"id": instance_id, "instance_type": {"name": type_name}},
             )
 
     @staticmethod
     def _with_ports(compute: Compute, request: ComputeRequest) -> Compute:
         # Only the create answer knows the workload's ports and image (see module doc).
-        return compute.model_copy(update={
-            "ports": translate.tcp_ports(compute.public_ip, request.ports),
-            "image": request.image,
-        })
+        return compute.model_copy(
+            update={
+                "ports": translate.tcp_ports(compute.public_ip, request.ports),
+                "image": request.image,
+            }
+        )
 
     def get_compute(self, compute_id: str) -> Compute:
         """``GET /instances/{id}``; ``NotFoundError`` when unknown."""
@@ -162,8 +183,10 @@ class LambdaLabsProvider(SingleApiProvider):
     def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
         """``GET /instances`` (Lambda's list takes no filters)."""
         answer = self.client.call("GET", "/instances")
-        return [translate.instance_to_compute(item)
-                for item in translate.instances_from_list(answer.data)]
+        return [
+            translate.instance_to_compute(item)
+            for item in translate.instances_from_list(answer.data)
+        ]
 
     def terminate(self, compute_id: str) -> None:
         """``POST /instance-operations/terminate``; ``NotFoundError`` for unknown ids.
@@ -171,12 +194,17 @@ class LambdaLabsProvider(SingleApiProvider):
         Terminating is safe to repeat, so the call is retried like a GET.
         """
         instance_id = _check_id(compute_id)
-        answer = self.client.call("POST", "/instance-operations/terminate",
-                                  json={"instance_ids": [instance_id]}, idempotent=True)
+        answer = self.client.call(
+            "POST",
+            "/instance-operations/terminate",
+            json={"instance_ids": [instance_id]},
+            idempotent=True,
+        )
         data = answer.data.get("data") if isinstance(answer.data, dict) else None
         done = data.get("terminated_instances") if isinstance(data, dict) else None
         if isinstance(done, list) and not any(
-                isinstance(i, dict) and i.get("id") == instance_id for i in done):
+            isinstance(i, dict) and i.get("id") == instance_id for i in done
+        ):
             raise self.not_found(f"instance {instance_id}")
 
     # ------------------------------------------------------------------ catalog

@@ -68,17 +68,28 @@ CONSUMED_OPTS = frozenset({"ssh_key_name", "docker_args"})
 
 #: Every property of Lambda's ``InstanceLaunchRequest`` (API 1.8.3); the launch body
 #: carries nothing else.
-LAUNCH_FIELDS = frozenset({
-    "region_name", "instance_type_name", "ssh_key_names", "file_system_names",
-    "file_system_mounts", "hostname", "name", "image", "user_data", "tags",
-    "firewall_rulesets",
-})
+LAUNCH_FIELDS = frozenset(
+    {
+        "region_name",
+        "instance_type_name",
+        "ssh_key_names",
+        "file_system_names",
+        "file_system_mounts",
+        "hostname",
+        "name",
+        "image",
+        "user_data",
+        "tags",
+        "firewall_rulesets",
+    }
+)
 
 #: Launch fields atlas sets from the request; ``provider_opts`` may not set them (the
 #: name is how the orchestrator finds its instance again, ``user_data`` carries the
 #: injected env such as ``ATLAS_PRESHARED_KEY``).
-OWN_LAUNCH_FIELDS = frozenset({"region_name", "instance_type_name", "ssh_key_names", "name",
-                               "user_data"})
+OWN_LAUNCH_FIELDS = frozenset(
+    {"region_name", "instance_type_name", "ssh_key_names", "name", "user_data"}
+)
 
 #: ``InstanceLaunchRequest.name``'s ``maxLength``.
 MAX_NAME = 64
@@ -158,8 +169,9 @@ def gpu_type_from_entry(name: str, entry: dict[str, Any]) -> GpuType:
     itype = as_dict(entry.get("instance_type"))
     specs = as_dict(itype.get("specs"))
     cents = as_float(itype.get("price_cents_per_hour"))
-    description = (stripped_or_none(itype.get("gpu_description"))
-                   or stripped_or_none(itype.get("description")))
+    description = stripped_or_none(itype.get("gpu_description")) or stripped_or_none(
+        itype.get("description")
+    )
     return GpuType(
         id=name,
         provider=PROVIDER,
@@ -186,9 +198,7 @@ def _memory_gb(description: str | None, specs: dict[str, Any]) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def choose_region(
-    types: dict[str, dict[str, Any]], type_name: str, hints: tuple[str, ...]
-) -> str:
+def choose_region(types: dict[str, dict[str, Any]], type_name: str, hints: tuple[str, ...]) -> str:
     """The region to launch ``type_name`` in: the first hint with capacity, else (no
     hints) the first region with capacity.
 
@@ -200,7 +210,8 @@ def choose_region(
     if entry is None:
         known = ", ".join(sorted(types)) or "none"
         raise validation_error(
-            "gpu_count", f"Lambda has no instance type {type_name!r}; available: {known}",
+            "gpu_count",
+            f"Lambda has no instance type {type_name!r}; available: {known}",
             provider=PROVIDER,
         )
     free = regions_with_capacity(entry)
@@ -225,8 +236,9 @@ def capacity_error(
         f"[{INSUFFICIENT_CAPACITY}]",
         provider=PROVIDER,
         status=None,
-        raw=raw if isinstance(raw, dict) else {"instance_type": type_name,
-                                                 "regions": list(hints), "free": free},
+        raw=raw
+        if isinstance(raw, dict)
+        else {"instance_type": type_name, "regions": list(hints), "free": free},
     )
 
 
@@ -246,33 +258,40 @@ def user_data(request: ComputeRequest) -> str | None:
     lines = []
     for key, value in request.env.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise validation_error("env", f"{key!r} is not a valid variable name",
-                                   provider=PROVIDER)
+            raise validation_error(
+                "env", f"{key!r} is not a valid variable name", provider=PROVIDER
+            )
         if "\n" in value or "\r" in value or _ENV_MARK in value:
-            raise validation_error("env", f"{key}: value must be a single line",
-                                   provider=PROVIDER)
+            raise validation_error("env", f"{key}: value must be a single line", provider=PROVIDER)
         lines.append(f"{key}={value}")
     extra = request.provider_opts.get("docker_args") or []
     if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
-        raise validation_error("provider_opts.docker_args", "must be a list of strings",
-                               provider=PROVIDER)
+        raise validation_error(
+            "provider_opts.docker_args", "must be a list of strings", provider=PROVIDER
+        )
     publish = [f"-p {port}:{port}" for port, _proto in request.ports]
-    run = " ".join([
-        "docker run -d --restart unless-stopped --gpus all --name atlas-pod",
-        f"--env-file {ENV_FILE}", *publish, *(shlex.quote(a) for a in extra),
-        shlex.quote(request.image),
-    ])
-    return "\n".join([
-        "#!/bin/bash",
-        "# atlas_tasks: run the requested container on this VM",
-        "set -euo pipefail",
-        f"install -d -m 700 {ENV_FILE.rsplit('/', 1)[0]}",
-        f"umask 077 && cat > {ENV_FILE} <<'{_ENV_MARK}'",
-        *lines,
-        _ENV_MARK,
-        run,
-        "",
-    ])
+    run = " ".join(
+        [
+            "docker run -d --restart unless-stopped --gpus all --name atlas-pod",
+            f"--env-file {ENV_FILE}",
+            *publish,
+            *(shlex.quote(a) for a in extra),
+            shlex.quote(request.image),
+        ]
+    )
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            "# atlas_tasks: run the requested container on this VM",
+            "set -euo pipefail",
+            f"install -d -m 700 {ENV_FILE.rsplit('/', 1)[0]}",
+            f"umask 077 && cat > {ENV_FILE} <<'{_ENV_MARK}'",
+            *lines,
+            _ENV_MARK,
+            run,
+            "",
+        ]
+    )
 
 
 def env_from_user_data(script: str | None) -> dict[str, str]:
@@ -303,9 +322,14 @@ def launch_opts(request: ComputeRequest) -> dict[str, Any]:
             Lambda, or one atlas sets itself such as ``name`` or ``user_data``).
     """
     opts = {str(k): v for k, v in request.provider_opts.items() if k not in CONSUMED_OPTS}
-    refuse_foreign_opts(opts, owned=OWN_LAUNCH_FIELDS, known=LAUNCH_FIELDS,
-                        unknown_why="not in Lambda's InstanceLaunchRequest",
-                        allowed=PASS_THROUGH_OPTS | CONSUMED_OPTS, provider=PROVIDER)
+    refuse_foreign_opts(
+        opts,
+        owned=OWN_LAUNCH_FIELDS,
+        known=LAUNCH_FIELDS,
+        unknown_why="not in Lambda's InstanceLaunchRequest",
+        allowed=PASS_THROUGH_OPTS | CONSUMED_OPTS,
+        provider=PROVIDER,
+    )
     return opts
 
 
@@ -316,8 +340,11 @@ def check_name(request: ComputeRequest) -> None:
         ValidationError: field ``name``.
     """
     if request.name is not None and len(request.name) > MAX_NAME:
-        raise validation_error("name", f"Lambda instance names are at most {MAX_NAME} "
-                               f"characters (got {len(request.name)})", provider=PROVIDER)
+        raise validation_error(
+            "name",
+            f"Lambda instance names are at most {MAX_NAME} characters (got {len(request.name)})",
+            provider=PROVIDER,
+        )
 
 
 def launch_body(
@@ -333,13 +360,15 @@ def launch_body(
         ValidationError: field ``provider_opts`` (see :func:`launch_opts`).
     """
     check_name(request)
-    ours: dict[str, Any] = drop_none({
-        "region_name": region,
-        "instance_type_name": type_name,
-        "ssh_key_names": [ssh_key_name],
-        "name": request.name,
-        "user_data": user_data(request),
-    })
+    ours: dict[str, Any] = drop_none(
+        {
+            "region_name": region,
+            "instance_type_name": type_name,
+            "ssh_key_names": [ssh_key_name],
+            "name": request.name,
+            "user_data": user_data(request),
+        }
+    )
     return {**launch_opts(request), **ours}
 
 

@@ -48,8 +48,14 @@ class RunPodClients:
         rand: Callable[[], float] | None = None,
     ) -> None:
         self.context = context
-        self._pool = ClientPool(context, provider=PROVIDER, missing_key=MISSING_KEY,
-                                base_url=self.base_url, sleep=sleep, rand=rand)
+        self._pool = ClientPool(
+            context,
+            provider=PROVIDER,
+            missing_key=MISSING_KEY,
+            base_url=self.base_url,
+            sleep=sleep,
+            rand=rand,
+        )
 
     def base_url(self, api: str) -> str:
         """The base URL of ``api`` after applying the override order."""

@@ -48,8 +48,9 @@ def _item_path(kind: str, item_id: str) -> str:
     return f"{RESOURCES[kind][0]}/{quote(item_id.strip(), safe='')}"
 
 
-def list_items(api: HttpClient, kind: str, params: dict[str, Any] | None = None
-               ) -> list[dict[str, Any]]:
+def list_items(
+    api: HttpClient, kind: str, params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """``GET <collection>``: the objects under the kind's list wrapper.
 
     Raises:
@@ -66,8 +67,9 @@ def get_item(api: HttpClient, kind: str, item_id: str) -> dict[str, Any]:
 
 def create_item(api: HttpClient, kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """``POST <collection>`` (201; 200 accepted); ``None`` values dropped."""
-    answer = api.call("POST", RESOURCES[kind][0], json=drop_none(body), expect=(201, 200),
-                      idempotent=False)
+    answer = api.call(
+        "POST", RESOURCES[kind][0], json=drop_none(body), expect=(201, 200), idempotent=False
+    )
     return object_with_id("runpod", answer.data, kind)[0]
 
 
@@ -94,5 +96,14 @@ def pod_billing(api: HttpClient, params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-__all__ = ["BILLING_PODS", "CATALOG_GPUS", "RESOURCES", "create_item", "delete_item", "get_item",
-           "list_gpu_types", "list_items", "pod_billing"]
+__all__ = [
+    "BILLING_PODS",
+    "CATALOG_GPUS",
+    "RESOURCES",
+    "create_item",
+    "delete_item",
+    "get_item",
+    "list_gpu_types",
+    "list_items",
+    "pod_billing",
+]

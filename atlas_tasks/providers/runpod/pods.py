@@ -71,9 +71,16 @@ def create(
         answer = api.call("POST", PODS, json=body, expect=(201, 200), idempotent=False)
         return translate.pod_to_compute(answer.data)
 
-    return create_once(post, name=body["name"], find_by_name=find_by_name,
-                       max_retries=max_retries, sleep=api.sleep, backoff=api.backoff_delay,
-                       label="runpod", kind="pod")
+    return create_once(
+        post,
+        name=body["name"],
+        find_by_name=find_by_name,
+        max_retries=max_retries,
+        sleep=api.sleep,
+        backoff=api.backoff_delay,
+        label="runpod",
+        kind="pod",
+    )
 
 
 def get(api: HttpClient, pod_id: str) -> Compute:
@@ -139,5 +146,15 @@ def terminate(api: HttpClient, pod_id: str) -> None:
     api.call("DELETE", pod_path(pod_id), expect=(204, 200))
 
 
-__all__ = ["PODS", "action", "create", "find_by_name", "get", "list_pods", "pod_path", "start",
-           "stop", "terminate"]
+__all__ = [
+    "PODS",
+    "action",
+    "create",
+    "find_by_name",
+    "get",
+    "list_pods",
+    "pod_path",
+    "start",
+    "stop",
+    "terminate",
+]

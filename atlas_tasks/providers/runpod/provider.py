@@ -53,17 +53,19 @@ class RunPodProvider(HttpProvider):
     """
 
     name: ClassVar[str] = "runpod"
-    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset({
-        Capability.SERVERLESS,
-        Capability.NETWORK_VOLUMES,
-        Capability.HTTP_PROXY,
-        Capability.RAW_TCP,
-        Capability.SYMMETRIC_PORTS,
-        Capability.WEBHOOKS,
-        Capability.GLOBAL_NETWORKING,
-        Capability.JOB_STREAM_READS,
-        Capability.GPU_UTILIZATION,
-    })
+    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.SERVERLESS,
+            Capability.NETWORK_VOLUMES,
+            Capability.HTTP_PROXY,
+            Capability.RAW_TCP,
+            Capability.SYMMETRIC_PORTS,
+            Capability.WEBHOOKS,
+            Capability.GLOBAL_NETWORKING,
+            Capability.JOB_STREAM_READS,
+            Capability.GPU_UTILIZATION,
+        }
+    )
 
     def __init__(self, context: ProviderContext | None = None) -> None:
         super().__init__(context)
@@ -83,8 +85,9 @@ class RunPodProvider(HttpProvider):
     def create_compute(self, request: ComputeRequest) -> Compute:
         """``POST /v2/pods``, duplicate-safe (see :func:`.pods.create`)."""
         api = self.clients.management
-        return pods.create(api, request, find_by_name=self.find_compute_by_name,
-                           max_retries=api.max_retries)
+        return pods.create(
+            api, request, find_by_name=self.find_compute_by_name, max_retries=api.max_retries
+        )
 
     def get_compute(self, compute_id: str) -> Compute:
         """``GET /v2/pods/{id}``; ``NotFoundError`` when unknown."""
@@ -132,8 +135,7 @@ class RunPodProvider(HttpProvider):
         serverless.job_path(endpoint, "stream", job_id)
         return serverless.stream(self.clients.runtime, endpoint, job_id, rand=self.rand)
 
-    def read_job_stream(self, job_id: str, *, endpoint: str
-                        ) -> tuple[JobStatus | None, list[Any]]:
+    def read_job_stream(self, job_id: str, *, endpoint: str) -> tuple[JobStatus | None, list[Any]]:
         """One ``GET /stream/{id}`` (chunks are handed out once)."""
         return serverless.read_stream(self.clients.runtime, endpoint, job_id)
 
@@ -158,8 +160,9 @@ class RunPodProvider(HttpProvider):
     def create_template(self, name: str, image: str, **fields: Any) -> dict[str, Any]:
         """``POST /v2/templates`` with the required ``name``/``image`` plus any other
         ``CreateTemplateRequest`` field (``env``, ``ports``, ``disk``, ``serverless``...)."""
-        return extras.create_item(self.clients.management, "template",
-                                  {**fields, "name": name, "image": image})
+        return extras.create_item(
+            self.clients.management, "template", {**fields, "name": name, "image": image}
+        )
 
     def delete_template(self, template_id: str) -> None:
         """``DELETE /v2/templates/{id}``."""
@@ -173,11 +176,13 @@ class RunPodProvider(HttpProvider):
         """``GET /v2/network-volumes/{id}``."""
         return extras.get_item(self.clients.management, "network_volume", volume_id)
 
-    def create_network_volume(self, name: str, size_gb: int, data_center_id: str,
-                              **fields: Any) -> dict[str, Any]:
+    def create_network_volume(
+        self, name: str, size_gb: int, data_center_id: str, **fields: Any
+    ) -> dict[str, Any]:
         """``POST /v2/network-volumes`` (``size`` in GB, 10-4096; ``type`` optional)."""
         return extras.create_item(
-            self.clients.management, "network_volume",
+            self.clients.management,
+            "network_volume",
             {**fields, "name": name, "size": size_gb, "dataCenter": data_center_id},
         )
 
@@ -193,8 +198,9 @@ class RunPodProvider(HttpProvider):
         """``GET /v2/serverless/{id}``."""
         return extras.get_item(self.clients.management, "endpoint", endpoint_id)
 
-    def create_endpoint(self, name: str, *, template_id: str | None = None,
-                        **fields: Any) -> dict[str, Any]:
+    def create_endpoint(
+        self, name: str, *, template_id: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
         """``POST /v2/serverless``: a queue endpoint (``type="QUEUE"``, scaling on a 4 s
         queue delay unless ``scaling`` is given) from ``template_id`` or ``image``, plus any
         other ``CreateEndpointRequest`` field (``gpu: {"pools": [...]}``, ``workers``...)."""

@@ -43,8 +43,9 @@ def endpoint_path(endpoint: str, suffix: str) -> str:
         ValidationError: field ``endpoint`` when empty.
     """
     if not isinstance(endpoint, str) or not endpoint.strip():
-        raise validation_error("endpoint", "a RunPod serverless endpoint id is required",
-                               provider="runpod")
+        raise validation_error(
+            "endpoint", "a RunPod serverless endpoint id is required", provider="runpod"
+        )
     return f"/{quote(endpoint.strip(), safe='')}{suffix}"
 
 
@@ -57,8 +58,13 @@ def job_path(endpoint: str, action: str, job_id: str) -> str:
 
 def run(api: HttpClient, request: JobRequest) -> Job:
     """``POST /run``: enqueue and return at once (status usually in_queue)."""
-    answer = api.call("POST", endpoint_path(request.endpoint, "/run"),
-                      json=translate.job_body(request), expect=(200, 201), idempotent=False)
+    answer = api.call(
+        "POST",
+        endpoint_path(request.endpoint, "/run"),
+        json=translate.job_body(request),
+        expect=(200, 201),
+        idempotent=False,
+    )
     return translate.job_from_response(answer.data, request.endpoint)
 
 
@@ -79,9 +85,14 @@ def run_sync(
     wait_ms = max(RUNSYNC_WAIT_MIN_MS, min(RUNSYNC_WAIT_MAX_MS, timeout_ms))
     try:
         answer = api.call(
-            "POST", endpoint_path(request.endpoint, "/runsync"),
-            params={"wait": wait_ms}, json=translate.job_body(request), expect=(200, 201),
-            idempotent=False, timeout_s=timeout_ms / 1000, max_retries=0,
+            "POST",
+            endpoint_path(request.endpoint, "/runsync"),
+            params={"wait": wait_ms},
+            json=translate.job_body(request),
+            expect=(200, 201),
+            idempotent=False,
+            timeout_s=timeout_ms / 1000,
+            max_retries=0,
         )
     except AtlasError as err:
         if is_timeout(err):
@@ -97,8 +108,12 @@ def run_sync(
         if deadline - clock() <= 0:
             raise _timed_out(timeout_ms, job.id)
         try:
-            job = status(api, request.endpoint, job.id,
-                         timeout_s=max(0.001, min(api.timeout_s, deadline - clock())))
+            job = status(
+                api,
+                request.endpoint,
+                job.id,
+                timeout_s=max(0.001, min(api.timeout_s, deadline - clock())),
+            )
         except AtlasError as err:
             if is_timeout(err):
                 raise _timed_out(timeout_ms, job.id) from err
@@ -107,8 +122,7 @@ def run_sync(
     return job
 
 
-def status(api: HttpClient, endpoint: str, job_id: str, *,
-           timeout_s: float | None = None) -> Job:
+def status(api: HttpClient, endpoint: str, job_id: str, *, timeout_s: float | None = None) -> Job:
     """``GET /status/{id}``; 404 (unknown or expired job) raises ``NotFoundError``."""
     answer = api.call("GET", job_path(endpoint, "status", job_id), timeout_s=timeout_s)
     return translate.job_from_response(answer.data, endpoint)
@@ -116,8 +130,7 @@ def status(api: HttpClient, endpoint: str, job_id: str, *,
 
 def cancel(api: HttpClient, endpoint: str, job_id: str) -> None:
     """``POST /cancel/{id}``. Safe to retry."""
-    api.call("POST", job_path(endpoint, "cancel", job_id), expect=(200, 201, 204),
-             idempotent=True)
+    api.call("POST", job_path(endpoint, "cancel", job_id), expect=(200, 201, 204), idempotent=True)
 
 
 def health(api: HttpClient, endpoint: str) -> dict[str, Any]:
@@ -156,8 +169,7 @@ def stream(
         api.sleep(_jittered(delay, rand))
 
 
-def read_stream(api: HttpClient, endpoint: str, job_id: str
-                ) -> tuple[JobStatus | None, list[Any]]:
+def read_stream(api: HttpClient, endpoint: str, job_id: str) -> tuple[JobStatus | None, list[Any]]:
     """One ``GET /stream/{id}``: ``(status or None, chunk outputs)``, never sleeping.
 
     RunPod hands each chunk out once: a second read returns only newer chunks.

@@ -122,26 +122,34 @@ def pod_create_body(request: ComputeRequest, *, name: str | None = None) -> dict
     """
     if request.spot:
         raise validation_error(
-            "spot", "RunPod REST v2 has no spot (interruptible) pods; use spot=False",
-            provider=PROVIDER)
+            "spot",
+            "RunPod REST v2 has no spot (interruptible) pods; use spot=False",
+            provider=PROVIDER,
+        )
     if not request.image and not request.template_id:
         raise validation_error("image", "required unless template_id is set", provider=PROVIDER)
     opts = {str(k): v for k, v in request.provider_opts.items()}
     if not request.gpu and "gpu" not in opts and "cpu" not in opts:
         raise validation_error(
-            "gpu", "required on RunPod (or pass a gpu/cpu object in provider_opts)",
-            provider=PROVIDER)
+            "gpu",
+            "required on RunPod (or pass a gpu/cpu object in provider_opts)",
+            provider=PROVIDER,
+        )
     extra_env = opts.pop("env", None) or {}
     if not isinstance(extra_env, dict):
-        raise validation_error("provider_opts.env", "must be an object of strings",
-                               provider=PROVIDER)
+        raise validation_error(
+            "provider_opts.env", "must be an object of strings", provider=PROVIDER
+        )
     env = {**{str(k): v for k, v in extra_env.items()}, **request.env}
     ours: dict[str, Any] = {
         "name": request.name or name or default_pod_name(),
         "image": request.image,
         "templateId": request.template_id,
-        "gpu": ({"id": for_provider(request.gpu, PROVIDER), "count": request.gpu_count}
-                if request.gpu else None),
+        "gpu": (
+            {"id": for_provider(request.gpu, PROVIDER), "count": request.gpu_count}
+            if request.gpu
+            else None
+        ),
         "cloud": CLOUD_TYPES.get(request.cloud_type),
         "dataCenterIds": list(request.region_hints) or None,
         "mounts": _mounts(request),
@@ -156,11 +164,12 @@ def _mounts(request: ComputeRequest) -> dict[str, Any] | None:
     volume = request.volume_gb or None  # 0 means "no volume"
     if volume is not None and request.network_volume_id:
         raise validation_error(
-            "volume_gb", "RunPod pods take a persistent volume or a network volume, not both",
-            provider=PROVIDER)
+            "volume_gb",
+            "RunPod pods take a persistent volume or a network volume, not both",
+            provider=PROVIDER,
+        )
     if request.network_volume_id:
-        return {"network": [{"volumeId": request.network_volume_id,
-                             "path": NETWORK_MOUNT_PATH}]}
+        return {"network": [{"volumeId": request.network_volume_id, "path": NETWORK_MOUNT_PATH}]}
     if volume is not None:
         if volume < 10:
             raise validation_error("volume_gb", "RunPod's minimum is 10 GB", provider=PROVIDER)
@@ -184,10 +193,14 @@ def pod_to_compute(body: Any) -> Compute:
     gpu = as_dict(body.get("gpu"))
     runtime = body.get("runtime")
     live = as_dict(runtime)
-    runtime_ports = [p for p in live.get("ports") or [] if isinstance(p, dict)] \
-        if isinstance(live.get("ports"), list) else []
-    public_ip = next((str_or_none(p.get("ip")) for p in runtime_ports
-                      if str_or_none(p.get("ip"))), None)
+    runtime_ports = (
+        [p for p in live.get("ports") or [] if isinstance(p, dict)]
+        if isinstance(live.get("ports"), list)
+        else []
+    )
+    public_ip = next(
+        (str_or_none(p.get("ip")) for p in runtime_ports if str_or_none(p.get("ip"))), None
+    )
     count = as_int(gpu.get("count"))
     return Compute(
         id=pod_id,
@@ -217,9 +230,13 @@ def gpu_utilization(runtime: Any) -> list[GpuUtilization] | None:
     gpus = runtime.get("gpus") if isinstance(runtime, dict) else None
     if not isinstance(gpus, list):
         return None
-    return [GpuUtilization(util_pct=_pct(item.get("util")),
-                           memory_util_pct=_pct(item.get("memoryUtil")))
-            for item in gpus if isinstance(item, dict)]
+    return [
+        GpuUtilization(
+            util_pct=_pct(item.get("util")), memory_util_pct=_pct(item.get("memoryUtil"))
+        )
+        for item in gpus
+        if isinstance(item, dict)
+    ]
 
 
 def _pct(value: Any) -> int | None:
@@ -281,8 +298,14 @@ def parse_ports(
         item = live.get(internal, {})
         ext = as_int(item.get("public"), strings=False)
         if proto == "http":
-            out.append(Port(internal=internal, external=ext, protocol="http",
-                            url=PROXY_URL.format(pod_id=pod_id, port=internal)))
+            out.append(
+                Port(
+                    internal=internal,
+                    external=ext,
+                    protocol="http",
+                    url=PROXY_URL.format(pod_id=pod_id, port=internal),
+                )
+            )
         else:
             out.append(tcp_port(internal, ext, str_or_none(item.get("ip")) or public_ip))
     return out
@@ -371,8 +394,9 @@ def stream_chunks(body: Any) -> tuple[JobStatus | None, list[Any]]:
     items = body.get("stream") or []
     if not isinstance(items, list):
         raise malformed(PROVIDER, "stream is not an array", body)
-    chunks = [item["output"] if isinstance(item, dict) and "output" in item else item
-              for item in items]
+    chunks = [
+        item["output"] if isinstance(item, dict) and "output" in item else item for item in items
+    ]
     status = body.get("status")
     return (job_status(status) if status else None), chunks
 
@@ -392,13 +416,17 @@ def gpu_type_from_catalog(item: Any) -> GpuType:
     item, gpu_id = object_with_id(PROVIDER, item, "GPU type")
     price = as_dict(item.get("price"))
     secure, community = item.get("secure") is True, item.get("community") is True
-    offered = [as_float(price.get(cloud)) for cloud, ok in
-               (("secure", secure), ("community", community)) if ok]
+    offered = [
+        as_float(price.get(cloud))
+        for cloud, ok in (("secure", secure), ("community", community))
+        if ok
+    ]
     prices = [p for p in offered if p is not None]
     availability = item.get("availability")
     stock = STOCK.get(availability, "unknown") if isinstance(availability, str) else "unknown"
-    cloud = "secure" if secure and not community else "community" if community and not secure \
-        else "any"
+    cloud = (
+        "secure" if secure and not community else "community" if community and not secure else "any"
+    )
     return GpuType(
         id=gpu_id,
         provider=PROVIDER,

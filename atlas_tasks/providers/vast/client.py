@@ -22,9 +22,7 @@ from atlas_tasks.providers.base import ProviderContext
 from atlas_tasks.providers.common import RefiningClient
 from atlas_tasks.providers.vast import translate
 
-MISSING_KEY = (
-    "Vast.ai API key missing: pass api_key=..., or set ATLAS_VAST_API_KEY or VAST_API_KEY"
-)
+MISSING_KEY = "Vast.ai API key missing: pass api_key=..., or set ATLAS_VAST_API_KEY or VAST_API_KEY"
 
 
 class VastClient(RefiningClient):
@@ -39,9 +37,15 @@ class VastClient(RefiningClient):
     """
 
     def __init__(self, context: ProviderContext, sleep: Callable[[float], None]) -> None:
-        super().__init__(context, sleep, provider=translate.PROVIDER, missing_key=MISSING_KEY,
-                         configured_base_url=lambda settings: settings.vast_base_url,
-                         refine=translate.refine_error, check=translate.check_success)
+        super().__init__(
+            context,
+            sleep,
+            provider=translate.PROVIDER,
+            missing_key=MISSING_KEY,
+            configured_base_url=lambda settings: settings.vast_base_url,
+            refine=translate.refine_error,
+            check=translate.check_success,
+        )
 
 
 __all__ = ["MISSING_KEY", "VastClient"]

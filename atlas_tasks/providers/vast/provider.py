@@ -56,8 +56,7 @@ class VastProvider(SingleApiProvider):
     """
 
     name: ClassVar[str] = PROVIDER
-    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.SPOT, Capability.RAW_TCP})
+    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset({Capability.SPOT, Capability.RAW_TCP})
 
     def make_client(self) -> VastClient:
         """Vast's API client (see :mod:`.client`)."""
@@ -66,10 +65,14 @@ class VastProvider(SingleApiProvider):
     # ------------------------------------------------------------------ instances
     def search_offers(self, request: ComputeRequest) -> list[dict[str, object]]:
         """Usable offers for ``request``, cheapest first (see :func:`.translate.rank_offers`)."""
-        answer = self.client.call("POST", "/bundles/", json=translate.search_query(request),
-                                  idempotent=True)
-        return translate.rank_offers(translate.offers_from_body(answer.data),
-                                     spot=request.spot, region_hints=request.region_hints)
+        answer = self.client.call(
+            "POST", "/bundles/", json=translate.search_query(request), idempotent=True
+        )
+        return translate.rank_offers(
+            translate.offers_from_body(answer.data),
+            spot=request.spot,
+            region_hints=request.region_hints,
+        )
 
     def create_compute(self, request: ComputeRequest) -> Compute:
         """Rent the cheapest matching offer (bid at its ``min_bid`` when ``spot``).
@@ -85,17 +88,21 @@ class VastProvider(SingleApiProvider):
             raise validation_error("image", "required on Vast", provider=PROVIDER)
         if request.template_id:
             raise validation_error(
-                "template_id", "not supported on Vast; pass provider_opts="
-                "{'template_hash_id': ...} with an image instead", provider=PROVIDER)
+                "template_id",
+                "not supported on Vast; pass provider_opts="
+                "{'template_hash_id': ...} with an image instead",
+                provider=PROVIDER,
+            )
         if request.network_volume_id:
-            raise validation_error("network_volume_id", "Vast has no network volumes",
-                                   provider=PROVIDER)
+            raise validation_error(
+                "network_volume_id", "Vast has no network volumes", provider=PROVIDER
+            )
         translate.create_opts(request)  # bad provider_opts fail before any call
         offers = self.search_offers(request)
         if not offers:
             raise translate.no_offer_error(request)
         last: AtlasError | None = None
-        for offer in offers[:translate.MAX_OFFER_ATTEMPTS]:
+        for offer in offers[: translate.MAX_OFFER_ATTEMPTS]:
             body = translate.create_body(request, offer)
             try:
                 created = self._rent(str(offer["id"]), body, request)
@@ -113,12 +120,14 @@ class VastProvider(SingleApiProvider):
             f"insufficient capacity: the {min(len(offers), translate.MAX_OFFER_ATTEMPTS)} "
             f"cheapest Vast offers for {request.gpu_count}x {translate.gpu_name(request.gpu or '')}"
             f" were rented by others first ({last.message})",
-            provider=PROVIDER, status=last.status, raw=last.raw if isinstance(last.raw, dict)
-            else None,
+            provider=PROVIDER,
+            status=last.status,
+            raw=last.raw if isinstance(last.raw, dict) else None,
         ) from last
 
-    def _rent(self, offer_id: str, body: dict[str, object], request: ComputeRequest
-              ) -> Compute | str:
+    def _rent(
+        self, offer_id: str, body: dict[str, object], request: ComputeRequest
+    ) -> Compute | str:
         """``PUT /asks/{offer_id}/`` duplicate-safely; the new id, or the found Compute."""
         http = self.client.http
 
@@ -126,12 +135,20 @@ class VastProvider(SingleApiProvider):
             answer = self.client.call("PUT", f"/asks/{offer_id}/", json=body, idempotent=False)
             return translate.new_contract_id(answer.data)
 
-        return create_once(rent, name=request.name, find_by_name=self.find_compute_by_name,
-                           max_retries=http.max_retries, sleep=self.late_sleep,
-                           backoff=http.backoff_delay, label=PROVIDER, kind="instance")
+        return create_once(
+            rent,
+            name=request.name,
+            find_by_name=self.find_compute_by_name,
+            max_retries=http.max_retries,
+            sleep=self.late_sleep,
+            backoff=http.backoff_delay,
+            label=PROVIDER,
+            kind="instance",
+        )
 
-    def _after_create(self, instance_id: str, request: ComputeRequest,
-                      offer: dict[str, object]) -> Compute:
+    def _after_create(
+        self, instance_id: str, request: ComputeRequest, offer: dict[str, object]
+    ) -> Compute:
         try:
             return self.get_compute(instance_id)
         except AtlasError as err:
@@ -139,10 +156,14 @@ class VastProvider(SingleApiProvider):
             logger.warning("vast: read of new instance %s failed: %s", instance_id, err)
             price = offer.get("min_bid" if request.spot else "dph_total")
             return Compute(
-                id=instance_id, provider=PROVIDER, status=ComputeStatus.PROVISIONING,
-                gpu_type=request.gpu, gpu_count=request.gpu_count,
+                id=instance_id,
+                provider=PROVIDER,
+                status=ComputeStatus.PROVISIONING,
+                gpu_type=request.gpu,
+                gpu_count=request.gpu_count,
                 cost_per_hour=float(price) if isinstance(price, int | float) else None,
-                image=request.image, name=request.name,
+                image=request.image,
+                name=request.name,
                 raw={"id": instance_id, "offer": offer},
             )
 
@@ -158,8 +179,10 @@ class VastProvider(SingleApiProvider):
     def list_all_compute(self, *, region: str | None = None) -> list[Compute]:
         """``GET /instances/`` (the label is the compute's name)."""
         answer = self.client.call("GET", "/instances/", params=OWNER)
-        return [translate.instance_to_compute(item)
-                for item in translate.instances_from_list(answer.data)]
+        return [
+            translate.instance_to_compute(item)
+            for item in translate.instances_from_list(answer.data)
+        ]
 
     def stop(self, compute_id: str) -> None:
         """``PUT /instances/{id}/ {"state": "stopped"}`` (the disk is kept and billed)."""
@@ -174,14 +197,14 @@ class VastProvider(SingleApiProvider):
         self.client.call("DELETE", f"/instances/{self._id(compute_id)}/")
 
     def _set_state(self, compute_id: str, state: str) -> None:
-        self.client.call("PUT", f"/instances/{self._id(compute_id)}/", json={"state": state},
-                         idempotent=True)
+        self.client.call(
+            "PUT", f"/instances/{self._id(compute_id)}/", json={"state": state}, idempotent=True
+        )
 
     def _id(self, compute_id: object) -> str:
         """Vast ids are integers: anything else cannot exist there (``NotFoundError``)."""
         if not isinstance(compute_id, str) or not compute_id.strip():
-            raise validation_error("compute_id", "must be a non-empty string",
-                                   provider=PROVIDER)
+            raise validation_error("compute_id", "must be a non-empty string", provider=PROVIDER)
         value = compute_id.strip()
         if not value.isdigit():
             raise self.not_found(f"instance {value!r} (Vast ids are numbers)")
@@ -191,8 +214,9 @@ class VastProvider(SingleApiProvider):
     def list_gpu_types(self) -> list[GpuType]:
         """GPU types on offer now, from one search of every verified rentable offer:
         cheapest on-demand and bid price per GPU, memory, stock by offer count."""
-        answer = self.client.call("POST", "/bundles/", json=translate.catalog_query(),
-                                  idempotent=True)
+        answer = self.client.call(
+            "POST", "/bundles/", json=translate.catalog_query(), idempotent=True
+        )
         return translate.gpu_types_from_offers(translate.offers_from_body(answer.data))
 
 

@@ -123,8 +123,7 @@ def search_query(request: ComputeRequest, *, limit: int = SEARCH_LIMIT) -> dict[
         ValidationError: field ``gpu`` when missing or not offered on Vast.
     """
     if not request.gpu:
-        raise validation_error("gpu", "Vast rents GPU machines: gpu is required",
-                               provider=PROVIDER)
+        raise validation_error("gpu", "Vast rents GPU machines: gpu is required", provider=PROVIDER)
     disk = disk_gb(request)
     return {
         **DEFAULT_FILTERS,
@@ -168,6 +167,7 @@ def rank_offers(
     ``dph_total``), keeping only those whose ``geolocation`` mentions a region hint when
     hints are given (Vast locations read like ``"Texas, US"``; matching is
     case-insensitive on the comma-separated parts or the whole string)."""
+
     def price(offer: dict[str, Any]) -> float:
         value = as_float(offer.get("min_bid" if spot else "dph_total"))
         return value if value is not None else float("inf")
@@ -194,8 +194,12 @@ def no_offer_error(request: ComputeRequest) -> ProviderError:
         f"insufficient capacity: no verified rentable {kind} Vast offer for "
         f"{request.gpu_count}x {native}{where}",
         provider=PROVIDER,
-        raw={"gpu_name": native, "num_gpus": request.gpu_count,
-             "regions": list(request.region_hints), "spot": request.spot},
+        raw={
+            "gpu_name": native,
+            "num_gpus": request.gpu_count,
+            "regions": list(request.region_hints),
+            "spot": request.spot,
+        },
     )
 
 
@@ -207,11 +211,30 @@ def disk_gb(request: ComputeRequest) -> int:
 
 #: Every field of the official client's create-instance body (``vastai`` 1.9.1
 #: ``build_create_instance_payload``).
-CREATE_FIELDS = frozenset({
-    "client_id", "image", "env", "price", "disk", "label", "extra", "onstart", "image_login",
-    "python_utf8", "lang_utf8", "use_jupyter_lab", "jupyter_dir", "force", "cancel_unavail",
-    "template_hash_id", "user", "runtype", "args", "volume_info",
-})
+CREATE_FIELDS = frozenset(
+    {
+        "client_id",
+        "image",
+        "env",
+        "price",
+        "disk",
+        "label",
+        "extra",
+        "onstart",
+        "image_login",
+        "python_utf8",
+        "lang_utf8",
+        "use_jupyter_lab",
+        "jupyter_dir",
+        "force",
+        "cancel_unavail",
+        "template_hash_id",
+        "user",
+        "runtype",
+        "args",
+        "volume_info",
+    }
+)
 
 #: Fields atlas sets from the request; ``provider_opts`` may not set them (the label is
 #: how the orchestrator finds its instance again, ``env`` carries the injected secrets
@@ -224,9 +247,17 @@ PASS_THROUGH_OPTS = CREATE_FIELDS - OWN_CREATE_FIELDS
 
 #: What the official client sends for the fields atlas does not choose.
 _CREATE_DEFAULTS: dict[str, Any] = {
-    "extra": None, "onstart": None, "image_login": None, "python_utf8": False,
-    "lang_utf8": False, "use_jupyter_lab": False, "jupyter_dir": None, "force": False,
-    "cancel_unavail": False, "template_hash_id": None, "user": None,
+    "extra": None,
+    "onstart": None,
+    "image_login": None,
+    "python_utf8": False,
+    "lang_utf8": False,
+    "use_jupyter_lab": False,
+    "jupyter_dir": None,
+    "force": False,
+    "cancel_unavail": False,
+    "template_hash_id": None,
+    "user": None,
     # Run the image's own entrypoint (the official client's "args" run type).
     "runtype": "args",
 }
@@ -240,20 +271,36 @@ def create_opts(request: ComputeRequest) -> dict[str, Any]:
             the official client's create body, or one atlas sets itself).
     """
     opts = {str(k): v for k, v in request.provider_opts.items()}
-    refuse_foreign_opts(opts, owned=OWN_CREATE_FIELDS, known=CREATE_FIELDS,
-                        unknown_why="not a Vast create-instance field",
-                        allowed=PASS_THROUGH_OPTS, provider=PROVIDER)
+    refuse_foreign_opts(
+        opts,
+        owned=OWN_CREATE_FIELDS,
+        known=CREATE_FIELDS,
+        unknown_why="not a Vast create-instance field",
+        allowed=PASS_THROUGH_OPTS,
+        provider=PROVIDER,
+    )
     runtype = opts.get("runtype")
     if runtype is not None and runtype not in RUNTYPES:
-        raise validation_error("provider_opts.runtype", f"{runtype!r} is not a Vast run "
-                               f"type; one of: {', '.join(sorted(RUNTYPES))}",
-                               provider=PROVIDER)
+        raise validation_error(
+            "provider_opts.runtype",
+            f"{runtype!r} is not a Vast run type; one of: {', '.join(sorted(RUNTYPES))}",
+            provider=PROVIDER,
+        )
     return opts
 
 
 #: Run types the official client knows.
-RUNTYPES = frozenset({"ssh", "jupyter", "args", "ssh_proxy", "ssh_direc ssh_proxy",
-                      "jupyter_proxy ssh_proxy", "jupyter_direc ssh_direc ssh_proxy"})
+RUNTYPES = frozenset(
+    {
+        "ssh",
+        "jupyter",
+        "args",
+        "ssh_proxy",
+        "ssh_direc ssh_proxy",
+        "jupyter_proxy ssh_proxy",
+        "jupyter_direc ssh_direc ssh_proxy",
+    }
+)
 
 
 def create_body(request: ComputeRequest, offer: dict[str, Any]) -> dict[str, Any]:
@@ -270,14 +317,18 @@ def create_body(request: ComputeRequest, offer: dict[str, Any]) -> dict[str, Any
             ``provider_opts``.
     """
     if not request.image:
-        raise validation_error("image", "required on Vast (there are no templates here)",
-                               provider=PROVIDER)
+        raise validation_error(
+            "image", "required on Vast (there are no templates here)", provider=PROVIDER
+        )
     opts = create_opts(request)
     env: dict[str, str] = {}
     for key, value in request.env.items():
         if key.startswith("-"):
-            raise validation_error("env", f"{key!r}: names starting with '-' are Docker "
-                                   "flags on Vast; use ports=[...]", provider=PROVIDER)
+            raise validation_error(
+                "env",
+                f"{key!r}: names starting with '-' are Docker flags on Vast; use ports=[...]",
+                provider=PROVIDER,
+            )
         env[key] = value
     for port, _proto in request.ports:
         env[f"-p {port}:{port}"] = "1"
@@ -398,8 +449,9 @@ def env_of(body: dict[str, Any]) -> dict[str, str]:
     """The container env of an instance from ``extra_env`` (``[[k, v], ...]`` or an
     object), without the ``-p`` port flags."""
     raw = body.get("extra_env")
-    pairs: list[Any] = list(raw.items()) if isinstance(raw, dict) else (
-        raw if isinstance(raw, list) else [])
+    pairs: list[Any] = (
+        list(raw.items()) if isinstance(raw, dict) else (raw if isinstance(raw, list) else [])
+    )
     out: dict[str, str] = {}
     for pair in pairs:
         if isinstance(pair, list | tuple) and len(pair) == 2 and not str(pair[0]).startswith("-"):
@@ -427,13 +479,20 @@ def gpu_types_from_offers(offers: list[dict[str, Any]]) -> list[GpuType]:
         rams = [r for r in (as_float(o.get("gpu_ram")) for o in group) if r]
         count = len(group)
         stock = "high" if count >= 10 else "medium" if count >= 3 else "low"
-        out.append(GpuType(
-            id=name, provider=PROVIDER, canonical=canonical,
-            display_name=name,
-            memory_gb=round(max(rams) / 1024, 1) if rams else None,
-            lowest_price_per_hour=on_demand, spot_price_per_hour=spot, stock=stock,
-            cloud_type="any", raw={"gpu_name": name, "offers": count},
-        ))
+        out.append(
+            GpuType(
+                id=name,
+                provider=PROVIDER,
+                canonical=canonical,
+                display_name=name,
+                memory_gb=round(max(rams) / 1024, 1) if rams else None,
+                lowest_price_per_hour=on_demand,
+                spot_price_per_hour=spot,
+                stock=stock,
+                cloud_type="any",
+                raw={"gpu_name": name, "offers": count},
+            )
+        )
     return out
 
 
@@ -461,8 +520,12 @@ def check_success(body: Any, status: int) -> None:
 def refusal(body: dict[str, Any], status: int | None) -> AtlasError:
     """The error for a Vast refusal body ``{"success": false, "error", "msg"}``."""
     code = stripped_or_none(body.get("error"))
-    msg = (stripped_or_none(body.get("msg")) or stripped_or_none(body.get("message")) or code
-           or "request refused")
+    msg = (
+        stripped_or_none(body.get("msg"))
+        or stripped_or_none(body.get("message"))
+        or code
+        or "request refused"
+    )
     text = f"{msg} [{code}]" if code and code not in msg else msg
     if code in NOT_FOUND_CODES:
         return NotFoundError(text, provider=PROVIDER, status=status, raw=body)
@@ -479,8 +542,9 @@ def refine_error(err: AtlasError) -> AtlasError:
         return err
     refined = refusal(body, err.status)
     if not isinstance(refined, NotFoundError):
-        refined = AtlasError(refined.message, kind=err.kind, provider=PROVIDER,
-                             status=err.status, raw=body)
+        refined = AtlasError(
+            refined.message, kind=err.kind, provider=PROVIDER, status=err.status, raw=body
+        )
     return mark_maybe_created(refined) if is_maybe_created(err) else refined
 
 

@@ -84,8 +84,9 @@ def _per_gpu(value: Any, count: int, field: str) -> list[int] | None:
     if value is None:
         return None
     values = value if isinstance(value, list) else [value] * count
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                         or not 0 <= v <= 100 for v in values):
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100 for v in values
+    ):
         raise BadRequest(f"{field}: a number 0..100 or a list of them (one per GPU)")
     return [int(round(v)) for v in values]
 
@@ -158,8 +159,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             body = await json_body(request, default={})
             if not isinstance(body, dict) or "util" not in body:
                 raise BadRequest('util: required, e.g. {"util": 3} or {"util": [3, 5]}')
-            view = set_gpu_util(ctx, request.path_params["pod_id"], body["util"],
-                                body.get("memoryUtil"))
+            view = set_gpu_util(
+                ctx, request.path_params["pod_id"], body["util"], body.get("memoryUtil")
+            )
         except BadRequest as exc:
             return error(400, str(exc))
         if view is None:
@@ -175,8 +177,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         except BadRequest as exc:
             return error(400, str(exc))
         quota = body.get("per_minute", "missing") if isinstance(body, dict) else "missing"
-        if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)
-                                  or quota < 1):
+        if quota is not None and (
+            isinstance(quota, bool) or not isinstance(quota, int) or quota < 1
+        ):
             return error(400, 'per_minute: a positive integer or null, e.g. {"per_minute": 60}')
         ctx.limiter.set_quota(quota)
         return JSONResponse(ctx.limiter.snapshot())

@@ -34,16 +34,22 @@ def build_context(config: FakeCloudConfig | None = None) -> FakeCloudContext:
     """Fresh state, fault injector and job store for ``config``."""
     config = config or FakeCloudConfig()
     state = CloudState(seed=config.faults.seed)
-    ctx = FakeCloudContext(config=config, state=state, faults=FaultInjector(config.faults),
-                           jobs=None, limiter=KeyRateLimiter(config.rate_limit_per_minute))
+    ctx = FakeCloudContext(
+        config=config,
+        state=state,
+        faults=FaultInjector(config.faults),
+        jobs=None,
+        limiter=KeyRateLimiter(config.rate_limit_per_minute),
+    )
     ctx.jobs = runpod_runtime.JobStore(config, state)
     return ctx
 
 
 def mounted_prefixes(app: Starlette) -> list[str]:
     """First path segment of every route (``/runpod``, ``/fly``, ...), sorted."""
-    prefixes = {"/" + str(getattr(route, "path", "")).strip("/").split("/")[0]
-                for route in app.routes}
+    prefixes = {
+        "/" + str(getattr(route, "path", "")).strip("/").split("/")[0] for route in app.routes
+    }
     return sorted(p for p in prefixes if p != "/")
 
 
@@ -59,9 +65,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if status == 404:
         # A client pointed at the wrong base URL sees what it asked for and what exists.
         prefixes = mounted_prefixes(request.app)
-        message = (f"fake cloud: no route for {request.method} {request.url}; "
-                   f"providers are mounted under {', '.join(prefixes)} (the "
-                   "banner of `atlas-tasks fakecloud` prints each base URL)")
+        message = (
+            f"fake cloud: no route for {request.method} {request.url}; "
+            f"providers are mounted under {', '.join(prefixes)} (the "
+            "banner of `atlas-tasks fakecloud` prints each base URL)"
+        )
         extra = {"method": request.method, "url": str(request.url), "prefixes": prefixes}
     elif status == 405:
         message = f"fake cloud: {request.method} is not allowed on {request.url.path}"
@@ -70,16 +78,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if path.startswith("/runpod/"):
         # Problem details may carry extension members (RFC 9457 §3.2): keep what was asked.
         answer: Response = JSONResponse(
-            {"title": HTTPStatus(status).phrase, "status": status, "detail": message,
-             **extra}, status_code=status, media_type=runpod_rest.PROBLEM_JSON)
+            {"title": HTTPStatus(status).phrase, "status": status, "detail": message, **extra},
+            status_code=status,
+            media_type=runpod_rest.PROBLEM_JSON,
+        )
     elif path.startswith("/lambda/"):
-        code = ("global/object-does-not-exist" if status == 404
-                else "global/invalid-parameters")
+        code = "global/object-does-not-exist" if status == 404 else "global/invalid-parameters"
         answer = lambda_api.lambda_error(status, code, message)
     elif path.startswith("/vast/"):
-        answer = JSONResponse({"success": False, "error": "not_found" if status == 404
-                               else "invalid_request", "msg": message, **extra},
-                              status_code=status)
+        answer = JSONResponse(
+            {
+                "success": False,
+                "error": "not_found" if status == 404 else "invalid_request",
+                "msg": message,
+                **extra,
+            },
+            status_code=status,
+        )
     else:
         # Fly's ErrorResponse is {"error": str}; outside any provider, say what exists.
         body: dict[str, object] = {"error": exc.detail, **extra}

@@ -116,8 +116,11 @@ def _presented_key(request: Request, api: str) -> str | None:
 
 def _unauthorized(api: str, message: str) -> JSONResponse:
     if api == "rest":  # RunPod REST v2 answers RFC 9457 problems
-        return JSONResponse({"title": "Unauthorized", "status": 401, "detail": message},
-                            status_code=401, media_type="application/problem+json")
+        return JSONResponse(
+            {"title": "Unauthorized", "status": 401, "detail": message},
+            status_code=401,
+            media_type="application/problem+json",
+        )
     return error(401, message)
 
 
@@ -142,7 +145,7 @@ def provider_route(
 
     async def endpoint(request: Request) -> Response:
         full = request.url.path
-        rel = full[len(prefix):] or "/"
+        rel = full[len(prefix) :] or "/"
         with ctx.state.lock:
             ctx.state.routes[f"{request.method} {template}"] += 1
             ctx.state.totals["requests"] += 1
@@ -225,5 +228,7 @@ def provider_routes(
     ctx: FakeCloudContext, api: str, prefix: str, specs: Iterable[RouteSpec]
 ) -> list[Route]:
     """:func:`provider_route` for every ``(methods, path, handler, creates)`` row."""
-    return [provider_route(ctx, api, prefix, path, methods, handler, create=creates)
-            for methods, path, handler, creates in specs]
+    return [
+        provider_route(ctx, api, prefix, path, methods, handler, create=creates)
+        for methods, path, handler, creates in specs
+    ]

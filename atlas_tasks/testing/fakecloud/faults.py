@@ -30,8 +30,15 @@ from atlas_tasks.testing.fakecloud.config import FaultSettings, ScriptRule
 GENERIC_500 = "Something went wrong. Please try again later or contact support."
 
 #: Counter names in ``/_admin/state`` → ``faults_injected``.
-FAULT_KINDS = ("latency", "rate_limited", "error_5xx", "create_500_after_create", "script",
-               "held", "latency_after")
+FAULT_KINDS = (
+    "latency",
+    "rate_limited",
+    "error_5xx",
+    "create_500_after_create",
+    "script",
+    "held",
+    "latency_after",
+)
 
 
 @dataclass
@@ -70,8 +77,9 @@ class HoldGate:
         return {"waiting": self.waiting, "passed": self.passed, "released": self.released}
 
 
-def fault_response(status: int, body: Any = None, retry_after: int | None = None,
-                   api: str | None = None) -> Response:
+def fault_response(
+    status: int, body: Any = None, retry_after: int | None = None, api: str | None = None
+) -> Response:
     """The response an injected fault sends, in the error shape of ``api`` (HTML for a 502,
     as a load balancer would send): RunPod REST v2 (``rest``) an RFC 9457 problem (a 429
     also carries ``RateLimit``/``RateLimit-Policy`` with nothing left, as the definition's
@@ -97,25 +105,36 @@ def fault_response(status: int, body: Any = None, retry_after: int | None = None
             # Lambda's ApiError* objects (e.g. 403 ApiErrorAccountInactive) require
             # `suggestion` as well as `code` and `message`.
             code = _LAMBDA_CODES.get(status) or (
-                "global/internal-error" if status >= 500 else "global/rate-limited")
-            body = {"error": {"code": code,
-                              "message": phrase,
-                              "suggestion": "Try again later, or contact support."}}
+                "global/internal-error" if status >= 500 else "global/rate-limited"
+            )
+            body = {
+                "error": {
+                    "code": code,
+                    "message": phrase,
+                    "suggestion": "Try again later, or contact support.",
+                }
+            }
         elif api == "vast":
-            body = {"success": False,
-                    "error": _reason(status).lower().replace(" ", "_"), "msg": phrase}
+            body = {
+                "success": False,
+                "error": _reason(status).lower().replace(" ", "_"),
+                "msg": phrase,
+            }
         else:
             body = {"error": phrase}
-    return JSONResponse(body, status_code=status, headers=headers or None,
-                        media_type=media_type)
+    return JSONResponse(body, status_code=status, headers=headers or None, media_type=media_type)
 
 
 #: Lambda's error codes by status (``ApiError*`` in its definition); other 5xx are
 #: ``global/internal-error``, and a 429 (the definition declares none) is
 #: ``global/rate-limited`` [inferred].
-_LAMBDA_CODES = {400: "global/invalid-parameters", 401: "global/invalid-api-key",
-                 403: "global/account-inactive", 404: "global/object-does-not-exist",
-                 500: "global/internal-error"}
+_LAMBDA_CODES = {
+    400: "global/invalid-parameters",
+    401: "global/invalid-api-key",
+    403: "global/account-inactive",
+    404: "global/object-does-not-exist",
+    500: "global/internal-error",
+}
 
 
 def _reason(status: int) -> str:
@@ -288,9 +307,7 @@ class FaultInjector:
         with self._lock:
             return dict(self.counters)
 
-    def _take_rule(
-        self, method: str, api: str, rel_path: str, full_path: str
-    ) -> ScriptRule | None:
+    def _take_rule(self, method: str, api: str, rel_path: str, full_path: str) -> ScriptRule | None:
         for entry in self._script:
             rule: ScriptRule = entry[0]
             remaining: int | None = entry[1]

@@ -106,14 +106,16 @@ class FlyLogsState:
             for item in items:
                 self._last_ts = max(self._last_ts + 1, time.time_ns())
                 self._seq += 1
-                record.entries.append({
-                    "id": f"log-{self._seq}",
-                    "ts": self._last_ts,
-                    "message": str(item["message"]),
-                    "level": str(item.get("level", "info")),
-                    "region": str(item.get("region", "cdg")),
-                    "instance": str(item.get("instance", "148e21ea7e5189")),
-                })
+                record.entries.append(
+                    {
+                        "id": f"log-{self._seq}",
+                        "ts": self._last_ts,
+                        "message": str(item["message"]),
+                        "level": str(item.get("level", "info")),
+                        "region": str(item.get("region", "cdg")),
+                        "instance": str(item.get("instance", "148e21ea7e5189")),
+                    }
+                )
             return len(record.entries)
 
     def generate(self, app: str, count: int, start: int | None = None) -> int:
@@ -122,14 +124,18 @@ class FlyLogsState:
             first = len(self.app(app).entries) + 1 if start is None else start
         return self.append(app, [{"message": f"line {first + i}"} for i in range(count)])
 
-    def page(self, app: str, next_token: str | None, region: str | None,
-             instance: str | None) -> dict[str, Any]:
+    def page(
+        self, app: str, next_token: str | None, region: str | None, instance: str | None
+    ) -> dict[str, Any]:
         """The JSON:API document for one request."""
         with self.lock:
             record = self.app(app)
-            entries = [e for e in record.entries
-                       if (region is None or e["region"] == region)
-                       and (instance is None or e["instance"] == instance)]
+            entries = [
+                e
+                for e in record.entries
+                if (region is None or e["region"] == region)
+                and (instance is None or e["instance"] == instance)
+            ]
             if next_token:
                 after = int(next_token)
                 chosen = [e for e in entries if e["ts"] > after][:PAGE_SIZE]
@@ -150,9 +156,13 @@ class FlyLogsState:
         """Counters of one app (``GET /_admin/fly/logs/{app}``)."""
         with self.lock:
             record = self.app(app)
-            return {"total": len(record.entries), "requests": record.requests,
-                    "unauthorized": record.unauthorized, "max_inflight": record.max_inflight,
-                    "next_tokens": list(record.next_tokens)}
+            return {
+                "total": len(record.entries),
+                "requests": record.requests,
+                "unauthorized": record.unauthorized,
+                "max_inflight": record.max_inflight,
+                "next_tokens": list(record.next_tokens),
+            }
 
 
 def _item(app: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -217,8 +227,12 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             next_token = request.query_params.get("next_token") or None
             if next_token is not None and not next_token.isdigit():
                 return error(400, "next_token must be a nanosecond timestamp")
-            body = state.page(app, next_token, request.query_params.get("region") or None,
-                              request.query_params.get("instance") or None)
+            body = state.page(
+                app,
+                next_token,
+                request.query_params.get("region") or None,
+                request.query_params.get("instance") or None,
+            )
             return JSONResponse(body)
         finally:
             with state.lock:
@@ -232,7 +246,8 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             body = await json_body(request, default={}) or {}
             items = body.get("entries") or []
             if not isinstance(items, list) or any(
-                    not isinstance(i, dict) or "message" not in i for i in items):
+                not isinstance(i, dict) or "message" not in i for i in items
+            ):
                 raise BadRequest("entries: a list of objects with a message")
             total = state.append(app, items) if items else state.stats(app)["total"]
             count = int(body.get("count") or 0)
@@ -249,8 +264,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             return error(400, str(exc))
         if "tokens" in body:
             tokens = body["tokens"]
-            if tokens is not None and (not isinstance(tokens, list)
-                                       or not all(isinstance(t, str) for t in tokens)):
+            if tokens is not None and (
+                not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)
+            ):
                 return error(400, "tokens: a list of strings or null")
             state.set_tokens(tokens)
         if "latency_s" in body:
@@ -269,5 +285,11 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     ]
 
 
-__all__ = ["FLY_API_PREFIX", "PAGE_SIZE", "AppLogs", "FlyLogsState", "build_routes",
-           "fly_logs_state"]
+__all__ = [
+    "FLY_API_PREFIX",
+    "PAGE_SIZE",
+    "AppLogs",
+    "FlyLogsState",
+    "build_routes",
+    "fly_logs_state",
+]

@@ -78,29 +78,104 @@ VALID_GPU_KINDS = frozenset({"a100-pcie-40gb", "a100-sxm4-80gb", "l40s", "a10", 
 CPU_KINDS = ("shared", "performance")
 WAIT_STATES = ("started", "stopped", "suspended", "destroyed")
 #: Fly's public regions (a machine may only be created in one of them).
-REGIONS = frozenset({
-    "ams", "arn", "atl", "bog", "bom", "bos", "cdg", "den", "dfw", "ewr", "eze", "fra",
-    "gdl", "gig", "gru", "hkg", "iad", "jnb", "lax", "lhr", "mad", "mia", "nrt", "ord",
-    "otp", "phx", "qro", "scl", "sea", "sin", "sjc", "syd", "waw", "yul", "yyz",
-})
+REGIONS = frozenset(
+    {
+        "ams",
+        "arn",
+        "atl",
+        "bog",
+        "bom",
+        "bos",
+        "cdg",
+        "den",
+        "dfw",
+        "ewr",
+        "eze",
+        "fra",
+        "gdl",
+        "gig",
+        "gru",
+        "hkg",
+        "iad",
+        "jnb",
+        "lax",
+        "lhr",
+        "mad",
+        "mia",
+        "nrt",
+        "ord",
+        "otp",
+        "phx",
+        "qro",
+        "scl",
+        "sea",
+        "sin",
+        "sjc",
+        "syd",
+        "waw",
+        "yul",
+        "yyz",
+    }
+)
 DEFAULT_REGION = "ord"
 HANDLERS = frozenset({"tls", "http", "proxy_proto", "pg_tls", "edge_http"})
 
 #: Properties of the create body, its ``config`` and ``guest`` (definition + supplement).
-CREATE_FIELDS = frozenset({
-    "config", "lease_ttl", "lsvd", "name", "region", "skip_launch",
-    "skip_service_registration", "skip_secrets", "min_secrets_version",
-})
-CONFIG_FIELDS = frozenset({
-    "auto_destroy", "checks", "disable_machine_autostart", "dns", "env", "files", "guest",
-    "image", "init", "metadata", "metrics", "mounts", "processes", "restart", "schedule",
-    "services", "size", "standbys", "statics", "stop_config",
-    "containers", "volumes", "rootfs", "cache_drive", "spot",
-})
-GUEST_FIELDS = frozenset({
-    "cpu_kind", "cpus", "gpu_kind", "host_dedication_id", "kernel_args", "memory_mb",
-    "gpus", "max_memory_mb", "persist_rootfs",
-})
+CREATE_FIELDS = frozenset(
+    {
+        "config",
+        "lease_ttl",
+        "lsvd",
+        "name",
+        "region",
+        "skip_launch",
+        "skip_service_registration",
+        "skip_secrets",
+        "min_secrets_version",
+    }
+)
+CONFIG_FIELDS = frozenset(
+    {
+        "auto_destroy",
+        "checks",
+        "disable_machine_autostart",
+        "dns",
+        "env",
+        "files",
+        "guest",
+        "image",
+        "init",
+        "metadata",
+        "metrics",
+        "mounts",
+        "processes",
+        "restart",
+        "schedule",
+        "services",
+        "size",
+        "standbys",
+        "statics",
+        "stop_config",
+        "containers",
+        "volumes",
+        "rootfs",
+        "cache_drive",
+        "spot",
+    }
+)
+GUEST_FIELDS = frozenset(
+    {
+        "cpu_kind",
+        "cpus",
+        "gpu_kind",
+        "host_dedication_id",
+        "kernel_args",
+        "memory_mb",
+        "gpus",
+        "max_memory_mb",
+        "persist_rootfs",
+    }
+)
 
 _HEX = "0123456789abcdef"
 _ULID = string.digits + "ABCDEFGHJKMNPQRSTVWXYZ"
@@ -125,14 +200,16 @@ class FakeMachine:
     events: list[dict[str, Any]] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
 
-    def set_state(self, state: str, now: float, event: str, then: list[tuple[float, str]]
-                  | None = None) -> None:
+    def set_state(
+        self, state: str, now: float, event: str, then: list[tuple[float, str]] | None = None
+    ) -> None:
         """Move to ``state`` now and schedule ``then``."""
         self.state = state
         self.updated_at = now
         self.pending = list(then or [])
-        self.events.insert(0, {"type": event, "status": state, "source": "user",
-                               "timestamp": int(now * 1000)})
+        self.events.insert(
+            0, {"type": event, "status": state, "source": "user", "timestamp": int(now * 1000)}
+        )
 
     def settle(self, now: float) -> None:
         """Apply every scheduled transition that is due."""
@@ -140,14 +217,16 @@ class FakeMachine:
             at, state = self.pending.pop(0)
             self.state = state
             self.updated_at = at
-            self.events.insert(0, {"type": state, "status": state, "source": "flyd",
-                                   "timestamp": int(at * 1000)})
+            self.events.insert(
+                0, {"type": state, "status": state, "source": "flyd", "timestamp": int(at * 1000)}
+            )
 
     def to_api(self) -> dict[str, Any]:
         """The Machine as ``GET /v1/apps/{app}/machines/{id}`` returns it."""
         image = str(self.config.get("image", ""))
-        repository, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] \
-            else (image, "", "latest")
+        repository, _, tag = (
+            image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+        )
         return {
             "id": self.id,
             "name": self.name,
@@ -215,8 +294,14 @@ class FlyState:
         with self.lock:
             app = self.apps.get(name)
             if app is None:
-                app = {"id": name, "name": name, "organization": {"slug": org},
-                       "status": "pending", "machine_count": 0, "network": "default"}
+                app = {
+                    "id": name,
+                    "name": name,
+                    "organization": {"slug": org},
+                    "status": "pending",
+                    "machine_count": 0,
+                    "network": "default",
+                }
                 self.apps[name] = app
             return app
 
@@ -334,8 +419,10 @@ def validate_create(body: Any, strict: bool = True) -> dict[str, Any]:
     _validate_guest(config.get("guest"))
     for key in ("env", "metadata"):
         value = config.get(key)
-        if value is not None and not (isinstance(value, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+        if value is not None and not (
+            isinstance(value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
             raise BadRequest(f"config.{key}: must be an object of string values")
     _validate_services(config.get("services"))
     return body
@@ -347,18 +434,19 @@ def _validate_guest(guest: Any) -> None:
     if not isinstance(guest, dict):
         raise BadRequest("config.guest: must be an object")
     if "cpu_kind" in guest and guest["cpu_kind"] not in CPU_KINDS:
-        raise BadRequest(f"invalid cpu_kind {guest['cpu_kind']!r}: must be shared or "
-                         "performance")
+        raise BadRequest(f"invalid cpu_kind {guest['cpu_kind']!r}: must be shared or performance")
     if "cpus" in guest and (not _is_int(guest["cpus"]) or guest["cpus"] < 1):
         raise BadRequest(f"invalid cpus {guest['cpus']!r}: must be an integer >= 1")
     memory = guest.get("memory_mb")
     if memory is not None and (not _is_int(memory) or memory < 256 or memory % 256):
-        raise BadRequest(f"invalid memory size {memory!r}: memory_mb must be a multiple "
-                         "of 256 and at least 256")
+        raise BadRequest(
+            f"invalid memory size {memory!r}: memory_mb must be a multiple of 256 and at least 256"
+        )
     kind = guest.get("gpu_kind")
     if kind is not None and kind not in VALID_GPU_KINDS:
-        raise BadRequest(f"invalid gpu_kind {kind!r}: must be one of "
-                         + ", ".join(sorted(VALID_GPU_KINDS)))
+        raise BadRequest(
+            f"invalid gpu_kind {kind!r}: must be one of " + ", ".join(sorted(VALID_GPU_KINDS))
+        )
     if "gpus" in guest and (not _is_int(guest["gpus"]) or guest["gpus"] < 0):
         raise BadRequest(f"invalid gpus {guest['gpus']!r}: must be an integer >= 0")
 
@@ -382,8 +470,7 @@ def _validate_services(services: Any) -> None:
                 raise BadRequest(f"{where}.ports[{j}].port: must be a port number")
             handlers = public.get("handlers") or []
             if not isinstance(handlers, list) or not set(handlers) <= HANDLERS:
-                raise BadRequest(f"{where}.ports[{j}].handlers: unknown handler in "
-                                 f"{handlers!r}")
+                raise BadRequest(f"{where}.ports[{j}].handlers: unknown handler in {handlers!r}")
 
 
 def _filled_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -391,8 +478,12 @@ def _filled_config(config: dict[str, Any]) -> dict[str, Any]:
     guest = {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256, **(config.get("guest") or {})}
     if guest.get("gpu_kind") and guest["gpu_kind"] != "none":
         guest.setdefault("gpus", 1)
-    return {**config, "guest": guest, "init": config.get("init", {}),
-            "restart": config.get("restart", {"policy": "on-failure"})}
+    return {
+        **config,
+        "guest": guest,
+        "init": config.get("init", {}),
+        "restart": config.get("restart", {"policy": "on-failure"}),
+    }
 
 
 def _ok() -> Response:
@@ -439,8 +530,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             if name in fly.apps:
                 return error(422, "Validation failed: Name has already been taken")
             app = fly.add_app(name, org)
-        return JSONResponse({"id": app["id"], "created_at": int(time.time() * 1000)},
-                            status_code=201)
+        return JSONResponse(
+            {"id": app["id"], "created_at": int(time.time() * 1000)}, status_code=201
+        )
 
     async def get_app(request: Request) -> Response:
         app = request.path_params["app"]
@@ -448,8 +540,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             record = fly.apps.get(app)
             if record is None:
                 return no_app(app)
-            count_live = sum(1 for m in fly.machines.values()
-                             if m.app == app and m.state != "destroyed")
+            count_live = sum(
+                1 for m in fly.machines.values() if m.app == app and m.state != "destroyed"
+            )
             return JSONResponse({**record, "machine_count": count_live})
 
     async def list_apps(request: Request) -> Response:
@@ -459,10 +552,20 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         if not org:
             raise BadRequest("org_slug: required")
         with fly.lock:
-            apps = [{"id": a["id"], "name": a["name"], "network": {},
-                     "machine_count": sum(1 for m in fly.machines.values()
-                                          if m.app == a["name"] and m.state != "destroyed")}
-                    for a in fly.apps.values() if a["organization"]["slug"] == org]
+            apps = [
+                {
+                    "id": a["id"],
+                    "name": a["name"],
+                    "network": {},
+                    "machine_count": sum(
+                        1
+                        for m in fly.machines.values()
+                        if m.app == a["name"] and m.state != "destroyed"
+                    ),
+                }
+                for a in fly.apps.values()
+                if a["organization"]["slug"] == org
+            ]
         return JSONResponse({"total_apps": len(apps), "apps": apps})
 
     async def delete_app(request: Request) -> Response:
@@ -487,15 +590,22 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         with fly.lock:
             machine_id = fly.new_machine_id()
             machine = FakeMachine(
-                id=machine_id, app=app,
+                id=machine_id,
+                app=app,
                 name=body.get("name") or f"machine-{machine_id[:6]}",
                 region=body.get("region") or DEFAULT_REGION,
                 config=_filled_config(body["config"]),
-                instance_id=fly.new_instance_id(), private_ip=fly.new_private_ip(),
-                created_at=now, updated_at=now, state="created",
+                instance_id=fly.new_instance_id(),
+                private_ip=fly.new_private_ip(),
+                created_at=now,
+                updated_at=now,
+                state="created",
             )
-            launch = [] if body.get("skip_launch") else [
-                (now + fly.boot_delay_s / 2, "starting"), (now + fly.boot_delay_s, "started")]
+            launch = (
+                []
+                if body.get("skip_launch")
+                else [(now + fly.boot_delay_s / 2, "starting"), (now + fly.boot_delay_s, "started")]
+            )
             machine.set_state("created", now, "launch", launch)
             machine.settle(now)
             fly.machines[machine_id] = machine
@@ -512,7 +622,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             if app not in fly.apps:
                 return no_app(app)
             include_deleted = q.get("include_deleted", "").lower() in ("1", "true")
-            meta = {k[len("metadata."):]: v for k, v in q.items() if k.startswith("metadata.")}
+            meta = {k[len("metadata.") :]: v for k, v in q.items() if k.startswith("metadata.")}
             now = time.time()
             result = []
             for machine in fly.machines.values():
@@ -546,8 +656,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             if found.state == "destroyed":
                 return no_machine()
             if found.state not in ("stopped", "stopping", "suspended", "failed"):
-                found.set_state("stopping", now, "stop",
-                                [(now + fly.stop_delay_s, "stopped")])
+                found.set_state("stopping", now, "stop", [(now + fly.stop_delay_s, "stopped")])
         return _ok()
 
     async def start_machine(request: Request) -> Response:
@@ -560,10 +669,8 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                 return no_machine()
             previous = found.state
             if previous not in ("started", "starting"):
-                found.set_state("starting", now, "start",
-                                [(now + fly.boot_delay_s, "started")])
-        return JSONResponse({"previous_state": previous, "migrated": False,
-                             "new_host": ""})
+                found.set_state("starting", now, "start", [(now + fly.boot_delay_s, "started")])
+        return JSONResponse({"previous_state": previous, "migrated": False, "new_host": ""})
 
     async def restart_machine(request: Request) -> Response:
         # Machines_restart (POST .../restart, optional ?timeout): 200 {"ok": true}; the
@@ -591,8 +698,11 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             if found.state == "destroyed":
                 return no_machine()
             if not force and found.state not in ("stopped", "suspended", "failed", "created"):
-                return error(412, "unable to destroy machine, not currently stopped, "
-                                  "suspended, or failed (use force=true)")
+                return error(
+                    412,
+                    "unable to destroy machine, not currently stopped, "
+                    "suspended, or failed (use force=true)",
+                )
             found.set_state("destroyed", now, "destroy")
             fly.totals["deletes"] += 1
             found.calls["deletes"] += 1
@@ -605,8 +715,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         q = request.query_params
         target = q.get("state", "started")
         if target not in WAIT_STATES:
-            raise BadRequest(f"invalid state {target!r}: must be one of "
-                             + ", ".join(WAIT_STATES))
+            raise BadRequest(f"invalid state {target!r}: must be one of " + ", ".join(WAIT_STATES))
         if target == "stopped" and not q.get("instance_id"):
             raise BadRequest("instance_id is required when waiting for the stopped state")
         try:
@@ -625,8 +734,11 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             if time.monotonic() >= deadline:
                 with fly.lock:
                     fly.totals["wait_timeouts"] += 1
-                return error(408, f"deadline_exceeded: machine did not reach state "
-                                  f"{target!r} within {timeout}s (state {state!r})")
+                return error(
+                    408,
+                    f"deadline_exceeded: machine did not reach state "
+                    f"{target!r} within {timeout}s (state {state!r})",
+                )
             await asyncio.sleep(0.01)
 
     p = "/v1/apps"
@@ -674,8 +786,9 @@ def _admin_routes(fly: FlyState) -> list[Route]:
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                     return error(400, f"{key}: must be a number >= 0")
                 setattr(fly, key, float(value))
-            return JSONResponse({"boot_delay_s": fly.boot_delay_s,
-                                 "stop_delay_s": fly.stop_delay_s})
+            return JSONResponse(
+                {"boot_delay_s": fly.boot_delay_s, "stop_delay_s": fly.stop_delay_s}
+            )
 
     async def force_state(request: Request) -> Response:
         try:

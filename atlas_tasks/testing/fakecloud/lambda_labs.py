@@ -89,41 +89,121 @@ class FakeInstanceType:
             "description": self.description,
             "gpu_description": self.gpu_description,
             "price_cents_per_hour": self.price_cents,
-            "specs": {"vcpus": self.vcpus, "memory_gib": self.memory_gib,
-                      "storage_gib": self.storage_gib, "gpus": self.gpus},
+            "specs": {
+                "vcpus": self.vcpus,
+                "memory_gib": self.memory_gib,
+                "storage_gib": self.storage_gib,
+                "gpus": self.gpus,
+            },
         }
 
 
 #: Real Lambda instance types (names from ``lambda-instance-types.json``), with capacity.
 INSTANCE_TYPES: tuple[FakeInstanceType, ...] = (
-    FakeInstanceType("gpu_1x_h100_sxm5", "1x H100 (80 GB SXM5)", "H100 (80 GB SXM5)", 329,
-                     1, 26, 225, 2867, ("us-east-1", "us-west-1")),
-    FakeInstanceType("gpu_2x_h100_sxm5", "2x H100 (80 GB SXM5)", "H100 (80 GB SXM5)", 658,
-                     2, 52, 450, 5734, ("us-east-1",)),
-    FakeInstanceType("gpu_8x_h100_sxm5", "8x H100 (80 GB SXM5)", "H100 (80 GB SXM5)", 2392,
-                     8, 208, 1800, 24780, ("us-east-1",)),
-    FakeInstanceType("gpu_1x_h100_pcie", "1x H100 (80 GB PCIe)", "H100 (80 GB PCIe)", 249,
-                     1, 26, 200, 1024, ()),  # sold out everywhere
-    FakeInstanceType("gpu_8x_a100_80gb_sxm4", "8x A100 (80 GB SXM4)", "A100 (80 GB SXM4)",
-                     1432, 8, 240, 1800, 19500, ("us-west-2",)),
-    FakeInstanceType("gpu_1x_a100_sxm4", "1x A100 (40 GB SXM4)", "A100 (40 GB SXM4)", 129,
-                     1, 30, 200, 512, ("us-west-2", "us-east-1")),
-    FakeInstanceType("gpu_1x_a10", "1x A10 (24 GB PCIe)", "A10 (24 GB PCIe)", 75,
-                     1, 30, 200, 1400, ("us-east-1", "us-west-1", "europe-central-1")),
-    FakeInstanceType("gpu_1x_a6000", "1x A6000 (48 GB)", "A6000 (48 GB)", 80,
-                     1, 14, 46, 512, ("us-south-1",)),
-    FakeInstanceType("gpu_1x_rtx6000", "1x RTX 6000 (24 GB)", "RTX 6000 (24 GB)", 50,
-                     1, 14, 46, 512, ("us-west-1",)),
-    FakeInstanceType("gpu_1x_gh200", "1x GH200 (96 GB)", "GH200 (96 GB)", 149,
-                     1, 64, 432, 4096, ("us-west-1",)),
+    FakeInstanceType(
+        "gpu_1x_h100_sxm5",
+        "1x H100 (80 GB SXM5)",
+        "H100 (80 GB SXM5)",
+        329,
+        1,
+        26,
+        225,
+        2867,
+        ("us-east-1", "us-west-1"),
+    ),
+    FakeInstanceType(
+        "gpu_2x_h100_sxm5",
+        "2x H100 (80 GB SXM5)",
+        "H100 (80 GB SXM5)",
+        658,
+        2,
+        52,
+        450,
+        5734,
+        ("us-east-1",),
+    ),
+    FakeInstanceType(
+        "gpu_8x_h100_sxm5",
+        "8x H100 (80 GB SXM5)",
+        "H100 (80 GB SXM5)",
+        2392,
+        8,
+        208,
+        1800,
+        24780,
+        ("us-east-1",),
+    ),
+    FakeInstanceType(
+        "gpu_1x_h100_pcie", "1x H100 (80 GB PCIe)", "H100 (80 GB PCIe)", 249, 1, 26, 200, 1024, ()
+    ),  # sold out everywhere
+    FakeInstanceType(
+        "gpu_8x_a100_80gb_sxm4",
+        "8x A100 (80 GB SXM4)",
+        "A100 (80 GB SXM4)",
+        1432,
+        8,
+        240,
+        1800,
+        19500,
+        ("us-west-2",),
+    ),
+    FakeInstanceType(
+        "gpu_1x_a100_sxm4",
+        "1x A100 (40 GB SXM4)",
+        "A100 (40 GB SXM4)",
+        129,
+        1,
+        30,
+        200,
+        512,
+        ("us-west-2", "us-east-1"),
+    ),
+    FakeInstanceType(
+        "gpu_1x_a10",
+        "1x A10 (24 GB PCIe)",
+        "A10 (24 GB PCIe)",
+        75,
+        1,
+        30,
+        200,
+        1400,
+        ("us-east-1", "us-west-1", "europe-central-1"),
+    ),
+    FakeInstanceType(
+        "gpu_1x_a6000", "1x A6000 (48 GB)", "A6000 (48 GB)", 80, 1, 14, 46, 512, ("us-south-1",)
+    ),
+    FakeInstanceType(
+        "gpu_1x_rtx6000",
+        "1x RTX 6000 (24 GB)",
+        "RTX 6000 (24 GB)",
+        50,
+        1,
+        14,
+        46,
+        512,
+        ("us-west-1",),
+    ),
+    FakeInstanceType(
+        "gpu_1x_gh200", "1x GH200 (96 GB)", "GH200 (96 GB)", 149, 1, 64, 432, 4096, ("us-west-1",)
+    ),
 )
 
 #: Every property of ``InstanceLaunchRequest``; anything else is a 400.
-_LAUNCH_FIELDS = frozenset({
-    "region_name", "instance_type_name", "ssh_key_names", "file_system_names",
-    "file_system_mounts", "hostname", "name", "image", "user_data", "tags",
-    "firewall_rulesets",
-})
+_LAUNCH_FIELDS = frozenset(
+    {
+        "region_name",
+        "instance_type_name",
+        "ssh_key_names",
+        "file_system_names",
+        "file_system_mounts",
+        "hostname",
+        "name",
+        "image",
+        "user_data",
+        "tags",
+        "firewall_rulesets",
+    }
+)
 
 #: ``InstanceLaunchRequest.hostname``'s pattern.
 _HOSTNAME = re.compile(r"^[a-z0-9][0-9a-z-]{0,62}$")
@@ -184,16 +264,21 @@ class FakeLambdaInstance:
         if up:
             body["ip"] = self.ip
             body["private_ip"] = self.private_ip
-            body["jupyter_url"] = (f"https://jupyter-{self.id[:12]}.lambdaspaces.com/?token="
-                                   f"{self.id[:16]}")
+            body["jupyter_url"] = (
+                f"https://jupyter-{self.id[:12]}.lambdaspaces.com/?token={self.id[:16]}"
+            )
         return body
 
     def admin_view(self, now: float) -> dict[str, Any]:
         """Compact record for ``/_admin/state`` (includes ``user_data`` for tests)."""
         return {
-            "id": self.id, "name": self.name, "status": self.status(now),
-            "instance_type": self.type_name, "region": self.region,
-            "created_at": self.created_at, "user_data": self.user_data,
+            "id": self.id,
+            "name": self.name,
+            "status": self.status(now),
+            "instance_type": self.type_name,
+            "region": self.region,
+            "created_at": self.created_at,
+            "user_data": self.user_data,
             "calls": dict(self.calls),
         }
 
@@ -206,12 +291,19 @@ def _actions(status: str) -> dict[str, dict[str, Any]]:
     def one(available: bool) -> dict[str, Any]:
         if available:
             return {"available": True}
-        return {"available": False, "reason_code": f"vm-{status}",
-                "reason_description": f"The instance is {status}."}
+        return {
+            "available": False,
+            "reason_code": f"vm-{status}",
+            "reason_description": f"The instance is {status}.",
+        }
 
-    return {"migrate": one(False), "rebuild": one(up), "restart": one(up),
-            "cold_reboot": one(up), "terminate": one(status not in ("terminating",
-                                                                     "terminated"))}
+    return {
+        "migrate": one(False),
+        "rebuild": one(up),
+        "restart": one(up),
+        "cold_reboot": one(up),
+        "terminate": one(status not in ("terminating", "terminated")),
+    }
 
 
 class LambdaState:
@@ -229,8 +321,13 @@ class LambdaState:
         """Back to one SSH key, catalog capacity and no instances."""
         self.instances.clear()
         self.totals.clear()
-        self.ssh_keys = {DEFAULT_SSH_KEY: {"id": uuid.uuid4().hex, "name": DEFAULT_SSH_KEY,
-                                           "public_key": "ssh-ed25519 AAAAC3Nza fake"}}
+        self.ssh_keys = {
+            DEFAULT_SSH_KEY: {
+                "id": uuid.uuid4().hex,
+                "name": DEFAULT_SSH_KEY,
+                "public_key": "ssh-ed25519 AAAAC3Nza fake",
+            }
+        }
         self.capacity = {t.name: t.regions for t in INSTANCE_TYPES}
         self._ips = 0
 
@@ -264,8 +361,9 @@ def snapshot(ctx: FakeCloudContext) -> dict[str, Any]:
         views = [i.admin_view(now) for i in store.instances.values()]
         return {
             "instances": [v for v in views if v["status"] not in ("terminating", "terminated")],
-            "terminated_instances": [v for v in views
-                                     if v["status"] in ("terminating", "terminated")],
+            "terminated_instances": [
+                v for v in views if v["status"] in ("terminating", "terminated")
+            ],
             "ssh_keys": sorted(store.ssh_keys),
             "totals": dict(store.totals),
         }
@@ -288,8 +386,9 @@ def age_instance(ctx: FakeCloudContext, instance_id: str, seconds: float) -> boo
         return True
 
 
-def lambda_error(status: int, code: str, message: str,
-                 suggestion: str | None = None) -> JSONResponse:
+def lambda_error(
+    status: int, code: str, message: str, suggestion: str | None = None
+) -> JSONResponse:
     """Lambda's error body."""
     err: dict[str, str] = {"code": code, "message": message}
     if suggestion:
@@ -329,8 +428,7 @@ def validate_launch(body: Any, store: LambdaState, strict: bool) -> JSONResponse
         if unknown:
             return _invalid(f"unknown field(s): {', '.join(unknown)}")
     region, type_name = body.get("region_name"), body.get("instance_type_name")
-    missing = [f for f in ("region_name", "instance_type_name", "ssh_key_names")
-               if f not in body]
+    missing = [f for f in ("region_name", "instance_type_name", "ssh_key_names") if f not in body]
     if missing:  # InstanceLaunchRequest's required fields
         return _invalid(f"{', '.join(missing)}: required")
     if not isinstance(region, str) or region not in REGIONS:
@@ -346,21 +444,23 @@ def validate_launch(body: Any, store: LambdaState, strict: bool) -> JSONResponse
     if not isinstance(fs, list) or len(fs) > 1 or not all(isinstance(f, str) for f in fs):
         return _invalid("file_system_names: at most one file system name")
     hostname = body.get("hostname")
-    if hostname is not None and (not isinstance(hostname, str)
-                                 or not _HOSTNAME.match(hostname)):
+    if hostname is not None and (not isinstance(hostname, str) or not _HOSTNAME.match(hostname)):
         return _invalid("hostname: must match ^[a-z0-9][0-9a-z-]{0,62}$")
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > 64):
         return _invalid("name: must be a string of at most 64 characters")
     user_data = body.get("user_data")
-    if user_data is not None and (not isinstance(user_data, str)
-                                  or len(user_data.encode()) > MAX_USER_DATA):
+    if user_data is not None and (
+        not isinstance(user_data, str) or len(user_data.encode()) > MAX_USER_DATA
+    ):
         return _invalid("user_data: must be a string of at most 1 MiB")
     if region not in store.capacity.get(type_name, ()):
         return lambda_error(
-            400, "instance-operations/launch/insufficient-capacity",
+            400,
+            "instance-operations/launch/insufficient-capacity",
             "Not enough capacity to fulfill launch request.",
-            "Choose an instance type with more availability, or try again later.")
+            "Choose an instance type with more availability, or try again later.",
+        )
     return None
 
 
@@ -372,9 +472,12 @@ def _lambda_401(route: Route) -> Route:
     async def endpoint(request: Request) -> Response:
         response: Response = await inner(request)
         if response.status_code == 401:
-            return lambda_error(401, "global/invalid-api-key",
-                                "API key was invalid, expired, or deleted.",
-                                "Check your API key or create a new one, then try again.")
+            return lambda_error(
+                401,
+                "global/invalid-api-key",
+                "API key was invalid, expired, or deleted.",
+                "Check your API key or create a new one, then try again.",
+            )
         return response
 
     return Route(route.path, endpoint, methods=sorted(route.methods or ()))
@@ -387,11 +490,16 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
 
     async def instance_types(request: Request) -> Response:
         with lock:
-            data = {t.name: {"instance_type": t.to_api(),
-                             "regions_with_capacity_available": [
-                                 {"name": r, "description": REGIONS[r]}
-                                 for r in store.capacity.get(t.name, ())]}
-                    for t in INSTANCE_TYPES}
+            data = {
+                t.name: {
+                    "instance_type": t.to_api(),
+                    "regions_with_capacity_available": [
+                        {"name": r, "description": REGIONS[r]}
+                        for r in store.capacity.get(t.name, ())
+                    ],
+                }
+                for t in INSTANCE_TYPES
+            }
         return JSONResponse({"data": data})
 
     async def launch(request: Request) -> Response:
@@ -406,12 +514,17 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             # InstanceLaunchRequest has no quantity: one instance per launch.
             ip, private_ip = store.next_ip()
             inst = FakeLambdaInstance(
-                id=uuid.uuid4().hex, name=body.get("name"),
-                type_name=body["instance_type_name"], region=body["region_name"],
+                id=uuid.uuid4().hex,
+                name=body.get("name"),
+                type_name=body["instance_type_name"],
+                region=body["region_name"],
                 ssh_key_names=list(body["ssh_key_names"]),
                 file_system_names=list(body.get("file_system_names", [])),
-                user_data=body.get("user_data"), created_at=now,
-                boot_until=now + ctx.config.boot_delay_s, ip=ip, private_ip=private_ip,
+                user_data=body.get("user_data"),
+                created_at=now,
+                boot_until=now + ctx.config.boot_delay_s,
+                ip=ip,
+                private_ip=private_ip,
             )
             inst.calls["launches"] += 1
             store.instances[inst.id] = inst
@@ -448,8 +561,11 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         now = time.time()
         with lock:
             found = [store.live(i, now) for i in ids]
-            missing = [i for i, inst in zip(ids, found, strict=True)
-                       if inst is None or inst.terminated_at is not None]
+            missing = [
+                i
+                for i, inst in zip(ids, found, strict=True)
+                if inst is None or inst.terminated_at is not None
+            ]
             if missing:
                 return _not_found(f"Instance {missing[0]}")
             out = []
@@ -484,8 +600,11 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         now = time.time()
         with lock:
             store.totals["lists"] += 1
-            data = [i.to_api(now, _TYPES[i.type_name]) for i in store.instances.values()
-                    if i.status(now) != "terminated"]
+            data = [
+                i.to_api(now, _TYPES[i.type_name])
+                for i in store.instances.values()
+                if i.status(now) != "terminated"
+            ]
         return JSONResponse({"data": data})
 
     async def get_instance(request: Request) -> Response:
@@ -512,8 +631,11 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         with lock:
             if name in store.ssh_keys:
                 return _invalid(f"name: SSH key {name!r} already exists")
-            key = {"id": uuid.uuid4().hex, "name": name,
-                   "public_key": str(body.get("public_key") or "ssh-ed25519 AAAAgenerated")}
+            key = {
+                "id": uuid.uuid4().hex,
+                "name": name,
+                "public_key": str(body.get("public_key") or "ssh-ed25519 AAAAgenerated"),
+            }
             store.ssh_keys[name] = key
         return JSONResponse({"data": key})
 
@@ -544,8 +666,11 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         if problem is not None or not isinstance(body, dict):
             return _invalid('body: {"instance_type": ..., "regions": [...]}')
         type_name, regions = body.get("instance_type"), body.get("regions")
-        if type_name not in _TYPES or not isinstance(regions, list) or any(
-                r not in REGIONS for r in regions):
+        if (
+            type_name not in _TYPES
+            or not isinstance(regions, list)
+            or any(r not in REGIONS for r in regions)
+        ):
             return _invalid("instance_type and regions must be known names")
         with lock:
             store.capacity[type_name] = tuple(regions)
@@ -565,8 +690,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     out = [_lambda_401(route) for route in provider_routes(ctx, "lambda", PREFIX, routes)]
     out += [
         Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/age", admin_age, methods=["POST"]),
-        Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/status", admin_status,
-              methods=["POST"]),
+        Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/status", admin_status, methods=["POST"]),
         Route(f"{ADMIN_PREFIX}/capacity", admin_capacity, methods=["POST"]),
     ]
     return out

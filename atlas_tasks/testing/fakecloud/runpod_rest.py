@@ -82,8 +82,7 @@ class Problem(Exception):
 
 def problem(status: int, detail: str, errors: list[str] | None = None) -> JSONResponse:
     """An ``application/problem+json`` answer ``{title, status, detail, errors?}``."""
-    body: dict[str, Any] = {"title": HTTPStatus(status).phrase, "status": status,
-                            "detail": detail}
+    body: dict[str, Any] = {"title": HTTPStatus(status).phrase, "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
@@ -139,28 +138,54 @@ _CONTAINER: dict[str, Schema] = {
     "registry": {"type": "nullable_string"},
 }
 
-_PERSISTENT: Schema = {"type": "object", "closed": True, "required": ["size", "path"],
-                       "props": {"size": {"type": "integer", "min": 10}, "path": _STR}}
-_NETWORK: Schema = {"type": "object", "closed": True, "required": ["volumeId", "path"],
-                    "props": {"volumeId": _STR, "path": _STR}}
+_PERSISTENT: Schema = {
+    "type": "object",
+    "closed": True,
+    "required": ["size", "path"],
+    "props": {"size": {"type": "integer", "min": 10}, "path": _STR},
+}
+_NETWORK: Schema = {
+    "type": "object",
+    "closed": True,
+    "required": ["volumeId", "path"],
+    "props": {"volumeId": _STR, "path": _STR},
+}
 
 CREATE_POD: Schema = {
-    "type": "object", "closed": True, "required": ["name"],
+    "type": "object",
+    "closed": True,
+    "required": ["name"],
     "props": {
         **_CONTAINER,
         "name": _STR1,
         "cloud": {"enum": ["SECURE", "COMMUNITY"]},
-        "cpu": {"type": "object", "closed": True, "required": ["id", "vcpuCount"],
-                "props": {"id": _STR1, "vcpuCount": {"type": "integer", "min": 2}}},
+        "cpu": {
+            "type": "object",
+            "closed": True,
+            "required": ["id", "vcpuCount"],
+            "props": {"id": _STR1, "vcpuCount": {"type": "integer", "min": 2}},
+        },
         "dataCenterIds": _STR_LIST,
         "globalNetworking": _BOOL,
-        "gpu": {"type": "object", "closed": True, "required": ["id"],
-                "props": {"id": _STR, "count": {"type": "integer", "min": 1},
-                          "allowedCudaVersions": _CUDA_LIST,
-                          "minCudaVersion": {"type": "string", "pattern": _CUDA_RE}}},
-        "mounts": {"type": "object", "closed": True,
-                   "props": {"persistent": _PERSISTENT,
-                             "network": {"type": "array", "items": _NETWORK, "max_items": 1}}},
+        "gpu": {
+            "type": "object",
+            "closed": True,
+            "required": ["id"],
+            "props": {
+                "id": _STR,
+                "count": {"type": "integer", "min": 1},
+                "allowedCudaVersions": _CUDA_LIST,
+                "minCudaVersion": {"type": "string", "pattern": _CUDA_RE},
+            },
+        },
+        "mounts": {
+            "type": "object",
+            "closed": True,
+            "props": {
+                "persistent": _PERSISTENT,
+                "network": {"type": "array", "items": _NETWORK, "max_items": 1},
+            },
+        },
         "startJupyter": _BOOL,
         "startSsh": _BOOL,
         "templateId": _STR1,
@@ -168,7 +193,9 @@ CREATE_POD: Schema = {
 }
 
 CREATE_TEMPLATE: Schema = {
-    "type": "object", "closed": True, "required": ["name", "image"],
+    "type": "object",
+    "closed": True,
+    "required": ["name", "image"],
     "props": {
         **_CONTAINER,
         "name": _STR1,
@@ -183,41 +210,70 @@ CREATE_TEMPLATE: Schema = {
 }
 
 CREATE_VOLUME: Schema = {
-    "type": "object", "closed": True, "required": ["name", "size", "dataCenter"],
-    "props": {"name": _STR1, "dataCenter": _STR1,
-              "size": {"type": "integer", "min": 10, "max": 4096},
-              "type": {"enum": ["STANDARD", "HIGH_PERFORMANCE"]}},
+    "type": "object",
+    "closed": True,
+    "required": ["name", "size", "dataCenter"],
+    "props": {
+        "name": _STR1,
+        "dataCenter": _STR1,
+        "size": {"type": "integer", "min": 10, "max": 4096},
+        "type": {"enum": ["STANDARD", "HIGH_PERFORMANCE"]},
+    },
 }
 
 CREATE_ENDPOINT: Schema = {
-    "type": "object", "closed": True, "required": ["name", "type", "scaling"],
+    "type": "object",
+    "closed": True,
+    "required": ["name", "type", "scaling"],
     "props": {
         **_CONTAINER,
         "name": _STR1,
         "type": {"enum": ["QUEUE", "LOAD_BALANCER"]},
-        "scaling": {"type": "object", "closed": True, "required": ["type"],
-                    "props": {"type": {"enum": ["QUEUE_DELAY", "REQUEST_COUNT"]},
-                              "queueDelay": {"type": "number", "min": 0.5},
-                              "requestCount": {"type": "integer", "min": 1}}},
-        "gpu": {"type": "object", "closed": True, "required": ["pools"],
-                "props": {"pools": {"type": "array", "items": _STR, "min_items": 1},
-                          "excludedTypes": _STR_LIST, "count": {"type": "integer", "min": 1},
-                          "allowedCudaVersions": _CUDA_LIST,
-                          "minCudaVersion": {"type": "string", "pattern": _CUDA_RE}}},
+        "scaling": {
+            "type": "object",
+            "closed": True,
+            "required": ["type"],
+            "props": {
+                "type": {"enum": ["QUEUE_DELAY", "REQUEST_COUNT"]},
+                "queueDelay": {"type": "number", "min": 0.5},
+                "requestCount": {"type": "integer", "min": 1},
+            },
+        },
+        "gpu": {
+            "type": "object",
+            "closed": True,
+            "required": ["pools"],
+            "props": {
+                "pools": {"type": "array", "items": _STR, "min_items": 1},
+                "excludedTypes": _STR_LIST,
+                "count": {"type": "integer", "min": 1},
+                "allowedCudaVersions": _CUDA_LIST,
+                "minCudaVersion": {"type": "string", "pattern": _CUDA_RE},
+            },
+        },
         "dataCenterIds": _STR_LIST,
         "flashboot": {"enum": ["OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT"]},
         "networkVolumes": _STR_LIST,
         "templateId": _STR1,
         "timeout": {"type": "integer", "min": 1},
-        "workers": {"type": "object", "closed": True,
-                    "props": {"min": {"type": "integer", "min": 0},
-                              "max": {"type": "integer", "min": 0},
-                              "idleTimeout": {"type": "integer", "min": 1, "max": 3600}}},
+        "workers": {
+            "type": "object",
+            "closed": True,
+            "props": {
+                "min": {"type": "integer", "min": 0},
+                "max": {"type": "integer", "min": 0},
+                "idleTimeout": {"type": "integer", "min": 1, "max": 3600},
+            },
+        },
     },
 }
 
-ACTION: Schema = {"type": "object", "closed": True, "required": ["action"],
-                  "props": {"action": {"enum": ["start", "stop", "restart", "terminate"]}}}
+ACTION: Schema = {
+    "type": "object",
+    "closed": True,
+    "required": ["action"],
+    "props": {"action": {"enum": ["start", "stop", "restart", "terminate"]}},
+}
 
 
 def _is_int(value: Any) -> bool:
@@ -270,8 +326,11 @@ def check(value: Any, schema: Schema, path: str = "$") -> list[str]:
         if not isinstance(value, bool):
             errors.append(f"{path}: must be a boolean")
     elif kind in ("integer", "number"):
-        ok = _is_int(value) if kind == "integer" else (
-            isinstance(value, int | float) and not isinstance(value, bool))
+        ok = (
+            _is_int(value)
+            if kind == "integer"
+            else (isinstance(value, int | float) and not isinstance(value, bool))
+        )
         if not ok:
             errors.append(f"{path}: must be {'an integer' if kind == 'integer' else 'a number'}")
         elif value < schema.get("min", value):
@@ -304,8 +363,11 @@ def validate_pod_create(raw: Any, ctx: FakeCloudContext) -> dict[str, Any]:
         raw = {k: v for k, v in raw.items() if k in CREATE_POD["props"]}
     body = validated(raw, CREATE_POD, "CreatePodRequest")
     if "image" not in body and "templateId" not in body:
-        raise Problem(422, "CreatePodRequest: request validation failed",
-                      ["$.image: required unless templateId is set"])
+        raise Problem(
+            422,
+            "CreatePodRequest: request validation failed",
+            ["$.image: required unless templateId is set"],
+        )
     if ("gpu" in body) == ("cpu" in body):
         raise Problem(400, "exactly one of gpu or cpu must be set")
     mounts = body.get("mounts") or {}
@@ -321,8 +383,11 @@ def validate_pod_create(raw: Any, ctx: FakeCloudContext) -> dict[str, Any]:
     most = gpu_info(gpu["id"]).max_gpu_count if gpu else 0
     if gpu and gpu.get("count", 1) > most:
         # The catalog's GpuType.maxCount: no machine has more; RunPod refuses the placement.
-        raise Problem(400, f"gpu.count: {gpu['count']} exceeds the {most} {gpu['id']} GPUs a "
-                           "pod can have (GET /v2/catalog/gpus maxCount)")
+        raise Problem(
+            400,
+            f"gpu.count: {gpu['count']} exceeds the {most} {gpu['id']} GPUs a "
+            "pod can have (GET /v2/catalog/gpus maxCount)",
+        )
     if "cpu" in body:
         # The fake implements GPU pods only; say so rather than pretend.
         raise Problem(400, "this fake cloud does not implement CPU pods")
@@ -350,11 +415,15 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             if template is None:
                 raise Problem(404, f"template {template_id!r} not found")
             if template["serverless"]:
-                raise Problem(422, "template is a serverless template",
-                              ["$.templateId: must not be a serverless template"])
+                raise Problem(
+                    422,
+                    "template is a serverless template",
+                    ["$.templateId: must not be a serverless template"],
+                )
             # Body fields override the template's, except env, merged with the body winning.
-            merged: dict[str, Any] = {k: template[k] for k in ("image", "args", "disk", "ports")
-                                      if k in template}
+            merged: dict[str, Any] = {
+                k: template[k] for k in ("image", "args", "disk", "ports") if k in template
+            }
             body = {**merged, **body, "env": {**template["env"], **body.get("env", {})}}
         pod = state.create_pod(body, boot_delay_s=ctx.config.boot_delay_s)
         return JSONResponse(pod.to_v2(time.time()), status_code=201)
@@ -367,8 +436,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         with state.lock:
             state.totals["lists"] += 1
             # Terminated pods no longer appear in listPods.
-            pods = [p.to_v2(now) for p in state.pods.values()
-                    if p.desired_status != "TERMINATED"]
+            pods = [p.to_v2(now) for p in state.pods.values() if p.desired_status != "TERMINATED"]
         return JSONResponse({"pods": pods})
 
     async def get_pod(request: Request) -> Response:
@@ -433,14 +501,19 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         (["GET"], "/catalog/gpus/{gpu_id}", _catalog_gpu_handler(), False),
         (["GET"], "/billing/pods", _billing_handler(ctx), False),
     ]
-    routes += _crud_routes(ctx, "/templates", "templates", "template",
-                           _template_from, state.templates)
-    routes += _crud_routes(ctx, "/network-volumes", "networkVolumes", "network volume",
-                           _volume_from, state.volumes)
-    routes += _crud_routes(ctx, "/serverless", "endpoints", "endpoint",
-                           _endpoint_from, state.endpoints)
-    wrapped = [(methods, path, _with_problems(handler), creates)
-               for methods, path, handler, creates in routes]
+    routes += _crud_routes(
+        ctx, "/templates", "templates", "template", _template_from, state.templates
+    )
+    routes += _crud_routes(
+        ctx, "/network-volumes", "networkVolumes", "network volume", _volume_from, state.volumes
+    )
+    routes += _crud_routes(
+        ctx, "/serverless", "endpoints", "endpoint", _endpoint_from, state.endpoints
+    )
+    wrapped = [
+        (methods, path, _with_problems(handler), creates)
+        for methods, path, handler, creates in routes
+    ]
     return provider_routes(ctx, "rest", REST_PREFIX, wrapped)
 
 
@@ -458,15 +531,21 @@ def gpu_type_json(gpu: FakeGpu, *, availability: bool) -> dict[str, Any]:
         "memory": gpu.memory_gb,
         "secure": gpu.secure_cloud,
         "community": gpu.community_cloud,
-        "price": {"secure": gpu.secure_price, "community": gpu.community_price,
-                  **({"serverless": gpu.serverless_price} if gpu.pool else {})},
-        "maxCount": {"secure": gpu.max_gpu_count if gpu.secure_cloud else 0,
-                     "community": gpu.max_gpu_count if gpu.community_cloud else 0},
+        "price": {
+            "secure": gpu.secure_price,
+            "community": gpu.community_price,
+            **({"serverless": gpu.serverless_price} if gpu.pool else {}),
+        },
+        "maxCount": {
+            "secure": gpu.max_gpu_count if gpu.secure_cloud else 0,
+            "community": gpu.max_gpu_count if gpu.community_cloud else 0,
+        },
     }
     if availability:
         body["availability"] = gpu.stock
-        body["dataCenters"] = [{"id": dc, "name": dc, "availability": gpu.stock}
-                               for dc in gpu.data_centers]
+        body["dataCenters"] = [
+            {"id": dc, "name": dc, "availability": gpu.stock} for dc in gpu.data_centers
+        ]
     return body
 
 
@@ -480,21 +559,22 @@ def _catalog_include(request: Request) -> bool:
     include = [v for v in q.get("include", "").split(",") if v]
     product = [v for v in q.get("product", "").split(",") if v]
     errors = [f"include: unknown value {v!r}" for v in include if v != "AVAILABILITY"]
-    errors += [f"product: unknown value {v!r}" for v in product
-               if v not in ("POD", "CLUSTER", "SERVERLESS")]
+    errors += [
+        f"product: unknown value {v!r}"
+        for v in product
+        if v not in ("POD", "CLUSTER", "SERVERLESS")
+    ]
     if errors:
         raise Problem(422, "invalid query", errors)
     if bool(include) != bool(product):
-        raise Problem(400, "product is required with include=AVAILABILITY, and valid "
-                           "only with it")
+        raise Problem(400, "product is required with include=AVAILABILITY, and valid only with it")
     return bool(include)
 
 
 def _catalog_handler() -> Handler:
     async def catalog(request: Request) -> Response:
         availability = _catalog_include(request)
-        return JSONResponse({"gpus": [gpu_type_json(g, availability=availability)
-                                      for g in GPUS]})
+        return JSONResponse({"gpus": [gpu_type_json(g, availability=availability) for g in GPUS]})
 
     return catalog
 
@@ -528,22 +608,39 @@ def _billing_handler(ctx: FakeCloudContext) -> Handler:
                     continue
                 # Billed for the time it ran (stops and restarts add up) at its price.
                 gpu_amount = pod.billed_usd(now)
-                records.append({"startTime": _rfc3339(start), "endTime": _rfc3339(now),
-                                "podId": pod.id, "totalAmount": gpu_amount,
-                                "gpuAmount": gpu_amount, "cpuAmount": 0.0,
-                                "diskAmount": 0.0})
+                records.append(
+                    {
+                        "startTime": _rfc3339(start),
+                        "endTime": _rfc3339(now),
+                        "podId": pod.id,
+                        "totalAmount": gpu_amount,
+                        "gpuAmount": gpu_amount,
+                        "cpuAmount": 0.0,
+                        "diskAmount": 0.0,
+                    }
+                )
         total = round(sum(r["totalAmount"] for r in records), 6)
-        return JSONResponse({
-            "records": records,
-            "metadata": {
-                "query": {"startTime": _rfc3339(start), "endTime": _rfc3339(now),
-                          "bucketSize": bucket, "podId": pod_id},
-                "recordCount": len(records),
-                "uniquePodCount": len({r["podId"] for r in records}),
-                "totals": {"totalAmount": total, "gpuAmount": total, "cpuAmount": 0.0,
-                           "diskAmount": 0.0},
-            },
-        })
+        return JSONResponse(
+            {
+                "records": records,
+                "metadata": {
+                    "query": {
+                        "startTime": _rfc3339(start),
+                        "endTime": _rfc3339(now),
+                        "bucketSize": bucket,
+                        "podId": pod_id,
+                    },
+                    "recordCount": len(records),
+                    "uniquePodCount": len({r["podId"] for r in records}),
+                    "totals": {
+                        "totalAmount": total,
+                        "gpuAmount": total,
+                        "cpuAmount": 0.0,
+                        "diskAmount": 0.0,
+                    },
+                },
+            }
+        )
 
     return billing
 
@@ -558,33 +655,63 @@ def _rfc3339(ts: float) -> str:
 def _template_from(body: Any, new_id: str) -> dict[str, Any]:
     body = validated(body, CREATE_TEMPLATE, "CreateTemplateRequest")
     return {
-        "args": "", "disk": 50, "ports": [], "env": {}, "registry": None, "mounts": {},
-        "serverless": False, "public": False, "category": "NVIDIA", "startSsh": True,
-        "startJupyter": True, "allowedCudaVersions": [], **body, "id": new_id,
+        "args": "",
+        "disk": 50,
+        "ports": [],
+        "env": {},
+        "registry": None,
+        "mounts": {},
+        "serverless": False,
+        "public": False,
+        "category": "NVIDIA",
+        "startSsh": True,
+        "startJupyter": True,
+        "allowedCudaVersions": [],
+        **body,
+        "id": new_id,
     }
 
 
 def _volume_from(body: Any, new_id: str) -> dict[str, Any]:
     body = validated(body, CREATE_VOLUME, "CreateNetworkVolumeRequest")
-    return {"id": new_id, "name": body["name"], "size": body["size"],
-            "dataCenter": body["dataCenter"], "type": body.get("type", "STANDARD")}
+    return {
+        "id": new_id,
+        "name": body["name"],
+        "size": body["size"],
+        "dataCenter": body["dataCenter"],
+        "type": body.get("type", "STANDARD"),
+    }
 
 
 def _endpoint_from(body: Any, new_id: str) -> dict[str, Any]:
     body = validated(body, CREATE_ENDPOINT, "CreateEndpointRequest")
     if "image" not in body and "templateId" not in body:
-        raise Problem(422, "CreateEndpointRequest: request validation failed",
-                      ["$.image: required unless templateId is set"])
+        raise Problem(
+            422,
+            "CreateEndpointRequest: request validation failed",
+            ["$.image: required unless templateId is set"],
+        )
     scaling = body["scaling"]
     wanted = "queueDelay" if scaling["type"] == "QUEUE_DELAY" else "requestCount"
     if wanted not in scaling or len(scaling) != 2:
-        raise Problem(422, "CreateEndpointRequest: request validation failed",
-                      [f"$.scaling: {scaling['type']} takes exactly type and {wanted}"])
+        raise Problem(
+            422,
+            "CreateEndpointRequest: request validation failed",
+            [f"$.scaling: {scaling['type']} takes exactly type and {wanted}"],
+        )
     gpu = body.get("gpu")
     out: dict[str, Any] = {
-        "args": "", "disk": 20, "ports": [], "env": {}, "registry": None, "image": "",
-        "workers": {"min": 0, "max": 3, "idleTimeout": 5}, "dataCenterIds": [],
-        "networkVolumes": [], "timeout": 300_000, "flashboot": "OFF",
+        "args": "",
+        "disk": 20,
+        "ports": [],
+        "env": {},
+        "registry": None,
+        "image": "",
+        "workers": {"min": 0, "max": 3, "idleTimeout": 5},
+        "dataCenterIds": [],
+        "networkVolumes": [],
+        "timeout": 300_000,
+        "flashboot": "OFF",
         "createdAt": iso(time.time()),
         **{k: v for k, v in body.items() if k not in ("templateId", "gpu")},
         "id": new_id,
@@ -637,5 +764,15 @@ def _crud_routes(
     ]
 
 
-__all__ = ["CREATE_POD", "PROBLEM_JSON", "REST_PREFIX", "Problem", "build_routes", "check",
-           "gpu_type_json", "problem", "validate_pod_create", "validated"]
+__all__ = [
+    "CREATE_POD",
+    "PROBLEM_JSON",
+    "REST_PREFIX",
+    "Problem",
+    "build_routes",
+    "check",
+    "gpu_type_json",
+    "problem",
+    "validate_pod_create",
+    "validated",
+]

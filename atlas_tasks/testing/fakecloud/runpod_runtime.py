@@ -199,8 +199,9 @@ class JobStore:
             raise BadRequest("policy: must be an object")
         for name in ("executionTimeout", "ttl"):
             value = policy.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value <= 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
                 raise BadRequest(f"policy.{name}: must be a positive integer (ms)")
         webhook = body.get("webhook")
         if webhook is not None and not isinstance(webhook, str):
@@ -345,8 +346,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
             # Short naps so a /cancel issued meanwhile is noticed quickly.
             await asyncio.sleep(max(0.001, min(0.05, deadline - now, job.end - now)))
 
-    def job_route(calls: str, act: Callable[[Job], Response], *, total: bool = False
-                  ) -> Handler:
+    def job_route(calls: str, act: Callable[[Job], Response], *, total: bool = False) -> Handler:
         """A ``/{endpoint_id}/<verb>/{job_id}`` handler: count the call (in the endpoint's
         ``calls``, and in the cloud's totals when ``total``), find the job (404 if unknown)
         and run ``act`` on it, all under the state lock."""
@@ -375,7 +375,7 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         if current in ("IN_PROGRESS", "COMPLETED"):
             if job.chunks is not None:
                 upto = job.available_chunks(now)
-                items = [{"output": c} for c in job.chunks[job.stream_cursor:upto]]
+                items = [{"output": c} for c in job.chunks[job.stream_cursor : upto]]
                 job.stream_cursor = max(job.stream_cursor, upto)
             elif current == "COMPLETED" and not job.output_streamed:
                 # A non-generator handler: its whole output is the one stream item.
@@ -393,8 +393,9 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         now = time.monotonic()
         current = job.status(now)
         if current not in ("FAILED", "TIMED_OUT"):
-            return error(400, f"job {job.id} is {current}; only FAILED or TIMED_OUT "
-                              "jobs can be retried")
+            return error(
+                400, f"job {job.id} is {current}; only FAILED or TIMED_OUT jobs can be retried"
+            )
         job.attempt += 1
         job.retried += 1
         job.submitted = now
@@ -408,8 +409,11 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         state.count_endpoint_call(endpoint_id, "purges")
         now = time.monotonic()
         with state.lock:
-            queued = [j.id for j in store.jobs.values()
-                      if j.endpoint_id == endpoint_id and j.status(now) == "IN_QUEUE"]
+            queued = [
+                j.id
+                for j in store.jobs.values()
+                if j.endpoint_id == endpoint_id and j.status(now) == "IN_QUEUE"
+            ]
             for job_id in queued:
                 del store.jobs[job_id]
         return JSONResponse({"removed": len(queued), "status": "completed"})
@@ -424,8 +428,13 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                 if job.endpoint_id != endpoint_id or job.gone(now):
                     continue
                 current = job.status(now)
-                key = {"COMPLETED": "completed", "FAILED": "failed", "TIMED_OUT": "failed",
-                       "IN_PROGRESS": "inProgress", "IN_QUEUE": "inQueue"}.get(current)
+                key = {
+                    "COMPLETED": "completed",
+                    "FAILED": "failed",
+                    "TIMED_OUT": "failed",
+                    "IN_PROGRESS": "inProgress",
+                    "IN_QUEUE": "inQueue",
+                }.get(current)
                 if key:
                     counts[key] += 1
                 counts["retried"] += job.retried
@@ -435,10 +444,18 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     routes: list[RouteSpec] = [
         (["POST"], "/{endpoint_id}/run", run, False),
         (["POST"], "/{endpoint_id}/runsync", runsync, False),
-        (["GET", "POST"], "/{endpoint_id}/status/{job_id}",
-         job_route("status_calls", status, total=True), False),
-        (["GET", "POST"], "/{endpoint_id}/stream/{job_id}",
-         job_route("stream_calls", stream, total=True), False),
+        (
+            ["GET", "POST"],
+            "/{endpoint_id}/status/{job_id}",
+            job_route("status_calls", status, total=True),
+            False,
+        ),
+        (
+            ["GET", "POST"],
+            "/{endpoint_id}/stream/{job_id}",
+            job_route("stream_calls", stream, total=True),
+            False,
+        ),
         (["POST"], "/{endpoint_id}/cancel/{job_id}", job_route("cancels", cancel), False),
         (["POST"], "/{endpoint_id}/retry/{job_id}", job_route("retries", retry), False),
         (["POST"], "/{endpoint_id}/purge-queue", purge, False),

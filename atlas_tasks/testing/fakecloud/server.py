@@ -39,10 +39,19 @@ def _uvicorn_config(
 ) -> uvicorn.Config:
     extra: dict[str, Any] = {} if own_logging else {"log_config": None}
     return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, **extra,
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        **extra,
         # Plain asyncio + h11: always installed, and plenty for thousands of requests/s here.
-        loop="asyncio", http="h11", ws="none", lifespan="off",
-        backlog=4096, timeout_graceful_shutdown=2,
+        loop="asyncio",
+        http="h11",
+        ws="none",
+        lifespan="off",
+        backlog=4096,
+        timeout_graceful_shutdown=2,
     )
 
 
@@ -102,13 +111,13 @@ class FakeCloud:
         self._sock = sock
         self.port = int(sock.getsockname()[1])
         # log_config=None: inside a test process, leave the host's logging setup alone.
-        config = _uvicorn_config(self.app, self.host, self.port, self._log_level,
-                                 own_logging=False)
+        config = _uvicorn_config(self.app, self.host, self.port, self._log_level, own_logging=False)
         server = uvicorn.Server(config)
         self._server = server
         self._thread = threading.Thread(
             target=lambda: asyncio.run(server.serve(sockets=[sock])),
-            name=f"fakecloud:{self.port}", daemon=True,
+            name=f"fakecloud:{self.port}",
+            daemon=True,
         )
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -237,8 +246,9 @@ class FakeCloud:
         See :class:`~atlas_tasks.testing.fakecloud.config.ScriptRule` for ``match`` and the
         other fields (``retry_after``, ``latency_s``, ``body``, ``api``).
         """
-        self.ctx.faults.add_rule(ScriptRule(match=match, status=status,
-                                            after_create=after_create, times=times, **rule))
+        self.ctx.faults.add_rule(
+            ScriptRule(match=match, status=status, after_create=after_create, times=times, **rule)
+        )
 
     def release(self, name: str) -> None:
         """Open the hold gate ``name`` (``POST /_admin/holds/{name}/release``)."""

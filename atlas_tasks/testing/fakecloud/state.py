@@ -108,8 +108,12 @@ class Pod:
         direct = None
         if running and "22" in self.tcp_mappings:
             port = self.tcp_mappings["22"]
-            direct = {"host": self.public_ip, "port": port, "username": "root",
-                      "command": f"ssh root@{self.public_ip} -p {port}"}
+            direct = {
+                "host": self.public_ip,
+                "port": port,
+                "username": "root",
+                "command": f"ssh root@{self.public_ip} -p {port}",
+            }
         user = f"{self.id}-{self.id[:8]}"
         mounts: dict[str, Any] = {}
         if "mounts" in self.extra:
@@ -131,8 +135,12 @@ class Pod:
             "dataCenterId": self.data_center_id,
             "cudaVersion": "12.8",
             "ssh": {
-                "proxy": {"host": "ssh.runpod.io", "port": 22, "username": user,
-                          "command": f"ssh {user}@ssh.runpod.io"},
+                "proxy": {
+                    "host": "ssh.runpod.io",
+                    "port": 22,
+                    "username": user,
+                    "command": f"ssh {user}@ssh.runpod.io",
+                },
                 "direct": direct,
             },
             "template": None,  # v2: a created pod keeps no link to its template
@@ -150,21 +158,27 @@ class Pod:
         for spec in self.ports:
             number, _, kind = spec.partition("/")
             if kind == "tcp":
-                ports.append({"private": int(number), "public": self.tcp_mappings.get(number),
-                              "type": "tcp", "ip": self.public_ip})
+                ports.append(
+                    {
+                        "private": int(number),
+                        "public": self.tcp_mappings.get(number),
+                        "type": "tcp",
+                        "ip": self.public_ip,
+                    }
+                )
             else:  # http ports are reached through RunPod's proxy, not a public port
-                ports.append({"private": int(number), "public": None, "type": kind,
-                              "ip": None})
+                ports.append({"private": int(number), "public": None, "type": kind, "ip": None})
         # A deterministic but moving load, so tests can see per-GPU figures change,
         # unless a test pinned the figures (GPU-idle reaping tests).
         load = int(now) % 60 + 20
         util = self.gpu_util or [min(100, load + i) for i in range(self.gpu_count)]
-        memory = self.gpu_memory_util or [min(100, load // 2 + i)
-                                          for i in range(self.gpu_count)]
+        memory = self.gpu_memory_util or [min(100, load // 2 + i) for i in range(self.gpu_count)]
         return {
             "uptime": max(0, int(now - self.last_started_at)),
-            "gpus": [{"util": util[i % len(util)], "memoryUtil": memory[i % len(memory)]}
-                     for i in range(self.gpu_count)],
+            "gpus": [
+                {"util": util[i % len(util)], "memoryUtil": memory[i % len(memory)]}
+                for i in range(self.gpu_count)
+            ],
             "cpu": {"util": 12},
             "memory": {"util": 35},
             "ports": ports,
@@ -247,7 +261,8 @@ class CloudState:
             ports = list(body.get("ports", []))
             mappings = {
                 p.split("/")[0]: self._rng.randint(10000, 60000)
-                for p in ports if p.endswith("/tcp")
+                for p in ports
+                if p.endswith("/tcp")
             }
             pod = Pod(
                 id=self.new_pod_id(),

@@ -57,39 +57,84 @@ V1_PREFIX = "/vast/api/v1"
 ADMIN_PREFIX = "/_admin/vast"
 
 #: The official client's run types (``vast-official-client.json`` ``runtypes``).
-RUNTYPES = frozenset({"ssh", "jupyter", "args", "ssh_proxy", "ssh_direc ssh_proxy",
-                      "jupyter_proxy ssh_proxy", "jupyter_direc ssh_direc ssh_proxy"})
+RUNTYPES = frozenset(
+    {
+        "ssh",
+        "jupyter",
+        "args",
+        "ssh_proxy",
+        "ssh_direc ssh_proxy",
+        "jupyter_proxy ssh_proxy",
+        "jupyter_direc ssh_direc ssh_proxy",
+    }
+)
 
 #: The official client's create-instance fields (``create_instance_fields``); with
 #: ``strict_fields`` anything else is refused.
-_CREATE_FIELDS = frozenset({
-    "client_id", "image", "env", "price", "disk", "label", "extra", "onstart", "image_login",
-    "python_utf8", "lang_utf8", "use_jupyter_lab", "jupyter_dir", "force", "cancel_unavail",
-    "template_hash_id", "user", "runtype", "args", "volume_info",
-})
+_CREATE_FIELDS = frozenset(
+    {
+        "client_id",
+        "image",
+        "env",
+        "price",
+        "disk",
+        "label",
+        "extra",
+        "onstart",
+        "image_login",
+        "python_utf8",
+        "lang_utf8",
+        "use_jupyter_lab",
+        "jupyter_dir",
+        "force",
+        "cancel_unavail",
+        "template_hash_id",
+        "user",
+        "runtype",
+        "args",
+        "volume_info",
+    }
+)
 _OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "in", "notin"})
 _QUERY_META = frozenset({"order", "type", "limit", "allocated_storage"})
 _PORT_FLAG = re.compile(r"^-p (\d{1,5}):(\d{1,5})(?:/(tcp|udp))?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _offer(offer_id: int, gpu: str, gpus: int, dph: float, ram_gb: int, where: str,
-           verified: bool = True) -> dict[str, Any]:
+def _offer(
+    offer_id: int, gpu: str, gpus: int, dph: float, ram_gb: int, where: str, verified: bool = True
+) -> dict[str, Any]:
     return {
-        "id": offer_id, "ask_contract_id": offer_id, "bundle_id": offer_id + 5_000_000,
-        "machine_id": offer_id % 10_000 + 1000, "host_id": offer_id % 997 + 10,
-        "gpu_name": gpu, "num_gpus": gpus, "gpu_ram": ram_gb * 1024,
-        "gpu_total_ram": ram_gb * 1024 * gpus, "dph_total": round(dph, 4),
-        "dph_base": round(dph * 0.95, 4), "min_bid": round(dph * 0.55, 4),
-        "geolocation": where, "verified": verified,
+        "id": offer_id,
+        "ask_contract_id": offer_id,
+        "bundle_id": offer_id + 5_000_000,
+        "machine_id": offer_id % 10_000 + 1000,
+        "host_id": offer_id % 997 + 10,
+        "gpu_name": gpu,
+        "num_gpus": gpus,
+        "gpu_ram": ram_gb * 1024,
+        "gpu_total_ram": ram_gb * 1024 * gpus,
+        "dph_total": round(dph, 4),
+        "dph_base": round(dph * 0.95, 4),
+        "min_bid": round(dph * 0.55, 4),
+        "geolocation": where,
+        "verified": verified,
         "verification": "verified" if verified else "unverified",
-        "rentable": True, "rented": False, "external": False,
+        "rentable": True,
+        "rented": False,
+        "external": False,
         # The official client filters on `reliability` (its alias to reliability2 is
         # commented out in vastai 1.9.1 api/query.py); real offers carry both.
-        "reliability": 0.995, "reliability2": 0.995,
-        "disk_space": 500.0, "cpu_cores_effective": 16.0 * gpus, "cpu_ram": 64_000 * gpus,
-        "inet_up": 900.0, "inet_down": 2000.0, "cuda_max_good": 12.4,
-        "direct_port_count": 100, "hosting_type": 1 if verified else 0,
+        "reliability": 0.995,
+        "reliability2": 0.995,
+        "disk_space": 500.0,
+        "cpu_cores_effective": 16.0 * gpus,
+        "cpu_ram": 64_000 * gpus,
+        "inet_up": 900.0,
+        "inet_down": 2000.0,
+        "cuda_max_good": 12.4,
+        "direct_port_count": 100,
+        "hosting_type": 1 if verified else 0,
         "public_ipaddr": f"192.0.2.{offer_id % 200 + 20}",
     }
 
@@ -155,8 +200,10 @@ class FakeVastInstance:
         ports: dict[str, Any] = {}
         if running:
             for internal, host in sorted(self.port_map.items()):
-                ports[f"{internal}/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": str(host)},
-                                            {"HostIp": "::", "HostPort": str(host)}]
+                ports[f"{internal}/tcp"] = [
+                    {"HostIp": "0.0.0.0", "HostPort": str(host)},
+                    {"HostIp": "::", "HostPort": str(host)},
+                ]
         return {
             "id": self.id,
             "machine_id": offer["machine_id"],
@@ -193,10 +240,16 @@ class FakeVastInstance:
     def admin_view(self, now: float) -> dict[str, Any]:
         """Compact record for ``/_admin/state``."""
         return {
-            "id": self.id, "label": self.label, "actual_status": self.actual(now),
-            "intended_status": self.intended, "offer_id": self.offer["id"],
-            "bid": self.bid, "start_date": self.start_date, "env_keys": sorted(self.env),
-            "ports": {str(k): v for k, v in self.port_map.items()}, "calls": dict(self.calls),
+            "id": self.id,
+            "label": self.label,
+            "actual_status": self.actual(now),
+            "intended_status": self.intended,
+            "offer_id": self.offer["id"],
+            "bid": self.bid,
+            "start_date": self.start_date,
+            "env_keys": sorted(self.env),
+            "ports": {str(k): v for k, v in self.port_map.items()},
+            "calls": dict(self.calls),
         }
 
 
@@ -247,10 +300,10 @@ def snapshot(ctx: FakeCloudContext) -> dict[str, Any]:
     store, now = state_of(ctx), time.time()
     with ctx.state.lock:
         return {
-            "instances": [i.admin_view(now) for i in store.instances.values()
-                          if not i.destroyed],
-            "destroyed_instances": [i.admin_view(now) for i in store.instances.values()
-                                    if i.destroyed],
+            "instances": [i.admin_view(now) for i in store.instances.values() if not i.destroyed],
+            "destroyed_instances": [
+                i.admin_view(now) for i in store.instances.values() if i.destroyed
+            ],
             "totals": dict(store.totals),
         }
 
@@ -295,8 +348,7 @@ async def _body(request: Request) -> tuple[Any, JSONResponse | None]:
 def _coerce(value: Any, operand: Any) -> Any:
     """``operand`` as the offer field's type: the official client sends plain values as
     strings (``"1"``, ``"20"``), which Vast compares with numeric fields as numbers."""
-    if isinstance(operand, str) and isinstance(value, int | float) \
-            and not isinstance(value, bool):
+    if isinstance(operand, str) and isinstance(value, int | float) and not isinstance(value, bool):
         try:
             return float(operand)
         except ValueError:
@@ -316,8 +368,12 @@ def _matches(value: Any, op: str, operand: Any) -> bool:
         return bool(value != operand)
     if not isinstance(value, int | float) or not isinstance(operand, int | float):
         return False
-    return {"gt": value > operand, "gte": value >= operand,
-            "lt": value < operand, "lte": value <= operand}[op]
+    return {
+        "gt": value > operand,
+        "gte": value >= operand,
+        "lt": value < operand,
+        "lte": value <= operand,
+    }[op]
 
 
 def _field_value(offer: dict[str, Any], name: str) -> Any:
@@ -346,20 +402,24 @@ def search(query: Any) -> tuple[list[dict[str, Any]], str | None]:
         if name in _QUERY_META:
             continue
         if not isinstance(spec, dict) or not spec:
-            return [], f"{name}: expected an object of operators, e.g. {{\"eq\": 1}}"
+            return [], f'{name}: expected an object of operators, e.g. {{"eq": 1}}'
         for op, operand in spec.items():
             if op not in _OPS:
                 return [], f"{name}: unknown operator {op!r}"
             conditions.append((name, op, operand))
-    found = [o for o in OFFERS
-             if all(name in o and _matches(_field_value(o, name), op, operand)
-                    for name, op, operand in conditions)]
+    found = [
+        o
+        for o in OFFERS
+        if all(
+            name in o and _matches(_field_value(o, name), op, operand)
+            for name, op, operand in conditions
+        )
+    ]
     order = query.get("order", [["score", "desc"]])
     if not isinstance(order, list):
         return [], "order: expected a list of [field, asc|desc]"
     for entry in reversed(order):
-        if (not isinstance(entry, list) or len(entry) != 2
-                or entry[1] not in ("asc", "desc")):
+        if not isinstance(entry, list) or len(entry) != 2 or entry[1] not in ("asc", "desc"):
             return [], "order: expected a list of [field, asc|desc]"
         found.sort(key=_sort_key(str(entry[0])), reverse=entry[1] == "desc")
     limit = query.get("limit", 64)
@@ -387,8 +447,9 @@ def validate_create(body: Any, offer: dict[str, Any], strict: bool) -> str | Non
     if not isinstance(body.get("image"), str) or not body["image"].strip():
         return "image: required"
     env = body.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                            for k, v in env.items()):
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
         return "env: must be an object of string values"
     for key in env:
         if key.startswith("-"):
@@ -420,8 +481,9 @@ def validate_create(body: Any, offer: dict[str, Any], strict: bool) -> str | Non
         if price < offer["min_bid"]:
             return f"price: bid {price} is below the minimum bid {offer['min_bid']}"
     args = body.get("args")
-    if args is not None and (not isinstance(args, list)
-                             or not all(isinstance(a, str) for a in args)):
+    if args is not None and (
+        not isinstance(args, list) or not all(isinstance(a, str) for a in args)
+    ):
         return "args: must be a list of strings or null"
     return None
 
@@ -462,11 +524,19 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
                 if match is not None:
                     port_map[int(match.group(2))] = store.host_port()
             inst = FakeVastInstance(
-                id=store.new_id(), offer=offer, label=body.get("label"), image=body["image"],
-                env=env, port_map=port_map, disk=float(body.get("disk", 10)),
-                runtype=body.get("runtype") or "ssh", bid=body.get("price"),
-                onstart=body.get("onstart"), start_date=now,
-                boot_until=now + ctx.config.boot_delay_s, ssh_port=store.host_port(),
+                id=store.new_id(),
+                offer=offer,
+                label=body.get("label"),
+                image=body["image"],
+                env=env,
+                port_map=port_map,
+                disk=float(body.get("disk", 10)),
+                runtype=body.get("runtype") or "ssh",
+                bid=body.get("price"),
+                onstart=body.get("onstart"),
+                start_date=now,
+                boot_until=now + ctx.config.boot_delay_s,
+                ssh_port=store.host_port(),
             )
             inst.calls["creates"] += 1
             store.instances[inst.id] = inst
@@ -497,13 +567,19 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
         now = time.time()
         with lock:
             store.totals["lists"] += 1
-            live = sorted((i for i in store.instances.values() if not i.destroyed),
-                          key=lambda i: i.id)
+            live = sorted(
+                (i for i in store.instances.values() if not i.destroyed), key=lambda i: i.id
+            )
             page = [i for i in live if i.id > after][:limit]
             items = [i.to_api(now) for i in page]
         more = bool(page) and page[-1].id < live[-1].id
-        return JSONResponse({"instances": items, "total_instances": len(live),
-                             "next_token": str(page[-1].id) if more else None})
+        return JSONResponse(
+            {
+                "instances": items,
+                "total_instances": len(live),
+                "next_token": str(page[-1].id) if more else None,
+            }
+        )
 
     async def get_instance(request: Request) -> Response:
         instance_id = request.path_params["instance_id"]
@@ -555,12 +631,21 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     async def current_user(request: Request) -> Response:
         # vastai show_user (GET /users/current): the CLI calls it before most commands
         # (detect_role reads host_agreement_accepted; search templates reads id).
-        return JSONResponse({
-            "id": 424242, "username": "atlas-fake", "email": "fake@example.invalid",
-            "fullname": "Fake Cloud", "credit": 100.0, "balance": 0.0,
-            "balance_threshold": 0.0, "balance_threshold_enabled": False,
-            "host_agreement_accepted": False, "ssh_key": None, "has_billing": True,
-        })
+        return JSONResponse(
+            {
+                "id": 424242,
+                "username": "atlas-fake",
+                "email": "fake@example.invalid",
+                "fullname": "Fake Cloud",
+                "credit": 100.0,
+                "balance": 0.0,
+                "balance_threshold": 0.0,
+                "balance_threshold_enabled": False,
+                "host_agreement_accepted": False,
+                "ssh_key": None,
+                "has_billing": True,
+            }
+        )
 
     async def destroy(request: Request) -> Response:
         instance_id = request.path_params["instance_id"]
@@ -609,12 +694,12 @@ def build_routes(ctx: FakeCloudContext) -> list[Route]:
     ]
     out = provider_routes(ctx, "vast", PREFIX, routes)
     # The official client sends paths that already start with /api/v1 as they are.
-    out += provider_routes(ctx, "vast", V1_PREFIX,
-                           [(["GET"], "/instances/", list_instances_v1, False)])
+    out += provider_routes(
+        ctx, "vast", V1_PREFIX, [(["GET"], "/instances/", list_instances_v1, False)]
+    )
     out += [
         Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/age", admin_age, methods=["POST"]),
-        Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/status", admin_status,
-              methods=["POST"]),
+        Route(f"{ADMIN_PREFIX}/instances/{{instance_id}}/status", admin_status, methods=["POST"]),
     ]
     return out
 

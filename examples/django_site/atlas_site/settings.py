@@ -40,7 +40,12 @@ ATLAS = {
     # "async" under ASGI (uvicorn atlas_site.asgi:application), "sync" under WSGI.
     "VIEWS": os.environ.get("DJANGO_ATLAS_VIEWS", "sync"),
     "SESSION_PRESETS": {
-        "default": {"gpu": "h100", "image": "ghcr.io/acme/realtime-inference:latest",
-                    "ports": [[8000, "http"]], "auth": "bearer", "idle_ttl_ms": 15 * 60_000},
+        "default": {
+            "gpu": "h100",
+            "image": "ghcr.io/acme/realtime-inference:latest",
+            "ports": [[8000, "http"]],
+            "auth": "bearer",
+            "idle_ttl_ms": 15 * 60_000,
+        },
     },
 }

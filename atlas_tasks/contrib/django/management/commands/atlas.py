@@ -19,8 +19,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         """``action`` and the arguments passed through to Celery."""
         parser.add_argument("action", choices=["doctor", "worker", "beat"])
-        parser.add_argument("celery_args", nargs="*",
-                            help="passed to celery (after --), e.g. -- --concurrency 8")
+        parser.add_argument(
+            "celery_args", nargs="*", help="passed to celery (after --), e.g. -- --concurrency 8"
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         """Run the action."""
@@ -38,10 +39,18 @@ class Command(BaseCommand):
             from atlas_tasks.cli import worker_queue_list
 
             settings = get_settings()
-            app.worker_main(["worker", "-E", "-Q", worker_queue_list(),
-                             f"--pool={settings.worker_pool}",
-                             f"--concurrency={settings.worker_concurrency}",
-                             "--loglevel=INFO", *extra])
+            app.worker_main(
+                [
+                    "worker",
+                    "-E",
+                    "-Q",
+                    worker_queue_list(),
+                    f"--pool={settings.worker_pool}",
+                    f"--concurrency={settings.worker_concurrency}",
+                    "--loglevel=INFO",
+                    *extra,
+                ]
+            )
         else:
             app.start(["beat", "--loglevel=INFO", *extra])
 
@@ -70,15 +79,19 @@ class Command(BaseCommand):
         else:
             self.stdout.write("  ok   SECRET_KEY is set")
         presets = options().presets
-        self.stdout.write(f"  {'ok  ' if presets else 'WARN'} presets: "
-                          f"{', '.join(sorted(presets)) or 'none (POST sessions/ answers 422)'}")
+        self.stdout.write(
+            f"  {'ok  ' if presets else 'WARN'} presets: "
+            f"{', '.join(sorted(presets)) or 'none (POST sessions/ answers 422)'}"
+        )
         if problems == 0:
             try:
                 consumed = queue_has_consumers(keyspace().queue(C.QUEUE_COMPUTE), timeout=1.0)
             except Exception:
                 consumed = False
-            self.stdout.write(f"  {'ok  ' if consumed else 'WARN'} a worker consumes "
-                              f"{keyspace().queue(C.QUEUE_COMPUTE)!r}: "
-                              f"{'yes' if consumed else 'no'}")
+            self.stdout.write(
+                f"  {'ok  ' if consumed else 'WARN'} a worker consumes "
+                f"{keyspace().queue(C.QUEUE_COMPUTE)!r}: "
+                f"{'yes' if consumed else 'no'}"
+            )
         if problems:
             raise CommandError(f"{problems} problem(s)")
