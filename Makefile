@@ -25,8 +25,8 @@ test: $(STAMP) lint typecheck
 
 # ruff, then the package's layers (import-linter contracts in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check atlas_tasks workers tests bench examples
-	# $(BIN)/ruff format --check atlas_tasks workers tests bench examples  # enabled by the format commit
+	$(BIN)/ruff check atlas_tasks workers tests bench examples docs
+	$(BIN)/ruff format --check atlas_tasks workers tests bench examples docs
 	$(BIN)/lint-imports --no-cache
 
 # The tests, benchmarks and examples are type-checked too (relaxed only where pyproject.toml
