@@ -29,9 +29,8 @@ from typing import Any, cast
 
 from atlas_tasks import constants as C
 from atlas_tasks.deps import Dependencies
-from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus
-from atlas_tasks.sessions.service import SessionService
+from atlas_tasks.sessions.service import SessionJob, SessionService
 from atlas_tasks.specs import Capability, GpuUtilization
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class WatchReport:
         }
 
 
-class GpuIdleWatcher:
+class GpuIdleWatcher(SessionJob):
     """Polls utilisation of opted-in sessions and reaps the idle ones (module doc).
 
     Args:
@@ -104,11 +103,7 @@ class GpuIdleWatcher:
     """
 
     def __init__(self, deps: Dependencies, service: SessionService | None = None) -> None:
-        self.deps = deps
-        self.r = deps.redis
-        self.ks = keyspace(deps.settings.namespace)
-        self.service = service or SessionService(deps)
-        self.store = self.service.store
+        super().__init__(deps, service)
         s = deps.settings
         self.default = (
             IdlePolicy(float(s.gpu_idle_below_pct), int(s.gpu_idle_window_ms))

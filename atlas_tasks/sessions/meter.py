@@ -47,11 +47,10 @@ from atlas_tasks import metrics
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import ValidationError
 from atlas_tasks.events import EMIT_LUA, topic_keys
-from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.quotas.store import SPEND_RETENTION_S, QuotaStore, Scope, check_id, spend_key
 from atlas_tasks.sessions.cost import accrued_usd
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus, lua_with_statuses
-from atlas_tasks.sessions.service import SessionService
+from atlas_tasks.sessions.service import SessionJob, SessionService
 from atlas_tasks.sessions.store import Keys
 
 log = logging.getLogger(__name__)
@@ -213,7 +212,7 @@ class ReconcileReport:
         }
 
 
-class CostMeter:
+class CostMeter(SessionJob):
     """The meter and the reconciliation (see the module docstring).
 
     Args:
@@ -223,11 +222,7 @@ class CostMeter:
     """
 
     def __init__(self, deps: Dependencies, service: SessionService | None = None) -> None:
-        self.deps = deps
-        self.r = deps.redis
-        self.ks = keyspace(deps.settings.namespace)
-        self.service = service or SessionService(deps)
-        self.store = self.service.store
+        super().__init__(deps, service)
         self._meter_script = self.r.register_script(_METER_SESSION)
         self._quotas = QuotaStore(self.r)
 

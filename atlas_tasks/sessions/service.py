@@ -59,6 +59,7 @@ from atlas_tasks.config import AtlasSettings
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import AtlasError, NotFoundError, NotTracked, is_transient
 from atlas_tasks.faults import fault_point
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.lease import Lease
 from atlas_tasks.providers.base import Provider
 from atlas_tasks.providers.http import is_maybe_created
@@ -631,7 +632,26 @@ class _CreateGuard:
         return None
 
 
+class SessionJob:
+    """Base of the periodic jobs over tracked sessions (the cost meter, the GPU watch):
+    the dependencies, their namespace, and the session service and store they act through.
+
+    Args:
+        deps: Redis, settings, providers, publisher.
+        service: the session service whose ``provider_for`` builds a session's provider
+            client (its per-call key included); default: one on ``deps``.
+    """
+
+    def __init__(self, deps: Dependencies, service: SessionService | None = None) -> None:
+        self.deps = deps
+        self.r = deps.redis
+        self.ks = keyspace(deps.settings.namespace)
+        self.service = service or SessionService(deps)
+        self.store = self.service.store
+
+
 __all__ = [
+    "SessionJob",
     "CLEANUP_FIRST_DELAY_MS",
     "SPAWN_LEASE_TTL_MS",
     "SessionService",
