@@ -166,8 +166,8 @@ _OBSERVE = lua_with_statuses("""
 -- Counts what happened to each session since the last look, once per session: m_run marks
 -- a counted start, m_end a counted end. Never creates a record that expired. A counted
 -- start also enters the session in the cost meter's index (watermark = running_at, NX),
--- unless the meter charged it in full already (meter_done): a session that ends before
--- the meter's next run is still charged, once (atlas_tasks.sessions.meter).
+-- unless the meter charged it in full already (meter_done). finish_spawn does that itself
+-- since the meter exists; this covers sessions that started running before an upgrade.
 local P = ARGV[2]
 local function bounds(s) local t = {} for b in string.gmatch(s, '%d+') do
   t[#t + 1] = tonumber(b) end return t end

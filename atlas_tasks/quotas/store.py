@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
@@ -39,6 +40,9 @@ from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.specs import GpuType
 
 log = logging.getLogger(__name__)
+
+#: Set once an admission without a catalog price was logged at WARNING (see try_admit).
+_no_price_warned = threading.Event()
 
 # --------------------------------------------------------------------------- keys
 
@@ -742,9 +746,15 @@ class QuotaStore:
             )
         reservation = Reservation.from_hash(_pairs(list(reply[1])))
         if hourly_usd is None and verdict == "ok":
-            log.warning(
-                "session %s admitted without a catalog price: 0 USD/h committed "
-                "until its pod's real cost is known",
+            # Once per process at WARNING (a missing price cache is a deployment problem,
+            # not a per-spawn one); every later admission without a price at DEBUG.
+            level = logging.DEBUG if _no_price_warned.is_set() else logging.WARNING
+            _no_price_warned.set()
+            log.log(
+                level,
+                "session %s admitted without a catalog price: 0 USD/h committed until its "
+                "pod's real cost is known (is the atlas.quotas.refresh_prices beat task "
+                "running?)",
                 session_id,
             )
         return Admission(reservation, already_reserved=verdict == "already")

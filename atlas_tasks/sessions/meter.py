@@ -20,10 +20,9 @@ it twice on a retry. The script therefore writes the same spend keys itself, nam
 :func:`atlas_tasks.quotas.store.spend_key` and dated by :meth:`QuotaStore.month_at`.)
 A session that ended is charged its last partial interval, up to ``ended_at_ms``, and
 leaves the index; its record is marked ``meter_done`` in the same step, so nothing can
-charge it again. A session enters the index when the meter first sees it running, or
-earlier, when the worker that spawned it records its metrics
-(:func:`atlas_tasks.metrics.observe_sessions`): so a session that starts and ends between
-two meter runs is still charged, once, at the next run.
+charge it again. A session enters the index in the same Lua step that makes it running
+(``finish_spawn``, watermark = ``running_at_ms``), so a session that starts and ends
+between two meter runs is still charged, once, at the next run.
 
 **Reconciliation** (:meth:`CostMeter.reconcile`, beat task
 ``atlas.sessions.reconcile_billing``). Providers with billing (:class:`BillingProvider`:

@@ -134,10 +134,12 @@ _FINISH_SPAWN = lua_with_statuses(
     + EMIT_LUA
     + _LUA_LIFETIME_CAP
     + """
--- KEYS: session, alive, deadlines, intents, event stream, event channel
+-- KEYS: session, alive, deadlines, intents, event stream, event channel, cost meter index
 -- ARGV: id, compute_id, compute_json, grace_ms, running event payload
 -- The `running` event is published in the same step: a worker dying right after this
--- script cannot leave a running session whose subscribers never hear of it.
+-- script cannot leave a running session whose subscribers never hear of it. The session
+-- enters the cost meter's index here too (watermark = running_at_ms), so even a session
+-- that ends before the next meter run is charged, once.
 local st = redis.call('HMGET', KEYS[1], 'status', 'idle_ttl_ms', 'compute_id',
                       'expires_at_ms', 'expiry_warn_at_ms')
 if not st[1] then redis.call('ZREM', KEYS[4], ARGV[1]) return 'missing' end
@@ -171,6 +173,7 @@ redis.call('HSET', KEYS[1], 'status', $RUNNING, 'running_at_ms', now, 'last_acti
 redis.call('SET', KEYS[2], ttl, 'PX', ttl)
 redis.call('ZADD', KEYS[3], lifetime_cap(now + ttl, st[4], st[5]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[7], 'NX', now, ARGV[1])
 emit(KEYS[5], KEYS[6], ARGV[5])
 return $RUNNING
 """
@@ -650,6 +653,7 @@ class Names:
         self.record_prefix = ks.key(C.SESSION_KEY).format(id="")
         self.alive_prefix = ks.key(C.SESSION_ALIVE_KEY).format(id="")
         self.fence_prefix = ks.key(C.TERMINATE_FENCE_KEY).format(id="")
+        self.meter_index = ks.key(C.METER_INDEX_KEY)
         self.stream_prefix = ks.key(C.EVENTS_STREAM_KEY).format(id="")
         self.channel_prefix = ks.key(C.EVENTS_CHANNEL).format(id="")
         self.reservations = reservations_index_key(ks.namespace)
@@ -1049,7 +1053,15 @@ class SessionStore:
         channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
         return str(
             self._finish_spawn(
-                keys=[k.record, k.alive, self.n.deadlines, self.n.intents, stream, channel],
+                keys=[
+                    k.record,
+                    k.alive,
+                    self.n.deadlines,
+                    self.n.intents,
+                    stream,
+                    channel,
+                    self.n.meter_index,
+                ],
                 args=[
                     session_id,
                     compute_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 from datetime import UTC, datetime
 from typing import cast
 
@@ -341,17 +342,23 @@ def test_correct_moves_the_committed_price(redis_client: redis.Redis) -> None:
 
 
 def test_unknown_price_admits_with_zero_committed_and_says_so(
-    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    quotas.set_limits("user", "u1", max_sessions=1, max_hourly_usd=1, client=redis_client)
+    import atlas_tasks.quotas.store as quota_store_module
+
+    monkeypatch.setattr(quota_store_module, "_no_price_warned", threading.Event())
+    quotas.set_limits("user", "u1", max_sessions=2, max_hourly_usd=1, client=redis_client)
     with caplog.at_level(logging.WARNING, logger="atlas_tasks.quotas.store"):
         res = quotas.admit("s1", user_id="u1", hourly_usd=None, client=redis_client)
+        quotas.admit("s2", user_id="u1", hourly_usd=None, client=redis_client)
     assert res.price_known is False and res.hourly_usd == 0.0
     assert "without a catalog price" in caplog.text and "s1" in caplog.text
+    assert "s2" not in caplog.text  # once per process at WARNING, then DEBUG
     use = quotas.usage("user", "u1", client=redis_client)
-    assert (use.sessions, use.hourly_usd) == (1, 0.0)
-    with pytest.raises(QuotaExceeded):  # it still counts as a session
-        quotas.admit("s2", user_id="u1", client=redis_client)
+    assert (use.sessions, use.hourly_usd) == (2, 0.0)
+    with pytest.raises(QuotaExceeded):  # they still count as sessions
+        quotas.admit("s3", user_id="u1", client=redis_client)
+    quotas.release("s2", client=redis_client)
     fixed = quotas.correct("s1", 0.8, client=redis_client)
     assert fixed is not None and fixed.price_known is True
     assert quotas.usage("user", "u1", client=redis_client).hourly_usd == 0.8

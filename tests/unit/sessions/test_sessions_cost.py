@@ -17,6 +17,7 @@ from atlas_tasks import constants as C
 from atlas_tasks import events, metrics, quotas
 from atlas_tasks.config import AtlasSettings, reset_settings
 from atlas_tasks.deps import Dependencies
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.providers.mock import MockProvider
 from atlas_tasks.sessions.gpu_idle import GpuIdleWatcher, IdlePolicy
 from atlas_tasks.sessions.meter import BillingProvider, CostMeter
@@ -137,6 +138,8 @@ def running(
     assert e.store.finish_spawn(sid, pod, compute) == "running"
     if ran_ms:
         e.redis.hincrby(Keys(sid).record, "running_at_ms", -ran_ms)
+        # finish_spawn entered the meter's index at running_at: backdate that watermark too
+        e.redis.zincrby(keyspace().key(C.METER_INDEX_KEY), -ran_ms, sid)
     return sid, pod
 
 
