@@ -761,9 +761,14 @@ class Keys:
 def _touch_args(
     session_id: str, publish_heartbeats: bool, names: Names
 ) -> tuple[list[str], list[Any]]:
-    k = Keys(session_id, names.ks)
+    # The hot path: the store's precomputed prefixes, not a Keys object per call.
     return (
-        [k.record, k.alive, names.deadlines, k.channel],
+        [
+            names.record_prefix + session_id,
+            names.alive_prefix + session_id,
+            names.deadlines,
+            names.channel_prefix + session_id,
+        ],
         [session_id, C.SESSION_RECORD_GRACE_MS, "1" if publish_heartbeats else "0"],
     )
 
