@@ -215,8 +215,19 @@ class AtlasSettings(BaseSettings):
     redis_url: str = Field(
         default=constants.DEFAULT_REDIS_URL,
         description="Registry, events, and (unless overridden) broker and results: "
-        "`redis://`, `rediss://` or Sentinel's `redis+sentinel://` (README, "
-        "Production Redis).",
+        "`redis://`, `rediss://`, Sentinel's `redis+sentinel://` or "
+        "`redis+cluster://host:port[,host:port...]` (README, Production Redis).",
+    )
+    redis_shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Slot-tagged shards of the session registry (deadlines, intents, "
+        "sessions, cost meter indexes; each session's keys live in its shard's hash "
+        "slot). Unset: 16 on Redis Cluster (`redis+cluster://`), none on one Redis or "
+        "Sentinel (the untagged layout). Setting it on one Redis uses the tagged layout "
+        "there too. Fixed for a deployment's life: a session is found by its shard "
+        "(README, Redis Cluster).",
     )
     broker_url: str | None = Field(
         default=None,
@@ -447,6 +458,18 @@ class AtlasSettings(BaseSettings):
         if "reap_name_prefix" not in self.model_fields_set:
             self.reap_name_prefix = f"{self.namespace}-"
         return self
+
+    @property
+    def registry_shards(self) -> int:
+        """Shards of the tagged registry layout; 0: the untagged layout (one Redis or
+        Sentinel with ``ATLAS_REDIS_SHARDS`` unset)."""
+        if self.redis_shards is not None:
+            return self.redis_shards
+        return (
+            constants.CLUSTER_DEFAULT_SHARDS
+            if self.redis_url.startswith(constants.CLUSTER_URL_SCHEME)
+            else 0
+        )
 
     @property
     def effective_broker_url(self) -> str:

@@ -44,6 +44,14 @@ NAMESPACE_RULE = (
     "must be 1-32 lower-case letters, digits or '_', starting with a letter (e.g. 'staging')"
 )
 
+# --------------------------------------------------------------------------- Redis Cluster
+
+#: ``ATLAS_REDIS_URL`` scheme of a Redis Cluster: ``redis+cluster://host:port[,host:port]``.
+CLUSTER_URL_SCHEME = "redis+cluster://"
+#: Registry shards on a cluster when ``ATLAS_REDIS_SHARDS`` is unset: enough to spread the
+#: registry over 16 masters, few enough that a sweep's per-shard round trips stay cheap.
+CLUSTER_DEFAULT_SHARDS = 16
+
 # --------------------------------------------------------------------------- sessions
 
 #: Hash with the session record (provider, compute id, status, user id, ttl, token hash...).

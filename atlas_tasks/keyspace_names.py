@@ -21,6 +21,7 @@ layout of an existing deployment does not change.
 from __future__ import annotations
 
 import re
+import zlib
 from functools import lru_cache
 from typing import Final
 
@@ -49,25 +50,52 @@ def check_namespace(value: str, *, field: str = "ATLAS_NAMESPACE") -> str:
 class Keyspace:
     """The names one namespace uses in Redis and in the broker.
 
+    Two layouts (``ATLAS_REDIS_SHARDS``, :attr:`AtlasSettings.registry_shards`):
+
+    * **untagged** (``shards=0``, one Redis or Sentinel): ``atlas:session:<id>``... as the
+      templates spell them; a multi-key script may touch any keys.
+    * **tagged** (``shards>=1``, required on Redis Cluster): keys that one Lua script
+      touches together share a hash tag, so they live in one slot. Each session belongs
+      to one of ``shards`` registry shards (:meth:`shard_of`) whose keys, indexes
+      included, are ``<ns>:{s<k>}:...``; other groups (quotas, jobs...) take a fixed tag
+      through :meth:`group` (``<ns>:{quota}:...``).
+
     Args:
         namespace: a valid namespace (:func:`check_namespace`).
+        shards: registry shards of the tagged layout; 0 for the untagged one.
+        tag: the hash tag of this group (only on keyspaces made by :meth:`group`).
     """
 
-    __slots__ = ("_names", "namespace", "prefix")
+    __slots__ = ("_groups", "_names", "key_prefix", "namespace", "prefix", "shards", "tag")
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, *, shards: int = 0, tag: str | None = None) -> None:
         self.namespace = check_namespace(namespace)
-        #: What every key of this namespace starts with (``"<namespace>:"``).
+        if shards < 0:
+            raise ValueError(f"shards must be >= 0, got {shards}")
+        #: What every key and channel of this namespace starts with (``"<namespace>:"``).
         self.prefix = f"{namespace}:"
+        #: Registry shards (0: untagged layout).
+        self.shards = shards
+        #: This group's hash tag, or ``None`` (the namespace's own, untagged names).
+        self.tag = tag
+        #: What this keyspace puts in front of a template's rest (``"<ns>:{tag}:"``).
+        self.key_prefix = self.prefix if tag is None else f"{namespace}:{{{tag}}}:"
         self._names: dict[str, str] = {}
+        self._groups: dict[str, Keyspace] = {}
 
     @property
     def is_default(self) -> bool:
         """Whether this is the default namespace (names equal the templates)."""
-        return self.namespace == DEFAULT_NAMESPACE
+        return self.namespace == DEFAULT_NAMESPACE and self.tag is None
+
+    @property
+    def tagged(self) -> bool:
+        """Whether keys are hash-tagged (the layout a Redis Cluster needs)."""
+        return self.shards > 0
 
     def key(self, template: str) -> str:
-        """``template`` (``"atlas:..."``, placeholders kept) renamed into this namespace.
+        """``template`` (``"atlas:..."``, placeholders kept) renamed into this namespace
+        (and into this keyspace's hash-tag group, if any).
 
         Raises:
             ValueError: the template does not start with ``atlas:`` (a programming error:
@@ -79,34 +107,78 @@ class Keyspace:
                 raise ValueError(
                     f"key template {template!r} does not start with {TEMPLATE_PREFIX!r}"
                 )
-            name = self.prefix + template[len(TEMPLATE_PREFIX) :]
+            name = self.key_prefix + template[len(TEMPLATE_PREFIX) :]
             self._names[template] = name
         return name
 
+    def group(self, tag: str) -> Keyspace:
+        """The keyspace whose keys share the hash tag ``tag`` in the tagged layout (one
+        slot: a script may touch them together); this keyspace itself when untagged."""
+        if not self.tagged:
+            return self
+        if self.tag is not None:
+            return _keyspace(self.namespace, self.shards).group(tag)
+        ks = self._groups.get(tag)
+        if ks is None:
+            ks = Keyspace(self.namespace, shards=self.shards, tag=tag)
+            self._groups[tag] = ks
+        return ks
+
+    def all_shards(self) -> list[Keyspace]:
+        """The registry shards' keyspaces, in shard order (``[self]`` when untagged)."""
+        if not self.tagged:
+            return [self]
+        return [self.group(shard_tag(k)) for k in range(self.shards)]
+
+    def shard_index(self, session_id: str) -> int:
+        """The registry shard of ``session_id`` (0 when untagged)."""
+        if not self.tagged:
+            return 0
+        return zlib.crc32(session_id.encode()) % self.shards
+
+    def shard_of(self, session_id: str) -> Keyspace:
+        """The keyspace of ``session_id``'s registry shard (itself when untagged)."""
+        if not self.tagged:
+            return self
+        return self.group(shard_tag(self.shard_index(session_id)))
+
     def queue(self, base: str) -> str:
         """The broker queue of this namespace for ``base`` (``compute``, ``jobs``...)."""
-        return base if self.is_default else f"{self.namespace}.{base}"
+        return base if self.namespace == DEFAULT_NAMESPACE else f"{self.namespace}.{base}"
 
     def owns(self, name: str) -> bool:
         """Whether a Redis key or channel name belongs to this namespace."""
         return name.startswith(self.prefix)
 
     def __repr__(self) -> str:
-        return f"Keyspace({self.namespace!r})"
+        extra = f", shards={self.shards}" if self.shards else ""
+        extra += f", tag={self.tag!r}" if self.tag is not None else ""
+        return f"Keyspace({self.namespace!r}{extra})"
+
+
+def shard_tag(index: int) -> str:
+    """The hash tag of registry shard ``index`` (``s0``, ``s1``...)."""
+    return f"s{index}"
 
 
 @lru_cache(maxsize=64)
-def _keyspace(namespace: str) -> Keyspace:
-    return Keyspace(namespace)
+def _keyspace(namespace: str, shards: int) -> Keyspace:
+    return Keyspace(namespace, shards=shards)
 
 
-def keyspace(namespace: str | None = None) -> Keyspace:
-    """The keyspace of ``namespace``, or of the current settings' ``ATLAS_NAMESPACE``.
+def keyspace(namespace: str | None = None, *, shards: int | None = None) -> Keyspace:
+    """The keyspace of ``namespace``, or of the current settings' ``ATLAS_NAMESPACE``, in
+    the settings' layout (``shards``: another layout, for tests and benchmarks).
 
-    Cached per namespace; the settings are read on every call (they are cached too), so a
-    process whose settings change (tests, :func:`atlas_tasks.config.configure`) follows.
+    Cached per namespace and layout; the settings are read on every call (they are cached
+    too), so a process whose settings change (tests, :func:`atlas_tasks.config.configure`)
+    follows.
     """
-    return _keyspace(namespace if namespace is not None else get_settings().namespace)
+    settings = get_settings()
+    return _keyspace(
+        namespace if namespace is not None else settings.namespace,
+        settings.registry_shards if shards is None else shards,
+    )
 
 
 __all__ = [
@@ -116,4 +188,5 @@ __all__ = [
     "Keyspace",
     "check_namespace",
     "keyspace",
+    "shard_tag",
 ]
