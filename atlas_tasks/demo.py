@@ -24,8 +24,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from atlas_tasks import constants as C
-from atlas_tasks.keyspace_names import keyspace
+from atlas_tasks.events import session_channel_pattern
 
 # The fake cloud behind the local stack needs Starlette and uvicorn: `atlas-tasks demo`
 # imports this module through the CLI, which names the [testing] extra when they are missing.
@@ -52,7 +51,7 @@ class Timeline:
         self.start = time.monotonic()
         self.client = client_for_url(redis_url, decode_responses=True)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.psubscribe(keyspace().key(C.EVENTS_CHANNEL_PATTERN))
+        self.pubsub.psubscribe(session_channel_pattern())
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

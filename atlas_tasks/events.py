@@ -75,7 +75,24 @@ def _keys(topic: str, topic_id: str, namespace: str | None = None) -> tuple[str,
             field="topic",
         ) from None
     ks = keyspace(namespace)  # ATLAS_NAMESPACE unless the caller's store names one
+    if topic == SESSION_TOPIC:
+        # a session's stream lives in its registry shard (its scripts emit into it)
+        ks = ks.shard_of(topic_id)
     return ks.key(channel).format(id=topic_id), ks.key(stream).format(id=topic_id)
+
+
+#: The topic of session events (whose stream and channel follow the session's shard).
+SESSION_TOPIC = "compute"
+
+
+def session_channel_pattern(namespace: str | None = None) -> str:
+    """The ``PSUBSCRIBE`` pattern matching every session's event channel in
+    ``namespace``: ``atlas:events:*``, or ``atlas:{s*}:events:*`` in the tagged layout
+    (each channel carries its shard's hash tag)."""
+    ks = keyspace(namespace)
+    if ks.tagged:
+        return ks.key(C.EVENTS_CHANNEL_PATTERN).replace(ks.prefix, ks.prefix + "{s*}:", 1)
+    return ks.key(C.EVENTS_CHANNEL_PATTERN)
 
 
 def publish(
@@ -289,11 +306,13 @@ class _Cursor:
 __all__ = [
     "COMPUTE_EVENT_TYPES",
     "EMIT_LUA",
+    "SESSION_TOPIC",
     "Event",
     "asubscribe",
     "encode",
     "history",
     "publish",
+    "session_channel_pattern",
     "subscribe",
     "topic_keys",
 ]

@@ -95,7 +95,9 @@ class Keyspace:
 
     def key(self, template: str) -> str:
         """``template`` (``"atlas:..."``, placeholders kept) renamed into this namespace
-        (and into this keyspace's hash-tag group, if any).
+        (and into this keyspace's hash-tag group, if any). A template with placeholders
+        comes back ready for ``str.format`` (the hash tag's braces escaped, so the
+        formatted key holds ``{tag}``); one without is the final key.
 
         Raises:
             ValueError: the template does not start with ``atlas:`` (a programming error:
@@ -107,7 +109,13 @@ class Keyspace:
                 raise ValueError(
                     f"key template {template!r} does not start with {TEMPLATE_PREFIX!r}"
                 )
-            name = self.key_prefix + template[len(TEMPLATE_PREFIX) :]
+            rest = template[len(TEMPLATE_PREFIX) :]
+            prefix = self.key_prefix
+            if self.tag is not None and "{" in rest:
+                # a template with placeholders is str.format()ed next: its hash tag's
+                # braces are escaped so they come out as the literal "{tag}"
+                prefix = prefix.replace("{", "{{").replace("}", "}}")
+            name = prefix + rest
             self._names[template] = name
         return name
 

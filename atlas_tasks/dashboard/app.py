@@ -61,6 +61,7 @@ from atlas_tasks.dashboard.service import DashboardService, LiveTable
 from atlas_tasks.dashboard.settings import MIN_TOKEN_LENGTH, DashboardSettings
 from atlas_tasks.dashboard.web import KEEPALIVE_S, error_body, session_action, sse
 from atlas_tasks.errors import AtlasError, ValidationError
+from atlas_tasks.events import session_channel_pattern
 from atlas_tasks.redis_conn import async_client_for_url
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class LiveFeed:
             client = async_client_for_url(self.redis_url, decode_responses=True)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.psubscribe(self.ks.key(C.EVENTS_CHANNEL_PATTERN))
+                await pubsub.psubscribe(session_channel_pattern(self.ks.namespace))
                 while self._queues:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:

@@ -42,7 +42,7 @@ from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.redis_lua import decode_json as _json
 from atlas_tasks.sessions.reaper import DATA_LOSS_GRACE_KEY, ORPHAN_FIRST_SEEN_KEY
 from atlas_tasks.sessions.records import SessionRecord
-from atlas_tasks.sessions.store import STOPS_KEY, Keys, store_for
+from atlas_tasks.sessions.store import Keys, SessionStore, store_for
 from atlas_tasks.tasks.reaper import LAST_SWEEP_KEY, SWEEP_STATS_KEY
 
 log = logging.getLogger(__name__)
@@ -253,17 +253,21 @@ class DashboardService:
         """The registry's Redis client (decoded responses)."""
         return get_redis(self.settings.redis_url)
 
+    @property
+    def _store(self) -> SessionStore:
+        return store_for(self.r, namespace=self.ks.namespace)
+
     # ------------------------------------------------------------------ sessions
     def tracked_ids(self) -> set[str]:
         """Every tracked session id of the cluster."""
-        return set(cast(set[str], self.r.smembers(self.ks.key(C.SESSIONS_SET_KEY))))
+        return set(self._store.list_ids())
 
     def tracked_among(self, session_ids: Iterable[str]) -> set[str]:
         """Which of ``session_ids`` are tracked (one round trip)."""
         ids = list(session_ids)
         if not ids:
             return set()
-        flags = self.r.smismember(self.ks.key(C.SESSIONS_SET_KEY), ids)
+        flags = self._store.tracked_flags(ids)
         return {sid for sid, flag in zip(ids, flags, strict=True) if flag}
 
     def rows(self, session_ids: Iterable[str], tracked: set[str]) -> tuple[int, list[SessionRow]]:
@@ -480,14 +484,14 @@ class DashboardService:
             pipe.time()
             pipe.get(self.ks.key(LAST_SWEEP_KEY))
             pipe.hgetall(self.ks.key(SWEEP_STATS_KEY))
-            pipe.zcard(self.ks.key(C.INTENTS_KEY))
-            pipe.zcard(self.ks.key(STOPS_KEY))
             pipe.exists(self.ks.key(DATA_LOSS_GRACE_KEY))
-            pipe.smembers(self.ks.key(C.SESSIONS_SET_KEY))
-            (seconds, micros), last, stats, intents, stops, grace, tracked = pipe.execute()
+            (seconds, micros), last, stats, grace = pipe.execute()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        due = int(r.zcount(self.ks.key(C.DEADLINE_INDEX_KEY), "-inf", now_ms))
-        retries = store_for(r, namespace=self.ks.namespace).count_failing_terminates(list(tracked))
+        store = self._store
+        counts = store.index_counts(now_ms)
+        intents, stops, due = counts.intents, counts.stops, counts.due
+        tracked = store.list_ids()
+        retries = store.count_failing_terminates(tracked)
         last_sweep = _json(last)
         interval = self.settings.reap_interval_ms
         age = (

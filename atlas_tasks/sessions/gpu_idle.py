@@ -23,7 +23,7 @@ A session opts in with ``gpu_idle_below_pct`` and ``gpu_idle_window_ms`` on its 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -114,7 +114,7 @@ class GpuIdleWatcher(SessionJob):
     def watch(self, enqueue_terminate: EnqueueTerminate) -> WatchReport:
         """One pass over the tracked sessions (see the module docstring)."""
         report = WatchReport()
-        ids = sorted(cast(Iterable[str], self.r.smembers(self.ks.key(C.SESSIONS_SET_KEY))))
+        ids = self.store.list_ids()
         marks = cast(dict[str, str], self.r.hgetall(self.ks.key(C.GPU_IDLE_SINCE_KEY)))
         # Marks of sessions no longer tracked (ended, expired) are dropped.
         tracked = set(ids)

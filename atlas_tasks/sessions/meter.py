@@ -45,12 +45,12 @@ from atlas_tasks import constants as C
 from atlas_tasks import metrics
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import ValidationError
-from atlas_tasks.events import EMIT_LUA, topic_keys
+from atlas_tasks.events import EMIT_LUA
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.quotas.store import SPEND_RETENTION_S, QuotaStore, Scope, check_id, spend_key
 from atlas_tasks.sessions.cost import accrued_usd
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus, lua_with_statuses
 from atlas_tasks.sessions.service import SessionJob, SessionService
-from atlas_tasks.sessions.store import Keys
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +61,28 @@ _METER_SESSION = lua_with_statuses(
     EMIT_LUA
     + """
 -- KEYS: record, meter index, event stream, event channel, spend keys (user, tenant)...
--- ARGV: id, now_ms, interval_ms, spend expire-at (unix s)
+-- ARGV: id, now_ms, interval_ms, spend expire-at (unix s), owe ('1': tagged layout)
+-- Returns {verdict, micros charged now, spend owed (micros), owed until (ms)}.
 -- Charges whole intervals past the session's watermark (all that is left once it ended),
 -- moves the watermark, adds the spend and publishes the `cost` event: one atomic step,
 -- so each session-interval is charged exactly once whoever runs the meter, how often.
 local id, now, interval = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local f = redis.call('HMGET', KEYS[1], 'status', 'running_at_ms', 'ended_at_ms', 'compute',
                      'meter_done')
-if not f[1] then redis.call('ZREM', KEYS[2], id) return {'gone', 0} end
+if not f[1] then redis.call('ZREM', KEYS[2], id) return {'gone', 0, 0, 0} end
+-- Tagged layout (Redis Cluster): the spend keys are in the quota slot, not this one. The
+-- charge is added to the record's spend_owed_* in this step instead; the meter applies
+-- it to the spend keys next (idempotent by spend_owed_upto) and then clears it here.
+local function done(verdict, micros)
+  local owed = redis.call('HMGET', KEYS[1], 'spend_owed_micros', 'spend_owed_upto')
+  return {verdict, micros, tonumber(owed[1] or '0'), tonumber(owed[2] or '0')}
+end
 -- charged in full already (the final part went out): whoever indexes it again gets nothing
-if f[5] then redis.call('ZREM', KEYS[2], id) return {'nothing', 0} end
+if f[5] then redis.call('ZREM', KEYS[2], id) return done('done', 0) end
 local running_at = tonumber(f[2])
 if not running_at then
   if f[1] == $TERMINATED or f[1] == $FAILED then redis.call('ZREM', KEYS[2], id) end
-  return {'not_running', 0}
+  return done('not_running', 0)
 end
 local ended = f[1] == $TERMINATED or f[1] == $FAILED
 local cost = nil
@@ -93,7 +101,7 @@ else
   local n = math.floor((now - wm) / interval)
   if n < 1 then
     redis.call('ZADD', KEYS[2], 'NX', wm, id)
-    return {'early', 0}
+    return done('early', 0)
   end
   upto = wm + n * interval
 end
@@ -108,21 +116,57 @@ else
   redis.call('ZADD', KEYS[2], upto, id)
 end
 if micros > 0 then
+  if ARGV[5] == '1' then
+    redis.call('HINCRBY', KEYS[1], 'spend_owed_micros', micros)
+    redis.call('HSET', KEYS[1], 'spend_owed_upto', upto)
+  end
   for i = 5, #KEYS do
     redis.call('INCRBY', KEYS[i], micros)
     redis.call('EXPIREAT', KEYS[i], tonumber(ARGV[4]))
   end
 end
-if upto <= wm then return {'nothing', 0} end
+if upto <= wm then return done('nothing', 0) end
 local accrued = cjson.null
 if cost then accrued = cost * (upto - running_at) / 3600000 end
 emit(KEYS[3], KEYS[4], cjson.encode({session_id = id, type = 'cost', ts = now / 1000,
   data = {usd = micros / 1000000, accrued_usd = accrued, cost_per_hour = cost or cjson.null,
           from_ms = wm, until_ms = upto, final = ended}}))
-if ended then return {'final', micros} end
-return {'metered', micros}
+if ended then return done('final', micros) end
+return done('metered', micros)
 """
 )
+
+_APPLY_OWED_SPEND = """
+-- KEYS: applied (hash: session id -> owed-until applied), spend keys (user, tenant)...
+-- ARGV: id, micros, owed until (ms), spend expire-at (unix s)
+-- The tagged layout's second step: a session's owed spend is added once, however often a
+-- worker dying between the steps makes the meter apply it again.
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local applied = 0
+if tonumber(ARGV[3]) > last then
+  for i = 2, #KEYS do
+    redis.call('INCRBY', KEYS[i], tonumber(ARGV[2]))
+    redis.call('EXPIREAT', KEYS[i], tonumber(ARGV[4]))
+  end
+  applied = 1
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return applied
+"""
+
+_CLEAR_OWED_SPEND = """
+-- KEYS: record  ARGV: owed until (ms) that was applied
+-- Clears the owed spend the meter just applied, unless a newer charge added to it since.
+if redis.call('HGET', KEYS[1], 'spend_owed_upto') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'spend_owed_micros', 'spend_owed_upto')
+  return 1
+end
+return 0
+"""
+
+#: Tagged layout: per session, the owed-until (ms) last added to the spend keys (in the
+#: quota group's slot, beside the spend keys it guards).
+APPLIED_SPEND_KEY = "atlas:quota:meter-applied"
 
 
 @runtime_checkable
@@ -223,16 +267,19 @@ class CostMeter(SessionJob):
     def __init__(self, deps: Dependencies, service: SessionService | None = None) -> None:
         super().__init__(deps, service)
         self._meter_script = self.r.register_script(_METER_SESSION)
+        self._apply_owed = self.r.register_script(_APPLY_OWED_SPEND)
+        self._clear_owed = self.r.register_script(_CLEAR_OWED_SPEND)
         self._quotas = QuotaStore(self.r)
 
     # ------------------------------------------------------------------ meter
     def candidates(self) -> list[str]:
         """Tracked sessions plus the ones the meter still owes a final charge."""
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.smembers(self.ks.key(C.SESSIONS_SET_KEY))
-            pipe.zrange(self.ks.key(C.METER_INDEX_KEY), 0, -1)
-            tracked, indexed = pipe.execute()
-        return sorted(set(cast(Iterable[str], tracked)) | set(cast(Iterable[str], indexed)))
+            for shard in self.store.shards:
+                pipe.smembers(shard.sessions)
+                pipe.zrange(shard.meter_index, 0, -1)
+            parts = cast(list[Iterable[str]], pipe.execute())
+        return sorted({str(sid) for part in parts for sid in part})
 
     def meter(self, *, now_ms: int | None = None, interval_ms: int | None = None) -> MeterReport:
         """Charge every running session's elapsed whole intervals (see the module doc).
@@ -245,6 +292,7 @@ class CostMeter(SessionJob):
         month, month_end_s = self._quotas.month_at(now // 1000)
         expire_at = month_end_s + SPEND_RETENTION_S
         report = MeterReport()
+        tagged = self.ks.tagged
         for batch in _chunks(self.candidates(), METER_BATCH):
             records = self.store.get_fields(
                 batch, "status", "running_at_ms", "user_id", "tenant_id"
@@ -255,21 +303,36 @@ class CostMeter(SessionJob):
                     report.scanned += 1
                     if record is not None and record.running_at_ms is None and not record.ended:
                         continue  # spawning: nothing runs yet
-                    channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
+                    n = self.store.names_of(session_id)
                     keys = [
-                        Keys(session_id, self.ks).record,
-                        self.ks.key(C.METER_INDEX_KEY),
-                        stream,
-                        channel,
+                        n.record_prefix + session_id,
+                        n.meter_index,
+                        n.stream_prefix + session_id,
+                        n.channel_prefix + session_id,
                     ]
-                    keys += [spend_key(scope, ident, month) for scope, ident in _scopes(record)]
+                    if not tagged:  # same slot only when untagged: see _APPLY_OWED_SPEND
+                        keys += [spend_key(scope, ident, month) for scope, ident in _scopes(record)]
                     self._meter_script(
-                        keys=keys, args=[session_id, now, interval, expire_at], client=pipe
+                        keys=keys,
+                        args=[session_id, now, interval, expire_at, "1" if tagged else "0"],
+                        client=pipe,
                     )
                     calls.append(session_id)
                 replies = pipe.execute() if calls else []
+            by_id = dict(zip(batch, records, strict=True))
             for session_id, reply in zip(calls, replies, strict=True):
                 verdict, micros = str(reply[0]), int(reply[1])
+                owed_micros, owed_upto = int(reply[2]), int(reply[3])
+                if tagged and owed_upto:
+                    self._settle_owed(
+                        session_id,
+                        by_id[session_id],
+                        owed_micros,
+                        owed_upto,
+                        month,
+                        expire_at,
+                        final=verdict in ("final", "done"),
+                    )
                 report.micros += micros
                 if verdict in ("metered", "final"):
                     report.metered.append(session_id)
@@ -277,9 +340,31 @@ class CostMeter(SessionJob):
                     report.finalized.append(session_id)
         return report
 
+    def _settle_owed(
+        self,
+        session_id: str,
+        record: SessionRecord | None,
+        micros: int,
+        upto: int,
+        month: str,
+        expire_at: int,
+        *,
+        final: bool,
+    ) -> None:
+        # Tagged layout: add the session's owed spend to its user's and tenant's spend
+        # keys (once: guarded by the applied owed-until), then clear it on the record.
+        spend = [spend_key(scope, ident, month) for scope, ident in _scopes(record)]
+        applied_key = keyspace(self.ks.namespace).group("quota").key(APPLIED_SPEND_KEY)
+        self._apply_owed(keys=[applied_key, *spend], args=[session_id, micros, upto, expire_at])
+        self._clear_owed(keys=[self.store.keys(session_id).record], args=[upto])
+        if final:
+            # only once the record no longer owes it: a guard dropped before that could
+            # let a retry add the same spend again
+            self.r.hdel(applied_key, session_id)
+
     def watermark(self, session_id: str) -> int | None:
         """The session's "metered until" (ms), or ``None`` if the meter holds none."""
-        score = self.r.zscore(self.ks.key(C.METER_INDEX_KEY), session_id)
+        score = self.r.zscore(self.store.names_of(session_id).meter_index, session_id)
         return None if score is None else int(score)
 
     # ------------------------------------------------------------------ reconcile
@@ -289,10 +374,7 @@ class CostMeter(SessionJob):
         report = ReconcileReport()
         now = self.store.now_ms() if now_ms is None else now_ms
         groups: dict[tuple[str, str | None], list[SessionRecord]] = {}
-        for batch in _chunks(
-            sorted(cast(Iterable[str], self.r.smembers(self.ks.key(C.SESSIONS_SET_KEY)))),
-            METER_BATCH,
-        ):
+        for batch in _chunks(self.store.list_ids(), METER_BATCH):
             for record in self.store.get_many(batch):
                 if (
                     record is not None
@@ -347,15 +429,15 @@ class CostMeter(SessionJob):
         for d in report.drifts:
             if d.ratio > C.COST_DRIFT_TOLERANCE:
                 drifting[d.provider] = drifting.get(d.provider, 0) + 1
-        with self.r.pipeline(transaction=True) as pipe:
+        with self.r.pipeline(transaction=True) as pipe:  # one key: one slot on a cluster
             pipe.delete(self.ks.key(C.COST_DRIFT_KEY))
             if fields:
                 pipe.hset(self.ks.key(C.COST_DRIFT_KEY), mapping=cast(dict[Any, Any], fields))
-            for provider, count in drifting.items():
-                pipe.hincrby(
-                    metrics.PREFIX + "c:cost_drift_sessions", metrics.label_field(provider), count
-                )
             pipe.execute()
+        for provider, count in drifting.items():
+            self.r.hincrby(
+                metrics.PREFIX + "c:cost_drift_sessions", metrics.label_field(provider), count
+            )
 
 
 def _billed_by_pod(answer: dict[str, Any]) -> dict[str, float]:

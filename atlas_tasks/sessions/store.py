@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -37,11 +40,12 @@ from pydantic import BaseModel, Field
 
 from atlas_tasks import constants as C
 from atlas_tasks.errors import NotTracked
-from atlas_tasks.events import EMIT_LUA, encode, topic_keys
+from atlas_tasks.events import EMIT_LUA, encode
 from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
 from atlas_tasks.quotas.store import (
     LUA_QUOTA_RELEASE,
+    QuotaStore,
     reservation_key,
     reservations_index_key,
     usage_key_halves,
@@ -194,7 +198,9 @@ _FAIL_SPAWN = lua_with_statuses(
 -- already ended keeps its status and first error (a duplicate failure is a no-op).
 -- The quota reservation is given back in this same step, whatever the record says: after
 -- this script the session is ended (or gone), and a release is idempotent.
-quota_release(KEYS[9], KEYS[10], ARGV[1], ARGV[6], ARGV[7])
+-- (tagged layout: no quota keys here, they live in another slot; the store releases
+-- right after this script, and release_orphaned is the backstop)
+if KEYS[9] then quota_release(KEYS[9], KEYS[10], ARGV[1], ARGV[6], ARGV[7]) end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == $FAILED or st == $TERMINATED then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -270,7 +276,8 @@ _FINISH_TERMINATE = lua_with_statuses(
 -- The session's quota reservation is released in the same step that ends it (idle,
 -- stop, max lifetime, podless stop, stale intent, adopted pod): no worker death between
 -- "terminated" and "released" can leak it; a second release finds nothing.
-quota_release(KEYS[9], KEYS[10], ARGV[1], ARGV[4], ARGV[5])
+-- (tagged layout: released by the store right after this script, see _FAIL_SPAWN)
+if KEYS[9] then quota_release(KEYS[9], KEYS[10], ARGV[1], ARGV[4], ARGV[5]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -637,10 +644,38 @@ return out
 
 _TOUCH_FAST_SHA = hashlib.sha1(_TOUCH_FAST.encode()).hexdigest()
 
+_T = TypeVar("_T")
+
+#: Threads a process uses to sweep registry shards at once (tagged layout).
+SWEEP_THREADS = 8
+_sweep_pool: tuple[int, ThreadPoolExecutor] | None = None
+_sweep_pool_lock = threading.Lock()
+
+
+def sweep_pool() -> ThreadPoolExecutor:
+    """The process's pool for per-shard sweep calls, made on first use in each process
+    (a pool inherited through fork has no threads, so a forked worker makes its own)."""
+    global _sweep_pool
+    pid = os.getpid()
+    pool = _sweep_pool
+    if pool is None or pool[0] != pid:
+        with _sweep_pool_lock:
+            pool = _sweep_pool
+            if pool is None or pool[0] != pid:
+                pool = (pid, ThreadPoolExecutor(SWEEP_THREADS, thread_name_prefix="atlas-sweep"))
+                _sweep_pool = pool
+    return pool[1]
+
 
 class Names:
     """The session store's key names in one namespace, computed once per store (the
-    per-session ones as prefixes: ``prefix + id`` is the hot path's whole cost)."""
+    per-session ones as prefixes: ``prefix + id`` is the hot path's whole cost).
+
+    In the tagged layout (Redis Cluster) there is one :class:`Names` per registry shard,
+    built from the shard's keyspace: its indexes and the keys of its sessions share the
+    shard's hash tag, so every script below touches one slot. The quota names are the
+    quota group's (used only in the untagged layout, where end scripts release inline).
+    """
 
     def __init__(self, ks: Keyspace) -> None:
         self.ks = ks
@@ -658,6 +693,14 @@ class Names:
         self.channel_prefix = ks.key(C.EVENTS_CHANNEL).format(id="")
         self.reservations = reservations_index_key(ks.namespace)
         self.usage_halves = usage_key_halves(ks.namespace)
+
+
+class IndexCounts(NamedTuple):
+    """What :meth:`SessionStore.index_counts` answers."""
+
+    intents: int
+    stops: int
+    due: int
 
 
 class TerminateStart(NamedTuple):
@@ -724,13 +767,15 @@ class SessionInfo(BaseModel):
 
 @dataclass(frozen=True)
 class Keys:
-    """The concrete Redis keys of one session (in ``ks``, else the settings' namespace)."""
+    """The concrete Redis keys of one session (in ``ks``, else the settings' namespace;
+    in the tagged layout, in the session's registry shard)."""
 
     session_id: str
     ks: Keyspace | None = None
 
     def _name(self, template: str) -> str:
-        return (self.ks or keyspace()).key(template).format(id=self.session_id)
+        ks = (self.ks or keyspace()).shard_of(self.session_id)
+        return ks.key(template).format(id=self.session_id)
 
     @property
     def record(self) -> str:
@@ -807,7 +852,12 @@ class SessionStore:
         self.r = client
         self.publish_heartbeats = publish_heartbeats
         self.ks = keyspace(namespace)
-        self.n = Names(self.ks)
+        #: The names of each registry shard (one in the untagged layout).
+        self.shards = [Names(shard) for shard in self.ks.all_shards()]
+        #: The first shard's names: the store's only names in the untagged layout.
+        self.n = self.shards[0]
+        self._tagged = self.ks.tagged
+        self._quota_store: QuotaStore | None = None
         self._create = client.register_script(_CREATE)
         self._touch = client.register_script(_TOUCH)
         self._claim_expired = client.register_script(_CLAIM_EXPIRED)
@@ -835,6 +885,29 @@ class SessionStore:
         """The keys of one session in this store's namespace."""
         return Keys(session_id, self.ks)
 
+    def names_of(self, session_id: str) -> Names:
+        """The names of ``session_id``'s registry shard (the store's names when untagged)."""
+        if not self._tagged:
+            return self.n
+        return self.shards[self.ks.shard_index(session_id)]
+
+    def _each_shard(self, fn: Callable[[Names], _T]) -> list[_T]:
+        # One call per registry shard: inline when there is one, else on the sweep pool
+        # so a sweep's round trips to a cluster's masters overlap instead of queueing.
+        if len(self.shards) == 1:
+            return [fn(self.shards[0])]
+        return list(sweep_pool().map(fn, self.shards))
+
+    def _release_quota_after_end(self, session_id: str) -> None:
+        # Tagged layout only: the quota's keys live in their own slot, so the end
+        # scripts cannot release in their step. Released right after; a worker dying in
+        # between leaves it to QuotaStore.release_orphaned (which asks live_ids()).
+        if not self._tagged:
+            return
+        if self._quota_store is None:
+            self._quota_store = QuotaStore(self.r)
+        self._quota_store.release(session_id)
+
     # ------------------------------------------------------------------ caller side
     def create(self, record: SessionRecord, *, expiry_warning_ms: int = 0) -> int:
         """Record a new session (its ``status`` is ``spawning``) with a write-ahead intent,
@@ -852,7 +925,8 @@ class SessionStore:
         for key, value in fields.items():
             flat += [key, value]
         record_ttl = C.SPAWN_INTENT_TTL_MS + C.SESSION_RECORD_GRACE_MS
-        keys = [self.keys(session_id).record, self.n.sessions, self.n.intents]
+        n = self.names_of(session_id)
+        keys = [n.record_prefix + session_id, n.sessions, n.intents]
         args: list[str | int] = [
             session_id,
             C.SPAWN_INTENT_TTL_MS,
@@ -861,6 +935,15 @@ class SessionStore:
             *flat,
         ]
         if record.user_id is None:
+            return int(self._create(keys=keys, args=args))
+        if self._tagged:
+            # The user's index is in its own slot: indexed first, so a listed id whose
+            # create then failed is pruned on read, and a created session is always
+            # listed.
+            self._index_user(
+                keys=[user_index_key(canonical_user(record.user_id), self.ks)],
+                args=[session_id, USER_INDEX_MAX],
+            )
             return int(self._create(keys=keys, args=args))
         # The record and its per-user index entry in one MULTI: one round trip, and a
         # listed session always has a record (until it expires; then reads prune it).
@@ -883,12 +966,23 @@ class SessionStore:
             user_json: the canonical JSON form of the user id (:func:`canonical_user`).
             offset, limit: the page.
         """
+        index = user_index_key(user_json, self.ks)
+        if self._tagged:
+            ids = cast(list[str], self.r.zrevrange(index, offset, offset + limit - 1))
+            return self._page_of_records(index, ids, self.get_many(ids))
         return _records_of_rows(
-            self._list_user(
-                keys=[user_index_key(user_json, self.ks)],
-                args=[self.n.record_prefix, offset, limit],
-            )
+            self._list_user(keys=[index], args=[self.n.record_prefix, offset, limit])
         )
+
+    def _page_of_records(
+        self, index: str, ids: list[str], records: list[SessionRecord | None]
+    ) -> list[SessionRecord]:
+        # The tagged layout's list_user: records read by id across shards; ids whose
+        # record expired are pruned from the index (as _LIST_USER does in one step).
+        gone = [sid for sid, rec in zip(ids, records, strict=True) if rec is None]
+        if gone:
+            self.r.zrem(index, *gone)
+        return [rec for rec in records if rec is not None and rec.id]
 
     def touch(self, session_id: str) -> None:
         """Re-arm the idle clock: one round trip on a running session.
@@ -900,8 +994,9 @@ class SessionStore:
         Raises:
             NotTracked: unknown, terminated or terminating session.
         """
+        n = self.names_of(session_id)
         if not self.publish_heartbeats:
-            alive = self.n.alive_prefix + session_id
+            alive = n.alive_prefix + session_id
             try:
                 fast = self.r.evalsha(_TOUCH_FAST_SHA, 1, alive)
             except redis.exceptions.NoScriptError:  # Redis restarted or SCRIPT FLUSH
@@ -909,7 +1004,7 @@ class SessionStore:
                 fast = self.r.evalsha(_TOUCH_FAST_SHA, 1, alive)
             if fast == 1:
                 return
-        keys, args = _touch_args(session_id, self.publish_heartbeats, self.n)
+        keys, args = _touch_args(session_id, self.publish_heartbeats, n)
         _touch_verdict(session_id, int(self._touch(keys=keys, args=args)))
 
     def get(self, session_id: str) -> SessionRecord | None:
@@ -964,7 +1059,8 @@ class SessionStore:
 
     def list_ids(self) -> list[str]:
         """Ids of every session currently tracked (spawning, running or terminating)."""
-        return sorted(cast(set[str], self.r.smembers(self.n.sessions)))
+        members = self._each_shard(lambda n: cast(set[str], self.r.smembers(n.sessions)))
+        return sorted(set().union(*members))
 
     def count_failing_terminates(self, session_ids: list[str]) -> int:
         """How many of ``session_ids`` are terminating with a failed attempt recorded (the
@@ -979,7 +1075,36 @@ class SessionStore:
 
     def is_tracked(self, session_id: str) -> bool:
         """Whether the session is in the tracked set."""
-        return bool(self.r.sismember(self.n.sessions, session_id))
+        return bool(self.r.sismember(self.names_of(session_id).sessions, session_id))
+
+    def index_counts(self, now_ms: int) -> IndexCounts:
+        """Sizes of the registry's indexes over every shard (one pipelined read): spawn
+        intents, recorded stops, and deadlines due by ``now_ms``."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for n in self.shards:
+                pipe.zcard(n.intents)
+                pipe.zcard(n.stops)
+                pipe.zcount(n.deadlines, "-inf", now_ms)
+            flat = [int(x) for x in pipe.execute()]
+        return IndexCounts(sum(flat[0::3]), sum(flat[1::3]), sum(flat[2::3]))
+
+    def tracked_flags(self, session_ids: list[str]) -> list[bool]:
+        """Whether each of ``session_ids`` is tracked (one pipelined read)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.sismember(self.names_of(sid).sessions, sid)
+            return [bool(x) for x in pipe.execute()] if session_ids else []
+
+    def live_ids(self, session_ids: list[str]) -> set[str]:
+        """Those of ``session_ids`` whose record exists and has not ended (spawning,
+        running or terminating): what a quota reservation may still be held for."""
+        records = self.get_fields(session_ids, "status")
+        return {
+            sid
+            for sid, rec in zip(session_ids, records, strict=True)
+            if rec is not None
+            and rec.status not in (SessionStatus.TERMINATED, SessionStatus.FAILED)
+        }
 
     # ------------------------------------------------------------------ worker side
     def start_spawn(self, session_id: str, token: str, lease_ms: int) -> int:
@@ -991,7 +1116,7 @@ class SessionStore:
         k = self.keys(session_id)
         return int(
             self._start_spawn(
-                keys=[k.spawn_lease, self.n.intents, k.record],
+                keys=[k.spawn_lease, self.names_of(session_id).intents, k.record],
                 args=[session_id, token, lease_ms, C.SPAWN_INTENT_TTL_MS],
             )
         )
@@ -1006,7 +1131,7 @@ class SessionStore:
         k = self.keys(session_id)
         return str(
             self._begin_create(
-                keys=[k.record, k.spawn_lease, self.n.intents],
+                keys=[k.record, k.spawn_lease, self.names_of(session_id).intents],
                 args=[session_id, token, C.SPAWN_INTENT_TTL_MS],
             )
         )
@@ -1038,13 +1163,17 @@ class SessionStore:
     ) -> list[tuple[str, str]]:
         """``(session id, sealed spawn payload)`` of spawns that made no progress for
         ``stall_ms``, claimed for a re-send (see ``_CLAIM_STALLED``)."""
-        flat = [
-            str(x)
-            for x in self._claim_stalled(
-                keys=[self.n.intents],
-                args=[limit, C.SPAWN_INTENT_TTL_MS, stall_ms, self.n.record_prefix, max_resends],
+
+        def claim(n: Names) -> list[Any]:
+            return cast(
+                list[Any],
+                self._claim_stalled(
+                    keys=[n.intents],
+                    args=[limit, C.SPAWN_INTENT_TTL_MS, stall_ms, n.record_prefix, max_resends],
+                ),
             )
-        ]
+
+        flat = [str(x) for part in self._each_shard(claim) for x in part]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def finish_spawn(self, session_id: str, compute_id: str, compute: dict[str, Any]) -> str:
@@ -1054,18 +1183,17 @@ class SessionStore:
         ``terminating`` when a stop arrived during the spawn (the caller then terminates),
         ``missing`` when the record vanished.
         """
-        k = self.keys(session_id)
-        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
+        n = self.names_of(session_id)
         return str(
             self._finish_spawn(
                 keys=[
-                    k.record,
-                    k.alive,
-                    self.n.deadlines,
-                    self.n.intents,
-                    stream,
-                    channel,
-                    self.n.meter_index,
+                    n.record_prefix + session_id,
+                    n.alive_prefix + session_id,
+                    n.deadlines,
+                    n.intents,
+                    n.stream_prefix + session_id,
+                    n.channel_prefix + session_id,
+                    n.meter_index,
                 ],
                 args=[
                     session_id,
@@ -1091,21 +1219,19 @@ class SessionStore:
         due after that long. A session that already ended is left as it is (its first
         error stands). Returns whether this call ended the session.
         """
-        k = self.keys(session_id)
-        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
-        return bool(
+        n = self.names_of(session_id)
+        ended = bool(
             self._fail_spawn(
                 keys=[
-                    k.record,
-                    self.n.intents,
-                    self.n.sessions,
-                    self.n.deadlines,
-                    k.alive,
-                    self.n.cleanups,
-                    stream,
-                    channel,
-                    reservation_key(session_id, self.ks.namespace),
-                    self.n.reservations,
+                    n.record_prefix + session_id,
+                    n.intents,
+                    n.sessions,
+                    n.deadlines,
+                    n.alive_prefix + session_id,
+                    n.cleanups,
+                    n.stream_prefix + session_id,
+                    n.channel_prefix + session_id,
+                    *self._quota_keys(session_id),
                 ],
                 args=[
                     session_id,
@@ -1115,17 +1241,27 @@ class SessionStore:
                         session_id, "status", {"status": SessionStatus.FAILED.value, "error": error}
                     ),
                     "" if cleanup_due_in_ms is None else cleanup_due_in_ms,
-                    *self.n.usage_halves,
+                    *n.usage_halves,
                 ],
             )
         )
+        self._release_quota_after_end(session_id)
+        return ended
+
+    def _quota_keys(self, session_id: str) -> list[str]:
+        # The end scripts' quota KEYS: the reservation and its index in the untagged
+        # layout; none in the tagged one (another slot; see _release_quota_after_end).
+        if self._tagged:
+            return []
+        return [reservation_key(session_id, self.ks.namespace), self.n.reservations]
 
     # ------------------------------------------------------------------ cleanups
     def add_cleanup(self, session_id: str, due_in_ms: int = 0) -> bool:
         """Register a cleanup obligation for the session's pod name (kept if present)."""
         return bool(
             self._add_cleanup(
-                keys=[self.keys(session_id).record, self.n.cleanups], args=[session_id, due_in_ms]
+                keys=[self.keys(session_id).record, self.names_of(session_id).cleanups],
+                args=[session_id, due_in_ms],
             )
         )
 
@@ -1137,22 +1273,31 @@ class SessionStore:
     ) -> list[tuple[str, int, int]]:
         """Due cleanups as ``(session id, attempt, ms until the next attempt)``; each is
         re-scored to its next attempt by this claim (exponential backoff, capped)."""
-        flat = [
-            str(x)
-            for x in self._claim_cleanups(
-                keys=[self.n.cleanups], args=[limit, self.n.record_prefix, base_ms, cap_ms]
+
+        def claim(n: Names) -> list[Any]:
+            return cast(
+                list[Any],
+                self._claim_cleanups(
+                    keys=[n.cleanups], args=[limit, n.record_prefix, base_ms, cap_ms]
+                ),
             )
-        ]
+
+        flat = [str(x) for part in self._each_shard(claim) for x in part]
         return [
             (flat[i], int(flat[i + 1]), int(float(flat[i + 2]))) for i in range(0, len(flat), 3)
         ]
 
     def finish_cleanup(self, session_id: str, data: dict[str, Any]) -> bool:
         """Settle a cleanup obligation and publish its ``cleanup`` event (``data``)."""
-        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
+        n = self.names_of(session_id)
         return bool(
             self._finish_cleanup(
-                keys=[self.keys(session_id).record, self.n.cleanups, stream, channel],
+                keys=[
+                    n.record_prefix + session_id,
+                    n.cleanups,
+                    n.stream_prefix + session_id,
+                    n.channel_prefix + session_id,
+                ],
                 args=[session_id, C.TERMINATED_RECORD_TTL_MS, encode(session_id, "cleanup", data)],
             )
         )
@@ -1163,12 +1308,12 @@ class SessionStore:
 
     def cleanup_ids(self) -> dict[str, float]:
         """Pending cleanup obligations: session id → next attempt time (ms)."""
-        return {
-            str(k): float(v)
-            for k, v in cast(
-                list[tuple[str, float]], self.r.zrange(self.n.cleanups, 0, -1, withscores=True)
+        parts = self._each_shard(
+            lambda n: cast(
+                list[tuple[str, float]], self.r.zrange(n.cleanups, 0, -1, withscores=True)
             )
-        }
+        )
+        return {str(k): float(v) for part in parts for k, v in part}
 
     def begin_terminate(
         self, session_id: str, reason: str, fence_token: str, slack_ms: int
@@ -1181,9 +1326,16 @@ class SessionStore:
         ``terminating``; ``record`` carries the fields needed to reach the provider.
         """
         k = self.keys(session_id)
-        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
+        n = self.names_of(session_id)
         verdict, compute_id, first, provider, base_url, sealed, pod_name = self._begin_terminate(
-            keys=[k.record, k.alive, self.n.deadlines, k.fence, stream, channel],
+            keys=[
+                k.record,
+                k.alive,
+                n.deadlines,
+                k.fence,
+                n.stream_prefix + session_id,
+                n.channel_prefix + session_id,
+            ],
             args=[
                 session_id,
                 reason,
@@ -1213,7 +1365,8 @@ class SessionStore:
         """
         k = self.keys(session_id)
         verdict, compute_id = self._settle_podless(
-            keys=[k.record, self.n.intents, k.fence], args=[session_id, fence_token]
+            keys=[k.record, self.names_of(session_id).intents, k.fence],
+            args=[session_id, fence_token],
         )
         return str(verdict), str(compute_id)
 
@@ -1221,19 +1374,18 @@ class SessionStore:
         """Record a confirmed termination, stop tracking, release the session's quota
         reservation and publish ``terminated`` (one step)."""
         k = self.keys(session_id)
-        channel, stream = topic_keys(session_id, namespace=self.ks.namespace)
+        n = self.names_of(session_id)
         self._finish_terminate(
             keys=[
                 k.record,
-                self.n.deadlines,
-                self.n.sessions,
+                n.deadlines,
+                n.sessions,
                 k.alive,
                 k.fence,
-                self.n.intents,
-                stream,
-                channel,
-                reservation_key(session_id, self.ks.namespace),
-                self.n.reservations,
+                n.intents,
+                n.stream_prefix + session_id,
+                n.channel_prefix + session_id,
+                *self._quota_keys(session_id),
             ],
             args=[
                 session_id,
@@ -1243,15 +1395,16 @@ class SessionStore:
                     "status",
                     {"status": SessionStatus.TERMINATED.value, "reason": reason},
                 ),
-                *self.n.usage_halves,
+                *n.usage_halves,
             ],
         )
+        self._release_quota_after_end(session_id)
 
     def terminate_failed(self, session_id: str, error: dict[str, Any], retry_in_ms: int) -> None:
         """Release the fence and make the session due again after ``retry_in_ms``."""
         k = self.keys(session_id)
         self._terminate_failed(
-            keys=[k.record, self.n.deadlines, k.fence],
+            keys=[k.record, self.names_of(session_id).deadlines, k.fence],
             args=[session_id, json.dumps(error), retry_in_ms],
         )
 
@@ -1269,23 +1422,27 @@ class SessionStore:
         whose ``expiring`` warning is due gets it here (published in the same step) and
         stays.
         """
-        flat = [
-            str(x)
-            for x in self._claim_due(
-                keys=[self.n.deadlines],
-                args=[
-                    limit,
-                    slack_ms,
-                    self.n.alive_prefix,
-                    self.n.record_prefix,
-                    C.SESSION_RECORD_GRACE_MS,
-                    self.n.stream_prefix,
-                    self.n.channel_prefix,
-                    IDLE_REASON,
-                    MAX_LIFETIME_REASON,
-                ],
+
+        def claim(n: Names) -> list[Any]:
+            return cast(
+                list[Any],
+                self._claim_due(
+                    keys=[n.deadlines],
+                    args=[
+                        limit,
+                        slack_ms,
+                        n.alive_prefix,
+                        n.record_prefix,
+                        C.SESSION_RECORD_GRACE_MS,
+                        n.stream_prefix,
+                        n.channel_prefix,
+                        IDLE_REASON,
+                        MAX_LIFETIME_REASON,
+                    ],
+                ),
             )
-        ]
+
+        flat = [str(x) for part in self._each_shard(claim) for x in part]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def claim_expired(self, session_id: str, slack_ms: int) -> bool:
@@ -1293,22 +1450,27 @@ class SessionStore:
         whoever moves its deadline past now first terminates it)."""
         return bool(
             self._claim_expired(
-                keys=[self.n.deadlines, self.keys(session_id).alive], args=[session_id, slack_ms]
+                keys=[self.names_of(session_id).deadlines, self.keys(session_id).alive],
+                args=[session_id, slack_ms],
             )
         )
 
     def claim_stale_intents(self, limit: int) -> list[str]:
         """Remove and return spawn intents whose deadline passed."""
-        return [str(x) for x in self._claim_intents(keys=[self.n.intents], args=[limit])]
+        parts = self._each_shard(
+            lambda n: cast(list[Any], self._claim_intents(keys=[n.intents], args=[limit]))
+        )
+        return [str(x) for part in parts for x in part]
 
     def intent_ids(self) -> set[str]:
         """Session ids with a live spawn intent or a pending cleanup obligation (both
         cover a pod under the session's name, so the orphan scan leaves it to them)."""
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.n.intents, 0, -1)
-            pipe.zrange(self.n.cleanups, 0, -1)
-            intents, cleanups = pipe.execute()
-        return set(cast(list[str], intents)) | set(cast(list[str], cleanups))
+            for n in self.shards:
+                pipe.zrange(n.intents, 0, -1)
+                pipe.zrange(n.cleanups, 0, -1)
+            parts = cast(list[list[str]], pipe.execute())
+        return {str(sid) for part in parts for sid in part}
 
     # ------------------------------------------------------------------ durable stops
     def request_stop(self, session_id: str, reason: str, resend_after_ms: int) -> str:
@@ -1320,7 +1482,7 @@ class SessionStore:
         """
         return str(
             self._request_stop(
-                keys=[self.keys(session_id).record, self.n.sessions, self.n.stops],
+                keys=[self.keys(session_id).record, *self._stop_keys(session_id)],
                 args=[session_id, reason, resend_after_ms],
             )
         )
@@ -1328,22 +1490,38 @@ class SessionStore:
     def claim_stops_to_resend(self, resend_after_ms: int, limit: int = 1000) -> list[str]:
         """Ids of recorded stops due for a re-send (their terminate made no progress);
         each is re-scored ``resend_after_ms`` ahead. Ended sessions leave the index."""
-        return [
-            str(x)
-            for x in self._claim_stops(
-                keys=[self.n.stops, self.n.sessions],
-                args=[limit, resend_after_ms, self.n.record_prefix, self.n.fence_prefix],
+        parts = self._each_shard(
+            lambda n: cast(
+                list[Any],
+                self._claim_stops(
+                    keys=[n.stops, n.sessions],
+                    args=[limit, resend_after_ms, n.record_prefix, n.fence_prefix],
+                ),
             )
-        ]
+        )
+        return [str(x) for part in parts for x in part]
+
+    def _stop_keys(self, session_id: str) -> list[str]:
+        n = self.names_of(session_id)
+        return [n.sessions, n.stops]
 
     # ------------------------------------------------------------------ data-loss guard
     def ensure_epoch(self) -> bool:
-        """Write the dataset's epoch if missing (``SET NX``). True when it was missing."""
-        return bool(self.r.set(self.n.epoch, str(self.now_ms()), nx=True))
+        """Write the dataset's epoch if missing (``SET NX``; one per registry shard, so a
+        cluster master that lost its shards' data is noticed). True when one was missing."""
+        now = str(self.now_ms())
+        with self.r.pipeline(transaction=False) as pipe:
+            for n in self.shards:
+                pipe.set(n.epoch, now, nx=True)
+            return any(pipe.execute())
 
     def epoch_exists(self) -> bool:
-        """Whether this Redis dataset has its epoch (False after a data loss)."""
-        return bool(self.r.exists(self.n.epoch))
+        """Whether this Redis dataset has its epoch (False after a data loss; in the
+        tagged layout, False when any shard lost it)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for n in self.shards:
+                pipe.exists(n.epoch)
+            return all(pipe.execute())
 
     def adopt(
         self,
@@ -1359,7 +1537,7 @@ class SessionStore:
         k = self.keys(session_id)
         return bool(
             self._adopt(
-                keys=[k.record, k.alive, self.n.deadlines, self.n.sessions],
+                keys=[k.record, k.alive, *self._adopt_keys(session_id)],
                 args=[
                     session_id,
                     provider,
@@ -1371,6 +1549,10 @@ class SessionStore:
                 ],
             )
         )
+
+    def _adopt_keys(self, session_id: str) -> list[str]:
+        n = self.names_of(session_id)
+        return [n.deadlines, n.sessions]
 
     def now_ms(self) -> int:
         """Redis server time in ms (the registry's clock)."""
@@ -1384,7 +1566,11 @@ _stores: dict[tuple[int, bool, str], SessionStore] = {}
 def user_index_key(user_json: str, ks: Keyspace | None = None) -> str:
     """The per-user index key of a user given as the JSON form of its id (in ``ks``, else
     the settings' namespace)."""
-    return (ks or keyspace()).key(USER_SESSIONS_KEY).format(user=user_json)
+    ks = ks or keyspace()
+    if ks.tagged:
+        # its own slot, per user (a hash tag around the user; never cached as a group)
+        return ks.key(USER_SESSIONS_KEY).format(user="{" + user_json + "}")
+    return ks.key(USER_SESSIONS_KEY).format(user=user_json)
 
 
 def canonical_user(user_id: Any) -> str:
@@ -1448,7 +1634,8 @@ class AsyncSessionStore:
         self.r = client
         self.publish_heartbeats = publish_heartbeats
         self.ks = keyspace(namespace)
-        self.n = Names(self.ks)
+        self.shards = [Names(shard) for shard in self.ks.all_shards()]
+        self.n = self.shards[0]
         self._touch_fast = client.register_script(_TOUCH_FAST)
         self._touch = client.register_script(_TOUCH)
         self._list_user = client.register_script(_LIST_USER)
@@ -1459,13 +1646,14 @@ class AsyncSessionStore:
         Raises:
             NotTracked: unknown, terminated or terminating session.
         """
+        n = self.shards[self.ks.shard_index(session_id)] if self.ks.tagged else self.n
         if not self.publish_heartbeats:
             fast = await cast(
-                "Awaitable[Any]", self._touch_fast(keys=[self.n.alive_prefix + session_id])
+                "Awaitable[Any]", self._touch_fast(keys=[n.alive_prefix + session_id])
             )
             if fast == 1:
                 return
-        keys, args = _touch_args(session_id, self.publish_heartbeats, self.n)
+        keys, args = _touch_args(session_id, self.publish_heartbeats, n)
         result = await cast("Awaitable[Any]", self._touch(keys=keys, args=args))
         _touch_verdict(session_id, int(result))
 
@@ -1487,6 +1675,18 @@ class AsyncSessionStore:
         self, user_json: str, *, offset: int = 0, limit: int = 100
     ) -> list[SessionRecord]:
         """asyncio twin of :meth:`SessionStore.list_user_records`."""
+        if self.ks.tagged:
+            index = user_index_key(user_json, self.ks)
+            ids = cast(list[str], await self.r.zrevrange(index, offset, offset + limit - 1))
+            async with self.r.pipeline(transaction=False) as pipe:
+                for sid in ids:
+                    pipe.hgetall(Keys(sid, self.ks).record)
+                rows = cast(list[dict[str, str]], await pipe.execute()) if ids else []
+            records = [SessionRecord.from_hash(row) for row in rows]
+            gone = [sid for sid, rec in zip(ids, records, strict=True) if rec is None]
+            if gone:
+                await self.r.zrem(index, *gone)
+            return [rec for rec in records if rec is not None and rec.id]
         rows = await cast(
             "Awaitable[Any]",
             self._list_user(
@@ -1500,6 +1700,7 @@ class AsyncSessionStore:
 __all__ = [
     "CLEANUPS_KEY",
     "EPOCH_KEY",
+    "IndexCounts",
     "STOPS_KEY",
     "USER_SESSIONS_KEY",
     "AsyncSessionStore",
