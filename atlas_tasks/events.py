@@ -1,6 +1,13 @@
 """Cluster-wide events: Redis pub/sub for live delivery plus a capped Redis Stream per
 session for replay.
 
+A session's replay log is compacted when it starts running: the stream is emptied in the
+same step that publishes ``running`` (the spawn's progress events go), and replay rebuilds
+that ``running`` event, with its original stream id, from the session record. The meter
+keeps only its latest ``cost`` event in the log (each carries the running total). Both
+keep a running session's Redis footprint small (``bench/RESULTS.md``, Memory) while a
+late or reconnecting subscriber still starts from the session's current state.
+
 A publish is one Lua call that appends to the stream (``XADD MAXLEN ~``) and publishes
 ``"<stream id>|<json>"`` on the channel, so the two can never disagree on order.
 :func:`subscribe` first SUBSCRIBEs, then replays the stream, then follows live messages,
@@ -173,8 +180,44 @@ def history(
     ``namespace`` (default ``ATLAS_NAMESPACE``)."""
     _, stream = _keys(topic, topic_id, namespace)
     r = client or get_redis()
-    entries = cast(list[tuple[str, dict[str, str]]], r.xrange(stream, _replay_start(after), "+"))
-    return [e for e in (_parse_entry(i, f) for i, f in entries) if e is not None]
+    if topic != SESSION_TOPIC:
+        entries = cast(
+            list[tuple[str, dict[str, str]]], r.xrange(stream, _replay_start(after), "+")
+        )
+        return _replayed(None, entries)
+    with r.pipeline(transaction=False) as pipe:
+        pipe.hmget(_record_key(topic_id, namespace), *_SNAPSHOT_FIELDS)
+        pipe.xrange(stream, _replay_start(after), "+")
+        head, entries = pipe.execute()
+    return _replayed(_running_snapshot(topic_id, head, after), entries)
+
+
+#: Record fields the `running` event of a compacted replay log is rebuilt from.
+_SNAPSHOT_FIELDS = ("running_event_id", "compute", "running_at_ms")
+
+
+def _record_key(session_id: str, namespace: str | None) -> str:
+    return keyspace(namespace).shard_of(session_id).key(C.SESSION_KEY).format(id=session_id)
+
+
+def _running_snapshot(session_id: str, fields: list[str | None], after: str | None) -> Event | None:
+    """The ``running`` status event of a session whose replay log was compacted when it
+    started running (``finish_spawn``), rebuilt from its record with its original stream
+    id; ``None`` when the log was not compacted or the reader is already past it."""
+    event_id, compute, running_at = fields
+    if not event_id or (after and _stream_id(event_id) <= _stream_id(after)):
+        return None
+    try:
+        data = {"status": "running", "compute": json.loads(compute or "null")}
+        ts = int(running_at or event_id.partition("-")[0]) / 1000
+    except ValueError:
+        return None
+    return Event(session_id=session_id, type="status", data=data, ts=ts, id=event_id)
+
+
+def _replayed(snapshot: Event | None, entries: list[tuple[str, dict[str, str]]]) -> list[Event]:
+    events = [snapshot] if snapshot is not None else []
+    return events + [e for e in (_parse_entry(i, f) for i, f in entries) if e is not None]
 
 
 @wrap_redis_errors("events.subscribe")
@@ -246,11 +289,16 @@ async def asubscribe(
     async def candidates() -> AsyncGenerator[Event | None, None]:
         # As in subscribe: the replay, then live messages until the idle timeout.
         if replay or after:
-            entries = cast(
-                list[tuple[str, dict[str, str]]], await r.xrange(stream, _replay_start(after), "+")
+            async with r.pipeline(transaction=False) as pipe:
+                if topic == SESSION_TOPIC:
+                    pipe.hmget(_record_key(topic_id, None), *_SNAPSHOT_FIELDS)
+                pipe.xrange(stream, _replay_start(after), "+")
+                replies = await pipe.execute()
+            snapshot = (
+                _running_snapshot(topic_id, replies[0], after) if topic == SESSION_TOPIC else None
             )
-            for entry_id, fields in entries:
-                yield _parse_entry(entry_id, fields)
+            for event in _replayed(snapshot, replies[-1]):
+                yield event
         while not cursor.timed_out():
             message = await pubsub.get_message(timeout=cursor.wait_s())
             yield _parse_live(str(message["data"])) if message else None

@@ -128,9 +128,14 @@ end
 if upto <= wm then return done('nothing', 0) end
 local accrued = cjson.null
 if cost then accrued = cost * (upto - running_at) / 3600000 end
-emit(KEYS[3], KEYS[4], cjson.encode({session_id = id, type = 'cost', ts = now / 1000,
-  data = {usd = micros / 1000000, accrued_usd = accrued, cost_per_hour = cost or cjson.null,
-          from_ms = wm, until_ms = upto, final = ended}}))
+-- The replay log keeps the latest `cost` event only (each carries the running total,
+-- accrued_usd): one a minute would otherwise fill a long session's stream to its cap.
+local previous = redis.call('HGET', KEYS[1], 'cost_event_id')
+if previous then redis.call('XDEL', KEYS[3], previous) end
+local event_id = emit(KEYS[3], KEYS[4], cjson.encode({session_id = id, type = 'cost',
+  ts = now / 1000, data = {usd = micros / 1000000, accrued_usd = accrued,
+  cost_per_hour = cost or cjson.null, from_ms = wm, until_ms = upto, final = ended}}))
+redis.call('HSET', KEYS[1], 'cost_event_id', event_id)
 if ended then return done('final', micros) end
 return done('metered', micros)
 """

@@ -178,7 +178,14 @@ redis.call('SET', KEYS[2], ttl, 'PX', ttl)
 redis.call('ZADD', KEYS[3], lifetime_cap(now + ttl, st[4], st[5]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[7], 'NX', now, ARGV[1])
-emit(KEYS[5], KEYS[6], ARGV[5])
+-- Compact the replay log once running: the `running` event goes out live with its stream
+-- id, the record keeps that id (its payload is the record's compute), and the stream is
+-- emptied but kept (its last id keeps later ids increasing). events.history rebuilds the
+-- event from the record, so replay still starts at `running`; the spawn's progress
+-- events before it are dropped. Saves ~1.1 KB per running session (bench memory).
+local running_id = emit(KEYS[5], KEYS[6], ARGV[5])
+redis.call('XTRIM', KEYS[5], 'MAXLEN', 0)
+redis.call('HSET', KEYS[1], 'running_event_id', running_id)
 return $RUNNING
 """
 )

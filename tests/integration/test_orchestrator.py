@@ -238,7 +238,9 @@ def test_two_web_processes_see_the_same_session(cluster: LocalCluster) -> None:
         result = json.loads(out.strip().splitlines()[-1])
         assert result["status"] == "terminated"
         steps = [tuple(x) for x in result["seen"] if x[0] != "heartbeat"]
-        assert steps[0] == ("status", "spawning")
+        # a watcher that subscribed before the pod came up saw the spawn; a later one
+        # replays from `running` (the log is compacted once the session runs)
+        assert steps[0] in (("status", "spawning"), ("status", "running"))
         assert ("status", "running") in steps
         assert ("terminating", "requested") in steps
         assert steps[-1] == ("status", "terminated")

@@ -153,6 +153,30 @@ def _costs(sid: str, client: redis.Redis) -> list[events.Event]:
     return [ev for ev in events.history(sid, client=client) if ev.type == "cost"]
 
 
+class LiveCosts:
+    """The `cost` events published live (every one: the replay log keeps the latest)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.pubsub = client.pubsub()
+        self.pubsub.psubscribe(events.session_channel_pattern())
+        # the confirmation: the subscription is live before anything is metered
+        confirmed = self.pubsub.get_message(timeout=5.0)
+        assert confirmed is not None and confirmed["type"] == "psubscribe"
+
+    def drain(self) -> dict[str, list[events.Event]]:
+        out: dict[str, list[events.Event]] = {}
+        while (message := self.pubsub.get_message(timeout=0.5)) is not None:
+            if message["type"] != "pmessage":
+                continue
+            stream_id, _, body = str(message["data"]).partition("|")
+            event = events.Event.model_validate_json(body)
+            event.id = stream_id
+            if event.type == "cost":
+                out.setdefault(event.session_id, []).append(event)
+        self.pubsub.close()
+        return out
+
+
 # ---------------------------------------------------------------------------- accrued_usd
 def test_info_reports_accrued_cost_from_redis_time(env: Env) -> None:
     sid, _ = running(env, ran_ms=10 * MINUTE)
@@ -187,6 +211,7 @@ def test_meter_charges_whole_minutes_once_with_events_and_spend(env: Env) -> Non
     start = _running_at(env, sid)
     now = start + 150_000
     meter = env.meter()
+    live = LiveCosts(env.redis)
 
     report = meter.meter(now_ms=now, interval_ms=MINUTE)
     assert report.metered == [sid] and report.micros == 120_000  # two whole minutes
@@ -196,8 +221,12 @@ def test_meter_charges_whole_minutes_once_with_events_and_spend(env: Env) -> Non
     assert meter.meter(now_ms=now + 29_000, interval_ms=MINUTE).micros == 0
     assert meter.meter(now_ms=now + 30_000, interval_ms=MINUTE).micros == 60_000
 
-    costs = _costs(sid, env.redis)
+    costs = live.drain()[sid]
     assert [c.data["usd"] for c in costs] == [0.12, 0.06]
+    # the replay log keeps the latest only, with the running total
+    assert [c.model_dump(exclude={"ts"}) for c in _costs(sid, env.redis)] == [
+        costs[-1].model_dump(exclude={"ts"})
+    ]
     assert [c.data["until_ms"] for c in costs] == [start + 2 * MINUTE, start + 3 * MINUTE]
     assert costs[-1].data["accrued_usd"] == pytest.approx(0.18)
     assert costs[-1].data["cost_per_hour"] == PRICE and costs[-1].data["final"] is False
@@ -210,6 +239,7 @@ def test_concurrent_meter_runs_charge_each_minute_exactly_once(env: Env) -> None
     now = max(_running_at(env, s) for s in sids) + 5 * MINUTE + 1_000
     totals: list[int] = []
     errors: list[BaseException] = []
+    live = LiveCosts(env.redis)
 
     def run() -> None:
         try:
@@ -233,7 +263,9 @@ def test_concurrent_meter_runs_charge_each_minute_exactly_once(env: Env) -> None
         20 * 7 * 0.06
     )
     # one event per charge: the 5 minutes owed at once, then one per later minute
-    assert all(len(_costs(s, env.redis)) == 3 for s in sids)
+    published = live.drain()
+    assert all(len(published[s]) == 3 for s in sids)
+    assert all(len(_costs(s, env.redis)) == 1 for s in sids)  # the latest, replayed
 
 
 def test_ended_session_is_charged_its_last_partial_minute_and_leaves(env: Env) -> None:
