@@ -33,9 +33,12 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from atlas_tasks import constants as C
@@ -463,6 +466,9 @@ def pubsub_client_for_url(url: str, **kwargs: Any) -> redis.Redis:
             port=port,
             socket_connect_timeout=CLUSTER_PROBE_TIMEOUT_S,
             socket_timeout=CLUSTER_PROBE_TIMEOUT_S,
+            # One try: redis-py retries a refused connection with backoff by default
+            # (seconds per dead node); the next node is the retry here.
+            retry=Retry(NoBackoff(), 0),
             **spec.connection_kwargs(),
         )
         try:
@@ -491,6 +497,7 @@ async def async_pubsub_client_for_url(url: str, **kwargs: Any) -> aioredis.Redis
             port=port,
             socket_connect_timeout=CLUSTER_PROBE_TIMEOUT_S,
             socket_timeout=CLUSTER_PROBE_TIMEOUT_S,
+            retry=AsyncRetry(NoBackoff(), 0),  # one try (see pubsub_client_for_url)
             **spec.connection_kwargs(),
         )
         try:
