@@ -402,15 +402,23 @@ class AtlasAsyncRedisCluster(AsyncRedisCluster):
         return pipe
 
 
+#: Keywords of ``redis.Redis`` not given to redis-py's cluster clients.
+#: ``retry_on_timeout``: the cluster clients retry timeouts and connection errors
+#: themselves (``cluster_error_retry_attempts``, re-reading the slot map); the sync one
+#: warns that the keyword is deprecated, the asyncio one does not take it (TypeError).
+_CLUSTER_DROPPED = frozenset({"retry_on_timeout"})
+
+
 def _cluster_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     spec = parse_cluster_url(url)
+    options = {k: v for k, v in kwargs.items() if k not in _CLUSTER_DROPPED}
     # redis-py's sync cluster passes only the connection keywords it knows to each
     # node's pool and drops the rest without a word (health_check_interval among them).
     try:
         client = AtlasRedisCluster(
             startup_nodes=[cast(Any, ClusterNode)(host, port) for host, port in spec.nodes],
             **spec.connection_kwargs(),
-            **kwargs,
+            **options,
         )
     except RedisClusterException as exc:  # the sync client reads the slot map at once
         raise _cluster_error(exc) from exc
@@ -419,15 +427,9 @@ def _cluster_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     return cast(redis.Redis, client)
 
 
-#: Keywords of ``redis.Redis`` that redis-py's asyncio ``RedisCluster`` does not take (a
-#: TypeError otherwise). ``retry_on_timeout``: the cluster client retries timeouts and
-#: connection errors itself (``cluster_error_retry_attempts``), re-reading the slot map.
-_ASYNC_CLUSTER_DROPPED = frozenset({"retry_on_timeout"})
-
-
 def _async_cluster_client(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     spec = parse_cluster_url(url)
-    options = {k: v for k, v in kwargs.items() if k not in _ASYNC_CLUSTER_DROPPED}
+    options = {k: v for k, v in kwargs.items() if k not in _CLUSTER_DROPPED}
     # Lazy: the asyncio client reads the slot map on its first command.
     client = AtlasAsyncRedisCluster(
         startup_nodes=[AsyncClusterNode(host, port) for host, port in spec.nodes],

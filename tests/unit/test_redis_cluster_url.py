@@ -199,7 +199,9 @@ def test_wrap_redis_errors_wraps_redis_py_cluster_exceptions() -> None:
 
 # ---------------------------------------------------------------- Celery settings
 def _cluster(**kwargs: str) -> AtlasSettings:
-    return AtlasSettings(redis_url="redis+cluster://:pw@c1:7000,c2:7001", **kwargs)
+    return AtlasSettings.model_validate(
+        {"redis_url": "redis+cluster://:pw@c1:7000,c2:7001", **kwargs}
+    )
 
 
 def test_cluster_needs_a_broker_url() -> None:
@@ -266,7 +268,9 @@ def test_kombu_sentinel_form_gets_a_hint() -> None:
 
 @pytest.mark.parametrize("field", ["broker_url", "result_backend"])
 def test_a_cluster_is_never_a_celery_url_even_next_to_one_redis(field: str) -> None:
-    settings = AtlasSettings(redis_url="redis://r:6379/0", **{field: "redis+cluster://c:7000"})
+    settings = AtlasSettings.model_validate(
+        {"redis_url": "redis://r:6379/0", field: "redis+cluster://c:7000"}
+    )
     with pytest.raises(ValidationError, match="no Redis Cluster transport") as info:
         transport_config(settings)
     assert info.value.field == f"ATLAS_{field.upper()}"
