@@ -557,6 +557,11 @@ class LocalCluster:
 
     Args:
         redis_url: use this Redis instead of starting a private ``redis-server``.
+        redis_cluster: put the registry and events on a private 3-master Redis Cluster
+            (:class:`RedisClusterServer`, ``ATLAS_REDIS_URL=redis+cluster://...``) and
+            Celery's broker, results and redbeat on a private plain ``redis-server``
+            (Celery cannot use a cluster), unless ``broker_url``/``result_backend`` are
+            given in ``settings``. Ignored when ``redis_url`` is given.
         beat: start a beat process (the reaper's clock).
         workers: how many worker processes to start.
         pool, concurrency: worker pool settings.
@@ -569,6 +574,7 @@ class LocalCluster:
         self,
         *,
         redis_url: str | None = None,
+        redis_cluster: bool = False,
         beat: bool = True,
         workers: int = 1,
         pool: str = "threads",
@@ -579,6 +585,10 @@ class LocalCluster:
     ) -> None:
         self._external_redis = redis_url
         self.redis: RedisServer | None = None
+        self.use_redis_cluster = redis_cluster
+        #: The private cluster of ``redis_cluster=True`` (``self.redis`` is then the
+        #: plain Redis of Celery's broker, results and redbeat).
+        self.redis_cluster: RedisClusterServer | None = None
         self.redis_url = redis_url or ""
         self.start_beat = beat
         self.worker_count = workers
@@ -595,12 +605,21 @@ class LocalCluster:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalCluster:
         """Start everything and wait until workers are ready."""
+        celery_urls: dict[str, str] = {}
         if not self._external_redis:
             self.redis = RedisServer(appendonly=self.appendonly).start()
             self.redis_url = self.redis.url
+            if self.use_redis_cluster:
+                self.redis_cluster = RedisClusterServer(appendonly=self.appendonly).start()
+                self.redis_url = self.redis_cluster.url
+                celery_urls = {
+                    "ATLAS_BROKER_URL": self.redis.url,
+                    "ATLAS_RESULT_BACKEND": self.redis.url,
+                }
         self.cloud.start()
         self.env = {
             **os.environ,
+            **celery_urls,
             "ATLAS_REDIS_URL": self.redis_url,
             "ATLAS_SECRET_KEY": os.environ.get("ATLAS_SECRET_KEY") or generate_key(),
             "ATLAS_DEFAULT_PROVIDER": "runpod",
@@ -663,6 +682,9 @@ class LocalCluster:
         if self.redis is not None:
             self.redis.cleanup()
             self.redis = None
+        if self.redis_cluster is not None:
+            self.redis_cluster.cleanup()
+            self.redis_cluster = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -25,6 +25,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ClusterCrossSlotError
 
+from atlas_tasks import constants as C
+from atlas_tasks.celery_app import get_app, warn_if_redis_not_persistent
 from atlas_tasks.errors import TransportError
 from atlas_tasks.redis_conn import (
     ClusterClientError,
@@ -37,7 +39,7 @@ from atlas_tasks.redis_conn import (
     redis_errors,
     wrap_redis_errors,
 )
-from atlas_tasks.testing.localstack import RedisClusterServer
+from atlas_tasks.testing.localstack import LocalCluster, RedisClusterServer
 from tests.support.cluster import cluster_binaries_missing, redis_cluster  # noqa: F401
 from tests.support.harness import in_ci
 
@@ -377,3 +379,54 @@ def test_a_cluster_that_goes_away_is_a_transport_error() -> None:
             client_for_url(cluster.url, socket_connect_timeout=1)
     finally:
         cluster.cleanup()
+
+
+def test_celery_next_to_a_cluster() -> None:
+    """Registry on a cluster, Celery on a plain Redis: the worker and beat start, beat's
+    lock and schedule and the task results live on the plain Redis, none on the cluster."""
+    missing = cluster_binaries_missing()
+    if missing is not None:
+        if in_ci():
+            pytest.fail(f"{missing} is required in CI (.ci/run installs redis-server)")
+        pytest.skip(f"{missing} not installed")
+    with LocalCluster(redis_cluster=True, reap_interval_ms=500) as local:
+        assert local.redis is not None and local.redis_cluster is not None
+        assert local.env["ATLAS_REDIS_URL"].startswith("redis+cluster://")
+        app = get_app()
+        assert app.conf.broker_url == app.conf.result_backend == local.redis.url
+        assert app.conf.redbeat_redis_url == local.redis.url
+        # A round trip through the broker and the result backend (a Celery built-in).
+        assert app.send_task("celery.accumulate", args=(1, 2)).get(timeout=30) == [1, 2]
+        plain = redis.Redis.from_url(local.redis.url, decode_responses=True)
+        cluster_client = client_for_url(local.redis_url, decode_responses=True)
+        try:
+            assert plain.exists(f"{C.DEFAULT_NAMESPACE}:redbeat::lock")
+            assert list(plain.scan_iter(match="celery-task-meta-*"))
+            on_cluster = sorted(cluster_client.scan_iter(match="*", count=1000))
+            assert not [k for k in on_cluster if "redbeat" in k or "celery" in k or "kombu" in k]
+        finally:
+            plain.close()
+            cluster_client.close()
+
+
+def test_persistence_check_asks_every_primary(redis_cluster: RedisClusterServer) -> None:
+    # The test cluster runs without AOF or RDB: the worker's start-up check says so, and
+    # names the node (a cluster client's CONFIG GET would ask one node only).
+    problem = warn_if_redis_not_persistent(redis_cluster.url)
+    assert problem is not None and problem.startswith("cluster node 127.0.0.1:")
+    assert "no persistence" in problem
+    for port in redis_cluster.ports:
+        node = redis_cluster.node_client(port)
+        try:
+            node.config_set("appendonly", "yes")
+        finally:
+            node.close()
+    try:
+        assert warn_if_redis_not_persistent(redis_cluster.url) is None
+    finally:
+        for port in redis_cluster.ports:
+            node = redis_cluster.node_client(port)
+            try:
+                node.config_set("appendonly", "no")
+            finally:
+                node.close()
