@@ -92,6 +92,10 @@ def test_keys_land_on_all_three_nodes(redis_cluster: RedisClusterServer) -> None
                 node.close()
         assert sum(per_node.values()) == 200
         assert all(count > 0 for count in per_node.values()), per_node
+        # Streams (the events' replay log) are single-key commands: any node's work.
+        for key in _keys_on_distinct_nodes(client, "stream:").values():
+            entry = client.xadd(key, {"type": "ready"}, maxlen=100, approximate=True)
+            assert client.xread({key: "0"}, block=100) == [[key, [(entry, {"type": "ready"})]]]
     finally:
         client.close()
 
@@ -249,9 +253,19 @@ def test_pubsub_one_node_subscriber_sees_every_node(redis_cluster: RedisClusterS
                 node.publish("atlas:test:events", f"via-node-{port}")
             finally:
                 node.close()
-        got = _messages(pubsub, 4)
+        # So does a PUBLISH from a Lua script (how the events module emits), run on
+        # whichever node holds the script's key.
+        emit = client.register_script("return redis.call('PUBLISH', ARGV[1], KEYS[1])")
+        by_node = _keys_on_distinct_nodes(client, "emit:")
+        for key in by_node.values():
+            emit(keys=[key], args=["atlas:test:events"])
+        got = _messages(pubsub, 7)
         assert sorted(got) == sorted(
-            ["via-cluster-client", *(f"via-node-{p}" for p in redis_cluster.ports)]
+            [
+                "via-cluster-client",
+                *(f"via-node-{p}" for p in redis_cluster.ports),
+                *by_node.values(),
+            ]
         )
     finally:
         pubsub.close()
