@@ -22,7 +22,7 @@ own ``CELERY_*`` settings can still override anything through ``app.conf``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, signals
@@ -35,9 +35,13 @@ from redis.retry import Retry
 from atlas_tasks import constants as C
 from atlas_tasks import task_reprs
 from atlas_tasks.config import AtlasSettings, get_settings
+from atlas_tasks.errors import ValidationError
 from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.result_backend import atlas_backend_class
 from atlas_tasks.worker_events import UnbufferedTaskEvents
+
+if TYPE_CHECKING:
+    from atlas_tasks.redis_conn import SentinelURL
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,156 @@ def build_config(settings: AtlasSettings) -> dict[str, Any]:
 
 #: Broker URL schemes served by kombu's Redis transports (visibility timeout & co. apply).
 _REDIS_BROKER_SCHEMES = ("redis", "rediss", "sentinel", "redis+socket", "socket")
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+#: What runs where when ``ATLAS_REDIS_URL`` is a Redis Cluster (validation errors and
+#: the README say it in these words).
+CLUSTER_COMBINATION = (
+    "registry and events on Redis Cluster; broker on RabbitMQ/Redis/Sentinel; "
+    "results and redbeat on Redis/Sentinel"
+)
+#: ``ATLAS_BROKER_URL`` forms accepted next to a Redis Cluster ``ATLAS_REDIS_URL``.
+_CLUSTER_BROKERS = ("redis", "rediss", "redis+sentinel", *_AMQP_SCHEMES)
+#: ``ATLAS_RESULT_BACKEND`` forms accepted next to a Redis Cluster (redbeat uses it too).
+_CLUSTER_BACKENDS = ("redis", "rediss", "redis+sentinel")
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def check_celery_urls(settings: AtlasSettings) -> None:
+    """Refuse broker/result-backend settings Celery cannot serve.
+
+    Celery has no Redis Cluster transport, and redbeat and the result backend need one
+    plain (or Sentinel-managed) Redis. So ``redis+cluster://`` is never a broker or
+    result backend, and with ``ATLAS_REDIS_URL=redis+cluster://...`` both
+    ``ATLAS_BROKER_URL`` (``redis://``, ``rediss://``, ``redis+sentinel://`` or
+    ``amqp://``) and ``ATLAS_RESULT_BACKEND`` (``redis://``, ``rediss://`` or
+    ``redis+sentinel://``; redbeat uses it too) must be set: :data:`CLUSTER_COMBINATION`.
+
+    Raises:
+        ValidationError: naming ``ATLAS_BROKER_URL`` or ``ATLAS_RESULT_BACKEND`` (the
+            message never repeats a URL: it may hold a password).
+    """
+    from atlas_tasks.redis_conn import is_cluster_url
+
+    cluster = is_cluster_url(settings.redis_url)
+    for field, value, allowed, what in (
+        ("ATLAS_BROKER_URL", settings.broker_url, _CLUSTER_BROKERS, "broker"),
+        ("ATLAS_RESULT_BACKEND", settings.result_backend, _CLUSTER_BACKENDS, "result backend"),
+    ):
+        forms = ", ".join(f"{s}://" for s in allowed)
+        if value and is_cluster_url(value):
+            raise ValidationError(
+                f"{field}: Celery has no Redis Cluster transport, so the {what} cannot "
+                f"be a redis+cluster:// URL; use {forms}. Supported with Redis Cluster: "
+                f"{CLUSTER_COMBINATION}",
+                field=field,
+            )
+        if not cluster:
+            continue
+        if not value:
+            raise ValidationError(
+                f"{field}: required when ATLAS_REDIS_URL is a Redis Cluster "
+                f"(redis+cluster://): Celery's {what} cannot use it; set {field} to a "
+                f"{forms} URL. Supported: {CLUSTER_COMBINATION}",
+                field=field,
+            )
+        if _scheme(value) not in allowed:
+            hint = (
+                " (write a Sentinel as redis+sentinel://host:port[,host:port...]/master_name"
+                "[/db]: kombu's sentinel:// form carries no master name)"
+                if _scheme(value) == "sentinel"
+                else ""
+            )
+            raise ValidationError(
+                f"{field}: with ATLAS_REDIS_URL on Redis Cluster the {what} must be a "
+                f"{forms} URL{hint}. Supported: {CLUSTER_COMBINATION}",
+                field=field,
+            )
+
+
+def _celery_form(url: str, field: str) -> tuple[str, dict[str, Any], SentinelURL | None]:
+    """``url`` as kombu/Celery spell it, the Sentinel options it needs, and its parsed
+    Sentinel spec: a ``redis+sentinel://`` URL becomes kombu's ``sentinel://h1:p1/db;
+    sentinel://h2:p2/db`` with ``master_name`` in the options; others are unchanged.
+
+    Raises:
+        ValidationError: a malformed ``redis+sentinel://`` URL (naming ``field``).
+    """
+    from urllib.parse import quote
+
+    from atlas_tasks.redis_conn import (
+        SENTINEL_SOCKET_TIMEOUT_S,
+        is_sentinel_url,
+        parse_sentinel_url,
+    )
+
+    if not is_sentinel_url(url):
+        return url, {}, None
+    try:
+        spec = parse_sentinel_url(url)
+    except ValidationError as exc:  # its message names ATLAS_REDIS_URL: name ours
+        detail = (exc.message or str(exc)).split(": ", 1)[-1]
+        raise ValidationError(f"{field}: {detail}", field=field) from None
+    auth = ""
+    if spec.password:
+        auth = f"{quote(spec.username or '', safe='')}:{quote(spec.password, safe='')}@"
+    kombu_url = ";".join(
+        f"sentinel://{auth}{f'[{h}]' if ':' in h else h}:{p}/{spec.db}" for h, p in spec.sentinels
+    )
+    master = {
+        "master_name": spec.master_name,
+        # Ask the sentinels with a short timeout and without the master's
+        # password (kombu would send its connection options otherwise).
+        "sentinel_kwargs": {
+            "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+        },
+    }
+    return kombu_url, master, spec
+
+
+def _redbeat_config(url: str, sentinel: SentinelURL | None) -> dict[str, Any]:
+    """redbeat's connection settings for the plain Redis ``url`` or the Sentinel-managed
+    one ``sentinel`` (never a cluster: redbeat's lock and schedule need one Redis)."""
+    from atlas_tasks.redis_conn import SENTINEL_SOCKET_TIMEOUT_S
+
+    if sentinel is not None:
+        # redbeat reads only the scheme of this URL; the sentinels come from the options.
+        host, port = sentinel.sentinels[0]
+        options: dict[str, Any] = {
+            "sentinels": list(sentinel.sentinels),
+            "service_name": sentinel.master_name,
+            "db": sentinel.db,
+            "socket_timeout": 5,
+            "sentinel_kwargs": {
+                "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+                "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+            },
+        }
+        if sentinel.password:
+            options["password"] = sentinel.password
+        if sentinel.username:
+            options["username"] = sentinel.username
+        return {
+            "redbeat_redis_url": f"redis-sentinel://{host}:{port}/{sentinel.db}",
+            "redbeat_redis_options": options,
+        }
+    return {
+        "redbeat_redis_url": url,
+        # redbeat's own Redis client does not retry: without this, beat exits on the
+        # first connection error (a Redis restart). OSError covers a refused reconnect.
+        "redbeat_redis_options": {
+            "retry": Retry(
+                ExponentialBackoff(cap=1.0, base=0.1),
+                30,
+                supported_errors=(RedisConnectionError, RedisTimeoutError, OSError),
+            ),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
+        },
+    }
 
 
 def transport_config(settings: AtlasSettings) -> dict[str, Any]:
@@ -164,46 +318,35 @@ def transport_config(settings: AtlasSettings) -> dict[str, Any]:
       ``result_backend_transport_options``), redbeat its ``redis-sentinel://`` support
       (``sentinels`` and ``service_name`` in ``redbeat_redis_options``).
     * ``ATLAS_BROKER_URL`` / ``ATLAS_RESULT_BACKEND`` win when given; a ``sentinel://``
-      one gets the master name of a Sentinel ``ATLAS_REDIS_URL``. An ``amqp://`` broker
-      (RabbitMQ) gets publisher confirms instead of the Redis-only options
-      (visibility timeout, unacked restore), which mean nothing to it.
+      one gets the master name of a Sentinel ``ATLAS_REDIS_URL``, a
+      ``redis+sentinel://`` one is turned into kombu's form with its own master name.
+      An ``amqp://`` broker (RabbitMQ) gets publisher confirms instead of the Redis-only
+      options (visibility timeout, unacked restore), which mean nothing to it.
+    * ``ATLAS_REDIS_URL=redis+cluster://...``: Celery cannot use a cluster, so
+      ``ATLAS_BROKER_URL`` and ``ATLAS_RESULT_BACKEND`` are required
+      (:func:`check_celery_urls`), and redbeat uses the result backend's Redis.
 
     Raises:
-        ValidationError: a malformed Sentinel ``ATLAS_REDIS_URL``.
+        ValidationError: a malformed Sentinel URL, or broker/result-backend settings
+            Celery cannot serve (:func:`check_celery_urls`).
     """
-    from urllib.parse import quote
+    from atlas_tasks.redis_conn import is_cluster_url
 
-    from atlas_tasks.redis_conn import (
-        SENTINEL_SOCKET_TIMEOUT_S,
-        is_sentinel_url,
-        parse_sentinel_url,
-    )
-
-    sentinel = (
-        parse_sentinel_url(settings.redis_url) if is_sentinel_url(settings.redis_url) else None
-    )
-    derived = settings.redis_url
-    master: dict[str, Any] = {}
-    if sentinel is not None:
-        auth = ""
-        if sentinel.password:
-            auth = f"{quote(sentinel.username or '', safe='')}:{quote(sentinel.password, safe='')}@"
-        derived = ";".join(
-            f"sentinel://{auth}{f'[{h}]' if ':' in h else h}:{p}/{sentinel.db}"
-            for h, p in sentinel.sentinels
+    check_celery_urls(settings)
+    derived, master, sentinel = _celery_form(settings.redis_url, "ATLAS_REDIS_URL")
+    broker, broker_master = derived, master
+    if settings.broker_url:
+        broker, broker_master, _ = _celery_form(settings.broker_url, "ATLAS_BROKER_URL")
+    backend, backend_master, backend_sentinel = derived, master, sentinel
+    if settings.result_backend:
+        backend, backend_master, backend_sentinel = _celery_form(
+            settings.result_backend, "ATLAS_RESULT_BACKEND"
         )
-        master = {
-            "master_name": sentinel.master_name,
-            # Ask the sentinels with a short timeout and without the master's
-            # password (kombu would send its connection options otherwise).
-            "sentinel_kwargs": {
-                "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
-                "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
-            },
-        }
-    broker = settings.broker_url or derived
-    backend = settings.result_backend or derived
-    scheme = broker.split("://", 1)[0].lower()
+    # A kombu-form sentinel:// URL given as is borrows the master name of a Sentinel
+    # ATLAS_REDIS_URL (the form carries none).
+    broker_master = broker_master or master
+    backend_master = backend_master or master
+    scheme = _scheme(broker)
     transport: dict[str, Any]
     if scheme in _REDIS_BROKER_SCHEMES:
         transport = {
@@ -213,8 +356,8 @@ def transport_config(settings: AtlasSettings) -> dict[str, Any]:
             "unacked_restore_throttle": 1,
         }
         if scheme == "sentinel":
-            transport.update(master)
-    elif scheme in ("amqp", "amqps", "pyamqp"):
+            transport.update(broker_master)
+    elif scheme in _AMQP_SCHEMES:
         # A spawn/terminate message is sent once: wait for RabbitMQ to take it.
         transport = {"confirm_publish": True}
     else:
@@ -227,35 +370,13 @@ def transport_config(settings: AtlasSettings) -> dict[str, Any]:
         "broker_transport_options": transport,
     }
     if backend.lower().startswith("sentinel://"):
-        config["result_backend_transport_options"] = dict(master)
-    if sentinel is not None:
-        # redbeat reads only the scheme of this URL; the sentinels come from the options.
-        host, port = sentinel.sentinels[0]
-        config["redbeat_redis_url"] = f"redis-sentinel://{host}:{port}/{sentinel.db}"
-        options: dict[str, Any] = {
-            "sentinels": list(sentinel.sentinels),
-            "service_name": sentinel.master_name,
-            "db": sentinel.db,
-            "socket_timeout": 5,
-            "sentinel_kwargs": dict(master["sentinel_kwargs"]),
-        }
-        if sentinel.password:
-            options["password"] = sentinel.password
-        if sentinel.username:
-            options["username"] = sentinel.username
-        config["redbeat_redis_options"] = options
+        config["result_backend_transport_options"] = dict(backend_master)
+    if is_cluster_url(settings.redis_url):
+        # redbeat's lock and schedule need one Redis: the result backend's (required
+        # and checked to be redis://, rediss:// or redis+sentinel:// above).
+        config.update(_redbeat_config(backend, backend_sentinel))
     else:
-        config["redbeat_redis_url"] = settings.redis_url
-        # redbeat's own Redis client does not retry: without this, beat exits on the
-        # first connection error (a Redis restart). OSError covers a refused reconnect.
-        config["redbeat_redis_options"] = {
-            "retry": Retry(
-                ExponentialBackoff(cap=1.0, base=0.1),
-                30,
-                supported_errors=(RedisConnectionError, RedisTimeoutError, OSError),
-            ),
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
-        }
+        config.update(_redbeat_config(settings.redis_url, sentinel))
     return config
 
 
@@ -446,17 +567,33 @@ def persistence_problem(client: redis.Redis) -> str | None:
 
 
 def warn_if_redis_not_persistent(url: str) -> str | None:
-    """Log a warning when the registry's Redis at ``url`` lacks persistence; returns it."""
-    from atlas_tasks.redis_conn import client_for_url
+    """Log a warning when the registry's Redis at ``url`` lacks persistence; returns it.
 
-    client = client_for_url(url, socket_connect_timeout=5, socket_timeout=5)
+    On a Redis Cluster every primary is checked (``CONFIG GET`` through a cluster client
+    would ask one node only); the first problem found is reported, naming the node.
+    """
+    from atlas_tasks.redis_conn import cluster_primary_clients, is_cluster_url
+
+    problem: str | None = None
     try:
-        problem = persistence_problem(client)
+        clients = cluster_primary_clients(url, socket_connect_timeout=5, socket_timeout=5)
+    except redis.RedisError as exc:
+        log.info("could not check Redis persistence: %s", exc)
+        return None
+    try:
+        for client in clients:
+            problem = persistence_problem(client)
+            if problem:
+                if is_cluster_url(url):
+                    kwargs = client.connection_pool.connection_kwargs
+                    problem = f"cluster node {kwargs.get('host')}:{kwargs.get('port')}: {problem}"
+                break
     except redis.RedisError as exc:
         log.info("could not check Redis persistence: %s", exc)
         return None
     finally:
-        client.close()
+        for client in clients:
+            client.close()
     if problem:
         log.warning(
             "%s. Run Redis with `appendonly yes` and `appendfsync everysec` "

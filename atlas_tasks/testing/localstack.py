@@ -18,6 +18,7 @@ group and is stopped with it, so a run that fails half-way leaves nothing runnin
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,7 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from urllib.parse import quote
 
 import redis
 
@@ -142,6 +144,267 @@ class RedisServer:
         """Stop and remove the data directory."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str]
+) -> None:
+    """Poll ``predicate()`` every 20 ms until true; RuntimeError with ``logs()`` after
+    ``timeout`` (a Redis error inside the predicate counts as "not yet")."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except redis.exceptions.RedisError as exc:  # a node still starting
+            last = exc
+        time.sleep(0.02)
+    raise RuntimeError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last!r})\n{logs()}"
+    )
+
+
+#: Hash slots of a Redis Cluster: every key maps to one of them (CRC16 mod 16384).
+CLUSTER_SLOTS = 16384
+#: A cluster node also listens on its port + 10000 (the cluster bus).
+_CLUSTER_BUS_OFFSET = 10000
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A loopback port ``p`` for a cluster node with ``p`` and its bus port ``p + 10000``
+    both free. Chosen in 10000-22767 so that neither falls in Linux's default ephemeral
+    range (32768-60999), where the kernel could hand it to an outgoing connection before
+    the node binds it (:func:`free_port`'s ports are ephemeral ones, and a node's port
+    must stay <= 55535 anyway)."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, 32768 - _CLUSTER_BUS_OFFSET)
+        if port in taken or port + _CLUSTER_BUS_OFFSET in taken:
+            continue
+        if _port_free(port) and _port_free(port + _CLUSTER_BUS_OFFSET):
+            return port
+    raise RuntimeError("no free port pair (p, p + 10000) for a Redis Cluster node")
+
+
+@dataclass
+class RedisClusterServer:
+    """A Redis Cluster of ``masters`` primaries (no replicas), all ``redis-server``
+    children on loopback, formed with ``redis-cli --cluster create``::
+
+        with RedisClusterServer() as cluster:
+            cluster.url    # redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3
+            cluster.nodes  # [("127.0.0.1", p1), ...]
+
+    Each node runs with the same tuning as :class:`RedisServer` (keyspace events ``Ex``,
+    ``hz 100``, compact streams and hashes) so benchmarks compare like with like.
+
+    Attributes:
+        masters: number of primaries (Redis Cluster needs at least 3).
+        password: ``requirepass``/``masterauth`` of every node (also put in :attr:`url`).
+        appendonly: AOF persistence on every node.
+    """
+
+    masters: int = 3
+    password: str | None = None
+    appendonly: bool = False
+    node_timeout_ms: int = 5000
+    directory: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="atlas-redis-cluster-"))
+    )
+    ports: list[int] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every node, in start order."""
+        return [("127.0.0.1", port) for port in self.ports]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://[:password@]127.0.0.1:<p1>,127.0.0.1:<p2>,...``."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        hosts = ",".join(f"{host}:{port}" for host, port in self.nodes)
+        return f"{C.CLUSTER_URL_SCHEME}{auth}{hosts}"
+
+    def node_client(self, port: int, **kwargs: Any) -> redis.Redis:
+        """A plain (non-cluster) client on the node listening on ``port``."""
+        return redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            password=self.password,
+            socket_connect_timeout=0.5,
+            socket_timeout=5,
+            **kwargs,
+        )
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServer:
+        """Start the nodes, form the cluster and wait until every node reports
+        ``cluster_state:ok`` with all 16384 slots assigned and every peer known.
+
+        Raises:
+            RuntimeError: ``redis-server`` or ``redis-cli`` is missing, a node did not
+                start, or the cluster did not form in ``timeout`` seconds (every process
+                started so far is killed first).
+        """
+        server = shutil.which("redis-server")
+        cli = shutil.which("redis-cli")
+        if server is None or cli is None:
+            missing = "redis-server" if server is None else "redis-cli"
+            raise RuntimeError(
+                f"{missing} not found on PATH; a Redis Cluster needs both "
+                "(Debian: apt-get install redis-server, which pulls in redis-tools)"
+            )
+        if self.masters < 3:
+            raise ValueError("a Redis Cluster needs at least 3 masters")
+        try:
+            self._start(server, cli, timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def _start(self, server: str, cli: str, timeout: float) -> None:
+        for _ in range(self.masters):
+            taken = set(self.ports) | {p + _CLUSTER_BUS_OFFSET for p in self.ports}
+            self.ports.append(free_cluster_port(taken))
+        for port in self.ports:
+            args = [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                # One file per node: each node rewrites its own cluster state into it.
+                "--cluster-config-file",
+                str(self.directory / f"nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                "--dir",
+                str(self.directory),
+                "--dbfilename",
+                f"dump-{port}.rdb",
+                "--appendfilename",
+                f"appendonly-{port}.aof",
+                "--appenddirname",
+                f"appendonly-{port}",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--notify-keyspace-events",
+                "Ex",
+                "--loglevel",
+                "warning",
+                "--logfile",
+                str(self.directory / f"redis-{port}.log"),
+                "--hz",
+                "100",
+                "--stream-node-max-bytes",
+                "1024",
+                "--hash-max-listpack-value",
+                "1024",
+            ]
+            if self.password:
+                args += ["--requirepass", self.password, "--masterauth", self.password]
+            self.processes.append(
+                subprocess.Popen(
+                    args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+                )
+            )
+        for port, process in zip(self.ports, self.processes, strict=True):
+
+            def answers(port: int = port, process: subprocess.Popen[bytes] = process) -> bool:
+                if process.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {port} exited:\n{self.logs()}")
+                client = self.node_client(port)
+                try:
+                    return bool(client.ping())
+                finally:
+                    client.close()
+
+            _wait_for(
+                answers, timeout, f"the cluster node on port {port} to answer PING", self.logs
+            )
+        create = [cli, "--cluster", "create", *(f"{h}:{p}" for h, p in self.nodes)]
+        create += ["--cluster-replicas", "0", "--cluster-yes"]
+        env = dict(os.environ)
+        if self.password:
+            env["REDISCLI_AUTH"] = self.password  # not on the command line (ps shows it)
+        result = subprocess.run(
+            create, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create failed ({result.returncode}):\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-2000:]}\n{self.logs()}"
+            )
+        _wait_for(self.ready, timeout, "cluster_state:ok on every node", self.logs)
+
+    def ready(self) -> bool:
+        """Whether every node reports ``cluster_state:ok``, all slots assigned and every
+        other node known (a client may ask any node for the slot map)."""
+        for port in self.ports:
+            client = self.node_client(port, decode_responses=True)
+            try:
+                info = cast(dict[str, Any], client.cluster("INFO"))
+            finally:
+                client.close()
+            if (
+                info.get("cluster_state") != "ok"
+                or int(info.get("cluster_slots_assigned", 0)) != CLUSTER_SLOTS
+                or int(info.get("cluster_known_nodes", 0)) != self.masters
+            ):
+                return False
+        return True
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL after 5 s)."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+        self.processes.clear()
+
+    def cleanup(self) -> None:
+        """Stop and remove the data directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def logs(self) -> str:
+        """The tail of every node's log file, for failure messages."""
+        parts = []
+        for port in self.ports:
+            try:
+                text = (self.directory / f"redis-{port}.log").read_text(errors="replace")
+            except FileNotFoundError:
+                text = ""
+            parts.append(f"== redis-server :{port}\n{text[-1500:]}")
+        return "\n".join(parts)
+
+    def __enter__(self) -> RedisClusterServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
 
 
 @dataclass
@@ -294,6 +557,11 @@ class LocalCluster:
 
     Args:
         redis_url: use this Redis instead of starting a private ``redis-server``.
+        redis_cluster: put the registry and events on a private 3-master Redis Cluster
+            (:class:`RedisClusterServer`, ``ATLAS_REDIS_URL=redis+cluster://...``) and
+            Celery's broker, results and redbeat on a private plain ``redis-server``
+            (Celery cannot use a cluster), unless ``broker_url``/``result_backend`` are
+            given in ``settings``. Ignored when ``redis_url`` is given.
         beat: start a beat process (the reaper's clock).
         workers: how many worker processes to start.
         pool, concurrency: worker pool settings.
@@ -306,6 +574,7 @@ class LocalCluster:
         self,
         *,
         redis_url: str | None = None,
+        redis_cluster: bool = False,
         beat: bool = True,
         workers: int = 1,
         pool: str = "threads",
@@ -316,6 +585,10 @@ class LocalCluster:
     ) -> None:
         self._external_redis = redis_url
         self.redis: RedisServer | None = None
+        self.use_redis_cluster = redis_cluster
+        #: The private cluster of ``redis_cluster=True`` (``self.redis`` is then the
+        #: plain Redis of Celery's broker, results and redbeat).
+        self.redis_cluster: RedisClusterServer | None = None
         self.redis_url = redis_url or ""
         self.start_beat = beat
         self.worker_count = workers
@@ -332,12 +605,21 @@ class LocalCluster:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalCluster:
         """Start everything and wait until workers are ready."""
+        celery_urls: dict[str, str] = {}
         if not self._external_redis:
             self.redis = RedisServer(appendonly=self.appendonly).start()
             self.redis_url = self.redis.url
+            if self.use_redis_cluster:
+                self.redis_cluster = RedisClusterServer(appendonly=self.appendonly).start()
+                self.redis_url = self.redis_cluster.url
+                celery_urls = {
+                    "ATLAS_BROKER_URL": self.redis.url,
+                    "ATLAS_RESULT_BACKEND": self.redis.url,
+                }
         self.cloud.start()
         self.env = {
             **os.environ,
+            **celery_urls,
             "ATLAS_REDIS_URL": self.redis_url,
             "ATLAS_SECRET_KEY": os.environ.get("ATLAS_SECRET_KEY") or generate_key(),
             "ATLAS_DEFAULT_PROVIDER": "runpod",
@@ -400,6 +682,9 @@ class LocalCluster:
         if self.redis is not None:
             self.redis.cleanup()
             self.redis = None
+        if self.redis_cluster is not None:
+            self.redis_cluster.cleanup()
+            self.redis_cluster = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -430,12 +715,15 @@ class LocalCluster:
 
 
 __all__ = [
+    "CLUSTER_SLOTS",
     "LocalCluster",
     "ManagedProcess",
+    "RedisClusterServer",
     "RedisServer",
     "celery_beat",
     "celery_worker",
     "celery_command",
+    "free_cluster_port",
     "free_port",
     "namespace_queues",
     "worker_ready",
