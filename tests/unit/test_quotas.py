@@ -173,7 +173,7 @@ def test_max_sessions_admits_up_to_the_limit(redis_client: redis.Redis) -> None:
     assert info.value.kind == "quota_exceeded"
     assert isinstance(info.value, AtlasError)
     assert "max_sessions" in str(info.value) and "2 live sessions, limit 2" in str(info.value)
-    assert redis_client.exists(reservation_key("s3")) == 0
+    assert redis_client.hexists(reservation_key("s3"), "s3") == 0
     assert quotas.usage("user", "u1", client=redis_client).sessions == 2
     # Another user is not affected.
     quotas.admit("s4", user_id="u2", client=redis_client)
@@ -222,7 +222,7 @@ def test_a_refusal_by_the_tenant_reserves_nothing_for_the_user(
     assert (info.value.scope, info.value.limit_name) == ("tenant", "max_hourly_usd")
     assert redis_client.hgetall(usage_key("user", "u1")) == before
     assert quotas.usage("user", "u1", client=redis_client).sessions == 1
-    assert redis_client.exists(reservation_key("s2")) == 0
+    assert redis_client.hexists(reservation_key("s2"), "s2") == 0
 
 
 def test_user_limits_are_checked_before_the_tenant(redis_client: redis.Redis) -> None:
@@ -338,7 +338,7 @@ def test_correct_moves_the_committed_price(redis_client: redis.Redis) -> None:
     # A correction after the release reserves nothing again.
     assert quotas.correct("s1", 3.0, client=redis_client) is None
     assert quotas.usage("tenant", "t1", client=redis_client).hourly_usd == 0.0
-    assert redis_client.exists(reservation_key("s1")) == 0
+    assert redis_client.hexists(reservation_key("s1"), "s1") == 0
 
 
 def test_unknown_price_admits_with_zero_committed_and_says_so(
