@@ -61,7 +61,7 @@ from typing import Any, Final, Literal, cast
 import redis
 
 from atlas_tasks.errors import QuotaExceeded, validation_error
-from atlas_tasks.keyspace_names import Keyspace, keyspace
+from atlas_tasks.keyspace_names import TEMPLATE_PREFIX, Keyspace, keyspace
 from atlas_tasks.specs import GpuType
 
 log = logging.getLogger(__name__)
@@ -127,26 +127,34 @@ def quota_keyspace(namespace: str | None = None) -> Keyspace:
     return keyspace(namespace).group(QUOTA_GROUP)
 
 
+def _name(template: str, namespace: str | None = None, /, **fields: object) -> str:
+    # The quota keyspace's prefix + the template's rest, formatted. Not
+    # ``ks.key(template).format()``: a tagged name holds a literal ``{quota}`` that
+    # str.format would read as a placeholder; and not ``ks.key(formatted)``, which would
+    # cache one name per user, tenant and session.
+    return quota_keyspace(namespace).key_prefix + template[len(TEMPLATE_PREFIX) :].format(**fields)
+
+
 def usage_key_halves(namespace: str | None = None) -> tuple[str, str]:
     """The usage key around ``{scope}:{id}`` in ``namespace`` (default: ``ATLAS_NAMESPACE``):
     scripts that learn the scope from a reservation join the halves around it."""
-    prefix, suffix = quota_keyspace(namespace).key(USAGE_KEY).split("{scope}:{id}")
+    prefix, suffix = _name(USAGE_KEY, namespace, scope="\0", id="\0").split("\0:\0")
     return prefix, suffix
 
 
 def limits_key(scope: Scope, scope_id: str) -> str:
     """Redis key of a scope's limits hash."""
-    return quota_keyspace().key(LIMITS_KEY).format(scope=scope, id=scope_id)
+    return _name(LIMITS_KEY, scope=scope, id=scope_id)
 
 
 def usage_key(scope: Scope, scope_id: str) -> str:
     """Redis key of a scope's usage hash."""
-    return quota_keyspace().key(USAGE_KEY).format(scope=scope, id=scope_id)
+    return _name(USAGE_KEY, scope=scope, id=scope_id)
 
 
 def spend_key(scope: Scope, scope_id: str, month: str) -> str:
     """Redis key of a scope's spend in ``month`` (``YYYY-MM``)."""
-    return quota_keyspace().key(SPEND_KEY).format(scope=scope, id=scope_id, month=month)
+    return _name(SPEND_KEY, scope=scope, id=scope_id, month=month)
 
 
 def reservation_bucket(session_id: str) -> int:
@@ -162,24 +170,22 @@ def reservation_key(session_id: str, namespace: str | None = None) -> str:
     the other sessions of the bucket: test a session's reservation with
     :meth:`QuotaStore.reservation` (or ``HEXISTS key id``), not ``EXISTS key``.
     """
-    return (
-        quota_keyspace(namespace).key(RESERVATION_KEY).format(bucket=reservation_bucket(session_id))
-    )
+    return _name(RESERVATION_KEY, namespace, bucket=reservation_bucket(session_id))
 
 
 def legacy_reservation_key(session_id: str, namespace: str | None = None) -> str:
     """Redis key of ``session_id``'s reservation in the previous layout (one hash each)."""
-    return quota_keyspace(namespace).key(LEGACY_RESERVATION_KEY).format(session=session_id)
+    return _name(LEGACY_RESERVATION_KEY, namespace, session=session_id)
 
 
 def reservations_index_key(namespace: str | None = None) -> str:
     """Redis key of the live reservations' index (in ``namespace``, default the setting's)."""
-    return quota_keyspace(namespace).key(RESERVATIONS_INDEX_KEY)
+    return quota_keyspace(namespace).key(RESERVATIONS_INDEX_KEY)  # no placeholders
 
 
 def prices_key(provider: str) -> str:
     """Redis key of a provider's cached catalog prices."""
-    return quota_keyspace().key(PRICES_KEY).format(provider=provider)
+    return _name(PRICES_KEY, provider=provider)
 
 
 def _spend_prefix(scope: Scope, scope_id: str) -> str:
@@ -563,7 +569,7 @@ local function qres_load(res, index, id)
   local v = redis.call('HGET', res, id)
   if v then
     local f = {}
-    for part in string.gmatch(v .. '	', '([^	]*)	') do f[#f + 1] = part end
+    for part in string.gmatch(v .. '\t', '([^\t]*)\t') do f[#f + 1] = part end
     local admitted = redis.call('ZSCORE', index, id)
     return {tonumber(f[1]) or 0, f[2] ~= '0',
             (f[3] or '') ~= '' and f[3] or false, (f[4] or '') ~= '' and f[4] or false,
@@ -580,9 +586,9 @@ local function qres_load(res, index, id)
   return nil, nil
 end
 local function qres_encode(r)
-  local v = string.format('%d', r[1]) .. '	' .. (r[2] and '1' or '0') .. '	' ..
-            (r[3] or '') .. '	' .. (r[4] or '')
-  if r[5] then v = v .. '	' .. string.format('%d', r[5]) end
+  local v = string.format('%d', r[1]) .. '\t' .. (r[2] and '1' or '0') .. '\t' ..
+            (r[3] or '') .. '\t' .. (r[4] or '')
+  if r[5] then v = v .. '\t' .. string.format('%d', r[5]) end
   return v
 end
 -- The reservation as the flat field list the Python side reads (Reservation.from_hash).

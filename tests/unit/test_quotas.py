@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas_tasks import quotas
+from atlas_tasks.config import reset_settings
 from atlas_tasks.contrib._web import status_for
 from atlas_tasks.errors import AtlasError, QuotaExceeded, ValidationError
 from atlas_tasks.quotas.store import (
@@ -31,6 +32,16 @@ from atlas_tasks.quotas.store import (
     usage_key,
 )
 from atlas_tasks.specs import GpuType
+
+
+@pytest.fixture(autouse=True, params=["untagged", "tagged"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test in both key layouts: one Redis (names as before) and the tagged one a
+    Redis Cluster needs (every quota key in the ``{quota}`` slot)."""
+    if request.param == "tagged":
+        monkeypatch.setenv("ATLAS_REDIS_SHARDS", "16")
+        reset_settings()
+    return str(request.param)
 
 
 @pytest.fixture
@@ -90,7 +101,7 @@ def test_bad_ids_are_refused(bad: object, redis_client: redis.Redis) -> None:
         with pytest.raises(ValidationError) as info:
             quotas.admit("s1", user_id=bad, client=redis_client)  # type: ignore[arg-type]
         assert info.value.field == "user_id"
-    assert redis_client.keys("atlas:quota:*") == []
+    assert redis_client.keys("atlas:*") == []
 
 
 def test_bad_admission_arguments(redis_client: redis.Redis) -> None:
@@ -113,7 +124,7 @@ def test_bad_admission_arguments(redis_client: redis.Redis) -> None:
     with pytest.raises(ValidationError) as info:
         quotas.record_spend(-1, user_id="u1", client=redis_client)
     assert info.value.field == "usd"
-    assert redis_client.keys("atlas:quota:*") == []
+    assert redis_client.keys("atlas:*") == []
 
 
 # --------------------------------------------------------------------------- limits
