@@ -1040,7 +1040,7 @@ class QuotaStore:
             for session_id in session_ids:
                 pipe.hget(reservation_key(session_id), session_id)
                 pipe.zscore(index, session_id)
-            rows = cast(list[Any], pipe.execute())
+            rows = pipe.execute()
         out: dict[str, Reservation] = {}
         legacy: list[str] = []
         for i, session_id in enumerate(session_ids):
