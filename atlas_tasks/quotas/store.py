@@ -142,19 +142,20 @@ def usage_key_halves(namespace: str | None = None) -> tuple[str, str]:
     return prefix, suffix
 
 
-def limits_key(scope: Scope, scope_id: str) -> str:
-    """Redis key of a scope's limits hash."""
-    return _name(LIMITS_KEY, scope=scope, id=scope_id)
+def limits_key(scope: Scope, scope_id: str, *, namespace: str | None = None) -> str:
+    """Redis key of a scope's limits hash (in ``namespace``, default the setting's)."""
+    return _name(LIMITS_KEY, namespace, scope=scope, id=scope_id)
 
 
-def usage_key(scope: Scope, scope_id: str) -> str:
-    """Redis key of a scope's usage hash."""
-    return _name(USAGE_KEY, scope=scope, id=scope_id)
+def usage_key(scope: Scope, scope_id: str, *, namespace: str | None = None) -> str:
+    """Redis key of a scope's usage hash (in ``namespace``, default the setting's)."""
+    return _name(USAGE_KEY, namespace, scope=scope, id=scope_id)
 
 
-def spend_key(scope: Scope, scope_id: str, month: str) -> str:
-    """Redis key of a scope's spend in ``month`` (``YYYY-MM``)."""
-    return _name(SPEND_KEY, scope=scope, id=scope_id, month=month)
+def spend_key(scope: Scope, scope_id: str, month: str, *, namespace: str | None = None) -> str:
+    """Redis key of a scope's spend in ``month`` (``YYYY-MM``; in ``namespace``, default
+    the setting's)."""
+    return _name(SPEND_KEY, namespace, scope=scope, id=scope_id, month=month)
 
 
 def reservation_bucket(session_id: str) -> int:
@@ -183,14 +184,15 @@ def reservations_index_key(namespace: str | None = None) -> str:
     return quota_keyspace(namespace).key(RESERVATIONS_INDEX_KEY)  # no placeholders
 
 
-def prices_key(provider: str) -> str:
-    """Redis key of a provider's cached catalog prices."""
-    return _name(PRICES_KEY, provider=provider)
+def prices_key(provider: str, *, namespace: str | None = None) -> str:
+    """Redis key of a provider's cached catalog prices (in ``namespace``, default the
+    setting's)."""
+    return _name(PRICES_KEY, namespace, provider=provider)
 
 
-def _spend_prefix(scope: Scope, scope_id: str) -> str:
+def _spend_prefix(scope: Scope, scope_id: str, namespace: str | None) -> str:
     # The scripts append the month they read from Redis TIME.
-    return spend_key(scope, scope_id, "")
+    return spend_key(scope, scope_id, "", namespace=namespace)
 
 
 #: Separator of :func:`encode_reservation`'s fields: ids never contain it (check_id
@@ -784,10 +786,13 @@ class QuotaStore:
 
     Args:
         client: a ``decode_responses=True`` Redis client.
+        namespace: the deployment whose keys it reads and writes (default: the
+            ``ATLAS_NAMESPACE`` setting at each call).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, namespace: str | None = None) -> None:
         self.client = client
+        self.namespace = namespace
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
         self._release_orphaned = client.register_script(_RELEASE_ORPHANED)
@@ -799,7 +804,7 @@ class QuotaStore:
     # ------------------------------------------------------------------ limits
     def set_limits(self, scope: Scope, scope_id: str | int, limits: Limits) -> None:
         """Replace a scope's limits (a limit left ``None`` is removed: no limit)."""
-        key = limits_key(check_scope(scope), check_id("id", scope_id))
+        key = limits_key(check_scope(scope), check_id("id", scope_id), namespace=self.namespace)
         fields = limits.to_hash()
         # One MULTI: an admission never sees the old limits half replaced.
         with self.client.pipeline(transaction=True) as pipe:
@@ -810,7 +815,7 @@ class QuotaStore:
 
     def get_limits(self, scope: Scope, scope_id: str | int) -> Limits:
         """A scope's limits (all ``None`` when none were set)."""
-        key = limits_key(check_scope(scope), check_id("id", scope_id))
+        key = limits_key(check_scope(scope), check_id("id", scope_id), namespace=self.namespace)
         return Limits.from_hash(cast(dict[str, str], self.client.hgetall(key)))
 
     # ------------------------------------------------------------------ usage
@@ -819,7 +824,13 @@ class QuotaStore:
         scope = check_scope(scope)
         ident = check_id("id", scope_id)
         sessions, hourly, spent, month = cast(
-            list[Any], self._usage(keys=[usage_key(scope, ident), _spend_prefix(scope, ident)])
+            list[Any],
+            self._usage(
+                keys=[
+                    usage_key(scope, ident, namespace=self.namespace),
+                    _spend_prefix(scope, ident, self.namespace),
+                ]
+            ),
         )
         return Usage(
             sessions=int(sessions),
@@ -844,7 +855,7 @@ class QuotaStore:
         out = cast(
             list[Any],
             self._record_spend(
-                keys=[_spend_prefix(scope, ident) for scope, ident in scopes],
+                keys=[_spend_prefix(scope, ident, self.namespace) for scope, ident in scopes],
                 args=[micros, SPEND_RETENTION_S],
             ),
         )
@@ -878,10 +889,14 @@ class QuotaStore:
         _check_session(session_id)
         micros = 0 if hourly_usd is None else to_micros("hourly_usd", hourly_usd)
         scopes = self._scopes(user_id, tenant_id)
-        keys = [reservation_key(session_id), reservations_index_key()]
+        keys = [reservation_key(session_id, self.namespace), reservations_index_key(self.namespace)]
         args: list[Any] = [session_id, micros, "0" if hourly_usd is None else "1", len(scopes)]
         for scope, ident in scopes:
-            keys += [limits_key(scope, ident), usage_key(scope, ident), _spend_prefix(scope, ident)]
+            keys += [
+                limits_key(scope, ident, namespace=self.namespace),
+                usage_key(scope, ident, namespace=self.namespace),
+                _spend_prefix(scope, ident, self.namespace),
+            ]
             args += [scope, ident]
         reply = cast(list[Any], self._admit(keys=keys, args=args))
         verdict = str(reply[0])
@@ -925,8 +940,11 @@ class QuotaStore:
         """
         _check_session(session_id)
         reply = self._release(
-            keys=[reservation_key(session_id), reservations_index_key()],
-            args=[session_id, *usage_key_halves()],
+            keys=[
+                reservation_key(session_id, self.namespace),
+                reservations_index_key(self.namespace),
+            ],
+            args=[session_id, *usage_key_halves(self.namespace)],
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
@@ -975,13 +993,13 @@ class QuotaStore:
         if live_sessions is None:
             if session_key_prefix is None:
                 raise validation_error("live_sessions", "give live_sessions or session_key_prefix")
-            if quota_keyspace().tagged:
+            if quota_keyspace(self.namespace).tagged:
                 raise validation_error(
                     "live_sessions",
                     "required in the tagged key layout (ATLAS_REDIS_SHARDS): the quota "
                     "script cannot read session records in other slots",
                 )
-        index = reservations_index_key()
+        index = reservations_index_key(self.namespace)
         now_s, now_us = self.client.time()
         now_ms = int(now_s) * 1000 + int(now_us) // 1000
         ids = cast(
@@ -999,8 +1017,8 @@ class QuotaStore:
         if not ids:
             return []
         reply = self._release_orphaned(
-            keys=[index, *(reservation_key(i) for i in ids)],
-            args=[check, *usage_key_halves(), *ids],
+            keys=[index, *(reservation_key(i, self.namespace) for i in ids)],
+            args=[check, *usage_key_halves(self.namespace), *ids],
         )
         return [str(x) for x in cast(list[Any], reply)]
 
@@ -1014,8 +1032,11 @@ class QuotaStore:
         _check_session(session_id)
         micros = to_micros("real_hourly_usd", real_hourly_usd)
         reply = self._correct(
-            keys=[reservation_key(session_id), reservations_index_key()],
-            args=[session_id, micros, *usage_key_halves()],
+            keys=[
+                reservation_key(session_id, self.namespace),
+                reservations_index_key(self.namespace),
+            ],
+            args=[session_id, micros, *usage_key_halves(self.namespace)],
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
@@ -1026,7 +1047,9 @@ class QuotaStore:
 
     def reservations(self, *, limit: int = 1000) -> list[Reservation]:
         """Live reservations, oldest first (at most ``limit``)."""
-        ids = cast(list[str], self.client.zrange(reservations_index_key(), 0, limit - 1))
+        ids = cast(
+            list[str], self.client.zrange(reservations_index_key(self.namespace), 0, limit - 1)
+        )
         return self.reservations_of(ids)
 
     def reservations_of(self, session_ids: list[str]) -> list[Reservation]:
@@ -1035,10 +1058,10 @@ class QuotaStore:
         in the previous layout."""
         if not session_ids:
             return []
-        index = reservations_index_key()
+        index = reservations_index_key(self.namespace)
         with self.client.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
-                pipe.hget(reservation_key(session_id), session_id)
+                pipe.hget(reservation_key(session_id, self.namespace), session_id)
                 pipe.zscore(index, session_id)
             rows = pipe.execute()
         out: dict[str, Reservation] = {}
@@ -1052,7 +1075,7 @@ class QuotaStore:
         if legacy:
             with self.client.pipeline(transaction=False) as pipe:
                 for session_id in legacy:
-                    pipe.hgetall(legacy_reservation_key(session_id))
+                    pipe.hgetall(legacy_reservation_key(session_id, self.namespace))
                 for session_id, row in zip(legacy, pipe.execute(), strict=True):
                     if row:
                         out[session_id] = Reservation.from_hash(cast(dict[str, str], row))
@@ -1082,7 +1105,7 @@ class QuotaStore:
         if not prices:
             log.warning("price refresh for %s got no prices; keeping the cached ones", provider)
             return 0
-        key = prices_key(provider)
+        key = prices_key(provider, namespace=self.namespace)
         now_s, now_us = self.client.time()
         fields = {k: str(v) for k, v in prices.items()}
         fields["@refreshed_ms"] = str(int(now_s) * 1000 + int(now_us) // 1000)
@@ -1101,7 +1124,10 @@ class QuotaStore:
         count = _check_count("gpu_count", gpu_count)
         field = f"{gpu.lower()}:spot" if spot else gpu.lower()
         price, refreshed = cast(
-            list[str | None], self.client.hmget(prices_key(provider), [field, "@refreshed_ms"])
+            list[str | None],
+            self.client.hmget(
+                prices_key(provider, namespace=self.namespace), [field, "@refreshed_ms"]
+            ),
         )
         per_gpu = to_usd(int(price)) if price is not None else None
         return Quote(

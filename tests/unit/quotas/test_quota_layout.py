@@ -464,3 +464,22 @@ def test_the_exported_release_function_keeps_its_signature(redis_client: redis.R
     assert script(keys=keys, args=args) == 1
     assert script(keys=keys, args=args) == 0
     assert QuotaStore(redis_client).usage("user", "u1").sessions == 0
+
+
+@pytest.mark.parametrize("layout", ["untagged", "tagged"])
+def test_a_store_of_another_namespace_keeps_to_its_keys(
+    layout: str, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    """The session store of a namespace releases through ``QuotaStore(client,
+    namespace=...)`` (tagged layout): it must not touch the settings' namespace."""
+    if layout == "tagged":
+        monkeypatch.setenv("ATLAS_REDIS_SHARDS", SHARDS)
+        reset_settings()
+    blue = QuotaStore(redis_client, namespace="blue")
+    _exercise(blue)
+    assert redis_client.keys("atlas:*") == []
+    assert all(str(k).startswith("blue:") for k in redis_client.keys("*"))
+    assert QuotaStore(redis_client).reservation("a") is None
+    released = blue.release("a")
+    assert released is not None and released.user_id == "u1"
+    assert blue.usage("user", "u1").sessions == 0
