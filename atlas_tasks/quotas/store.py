@@ -23,17 +23,21 @@ Key layout (declared once, below; ``{scope}`` is ``user`` or ``tenant``):
 * :data:`PRICES_KEY` hash — a provider's catalog prices (USD per GPU-hour), refreshed from
   ``Provider.list_gpu_types()``.
 
-**Why buckets.** A reservation used to be a hash key of its own (``atlas:quota:res:<id>``,
-about 410 B of Redis memory with its index entry, measured over 10,000 reservations). A
-field of a small bucket hash costs about 50 B: Redis keeps a hash of up to
-``hash-max-listpack-entries`` fields (128 by default) as one flat listpack, with no
-per-key or per-field allocation. 1,024 buckets keep about 100 reservations each at
-100,000 live sessions; past about 128,000 a bucket becomes an ordinary hashtable (about
-115 B a field), which is still correct, only larger. The bucket count is part of the
-layout (the bucket of a session is ``crc32(id) % 1024``): changing it strands live
-reservations, like renaming a key would. Reservations written by the previous layout
-(one hash per session, ``LEGACY_RESERVATION_KEY``) are still found, released and
-corrected, so an upgrade with live sessions leaks no usage.
+**Why buckets.** A reservation used to be a hash key of its own (``atlas:quota:res:<id>``):
+about 408 B of Redis memory with its index entry, measured as the ``used_memory`` delta
+over 10,000 admissions (16-character session ids, short user and tenant ids). As a field
+of a bucket hash it costs about 196 B, of which the index entry is about 127 B and the
+field about 70 B: Redis keeps a hash of up to ``hash-max-listpack-entries`` fields (128
+by default) whose values fit ``hash-max-listpack-value`` (64 B by default, 1024 in the
+shipped config) as one flat listpack, with no per-key or per-field allocation. 1,024
+buckets hold about 100 reservations each at 100,000 live sessions. A bucket with more
+fields, or with a value longer than that limit (long user and tenant ids on a stock
+Redis), becomes an ordinary hashtable (about 115 B a field plus the ids): still correct,
+only larger. The bucket count is part of the layout (a session's bucket is
+``crc32(id) % 1024``): changing it strands live reservations, like renaming a key would.
+Reservations written by the previous layout (one hash per session,
+:data:`LEGACY_RESERVATION_KEY`) are still found, released and corrected (which moves
+them into their bucket), so an upgrade with live sessions leaks no usage.
 
 **Redis Cluster.** Every key here is built through ``keyspace().group("quota")``, so in
 the tagged layout they all carry the hash tag ``{quota}`` and live in one slot: admission
