@@ -952,6 +952,34 @@ class QuotaStore:
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
+    def release_many(self, session_ids: Iterable[str]) -> list[Reservation | None]:
+        """:meth:`release` of each session, pipelined (one round trip; one call each on
+        a ``RedisCluster`` client, whose pipelines refuse scripts), in order.
+
+        For callers that end sessions in batches (the reaper in the tagged layout, where
+        the release is a step of its own after each session's end step). Each release
+        is its own atomic, idempotent script, exactly as :meth:`release`.
+        """
+        ids = list(session_ids)
+        for session_id in ids:
+            _check_session(session_id)
+        if not ids:
+            return []
+        if isinstance(self.client, redis.RedisCluster):
+            # redis-py's cluster pipeline refuses scripts (EVALSHA): one call each.
+            return [self.release(session_id) for session_id in ids]
+        index = reservations_index_key(self.namespace)
+        halves = usage_key_halves(self.namespace)
+        with self.client.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                self._release(
+                    keys=[reservation_key(session_id, self.namespace), index],
+                    args=[session_id, *halves],
+                    client=pipe,
+                )
+            replies = pipe.execute()
+        return [Reservation.from_hash(_pairs(list(r))) if r else None for r in replies]
+
     def release_orphaned(
         self,
         session_key_prefix: str | None = None,

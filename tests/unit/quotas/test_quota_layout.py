@@ -173,6 +173,8 @@ def _exercise(store: QuotaStore) -> None:
     assert [r.session_id for r in store.reservations()] == ["a", "b", "c"]
     assert store.release("b") is not None
     assert store.release("b") is None
+    assert store.try_admit("d", user_id="u1", tenant_id="t1", hourly_usd=4.0).admitted
+    assert [r is not None for r in store.release_many(["d", "b"])] == [True, False]
     released = store.release_orphaned(live_sessions=lambda ids: {"a"}, older_than_ms=0)
     assert released == ["c"]
     use = store.usage("user", "u1")
@@ -483,3 +485,24 @@ def test_a_store_of_another_namespace_keeps_to_its_keys(
     released = blue.release("a")
     assert released is not None and released.user_id == "u1"
     assert blue.usage("user", "u1").sessions == 0
+
+
+@pytest.mark.parametrize("layout", ["untagged", "tagged"])
+def test_release_many_releases_each_once_in_one_round_trip(
+    layout: str, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    if layout == "tagged":
+        monkeypatch.setenv("ATLAS_REDIS_SHARDS", SHARDS)
+        reset_settings()
+    store = QuotaStore(redis_client)
+    for sid in ("a", "b", "c"):
+        store.try_admit(sid, user_id="u1", tenant_id="t1", hourly_usd=1.5)
+    out = store.release_many(["a", "x", "c", "a"])
+    assert [r.session_id if r else None for r in out] == ["a", None, "c", None]
+    assert out[0] is not None and (out[0].user_id, out[0].hourly_usd) == ("u1", 1.5)
+    use = store.usage("tenant", "t1")
+    assert (use.sessions, use.hourly_usd) == (1, 1.5)
+    assert store.release_many([]) == []
+    with pytest.raises(ValidationError):
+        store.release_many(["b", ""])
+    assert store.reservation("b") is not None  # a bad id releases nothing
