@@ -993,9 +993,10 @@ class QuotaStore:
         Sessions release their reservation when they end (in the untagged layout, in the
         very Lua step that ends them); this catches the rest: a spawn that died between
         admission and writing its record, a record lost with Redis data, and in the tagged
-        layout a worker that died between a session's end and its release. Only
-        reservations older than ``older_than_ms`` are looked at (oldest first), so a spawn
-        between its admission and its record is never touched.
+        layout a worker that died between a session's end and its release. Every
+        reservation older than ``older_than_ms`` is looked at, oldest first, in pages of
+        ``limit``; a younger one never is, so a spawn between its admission and its
+        record is never touched.
 
         Which sessions are still live is asked one of two ways:
 
@@ -1016,7 +1017,8 @@ class QuotaStore:
                 (``atlas:session:``), for the in-script check.
             live_sessions: which of a list of session ids are live (see above).
             older_than_ms: minimum age of a reservation (ms, Redis time).
-            limit: most reservations looked at per call (oldest first).
+            limit: reservations looked at per page (one ``live_sessions`` call and one
+                release script per page).
 
         Raises:
             ValidationError: neither way was given, or only ``session_key_prefix`` in the
@@ -1032,27 +1034,40 @@ class QuotaStore:
                     "script cannot read session records in other slots",
                 )
         index = reservations_index_key(self.namespace)
+        halves = usage_key_halves(self.namespace)
         now_s, now_us = self.client.time()
-        now_ms = int(now_s) * 1000 + int(now_us) // 1000
-        ids = cast(
-            list[str],
-            self.client.zrangebyscore(
-                index, "-inf", now_ms - int(older_than_ms), start=0, num=int(limit)
-            ),
-        )
-        if live_sessions is not None and ids:
-            live = live_sessions(list(ids))
-            ids = [i for i in ids if i not in live]
-            check = ""
-        else:
-            check = session_key_prefix or ""
-        if not ids:
-            return []
-        reply = self._release_orphaned(
-            keys=[index, *(reservation_key(i, self.namespace) for i in ids)],
-            args=[check, *usage_key_halves(self.namespace), *ids],
-        )
-        return [str(x) for x in cast(list[Any], reply)]
+        cutoff = int(now_s) * 1000 + int(now_us) // 1000 - int(older_than_ms)
+        released: list[str] = []
+        offset = 0
+        # Every reservation older than the cutoff, a page of ``limit`` at a time: with
+        # more live sessions than a page, the orphans are not only among the oldest.
+        # Released ones leave the index, so the next page starts that many earlier.
+        while True:
+            page = cast(
+                list[str],
+                self.client.zrangebyscore(index, "-inf", cutoff, start=offset, num=int(limit)),
+            )
+            if not page:
+                break
+            ids = page
+            if live_sessions is not None:
+                live = live_sessions(list(page))
+                ids = [i for i in page if i not in live]
+                check = ""
+            else:
+                check = session_key_prefix or ""
+            freed: list[str] = []
+            if ids:
+                reply = self._release_orphaned(
+                    keys=[index, *(reservation_key(i, self.namespace) for i in ids)],
+                    args=[check, *halves, *ids],
+                )
+                freed = [str(x) for x in cast(list[Any], reply)]
+            released += freed
+            if len(page) < limit:
+                break
+            offset += len(page) - len(freed)
+        return released
 
     def correct(self, session_id: str, real_hourly_usd: float) -> Reservation | None:
         """Set a live reservation's USD/h to the pod's real ``cost_per_hour``.

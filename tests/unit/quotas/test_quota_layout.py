@@ -506,3 +506,30 @@ def test_release_many_releases_each_once_in_one_round_trip(
     with pytest.raises(ValidationError):
         store.release_many(["b", ""])
     assert store.reservation("b") is not None  # a bad id releases nothing
+
+
+@pytest.mark.parametrize("layout", ["untagged", "tagged"])
+def test_release_orphaned_pages_past_the_oldest_live_sessions(
+    layout: str, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    """More live sessions than a page: the orphans behind them are found too."""
+    if layout == "tagged":
+        monkeypatch.setenv("ATLAS_REDIS_SHARDS", SHARDS)
+        reset_settings()
+    store = QuotaStore(redis_client)
+    ids = [f"s{i}" for i in range(7)]
+    for i, sid in enumerate(ids):
+        store.try_admit(sid, user_id="u1", hourly_usd=1.0)
+        redis_client.zadd(reservations_index_key(), {sid: 1000 + i})  # admission order
+    live = {"s0", "s1", "s2", "s4"}
+    pages: list[list[str]] = []
+
+    def live_sessions(page: list[str]) -> set[str]:
+        pages.append(page)
+        return live & set(page)
+
+    released = store.release_orphaned(live_sessions=live_sessions, older_than_ms=0, limit=2)
+    assert released == ["s3", "s5", "s6"]
+    assert [r.session_id for r in store.reservations()] == ["s0", "s1", "s2", "s4"]
+    assert store.usage("user", "u1").sessions == 4
+    assert sorted(i for page in pages for i in page) == sorted(ids)
