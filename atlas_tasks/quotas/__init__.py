@@ -38,7 +38,11 @@ nothing behind. Every end of a session (idle, stop, max lifetime, spawn failure,
 orphaned intent the reaper resolves, an adopted pod's terminate) releases the
 reservation *in the same Lua step* that marks the session terminated or failed (the
 session store's ``finish_terminate`` / ``fail_spawn`` embed :data:`LUA_QUOTA_RELEASE`),
-so a worker dying between the two cannot leak it. The session becoming ``running``
+so a worker dying between the two cannot leak it. In the tagged key layout (Redis
+Cluster) the quota keys live in their own ``{quota}`` slot, so the session store calls
+:func:`release` right after the end step instead, and
+:func:`release_orphaned_reservations` releases what a worker dying in between left:
+reservations whose session is gone *or ended*. The session becoming ``running``
 calls :func:`correct` with the pod's ``cost_per_hour``. Beat runs
 ``atlas.quotas.refresh_prices`` (:func:`refresh_configured_prices`) every
 ``ATLAS_PRICE_REFRESH_INTERVAL_MS``.
@@ -51,7 +55,7 @@ keys and its Lua are in :mod:`atlas_tasks.quotas.store`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import redis
@@ -231,14 +235,29 @@ def refresh_configured_prices(deps: Dependencies | None = None) -> dict[str, int
     return out
 
 
-def release_orphaned_reservations(client: redis.Redis | None = None) -> list[str]:
-    """Release reservations whose session record is gone (older than a minute); returns
+def release_orphaned_reservations(
+    client: redis.Redis | None = None,
+    *,
+    live_sessions: Callable[[list[str]], set[str]] | None = None,
+) -> list[str]:
+    """Release reservations older than a minute whose session is gone or ended; returns
     their session ids. Run by ``atlas.quotas.refresh_prices`` (see
-    :meth:`QuotaStore.release_orphaned`)."""
+    :meth:`QuotaStore.release_orphaned`).
+
+    Args:
+        client: Redis client (default: the process's).
+        live_sessions: which of a list of session ids have a record that has not ended
+            (``SessionStore.live_ids``). Required in the tagged key layout (Redis
+            Cluster); without it, the untagged layout checks that each session's record
+            exists inside the release script.
+    """
     from atlas_tasks.constants import SESSION_KEY
     from atlas_tasks.keyspace_names import keyspace
 
-    return quota_store(client).release_orphaned(keyspace().key(SESSION_KEY).format(id=""))
+    store = quota_store(client)
+    if live_sessions is not None:
+        return store.release_orphaned(live_sessions=live_sessions)
+    return store.release_orphaned(keyspace().key(SESSION_KEY).format(id=""))
 
 
 def quote(

@@ -12,13 +12,41 @@ Key layout (declared once, below; ``{scope}`` is ``user`` or ``tenant``):
 * :data:`SPEND_KEY` string — USD spent in one calendar month (UTC, by Redis ``TIME``).
   The month is part of the key, so a new month starts at zero by itself; each month's key
   expires :data:`SPEND_RETENTION_S` after that month ends.
-* :data:`RESERVATION_KEY` hash — what one session's admission reserved (user, tenant,
-  USD per hour). It is the receipt that makes release idempotent: releasing deletes it in
-  the same script that gives back what it lists, so a second release finds nothing.
-* :data:`RESERVATIONS_INDEX_KEY` sorted set — every live reservation by admission time,
-  so operators (and a later sweep) can find reservations whose session is gone.
+* :data:`RESERVATION_KEY` hashes — what each session's admission reserved (USD per hour,
+  user, tenant), one field per session in one of :data:`RESERVATION_BUCKETS` bucket
+  hashes (:func:`reservation_key`; the encoding is :func:`encode_reservation`). The
+  field is the receipt that makes release idempotent: releasing deletes it in the same
+  script that gives back what it lists, so a second release finds nothing.
+* :data:`RESERVATIONS_INDEX_KEY` sorted set — every live reservation, scored by its
+  admission time (ms): the only place that time is kept. Operators and the orphan sweep
+  (:meth:`QuotaStore.release_orphaned`) find old reservations through it.
 * :data:`PRICES_KEY` hash — a provider's catalog prices (USD per GPU-hour), refreshed from
   ``Provider.list_gpu_types()``.
+
+**Why buckets.** A reservation used to be a hash key of its own (``atlas:quota:res:<id>``):
+about 408 B of Redis memory with its index entry, measured as the ``used_memory`` delta
+over 10,000 admissions (16-character session ids, short user and tenant ids). As a field
+of a bucket hash it costs about 196 B, of which the index entry is about 127 B and the
+field about 70 B: Redis keeps a hash of up to ``hash-max-listpack-entries`` fields (128
+by default) whose values fit ``hash-max-listpack-value`` (64 B by default, 1024 in the
+shipped config) as one flat listpack, with no per-key or per-field allocation. 1,024
+buckets hold about 100 reservations each at 100,000 live sessions. A bucket with more
+fields, or with a value longer than that limit (long user and tenant ids on a stock
+Redis), becomes an ordinary hashtable (about 115 B a field plus the ids): still correct,
+only larger. The bucket count is part of the layout (a session's bucket is
+``crc32(id) % 1024``): changing it strands live reservations, like renaming a key would.
+Reservations written by the previous layout (one hash per session,
+:data:`LEGACY_RESERVATION_KEY`) are still found, released and corrected (which moves
+them into their bucket), so an upgrade with live sessions leaks no usage.
+
+**Redis Cluster.** Every key here is built through ``keyspace().group("quota")``, so in
+the tagged layout they all carry the hash tag ``{quota}`` and live in one slot: admission
+must check and change the user's *and* the tenant's usage (and read their month's spend)
+in one atomic script, and a user's sessions span every tenant and vice versa, so no finer
+tag can hold both. The slot is touched only at admission, at a session's end (release)
+and when it starts running (:meth:`QuotaStore.correct`); never by ``touch``, so its load
+is the spawn rate, not the heartbeat rate. In the untagged layout the names are exactly
+the previous ones.
 
 Money is stored as integer micro-dollars (1 USD = 1,000,000): counters move with exact
 integer arithmetic, so usage never drifts from the sum of the reservations.
@@ -29,14 +57,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
 import redis
 
 from atlas_tasks.errors import QuotaExceeded, validation_error
-from atlas_tasks.keyspace_names import keyspace
+from atlas_tasks.keyspace_names import TEMPLATE_PREFIX, Keyspace, keyspace
 from atlas_tasks.specs import GpuType
 
 log = logging.getLogger(__name__)
@@ -45,6 +74,9 @@ log = logging.getLogger(__name__)
 _no_price_warned = threading.Event()
 
 # --------------------------------------------------------------------------- keys
+
+#: The hash tag of every quota key in the tagged layout (one slot; see the module docs).
+QUOTA_GROUP: Final = "quota"
 
 #: Hash of a user's or tenant's limits: ``max_sessions``, ``max_hourly_micros``,
 #: ``monthly_micros``. A missing field is no limit; no key at all is no limit at all.
@@ -55,10 +87,18 @@ USAGE_KEY: Final = "atlas:quota:{scope}:{id}:usage"
 #: String: micro-USD spent by a user or tenant in ``{month}`` (``YYYY-MM``, UTC, from
 #: Redis ``TIME``). Expires :data:`SPEND_RETENTION_S` after the end of its month.
 SPEND_KEY: Final = "atlas:quota:{scope}:{id}:spend:{month}"
-#: Hash: what the admission of session ``{session}`` reserved (see :class:`Reservation`).
+#: Hash of reservation bucket ``{bucket}`` (``0`` to ``RESERVATION_BUCKETS - 1``): field
+#: = session id, value = :func:`encode_reservation` of what its admission reserved.
 #: No TTL on purpose: an expiry cannot give the reserved amounts back to the usage hashes,
 #: so a reservation ends only by :meth:`QuotaStore.release`.
-RESERVATION_KEY: Final = "atlas:quota:res:{session}"
+RESERVATION_KEY: Final = "atlas:quota:resv:{bucket}"
+#: How many reservation buckets (part of the layout: see the module docs).
+RESERVATION_BUCKETS: Final = 1024
+#: The previous layout's reservation: one hash per session (fields ``session_id``,
+#: ``hourly_micros``, ``price_known``, ``admitted_ms``, ``user_id``, ``tenant_id``,
+#: ``corrected_ms``). Never written any more; read, released and migrated by the scripts
+#: (which derive its name from the bucket key's, so the release signature is unchanged).
+LEGACY_RESERVATION_KEY: Final = "atlas:quota:res:{session}"
 #: Sorted set of live reservations: member = session id, score = admission time (ms).
 RESERVATIONS_INDEX_KEY: Final = "atlas:quota:reservations"
 #: Hash of one provider's catalog prices in micro-USD per GPU-hour: field ``{gpu}``
@@ -84,46 +124,116 @@ SCOPES: Final[tuple[Scope, ...]] = ("user", "tenant")
 LimitName = Literal["max_sessions", "max_hourly_usd", "monthly_usd"]
 
 
+def quota_keyspace(namespace: str | None = None) -> Keyspace:
+    """The keyspace every quota key is built in: ``namespace``'s (default:
+    ``ATLAS_NAMESPACE``) ``{quota}`` group in the tagged layout, the namespace's own
+    names in the untagged one (see the module docs for why one slot)."""
+    return keyspace(namespace).group(QUOTA_GROUP)
+
+
+def _name(template: str, namespace: str | None = None, /, **fields: object) -> str:
+    # The quota keyspace's prefix + the template's rest, formatted. Not
+    # ``ks.key(template).format()``: a tagged name holds a literal ``{quota}`` that
+    # str.format would read as a placeholder; and not ``ks.key(formatted)``, which would
+    # cache one name per user, tenant and session.
+    return quota_keyspace(namespace).key_prefix + template[len(TEMPLATE_PREFIX) :].format(**fields)
+
+
 def usage_key_halves(namespace: str | None = None) -> tuple[str, str]:
     """The usage key around ``{scope}:{id}`` in ``namespace`` (default: ``ATLAS_NAMESPACE``):
     scripts that learn the scope from a reservation join the halves around it."""
-    prefix, suffix = keyspace(namespace).key(USAGE_KEY).split("{scope}:{id}")
+    prefix, suffix = _name(USAGE_KEY, namespace, scope="\0", id="\0").split("\0:\0")
     return prefix, suffix
 
 
-def limits_key(scope: Scope, scope_id: str) -> str:
-    """Redis key of a scope's limits hash."""
-    return keyspace().key(LIMITS_KEY).format(scope=scope, id=scope_id)
+def limits_key(scope: Scope, scope_id: str, *, namespace: str | None = None) -> str:
+    """Redis key of a scope's limits hash (in ``namespace``, default the setting's)."""
+    return _name(LIMITS_KEY, namespace, scope=scope, id=scope_id)
 
 
-def usage_key(scope: Scope, scope_id: str) -> str:
-    """Redis key of a scope's usage hash."""
-    return keyspace().key(USAGE_KEY).format(scope=scope, id=scope_id)
+def usage_key(scope: Scope, scope_id: str, *, namespace: str | None = None) -> str:
+    """Redis key of a scope's usage hash (in ``namespace``, default the setting's)."""
+    return _name(USAGE_KEY, namespace, scope=scope, id=scope_id)
 
 
-def spend_key(scope: Scope, scope_id: str, month: str) -> str:
-    """Redis key of a scope's spend in ``month`` (``YYYY-MM``)."""
-    return keyspace().key(SPEND_KEY).format(scope=scope, id=scope_id, month=month)
+def spend_key(scope: Scope, scope_id: str, month: str, *, namespace: str | None = None) -> str:
+    """Redis key of a scope's spend in ``month`` (``YYYY-MM``; in ``namespace``, default
+    the setting's)."""
+    return _name(SPEND_KEY, namespace, scope=scope, id=scope_id, month=month)
+
+
+def reservation_bucket(session_id: str) -> int:
+    """The reservation bucket of ``session_id`` (``crc32 % RESERVATION_BUCKETS``)."""
+    return zlib.crc32(session_id.encode()) % RESERVATION_BUCKETS
 
 
 def reservation_key(session_id: str, namespace: str | None = None) -> str:
-    """Redis key of a session's reservation (in ``namespace``, default the setting's)."""
-    return keyspace(namespace).key(RESERVATION_KEY).format(session=session_id)
+    """Redis key of the bucket hash holding ``session_id``'s reservation (in
+    ``namespace``, default the setting's); the session id is its field.
+
+    This is the ``res`` argument of :data:`LUA_QUOTA_RELEASE`. The key is shared with
+    the other sessions of the bucket: test a session's reservation with
+    :meth:`QuotaStore.reservation` (or ``HEXISTS key id``), not ``EXISTS key``.
+    """
+    return _name(RESERVATION_KEY, namespace, bucket=reservation_bucket(session_id))
+
+
+def legacy_reservation_key(session_id: str, namespace: str | None = None) -> str:
+    """Redis key of ``session_id``'s reservation in the previous layout (one hash each)."""
+    return _name(LEGACY_RESERVATION_KEY, namespace, session=session_id)
 
 
 def reservations_index_key(namespace: str | None = None) -> str:
     """Redis key of the live reservations' index (in ``namespace``, default the setting's)."""
-    return keyspace(namespace).key(RESERVATIONS_INDEX_KEY)
+    return quota_keyspace(namespace).key(RESERVATIONS_INDEX_KEY)  # no placeholders
 
 
-def prices_key(provider: str) -> str:
-    """Redis key of a provider's cached catalog prices."""
-    return keyspace().key(PRICES_KEY).format(provider=provider)
+def prices_key(provider: str, *, namespace: str | None = None) -> str:
+    """Redis key of a provider's cached catalog prices (in ``namespace``, default the
+    setting's)."""
+    return _name(PRICES_KEY, namespace, provider=provider)
 
 
-def _spend_prefix(scope: Scope, scope_id: str) -> str:
+def _spend_prefix(scope: Scope, scope_id: str, namespace: str | None) -> str:
     # The scripts append the month they read from Redis TIME.
-    return spend_key(scope, scope_id, "")
+    return spend_key(scope, scope_id, "", namespace=namespace)
+
+
+#: Separator of :func:`encode_reservation`'s fields: ids never contain it (check_id
+#: refuses whitespace), and neither do integers.
+_SEP: Final = "\t"
+
+
+def encode_reservation(
+    hourly_micros: int,
+    price_known: bool,
+    user_id: str | None,
+    tenant_id: str | None,
+    corrected_at_ms: int | None = None,
+) -> str:
+    """A reservation bucket field's value:
+    ``<hourly_micros>\\t<1|0 price known>\\t<user>\\t<tenant>[\\t<corrected ms>]``
+    (an empty id: not counted there). The admission time is the index's score, and the
+    session id the field's name, so neither is repeated here (about 25 bytes in all)."""
+    parts = [str(int(hourly_micros)), "1" if price_known else "0", user_id or "", tenant_id or ""]
+    if corrected_at_ms is not None:
+        parts.append(str(int(corrected_at_ms)))
+    return _SEP.join(parts)
+
+
+def decode_reservation(session_id: str, value: str, admitted_at_ms: int) -> Reservation:
+    """Read back :func:`encode_reservation` (``admitted_at_ms``: the index's score)."""
+    parts = value.split(_SEP)
+    parts += [""] * (5 - len(parts))
+    return Reservation(
+        session_id=session_id,
+        user_id=parts[2] or None,
+        tenant_id=parts[3] or None,
+        hourly_usd=to_usd(int(parts[0] or 0)),
+        price_known=parts[1] != "0",
+        admitted_at_ms=admitted_at_ms,
+        corrected_at_ms=_opt_int(parts[4]),
+    )
 
 
 # --------------------------------------------------------------------------- validation
@@ -447,13 +557,73 @@ end
 # Script to check a month computation from tests (ARGV[1] = Unix seconds).
 _MONTH_AT = _MONTH_LUA + "local a, b = month_at(tonumber(ARGV[1])) return {a, b}"
 
+# Reading and writing one reservation, shared by every script that touches one (and by
+# the session store's end scripts, through LUA_QUOTA_RELEASE). Names start with ``qres_``
+# so they cannot clash with the locals of the scripts that embed them.
+_LUA_RES = r"""
+-- The previous layout's key of a reservation (one hash per session), derived from the
+-- bucket key's name: '<ns>:quota:resv:<k>' -> '<ns>:quota:res:<id>' (same hash tag).
+local function qres_legacy(res, id)
+  local base = string.match(res, '^(.*)resv:%d+')
+  if base then return base .. 'res:' .. id end
+  return nil
+end
+-- Session id's reservation: {micros, known, user, tenant, corrected, admitted}
+-- (user/tenant/corrected false when absent), and the legacy key when it lives in the
+-- previous layout; nil when the session holds none.
+local function qres_load(res, index, id)
+  local v = redis.call('HGET', res, id)
+  if v then
+    local f = {}
+    for part in string.gmatch(v .. '\t', '([^\t]*)\t') do f[#f + 1] = part end
+    local admitted = redis.call('ZSCORE', index, id)
+    return {tonumber(f[1]) or 0, f[2] ~= '0',
+            (f[3] or '') ~= '' and f[3] or false, (f[4] or '') ~= '' and f[4] or false,
+            (f[5] or '') ~= '' and tonumber(f[5]) or false,
+            tonumber(admitted or '0')}, nil
+  end
+  local old = qres_legacy(res, id)
+  if old and redis.call('EXISTS', old) == 1 then
+    local h = redis.call('HMGET', old, 'hourly_micros', 'price_known', 'user_id',
+                         'tenant_id', 'corrected_ms', 'admitted_ms')
+    return {tonumber(h[1] or '0'), h[2] ~= '0', h[3] or false, h[4] or false,
+            h[5] and tonumber(h[5]) or false, tonumber(h[6] or '0')}, old
+  end
+  return nil, nil
+end
+local function qres_encode(r)
+  local v = string.format('%d', r[1]) .. '\t' .. (r[2] and '1' or '0') .. '\t' ..
+            (r[3] or '') .. '\t' .. (r[4] or '')
+  if r[5] then v = v .. '\t' .. string.format('%d', r[5]) end
+  return v
+end
+-- The reservation as the flat field list the Python side reads (Reservation.from_hash).
+local function qres_fields(id, r)
+  local out = {'session_id', id, 'hourly_micros', string.format('%d', r[1]),
+               'price_known', r[2] and '1' or '0', 'admitted_ms', string.format('%d', r[6])}
+  if r[3] then out[#out + 1] = 'user_id'; out[#out + 1] = r[3] end
+  if r[4] then out[#out + 1] = 'tenant_id'; out[#out + 1] = r[4] end
+  if r[5] then out[#out + 1] = 'corrected_ms'; out[#out + 1] = string.format('%d', r[5]) end
+  return out
+end
+-- The usage hashes a reservation counts in (built from the USAGE_KEY halves).
+local function qres_owners(r, prefix, suffix)
+  local out = {}
+  if r[3] then out[#out + 1] = prefix .. 'user:' .. r[3] .. suffix end
+  if r[4] then out[#out + 1] = prefix .. 'tenant:' .. r[4] .. suffix end
+  return out
+end
+"""
+
 _ADMIT = (
     _MONTH_LUA
+    + _LUA_RES
     + """
--- KEYS: reservation, index, then per scope: limits, usage, spend prefix
+-- KEYS: reservation bucket, index, then per scope: limits, usage, spend prefix
 -- ARGV: session id, hourly micros, price known (1/0), n scopes, then per scope: scope, id
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {'already', redis.call('HGETALL', KEYS[1])}
+local held = qres_load(KEYS[1], KEYS[2], ARGV[1])
+if held then
+  return {'already', qres_fields(ARGV[1], held)}
 end
 local req = tonumber(ARGV[2])
 local n = tonumber(ARGV[4])
@@ -480,68 +650,55 @@ for i = 0, n - 1 do
     end
   end
 end
-local rec = {'session_id', ARGV[1], 'hourly_micros', int(req), 'price_known', ARGV[3],
-             'admitted_ms', int(now_ms)}
+local r = {req, ARGV[3] == '1', false, false, false, now_ms}
 for i = 0, n - 1 do
-  rec[#rec + 1] = ARGV[5 + 2 * i] .. '_id'
-  rec[#rec + 1] = ARGV[6 + 2 * i]
+  if ARGV[5 + 2 * i] == 'user' then r[3] = ARGV[6 + 2 * i] else r[4] = ARGV[6 + 2 * i] end
   redis.call('HINCRBY', KEYS[4 + 3 * i], 'sessions', 1)
   redis.call('HINCRBY', KEYS[4 + 3 * i], 'hourly_micros', int(req))
 end
-redis.call('HSET', KEYS[1], unpack(rec))
+redis.call('HSET', KEYS[1], ARGV[1], qres_encode(r))
 redis.call('ZADD', KEYS[2], int(now_ms), ARGV[1])
-return {'ok', rec}
+return {'ok', qres_fields(ARGV[1], r)}
 """
 )
-
-# The usage keys of a reservation are known only from the reservation itself, so these
-# scripts build them from the USAGE_KEY template's two halves (ARGV). atlas_tasks runs on
-# one Redis (not Cluster), like the rest of its scripts that touch several keys.
-_USAGE_OF_RES = """
-local function usage_keys(res)
-  local out = {}
-  local who = redis.call('HMGET', res, 'user_id', 'tenant_id')
-  if who[1] then out[#out + 1] = ARGV[2] .. 'user:' .. who[1] .. ARGV[3] end
-  if who[2] then out[#out + 1] = ARGV[2] .. 'tenant:' .. who[2] .. ARGV[3] end
-  return out
-end
-"""
 
 #: Lua function ``quota_release(reservation, index, session_id, usage_prefix, usage_suffix)``
 #: giving back one session's reservation (idempotent: the receipt is deleted in the same
 #: step; returns the receipt's fields, or ``false`` when there was none). Exported so the
 #: session store's end transitions (``fail_spawn``, ``finish_terminate``) release in the
-#: same Lua step that ends the session: no worker death can separate the two. Callers
-#: pass the reservation key and :data:`RESERVATIONS_INDEX_KEY` as KEYS, and
-#: the halves of :func:`usage_key_halves` as ARGV.
-LUA_QUOTA_RELEASE: Final = """
+#: same Lua step that ends the session, in the untagged layout: no worker death can
+#: separate the two. Callers pass :func:`reservation_key` (the session's *bucket* hash;
+#: the session id is its field) and :func:`reservations_index_key` as KEYS, and the
+#: halves of :func:`usage_key_halves` as ARGV. It also releases a reservation of the
+#: previous layout (:data:`LEGACY_RESERVATION_KEY`, named after the bucket key).
+#: In the tagged layout the quota keys are in the ``{quota}`` slot, not a session's, so a
+#: session script must not embed this: call :meth:`QuotaStore.release` after it.
+LUA_QUOTA_RELEASE: Final = (
+    _LUA_RES
+    + """
 local function quota_release(res, index, id, prefix, suffix)
-  if redis.call('EXISTS', res) == 0 then return false end
-  local rec = redis.call('HGETALL', res)
-  local f = redis.call('HMGET', res, 'hourly_micros', 'user_id', 'tenant_id')
-  local micros = tonumber(f[1] or '0')
-  local owners = {}
-  if f[2] then owners[#owners + 1] = prefix .. 'user:' .. f[2] .. suffix end
-  if f[3] then owners[#owners + 1] = prefix .. 'tenant:' .. f[3] .. suffix end
-  for _, key in ipairs(owners) do
+  local r, old = qres_load(res, index, id)
+  if not r then return false end
+  for _, key in ipairs(qres_owners(r, prefix, suffix)) do
     -- never below zero (see add_clamped)
     local n = tonumber(redis.call('HGET', key, 'sessions') or '0') - 1
-    local h = tonumber(redis.call('HGET', key, 'hourly_micros') or '0') - micros
+    local h = tonumber(redis.call('HGET', key, 'hourly_micros') or '0') - r[1]
     if n < 0 then n = 0 end
     if h < 0 then h = 0 end
     redis.call('HSET', key, 'sessions', string.format('%d', n),
                'hourly_micros', string.format('%d', h))
   end
-  redis.call('DEL', res)
+  if old then redis.call('DEL', old) else redis.call('HDEL', res, id) end
   redis.call('ZREM', index, id)
-  return rec
+  return qres_fields(id, r)
 end
 """
+)
 
 _RELEASE = (
     LUA_QUOTA_RELEASE
     + """
--- KEYS: reservation, index  ARGV: session id, usage key prefix, usage key suffix
+-- KEYS: reservation bucket, index  ARGV: session id, usage key prefix, usage key suffix
 return quota_release(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 """
 )
@@ -549,19 +706,20 @@ return quota_release(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 _RELEASE_ORPHANED = (
     LUA_QUOTA_RELEASE
     + """
--- KEYS: index  ARGV: session record prefix, older_than_ms, limit, reservation key prefix,
---                   usage key prefix, usage key suffix
--- Reservations admitted before now - older_than_ms whose session record does not exist:
--- the spawn died between admission and recording its session (or the record was lost).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]),
-                       'LIMIT', 0, tonumber(ARGV[3]))
+-- KEYS: index, then one reservation bucket per candidate
+-- ARGV: session record prefix ('' = no check), usage key prefix, usage key suffix,
+--       then the candidates' session ids (in KEYS order)
+-- Releases each candidate whose session record does not exist (when a prefix is given:
+-- the untagged layout, where a record is a key this script may read) or every
+-- candidate (the caller already asked the session store which are ended or gone).
+-- A candidate released meanwhile holds nothing and is not reported.
 local out = {}
-for _, id in ipairs(ids) do
-  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
-    quota_release(ARGV[4] .. id, KEYS[1], id, ARGV[5], ARGV[6])
-    out[#out + 1] = id
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if ARGV[1] == '' or redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    if quota_release(KEYS[i - 2], KEYS[1], id, ARGV[2], ARGV[3]) then
+      out[#out + 1] = id
+    end
   end
 end
 return out
@@ -570,18 +728,23 @@ return out
 
 _CORRECT = (
     _MONTH_LUA
-    + _USAGE_OF_RES
+    + _LUA_RES
     + """
--- KEYS: reservation  ARGV: new hourly micros, usage key prefix, usage key suffix
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local new = tonumber(ARGV[1])
-local old = tonumber(redis.call('HGET', KEYS[1], 'hourly_micros') or '0')
-for _, key in ipairs(usage_keys(KEYS[1])) do
-  add_clamped(key, 'hourly_micros', new - old)
+-- KEYS: reservation bucket, index
+-- ARGV: session id, new hourly micros, usage key prefix, usage key suffix
+local r, old = qres_load(KEYS[1], KEYS[2], ARGV[1])
+if not r then return false end
+local new = tonumber(ARGV[2])
+for _, key in ipairs(qres_owners(r, ARGV[3], ARGV[4])) do
+  add_clamped(key, 'hourly_micros', new - r[1])
 end
-redis.call('HSET', KEYS[1], 'hourly_micros', int(new), 'price_known', '1',
-           'corrected_ms', int(now_ms))
-return redis.call('HGETALL', KEYS[1])
+r[1] = new
+r[2] = true
+r[5] = now_ms
+-- A reservation of the previous layout moves into its bucket here.
+redis.call('HSET', KEYS[1], ARGV[1], qres_encode(r))
+if old then redis.call('DEL', old) end
+return qres_fields(ARGV[1], r)
 """
 )
 
@@ -627,10 +790,13 @@ class QuotaStore:
 
     Args:
         client: a ``decode_responses=True`` Redis client.
+        namespace: the deployment whose keys it reads and writes (default: the
+            ``ATLAS_NAMESPACE`` setting at each call).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, namespace: str | None = None) -> None:
         self.client = client
+        self.namespace = namespace
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
         self._release_orphaned = client.register_script(_RELEASE_ORPHANED)
@@ -642,7 +808,7 @@ class QuotaStore:
     # ------------------------------------------------------------------ limits
     def set_limits(self, scope: Scope, scope_id: str | int, limits: Limits) -> None:
         """Replace a scope's limits (a limit left ``None`` is removed: no limit)."""
-        key = limits_key(check_scope(scope), check_id("id", scope_id))
+        key = limits_key(check_scope(scope), check_id("id", scope_id), namespace=self.namespace)
         fields = limits.to_hash()
         # One MULTI: an admission never sees the old limits half replaced.
         with self.client.pipeline(transaction=True) as pipe:
@@ -653,7 +819,7 @@ class QuotaStore:
 
     def get_limits(self, scope: Scope, scope_id: str | int) -> Limits:
         """A scope's limits (all ``None`` when none were set)."""
-        key = limits_key(check_scope(scope), check_id("id", scope_id))
+        key = limits_key(check_scope(scope), check_id("id", scope_id), namespace=self.namespace)
         return Limits.from_hash(cast(dict[str, str], self.client.hgetall(key)))
 
     # ------------------------------------------------------------------ usage
@@ -662,7 +828,13 @@ class QuotaStore:
         scope = check_scope(scope)
         ident = check_id("id", scope_id)
         sessions, hourly, spent, month = cast(
-            list[Any], self._usage(keys=[usage_key(scope, ident), _spend_prefix(scope, ident)])
+            list[Any],
+            self._usage(
+                keys=[
+                    usage_key(scope, ident, namespace=self.namespace),
+                    _spend_prefix(scope, ident, self.namespace),
+                ]
+            ),
         )
         return Usage(
             sessions=int(sessions),
@@ -687,7 +859,7 @@ class QuotaStore:
         out = cast(
             list[Any],
             self._record_spend(
-                keys=[_spend_prefix(scope, ident) for scope, ident in scopes],
+                keys=[_spend_prefix(scope, ident, self.namespace) for scope, ident in scopes],
                 args=[micros, SPEND_RETENTION_S],
             ),
         )
@@ -721,10 +893,14 @@ class QuotaStore:
         _check_session(session_id)
         micros = 0 if hourly_usd is None else to_micros("hourly_usd", hourly_usd)
         scopes = self._scopes(user_id, tenant_id)
-        keys = [reservation_key(session_id), reservations_index_key()]
+        keys = [reservation_key(session_id, self.namespace), reservations_index_key(self.namespace)]
         args: list[Any] = [session_id, micros, "0" if hourly_usd is None else "1", len(scopes)]
         for scope, ident in scopes:
-            keys += [limits_key(scope, ident), usage_key(scope, ident), _spend_prefix(scope, ident)]
+            keys += [
+                limits_key(scope, ident, namespace=self.namespace),
+                usage_key(scope, ident, namespace=self.namespace),
+                _spend_prefix(scope, ident, self.namespace),
+            ]
             args += [scope, ident]
         reply = cast(list[Any], self._admit(keys=keys, args=args))
         verdict = str(reply[0])
@@ -768,38 +944,130 @@ class QuotaStore:
         """
         _check_session(session_id)
         reply = self._release(
-            keys=[reservation_key(session_id), reservations_index_key()],
-            args=[session_id, *usage_key_halves()],
+            keys=[
+                reservation_key(session_id, self.namespace),
+                reservations_index_key(self.namespace),
+            ],
+            args=[session_id, *usage_key_halves(self.namespace)],
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
-    def release_orphaned(
-        self, session_key_prefix: str, *, older_than_ms: int = 60_000, limit: int = 1000
-    ) -> list[str]:
-        """Release reservations whose session record is gone; returns their session ids.
+    def release_many(self, session_ids: Iterable[str]) -> list[Reservation | None]:
+        """:meth:`release` of each session, pipelined (one round trip; one call each on
+        a ``RedisCluster`` client, whose pipelines refuse scripts), in order.
 
-        Sessions release their reservation in the step that ends them; this catches the
-        rest: a spawn that died between admission and writing its record, or a record
-        lost with Redis data. Only reservations older than ``older_than_ms`` are looked
-        at, so a spawn between its admission and its record is never touched.
+        For callers that end sessions in batches (the reaper in the tagged layout, where
+        the release is a step of its own after each session's end step). Each release
+        is its own atomic, idempotent script, exactly as :meth:`release`.
+        """
+        ids = list(session_ids)
+        for session_id in ids:
+            _check_session(session_id)
+        if not ids:
+            return []
+        if isinstance(self.client, redis.RedisCluster):
+            # redis-py's cluster pipeline refuses scripts (EVALSHA): one call each.
+            return [self.release(session_id) for session_id in ids]
+        index = reservations_index_key(self.namespace)
+        halves = usage_key_halves(self.namespace)
+        with self.client.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                self._release(
+                    keys=[reservation_key(session_id, self.namespace), index],
+                    args=[session_id, *halves],
+                    client=pipe,
+                )
+            replies = pipe.execute()
+        return [Reservation.from_hash(_pairs(list(r))) if r else None for r in replies]
+
+    def release_orphaned(
+        self,
+        session_key_prefix: str | None = None,
+        *,
+        live_sessions: Callable[[list[str]], set[str]] | None = None,
+        older_than_ms: int = 60_000,
+        limit: int = 1000,
+    ) -> list[str]:
+        """Release reservations whose session is gone (or ended); returns their session ids.
+
+        Sessions release their reservation when they end (in the untagged layout, in the
+        very Lua step that ends them); this catches the rest: a spawn that died between
+        admission and writing its record, a record lost with Redis data, and in the tagged
+        layout a worker that died between a session's end and its release. Every
+        reservation older than ``older_than_ms`` is looked at, oldest first, in pages of
+        ``limit``; a younger one never is, so a spawn between its admission and its
+        record is never touched.
+
+        Which sessions are still live is asked one of two ways:
+
+        * ``live_sessions(ids)`` (either layout; required in the tagged one): the ids
+          among ``ids`` whose session record exists and has not ended (not terminated,
+          not failed) — ``SessionStore.live_ids``. Every other candidate is released.
+        * ``session_key_prefix`` (untagged layout only): the release script itself
+          checks that the session record (``prefix + id``) exists, in the same step. A
+          record that exists is never ended with its reservation held there, because
+          ends release in the same step.
+
+        Either way each release is one atomic, idempotent step per candidate, so this
+        races safely with the session's own release (whichever comes second finds
+        nothing and the id is not reported).
 
         Args:
             session_key_prefix: the session record key without its id
-                (``atlas:session:``).
+                (``atlas:session:``), for the in-script check.
+            live_sessions: which of a list of session ids are live (see above).
             older_than_ms: minimum age of a reservation (ms, Redis time).
-            limit: most reservations looked at per call (oldest first).
+            limit: reservations looked at per page (one ``live_sessions`` call and one
+                release script per page).
+
+        Raises:
+            ValidationError: neither way was given, or only ``session_key_prefix`` in the
+                tagged layout (a script cannot read a session's slot from ``{quota}``).
         """
-        reply = self._release_orphaned(
-            keys=[reservations_index_key()],
-            args=[
-                session_key_prefix,
-                older_than_ms,
-                limit,
-                reservation_key(""),
-                *usage_key_halves(),
-            ],
-        )
-        return [str(x) for x in cast(list[Any], reply)]
+        if live_sessions is None:
+            if session_key_prefix is None:
+                raise validation_error("live_sessions", "give live_sessions or session_key_prefix")
+            if quota_keyspace(self.namespace).tagged:
+                raise validation_error(
+                    "live_sessions",
+                    "required in the tagged key layout (ATLAS_REDIS_SHARDS): the quota "
+                    "script cannot read session records in other slots",
+                )
+        index = reservations_index_key(self.namespace)
+        halves = usage_key_halves(self.namespace)
+        now_s, now_us = self.client.time()
+        cutoff = int(now_s) * 1000 + int(now_us) // 1000 - int(older_than_ms)
+        released: list[str] = []
+        offset = 0
+        # Every reservation older than the cutoff, a page of ``limit`` at a time: with
+        # more live sessions than a page, the orphans are not only among the oldest.
+        # Released ones leave the index, so the next page starts that many earlier.
+        while True:
+            page = cast(
+                list[str],
+                self.client.zrangebyscore(index, "-inf", cutoff, start=offset, num=int(limit)),
+            )
+            if not page:
+                break
+            ids = page
+            if live_sessions is not None:
+                live = live_sessions(list(page))
+                ids = [i for i in page if i not in live]
+                check = ""
+            else:
+                check = session_key_prefix or ""
+            freed: list[str] = []
+            if ids:
+                reply = self._release_orphaned(
+                    keys=[index, *(reservation_key(i, self.namespace) for i in ids)],
+                    args=[check, *halves, *ids],
+                )
+                freed = [str(x) for x in cast(list[Any], reply)]
+            released += freed
+            if len(page) < limit:
+                break
+            offset += len(page) - len(freed)
+        return released
 
     def correct(self, session_id: str, real_hourly_usd: float) -> Reservation | None:
         """Set a live reservation's USD/h to the pod's real ``cost_per_hour``.
@@ -811,23 +1079,54 @@ class QuotaStore:
         _check_session(session_id)
         micros = to_micros("real_hourly_usd", real_hourly_usd)
         reply = self._correct(
-            keys=[reservation_key(session_id)], args=[micros, *usage_key_halves()]
+            keys=[
+                reservation_key(session_id, self.namespace),
+                reservations_index_key(self.namespace),
+            ],
+            args=[session_id, micros, *usage_key_halves(self.namespace)],
         )
         return Reservation.from_hash(_pairs(list(reply))) if reply else None
 
     def reservation(self, session_id: str) -> Reservation | None:
         """The session's live reservation, or ``None``."""
-        data = cast(dict[str, str], self.client.hgetall(reservation_key(session_id)))
-        return Reservation.from_hash(data) if data else None
+        found = self.reservations_of([session_id])
+        return found[0] if found else None
 
     def reservations(self, *, limit: int = 1000) -> list[Reservation]:
         """Live reservations, oldest first (at most ``limit``)."""
-        ids = cast(list[str], self.client.zrange(reservations_index_key(), 0, limit - 1))
+        ids = cast(
+            list[str], self.client.zrange(reservations_index_key(self.namespace), 0, limit - 1)
+        )
+        return self.reservations_of(ids)
+
+    def reservations_of(self, session_ids: list[str]) -> list[Reservation]:
+        """The live reservations of ``session_ids``, in their order (sessions holding
+        none are left out). Two pipelined round trips, plus one for reservations still
+        in the previous layout."""
+        if not session_ids:
+            return []
+        index = reservations_index_key(self.namespace)
         with self.client.pipeline(transaction=False) as pipe:
-            for session_id in ids:
-                pipe.hgetall(reservation_key(session_id))
-            rows = cast(list[dict[str, str]], pipe.execute())
-        return [Reservation.from_hash(row) for row in rows if row]
+            for session_id in session_ids:
+                pipe.hget(reservation_key(session_id, self.namespace), session_id)
+                pipe.zscore(index, session_id)
+            rows = pipe.execute()
+        out: dict[str, Reservation] = {}
+        legacy: list[str] = []
+        for i, session_id in enumerate(session_ids):
+            value, score = rows[2 * i], rows[2 * i + 1]
+            if value is not None:
+                out[session_id] = decode_reservation(session_id, str(value), int(score or 0))
+            else:
+                legacy.append(session_id)
+        if legacy:
+            with self.client.pipeline(transaction=False) as pipe:
+                for session_id in legacy:
+                    pipe.hgetall(legacy_reservation_key(session_id, self.namespace))
+                for session_id, row in zip(legacy, pipe.execute(), strict=True):
+                    if row:
+                        out[session_id] = Reservation.from_hash(cast(dict[str, str], row))
+        return [out[i] for i in session_ids if i in out]
 
     # ------------------------------------------------------------------ prices
     def refresh_prices(self, provider: str, gpu_types: Iterable[GpuType]) -> int:
@@ -853,7 +1152,7 @@ class QuotaStore:
         if not prices:
             log.warning("price refresh for %s got no prices; keeping the cached ones", provider)
             return 0
-        key = prices_key(provider)
+        key = prices_key(provider, namespace=self.namespace)
         now_s, now_us = self.client.time()
         fields = {k: str(v) for k, v in prices.items()}
         fields["@refreshed_ms"] = str(int(now_s) * 1000 + int(now_us) // 1000)
@@ -872,7 +1171,10 @@ class QuotaStore:
         count = _check_count("gpu_count", gpu_count)
         field = f"{gpu.lower()}:spot" if spot else gpu.lower()
         price, refreshed = cast(
-            list[str | None], self.client.hmget(prices_key(provider), [field, "@refreshed_ms"])
+            list[str | None],
+            self.client.hmget(
+                prices_key(provider, namespace=self.namespace), [field, "@refreshed_ms"]
+            ),
         )
         per_gpu = to_usd(int(price)) if price is not None else None
         return Quote(
@@ -893,13 +1195,16 @@ class QuotaStore:
 
 
 __all__ = [
+    "LEGACY_RESERVATION_KEY",
     "LIMITS_KEY",
     "LUA_QUOTA_RELEASE",
     "MAX_USD",
     "MICROS",
     "PRICES_KEY",
     "RESERVATIONS_INDEX_KEY",
+    "RESERVATION_BUCKETS",
     "RESERVATION_KEY",
+    "QUOTA_GROUP",
     "SCOPES",
     "SPEND_KEY",
     "SPEND_RETENTION_S",
@@ -915,8 +1220,13 @@ __all__ = [
     "Usage",
     "check_id",
     "check_scope",
+    "decode_reservation",
+    "encode_reservation",
+    "legacy_reservation_key",
     "limits_key",
     "prices_key",
+    "quota_keyspace",
+    "reservation_bucket",
     "reservations_index_key",
     "reservation_key",
     "usage_key_halves",

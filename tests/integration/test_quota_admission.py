@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from atlas_tasks import quotas
+from atlas_tasks.config import reset_settings
 from atlas_tasks.quotas.store import QuotaStore, usage_key
 from atlas_tasks.testing.localstack import RedisServer
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 PROCESSES = 4
 REQUESTS = 50
+SHARDS = "16"
 
 # Reads one JSON command per stdin line ({"go": start-line path, "jobs": [...]}), marks
 # itself ready, waits for the start line, runs the jobs from one thread each and prints
@@ -66,9 +68,13 @@ for line in sys.stdin:
 class Racers:
     """PROCESSES long-lived child processes that run jobs released at one start line."""
 
-    def __init__(self, redis_url: str, workdir: Path) -> None:
+    def __init__(self, redis_url: str, workdir: Path, layout: str) -> None:
         self.workdir = workdir
+        self.layout = layout
         env = {**os.environ, "ATLAS_REDIS_URL": redis_url}
+        env.pop("ATLAS_REDIS_SHARDS", None)
+        if layout == "tagged":
+            env["ATLAS_REDIS_SHARDS"] = SHARDS
         self.procs = [
             subprocess.Popen(
                 [sys.executable, "-c", CHILD],
@@ -118,11 +124,25 @@ class Racers:
                 proc.wait()
 
 
-@pytest.fixture(scope="module")
-def racers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Racers]:
-    racers = Racers(redis_server.url, tmp_path_factory.mktemp("racers"))
+@pytest.fixture(scope="module", params=["untagged", "tagged"])
+def racers(
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Racers]:
+    """The racing processes, in one key layout: one Redis (names as before), or the
+    tagged layout of a Redis Cluster (every quota key in the ``{quota}`` slot)."""
+    racers = Racers(redis_server.url, tmp_path_factory.mktemp("racers"), str(request.param))
     yield racers
     racers.close()
+
+
+@pytest.fixture(autouse=True)
+def _same_layout(racers: Racers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process reads and writes in the racers' layout."""
+    if racers.layout == "tagged":
+        monkeypatch.setenv("ATLAS_REDIS_SHARDS", SHARDS)
+        reset_settings()
 
 
 def admitted(results: list[dict[str, Any]]) -> set[str]:
@@ -183,7 +203,9 @@ def test_a_tenant_limit_holds_across_users_and_refusals_reserve_nothing(
     assert (use.sessions, use.hourly_usd) == (3, 7.5)
     # Users refused by the tenant hold nothing: no usage hash was even created for them.
     keys = [str(key) for key in redis_client.keys(usage_key("user", "*"))]
-    users_with_usage = {key.split(":")[3] for key in keys}
+    prefix, suffix = usage_key("user", "\0").split("\0")
+    users_with_usage = {key.removeprefix(prefix).removesuffix(suffix) for key in keys}
+    assert keys and all(key.startswith(prefix) for key in keys)
     assert users_with_usage == {f"u{s[1:]}" for s in ok}
 
 

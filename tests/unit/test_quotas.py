@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas_tasks import quotas
+from atlas_tasks.config import reset_settings
 from atlas_tasks.contrib._web import status_for
 from atlas_tasks.errors import AtlasError, QuotaExceeded, ValidationError
 from atlas_tasks.quotas.store import (
@@ -31,6 +32,16 @@ from atlas_tasks.quotas.store import (
     usage_key,
 )
 from atlas_tasks.specs import GpuType
+
+
+@pytest.fixture(autouse=True, params=["untagged", "tagged"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test in both key layouts: one Redis (names as before) and the tagged one a
+    Redis Cluster needs (every quota key in the ``{quota}`` slot)."""
+    if request.param == "tagged":
+        monkeypatch.setenv("ATLAS_REDIS_SHARDS", "16")
+        reset_settings()
+    return str(request.param)
 
 
 @pytest.fixture
@@ -90,7 +101,7 @@ def test_bad_ids_are_refused(bad: object, redis_client: redis.Redis) -> None:
         with pytest.raises(ValidationError) as info:
             quotas.admit("s1", user_id=bad, client=redis_client)  # type: ignore[arg-type]
         assert info.value.field == "user_id"
-    assert redis_client.keys("atlas:quota:*") == []
+    assert redis_client.keys("atlas:*") == []
 
 
 def test_bad_admission_arguments(redis_client: redis.Redis) -> None:
@@ -113,7 +124,7 @@ def test_bad_admission_arguments(redis_client: redis.Redis) -> None:
     with pytest.raises(ValidationError) as info:
         quotas.record_spend(-1, user_id="u1", client=redis_client)
     assert info.value.field == "usd"
-    assert redis_client.keys("atlas:quota:*") == []
+    assert redis_client.keys("atlas:*") == []
 
 
 # --------------------------------------------------------------------------- limits
@@ -173,7 +184,7 @@ def test_max_sessions_admits_up_to_the_limit(redis_client: redis.Redis) -> None:
     assert info.value.kind == "quota_exceeded"
     assert isinstance(info.value, AtlasError)
     assert "max_sessions" in str(info.value) and "2 live sessions, limit 2" in str(info.value)
-    assert redis_client.exists(reservation_key("s3")) == 0
+    assert redis_client.hexists(reservation_key("s3"), "s3") == 0
     assert quotas.usage("user", "u1", client=redis_client).sessions == 2
     # Another user is not affected.
     quotas.admit("s4", user_id="u2", client=redis_client)
@@ -222,7 +233,7 @@ def test_a_refusal_by_the_tenant_reserves_nothing_for_the_user(
     assert (info.value.scope, info.value.limit_name) == ("tenant", "max_hourly_usd")
     assert redis_client.hgetall(usage_key("user", "u1")) == before
     assert quotas.usage("user", "u1", client=redis_client).sessions == 1
-    assert redis_client.exists(reservation_key("s2")) == 0
+    assert redis_client.hexists(reservation_key("s2"), "s2") == 0
 
 
 def test_user_limits_are_checked_before_the_tenant(redis_client: redis.Redis) -> None:
@@ -338,7 +349,7 @@ def test_correct_moves_the_committed_price(redis_client: redis.Redis) -> None:
     # A correction after the release reserves nothing again.
     assert quotas.correct("s1", 3.0, client=redis_client) is None
     assert quotas.usage("tenant", "t1", client=redis_client).hourly_usd == 0.0
-    assert redis_client.exists(reservation_key("s1")) == 0
+    assert redis_client.hexists(reservation_key("s1"), "s1") == 0
 
 
 def test_unknown_price_admits_with_zero_committed_and_says_so(
