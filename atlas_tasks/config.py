@@ -467,7 +467,7 @@ class AtlasSettings(BaseSettings):
             return self.redis_shards
         return (
             constants.CLUSTER_DEFAULT_SHARDS
-            if self.redis_url.startswith(constants.CLUSTER_URL_SCHEME)
+            if self.redis_url.lower().startswith(constants.CLUSTER_URL_SCHEME)
             else 0
         )
 

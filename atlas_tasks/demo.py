@@ -28,7 +28,7 @@ from atlas_tasks.events import session_channel_pattern
 
 # The fake cloud behind the local stack needs Starlette and uvicorn: `atlas-tasks demo`
 # imports this module through the CLI, which names the [testing] extra when they are missing.
-from atlas_tasks.redis_conn import client_for_url
+from atlas_tasks.redis_conn import client_for_url, pubsub_client_for_url
 from atlas_tasks.sessions.records import SessionStatus
 from atlas_tasks.testing.localstack import LocalCluster
 
@@ -50,7 +50,9 @@ class Timeline:
         self.names = names
         self.start = time.monotonic()
         self.client = client_for_url(redis_url, decode_responses=True)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = pubsub_client_for_url(redis_url, decode_responses=True).pubsub(
+            ignore_subscribe_messages=True
+        )
         self.pubsub.psubscribe(session_channel_pattern())
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -38,7 +38,14 @@ from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
 from atlas_tasks.errors import ValidationError
 from atlas_tasks.keyspace_names import keyspace
-from atlas_tasks.redis_conn import async_client_for_url, get_redis, wrap_redis_errors
+from atlas_tasks.redis_conn import (
+    async_client_for_url,
+    async_pubsub_client_for_url,
+    get_redis,
+    is_cluster_url,
+    pubsub_client_for_url,
+    wrap_redis_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +252,13 @@ def subscribe(
     """
     channel, _ = _keys(topic, topic_id)
     r = get_redis(redis_url)
-    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    # on a cluster, one node's subscriber hears every PUBLISH (redis_conn)
+    listener = (
+        pubsub_client_for_url(redis_url or get_settings().redis_url, decode_responses=True)
+        if is_cluster_url(redis_url or get_settings().redis_url)
+        else r
+    )
+    pubsub = listener.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)  # subscribe *before* reading history: nothing falls between
     cursor = _Cursor(after, timeout, until)
 
@@ -266,6 +279,8 @@ def subscribe(
                     return
     finally:
         pubsub.close()
+        if listener is not r:
+            listener.close()
 
 
 @wrap_redis_errors("events.asubscribe")
@@ -281,8 +296,12 @@ async def asubscribe(
 ) -> AsyncIterator[Event]:
     """asyncio twin of :func:`subscribe` (for ASGI apps, Django Channels, websockets)."""
     channel, stream = _keys(topic, topic_id)
-    r = async_client_for_url(redis_url or get_settings().redis_url, decode_responses=True)
-    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    url = redis_url or get_settings().redis_url
+    r = async_client_for_url(url, decode_responses=True)
+    listener = (
+        await async_pubsub_client_for_url(url, decode_responses=True) if is_cluster_url(url) else r
+    )
+    pubsub = listener.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(channel)
     cursor = _Cursor(after, timeout, until)
 
@@ -313,6 +332,8 @@ async def asubscribe(
     finally:
         await source.aclose()
         await pubsub.aclose()
+        if listener is not r:
+            await listener.aclose()
         await r.aclose()
 
 

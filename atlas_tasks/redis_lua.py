@@ -8,7 +8,11 @@ one clock, and scripts are effect-replicated since Redis 5, so ``TIME`` is allow
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
+
+import redis
+from redis.commands.core import Script
 
 #: Lua prelude defining ``now``: Redis server time in milliseconds.
 LUA_NOW = (
@@ -28,4 +32,21 @@ def decode_json(value: str | None) -> Any:
         return None
 
 
-__all__ = ["LUA_NOW", "decode_json"]
+def pipeline_script(
+    pipe: Any, script: Script, keys: Sequence[str], args: Sequence[str | int | float]
+) -> None:
+    """Queue ``script`` on ``pipe`` as a raw ``EVALSHA`` (routed by its first key).
+
+    redis-py's cluster pipelines refuse ``Script`` calls, and no pipeline loads a script
+    it lacks; call :func:`load_scripts` on the client before executing the pipeline."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def load_scripts(client: redis.Redis, *scripts: Script) -> None:
+    """``SCRIPT LOAD`` each script (on every primary of a cluster) so pipelined
+    ``EVALSHA`` calls find them."""
+    for script in scripts:
+        client.script_load(script.script)
+
+
+__all__ = ["LUA_NOW", "decode_json", "load_scripts", "pipeline_script"]

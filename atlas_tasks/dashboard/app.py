@@ -47,7 +47,6 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from atlas_tasks import constants as C
 from atlas_tasks.dashboard.auth import (
     COOKIE_NAME,
     CSRF_HEADER,
@@ -62,7 +61,7 @@ from atlas_tasks.dashboard.settings import MIN_TOKEN_LENGTH, DashboardSettings
 from atlas_tasks.dashboard.web import KEEPALIVE_S, error_body, session_action, sse
 from atlas_tasks.errors import AtlasError, ValidationError
 from atlas_tasks.events import session_channel_pattern
-from atlas_tasks.redis_conn import async_client_for_url
+from atlas_tasks.redis_conn import async_pubsub_client_for_url
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +147,17 @@ class LiveFeed:
     async def _listen(self) -> None:
         """Mark sessions dirty and wake the poller on their events (pattern subscription
         to every session's channel, cluster-wide)."""
-        prefix = self.ks.key(C.EVENTS_CHANNEL).format(id="")
         while self._queues:
-            client = async_client_for_url(self.redis_url, decode_responses=True)
+            # on a cluster, one node's subscriber hears every PUBLISH
+            client = await async_pubsub_client_for_url(self.redis_url, decode_responses=True)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(session_channel_pattern(self.ks.namespace))
                 while self._queues:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        self._dirty.add(str(message["channel"])[len(prefix) :])
+                        # "<ns>:events:<id>", or "<ns>:{s<k>}:events:<id>" when tagged
+                        self._dirty.add(str(message["channel"]).rpartition(":")[2])
                         self._wake.set()
             except Exception as exc:
                 log.warning("dashboard: event subscription failed: %s", exc)

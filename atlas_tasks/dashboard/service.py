@@ -273,17 +273,16 @@ class DashboardService:
     def rows(self, session_ids: Iterable[str], tracked: set[str]) -> tuple[int, list[SessionRow]]:
         """``(Redis now in ms, rows)`` of the given sessions (unknown ones are skipped)."""
         ids = list(session_ids)
+        seconds, micros = self.r.time()  # not pipelined: a cluster pipeline refuses TIME
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.time()
             for session_id in ids:
                 pipe.hgetall(Keys(session_id, self.ks).record)
                 pipe.pttl(Keys(session_id, self.ks).alive)
-            out = pipe.execute()
-        seconds, micros = out[0]
+            out: list[Any] = pipe.execute() if ids else []
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         rows = []
         for i, session_id in enumerate(ids):
-            record, pttl = SessionRecord.from_hash(out[1 + 2 * i]), out[2 + 2 * i]
+            record, pttl = SessionRecord.from_hash(out[2 * i]), out[2 * i + 1]
             if record is not None and record.id:
                 rows.append(row_from_record(record, int(pttl), now_ms, session_id in tracked))
         return now_ms, rows
@@ -480,12 +479,12 @@ class DashboardService:
 
     def _health(self) -> dict[str, Any]:
         r = self.r
+        seconds, micros = r.time()  # not pipelined: a cluster pipeline refuses TIME
         with r.pipeline(transaction=False) as pipe:
-            pipe.time()
             pipe.get(self.ks.key(LAST_SWEEP_KEY))
             pipe.hgetall(self.ks.key(SWEEP_STATS_KEY))
             pipe.exists(self.ks.key(DATA_LOSS_GRACE_KEY))
-            (seconds, micros), last, stats, grace = pipe.execute()
+            last, stats, grace = pipe.execute()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         store = self._store
         counts = store.index_counts(now_ms)

@@ -341,7 +341,7 @@ def spawn(
     admitted = False
     if quota_user is not None or tenant is not None:
         # Admission before anything exists: a refusal (QuotaExceeded) leaves nothing behind.
-        quotas = QuotaStore(store.r)
+        quotas = QuotaStore(store.r, namespace=store.ks.namespace)
         price = (
             quotas.quote(name, req.gpu, req.gpu_count, spot=req.spot).hourly_usd
             if req.gpu
@@ -402,7 +402,7 @@ def spawn(
 def _release_quietly(store: SessionStore, session_id: str) -> None:
     """Give back the reservation of a session whose record could not be written."""
     try:
-        QuotaStore(store.r).release(session_id)
+        QuotaStore(store.r, namespace=store.ks.namespace).release(session_id)
     except redis.RedisError as exc:  # Redis is down: atlas.quotas.refresh_prices releases it later
         log.warning("session %s: could not release its quota reservation: %s", session_id, exc)
 

@@ -23,7 +23,7 @@ import redis
 
 from atlas_tasks import constants as C
 from atlas_tasks.keyspace_names import keyspace
-from atlas_tasks.redis_conn import client_for_url
+from atlas_tasks.redis_conn import client_for_url, cluster_primary_clients, is_cluster_url
 from atlas_tasks.sessions.store import store_for
 
 log = logging.getLogger(__name__)
@@ -76,35 +76,46 @@ class ExpiryListener(threading.Thread):
         backoff = 0.5
         while not self.stopping.is_set():
             try:
-                client = client_for_url(self.redis_url, decode_responses=True)
-                if not enable_expiry_events(client):
+                # Expiry events are node-local: on a cluster, every primary is subscribed
+                # (the primaries are read again after any failure: a failover moves them)
+                subscribers = cluster_primary_clients(self.redis_url, decode_responses=True)
+                if not all(enable_expiry_events(client) for client in subscribers):
                     self.enabled = False
                     self.ready.set()
                     return
-                self._listen(client)
+                registry = (
+                    client_for_url(self.redis_url, decode_responses=True)
+                    if is_cluster_url(self.redis_url)
+                    else subscribers[0]
+                )
+                self._listen(registry, subscribers)
                 backoff = 0.5
             except redis.RedisError as exc:
                 log.warning("expiry listener lost Redis (%s); reconnecting", exc)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _listen(self, client: redis.Redis) -> None:
-        store = store_for(client, namespace=self.namespace)
-        prefix = store.n.alive_prefix
-        db = client.connection_pool.connection_kwargs.get("db", 0)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(f"__keyevent@{db}__:expired")
+    def _listen(self, registry: redis.Redis, subscribers: list[redis.Redis]) -> None:
+        store = store_for(registry, namespace=self.namespace)
+        prefixes = [shard.alive_prefix for shard in store.shards]
+        pubsubs = []
+        for client in subscribers:
+            db = client.connection_pool.connection_kwargs.get("db", 0)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(f"__keyevent@{db}__:expired")
+            pubsubs.append(pubsub)
         self.ready.set()
         batch: list[str] = []
         first_at = 0.0
         window = C.IDLE_BATCH_WINDOW_MS / 1000
+        # one node: block on it; several: take turns with short waits
+        turn = 1.0 if len(pubsubs) == 1 else 0.02
         try:
             while not self.stopping.is_set():
-                wait = 1.0 if not batch else max(0.0, window - (time.monotonic() - first_at))
-                message = pubsub.get_message(timeout=wait)
-                if message:
-                    key = str(message["data"])
-                    session_id = key[len(prefix) :] if key.startswith(prefix) else ""
+                wait = turn if not batch else max(0.0, window - (time.monotonic() - first_at))
+                for pubsub in pubsubs:
+                    message = pubsub.get_message(timeout=min(wait, turn))
+                    session_id = _session_of(str(message["data"]), prefixes) if message else ""
                     if session_id and store.claim_expired(session_id, C.IDLE_CLAIM_SLACK_MS):
                         if not batch:
                             first_at = time.monotonic()
@@ -117,10 +128,19 @@ class ExpiryListener(threading.Thread):
         finally:
             if batch:
                 self._flush(batch)
-            pubsub.close()
+            for pubsub in pubsubs:
+                pubsub.close()
 
     def _flush(self, batch: list[str]) -> None:
         try:
             self.on_expired(list(batch))
         except Exception:  # keep listening whatever the callback does; the sweep retries
             log.exception("expiry callback failed for %d sessions", len(batch))
+
+
+def _session_of(key: str, alive_prefixes: list[str]) -> str:
+    """The session id of an expired idle-clock key of this namespace, else ``""``."""
+    for prefix in alive_prefixes:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return ""

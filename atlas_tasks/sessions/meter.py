@@ -48,6 +48,7 @@ from atlas_tasks.errors import ValidationError
 from atlas_tasks.events import EMIT_LUA
 from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.quotas.store import SPEND_RETENTION_S, QuotaStore, Scope, check_id, spend_key
+from atlas_tasks.redis_lua import load_scripts, pipeline_script
 from atlas_tasks.sessions.cost import accrued_usd
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus, lua_with_statuses
 from atlas_tasks.sessions.service import SessionJob, SessionService
@@ -274,7 +275,7 @@ class CostMeter(SessionJob):
         self._meter_script = self.r.register_script(_METER_SESSION)
         self._apply_owed = self.r.register_script(_APPLY_OWED_SPEND)
         self._clear_owed = self.r.register_script(_CLEAR_OWED_SPEND)
-        self._quotas = QuotaStore(self.r)
+        self._quotas = QuotaStore(self.r, namespace=self.ks.namespace)
 
     # ------------------------------------------------------------------ meter
     def candidates(self) -> list[str]:
@@ -298,6 +299,8 @@ class CostMeter(SessionJob):
         expire_at = month_end_s + SPEND_RETENTION_S
         report = MeterReport()
         tagged = self.ks.tagged
+        if tagged:
+            load_scripts(self.r, self._meter_script)
         for batch in _chunks(self.candidates(), METER_BATCH):
             records = self.store.get_fields(
                 batch, "status", "running_at_ms", "user_id", "tenant_id"
@@ -317,11 +320,17 @@ class CostMeter(SessionJob):
                     ]
                     if not tagged:  # same slot only when untagged: see _APPLY_OWED_SPEND
                         keys += [spend_key(scope, ident, month) for scope, ident in _scopes(record)]
-                    self._meter_script(
-                        keys=keys,
-                        args=[session_id, now, interval, expire_at, "1" if tagged else "0"],
-                        client=pipe,
-                    )
+                    args: list[str | int] = [
+                        session_id,
+                        now,
+                        interval,
+                        expire_at,
+                        "1" if tagged else "0",
+                    ]
+                    if tagged:  # a cluster pipeline takes raw EVALSHA only
+                        pipeline_script(pipe, self._meter_script, keys, args)
+                    else:
+                        self._meter_script(keys=keys, args=args, client=pipe)
                     calls.append(session_id)
                 replies = pipe.execute() if calls else []
             by_id = dict(zip(batch, records, strict=True))

@@ -310,7 +310,9 @@ class SessionService:
 
     def _correct_price(self, session_id: str, hourly_usd: float) -> None:
         try:
-            QuotaStore(self.deps.redis).correct(session_id, hourly_usd)
+            QuotaStore(self.deps.redis, namespace=self.store.ks.namespace).correct(
+                session_id, hourly_usd
+            )
         except (AtlasError, redis.RedisError) as exc:  # the estimate stays; not fatal
             log.warning("session %s: could not correct its quota reservation: %s", session_id, exc)
 

@@ -631,6 +631,14 @@ return now
 """
 )
 
+_INFO = """
+-- KEYS: session, alive
+-- The record, its idle clock and the time, read together on the record's node (one round
+-- trip, and the clock the idle clock runs on; a cluster pipeline refuses TIME).
+local t = redis.call('TIME')
+return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[2]), t[1], t[2]}
+"""
+
 _LIST_USER = """
 -- KEYS: user index  ARGV: record key prefix, offset, limit
 -- One page of a user's sessions, newest first, with their records; ids whose record
@@ -832,6 +840,12 @@ def _touch_verdict(session_id: str, result: int) -> None:
         raise NotTracked(f"session {session_id!r} is terminating or terminated")
 
 
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A hash from a script's flat ``HGETALL`` reply."""
+    items = [str(x) for x in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
 def _records_of_rows(rows: list[Any]) -> list[SessionRecord]:
     out: list[SessionRecord] = []
     for flat in rows:
@@ -887,6 +901,7 @@ class SessionStore:
         self._adopt = client.register_script(_ADOPT)
         self._index_user = client.register_script(_INDEX_USER)
         self._list_user = client.register_script(_LIST_USER)
+        self._info = client.register_script(_INFO)
 
     def keys(self, session_id: str) -> Keys:
         """The keys of one session in this store's namespace."""
@@ -912,7 +927,7 @@ class SessionStore:
         if not self._tagged:
             return
         if self._quota_store is None:
-            self._quota_store = QuotaStore(self.r)
+            self._quota_store = QuotaStore(self.r, namespace=self.ks.namespace)
         self._quota_store.release(session_id)
 
     # ------------------------------------------------------------------ caller side
@@ -1057,12 +1072,9 @@ class SessionStore:
         Raises:
             NotTracked: no such session (or its record expired).
         """
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys(session_id).record)
-            pipe.pttl(self.keys(session_id).alive)
-            pipe.time()
-            record, pttl, redis_time = pipe.execute()
-        return info_from_reads(session_id, record, pttl, redis_time)
+        k = self.keys(session_id)
+        flat, pttl, secs, micros = self._info(keys=[k.record, k.alive])
+        return info_from_reads(session_id, _pairs(flat), int(pttl), (int(secs), int(micros)))
 
     def list_ids(self) -> list[str]:
         """Ids of every session currently tracked (spawning, running or terminating)."""
@@ -1646,6 +1658,7 @@ class AsyncSessionStore:
         self._touch_fast = client.register_script(_TOUCH_FAST)
         self._touch = client.register_script(_TOUCH)
         self._list_user = client.register_script(_LIST_USER)
+        self._info = client.register_script(_INFO)
 
     async def touch(self, session_id: str) -> None:
         """asyncio twin of :meth:`SessionStore.touch`.
@@ -1671,12 +1684,9 @@ class AsyncSessionStore:
             NotTracked: no such session (or its record expired).
         """
         k = Keys(session_id, self.ks)
-        async with self.r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(k.record)
-            pipe.pttl(k.alive)
-            pipe.time()
-            record, pttl, redis_time = await pipe.execute()
-        return info_from_reads(session_id, record, pttl, redis_time)
+        reply = await cast("Awaitable[Any]", self._info(keys=[k.record, k.alive]))
+        flat, pttl, secs, micros = reply
+        return info_from_reads(session_id, _pairs(flat), int(pttl), (int(secs), int(micros)))
 
     async def list_user_records(
         self, user_json: str, *, offset: int = 0, limit: int = 100

@@ -31,10 +31,7 @@ def live_sessions_of(deps: Dependencies) -> Callable[[list[str]], set[str]] | No
         return None
     from atlas_tasks.sessions.store import store_for
 
-    # SessionStore.live_ids(ids) -> set[str] comes with the tagged session store; read
-    # by name so this module also runs against a store that does not have it yet.
-    live: Callable[[list[str]], set[str]] | None = getattr(store_for(deps.redis), "live_ids", None)
-    return live
+    return store_for(deps.redis).live_ids
 
 
 @shared_task(name=C.TASK_QUOTA_REFRESH_PRICES, ignore_result=True)
@@ -46,14 +43,7 @@ def refresh_prices() -> dict[str, object]:
     deps = Dependencies.default()
     prices = refresh_configured_prices(deps)
     released: list[str] = []
-    live = live_sessions_of(deps)
-    if keyspace().tagged and live is None:
-        log.warning(
-            "quota orphan sweep skipped: the session store has no live_ids (tagged key "
-            "layout); orphaned reservations stay held"
-        )
-    else:
-        released = release_orphaned_reservations(deps.redis, live_sessions=live)
+    released = release_orphaned_reservations(deps.redis, live_sessions=live_sessions_of(deps))
     if released:
         log.warning(
             "released %d quota reservation(s) of sessions that are gone or ended: %s",

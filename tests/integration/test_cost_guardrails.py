@@ -123,6 +123,7 @@ def test_idle_gpus_are_reaped_while_touched_busy_ones_live_and_cost_is_metered(
         "accrued_usd to grow",
         cluster,
     )
+
     # the replay log keeps the latest `cost` event: a later one replaces the first
     def latest_cost() -> events.Event | None:
         return next((e for e in events.history(busy.id) if e.type == "cost"), None)
