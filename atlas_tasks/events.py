@@ -30,7 +30,8 @@ from pydantic import BaseModel, Field
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
 from atlas_tasks.errors import ValidationError
-from atlas_tasks.keyspace_names import keyspace
+from atlas_tasks.key_groups import FLY_GROUP, JOBS_GROUP, fill
+from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.redis_conn import async_client_for_url, get_redis, wrap_redis_errors
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,25 @@ def _keys(topic: str, topic_id: str, namespace: str | None = None) -> tuple[str,
             f"topic: unknown event topic {topic!r}; known: {', '.join(C.EVENT_TOPICS)}",
             field="topic",
         ) from None
+    ks = topic_keyspace(topic, topic_id, namespace)
+    return fill(ks, channel, id=topic_id), fill(ks, stream, id=topic_id)
+
+
+#: Hash-tag group of each topic but ``compute`` (tagged layout): a topic's stream and
+#: channel share the slot of the records the topic's scripts update in the same step
+#: (a job's commit appends to the job's stream; a streamer's commit to its app's).
+_TOPIC_GROUPS = {"job": JOBS_GROUP, "deploy": FLY_GROUP, "logs": FLY_GROUP}
+
+
+def topic_keyspace(topic: str, topic_id: str, namespace: str | None = None) -> Keyspace:
+    """The keyspace of a topic's channel and stream in ``namespace`` (default
+    ``ATLAS_NAMESPACE``): a session's (``compute``) live in its registry shard, beside
+    its record; a job's in the ``jobs`` group, deploy tickets and app logs in ``fly``.
+    The namespace's own keyspace in the untagged layout (names unchanged)."""
     ks = keyspace(namespace)  # ATLAS_NAMESPACE unless the caller's store names one
-    return ks.key(channel).format(id=topic_id), ks.key(stream).format(id=topic_id)
+    if topic == "compute":
+        return ks.shard_of(topic_id)
+    return ks.group(_TOPIC_GROUPS[topic])
 
 
 def publish(
@@ -296,4 +314,5 @@ __all__ = [
     "publish",
     "subscribe",
     "topic_keys",
+    "topic_keyspace",
 ]
