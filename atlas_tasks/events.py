@@ -14,6 +14,13 @@ Redis fails, like every caller-facing call.
 
 Channels and streams are named in the deployment's namespace (``ATLAS_NAMESPACE``,
 :mod:`atlas_tasks.keyspace_names`): ``<namespace>:events:{id}``, ``<namespace>:events-log:{id}``.
+
+Redis Cluster (the tagged layout, :func:`topic_keyspace`): a topic's stream and channel
+carry the hash tag of the records its scripts change in the same step, since those
+scripts declare both (``KEYS``) beside the records: a session's are in its registry shard
+(``<ns>:{s<k>}:events-log:<id>``), a job's in ``{jobs}``, deploy tickets' and app logs'
+in ``{fly}``. :data:`_PUBLISH` declares one topic's stream and channel only. (A channel is
+not a key for pub/sub itself: ``PUBLISH`` reaches every node's subscribers.)
 """
 
 from __future__ import annotations

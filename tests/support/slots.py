@@ -9,7 +9,8 @@ duration of a test and records every step whose **declared** keys fall in more t
 slot (``redis.crc.key_slot``, hash tags included):
 
 * a script: its ``KEYS`` (``numkeys`` after the script or SHA); a script declaring no
-  key at all is recorded too (a cluster client would send it to an arbitrary node);
+  key at all is recorded apart (:attr:`SlotChecker.keyless`): a cluster client sends it
+  to an arbitrary node, right for a pure computation, wrong if it builds keys;
 * a transaction pipeline (``MULTI``/``EXEC``): the keys of all its commands together;
 * any other command with several keys (``DEL a b``, ``ZUNIONSTORE``...): its keys, as
   the server's ``COMMAND INFO`` key positions (or ``COMMAND GETKEYS`` for commands with
@@ -84,7 +85,7 @@ def assert_prefix_in_slot(prefix: str, slot: int) -> None:
 class CrossSlot:
     """One step whose declared keys span several slots."""
 
-    kind: str  # "script", "keyless script", "transaction" or "command"
+    kind: str  # "script", "transaction" or "command"
     command: str
     keys: list[str]
     slots: set[int]
@@ -109,6 +110,8 @@ class SlotChecker:
     #: script builds keys from (:func:`assert_prefix_in_slot`).
     script_args: list[list[str]] = field(default_factory=list)
     transactions: list[list[str]] = field(default_factory=list)
+    #: Scripts that declared no key (see :meth:`assert_clean`'s ``allow_keyless``).
+    keyless: list[str] = field(default_factory=list)
     _info: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -180,9 +183,9 @@ class SlotChecker:
             self.scripts.append(keys)
             self.script_args.append([_bytes(a).decode() for a in args[3 + len(keys) :]])
             if not keys:
-                # A cluster client sends a keyless script to any node: whatever keys it
-                # builds from ARGV are then most likely not local to that node.
-                self.violations.append(CrossSlot("keyless script", name, [], set()))
+                # A cluster client sends a keyless script to any node: fine for a pure
+                # computation, wrong for one that builds keys from ARGV.
+                self.keyless.append(name)
             self._check("script", name, keys)
         elif len(keys) > 1:
             self._check("command", name, keys)
@@ -233,10 +236,14 @@ class SlotChecker:
             finally:
                 self._raw.close()
 
-    def assert_clean(self, *, min_scripts: int = 0, min_transactions: int = 0) -> None:
-        """No cross-slot step was seen, and at least this many scripts / transactions
-        ran (so a flow that silently did nothing cannot pass)."""
+    def assert_clean(
+        self, *, min_scripts: int = 0, min_transactions: int = 0, allow_keyless: bool = False
+    ) -> None:
+        """No cross-slot step was seen, no keyless script ran (unless ``allow_keyless``:
+        for flows with a pure-computation script), and at least this many scripts /
+        transactions ran (so a flow that silently did nothing cannot pass)."""
         assert not self.violations, "cross-slot steps:\n" + "\n".join(map(str, self.violations))
+        assert allow_keyless or not self.keyless, f"{len(self.keyless)} keyless scripts ran"
         assert len(self.scripts) >= min_scripts, f"only {len(self.scripts)} scripts ran"
         assert len(self.transactions) >= min_transactions, (
             f"only {len(self.transactions)} transactions ran"

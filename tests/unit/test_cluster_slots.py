@@ -15,21 +15,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from atlas_tasks import celery_app, events, metrics
 from atlas_tasks import constants as C
-from atlas_tasks import events, metrics
 from atlas_tasks.config import AtlasSettings, reset_settings
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.fly import service as fly_service
 from atlas_tasks.fly import store as fly_store
 from atlas_tasks.fly.token_storage import RedisTokenStorage, TokenRecord
 from atlas_tasks.fly.tokens import FlyTokens
+from atlas_tasks.jobs import client as jobs_client
 from atlas_tasks.jobs.store import (
     JobRecord,
     JobStatus,
+    JobStore,
     event_keys,
     job_key,
     job_key_pattern,
@@ -96,9 +99,14 @@ def test_the_checker_flags_cross_slot_scripts_transactions_and_commands(
     redis_client.sunionstore(sets[0], [sets[1]])  # a multi-key command
     redis_client.zunionstore(sets[0], [sets[1]])  # movable keys
     kinds = [v.kind for v in checker.violations]
-    assert kinds == ["script", "script", "keyless script", "transaction", "command", "command"]
+    assert kinds == ["script", "script", "transaction", "command", "command"]
+    assert checker.keyless == ["EVAL"]
     with pytest.raises(AssertionError, match="cross-slot"):
         checker.assert_clean()
+    checker.violations.clear()
+    with pytest.raises(AssertionError, match="keyless"):
+        checker.assert_clean()
+    checker.assert_clean(allow_keyless=True)
 
 
 def test_the_checker_lets_pass_what_a_cluster_accepts(
@@ -226,6 +234,38 @@ def test_job_flows_touch_one_slot_per_step(
     ]
     assert chunks == ["a", "b", "c"]
     assert redis_client.exists("atlas:job:done") == 0
+
+
+def test_job_client_paths_touch_one_slot_per_step(
+    tagged: AtlasSettings,
+    redis_client: redis.Redis,
+    checker: SlotChecker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The caller side: submit (record + first event), get, cancel, follow.
+    sent: list[str] = []
+
+    class FakeApp:
+        def send_task(self, name: str, args: Any = None, **options: Any) -> None:
+            sent.append(name)
+
+    monkeypatch.setattr(celery_app, "get_app", FakeApp)
+    handle = jobs_client.submit("ep", {"a": 1}, provider="mock")
+    assert jobs_client.get(handle.id).status == JobStatus.SUBMITTING
+    assert redis_client.exists(f"atlas:{{jobs}}:job:{handle.id}") == 1
+    store = JobStore(redis_client)
+    assert store.commit(
+        handle.id,
+        require_status=JobStatus.SUBMITTING,
+        fields={"status": "in_queue", "provider_job_id": "p1"},
+    ) == ("ok", [])
+    jobs_client.cancel(handle.id)
+    assert sent == [C.TASK_JOB_RUN, C.TASK_JOB_POLL]
+    assert store.finish(handle.id, JobStatus.CANCELLED) == "ok"
+    seen = [e.type for e in jobs_client.follow(handle.id, timeout=5)]
+    assert seen == ["status", "status", "cancelled"]
+    checker.assert_clean(min_scripts=4)
+    assert checker.script_slots() == {slot_of("{jobs}")}
 
 
 def test_fly_logs_streamer_and_deploy_touch_one_slot_per_step(
