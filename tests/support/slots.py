@@ -254,6 +254,48 @@ class SlotChecker:
         return {slot_of(k) for keys in self.scripts for k in keys}
 
 
+@contextmanager
+def single_node_cluster(timeout: float = 10.0) -> Iterator[str]:
+    """A one-node Redis Cluster holding all 16384 slots; yields its ``redis://`` URL.
+
+    The server itself then refuses what a real cluster refuses (``CROSSSLOT``): a script
+    whose declared keys, a ``MULTI`` whose keys, or a command whose keys hash to
+    different slots. A plain client works (every slot is local: no redirections), so the
+    stores run unchanged against it. It cannot catch keys a script builds from ARGV
+    (Redis 7.0 checks only declared keys; all slots are local anyway).
+    """
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from atlas_tasks.testing.localstack import RedisServer
+
+    real = shutil.which("redis-server")
+    if real is None:
+        raise RuntimeError("redis-server not found on PATH")
+    bin_dir = Path(tempfile.mkdtemp(prefix="atlas-cluster-node-"))
+    wrapper = bin_dir / "redis-server"
+    # RedisServer builds the command line; the wrapper adds the cluster options to it.
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{real}" "$@" --cluster-enabled yes --cluster-config-file nodes.conf\n'
+    )
+    wrapper.chmod(0o755)
+    server = RedisServer(executable=str(wrapper)).start(timeout)
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + timeout
+        while "cluster_state:ok" not in str(client.execute_command("CLUSTER", "INFO")):
+            assert time.monotonic() < deadline, "the one-node cluster did not come up"
+            time.sleep(0.02)
+        client.close()
+        yield server.url
+    finally:
+        server.cleanup()
+        shutil.rmtree(bin_dir, ignore_errors=True)
+
+
 __all__ = [
     "SCRIPT_COMMANDS",
     "SPLIT_BY_CLIENT",
@@ -261,5 +303,6 @@ __all__ = [
     "SlotChecker",
     "assert_prefix_in_slot",
     "hash_tag",
+    "single_node_cluster",
     "slot_of",
 ]

@@ -44,12 +44,50 @@ from atlas_tasks.providers.budget import RateBudget
 from atlas_tasks.redis_conn import reset_redis_clients
 from atlas_tasks.sealing import generate_key
 from atlas_tasks.specs import JobStatus as ProviderJobStatus
-from tests.support.slots import SlotChecker, assert_prefix_in_slot, hash_tag, slot_of
+from atlas_tasks.testing.localstack import RedisServer
+from tests.support.harness import redis_available
+from tests.support.slots import (
+    SlotChecker,
+    assert_prefix_in_slot,
+    hash_tag,
+    single_node_cluster,
+    slot_of,
+)
 from tests.unit.test_fly_log_streamer import FakeLogs
 from tests.unit.test_fly_tokens import calls, fake_cli  # noqa: F401 (fixture)
 from tests.unit.test_jobs_service import Scheduler, ScriptedProvider, _drive, _service
 
 SHARDS = 16
+
+
+@pytest.fixture(scope="module")
+def cluster_node() -> Iterator[str]:
+    """A one-node Redis Cluster: the server itself refuses cross-slot steps."""
+    if not redis_available():
+        pytest.skip("redis-server not installed")  # the conftest's policy (CI fails there)
+    with single_node_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["redis", "cluster-node"])
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[str]:
+    """Every flow below runs twice: on one redis-server under the slot checker, and on a
+    one-node cluster that raises CROSSSLOT by itself (overrides the conftest's)."""
+    url = redis_server.url if request.param == "redis" else request.getfixturevalue("cluster_node")
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+    yield url
+
+
+@pytest.fixture
+def plain_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """The session's plain redis-server (the checker's self-tests send cross-slot steps
+    on purpose, which a cluster node would refuse)."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -79,8 +117,13 @@ def checker(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 
 def test_the_checker_flags_cross_slot_scripts_transactions_and_commands(
-    redis_client: redis.Redis, checker: SlotChecker
+    plain_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with SlotChecker(plain_client).installed(monkeypatch) as checker:
+        _send_cross_slot_steps(plain_client, checker)
+
+
+def _send_cross_slot_steps(redis_client: redis.Redis, checker: SlotChecker) -> None:
     same = ["atlas:{t}:a", "atlas:{t}:b"]
     apart = ["atlas:a", "atlas:b"]
     assert slot_of(apart[0]) != slot_of(apart[1])
@@ -110,8 +153,13 @@ def test_the_checker_flags_cross_slot_scripts_transactions_and_commands(
 
 
 def test_the_checker_lets_pass_what_a_cluster_accepts(
-    redis_client: redis.Redis, checker: SlotChecker
+    plain_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with SlotChecker(plain_client).installed(monkeypatch) as checker:
+        _send_cluster_safe_steps(plain_client, checker)
+
+
+def _send_cluster_safe_steps(redis_client: redis.Redis, checker: SlotChecker) -> None:
     apart = ["atlas:a", "atlas:b"]
     with redis_client.pipeline(transaction=False) as pipe:  # split by the cluster client
         pipe.set(apart[0], 1)
@@ -136,6 +184,25 @@ def test_prefixes_a_script_builds_keys_from_must_carry_the_tag() -> None:
     with pytest.raises(AssertionError, match="not"):
         assert_prefix_in_slot("atlas:{s4}:session:", slot)
     assert hash_tag("atlas:{}:x") is None and hash_tag("a:{jobs}:b") == "jobs"
+
+
+def test_the_cluster_node_refuses_cross_slot_steps_and_the_untagged_job_layout(
+    cluster_node: str,
+) -> None:
+    """The server-side half of the proof can fail: the one-node cluster raises CROSSSLOT
+    for a cross-slot script and for the job commit in the untagged layout."""
+    client = redis.Redis.from_url(cluster_node, decode_responses=True)
+    client.flushall()
+    try:
+        with pytest.raises(redis.ResponseError, match="same slot"):
+            client.eval("return 1", 2, "atlas:a", "atlas:b")
+        assert not keyspace().tagged
+        store = JobStore(client)
+        store.create(JobRecord(id="j", provider="p", endpoint="e"), max_duration_ms=60_000)
+        with pytest.raises(redis.ResponseError, match="same slot"):
+            store.commit("j", fields={"status": "in_queue"}, events=[("status", {})])
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- names
