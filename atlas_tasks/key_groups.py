@@ -30,6 +30,35 @@ stats, metrics counters written by ``HINCRBY``, leases, fault markers) keep the
 namespace's untagged names: single-key commands and non-transactional pipelines may
 span slots.
 
+Audit (every multi-key step outside the session registry and quotas; the proof is
+``tests/unit/test_cluster_slots.py``, run on one redis-server under a slot checker and on
+a one-node cluster that refuses cross-slot steps itself):
+
+=======================================  ===========================================  =======
+step (module)                            keys                                         group
+=======================================  ===========================================  =======
+jobs.store ``_CREATE``,                  job record                                   jobs
+``_REQUEST_CANCEL``, ``_BEGIN_SUBMIT``
+jobs.store ``_CLAIM``, ``_ADVANCE``      job record, poll lease                       jobs
+jobs.store ``_COMMIT``                   job record, lease, job event stream+channel  jobs
+events ``_PUBLISH`` (topic job)          job event stream + channel                   jobs
+events ``_PUBLISH`` (deploy, logs)       ticket / app event stream + channel          fly
+events ``_PUBLISH`` (compute)            session event stream + channel               s<k>
+fly.store ``_COMMIT``                    lock, cursor, subscribers, logs stream+chan  fly
+fly.store ``_STOP``                      lock, cursor, logs stream + channel          fly
+lease renew / release scripts            one lease key (job poll, streamer, token)    (its)
+providers.budget ``ACQUIRE``/``OBSERVE`` bucket, pause key                            rb.<..>
+metrics ``_OBSERVE`` (one per shard)     KEYS: shard's meter index; built from ARGV:  s<k>
+                                         shard's record prefix + metrics prefix
+=======================================  ===========================================  =======
+
+Not multi-key (any slot): jobs.store ``summaries`` and metrics' scrape and request hook
+(non-transactional pipelines of single-key commands), the reaper's throttle and stats
+(``SET NX``, ``HINCRBY``, a non-transactional pipeline), ops_cli (single-key reads and
+the session store's API), fly token storage (``GET``/``SET``/``DEL`` of one key),
+faults (``SET NX``). No MULTI, ``RENAME``, ``MGET`` or union command remains in these
+modules.
+
 In the untagged layout (one Redis or Sentinel) ``group()`` is the namespace's keyspace
 itself, so every name here is byte-for-byte what it was before the tagged layout.
 """
