@@ -21,6 +21,13 @@ Redis fails, like every caller-facing call.
 
 Channels and streams are named in the deployment's namespace (``ATLAS_NAMESPACE``,
 :mod:`atlas_tasks.keyspace_names`): ``<namespace>:events:{id}``, ``<namespace>:events-log:{id}``.
+
+Redis Cluster (the tagged layout, :func:`topic_keyspace`): a topic's stream and channel
+carry the hash tag of the records its scripts change in the same step, since those
+scripts declare both (``KEYS``) beside the records: a session's are in its registry shard
+(``<ns>:{s<k>}:events-log:<id>``), a job's in ``{jobs}``, deploy tickets' and app logs'
+in ``{fly}``. :data:`_PUBLISH` declares one topic's stream and channel only. (A channel is
+not a key for pub/sub itself: ``PUBLISH`` reaches every node's subscribers.)
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from pydantic import BaseModel, Field
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
 from atlas_tasks.errors import ValidationError
-from atlas_tasks.keyspace_names import keyspace
+from atlas_tasks.key_groups import FLY_GROUP, JOBS_GROUP, fill
+from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.redis_conn import (
     async_client_for_url,
     async_pubsub_client_for_url,
@@ -88,11 +96,25 @@ def _keys(topic: str, topic_id: str, namespace: str | None = None) -> tuple[str,
             f"topic: unknown event topic {topic!r}; known: {', '.join(C.EVENT_TOPICS)}",
             field="topic",
         ) from None
+    ks = topic_keyspace(topic, topic_id, namespace)
+    return fill(ks, channel, id=topic_id), fill(ks, stream, id=topic_id)
+
+
+#: Hash-tag group of each topic but ``compute`` (tagged layout): a topic's stream and
+#: channel share the slot of the records the topic's scripts update in the same step
+#: (a job's commit appends to the job's stream; a streamer's commit to its app's).
+_TOPIC_GROUPS = {"job": JOBS_GROUP, "deploy": FLY_GROUP, "logs": FLY_GROUP}
+
+
+def topic_keyspace(topic: str, topic_id: str, namespace: str | None = None) -> Keyspace:
+    """The keyspace of a topic's channel and stream in ``namespace`` (default
+    ``ATLAS_NAMESPACE``): a session's (``compute``) live in its registry shard, beside
+    its record; a job's in the ``jobs`` group, deploy tickets and app logs in ``fly``.
+    The namespace's own keyspace in the untagged layout (names unchanged)."""
     ks = keyspace(namespace)  # ATLAS_NAMESPACE unless the caller's store names one
     if topic == SESSION_TOPIC:
-        # a session's stream lives in its registry shard (its scripts emit into it)
-        ks = ks.shard_of(topic_id)
-    return ks.key(channel).format(id=topic_id), ks.key(stream).format(id=topic_id)
+        return ks.shard_of(topic_id)
+    return ks.group(_TOPIC_GROUPS[topic])
 
 
 #: The topic of session events (whose stream and channel follow the session's shard).
@@ -384,4 +406,5 @@ __all__ = [
     "session_channel_pattern",
     "subscribe",
     "topic_keys",
+    "topic_keyspace",
 ]

@@ -37,6 +37,13 @@ metric                                                 recorded by
 Session counters are counted once per session even when several tasks look at it: the
 recording script marks the record (``m_run``/``m_end`` fields) in the same atomic step.
 
+Redis Cluster (the tagged layout): the one script here, ``_OBSERVE``, runs once per
+registry shard; it declares the shard's meter index (``KEYS[1]``) and builds the shard's
+record keys and metrics hashes from ARGV prefixes that carry the same hash tag
+(``<ns>:{s<k>}:session:``, ``<ns>:{s<k>}:metrics:``), so it touches one slot. Everything
+else is single-key commands and non-transactional pipelines; a scrape sums the shards'
+hashes with the namespace's own (:func:`metric_keyspaces`).
+
 Serving: :func:`metrics_wsgi_app`, :func:`metrics_asgi_app` (alias :func:`metrics_app`),
 :func:`render_metrics` for any other framework, or ``atlas-tasks metrics --port 9808``.
 Recording is on unless ``ATLAS_METRICS=0``; it never fails the work it observes.
@@ -62,8 +69,9 @@ from prometheus_client.registry import Collector
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import get_settings
-from atlas_tasks.jobs.store import JobStore
-from atlas_tasks.keyspace_names import keyspace
+from atlas_tasks.jobs.store import JobStore, job_key_pattern
+from atlas_tasks.key_groups import fill
+from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.providers.base import RequestInfo
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.sessions.records import SessionStatus, lua_with_statuses
@@ -162,7 +170,9 @@ def _ms_bounds(bounds: Sequence[float]) -> str:
 
 # --------------------------------------------------------------------------- recording
 _OBSERVE = lua_with_statuses("""
--- ARGV: record prefix, metrics prefix, spawn bounds (ms), lag bounds (ms), meter index, ids...
+-- KEYS: meter index  ARGV: record prefix, metrics prefix, spawn bounds (ms), lag bounds (ms),
+-- ids... (all of one registry shard: the records, the metrics prefix and the meter index
+-- share its hash tag in the tagged layout, so the keys built here are in KEYS[1]'s slot)
 -- Counts what happened to each session since the last look, once per session: m_run marks
 -- a counted start, m_end a counted end. Never creates a record that expired. A counted
 -- start also enters the session in the cost meter's index (watermark = running_at, NX),
@@ -182,7 +192,7 @@ local function observe(name, labels, bs, ms)
   redis.call('HINCRBY', h, labels .. '\\tsum_us', ms * 1000)
 end
 local counted = 0
-for i = 6, #ARGV do
+for i = 5, #ARGV do
   local rec = ARGV[1] .. ARGV[i]
   local f = redis.call('HMGET', rec, 'status', 'provider', 'created_at_ms', 'running_at_ms',
                        'terminating_at_ms', 'ended_at_ms', 'reason', 'm_run', 'm_end',
@@ -191,7 +201,7 @@ for i = 6, #ARGV do
   if status then
     if f[4] and not f[8] and not f[10] then
       redis.call('HSET', rec, 'm_run', '1')
-      if not f[13] then redis.call('ZADD', ARGV[5], 'NX', tonumber(f[4]), ARGV[i]) end
+      if not f[13] then redis.call('ZADD', KEYS[1], 'NX', tonumber(f[4]), ARGV[i]) end
       redis.call('HINCRBY', P .. 'c:spawns', provider .. '\\trunning', 1)
       if f[3] then observe('spawn_latency_seconds', provider, SPAWN,
                            tonumber(f[4]) - tonumber(f[3])) end
@@ -238,7 +248,12 @@ _observe_script: Any = None
 
 def observe_sessions(session_ids: Iterable[str], client: redis.Redis | None = None) -> int:
     """Count what happened to these sessions (started, failed, terminated) since they
-    were last observed; one Redis call. Returns how many transitions were counted."""
+    were last observed; one Redis call per registry shard among them (one call in the
+    untagged layout). Returns how many transitions were counted.
+
+    Why per shard: the script marks each record and counts in the same atomic step, so
+    on Redis Cluster it may only touch one slot. Each shard's call counts into that
+    shard's metrics hashes (``<ns>:{s<k>}:metrics:...``); a scrape sums them."""
     ids = [str(s) for s in session_ids if s]
     if not ids:
         return 0
@@ -246,20 +261,53 @@ def observe_sessions(session_ids: Iterable[str], client: redis.Redis | None = No
     r = client or get_redis()
     if _observe_script is None:
         _observe_script = r.register_script(_OBSERVE)
-    return int(
-        _observe_script(
-            keys=[],
-            args=[
-                _key(C.SESSION_KEY).format(id=""),
-                _key(PREFIX),
-                _ms_bounds(SPAWN_LATENCY_BUCKETS),
-                _ms_bounds(IDLE_LAG_BUCKETS),
-                _key(C.METER_INDEX_KEY),
-                *ids,
-            ],
-            client=r,
+    ks = keyspace()
+    by_shard: dict[int, list[str]] = {}
+    for session_id in ids:
+        by_shard.setdefault(ks.shard_index(session_id), []).append(session_id)
+    counted = 0
+    for shard_ids in by_shard.values():
+        shard = ks.shard_of(shard_ids[0])
+        counted += int(
+            _observe_script(
+                keys=[shard.key(C.METER_INDEX_KEY)],
+                args=[
+                    fill(shard, C.SESSION_KEY, id=""),
+                    shard.key(PREFIX),
+                    _ms_bounds(SPAWN_LATENCY_BUCKETS),
+                    _ms_bounds(IDLE_LAG_BUCKETS),
+                    *shard_ids,
+                ],
+                client=r,
+            )
         )
-    )
+    return counted
+
+
+def metric_keyspaces() -> list[Keyspace]:
+    """Every keyspace whose ``metrics:`` hashes a scrape sums: the namespace's own
+    (counters written by :func:`incr` and the request hook, single-key commands) and, in
+    the tagged layout, each registry shard's (written by :func:`observe_sessions`)."""
+    ks = keyspace()
+    return [ks, *ks.all_shards()] if ks.tagged else [ks]
+
+
+def _summed(hashes: Sequence[dict[str, str]]) -> dict[str, str]:
+    """Field-wise sum of metrics hashes (the same counter kept in several shards)."""
+    if len(hashes) == 1:
+        return hashes[0]
+    total: dict[str, float] = {}
+    exact: dict[str, int] = {}
+    for values in hashes:
+        for field, value in values.items():
+            if value.lstrip("-").isdigit():
+                exact[field] = exact.get(field, 0) + int(value)
+            else:
+                total[field] = total.get(field, 0.0) + float(value)
+    out = {field: str(count) for field, count in exact.items()}
+    for field, amount in total.items():
+        out[field] = repr(amount + exact.get(field, 0))
+    return out
 
 
 def incr(name: str, *labels: str, amount: int = 1, client: redis.Redis | None = None) -> None:
@@ -388,18 +436,22 @@ class AtlasCollector(Collector):
         yield from families
 
     def _read(self, r: redis.Redis) -> list[Metric]:
+        # Not a transaction: single-key reads that may span slots (Redis Cluster); the
+        # tracked ids come from the session store, which knows its shards.
+        spaces = metric_keyspaces()
+        names = [f"c:{name}" for name in COUNTERS] + [f"h:{name}" for name in HISTOGRAMS]
         with r.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.smembers(_key(C.SESSIONS_SET_KEY))
             pipe.get(_key(LAST_SWEEP_KEY))
             pipe.hgetall(_key(SWEEP_STATS_KEY))
-            pipe.hgetall(_key(ACCRUED_KEY))
             pipe.hgetall(_key(C.COST_DRIFT_KEY))
-            for name in COUNTERS:
-                pipe.hgetall(_key(PREFIX) + "c:" + name)
-            for name in HISTOGRAMS:
-                pipe.hgetall(_key(PREFIX) + "h:" + name)
-            (secs, micros), tracked, last_sweep, stats, accrued, drift, *hashes = pipe.execute()
+            for name in [ACCRUED_KEY.removeprefix(PREFIX), *names]:
+                for space in spaces:
+                    pipe.hgetall(space.key(PREFIX) + name)
+            (secs, micros), last_sweep, stats, drift, *raw = pipe.execute()
+        tracked = store_for(r).list_ids()
+        width = len(spaces)
+        accrued, *hashes = [_summed(raw[i : i + width]) for i in range(0, len(raw), width)]
         now_ms = int(secs) * 1000 + int(micros) // 1000
         out: list[Metric] = []
         counter_hashes = hashes[: len(COUNTERS)]
@@ -552,7 +604,7 @@ def _cost_drift(drift: dict[str, str]) -> list[Metric]:
 
 def _jobs(r: redis.Redis) -> Metric:
     counts: dict[tuple[str, str], int] = {}
-    pattern = _key(C.JOB_KEY).format(id="*")
+    pattern = job_key_pattern()
     seen = 0
     batch: list[str] = []
 
@@ -625,6 +677,7 @@ __all__ = [
     "enabled",
     "incr",
     "install_hooks",
+    "metric_keyspaces",
     "label_field",
     "metrics_app",
     "metrics_asgi_app",

@@ -13,6 +13,21 @@ through these functions. The key templates themselves are in :mod:`atlas_tasks.c
 * ``FLY_LOGS_START_KEY`` — the start *throttle* (see :func:`mark_start`).
 * ``FLY_TOKEN_LOCK_KEY`` — the token single-flight lease (:mod:`atlas_tasks.fly.tokens`).
 
+Redis Cluster (the tagged layout): every Fly key, the logs and deploy topics' streams and
+channels included, is in the ``fly`` hash-tag group (``atlas:{fly}:fly:logs-lock:<app>``),
+so each script touches one slot:
+
+===========  ===================================================  =====
+script       KEYS (none is built from ARGV)                       group
+===========  ===================================================  =====
+``_COMMIT``  lock, cursor, subscribers, logs stream, logs channel  fly
+``_STOP``    lock, cursor, logs stream, logs channel               fly
+===========  ===================================================  =====
+
+The streamer and token leases are single-key scripts (:mod:`atlas_tasks.lease`), deploy
+lines are :func:`atlas_tasks.events.publish` calls (stream + channel of topic ``deploy``,
+group ``fly``), :func:`register_subscriber` is a non-transactional pipeline on one key.
+
 Deploy tickets have no record of their own: a ticket *is* its event stream (topic
 ``deploy``), so the typed parts are the event types (:class:`DeployEvent`) and the final
 ``exit`` payload (:class:`DeployExit`).
@@ -29,7 +44,8 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks import events
 from atlas_tasks.errors import AtlasError
-from atlas_tasks.keyspace_names import keyspace
+from atlas_tasks.key_groups import FLY_GROUP, fill
+from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
 
 
@@ -98,29 +114,35 @@ class DeployExit:
 # ----------------------------------------------------------------------------- keys
 
 
+def fly_keyspace(namespace: str | None = None) -> Keyspace:
+    """The keyspace of every Fly key: the ``fly`` hash-tag group in the tagged layout
+    (:mod:`atlas_tasks.key_groups`), the namespace's own keyspace otherwise."""
+    return keyspace(namespace).group(FLY_GROUP)
+
+
 def lock_key(app: str) -> str:
     """Redis key of ``app``'s streamer lock."""
-    return keyspace().key(C.FLY_LOGS_LOCK_KEY).format(app=app)
+    return fill(fly_keyspace(), C.FLY_LOGS_LOCK_KEY, app=app)
 
 
 def cursor_key(app: str) -> str:
     """Redis key of ``app``'s cursor."""
-    return keyspace().key(C.FLY_LOGS_CURSOR_KEY).format(app=app)
+    return fill(fly_keyspace(), C.FLY_LOGS_CURSOR_KEY, app=app)
 
 
 def subscribers_key(app: str) -> str:
     """Redis key of ``app``'s subscriber deadlines."""
-    return keyspace().key(C.FLY_LOGS_SUBSCRIBERS_KEY).format(app=app)
+    return fill(fly_keyspace(), C.FLY_LOGS_SUBSCRIBERS_KEY, app=app)
 
 
 def start_key(app: str) -> str:
     """Redis key of ``app``'s streamer start throttle."""
-    return keyspace().key(C.FLY_LOGS_START_KEY).format(app=app)
+    return fill(fly_keyspace(), C.FLY_LOGS_START_KEY, app=app)
 
 
 def token_lock_key(app: str) -> str:
     """Redis key of ``app``'s token single-flight lease."""
-    return keyspace().key(C.FLY_TOKEN_LOCK_KEY).format(app=app)
+    return fill(fly_keyspace(), C.FLY_TOKEN_LOCK_KEY, app=app)
 
 
 def _logs_stream(app: str) -> tuple[str, str]:
@@ -303,6 +325,7 @@ __all__ = [
     "commit",
     "cursor",
     "cursor_key",
+    "fly_keyspace",
     "holder",
     "last_logs_event_id",
     "live_subscribers",

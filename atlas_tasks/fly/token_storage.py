@@ -39,6 +39,7 @@ import redis
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings, get_settings
 from atlas_tasks.errors import AtlasError, TransportError, ValidationError, validation_error
+from atlas_tasks.key_groups import FLY_GROUP, fill
 from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.redis_conn import get_redis
 from atlas_tasks.sealing import seal, unseal
@@ -166,7 +167,14 @@ class RedisTokenStorage(TokenStorage):
         return self._client or get_redis()
 
     def _key(self, app: str, kind: str) -> str:
-        return keyspace().key(C.FLY_TOKEN_KEY).format(app=check_app(app), kind=_check_kind(kind))
+        # In the "fly" hash-tag group beside the app's other keys (tagged layout; a
+        # single-key command either way, so any slot would do).
+        return fill(
+            keyspace().group(FLY_GROUP),
+            C.FLY_TOKEN_KEY,
+            app=check_app(app),
+            kind=_check_kind(kind),
+        )
 
     def get(self, app: str, kind: TokenKind) -> TokenRecord | None:
         """See :meth:`TokenStorage.get`. A value sealed with another key reads as absent."""

@@ -8,6 +8,23 @@ Layout (templates in :mod:`atlas_tasks.constants`):
   running right now (its value is the poller's owner token).
 * the job's event stream and channel (topic ``job`` of :mod:`atlas_tasks.events`).
 
+Redis Cluster (the tagged layout): every key above is in the ``jobs`` hash-tag group
+(``atlas:{jobs}:job:<id>``...), so each script below touches one slot. Scripts and the
+keys they declare (no script builds a key from ARGV):
+
+==================  ===========================================  =====
+script              KEYS                                         group
+==================  ===========================================  =====
+``_CREATE``         record                                       jobs
+``_CLAIM``          record, lease                                jobs
+``_ADVANCE``        record, lease                                jobs
+``_COMMIT``         record, lease, event stream, event channel   jobs
+``_REQUEST_CANCEL`` record                                       jobs
+``_BEGIN_SUBMIT``   record                                       jobs
+==================  ===========================================  =====
+
+:meth:`JobStore.summaries` is a non-transactional pipeline of single-key reads.
+
 Nothing outside this module reads a record field by name: callers get a :class:`JobRecord`
 and write through the semantic methods of :class:`JobStore` (``mark_submitted``,
 ``set_status``, ``publish_chunks``, ``finish``...).
@@ -48,7 +65,8 @@ from pydantic import BaseModel, Field
 
 from atlas_tasks import constants as C
 from atlas_tasks.events import Event, topic_keys
-from atlas_tasks.keyspace_names import keyspace
+from atlas_tasks.key_groups import JOBS_GROUP, fill
+from atlas_tasks.keyspace_names import Keyspace, keyspace
 from atlas_tasks.lease import LUA_LEASE_FUNCTIONS, Lease
 from atlas_tasks.redis_lua import LUA_NOW, decode_json
 from atlas_tasks.specs import JobStatus as ProviderJobStatus
@@ -313,14 +331,26 @@ return 'ok'
 _SUMMARY_FIELDS = ("id", "status", "provider", "endpoint", "created_at_ms")
 
 
+def jobs_keyspace(namespace: str | None = None) -> Keyspace:
+    """The keyspace of every job key (record, lease, events): one hash-tag group in the
+    tagged layout (every script here touches one job's record, lease and event stream
+    together; see :mod:`atlas_tasks.key_groups` for why one group for all jobs)."""
+    return keyspace(namespace).group(JOBS_GROUP)
+
+
 def job_key(job_id: str) -> str:
     """Redis key of a job's record."""
-    return keyspace().key(C.JOB_KEY).format(id=job_id)
+    return fill(jobs_keyspace(), C.JOB_KEY, id=job_id)
+
+
+def job_key_pattern(namespace: str | None = None) -> str:
+    """``SCAN`` pattern of every job record (dashboard, ``/metrics``)."""
+    return fill(jobs_keyspace(namespace), C.JOB_KEY, id="*")
 
 
 def lease_key(job_id: str) -> str:
     """Redis key of a job poller's lease."""
-    return keyspace().key(C.JOB_LEASE_KEY).format(id=job_id)
+    return fill(jobs_keyspace(), C.JOB_LEASE_KEY, id=job_id)
 
 
 def event_keys(job_id: str) -> tuple[str, str]:
@@ -601,6 +631,8 @@ __all__ = [
     "event_keys",
     "event_payload",
     "job_key",
+    "job_key_pattern",
+    "jobs_keyspace",
     "lease_key",
     "result_ttl_ms",
 ]

@@ -32,6 +32,10 @@ so lower classes never lose more than the rest of a window. One bucket rather th
 class, because the provider counts every request of the key against one quota: separate
 buckets would either over-spend it or leave capacity idle.
 
+Redis Cluster: :data:`ACQUIRE_LUA` and :data:`OBSERVE_LUA` declare two keys, the bucket
+and its pause key, which share one hash tag per bucket in the tagged layout
+(``atlas:{rb.<provider>.<api>.<fingerprint>}:ratebudget:...``); nothing is built in Lua.
+
 Redis failures never fail a cloud call: the budget logs and lets the request through (the
 provider's own 429 handling still applies). A request that cannot get a token within
 ``ATLAS_RATE_BUDGET_MAX_WAIT_S`` raises :class:`~atlas_tasks.errors.RateLimitedError`.
@@ -58,6 +62,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from atlas_tasks.errors import RateLimitedError
+from atlas_tasks.key_groups import budget_group, fill
 from atlas_tasks.keyspace_names import keyspace
 
 if TYPE_CHECKING:
@@ -290,13 +295,12 @@ class RateBudget:
         self.provider = provider
         self.api = api
         # In the deployment's namespace: deployments sharing an API key budget separately.
-        ks = keyspace()
-        self.key = ks.key(BUDGET_KEY).format(
-            provider=provider, api=api, fingerprint=key_fingerprint
-        )
-        self.pause_key = ks.key(PAUSE_KEY).format(
-            provider=provider, api=api, fingerprint=key_fingerprint
-        )
+        # Both scripts touch the bucket and its pause key: one hash-tag group per bucket
+        # (tagged layout, Redis Cluster), so buckets spread over the cluster's slots.
+        ks = keyspace().group(budget_group(provider, api, key_fingerprint))
+        names = {"provider": provider, "api": api, "fingerprint": key_fingerprint}
+        self.key = fill(ks, BUDGET_KEY, **names)
+        self.pause_key = fill(ks, PAUSE_KEY, **names)
         self.default_rate = max(per_minute, 1e-6) / 60_000.0
         self.burst = max(1, int(burst)) if burst else None
         quota = max(1, int(per_minute))
