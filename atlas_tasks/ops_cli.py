@@ -36,6 +36,8 @@ from atlas_tasks.errors import AtlasError
 if TYPE_CHECKING:  # `atlas-tasks version` must not import redis (a test keeps the CLI light)
     import redis
 
+    from atlas_tasks.config import AtlasSettings
+
 #: Width used when stdout is not a terminal and ``COLUMNS`` is unset.
 PIPED_WIDTH = 200
 #: Queues a deployment needs consumed (a missing consumer fails the doctor) and the
@@ -293,7 +295,7 @@ def run_checks(queue_timeout: float = 1.0) -> Iterator[Check]:
     if broker_ok is None:
         yield from _check_workers(queue_timeout)
     if r is not None:
-        yield from _check_beat(r, settings.reap_interval_ms)
+        yield from _check_beat(r, _beat_client(settings, r), settings.reap_interval_ms)
         yield from _check_redis_config(r)
     yield from _check_providers(settings)
 
@@ -337,7 +339,17 @@ def _check_workers(timeout: float) -> Iterator[Check]:
             )
 
 
-def _check_beat(r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
+def _beat_client(settings: AtlasSettings, registry: redis.Redis) -> redis.Redis:
+    """Where redbeat keeps its lock: the registry's Redis, or next to a Redis Cluster the
+    result backend's (Celery and redbeat cannot use a cluster)."""
+    from atlas_tasks.redis_conn import is_cluster_url
+
+    if is_cluster_url(settings.redis_url):
+        return _client(settings.effective_result_backend)
+    return registry
+
+
+def _check_beat(r: redis.Redis, beat_r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
     import redis
 
     from atlas_tasks.keyspace_names import keyspace
@@ -345,7 +357,7 @@ def _check_beat(r: redis.Redis, reap_interval_ms: int) -> Iterator[Check]:
     ks = keyspace()
     lock_key = ks.key(C.REDBEAT_KEY_PREFIX) + ":lock"
     try:
-        pttl = int(r.pttl(lock_key))
+        pttl = int(beat_r.pttl(lock_key))
         raw = r.get(ks.key(LAST_SWEEP_KEY))
         secs, micros = r.time()
     except redis.RedisError as exc:

@@ -524,6 +524,14 @@ class DashboardService:
     def _scan(self, pattern: str) -> tuple[list[str], bool]:
         """Keys matching ``pattern``, examining at most ``scan_limit`` keys."""
         found: list[str] = []
+        if self.ks.tagged:
+            # a cluster's SCAN is per node: scan_iter walks every primary (the scanned
+            # groups each live in one slot, so it is one node's keys that match)
+            for key in self.r.scan_iter(match=pattern, count=1000):
+                found.append(str(key))
+                if len(found) >= self.scan_limit:
+                    return found, True
+            return found, False
         cursor, examined = 0, 0
         while True:
             cursor, keys = self.r.scan(cursor=cursor, match=pattern, count=1000)
@@ -535,9 +543,9 @@ class DashboardService:
                 return found, True
 
     def _jobs_in_flight(self) -> tuple[list[dict[str, Any]], bool]:
-        from atlas_tasks.jobs.store import TERMINAL_STATUSES, JobStore
+        from atlas_tasks.jobs.store import TERMINAL_STATUSES, JobStore, job_key_pattern
 
-        keys, partial = self._scan(self.ks.key(C.JOB_KEY).format(id="*"))
+        keys, partial = self._scan(job_key_pattern(self.ks.namespace))
         if not keys:
             return [], partial
         jobs = [
@@ -555,8 +563,7 @@ class DashboardService:
         return jobs[:50], partial
 
     def _deploys_in_flight(self, now_ms: int) -> tuple[list[dict[str, Any]], bool]:
-        _, stream_template = C.EVENT_TOPICS["deploy"]
-        prefix = self.ks.key(stream_template).format(id="")
+        _, prefix = events.topic_keys("", "deploy", namespace=self.ks.namespace)
         keys, partial = self._scan(prefix + "*")
         if not keys:
             return [], partial

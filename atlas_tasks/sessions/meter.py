@@ -449,9 +449,7 @@ class CostMeter(SessionJob):
                 pipe.hset(self.ks.key(C.COST_DRIFT_KEY), mapping=cast(dict[Any, Any], fields))
             pipe.execute()
         for provider, count in drifting.items():
-            self.r.hincrby(
-                metrics.PREFIX + "c:cost_drift_sessions", metrics.label_field(provider), count
-            )
+            metrics.incr("cost_drift_sessions", provider, amount=count, client=self.r)
 
 
 def _billed_by_pod(answer: dict[str, Any]) -> dict[str, float]:

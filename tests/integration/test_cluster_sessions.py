@@ -110,6 +110,10 @@ def _node_of(cluster: LocalCluster, key: str) -> int:
     return port
 
 
+def _ended(session_id: str) -> Callable[[], bool]:
+    return lambda: orchestrator.info(session_id).status == "terminated"
+
+
 def test_the_registry_is_on_the_cluster_in_the_tagged_layout(cluster: LocalCluster) -> None:
     assert cluster.env["ATLAS_REDIS_URL"].startswith("redis+cluster://")
     assert not cluster.env["ATLAS_BROKER_URL"].startswith("redis+cluster://")
@@ -147,7 +151,7 @@ def test_sessions_end_to_end_across_the_masters(cluster: LocalCluster) -> None:
 
     # the idle ones end (expiry listener on every master, or the sweep), visibly, once
     for s in idle:
-        _wait(lambda s=s: orchestrator.info(s.id).status == "terminated", 20, "idle reap", cluster)
+        _wait(_ended(s.id), 20, "idle reap", cluster)
         kinds = [e.type for e in events.history(s.id)]
         assert kinds.count("terminating") == 1 and kinds[-1] in ("status", "cost")
     live_pods = {p["name"] for p in cluster.cloud.live_pods()}

@@ -269,7 +269,7 @@ def single_node_cluster(timeout: float = 10.0) -> Iterator[str]:
     import time
     from pathlib import Path
 
-    from atlas_tasks.testing.localstack import RedisServer
+    from atlas_tasks.testing.localstack import RedisServer, free_cluster_port
 
     real = shutil.which("redis-server")
     if real is None:
@@ -281,7 +281,8 @@ def single_node_cluster(timeout: float = 10.0) -> Iterator[str]:
         f'#!/bin/sh\nexec "{real}" "$@" --cluster-enabled yes --cluster-config-file nodes.conf\n'
     )
     wrapper.chmod(0o755)
-    server = RedisServer(executable=str(wrapper)).start(timeout)
+    # a cluster node also binds port + 10000: free_cluster_port keeps both in range
+    server = RedisServer(port=free_cluster_port(), executable=str(wrapper)).start(timeout)
     try:
         client = redis.Redis.from_url(server.url, decode_responses=True)
         client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)

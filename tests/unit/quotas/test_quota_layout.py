@@ -6,12 +6,7 @@ previous layout, and the orphan sweep's ``live_sessions``.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +36,7 @@ from atlas_tasks.quotas.store import (
     usage_key_halves,
 )
 from atlas_tasks.specs import GpuType
-from atlas_tasks.testing.localstack import free_port
+from tests.support.slots import single_node_cluster
 
 SHARDS = "16"
 
@@ -200,71 +195,14 @@ def test_the_same_scripts_span_slots_untagged(spy: ScriptSpy, redis_client: redi
     assert len(slots) > 1
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port pair for a cluster node")
-
-
 @pytest.fixture(scope="module")
-def cluster_node(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def cluster_node(redis_server: Any) -> Iterator[int]:
     """A one-node Redis Cluster owning every slot: it refuses a script whose KEYS span
     slots (CROSSSLOT), as a real cluster does. (``redis_server``: skip/fail like every
     Redis test when redis-server is missing.)"""
-    exe = shutil.which("redis-server")
-    assert exe is not None
-    port = _cluster_port()
-    workdir: Path = tmp_path_factory.mktemp("cluster")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            str(workdir / "nodes.conf"),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        admin = redis.Redis(port=port, decode_responses=True)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                admin.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, f"cluster node exited ({proc.returncode})"
-                assert time.monotonic() < deadline, "cluster node did not start"
-                time.sleep(0.05)
-        admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        while "cluster_state:ok" not in str(admin.execute_command("CLUSTER", "INFO")):
-            assert time.monotonic() < deadline, "cluster did not become ok"
-            time.sleep(0.05)
-        admin.close()
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with single_node_cluster() as url:
+        port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
+        yield int(port)
 
 
 def _node_client(kind: str, port: int) -> Any:
