@@ -20,8 +20,18 @@ demo: $(STAMP)
 	$(BIN)/atlas-tasks demo
 
 # Lint and types are part of the tests: ruff and mypy strict run first.
+# The whole suite, then the registry's race and lifecycle tests again in the tagged key
+# layout (Redis Cluster's, here on one Redis: ATLAS_REDIS_SHARDS=4); the real 3-master
+# cluster runs in tests/integration/test_cluster_*.py.
+TAGGED_LAYOUT_TESTS = tests/unit/sessions tests/integration/test_durable_stop.py \
+	tests/integration/test_user_index.py tests/integration/test_cost_guardrails.py \
+	tests/integration/test_max_lifetime.py tests/integration/test_quota_spawn.py \
+	tests/integration/test_spawn_races.py tests/integration/test_terminate_races.py \
+	tests/integration/test_data_loss_guard.py tests/integration/test_events.py
+
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+	ATLAS_REDIS_SHARDS=4 $(BIN)/pytest -q -p no:cacheprovider $(TAGGED_LAYOUT_TESTS)
 
 # ruff, then the package's layers (import-linter contracts in pyproject.toml).
 lint: $(STAMP)
