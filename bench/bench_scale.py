@@ -42,6 +42,8 @@ import math
 import multiprocessing as mp
 import os
 import random
+import re
+import threading
 import time
 from array import array
 from collections.abc import Callable
@@ -54,7 +56,9 @@ import redis
 
 from atlas_tasks import constants as C
 from atlas_tasks.config import AtlasSettings
+from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus
+from atlas_tasks.tasks.reaper import SWEEP_STATS_KEY
 from atlas_tasks.testing.localstack import LocalCluster
 from bench.common import Report, distribution, group_cpu_seconds
 
@@ -423,6 +427,33 @@ def _reap_lags(store: Any, ids: list[str]) -> tuple[list[float], dict[str, int]]
     return lags, statuses
 
 
+def _deadlines(store: Any, ids: list[str]) -> dict[str, int]:
+    """Idle deadline (Redis ms) of each session: ``last_activity_ms + idle_ttl_ms``."""
+    out: dict[str, int] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for sid, row in zip(
+            chunk, store.get_fields(chunk, "last_activity_ms", "idle_ttl_ms"), strict=True
+        ):
+            if row is not None and row.last_activity_ms:
+                out[sid] = row.last_activity_ms + row.idle_ttl_ms
+    return out
+
+
+def _watch_expiries(
+    node: redis.Redis, alive_keys: dict[bytes, str], seen: dict[str, float], stop: threading.Event
+) -> None:
+    """Thread: when Redis announced the expiry of each key of ``alive_keys`` (alive key
+    -> session id) on ``node`` (``__keyevent@0__:expired``), in wall ms."""
+    pubsub = node.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("__keyevent@0__:expired")
+    while not stop.is_set():
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["data"] in alive_keys:
+            seen[alive_keys[message["data"]]] = time.time() * 1000
+    pubsub.close()
+
+
 def _wait_reaped(store: Any, ids: list[str], timeout_s: float) -> float:
     """Wait until every idle session is terminated (or ``timeout_s``); returns seconds."""
     started = time.monotonic()
@@ -491,6 +522,19 @@ def measure(
             f"{params.seconds:g}s, {params.idle} sessions going idle",
             flush=True,
         )
+        expired_at: dict[str, float] = {}
+        alive_keys = {store.keys(idle_id(i)).alive.encode(): idle_id(i) for i in range(params.idle)}
+        stop_watch = threading.Event()
+        watchers = [
+            threading.Thread(
+                target=_watch_expiries,
+                args=(node, alive_keys, expired_at, stop_watch),
+                daemon=True,
+            )
+            for node in nodes
+        ]
+        for thread in watchers:
+            thread.start()
         out["touch"], pods = _window(
             "touch",
             params.touched,
@@ -513,9 +557,39 @@ def measure(
                 if cluster.cloud.ctx.state.pods[pid].desired_status == "TERMINATED"
             )
         out["touched_still_running"] = _sample_running(store, params)
+        stop_watch.set()
+        for thread in watchers:
+            thread.join(5)
+        notices = [
+            (expired_at[sid] - deadline) / 1000
+            for sid, deadline in _deadlines(store, ids).items()
+            if sid in expired_at
+        ]
+        out["expiry_notice_lag_s"] = distribution(notices) if notices else {}
+        sweep_stats = r.hgetall(keyspace().key(SWEEP_STATS_KEY))
+        out["reaper_sweep_stats"] = sweep_stats
+        out["claimed_by_sweeps"] = int(sweep_stats.get("due") or 0)
+        out["worker_tasks"] = task_summary(cluster.workers[0].log())
         if len(lags) < params.idle:
             out["cluster_log_tail"] = cluster.logs()[-4000:]
         out["used_memory_end"] = redis_used_memory(nodes, settle_s=0.0)
+    return out
+
+
+def task_summary(log: str) -> dict[str, dict[str, float]]:
+    """Per task name, from a worker's INFO log: how many succeeded, their total and
+    longest run time (s), and how many failed or raised."""
+    out: dict[str, dict[str, float]] = {}
+    for match in re.finditer(
+        r"Task ([\w.]+)\[[^\]]*\] (succeeded in ([\d.]+)s|raised|failed)", log
+    ):
+        row = out.setdefault(match[1], {"succeeded": 0, "seconds": 0.0, "max_s": 0.0, "bad": 0})
+        if match[3] is None:
+            row["bad"] += 1
+            continue
+        row["succeeded"] += 1
+        row["seconds"] = round(row["seconds"] + float(match[3]), 3)
+        row["max_s"] = max(row["max_s"], float(match[3]))
     return out
 
 
@@ -562,8 +636,11 @@ def report_from(name: str, m: dict[str, Any], label: str) -> Report:
             f"idle-reap lag {q} (ended_at - idle deadline)",
             lag.get(q, float("nan")),
             "s",
+            baseline=m["expiry_notice_lag_s"].get(q),
+            baseline_label="Redis expiry notice - deadline",
             ok=reaped_ok if q == "p99" else None,
-            note=f"{m['reaped']}/{p.idle} reaped; statuses {m['idle_statuses']}"
+            note=f"{m['reaped']}/{p.idle} reaped; statuses {m['idle_statuses']}; "
+            f"{m['claimed_by_sweeps']} claimed by reaper sweeps, the rest by the listener"
             if q == "p99"
             else "",
         )
