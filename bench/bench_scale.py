@@ -280,6 +280,37 @@ def redis_used_memory(nodes: list[redis.Redis], settle_s: float = 0.5) -> int:
 # --------------------------------------------------------------------------- phases
 
 
+def redis_diagnostics(node: redis.Redis) -> dict[str, Any]:
+    """What one node says about expiry and stalls: keys and volatile keys, expiry
+    counters, the slow log (commands over 10 ms since the fill) and latency events."""
+    stats = node.info("stats")
+    slow = node.slowlog_get(20)
+    return {
+        "keyspace": node.info("keyspace"),
+        "expiry": {
+            k: stats.get(k)
+            for k in (
+                "expired_keys",
+                "expired_stale_perc",
+                "expired_time_cap_reached_count",
+                "expire_cycle_cpu_milliseconds",
+            )
+        },
+        "slowlog": [
+            {
+                "us": entry["duration"],
+                "command": (
+                    entry["command"].decode(errors="replace")
+                    if isinstance(entry["command"], bytes)
+                    else str(entry["command"])
+                )[:120],
+            }
+            for entry in slow
+        ],
+        "latency_latest": [[str(x) for x in row] for row in node.execute_command("LATENCY LATEST")],
+    }
+
+
 def _fill(params: Params, template_json: str, template_id: str) -> float:
     """Fill the touched sessions from ``params.fillers`` processes; returns seconds."""
     done = _MP.Value("q", 0)
@@ -502,6 +533,13 @@ def measure(
         out["used_memory_after_fill"] = after
         out["bytes_per_session"] = (after - before) / params.touched
         out["tracked_after_fill"] = len(store.list_ids())
+        for node in nodes:
+            # From here on, Redis-side stalls are recorded for the details: commands over
+            # 10 ms (slow log) and latency events over 20 ms (latency monitor).
+            node.config_set("slowlog-max-len", 128)
+            node.config_set("slowlog-log-slower-than", 10_000)
+            node.config_set("latency-monitor-threshold", 20)
+            node.slowlog_reset()
 
         # Baseline: plain keys, then the same load shape as raw PEXPIREs.
         for start in range(0, params.sessions, 1000):
@@ -570,6 +608,7 @@ def measure(
         out["reaper_sweep_stats"] = sweep_stats
         out["claimed_by_sweeps"] = int(sweep_stats.get("due") or 0)
         out["worker_tasks"] = task_summary(cluster.workers[0].log())
+        out["redis_diagnostics"] = [redis_diagnostics(node) for node in nodes]
         if len(lags) < params.idle:
             out["cluster_log_tail"] = cluster.logs()[-4000:]
         out["used_memory_end"] = redis_used_memory(nodes, settle_s=0.0)
