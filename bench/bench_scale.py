@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
 
@@ -252,7 +252,8 @@ def node_clients(url: str) -> list[redis.Redis]:
     if url.startswith(C.CLUSTER_URL_SCHEME):
         rest = url[len(C.CLUSTER_URL_SCHEME) :]
         auth, _, hosts = rest.rpartition("@")
-        password = urlsplit(f"redis://{auth}@x").password if auth else None
+        raw = urlsplit(f"redis://{auth}@x").password if auth else None
+        password = unquote(raw) if raw else None
         out = []
         for hostport in hosts.split("/")[0].split(","):
             host, _, port = hostport.rpartition(":")
@@ -268,6 +269,31 @@ def redis_cpu_seconds(nodes: list[redis.Redis]) -> float:
         info = node.info("cpu")
         total += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
     return total
+
+
+def command_stats(nodes: list[redis.Redis]) -> dict[str, tuple[int, int]]:
+    """``INFO commandstats`` summed over ``nodes``: command -> (calls, usec)."""
+    out: dict[str, tuple[int, int]] = {}
+    for node in nodes:
+        for key, row in node.info("commandstats").items():
+            name = key.removeprefix("cmdstat_")
+            calls, usec = out.get(name, (0, 0))
+            out[name] = (calls + int(row["calls"]), usec + int(row["usec"]))
+    return out
+
+
+def command_stats_delta(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], top: int = 10
+) -> list[dict[str, Any]]:
+    """The ``top`` commands by Redis time between two :func:`command_stats` readings
+    (script-internal calls are counted under their own command too)."""
+    rows: list[dict[str, Any]] = []
+    for name, (calls, usec) in after.items():
+        c0, u0 = before.get(name, (0, 0))
+        if calls - c0 > 0:
+            rows.append({"command": name, "calls": calls - c0, "usec": usec - u0})
+    rows.sort(key=lambda row: -row["usec"])
+    return rows[:top]
 
 
 def redis_used_memory(nodes: list[redis.Redis], settle_s: float = 0.5) -> int:
@@ -407,10 +433,12 @@ def _window(
     handles = _start_load(kind, keys, params, start_at)
     time.sleep(max(0.0, start_at - time.time()))
     cpu0, wall0 = redis_cpu_seconds(nodes), time.monotonic()
+    stats0 = command_stats(nodes)
     extra = during(start_at) if during else None
     result = _collect_load(handles)
     wall = time.monotonic() - wall0
     result["redis_cpu_s"] = redis_cpu_seconds(nodes) - cpu0
+    result["redis_commands_top"] = command_stats_delta(stats0, command_stats(nodes))
     result["wall_s"] = wall
     result["redis_cpu_fraction"] = result["redis_cpu_s"] / wall
     return result, extra
