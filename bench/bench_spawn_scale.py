@@ -8,11 +8,10 @@ workers stop consuming the compute queue (Celery remote control ``cancel_consume
 then the workers consume again (``add_consumer``), so the enqueue rate of this one process
 is not what is measured. Throughput is (N - 1) / (last - first ``running_at_ms``): the
 broker transport takes up to ~1 s to start consuming a re-added queue, which is not
-spawn work. CPU is read between the first session seen running and the last. With no
-cloud latency
-the work is all CPU (Celery, atlas, redis-py, the fake cloud's HTTP server), so the ratio
-says how much a second process gains on this machine; CPU use of the workers, Redis, this
-process (enqueue + fake cloud) and the whole machine is reported alongside.
+spawn work. With no cloud latency the work is all CPU (Celery, atlas, redis-py, the fake
+cloud's HTTP server), so the ratio says how much a second process gains on this machine;
+CPU use of the workers, Redis, this process (fake cloud, polling) and the whole machine,
+read between the first session seen running and the last, is reported alongside.
 
 Environment: ``ATLAS_BENCH_SPAWN_N`` (500; 100 with ``--quick``),
 ``ATLAS_BENCH_SPAWN_CONCURRENCY`` (64), ``ATLAS_BENCH_SPAWN_ROUNDS`` (3; 1 quick),
