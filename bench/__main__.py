@@ -34,6 +34,9 @@ BENCHMARKS = [
     "jobs",
     "rate_budget",
     "cost_meter",
+    "scale",
+    "scale_cluster",
+    "spawn_scale",
 ]
 RESULTS_PATH = Path(__file__).with_name("results.json")
 

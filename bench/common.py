@@ -290,3 +290,17 @@ def redis_now_ms(client: redis.Redis) -> int:
     """Redis server time in ms (the registry's clock)."""
     sec, usec = client.time()
     return int(sec) * 1000 + int(usec) // 1000
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (``/proc/stat``).
+
+    Busy is everything but idle and iowait; the delta of two readings over their wall time
+    tells how close to CPU-bound the machine was (``busy / wall`` out of ``nproc``).
+    """
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    idle = fields[3] + fields[4]
+    return (total - idle) / tick, total / tick
