@@ -619,6 +619,23 @@ def _install_metrics(**_: Any) -> None:
 def _check_redis_persistence(sender: Any = None, **_: Any) -> None:
     """Warn at worker start when the registry's Redis would forget it on restart."""
     warn_if_redis_not_persistent(get_settings().redis_url)
+    _check_registry_layout()
+
+
+def _check_registry_layout() -> None:
+    """Log an error at worker start when the registry was written in another key layout
+    (``ATLAS_REDIS_SHARDS`` changed with sessions live; the reaper's orphan scan then
+    stays off, see ``SessionStore.layout_mismatch``)."""
+    from atlas_tasks.redis_conn import get_redis
+    from atlas_tasks.sessions.store import store_for
+
+    try:
+        mismatch = store_for(get_redis()).layout_mismatch()
+    except Exception as exc:  # Redis away at start: the reaper checks again each sweep
+        log.warning("could not check the registry's key layout: %s", exc)
+        return
+    if mismatch is not None:
+        log.error(mismatch)
 
 
 def foreign_queues(consumed: list[str] | set[str], ks: Keyspace) -> list[str]:

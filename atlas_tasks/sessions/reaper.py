@@ -273,6 +273,13 @@ class SessionReaper:
         store = self.store
         r = self.deps.redis
         prefix = settings.reap_name_prefix
+        mismatch = store.layout_mismatch()
+        if mismatch is not None:
+            # Never judge pods against a registry read under the wrong names: every live
+            # session's pod would look like an orphan.
+            log.error("orphan scan skipped: %s", mismatch)
+            report.errors.append(mismatch)
+            return
         now = store.now_ms()
         epoch_missing = not store.epoch_exists()
         listed: list[tuple[str, list[Compute]]] = []

@@ -546,6 +546,9 @@ STOPS_KEY = "atlas:stops"
 #: Written (SET NX, value = creation time in ms) once per Redis dataset. Missing while
 #: Redis answers means Redis lost its data (restart without persistence, FLUSHALL).
 EPOCH_KEY = "atlas:epoch"
+#: The registry's key layout as first written (``untagged`` or ``tagged:<shards>``): a
+#: process configured for another layout would not find the live sessions' records.
+LAYOUT_KEY = "atlas:layout"
 
 _REQUEST_STOP = lua_with_statuses(
     LUA_NOW
@@ -1534,6 +1537,30 @@ class SessionStore:
                 pipe.set(n.epoch, now, nx=True)
             return any(pipe.execute())
 
+    @property
+    def layout(self) -> str:
+        """This store's key layout: ``untagged`` or ``tagged:<shards>``."""
+        return f"tagged:{self.ks.shards}" if self._tagged else "untagged"
+
+    def layout_mismatch(self) -> str | None:
+        """Why this store must not act on the registry, or ``None``: the layout recorded
+        in Redis (written on first use) differs from this process's (``ATLAS_REDIS_SHARDS``
+        or the Redis URL changed while sessions were recorded under the old names: their
+        records are invisible here, and their pods would look like orphans)."""
+        key = self.ks.key(LAYOUT_KEY)
+        if self.r.set(key, self.layout, nx=True):
+            return None
+        recorded = cast("str | None", self.r.get(key))
+        if recorded is None or recorded == self.layout:
+            return None
+        return (
+            f"ATLAS_REDIS_SHARDS: this Redis holds the {self.ks.namespace!r} registry in "
+            f"the {recorded} key layout, but this process is configured for {self.layout}; "
+            "sessions recorded under the other layout are invisible here. Restore the "
+            "previous ATLAS_REDIS_SHARDS (and Redis URL), or drain the sessions and delete "
+            f"{key} before switching."
+        )
+
     def epoch_exists(self) -> bool:
         """Whether this Redis dataset has its epoch (False after a data loss; in the
         tagged layout, False when any shard lost it)."""
@@ -1718,6 +1745,7 @@ __all__ = [
     "CLEANUPS_KEY",
     "EPOCH_KEY",
     "IndexCounts",
+    "LAYOUT_KEY",
     "STOPS_KEY",
     "USER_SESSIONS_KEY",
     "AsyncSessionStore",

@@ -10,7 +10,7 @@ from atlas_tasks import events
 from atlas_tasks.lease import Lease
 from atlas_tasks.sessions.reaper import REAP_LOCK_KEY, ReapReport
 from atlas_tasks.sessions.records import SessionStatus
-from atlas_tasks.sessions.store import Keys
+from atlas_tasks.sessions.store import LAYOUT_KEY, Keys
 from atlas_tasks.specs import ComputeRequest
 from tests.unit.sessions.sessions_support import (
     PREFIX,
@@ -182,3 +182,24 @@ def test_a_sweep_that_outlives_its_lock_cannot_release_the_next_holders_lock(wir
 def test_the_sweep_releases_its_own_lock(wired: Wired) -> None:
     assert not Enqueued().sweep(wired).skipped
     assert wired.redis.exists(REAP_LOCK_KEY) == 0
+
+
+def test_a_registry_written_in_another_key_layout_stops_the_orphan_scan(wired: Wired) -> None:
+    """ATLAS_REDIS_SHARDS changed with sessions live: their records are invisible under
+    the new names, so their pods must not be judged orphans."""
+    wired.store.ensure_epoch()
+    assert wired.store.layout_mismatch() is None  # first use: the layout is recorded
+    assert wired.redis.get(wired.store.ks.key(LAYOUT_KEY)) == wired.store.layout
+    other = "tagged:4" if wired.store.layout == "untagged" else "untagged"
+    wired.redis.set(wired.store.ks.key(LAYOUT_KEY), other)
+    orphan = _pod(wired, f"{PREFIX}0123456789abcdef")
+    q = Enqueued()
+
+    report = q.sweep(wired, scan_orphans=True)
+
+    assert q.orphans == [] and report.providers_scanned == []
+    assert any(e.startswith("ATLAS_REDIS_SHARDS") and other in e for e in report.errors)
+
+    wired.redis.set(wired.store.ks.key(LAYOUT_KEY), wired.store.layout)  # put back
+    q.sweep(wired, scan_orphans=True)
+    assert q.orphans == [("mock", orphan, f"{PREFIX}0123456789abcdef")]
