@@ -95,7 +95,7 @@ def test_django_example_end_to_end(site: str) -> None:
     assert alice.delete(f"/atlas/sessions/{sid}/").status_code == 202
     full = sse(alice, f"/atlas/sessions/{sid}/events/", "terminated")
     ids = [m["id"] for m in full]
-    assert status_of(full[-1]) == "terminated" and len(set(ids)) == len(ids) >= 4
+    assert status_of(full[-1]) == "terminated" and len(set(ids)) == len(ids) >= 3
     # the stream ends by itself after `terminated`; a resume after any event loses and
     # repeats nothing
     for cut in range(len(ids) - 1):
