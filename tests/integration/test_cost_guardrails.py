@@ -64,12 +64,17 @@ def _types(session_id: str) -> list[str]:
 def test_idle_gpus_are_reaped_while_touched_busy_ones_live_and_cost_is_metered(
     cluster: LocalCluster,
 ) -> None:
-    opt_in = {"gpu_idle_below_pct": 10, "gpu_idle_window_ms": WINDOW_MS}
-    idle = orchestrator.spawn(
-        provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=60_000, user_id="alice", **opt_in
-    )
-    busy = orchestrator.spawn(
-        provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=60_000, user_id="alice", **opt_in
+    idle, busy = (
+        orchestrator.spawn(
+            provider="runpod",
+            gpu="h100",
+            image=IMAGE,
+            idle_ttl_ms=60_000,
+            user_id="alice",
+            gpu_idle_below_pct=10,
+            gpu_idle_window_ms=WINDOW_MS,
+        )
+        for _ in range(2)
     )
     idle_pod, busy_pod = idle.wait(timeout=30), busy.wait(timeout=30)
     cluster.cloud.set_gpu_util(idle_pod.id, 0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Any, cast
 
 import pytest
 import redis
@@ -29,7 +28,7 @@ def env(redis_client: redis.Redis) -> Iterator[Env]:
 
 def _calls(client: redis.Redis) -> dict[str, int]:
     """Calls per command since the last ``CONFIG RESETSTAT``."""
-    stats = cast(dict[str, Any], client.info("commandstats"))
+    stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
