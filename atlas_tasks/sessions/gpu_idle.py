@@ -126,7 +126,9 @@ class GpuIdleWatcher(SessionJob):
         if marks:
             # Marks of sessions no longer tracked (ended, expired) are dropped.
             ids = list(marks)
-            stale = [sid for sid, on in zip(ids, self._tracked(ids), strict=True) if not on]
+            stale = [
+                sid for sid, on in zip(ids, self.store.tracked_flags(ids), strict=True) if not on
+            ]
             if stale:
                 self.r.hdel(self.ks.key(C.GPU_IDLE_SINCE_KEY), *stale)
         # The opt-in index is pruned on every watch (with a default policy too, or it
@@ -164,7 +166,7 @@ class GpuIdleWatcher(SessionJob):
         # The opted-in ids still tracked, batch by batch; the others leave the index (a
         # session leaves the tracked set only when it ends, and its id is never reused).
         for batch in self.store.iter_gpu_watch_ids(WATCH_BATCH):
-            flags = self._tracked(batch)
+            flags = self.store.tracked_flags(batch)
             gone = [sid for sid, on in zip(batch, flags, strict=True) if not on]
             if gone:
                 with self.r.pipeline(transaction=False) as pipe:
@@ -174,13 +176,6 @@ class GpuIdleWatcher(SessionJob):
             live = [sid for sid, on in zip(batch, flags, strict=True) if on]
             if live:
                 yield live
-
-    def _tracked(self, session_ids: list[str]) -> list[bool]:
-        # One pipelined SISMEMBER each (each id against its own shard's tracked set).
-        with self.r.pipeline(transaction=False) as pipe:
-            for sid in session_ids:
-                pipe.sismember(self.store.names_of(sid).sessions, sid)
-            return [bool(x) for x in pipe.execute()]
 
     def _check(self, session_id: str, policy: IdlePolicy, report: WatchReport) -> None:
         record = self.store.get(session_id)
