@@ -146,6 +146,11 @@ COST_DRIFT_TOLERANCE = 0.01
 #: Hash: session id → first time (ms, Redis time) every GPU of it was seen below its
 #: threshold. Cleared as soon as one GPU is above it, or utilisation is unknown.
 GPU_IDLE_SINCE_KEY = "atlas:gpu-idle:since"
+#: Set (one per registry shard, in the shard's slot): ids of sessions that opted in to
+#: GPU-idle reaping at spawn (``gpu_idle_below_pct``/``gpu_idle_window_ms`` on the
+#: record), added in the record's create step. Without a deployment-wide policy the
+#: watch reads only this, not every tracked session; it prunes ids no longer tracked.
+GPU_WATCH_INDEX_KEY = "atlas:gpu-idle:watch"
 #: ``SET NX PX`` throttle of the GPU-idle watch task.
 GPU_WATCH_THROTTLE_KEY = "atlas:gpu-idle:throttle"
 #: The terminating reason of a session reaped for idle GPUs.

@@ -18,6 +18,14 @@ A session opts in with ``gpu_idle_below_pct`` and ``gpu_idle_window_ms`` on its 
   path with reason ``gpu_idle`` (fenced, idempotent: its ``terminating`` event names the
   reason). The mark stays until the session ends, so a lost terminate is enqueued again
   by the next watch.
+
+Cost at scale: without a deployment-wide policy (the default) only sessions that opted in
+at spawn can be reaped, so the watch reads the GPU-idle watch index
+(:data:`~atlas_tasks.constants.GPU_WATCH_INDEX_KEY`, one set per registry shard, written
+in the record's create step), not every tracked session: with nobody opted in a watch
+costs one ``SSCAN`` per shard. Ids in the index whose session is no longer tracked are
+pruned by the watch. With a default policy every tracked session is read, in ``SSCAN``
+batches (never one ``SMEMBERS``: see :meth:`SessionStore.iter_ids`).
 """
 
 from __future__ import annotations
@@ -112,16 +120,28 @@ class GpuIdleWatcher(SessionJob):
         )
 
     def watch(self, enqueue_terminate: EnqueueTerminate) -> WatchReport:
-        """One pass over the tracked sessions (see the module docstring)."""
+        """One pass over the opted-in sessions (see the module docstring)."""
         report = WatchReport()
-        ids = self.store.list_ids()
         marks = cast(dict[str, str], self.r.hgetall(self.ks.key(C.GPU_IDLE_SINCE_KEY)))
-        # Marks of sessions no longer tracked (ended, expired) are dropped.
-        tracked = set(ids)
-        stale = [sid for sid in marks if sid not in tracked]
-        if stale:
-            self.r.hdel(self.ks.key(C.GPU_IDLE_SINCE_KEY), *stale)
-        for batch in _chunks(ids, WATCH_BATCH):
+        if marks:
+            # Marks of sessions no longer tracked (ended, expired) are dropped.
+            ids = list(marks)
+            stale = [
+                sid for sid, on in zip(ids, self.store.tracked_flags(ids), strict=True) if not on
+            ]
+            if stale:
+                self.r.hdel(self.ks.key(C.GPU_IDLE_SINCE_KEY), *stale)
+        # The opt-in index is pruned on every watch (with a default policy too, or it
+        # would keep every ended opted-in session); without a default policy it is also
+        # the whole of what is watched.
+        batches: Iterator[list[str]]
+        if self.default is None:
+            batches = self._watch_index_batches()
+        else:
+            for _ in self._watch_index_batches():  # prune only
+                pass
+            batches = self.store.iter_ids(WATCH_BATCH)
+        for batch in batches:
             for sid, partial in zip(batch, self.store.get_fields(batch, *_OPT_FIELDS), strict=True):
                 if (
                     partial is None
@@ -141,6 +161,21 @@ class GpuIdleWatcher(SessionJob):
             )
             enqueue_terminate(report.reaped, C.GPU_IDLE_REASON)
         return report
+
+    def _watch_index_batches(self) -> Iterator[list[str]]:
+        # The opted-in ids still tracked, batch by batch; the others leave the index (a
+        # session leaves the tracked set only when it ends, and its id is never reused).
+        for batch in self.store.iter_gpu_watch_ids(WATCH_BATCH):
+            flags = self.store.tracked_flags(batch)
+            gone = [sid for sid, on in zip(batch, flags, strict=True) if not on]
+            if gone:
+                with self.r.pipeline(transaction=False) as pipe:
+                    for sid in gone:
+                        pipe.srem(self.store.names_of(sid).gpu_watch, sid)
+                    pipe.execute()
+            live = [sid for sid, on in zip(batch, flags, strict=True) if on]
+            if live:
+                yield live
 
     def _check(self, session_id: str, policy: IdlePolicy, report: WatchReport) -> None:
         record = self.store.get(session_id)
@@ -172,11 +207,6 @@ class GpuIdleWatcher(SessionJob):
         """When the session's GPUs were first seen all idle (ms), or ``None``."""
         value = self.r.hget(self.ks.key(C.GPU_IDLE_SINCE_KEY), session_id)
         return None if value is None else int(value)
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 __all__ = ["EnqueueTerminate", "GpuIdleWatcher", "IdlePolicy", "WATCH_BATCH", "WatchReport"]

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Protocol, cast, runtime_checkable
 
 from atlas_tasks import constants as C
@@ -52,6 +53,7 @@ from atlas_tasks.redis_lua import load_scripts, pipeline_script
 from atlas_tasks.sessions.cost import accrued_usd
 from atlas_tasks.sessions.records import SessionRecord, SessionStatus, lua_with_statuses
 from atlas_tasks.sessions.service import SessionJob, SessionService
+from atlas_tasks.sessions.store import SCAN_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -279,13 +281,19 @@ class CostMeter(SessionJob):
 
     # ------------------------------------------------------------------ meter
     def candidates(self) -> list[str]:
-        """Tracked sessions plus the ones the meter still owes a final charge."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for shard in self.store.shards:
-                pipe.smembers(shard.sessions)
-                pipe.zrange(shard.meter_index, 0, -1)
-            parts = cast(list[Iterable[str]], pipe.execute())
-        return sorted({str(sid) for part in parts for sid in part})
+        """Tracked sessions plus the ones the meter still owes a final charge (sorted)."""
+        return sorted({sid for batch in self.iter_candidates() for sid in batch})
+
+    def iter_candidates(self, batch: int = METER_BATCH) -> Iterator[list[str]]:
+        """:meth:`candidates` in batches of about ``batch``, read with ``SSCAN`` and
+        ``ZSCAN`` (never one ``SMEMBERS``/``ZRANGE 0 -1``, which block Redis for tens of
+        ms at 100k sessions): each id once per pass. A session tracked, or owed its final
+        charge, for the whole pass is yielded; one added meanwhile is the next run's."""
+        seen: set[str] = set()
+        for ids in chain(self.store.iter_ids(SCAN_BATCH), self.store.iter_meter_ids(SCAN_BATCH)):
+            fresh = [sid for sid in ids if sid not in seen]
+            seen.update(fresh)
+            yield from _chunks(fresh, batch)
 
     def meter(self, *, now_ms: int | None = None, interval_ms: int | None = None) -> MeterReport:
         """Charge every running session's elapsed whole intervals (see the module doc).
@@ -301,7 +309,7 @@ class CostMeter(SessionJob):
         tagged = self.ks.tagged
         if tagged:
             load_scripts(self.r, self._meter_script)
-        for batch in _chunks(self.candidates(), METER_BATCH):
+        for batch in self.iter_candidates(METER_BATCH):
             records = self.store.get_fields(
                 batch, "status", "running_at_ms", "user_id", "tenant_id"
             )
@@ -388,7 +396,7 @@ class CostMeter(SessionJob):
         report = ReconcileReport()
         now = self.store.now_ms() if now_ms is None else now_ms
         groups: dict[tuple[str, str | None], list[SessionRecord]] = {}
-        for batch in _chunks(self.store.list_ids(), METER_BATCH):
+        for batch in self.store.iter_ids(METER_BATCH):
             for record in self.store.get_many(batch):
                 if (
                     record is not None

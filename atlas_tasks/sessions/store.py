@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
@@ -78,7 +78,7 @@ end
 _CREATE = lua_with_statuses(
     LUA_NOW
     + """
--- KEYS: session, sessions set, intents
+-- KEYS: session, sessions set, intents, GPU-idle watch index
 -- ARGV: id, intent_ttl_ms, record_ttl_ms, expiry_warning_ms, field/value...
 redis.call('HSET', KEYS[1], 'created_at_ms', now, 'last_activity_ms', now)
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -94,6 +94,12 @@ end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
+-- opted in to GPU-idle reaping: indexed in this same step, so the watch (without a
+-- deployment-wide policy) reads only the index and never misses a session
+if redis.call('HEXISTS', KEYS[1], 'gpu_idle_below_pct') == 1
+    or redis.call('HEXISTS', KEYS[1], 'gpu_idle_window_ms') == 1 then
+  redis.call('SADD', KEYS[4], ARGV[1])
+end
 return now
 """
 )
@@ -624,6 +630,10 @@ USER_SESSIONS_KEY = "atlas:user-sessions:{user}"
 #: The newest entries a user index keeps (older ones are trimmed at create).
 USER_INDEX_MAX = 1000
 
+#: ``COUNT`` of the ``SSCAN``/``ZSCAN`` calls that read whole indexes, and the batch size
+#: of their iterators: ~1000 members cost Redis well under a millisecond per call.
+SCAN_BATCH = 1000
+
 _INDEX_USER = (
     LUA_NOW
     + """
@@ -707,6 +717,7 @@ class Names:
         self.alive_prefix = ks.key(C.SESSION_ALIVE_KEY).format(id="")
         self.fence_prefix = ks.key(C.TERMINATE_FENCE_KEY).format(id="")
         self.meter_index = ks.key(C.METER_INDEX_KEY)
+        self.gpu_watch = ks.key(C.GPU_WATCH_INDEX_KEY)
         self.stream_prefix = ks.key(C.EVENTS_STREAM_KEY).format(id="")
         self.channel_prefix = ks.key(C.EVENTS_CHANNEL).format(id="")
         self.reservations = reservations_index_key(ks.namespace)
@@ -951,7 +962,7 @@ class SessionStore:
             flat += [key, value]
         record_ttl = C.SPAWN_INTENT_TTL_MS + C.SESSION_RECORD_GRACE_MS
         n = self.names_of(session_id)
-        keys = [n.record_prefix + session_id, n.sessions, n.intents]
+        keys = [n.record_prefix + session_id, n.sessions, n.intents, n.gpu_watch]
         args: list[str | int] = [
             session_id,
             C.SPAWN_INTENT_TTL_MS,
@@ -1080,9 +1091,67 @@ class SessionStore:
         return info_from_reads(session_id, _pairs(flat), int(pttl), (int(secs), int(micros)))
 
     def list_ids(self) -> list[str]:
-        """Ids of every session currently tracked (spawning, running or terminating)."""
-        members = self._each_shard(lambda n: cast(set[str], self.r.smembers(n.sessions)))
+        """Ids of every session currently tracked (spawning, running or terminating),
+        sorted.
+
+        Read with ``SSCAN`` in batches of :data:`SCAN_BATCH`, never one ``SMEMBERS``: at
+        100k sessions that one command blocks Redis for tens of ms, and every touch waits
+        behind it. Callers that can work batch by batch should use :meth:`iter_ids`.
+        """
+        members = self._each_shard(lambda n: self._scan_set(n.sessions, SCAN_BATCH))
         return sorted(set().union(*members))
+
+    def iter_ids(self, batch: int = SCAN_BATCH) -> Iterator[list[str]]:
+        """The tracked session ids, in batches of about ``batch`` as ``SSCAN`` returns
+        them, shard after shard (each id once per pass; no order). An id tracked for the
+        whole pass is yielded; one added or removed meanwhile may or may not be."""
+        for n in self.shards:
+            yield from _batched(self._sscan(n.sessions, batch), batch)
+
+    def iter_meter_ids(self, batch: int = SCAN_BATCH) -> Iterator[list[str]]:
+        """The ids in the cost meter's index (``ZSCAN``, scores dropped), in batches of
+        about ``batch``, shard after shard; each id once per pass (as :meth:`iter_ids`)."""
+        for n in self.shards:
+            yield from _batched(self._zscan(n.meter_index, batch), batch)
+
+    def iter_gpu_watch_ids(self, batch: int = SCAN_BATCH) -> Iterator[list[str]]:
+        """The ids in the GPU-idle watch index (sessions that opted in at spawn, indexed
+        by :meth:`create`; ended ones stay until the watcher prunes them from
+        :attr:`Names.gpu_watch`), in batches as :meth:`iter_ids`."""
+        for n in self.shards:
+            yield from _batched(self._sscan(n.gpu_watch, batch), batch)
+
+    def _scan_set(self, key: str, count: int) -> set[str]:
+        return set(self._sscan(key, count))
+
+    def _sscan(self, key: str, count: int) -> Iterator[str]:
+        # SSCAN may return an element twice (a rehash mid-scan): deduplicated per pass.
+        seen: set[str] = set()
+        cursor: int = 0
+        while True:
+            cursor, members = cast(
+                tuple[int, list[str]], self.r.sscan(key, cursor=cursor, count=count)
+            )
+            for member in members:
+                if member not in seen:
+                    seen.add(member)
+                    yield str(member)
+            if int(cursor) == 0:
+                return
+
+    def _zscan(self, key: str, count: int) -> Iterator[str]:
+        seen: set[str] = set()
+        cursor: int = 0
+        while True:
+            cursor, pairs = cast(
+                tuple[int, list[tuple[str, float]]], self.r.zscan(key, cursor=cursor, count=count)
+            )
+            for member, _score in pairs:
+                if member not in seen:
+                    seen.add(member)
+                    yield str(member)
+            if int(cursor) == 0:
+                return
 
     def count_failing_terminates(self, session_ids: list[str]) -> int:
         """How many of ``session_ids`` are terminating with a failed attempt recorded (the
@@ -1609,6 +1678,18 @@ class SessionStore:
 _stores: dict[tuple[int, bool, str], SessionStore] = {}
 
 
+def _batched(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    """``items`` in lists of ``size`` (the last one shorter; none when empty)."""
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def user_index_key(user_json: str, ks: Keyspace | None = None) -> str:
     """The per-user index key of a user given as the JSON form of its id (in ``ks``, else
     the settings' namespace)."""
@@ -1746,6 +1827,7 @@ __all__ = [
     "EPOCH_KEY",
     "IndexCounts",
     "LAYOUT_KEY",
+    "SCAN_BATCH",
     "STOPS_KEY",
     "USER_SESSIONS_KEY",
     "AsyncSessionStore",

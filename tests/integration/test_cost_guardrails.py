@@ -1,8 +1,9 @@
 """The live cost meter and GPU-idle reaping end to end: real redis-server, Celery worker
 and beat (the meter, GPU watch and billing reconciliation run from beat), fake cloud.
 
-The GPU-idle options are written into the records directly (the spawn options that set
-them are another change's); the fake cloud's pods report pinned utilisation.
+Sessions opt in to GPU-idle reaping through the spawn options (so they are in the watch
+index the watcher reads without a deployment-wide policy); the fake cloud's pods report
+pinned utilisation (unpinned, they report a load above the threshold).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from atlas_tasks import events, orchestrator, quotas
-from atlas_tasks.redis_conn import get_redis
-from atlas_tasks.sessions.store import Keys
 from atlas_tasks.testing.localstack import LocalCluster
 from tests.integration.conftest import CLUSTER_SETTINGS
 from tests.support.harness import in_ci, redis_available
@@ -58,13 +57,6 @@ def _wait(
     raise AssertionError(f"timed out waiting for {what}\n{cluster.logs()}")
 
 
-def _opt_in(session_id: str) -> None:
-    get_redis().hset(
-        Keys(session_id).record,
-        mapping={"gpu_idle_below_pct": "10", "gpu_idle_window_ms": str(WINDOW_MS)},
-    )
-
-
 def _types(session_id: str) -> list[str]:
     return [e.type for e in events.history(session_id)]
 
@@ -72,18 +64,22 @@ def _types(session_id: str) -> list[str]:
 def test_idle_gpus_are_reaped_while_touched_busy_ones_live_and_cost_is_metered(
     cluster: LocalCluster,
 ) -> None:
-    idle = orchestrator.spawn(
-        provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=60_000, user_id="alice"
-    )
-    busy = orchestrator.spawn(
-        provider="runpod", gpu="h100", image=IMAGE, idle_ttl_ms=60_000, user_id="alice"
+    idle, busy = (
+        orchestrator.spawn(
+            provider="runpod",
+            gpu="h100",
+            image=IMAGE,
+            idle_ttl_ms=60_000,
+            user_id="alice",
+            gpu_idle_below_pct=10,
+            gpu_idle_window_ms=WINDOW_MS,
+        )
+        for _ in range(2)
     )
     idle_pod, busy_pod = idle.wait(timeout=30), busy.wait(timeout=30)
     cluster.cloud.set_gpu_util(idle_pod.id, 0)
     cluster.cloud.set_gpu_util(busy_pod.id, 90)
-    _opt_in(idle.id)
-    _opt_in(busy.id)
-    opted_at = time.monotonic()
+    opted_at = time.monotonic()  # idle from here on (the unpinned load is above 10%)
 
     def touch_both() -> None:
         for s in (idle, busy):
