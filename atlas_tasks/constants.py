@@ -151,6 +151,9 @@ GPU_IDLE_SINCE_KEY = "atlas:gpu-idle:since"
 #: record), added in the record's create step. Without a deployment-wide policy the
 #: watch reads only this, not every tracked session; it prunes ids no longer tracked.
 GPU_WATCH_INDEX_KEY = "atlas:gpu-idle:watch"
+#: Set once the opt-in index was filled from the sessions recorded before it existed (an
+#: upgrade with live opted-in sessions): the watch does that one full pass first.
+GPU_WATCH_BACKFILLED_KEY = "atlas:gpu-idle:watch-backfilled"
 #: ``SET NX PX`` throttle of the GPU-idle watch task.
 GPU_WATCH_THROTTLE_KEY = "atlas:gpu-idle:throttle"
 #: The terminating reason of a session reaped for idle GPUs.

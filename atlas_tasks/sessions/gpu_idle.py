@@ -122,6 +122,7 @@ class GpuIdleWatcher(SessionJob):
     def watch(self, enqueue_terminate: EnqueueTerminate) -> WatchReport:
         """One pass over the opted-in sessions (see the module docstring)."""
         report = WatchReport()
+        self._backfill_index_once()
         marks = cast(dict[str, str], self.r.hgetall(self.ks.key(C.GPU_IDLE_SINCE_KEY)))
         if marks:
             # Marks of sessions no longer tracked (ended, expired) are dropped.
@@ -161,6 +162,24 @@ class GpuIdleWatcher(SessionJob):
             )
             enqueue_terminate(report.reaped, C.GPU_IDLE_REASON)
         return report
+
+    def _backfill_index_once(self) -> None:
+        # Sessions that opted in before the index existed (recorded by an older version)
+        # are added to it by one batched pass over the tracked sessions, once per
+        # deployment; without it they would never be watched after an upgrade.
+        done_key = self.ks.key(C.GPU_WATCH_BACKFILLED_KEY)
+        if self.r.exists(done_key):
+            return
+        added = 0
+        for batch in self.store.iter_ids(WATCH_BATCH):
+            fields = self.store.get_fields(batch, "gpu_idle_below_pct", "gpu_idle_window_ms")
+            opted = [sid for sid, rec in zip(batch, fields, strict=True) if rec is not None]
+            for sid in opted:
+                self.r.sadd(self.store.names_of(sid).gpu_watch, sid)
+            added += len(opted)
+        self.r.set(done_key, str(added))
+        if added:
+            log.info("GPU-idle watch: indexed %d session(s) recorded before the index", added)
 
     def _watch_index_batches(self) -> Iterator[list[str]]:
         # The opted-in ids still tracked, batch by batch; the others leave the index (a

@@ -117,6 +117,7 @@ def test_watch_without_policy_reads_only_opted_in_sessions(env: Env) -> None:
     plain = {running(env)[0] for _ in range(40)}
     assert plain
     watcher = env.watcher()
+    watcher.watch(env.enqueue)  # the deployment's one backfill pass (see the next test)
     env.redis.config_resetstat()
     report = watcher.watch(env.enqueue)
     assert report.polled == []
@@ -132,6 +133,20 @@ def test_watch_without_policy_reads_only_opted_in_sessions(env: Env) -> None:
     assert report.polled == [opted] and report.idle == [opted]
     calls = _calls(env.redis)
     assert calls.get("hmget", 0) == 1  # the opted-in session's fields, nobody else's
+
+
+def test_sessions_opted_in_before_the_index_existed_are_indexed_once(env: Env) -> None:
+    """An upgrade with live opted-in sessions: the first watch adds them to the index."""
+    older, _ = _opted(env, [0])
+    env.redis.srem(env.store.names_of(older).gpu_watch, older)  # recorded before the index
+    plain = running(env)[0]
+    report = env.watcher().watch(env.enqueue)
+    assert report.polled == [older] and _watched(env.store) == {older}
+    assert plain not in _watched(env.store)
+    # once per deployment: a later session missing from the index stays missing
+    later, _ = _opted(env, [0])
+    env.redis.srem(env.store.names_of(later).gpu_watch, later)
+    assert later not in env.watcher().watch(env.enqueue).polled
 
 
 def test_watch_prunes_ended_sessions_from_the_opt_in_index(env: Env) -> None:
