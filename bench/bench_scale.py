@@ -71,6 +71,9 @@ LONG_TTL_MS = 3600 * 1000
 #: Distinct user ids over the filled sessions (each session is in its user's index).
 USERS = 10_000
 PLAIN_PREFIX = "bench:scale:plain:"
+#: In the touch window, a raw PEXPIRE probe after every this many touches (the
+#: same-window baseline: same worker, beat and meter load as the touches).
+PROBE_EVERY = 10
 #: The spawn context: children must not inherit this process's threads (fake cloud).
 _MP = mp.get_context("spawn")
 
@@ -204,15 +207,20 @@ def _load_worker(
 
     for _ in range(20):  # warm-up: connection, script cache
         call(rng.randrange(keys))
-    total = int(rate * seconds)
-    interval = 1.0 / rate
+    # With touches, one scheduled slot in PROBE_EVERY + 1 is a raw PEXPIRE of a plain key
+    # instead (on top of the touch rate): the same-window baseline, under the same
+    # background (worker, beat, meter, reaper) and the same pacing as the touches.
+    probe = kind == "touch"
+    slots = PROBE_EVERY + 1 if probe else 1
+    total = int(rate * seconds) * slots // max(1, slots - 1) if probe else int(rate * seconds)
+    interval = seconds / total
     t0 = time.perf_counter() + (start_at - time.time())
     hard_stop = t0 + seconds + max(5.0, seconds * 0.25)
-    service, since_due = array("d"), array("d")
+    service, since_due, probes = array("d"), array("d"), array("d")
     errors: dict[str, int] = {}
     while (now := time.perf_counter()) < t0:
         time.sleep(min(0.05, t0 - now))
-    k = 0
+    k = calls = 0
     while k < total:
         due = t0 + k * interval
         now = time.perf_counter()
@@ -221,23 +229,33 @@ def _load_worker(
         elif now > hard_stop:
             break  # far behind schedule: report the calls made, not a longer window
         i = rng.randrange(keys)
+        is_probe = probe and k % slots == slots - 1
         started = time.perf_counter()
         try:
-            call(i)
+            if is_probe:
+                r.pexpire(f"{PLAIN_PREFIX}{i}", LONG_TTL_MS)
+            else:
+                call(i)
         except Exception as exc:  # counted and reported; the load goes on
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            name = ("probe " if is_probe else "") + type(exc).__name__
+            errors[name] = errors.get(name, 0) + 1
         ended = time.perf_counter()
-        service.append(ended - started)
-        since_due.append(ended - due)
+        if is_probe:
+            probes.append(ended - started)
+        else:
+            service.append(ended - started)
+            since_due.append(ended - due)
+            calls += 1
         k += 1
     elapsed = time.perf_counter() - t0
     conn.send(
         {
-            "calls": k,
+            "calls": calls,
             "elapsed": elapsed,
             "errors": errors,
             "service": service.tobytes(),
             "since_due": since_due.tobytes(),
+            "probes": probes.tobytes(),
         }
     )
     conn.close()
@@ -400,6 +418,7 @@ def _start_load(kind: str, keys: int, params: Params, start_at: float) -> list[A
 def _collect_load(handles: list[Any]) -> dict[str, Any]:
     service: list[float] = []
     since_due: list[float] = []
+    probes: list[float] = []
     calls, elapsed = 0, 0.0
     errors: dict[str, int] = {}
     for proc, conn in handles:
@@ -411,7 +430,11 @@ def _collect_load(handles: list[Any]) -> dict[str, Any]:
             errors[name] = errors.get(name, 0) + count
         service.extend(array("d", out["service"]))
         since_due.extend(array("d", out["since_due"]))
+        probes.extend(array("d", out["probes"]))
     return {
+        "probe_pexpire_us": (
+            {k: v * 1e6 for k, v in distribution(probes).items() if k != "count"} if probes else {}
+        ),
         "calls": calls,
         "elapsed_s": elapsed,
         "rate": calls / elapsed if elapsed else 0.0,
@@ -682,11 +705,22 @@ def report_from(name: str, m: dict[str, Any], label: str) -> Report:
             touch["service_us"][q],
             "us",
             baseline=base["service_us"][q],
-            baseline_label=f"PEXPIRE {q}, same load",
+            baseline_label=f"PEXPIRE {q}, same load, before the worker started",
             note=f"{touch['calls']:,} touches; errors {touch['errors'] or 'none'}"
             if q == "p50"
             else f"from schedule (queueing included): {touch['since_due_us'][q]:.0f} us",
         )
+    probe = touch.get("probe_pexpire_us") or {}
+    for q in ("p50", "p99"):
+        if q in probe:
+            report.add(
+                f"touch() {q}, same window as a PEXPIRE probe (worker, beat, meter running)",
+                touch["service_us"][q],
+                "us",
+                baseline=probe[q],
+                baseline_label=f"PEXPIRE probe {q}, same window",
+                note=f"one probe slot per {PROBE_EVERY} touches, paced like them",
+            )
     report.add(
         "touch rate achieved",
         touch["rate"],

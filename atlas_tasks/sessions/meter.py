@@ -58,7 +58,7 @@ from atlas_tasks.sessions.store import SCAN_BATCH
 log = logging.getLogger(__name__)
 
 #: Sessions read and metered per pipeline.
-METER_BATCH = 500
+METER_BATCH = 100
 
 _METER_SESSION = lua_with_statuses(
     EMIT_LUA

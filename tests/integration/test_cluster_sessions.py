@@ -14,6 +14,7 @@ master, quotas released after every end, the meter's owed spend applied once.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -160,11 +161,21 @@ def test_sessions_end_to_end_across_the_masters(cluster: LocalCluster) -> None:
     # each end gave its quota reservation back (released right after the end script)
     _wait(lambda: quotas.usage("user", "alice").sessions == 1, 10, "quota release", cluster)
 
-    # touch, info and the user's list work across shards
+    # touch, info and the user's list work across shards, sync and asyncio
     orchestrator.touch(kept.id)
     listed = orchestrator.list_sessions(user_id="alice", limit=100)
     assert kept.id in [row.id for row in listed]
+    assert [row.id for row in listed if row.status == "running"] == [kept.id]
     assert set(orchestrator.list_ids()) >= {kept.id}
+
+    async def async_calls() -> tuple[str, list[str]]:
+        await orchestrator.atouch(kept.id)
+        info = await orchestrator.ainfo(kept.id)
+        rows = await orchestrator.alist_sessions(user_id="alice", limit=100)
+        return info.status, [row.id for row in rows]
+
+    status, async_listed = asyncio.run(async_calls())
+    assert status == "running" and kept.id in async_listed
 
     # the meter charges across the cluster: the spend reaches the user's month (applied
     # from the record's owed spend, once), and the stop's final charge is made
