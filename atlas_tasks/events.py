@@ -273,13 +273,10 @@ def subscribe(
         redis_url: Redis to use (default ``ATLAS_REDIS_URL``).
     """
     channel, _ = _keys(topic, topic_id)
-    r = get_redis(redis_url)
+    url = redis_url or get_settings().redis_url
+    r = get_redis(url)
     # on a cluster, one node's subscriber hears every PUBLISH (redis_conn)
-    listener = (
-        pubsub_client_for_url(redis_url or get_settings().redis_url, decode_responses=True)
-        if is_cluster_url(redis_url or get_settings().redis_url)
-        else r
-    )
+    listener = pubsub_client_for_url(url, decode_responses=True) if is_cluster_url(url) else r
     pubsub = listener.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)  # subscribe *before* reading history: nothing falls between
     cursor = _Cursor(after, timeout, until)

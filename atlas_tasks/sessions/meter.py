@@ -47,7 +47,6 @@ from atlas_tasks import metrics
 from atlas_tasks.deps import Dependencies
 from atlas_tasks.errors import ValidationError
 from atlas_tasks.events import EMIT_LUA
-from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.quotas.store import SPEND_RETENTION_S, QuotaStore, Scope, check_id, spend_key
 from atlas_tasks.redis_lua import load_scripts, pipeline_script
 from atlas_tasks.sessions.cost import accrued_usd
@@ -278,6 +277,7 @@ class CostMeter(SessionJob):
         self._apply_owed = self.r.register_script(_APPLY_OWED_SPEND)
         self._clear_owed = self.r.register_script(_CLEAR_OWED_SPEND)
         self._quotas = QuotaStore(self.r, namespace=self.ks.namespace)
+        self._applied_key = self.ks.group("quota").key(APPLIED_SPEND_KEY)
 
     # ------------------------------------------------------------------ meter
     def candidates(self) -> list[str]:
@@ -376,7 +376,7 @@ class CostMeter(SessionJob):
         # Tagged layout: add the session's owed spend to its user's and tenant's spend
         # keys (once: guarded by the applied owed-until), then clear it on the record.
         spend = [spend_key(scope, ident, month) for scope, ident in _scopes(record)]
-        applied_key = keyspace(self.ks.namespace).group("quota").key(APPLIED_SPEND_KEY)
+        applied_key = self._applied_key
         self._apply_owed(keys=[applied_key, *spend], args=[session_id, micros, upto, expire_at])
         self._clear_owed(keys=[self.store.keys(session_id).record], args=[upto])
         if final:

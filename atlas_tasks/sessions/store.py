@@ -860,6 +860,15 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
     return dict(zip(items[::2], items[1::2], strict=True))
 
 
+def _split_page(
+    ids: list[str], records: list[SessionRecord | None]
+) -> tuple[list[str], list[SessionRecord]]:
+    """The tagged layout's page of a user's sessions, read by id across shards:
+    ``(ids whose record expired, to prune from the index as _LIST_USER does, records)``."""
+    gone = [sid for sid, rec in zip(ids, records, strict=True) if rec is None]
+    return gone, [rec for rec in records if rec is not None and rec.id]
+
+
 def _records_of_rows(rows: list[Any]) -> list[SessionRecord]:
     out: list[SessionRecord] = []
     for flat in rows:
@@ -1005,20 +1014,13 @@ class SessionStore:
         index = user_index_key(user_json, self.ks)
         if self._tagged:
             ids = cast(list[str], self.r.zrevrange(index, offset, offset + limit - 1))
-            return self._page_of_records(index, ids, self.get_many(ids))
+            gone, page = _split_page(ids, self.get_many(ids))
+            if gone:
+                self.r.zrem(index, *gone)
+            return page
         return _records_of_rows(
             self._list_user(keys=[index], args=[self.n.record_prefix, offset, limit])
         )
-
-    def _page_of_records(
-        self, index: str, ids: list[str], records: list[SessionRecord | None]
-    ) -> list[SessionRecord]:
-        # The tagged layout's list_user: records read by id across shards; ids whose
-        # record expired are pruned from the index (as _LIST_USER does in one step).
-        gone = [sid for sid, rec in zip(ids, records, strict=True) if rec is None]
-        if gone:
-            self.r.zrem(index, *gone)
-        return [rec for rec in records if rec is not None and rec.id]
 
     def touch(self, session_id: str) -> None:
         """Re-arm the idle clock: one round trip on a running session.
@@ -1807,11 +1809,10 @@ class AsyncSessionStore:
                 for sid in ids:
                     pipe.hgetall(Keys(sid, self.ks).record)
                 rows = cast(list[dict[str, str]], await pipe.execute()) if ids else []
-            records = [SessionRecord.from_hash(row) for row in rows]
-            gone = [sid for sid, rec in zip(ids, records, strict=True) if rec is None]
+            gone, page = _split_page(ids, [SessionRecord.from_hash(row) for row in rows])
             if gone:
                 await self.r.zrem(index, *gone)
-            return [rec for rec in records if rec is not None and rec.id]
+            return page
         rows = await cast(
             "Awaitable[Any]",
             self._list_user(
