@@ -17,7 +17,6 @@ from atlas_tasks import constants as C
 from atlas_tasks import events, metrics, quotas
 from atlas_tasks.config import AtlasSettings, reset_settings
 from atlas_tasks.deps import Dependencies
-from atlas_tasks.keyspace_names import keyspace
 from atlas_tasks.providers.mock import MockProvider
 from atlas_tasks.sessions.gpu_idle import GpuIdleWatcher, IdlePolicy
 from atlas_tasks.sessions.meter import BillingProvider, CostMeter
@@ -139,7 +138,7 @@ def running(
     if ran_ms:
         e.redis.hincrby(Keys(sid).record, "running_at_ms", -ran_ms)
         # finish_spawn entered the meter's index at running_at: backdate that watermark too
-        e.redis.zincrby(keyspace().key(C.METER_INDEX_KEY), -ran_ms, sid)
+        e.redis.zincrby(e.store.names_of(sid).meter_index, -ran_ms, sid)
     return sid, pod
 
 
@@ -464,3 +463,42 @@ def test_gpu_idle_terminate_goes_through_the_normal_path(env: Env) -> None:
     # the mark goes with the session at the next watch
     env.watcher().watch(env.enqueue)
     assert env.watcher().idle_since(sid) is None
+
+
+# ---------------------------------------------------------------------------- tagged layout
+@pytest.fixture
+def tagged_env(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    """The meter in the tagged key layout (Redis Cluster's): a charge is owed on the
+    record, then applied to the spend keys in the quota slot, then cleared."""
+    monkeypatch.setenv("ATLAS_REDIS_SHARDS", "4")
+    yield _env(redis_client, UtilCloud())
+    reset_settings()
+
+
+@pytest.mark.parametrize("dies", ["_apply_owed", "_clear_owed"])
+def test_tagged_meter_charges_once_when_a_worker_dies_between_its_steps(
+    tagged_env: Env, monkeypatch: pytest.MonkeyPatch, dies: str
+) -> None:
+    env = tagged_env
+    assert env.store.ks.tagged
+    sid, _ = running(env, ran_ms=150_000)
+    start = _running_at(env, sid)
+    meter = env.meter()
+    step = getattr(meter, dies)
+
+    def die(*args: Any, **kwargs: Any) -> Any:
+        # _apply_owed: nothing applied yet; _clear_owed: applied, the record still owes it
+        raise redis.ConnectionError("worker lost Redis")
+
+    monkeypatch.setattr(meter, dies, die)
+    with pytest.raises(redis.ConnectionError):
+        meter.meter(now_ms=start + 150_000, interval_ms=MINUTE)
+    monkeypatch.setattr(meter, dies, step)
+    # the next run (a redelivery, the next beat) settles what is owed, once
+    meter.meter(now_ms=start + 150_000, interval_ms=MINUTE)
+    assert quotas.usage("user", "u1", client=env.redis).month_to_date_usd == pytest.approx(0.12)
+    assert env.redis.hget(env.store.keys(sid).record, "spend_owed_micros") is None
+    # a later minute adds its own charge, and only it
+    meter.meter(now_ms=start + 180_000, interval_ms=MINUTE)
+    assert quotas.usage("user", "u1", client=env.redis).month_to_date_usd == pytest.approx(0.18)
+    assert quotas.usage("tenant", "t1", client=env.redis).month_to_date_usd == pytest.approx(0.18)
