@@ -32,6 +32,12 @@ def decode_json(value: str | None) -> Any:
         return None
 
 
+def flat_hash(flat: list[Any]) -> dict[str, str]:
+    """A hash from a script's flat ``HGETALL`` reply (``[field, value, ...]``)."""
+    items = [str(x) for x in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
 def pipeline_script(
     pipe: Any, script: Script, keys: Sequence[str], args: Sequence[str | int | float]
 ) -> None:
@@ -49,4 +55,4 @@ def load_scripts(client: redis.Redis, *scripts: Script) -> None:
         client.script_load(script.script)
 
 
-__all__ = ["LUA_NOW", "decode_json", "load_scripts", "pipeline_script"]
+__all__ = ["LUA_NOW", "decode_json", "flat_hash", "load_scripts", "pipeline_script"]

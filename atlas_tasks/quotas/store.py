@@ -66,6 +66,7 @@ import redis
 
 from atlas_tasks.errors import QuotaExceeded, validation_error
 from atlas_tasks.keyspace_names import TEMPLATE_PREFIX, Keyspace, keyspace
+from atlas_tasks.redis_lua import flat_hash
 from atlas_tasks.specs import GpuType
 
 log = logging.getLogger(__name__)
@@ -778,10 +779,6 @@ def _redis_mapping(fields: dict[str, str]) -> Mapping[Any, Any]:
     return fields
 
 
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
 # --------------------------------------------------------------------------- the store
 
 
@@ -920,7 +917,7 @@ class QuotaStore:
                     month=str(month),
                 ),
             )
-        reservation = Reservation.from_hash(_pairs(list(reply[1])))
+        reservation = Reservation.from_hash(flat_hash(list(reply[1])))
         if hourly_usd is None and verdict == "ok":
             # Once per process at WARNING (a missing price cache is a deployment problem,
             # not a per-spawn one); every later admission without a price at DEBUG.
@@ -950,7 +947,7 @@ class QuotaStore:
             ],
             args=[session_id, *usage_key_halves(self.namespace)],
         )
-        return Reservation.from_hash(_pairs(list(reply))) if reply else None
+        return Reservation.from_hash(flat_hash(list(reply))) if reply else None
 
     def release_many(self, session_ids: Iterable[str]) -> list[Reservation | None]:
         """:meth:`release` of each session, pipelined (one round trip; one call each on
@@ -978,7 +975,7 @@ class QuotaStore:
                     client=pipe,
                 )
             replies = pipe.execute()
-        return [Reservation.from_hash(_pairs(list(r))) if r else None for r in replies]
+        return [Reservation.from_hash(flat_hash(list(r))) if r else None for r in replies]
 
     def release_orphaned(
         self,
@@ -1085,7 +1082,7 @@ class QuotaStore:
             ],
             args=[session_id, micros, *usage_key_halves(self.namespace)],
         )
-        return Reservation.from_hash(_pairs(list(reply))) if reply else None
+        return Reservation.from_hash(flat_hash(list(reply))) if reply else None
 
     def reservation(self, session_id: str) -> Reservation | None:
         """The session's live reservation, or ``None``."""

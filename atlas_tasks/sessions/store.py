@@ -50,7 +50,7 @@ from atlas_tasks.quotas.store import (
     reservations_index_key,
     usage_key_halves,
 )
-from atlas_tasks.redis_lua import LUA_NOW
+from atlas_tasks.redis_lua import LUA_NOW, flat_hash
 from atlas_tasks.sessions.cost import accrued_usd
 from atlas_tasks.sessions.records import (
     IDLE_REASON,
@@ -854,10 +854,9 @@ def _touch_verdict(session_id: str, result: int) -> None:
         raise NotTracked(f"session {session_id!r} is terminating or terminated")
 
 
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    """A hash from a script's flat ``HGETALL`` reply."""
-    items = [str(x) for x in flat]
-    return dict(zip(items[::2], items[1::2], strict=True))
+def _shard_names(ks: Keyspace, shards: list[Names], session_id: str) -> Names:
+    # the hot path's lookup (touch): no hashing in the untagged layout
+    return shards[ks.shard_index(session_id)] if ks.tagged else shards[0]
 
 
 def _split_page(
@@ -872,8 +871,7 @@ def _split_page(
 def _records_of_rows(rows: list[Any]) -> list[SessionRecord]:
     out: list[SessionRecord] = []
     for flat in rows:
-        items = [str(x) for x in flat]
-        record = SessionRecord.from_hash(dict(zip(items[::2], items[1::2], strict=True)))
+        record = SessionRecord.from_hash(flat_hash(flat))
         if record is not None and record.id:
             out.append(record)
     return out
@@ -932,9 +930,7 @@ class SessionStore:
 
     def names_of(self, session_id: str) -> Names:
         """The names of ``session_id``'s registry shard (the store's names when untagged)."""
-        if not self._tagged:
-            return self.n
-        return self.shards[self.ks.shard_index(session_id)]
+        return _shard_names(self.ks, self.shards, session_id)
 
     def _each_shard(self, fn: Callable[[Names], _T]) -> list[_T]:
         # One call per registry shard: inline when there is one, else on the sweep pool
@@ -1090,7 +1086,7 @@ class SessionStore:
         """
         k = self.keys(session_id)
         flat, pttl, secs, micros = self._info(keys=[k.record, k.alive])
-        return info_from_reads(session_id, _pairs(flat), int(pttl), (int(secs), int(micros)))
+        return info_from_reads(session_id, flat_hash(flat), int(pttl), (int(secs), int(micros)))
 
     def list_ids(self) -> list[str]:
         """Ids of every session currently tracked (spawning, running or terminating),
@@ -1573,9 +1569,10 @@ class SessionStore:
         ``resend_after_ms`` unless it finished or holds its fence), ``terminated`` /
         ``failed`` (already over) or ``missing`` (unknown or untracked session).
         """
+        n = self.names_of(session_id)
         return str(
             self._request_stop(
-                keys=[self.keys(session_id).record, *self._stop_keys(session_id)],
+                keys=[self.keys(session_id).record, n.sessions, n.stops],
                 args=[session_id, reason, resend_after_ms],
             )
         )
@@ -1593,10 +1590,6 @@ class SessionStore:
             )
         )
         return [str(x) for part in parts for x in part]
-
-    def _stop_keys(self, session_id: str) -> list[str]:
-        n = self.names_of(session_id)
-        return [n.sessions, n.stops]
 
     # ------------------------------------------------------------------ data-loss guard
     def ensure_epoch(self) -> bool:
@@ -1651,10 +1644,10 @@ class SessionStore:
     ) -> bool:
         """Re-create a minimal ``running`` record for a pod whose record was lost (see
         ``_ADOPT``). False when a record exists (never overwritten)."""
-        k = self.keys(session_id)
+        k, n = self.keys(session_id), self.names_of(session_id)
         return bool(
             self._adopt(
-                keys=[k.record, k.alive, *self._adopt_keys(session_id)],
+                keys=[k.record, k.alive, n.deadlines, n.sessions],
                 args=[
                     session_id,
                     provider,
@@ -1666,10 +1659,6 @@ class SessionStore:
                 ],
             )
         )
-
-    def _adopt_keys(self, session_id: str) -> list[str]:
-        n = self.names_of(session_id)
-        return [n.deadlines, n.sessions]
 
     def now_ms(self) -> int:
         """Redis server time in ms (the registry's clock)."""
@@ -1776,7 +1765,7 @@ class AsyncSessionStore:
         Raises:
             NotTracked: unknown, terminated or terminating session.
         """
-        n = self.shards[self.ks.shard_index(session_id)] if self.ks.tagged else self.n
+        n = _shard_names(self.ks, self.shards, session_id)
         if not self.publish_heartbeats:
             fast = await cast(
                 "Awaitable[Any]", self._touch_fast(keys=[n.alive_prefix + session_id])
@@ -1796,7 +1785,7 @@ class AsyncSessionStore:
         k = Keys(session_id, self.ks)
         reply = await cast("Awaitable[Any]", self._info(keys=[k.record, k.alive]))
         flat, pttl, secs, micros = reply
-        return info_from_reads(session_id, _pairs(flat), int(pttl), (int(secs), int(micros)))
+        return info_from_reads(session_id, flat_hash(flat), int(pttl), (int(secs), int(micros)))
 
     async def list_user_records(
         self, user_json: str, *, offset: int = 0, limit: int = 100
